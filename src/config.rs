@@ -1,0 +1,131 @@
+//! Typed settings with defaults. The CLI fills a `Config`; tests build one
+//! directly, so nothing here reads the process environment.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Where the upstream MongoDB server is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    pub host: String,
+    pub port: u16,
+    /// The URI as given, for messages.
+    pub uri: String,
+}
+
+impl Upstream {
+    /// Parses `mongodb://[user:pass@]host[:port][,host...][/db][?options]`.
+    /// The proxy pins each client to one upstream connection, so it uses the
+    /// first host; TLS and SRV are refused until supported rather than
+    /// silently ignored.
+    pub fn parse(uri: &str) -> Result<Upstream, String> {
+        let rest = uri
+            .strip_prefix("mongodb://")
+            .ok_or_else(|| format!("upstream URI must start with mongodb:// (got {uri:?})"))?;
+        let (authority, options) = match rest.split_once('/') {
+            Some((a, tail)) => (a, tail.split_once('?').map_or("", |(_, o)| o)),
+            None => match rest.split_once('?') {
+                Some((a, o)) => (a, o),
+                None => (rest, ""),
+            },
+        };
+        for option in options.split('&').filter(|o| !o.is_empty()) {
+            let (key, value) = option.split_once('=').unwrap_or((option, ""));
+            let key = key.to_ascii_lowercase();
+            if (key == "tls" || key == "ssl") && value.eq_ignore_ascii_case("true") {
+                return Err("TLS to the upstream is not supported yet".into());
+            }
+        }
+        let hosts = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+        let first = hosts.split(',').next().unwrap_or("");
+        if first.is_empty() {
+            return Err(format!("upstream URI has no host (got {uri:?})"));
+        }
+        let (host, port) = split_host_port(first)?;
+        Ok(Upstream {
+            host,
+            port,
+            uri: uri.to_string(),
+        })
+    }
+
+    pub fn address(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+fn split_host_port(hostport: &str) -> Result<(String, u16), String> {
+    let (host, port) = if let Some(rest) = hostport.strip_prefix('[') {
+        let (host, after) = rest
+            .split_once(']')
+            .ok_or_else(|| format!("bad IPv6 host {hostport:?}"))?;
+        (host, after.strip_prefix(':'))
+    } else {
+        match hostport.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (hostport, None),
+        }
+    };
+    let port = match port {
+        Some(p) => p
+            .parse::<u16>()
+            .map_err(|_| format!("bad port {p:?} in upstream URI"))?,
+        None => 27017,
+    };
+    Ok((host.to_string(), port))
+}
+
+/// Everything the proxy needs to run.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub upstream: Upstream,
+    /// Where index state will live (created at start-up).
+    pub data_dir: Option<PathBuf>,
+    /// Client connections served at once; more wait in the accept queue.
+    pub max_connections: usize,
+    /// How long to wait for the upstream to accept a connection.
+    pub connect_timeout: Duration,
+}
+
+impl Config {
+    pub fn new(upstream: Upstream) -> Config {
+        Config {
+            upstream,
+            data_dir: None,
+            max_connections: 10_000,
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_uri_forms_users_paste() {
+        let u = Upstream::parse("mongodb://127.0.0.1:4000/").unwrap();
+        assert_eq!((u.host.as_str(), u.port), ("127.0.0.1", 4000));
+        let u =
+            Upstream::parse("mongodb://user:p%40ss@db.example:27019,other:1/admin?replicaSet=rs")
+                .unwrap();
+        assert_eq!((u.host.as_str(), u.port), ("db.example", 27019));
+        let u = Upstream::parse("mongodb://localhost").unwrap();
+        assert_eq!(u.port, 27017);
+        let u = Upstream::parse("mongodb://[::1]:5000?directConnection=true").unwrap();
+        assert_eq!((u.host.as_str(), u.port), ("::1", 5000));
+        assert_eq!(u.address(), "[::1]:5000");
+    }
+
+    #[test]
+    fn refuses_what_it_cannot_honour() {
+        assert!(Upstream::parse("mongodb+srv://cluster.example").is_err());
+        assert!(Upstream::parse("mongodb://h:1/?tls=true").is_err());
+        assert!(Upstream::parse("mongodb://h:99999").is_err());
+        assert!(Upstream::parse("mongodb:///").is_err());
+    }
+}

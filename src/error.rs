@@ -1,0 +1,123 @@
+//! One error type that knows which side failed, and how it reaches a client:
+//! as a MongoDB-shaped reply `{ok: 0, errmsg, code, codeName}`.
+
+use crate::wire::WireError;
+use bson::{rawdoc, RawDocumentBuf};
+use std::fmt;
+
+/// Who is at fault: decides logging level and whether the connection lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The client sent something we cannot accept.
+    Client,
+    /// The upstream is unreachable, closed, or answered nonsense.
+    Upstream,
+    /// A bug or resource problem inside the proxy.
+    Internal,
+}
+
+/// A MongoDB error code with its stable name (from the server's error_codes.yml).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Code {
+    pub code: i32,
+    pub name: &'static str,
+}
+
+impl Code {
+    pub const INTERNAL_ERROR: Code = Code::new(1, "InternalError");
+    pub const BAD_VALUE: Code = Code::new(2, "BadValue");
+    pub const HOST_UNREACHABLE: Code = Code::new(6, "HostUnreachable");
+    pub const PROTOCOL_ERROR: Code = Code::new(17, "ProtocolError");
+    pub const INVALID_BSON: Code = Code::new(22, "InvalidBSON");
+    pub const UNSUPPORTED_OP_QUERY_COMMAND: Code = Code::new(352, "UnsupportedOpQueryCommand");
+
+    const fn new(code: i32, name: &'static str) -> Code {
+        Code { code, name }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Error {
+    pub side: Side,
+    pub code: Code,
+    pub message: String,
+}
+
+impl Error {
+    pub fn client(code: Code, message: impl Into<String>) -> Error {
+        Error {
+            side: Side::Client,
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn upstream(code: Code, message: impl Into<String>) -> Error {
+        Error {
+            side: Side::Upstream,
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn internal(message: impl Into<String>) -> Error {
+        Error {
+            side: Side::Internal,
+            code: Code::INTERNAL_ERROR,
+            message: message.into(),
+        }
+    }
+
+    /// The reply document a client receives for this error.
+    pub fn to_reply(&self) -> RawDocumentBuf {
+        rawdoc! {
+            "ok": 0.0,
+            "errmsg": self.message.as_str(),
+            "code": self.code.code,
+            "codeName": self.code.name,
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let side = match self.side {
+            Side::Client => "client",
+            Side::Upstream => "upstream",
+            Side::Internal => "internal",
+        };
+        write!(
+            f,
+            "{side} error {} ({}): {}",
+            self.code.code, self.code.name, self.message
+        )
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<WireError> for Error {
+    /// Undecodable bytes always come from the peer that sent them; callers
+    /// decoding upstream bytes re-side the error.
+    fn from(err: WireError) -> Error {
+        let code = match err {
+            WireError::Malformed(_) => Code::INVALID_BSON,
+            _ => Code::PROTOCOL_ERROR,
+        };
+        Error::client(code, format!("likewise: {err}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replies_have_the_mongodb_error_shape() {
+        let reply = Error::client(Code::BAD_VALUE, "nope").to_reply();
+        assert_eq!(reply.get_f64("ok").unwrap(), 0.0);
+        assert_eq!(reply.get_str("errmsg").unwrap(), "nope");
+        assert_eq!(reply.get_i32("code").unwrap(), 2);
+        assert_eq!(reply.get_str("codeName").unwrap(), "BadValue");
+    }
+}

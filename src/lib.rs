@@ -1,0 +1,24 @@
+//! likewise: a MongoDB wire-protocol proxy that gives any MongoDB deployment
+//! semantic (vector) indexes.
+//!
+//! The data path, in the order the tree reads:
+//!
+//! 1. `server` accepts a client and spawns `proxy::serve` for it.
+//! 2. `proxy` pins the client to its own upstream connection and loops:
+//! 3. `conn` reads one whole frame from the client;
+//! 4. `wire` decodes it (OP_COMPRESSED inflated, OP_MSG/OP_QUERY parsed,
+//!    checksums verified) without copying the documents;
+//! 5. `command` classifies the body: commands the proxy owns (today: the
+//!    `hello` handshake) are handled, everything else is `Passthrough`;
+//! 6. passthrough requests go upstream as their original bytes, and every
+//!    reply comes back as the upstream's bytes (compressed again if the
+//!    client compressed its request);
+//! 7. errors become MongoDB-shaped replies (`error`), never crashes.
+
+pub mod command;
+pub mod config;
+pub mod conn;
+pub mod error;
+pub mod proxy;
+pub mod server;
+pub mod wire;

@@ -1,0 +1,127 @@
+//! The `likewise` command line: parses flags into a `Config` and runs the server.
+
+use clap::{Parser, Subcommand};
+use likewise::config::{Config, Upstream};
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// A MongoDB wire-protocol proxy that gives any MongoDB deployment semantic
+/// (vector) indexes. Point unmodified drivers and mongosh at it instead of
+/// at mongod.
+#[derive(Parser)]
+#[command(name = "likewise", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Commands,
+}
+
+#[derive(Subcommand)]
+enum Commands {
+    /// Run the proxy. Prints `likewise listening on HOST:PORT` to stdout when
+    /// ready; logs go to stderr.
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Address to accept MongoDB clients on; port 0 picks a free port.
+    #[arg(long, default_value = "127.0.0.1:27018", value_name = "HOST:PORT")]
+    listen: String,
+    /// The MongoDB server to proxy, as a mongodb:// URI (first host is used).
+    #[arg(long, value_name = "URI")]
+    upstream: String,
+    /// Directory for the proxy's own state (index files); created if missing.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Most client connections served at once; further clients wait.
+    #[arg(long, default_value_t = 10_000, value_name = "N")]
+    max_connections: usize,
+    /// Milliseconds to wait for the upstream to accept a connection before a
+    /// client's handshake is answered with a HostUnreachable error.
+    #[arg(long, default_value_t = 5_000, value_name = "MS")]
+    connect_timeout_ms: u64,
+    /// Log level on stderr: error, warn, info, debug or trace.
+    #[arg(long, default_value = "info", value_name = "LEVEL")]
+    log_level: tracing::Level,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Commands::Serve(args) => serve(args),
+    }
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(args.log_level)
+        .init();
+    let upstream = match Upstream::parse(&args.upstream) {
+        Ok(u) => u,
+        Err(e) => {
+            eprintln!("likewise: --upstream: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(dir) = &args.data_dir {
+        if let Err(e) = std::fs::create_dir_all(dir) {
+            eprintln!("likewise: --data-dir {}: {e}", dir.display());
+            return ExitCode::from(2);
+        }
+    }
+    let mut config = Config::new(upstream);
+    config.data_dir = args.data_dir;
+    config.max_connections = args.max_connections.max(1);
+    config.connect_timeout = Duration::from_millis(args.connect_timeout_ms);
+
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("likewise: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let listener = match tokio::net::TcpListener::bind(&args.listen).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("likewise: cannot listen on {}: {e}", args.listen);
+                return ExitCode::FAILURE;
+            }
+        };
+        let local = match listener.local_addr() {
+            Ok(a) => a,
+            Err(e) => {
+                eprintln!("likewise: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        tracing::info!(upstream = %config.upstream.uri, "proxying");
+        let mut stdout = std::io::stdout();
+        let _ = writeln!(stdout, "likewise listening on {local}");
+        let _ = stdout.flush();
+        likewise::server::run(listener, config, shutdown_signal()).await;
+        ExitCode::SUCCESS
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return ctrl_c.await.unwrap_or(()),
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

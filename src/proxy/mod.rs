@@ -1,0 +1,64 @@
+//! One client connection <-> one pinned upstream connection.
+//!
+//! Each client gets its own upstream connection, so authentication, cursors,
+//! sessions, transactions and exhaust replies belong to that pair and the
+//! proxy tracks none of them. The pump is sequential: read one request,
+//! forward it (original bytes unless the proxy owns the command), relay
+//! replies until one without `moreToCome` — or none at all when the request
+//! itself had `moreToCome` (w:0 writes must never get an invented reply).
+
+mod session;
+
+use crate::config::Config;
+use crate::conn::Connection;
+use crate::error::{Code, Error};
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::Arc;
+use tokio::net::TcpStream;
+
+/// State shared by every connection of one proxy.
+pub struct Shared {
+    pub config: Config,
+    request_ids: AtomicI32,
+}
+
+impl Shared {
+    pub fn new(config: Config) -> Shared {
+        Shared {
+            config,
+            request_ids: AtomicI32::new(1),
+        }
+    }
+
+    /// Request ids for messages the proxy makes itself.
+    pub fn next_request_id(&self) -> i32 {
+        self.request_ids.fetch_add(1, Ordering::Relaxed) & i32::MAX
+    }
+}
+
+/// Serves one client until it disconnects or its upstream fails.
+pub async fn serve(stream: TcpStream, shared: Arc<Shared>) {
+    let client = Connection::new(stream);
+    match connect_upstream(&shared).await {
+        Ok(upstream) => session::Session::new(client, upstream, shared).run().await,
+        Err(err) => session::refuse(client, &shared, err).await,
+    }
+}
+
+async fn connect_upstream(shared: &Shared) -> Result<Connection, Error> {
+    let address = shared.config.upstream.address();
+    let unreachable = |why: String| {
+        Error::upstream(
+            Code::HOST_UNREACHABLE,
+            format!("likewise: upstream {address} unreachable: {why}"),
+        )
+    };
+    match tokio::time::timeout(shared.config.connect_timeout, TcpStream::connect(&address)).await {
+        Ok(Ok(stream)) => Ok(Connection::new(stream)),
+        Ok(Err(e)) => Err(unreachable(e.to_string())),
+        Err(_) => Err(unreachable(format!(
+            "no connection within {:?}",
+            shared.config.connect_timeout
+        ))),
+    }
+}

@@ -1,0 +1,312 @@
+//! The per-connection request loop.
+
+use super::Shared;
+use crate::command::{Command, Hello};
+use crate::conn::{Connection, ReadError};
+use crate::error::{Code, Error, Side};
+use crate::wire::{self, msg, query, Compressor, Header, OpCode, OpMsg, OpQuery};
+use bson::{RawDocument, RawDocumentBuf};
+use bytes::Bytes;
+use std::sync::Arc;
+
+pub(super) struct Session {
+    client: Connection,
+    upstream: Connection,
+    shared: Arc<Shared>,
+}
+
+/// How a request ended when it did not end well.
+enum Failure {
+    /// Tell the client (if the request expects a reply) and keep serving.
+    Reply { request: ReplyTo, error: Error },
+    /// The connection pair is finished.
+    Close(String),
+}
+
+/// Enough about a request to answer it in its own dialect.
+#[derive(Clone, Copy)]
+struct ReplyTo {
+    request_id: i32,
+    legacy: bool,
+    more_to_come: bool,
+}
+
+impl Session {
+    pub(super) fn new(client: Connection, upstream: Connection, shared: Arc<Shared>) -> Session {
+        Session {
+            client,
+            upstream,
+            shared,
+        }
+    }
+
+    pub(super) async fn run(mut self) {
+        loop {
+            let frame = match self.client.read_frame().await {
+                Ok(Some(frame)) => frame,
+                Ok(None) => return,
+                Err(ReadError::Framing(e)) => {
+                    // The stream cannot be resynchronised: a clean close.
+                    tracing::warn!(error = %e, "closing client after a bad frame");
+                    return;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "client read failed");
+                    return;
+                }
+            };
+            match self.handle(frame).await {
+                Ok(()) => {}
+                Err(Failure::Reply { request, error }) => {
+                    if error.side == Side::Client {
+                        tracing::debug!(%error, "rejected client request");
+                    } else {
+                        tracing::warn!(%error, "request failed");
+                    }
+                    if request.more_to_come {
+                        // No reply may be sent; the client cannot learn of the error.
+                        return;
+                    }
+                    let reply = encode_error(&self.shared, request, &error);
+                    if self.client.write_frame(&reply).await.is_err() {
+                        return;
+                    }
+                }
+                Err(Failure::Close(why)) => {
+                    tracing::debug!(%why, "closing client connection");
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn handle(&mut self, frame: Bytes) -> Result<(), Failure> {
+        let header = Header::parse(&frame).map_err(|e| Failure::Close(e.to_string()))?;
+        let plain = ReplyTo {
+            request_id: header.request_id,
+            legacy: false,
+            more_to_come: false,
+        };
+        let (compressor, message) = if header.op_code == OpCode::Compressed {
+            let (compressor, inflated) =
+                wire::compressed::decompress(&frame).map_err(|e| Failure::Reply {
+                    request: plain,
+                    error: e.into(),
+                })?;
+            (Some(compressor), Bytes::from(inflated))
+        } else {
+            (None, frame)
+        };
+        let op_code = Header::parse(&message)
+            .map_err(|e| Failure::Close(e.to_string()))?
+            .op_code;
+        match op_code {
+            OpCode::Msg => self.handle_msg(message, compressor).await,
+            OpCode::Query => self.handle_query(message).await,
+            other => Err(Failure::Reply {
+                request: plain,
+                error: Error::client(
+                    Code::PROTOCOL_ERROR,
+                    format!("likewise: unsupported opcode {}", other.as_i32()),
+                ),
+            }),
+        }
+    }
+
+    async fn handle_msg(
+        &mut self,
+        message: Bytes,
+        compressor: Option<Compressor>,
+    ) -> Result<(), Failure> {
+        let request = ReplyTo {
+            request_id: wire::read_i32(&message, 4),
+            legacy: false,
+            more_to_come: message.len() >= 20
+                && wire::read_u32(&message, 16) & msg::MORE_TO_COME != 0,
+        };
+        let parsed = OpMsg::parse(&message).map_err(|e| Failure::Reply {
+            request,
+            error: e.into(),
+        })?;
+        match Command::classify(parsed.body()) {
+            Command::Hello(hello) => {
+                self.send_upstream(&message).await?;
+                let reply = self.read_upstream().await?;
+                let rewritten = rewrite_msg_reply(&reply, |body| hello.handle_reply(body))?;
+                self.send_client(rewritten.as_deref().unwrap_or(&reply), compressor)
+                    .await
+            }
+            Command::Passthrough => {
+                self.send_upstream(&message).await?;
+                if parsed.more_to_come() {
+                    return Ok(());
+                }
+                self.relay_replies(compressor).await
+            }
+        }
+    }
+
+    /// Legacy OP_QUERY: only the handshake is still valid. It is sent upstream
+    /// as the equivalent OP_MSG and answered with an OP_REPLY.
+    async fn handle_query(&mut self, message: Bytes) -> Result<(), Failure> {
+        let request = ReplyTo {
+            request_id: wire::read_i32(&message, 4),
+            legacy: true,
+            more_to_come: false,
+        };
+        let fail = |error: Error| Failure::Reply { request, error };
+        let query = OpQuery::parse(&message).map_err(|e| fail(e.into()))?;
+        let command = query.command();
+        let name = msg::first_key(command).unwrap_or("");
+        if !query.namespace.ends_with(".$cmd") || !Hello::is_hello(name) {
+            return Err(fail(Error::client(
+                Code::UNSUPPORTED_OP_QUERY_COMMAND,
+                format!(
+                    "Unsupported OP_QUERY command: {name}. The client driver may require an upgrade."
+                ),
+            )));
+        }
+        let hello = Hello::parse(command);
+        let body = with_db(command, query.database()).map_err(fail)?;
+        let request_id = query.header.request_id;
+        self.send_upstream(&msg::encode_body(request_id, 0, &body))
+            .await?;
+        let reply = self.read_upstream().await?;
+        let parsed = OpMsg::parse(&reply).map_err(|e| upstream_garbage(&e))?;
+        let doc = hello.handle_reply(parsed.body());
+        let doc: &RawDocument = doc.as_deref().unwrap_or(parsed.body());
+        let out = query::encode_reply(self.shared.next_request_id(), request_id, doc);
+        self.send_client(&out, None).await
+    }
+
+    /// Relays upstream replies until one arrives without `moreToCome`
+    /// (exhaust cursors and streamed replies send several).
+    async fn relay_replies(&mut self, compressor: Option<Compressor>) -> Result<(), Failure> {
+        loop {
+            let reply = self.read_upstream().await?;
+            let more = reply.len() >= 20
+                && Header::parse(&reply).map(|h| h.op_code) == Ok(OpCode::Msg)
+                && wire::read_u32(&reply, 16) & msg::MORE_TO_COME != 0;
+            self.send_client(&reply, compressor).await?;
+            if !more {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn send_upstream(&mut self, message: &[u8]) -> Result<(), Failure> {
+        self.upstream
+            .write_frame(message)
+            .await
+            .map_err(|e| Failure::Close(format!("upstream write failed: {e}")))
+    }
+
+    /// The next upstream reply, inflated if the upstream compressed it.
+    async fn read_upstream(&mut self) -> Result<Bytes, Failure> {
+        let frame = match self.upstream.read_frame().await {
+            Ok(Some(frame)) => frame,
+            Ok(None) => return Err(Failure::Close("upstream closed the connection".into())),
+            Err(e) => return Err(Failure::Close(format!("upstream read failed: {e}"))),
+        };
+        if Header::parse(&frame).map(|h| h.op_code) == Ok(OpCode::Compressed) {
+            let (_, inflated) =
+                wire::compressed::decompress(&frame).map_err(|e| upstream_garbage(&e))?;
+            return Ok(Bytes::from(inflated));
+        }
+        Ok(frame)
+    }
+
+    /// Sends a reply, compressed the way the request was.
+    async fn send_client(
+        &mut self,
+        reply: &[u8],
+        compressor: Option<Compressor>,
+    ) -> Result<(), Failure> {
+        let packed;
+        let bytes = match compressor {
+            Some(c) => {
+                packed = wire::compressed::compress(reply, c)
+                    .map_err(|e| Failure::Close(format!("compressing a reply: {e}")))?;
+                &packed[..]
+            }
+            None => reply,
+        };
+        self.client
+            .write_frame(bytes)
+            .await
+            .map_err(|e| Failure::Close(format!("client write failed: {e}")))
+    }
+}
+
+/// Applies `rewrite` to the body of an OP_MSG reply, keeping its header ids
+/// and its other sections; `None` when the body stays as it is.
+fn rewrite_msg_reply(
+    reply: &[u8],
+    rewrite: impl FnOnce(&RawDocument) -> Option<RawDocumentBuf>,
+) -> Result<Option<Vec<u8>>, Failure> {
+    let parsed = OpMsg::parse(reply).map_err(|e| upstream_garbage(&e))?;
+    let Some(body) = rewrite(parsed.body()) else {
+        return Ok(None);
+    };
+    let sections: Vec<msg::Section<'_>> = parsed
+        .sections
+        .iter()
+        .map(|s| match s {
+            msg::Section::Body(_) => msg::Section::Body(&body),
+            other => other.clone(),
+        })
+        .collect();
+    Ok(Some(msg::encode(
+        parsed.header.request_id,
+        parsed.header.response_to,
+        parsed.flags,
+        &sections,
+    )))
+}
+
+/// `command` with `$db` set, as OP_MSG requires.
+fn with_db(command: &RawDocument, db: &str) -> Result<RawDocumentBuf, Error> {
+    let mut out = RawDocumentBuf::new();
+    for entry in command {
+        let (key, value) = entry.map_err(|e| Error::client(Code::INVALID_BSON, e.to_string()))?;
+        if key != "$db" {
+            out.append(key, value.to_raw_bson());
+        }
+    }
+    out.append("$db", db);
+    Ok(out)
+}
+
+fn upstream_garbage(e: &wire::WireError) -> Failure {
+    Failure::Close(format!("upstream sent an undecodable reply: {e}"))
+}
+
+fn encode_error(shared: &Shared, request: ReplyTo, error: &Error) -> Vec<u8> {
+    let body = error.to_reply();
+    if request.legacy {
+        query::encode_reply(shared.next_request_id(), request.request_id, &body)
+    } else {
+        msg::encode_body(shared.next_request_id(), request.request_id, &body)
+    }
+}
+
+/// Serves a client whose upstream could not be reached: its first request
+/// gets the error (so the driver reports it at once), then the connection
+/// closes.
+pub(super) async fn refuse(mut client: Connection, shared: &Shared, error: Error) {
+    tracing::warn!(%error, "refusing client");
+    let Ok(Some(frame)) = client.read_frame().await else {
+        return;
+    };
+    let Ok(header) = Header::parse(&frame) else {
+        return;
+    };
+    let request = ReplyTo {
+        request_id: header.request_id,
+        legacy: header.op_code == OpCode::Query,
+        more_to_come: false,
+    };
+    let _ = client
+        .write_frame(&encode_error(shared, request, &error))
+        .await;
+}

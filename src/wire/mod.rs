@@ -1,0 +1,142 @@
+//! Sans-IO codec for the MongoDB wire protocol.
+//!
+//! Everything here works on byte slices and returns values; nothing here
+//! touches a socket, a clock or a task. Parsers borrow from the buffer that
+//! holds the message (`&RawDocument` views), and encoders build only what is
+//! being rewritten. Untrusted lengths are checked before any allocation.
+
+pub mod compressed;
+pub mod header;
+pub mod msg;
+pub mod query;
+
+pub use compressed::Compressor;
+pub use header::{frame_len, Header, OpCode, HEADER_LEN, MAX_MESSAGE_LEN};
+pub use msg::{DocumentSequence, OpMsg, Section};
+pub use query::{OpQuery, OpReply};
+
+use bson::RawDocument;
+use std::fmt;
+
+/// Why bytes could not be decoded. Every variant is the peer's fault; the
+/// codec itself has no failure modes of its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WireError {
+    /// The message ended before the named part was complete.
+    Truncated(&'static str),
+    /// A declared message length outside 16..=48,000,000 bytes.
+    BadLength(i64),
+    /// OP_MSG flag bits in the required (low 16) range that we do not know.
+    UnknownRequiredFlags(u32),
+    /// A malformed section, document or field, with a description.
+    Malformed(String),
+    /// The CRC-32C in an OP_MSG does not match its contents.
+    ChecksumMismatch { expected: u32, actual: u32 },
+    /// OP_COMPRESSED with a compressor id we do not implement.
+    UnknownCompressor(u8),
+    /// The compressed payload could not be inflated to its declared size.
+    Decompress(String),
+    /// An opcode the proxy cannot process in this position.
+    UnsupportedOpCode(i32),
+}
+
+impl fmt::Display for WireError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WireError::Truncated(what) => write!(f, "message truncated in {what}"),
+            WireError::BadLength(n) => write!(f, "invalid message length {n}"),
+            WireError::UnknownRequiredFlags(bits) => {
+                write!(f, "OP_MSG has unknown required flag bits {bits:#x}")
+            }
+            WireError::Malformed(what) => write!(f, "malformed message: {what}"),
+            WireError::ChecksumMismatch { expected, actual } => write!(
+                f,
+                "OP_MSG checksum mismatch: message says {expected:#010x}, contents give {actual:#010x}"
+            ),
+            WireError::UnknownCompressor(id) => write!(f, "unknown compressor id {id}"),
+            WireError::Decompress(why) => write!(f, "cannot decompress message: {why}"),
+            WireError::UnsupportedOpCode(op) => write!(f, "unsupported opcode {op}"),
+        }
+    }
+}
+
+impl std::error::Error for WireError {}
+
+pub(crate) fn read_i32(buf: &[u8], at: usize) -> i32 {
+    i32::from_le_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]])
+}
+
+pub(crate) fn read_u32(buf: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]])
+}
+
+/// A bounds-checked cursor over untrusted bytes.
+pub(crate) struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    pub(crate) fn new(buf: &'a [u8], pos: usize) -> Self {
+        Reader { buf, pos }
+    }
+
+    pub(crate) fn remaining(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+
+    pub(crate) fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], WireError> {
+        let end = self.pos.checked_add(n).ok_or(WireError::Truncated(what))?;
+        let out = self
+            .buf
+            .get(self.pos..end)
+            .ok_or(WireError::Truncated(what))?;
+        self.pos = end;
+        Ok(out)
+    }
+
+    pub(crate) fn i32(&mut self, what: &'static str) -> Result<i32, WireError> {
+        self.take(4, what).map(|b| read_i32(b, 0))
+    }
+
+    pub(crate) fn u32(&mut self, what: &'static str) -> Result<u32, WireError> {
+        self.take(4, what).map(|b| read_u32(b, 0))
+    }
+
+    pub(crate) fn i64(&mut self, what: &'static str) -> Result<i64, WireError> {
+        let b = self.take(8, what)?;
+        let mut raw = [0u8; 8];
+        raw.copy_from_slice(b);
+        Ok(i64::from_le_bytes(raw))
+    }
+
+    pub(crate) fn u8(&mut self, what: &'static str) -> Result<u8, WireError> {
+        self.take(1, what).map(|b| b[0])
+    }
+
+    pub(crate) fn cstring(&mut self, what: &'static str) -> Result<&'a str, WireError> {
+        let rest = &self.buf[self.pos..];
+        let nul = rest
+            .iter()
+            .position(|&b| b == 0)
+            .ok_or(WireError::Truncated(what))?;
+        let s = std::str::from_utf8(&rest[..nul])
+            .map_err(|_| WireError::Malformed(format!("{what} is not UTF-8")))?;
+        self.pos += nul + 1;
+        Ok(s)
+    }
+
+    /// Reads one BSON document whose length prefix must fit the remaining bytes.
+    pub(crate) fn document(&mut self, what: &'static str) -> Result<&'a RawDocument, WireError> {
+        if self.remaining() < 5 {
+            return Err(WireError::Truncated(what));
+        }
+        let declared = read_i32(self.buf, self.pos);
+        let len = usize::try_from(declared)
+            .ok()
+            .filter(|&n| n >= 5)
+            .ok_or_else(|| WireError::Malformed(format!("{what} has length {declared}")))?;
+        let bytes = self.take(len, what)?;
+        RawDocument::from_bytes(bytes).map_err(|e| WireError::Malformed(format!("{what}: {e}")))
+    }
+}

@@ -1,0 +1,95 @@
+"""Starts a real SecantusDB upstream and the likewise binary, both on port 0.
+
+Every suite in this folder talks to them with unmodified clients through a
+plain ``mongodb://127.0.0.1:PORT/`` URI.
+"""
+
+import os
+import queue
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+VENV_BIN = ROOT / ".venv" / "bin"
+START_TIMEOUT_S = 60
+
+
+class Process:
+    """A child process whose announced address is read from its output."""
+
+    def __init__(self, argv, marker):
+        self.proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        found = queue.Queue()
+        self.lines = []
+
+        def drain(stream):
+            for line in stream:
+                self.lines.append(line)
+                if marker in line:
+                    found.put(line.split(marker, 1)[1].split()[0])
+
+        for stream in (self.proc.stdout, self.proc.stderr):
+            threading.Thread(target=drain, args=(stream,), daemon=True).start()
+        try:
+            self.address = found.get(timeout=START_TIMEOUT_S)
+        except queue.Empty:
+            self.stop()
+            raise RuntimeError(f"{argv[0]} did not start: {''.join(self.lines)}")
+        self.port = int(self.address.rsplit(":", 1)[1])
+
+    def stop(self):
+        self.proc.kill()
+        self.proc.wait()
+
+
+def start_upstream(*extra):
+    return Process(
+        [str(VENV_BIN / "secantusd-py"), "--host", "127.0.0.1", "--port", "0",
+         "--storage-path", ":memory:", *extra],
+        "listening on ",
+    )
+
+
+def likewise_bin():
+    return os.environ.get("LIKEWISE_BIN", str(ROOT / "target" / "debug" / "likewise"))
+
+
+def start_proxy(upstream_uri, *extra):
+    return Process(
+        [likewise_bin(), "serve", "--listen", "127.0.0.1:0", "--upstream", upstream_uri,
+         "--log-level", "warn", *extra],
+        "likewise listening on ",
+    )
+
+
+@pytest.fixture(scope="session")
+def upstream():
+    server = start_upstream()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def direct_uri(upstream):
+    return f"mongodb://127.0.0.1:{upstream.port}/"
+
+
+@pytest.fixture(scope="session")
+def proxy(direct_uri):
+    server = start_proxy(direct_uri)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def proxy_uri(proxy):
+    return f"mongodb://127.0.0.1:{proxy.port}/"

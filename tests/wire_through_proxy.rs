@@ -1,0 +1,291 @@
+//! Protocol-level behaviour of the proxy, driven with hand-built frames
+//! against a real SecantusDB upstream: the legacy handshake, compression,
+//! checksums, unacknowledged writes, malformed input and a dead upstream.
+
+mod common;
+
+use bson::{rawdoc, RawDocument, RawDocumentBuf};
+use common::{Proxy, Upstream};
+use likewise::config::{Config, Upstream as UpstreamAddr};
+use likewise::conn::Connection;
+use likewise::wire::{compressed, msg, query, Compressor, Header, OpCode, OpMsg, OpReply};
+use tokio::net::TcpStream;
+
+async fn connect(addr: &str) -> Connection {
+    Connection::new(TcpStream::connect(addr).await.unwrap())
+}
+
+async fn read(conn: &mut Connection) -> bytes::Bytes {
+    conn.read_frame().await.unwrap().expect("a reply")
+}
+
+fn body_of(reply: &[u8]) -> RawDocumentBuf {
+    OpMsg::parse(reply).unwrap().body().to_owned()
+}
+
+async fn command(conn: &mut Connection, id: i32, body: &RawDocument) -> RawDocumentBuf {
+    conn.write_frame(&msg::encode_body(id, 0, body))
+        .await
+        .unwrap();
+    let reply = read(conn).await;
+    assert_eq!(Header::parse(&reply).unwrap().response_to, id);
+    body_of(&reply)
+}
+
+fn ok(doc: &RawDocument) -> bool {
+    doc.get_f64("ok").ok() == Some(1.0)
+}
+
+#[tokio::test]
+async fn legacy_handshake_is_answered_with_op_reply_as_a_router() {
+    let upstream = Upstream::start();
+    let proxy = Proxy::start(&upstream.uri()).await;
+    let mut conn = connect(&proxy.addr.to_string()).await;
+    let hello = rawdoc! {
+        "isMaster": 1,
+        "helloOk": true,
+        "client": { "driver": { "name": "test", "version": "0" } },
+        "compression": ["lz4", "zstd", "snappy", "zlib"],
+    };
+    conn.write_frame(&query::encode_query(77, "admin.$cmd", &hello))
+        .await
+        .unwrap();
+    let reply = read(&mut conn).await;
+    let parsed = OpReply::parse(&reply).unwrap();
+    assert_eq!(parsed.header.response_to, 77);
+    let doc = parsed.documents[0];
+    assert!(doc.get_bool("ismaster").unwrap());
+    assert_eq!(doc.get_str("msg").unwrap(), "isdbgrid");
+    assert!(doc.get_bool("helloOk").unwrap());
+    assert!(doc.get_i32("logicalSessionTimeoutMinutes").is_ok());
+    assert!(doc.get_i32("maxWireVersion").is_ok());
+    for gone in [
+        "setName",
+        "hosts",
+        "me",
+        "primary",
+        "topologyVersion",
+        "lastWrite",
+    ] {
+        assert!(doc.get(gone).unwrap().is_none(), "{gone} leaked");
+    }
+    let compression: Vec<&str> = doc
+        .get_array("compression")
+        .unwrap()
+        .into_iter()
+        .map(|v| v.unwrap().as_str().unwrap())
+        .collect();
+    assert_eq!(compression, ["zstd", "snappy", "zlib"]);
+
+    // Anything else over OP_QUERY is refused the way mongod refuses it, and
+    // the connection lives on.
+    let find = rawdoc! { "find": "c" };
+    conn.write_frame(&query::encode_query(78, "test.$cmd", &find))
+        .await
+        .unwrap();
+    let reply = read(&mut conn).await;
+    let parsed = OpReply::parse(&reply).unwrap();
+    assert_eq!(parsed.header.response_to, 78);
+    assert_eq!(parsed.documents[0].get_i32("code").unwrap(), 352);
+    assert!(ok(&command(
+        &mut conn,
+        79,
+        &rawdoc! { "ping": 1, "$db": "admin" }
+    )
+    .await));
+}
+
+#[tokio::test]
+async fn compressed_requests_get_replies_compressed_the_same_way() {
+    let upstream = Upstream::start();
+    let proxy = Proxy::start(&upstream.uri()).await;
+    let mut conn = connect(&proxy.addr.to_string()).await;
+    for (i, compressor) in [
+        Compressor::Snappy,
+        Compressor::Zlib,
+        Compressor::Zstd,
+        Compressor::Noop,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let id = 100 + i32::try_from(i).unwrap();
+        let insert = rawdoc! {
+            "insert": "compressed",
+            "documents": [{ "_id": id, "by": compressor.name(), "pad": "x".repeat(2000) }],
+            "$db": "wire",
+        };
+        let request = compressed::compress(&msg::encode_body(id, 0, &insert), compressor).unwrap();
+        conn.write_frame(&request).await.unwrap();
+        let reply = read(&mut conn).await;
+        let header = Header::parse(&reply).unwrap();
+        assert_eq!(header.op_code, OpCode::Compressed);
+        assert_eq!(header.response_to, id);
+        let (used, inflated) = compressed::decompress(&reply).unwrap();
+        assert_eq!(used, compressor);
+        let body = body_of(&inflated);
+        assert!(ok(&body), "{body:?}");
+        assert_eq!(body.get_i32("n").unwrap(), 1);
+    }
+    let found = command(
+        &mut conn,
+        200,
+        &rawdoc! { "count": "compressed", "$db": "wire" },
+    )
+    .await;
+    assert_eq!(found.get_i32("n").unwrap(), 4);
+}
+
+#[tokio::test]
+async fn checksums_are_verified() {
+    let upstream = Upstream::start();
+    let proxy = Proxy::start(&upstream.uri()).await;
+    let mut conn = connect(&proxy.addr.to_string()).await;
+    let ping = rawdoc! { "ping": 1, "$db": "admin" };
+    let good = msg::encode(5, 0, msg::CHECKSUM_PRESENT, &[msg::Section::Body(&ping)]);
+    conn.write_frame(&good).await.unwrap();
+    assert!(ok(&body_of(&read(&mut conn).await)));
+
+    let mut bad = msg::encode(6, 0, msg::CHECKSUM_PRESENT, &[msg::Section::Body(&ping)]);
+    let last = bad.len() - 1;
+    bad[last] ^= 0x5a;
+    conn.write_frame(&bad).await.unwrap();
+    let reply = read(&mut conn).await;
+    assert_eq!(Header::parse(&reply).unwrap().response_to, 6);
+    let body = body_of(&reply);
+    assert_eq!(body.get_f64("ok").unwrap(), 0.0);
+    assert_eq!(body.get_str("codeName").unwrap(), "ProtocolError");
+    assert!(ok(&command(&mut conn, 7, &ping).await));
+}
+
+#[tokio::test]
+async fn unacknowledged_writes_get_no_reply() {
+    let upstream = Upstream::start();
+    let proxy = Proxy::start(&upstream.uri()).await;
+    let mut conn = connect(&proxy.addr.to_string()).await;
+    let insert = rawdoc! {
+        "insert": "w0",
+        "documents": [{ "_id": 1 }, { "_id": 2 }],
+        "writeConcern": { "w": 0 },
+        "$db": "wire",
+    };
+    conn.write_frame(&msg::encode(
+        10,
+        0,
+        msg::MORE_TO_COME,
+        &[msg::Section::Body(&insert)],
+    ))
+    .await
+    .unwrap();
+    // The very next frame must answer the next request, not the w:0 write.
+    let count = command(&mut conn, 11, &rawdoc! { "count": "w0", "$db": "wire" }).await;
+    assert_eq!(count.get_i32("n").unwrap(), 2);
+}
+
+#[tokio::test]
+async fn malformed_messages_get_error_replies_and_the_connection_survives() {
+    let upstream = Upstream::start();
+    let proxy = Proxy::start(&upstream.uri()).await;
+    let mut conn = connect(&proxy.addr.to_string()).await;
+    let ping = rawdoc! { "ping": 1, "$db": "admin" };
+    let good = msg::encode_body(1, 0, &ping);
+
+    let mut unknown_kind = good.clone();
+    unknown_kind[20] = 7;
+    let mut unknown_flag = good.clone();
+    unknown_flag[16] = 1 << 3;
+    let mut bad_doc_len = good.clone();
+    bad_doc_len[21..25].copy_from_slice(&1_000_000i32.to_le_bytes());
+    let mut bad_opcode = good.clone();
+    bad_opcode[12..16].copy_from_slice(&2010i32.to_le_bytes());
+    let mut unknown_compressor = compressed::compress(&good, Compressor::Zstd).unwrap();
+    unknown_compressor[24] = 9;
+    let mut lying_size = compressed::compress(&good, Compressor::Snappy).unwrap();
+    lying_size[20..24].copy_from_slice(&40_000_000i32.to_le_bytes());
+
+    for (i, mut frame) in [
+        unknown_kind,
+        unknown_flag,
+        bad_doc_len,
+        bad_opcode,
+        unknown_compressor,
+        lying_size,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let id = 500 + i32::try_from(i).unwrap();
+        frame[4..8].copy_from_slice(&id.to_le_bytes());
+        conn.write_frame(&frame).await.unwrap();
+        let reply = read(&mut conn).await;
+        assert_eq!(Header::parse(&reply).unwrap().response_to, id, "case {i}");
+        let body = body_of(&reply);
+        assert_eq!(body.get_f64("ok").unwrap(), 0.0, "case {i}");
+        assert!(body.get_str("errmsg").unwrap().starts_with("likewise:"));
+        assert!(body.get_i32("code").is_ok());
+        assert!(body.get_str("codeName").is_ok());
+        assert!(ok(&command(&mut conn, id + 100, &ping).await), "case {i}");
+    }
+}
+
+#[tokio::test]
+async fn impossible_frame_lengths_close_only_that_connection() {
+    let upstream = Upstream::start();
+    let proxy = Proxy::start(&upstream.uri()).await;
+    let addr = proxy.addr.to_string();
+    let mut victim = connect(&addr).await;
+    let mut bystander = connect(&addr).await;
+    let ping = rawdoc! { "ping": 1, "$db": "admin" };
+    assert!(ok(&command(&mut bystander, 1, &ping).await));
+
+    let mut header = Vec::new();
+    for v in [100_000_000i32, 1, 0, 2013] {
+        header.extend_from_slice(&v.to_le_bytes());
+    }
+    victim.write_frame(&header).await.unwrap();
+    assert!(matches!(victim.read_frame().await, Ok(None) | Err(_)));
+    assert!(ok(&command(&mut bystander, 2, &ping).await));
+    let mut fresh = connect(&addr).await;
+    assert!(ok(&command(&mut fresh, 3, &ping).await));
+}
+
+#[tokio::test]
+async fn upstream_errors_reach_the_client_unchanged() {
+    let upstream = Upstream::start();
+    let proxy = Proxy::start(&upstream.uri()).await;
+    let mut direct = connect(&format!("127.0.0.1:{}", upstream.port)).await;
+    let mut proxied = connect(&proxy.addr.to_string()).await;
+    for bad in [
+        rawdoc! { "definitelyNotACommand": 1, "$db": "test" },
+        rawdoc! { "find": 12, "$db": "test" },
+        rawdoc! { "insert": "c", "documents": [{ "_id": 1 }, { "_id": 1 }], "$db": "test" },
+    ] {
+        let drop = rawdoc! { "drop": "c", "$db": "test" };
+        command(&mut direct, 1, &drop).await;
+        let want = strip_volatile(&command(&mut direct, 2, &bad).await);
+        command(&mut direct, 3, &drop).await;
+        let got = strip_volatile(&command(&mut proxied, 2, &bad).await);
+        assert_eq!(got, want);
+    }
+}
+
+fn strip_volatile(doc: &RawDocument) -> bson::Document {
+    let mut doc: bson::Document = doc.try_into().unwrap();
+    doc.remove("$clusterTime");
+    doc.remove("operationTime");
+    doc
+}
+
+#[tokio::test]
+async fn a_dead_upstream_gives_a_prompt_error_not_a_hang() {
+    let unused = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = unused.local_addr().unwrap().port();
+    drop(unused);
+    let config = Config::new(UpstreamAddr::parse(&format!("mongodb://127.0.0.1:{port}")).unwrap());
+    let proxy = Proxy::start_with(config).await;
+    let mut conn = connect(&proxy.addr.to_string()).await;
+    let reply = command(&mut conn, 9, &rawdoc! { "hello": 1, "$db": "admin" }).await;
+    assert_eq!(reply.get_f64("ok").unwrap(), 0.0);
+    assert_eq!(reply.get_str("codeName").unwrap(), "HostUnreachable");
+    assert!(matches!(conn.read_frame().await, Ok(None) | Err(_)));
+}
