@@ -87,16 +87,10 @@ impl Session {
             legacy: false,
             more_to_come: false,
         };
-        let (compressor, message) = if header.op_code == OpCode::Compressed {
-            let (compressor, inflated) =
-                wire::compressed::decompress(&frame).map_err(|e| Failure::Reply {
-                    request: plain,
-                    error: e.into(),
-                })?;
-            (Some(compressor), Bytes::from(inflated))
-        } else {
-            (None, frame)
-        };
+        let (compressor, message) = wire::inflate(frame).map_err(|e| Failure::Reply {
+            request: plain,
+            error: e.into(),
+        })?;
         let op_code = Header::parse(&message)
             .map_err(|e| Failure::Close(e.to_string()))?
             .op_code;
@@ -208,12 +202,8 @@ impl Session {
             Ok(None) => return Err(Failure::Close("upstream closed the connection".into())),
             Err(e) => return Err(Failure::Close(format!("upstream read failed: {e}"))),
         };
-        if Header::parse(&frame).map(|h| h.op_code) == Ok(OpCode::Compressed) {
-            let (_, inflated) =
-                wire::compressed::decompress(&frame).map_err(|e| upstream_garbage(&e))?;
-            return Ok(Bytes::from(inflated));
-        }
-        Ok(frame)
+        let (_, reply) = wire::inflate(frame).map_err(|e| upstream_garbage(&e))?;
+        Ok(reply)
     }
 
     /// Sends a reply, compressed the way the request was.

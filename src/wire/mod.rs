@@ -140,3 +140,31 @@ impl<'a> Reader<'a> {
         RawDocument::from_bytes(bytes).map_err(|e| WireError::Malformed(format!("{what}: {e}")))
     }
 }
+
+/// A decoded message of any opcode the proxy handles.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Message<'a> {
+    Msg(OpMsg<'a>),
+    Query(OpQuery<'a>),
+    Reply(OpReply<'a>),
+}
+
+/// Inflates `frame` if it is OP_COMPRESSED; otherwise returns it as it is.
+/// The compressor is returned so a reply can be compressed the same way.
+pub fn inflate(frame: bytes::Bytes) -> Result<(Option<Compressor>, bytes::Bytes), WireError> {
+    if Header::parse(&frame)?.op_code != OpCode::Compressed {
+        return Ok((None, frame));
+    }
+    let (compressor, inflated) = compressed::decompress(&frame)?;
+    Ok((Some(compressor), bytes::Bytes::from(inflated)))
+}
+
+/// Parses an uncompressed message by its opcode.
+pub fn decode(message: &[u8]) -> Result<Message<'_>, WireError> {
+    match Header::parse(message)?.op_code {
+        OpCode::Msg => OpMsg::parse(message).map(Message::Msg),
+        OpCode::Query => OpQuery::parse(message).map(Message::Query),
+        OpCode::Reply => OpReply::parse(message).map(Message::Reply),
+        other => Err(WireError::UnsupportedOpCode(other.as_i32())),
+    }
+}
