@@ -168,3 +168,46 @@ async fn transactions_and_change_streams_work_through_the_proxy() {
     let key = event.document_key.unwrap();
     assert_eq!(key.get_str("_id").unwrap(), "committed");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unordered_bulk_explain_and_errors_work_through_the_proxy() {
+    let upstream = Upstream::start();
+    let proxy = Proxy::start(&upstream.uri()).await;
+    let client = client(&proxy.uri(), None).await;
+    let db = client.database("rustmisc");
+    let coll = db.collection::<Document>("c");
+
+    // The Rust driver refuses w:0 itself; unacknowledged writes are covered
+    // by the pymongo, Node and raw-frame suites.
+    let seed: Vec<Document> = (0..25).map(|i| doc! { "_id": i }).collect();
+    coll.insert_many(seed).await.unwrap();
+    assert_eq!(coll.count_documents(doc! {}).await.unwrap(), 25);
+
+    let err = coll
+        .insert_many(vec![
+            doc! { "_id": 1 },
+            doc! { "_id": 100 },
+            doc! { "_id": 2 },
+        ])
+        .ordered(false)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("E11000"), "{err}");
+    assert_eq!(coll.count_documents(doc! {}).await.unwrap(), 26);
+
+    let plan = db
+        .run_command(doc! { "explain": { "find": "c", "filter": { "_id": 3 } } })
+        .await
+        .unwrap();
+    assert!(plan.contains_key("queryPlanner"));
+
+    let err = db
+        .run_command(doc! { "definitelyNotACommand": 1 })
+        .await
+        .unwrap_err();
+    match *err.kind {
+        mongodb::error::ErrorKind::Command(ref e) => assert_eq!(e.code, 59),
+        ref other => panic!("expected a command error, got {other:?}"),
+    }
+    db.drop().await.unwrap();
+}

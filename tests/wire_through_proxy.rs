@@ -289,3 +289,64 @@ async fn a_dead_upstream_gives_a_prompt_error_not_a_hang() {
     assert_eq!(reply.get_str("codeName").unwrap(), "HostUnreachable");
     assert!(matches!(conn.read_frame().await, Ok(None) | Err(_)));
 }
+
+#[tokio::test]
+async fn streamed_hello_replies_are_all_rewritten() {
+    // Drivers never get a topologyVersion from the proxy, but a client that
+    // brings one (from a direct connection) and allows exhaust may be sent
+    // a stream of hello replies; none may leak the replica set.
+    let upstream = Upstream::start();
+    let proxy = Proxy::start(&upstream.uri()).await;
+    let mut direct = connect(&format!("127.0.0.1:{}", upstream.port)).await;
+    let hello = command(&mut direct, 1, &rawdoc! { "hello": 1, "$db": "admin" }).await;
+    let topology_version = hello.get_document("topologyVersion").unwrap().to_owned();
+
+    let mut conn = connect(&proxy.addr.to_string()).await;
+    let awaitable = rawdoc! {
+        "hello": 1,
+        "topologyVersion": topology_version,
+        "maxAwaitTimeMS": 50,
+        "$db": "admin",
+    };
+    conn.write_frame(&msg::encode(
+        2,
+        0,
+        msg::EXHAUST_ALLOWED,
+        &[msg::Section::Body(&awaitable)],
+    ))
+    .await
+    .unwrap();
+    let mut streamed = 0;
+    for _ in 0..3 {
+        let reply = read(&mut conn).await;
+        let parsed = OpMsg::parse(&reply).unwrap();
+        assert_eq!(parsed.header.response_to, 2);
+        let body = parsed.body();
+        assert_eq!(body.get_str("msg").unwrap(), "isdbgrid");
+        assert!(body.get("setName").unwrap().is_none());
+        assert!(body.get("topologyVersion").unwrap().is_none());
+        if !parsed.more_to_come() {
+            break;
+        }
+        streamed += 1;
+    }
+    assert!(streamed >= 1, "the upstream did not stream hello replies");
+}
+
+#[tokio::test]
+async fn clients_are_disconnected_promptly_when_the_upstream_dies() {
+    let upstream = Upstream::start();
+    let proxy = Proxy::start(&upstream.uri()).await;
+    let mut conn = connect(&proxy.addr.to_string()).await;
+    let ping = rawdoc! { "ping": 1, "$db": "admin" };
+    assert!(ok(&command(&mut conn, 1, &ping).await));
+    drop(upstream);
+    conn.write_frame(&msg::encode_body(2, 0, &ping))
+        .await
+        .unwrap();
+    // Bounded only so a regression fails instead of hanging the suite.
+    let outcome = tokio::time::timeout(std::time::Duration::from_secs(30), conn.read_frame())
+        .await
+        .expect("the proxy left the client hanging");
+    assert!(matches!(outcome, Ok(None) | Err(_)));
+}

@@ -125,17 +125,16 @@ impl Session {
         match Command::classify(parsed.body()) {
             Command::Hello(hello) => {
                 self.send_upstream(&message).await?;
-                let reply = self.read_upstream().await?;
-                let rewritten = rewrite_msg_reply(&reply, |body| hello.handle_reply(body))?;
-                self.send_client(rewritten.as_deref().unwrap_or(&reply), compressor)
-                    .await
+                // A client that insists on awaitable hello may get a stream
+                // of replies: every one of them is rewritten.
+                self.relay_replies(compressor, Some(&hello)).await
             }
             Command::Passthrough => {
                 self.send_upstream(&message).await?;
                 if parsed.more_to_come() {
                     return Ok(());
                 }
-                self.relay_replies(compressor).await
+                self.relay_replies(compressor, None).await
             }
         }
     }
@@ -174,14 +173,24 @@ impl Session {
     }
 
     /// Relays upstream replies until one arrives without `moreToCome`
-    /// (exhaust cursors and streamed replies send several).
-    async fn relay_replies(&mut self, compressor: Option<Compressor>) -> Result<(), Failure> {
+    /// (exhaust cursors and streamed replies send several), rewriting each
+    /// as a router's hello reply when `hello` is given.
+    async fn relay_replies(
+        &mut self,
+        compressor: Option<Compressor>,
+        hello: Option<&Hello>,
+    ) -> Result<(), Failure> {
         loop {
             let reply = self.read_upstream().await?;
             let more = reply.len() >= 20
                 && Header::parse(&reply).map(|h| h.op_code) == Ok(OpCode::Msg)
                 && wire::read_u32(&reply, 16) & msg::MORE_TO_COME != 0;
-            self.send_client(&reply, compressor).await?;
+            let rewritten = match hello {
+                Some(hello) => rewrite_msg_reply(&reply, |body| hello.handle_reply(body))?,
+                None => None,
+            };
+            self.send_client(rewritten.as_deref().unwrap_or(&reply), compressor)
+                .await?;
             if !more {
                 return Ok(());
             }
