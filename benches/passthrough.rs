@@ -211,9 +211,33 @@ fn main() {
         tokio::spawn(relay(l, upstream_addr));
         a
     });
-    let proxy_rt = server_runtime(PROXY_THREADS);
-    let _proxy = proxy_rt.block_on(common::Proxy::start(&upstream.uri()));
-    let proxy_addr = _proxy.addr;
+    // The proxy as `likewise serve` runs it: connections on per-core
+    // single-threaded workers, the accept loop on a runtime of its own.
+    let proxy_workers = likewise::server::Workers::start(2, PROXY_THREADS).unwrap();
+    let proxy_rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let proxy_addr = {
+        let listener = proxy_rt.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let config = likewise::config::Config::new(
+            likewise::config::Upstream::parse(&upstream.uri()).unwrap(),
+        );
+        let handles = proxy_workers.handles().to_vec();
+        std::thread::Builder::new()
+            .name(PROXY_THREADS.into())
+            .spawn(move || {
+                proxy_rt.block_on(likewise::server::run_on(
+                    listener,
+                    config,
+                    std::future::pending(),
+                    &handles,
+                ))
+            })
+            .unwrap();
+        addr
+    };
 
     let load = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

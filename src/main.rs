@@ -42,6 +42,10 @@ struct ServeArgs {
     /// client's handshake is answered with a HostUnreachable error.
     #[arg(long, default_value_t = 5_000, value_name = "MS")]
     connect_timeout_ms: u64,
+    /// Threads serving connections, each a single-threaded runtime that owns
+    /// the connections it is given (default: one per CPU core).
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
     /// Log level on stderr: error, warn, info, debug or trace.
     #[arg(long, default_value = "info", value_name = "LEVEL")]
     log_level: tracing::Level,
@@ -77,8 +81,17 @@ fn serve(args: ServeArgs) -> ExitCode {
     config.max_connections = args.max_connections.max(1);
     config.connect_timeout = Duration::from_millis(args.connect_timeout_ms);
 
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
+    let threads = args.threads.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    });
+    let started = likewise::server::Workers::start(threads, "likewise-worker").and_then(|w| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map(|rt| (w, rt))
+    });
+    let (workers, runtime) = match started {
+        Ok(started) => started,
         Err(e) => {
             eprintln!("likewise: cannot start the runtime: {e}");
             return ExitCode::FAILURE;
@@ -99,11 +112,11 @@ fn serve(args: ServeArgs) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        tracing::info!(upstream = %config.upstream.uri, "proxying");
+        tracing::info!(upstream = %config.upstream.uri, threads, "proxying");
         let mut stdout = std::io::stdout();
         let _ = writeln!(stdout, "likewise listening on {local}");
         let _ = stdout.flush();
-        likewise::server::run(listener, config, shutdown_signal()).await;
+        likewise::server::run_on(listener, config, shutdown_signal(), workers.handles()).await;
         ExitCode::SUCCESS
     })
 }
