@@ -19,6 +19,7 @@ pub mod command;
 pub mod config;
 pub mod conn;
 pub mod error;
+pub mod index;
 pub mod proxy;
 pub mod server;
 pub mod wire;

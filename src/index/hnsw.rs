@@ -1,0 +1,355 @@
+//! HNSW (Malkov & Yashunin, 2016): a layered proximity graph.
+//!
+//! Layer 0 links live in one flat array (`2 * max_edges` slots per node);
+//! the sparse upper layers are per-node lists. Removal is a tombstone: a
+//! removed node still routes searches but is never returned. A search
+//! restricted to an allowed set walks the same graph and only admits
+//! allowed nodes to the result set, widening until it has `ef` of them or
+//! the reachable graph is exhausted.
+
+use super::{Hit, KeySet, Similarity, VectorIndex};
+use std::cmp::{Ordering, Reverse};
+use std::collections::BinaryHeap;
+
+/// Build parameters, named as in Atlas's `hnswOptions`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HnswParams {
+    /// Links per node on the upper layers (twice this on layer 0).
+    pub max_edges: usize,
+    /// Search breadth while inserting.
+    pub num_edge_candidates: usize,
+    /// Seed of the level generator, so builds are reproducible.
+    pub seed: u64,
+}
+
+impl Default for HnswParams {
+    fn default() -> Self {
+        HnswParams {
+            max_edges: 16,
+            num_edge_candidates: 100,
+            seed: 0x00c0_ffee,
+        }
+    }
+}
+
+const MAX_LEVEL: usize = 16;
+
+pub struct Hnsw {
+    dims: usize,
+    similarity: Similarity,
+    params: HnswParams,
+    /// Links per node on layer 0.
+    m0: usize,
+    vectors: Vec<f32>,
+    /// Top layer of each slot; `None` where no vector was inserted.
+    level: Vec<Option<u8>>,
+    removed: Vec<bool>,
+    links0: Vec<u32>,
+    count0: Vec<u16>,
+    /// Layers 1.. of each node: `upper[node][layer - 1]`.
+    upper: Vec<Vec<Vec<u32>>>,
+    entry: Option<u32>,
+    top_level: usize,
+    live: usize,
+    rng: u64,
+}
+
+/// A (distance, key) pair ordered by distance, then key.
+#[derive(Clone, Copy, PartialEq)]
+struct Near(f32, u32);
+
+impl Eq for Near {}
+
+impl PartialOrd for Near {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Near {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.0.total_cmp(&other.0).then(self.1.cmp(&other.1))
+    }
+}
+
+impl Hnsw {
+    pub fn new(dims: usize, similarity: Similarity, params: HnswParams) -> Hnsw {
+        let max_edges = params.max_edges.clamp(2, 512);
+        Hnsw {
+            dims,
+            similarity,
+            params: HnswParams {
+                max_edges,
+                ..params
+            },
+            m0: 2 * max_edges,
+            vectors: Vec::new(),
+            level: Vec::new(),
+            removed: Vec::new(),
+            links0: Vec::new(),
+            count0: Vec::new(),
+            upper: Vec::new(),
+            entry: None,
+            top_level: 0,
+            live: 0,
+            rng: params.seed | 1,
+        }
+    }
+
+    fn vec_of(&self, node: u32) -> &[f32] {
+        let at = node as usize * self.dims;
+        &self.vectors[at..at + self.dims]
+    }
+
+    fn dist_to(&self, query: &[f32], node: u32) -> f32 {
+        self.similarity.distance(query, self.vec_of(node))
+    }
+
+    fn neighbours(&self, node: u32, layer: usize) -> &[u32] {
+        let n = node as usize;
+        if layer == 0 {
+            let start = n * self.m0;
+            &self.links0[start..start + usize::from(self.count0[n])]
+        } else {
+            &self.upper[n][layer - 1]
+        }
+    }
+
+    fn set_neighbours(&mut self, node: u32, layer: usize, links: &[u32]) {
+        let n = node as usize;
+        if layer == 0 {
+            let start = n * self.m0;
+            self.links0[start..start + links.len()].copy_from_slice(links);
+            self.count0[n] = u16::try_from(links.len()).expect("m0 fits u16");
+        } else {
+            self.upper[n][layer - 1] = links.to_vec();
+        }
+    }
+
+    fn random_level(&mut self) -> usize {
+        // xorshift64*, then the exponential level distribution with mL = 1/ln(M).
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        let bits = self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11;
+        let uniform = (bits as f64 + 1.0) / (1u64 << 53) as f64;
+        let ml = 1.0 / (self.params.max_edges as f64).ln();
+        ((-uniform.ln() * ml) as usize).min(MAX_LEVEL)
+    }
+
+    fn grow(&mut self, slot: usize) {
+        if self.level.len() > slot {
+            return;
+        }
+        let n = slot + 1;
+        self.vectors.resize(n * self.dims, 0.0);
+        self.level.resize(n, None);
+        self.removed.resize(n, false);
+        self.links0.resize(n * self.m0, 0);
+        self.count0.resize(n, 0);
+        self.upper.resize(n, Vec::new());
+    }
+
+    /// Greedy descent on one layer from `start` towards `query`.
+    fn greedy(&self, query: &[f32], mut best: Near, layer: usize) -> Near {
+        loop {
+            let mut improved = false;
+            for &n in self.neighbours(best.1, layer) {
+                let d = self.dist_to(query, n);
+                if d < best.0 {
+                    best = Near(d, n);
+                    improved = true;
+                }
+            }
+            if !improved {
+                return best;
+            }
+        }
+    }
+
+    /// Beam search on one layer. Only nodes that `admit` accepts enter the
+    /// results; every node routes. Returns results nearest first.
+    fn search_layer(
+        &self,
+        query: &[f32],
+        entries: &[Near],
+        ef: usize,
+        layer: usize,
+        admit: &dyn Fn(u32) -> bool,
+    ) -> Vec<Near> {
+        let mut visited = vec![0u64; self.level.len().div_ceil(64)];
+        let mut seen = |n: u32| {
+            let (w, b) = (n as usize / 64, n % 64);
+            let fresh = visited[w] & (1 << b) == 0;
+            visited[w] |= 1 << b;
+            fresh
+        };
+        let mut candidates: BinaryHeap<Reverse<Near>> = BinaryHeap::new();
+        let mut results: BinaryHeap<Near> = BinaryHeap::new();
+        for &e in entries {
+            if seen(e.1) {
+                candidates.push(Reverse(e));
+                if admit(e.1) {
+                    results.push(e);
+                }
+            }
+        }
+        while results.len() > ef {
+            results.pop();
+        }
+        while let Some(Reverse(current)) = candidates.pop() {
+            if results.len() >= ef && results.peek().is_some_and(|w| current.0 > w.0) {
+                break;
+            }
+            for &n in self.neighbours(current.1, layer) {
+                if !seen(n) {
+                    continue;
+                }
+                let d = self.dist_to(query, n);
+                if results.len() < ef || results.peek().is_some_and(|w| d < w.0) {
+                    candidates.push(Reverse(Near(d, n)));
+                    if admit(n) {
+                        results.push(Near(d, n));
+                        if results.len() > ef {
+                            results.pop();
+                        }
+                    }
+                }
+            }
+        }
+        results.into_sorted_vec()
+    }
+
+    /// The neighbour-selection heuristic: keep a candidate only if it is
+    /// nearer to the base than to every neighbour already kept, which
+    /// spreads links across directions. `candidates` are nearest first.
+    fn select(&self, candidates: &[Near], m: usize) -> Vec<u32> {
+        let mut kept: Vec<u32> = Vec::with_capacity(m);
+        for &Near(d, c) in candidates {
+            if kept.len() >= m {
+                break;
+            }
+            let cv = self.vec_of(c);
+            if kept
+                .iter()
+                .all(|&s| self.similarity.distance(cv, self.vec_of(s)) > d)
+            {
+                kept.push(c);
+            }
+        }
+        kept
+    }
+
+    fn link_back(&mut self, node: u32, new: u32, layer: usize) {
+        let cap = if layer == 0 {
+            self.m0
+        } else {
+            self.params.max_edges
+        };
+        let links = self.neighbours(node, layer);
+        if links.len() < cap {
+            let mut grown = links.to_vec();
+            grown.push(new);
+            self.set_neighbours(node, layer, &grown);
+            return;
+        }
+        let base = self.vec_of(node).to_vec();
+        let mut candidates: Vec<Near> = links
+            .iter()
+            .chain(std::iter::once(&new))
+            .map(|&n| Near(self.similarity.distance(&base, self.vec_of(n)), n))
+            .collect();
+        candidates.sort();
+        let kept = self.select(&candidates, cap);
+        self.set_neighbours(node, layer, &kept);
+    }
+}
+
+impl VectorIndex for Hnsw {
+    fn dims(&self) -> usize {
+        self.dims
+    }
+
+    fn similarity(&self) -> Similarity {
+        self.similarity
+    }
+
+    fn insert(&mut self, key: u32, vector: &[f32]) {
+        assert_eq!(vector.len(), self.dims, "vector length");
+        let slot = key as usize;
+        self.grow(slot);
+        if self.level[slot].is_some() {
+            return; // keys are never reused; a repeat is a no-op
+        }
+        self.vectors[slot * self.dims..(slot + 1) * self.dims].copy_from_slice(vector);
+        let level = self.random_level();
+        self.level[slot] = Some(u8::try_from(level).expect("level <= 16"));
+        self.upper[slot] = vec![Vec::new(); level];
+        self.live += 1;
+
+        let Some(entry) = self.entry else {
+            self.entry = Some(key);
+            self.top_level = level;
+            return;
+        };
+        let query = self.vec_of(key).to_vec();
+        let mut best = Near(self.dist_to(&query, entry), entry);
+        for layer in (level + 1..=self.top_level).rev() {
+            best = self.greedy(&query, best, layer);
+        }
+        let mut entries = vec![best];
+        let ef = self.params.num_edge_candidates.max(self.params.max_edges);
+        for layer in (0..=level.min(self.top_level)).rev() {
+            let found = self.search_layer(&query, &entries, ef, layer, &|n| n != key);
+            let chosen = self.select(&found, self.params.max_edges);
+            self.set_neighbours(key, layer, &chosen);
+            for &n in &chosen {
+                self.link_back(n, key, layer);
+            }
+            entries = found;
+        }
+        if level > self.top_level {
+            self.top_level = level;
+            self.entry = Some(key);
+        }
+    }
+
+    fn remove(&mut self, key: u32) -> bool {
+        let slot = key as usize;
+        if self.level.get(slot).copied().flatten().is_none() || self.removed[slot] {
+            return false;
+        }
+        self.removed[slot] = true;
+        self.live -= 1;
+        true
+    }
+
+    fn len(&self) -> usize {
+        self.live
+    }
+
+    fn vector(&self, key: u32) -> Option<&[f32]> {
+        let slot = key as usize;
+        (self.level.get(slot).copied().flatten().is_some() && !self.removed[slot])
+            .then(|| self.vec_of(key))
+    }
+
+    fn search(&self, query: &[f32], k: usize, ef: usize, allowed: Option<&KeySet>) -> Vec<Hit> {
+        let Some(entry) = self.entry else {
+            return Vec::new();
+        };
+        if k == 0 {
+            return Vec::new();
+        }
+        let mut best = Near(self.dist_to(query, entry), entry);
+        for layer in (1..=self.top_level).rev() {
+            best = self.greedy(query, best, layer);
+        }
+        let admit = |n: u32| !self.removed[n as usize] && allowed.is_none_or(|a| a.contains(n));
+        self.search_layer(query, &[best], ef.max(k), 0, &admit)
+            .into_iter()
+            .take(k)
+            .map(|Near(distance, key)| Hit { key, distance })
+            .collect()
+    }
+}

@@ -1,0 +1,78 @@
+//! Maps document `_id`s (any BSON value) to dense `u32` index keys.
+//!
+//! A key names one vector of one document: when a document's vector
+//! changes it gets a new key and the old one is retired, so index backends
+//! never update a vector in place.
+
+use bson::{RawBson, RawBsonRef, RawDocumentBuf};
+use std::collections::HashMap;
+
+#[derive(Default)]
+pub struct IdMap {
+    /// The `_id` as its canonical bytes (a one-field document) -> live key.
+    by_id: HashMap<Vec<u8>, u32>,
+    /// Key -> `_id`; `None` once retired.
+    ids: Vec<Option<RawBson>>,
+}
+
+fn canonical(id: RawBsonRef<'_>) -> Vec<u8> {
+    let mut doc = RawDocumentBuf::new();
+    doc.append("", id.to_raw_bson());
+    doc.into_bytes()
+}
+
+impl IdMap {
+    /// A fresh key for `id`, retiring the key it had. Returns (new, old).
+    pub fn assign(&mut self, id: RawBsonRef<'_>) -> (u32, Option<u32>) {
+        let key = u32::try_from(self.ids.len()).expect("fewer than 2^32 vectors");
+        self.ids.push(Some(id.to_raw_bson()));
+        let old = self.by_id.insert(canonical(id), key);
+        if let Some(old) = old {
+            self.ids[old as usize] = None;
+        }
+        (key, old)
+    }
+
+    /// Retires the key of `id`, returning it.
+    pub fn retire(&mut self, id: RawBsonRef<'_>) -> Option<u32> {
+        let key = self.by_id.remove(&canonical(id))?;
+        self.ids[key as usize] = None;
+        Some(key)
+    }
+
+    pub fn key_of(&self, id: RawBsonRef<'_>) -> Option<u32> {
+        self.by_id.get(&canonical(id)).copied()
+    }
+
+    pub fn id_of(&self, key: u32) -> Option<&RawBson> {
+        self.ids.get(key as usize).and_then(Option::as_ref)
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reassigning_retires_the_old_key() {
+        let mut ids = IdMap::default();
+        let (a, none) = ids.assign(RawBsonRef::String("a"));
+        assert_eq!(none, None);
+        let (b, _) = ids.assign(RawBsonRef::Int32(7));
+        let (a2, old) = ids.assign(RawBsonRef::String("a"));
+        assert_eq!(old, Some(a));
+        assert_ne!(a2, a);
+        assert_eq!(ids.id_of(a), None);
+        assert_eq!(ids.key_of(RawBsonRef::String("a")), Some(a2));
+        assert_eq!(ids.retire(RawBsonRef::Int32(7)), Some(b));
+        assert_eq!(ids.len(), 1);
+    }
+}

@@ -1,0 +1,138 @@
+//! HNSW against the exact oracle on a seeded clustered data set, for every
+//! similarity, with filters and with deletions. Each test states how many
+//! misses it allows.
+
+use likewise::index::exact::Flat;
+use likewise::index::hnsw::{Hnsw, HnswParams};
+use likewise::index::{exact_among, Hit, KeySet, Similarity, VectorIndex};
+
+const N: usize = 3000;
+const DIMS: usize = 24;
+const CLUSTERS: usize = 30;
+const QUERIES: usize = 60;
+const K: usize = 10;
+const EF: usize = 80;
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn unit(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 24) as f32
+    }
+    fn normalish(&mut self) -> f32 {
+        (0..4).map(|_| self.unit()).sum::<f32>() - 2.0
+    }
+}
+
+fn clustered(seed: u64, n: usize) -> Vec<Vec<f32>> {
+    let mut rng = Rng(seed);
+    let centres: Vec<Vec<f32>> = (0..CLUSTERS)
+        .map(|_| (0..DIMS).map(|_| rng.normalish() * 3.0).collect())
+        .collect();
+    (0..n)
+        .map(|i| {
+            let c = &centres[i % CLUSTERS];
+            c.iter().map(|x| x + rng.normalish()).collect()
+        })
+        .collect()
+}
+
+fn build(sim: Similarity) -> (Flat, Hnsw, Vec<Vec<f32>>) {
+    let mut flat = Flat::new(DIMS, sim);
+    let mut hnsw = Hnsw::new(DIMS, sim, HnswParams::default());
+    // dotProduct, as in Atlas, is for unit-length vectors (its score
+    // (1 + dot) / 2 assumes them), so its data set is normalised first.
+    let unit = |v: Vec<f32>| match sim {
+        Similarity::DotProduct => Similarity::Cosine.prepare(v).unwrap(),
+        _ => v,
+    };
+    for (key, v) in clustered(7, N).into_iter().enumerate() {
+        let v = sim.prepare(unit(v)).unwrap();
+        flat.insert(key as u32, &v);
+        hnsw.insert(key as u32, &v);
+    }
+    let queries = clustered(99, QUERIES)
+        .into_iter()
+        .map(|q| sim.prepare(unit(q)).unwrap())
+        .collect();
+    (flat, hnsw, queries)
+}
+
+fn misses(want: &[Hit], got: &[Hit]) -> usize {
+    want.iter()
+        .filter(|w| !got.iter().any(|g| g.key == w.key))
+        .count()
+}
+
+#[test]
+fn hnsw_recall_at_10_is_at_least_95_percent_for_every_similarity() {
+    for sim in [
+        Similarity::Cosine,
+        Similarity::DotProduct,
+        Similarity::Euclidean,
+    ] {
+        let (flat, hnsw, queries) = build(sim);
+        let mut missed = 0;
+        for q in &queries {
+            let want = flat.search(q, K, 0, None);
+            let got = hnsw.search(q, K, EF, None);
+            assert_eq!(got.len(), K);
+            assert!(got.windows(2).all(|w| w[0].distance <= w[1].distance));
+            missed += misses(&want, &got);
+        }
+        // Allowed: 5% of the 600 expected neighbours.
+        assert!(missed * 20 <= QUERIES * K, "{sim:?}: {missed} misses");
+    }
+}
+
+#[test]
+fn filtered_search_returns_k_allowed_results_with_high_recall() {
+    let (flat, hnsw, queries) = build(Similarity::Euclidean);
+    let mut rng = Rng(3);
+    for percent in [10u64, 50] {
+        let allowed = KeySet::from_keys((0..N as u32).filter(|_| rng.next() % 100 < percent));
+        let mut missed = 0;
+        for q in &queries {
+            let want = flat.search(q, K, 0, Some(&allowed));
+            let got = hnsw.search(q, K, EF, Some(&allowed));
+            assert_eq!(got.len(), K, "{percent}%: fewer than k results");
+            assert!(got.iter().all(|h| allowed.contains(h.key)));
+            missed += misses(&want, &got);
+        }
+        assert!(missed * 20 <= QUERIES * K, "{percent}%: {missed} misses");
+    }
+    // Very selective filters: exact over the allowed keys is the oracle itself.
+    let tiny = KeySet::from_keys((0..N as u32).filter(|k| k % 300 == 0));
+    for q in &queries {
+        let want = flat.search(q, K, 0, Some(&tiny));
+        let got = exact_among(&hnsw, q, K, tiny.keys());
+        assert_eq!(got, want);
+    }
+}
+
+#[test]
+fn removed_keys_never_come_back_and_recall_holds() {
+    let (mut flat, mut hnsw, queries) = build(Similarity::Cosine);
+    for key in (0..N as u32).filter(|k| k % 3 == 0) {
+        assert!(hnsw.remove(key));
+        assert!(flat.remove(key));
+    }
+    assert!(!hnsw.remove(0), "double removal");
+    assert_eq!(hnsw.len(), N - N.div_ceil(3));
+    assert!(hnsw.vector(0).is_none());
+    let mut missed = 0;
+    for q in &queries {
+        let want = flat.search(q, K, 0, None);
+        let got = hnsw.search(q, K, EF, None);
+        assert_eq!(got.len(), K);
+        assert!(got.iter().all(|h| h.key % 3 != 0));
+        missed += misses(&want, &got);
+    }
+    assert!(missed * 20 <= QUERIES * K, "{missed} misses after deletes");
+}
