@@ -89,6 +89,8 @@ pub struct Config {
     pub max_connections: usize,
     /// How long to wait for the upstream to accept a connection.
     pub connect_timeout: Duration,
+    /// Upstream database holding the proxy's metadata (index definitions).
+    pub metadata_db: String,
 }
 
 impl Config {
@@ -98,6 +100,7 @@ impl Config {
             data_dir: None,
             max_connections: 10_000,
             connect_timeout: Duration::from_secs(5),
+            metadata_db: "likewise".to_string(),
         }
     }
 }

@@ -3,6 +3,7 @@
 
 use crate::wire::WireError;
 use bson::{rawdoc, RawDocumentBuf};
+use std::borrow::Cow;
 use std::fmt;
 
 /// Who is at fault: decides logging level and whether the connection lives.
@@ -17,10 +18,10 @@ pub enum Side {
 }
 
 /// A MongoDB error code with its stable name (from the server's error_codes.yml).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Code {
     pub code: i32,
-    pub name: &'static str,
+    pub name: Cow<'static, str>,
 }
 
 impl Code {
@@ -29,10 +30,30 @@ impl Code {
     pub const HOST_UNREACHABLE: Code = Code::new(6, "HostUnreachable");
     pub const PROTOCOL_ERROR: Code = Code::new(17, "ProtocolError");
     pub const INVALID_BSON: Code = Code::new(22, "InvalidBSON");
+    pub const NAMESPACE_NOT_FOUND: Code = Code::new(26, "NamespaceNotFound");
+    pub const INDEX_NOT_FOUND: Code = Code::new(27, "IndexNotFound");
+    pub const INDEX_ALREADY_EXISTS: Code = Code::new(68, "IndexAlreadyExists");
+    pub const INVALID_OPTIONS: Code = Code::new(72, "InvalidOptions");
+    pub const OPERATION_FAILED: Code = Code::new(96, "OperationFailed");
+    pub const OBJECT_IS_BUSY: Code = Code::new(314, "ObjectIsBusy");
+    /// `$vectorSearch` anywhere but first, as mongod reports stage placement.
+    pub const STAGE_NOT_FIRST: Code = Code::new(40602, "Location40602");
+
     pub const UNSUPPORTED_OP_QUERY_COMMAND: Code = Code::new(352, "UnsupportedOpQueryCommand");
 
     const fn new(code: i32, name: &'static str) -> Code {
-        Code { code, name }
+        Code {
+            code,
+            name: Cow::Borrowed(name),
+        }
+    }
+
+    /// A code relayed from the upstream, with the name it gave.
+    pub fn relayed(code: i32, name: &str) -> Code {
+        Code {
+            code,
+            name: Cow::Owned(name.to_string()),
+        }
     }
 }
 
@@ -74,7 +95,7 @@ impl Error {
             "ok": 0.0,
             "errmsg": self.message.as_str(),
             "code": self.code.code,
-            "codeName": self.code.name,
+            "codeName": &*self.code.name,
         }
     }
 }

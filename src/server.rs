@@ -31,6 +31,10 @@ pub async fn run_on(
     workers: &[Handle],
 ) {
     let shared = Arc::new(proxy::Shared::new(config));
+    tokio::spawn(crate::maintain::restore(
+        shared.config.clone(),
+        shared.registry.clone(),
+    ));
     let limit = Arc::new(Semaphore::new(shared.config.max_connections));
     let mut next_worker = 0usize;
     tokio::pin!(shutdown);

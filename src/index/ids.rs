@@ -52,6 +52,11 @@ impl IdMap {
         self.by_id.len()
     }
 
+    /// Every live key.
+    pub fn live_keys(&self) -> impl Iterator<Item = u32> + '_ {
+        self.by_id.values().copied()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.by_id.is_empty()
     }

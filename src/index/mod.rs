@@ -12,6 +12,7 @@ pub mod exact;
 pub mod hnsw;
 pub mod ids;
 pub mod metric;
+pub mod registry;
 pub mod vector;
 
 pub use metric::Similarity;

@@ -8,24 +8,29 @@
 //! itself had `moreToCome` (w:0 writes must never get an invented reply).
 
 mod session;
+mod vector;
 
 use crate::config::Config;
 use crate::conn::Connection;
 use crate::error::{Code, Error};
+use crate::index::registry::Registry;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
 use tokio::net::TcpStream;
 
 /// State shared by every connection of one proxy.
 pub struct Shared {
-    pub config: Config,
+    pub config: Arc<Config>,
+    /// The search indexes this proxy serves.
+    pub registry: Arc<Registry>,
     request_ids: AtomicI32,
 }
 
 impl Shared {
     pub fn new(config: Config) -> Shared {
         Shared {
-            config,
+            config: Arc::new(config),
+            registry: Arc::new(Registry::default()),
             request_ids: AtomicI32::new(1),
         }
     }

@@ -10,13 +10,13 @@ use bytes::Bytes;
 use std::sync::Arc;
 
 pub(super) struct Session {
-    client: Connection,
-    upstream: Connection,
-    shared: Arc<Shared>,
+    pub(super) client: Connection,
+    pub(super) upstream: Connection,
+    pub(super) shared: Arc<Shared>,
 }
 
 /// How a request ended when it did not end well.
-enum Failure {
+pub(super) enum Failure {
     /// Tell the client (if the request expects a reply) and keep serving.
     Reply { request: ReplyTo, error: Error },
     /// The connection pair is finished.
@@ -25,10 +25,10 @@ enum Failure {
 
 /// Enough about a request to answer it in its own dialect.
 #[derive(Clone, Copy)]
-struct ReplyTo {
-    request_id: i32,
-    legacy: bool,
-    more_to_come: bool,
+pub(super) struct ReplyTo {
+    pub(super) request_id: i32,
+    pub(super) legacy: bool,
+    pub(super) more_to_come: bool,
 }
 
 impl Session {
@@ -129,6 +129,29 @@ impl Session {
                 // of replies: every one of them is rewritten.
                 self.relay_replies(compressor, Some(&hello)).await
             }
+            Command::SearchIndexAdmin(admin) => {
+                let reply = self
+                    .search_index_admin(admin, parsed.body())
+                    .await
+                    .map_err(|error| Failure::Reply { request, error })?;
+                self.reply(request, &reply, compressor).await
+            }
+            Command::Vector(kind) => {
+                let rewritten = self
+                    .vector_command(kind, parsed.body())
+                    .await
+                    .map_err(|error| Failure::Reply { request, error })?;
+                self.send_upstream(&msg::encode_body(request.request_id, 0, &rewritten))
+                    .await?;
+                self.relay_replies(compressor, None).await
+            }
+            Command::ExplainVector(kind) => {
+                let reply = self
+                    .explain_vector(kind, parsed.body())
+                    .await
+                    .map_err(|error| Failure::Reply { request, error })?;
+                self.reply(request, &reply, compressor).await
+            }
             Command::Passthrough => {
                 self.send_upstream(&message).await?;
                 if parsed.more_to_come() {
@@ -137,6 +160,20 @@ impl Session {
                 self.relay_replies(compressor, None).await
             }
         }
+    }
+
+    /// Sends a reply the proxy made itself.
+    async fn reply(
+        &mut self,
+        request: ReplyTo,
+        body: &RawDocument,
+        compressor: Option<Compressor>,
+    ) -> Result<(), Failure> {
+        if request.more_to_come {
+            return Ok(());
+        }
+        let out = msg::encode_body(self.shared.next_request_id(), request.request_id, body);
+        self.send_client(&out, compressor).await
     }
 
     /// Legacy OP_QUERY: only the handshake is still valid. It is sent upstream
@@ -197,7 +234,7 @@ impl Session {
         }
     }
 
-    async fn send_upstream(&mut self, message: &[u8]) -> Result<(), Failure> {
+    pub(super) async fn send_upstream(&mut self, message: &[u8]) -> Result<(), Failure> {
         self.upstream
             .write_frame(message)
             .await

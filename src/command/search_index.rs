@@ -1,0 +1,282 @@
+//! Search-index administration in Atlas's shape: `createSearchIndexes`,
+//! `updateSearchIndex`, `dropSearchIndex`, and `$listSearchIndexes` (as an
+//! aggregation stage, and as a `listSearchIndexes` command). Only
+//! `vectorSearch` indexes exist here.
+
+use crate::error::{Code, Error};
+use crate::index::hnsw::HnswParams;
+use crate::index::registry::{IndexSpec, SearchIndex};
+use crate::index::Similarity;
+use bson::{rawdoc, RawArrayBuf, RawBsonRef, RawDocument, RawDocumentBuf};
+
+/// Atlas's limit on vector dimensions.
+pub const MAX_DIMENSIONS: usize = 8192;
+
+fn bad(message: impl Into<String>) -> Error {
+    Error::client(Code::BAD_VALUE, message)
+}
+
+/// One index in a `createSearchIndexes` request.
+#[derive(Debug)]
+pub struct NewIndex {
+    pub name: String,
+    pub definition: RawDocumentBuf,
+    pub spec: IndexSpec,
+}
+
+/// Which index an update or drop names.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Target {
+    pub name: Option<String>,
+    pub id: Option<String>,
+}
+
+/// Reads `{createSearchIndexes: coll, indexes: [{name?, type?, definition}]}`.
+pub fn parse_create(body: &RawDocument) -> Result<Vec<NewIndex>, Error> {
+    let indexes = body
+        .get_array("indexes")
+        .map_err(|_| bad("createSearchIndexes needs an 'indexes' array"))?;
+    let mut out = Vec::new();
+    for entry in indexes {
+        let Ok(RawBsonRef::Document(spec)) = entry else {
+            return Err(bad("each entry of 'indexes' must be a document"));
+        };
+        let name = match spec.get("name") {
+            Ok(Some(RawBsonRef::String(n))) if !n.is_empty() => n.to_string(),
+            Ok(None) => "default".to_string(),
+            _ => return Err(bad("index 'name' must be a non-empty string")),
+        };
+        match spec.get("type") {
+            Ok(Some(RawBsonRef::String("vectorSearch"))) => {}
+            Ok(Some(RawBsonRef::String(other))) => {
+                return Err(Error::client(
+                    Code::INVALID_OPTIONS,
+                    format!("likewise serves only 'vectorSearch' indexes, not '{other}'"),
+                ))
+            }
+            _ => {
+                return Err(Error::client(
+                    Code::INVALID_OPTIONS,
+                    "likewise serves only 'vectorSearch' indexes: set type: 'vectorSearch'",
+                ))
+            }
+        }
+        let definition = spec
+            .get_document("definition")
+            .map_err(|_| bad("index needs a 'definition' document"))?;
+        out.push(NewIndex {
+            name,
+            spec: parse_definition(definition)?,
+            definition: definition.to_owned(),
+        });
+    }
+    if out.is_empty() {
+        return Err(bad("'indexes' is empty"));
+    }
+    Ok(out)
+}
+
+/// Reads `{fields: [{type: "vector", path, numDimensions, similarity,
+/// hnswOptions?}, {type: "filter", path}...]}`.
+pub fn parse_definition(definition: &RawDocument) -> Result<IndexSpec, Error> {
+    let fields = definition
+        .get_array("fields")
+        .map_err(|_| bad("definition needs a 'fields' array"))?;
+    let mut vector = None;
+    let mut filters = Vec::new();
+    for field in fields {
+        let Ok(RawBsonRef::Document(field)) = field else {
+            return Err(bad("each entry of 'fields' must be a document"));
+        };
+        let path = field
+            .get_str("path")
+            .map_err(|_| bad("each field needs a string 'path'"))?
+            .to_string();
+        match field.get_str("type") {
+            Ok("vector") => {
+                if vector.is_some() {
+                    return Err(bad(
+                        "likewise indexes one vector field per index; create one index per vector path",
+                    ));
+                }
+                vector = Some((path, parse_vector_field(field)?));
+            }
+            Ok("filter") => filters.push(path),
+            _ => return Err(bad("field 'type' must be 'vector' or 'filter'")),
+        }
+    }
+    let (path, (dims, similarity, hnsw)) =
+        vector.ok_or_else(|| bad("definition needs one field of type 'vector'"))?;
+    Ok(IndexSpec {
+        path,
+        dims,
+        similarity,
+        hnsw,
+        filters,
+    })
+}
+
+fn parse_vector_field(field: &RawDocument) -> Result<(usize, Similarity, HnswParams), Error> {
+    let dims = integer(field.get("numDimensions").ok().flatten())
+        .and_then(|n| usize::try_from(n).ok())
+        .filter(|n| (1..=MAX_DIMENSIONS).contains(n))
+        .ok_or_else(|| {
+            bad(format!(
+                "'numDimensions' must be an integer from 1 to {MAX_DIMENSIONS}"
+            ))
+        })?;
+    let similarity = field
+        .get_str("similarity")
+        .ok()
+        .and_then(Similarity::parse)
+        .ok_or_else(|| bad("'similarity' must be 'cosine', 'euclidean' or 'dotProduct'"))?;
+    let mut hnsw = HnswParams::default();
+    if let Ok(options) = field.get_document("hnswOptions") {
+        if let Some(m) = options.get("maxEdges").ok().flatten() {
+            hnsw.max_edges = integer(Some(m))
+                .and_then(|n| usize::try_from(n).ok())
+                .filter(|n| (16..=64).contains(n))
+                .ok_or_else(|| bad("'hnswOptions.maxEdges' must be an integer from 16 to 64"))?;
+        }
+        if let Some(c) = options.get("numEdgeCandidates").ok().flatten() {
+            hnsw.num_edge_candidates = integer(Some(c))
+                .and_then(|n| usize::try_from(n).ok())
+                .filter(|n| (100..=3200).contains(n))
+                .ok_or_else(|| {
+                    bad("'hnswOptions.numEdgeCandidates' must be an integer from 100 to 3200")
+                })?;
+        }
+    }
+    Ok((dims, similarity, hnsw))
+}
+
+/// An integral number in any BSON numeric type.
+pub fn integer(value: Option<RawBsonRef<'_>>) -> Option<i64> {
+    match value? {
+        RawBsonRef::Int32(n) => Some(i64::from(n)),
+        RawBsonRef::Int64(n) => Some(n),
+        RawBsonRef::Double(x) if x.fract() == 0.0 && x.abs() < 9.0e15 => Some(x as i64),
+        _ => None,
+    }
+}
+
+/// Reads the `name` or `id` of `updateSearchIndex` / `dropSearchIndex`.
+pub fn parse_target(body: &RawDocument) -> Result<Target, Error> {
+    let name = body.get_str("name").ok().map(str::to_string);
+    let id = body.get_str("id").ok().map(str::to_string);
+    if name.is_none() && id.is_none() {
+        return Err(bad("name or id is required"));
+    }
+    Ok(Target { name, id })
+}
+
+/// The `$listSearchIndexes` filter: `{name?}` or `{id?}`.
+pub fn parse_list_filter(stage: &RawDocument) -> Target {
+    Target {
+        name: stage.get_str("name").ok().map(str::to_string),
+        id: stage.get_str("id").ok().map(str::to_string),
+    }
+}
+
+/// One `$listSearchIndexes` result, with our own `progress`.
+pub fn describe(index: &SearchIndex) -> RawDocumentBuf {
+    let (status, detail) = index.status();
+    let scanned = index.scanned.load(std::sync::atomic::Ordering::Relaxed);
+    let total = index.total.load(std::sync::atomic::Ordering::Relaxed);
+    let skipped = index.skipped.load(std::sync::atomic::Ordering::Relaxed);
+    let indexed = index.data.read().map(|d| d.index.len()).unwrap_or_default();
+    let mut out = rawdoc! {
+        "id": index.id.as_str(),
+        "name": index.name.as_str(),
+        "type": "vectorSearch",
+        "status": status.name(),
+        "queryable": status == crate::index::registry::Status::Ready,
+        "latestDefinition": index.definition.clone(),
+        "progress": {
+            "documentsScanned": i64::try_from(scanned).unwrap_or(i64::MAX),
+            "documentsTotal": i64::try_from(total).unwrap_or(i64::MAX),
+            "vectorsIndexed": i64::try_from(indexed).unwrap_or(i64::MAX),
+            "documentsSkipped": i64::try_from(skipped).unwrap_or(i64::MAX),
+        },
+    };
+    if let Some(detail) = detail {
+        out.append("statusDetail", detail);
+    }
+    out
+}
+
+/// A finished cursor reply, the shape drivers expect from a listing.
+pub fn cursor_reply(namespace: &str, docs: Vec<RawDocumentBuf>) -> RawDocumentBuf {
+    let mut batch = RawArrayBuf::new();
+    for d in docs {
+        batch.push(d);
+    }
+    rawdoc! {
+        "cursor": { "id": 0_i64, "ns": namespace, "firstBatch": batch },
+        "ok": 1.0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_what_mongosh_sends() {
+        let body = rawdoc! {
+            "createSearchIndexes": "movies",
+            "indexes": [{
+                "name": "vec",
+                "type": "vectorSearch",
+                "definition": { "fields": [
+                    { "type": "vector", "path": "plot_embedding", "numDimensions": 1536, "similarity": "dotProduct",
+                      "hnswOptions": { "maxEdges": 32, "numEdgeCandidates": 200 } },
+                    { "type": "filter", "path": "year" },
+                ]},
+            }],
+            "$db": "db",
+        };
+        let parsed = parse_create(&body).unwrap();
+        assert_eq!(parsed.len(), 1);
+        let spec = &parsed[0].spec;
+        assert_eq!(spec.path, "plot_embedding");
+        assert_eq!(spec.dims, 1536);
+        assert_eq!(spec.similarity, Similarity::DotProduct);
+        assert_eq!(spec.hnsw.max_edges, 32);
+        assert_eq!(spec.hnsw.num_edge_candidates, 200);
+        assert_eq!(spec.filters, ["year"]);
+    }
+
+    #[test]
+    fn bad_definitions_are_explained() {
+        for (definition, needle) in [
+            (rawdoc! { "fields": [] }, "one field of type 'vector'"),
+            (
+                rawdoc! { "fields": [{ "type": "vector", "path": "v", "numDimensions": 0, "similarity": "cosine" }] },
+                "numDimensions",
+            ),
+            (
+                rawdoc! { "fields": [{ "type": "vector", "path": "v", "numDimensions": 3.5, "similarity": "cosine" }] },
+                "numDimensions",
+            ),
+            (
+                rawdoc! { "fields": [{ "type": "vector", "path": "v", "numDimensions": 3, "similarity": "manhattan" }] },
+                "similarity",
+            ),
+            (
+                rawdoc! { "fields": [{ "type": "vector", "path": "v", "numDimensions": 3, "similarity": "cosine", "hnswOptions": { "maxEdges": 2 } }] },
+                "maxEdges",
+            ),
+        ] {
+            let err = parse_definition(&definition).unwrap_err();
+            assert!(err.message.contains(needle), "{}", err.message);
+            assert_eq!(err.code, Code::BAD_VALUE);
+        }
+        let search_type =
+            rawdoc! { "indexes": [{ "name": "x", "definition": { "mappings": {} } }] };
+        assert_eq!(
+            parse_create(&search_type).unwrap_err().code,
+            Code::INVALID_OPTIONS
+        );
+    }
+}

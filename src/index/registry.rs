@@ -1,0 +1,198 @@
+//! The search indexes this proxy knows, by namespace, with their status,
+//! build progress and data. Synchronous: callers put CPU work on a blocking
+//! thread and I/O elsewhere.
+
+use super::hnsw::{Hnsw, HnswParams};
+use super::ids::IdMap;
+use super::{Similarity, VectorIndex};
+use bson::RawDocumentBuf;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+/// What a `vectorSearch` index definition asks for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IndexSpec {
+    /// Dotted path of the vector field.
+    pub path: String,
+    pub dims: usize,
+    pub similarity: Similarity,
+    pub hnsw: HnswParams,
+    /// Paths declared as `filter` fields (any MQL filter works; these are
+    /// reported back as declared).
+    pub filters: Vec<String>,
+}
+
+/// Atlas's index states.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Pending,
+    Building,
+    Ready,
+    Failed,
+    Deleting,
+}
+
+impl Status {
+    pub fn name(self) -> &'static str {
+        match self {
+            Status::Pending => "PENDING",
+            Status::Building => "BUILDING",
+            Status::Ready => "READY",
+            Status::Failed => "FAILED",
+            Status::Deleting => "DELETING",
+        }
+    }
+}
+
+/// The vectors of one index and the `_id`s they belong to.
+pub struct IndexData {
+    pub ids: IdMap,
+    pub index: Box<dyn VectorIndex>,
+}
+
+pub struct SearchIndex {
+    pub id: String,
+    pub db: String,
+    pub collection: String,
+    pub name: String,
+    /// The definition as the client gave it (`latestDefinition`).
+    pub definition: RawDocumentBuf,
+    pub spec: IndexSpec,
+    status: Mutex<(Status, Option<String>)>,
+    /// Documents scanned so far by the build, and the collection's size.
+    pub scanned: AtomicU64,
+    pub total: AtomicU64,
+    /// Documents whose vector field was missing, malformed or the wrong size.
+    pub skipped: AtomicU64,
+    retired: AtomicBool,
+    pub data: RwLock<IndexData>,
+}
+
+impl SearchIndex {
+    pub fn new(
+        id: String,
+        db: &str,
+        collection: &str,
+        name: &str,
+        definition: RawDocumentBuf,
+        spec: IndexSpec,
+    ) -> SearchIndex {
+        let index = Box::new(Hnsw::new(spec.dims, spec.similarity, spec.hnsw));
+        SearchIndex {
+            id,
+            db: db.to_string(),
+            collection: collection.to_string(),
+            name: name.to_string(),
+            definition,
+            spec,
+            status: Mutex::new((Status::Pending, None)),
+            scanned: AtomicU64::new(0),
+            total: AtomicU64::new(0),
+            skipped: AtomicU64::new(0),
+            retired: AtomicBool::new(false),
+            data: RwLock::new(IndexData {
+                ids: IdMap::default(),
+                index,
+            }),
+        }
+    }
+
+    pub fn namespace(&self) -> String {
+        format!("{}.{}", self.db, self.collection)
+    }
+
+    pub fn status(&self) -> (Status, Option<String>) {
+        self.status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn set_status(&self, status: Status, detail: Option<String>) {
+        *self.status.lock().unwrap_or_else(|e| e.into_inner()) = (status, detail);
+    }
+
+    pub fn queryable(&self) -> bool {
+        self.status().0 == Status::Ready
+    }
+
+    /// Marks the index dropped or replaced: its build stops.
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::Relaxed);
+        self.set_status(Status::Deleting, None);
+    }
+
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Relaxed)
+    }
+}
+
+fn namespace(db: &str, collection: &str) -> String {
+    format!("{db}.{collection}")
+}
+
+#[derive(Default)]
+pub struct Registry {
+    by_namespace: RwLock<HashMap<String, Vec<Arc<SearchIndex>>>>,
+}
+
+impl Registry {
+    pub fn list(&self, db: &str, collection: &str) -> Vec<Arc<SearchIndex>> {
+        self.read()
+            .get(&namespace(db, collection))
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// By name, or by id when `name` is `None`.
+    pub fn find(
+        &self,
+        db: &str,
+        collection: &str,
+        name: Option<&str>,
+        id: Option<&str>,
+    ) -> Option<Arc<SearchIndex>> {
+        self.list(db, collection)
+            .into_iter()
+            .find(|i| name.is_none_or(|n| i.name == n) && id.is_none_or(|x| i.id == x))
+    }
+
+    /// Adds an index; refused when the namespace already has one so named.
+    pub fn add(&self, index: Arc<SearchIndex>) -> Result<(), Arc<SearchIndex>> {
+        let mut map = self.write();
+        let list = map.entry(index.namespace()).or_default();
+        if let Some(existing) = list.iter().find(|i| i.name == index.name) {
+            return Err(existing.clone());
+        }
+        list.push(index);
+        Ok(())
+    }
+
+    /// Puts `index` in the place of the one with its name, retiring that.
+    pub fn replace(&self, index: Arc<SearchIndex>) {
+        let mut map = self.write();
+        let list = map.entry(index.namespace()).or_default();
+        for old in list.iter().filter(|i| i.name == index.name) {
+            old.retire();
+        }
+        list.retain(|i| i.name != index.name);
+        list.push(index);
+    }
+
+    pub fn remove(&self, index: &SearchIndex) {
+        let mut map = self.write();
+        if let Some(list) = map.get_mut(&index.namespace()) {
+            list.retain(|i| i.id != index.id);
+        }
+        index.retire();
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Vec<Arc<SearchIndex>>>> {
+        self.by_namespace.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Vec<Arc<SearchIndex>>>> {
+        self.by_namespace.write().unwrap_or_else(|e| e.into_inner())
+    }
+}

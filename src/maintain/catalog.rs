@@ -1,0 +1,102 @@
+//! Index definitions persisted in the upstream, in
+//! `<metadata db>.search_indexes` (`likewise.search_indexes` by default):
+//! one document per index, `{_id: <index id>, db, collection, name, type,
+//! definition}`. The upstream is the source of truth: a restarted proxy, or
+//! a second proxy on the same upstream, loads them and rebuilds.
+
+use crate::command::search_index::parse_definition;
+use crate::config::Config;
+use crate::error::{Code, Error};
+use crate::index::registry::SearchIndex;
+use crate::upstream::{self, Cursor};
+use bson::{rawdoc, RawDocument};
+
+const COLLECTION: &str = "search_indexes";
+
+/// Inserts or replaces the stored definition of `index`.
+pub async fn save(config: &Config, index: &SearchIndex) -> Result<(), Error> {
+    let mut conn = upstream::connect(config).await?;
+    let doc = rawdoc! {
+        "_id": index.id.as_str(),
+        "db": index.db.as_str(),
+        "collection": index.collection.as_str(),
+        "name": index.name.as_str(),
+        "type": "vectorSearch",
+        "definition": index.definition.clone(),
+    };
+    let body = rawdoc! {
+        "update": COLLECTION,
+        "updates": [{ "q": { "_id": index.id.as_str() }, "u": doc, "upsert": true }],
+        "$db": config.metadata_db.as_str(),
+    };
+    let reply = upstream::command(&mut conn, &body).await?;
+    write_errors(&reply)
+}
+
+pub async fn delete(config: &Config, id: &str) -> Result<(), Error> {
+    let mut conn = upstream::connect(config).await?;
+    let body = rawdoc! {
+        "delete": COLLECTION,
+        "deletes": [{ "q": { "_id": id }, "limit": 1 }],
+        "$db": config.metadata_db.as_str(),
+    };
+    let reply = upstream::command(&mut conn, &body).await?;
+    write_errors(&reply)
+}
+
+fn write_errors(reply: &RawDocument) -> Result<(), Error> {
+    match reply.get_array("writeErrors") {
+        Ok(errors) => {
+            let first = errors
+                .into_iter()
+                .next()
+                .and_then(|e| e.ok())
+                .and_then(|e| e.as_document())
+                .and_then(|e| e.get_str("errmsg").ok())
+                .unwrap_or("write error");
+            Err(Error::upstream(
+                Code::OPERATION_FAILED,
+                format!("likewise: storing index metadata failed: {first}"),
+            ))
+        }
+        Err(_) => Ok(()),
+    }
+}
+
+/// Every stored definition, as indexes ready to build. Entries that no
+/// longer parse are logged and skipped.
+pub async fn load(config: &Config) -> Result<Vec<SearchIndex>, Error> {
+    let mut conn = upstream::connect(config).await?;
+    let db = config.metadata_db.as_str();
+    let body = rawdoc! { "find": COLLECTION, "filter": {}, "$db": db };
+    let mut cursor = Cursor::open(&mut conn, db, &body).await?;
+    let mut out = Vec::new();
+    while let Some(batch) = cursor.next_batch().await? {
+        for doc in batch {
+            match entry(&doc) {
+                Ok(index) => out.push(index),
+                Err(e) => tracing::warn!(error = %e, "skipping a stored index definition"),
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn entry(doc: &RawDocument) -> Result<SearchIndex, Error> {
+    let field = |name: &str| {
+        doc.get_str(name)
+            .map_err(|_| Error::internal(format!("stored index definition lacks '{name}'")))
+    };
+    let definition = doc
+        .get_document("definition")
+        .map_err(|_| Error::internal("stored index definition lacks 'definition'"))?;
+    let spec = parse_definition(definition)?;
+    Ok(SearchIndex::new(
+        field("_id")?.to_string(),
+        field("db")?,
+        field("collection")?,
+        field("name")?,
+        definition.to_owned(),
+        spec,
+    ))
+}

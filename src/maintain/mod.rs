@@ -1,0 +1,30 @@
+//! Keeps indexes in step with the upstream: the catalog of definitions
+//! (stored in the upstream, so restarts and other proxies see them) and
+//! background builds that scan a collection into an index.
+
+pub mod build;
+pub mod catalog;
+
+use crate::config::Config;
+use crate::index::registry::Registry;
+use std::sync::Arc;
+
+/// Loads the stored index definitions and builds each in the background.
+/// An unreachable upstream is logged: indexes appear once it is back and
+/// the proxy restarts.
+pub async fn restore(config: Arc<Config>, registry: Arc<Registry>) {
+    match catalog::load(&config).await {
+        Ok(indexes) => {
+            if !indexes.is_empty() {
+                tracing::info!(count = indexes.len(), "restoring search index definitions");
+            }
+            for index in indexes {
+                let index = Arc::new(index);
+                if registry.add(index.clone()).is_ok() {
+                    tokio::spawn(build::build(config.clone(), index));
+                }
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot load search index definitions"),
+    }
+}

@@ -1,0 +1,522 @@
+//! Vector commands on a client's connection: search-index administration
+//! (answered by the proxy) and vector queries (answered from an index, then
+//! rewritten and sent upstream on the client's own connection, so results
+//! are only documents the client could read directly).
+
+use super::session::Session;
+use crate::command::search_index::{
+    self, describe, parse_create, parse_definition, parse_list_filter, parse_target,
+};
+use crate::command::vector_query::{
+    parse_like_filter, parse_vector_search, QueryVector, VectorQuery,
+};
+use crate::command::{Admin, VectorKind};
+use crate::error::{Code, Error};
+use crate::index::registry::{SearchIndex, Status};
+use crate::index::{exact_among, Hit, KeySet};
+use crate::maintain::{build, catalog};
+use crate::rewrite::{self, Ranked};
+use crate::upstream::{self, Cursor};
+use bson::{rawdoc, RawArrayBuf, RawBsonRef, RawDocument, RawDocumentBuf};
+use std::sync::Arc;
+
+/// Filters matching at most this many indexed documents are answered by an
+/// exact scan of exactly those; broader ones by filtered graph search.
+const EXACT_SCAN_MAX: usize = 20_000;
+
+fn bad(message: impl Into<String>) -> Error {
+    Error::client(Code::BAD_VALUE, message)
+}
+
+fn db_of(body: &RawDocument) -> Result<&str, Error> {
+    body.get_str("$db").map_err(|_| bad("command has no $db"))
+}
+
+fn collection_of<'a>(body: &'a RawDocument, command: &str) -> Result<&'a str, Error> {
+    body.get_str(command)
+        .map_err(|_| bad(format!("'{command}' must name a collection")))
+}
+
+/// How a vector query was answered, for `explain`.
+struct Plan {
+    index: Arc<SearchIndex>,
+    strategy: &'static str,
+    allowed: Option<usize>,
+    ranked: Ranked,
+    exact_filter: Option<RawDocumentBuf>,
+}
+
+impl Session {
+    pub(super) async fn search_index_admin(
+        &mut self,
+        admin: Admin,
+        body: &RawDocument,
+    ) -> Result<RawDocumentBuf, Error> {
+        let db = db_of(body)?;
+        let registry = self.shared.registry.clone();
+        let config = self.shared.config.clone();
+        match admin {
+            Admin::Create => {
+                let collection = collection_of(body, "createSearchIndexes")?;
+                let mut created = RawArrayBuf::new();
+                for new in parse_create(body)? {
+                    if registry
+                        .find(db, collection, Some(&new.name), None)
+                        .is_some()
+                    {
+                        return Err(Error::client(
+                            Code::INDEX_ALREADY_EXISTS,
+                            format!(
+                                "search index '{}' already exists on {db}.{collection}",
+                                new.name
+                            ),
+                        ));
+                    }
+                    let index = Arc::new(SearchIndex::new(
+                        bson::oid::ObjectId::new().to_hex(),
+                        db,
+                        collection,
+                        &new.name,
+                        new.definition,
+                        new.spec,
+                    ));
+                    catalog::save(&config, &index).await?;
+                    if registry.add(index.clone()).is_err() {
+                        return Err(Error::client(
+                            Code::INDEX_ALREADY_EXISTS,
+                            format!("search index '{}' already exists", new.name),
+                        ));
+                    }
+                    tracing::info!(index = %index.name, namespace = %index.namespace(), "search index created");
+                    created.push(rawdoc! { "id": index.id.as_str(), "name": index.name.as_str() });
+                    tokio::spawn(build::build(config.clone(), index));
+                }
+                Ok(rawdoc! { "ok": 1.0, "indexesCreated": created })
+            }
+            Admin::Update => {
+                let collection = collection_of(body, "updateSearchIndex")?;
+                let target = parse_target(body)?;
+                let old = self.named_index(db, collection, &target.name, &target.id)?;
+                let definition = body
+                    .get_document("definition")
+                    .map_err(|_| bad("updateSearchIndex needs a 'definition' document"))?;
+                let spec = parse_definition(definition)?;
+                let index = Arc::new(SearchIndex::new(
+                    old.id.clone(),
+                    db,
+                    collection,
+                    &old.name,
+                    definition.to_owned(),
+                    spec,
+                ));
+                catalog::save(&config, &index).await?;
+                registry.replace(index.clone());
+                tokio::spawn(build::build(config.clone(), index));
+                Ok(rawdoc! { "ok": 1.0 })
+            }
+            Admin::Drop => {
+                let collection = collection_of(body, "dropSearchIndex")?;
+                let target = parse_target(body)?;
+                let index = self.named_index(db, collection, &target.name, &target.id)?;
+                catalog::delete(&config, &index.id).await?;
+                registry.remove(&index);
+                tracing::info!(index = %index.name, namespace = %index.namespace(), "search index dropped");
+                Ok(rawdoc! { "ok": 1.0 })
+            }
+            Admin::List => {
+                let (collection, filter) = match body.get_str("listSearchIndexes") {
+                    Ok(collection) => (collection, parse_list_filter(body)),
+                    Err(_) => {
+                        let collection = collection_of(body, "aggregate")?;
+                        let stage = body
+                            .get_array("pipeline")
+                            .ok()
+                            .and_then(|p| p.into_iter().flatten().next())
+                            .and_then(|s| s.as_document())
+                            .and_then(|s| s.get_document("$listSearchIndexes").ok());
+                        let filter = stage
+                            .map(parse_list_filter)
+                            .unwrap_or(search_index::Target {
+                                name: None,
+                                id: None,
+                            });
+                        (collection, filter)
+                    }
+                };
+                let docs = registry
+                    .list(db, collection)
+                    .iter()
+                    .filter(|i| filter.name.as_ref().is_none_or(|n| &i.name == n))
+                    .filter(|i| filter.id.as_ref().is_none_or(|x| &i.id == x))
+                    .map(|i| describe(i))
+                    .collect();
+                Ok(search_index::cursor_reply(
+                    &format!("{db}.{collection}"),
+                    docs,
+                ))
+            }
+        }
+    }
+
+    fn named_index(
+        &self,
+        db: &str,
+        collection: &str,
+        name: &Option<String>,
+        id: &Option<String>,
+    ) -> Result<Arc<SearchIndex>, Error> {
+        self.shared
+            .registry
+            .find(db, collection, name.as_deref(), id.as_deref())
+            .ok_or_else(|| {
+                Error::client(
+                    Code::INDEX_NOT_FOUND,
+                    format!(
+                        "search index '{}' not found on {db}.{collection}",
+                        name.as_deref().or(id.as_deref()).unwrap_or("")
+                    ),
+                )
+            })
+    }
+
+    /// Answers the vector part and returns the command to send upstream.
+    pub(super) async fn vector_command(
+        &mut self,
+        kind: VectorKind,
+        body: &RawDocument,
+    ) -> Result<RawDocumentBuf, Error> {
+        let plan = self.plan(kind, body).await?;
+        Ok(rewrite_for(kind, body, &plan))
+    }
+
+    /// `explain` of a vector query: the upstream's explain of the rewritten
+    /// command, plus how the vector part was answered.
+    pub(super) async fn explain_vector(
+        &mut self,
+        kind: VectorKind,
+        body: &RawDocument,
+    ) -> Result<RawDocumentBuf, Error> {
+        let inner = body
+            .get_document("explain")
+            .map_err(|_| bad("explain needs a command document"))?;
+        let mut inner_with_db = inner.to_owned();
+        if inner.get("$db").ok().flatten().is_none() {
+            inner_with_db.append("$db", db_of(body)?);
+        }
+        let plan = self.plan(kind, &inner_with_db).await?;
+        let mut rewritten = rewrite_for(kind, &inner_with_db, &plan);
+        rewritten = without(&rewritten, "$db");
+        let mut upstream_explain = RawDocumentBuf::new();
+        for (k, v) in body.iter().flatten() {
+            if k == "explain" {
+                upstream_explain.append(k, rewritten.clone());
+            } else {
+                upstream_explain.append(k, v.to_raw_bson());
+            }
+        }
+        let reply = upstream::command(&mut self.upstream, &upstream_explain).await?;
+        let mut out = RawDocumentBuf::new();
+        for (k, v) in reply.iter().flatten() {
+            out.append(k, v.to_raw_bson());
+        }
+        let mut likewise = rawdoc! {
+            "index": plan.index.name.as_str(),
+            "strategy": plan.strategy,
+            "vectorsInIndex": i64::try_from(plan.index.data.read().map(|d| d.index.len()).unwrap_or(0)).unwrap_or(i64::MAX),
+            "results": i64::try_from(plan.ranked.ids.len()).unwrap_or(i64::MAX),
+            "rewrittenCommand": rewritten,
+        };
+        if let Some(allowed) = plan.allowed {
+            likewise.append("filterMatches", i64::try_from(allowed).unwrap_or(i64::MAX));
+        }
+        out.append("likewise", likewise);
+        Ok(out)
+    }
+
+    async fn plan(&mut self, kind: VectorKind, body: &RawDocument) -> Result<Plan, Error> {
+        let db = db_of(body)?.to_string();
+        let (collection, query) = parse_query(kind, body)?;
+        let index = self.resolve(&db, &collection, &query)?;
+        let vector = query_vector(&index, &query)?;
+        let allowed = match &query.filter {
+            Some(filter) => Some(self.matching_keys(&index, &db, &collection, filter).await?),
+            None => None,
+        };
+        let allowed_count = allowed.as_ref().map(KeySet::len);
+        let searcher = index.clone();
+        let (hits, strategy, query) = tokio::task::spawn_blocking(move || {
+            let (hits, strategy) = search(&searcher, &vector, &query, allowed.as_ref());
+            (hits, strategy, query)
+        })
+        .await
+        .map_err(|e| Error::internal(format!("vector search failed: {e}")))?;
+        let ranked = to_ranked(&index, &hits);
+        Ok(Plan {
+            index,
+            strategy,
+            allowed: allowed_count,
+            ranked,
+            exact_filter: query.filter,
+        })
+    }
+
+    fn resolve(
+        &self,
+        db: &str,
+        collection: &str,
+        query: &VectorQuery,
+    ) -> Result<Arc<SearchIndex>, Error> {
+        let registry = &self.shared.registry;
+        let index = match &query.index {
+            Some(name) => registry
+                .find(db, collection, Some(name), None)
+                .ok_or_else(|| {
+                    Error::client(
+                        Code::INDEX_NOT_FOUND,
+                        format!("search index '{name}' not found on {db}.{collection}"),
+                    )
+                })?,
+            None => {
+                let all = registry.list(db, collection);
+                match all.len() {
+                    1 => all[0].clone(),
+                    0 => {
+                        return Err(Error::client(
+                            Code::INDEX_NOT_FOUND,
+                            format!("{db}.{collection} has no search index"),
+                        ))
+                    }
+                    _ => return Err(bad(format!(
+                        "{db}.{collection} has several search indexes: name one with 'semantic_index'"
+                    ))),
+                }
+            }
+        };
+        let (status, detail) = index.status();
+        if status != Status::Ready {
+            return Err(Error::client(
+                Code::OBJECT_IS_BUSY,
+                format!(
+                    "search index '{}' is not queryable yet (status {}{})",
+                    index.name,
+                    status.name(),
+                    detail.map(|d| format!(": {d}")).unwrap_or_default()
+                ),
+            ));
+        }
+        if let Some(path) = &query.path {
+            if path != &index.spec.path {
+                return Err(bad(format!(
+                    "search index '{}' indexes path '{}', not '{path}'",
+                    index.name, index.spec.path
+                )));
+            }
+        }
+        Ok(index)
+    }
+
+    /// Keys of indexed documents matching `filter`, read on the client's
+    /// connection so its own permissions apply.
+    async fn matching_keys(
+        &mut self,
+        index: &SearchIndex,
+        db: &str,
+        collection: &str,
+        filter: &RawDocument,
+    ) -> Result<KeySet, Error> {
+        let find = rewrite::matching_ids(collection, db, filter);
+        let mut cursor = Cursor::open(&mut self.upstream, db, &find).await?;
+        let mut keys = KeySet::default();
+        while let Some(batch) = cursor.next_batch().await? {
+            let data = index.data.read().unwrap_or_else(|e| e.into_inner());
+            for doc in &batch {
+                if let Some(key) = doc
+                    .get("_id")
+                    .ok()
+                    .flatten()
+                    .and_then(|id| data.ids.key_of(id))
+                {
+                    keys.insert(key);
+                }
+            }
+        }
+        Ok(keys)
+    }
+}
+
+fn parse_query(kind: VectorKind, body: &RawDocument) -> Result<(String, VectorQuery), Error> {
+    match kind {
+        VectorKind::Aggregate => {
+            let collection = collection_of(body, "aggregate")?.to_string();
+            let stages = body
+                .get_array("pipeline")
+                .map_err(|_| bad("aggregate needs a pipeline"))?;
+            let mut stages = stages.into_iter().flatten();
+            let first = stages
+                .next()
+                .and_then(|s| s.as_document())
+                .ok_or_else(|| bad("empty pipeline"))?;
+            if stages.any(|s| {
+                s.as_document()
+                    .and_then(|d| d.iter().next())
+                    .and_then(Result::ok)
+                    .is_some_and(|(k, _)| k == "$vectorSearch")
+            }) {
+                return Err(Error::client(
+                    Code::STAGE_NOT_FIRST,
+                    "$vectorSearch is only valid as the first stage in a pipeline",
+                ));
+            }
+            if let Ok(stage) = first.get_document("$vectorSearch") {
+                if contains_like(stage) {
+                    return Err(bad("$like cannot be combined with $vectorSearch"));
+                }
+                return Ok((collection, parse_vector_search(stage)?));
+            }
+            let matched = first
+                .get_document("$match")
+                .map_err(|_| bad("$vectorSearch must be a document"))?;
+            let query = parse_like_filter(matched)?
+                .ok_or_else(|| bad("$like must be at the top level of $match"))?;
+            Ok((collection, query))
+        }
+        VectorKind::Find => {
+            let collection = collection_of(body, "find")?.to_string();
+            let filter = body
+                .get_document("filter")
+                .map_err(|_| bad("find needs a filter"))?;
+            let query = parse_like_filter(filter)?
+                .ok_or_else(|| bad("$like must be at the top level of the filter"))?;
+            Ok((collection, query))
+        }
+        VectorKind::Count => {
+            let collection = collection_of(body, "count")?.to_string();
+            let filter = body
+                .get_document("query")
+                .map_err(|_| bad("count needs a query"))?;
+            let query = parse_like_filter(filter)?
+                .ok_or_else(|| bad("$like must be at the top level of the query"))?;
+            Ok((collection, query))
+        }
+    }
+}
+
+fn contains_like(doc: &RawDocument) -> bool {
+    doc.iter()
+        .flatten()
+        .any(|(k, v)| k == "$like" || matches!(v, RawBsonRef::Document(d) if contains_like(d)))
+}
+
+/// The prepared query vector.
+fn query_vector(index: &SearchIndex, query: &VectorQuery) -> Result<Vec<f32>, Error> {
+    let spec = &index.spec;
+    match &query.vector {
+        QueryVector::Values(values) => {
+            if values.len() != spec.dims {
+                return Err(bad(format!(
+                    "query vector has {} dimensions, index '{}' has {}",
+                    values.len(),
+                    index.name,
+                    spec.dims
+                )));
+            }
+            spec.similarity
+                .prepare(values.clone())
+                .ok_or_else(|| bad("query vector cannot be compared (all zeros, or not finite)"))
+        }
+        QueryVector::OfDocument(id) => {
+            let data = index.data.read().unwrap_or_else(|e| e.into_inner());
+            data.ids
+                .key_of(id.as_raw_bson_ref())
+                .and_then(|key| data.index.vector(key))
+                .map(<[f32]>::to_vec)
+                .ok_or_else(|| {
+                    Error::client(
+                        Code::BAD_VALUE,
+                        format!("no indexed vector for the document with _id {id:?}"),
+                    )
+                })
+        }
+        QueryVector::Content(_) => Err(Error::client(
+            Code::BAD_VALUE,
+            "$like with document content needs a model to encode it; models are not available yet: \
+             pass 'vector' or the '_id' of an indexed document",
+        )),
+    }
+}
+
+/// Runs the search on a blocking thread's behalf: exact over the allowed
+/// documents when the filter is selective, filtered graph search when it is
+/// broad (falling back to exact if that returns fewer than it could).
+fn search(
+    index: &SearchIndex,
+    vector: &[f32],
+    query: &VectorQuery,
+    allowed: Option<&KeySet>,
+) -> (Vec<Hit>, &'static str) {
+    let data = index.data.read().unwrap_or_else(|e| e.into_inner());
+    let k = query.limit;
+    let all_keys = || -> Vec<u32> { data.ids.live_keys().collect() };
+    let result = match (allowed, query.exact) {
+        (Some(a), true) => (
+            exact_among(data.index.as_ref(), vector, k, a.keys()),
+            "exact scan of filter matches",
+        ),
+        (None, true) => (
+            exact_among(data.index.as_ref(), vector, k, &all_keys()),
+            "exact scan",
+        ),
+        (Some(a), false) if a.len() <= EXACT_SCAN_MAX || a.len() * 10 <= data.index.len() => (
+            exact_among(data.index.as_ref(), vector, k, a.keys()),
+            "exact scan of filter matches (selective filter)",
+        ),
+        (Some(a), false) => {
+            let hits = data.index.search(vector, k, query.num_candidates, Some(a));
+            if hits.len() < k.min(a.len()) {
+                (
+                    exact_among(data.index.as_ref(), vector, k, a.keys()),
+                    "filtered graph search, completed by exact scan",
+                )
+            } else {
+                (hits, "filtered graph search")
+            }
+        }
+        (None, false) => (
+            data.index.search(vector, k, query.num_candidates, None),
+            "graph search",
+        ),
+    };
+    result
+}
+
+fn to_ranked(index: &SearchIndex, hits: &[Hit]) -> Ranked {
+    let data = index.data.read().unwrap_or_else(|e| e.into_inner());
+    let similarity = index.spec.similarity;
+    let mut ranked = Ranked::default();
+    for hit in hits {
+        if let Some(id) = data.ids.id_of(hit.key) {
+            ranked.ids.push(id.clone());
+            ranked.scores.push(similarity.score(hit.distance));
+        }
+    }
+    ranked
+}
+
+fn rewrite_for(kind: VectorKind, body: &RawDocument, plan: &Plan) -> RawDocumentBuf {
+    let exact = plan.exact_filter.as_deref();
+    match kind {
+        VectorKind::Aggregate => rewrite::aggregate(body, &plan.ranked, exact),
+        VectorKind::Find => rewrite::find_as_aggregate(body, &plan.ranked, exact),
+        VectorKind::Count => rewrite::count(body, &plan.ranked, exact),
+    }
+}
+
+fn without(doc: &RawDocument, key: &str) -> RawDocumentBuf {
+    let mut out = RawDocumentBuf::new();
+    for (k, v) in doc.iter().flatten() {
+        if k != key {
+            out.append(k, v.to_raw_bson());
+        }
+    }
+    out
+}

@@ -1,0 +1,370 @@
+//! Pure rewrites: (client command, ranked neighbour ids) -> upstream command.
+//!
+//! The upstream fetches exactly the ranked documents, `_id: {$in: ids}`
+//! combined with the client's exact filter, and returns them in similarity
+//! order: a rank computed from the id list sorts them, across every batch
+//! and `getMore`. `{$meta: "vectorSearchScore"}` anywhere in later stages
+//! (or a find projection) becomes the score looked up by `_id`. A `find`
+//! becomes an `aggregate`, whose cursor replies have the same shape.
+
+use bson::{rawdoc, RawArrayBuf, RawBson, RawBsonRef, RawDocument, RawDocumentBuf};
+
+/// Internal field holding a document's rank; removed before the client sees it.
+const RANK: &str = "__likewise_rank";
+
+/// Neighbours in similarity order, with their Atlas-normalised scores.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Ranked {
+    pub ids: Vec<RawBson>,
+    pub scores: Vec<f64>,
+}
+
+impl Ranked {
+    fn id_array(&self) -> RawArrayBuf {
+        let mut out = RawArrayBuf::new();
+        for id in &self.ids {
+            out.push(id.clone());
+        }
+        out
+    }
+
+    fn score_array(&self) -> RawArrayBuf {
+        let mut out = RawArrayBuf::new();
+        for s in &self.scores {
+            out.push(*s);
+        }
+        out
+    }
+
+    /// `{$indexOfArray: [{$literal: ids}, "$_id"]}`
+    fn rank_expression(&self) -> RawDocumentBuf {
+        rawdoc! { "$indexOfArray": [{ "$literal": self.id_array() }, "$_id"] }
+    }
+
+    fn score_expression(&self) -> RawDocumentBuf {
+        rawdoc! { "$arrayElemAt": [{ "$literal": self.score_array() }, self.rank_expression()] }
+    }
+
+    /// The filter selecting exactly the ranked documents that also match.
+    pub fn filter(&self, exact: Option<&RawDocument>) -> RawDocumentBuf {
+        let ids = rawdoc! { "_id": { "$in": self.id_array() } };
+        match exact {
+            Some(f) if !f.is_empty() => rawdoc! { "$and": [ids, f.to_owned()] },
+            _ => ids,
+        }
+    }
+
+    /// Stages that fetch the ranked documents in rank order.
+    pub fn stages(&self, exact: Option<&RawDocument>) -> Vec<RawDocumentBuf> {
+        let mut add_rank = RawDocumentBuf::new();
+        add_rank.append(RANK, self.rank_expression());
+        let mut sort = RawDocumentBuf::new();
+        sort.append(RANK, 1);
+        let mut unset = RawDocumentBuf::new();
+        unset.append(RANK, 0);
+        vec![
+            rawdoc! { "$match": self.filter(exact) },
+            rawdoc! { "$addFields": add_rank },
+            rawdoc! { "$sort": sort },
+            rawdoc! { "$project": unset },
+        ]
+    }
+
+    /// Replaces every `{$meta: "vectorSearchScore"}` inside `doc`.
+    pub fn substitute_score(&self, doc: &RawDocument) -> RawDocumentBuf {
+        let mut out = RawDocumentBuf::new();
+        for (key, value) in doc.iter().flatten() {
+            out.append(key, self.substitute_value(value));
+        }
+        out
+    }
+
+    fn substitute_value(&self, value: RawBsonRef<'_>) -> RawBson {
+        match value {
+            RawBsonRef::Document(d) if is_score_meta(d) => {
+                RawBson::Document(self.score_expression())
+            }
+            RawBsonRef::Document(d) => RawBson::Document(self.substitute_score(d)),
+            RawBsonRef::Array(a) => {
+                let mut out = RawArrayBuf::new();
+                for item in a.into_iter().flatten() {
+                    out.push(self.substitute_value(item));
+                }
+                RawBson::Array(out)
+            }
+            other => other.to_raw_bson(),
+        }
+    }
+}
+
+fn is_score_meta(doc: &RawDocument) -> bool {
+    let mut it = doc.iter();
+    matches!(
+        (it.next(), it.next()),
+        (
+            Some(Ok(("$meta", RawBsonRef::String("vectorSearchScore")))),
+            None
+        )
+    )
+}
+
+/// Copies `body` with `key` set to `value` (replacing it in place, or
+/// appended before `$db` if absent), leaving every other field as it was.
+fn with_field(body: &RawDocument, key: &str, value: RawBson) -> RawDocumentBuf {
+    let mut out = RawDocumentBuf::new();
+    let mut value = Some(value);
+    for (k, v) in body.iter().flatten() {
+        if k == key {
+            if let Some(v) = value.take() {
+                out.append(k, v);
+            }
+        } else {
+            out.append(k, v.to_raw_bson());
+        }
+    }
+    if let Some(v) = value {
+        out.append(key, v);
+    }
+    out
+}
+
+fn pipeline(stages: impl IntoIterator<Item = RawDocumentBuf>) -> RawBson {
+    let mut out = RawArrayBuf::new();
+    for s in stages {
+        out.push(s);
+    }
+    RawBson::Array(out)
+}
+
+/// An `aggregate` whose first stage (`$vectorSearch`, or a `$match` holding
+/// `$like`) is replaced by the ranked stages; later stages keep running
+/// upstream, with scores substituted.
+pub fn aggregate(
+    body: &RawDocument,
+    ranked: &Ranked,
+    exact: Option<&RawDocument>,
+) -> RawDocumentBuf {
+    let stages = body.get_array("pipeline").ok();
+    let later = stages
+        .into_iter()
+        .flat_map(|a| a.into_iter().skip(1))
+        .flatten()
+        .filter_map(|s| s.as_document().map(|d| ranked.substitute_score(d)));
+    let all = ranked.stages(exact).into_iter().chain(later);
+    with_field(body, "pipeline", pipeline(all))
+}
+
+/// Fields of `find` that have an `aggregate` equivalent written into the
+/// pipeline or cursor instead of copied.
+const FIND_ONLY: &[&str] = &[
+    "find",
+    "filter",
+    "projection",
+    "sort",
+    "skip",
+    "limit",
+    "batchSize",
+    "singleBatch",
+    "noCursorTimeout",
+    "allowPartialResults",
+    "returnKey",
+    "showRecordId",
+    "tailable",
+    "awaitData",
+    "oplogReplay",
+    "min",
+    "max",
+    "readOnce",
+];
+
+/// A `find` with `$like` as the equivalent `aggregate`: ranked stages, then
+/// the client's sort, skip, limit and projection (scores substituted).
+pub fn find_as_aggregate(
+    body: &RawDocument,
+    ranked: &Ranked,
+    exact: Option<&RawDocument>,
+) -> RawDocumentBuf {
+    let collection = body.get_str("find").unwrap_or_default();
+    let mut stages = ranked.stages(exact);
+    if let Ok(sort) = body.get_document("sort") {
+        if !sort.is_empty() {
+            stages.push(rawdoc! { "$sort": ranked.substitute_score(sort) });
+        }
+    }
+    if let Some(skip) =
+        crate::command::search_index::integer(body.get("skip").ok().flatten()).filter(|n| *n > 0)
+    {
+        stages.push(rawdoc! { "$skip": skip });
+    }
+    let single_batch = matches!(body.get("singleBatch"), Ok(Some(RawBsonRef::Boolean(true))));
+    let limit =
+        crate::command::search_index::integer(body.get("limit").ok().flatten()).map(i64::abs);
+    if let Some(limit) = limit.filter(|n| *n > 0) {
+        stages.push(rawdoc! { "$limit": limit });
+    }
+    if let Ok(projection) = body.get_document("projection") {
+        stages.extend(projection_stages(projection, ranked));
+    }
+    let mut cursor = RawDocumentBuf::new();
+    if single_batch {
+        // All results in the first batch: the client will not ask for more.
+        let all = limit.filter(|n| *n > 0).unwrap_or(i64::from(i32::MAX));
+        cursor.append("batchSize", i32::try_from(all).unwrap_or(i32::MAX));
+    } else if let Ok(Some(batch)) = body.get("batchSize") {
+        cursor.append("batchSize", batch.to_raw_bson());
+    }
+    let mut out = RawDocumentBuf::new();
+    out.append("aggregate", collection);
+    out.append("pipeline", pipeline(stages));
+    out.append("cursor", cursor);
+    for (k, v) in body.iter().flatten() {
+        if !FIND_ONLY.contains(&k) {
+            out.append(k, v.to_raw_bson());
+        }
+    }
+    out
+}
+
+/// A find projection as stages: `$meta` fields are computed with
+/// `$addFields` (in find they never switch the projection to inclusion),
+/// everything else goes to `$project`.
+fn projection_stages(projection: &RawDocument, ranked: &Ranked) -> Vec<RawDocumentBuf> {
+    let mut plain = RawDocumentBuf::new();
+    let mut computed = RawDocumentBuf::new();
+    for (k, v) in projection.iter().flatten() {
+        match v {
+            RawBsonRef::Document(d) if is_score_meta(d) => {
+                computed.append(k, ranked.score_expression())
+            }
+            other => plain.append(k, ranked.substitute_value(other)),
+        }
+    }
+    let mut out = Vec::new();
+    if !plain.is_empty() {
+        out.push(rawdoc! { "$project": plain });
+    }
+    if !computed.is_empty() {
+        out.push(rawdoc! { "$addFields": computed });
+    }
+    out
+}
+
+/// A `count` with `$like`: counts the ranked documents that match.
+pub fn count(body: &RawDocument, ranked: &Ranked, exact: Option<&RawDocument>) -> RawDocumentBuf {
+    with_field(body, "query", RawBson::Document(ranked.filter(exact)))
+}
+
+/// The `_id`s of documents matching `filter`, as a `find` to run upstream.
+pub fn matching_ids(collection: &str, db: &str, filter: &RawDocument) -> RawDocumentBuf {
+    rawdoc! {
+        "find": collection,
+        "filter": filter.to_owned(),
+        "projection": { "_id": 1 },
+        "batchSize": 100_000,
+        "$db": db,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ranked() -> Ranked {
+        Ranked {
+            ids: vec![RawBson::Int32(3), RawBson::String("x".into())],
+            scores: vec![0.9, 0.8],
+        }
+    }
+
+    #[test]
+    fn vector_search_stage_is_replaced_and_scores_substituted() {
+        let body = rawdoc! {
+            "aggregate": "c",
+            "pipeline": [
+                { "$vectorSearch": { "index": "i" } },
+                { "$project": { "title": 1, "score": { "$meta": "vectorSearchScore" } } },
+            ],
+            "cursor": {},
+            "$db": "d",
+        };
+        let out = aggregate(&body, &ranked(), Some(&rawdoc! { "year": 1 }));
+        let stages: Vec<_> = out
+            .get_array("pipeline")
+            .unwrap()
+            .into_iter()
+            .map(|s| s.unwrap().as_document().unwrap().to_owned())
+            .collect();
+        assert_eq!(stages.len(), 5);
+        assert_eq!(
+            stages[0],
+            rawdoc! { "$match": { "$and": [{ "_id": { "$in": [3, "x"] } }, { "year": 1 }] } }
+        );
+        let project = stages[4].get_document("$project").unwrap();
+        assert!(project
+            .get_document("score")
+            .unwrap()
+            .get_array("$arrayElemAt")
+            .is_ok());
+        assert_eq!(out.get_str("$db").unwrap(), "d");
+        assert!(out.get_document("cursor").is_ok());
+    }
+
+    #[test]
+    fn find_becomes_an_equivalent_aggregate() {
+        let body = rawdoc! {
+            "find": "c",
+            "filter": { "$like": {} },
+            "projection": { "title": 1, "score": { "$meta": "vectorSearchScore" } },
+            "skip": 1,
+            "limit": 5,
+            "batchSize": 2,
+            "lsid": { "id": 1 },
+            "$db": "d",
+        };
+        let out = find_as_aggregate(&body, &ranked(), None);
+        assert_eq!(out.get_str("aggregate").unwrap(), "c");
+        assert_eq!(
+            out.get_document("cursor")
+                .unwrap()
+                .get_i32("batchSize")
+                .unwrap(),
+            2
+        );
+        assert!(out.get_document("lsid").is_ok());
+        assert!(out.get("filter").unwrap().is_none());
+        let stages: Vec<_> = out
+            .get_array("pipeline")
+            .unwrap()
+            .into_iter()
+            .map(|s| s.unwrap().as_document().unwrap().to_owned())
+            .collect();
+        let names: Vec<_> = stages
+            .iter()
+            .map(|s| s.iter().next().unwrap().unwrap().0.to_string())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "$match",
+                "$addFields",
+                "$sort",
+                "$project",
+                "$skip",
+                "$limit",
+                "$project",
+                "$addFields"
+            ]
+        );
+    }
+
+    #[test]
+    fn count_counts_the_ranked_matches() {
+        let body = rawdoc! { "count": "c", "query": { "$like": {}, "a": 1 }, "$db": "d" };
+        let out = count(&body, &ranked(), Some(&rawdoc! { "a": 1 }));
+        assert_eq!(
+            out.get_document("query").unwrap().to_owned(),
+            ranked().filter(Some(&rawdoc! { "a": 1 }))
+        );
+        assert_eq!(out.get_str("count").unwrap(), "c");
+    }
+}

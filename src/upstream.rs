@@ -1,0 +1,171 @@
+//! The proxy's own requests to the upstream.
+//!
+//! They run either on a client's pinned connection (reads made on the
+//! client's behalf, under its authentication) or on a connection of the
+//! proxy's own (index metadata and builds). Request ids come from
+//! `Shared::next_request_id`, so they never collide with the client's.
+
+use crate::config::Config;
+use crate::conn::Connection;
+use crate::error::{Code, Error};
+use crate::wire::{self, msg, OpMsg};
+use bson::{rawdoc, RawBsonRef, RawDocument, RawDocumentBuf};
+use std::sync::atomic::{AtomicI32, Ordering};
+use tokio::net::TcpStream;
+
+static REQUEST_IDS: AtomicI32 = AtomicI32::new(1 << 30);
+
+/// Request ids for the proxy's own requests: a range clients do not use in
+/// practice, and unique within the process.
+pub fn next_request_id() -> i32 {
+    REQUEST_IDS.fetch_add(1, Ordering::Relaxed) & i32::MAX
+}
+
+/// Runs one command and returns its reply body; `ok: 0` replies become
+/// errors carrying the upstream's code and message.
+pub async fn command(conn: &mut Connection, body: &RawDocument) -> Result<RawDocumentBuf, Error> {
+    let request_id = next_request_id();
+    conn.write_frame(&msg::encode_body(request_id, 0, body))
+        .await
+        .map_err(|e| {
+            Error::upstream(
+                Code::HOST_UNREACHABLE,
+                format!("likewise: upstream write failed: {e}"),
+            )
+        })?;
+    let frame = match conn.read_frame().await {
+        Ok(Some(frame)) => frame,
+        Ok(None) => return Err(closed()),
+        Err(e) => {
+            return Err(Error::upstream(
+                Code::HOST_UNREACHABLE,
+                format!("likewise: upstream read failed: {e}"),
+            ))
+        }
+    };
+    let (_, message) = wire::inflate(frame).map_err(garbage)?;
+    let parsed = OpMsg::parse(&message).map_err(garbage)?;
+    if parsed.header.response_to != request_id {
+        return Err(Error::upstream(
+            Code::PROTOCOL_ERROR,
+            "likewise: upstream answered another request",
+        ));
+    }
+    let reply = parsed.body().to_owned();
+    check_ok(&reply)?;
+    Ok(reply)
+}
+
+fn closed() -> Error {
+    Error::upstream(
+        Code::HOST_UNREACHABLE,
+        "likewise: upstream closed the connection",
+    )
+}
+
+fn garbage(e: wire::WireError) -> Error {
+    Error::upstream(
+        Code::PROTOCOL_ERROR,
+        format!("likewise: bad upstream reply: {e}"),
+    )
+}
+
+/// Turns an `ok: 0` reply into an error with the upstream's code.
+pub fn check_ok(reply: &RawDocument) -> Result<(), Error> {
+    let ok = match reply.get("ok") {
+        Ok(Some(RawBsonRef::Double(v))) => v == 1.0,
+        Ok(Some(RawBsonRef::Int32(v))) => v == 1,
+        Ok(Some(RawBsonRef::Int64(v))) => v == 1,
+        Ok(Some(RawBsonRef::Boolean(v))) => v,
+        _ => false,
+    };
+    if ok {
+        return Ok(());
+    }
+    let message = reply
+        .get_str("errmsg")
+        .unwrap_or("command failed")
+        .to_string();
+    let code = reply.get_i32("code").unwrap_or(Code::INTERNAL_ERROR.code);
+    let name = reply.get_str("codeName").unwrap_or("UnknownError");
+    let code = Code::relayed(code, name);
+    Err(Error::upstream(code, message))
+}
+
+/// A cursor opened by the proxy, read batch by batch with `getMore`.
+pub struct Cursor<'c> {
+    conn: &'c mut Connection,
+    db: String,
+    collection: String,
+    id: i64,
+    pending: Option<Vec<RawDocumentBuf>>,
+}
+
+impl<'c> Cursor<'c> {
+    /// Runs a cursor-returning command (`find`, `aggregate`).
+    pub async fn open(
+        conn: &'c mut Connection,
+        db: &str,
+        body: &RawDocument,
+    ) -> Result<Cursor<'c>, Error> {
+        let reply = command(conn, body).await?;
+        let (id, collection, batch) = read_batch(&reply, "firstBatch")?;
+        Ok(Cursor {
+            conn,
+            db: db.to_string(),
+            collection,
+            id,
+            pending: Some(batch),
+        })
+    }
+
+    /// The next batch, `None` once the cursor is exhausted.
+    pub async fn next_batch(&mut self) -> Result<Option<Vec<RawDocumentBuf>>, Error> {
+        if let Some(batch) = self.pending.take() {
+            return Ok(Some(batch));
+        }
+        if self.id == 0 {
+            return Ok(None);
+        }
+        let get_more = rawdoc! { "getMore": self.id, "collection": self.collection.as_str(), "$db": self.db.as_str() };
+        let reply = command(self.conn, &get_more).await?;
+        let (id, _, batch) = read_batch(&reply, "nextBatch")?;
+        self.id = id;
+        Ok(Some(batch))
+    }
+}
+
+fn read_batch(reply: &RawDocument, key: &str) -> Result<(i64, String, Vec<RawDocumentBuf>), Error> {
+    let malformed = || Error::upstream(Code::PROTOCOL_ERROR, "likewise: malformed cursor reply");
+    let cursor = reply.get_document("cursor").map_err(|_| malformed())?;
+    let id = cursor.get_i64("id").map_err(|_| malformed())?;
+    let collection = cursor
+        .get_str("ns")
+        .ok()
+        .and_then(|ns| ns.split_once('.').map(|(_, c)| c.to_string()))
+        .unwrap_or_default();
+    let mut docs = Vec::new();
+    for doc in cursor.get_array(key).map_err(|_| malformed())? {
+        match doc {
+            Ok(RawBsonRef::Document(d)) => docs.push(d.to_owned()),
+            _ => return Err(malformed()),
+        }
+    }
+    Ok((id, collection, docs))
+}
+
+/// Opens a connection of the proxy's own to the upstream.
+pub async fn connect(config: &Config) -> Result<Connection, Error> {
+    let address = config.upstream.address();
+    match tokio::time::timeout(config.connect_timeout, TcpStream::connect(&address)).await {
+        Ok(Ok(stream)) => Ok(Connection::new(stream)),
+        Ok(Err(e)) => Err(Error::upstream(
+            Code::HOST_UNREACHABLE,
+            format!("likewise: upstream {address} unreachable: {e}"),
+        )),
+        Err(_) => Err(Error::upstream(
+            Code::HOST_UNREACHABLE,
+            format!("likewise: upstream {address} did not accept a connection in time"),
+        )),
+    }
+}
