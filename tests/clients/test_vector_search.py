@@ -1,0 +1,311 @@
+"""Semantic indexes through the proxy with pymongo's own helpers:
+create/list/update/drop, builds with progress, $vectorSearch and $like
+against an exact oracle, filters that return k, errors, and restarts."""
+
+import math
+import random
+import time
+
+import pytest
+from bson.binary import Binary, BinaryVectorDtype
+from pymongo import MongoClient
+from pymongo.errors import OperationFailure
+from pymongo.operations import SearchIndexModel
+
+from conftest import start_proxy
+
+N = 10_000
+DIMS = 16
+K = 10
+READY_TIMEOUT_S = 180
+
+
+def vector_of(i):
+    rng = random.Random(i)
+    centre = random.Random(i % 25).random
+    return [centre() * 4 + rng.gauss(0, 1) for _ in range(DIMS)]
+
+
+def l2(a, b):
+    return math.sqrt(sum((x - y) ** 2 for x, y in zip(a, b)))
+
+
+def cos(a, b):
+    dot = sum(x * y for x, y in zip(a, b))
+    return dot / math.sqrt(sum(x * x for x in a) * sum(y * y for y in b))
+
+
+def definition(similarity="euclidean", path="v"):
+    return {"fields": [{"type": "vector", "path": path, "numDimensions": DIMS, "similarity": similarity},
+                       {"type": "filter", "path": "sel"}]}
+
+
+def wait_ready(coll, name, timeout=READY_TIMEOUT_S):
+    """Polls $listSearchIndexes until READY; returns every status seen."""
+    deadline = time.monotonic() + timeout
+    seen = []
+    while time.monotonic() < deadline:
+        info = [i for i in coll.list_search_indexes(name)]
+        assert len(info) == 1, info
+        status = info[0]["status"]
+        if not seen or seen[-1] != status:
+            seen.append(status)
+        if status == "READY":
+            return info[0], seen
+        assert status in ("PENDING", "BUILDING"), info
+        time.sleep(0.05)
+    raise AssertionError(f"{name} not READY after {timeout}s: {seen}")
+
+
+@pytest.fixture(scope="module")
+def client(proxy_uri):
+    with MongoClient(proxy_uri) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def docs(client):
+    """A collection of N vectors plus a few bad documents, indexed twice."""
+    db = client.vector_suite
+    db.drop_collection("docs")
+    rows = [{"_id": i, "v": vector_of(i), "sel": (i * 7919) % N, "cat": i % 10} for i in range(N)]
+    db.docs.insert_many(rows)
+    # A BinData float32 vector is indexed like an array (and joins the
+    # oracle's rows); the other three are skipped. None matches a filter.
+    packed = vector_of(N + 7)
+    db.docs.insert_many([
+        {"_id": "bindata", "v": Binary.from_vector(packed, BinaryVectorDtype.FLOAT32), "sel": N + 1, "cat": -1},
+        {"_id": "missing", "sel": N + 2},
+        {"_id": "short", "v": [1.0, 2.0], "sel": N + 3},
+        {"_id": "text", "v": ["a"] * DIMS, "sel": N + 4},
+    ])
+    rows.append({"_id": "bindata", "v": [float(x) for x in Binary.from_vector(
+        packed, BinaryVectorDtype.FLOAT32).as_vector().data], "sel": N + 1, "cat": -1})
+    db.docs.create_search_index(SearchIndexModel(name="l2", type="vectorSearch", definition=definition()))
+    info, statuses = wait_ready(db.docs, "l2")
+    db.docs.create_search_index(SearchIndexModel(name="cos", type="vectorSearch",
+                                                 definition=definition("cosine")))
+    wait_ready(db.docs, "cos")
+    yield db.docs, rows, info, statuses
+    db.drop_collection("docs")
+
+
+def exact(rows, query, k, keep=lambda r: True, metric="euclidean"):
+    scored = [(l2(r["v"], query) if metric == "euclidean" else -cos(r["v"], query), r["_id"])
+              for r in rows if keep(r)]
+    scored.sort(key=lambda pair: pair[0])
+    return [i for _, i in scored[:k]]
+
+
+def test_build_reports_progress_and_skips_bad_documents(docs):
+    coll, rows, info, statuses = docs
+    assert statuses[-1] == "READY"
+    assert info["type"] == "vectorSearch" and info["queryable"] is True
+    assert info["latestDefinition"] == definition()
+    progress = info["progress"]
+    assert progress["documentsTotal"] == N + 4
+    assert progress["documentsScanned"] == N + 4
+    assert progress["vectorsIndexed"] == N + 1  # the BinData vector counts
+    assert progress["documentsSkipped"] == 3
+    names = sorted(i["name"] for i in coll.list_search_indexes())
+    assert names == ["cos", "l2"]
+
+
+def test_vector_search_matches_the_exact_oracle_with_scores(docs):
+    coll, rows, _, _ = docs
+    misses = 0
+    for qi in range(20):
+        query = vector_of(50_000 + qi)
+        got = list(coll.aggregate([
+            {"$vectorSearch": {"index": "l2", "path": "v", "queryVector": query,
+                               "numCandidates": 200, "limit": K}},
+            {"$project": {"score": {"$meta": "vectorSearchScore"}}},
+        ]))
+        assert len(got) == K
+        want = exact(rows, query, K)
+        misses += len(set(want) - {d["_id"] for d in got})
+        scores = [d["score"] for d in got]
+        assert scores == sorted(scores, reverse=True)
+        by_id = {r["_id"]: r for r in rows}
+        for d in got:
+            assert d["score"] == pytest.approx(1 / (1 + l2(by_id[d["_id"]]["v"], query)), rel=1e-4)
+    assert misses <= 0.05 * 20 * K, misses
+
+
+def test_exact_mode_equals_the_oracle_for_cosine(docs):
+    coll, rows, _, _ = docs
+    query = vector_of(77_777)
+    got = list(coll.aggregate([
+        {"$vectorSearch": {"index": "cos", "path": "v", "queryVector": query, "limit": K, "exact": True}},
+        {"$addFields": {"score": {"$meta": "vectorSearchScore"}}},
+    ]))
+    assert [d["_id"] for d in got] == exact(rows, query, K, metric="cosine")
+    by_id = {r["_id"]: r for r in rows}
+    for d in got:
+        assert d["score"] == pytest.approx((1 + cos(by_id[d["_id"]]["v"], query)) / 2, rel=1e-4)
+
+
+@pytest.mark.parametrize("threshold", [10, 100, 1000, 5000])  # 0.1%, 1%, 10%, 50%
+def test_filters_always_return_k_with_high_recall(docs, threshold):
+    coll, rows, _, _ = docs
+    found = 0
+    for qi in range(10):
+        query = vector_of(90_000 + qi)
+        got = list(coll.aggregate([
+            {"$vectorSearch": {"index": "l2", "path": "v", "queryVector": query, "numCandidates": 100,
+                               "limit": K, "filter": {"sel": {"$lt": threshold}}}},
+            {"$project": {"sel": 1}},
+        ]))
+        assert len(got) == K, f"{len(got)} results at selectivity {threshold / N:.1%}"
+        assert all(0 <= d["sel"] < threshold for d in got)
+        want = exact(rows, query, K, keep=lambda r: r["sel"] < threshold)
+        found += len(set(want) & {d["_id"] for d in got})
+    assert found / (10 * K) >= 0.95, found
+
+
+def test_later_stages_run_upstream(docs):
+    coll, _, _, _ = docs
+    out = list(coll.aggregate([
+        {"$vectorSearch": {"index": "l2", "path": "v", "queryVector": vector_of(3), "numCandidates": 50,
+                           "limit": 20}},
+        {"$group": {"_id": "$cat", "n": {"$sum": 1}}},
+        {"$sort": {"n": -1, "_id": 1}},
+    ]))
+    assert sum(g["n"] for g in out) == 20
+
+
+def test_like_find_with_exact_filter_projection_and_small_batches(docs):
+    coll, rows, _, _ = docs
+    query = vector_of(123_456)
+    cursor = coll.find({"$like": {"vector": query, "n": 25, "semantic_index": "l2", "exact": True},
+                        "cat": {"$in": [1, 2, 3]}},
+                       {"cat": 1, "score": {"$meta": "vectorSearchScore"}}).batch_size(2)
+    got = list(cursor)
+    # $like takes the n nearest matching the exact filter, in similarity order.
+    want = exact(rows, query, 25, keep=lambda r: r["cat"] in (1, 2, 3))
+    assert [d["_id"] for d in got] == want
+    assert all(set(d) == {"_id", "cat", "score"} for d in got)
+    scores = [d["score"] for d in got]
+    assert scores == sorted(scores, reverse=True)
+    # find_one and count_documents see the same result.
+    first = coll.find_one({"$like": {"vector": query, "n": 25, "semantic_index": "l2", "exact": True},
+                           "cat": {"$in": [1, 2, 3]}})
+    assert first["_id"] == want[0]
+    assert coll.count_documents({"$like": {"vector": query, "n": 25, "semantic_index": "l2"},
+                                 "cat": {"$in": [1, 2, 3]}}) == 25
+    assert coll.count_documents({"$like": {"vector": query, "n": 25, "semantic_index": "l2"},
+                                 "cat": 99}) == 0
+
+
+def test_like_by_document_id(docs):
+    coll, rows, _, _ = docs
+    target = rows[42]
+    for spec in ({"_id": 42}, {"document": {"_id": 42}}):
+        got = [d["_id"] for d in coll.find({"$like": {**spec, "n": 5, "semantic_index": "l2",
+                                                      "exact": True}})]
+        assert got == exact(rows, target["v"], 5)
+        assert got[0] == 42
+
+
+def test_semantic_index_may_be_omitted_only_when_unambiguous(client, docs):
+    coll, _, _, _ = docs
+    with pytest.raises(OperationFailure, match="several search indexes"):
+        list(coll.find({"$like": {"vector": vector_of(1), "n": 3}}))
+    single = client.vector_suite.single
+    single.drop()
+    single.insert_many([{"_id": i, "e": [float(i), 1.0]} for i in range(50)])
+    single.create_search_index(SearchIndexModel(name="only", type="vectorSearch", definition={
+        "fields": [{"type": "vector", "path": "e", "numDimensions": 2, "similarity": "euclidean"}]}))
+    wait_ready(single, "only")
+    assert [d["_id"] for d in single.find({"$like": {"vector": [10.2, 1.0], "n": 3}})] == [10, 11, 9]
+    single.drop_search_index("only")
+    single.drop()
+
+
+@pytest.mark.parametrize("command,code,needle", [
+    ({"aggregate": "docs", "pipeline": [{"$vectorSearch": {"index": "nope", "path": "v", "queryVector": [0.0] * DIMS,
+                                                           "numCandidates": 10, "limit": 1}}], "cursor": {}},
+     27, "not found"),
+    ({"aggregate": "docs", "pipeline": [{"$vectorSearch": {"index": "l2", "path": "v", "queryVector": [0.0] * 3,
+                                                           "numCandidates": 10, "limit": 1}}], "cursor": {}},
+     2, "dimensions"),
+    ({"aggregate": "docs", "pipeline": [{"$vectorSearch": {"index": "l2", "path": "v", "queryVector": ["x"] * DIMS,
+                                                           "numCandidates": 10, "limit": 1}}], "cursor": {}},
+     2, "queryVector"),
+    ({"aggregate": "docs", "pipeline": [{"$vectorSearch": {"index": "l2", "path": "v", "queryVector": [0.0] * DIMS,
+                                                           "numCandidates": 10, "limit": 11}}], "cursor": {}},
+     2, "numCandidates"),
+    ({"aggregate": "docs", "pipeline": [{"$match": {}}, {"$vectorSearch": {"index": "l2"}}], "cursor": {}},
+     40602, "first stage"),
+    ({"aggregate": "docs", "pipeline": [{"$vectorSearch": {"index": "l2", "path": "v", "queryVector": [0.0] * DIMS,
+                                                           "numCandidates": 10, "limit": 1,
+                                                           "filter": {"$like": {"vector": [1]}}}}],
+      "cursor": {}}, 2, "$like"),
+    ({"find": "docs", "filter": {"$like": {"vector": [0.0] * DIMS, "n": 0, "semantic_index": "l2"}}}, 2, "positive"),
+    ({"find": "docs", "filter": {"$like": {"vector": [0.0] * DIMS, "n": 10_001, "semantic_index": "l2"}}}, 2,
+     "at most"),
+    ({"find": "docs", "filter": {"$or": [{"$like": {"vector": [0.0] * DIMS}}, {"cat": 1}]}}, 2, "top level"),
+    ({"find": "docs", "filter": {"$like": {"document": {"text": "hello"}, "semantic_index": "l2"}}}, 2, "model"),
+])
+def test_bad_vector_queries_get_mongodb_errors_and_the_connection_survives(client, docs, command, code,
+                                                                           needle):
+    db = client.vector_suite
+    with pytest.raises(OperationFailure) as err:
+        db.command(command)
+    assert err.value.code == code, err.value.details
+    assert needle in err.value.details["errmsg"]
+    assert err.value.details["codeName"]
+    assert db.command("ping")["ok"] == 1
+
+
+def test_explain_shows_strategy_and_rewritten_command(client, docs):
+    db = client.vector_suite
+    plan = db.command("explain", {"find": "docs", "filter": {
+        "$like": {"vector": vector_of(5), "n": 4, "semantic_index": "l2"}, "sel": {"$lt": 100}}})
+    likewise = plan["likewise"]
+    assert likewise["strategy"].startswith("exact scan of filter matches")
+    assert likewise["filterMatches"] == 100
+    assert likewise["results"] == 4
+    assert likewise["rewrittenCommand"]["aggregate"] == "docs"
+    assert "queryPlanner" in plan
+
+
+def test_update_rebuilds_and_drop_removes(client):
+    coll = client.vector_suite.lifecycle
+    coll.drop()
+    coll.insert_many([{"_id": i, "v": vector_of(i)} for i in range(300)])
+    coll.create_search_index(SearchIndexModel(name="life", type="vectorSearch", definition=definition()))
+    wait_ready(coll, "life")
+    coll.update_search_index("life", definition("cosine"))
+    info, _ = wait_ready(coll, "life")
+    assert info["latestDefinition"]["fields"][0]["similarity"] == "cosine"
+    got = list(coll.aggregate([{"$vectorSearch": {"index": "life", "path": "v", "queryVector": vector_of(7),
+                                                  "limit": 3, "exact": True}}]))
+    rows = [{"_id": i, "v": vector_of(i)} for i in range(300)]
+    assert [d["_id"] for d in got] == exact(rows, vector_of(7), 3, metric="cosine")
+    coll.drop_search_index("life")
+    assert list(coll.list_search_indexes()) == []
+    with pytest.raises(OperationFailure) as err:
+        list(coll.aggregate([{"$vectorSearch": {"index": "life", "path": "v", "queryVector": vector_of(7),
+                                                "limit": 3, "exact": True}}]))
+    assert err.value.code == 27
+    coll.drop()
+
+
+def test_definitions_survive_a_restart(client, direct_uri):
+    coll = client.vector_suite.durable
+    coll.drop()
+    coll.insert_many([{"_id": i, "v": vector_of(i)} for i in range(200)])
+    coll.create_search_index(SearchIndexModel(name="kept", type="vectorSearch", definition=definition()))
+    wait_ready(coll, "kept")
+    second = start_proxy(direct_uri)
+    try:
+        with MongoClient(f"mongodb://{second.address}/") as other:
+            info, _ = wait_ready(other.vector_suite.durable, "kept")
+            assert info["latestDefinition"] == definition()
+            got = list(other.vector_suite.durable.find({"$like": {"_id": 3, "n": 2}}))
+            assert got[0]["_id"] == 3
+    finally:
+        second.stop()
+    coll.drop_search_index("kept")
+    coll.drop()
