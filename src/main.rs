@@ -42,6 +42,11 @@ struct ServeArgs {
     /// client's handshake is answered with a HostUnreachable error.
     #[arg(long, default_value_t = 5_000, value_name = "MS")]
     connect_timeout_ms: u64,
+    /// Upstream database where the proxy stores its metadata (search index
+    /// definitions), so restarts and other proxies on the same upstream
+    /// share them.
+    #[arg(long, default_value = "likewise", value_name = "DB")]
+    metadata_db: String,
     /// Threads serving connections, each a single-threaded runtime that owns
     /// the connections it is given (default: one per CPU core).
     #[arg(long, value_name = "N")]
@@ -80,6 +85,7 @@ fn serve(args: ServeArgs) -> ExitCode {
     config.data_dir = args.data_dir;
     config.max_connections = args.max_connections.max(1);
     config.connect_timeout = Duration::from_millis(args.connect_timeout_ms);
+    config.metadata_db = args.metadata_db;
 
     let threads = args.threads.unwrap_or_else(|| {
         std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)

@@ -16,14 +16,23 @@ def run(argv, **kwargs):
     return output
 
 
+def mongosh(proxy_uri, script):
+    binary = NODE_DIR / "node_modules" / ".bin" / "mongosh"
+    return run([str(binary), "--quiet", "--norc", proxy_uri, "--file", str(HERE / "mongosh" / script)],
+               cwd=NODE_DIR)
+
+
 def test_mongosh_script(proxy_uri):
-    mongosh = NODE_DIR / "node_modules" / ".bin" / "mongosh"
-    output = run([str(mongosh), "--quiet", "--norc", proxy_uri, "--file",
-                  str(HERE / "mongosh" / "smoke.js")], cwd=NODE_DIR)
+    output = mongosh(proxy_uri, "smoke.js")
     assert "MONGOSH OK 11 checks" in output, output
+
+
+def test_mongosh_search_index_helpers(proxy_uri):
+    output = mongosh(proxy_uri, "vector.js")
+    assert "MONGOSH VECTOR OK 5 checks" in output, output
 
 
 def test_node_driver_suite(proxy_uri):
     env = dict(os.environ, LIKEWISE_URI=proxy_uri)
-    output = run(["node", "--test", "proxy.test.js"], cwd=NODE_DIR, env=env)
-    assert "# fail 0" in output and "# pass 6" in output, output
+    output = run(["node", "--test", "proxy.test.js", "vector.test.js"], cwd=NODE_DIR, env=env)
+    assert "# fail 0" in output and "# pass 7" in output, output

@@ -111,6 +111,15 @@ def test_build_reports_progress_and_skips_bad_documents(docs):
     assert names == ["cos", "l2"]
 
 
+def test_list_search_indexes_command_form_and_name_filter(client, docs):
+    reply = client.vector_suite.command({"listSearchIndexes": "docs", "name": "cos"})
+    batch = reply["cursor"]["firstBatch"]
+    assert [i["name"] for i in batch] == ["cos"]
+    assert reply["cursor"]["ns"] == "vector_suite.docs" and reply["cursor"]["id"] == 0
+    by_id = list(docs[0].aggregate([{"$listSearchIndexes": {"id": batch[0]["id"]}}]))
+    assert [i["name"] for i in by_id] == ["cos"]
+
+
 def test_vector_search_matches_the_exact_oracle_with_scores(docs):
     coll, rows, _, _ = docs
     misses = 0
