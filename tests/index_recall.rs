@@ -136,3 +136,33 @@ fn removed_keys_never_come_back_and_recall_holds() {
     }
     assert!(missed * 20 <= QUERIES * K, "{missed} misses after deletes");
 }
+
+#[test]
+fn snapshots_round_trip_and_corruption_is_refused() {
+    use likewise::index::persist;
+    let (mut flat, mut hnsw, queries) = build(Similarity::Euclidean);
+    for key in [3u32, 500, 2999] {
+        flat.remove(key);
+        hnsw.remove(key);
+    }
+    for index in [&flat as &dyn VectorIndex, &hnsw] {
+        let mut bytes = Vec::new();
+        index.save(&mut bytes).unwrap();
+        let loaded = persist::load(&bytes).unwrap();
+        assert_eq!(loaded.len(), index.len());
+        assert_eq!(loaded.dims(), DIMS);
+        for q in &queries {
+            assert_eq!(loaded.search(q, K, EF, None), index.search(q, K, EF, None));
+        }
+        assert!(loaded.vector(500).is_none());
+        // Any flipped byte or cut is detected, never loaded as a wrong index.
+        for at in (0..bytes.len()).step_by(bytes.len() / 97 + 1) {
+            let mut bad = bytes.clone();
+            bad[at] ^= 0x40;
+            assert!(persist::load(&bad).is_err(), "flip at {at}");
+        }
+        for cut in [0, 3, 10, bytes.len() / 2, bytes.len() - 1] {
+            assert!(persist::load(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+    }
+}

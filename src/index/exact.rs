@@ -1,6 +1,8 @@
 //! `Flat`: brute-force search over contiguous vectors. The oracle.
 
+use super::persist::{corrupt, Reader, Writer, KIND_FLAT};
 use super::{exact_among, Hit, KeySet, Similarity, TopK, VectorIndex};
+use std::io;
 
 pub struct Flat {
     dims: usize,
@@ -22,6 +24,34 @@ impl Flat {
             removed: Vec::new(),
             count: 0,
         }
+    }
+
+    pub(crate) fn read(
+        r: &mut Reader<'_>,
+        dims: usize,
+        similarity: Similarity,
+    ) -> io::Result<Flat> {
+        let vectors = r.f32s()?;
+        if vectors.len() % dims != 0 {
+            return Err(corrupt("flat vectors"));
+        }
+        let slots = vectors.len() / dims;
+        let keys = r.u32s()?;
+        let mut removed = vec![true; slots];
+        for &k in &keys {
+            *removed
+                .get_mut(k as usize)
+                .ok_or_else(|| corrupt("flat key"))? = false;
+        }
+        let live = KeySet::from_keys(keys);
+        Ok(Flat {
+            dims,
+            similarity,
+            vectors,
+            count: live.len(),
+            live,
+            removed,
+        })
     }
 
     fn is_live(&self, key: u32) -> bool {
@@ -70,6 +100,20 @@ impl VectorIndex for Flat {
     fn vector(&self, key: u32) -> Option<&[f32]> {
         self.is_live(key)
             .then(|| &self.vectors[key as usize * self.dims..(key as usize + 1) * self.dims])
+    }
+
+    fn save(&self, out: &mut dyn io::Write) -> io::Result<()> {
+        let mut w = Writer::header(KIND_FLAT, self.dims, self.similarity);
+        w.f32s(&self.vectors);
+        let live: Vec<u32> = self
+            .live
+            .keys()
+            .iter()
+            .copied()
+            .filter(|&k| self.is_live(k))
+            .collect();
+        w.u32s(&live);
+        w.finish(out)
     }
 
     fn search(&self, query: &[f32], k: usize, _ef: usize, allowed: Option<&KeySet>) -> Vec<Hit> {

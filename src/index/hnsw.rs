@@ -7,9 +7,11 @@
 //! allowed nodes to the result set, widening until it has `ef` of them or
 //! the reachable graph is exhausted.
 
+use super::persist::{corrupt, Reader, Writer, KIND_HNSW};
 use super::{Hit, KeySet, Similarity, VectorIndex};
 use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
+use std::io;
 
 /// Build parameters, named as in Atlas's `hnswOptions`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,6 +96,91 @@ impl Hnsw {
             live: 0,
             rng: params.seed | 1,
         }
+    }
+
+    pub(crate) fn read(
+        r: &mut Reader<'_>,
+        dims: usize,
+        similarity: Similarity,
+    ) -> io::Result<Hnsw> {
+        let max_edges = r.usize()?;
+        let num_edge_candidates = r.usize()?;
+        let seed = r.u64()?;
+        if !(2..=512).contains(&max_edges) {
+            return Err(corrupt("maxEdges"));
+        }
+        let mut h = Hnsw::new(
+            dims,
+            similarity,
+            HnswParams {
+                max_edges,
+                num_edge_candidates,
+                seed,
+            },
+        );
+        h.rng = r.u64()?;
+        h.vectors = r.f32s()?;
+        let levels = r.u32s()?;
+        let slots = levels.len();
+        if h.vectors.len() != slots * dims {
+            return Err(corrupt("hnsw vectors"));
+        }
+        h.level = levels
+            .iter()
+            .map(|&l| match l {
+                u32::MAX => Ok(None),
+                l if l as usize <= MAX_LEVEL => Ok(Some(l as u8)),
+                _ => Err(corrupt("hnsw level")),
+            })
+            .collect::<io::Result<_>>()?;
+        h.removed = vec![false; slots];
+        for k in r.u32s()? {
+            *h.removed
+                .get_mut(k as usize)
+                .ok_or_else(|| corrupt("hnsw removed key"))? = true;
+        }
+        h.links0 = r.u32s()?;
+        h.count0 = r
+            .u32s()?
+            .into_iter()
+            .map(|c| {
+                u16::try_from(c)
+                    .ok()
+                    .filter(|&c| usize::from(c) <= h.m0)
+                    .ok_or_else(|| corrupt("hnsw link count"))
+            })
+            .collect::<io::Result<_>>()?;
+        if h.links0.len() != slots * h.m0 || h.count0.len() != slots {
+            return Err(corrupt("hnsw layer 0"));
+        }
+        h.upper = Vec::with_capacity(slots);
+        for node in 0..slots {
+            let layers = r.usize()?;
+            if layers != h.level[node].map_or(0, usize::from) {
+                return Err(corrupt("hnsw upper layers"));
+            }
+            let mut lists = Vec::with_capacity(layers);
+            for _ in 0..layers {
+                lists.push(r.u32s()?);
+            }
+            h.upper.push(lists);
+        }
+        let in_range = |n: &u32| (*n as usize) < slots;
+        if !h.links0.iter().all(in_range) || !h.upper.iter().flatten().flatten().all(in_range) {
+            return Err(corrupt("hnsw link target"));
+        }
+        let entry = r.u32()?;
+        h.entry = (entry != u32::MAX).then_some(entry);
+        if h.entry
+            .is_some_and(|e| h.level.get(e as usize).copied().flatten().is_none())
+        {
+            return Err(corrupt("hnsw entry point"));
+        }
+        h.top_level = r.usize()?;
+        h.live = (0..slots)
+            .filter(|&n| h.level[n].is_some() && !h.removed[n])
+            .count();
+        Ok(h)
     }
 
     fn vec_of(&self, node: u32) -> &[f32] {
@@ -332,6 +419,38 @@ impl VectorIndex for Hnsw {
         let slot = key as usize;
         (self.level.get(slot).copied().flatten().is_some() && !self.removed[slot])
             .then(|| self.vec_of(key))
+    }
+
+    fn save(&self, out: &mut dyn io::Write) -> io::Result<()> {
+        let mut w = Writer::header(KIND_HNSW, self.dims, self.similarity);
+        w.usize(self.params.max_edges);
+        w.usize(self.params.num_edge_candidates);
+        w.u64(self.params.seed);
+        w.u64(self.rng);
+        w.f32s(&self.vectors);
+        let levels: Vec<u32> = self
+            .level
+            .iter()
+            .map(|l| l.map_or(u32::MAX, u32::from))
+            .collect();
+        w.u32s(&levels);
+        let removed: Vec<u32> = (0..self.removed.len())
+            .filter(|&n| self.removed[n])
+            .map(|n| n as u32)
+            .collect();
+        w.u32s(&removed);
+        w.u32s(&self.links0);
+        let counts: Vec<u32> = self.count0.iter().map(|&c| u32::from(c)).collect();
+        w.u32s(&counts);
+        for lists in &self.upper {
+            w.usize(lists.len());
+            for list in lists {
+                w.u32s(list);
+            }
+        }
+        w.u32(self.entry.unwrap_or(u32::MAX));
+        w.usize(self.top_level);
+        w.finish(out)
     }
 
     fn search(&self, query: &[f32], k: usize, ef: usize, allowed: Option<&KeySet>) -> Vec<Hit> {

@@ -12,6 +12,7 @@ pub mod exact;
 pub mod hnsw;
 pub mod ids;
 pub mod metric;
+pub mod persist;
 pub mod registry;
 pub mod vector;
 
@@ -90,6 +91,8 @@ pub trait VectorIndex: Send + Sync {
     /// `allowed` when given. `ef` is the search breadth of approximate
     /// indexes (at least `k` is used); exact indexes ignore it.
     fn search(&self, query: &[f32], k: usize, ef: usize, allowed: Option<&KeySet>) -> Vec<Hit>;
+    /// Writes a snapshot that `persist::load` reads back into an equal index.
+    fn save(&self, out: &mut dyn std::io::Write) -> std::io::Result<()>;
 }
 
 /// Exact k-NN over an explicit list of keys, using any index's stored
