@@ -116,9 +116,15 @@ impl VectorIndex for Flat {
         w.finish(out)
     }
 
-    fn search(&self, query: &[f32], k: usize, _ef: usize, allowed: Option<&KeySet>) -> Vec<Hit> {
+    fn search_counted(
+        &self,
+        query: &[f32],
+        k: usize,
+        _ef: usize,
+        allowed: Option<&KeySet>,
+    ) -> (Vec<Hit>, usize) {
         if let Some(allowed) = allowed {
-            return exact_among(self, query, k, allowed.keys());
+            return (exact_among(self, query, k, allowed.keys()), allowed.len());
         }
         let mut top = TopK::new(k);
         for &key in self.live.keys() {
@@ -129,6 +135,6 @@ impl VectorIndex for Flat {
                 });
             }
         }
-        top.into_sorted()
+        (top.into_sorted(), self.count)
     }
 }

@@ -238,10 +238,11 @@ impl Hnsw {
     }
 
     /// Greedy descent on one layer from `start` towards `query`.
-    fn greedy(&self, query: &[f32], mut best: Near, layer: usize) -> Near {
+    fn greedy(&self, query: &[f32], mut best: Near, layer: usize, examined: &mut usize) -> Near {
         loop {
             let mut improved = false;
             for &n in self.neighbours(best.1, layer) {
+                *examined += 1;
                 let d = self.dist_to(query, n);
                 if d < best.0 {
                     best = Near(d, n);
@@ -263,6 +264,7 @@ impl Hnsw {
         ef: usize,
         layer: usize,
         admit: &dyn Fn(u32) -> bool,
+        examined: &mut usize,
     ) -> Vec<Near> {
         let mut visited = vec![0u64; self.level.len().div_ceil(64)];
         let mut seen = |n: u32| {
@@ -292,6 +294,7 @@ impl Hnsw {
                 if !seen(n) {
                     continue;
                 }
+                *examined += 1;
                 let d = self.dist_to(query, n);
                 if results.len() < ef || results.peek().is_some_and(|w| d < w.0) {
                     candidates.push(Reverse(Near(d, n)));
@@ -381,13 +384,15 @@ impl VectorIndex for Hnsw {
         };
         let query = self.vec_of(key).to_vec();
         let mut best = Near(self.dist_to(&query, entry), entry);
+        let mut examined = 0;
         for layer in (level + 1..=self.top_level).rev() {
-            best = self.greedy(&query, best, layer);
+            best = self.greedy(&query, best, layer, &mut examined);
         }
         let mut entries = vec![best];
         let ef = self.params.num_edge_candidates.max(self.params.max_edges);
         for layer in (0..=level.min(self.top_level)).rev() {
-            let found = self.search_layer(&query, &entries, ef, layer, &|n| n != key);
+            let found =
+                self.search_layer(&query, &entries, ef, layer, &|n| n != key, &mut examined);
             let chosen = self.select(&found, self.params.max_edges);
             self.set_neighbours(key, layer, &chosen);
             for &n in &chosen {
@@ -453,22 +458,31 @@ impl VectorIndex for Hnsw {
         w.finish(out)
     }
 
-    fn search(&self, query: &[f32], k: usize, ef: usize, allowed: Option<&KeySet>) -> Vec<Hit> {
+    fn search_counted(
+        &self,
+        query: &[f32],
+        k: usize,
+        ef: usize,
+        allowed: Option<&KeySet>,
+    ) -> (Vec<Hit>, usize) {
         let Some(entry) = self.entry else {
-            return Vec::new();
+            return (Vec::new(), 0);
         };
         if k == 0 {
-            return Vec::new();
+            return (Vec::new(), 0);
         }
+        let mut examined = 1;
         let mut best = Near(self.dist_to(query, entry), entry);
         for layer in (1..=self.top_level).rev() {
-            best = self.greedy(query, best, layer);
+            best = self.greedy(query, best, layer, &mut examined);
         }
         let admit = |n: u32| !self.removed[n as usize] && allowed.is_none_or(|a| a.contains(n));
-        self.search_layer(query, &[best], ef.max(k), 0, &admit)
+        let hits = self
+            .search_layer(query, &[best], ef.max(k), 0, &admit, &mut examined)
             .into_iter()
             .take(k)
             .map(|Near(distance, key)| Hit { key, distance })
-            .collect()
+            .collect();
+        (hits, examined)
     }
 }

@@ -90,7 +90,17 @@ pub trait VectorIndex: Send + Sync {
     /// The `k` nearest live keys to a prepared query, nearest first, among
     /// `allowed` when given. `ef` is the search breadth of approximate
     /// indexes (at least `k` is used); exact indexes ignore it.
-    fn search(&self, query: &[f32], k: usize, ef: usize, allowed: Option<&KeySet>) -> Vec<Hit>;
+    fn search(&self, query: &[f32], k: usize, ef: usize, allowed: Option<&KeySet>) -> Vec<Hit> {
+        self.search_counted(query, k, ef, allowed).0
+    }
+    /// `search`, also reporting how many vectors it compared the query with.
+    fn search_counted(
+        &self,
+        query: &[f32],
+        k: usize,
+        ef: usize,
+        allowed: Option<&KeySet>,
+    ) -> (Vec<Hit>, usize);
     /// Writes a snapshot that `persist::load` reads back into an equal index.
     fn save(&self, out: &mut dyn std::io::Write) -> std::io::Result<()>;
 }

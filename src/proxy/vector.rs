@@ -41,6 +41,8 @@ fn collection_of<'a>(body: &'a RawDocument, command: &str) -> Result<&'a str, Er
 struct Plan {
     index: Arc<SearchIndex>,
     strategy: &'static str,
+    /// Vectors the query was compared with.
+    examined: usize,
     allowed: Option<usize>,
     ranked: Ranked,
     exact_filter: Option<RawDocumentBuf>,
@@ -222,6 +224,7 @@ impl Session {
         let mut likewise = rawdoc! {
             "index": plan.index.name.as_str(),
             "strategy": plan.strategy,
+            "candidatesExamined": i64::try_from(plan.examined).unwrap_or(i64::MAX),
             "vectorsInIndex": i64::try_from(plan.index.data.read().map(|d| d.index.len()).unwrap_or(0)).unwrap_or(i64::MAX),
             "results": i64::try_from(plan.ranked.ids.len()).unwrap_or(i64::MAX),
             "rewrittenCommand": rewritten,
@@ -244,9 +247,9 @@ impl Session {
         };
         let allowed_count = allowed.as_ref().map(KeySet::len);
         let searcher = index.clone();
-        let (hits, strategy, query) = tokio::task::spawn_blocking(move || {
-            let (hits, strategy) = search(&searcher, &vector, &query, allowed.as_ref());
-            (hits, strategy, query)
+        let (hits, strategy, examined, query) = tokio::task::spawn_blocking(move || {
+            let (hits, strategy, examined) = search(&searcher, &vector, &query, allowed.as_ref());
+            (hits, strategy, examined, query)
         })
         .await
         .map_err(|e| Error::internal(format!("vector search failed: {e}")))?;
@@ -254,6 +257,7 @@ impl Session {
         Ok(Plan {
             index,
             strategy,
+            examined,
             allowed: allowed_count,
             ranked,
             exact_filter: query.filter,
@@ -453,40 +457,39 @@ fn search(
     vector: &[f32],
     query: &VectorQuery,
     allowed: Option<&KeySet>,
-) -> (Vec<Hit>, &'static str) {
+) -> (Vec<Hit>, &'static str, usize) {
     let data = index.data.read().unwrap_or_else(|e| e.into_inner());
+    let index = data.index.as_ref();
     let k = query.limit;
-    let all_keys = || -> Vec<u32> { data.ids.live_keys().collect() };
-    let result = match (allowed, query.exact) {
-        (Some(a), true) => (
-            exact_among(data.index.as_ref(), vector, k, a.keys()),
-            "exact scan of filter matches",
-        ),
+    let exact = |keys: &[u32]| (exact_among(index, vector, k, keys), keys.len());
+    let ((hits, examined), strategy) = match (allowed, query.exact) {
+        (Some(a), true) => (exact(a.keys()), "exact scan of filter matches"),
         (None, true) => (
-            exact_among(data.index.as_ref(), vector, k, &all_keys()),
+            exact(&data.ids.live_keys().collect::<Vec<_>>()),
             "exact scan",
         ),
-        (Some(a), false) if a.len() <= EXACT_SCAN_MAX || a.len() * 10 <= data.index.len() => (
-            exact_among(data.index.as_ref(), vector, k, a.keys()),
+        (Some(a), false) if a.len() <= EXACT_SCAN_MAX || a.len() * 10 <= index.len() => (
+            exact(a.keys()),
             "exact scan of filter matches (selective filter)",
         ),
         (Some(a), false) => {
-            let hits = data.index.search(vector, k, query.num_candidates, Some(a));
+            let (hits, examined) = index.search_counted(vector, k, query.num_candidates, Some(a));
             if hits.len() < k.min(a.len()) {
+                let (hits, scanned) = exact(a.keys());
                 (
-                    exact_among(data.index.as_ref(), vector, k, a.keys()),
+                    (hits, examined + scanned),
                     "filtered graph search, completed by exact scan",
                 )
             } else {
-                (hits, "filtered graph search")
+                ((hits, examined), "filtered graph search")
             }
         }
         (None, false) => (
-            data.index.search(vector, k, query.num_candidates, None),
+            index.search_counted(vector, k, query.num_candidates, None),
             "graph search",
         ),
     };
-    result
+    (hits, strategy, examined)
 }
 
 fn to_ranked(index: &SearchIndex, hits: &[Hit]) -> Ranked {

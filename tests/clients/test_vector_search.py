@@ -274,9 +274,14 @@ def test_explain_shows_strategy_and_rewritten_command(client, docs):
     likewise = plan["likewise"]
     assert likewise["strategy"].startswith("exact scan of filter matches")
     assert likewise["filterMatches"] == 100
+    assert likewise["candidatesExamined"] == 100
     assert likewise["results"] == 4
     assert likewise["rewrittenCommand"]["aggregate"] == "docs"
     assert "queryPlanner" in plan
+    graph = db.command("explain", {"aggregate": "docs", "cursor": {}, "pipeline": [{"$vectorSearch": {
+        "index": "l2", "path": "v", "queryVector": vector_of(5), "numCandidates": 50, "limit": 5}}]})
+    assert graph["likewise"]["strategy"] == "graph search"
+    assert 50 <= graph["likewise"]["candidatesExamined"] < N
 
 
 def test_update_rebuilds_and_drop_removes(client):
