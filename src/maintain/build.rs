@@ -9,7 +9,7 @@ use crate::error::Error;
 use crate::index::registry::{SearchIndex, Status};
 use crate::index::vector::{lookup, read_vector};
 use crate::upstream::{self, Cursor};
-use bson::{rawdoc, RawBson, RawDocumentBuf};
+use bson::{rawdoc, RawDocumentBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
@@ -70,7 +70,7 @@ async fn scan(config: &Config, index: &Arc<SearchIndex>) -> Result<(), Error> {
             return Ok(());
         }
         let target = index.clone();
-        tokio::task::spawn_blocking(move || add_documents(&target, &batch))
+        tokio::task::spawn_blocking(move || add_documents(&target, &batch, true))
             .await
             .map_err(|e| Error::internal(format!("index build task failed: {e}")))?;
         let scanned = index.scanned.load(Ordering::Relaxed) as f64;
@@ -83,12 +83,17 @@ async fn scan(config: &Config, index: &Arc<SearchIndex>) -> Result<(), Error> {
     Ok(())
 }
 
-/// Adds (or replaces) the vectors of `docs`: CPU work, for a blocking thread.
-pub fn add_documents(index: &SearchIndex, docs: &[RawDocumentBuf]) {
+/// Adds (or replaces) the vectors of `docs`: CPU work, for a blocking
+/// thread. A document without a usable vector leaves the index. `scanning`
+/// counts the documents into the build's progress.
+pub fn add_documents<D: AsRef<bson::RawDocument>>(index: &SearchIndex, docs: &[D], scanning: bool) {
     let spec = &index.spec;
     let mut data = index.data.write().unwrap_or_else(|e| e.into_inner());
     for doc in docs {
-        index.scanned.fetch_add(1, Ordering::Relaxed);
+        let doc = doc.as_ref();
+        if scanning {
+            index.scanned.fetch_add(1, Ordering::Relaxed);
+        }
         let Some(id) = doc.get("_id").ok().flatten() else {
             continue;
         };
@@ -96,7 +101,9 @@ pub fn add_documents(index: &SearchIndex, docs: &[RawDocumentBuf]) {
             .ok()
             .and_then(|v| spec.similarity.prepare(v));
         let Some(vector) = vector else {
-            index.skipped.fetch_add(1, Ordering::Relaxed);
+            if scanning {
+                index.skipped.fetch_add(1, Ordering::Relaxed);
+            }
             if let Some(old) = data.ids.retire(id) {
                 data.index.remove(old);
             }
@@ -108,9 +115,4 @@ pub fn add_documents(index: &SearchIndex, docs: &[RawDocumentBuf]) {
         }
         data.index.insert(key, &vector);
     }
-}
-
-/// The `_id` of a key, owned, for building commands.
-pub fn id_of(index: &SearchIndex, key: u32) -> Option<RawBson> {
-    index.data.read().ok()?.ids.id_of(key).cloned()
 }

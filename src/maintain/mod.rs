@@ -4,6 +4,7 @@
 
 pub mod build;
 pub mod catalog;
+pub mod fresh;
 
 use crate::config::Config;
 use crate::index::registry::Registry;

@@ -9,6 +9,7 @@
 
 mod session;
 mod vector;
+mod write;
 
 use crate::config::Config;
 use crate::conn::Connection;

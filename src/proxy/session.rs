@@ -4,6 +4,7 @@ use super::Shared;
 use crate::command::{Command, Hello};
 use crate::conn::{Connection, ReadError};
 use crate::error::{Code, Error, Side};
+use crate::maintain::fresh::WriteKind;
 use crate::wire::{self, msg, query, Compressor, Header, OpCode, OpMsg, OpQuery};
 use bson::{RawDocument, RawDocumentBuf};
 use bytes::Bytes;
@@ -153,6 +154,17 @@ impl Session {
                 self.reply(request, &reply, compressor).await
             }
             Command::Passthrough => {
+                if let Some((name, kind)) = parsed
+                    .command_name()
+                    .and_then(|n| WriteKind::of(n).map(|k| (n, k)))
+                {
+                    let indexes = self.indexes_for_write(parsed.body(), name);
+                    if !indexes.is_empty() {
+                        return self
+                            .indexed_write(kind, &parsed, &message, compressor, indexes)
+                            .await;
+                    }
+                }
                 self.send_upstream(&message).await?;
                 if parsed.more_to_come() {
                     return Ok(());
@@ -242,7 +254,7 @@ impl Session {
     }
 
     /// The next upstream reply, inflated if the upstream compressed it.
-    async fn read_upstream(&mut self) -> Result<Bytes, Failure> {
+    pub(super) async fn read_upstream(&mut self) -> Result<Bytes, Failure> {
         let frame = match self.upstream.read_frame().await {
             Ok(Some(frame)) => frame,
             Ok(None) => return Err(Failure::Close("upstream closed the connection".into())),
@@ -253,7 +265,7 @@ impl Session {
     }
 
     /// Sends a reply, compressed the way the request was.
-    async fn send_client(
+    pub(super) async fn send_client(
         &mut self,
         reply: &[u8],
         compressor: Option<Compressor>,

@@ -1,0 +1,206 @@
+//! Write-through freshness: writes that pass through the proxy update every
+//! index of their collection before the client sees the acknowledgement,
+//! so the next vector query on any connection reflects them
+//! (read-your-writes).
+//!
+//! Which documents a write touches: an insert carries them; an update,
+//! delete or findAndModify names them by filter, so the documents matching
+//! each filter are looked up just before the write is forwarded, and the
+//! ids the reply reports (upserts, findAndModify's document) are added.
+//! After the write those documents are read again: present ones are
+//! (re)indexed, missing ones removed. All of it runs on the client's own
+//! connection, ordered with the write itself.
+
+use crate::command::search_index::integer;
+use crate::error::Error;
+use crate::index::registry::SearchIndex;
+use crate::wire::OpMsg;
+use bson::{rawdoc, RawArrayBuf, RawBson, RawBsonRef, RawDocument, RawDocumentBuf};
+use std::collections::HashSet;
+use std::sync::Arc;
+
+/// A write command whose effect on indexes must be applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteKind {
+    Insert,
+    Update,
+    Delete,
+    FindAndModify,
+}
+
+impl WriteKind {
+    pub fn of(command: &str) -> Option<WriteKind> {
+        match command {
+            "insert" => Some(WriteKind::Insert),
+            "update" => Some(WriteKind::Update),
+            "delete" => Some(WriteKind::Delete),
+            "findAndModify" | "findandmodify" => Some(WriteKind::FindAndModify),
+            _ => None,
+        }
+    }
+}
+
+/// `_id`s, deduplicated by their canonical bytes.
+#[derive(Default)]
+pub struct IdSet {
+    seen: HashSet<Vec<u8>>,
+    pub ids: Vec<RawBson>,
+}
+
+impl IdSet {
+    pub fn add(&mut self, id: RawBsonRef<'_>) {
+        let mut key = RawDocumentBuf::new();
+        key.append("", id.to_raw_bson());
+        if self.seen.insert(key.into_bytes()) {
+            self.ids.push(id.to_raw_bson());
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    pub fn array(&self) -> RawArrayBuf {
+        let mut out = RawArrayBuf::new();
+        for id in &self.ids {
+            out.push(id.clone());
+        }
+        out
+    }
+}
+
+/// The filters whose matching documents an update, delete or findAndModify
+/// may change.
+pub fn filters(kind: WriteKind, msg: &OpMsg<'_>) -> Vec<RawDocumentBuf> {
+    let body = msg.body();
+    let (array, sequence, field) = match kind {
+        WriteKind::Insert => return Vec::new(),
+        WriteKind::Update => ("updates", "updates", "q"),
+        WriteKind::Delete => ("deletes", "deletes", "q"),
+        WriteKind::FindAndModify => {
+            return body
+                .get_document("query")
+                .map(|q| vec![q.to_owned()])
+                .unwrap_or_else(|_| vec![RawDocumentBuf::new()]);
+        }
+    };
+    statements(msg, array, sequence)
+        .into_iter()
+        .filter_map(|s| s.get_document(field).ok().map(ToOwned::to_owned))
+        .collect()
+}
+
+/// The statements of a write, from its body array or its kind-1 sequence.
+fn statements<'a>(msg: &OpMsg<'a>, array: &str, sequence: &str) -> Vec<&'a RawDocument> {
+    if let Ok(items) = msg.body().get_array(array) {
+        return items
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_document())
+            .collect();
+    }
+    msg.sequences()
+        .filter(|s| s.identifier == sequence)
+        .flat_map(|s| s.documents.iter().copied())
+        .collect()
+}
+
+/// Inserted documents the upstream accepted (all but those in `writeErrors`).
+pub fn inserted<'a>(msg: &OpMsg<'a>, reply: &RawDocument) -> Vec<&'a RawDocument> {
+    let failed: HashSet<i64> = reply
+        .get_array("writeErrors")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            e.as_document()
+                .and_then(|e| integer(e.get("index").ok().flatten()))
+        })
+        .collect();
+    statements(msg, "documents", "documents")
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| !failed.contains(&(*i as i64)))
+        .map(|(_, d)| d)
+        .collect()
+}
+
+/// Ids a reply names: upserted documents and findAndModify's document.
+pub fn reply_ids(kind: WriteKind, reply: &RawDocument, into: &mut IdSet) {
+    match kind {
+        WriteKind::Update => {
+            for u in reply.get_array("upserted").into_iter().flatten().flatten() {
+                if let Some(id) = u.as_document().and_then(|u| u.get("_id").ok().flatten()) {
+                    into.add(id);
+                }
+            }
+        }
+        WriteKind::FindAndModify => {
+            if let Ok(value) = reply.get_document("value") {
+                if let Some(id) = value.get("_id").ok().flatten() {
+                    into.add(id);
+                }
+            }
+            if let Ok(last) = reply.get_document("lastErrorObject") {
+                if let Some(id) = last.get("upserted").ok().flatten() {
+                    into.add(id);
+                }
+            }
+        }
+        WriteKind::Insert | WriteKind::Delete => {}
+    }
+}
+
+/// The `find` that reads the current vectors of `ids` for `indexes`.
+pub fn refetch(
+    collection: &str,
+    db: &str,
+    ids: &IdSet,
+    indexes: &[Arc<SearchIndex>],
+) -> RawDocumentBuf {
+    let mut projection = RawDocumentBuf::new();
+    projection.append("_id", 1);
+    let mut paths: Vec<&str> = indexes.iter().map(|i| i.spec.path.as_str()).collect();
+    paths.sort_unstable();
+    paths.dedup();
+    for path in paths {
+        projection.append(path, 1);
+    }
+    rawdoc! {
+        "find": collection,
+        "filter": { "_id": { "$in": ids.array() } },
+        "projection": projection,
+        "batchSize": 100_000,
+        "$db": db,
+    }
+}
+
+/// Applies what the upstream now holds: `present` documents are (re)indexed,
+/// ids in `checked` that are not present are removed. CPU work: run it on
+/// a blocking thread.
+pub fn apply(
+    indexes: &[Arc<SearchIndex>],
+    present: &[RawDocumentBuf],
+    checked: &IdSet,
+) -> Result<(), Error> {
+    let mut found = IdSet::default();
+    for doc in present {
+        if let Some(id) = doc.get("_id").ok().flatten() {
+            found.add(id);
+        }
+    }
+    for index in indexes {
+        crate::maintain::build::add_documents(index, present, false);
+        let mut data = index.data.write().unwrap_or_else(|e| e.into_inner());
+        for id in &checked.ids {
+            let mut key = RawDocumentBuf::new();
+            key.append("", id.clone());
+            if !found.seen.contains(key.as_bytes()) {
+                if let Some(old) = data.ids.retire(id.as_raw_bson_ref()) {
+                    data.index.remove(old);
+                }
+            }
+        }
+    }
+    Ok(())
+}

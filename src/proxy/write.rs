@@ -1,0 +1,110 @@
+//! Writes to collections that have search indexes: forwarded as their
+//! original bytes, with the indexes brought up to date before the client
+//! sees the acknowledgement (see `maintain::fresh`).
+
+use super::session::{Failure, Session};
+use crate::index::registry::SearchIndex;
+use crate::maintain::fresh::{self, IdSet, WriteKind};
+use crate::upstream::{check_ok, Cursor};
+use crate::wire::{Compressor, OpMsg};
+use bson::{RawBsonRef, RawDocument, RawDocumentBuf};
+use std::sync::Arc;
+
+impl Session {
+    /// The indexes a write must keep current; none inside a multi-document
+    /// transaction, whose writes become visible only at commit.
+    pub(super) fn indexes_for_write(
+        &self,
+        body: &RawDocument,
+        command: &str,
+    ) -> Vec<Arc<SearchIndex>> {
+        if matches!(body.get("autocommit"), Ok(Some(RawBsonRef::Boolean(false)))) {
+            return Vec::new();
+        }
+        match (body.get_str(command), body.get_str("$db")) {
+            (Ok(collection), Ok(db)) => self.shared.registry.list(db, collection),
+            _ => Vec::new(),
+        }
+    }
+
+    pub(super) async fn indexed_write(
+        &mut self,
+        kind: WriteKind,
+        parsed: &OpMsg<'_>,
+        message: &[u8],
+        compressor: Option<Compressor>,
+        indexes: Vec<Arc<SearchIndex>>,
+    ) -> Result<(), Failure> {
+        let body = parsed.body();
+        let db = body.get_str("$db").unwrap_or_default().to_string();
+        let collection = parsed
+            .command_name()
+            .and_then(|name| body.get_str(name).ok())
+            .unwrap_or_default()
+            .to_string();
+
+        // Which documents the write may change, asked before it runs. A
+        // filter the upstream rejects will fail the write too: no harm.
+        let mut touched = IdSet::default();
+        for filter in fresh::filters(kind, parsed) {
+            let find = crate::rewrite::matching_ids(&collection, &db, &filter);
+            let Ok(mut cursor) = Cursor::open(&mut self.upstream, &db, &find).await else {
+                continue;
+            };
+            while let Ok(Some(batch)) = cursor.next_batch().await {
+                for doc in &batch {
+                    if let Some(id) = doc.get("_id").ok().flatten() {
+                        touched.add(id);
+                    }
+                }
+            }
+        }
+
+        self.send_upstream(message).await?;
+        let reply = if parsed.more_to_come() {
+            None
+        } else {
+            Some(self.read_upstream().await?)
+        };
+        let reply_body: RawDocumentBuf = match &reply {
+            Some(bytes) => match OpMsg::parse(bytes) {
+                Ok(m) => m.body().to_owned(),
+                Err(_) => RawDocumentBuf::new(),
+            },
+            None => RawDocumentBuf::new(),
+        };
+        let acknowledged_ok = reply.is_none() || check_ok(&reply_body).is_ok();
+        if acknowledged_ok {
+            let mut present: Vec<RawDocumentBuf> = Vec::new();
+            if kind == WriteKind::Insert {
+                present.extend(
+                    fresh::inserted(parsed, &reply_body)
+                        .into_iter()
+                        .map(ToOwned::to_owned),
+                );
+            }
+            fresh::reply_ids(kind, &reply_body, &mut touched);
+            if !touched.is_empty() {
+                let find = fresh::refetch(&collection, &db, &touched, &indexes);
+                match Cursor::open(&mut self.upstream, &db, &find).await {
+                    Ok(mut cursor) => {
+                        while let Ok(Some(batch)) = cursor.next_batch().await {
+                            present.extend(batch);
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot re-read written documents"),
+                }
+            }
+            let applied =
+                tokio::task::spawn_blocking(move || fresh::apply(&indexes, &present, &touched))
+                    .await;
+            if let Err(e) = applied {
+                tracing::warn!(error = %e, "updating indexes after a write failed");
+            }
+        }
+        match reply {
+            Some(bytes) => self.send_client(&bytes, compressor).await,
+            None => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,99 @@
+"""Read-your-writes: a write acknowledged through the proxy is reflected by
+the very next vector query, on any connection."""
+
+import time
+
+import pytest
+from pymongo import MongoClient, ReturnDocument
+from pymongo.operations import SearchIndexModel
+
+READY_TIMEOUT_S = 120
+
+
+def wait_ready(coll, name):
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if [i["status"] for i in coll.list_search_indexes(name)] == ["READY"]:
+            return
+        time.sleep(0.05)
+    raise AssertionError("index not READY")
+
+
+@pytest.fixture
+def colls(proxy_uri):
+    """The same collection through two independent clients."""
+    writer = MongoClient(proxy_uri)
+    reader = MongoClient(proxy_uri)
+    w = writer.fresh_suite.points
+    w.drop()
+    w.insert_many([{"_id": i, "p": [float(i), 0.0]} for i in range(100)])
+    w.create_search_index(SearchIndexModel(name="pts", type="vectorSearch", definition={
+        "fields": [{"type": "vector", "path": "p", "numDimensions": 2, "similarity": "euclidean"}]}))
+    wait_ready(w, "pts")
+    yield w, reader.fresh_suite.points
+    w.drop_search_index("pts")
+    w.drop()
+    writer.close()
+    reader.close()
+
+
+def nearest(coll, point, n=1, **filter_):
+    return [d["_id"] for d in coll.find({"$like": {"vector": point, "n": n, "exact": False}, **filter_})]
+
+
+def vector_search(coll, point, n=1):
+    return [d["_id"] for d in coll.aggregate([{"$vectorSearch": {
+        "index": "pts", "path": "p", "queryVector": point, "numCandidates": 50, "limit": n}}])]
+
+
+def test_inserts_are_found_at_once(colls):
+    w, r = colls
+    w.insert_one({"_id": "new", "p": [500.0, 500.0]})
+    assert nearest(r, [499.0, 499.0]) == ["new"]
+    w.insert_many([{"_id": f"m{i}", "p": [1000.0 + i, 1000.0]} for i in range(1000)])
+    assert vector_search(r, [1500.2, 1000.0]) == ["m500"]
+    assert r.count_documents({"$like": {"vector": [1500.0, 1000.0], "n": 1000}, "_id": {"$regex": "^m"}}) == 1000
+
+
+def test_updates_move_documents_and_removed_vectors_vanish(colls):
+    w, r = colls
+    assert nearest(r, [50.0, 0.0]) == [50]
+    w.update_one({"_id": 50}, {"$set": {"p": [-300.0, 7.0]}})
+    assert nearest(r, [-300.0, 7.0]) == [50]
+    assert nearest(r, [50.0, 0.0]) != [50]
+    w.update_many({"_id": {"$in": [10, 11]}}, {"$unset": {"p": ""}})
+    assert not {10, 11} & set(nearest(r, [10.5, 0.0], n=5))
+    w.replace_one({"_id": 20}, {"p": [9000.0, 9000.0]})
+    assert nearest(r, [9000.0, 9001.0]) == [20]
+
+
+def test_upserts_and_find_and_modify(colls):
+    w, r = colls
+    w.update_one({"_id": "up"}, {"$set": {"p": [-42.0, -42.0]}}, upsert=True)
+    assert nearest(r, [-42.0, -41.0]) == ["up"]
+    moved = w.find_one_and_update({"_id": 30}, {"$set": {"p": [77.0, 777.0]}},
+                                  return_document=ReturnDocument.AFTER)
+    assert moved["p"] == [77.0, 777.0]
+    assert nearest(r, [77.0, 777.0]) == [30]
+    w.find_one_and_update({"_id": "fam"}, {"$set": {"p": [-5000.0, 1.0]}}, upsert=True)
+    assert nearest(r, [-5000.0, 1.0]) == ["fam"]
+    w.find_one_and_delete({"_id": "fam"})
+    assert nearest(r, [-5000.0, 1.0]) != ["fam"]
+
+
+def test_deletes_are_gone_at_once(colls):
+    w, r = colls
+    assert nearest(r, [99.0, 0.0]) == [99]
+    w.delete_one({"_id": 99})
+    assert nearest(r, [99.0, 0.0]) == [98]
+    w.delete_many({"_id": {"$gte": 90}})
+    assert nearest(r, [99.0, 0.0]) == [89]
+    assert vector_search(r, [99.0, 0.0], n=3) == [89, 88, 87]
+
+
+def test_rejected_writes_change_nothing(colls):
+    w, r = colls
+    with pytest.raises(Exception):
+        w.insert_one({"_id": 5, "p": [123456.0, 0.0]})  # duplicate key
+    assert nearest(r, [123456.0, 0.0]) != [5]
+    assert nearest(r, [5.0, 0.0]) == [5]
