@@ -51,6 +51,15 @@ pub struct IndexData {
     pub index: Box<dyn VectorIndex>,
 }
 
+impl IndexData {
+    pub fn empty(spec: &IndexSpec) -> IndexData {
+        IndexData {
+            ids: IdMap::default(),
+            index: Box::new(Hnsw::new(spec.dims, spec.similarity, spec.hnsw)),
+        }
+    }
+}
+
 pub struct SearchIndex {
     pub id: String,
     pub db: String,
@@ -65,6 +74,10 @@ pub struct SearchIndex {
     pub total: AtomicU64,
     /// Documents whose vector field was missing, malformed or the wrong size.
     pub skipped: AtomicU64,
+    /// Changes applied from the upstream's change stream.
+    pub changes_applied: AtomicU64,
+    /// Where the change stream has got to (for snapshots and resuming).
+    resume_token: Mutex<Option<RawDocumentBuf>>,
     retired: AtomicBool,
     pub data: RwLock<IndexData>,
 }
@@ -78,7 +91,7 @@ impl SearchIndex {
         definition: RawDocumentBuf,
         spec: IndexSpec,
     ) -> SearchIndex {
-        let index = Box::new(Hnsw::new(spec.dims, spec.similarity, spec.hnsw));
+        let data = IndexData::empty(&spec);
         SearchIndex {
             id,
             db: db.to_string(),
@@ -90,12 +103,36 @@ impl SearchIndex {
             scanned: AtomicU64::new(0),
             total: AtomicU64::new(0),
             skipped: AtomicU64::new(0),
+            changes_applied: AtomicU64::new(0),
+            resume_token: Mutex::new(None),
             retired: AtomicBool::new(false),
-            data: RwLock::new(IndexData {
-                ids: IdMap::default(),
-                index,
-            }),
+            data: RwLock::new(data),
         }
+    }
+
+    /// Empties the index for a rebuild from scratch.
+    pub fn reset(&self) {
+        *self.data.write().unwrap_or_else(|e| e.into_inner()) = IndexData::empty(&self.spec);
+        for counter in [
+            &self.scanned,
+            &self.total,
+            &self.skipped,
+            &self.changes_applied,
+        ] {
+            counter.store(0, Ordering::Relaxed);
+        }
+        self.set_resume_token(None);
+    }
+
+    pub fn resume_token(&self) -> Option<RawDocumentBuf> {
+        self.resume_token
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn set_resume_token(&self, token: Option<RawDocumentBuf>) {
+        *self.resume_token.lock().unwrap_or_else(|e| e.into_inner()) = token;
     }
 
     pub fn namespace(&self) -> String {

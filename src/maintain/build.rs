@@ -8,6 +8,7 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::index::registry::{SearchIndex, Status};
 use crate::index::vector::{lookup, read_vector};
+use crate::maintain::stream::{self, ChangeStream};
 use crate::upstream::{self, Cursor};
 use bson::{rawdoc, RawDocumentBuf};
 use std::sync::atomic::Ordering;
@@ -15,27 +16,100 @@ use std::sync::Arc;
 use std::time::Instant;
 
 const BATCH: i32 = 1000;
+const RETRY_PAUSE: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Builds `index` from scratch and marks it READY, or FAILED with the reason.
+/// Builds `index` from scratch, marks it READY (or FAILED with the reason),
+/// then keeps it current from the collection's change stream for as long as
+/// it lives. An invalidated stream (collection dropped or renamed) means a
+/// rebuild from scratch.
 pub async fn build(config: Arc<Config>, index: Arc<SearchIndex>) {
-    index.set_status(Status::Building, None);
-    let started = Instant::now();
-    match scan(&config, &index).await {
-        Ok(()) if index.is_retired() => {}
-        Ok(()) => {
-            index.set_status(Status::Ready, None);
-            tracing::info!(
-                index = %index.name,
-                namespace = %index.namespace(),
-                vectors = index.data.read().map(|d| d.index.len()).unwrap_or_default(),
-                skipped = index.skipped.load(Ordering::Relaxed),
-                seconds = started.elapsed().as_secs_f64(),
-                "search index ready"
-            );
-        }
-        Err(e) => {
+    loop {
+        index.set_status(Status::Building, None);
+        let started = Instant::now();
+        // Opened first: every change made during the scan is applied after it.
+        let stream = match ChangeStream::open(&config, &index, None).await {
+            Ok((stream, token)) => {
+                index.set_resume_token(token);
+                Some(stream)
+            }
+            Err(e) => {
+                tracing::warn!(index = %index.name, error = %e, "no change stream: writes that bypass the proxy will not reach this index");
+                None
+            }
+        };
+        if let Err(e) = scan(&config, &index).await {
             tracing::warn!(index = %index.name, error = %e, "search index build failed");
             index.set_status(Status::Failed, Some(e.message));
+            return;
+        }
+        if index.is_retired() {
+            return;
+        }
+        index.set_status(Status::Ready, None);
+        tracing::info!(
+            index = %index.name,
+            namespace = %index.namespace(),
+            vectors = index.data.read().map(|d| d.index.len()).unwrap_or_default(),
+            skipped = index.skipped.load(Ordering::Relaxed),
+            seconds = started.elapsed().as_secs_f64(),
+            "search index ready"
+        );
+        let Some(stream) = stream else {
+            return;
+        };
+        if !follow(&config, &index, stream).await {
+            return;
+        }
+        tracing::info!(index = %index.name, "collection dropped or renamed: rebuilding the index");
+        index.reset();
+    }
+}
+
+/// Applies the change stream until the index is retired (`false`) or the
+/// stream is invalidated (`true`: rebuild). Errors reopen the stream from
+/// the last resume token.
+pub async fn follow(config: &Config, index: &Arc<SearchIndex>, mut stream: ChangeStream) -> bool {
+    loop {
+        if index.is_retired() {
+            return false;
+        }
+        match stream.next().await {
+            Ok((changes, token)) => {
+                if changes.invalidated {
+                    return true;
+                }
+                if !changes.is_empty() {
+                    let count = changes.len() as u64;
+                    let target = index.clone();
+                    let applied =
+                        tokio::task::spawn_blocking(move || stream::apply(&target, &changes)).await;
+                    if applied.is_err() {
+                        tracing::warn!(index = %index.name, "applying changes failed");
+                    }
+                    index.changes_applied.fetch_add(count, Ordering::Relaxed);
+                }
+                if token.is_some() {
+                    index.set_resume_token(token);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(index = %index.name, error = %e, "change stream interrupted; resuming");
+                loop {
+                    if index.is_retired() {
+                        return false;
+                    }
+                    // A pause between attempts while the upstream is away.
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                    match ChangeStream::open(config, index, index.resume_token()).await {
+                        Ok((reopened, _)) => {
+                            stream = reopened;
+                            break;
+                        }
+                        Err(e) if e.code.name == "ChangeStreamHistoryLost" => return true,
+                        Err(_) => continue,
+                    }
+                }
+            }
         }
     }
 }
@@ -109,6 +183,16 @@ pub fn add_documents<D: AsRef<bson::RawDocument>>(index: &SearchIndex, docs: &[D
             }
             continue;
         };
+        // Re-applying an unchanged vector (write-through and the change
+        // stream both report a write) keeps its key: no churn, no tombstone.
+        let unchanged = data
+            .ids
+            .key_of(id)
+            .and_then(|key| data.index.vector(key))
+            .is_some_and(|stored| stored == vector.as_slice());
+        if unchanged {
+            continue;
+        }
         let (key, old) = data.ids.assign(id);
         if let Some(old) = old {
             data.index.remove(old);

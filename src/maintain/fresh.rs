@@ -12,7 +12,6 @@
 //! connection, ordered with the write itself.
 
 use crate::command::search_index::integer;
-use crate::error::Error;
 use crate::index::registry::SearchIndex;
 use crate::wire::OpMsg;
 use bson::{rawdoc, RawArrayBuf, RawBson, RawBsonRef, RawDocument, RawDocumentBuf};
@@ -178,14 +177,10 @@ pub fn refetch(
 /// Applies what the upstream now holds: `present` documents are (re)indexed,
 /// ids in `checked` that are not present are removed. CPU work: run it on
 /// a blocking thread.
-pub fn apply(
-    indexes: &[Arc<SearchIndex>],
-    present: &[RawDocumentBuf],
-    checked: &IdSet,
-) -> Result<(), Error> {
+pub fn apply<D: AsRef<RawDocument>>(indexes: &[Arc<SearchIndex>], present: &[D], checked: &IdSet) {
     let mut found = IdSet::default();
     for doc in present {
-        if let Some(id) = doc.get("_id").ok().flatten() {
+        if let Some(id) = doc.as_ref().get("_id").ok().flatten() {
             found.add(id);
         }
     }
@@ -202,5 +197,4 @@ pub fn apply(
             }
         }
     }
-    Ok(())
 }

@@ -5,6 +5,7 @@
 pub mod build;
 pub mod catalog;
 pub mod fresh;
+pub mod stream;
 
 use crate::config::Config;
 use crate::index::registry::Registry;

@@ -14,6 +14,7 @@ use crate::command::{Admin, VectorKind};
 use crate::error::{Code, Error};
 use crate::index::registry::{SearchIndex, Status};
 use crate::index::{exact_among, Hit, KeySet};
+use crate::maintain::fresh::IdSet;
 use crate::maintain::{build, catalog};
 use crate::rewrite::{self, Ranked};
 use crate::upstream::{self, Cursor};
@@ -242,10 +243,10 @@ impl Session {
         let index = self.resolve(&db, &collection, &query)?;
         let vector = query_vector(&index, &query)?;
         let allowed = match &query.filter {
-            Some(filter) => Some(self.matching_keys(&index, &db, &collection, filter).await?),
+            Some(filter) => Some(self.matching_ids(&db, &collection, filter).await?),
             None => None,
         };
-        let allowed_count = allowed.as_ref().map(KeySet::len);
+        let allowed_count = allowed.as_ref().map(|ids| ids.ids.len());
         let searcher = index.clone();
         let (hits, strategy, examined, query) = tokio::task::spawn_blocking(move || {
             let (hits, strategy, examined) = search(&searcher, &vector, &query, allowed.as_ref());
@@ -319,32 +320,25 @@ impl Session {
         Ok(index)
     }
 
-    /// Keys of indexed documents matching `filter`, read on the client's
+    /// `_id`s of the documents matching `filter`, read on the client's
     /// connection so its own permissions apply.
-    async fn matching_keys(
+    async fn matching_ids(
         &mut self,
-        index: &SearchIndex,
         db: &str,
         collection: &str,
         filter: &RawDocument,
-    ) -> Result<KeySet, Error> {
+    ) -> Result<IdSet, Error> {
         let find = rewrite::matching_ids(collection, db, filter);
         let mut cursor = Cursor::open(&mut self.upstream, db, &find).await?;
-        let mut keys = KeySet::default();
+        let mut ids = IdSet::default();
         while let Some(batch) = cursor.next_batch().await? {
-            let data = index.data.read().unwrap_or_else(|e| e.into_inner());
             for doc in &batch {
-                if let Some(key) = doc
-                    .get("_id")
-                    .ok()
-                    .flatten()
-                    .and_then(|id| data.ids.key_of(id))
-                {
-                    keys.insert(key);
+                if let Some(id) = doc.get("_id").ok().flatten() {
+                    ids.add(id);
                 }
             }
         }
-        Ok(keys)
+        Ok(ids)
     }
 }
 
@@ -456,9 +450,19 @@ fn search(
     index: &SearchIndex,
     vector: &[f32],
     query: &VectorQuery,
-    allowed: Option<&KeySet>,
+    allowed_ids: Option<&IdSet>,
 ) -> (Vec<Hit>, &'static str, usize) {
     let data = index.data.read().unwrap_or_else(|e| e.into_inner());
+    // Ids become keys under the same lock as the search: a concurrent
+    // update may re-key a document, never between these two steps.
+    let allowed = allowed_ids.map(|ids| {
+        KeySet::from_keys(
+            ids.ids
+                .iter()
+                .filter_map(|id| data.ids.key_of(id.as_raw_bson_ref())),
+        )
+    });
+    let allowed = allowed.as_ref();
     let index = data.index.as_ref();
     let k = query.limit;
     let exact = |keys: &[u32]| (exact_among(index, vector, k, keys), keys.len());

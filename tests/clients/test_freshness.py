@@ -7,6 +7,8 @@ import pytest
 from pymongo import MongoClient, ReturnDocument
 from pymongo.operations import SearchIndexModel
 
+from conftest import start_proxy
+
 READY_TIMEOUT_S = 120
 
 
@@ -97,3 +99,54 @@ def test_rejected_writes_change_nothing(colls):
         w.insert_one({"_id": 5, "p": [123456.0, 0.0]})  # duplicate key
     assert nearest(r, [123456.0, 0.0]) != [5]
     assert nearest(r, [5.0, 0.0]) == [5]
+
+
+def eventually(check, timeout=30.0):
+    """Polls `check` until it holds; returns the seconds it took."""
+    start = time.monotonic()
+    while not check():
+        assert time.monotonic() - start < timeout, "not reflected in time"
+        time.sleep(0.02)
+    return time.monotonic() - start
+
+
+def test_writes_that_bypass_the_proxy_arrive_through_the_change_stream(colls, direct_uri):
+    _, r = colls
+    with MongoClient(direct_uri, directConnection=True) as direct:
+        d = direct.fresh_suite.points
+        d.insert_one({"_id": "outside", "p": [-777.0, 3.0]})
+        lag_insert = eventually(lambda: nearest(r, [-777.0, 3.0]) == ["outside"])
+        d.update_one({"_id": "outside"}, {"$set": {"p": [888.0, -3.0]}})
+        lag_update = eventually(lambda: nearest(r, [888.0, -3.0]) == ["outside"])
+        d.delete_one({"_id": "outside"})
+        lag_delete = eventually(lambda: "outside" not in nearest(r, [888.0, -3.0], n=3))
+        # insert then delete in quick succession must not leave a phantom
+        d.insert_one({"_id": "blink", "p": [4242.0, 4242.0]})
+        d.delete_one({"_id": "blink"})
+        d.insert_one({"_id": "marker", "p": [-4242.0, 0.0]})
+        eventually(lambda: nearest(r, [-4242.0, 0.0]) == ["marker"])
+        assert "blink" not in nearest(r, [4242.0, 4242.0], n=3)
+    print(f"change-stream lag: insert {lag_insert * 1000:.0f} ms, update {lag_update * 1000:.0f} ms, "
+          f"delete {lag_delete * 1000:.0f} ms")
+
+
+def test_two_proxies_on_one_upstream_converge(colls, direct_uri):
+    w, _ = colls
+    other = start_proxy(direct_uri)
+    try:
+        with MongoClient(f"mongodb://{other.address}/") as second:
+            coll = second.fresh_suite.points
+            wait_ready(coll, "pts")
+            w.insert_one({"_id": "via-first", "p": [31337.0, 1.0]})
+            lag = eventually(lambda: nearest(coll, [31337.0, 1.0]) == ["via-first"])
+            print(f"second proxy saw a write through the first after {lag * 1000:.0f} ms")
+    finally:
+        other.stop()
+
+
+def test_a_dropped_collection_empties_its_index(colls):
+    w, r = colls
+    w.drop()
+    w.insert_one({"_id": "reborn", "p": [1.0, 1.0]})
+    eventually(lambda: [i["status"] for i in r.list_search_indexes("pts")] == ["READY"]
+               and nearest(r, [1.0, 1.0], n=5) == ["reborn"])
