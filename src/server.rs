@@ -35,6 +35,10 @@ pub async fn run_on(
         shared.config.clone(),
         shared.registry.clone(),
     ));
+    let saver = tokio::spawn(crate::maintain::keep_saving(
+        shared.config.clone(),
+        shared.registry.clone(),
+    ));
     let limit = Arc::new(Semaphore::new(shared.config.max_connections));
     let mut next_worker = 0usize;
     tokio::pin!(shutdown);
@@ -82,6 +86,8 @@ pub async fn run_on(
         }
     }
     tracing::info!("likewise stopped accepting connections");
+    saver.abort();
+    crate::maintain::save_changed(&shared.config, &shared.registry).await;
 }
 
 async fn serve_one(

@@ -198,6 +198,7 @@ pub fn describe(index: &SearchIndex) -> RawDocumentBuf {
             "vectorsIndexed": i64::try_from(indexed).unwrap_or(i64::MAX),
             "documentsSkipped": i64::try_from(skipped).unwrap_or(i64::MAX),
             "changesApplied": i64::try_from(index.changes_applied.load(std::sync::atomic::Ordering::Relaxed)).unwrap_or(i64::MAX),
+            "restoredFromSnapshot": index.restored.load(std::sync::atomic::Ordering::Relaxed),
         },
     };
     if let Some(detail) = detail {

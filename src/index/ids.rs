@@ -52,6 +52,38 @@ impl IdMap {
         self.by_id.len()
     }
 
+    /// Every live key with its `_id`, and the number of keys ever issued.
+    pub fn entries(&self) -> (usize, Vec<(u32, &RawBson)>) {
+        let live = self
+            .ids
+            .iter()
+            .enumerate()
+            .filter_map(|(key, id)| id.as_ref().map(|id| (key as u32, id)))
+            .collect();
+        (self.ids.len(), live)
+    }
+
+    /// Rebuilds a map from `entries` (keys below `issued`).
+    pub fn from_entries(issued: usize, entries: Vec<(u32, RawBson)>) -> Option<IdMap> {
+        let mut map = IdMap {
+            by_id: HashMap::with_capacity(entries.len()),
+            ids: vec![None; issued],
+        };
+        for (key, id) in entries {
+            let slot = map.ids.get_mut(key as usize)?;
+            if slot.is_some()
+                || map
+                    .by_id
+                    .insert(canonical(id.as_raw_bson_ref()), key)
+                    .is_some()
+            {
+                return None;
+            }
+            *slot = Some(id);
+        }
+        Some(map)
+    }
+
     /// Every live key.
     pub fn live_keys(&self) -> impl Iterator<Item = u32> + '_ {
         self.by_id.values().copied()

@@ -78,6 +78,11 @@ pub struct SearchIndex {
     pub changes_applied: AtomicU64,
     /// Where the change stream has got to (for snapshots and resuming).
     resume_token: Mutex<Option<RawDocumentBuf>>,
+    /// Bumped by every change to the data; compared with the last saved.
+    generation: AtomicU64,
+    saved_generation: AtomicU64,
+    /// The data came from a snapshot rather than a scan.
+    pub restored: AtomicBool,
     retired: AtomicBool,
     pub data: RwLock<IndexData>,
 }
@@ -105,6 +110,9 @@ impl SearchIndex {
             skipped: AtomicU64::new(0),
             changes_applied: AtomicU64::new(0),
             resume_token: Mutex::new(None),
+            generation: AtomicU64::new(0),
+            saved_generation: AtomicU64::new(0),
+            restored: AtomicBool::new(false),
             retired: AtomicBool::new(false),
             data: RwLock::new(data),
         }
@@ -122,6 +130,26 @@ impl SearchIndex {
             counter.store(0, Ordering::Relaxed);
         }
         self.set_resume_token(None);
+        self.restored.store(false, Ordering::Relaxed);
+        self.touch();
+    }
+
+    /// Records that the data changed.
+    pub fn touch(&self) {
+        self.generation.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Relaxed)
+    }
+
+    pub fn mark_saved(&self, generation: u64) {
+        self.saved_generation.store(generation, Ordering::Relaxed);
+    }
+
+    /// Changed since the last snapshot.
+    pub fn is_dirty(&self) -> bool {
+        self.generation() != self.saved_generation.load(Ordering::Relaxed)
     }
 
     pub fn resume_token(&self) -> Option<RawDocumentBuf> {
@@ -175,6 +203,10 @@ pub struct Registry {
 }
 
 impl Registry {
+    pub fn all(&self) -> Vec<Arc<SearchIndex>> {
+        self.read().values().flatten().cloned().collect()
+    }
+
     pub fn list(&self, db: &str, collection: &str) -> Vec<Arc<SearchIndex>> {
         self.read()
             .get(&namespace(db, collection))

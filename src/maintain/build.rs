@@ -8,6 +8,7 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::index::registry::{SearchIndex, Status};
 use crate::index::vector::{lookup, read_vector};
+use crate::maintain::snapshot;
 use crate::maintain::stream::{self, ChangeStream};
 use crate::upstream::{self, Cursor};
 use bson::{rawdoc, RawDocumentBuf};
@@ -23,6 +24,13 @@ const RETRY_PAUSE: std::time::Duration = std::time::Duration::from_secs(1);
 /// it lives. An invalidated stream (collection dropped or renamed) means a
 /// rebuild from scratch.
 pub async fn build(config: Arc<Config>, index: Arc<SearchIndex>) {
+    if let Some(stream) = restore(&config, &index).await {
+        if !follow(&config, &index, stream).await {
+            return;
+        }
+        tracing::info!(index = %index.name, "collection dropped or renamed: rebuilding the index");
+        index.reset();
+    }
     loop {
         index.set_status(Status::Building, None);
         let started = Instant::now();
@@ -46,6 +54,7 @@ pub async fn build(config: Arc<Config>, index: Arc<SearchIndex>) {
             return;
         }
         index.set_status(Status::Ready, None);
+        save_snapshot(&config, &index).await;
         tracing::info!(
             index = %index.name,
             namespace = %index.namespace(),
@@ -62,6 +71,65 @@ pub async fn build(config: Arc<Config>, index: Arc<SearchIndex>) {
         }
         tracing::info!(index = %index.name, "collection dropped or renamed: rebuilding the index");
         index.reset();
+    }
+}
+
+/// Loads the index's snapshot and resumes its change stream from the
+/// stored token. `None` (after saying why) when the index must be built
+/// from the upstream instead.
+async fn restore(config: &Config, index: &Arc<SearchIndex>) -> Option<ChangeStream> {
+    let dir = config.data_dir.clone()?;
+    let target = index.clone();
+    let loaded = tokio::task::spawn_blocking(move || snapshot::load(&dir, &target)).await;
+    let token = match loaded {
+        Ok(Ok(Some(token))) => token,
+        Ok(Ok(None)) => {
+            tracing::info!(index = %index.name, "no snapshot: building from the upstream");
+            return None;
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(index = %index.name, error = %e, "snapshot unusable: rebuilding from the upstream");
+            index.reset();
+            return None;
+        }
+        Err(e) => {
+            tracing::warn!(index = %index.name, error = %e, "snapshot load failed: rebuilding from the upstream");
+            index.reset();
+            return None;
+        }
+    };
+    match ChangeStream::open(config, index, Some(token.clone())).await {
+        Ok((stream, _)) => {
+            index.set_resume_token(Some(token));
+            index.restored.store(true, Ordering::Relaxed);
+            index.set_status(Status::Ready, None);
+            tracing::info!(
+                index = %index.name,
+                vectors = index.data.read().map(|d| d.index.len()).unwrap_or_default(),
+                "search index loaded from its snapshot; catching up from the change stream"
+            );
+            Some(stream)
+        }
+        Err(e) => {
+            tracing::warn!(index = %index.name, error = %e, "cannot resume the change stream: rebuilding from the upstream");
+            index.reset();
+            None
+        }
+    }
+}
+
+/// Writes the index's snapshot when the proxy has a data directory.
+pub async fn save_snapshot(config: &Config, index: &Arc<SearchIndex>) {
+    let Some(dir) = config.data_dir.clone() else {
+        return;
+    };
+    let target = index.clone();
+    match tokio::task::spawn_blocking(move || snapshot::save(&dir, &target)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(index = %index.name, error = %e, "cannot write the index snapshot")
+        }
+        Err(e) => tracing::warn!(index = %index.name, error = %e, "snapshot task failed"),
     }
 }
 
@@ -162,6 +230,7 @@ async fn scan(config: &Config, index: &Arc<SearchIndex>) -> Result<(), Error> {
 /// counts the documents into the build's progress.
 pub fn add_documents<D: AsRef<bson::RawDocument>>(index: &SearchIndex, docs: &[D], scanning: bool) {
     let spec = &index.spec;
+    index.touch();
     let mut data = index.data.write().unwrap_or_else(|e| e.into_inner());
     for doc in docs {
         let doc = doc.as_ref();

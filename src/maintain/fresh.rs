@@ -186,6 +186,7 @@ pub fn apply<D: AsRef<RawDocument>>(indexes: &[Arc<SearchIndex>], present: &[D],
     }
     for index in indexes {
         crate::maintain::build::add_documents(index, present, false);
+        index.touch();
         let mut data = index.data.write().unwrap_or_else(|e| e.into_inner());
         for id in &checked.ids {
             let mut key = RawDocumentBuf::new();

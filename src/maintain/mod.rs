@@ -5,6 +5,7 @@
 pub mod build;
 pub mod catalog;
 pub mod fresh;
+pub mod snapshot;
 pub mod stream;
 
 use crate::config::Config;
@@ -28,5 +29,30 @@ pub async fn restore(config: Arc<Config>, registry: Arc<Registry>) {
             }
         }
         Err(e) => tracing::warn!(error = %e, "cannot load search index definitions"),
+    }
+}
+
+/// How often changed indexes are snapshotted.
+const SAVE_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Snapshots changed, queryable indexes every few seconds, for as long as
+/// the proxy runs (only with a data directory).
+pub async fn keep_saving(config: Arc<Config>, registry: Arc<Registry>) {
+    if config.data_dir.is_none() {
+        return;
+    }
+    let mut tick = tokio::time::interval(SAVE_EVERY);
+    loop {
+        tick.tick().await;
+        save_changed(&config, &registry).await;
+    }
+}
+
+/// Snapshots every changed, queryable index now.
+pub async fn save_changed(config: &Config, registry: &Registry) {
+    for index in registry.all() {
+        if index.queryable() && index.is_dirty() {
+            build::save_snapshot(config, &index).await;
+        }
     }
 }

@@ -123,6 +123,9 @@ impl Session {
                 let index = self.named_index(db, collection, &target.name, &target.id)?;
                 catalog::delete(&config, &index.id).await?;
                 registry.remove(&index);
+                if let Some(dir) = &config.data_dir {
+                    let _ = std::fs::remove_file(crate::maintain::snapshot::path(dir, &index));
+                }
                 tracing::info!(index = %index.name, namespace = %index.namespace(), "search index dropped");
                 Ok(rawdoc! { "ok": 1.0 })
             }

@@ -63,10 +63,10 @@ def likewise_bin():
     return os.environ.get("LIKEWISE_BIN", str(ROOT / "target" / "debug" / "likewise"))
 
 
-def start_proxy(upstream_uri, *extra):
+def start_proxy(upstream_uri, *extra, log_level="warn"):
     return Process(
         [likewise_bin(), "serve", "--listen", "127.0.0.1:0", "--upstream", upstream_uri,
-         "--log-level", "warn", *extra],
+         "--log-level", log_level, *extra],
         "likewise listening on ",
     )
 

@@ -1,0 +1,181 @@
+//! Index snapshots under `--data-dir`, so a restart does not rebuild from
+//! scratch: `<data dir>/indexes/<index id>.snapshot` holds the definition it
+//! was built from, the change-stream resume token, the `_id` ↔ key map and
+//! the vector index, with a CRC-32C over all of it. It is written to a
+//! temporary file and renamed, so a crash leaves the old or the new one.
+//!
+//! The token is read before the data, so the data is at least as new as the
+//! token: replaying the stream from it after a restart re-applies changes
+//! the snapshot may already hold (idempotent), never skips one.
+
+use crate::index::ids::IdMap;
+use crate::index::persist;
+use crate::index::registry::{IndexData, SearchIndex};
+use bson::{RawBson, RawDocument, RawDocumentBuf};
+use std::io;
+use std::path::{Path, PathBuf};
+
+const MAGIC: &[u8; 4] = b"LWSN";
+const VERSION: u32 = 1;
+
+pub fn path(data_dir: &Path, index: &SearchIndex) -> PathBuf {
+    data_dir
+        .join("indexes")
+        .join(format!("{}.snapshot", index.id))
+}
+
+fn corrupt(what: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("snapshot corrupt: {what}"),
+    )
+}
+
+fn put_doc(out: &mut Vec<u8>, doc: &RawDocument) {
+    out.extend_from_slice(doc.as_bytes());
+}
+
+/// Writes the snapshot of `index` (CPU and disk work: a blocking thread).
+pub fn save(data_dir: &Path, index: &SearchIndex) -> io::Result<()> {
+    let token = index.resume_token().unwrap_or_default();
+    let generation = index.generation();
+    let mut out = Vec::new();
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&VERSION.to_le_bytes());
+    put_doc(&mut out, &index.definition);
+    put_doc(&mut out, &token);
+    {
+        let data = index.data.read().unwrap_or_else(|e| e.into_inner());
+        let (issued, entries) = data.ids.entries();
+        out.extend_from_slice(&(issued as u64).to_le_bytes());
+        out.extend_from_slice(&(entries.len() as u64).to_le_bytes());
+        for (key, id) in entries {
+            out.extend_from_slice(&key.to_le_bytes());
+            let mut holder = RawDocumentBuf::new();
+            holder.append("", id.clone());
+            put_doc(&mut out, &holder);
+        }
+        let mut vectors = Vec::new();
+        data.index.save(&mut vectors)?;
+        out.extend_from_slice(&(vectors.len() as u64).to_le_bytes());
+        out.extend_from_slice(&vectors);
+    }
+    let crc = crc32c::crc32c(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+
+    let target = path(data_dir, index);
+    if let Some(dir) = target.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let temp = target.with_extension("snapshot.tmp");
+    std::fs::write(&temp, &out)?;
+    std::fs::File::open(&temp)?.sync_all()?;
+    std::fs::rename(&temp, &target)?;
+    index.mark_saved(generation);
+    Ok(())
+}
+
+/// Loads the snapshot of `index` into it and returns its resume token.
+/// `Ok(None)` when there is none; an error when it is corrupt or was built
+/// from another definition (the caller rebuilds and says so).
+pub fn load(data_dir: &Path, index: &SearchIndex) -> io::Result<Option<RawDocumentBuf>> {
+    let bytes = match std::fs::read(path(data_dir, index)) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    if bytes.len() < 12 || &bytes[..4] != MAGIC {
+        return Err(corrupt("not a likewise snapshot"));
+    }
+    let (body, tail) = bytes.split_at(bytes.len() - 4);
+    if crc32c::crc32c(body) != u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]) {
+        return Err(corrupt("checksum mismatch"));
+    }
+    let mut r = Cursor { buf: body, pos: 4 };
+    if r.u32()? != VERSION {
+        return Err(corrupt("unknown version"));
+    }
+    let definition = r.doc()?;
+    if definition.as_bytes() != index.definition.as_bytes() {
+        return Err(corrupt("built from another definition"));
+    }
+    let token = r.doc()?;
+    let issued = r.size()?;
+    let count = r.size()?;
+    if count > body.len() {
+        return Err(corrupt("entry count"));
+    }
+    let mut entries = Vec::with_capacity(count);
+    for _ in 0..count {
+        let key = r.u32()?;
+        let holder = r.doc()?;
+        let id: RawBson = holder
+            .iter()
+            .next()
+            .and_then(Result::ok)
+            .map(|(_, v)| v.to_raw_bson())
+            .ok_or_else(|| corrupt("id"))?;
+        entries.push((key, id));
+    }
+    let vectors_len = r.size()?;
+    let vectors = persist::load(r.take(vectors_len)?)?;
+    if r.pos != body.len() {
+        return Err(corrupt("trailing bytes"));
+    }
+    if vectors.len() != entries.len()
+        || vectors.dims() != index.spec.dims
+        || vectors.similarity() != index.spec.similarity
+    {
+        return Err(corrupt("index does not match its ids or definition"));
+    }
+    let ids = IdMap::from_entries(issued, entries).ok_or_else(|| corrupt("id map"))?;
+    if ids.live_keys().any(|key| vectors.vector(key).is_none()) {
+        return Err(corrupt("an id without a vector"));
+    }
+    *index.data.write().unwrap_or_else(|e| e.into_inner()) = IndexData {
+        ids,
+        index: vectors,
+    };
+    Ok((!token.is_empty()).then_some(token))
+}
+
+struct Cursor<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> io::Result<&'a [u8]> {
+        let end = self.pos.checked_add(n).ok_or_else(|| corrupt("length"))?;
+        let out = self
+            .buf
+            .get(self.pos..end)
+            .ok_or_else(|| corrupt("truncated"))?;
+        self.pos = end;
+        Ok(out)
+    }
+
+    fn u32(&mut self) -> io::Result<u32> {
+        let b = self.take(4)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    fn size(&mut self) -> io::Result<usize> {
+        let mut raw = [0u8; 8];
+        raw.copy_from_slice(self.take(8)?);
+        usize::try_from(u64::from_le_bytes(raw)).map_err(|_| corrupt("size"))
+    }
+
+    fn doc(&mut self) -> io::Result<RawDocumentBuf> {
+        let b = self
+            .buf
+            .get(self.pos..self.pos + 4)
+            .ok_or_else(|| corrupt("truncated"))?;
+        let len = i32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        let len = usize::try_from(len)
+            .ok()
+            .filter(|n| *n >= 5)
+            .ok_or_else(|| corrupt("document length"))?;
+        RawDocumentBuf::from_bytes(self.take(len)?.to_vec()).map_err(|_| corrupt("document"))
+    }
+}
