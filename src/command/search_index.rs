@@ -184,7 +184,11 @@ pub fn describe(index: &SearchIndex) -> RawDocumentBuf {
     let scanned = index.scanned.load(std::sync::atomic::Ordering::Relaxed);
     let total = index.total.load(std::sync::atomic::Ordering::Relaxed);
     let skipped = index.skipped.load(std::sync::atomic::Ordering::Relaxed);
-    let indexed = index.data.read().map(|d| d.index.len()).unwrap_or_default();
+    let (indexed, slots) = index
+        .data
+        .read()
+        .map(|d| (d.index.len(), d.ids.entries_count().0))
+        .unwrap_or_default();
     let mut out = rawdoc! {
         "id": index.id.as_str(),
         "name": index.name.as_str(),
@@ -199,6 +203,7 @@ pub fn describe(index: &SearchIndex) -> RawDocumentBuf {
             "documentsSkipped": i64::try_from(skipped).unwrap_or(i64::MAX),
             "changesApplied": i64::try_from(index.changes_applied.load(std::sync::atomic::Ordering::Relaxed)).unwrap_or(i64::MAX),
             "restoredFromSnapshot": index.restored.load(std::sync::atomic::Ordering::Relaxed),
+            "slots": i64::try_from(slots).unwrap_or(i64::MAX),
         },
     };
     if let Some(detail) = detail {

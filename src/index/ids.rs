@@ -63,6 +63,11 @@ impl IdMap {
         (self.ids.len(), live)
     }
 
+    /// (keys ever issued, live keys), without listing them.
+    pub fn entries_count(&self) -> (usize, usize) {
+        (self.ids.len(), self.by_id.len())
+    }
+
     /// Rebuilds a map from `entries` (keys below `issued`).
     pub fn from_entries(issued: usize, entries: Vec<(u32, RawBson)>) -> Option<IdMap> {
         let mut map = IdMap {

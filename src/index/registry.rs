@@ -51,12 +51,38 @@ pub struct IndexData {
     pub index: Box<dyn VectorIndex>,
 }
 
+/// Dead slots (retired keys) tolerated before compaction, beyond the
+/// number of live vectors.
+const COMPACT_SLACK: usize = 1024;
+
 impl IndexData {
     pub fn empty(spec: &IndexSpec) -> IndexData {
         IndexData {
             ids: IdMap::default(),
             index: Box::new(Hnsw::new(spec.dims, spec.similarity, spec.hnsw)),
         }
+    }
+
+    /// Rebuilds the index from its live vectors with dense keys once dead
+    /// slots (from deletes and updates) outnumber live ones, so memory stays
+    /// proportional to the live data under delete-heavy load. Returns
+    /// whether it compacted.
+    pub fn compact_if_needed(&mut self, spec: &IndexSpec) -> bool {
+        let (issued, _) = self.ids.entries_count();
+        let live = self.index.len();
+        if issued - live <= live.max(COMPACT_SLACK) {
+            return false;
+        }
+        let mut fresh = IndexData::empty(spec);
+        let (_, entries) = self.ids.entries();
+        for (key, id) in entries {
+            if let Some(vector) = self.index.vector(key) {
+                let (new_key, _) = fresh.ids.assign(id.as_raw_bson_ref());
+                fresh.index.insert(new_key, vector);
+            }
+        }
+        *self = fresh;
+        true
     }
 }
 

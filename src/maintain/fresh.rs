@@ -197,5 +197,8 @@ pub fn apply<D: AsRef<RawDocument>>(indexes: &[Arc<SearchIndex>], present: &[D],
                 }
             }
         }
+        if data.compact_if_needed(&index.spec) {
+            tracing::info!(index = %index.name, vectors = data.index.len(), "compacted the index");
+        }
     }
 }

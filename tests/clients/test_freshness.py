@@ -150,3 +150,18 @@ def test_a_dropped_collection_empties_its_index(colls):
     w.insert_one({"_id": "reborn", "p": [1.0, 1.0]})
     eventually(lambda: [i["status"] for i in r.list_search_indexes("pts")] == ["READY"]
                and nearest(r, [1.0, 1.0], n=5) == ["reborn"])
+
+
+def test_delete_heavy_load_keeps_the_index_compact(colls):
+    w, r = colls
+    for round_ in range(3):
+        w.insert_many([{"_id": f"churn{round_}-{i}", "p": [float(i), 5000.0 + round_]} for i in range(1500)])
+        w.delete_many({"_id": {"$regex": f"^churn{round_}-"}})
+    progress = list(r.list_search_indexes("pts"))[0]["progress"]
+    live = progress["vectorsIndexed"]
+    assert live == 100
+    # 4,500 vectors came and went; the slots held stay bounded by
+    # max(live, 1024) dead ones plus the live ones.
+    assert progress["slots"] <= live + 1024 + 1500, progress
+    assert nearest(r, [3.0, 0.0]) == [3]
+    assert not [i for i in nearest(r, [700.0, 5001.0], n=5) if str(i).startswith("churn")]
