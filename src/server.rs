@@ -34,6 +34,7 @@ pub async fn run_on(
     tokio::spawn(crate::maintain::restore(
         shared.config.clone(),
         shared.registry.clone(),
+        shared.neighbourhoods.clone(),
     ));
     let saver = tokio::spawn(crate::maintain::keep_saving(
         shared.config.clone(),

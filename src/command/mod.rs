@@ -33,6 +33,9 @@ pub enum Admin {
     Drop,
     /// `listSearchIndexes` or an `aggregate` starting with `$listSearchIndexes`.
     List,
+    CreateNeighbourhood,
+    DropNeighbourhood,
+    ListNeighbourhoods,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,6 +60,9 @@ impl Command {
             "updateSearchIndex" => Command::SearchIndexAdmin(Admin::Update),
             "dropSearchIndex" => Command::SearchIndexAdmin(Admin::Drop),
             "listSearchIndexes" => Command::SearchIndexAdmin(Admin::List),
+            "createNeighbourhood" => Command::SearchIndexAdmin(Admin::CreateNeighbourhood),
+            "dropNeighbourhood" => Command::SearchIndexAdmin(Admin::DropNeighbourhood),
+            "listNeighbourhoods" => Command::SearchIndexAdmin(Admin::ListNeighbourhoods),
             "explain" => match body.get_document("explain").map(Command::classify) {
                 Ok(Command::Vector(kind)) => Command::ExplainVector(kind),
                 _ => Command::Passthrough,

@@ -4,8 +4,8 @@
 //! changes it gets a new key and the old one is retired, so index backends
 //! never update a vector in place.
 
-use bson::{RawBson, RawBsonRef, RawDocumentBuf};
-use std::collections::HashMap;
+use bson::{RawArrayBuf, RawBson, RawBsonRef, RawDocumentBuf};
+use std::collections::{HashMap, HashSet};
 
 #[derive(Default)]
 pub struct IdMap {
@@ -15,7 +15,7 @@ pub struct IdMap {
     ids: Vec<Option<RawBson>>,
 }
 
-fn canonical(id: RawBsonRef<'_>) -> Vec<u8> {
+pub(crate) fn canonical(id: RawBsonRef<'_>) -> Vec<u8> {
     let mut doc = RawDocumentBuf::new();
     doc.append("", id.to_raw_bson());
     doc.into_bytes()
@@ -96,6 +96,37 @@ impl IdMap {
 
     pub fn is_empty(&self) -> bool {
         self.by_id.is_empty()
+    }
+}
+
+/// `_id`s, deduplicated by their canonical bytes.
+#[derive(Default)]
+pub struct IdSet {
+    seen: HashSet<Vec<u8>>,
+    pub ids: Vec<RawBson>,
+}
+
+impl IdSet {
+    pub fn add(&mut self, id: RawBsonRef<'_>) {
+        if self.seen.insert(canonical(id)) {
+            self.ids.push(id.to_raw_bson());
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    pub fn contains(&self, id: RawBsonRef<'_>) -> bool {
+        self.seen.contains(&canonical(id))
+    }
+
+    pub fn array(&self) -> RawArrayBuf {
+        let mut out = RawArrayBuf::new();
+        for id in &self.ids {
+            out.push(id.clone());
+        }
+        out
     }
 }
 

@@ -3,7 +3,7 @@
 //! thread and I/O elsewhere.
 
 use super::hnsw::{Hnsw, HnswParams};
-use super::ids::IdMap;
+use super::ids::{IdMap, IdSet};
 use super::{Similarity, VectorIndex};
 use bson::RawDocumentBuf;
 use std::collections::HashMap;
@@ -109,6 +109,9 @@ pub struct SearchIndex {
     saved_generation: AtomicU64,
     /// The data came from a snapshot rather than a scan.
     pub restored: AtomicBool,
+    /// Ids whose vectors changed, kept only while something (a
+    /// neighbourhood) listens, and drained by it.
+    changed: Mutex<Option<IdSet>>,
     retired: AtomicBool,
     pub data: RwLock<IndexData>,
 }
@@ -139,6 +142,7 @@ impl SearchIndex {
             generation: AtomicU64::new(0),
             saved_generation: AtomicU64::new(0),
             restored: AtomicBool::new(false),
+            changed: Mutex::new(None),
             retired: AtomicBool::new(false),
             data: RwLock::new(data),
         }
@@ -158,6 +162,39 @@ impl SearchIndex {
         self.set_resume_token(None);
         self.restored.store(false, Ordering::Relaxed);
         self.touch();
+    }
+
+    /// Starts keeping the ids whose vectors change.
+    pub fn listen(&self) {
+        let mut changed = self.changed.lock().unwrap_or_else(|e| e.into_inner());
+        if changed.is_none() {
+            *changed = Some(IdSet::default());
+        }
+    }
+
+    /// Records that the vector of `id` changed (added, moved or removed).
+    pub fn note_changed(&self, id: bson::RawBsonRef<'_>) {
+        if let Some(set) = self
+            .changed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+        {
+            set.add(id);
+        }
+    }
+
+    /// The ids changed since the last call.
+    pub fn take_changed(&self) -> IdSet {
+        match self
+            .changed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+        {
+            Some(set) => std::mem::take(set),
+            None => IdSet::default(),
+        }
     }
 
     /// Records that the data changed.

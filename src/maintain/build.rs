@@ -249,6 +249,7 @@ pub fn add_documents<D: AsRef<bson::RawDocument>>(index: &SearchIndex, docs: &[D
             }
             if let Some(old) = data.ids.retire(id) {
                 data.index.remove(old);
+                index.note_changed(id);
             }
             continue;
         };
@@ -267,5 +268,6 @@ pub fn add_documents<D: AsRef<bson::RawDocument>>(index: &SearchIndex, docs: &[D
             data.index.remove(old);
         }
         data.index.insert(key, &vector);
+        index.note_changed(id);
     }
 }

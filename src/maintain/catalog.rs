@@ -8,6 +8,7 @@ use crate::command::search_index::parse_definition;
 use crate::config::Config;
 use crate::error::{Code, Error};
 use crate::index::registry::SearchIndex;
+use crate::maintain::neighbourhood::Neighbourhood;
 use crate::upstream::{self, Cursor};
 use bson::{rawdoc, RawDocument};
 
@@ -99,4 +100,73 @@ fn entry(doc: &RawDocument) -> Result<SearchIndex, Error> {
         definition.to_owned(),
         spec,
     ))
+}
+
+const NEIGHBOURHOODS: &str = "neighbourhoods";
+
+/// Stores a neighbourhood definition.
+pub async fn save_neighbourhood(config: &Config, nb: &Neighbourhood) -> Result<(), Error> {
+    let mut conn = upstream::connect(config).await?;
+    let id = format!("{}.{}.{}", nb.db, nb.collection, nb.name);
+    let doc = rawdoc! {
+        "_id": id.as_str(),
+        "db": nb.db.as_str(),
+        "collection": nb.collection.as_str(),
+        "name": nb.name.as_str(),
+        "semantic_index": nb.index_name.as_str(),
+        "n": i64::try_from(nb.n).unwrap_or(i64::MAX),
+    };
+    let body = rawdoc! {
+        "update": NEIGHBOURHOODS,
+        "updates": [{ "q": { "_id": id.as_str() }, "u": doc, "upsert": true }],
+        "$db": config.metadata_db.as_str(),
+    };
+    let reply = upstream::command(&mut conn, &body).await?;
+    write_errors(&reply)
+}
+
+pub async fn delete_neighbourhood(config: &Config, nb: &Neighbourhood) -> Result<(), Error> {
+    let mut conn = upstream::connect(config).await?;
+    let id = format!("{}.{}.{}", nb.db, nb.collection, nb.name);
+    let body = rawdoc! {
+        "delete": NEIGHBOURHOODS,
+        "deletes": [{ "q": { "_id": id.as_str() }, "limit": 1 }],
+        "$db": config.metadata_db.as_str(),
+    };
+    let reply = upstream::command(&mut conn, &body).await?;
+    write_errors(&reply)
+}
+
+/// Every stored neighbourhood definition.
+pub async fn load_neighbourhoods(config: &Config) -> Result<Vec<Neighbourhood>, Error> {
+    let mut conn = upstream::connect(config).await?;
+    let db = config.metadata_db.as_str();
+    let body = rawdoc! { "find": NEIGHBOURHOODS, "filter": {}, "$db": db };
+    let mut cursor = Cursor::open(&mut conn, db, &body).await?;
+    let mut out = Vec::new();
+    while let Some(batch) = cursor.next_batch().await? {
+        for doc in batch {
+            let text = |k: &str| doc.get_str(k).ok();
+            let n = crate::command::search_index::integer(doc.get("n").ok().flatten());
+            match (
+                text("db"),
+                text("collection"),
+                text("name"),
+                text("semantic_index"),
+                n,
+            ) {
+                (Some(d), Some(c), Some(name), Some(index), Some(n)) if n > 0 => {
+                    out.push(Neighbourhood::new(
+                        d,
+                        c,
+                        name,
+                        index,
+                        usize::try_from(n).unwrap_or(10),
+                    ));
+                }
+                _ => tracing::warn!("skipping a stored neighbourhood definition"),
+            }
+        }
+    }
+    Ok(out)
 }

@@ -12,9 +12,10 @@
 //! connection, ordered with the write itself.
 
 use crate::command::search_index::integer;
+pub use crate::index::ids::IdSet;
 use crate::index::registry::SearchIndex;
 use crate::wire::OpMsg;
-use bson::{rawdoc, RawArrayBuf, RawBson, RawBsonRef, RawDocument, RawDocumentBuf};
+use bson::{rawdoc, RawDocument, RawDocumentBuf};
 use std::collections::HashSet;
 use std::sync::Arc;
 
@@ -36,35 +37,6 @@ impl WriteKind {
             "findAndModify" | "findandmodify" => Some(WriteKind::FindAndModify),
             _ => None,
         }
-    }
-}
-
-/// `_id`s, deduplicated by their canonical bytes.
-#[derive(Default)]
-pub struct IdSet {
-    seen: HashSet<Vec<u8>>,
-    pub ids: Vec<RawBson>,
-}
-
-impl IdSet {
-    pub fn add(&mut self, id: RawBsonRef<'_>) {
-        let mut key = RawDocumentBuf::new();
-        key.append("", id.to_raw_bson());
-        if self.seen.insert(key.into_bytes()) {
-            self.ids.push(id.to_raw_bson());
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.ids.is_empty()
-    }
-
-    pub fn array(&self) -> RawArrayBuf {
-        let mut out = RawArrayBuf::new();
-        for id in &self.ids {
-            out.push(id.clone());
-        }
-        out
     }
 }
 
@@ -189,11 +161,10 @@ pub fn apply<D: AsRef<RawDocument>>(indexes: &[Arc<SearchIndex>], present: &[D],
         index.touch();
         let mut data = index.data.write().unwrap_or_else(|e| e.into_inner());
         for id in &checked.ids {
-            let mut key = RawDocumentBuf::new();
-            key.append("", id.clone());
-            if !found.seen.contains(key.as_bytes()) {
+            if !found.contains(id.as_raw_bson_ref()) {
                 if let Some(old) = data.ids.retire(id.as_raw_bson_ref()) {
                     data.index.remove(old);
+                    index.note_changed(id.as_raw_bson_ref());
                 }
             }
         }

@@ -5,6 +5,7 @@
 pub mod build;
 pub mod catalog;
 pub mod fresh;
+pub mod neighbourhood;
 pub mod snapshot;
 pub mod stream;
 
@@ -15,7 +16,11 @@ use std::sync::Arc;
 /// Loads the stored index definitions and builds each in the background.
 /// An unreachable upstream is logged: indexes appear once it is back and
 /// the proxy restarts.
-pub async fn restore(config: Arc<Config>, registry: Arc<Registry>) {
+pub async fn restore(
+    config: Arc<Config>,
+    registry: Arc<Registry>,
+    neighbourhoods: Arc<neighbourhood::Registry>,
+) {
     match catalog::load(&config).await {
         Ok(indexes) => {
             if !indexes.is_empty() {
@@ -29,6 +34,17 @@ pub async fn restore(config: Arc<Config>, registry: Arc<Registry>) {
             }
         }
         Err(e) => tracing::warn!(error = %e, "cannot load search index definitions"),
+    }
+    match catalog::load_neighbourhoods(&config).await {
+        Ok(stored) => {
+            for nb in stored {
+                let nb = Arc::new(nb);
+                if neighbourhoods.add(nb.clone()) {
+                    tokio::spawn(neighbourhood::run(config.clone(), registry.clone(), nb));
+                }
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot load neighbourhood definitions"),
     }
 }
 

@@ -7,6 +7,7 @@
 //! replies until one without `moreToCome` — or none at all when the request
 //! itself had `moreToCome` (w:0 writes must never get an invented reply).
 
+mod neighbourhood;
 mod session;
 mod vector;
 mod write;
@@ -24,6 +25,8 @@ pub struct Shared {
     pub config: Arc<Config>,
     /// The search indexes this proxy serves.
     pub registry: Arc<Registry>,
+    /// Neighbourhoods cached in documents.
+    pub neighbourhoods: Arc<crate::maintain::neighbourhood::Registry>,
     request_ids: AtomicI32,
 }
 
@@ -32,6 +35,7 @@ impl Shared {
         Shared {
             config: Arc::new(config),
             registry: Arc::new(Registry::default()),
+            neighbourhoods: Arc::default(),
             request_ids: AtomicI32::new(1),
         }
     }

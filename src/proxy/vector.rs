@@ -59,6 +59,9 @@ impl Session {
         let registry = self.shared.registry.clone();
         let config = self.shared.config.clone();
         match admin {
+            Admin::CreateNeighbourhood | Admin::DropNeighbourhood | Admin::ListNeighbourhoods => {
+                self.neighbourhood_admin(admin, body).await
+            }
             Admin::Create => {
                 let collection = collection_of(body, "createSearchIndexes")?;
                 let mut created = RawArrayBuf::new();
