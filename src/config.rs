@@ -91,6 +91,8 @@ pub struct Config {
     pub connect_timeout: Duration,
     /// Upstream database holding the proxy's metadata (index definitions).
     pub metadata_db: String,
+    /// Without change streams, how often a full scan repairs index drift.
+    pub reconcile_interval: Duration,
 }
 
 impl Config {
@@ -101,6 +103,7 @@ impl Config {
             max_connections: 10_000,
             connect_timeout: Duration::from_secs(5),
             metadata_db: "likewise".to_string(),
+            reconcile_interval: Duration::from_secs(60),
         }
     }
 }

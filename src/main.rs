@@ -47,6 +47,10 @@ struct ServeArgs {
     /// share them.
     #[arg(long, default_value = "likewise", value_name = "DB")]
     metadata_db: String,
+    /// When the upstream has no change streams (a standalone mongod), how
+    /// often a full scan repairs what writes that bypass the proxy changed.
+    #[arg(long, default_value_t = 60_000, value_name = "MS")]
+    reconcile_interval_ms: u64,
     /// Threads serving connections, each a single-threaded runtime that owns
     /// the connections it is given (default: one per CPU core).
     #[arg(long, value_name = "N")]
@@ -86,6 +90,7 @@ fn serve(args: ServeArgs) -> ExitCode {
     config.max_connections = args.max_connections.max(1);
     config.connect_timeout = Duration::from_millis(args.connect_timeout_ms);
     config.metadata_db = args.metadata_db;
+    config.reconcile_interval = Duration::from_millis(args.reconcile_interval_ms.max(1));
 
     let threads = args.threads.unwrap_or_else(|| {
         std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)

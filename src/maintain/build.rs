@@ -6,6 +6,7 @@
 
 use crate::config::Config;
 use crate::error::Error;
+use crate::index::ids::IdSet;
 use crate::index::registry::{SearchIndex, Status};
 use crate::index::vector::{lookup, read_vector};
 use crate::maintain::snapshot;
@@ -64,6 +65,7 @@ pub async fn build(config: Arc<Config>, index: Arc<SearchIndex>) {
             "search index ready"
         );
         let Some(stream) = stream else {
+            reconcile_forever(&config, &index).await;
             return;
         };
         if !follow(&config, &index, stream).await {
@@ -72,6 +74,76 @@ pub async fn build(config: Arc<Config>, index: Arc<SearchIndex>) {
         tracing::info!(index = %index.name, "collection dropped or renamed: rebuilding the index");
         index.reset();
     }
+}
+
+/// Without change streams (a standalone upstream), a periodic full scan
+/// repairs what writes that bypass the proxy changed.
+async fn reconcile_forever(config: &Config, index: &Arc<SearchIndex>) {
+    tracing::info!(
+        index = %index.name,
+        every_ms = config.reconcile_interval.as_millis() as u64,
+        "upstream has no change streams: reconciling by periodic scans"
+    );
+    let mut tick = tokio::time::interval(config.reconcile_interval);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        if index.is_retired() {
+            return;
+        }
+        if let Err(e) = reconcile(config, index).await {
+            tracing::warn!(index = %index.name, error = %e, "reconciliation scan failed");
+        }
+    }
+}
+
+/// Re-reads the whole collection: changed vectors are updated, documents
+/// that were indexed before the scan began and are gone now are removed.
+/// (Documents indexed during the scan stay: write-through put them there.)
+pub async fn reconcile(config: &Config, index: &Arc<SearchIndex>) -> Result<(), Error> {
+    let before: IdSet = {
+        let data = index.data.read().unwrap_or_else(|e| e.into_inner());
+        let mut ids = IdSet::default();
+        for (_, id) in data.ids.entries().1 {
+            ids.add(id.as_raw_bson_ref());
+        }
+        ids
+    };
+    let mut conn = upstream::connect(config).await?;
+    let db = index.db.as_str();
+    let mut projection = RawDocumentBuf::new();
+    projection.append("_id", 1);
+    projection.append(index.spec.path.as_str(), 1);
+    let body = rawdoc! { "find": index.collection.as_str(), "filter": {}, "projection": projection, "batchSize": BATCH, "$db": db };
+    let mut cursor = Cursor::open(&mut conn, db, &body).await?;
+    let mut seen = IdSet::default();
+    while let Some(batch) = cursor.next_batch().await? {
+        for doc in &batch {
+            if let Some(id) = doc.get("_id").ok().flatten() {
+                seen.add(id);
+            }
+        }
+        let target = index.clone();
+        tokio::task::spawn_blocking(move || add_documents(&target, &batch, false))
+            .await
+            .map_err(|e| Error::internal(format!("reconciliation task failed: {e}")))?;
+    }
+    let mut gone = IdSet::default();
+    for id in &before.ids {
+        if !seen.contains(id.as_raw_bson_ref()) {
+            gone.add(id.as_raw_bson_ref());
+        }
+    }
+    if !gone.is_empty() {
+        let target = index.clone();
+        let none: [RawDocumentBuf; 0] = [];
+        tokio::task::spawn_blocking(move || {
+            crate::maintain::fresh::apply(std::slice::from_ref(&target), &none, &gone)
+        })
+        .await
+        .map_err(|e| Error::internal(format!("reconciliation task failed: {e}")))?;
+    }
+    Ok(())
 }
 
 /// Loads the index's snapshot and resumes its change stream from the
