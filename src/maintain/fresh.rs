@@ -15,7 +15,7 @@ use crate::command::search_index::integer;
 pub use crate::index::ids::IdSet;
 use crate::index::registry::SearchIndex;
 use crate::wire::OpMsg;
-use bson::{rawdoc, RawDocument, RawDocumentBuf};
+use bson::{rawdoc, RawBsonRef, RawDocument, RawDocumentBuf};
 use std::collections::HashSet;
 use std::sync::Arc;
 
@@ -74,6 +74,21 @@ fn statements<'a>(msg: &OpMsg<'a>, array: &str, sequence: &str) -> Vec<&'a RawDo
         .filter(|s| s.identifier == sequence)
         .flat_map(|s| s.documents.iter().copied())
         .collect()
+}
+
+/// The `_id` a filter names exactly (`{_id: X}` with X not an operator
+/// document): the only document it can match.
+pub fn exact_id(filter: &RawDocument) -> Option<RawBsonRef<'_>> {
+    let mut fields = filter.iter();
+    let (key, value) = fields.next()?.ok()?;
+    if key != "_id" || fields.next().is_some() {
+        return None;
+    }
+    match value {
+        RawBsonRef::Document(d) if d.iter().flatten().any(|(k, _)| k.starts_with('$')) => None,
+        RawBsonRef::RegularExpression(_) => None,
+        other => Some(other),
+    }
 }
 
 /// Inserted documents the upstream accepted (all but those in `writeErrors`).
@@ -171,5 +186,21 @@ pub fn apply<D: AsRef<RawDocument>>(indexes: &[Arc<SearchIndex>], present: &[D],
         if data.compact_if_needed(&index.spec) {
             tracing::info!(index = %index.name, vectors = data.index.len(), "compacted the index");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bson::rawdoc;
+
+    #[test]
+    fn only_plain_id_equality_names_one_document() {
+        assert_eq!(exact_id(&rawdoc! { "_id": 7 }), Some(RawBsonRef::Int32(7)));
+        assert!(exact_id(&rawdoc! { "_id": { "a": 1 } }).is_some());
+        assert!(exact_id(&rawdoc! { "_id": { "$in": [1, 2] } }).is_none());
+        assert!(exact_id(&rawdoc! { "_id": 7, "x": 1 }).is_none());
+        assert!(exact_id(&rawdoc! { "x": 1 }).is_none());
+        assert!(exact_id(&rawdoc! {}).is_none());
     }
 }

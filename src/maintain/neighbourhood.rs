@@ -284,6 +284,8 @@ pub async fn run(config: Arc<Config>, indexes: Arc<Indexes>, nb: Arc<Neighbourho
         ids
     };
     nb.total.store(all.ids.len() as u64, Ordering::Relaxed);
+    let started = std::time::Instant::now();
+    let mut next_report = 0.1;
     for chunk in all.ids.chunks(WRITE_BATCH) {
         if nb.retired.load(Ordering::Relaxed) {
             return;
@@ -301,7 +303,14 @@ pub async fn run(config: Arc<Config>, indexes: Arc<Indexes>, nb: Arc<Neighbourho
             tracing::warn!(neighbourhood = %nb.name, error = %e, "neighbourhood backfill failed");
             return;
         }
-        nb.done.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        let done = nb.done.fetch_add(chunk.len() as u64, Ordering::Relaxed) + chunk.len() as u64;
+        let share = done as f64 / all.ids.len().max(1) as f64;
+        if share >= next_report {
+            let rate = done as f64 / started.elapsed().as_secs_f64().max(1e-9);
+            let eta = (all.ids.len() as f64 - done as f64) / rate.max(1e-9);
+            tracing::info!(neighbourhood = %nb.name, done, total = all.ids.len(), "building neighbourhood: {:.0}% ({rate:.0} documents/s, about {eta:.0} s left)", share * 100.0);
+            next_report = (share * 10.0).floor() / 10.0 + 0.1;
+        }
     }
     nb.set_status(Status::Ready, None);
     tracing::info!(neighbourhood = %nb.name, documents = all.ids.len(), "neighbourhood ready");

@@ -47,6 +47,10 @@ impl Session {
         // filter the upstream rejects will fail the write too: no harm.
         let mut touched = IdSet::default();
         for filter in fresh::filters(kind, parsed) {
+            if let Some(id) = fresh::exact_id(&filter) {
+                touched.add(id); // the filter names the document: no lookup
+                continue;
+            }
             let find = crate::rewrite::matching_ids(&collection, &db, &filter);
             let Ok(mut cursor) = Cursor::open(&mut self.upstream, &db, &find).await else {
                 continue;
