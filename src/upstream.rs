@@ -72,14 +72,7 @@ fn garbage(e: wire::WireError) -> Error {
 
 /// Turns an `ok: 0` reply into an error with the upstream's code.
 pub fn check_ok(reply: &RawDocument) -> Result<(), Error> {
-    let ok = match reply.get("ok") {
-        Ok(Some(RawBsonRef::Double(v))) => v == 1.0,
-        Ok(Some(RawBsonRef::Int32(v))) => v == 1,
-        Ok(Some(RawBsonRef::Int64(v))) => v == 1,
-        Ok(Some(RawBsonRef::Boolean(v))) => v,
-        _ => false,
-    };
-    if ok {
+    if crate::command::reply_ok(reply) {
         return Ok(());
     }
     let message = reply

@@ -78,14 +78,7 @@ impl Hello {
     /// Rewrites a successful upstream reply into a router's reply. Error
     /// replies are the upstream's business and stay as they are (`None`).
     pub fn handle_reply(&self, reply: &RawDocument) -> Option<RawDocumentBuf> {
-        let ok = match reply.get("ok") {
-            Ok(Some(RawBsonRef::Double(v))) => v == 1.0,
-            Ok(Some(RawBsonRef::Int32(v))) => v == 1,
-            Ok(Some(RawBsonRef::Int64(v))) => v == 1,
-            Ok(Some(RawBsonRef::Boolean(v))) => v,
-            _ => false,
-        };
-        if !ok {
+        if !super::reply_ok(reply) {
             return None;
         }
         let mut out = RawDocumentBuf::new();

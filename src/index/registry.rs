@@ -164,6 +164,16 @@ impl SearchIndex {
         self.touch();
     }
 
+    /// The `_id`s of every indexed document, now.
+    pub fn live_ids(&self) -> IdSet {
+        let data = self.data.read().unwrap_or_else(|e| e.into_inner());
+        let mut ids = IdSet::default();
+        for (_, id) in data.ids.entries().1 {
+            ids.add(id.as_raw_bson_ref());
+        }
+        ids
+    }
+
     /// Starts keeping the ids whose vectors change.
     pub fn listen(&self) {
         let mut changed = self.changed.lock().unwrap_or_else(|e| e.into_inner());

@@ -101,14 +101,7 @@ async fn reconcile_forever(config: &Config, index: &Arc<SearchIndex>) {
 /// that were indexed before the scan began and are gone now are removed.
 /// (Documents indexed during the scan stay: write-through put them there.)
 pub async fn reconcile(config: &Config, index: &Arc<SearchIndex>) -> Result<(), Error> {
-    let before: IdSet = {
-        let data = index.data.read().unwrap_or_else(|e| e.into_inner());
-        let mut ids = IdSet::default();
-        for (_, id) in data.ids.entries().1 {
-            ids.add(id.as_raw_bson_ref());
-        }
-        ids
-    };
+    let before = index.live_ids();
     let mut conn = upstream::connect(config).await?;
     let db = index.db.as_str();
     let mut projection = RawDocumentBuf::new();

@@ -275,14 +275,7 @@ pub async fn run(config: Arc<Config>, indexes: Arc<Indexes>, nb: Arc<Neighbourho
     };
     nb.set_status(Status::Building, None);
     index.listen();
-    let all: IdSet = {
-        let data = index.data.read().unwrap_or_else(|e| e.into_inner());
-        let mut ids = IdSet::default();
-        for (_, id) in data.ids.entries().1 {
-            ids.add(id.as_raw_bson_ref());
-        }
-        ids
-    };
+    let all = index.live_ids();
     nb.total.store(all.ids.len() as u64, Ordering::Relaxed);
     let started = std::time::Instant::now();
     let mut next_report = 0.1;
