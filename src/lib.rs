@@ -21,6 +21,7 @@ pub mod conn;
 pub mod error;
 pub mod index;
 pub mod maintain;
+pub mod metrics;
 pub mod proxy;
 pub mod rewrite;
 pub mod server;

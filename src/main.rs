@@ -51,6 +51,11 @@ struct ServeArgs {
     /// often a full scan repairs what writes that bypass the proxy changed.
     #[arg(long, default_value_t = 60_000, value_name = "MS")]
     reconcile_interval_ms: u64,
+    /// Serve Prometheus metrics (`/metrics`) and a health check (`/health`)
+    /// over HTTP here; port 0 picks a free port. Prints
+    /// `likewise metrics on HOST:PORT` when ready.
+    #[arg(long, value_name = "HOST:PORT")]
+    metrics_listen: Option<String>,
     /// Threads serving connections, each a single-threaded runtime that owns
     /// the connections it is given (default: one per CPU core).
     #[arg(long, value_name = "N")]
@@ -124,10 +129,28 @@ fn serve(args: ServeArgs) -> ExitCode {
             }
         };
         tracing::info!(upstream = %config.upstream.uri, threads, "proxying");
+        let shared = std::sync::Arc::new(likewise::proxy::Shared::new(config));
         let mut stdout = std::io::stdout();
+        if let Some(address) = &args.metrics_listen {
+            let metrics_listener = match tokio::net::TcpListener::bind(address).await {
+                Ok(l) => l,
+                Err(e) => {
+                    eprintln!("likewise: cannot serve metrics on {address}: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            if let Ok(bound) = metrics_listener.local_addr() {
+                let _ = writeln!(stdout, "likewise metrics on {bound}");
+            }
+            tokio::spawn(likewise::metrics::serve(
+                metrics_listener,
+                shared.metrics.clone(),
+                shared.registry.clone(),
+            ));
+        }
         let _ = writeln!(stdout, "likewise listening on {local}");
         let _ = stdout.flush();
-        likewise::server::run_on(listener, config, shutdown_signal(), workers.handles()).await;
+        likewise::server::run_shared(listener, shared, shutdown_signal(), workers.handles()).await;
         ExitCode::SUCCESS
     })
 }

@@ -30,7 +30,22 @@ pub async fn run_on(
     shutdown: impl Future<Output = ()>,
     workers: &[Handle],
 ) {
-    let shared = Arc::new(proxy::Shared::new(config));
+    run_shared(
+        listener,
+        Arc::new(proxy::Shared::new(config)),
+        shutdown,
+        workers,
+    )
+    .await
+}
+
+/// Like `run_on`, with state the caller also holds (for metrics).
+pub async fn run_shared(
+    listener: TcpListener,
+    shared: Arc<proxy::Shared>,
+    shutdown: impl Future<Output = ()>,
+    workers: &[Handle],
+) {
     tokio::spawn(crate::maintain::restore(
         shared.config.clone(),
         shared.registry.clone(),

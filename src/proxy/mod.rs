@@ -27,6 +27,7 @@ pub struct Shared {
     pub registry: Arc<Registry>,
     /// Neighbourhoods cached in documents.
     pub neighbourhoods: Arc<crate::maintain::neighbourhood::Registry>,
+    pub metrics: Arc<crate::metrics::Metrics>,
     request_ids: AtomicI32,
 }
 
@@ -36,6 +37,7 @@ impl Shared {
             config: Arc::new(config),
             registry: Arc::new(Registry::default()),
             neighbourhoods: Arc::default(),
+            metrics: Arc::default(),
             request_ids: AtomicI32::new(1),
         }
     }
@@ -48,11 +50,15 @@ impl Shared {
 
 /// Serves one client until it disconnects or its upstream fails.
 pub async fn serve(stream: TcpStream, shared: Arc<Shared>) {
+    let metrics = shared.metrics.clone();
+    metrics.connections_total.fetch_add(1, Ordering::Relaxed);
+    metrics.connections_open.fetch_add(1, Ordering::Relaxed);
     let client = Connection::new(stream);
     match connect_upstream(&shared).await {
         Ok(upstream) => session::Session::new(client, upstream, shared).run().await,
         Err(err) => session::refuse(client, &shared, err).await,
     }
+    metrics.connections_open.fetch_sub(1, Ordering::Relaxed);
 }
 
 async fn connect_upstream(shared: &Shared) -> Result<Connection, Error> {

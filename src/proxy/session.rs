@@ -8,12 +8,16 @@ use crate::maintain::fresh::WriteKind;
 use crate::wire::{self, msg, query, Compressor, Header, OpCode, OpMsg, OpQuery};
 use bson::{RawDocument, RawDocumentBuf};
 use bytes::Bytes;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Instant;
 
 pub(super) struct Session {
     pub(super) client: Connection,
     pub(super) upstream: Connection,
     pub(super) shared: Arc<Shared>,
+    /// When the request now upstream was sent, until its first reply.
+    forwarded_at: Option<Instant>,
 }
 
 /// How a request ended when it did not end well.
@@ -38,6 +42,7 @@ impl Session {
             client,
             upstream,
             shared,
+            forwarded_at: None,
         }
     }
 
@@ -59,6 +64,11 @@ impl Session {
             match self.handle(frame).await {
                 Ok(()) => {}
                 Err(Failure::Reply { request, error }) => {
+                    let metrics = &self.shared.metrics;
+                    match error.side {
+                        Side::Client => metrics.client_errors.fetch_add(1, Ordering::Relaxed),
+                        _ => metrics.upstream_errors.fetch_add(1, Ordering::Relaxed),
+                    };
                     if error.side == Side::Client {
                         tracing::debug!(%error, "rejected client request");
                     } else {
@@ -123,6 +133,9 @@ impl Session {
             request,
             error: e.into(),
         })?;
+        if let Some(name) = parsed.command_name() {
+            self.shared.metrics.command(name);
+        }
         match Command::classify(parsed.body()) {
             Command::Hello(hello) => {
                 self.send_upstream(&message).await?;
@@ -247,6 +260,7 @@ impl Session {
     }
 
     pub(super) async fn send_upstream(&mut self, message: &[u8]) -> Result<(), Failure> {
+        self.forwarded_at = Some(Instant::now());
         self.upstream
             .write_frame(message)
             .await
@@ -260,6 +274,9 @@ impl Session {
             Ok(None) => return Err(Failure::Close("upstream closed the connection".into())),
             Err(e) => return Err(Failure::Close(format!("upstream read failed: {e}"))),
         };
+        if let Some(sent) = self.forwarded_at.take() {
+            self.shared.metrics.upstream_latency.observe(sent.elapsed());
+        }
         let (_, reply) = wire::inflate(frame).map_err(|e| upstream_garbage(&e))?;
         Ok(reply)
     }

@@ -244,6 +244,7 @@ impl Session {
     }
 
     async fn plan(&mut self, kind: VectorKind, body: &RawDocument) -> Result<Plan, Error> {
+        let started = std::time::Instant::now();
         let db = db_of(body)?.to_string();
         let (collection, query) = parse_query(kind, body)?;
         let index = self.resolve(&db, &collection, &query)?;
@@ -261,6 +262,11 @@ impl Session {
         .await
         .map_err(|e| Error::internal(format!("vector search failed: {e}")))?;
         let ranked = to_ranked(&index, &hits);
+        self.shared
+            .metrics
+            .vector_latency
+            .observe(started.elapsed());
+        self.shared.metrics.strategy(strategy);
         Ok(Plan {
             index,
             strategy,

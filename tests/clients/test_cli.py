@@ -14,7 +14,8 @@ def test_help_documents_every_flag():
     serve = subprocess.run([likewise_bin(), "serve", "--help"], capture_output=True, text=True,
                            check=True)
     for flag in ("--listen", "--upstream", "--data-dir", "--max-connections",
-                 "--connect-timeout-ms", "--metadata-db", "--reconcile-interval-ms", "--threads",
+                 "--connect-timeout-ms", "--metadata-db", "--reconcile-interval-ms", "--metrics-listen",
+                 "--threads",
                  "--log-level"):
         assert flag in serve.stdout, flag
 

@@ -1,0 +1,332 @@
+//! Prometheus metrics and a health check, served over plain HTTP on
+//! `--metrics-listen` (`GET /metrics`, `GET /health`).
+//!
+//! Counters are atomics bumped on the data path; label values come from
+//! fixed lists (command names outside the list count as `other`), so a
+//! client cannot grow the metric set. Index gauges are read from the
+//! registry at scrape time.
+
+use crate::index::registry::{Registry, Status};
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// Commands counted by name; everything else is `other`.
+const COMMANDS: &[&str] = &[
+    "hello",
+    "isMaster",
+    "ismaster",
+    "ping",
+    "find",
+    "getMore",
+    "killCursors",
+    "aggregate",
+    "count",
+    "distinct",
+    "insert",
+    "update",
+    "delete",
+    "findAndModify",
+    "bulkWrite",
+    "createIndexes",
+    "dropIndexes",
+    "listIndexes",
+    "listCollections",
+    "listDatabases",
+    "create",
+    "drop",
+    "dropDatabase",
+    "explain",
+    "commitTransaction",
+    "abortTransaction",
+    "endSessions",
+    "saslStart",
+    "saslContinue",
+    "buildInfo",
+    "serverStatus",
+    "createSearchIndexes",
+    "updateSearchIndex",
+    "dropSearchIndex",
+    "listSearchIndexes",
+    "createNeighbourhood",
+    "dropNeighbourhood",
+    "listNeighbourhoods",
+];
+
+/// Upper bounds (µs) of the latency histogram buckets.
+const BUCKETS_US: [u64; 12] = [
+    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 500_000, 1_000_000,
+];
+
+#[derive(Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; BUCKETS_US.len()],
+    count: AtomicU64,
+    sum_us: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, elapsed: Duration) {
+        let us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        for (bucket, bound) in self.buckets.iter().zip(BUCKETS_US) {
+            if us <= bound {
+                bucket.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let sep = if labels.is_empty() { "" } else { "," };
+        for (bucket, bound) in self.buckets.iter().zip(BUCKETS_US) {
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{{labels}{sep}le=\"{}\"}} {}",
+                bound as f64 / 1e6,
+                bucket.load(Ordering::Relaxed)
+            );
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
+        let braces = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{labels}}}")
+        };
+        let _ = writeln!(
+            out,
+            "{name}_sum{braces} {}",
+            self.sum_us.load(Ordering::Relaxed) as f64 / 1e6
+        );
+        let _ = writeln!(out, "{name}_count{braces} {count}");
+    }
+}
+
+/// Vector query strategies, as `explain` names them.
+pub const STRATEGIES: &[&str] = &[
+    "graph search",
+    "filtered graph search",
+    "filtered graph search, completed by exact scan",
+    "exact scan",
+    "exact scan of filter matches",
+    "exact scan of filter matches (selective filter)",
+];
+
+pub struct Metrics {
+    pub connections_open: AtomicI64,
+    pub connections_total: AtomicU64,
+    /// One counter per name in `COMMANDS`, then `other`.
+    commands: Vec<AtomicU64>,
+    /// Errors the proxy itself answered with, by side.
+    pub client_errors: AtomicU64,
+    pub upstream_errors: AtomicU64,
+    /// Time from forwarding a request to the upstream's first reply.
+    pub upstream_latency: Histogram,
+    pub vector_latency: Histogram,
+    strategies: [AtomicU64; STRATEGIES.len()],
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            connections_open: AtomicI64::new(0),
+            connections_total: AtomicU64::new(0),
+            commands: (0..=COMMANDS.len()).map(|_| AtomicU64::new(0)).collect(),
+            client_errors: AtomicU64::new(0),
+            upstream_errors: AtomicU64::new(0),
+            upstream_latency: Histogram::default(),
+            vector_latency: Histogram::default(),
+            strategies: Default::default(),
+        }
+    }
+}
+
+impl Metrics {
+    pub fn command(&self, name: &str) {
+        let slot = COMMANDS
+            .iter()
+            .position(|c| *c == name)
+            .unwrap_or(COMMANDS.len());
+        self.commands[slot].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn strategy(&self, name: &str) {
+        if let Some(slot) = STRATEGIES.iter().position(|s| *s == name) {
+            self.strategies[slot].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self, registry: &Registry) -> String {
+        let mut out = String::new();
+        let gauge = |out: &mut String, name: &str, help: &str, kind: &str| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        };
+        gauge(
+            &mut out,
+            "likewise_connections_open",
+            "Client connections open now.",
+            "gauge",
+        );
+        let _ = writeln!(
+            out,
+            "likewise_connections_open {}",
+            self.connections_open.load(Ordering::Relaxed)
+        );
+        gauge(
+            &mut out,
+            "likewise_connections_total",
+            "Client connections accepted.",
+            "counter",
+        );
+        let _ = writeln!(
+            out,
+            "likewise_connections_total {}",
+            self.connections_total.load(Ordering::Relaxed)
+        );
+        gauge(
+            &mut out,
+            "likewise_commands_total",
+            "Commands received, by name.",
+            "counter",
+        );
+        for (i, counter) in self.commands.iter().enumerate() {
+            let n = counter.load(Ordering::Relaxed);
+            if n > 0 {
+                let name = COMMANDS.get(i).copied().unwrap_or("other");
+                let _ = writeln!(out, "likewise_commands_total{{command=\"{name}\"}} {n}");
+            }
+        }
+        gauge(
+            &mut out,
+            "likewise_errors_total",
+            "Error replies the proxy made, by the side at fault.",
+            "counter",
+        );
+        let _ = writeln!(
+            out,
+            "likewise_errors_total{{side=\"client\"}} {}",
+            self.client_errors.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "likewise_errors_total{{side=\"upstream\"}} {}",
+            self.upstream_errors.load(Ordering::Relaxed)
+        );
+        gauge(
+            &mut out,
+            "likewise_upstream_latency_seconds",
+            "Forwarded request to first upstream reply.",
+            "histogram",
+        );
+        self.upstream_latency
+            .render(&mut out, "likewise_upstream_latency_seconds", "");
+        gauge(
+            &mut out,
+            "likewise_vector_query_seconds",
+            "Answering the vector part of a query.",
+            "histogram",
+        );
+        self.vector_latency
+            .render(&mut out, "likewise_vector_query_seconds", "");
+        gauge(
+            &mut out,
+            "likewise_vector_queries_total",
+            "Vector queries, by strategy.",
+            "counter",
+        );
+        for (i, counter) in self.strategies.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "likewise_vector_queries_total{{strategy=\"{}\"}} {}",
+                STRATEGIES[i],
+                counter.load(Ordering::Relaxed)
+            );
+        }
+        gauge(
+            &mut out,
+            "likewise_index_vectors",
+            "Vectors in each search index.",
+            "gauge",
+        );
+        let indexes = registry.all();
+        for index in &indexes {
+            let vectors = index.data.read().map(|d| d.index.len()).unwrap_or(0);
+            let _ = writeln!(out, "likewise_index_vectors{{{}}} {vectors}", labels(index));
+        }
+        gauge(
+            &mut out,
+            "likewise_index_ready",
+            "1 when a search index is READY.",
+            "gauge",
+        );
+        for index in &indexes {
+            let ready = u8::from(index.status().0 == Status::Ready);
+            let _ = writeln!(out, "likewise_index_ready{{{}}} {ready}", labels(index));
+        }
+        gauge(
+            &mut out,
+            "likewise_index_changes_applied_total",
+            "Changes applied from change streams.",
+            "counter",
+        );
+        for index in &indexes {
+            let _ = writeln!(
+                out,
+                "likewise_index_changes_applied_total{{{}}} {}",
+                labels(index),
+                index.changes_applied.load(Ordering::Relaxed)
+            );
+        }
+        out
+    }
+}
+
+fn labels(index: &crate::index::registry::SearchIndex) -> String {
+    let clean = |s: &str| s.replace(['\\', '"', '\n'], "_");
+    format!(
+        "namespace=\"{}\",index=\"{}\"",
+        clean(&index.namespace()),
+        clean(&index.name)
+    )
+}
+
+/// Serves `/metrics` and `/health` until the task is dropped.
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, registry: Arc<Registry>) {
+    loop {
+        let Ok((mut stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let (metrics, registry) = (metrics.clone(), registry.clone());
+        tokio::spawn(async move {
+            let mut request = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 8192 {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => request.extend_from_slice(&buf[..n]),
+                }
+            }
+            let line = String::from_utf8_lossy(&request);
+            let path = line.split_whitespace().nth(1).unwrap_or("/");
+            let (status, kind, body) = match path {
+                "/metrics" => (
+                    "200 OK",
+                    "text/plain; version=0.0.4",
+                    metrics.render(&registry),
+                ),
+                "/health" => ("200 OK", "text/plain", "ok\n".to_string()),
+                _ => ("404 Not Found", "text/plain", "not found\n".to_string()),
+            };
+            let response = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(response.as_bytes()).await;
+        });
+    }
+}

@@ -1,0 +1,66 @@
+"""Prometheus metrics and the health check on --metrics-listen."""
+
+import re
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+from pymongo import MongoClient
+from pymongo.errors import OperationFailure
+from pymongo.operations import SearchIndexModel
+
+from conftest import start_proxy
+
+
+def scrape(address, path="/metrics"):
+    with urllib.request.urlopen(f"http://{address}{path}", timeout=10) as response:
+        return response.status, response.read().decode()
+
+
+def value(text, series):
+    match = re.search(rf"^{re.escape(series)} (\S+)$", text, re.M)
+    assert match, f"{series} missing"
+    return float(match.group(1))
+
+
+def test_metrics_count_traffic_errors_latency_and_indexes(direct_uri):
+    proxy = start_proxy(direct_uri, "--metrics-listen", "127.0.0.1:0")
+    try:
+        [line] = [l for l in proxy.lines if l.startswith("likewise metrics on ")]
+        metrics_at = line.split()[-1]
+        assert scrape(metrics_at, "/health") == (200, "ok\n")
+        with pytest.raises(urllib.error.HTTPError):
+            scrape(metrics_at, "/nope")
+
+        with MongoClient(f"mongodb://{proxy.address}/") as client:
+            coll = client.metrics_suite.pts
+            coll.drop()
+            coll.insert_many([{"_id": i, "p": [float(i), 1.0]} for i in range(40)])
+            list(coll.find({"_id": {"$lt": 5}}))
+            coll.create_search_index(SearchIndexModel(name="m", type="vectorSearch", definition={
+                "fields": [{"type": "vector", "path": "p", "numDimensions": 2, "similarity": "euclidean"}]}))
+            deadline = time.monotonic() + 60
+            while [i["status"] for i in coll.list_search_indexes()] != ["READY"]:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            list(coll.find({"$like": {"vector": [3.0, 1.0], "n": 3}}))
+            with pytest.raises(OperationFailure):
+                list(coll.find({"$like": {"vector": [3.0], "n": 3}}))
+
+            status, text = scrape(metrics_at)
+            assert status == 200
+            assert value(text, "likewise_connections_total") >= 1
+            assert value(text, "likewise_connections_open") >= 1
+            assert value(text, 'likewise_commands_total{command="insert"}') >= 1
+            assert value(text, 'likewise_commands_total{command="find"}') >= 3
+            assert value(text, 'likewise_errors_total{side="client"}') >= 1
+            assert value(text, "likewise_upstream_latency_seconds_count") > 0
+            assert value(text, 'likewise_vector_queries_total{strategy="graph search"}') >= 1
+            assert value(text, "likewise_vector_query_seconds_count") >= 1
+            assert value(text, 'likewise_index_vectors{namespace="metrics_suite.pts",index="m"}') == 40
+            assert value(text, 'likewise_index_ready{namespace="metrics_suite.pts",index="m"}') == 1
+            coll.drop_search_index("m")
+            coll.drop()
+    finally:
+        proxy.stop()
