@@ -9,8 +9,50 @@ use std::time::Duration;
 pub struct Upstream {
     pub host: String,
     pub port: u16,
-    /// The URI as given, for messages.
+    /// The URI for messages, password replaced by `***`.
     pub uri: String,
+    /// Who the proxy's own connections (metadata, builds, change streams)
+    /// authenticate as; clients always authenticate themselves.
+    pub credentials: Option<Credentials>,
+}
+
+/// SCRAM-SHA-256 credentials from the URI's user info.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub user: String,
+    pub password: String,
+    /// The database the user is defined in (`authSource`, default `admin`).
+    pub source: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Credentials {{ user: {:?}, source: {:?}, password: *** }}",
+            self.user, self.source
+        )
+    }
+}
+
+/// Decodes `%XX` escapes, as URIs carry user names and passwords.
+fn percent_decode(text: &str) -> Result<String, String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = text
+                .get(i + 1..i + 3)
+                .ok_or("bad % escape in upstream URI")?;
+            out.push(u8::from_str_radix(hex, 16).map_err(|_| "bad % escape in upstream URI")?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| "upstream URI user info is not UTF-8".to_string())
 }
 
 impl Upstream {
@@ -29,14 +71,45 @@ impl Upstream {
                 None => (rest, ""),
             },
         };
+        let mut auth_source = None;
         for option in options.split('&').filter(|o| !o.is_empty()) {
             let (key, value) = option.split_once('=').unwrap_or((option, ""));
             let key = key.to_ascii_lowercase();
             if (key == "tls" || key == "ssl") && value.eq_ignore_ascii_case("true") {
                 return Err("TLS to the upstream is not supported yet".into());
             }
+            if key == "authsource" {
+                auth_source = Some(percent_decode(value)?);
+            }
+            if key == "authmechanism" && value != "SCRAM-SHA-256" {
+                return Err(format!(
+                    "authMechanism {value} is not supported; use SCRAM-SHA-256"
+                ));
+            }
         }
-        let hosts = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+        let (userinfo, hosts) = match authority.rsplit_once('@') {
+            Some((info, hosts)) => (Some(info), hosts),
+            None => (None, authority),
+        };
+        let credentials = match userinfo {
+            Some(info) => {
+                let (user, password) = info
+                    .split_once(':')
+                    .ok_or("upstream URI user info needs user:password")?;
+                Some(Credentials {
+                    user: percent_decode(user)?,
+                    password: percent_decode(password)?,
+                    source: auth_source.unwrap_or_else(|| "admin".to_string()),
+                })
+            }
+            None => None,
+        };
+        let redacted = match userinfo.and_then(|i| i.split_once(':')) {
+            Some((user, _)) => {
+                uri.replacen(userinfo.unwrap_or_default(), &format!("{user}:***"), 1)
+            }
+            None => uri.to_string(),
+        };
         let first = hosts.split(',').next().unwrap_or("");
         if first.is_empty() {
             return Err(format!("upstream URI has no host (got {uri:?})"));
@@ -45,7 +118,8 @@ impl Upstream {
         Ok(Upstream {
             host,
             port,
-            uri: uri.to_string(),
+            uri: redacted,
+            credentials,
         })
     }
 
@@ -125,6 +199,21 @@ mod tests {
         let u = Upstream::parse("mongodb://[::1]:5000?directConnection=true").unwrap();
         assert_eq!((u.host.as_str(), u.port), ("::1", 5000));
         assert_eq!(u.address(), "[::1]:5000");
+    }
+
+    #[test]
+    fn credentials_are_decoded_and_redacted() {
+        let u = Upstream::parse("mongodb://proxy:p%40ss%3Aw@db:27017/?authSource=ops").unwrap();
+        let c = u.credentials.as_ref().unwrap();
+        assert_eq!(
+            (c.user.as_str(), c.password.as_str(), c.source.as_str()),
+            ("proxy", "p@ss:w", "ops")
+        );
+        assert_eq!(u.uri, "mongodb://proxy:***@db:27017/?authSource=ops");
+        assert!(!format!("{u:?}").contains("p@ss"));
+        let plain = Upstream::parse("mongodb://u:pw@h").unwrap();
+        assert_eq!(plain.credentials.unwrap().source, "admin");
+        assert!(Upstream::parse("mongodb://h/?authMechanism=MONGODB-X509").is_err());
     }
 
     #[test]

@@ -24,6 +24,7 @@ pub mod maintain;
 pub mod metrics;
 pub mod proxy;
 pub mod rewrite;
+pub mod scram;
 pub mod server;
 pub mod upstream;
 pub mod wire;

@@ -5,9 +5,10 @@
 //! proxy's own (index metadata and builds). Request ids come from
 //! `Shared::next_request_id`, so they never collide with the client's.
 
-use crate::config::Config;
+use crate::config::{Config, Credentials};
 use crate::conn::Connection;
 use crate::error::{Code, Error};
+use crate::scram::Scram;
 use crate::wire::{self, msg, OpMsg};
 use bson::{rawdoc, RawBsonRef, RawDocument, RawDocumentBuf};
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -147,8 +148,80 @@ fn read_batch(reply: &RawDocument, key: &str) -> Result<(i64, String, Vec<RawDoc
     Ok((id, collection, docs))
 }
 
-/// Opens a connection of the proxy's own to the upstream.
+/// Opens a connection of the proxy's own to the upstream, authenticated
+/// with the proxy's credentials when the upstream URI has them.
 pub async fn connect(config: &Config) -> Result<Connection, Error> {
+    let mut conn = open(config).await?;
+    if let Some(credentials) = &config.upstream.credentials {
+        authenticate(&mut conn, credentials).await?;
+    }
+    Ok(conn)
+}
+
+/// The SCRAM-SHA-256 conversation (`saslStart`, `saslContinue`).
+async fn authenticate(conn: &mut Connection, credentials: &Credentials) -> Result<(), Error> {
+    let failed = |why: String| {
+        Error::upstream(
+            Code::relayed(18, "AuthenticationFailed"),
+            format!(
+                "likewise: authenticating to the upstream as {}: {why}",
+                credentials.user
+            ),
+        )
+    };
+    let scram = Scram::with_random_nonce(&credentials.user, &credentials.password)
+        .map_err(|e| failed(e.to_string()))?;
+    let db = credentials.source.as_str();
+    let binary = |text: String| bson::Binary {
+        subtype: bson::spec::BinarySubtype::Generic,
+        bytes: text.into_bytes(),
+    };
+    let payload = |reply: &RawDocument| -> Result<String, Error> {
+        match reply.get("payload") {
+            Ok(Some(RawBsonRef::Binary(b))) => String::from_utf8(b.bytes.to_vec())
+                .map_err(|_| failed("server payload is not UTF-8".into())),
+            _ => Err(failed("server reply has no payload".into())),
+        }
+    };
+    let start = rawdoc! {
+        "saslStart": 1,
+        "mechanism": "SCRAM-SHA-256",
+        "payload": binary(scram.client_first()),
+        "autoAuthorize": 1,
+        "options": { "skipEmptyExchange": true },
+        "$db": db,
+    };
+    let reply = command(conn, &start).await?;
+    let conversation = reply
+        .get("conversationId")
+        .ok()
+        .flatten()
+        .map(|v| v.to_raw_bson());
+    let (client_final, expected) = scram.client_final(&payload(&reply)?).map_err(failed)?;
+    let mut next = rawdoc! { "saslContinue": 1, "payload": binary(client_final), "$db": db };
+    if let Some(id) = &conversation {
+        next.append("conversationId", id.clone());
+    }
+    let reply = command(conn, &next).await?;
+    expected.verify(&payload(&reply)?).map_err(failed)?;
+    let mut done = matches!(reply.get("done"), Ok(Some(RawBsonRef::Boolean(true))));
+    let mut rounds = 0;
+    while !done {
+        rounds += 1;
+        if rounds > 2 {
+            return Err(failed("the server did not finish the conversation".into()));
+        }
+        let mut empty = rawdoc! { "saslContinue": 1, "payload": binary(String::new()), "$db": db };
+        if let Some(id) = &conversation {
+            empty.append("conversationId", id.clone());
+        }
+        let reply = command(conn, &empty).await?;
+        done = matches!(reply.get("done"), Ok(Some(RawBsonRef::Boolean(true))));
+    }
+    Ok(())
+}
+
+async fn open(config: &Config) -> Result<Connection, Error> {
     let address = config.upstream.address();
     match tokio::time::timeout(config.connect_timeout, TcpStream::connect(&address)).await {
         Ok(Ok(stream)) => Ok(Connection::new(stream)),

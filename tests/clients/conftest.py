@@ -52,9 +52,9 @@ class Process:
 
 
 def start_upstream(*extra):
+    storage = [] if "--storage-path" in extra else ["--storage-path", ":memory:"]
     return Process(
-        [str(VENV_BIN / "secantusd-py"), "--host", "127.0.0.1", "--port", "0",
-         "--storage-path", ":memory:", *extra],
+        [str(VENV_BIN / "secantusd-py"), "--host", "127.0.0.1", "--port", "0", *storage, *extra],
         "listening on ",
     )
 
