@@ -56,6 +56,7 @@ impl Session {
         body: &RawDocument,
     ) -> Result<RawDocumentBuf, Error> {
         let db = db_of(body)?;
+        self.check_privilege(admin, db, body).await?;
         let registry = self.shared.registry.clone();
         let config = self.shared.config.clone();
         match admin {
@@ -164,6 +165,51 @@ impl Session {
                     docs,
                 ))
             }
+        }
+    }
+
+    /// Asks the upstream, on the client's own connection, whether the client
+    /// may do this: changing indexes or neighbourhoods needs the
+    /// `createIndex` action on the collection (probed with an empty
+    /// `createIndexes`, which servers authorize before validating), listing
+    /// them needs `listIndexes`. Only `Unauthorized` refuses.
+    async fn check_privilege(
+        &mut self,
+        admin: Admin,
+        db: &str,
+        body: &RawDocument,
+    ) -> Result<(), Error> {
+        let command = match admin {
+            Admin::Create => "createSearchIndexes",
+            Admin::Update => "updateSearchIndex",
+            Admin::Drop => "dropSearchIndex",
+            Admin::CreateNeighbourhood => "createNeighbourhood",
+            Admin::DropNeighbourhood => "dropNeighbourhood",
+            Admin::ListNeighbourhoods => "listNeighbourhoods",
+            Admin::List => {
+                if body.get_str("listSearchIndexes").is_ok() {
+                    "listSearchIndexes"
+                } else {
+                    "aggregate"
+                }
+            }
+        };
+        let collection = collection_of(body, command)?;
+        let probe = match admin {
+            Admin::List | Admin::ListNeighbourhoods => {
+                rawdoc! { "listIndexes": collection, "$db": db }
+            }
+            _ => rawdoc! { "createIndexes": collection, "indexes": [], "$db": db },
+        };
+        match upstream::command(&mut self.upstream, &probe).await {
+            Err(e) if e.code.code == 13 => Err(Error::client(
+                Code::relayed(13, "Unauthorized"),
+                format!(
+                    "not authorized on {db} to run {command} on {collection}: {}",
+                    e.message
+                ),
+            )),
+            _ => Ok(()),
         }
     }
 

@@ -24,6 +24,7 @@ def secured(tmp_path_factory):
     with MongoClient(f"mongodb://127.0.0.1:{setup.port}/", directConnection=True) as c:
         c.admin.command("createUser", "likewise", pwd="proxy:p@ss", roles=["root"])
         c.admin.command("createUser", "app", pwd="app-pw", roles=["root"])
+        c.admin.command("createUser", "viewer", pwd="view-pw", roles=[{"role": "read", "db": "secured"}])
     setup.proc.terminate()
     setup.proc.wait(timeout=60)
     server = start_upstream("--storage-path", storage, "--auth")
@@ -59,6 +60,29 @@ def test_clients_authenticate_through_the_proxy_and_the_proxy_as_itself(secured)
                     with pytest.raises(OperationFailure) as err:
                         list(other.find(query))
                     assert err.value.code == 13
+            viewer_uri = f"mongodb://viewer:view-pw@{proxy.address}/?authSource=admin"
+            with MongoClient(f"mongodb://{proxy.address}/") as anonymous, MongoClient(viewer_uri) as viewer:
+                definition = {"fields": [{"type": "vector", "path": "p", "numDimensions": 2,
+                                          "similarity": "euclidean"}]}
+                for client_, may_list in ((anonymous, False), (viewer, True)):
+                    other = client_.secured.pts
+                    with pytest.raises(OperationFailure) as err:
+                        other.create_search_index(SearchIndexModel(name="x", type="vectorSearch",
+                                                                   definition=definition))
+                    assert err.value.code == 13
+                    with pytest.raises(OperationFailure) as err:
+                        other.drop_search_index("s")
+                    assert err.value.code == 13
+                    with pytest.raises(OperationFailure) as err:
+                        client_.secured.command({"createNeighbourhood": "pts", "name": "nb", "n": 3})
+                    assert err.value.code == 13
+                    if may_list:
+                        assert [i["name"] for i in other.list_search_indexes()] == ["s"]
+                    else:
+                        with pytest.raises(OperationFailure) as err:
+                            list(other.list_search_indexes())
+                        assert err.value.code == 13
+                assert [i["name"] for i in coll.list_search_indexes()] == ["s"]
             with MongoClient(f"mongodb://app:wrong@{proxy.address}/?authSource=admin",
                              serverSelectionTimeoutMS=5000) as wrong:
                 with pytest.raises(OperationFailure) as err:
