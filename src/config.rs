@@ -167,6 +167,8 @@ pub struct Config {
     pub metadata_db: String,
     /// Without change streams, how often a full scan repairs index drift.
     pub reconcile_interval: Duration,
+    /// On shutdown, how long in-flight requests may take to finish.
+    pub shutdown_timeout: Duration,
 }
 
 impl Config {
@@ -178,6 +180,7 @@ impl Config {
             connect_timeout: Duration::from_secs(5),
             metadata_db: "likewise".to_string(),
             reconcile_interval: Duration::from_secs(60),
+            shutdown_timeout: Duration::from_secs(10),
         }
     }
 }

@@ -56,6 +56,10 @@ struct ServeArgs {
     /// `likewise metrics on HOST:PORT` when ready.
     #[arg(long, value_name = "HOST:PORT")]
     metrics_listen: Option<String>,
+    /// On SIGINT/SIGTERM: stop accepting, let requests in flight finish for
+    /// up to this long, write index snapshots, exit.
+    #[arg(long, default_value_t = 10_000, value_name = "MS")]
+    shutdown_timeout_ms: u64,
     /// Threads serving connections, each a single-threaded runtime that owns
     /// the connections it is given (default: one per CPU core).
     #[arg(long, value_name = "N")]
@@ -96,6 +100,7 @@ fn serve(args: ServeArgs) -> ExitCode {
     config.connect_timeout = Duration::from_millis(args.connect_timeout_ms);
     config.metadata_db = args.metadata_db;
     config.reconcile_interval = Duration::from_millis(args.reconcile_interval_ms.max(1));
+    config.shutdown_timeout = Duration::from_millis(args.shutdown_timeout_ms);
 
     let threads = args.threads.unwrap_or_else(|| {
         std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)

@@ -117,6 +117,8 @@ pub const STRATEGIES: &[&str] = &[
 ];
 
 pub struct Metrics {
+    /// Requests read from a client and not yet answered.
+    pub requests_in_flight: AtomicI64,
     pub connections_open: AtomicI64,
     pub connections_total: AtomicU64,
     /// One counter per name in `COMMANDS`, then `other`.
@@ -133,6 +135,7 @@ pub struct Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Metrics {
+            requests_in_flight: AtomicI64::new(0),
             connections_open: AtomicI64::new(0),
             connections_total: AtomicU64::new(0),
             commands: (0..=COMMANDS.len()).map(|_| AtomicU64::new(0)).collect(),
@@ -176,6 +179,17 @@ impl Metrics {
             out,
             "likewise_connections_open {}",
             self.connections_open.load(Ordering::Relaxed)
+        );
+        gauge(
+            &mut out,
+            "likewise_requests_in_flight",
+            "Requests being answered now.",
+            "gauge",
+        );
+        let _ = writeln!(
+            out,
+            "likewise_requests_in_flight {}",
+            self.requests_in_flight.load(Ordering::Relaxed)
         );
         gauge(
             &mut out,

@@ -102,8 +102,27 @@ pub async fn run_shared(
         }
     }
     tracing::info!("likewise stopped accepting connections");
+    drop(listener);
+    finish_in_flight(&shared).await;
     saver.abort();
     crate::maintain::save_changed(&shared.config, &shared.registry).await;
+}
+
+/// Waits, up to the shutdown timeout, for requests being answered to
+/// finish; idle connections are then closed with the runtime.
+async fn finish_in_flight(shared: &proxy::Shared) {
+    let deadline = tokio::time::Instant::now() + shared.config.shutdown_timeout;
+    let in_flight = &shared.metrics.requests_in_flight;
+    while in_flight.load(std::sync::atomic::Ordering::Relaxed) > 0 {
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(
+                requests = in_flight.load(std::sync::atomic::Ordering::Relaxed),
+                "shutdown timeout: abandoning requests in flight"
+            );
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
 }
 
 async fn serve_one(

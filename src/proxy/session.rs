@@ -61,7 +61,14 @@ impl Session {
                     return;
                 }
             };
-            match self.handle(frame).await {
+            let in_flight = &self.shared.metrics.requests_in_flight;
+            in_flight.fetch_add(1, Ordering::Relaxed);
+            let outcome = self.handle(frame).await;
+            self.shared
+                .metrics
+                .requests_in_flight
+                .fetch_sub(1, Ordering::Relaxed);
+            match outcome {
                 Ok(()) => {}
                 Err(Failure::Reply { request, error }) => {
                     let metrics = &self.shared.metrics;

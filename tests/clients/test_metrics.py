@@ -1,6 +1,7 @@
 """Prometheus metrics and the health check on --metrics-listen."""
 
 import re
+import signal
 import time
 import urllib.error
 import urllib.request
@@ -62,5 +63,37 @@ def test_metrics_count_traffic_errors_latency_and_indexes(direct_uri):
             assert value(text, 'likewise_index_ready{namespace="metrics_suite.pts",index="m"}') == 1
             coll.drop_search_index("m")
             coll.drop()
+    finally:
+        proxy.stop()
+
+
+def test_sigterm_lets_requests_in_flight_finish(direct_uri):
+    proxy = start_proxy(direct_uri, "--metrics-listen", "127.0.0.1:0")
+    [line] = [l for l in proxy.lines if l.startswith("likewise metrics on ")]
+    metrics_at = line.split()[-1]
+    try:
+        with MongoClient(f"mongodb://{proxy.address}/") as client:
+            coll = client.shutdown_suite.c
+            coll.insert_one({"_id": 1})
+            outcome = {}
+            with coll.watch(max_await_time_ms=1500) as stream:
+                def wait_for_change():
+                    try:
+                        outcome["change"] = stream.try_next()  # a getMore awaiting 1.5 s
+                        outcome["ok"] = True
+                    except Exception as exc:  # reported below
+                        outcome["error"] = exc
+
+                import threading
+                waiter = threading.Thread(target=wait_for_change)
+                waiter.start()
+                deadline = time.monotonic() + 10
+                while value(scrape(metrics_at)[1], "likewise_requests_in_flight") < 1:
+                    assert time.monotonic() < deadline, "the getMore never went out"
+                    time.sleep(0.01)
+                proxy.proc.send_signal(signal.SIGTERM)
+                waiter.join(timeout=30)
+            assert outcome.get("ok"), outcome
+            assert proxy.proc.wait(timeout=30) == 0
     finally:
         proxy.stop()
