@@ -64,6 +64,9 @@ struct ServeArgs {
     /// the connections it is given (default: one per CPU core).
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
+    /// Log format on stderr: `human` or `json` (one object per line).
+    #[arg(long, default_value = "human", value_name = "FORMAT", value_parser = ["human", "json"])]
+    log_format: String,
     /// Log level on stderr: error, warn, info, debug or trace.
     #[arg(long, default_value = "info", value_name = "LEVEL")]
     log_level: tracing::Level,
@@ -77,10 +80,14 @@ fn main() -> ExitCode {
 }
 
 fn serve(args: ServeArgs) -> ExitCode {
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_max_level(args.log_level)
-        .init();
+        .with_max_level(args.log_level);
+    if args.log_format == "json" {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
     let upstream = match Upstream::parse(&args.upstream) {
         Ok(u) => u,
         Err(e) => {

@@ -15,7 +15,7 @@ def test_help_documents_every_flag():
                            check=True)
     for flag in ("--listen", "--upstream", "--data-dir", "--max-connections",
                  "--connect-timeout-ms", "--metadata-db", "--reconcile-interval-ms", "--metrics-listen",
-                 "--shutdown-timeout-ms",
+                 "--shutdown-timeout-ms", "--log-format",
                  "--threads",
                  "--log-level"):
         assert flag in serve.stdout, flag
@@ -42,3 +42,17 @@ def test_bad_upstream_uri_is_refused_with_a_message():
                             timeout=30)
     assert result.returncode == 2
     assert "mongodb://" in result.stderr
+
+
+def test_json_logs(direct_uri):
+    import json
+
+    proxy = start_proxy(direct_uri, "--log-format", "json", log_level="info")
+    try:
+        logs = [line for line in proxy.lines if line.startswith("{")]
+        assert logs, proxy.lines
+        records = [json.loads(line) for line in logs]
+        assert any(r["fields"].get("message") == "proxying" for r in records), records
+        assert all(r["level"] in ("INFO", "WARN", "ERROR") for r in records)
+    finally:
+        proxy.stop()
