@@ -227,3 +227,91 @@ mod tests {
         assert!(Upstream::parse("mongodb:///").is_err());
     }
 }
+
+/// The settings a `--config` TOML file may hold: the `serve` flags, by the
+/// same names. Unknown keys are errors, so a typo is never silently ignored.
+#[derive(Debug, Default, Clone, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct FileConfig {
+    pub listen: Option<String>,
+    pub upstream: Option<String>,
+    pub data_dir: Option<String>,
+    pub max_connections: Option<u64>,
+    pub connect_timeout_ms: Option<u64>,
+    pub metadata_db: Option<String>,
+    pub reconcile_interval_ms: Option<u64>,
+    pub metrics_listen: Option<String>,
+    pub shutdown_timeout_ms: Option<u64>,
+    pub threads: Option<u64>,
+    pub log_level: Option<String>,
+    pub log_format: Option<String>,
+}
+
+impl FileConfig {
+    /// Parses a config file's text; the error says where and what.
+    pub fn parse(text: &str) -> Result<FileConfig, String> {
+        let file: FileConfig = toml::from_str(text).map_err(|e| e.to_string())?;
+        if let Some(uri) = &file.upstream {
+            Upstream::parse(uri).map_err(|e| format!("upstream: {e}"))?;
+        }
+        Ok(file)
+    }
+
+    /// (flag name, value) for every setting the file gives.
+    pub fn settings(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        let mut put = |name: &'static str, value: Option<String>| {
+            if let Some(v) = value {
+                out.push((name, v));
+            }
+        };
+        put("listen", self.listen.clone());
+        put("upstream", self.upstream.clone());
+        put("data-dir", self.data_dir.clone());
+        put(
+            "max-connections",
+            self.max_connections.map(|v| v.to_string()),
+        );
+        put(
+            "connect-timeout-ms",
+            self.connect_timeout_ms.map(|v| v.to_string()),
+        );
+        put("metadata-db", self.metadata_db.clone());
+        put(
+            "reconcile-interval-ms",
+            self.reconcile_interval_ms.map(|v| v.to_string()),
+        );
+        put("metrics-listen", self.metrics_listen.clone());
+        put(
+            "shutdown-timeout-ms",
+            self.shutdown_timeout_ms.map(|v| v.to_string()),
+        );
+        put("threads", self.threads.map(|v| v.to_string()));
+        put("log-level", self.log_level.clone());
+        put("log-format", self.log_format.clone());
+        out
+    }
+}
+
+#[cfg(test)]
+mod file_tests {
+    use super::*;
+
+    #[test]
+    fn files_use_the_flag_names_and_refuse_unknown_keys() {
+        let file = FileConfig::parse(
+            "listen = \"0.0.0.0:27018\"\nthreads = 4\nupstream = \"mongodb://db:27017\"\n",
+        )
+        .unwrap();
+        assert_eq!(file.threads, Some(4));
+        assert!(file
+            .settings()
+            .contains(&("listen", "0.0.0.0:27018".to_string())));
+        let err = FileConfig::parse("listen = \"x\"\nthreds = 4\n").unwrap_err();
+        assert!(err.contains("threds"), "{err}");
+        assert!(err.contains("line 2"), "{err}");
+        assert!(FileConfig::parse("upstream = \"postgres://x\"")
+            .unwrap_err()
+            .contains("upstream"));
+    }
+}

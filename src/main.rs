@@ -1,7 +1,7 @@
 //! The `likewise` command line: parses flags into a `Config` and runs the server.
 
-use clap::{Parser, Subcommand};
-use likewise::config::{Config, Upstream};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use likewise::config::{Config, FileConfig, Upstream};
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -20,63 +20,178 @@ struct Cli {
 #[derive(Subcommand)]
 enum Commands {
     /// Run the proxy. Prints `likewise listening on HOST:PORT` to stdout when
-    /// ready; logs go to stderr.
+    /// ready; logs go to stderr. Every flag can also come from a `LIKEWISE_*`
+    /// environment variable or a `--config` file; precedence: flags, then
+    /// environment, then the file, then the built-in defaults.
     Serve(ServeArgs),
+    /// Work with configuration files.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate a config file: prints the settings it gives, or what is
+    /// wrong and where (exit 1).
+    Check {
+        /// The TOML file to check.
+        file: PathBuf,
+    },
 }
 
 #[derive(clap::Args)]
 struct ServeArgs {
+    /// A TOML file with any of these settings, named as the flags
+    /// (`listen = "0.0.0.0:27018"`); see likewise.example.toml.
+    #[arg(long, env = "LIKEWISE_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
     /// Address to accept MongoDB clients on; port 0 picks a free port.
-    #[arg(long, default_value = "127.0.0.1:27018", value_name = "HOST:PORT")]
+    #[arg(
+        long,
+        env = "LIKEWISE_LISTEN",
+        default_value = "127.0.0.1:27018",
+        value_name = "HOST:PORT"
+    )]
     listen: String,
     /// The MongoDB server to proxy, as a mongodb:// URI (first host is used).
-    #[arg(long, value_name = "URI")]
+    #[arg(long, env = "LIKEWISE_UPSTREAM", value_name = "URI")]
     upstream: String,
     /// Directory for the proxy's own state (index files); created if missing.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, env = "LIKEWISE_DATA_DIR", value_name = "DIR")]
     data_dir: Option<PathBuf>,
     /// Most client connections served at once; further clients wait.
-    #[arg(long, default_value_t = 10_000, value_name = "N")]
+    #[arg(
+        long,
+        env = "LIKEWISE_MAX_CONNECTIONS",
+        default_value_t = 10_000,
+        value_name = "N"
+    )]
     max_connections: usize,
     /// Milliseconds to wait for the upstream to accept a connection before a
     /// client's handshake is answered with a HostUnreachable error.
-    #[arg(long, default_value_t = 5_000, value_name = "MS")]
+    #[arg(
+        long,
+        env = "LIKEWISE_CONNECT_TIMEOUT_MS",
+        default_value_t = 5_000,
+        value_name = "MS"
+    )]
     connect_timeout_ms: u64,
     /// Upstream database where the proxy stores its metadata (search index
     /// definitions), so restarts and other proxies on the same upstream
     /// share them.
-    #[arg(long, default_value = "likewise", value_name = "DB")]
+    #[arg(
+        long,
+        env = "LIKEWISE_METADATA_DB",
+        default_value = "likewise",
+        value_name = "DB"
+    )]
     metadata_db: String,
     /// When the upstream has no change streams (a standalone mongod), how
     /// often a full scan repairs what writes that bypass the proxy changed.
-    #[arg(long, default_value_t = 60_000, value_name = "MS")]
+    #[arg(
+        long,
+        env = "LIKEWISE_RECONCILE_INTERVAL_MS",
+        default_value_t = 60_000,
+        value_name = "MS"
+    )]
     reconcile_interval_ms: u64,
     /// Serve Prometheus metrics (`/metrics`) and a health check (`/health`)
     /// over HTTP here; port 0 picks a free port. Prints
     /// `likewise metrics on HOST:PORT` when ready.
-    #[arg(long, value_name = "HOST:PORT")]
+    #[arg(long, env = "LIKEWISE_METRICS_LISTEN", value_name = "HOST:PORT")]
     metrics_listen: Option<String>,
     /// On SIGINT/SIGTERM: stop accepting, let requests in flight finish for
     /// up to this long, write index snapshots, exit.
-    #[arg(long, default_value_t = 10_000, value_name = "MS")]
+    #[arg(
+        long,
+        env = "LIKEWISE_SHUTDOWN_TIMEOUT_MS",
+        default_value_t = 10_000,
+        value_name = "MS"
+    )]
     shutdown_timeout_ms: u64,
     /// Threads serving connections, each a single-threaded runtime that owns
     /// the connections it is given (default: one per CPU core).
-    #[arg(long, value_name = "N")]
+    #[arg(long, env = "LIKEWISE_THREADS", value_name = "N")]
     threads: Option<usize>,
     /// Log format on stderr: `human` or `json` (one object per line).
-    #[arg(long, default_value = "human", value_name = "FORMAT", value_parser = ["human", "json"])]
+    #[arg(long, env = "LIKEWISE_LOG_FORMAT", default_value = "human", value_name = "FORMAT", value_parser = ["human", "json"])]
     log_format: String,
     /// Log level on stderr: error, warn, info, debug or trace.
-    #[arg(long, default_value = "info", value_name = "LEVEL")]
+    #[arg(
+        long,
+        env = "LIKEWISE_LOG_LEVEL",
+        default_value = "info",
+        value_name = "LEVEL"
+    )]
     log_level: tracing::Level,
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let mut command = Cli::command();
+    if let Some(path) = config_path(&args) {
+        let file = match read_config(&path) {
+            Ok(file) => file,
+            Err(e) => {
+                eprintln!("likewise: --config {}: {e}", path.display());
+                return ExitCode::from(2);
+            }
+        };
+        // The file's values become defaults: flags and environment win.
+        command = command.mut_subcommand("serve", |mut serve| {
+            for (name, value) in file.settings() {
+                let id = name.replace('-', "_");
+                serve = serve.mut_arg(id, |arg| arg.default_value(value).required(false));
+            }
+            serve
+        });
+    }
+    let cli = match Cli::from_arg_matches(&command.get_matches_from(args)) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     match cli.command {
         Commands::Serve(args) => serve(args),
+        Commands::Config(ConfigCommand::Check { file }) => match read_config(&file) {
+            Ok(config) => {
+                println!("{}: ok", file.display());
+                for (name, value) in config.settings() {
+                    let shown = if name == "upstream" {
+                        Upstream::parse(&value).map(|u| u.uri).unwrap_or(value)
+                    } else {
+                        value
+                    };
+                    println!("  {name} = {shown}");
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{}: {e}", file.display());
+                ExitCode::FAILURE
+            }
+        },
     }
+}
+
+/// `--config FILE`, `--config=FILE` or `LIKEWISE_CONFIG`, found before the
+/// full parse so the file can supply defaults.
+fn config_path(args: &[std::ffi::OsString]) -> Option<PathBuf> {
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        let arg = arg.to_string_lossy();
+        if arg == "--config" {
+            return it.next().map(PathBuf::from);
+        }
+        if let Some(path) = arg.strip_prefix("--config=") {
+            return Some(PathBuf::from(path));
+        }
+    }
+    std::env::var_os("LIKEWISE_CONFIG").map(PathBuf::from)
+}
+
+fn read_config(path: &std::path::Path) -> Result<FileConfig, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    FileConfig::parse(&text)
 }
 
 fn serve(args: ServeArgs) -> ExitCode {

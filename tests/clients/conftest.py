@@ -8,6 +8,7 @@ import os
 import queue
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -20,9 +21,10 @@ START_TIMEOUT_S = 60
 class Process:
     """A child process whose announced address is read from its output."""
 
-    def __init__(self, argv, marker):
+    def __init__(self, argv, marker, env=None):
         self.proc = subprocess.Popen(
             argv,
+            env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -45,6 +47,17 @@ class Process:
             self.stop()
             raise RuntimeError(f"{argv[0]} did not start: {''.join(self.lines)}")
         self.port = int(self.address.rsplit(":", 1)[1])
+
+    def wait_for_line(self, text, timeout=10.0):
+        """The first output line containing `text`. Logs come on stderr,
+        drained apart from stdout, so they may arrive a moment later."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in list(self.lines):
+                if text in line:
+                    return line
+            time.sleep(0.01)
+        raise AssertionError(f"no output line with {text!r}: {''.join(self.lines)}")
 
     def stop(self):
         self.proc.kill()

@@ -36,6 +36,7 @@ def test_clients_authenticate_through_the_proxy_and_the_proxy_as_itself(secured)
     upstream = "mongodb://likewise:proxy%3Ap%40ss@127.0.0.1:{}/?authSource=admin".format(secured)
     proxy = start_proxy(upstream, log_level="info")
     try:
+        assert "likewise:***@" in proxy.wait_for_line("proxying")
         assert not any("proxy:p@ss" in line or "proxy%3Ap%40ss" in line for line in proxy.lines)
         with MongoClient(f"mongodb://app:app-pw@{proxy.address}/?authSource=admin") as app:
             coll = app.secured.pts

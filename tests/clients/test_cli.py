@@ -15,7 +15,7 @@ def test_help_documents_every_flag():
                            check=True)
     for flag in ("--listen", "--upstream", "--data-dir", "--max-connections",
                  "--connect-timeout-ms", "--metadata-db", "--reconcile-interval-ms", "--metrics-listen",
-                 "--shutdown-timeout-ms", "--log-format",
+                 "--shutdown-timeout-ms", "--log-format", "--config",
                  "--threads",
                  "--log-level"):
         assert flag in serve.stdout, flag
@@ -49,10 +49,63 @@ def test_json_logs(direct_uri):
 
     proxy = start_proxy(direct_uri, "--log-format", "json", log_level="info")
     try:
-        logs = [line for line in proxy.lines if line.startswith("{")]
-        assert logs, proxy.lines
-        records = [json.loads(line) for line in logs]
-        assert any(r["fields"].get("message") == "proxying" for r in records), records
-        assert all(r["level"] in ("INFO", "WARN", "ERROR") for r in records)
+        record = json.loads(log_line(proxy, '"proxying"'))
+        assert record["fields"]["message"] == "proxying"
+        assert record["level"] == "INFO"
     finally:
         proxy.stop()
+
+
+def test_config_files_environment_and_flags_layer(direct_uri, tmp_path):
+    import json
+    import os
+
+    config = tmp_path / "likewise.toml"
+    config.write_text(f'listen = "127.0.0.1:0"\nupstream = "{direct_uri}"\nlog-format = "json"\n'
+                      'log-level = "info"\n')
+    # The file alone: no --upstream on the command line.
+    proxy = start_proxy_from_file(config)
+    try:
+        with MongoClient(f"mongodb://{proxy.address}/") as c:
+            assert c.admin.command("ping")["ok"] == 1
+        assert log_line(proxy, "proxying").startswith("{")  # log-format from the file
+    finally:
+        proxy.stop()
+    # A flag beats the file; the environment beats the file too.
+    proxy = start_proxy_from_file(config, "--log-format", "human")
+    try:
+        assert not log_line(proxy, "proxying").startswith("{")
+    finally:
+        proxy.stop()
+    proxy = start_proxy_from_file(config, env={**os.environ, "LIKEWISE_LOG_FORMAT": "human"})
+    try:
+        assert not log_line(proxy, "proxying").startswith("{")
+    finally:
+        proxy.stop()
+
+
+def log_line(proxy, text):
+    return proxy.wait_for_line(text)
+
+
+def start_proxy_from_file(config, *extra, env=None):
+    from conftest import Process
+    return Process([likewise_bin(), "serve", "--config", str(config), *extra],
+                   "likewise listening on ", env=env)
+
+
+def test_config_check_explains_errors(tmp_path):
+    from pathlib import Path
+    example = Path(__file__).resolve().parents[2] / "likewise.example.toml"
+    ok = subprocess.run([likewise_bin(), "config", "check", str(example)], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert "listen = 127.0.0.1:27018" in ok.stdout
+    bad = tmp_path / "bad.toml"
+    bad.write_text('listen = "127.0.0.1:1"\nthreds = 2\n')
+    result = subprocess.run([likewise_bin(), "config", "check", str(bad)], capture_output=True, text=True)
+    assert result.returncode == 1
+    assert "threds" in result.stderr and "line 2" in result.stderr
+    secret = tmp_path / "secret.toml"
+    secret.write_text('upstream = "mongodb://u:hunter2@db:1/"\n')
+    shown = subprocess.run([likewise_bin(), "config", "check", str(secret)], capture_output=True, text=True)
+    assert shown.returncode == 0 and "hunter2" not in shown.stdout and "u:***@db" in shown.stdout

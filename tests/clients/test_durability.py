@@ -100,7 +100,7 @@ def test_restart_loads_the_snapshot_and_catches_up(direct_uri, setup):
     try:
         eventually(lambda: ready(coll))
         assert info(coll)["progress"]["restoredFromSnapshot"] is True
-        assert any("loaded from its snapshot" in line for line in proxy.lines)
+        proxy.wait_for_line("loaded from its snapshot")
         lag = eventually(lambda: not mismatches(coll, dcoll))
         print(f"caught up {lag * 1000:.0f} ms after READY")
     finally:
@@ -125,7 +125,7 @@ def test_a_corrupt_snapshot_is_rebuilt_from_the_upstream_and_said_so(direct_uri,
     try:
         eventually(lambda: ready(coll))
         assert info(coll)["progress"]["restoredFromSnapshot"] is False
-        assert any("snapshot unusable: rebuilding from the upstream" in line for line in proxy.lines)
+        proxy.wait_for_line("snapshot unusable: rebuilding from the upstream")
         assert not mismatches(coll, dcoll)
     finally:
         client.close()

@@ -43,7 +43,7 @@ def test_reconciliation_repairs_writes_that_bypass_the_proxy(standalone):
             coll.create_search_index(SearchIndexModel(name="r", type="vectorSearch", definition={
                 "fields": [{"type": "vector", "path": "p", "numDimensions": 2, "similarity": "euclidean"}]}))
             eventually(lambda: [i["status"] for i in coll.list_search_indexes()] == ["READY"])
-            assert any("reconciling by periodic scans" in line for line in proxy.lines)
+            proxy.wait_for_line("reconciling by periodic scans")
 
             coll.insert_one({"_id": "through", "p": [500.0, 0.0]})
             assert nearest(coll, [500.0, 0.0]) == ["through"]  # write-through, at once
