@@ -165,138 +165,146 @@ impl Metrics {
 
     /// The Prometheus text exposition.
     pub fn render(&self, registry: &Registry) -> String {
-        let mut out = String::new();
-        let gauge = |out: &mut String, name: &str, help: &str, kind: &str| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        };
-        gauge(
-            &mut out,
+        let load = |v: &AtomicU64| v.load(Ordering::Relaxed);
+        let mut e = Exposition::default();
+        e.family(
             "likewise_connections_open",
+            "gauge",
             "Client connections open now.",
-            "gauge",
         );
-        let _ = writeln!(
-            out,
-            "likewise_connections_open {}",
-            self.connections_open.load(Ordering::Relaxed)
+        e.sample(
+            "likewise_connections_open",
+            "",
+            self.connections_open.load(Ordering::Relaxed),
         );
-        gauge(
-            &mut out,
+        e.family(
             "likewise_requests_in_flight",
-            "Requests being answered now.",
             "gauge",
+            "Requests being answered now.",
         );
-        let _ = writeln!(
-            out,
-            "likewise_requests_in_flight {}",
-            self.requests_in_flight.load(Ordering::Relaxed)
+        e.sample(
+            "likewise_requests_in_flight",
+            "",
+            self.requests_in_flight.load(Ordering::Relaxed),
         );
-        gauge(
-            &mut out,
+        e.family(
             "likewise_connections_total",
+            "counter",
             "Client connections accepted.",
-            "counter",
         );
-        let _ = writeln!(
-            out,
-            "likewise_connections_total {}",
-            self.connections_total.load(Ordering::Relaxed)
+        e.sample(
+            "likewise_connections_total",
+            "",
+            load(&self.connections_total),
         );
-        gauge(
-            &mut out,
+        e.family(
             "likewise_commands_total",
-            "Commands received, by name.",
             "counter",
+            "Commands received, by name.",
         );
         for (i, counter) in self.commands.iter().enumerate() {
-            let n = counter.load(Ordering::Relaxed);
+            let n = load(counter);
             if n > 0 {
                 let name = COMMANDS.get(i).copied().unwrap_or("other");
-                let _ = writeln!(out, "likewise_commands_total{{command=\"{name}\"}} {n}");
+                e.sample("likewise_commands_total", &format!("command=\"{name}\""), n);
             }
         }
-        gauge(
-            &mut out,
+        e.family(
             "likewise_errors_total",
-            "Error replies the proxy made, by the side at fault.",
             "counter",
+            "Error replies the proxy made, by the side at fault.",
         );
-        let _ = writeln!(
-            out,
-            "likewise_errors_total{{side=\"client\"}} {}",
-            self.client_errors.load(Ordering::Relaxed)
+        e.sample(
+            "likewise_errors_total",
+            "side=\"client\"",
+            load(&self.client_errors),
         );
-        let _ = writeln!(
-            out,
-            "likewise_errors_total{{side=\"upstream\"}} {}",
-            self.upstream_errors.load(Ordering::Relaxed)
+        e.sample(
+            "likewise_errors_total",
+            "side=\"upstream\"",
+            load(&self.upstream_errors),
         );
-        gauge(
-            &mut out,
+        e.family(
             "likewise_upstream_latency_seconds",
-            "Forwarded request to first upstream reply.",
             "histogram",
+            "Forwarded request to first upstream reply.",
         );
         self.upstream_latency
-            .render(&mut out, "likewise_upstream_latency_seconds", "");
-        gauge(
-            &mut out,
+            .render(&mut e.out, "likewise_upstream_latency_seconds", "");
+        e.family(
             "likewise_vector_query_seconds",
-            "Answering the vector part of a query.",
             "histogram",
+            "Answering the vector part of a query.",
         );
         self.vector_latency
-            .render(&mut out, "likewise_vector_query_seconds", "");
-        gauge(
-            &mut out,
+            .render(&mut e.out, "likewise_vector_query_seconds", "");
+        e.family(
             "likewise_vector_queries_total",
-            "Vector queries, by strategy.",
             "counter",
+            "Vector queries, by strategy.",
         );
-        for (i, counter) in self.strategies.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "likewise_vector_queries_total{{strategy=\"{}\"}} {}",
-                STRATEGIES[i],
-                counter.load(Ordering::Relaxed)
+        for (strategy, counter) in STRATEGIES.iter().zip(&self.strategies) {
+            e.sample(
+                "likewise_vector_queries_total",
+                &format!("strategy=\"{strategy}\""),
+                load(counter),
             );
         }
-        gauge(
-            &mut out,
-            "likewise_index_vectors",
-            "Vectors in each search index.",
-            "gauge",
-        );
         let indexes = registry.all();
+        e.family(
+            "likewise_index_vectors",
+            "gauge",
+            "Vectors in each search index.",
+        );
         for index in &indexes {
             let vectors = index.data.read().map(|d| d.index.len()).unwrap_or(0);
-            let _ = writeln!(out, "likewise_index_vectors{{{}}} {vectors}", labels(index));
+            e.sample("likewise_index_vectors", &labels(index), vectors);
         }
-        gauge(
-            &mut out,
+        e.family(
             "likewise_index_ready",
-            "1 when a search index is READY.",
             "gauge",
+            "1 when a search index is READY.",
         );
         for index in &indexes {
-            let ready = u8::from(index.status().0 == Status::Ready);
-            let _ = writeln!(out, "likewise_index_ready{{{}}} {ready}", labels(index));
-        }
-        gauge(
-            &mut out,
-            "likewise_index_changes_applied_total",
-            "Changes applied from change streams.",
-            "counter",
-        );
-        for index in &indexes {
-            let _ = writeln!(
-                out,
-                "likewise_index_changes_applied_total{{{}}} {}",
-                labels(index),
-                index.changes_applied.load(Ordering::Relaxed)
+            e.sample(
+                "likewise_index_ready",
+                &labels(index),
+                u8::from(index.status().0 == Status::Ready),
             );
         }
-        out
+        e.family(
+            "likewise_index_changes_applied_total",
+            "counter",
+            "Changes applied from change streams.",
+        );
+        for index in &indexes {
+            e.sample(
+                "likewise_index_changes_applied_total",
+                &labels(index),
+                load(&index.changes_applied),
+            );
+        }
+        e.out
+    }
+}
+
+/// Builds the text exposition: a family header, then its samples.
+#[derive(Default)]
+struct Exposition {
+    out: String,
+}
+
+impl Exposition {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &str, value: impl std::fmt::Display) {
+        if labels.is_empty() {
+            let _ = writeln!(self.out, "{name} {value}");
+        } else {
+            let _ = writeln!(self.out, "{name}{{{labels}}} {value}");
+        }
     }
 }
 
