@@ -72,6 +72,33 @@ def start_upstream(*extra):
     )
 
 
+def eventually(check, timeout=90.0):
+    """Polls `check` until it holds (bounded); returns the seconds it took."""
+    start = time.monotonic()
+    while not check():
+        assert time.monotonic() - start < timeout, "condition not reached in time"
+        time.sleep(0.02)
+    return time.monotonic() - start
+
+
+def wait_ready(coll, name, timeout=180.0):
+    """Polls $listSearchIndexes until `name` is READY; returns its entry and
+    every status seen on the way."""
+    deadline = time.monotonic() + timeout
+    seen = []
+    while time.monotonic() < deadline:
+        info = list(coll.list_search_indexes(name))
+        assert len(info) == 1, info
+        status = info[0]["status"]
+        if not seen or seen[-1] != status:
+            seen.append(status)
+        if status == "READY":
+            return info[0], seen
+        assert status in ("PENDING", "BUILDING"), info
+        time.sleep(0.05)
+    raise AssertionError(f"{name} not READY after {timeout}s: {seen}")
+
+
 def likewise_bin():
     return os.environ.get("LIKEWISE_BIN", str(ROOT / "target" / "debug" / "likewise"))
 

@@ -5,30 +5,19 @@ kill -9 in the middle of a write burst."""
 import random
 import signal
 import threading
-import time
 
 import pytest
 from pymongo import MongoClient
 from pymongo.errors import PyMongoError
 from pymongo.operations import SearchIndexModel
 
-from conftest import start_proxy
+from conftest import eventually, start_proxy
 
-TIMEOUT_S = 90
 
 
 def definition():
     return {"fields": [{"type": "vector", "path": "p", "numDimensions": 3, "similarity": "euclidean"}]}
 
-
-def eventually(check, timeout=TIMEOUT_S):
-    start = time.monotonic()
-    while True:
-        result = check()
-        if result:
-            return time.monotonic() - start
-        assert time.monotonic() - start < timeout, "condition not reached in time"
-        time.sleep(0.05)
 
 
 def info(coll):

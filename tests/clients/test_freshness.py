@@ -1,24 +1,14 @@
 """Read-your-writes: a write acknowledged through the proxy is reflected by
 the very next vector query, on any connection."""
 
-import time
 
 import pytest
 from pymongo import MongoClient, ReturnDocument
 from pymongo.operations import SearchIndexModel
 
-from conftest import start_proxy
-
-READY_TIMEOUT_S = 120
+from conftest import eventually, start_proxy, wait_ready
 
 
-def wait_ready(coll, name):
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if [i["status"] for i in coll.list_search_indexes(name)] == ["READY"]:
-            return
-        time.sleep(0.05)
-    raise AssertionError("index not READY")
 
 
 @pytest.fixture
@@ -100,14 +90,6 @@ def test_rejected_writes_change_nothing(colls):
     assert nearest(r, [123456.0, 0.0]) != [5]
     assert nearest(r, [5.0, 0.0]) == [5]
 
-
-def eventually(check, timeout=30.0):
-    """Polls `check` until it holds; returns the seconds it took."""
-    start = time.monotonic()
-    while not check():
-        assert time.monotonic() - start < timeout, "not reflected in time"
-        time.sleep(0.02)
-    return time.monotonic() - start
 
 
 def test_writes_that_bypass_the_proxy_arrive_through_the_change_stream(colls, direct_uri):

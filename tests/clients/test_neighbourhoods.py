@@ -9,17 +9,11 @@ import time
 from pymongo import MongoClient
 from pymongo.operations import SearchIndexModel
 
+from conftest import eventually
+
 N_DOCS = 300
 N = 5
-TIMEOUT_S = 90
 
-
-def eventually(check, timeout=TIMEOUT_S):
-    start = time.monotonic()
-    while not check():
-        assert time.monotonic() - start < timeout, "condition not reached in time"
-        time.sleep(0.05)
-    return time.monotonic() - start
 
 
 def oracle(docs):

@@ -2,15 +2,13 @@
 writes through the proxy are still visible at once, and writes that bypass
 it are repaired by the periodic reconciliation scan."""
 
-import time
 
 import pytest
 from pymongo import MongoClient
 from pymongo.operations import SearchIndexModel
 
-from conftest import start_proxy, start_upstream
+from conftest import eventually, start_proxy, start_upstream
 
-TIMEOUT_S = 60
 
 
 @pytest.fixture(scope="module")
@@ -19,13 +17,6 @@ def standalone():
     yield f"mongodb://127.0.0.1:{server.port}/"
     server.stop()
 
-
-def eventually(check, timeout=TIMEOUT_S):
-    start = time.monotonic()
-    while not check():
-        assert time.monotonic() - start < timeout, "condition not reached in time"
-        time.sleep(0.05)
-    return time.monotonic() - start
 
 
 def nearest(coll, point):

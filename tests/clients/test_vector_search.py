@@ -4,7 +4,6 @@ against an exact oracle, filters that return k, errors, and restarts."""
 
 import math
 import random
-import time
 
 import pytest
 from bson.binary import Binary, BinaryVectorDtype
@@ -12,12 +11,11 @@ from pymongo import MongoClient
 from pymongo.errors import OperationFailure
 from pymongo.operations import SearchIndexModel
 
-from conftest import start_proxy
+from conftest import start_proxy, wait_ready
 
 N = 10_000
 DIMS = 16
 K = 10
-READY_TIMEOUT_S = 180
 
 
 def vector_of(i):
@@ -39,22 +37,6 @@ def definition(similarity="euclidean", path="v"):
     return {"fields": [{"type": "vector", "path": path, "numDimensions": DIMS, "similarity": similarity},
                        {"type": "filter", "path": "sel"}]}
 
-
-def wait_ready(coll, name, timeout=READY_TIMEOUT_S):
-    """Polls $listSearchIndexes until READY; returns every status seen."""
-    deadline = time.monotonic() + timeout
-    seen = []
-    while time.monotonic() < deadline:
-        info = [i for i in coll.list_search_indexes(name)]
-        assert len(info) == 1, info
-        status = info[0]["status"]
-        if not seen or seen[-1] != status:
-            seen.append(status)
-        if status == "READY":
-            return info[0], seen
-        assert status in ("PENDING", "BUILDING"), info
-        time.sleep(0.05)
-    raise AssertionError(f"{name} not READY after {timeout}s: {seen}")
 
 
 @pytest.fixture(scope="module")
