@@ -22,6 +22,7 @@ pub mod error;
 pub mod index;
 pub mod maintain;
 pub mod metrics;
+pub mod models;
 pub mod proxy;
 pub mod rewrite;
 pub mod scram;
