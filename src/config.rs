@@ -159,6 +159,8 @@ pub struct Config {
     pub upstream: Upstream,
     /// Where index state will live (created at start-up).
     pub data_dir: Option<PathBuf>,
+    /// The default `text` model's directory.
+    pub default_model: PathBuf,
     /// Client connections served at once; more wait in the accept queue.
     pub max_connections: usize,
     /// How long to wait for the upstream to accept a connection.
@@ -176,6 +178,7 @@ impl Config {
         Config {
             upstream,
             data_dir: None,
+            default_model: PathBuf::from(".cache/models/all-MiniLM-L6-v2"),
             max_connections: 10_000,
             connect_timeout: Duration::from_secs(5),
             metadata_db: "likewise".to_string(),
@@ -236,6 +239,7 @@ pub struct FileConfig {
     pub listen: Option<String>,
     pub upstream: Option<String>,
     pub data_dir: Option<String>,
+    pub default_model: Option<String>,
     pub max_connections: Option<u64>,
     pub connect_timeout_ms: Option<u64>,
     pub metadata_db: Option<String>,
@@ -268,6 +272,7 @@ impl FileConfig {
         put("listen", self.listen.clone());
         put("upstream", self.upstream.clone());
         put("data-dir", self.data_dir.clone());
+        put("default-model", self.default_model.clone());
         put(
             "max-connections",
             self.max_connections.map(|v| v.to_string()),

@@ -32,6 +32,7 @@ impl Code {
     pub const INVALID_BSON: Code = Code::new(22, "InvalidBSON");
     pub const NAMESPACE_NOT_FOUND: Code = Code::new(26, "NamespaceNotFound");
     pub const INDEX_NOT_FOUND: Code = Code::new(27, "IndexNotFound");
+    pub const NAMESPACE_EXISTS: Code = Code::new(48, "NamespaceExists");
     pub const INDEX_ALREADY_EXISTS: Code = Code::new(68, "IndexAlreadyExists");
     pub const INVALID_OPTIONS: Code = Code::new(72, "InvalidOptions");
     pub const OPERATION_FAILED: Code = Code::new(96, "OperationFailed");

@@ -23,7 +23,7 @@ enum Commands {
     /// ready; logs go to stderr. Every flag can also come from a `LIKEWISE_*`
     /// environment variable or a `--config` file; precedence: flags, then
     /// environment, then the file, then the built-in defaults.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Work with configuration files.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -59,6 +59,17 @@ struct ServeArgs {
     /// Directory for the proxy's own state (index files); created if missing.
     #[arg(long, env = "LIKEWISE_DATA_DIR", value_name = "DIR")]
     data_dir: Option<PathBuf>,
+    /// Directory of the default `text` model (`createModel` with kind
+    /// "text" and no path): a BERT-family sentence encoder with
+    /// config.json, tokenizer.json and model.safetensors. scripts/fetch-model
+    /// puts all-MiniLM-L6-v2 at the default location.
+    #[arg(
+        long,
+        env = "LIKEWISE_DEFAULT_MODEL",
+        default_value = ".cache/models/all-MiniLM-L6-v2",
+        value_name = "DIR"
+    )]
+    default_model: PathBuf,
     /// Most client connections served at once; further clients wait.
     #[arg(
         long,
@@ -151,7 +162,7 @@ fn main() -> ExitCode {
         Err(e) => e.exit(),
     };
     match cli.command {
-        Commands::Serve(args) => serve(args),
+        Commands::Serve(args) => serve(*args),
         Commands::Config(ConfigCommand::Check { file }) => match read_config(&file) {
             Ok(config) => {
                 println!("{}: ok", file.display());
@@ -218,6 +229,7 @@ fn serve(args: ServeArgs) -> ExitCode {
     }
     let mut config = Config::new(upstream);
     config.data_dir = args.data_dir;
+    config.default_model = args.default_model;
     config.max_connections = args.max_connections.max(1);
     config.connect_timeout = Duration::from_millis(args.connect_timeout_ms);
     config.metadata_db = args.metadata_db;

@@ -284,6 +284,18 @@ impl Metrics {
                 load(&index.changes_applied),
             );
         }
+        e.family(
+            "likewise_index_pending_encodes",
+            "gauge",
+            "Documents waiting for a model to encode them (the model failed; retried).",
+        );
+        for index in &indexes {
+            e.sample(
+                "likewise_index_pending_encodes",
+                &labels(index),
+                index.pending_count(),
+            );
+        }
         e.out
     }
 }

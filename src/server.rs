@@ -50,6 +50,7 @@ pub async fn run_shared(
         shared.config.clone(),
         shared.registry.clone(),
         shared.neighbourhoods.clone(),
+        shared.models.clone(),
     ));
     let saver = tokio::spawn(crate::maintain::keep_saving(
         shared.config.clone(),

@@ -47,6 +47,11 @@ pub enum Admin {
     CreateNeighbourhood,
     DropNeighbourhood,
     ListNeighbourhoods,
+    /// `createSemanticIndex`: an index over models × keys.
+    CreateSemantic,
+    CreateModel,
+    ListModels,
+    DropModel,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,6 +79,10 @@ impl Command {
             "createNeighbourhood" => Command::SearchIndexAdmin(Admin::CreateNeighbourhood),
             "dropNeighbourhood" => Command::SearchIndexAdmin(Admin::DropNeighbourhood),
             "listNeighbourhoods" => Command::SearchIndexAdmin(Admin::ListNeighbourhoods),
+            "createSemanticIndex" => Command::SearchIndexAdmin(Admin::CreateSemantic),
+            "createModel" => Command::SearchIndexAdmin(Admin::CreateModel),
+            "listModels" => Command::SearchIndexAdmin(Admin::ListModels),
+            "dropModel" => Command::SearchIndexAdmin(Admin::DropModel),
             "explain" => match body.get_document("explain").map(Command::classify) {
                 Ok(Command::Vector(kind)) => Command::ExplainVector(kind),
                 _ => Command::Passthrough,
@@ -192,6 +201,14 @@ mod tests {
                 Command::ExplainVector(VectorKind::Find),
             ),
             (rawdoc! { "explain": { "find": "c" } }, Command::Passthrough),
+            (
+                rawdoc! { "createModel": "m", "kind": "text" },
+                Command::SearchIndexAdmin(Admin::CreateModel),
+            ),
+            (
+                rawdoc! { "createSemanticIndex": "c", "name": "s" },
+                Command::SearchIndexAdmin(Admin::CreateSemantic),
+            ),
         ];
         for (body, want) in cases {
             assert_eq!(Command::classify(&body), want, "{body:?}");

@@ -79,6 +79,9 @@ pub fn parse_create(body: &RawDocument) -> Result<Vec<NewIndex>, Error> {
 /// Reads `{fields: [{type: "vector", path, numDimensions, similarity,
 /// hnswOptions?}, {type: "filter", path}...]}`.
 pub fn parse_definition(definition: &RawDocument) -> Result<IndexSpec, Error> {
+    if definition.get("models").ok().flatten().is_some() {
+        return parse_semantic(definition);
+    }
     let fields = definition
         .get_array("fields")
         .map_err(|_| bad("definition needs a 'fields' array"))?;
@@ -113,6 +116,107 @@ pub fn parse_definition(definition: &RawDocument) -> Result<IndexSpec, Error> {
         similarity,
         hnsw,
         filters,
+        models: Vec::new(),
+        write_outputs: false,
+    })
+}
+
+/// The seed's `create_semantic_index`: `{createSemanticIndex: coll, name,
+/// models: [...], keys: [...], measure, writeOutputs?, hnswOptions?,
+/// filters?}`. The stored definition is the command without its first key
+/// and `$db`, so it parses back with `parse_definition`.
+pub fn parse_create_semantic(body: &RawDocument) -> Result<NewIndex, Error> {
+    let name = match body.get("name") {
+        Ok(Some(RawBsonRef::String(n))) if !n.is_empty() => n.to_string(),
+        _ => return Err(bad("createSemanticIndex needs a non-empty string 'name'")),
+    };
+    let mut definition = RawDocumentBuf::new();
+    for (k, v) in body.iter().flatten().skip(1) {
+        if !k.starts_with('$') && !matches!(k, "name" | "lsid" | "txnNumber") {
+            definition.append(k, v.to_raw_bson());
+        }
+    }
+    Ok(NewIndex {
+        name,
+        spec: parse_semantic(&definition)?,
+        definition,
+    })
+}
+
+fn strings(definition: &RawDocument, key: &str) -> Result<Vec<String>, Error> {
+    let array = definition
+        .get_array(key)
+        .map_err(|_| bad(format!("'{key}' must be an array of strings")))?;
+    let mut out = Vec::new();
+    for item in array {
+        match item {
+            Ok(RawBsonRef::String(s)) if !s.is_empty() => out.push(s.to_string()),
+            _ => {
+                return Err(bad(format!(
+                    "'{key}' must be an array of non-empty strings"
+                )))
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Reads a semantic index definition. Dimensions come from the models, so
+/// `dims` is 0 until `models::resolve` fills it in.
+fn parse_semantic(definition: &RawDocument) -> Result<IndexSpec, Error> {
+    let models = strings(definition, "models")?;
+    let keys = strings(definition, "keys")?;
+    if models.is_empty() {
+        return Err(bad("'models' must name at least one model"));
+    }
+    if models.len() != keys.len() {
+        return Err(bad(format!(
+            "'models' and 'keys' must have the same length (models[i] encodes keys[i]); got {} and {}",
+            models.len(),
+            keys.len()
+        )));
+    }
+    for key in &keys {
+        if key.starts_with('$') || key.starts_with("_outputs") || key == "_id" {
+            return Err(bad(format!("'{key}' cannot be a key of a semantic index")));
+        }
+    }
+    let similarity = match definition.get_str("measure") {
+        Ok("css" | "cosine") => Similarity::Cosine,
+        Ok("dot") => Similarity::DotProduct,
+        Ok("l2") => Similarity::Euclidean,
+        Ok(other) => {
+            return Err(bad(format!(
+                "unknown measure '{other}': use 'css' (cosine), 'cosine', 'dot' or 'l2'"
+            )))
+        }
+        Err(_) => Similarity::Cosine,
+    };
+    let write_outputs = match definition.get("writeOutputs") {
+        Ok(Some(RawBsonRef::Boolean(b))) => b,
+        Ok(None) => false,
+        _ => return Err(bad("'writeOutputs' must be a boolean")),
+    };
+    let mut hnsw = HnswParams::default();
+    if let Ok(options) = definition.get_document("hnswOptions") {
+        hnsw = hnsw_options(options)?;
+    }
+    let filters = match definition.get("filters") {
+        Ok(Some(_)) => strings(definition, "filters")?,
+        _ => Vec::new(),
+    };
+    Ok(IndexSpec {
+        path: keys[0].clone(),
+        dims: 0,
+        similarity,
+        hnsw,
+        filters,
+        models: models
+            .into_iter()
+            .zip(keys)
+            .map(|(model, key)| crate::models::ModelKey { model, key })
+            .collect(),
+        write_outputs,
     })
 }
 
@@ -132,6 +236,14 @@ fn parse_vector_field(field: &RawDocument) -> Result<(usize, Similarity, HnswPar
         .ok_or_else(|| bad("'similarity' must be 'cosine', 'euclidean' or 'dotProduct'"))?;
     let mut hnsw = HnswParams::default();
     if let Ok(options) = field.get_document("hnswOptions") {
+        hnsw = hnsw_options(options)?;
+    }
+    Ok((dims, similarity, hnsw))
+}
+
+fn hnsw_options(options: &RawDocument) -> Result<HnswParams, Error> {
+    let mut hnsw = HnswParams::default();
+    {
         if let Some(m) = options.get("maxEdges").ok().flatten() {
             hnsw.max_edges = integer(Some(m))
                 .and_then(|n| usize::try_from(n).ok())
@@ -147,7 +259,7 @@ fn parse_vector_field(field: &RawDocument) -> Result<(usize, Similarity, HnswPar
                 })?;
         }
     }
-    Ok((dims, similarity, hnsw))
+    Ok(hnsw)
 }
 
 /// An integral number in any BSON numeric type.
@@ -204,6 +316,7 @@ pub fn describe(index: &SearchIndex) -> RawDocumentBuf {
             "changesApplied": i64::try_from(index.changes_applied.load(std::sync::atomic::Ordering::Relaxed)).unwrap_or(i64::MAX),
             "restoredFromSnapshot": index.restored.load(std::sync::atomic::Ordering::Relaxed),
             "slots": i64::try_from(slots).unwrap_or(i64::MAX),
+            "pendingEncodes": i64::try_from(index.pending_count()).unwrap_or(i64::MAX),
         },
     };
     if let Some(detail) = detail {

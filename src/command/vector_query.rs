@@ -29,8 +29,13 @@ pub enum QueryVector {
     Values(Vec<f32>),
     /// The stored vector of the document with this `_id`.
     OfDocument(RawBson),
-    /// Content for a model to encode (needs models).
+    /// A document whose keys the index's models encode (the first model,
+    /// in order, whose key is present); its `_id`'s stored vector when no
+    /// key is present.
     Content(RawDocumentBuf),
+    /// Text for the model that produces the index's vectors
+    /// (`$vectorSearch` with `query: {text}`, Atlas's auto-embedding shape).
+    Text(String),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -57,10 +62,31 @@ pub fn parse_vector_search(stage: &RawDocument) -> Result<VectorQuery, Error> {
     let path = stage
         .get_str("path")
         .map_err(|_| bad("$vectorSearch needs a string 'path'"))?;
-    let vector = QueryVector::Values(numbers(
+    let vector = match (
         stage.get("queryVector").ok().flatten(),
-        "queryVector",
-    )?);
+        stage.get("query").ok().flatten(),
+    ) {
+        (Some(_), Some(_)) => {
+            return Err(bad(
+                "$vectorSearch takes 'queryVector' or 'query', not both",
+            ))
+        }
+        (None, Some(RawBsonRef::String(text))) => QueryVector::Text(text.to_string()),
+        (None, Some(RawBsonRef::Document(q))) => match q.get("text") {
+            Ok(Some(RawBsonRef::String(text))) => QueryVector::Text(text.to_string()),
+            _ => {
+                return Err(bad(
+                    "$vectorSearch 'query' must be {text: \"...\"} or a string",
+                ))
+            }
+        },
+        (None, Some(_)) => {
+            return Err(bad(
+                "$vectorSearch 'query' must be {text: \"...\"} or a string",
+            ))
+        }
+        (vector, None) => QueryVector::Values(numbers(vector, "queryVector")?),
+    };
     let exact = match stage.get("exact") {
         Ok(Some(RawBsonRef::Boolean(b))) => b,
         Ok(None) => false,
@@ -141,9 +167,11 @@ pub fn parse_like_filter(filter: &RawDocument) -> Result<Option<VectorQuery>, Er
     } else if let Some(id) = spec.get("_id").ok().flatten() {
         QueryVector::OfDocument(id.to_raw_bson())
     } else if let Ok(document) = spec.get_document("document") {
+        let only_id = document.iter().flatten().all(|(k, _)| k == "_id");
         match document.get("_id").ok().flatten() {
-            Some(id) => QueryVector::OfDocument(id.to_raw_bson()),
-            None => QueryVector::Content(document.to_owned()),
+            Some(id) if only_id => QueryVector::OfDocument(id.to_raw_bson()),
+            _ if document.is_empty() => return Err(bad("'$like.document' is empty")),
+            _ => QueryVector::Content(document.to_owned()),
         }
     } else {
         return Err(bad("$like needs 'vector', '_id' or 'document'"));

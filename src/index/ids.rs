@@ -121,6 +121,15 @@ impl IdSet {
         self.seen.contains(&canonical(id))
     }
 
+    /// A copy of another set.
+    pub fn from_ids(other: &IdSet) -> IdSet {
+        let mut out = IdSet::default();
+        for id in &other.ids {
+            out.add(id.as_raw_bson_ref());
+        }
+        out
+    }
+
     pub fn array(&self) -> RawArrayBuf {
         let mut out = RawArrayBuf::new();
         for id in &self.ids {

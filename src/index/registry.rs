@@ -21,6 +21,12 @@ pub struct IndexSpec {
     /// Paths declared as `filter` fields (any MQL filter works; these are
     /// reported back as declared).
     pub filters: Vec<String>,
+    /// Semantic indexes: `models[i]` encodes `keys[i]`; the index holds the
+    /// first model's output on the first key (`path`). Empty for an Atlas
+    /// index, whose documents carry the vector at `path`.
+    pub models: Vec<crate::models::ModelKey>,
+    /// Write each output back to the document at `_outputs.<key>.<model>`.
+    pub write_outputs: bool,
 }
 
 /// Atlas's index states.
@@ -49,6 +55,11 @@ impl Status {
 pub struct IndexData {
     pub ids: IdMap,
     pub index: Box<dyn VectorIndex>,
+    /// For model-encoded indexes: a hash of the content each key's vector
+    /// was encoded from, so re-applying an unchanged document (write-through
+    /// and the change stream both report a write; written-back outputs come
+    /// back as changes) never encodes it again.
+    pub content: HashMap<u32, u64>,
 }
 
 /// Dead slots (retired keys) tolerated before compaction, beyond the
@@ -60,6 +71,7 @@ impl IndexData {
         IndexData {
             ids: IdMap::default(),
             index: Box::new(Hnsw::new(spec.dims, spec.similarity, spec.hnsw)),
+            content: HashMap::new(),
         }
     }
 
@@ -79,6 +91,9 @@ impl IndexData {
             if let Some(vector) = self.index.vector(key) {
                 let (new_key, _) = fresh.ids.assign(id.as_raw_bson_ref());
                 fresh.index.insert(new_key, vector);
+                if let Some(hash) = self.content.get(&key) {
+                    fresh.content.insert(new_key, *hash);
+                }
             }
         }
         *self = fresh;
@@ -114,6 +129,15 @@ pub struct SearchIndex {
     changed: Mutex<Option<IdSet>>,
     retired: AtomicBool,
     pub data: RwLock<IndexData>,
+    /// The loaded models of `spec.models`, in order (empty for Atlas indexes).
+    pub encoders: Vec<Arc<crate::models::Model>>,
+    /// Documents whose encoding failed (a model was unavailable): retried
+    /// until they are encoded; never dropped.
+    pending: Mutex<IdSet>,
+    /// Model outputs waiting to be written back (`writeOutputs`).
+    outputs: Mutex<Vec<(bson::RawBson, Vec<f32>)>>,
+    /// Wakes the writer of `outputs` and the retrier of `pending`.
+    pub work: tokio::sync::Notify,
 }
 
 impl SearchIndex {
@@ -145,7 +169,58 @@ impl SearchIndex {
             changed: Mutex::new(None),
             retired: AtomicBool::new(false),
             data: RwLock::new(data),
+            encoders: Vec::new(),
+            pending: Mutex::new(IdSet::default()),
+            outputs: Mutex::new(Vec::new()),
+            work: tokio::sync::Notify::new(),
         }
+    }
+
+    /// Attaches the loaded models the spec names (see `models::resolve`).
+    pub fn with_encoders(mut self, encoders: Vec<Arc<crate::models::Model>>) -> SearchIndex {
+        self.encoders = encoders;
+        self
+    }
+
+    /// Queues documents whose encoding failed, for a retry.
+    pub fn add_pending<'a>(&self, ids: impl IntoIterator<Item = bson::RawBsonRef<'a>>) {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        for id in ids {
+            pending.add(id);
+        }
+        drop(pending);
+        self.work.notify_one();
+    }
+
+    /// The documents waiting for an encoding retry, taken.
+    pub fn take_pending(&self) -> IdSet {
+        std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// How many documents wait for an encoding retry.
+    pub fn pending_count(&self) -> usize {
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .ids
+            .len()
+    }
+
+    /// Queues model outputs to be written back into their documents.
+    pub fn push_outputs(&self, outputs: Vec<(bson::RawBson, Vec<f32>)>) {
+        if outputs.is_empty() {
+            return;
+        }
+        self.outputs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(outputs);
+        self.work.notify_one();
+    }
+
+    /// The outputs waiting to be written back, taken.
+    pub fn take_outputs(&self) -> Vec<(bson::RawBson, Vec<f32>)> {
+        std::mem::take(&mut *self.outputs.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// Empties the index for a rebuild from scratch.

@@ -25,6 +25,9 @@ const RETRY_PAUSE: std::time::Duration = std::time::Duration::from_secs(1);
 /// it lives. An invalidated stream (collection dropped or renamed) means a
 /// rebuild from scratch.
 pub async fn build(config: Arc<Config>, index: Arc<SearchIndex>) {
+    if !index.encoders.is_empty() {
+        tokio::spawn(tend_models(config.clone(), index.clone()));
+    }
     if let Some(stream) = restore(&config, &index).await {
         if !follow(&config, &index, stream).await {
             return;
@@ -74,6 +77,106 @@ pub async fn build(config: Arc<Config>, index: Arc<SearchIndex>) {
         tracing::info!(index = %index.name, "collection dropped or renamed: rebuilding the index");
         index.reset();
     }
+}
+
+/// How often documents whose encoding failed are tried again.
+const ENCODE_RETRY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// For model-encoded indexes, until the index is retired: writes model
+/// outputs back into their documents (`writeOutputs`) as they are made,
+/// and retries documents whose model failed every `ENCODE_RETRY`.
+async fn tend_models(config: Arc<Config>, index: Arc<SearchIndex>) {
+    let mut retry = tokio::time::interval(ENCODE_RETRY);
+    retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let retry_due = tokio::select! {
+            _ = index.work.notified() => false,
+            _ = retry.tick() => true,
+        };
+        if index.is_retired() {
+            return;
+        }
+        let outputs = index.take_outputs();
+        if !outputs.is_empty() {
+            let count = outputs.len();
+            if let Err(e) = write_outputs(&config, &index, &outputs).await {
+                tracing::warn!(index = %index.name, error = %e, count, "writing model outputs back failed; will retry");
+                index.push_outputs(outputs);
+            }
+        }
+        if retry_due && index.pending_count() > 0 {
+            let ids = index.take_pending();
+            let count = ids.ids.len();
+            match reencode(&config, &index, &ids).await {
+                Ok(()) => {
+                    tracing::info!(index = %index.name, documents = count, still_pending = index.pending_count(), "retried documents whose model had failed")
+                }
+                Err(e) => {
+                    tracing::warn!(index = %index.name, error = %e, "cannot re-read documents to encode; will retry");
+                    index.add_pending(ids.ids.iter().map(|id| id.as_raw_bson_ref()));
+                }
+            }
+        }
+    }
+}
+
+/// Reads `ids` again and encodes them (documents gone since leave the index).
+async fn reencode(config: &Config, index: &Arc<SearchIndex>, ids: &IdSet) -> Result<(), Error> {
+    let mut conn = upstream::connect(config).await?;
+    let db = index.db.as_str();
+    let body =
+        crate::maintain::fresh::refetch(&index.collection, db, ids, std::slice::from_ref(index));
+    let mut cursor = Cursor::open(&mut conn, db, &body).await?;
+    let mut docs = Vec::new();
+    while let Some(batch) = cursor.next_batch().await? {
+        docs.extend(batch);
+    }
+    let target = index.clone();
+    let checked = IdSet::from_ids(ids);
+    tokio::task::spawn_blocking(move || {
+        crate::maintain::fresh::apply(std::slice::from_ref(&target), &docs, &checked)
+    })
+    .await
+    .map_err(|e| Error::internal(format!("encoding task failed: {e}")))
+}
+
+/// Writes model outputs to `_outputs.<key>.<model>` of their documents, on
+/// the proxy's own connection. The change events these writes cause find
+/// the encoded content unchanged and cost nothing.
+async fn write_outputs(
+    config: &Config,
+    index: &SearchIndex,
+    outputs: &[(bson::RawBson, Vec<f32>)],
+) -> Result<(), Error> {
+    let Some(first) = index.spec.models.first() else {
+        return Ok(());
+    };
+    let field = format!("_outputs.{}.{}", first.key, first.model);
+    let mut conn = upstream::connect(config).await?;
+    for chunk in outputs.chunks(1000) {
+        let mut updates = bson::RawArrayBuf::new();
+        for (id, vector) in chunk {
+            let mut values = bson::RawArrayBuf::new();
+            for x in vector {
+                values.push(f64::from(*x));
+            }
+            let mut set = RawDocumentBuf::new();
+            set.append(field.as_str(), values);
+            updates.push(rawdoc! { "q": { "_id": id.clone() }, "u": { "$set": set } });
+        }
+        let body = rawdoc! {
+            "update": index.collection.as_str(),
+            "updates": updates,
+            "ordered": false,
+            "$db": index.db.as_str(),
+        };
+        let reply = upstream::command(&mut conn, &body).await?;
+        if let Ok(errors) = reply.get_array("writeErrors") {
+            let count = errors.into_iter().count();
+            tracing::warn!(index = %index.name, count, "some model outputs could not be written back");
+        }
+    }
+    Ok(())
 }
 
 /// Without change streams (a standalone upstream), a periodic full scan
@@ -290,49 +393,181 @@ async fn scan(config: &Config, index: &Arc<SearchIndex>) -> Result<(), Error> {
     Ok(())
 }
 
-/// Adds (or replaces) the vectors of `docs`: CPU work, for a blocking
-/// thread. A document without a usable vector leaves the index. `scanning`
-/// counts the documents into the build's progress.
+/// What one document contributes to an index.
+enum Outcome {
+    /// Leave the index as it is (content unchanged, or queued for a retry).
+    Keep,
+    /// Index this vector; `content` hashes what a model encoded, `output`
+    /// is the model's output to write back.
+    Set {
+        vector: Vec<f32>,
+        content: Option<u64>,
+        output: Option<Vec<f32>>,
+    },
+    /// No usable vector: the document leaves the index.
+    Unusable,
+}
+
+/// Adds (or replaces) the vectors of `docs`: CPU work (and, for an `http`
+/// model, network calls), for a blocking thread. A document without a
+/// usable vector leaves the index. `scanning` counts the documents into the
+/// build's progress. Models encode before the index is locked, so queries
+/// never wait for a model.
 pub fn add_documents<D: AsRef<bson::RawDocument>>(index: &SearchIndex, docs: &[D], scanning: bool) {
     let spec = &index.spec;
+    let docs: Vec<(bson::RawBsonRef<'_>, &bson::RawDocument)> = docs
+        .iter()
+        .filter_map(|d| {
+            let d = d.as_ref();
+            d.get("_id").ok().flatten().map(|id| (id, d))
+        })
+        .collect();
+    if scanning {
+        index
+            .scanned
+            .fetch_add(docs.len() as u64, Ordering::Relaxed);
+    }
+    let outcomes = if index.encoders.is_empty() {
+        docs.iter()
+            .map(|(_, doc)| {
+                read_vector(lookup(doc, &spec.path), spec.dims)
+                    .ok()
+                    .and_then(|v| spec.similarity.prepare(v))
+                    .map_or(Outcome::Unusable, |vector| Outcome::Set {
+                        vector,
+                        content: None,
+                        output: None,
+                    })
+            })
+            .collect()
+    } else {
+        encode_documents(index, &docs)
+    };
     index.touch();
+    let mut outputs = Vec::new();
     let mut data = index.data.write().unwrap_or_else(|e| e.into_inner());
-    for doc in docs {
-        let doc = doc.as_ref();
-        if scanning {
-            index.scanned.fetch_add(1, Ordering::Relaxed);
-        }
-        let Some(id) = doc.get("_id").ok().flatten() else {
-            continue;
-        };
-        let vector = read_vector(lookup(doc, &spec.path), spec.dims)
-            .ok()
-            .and_then(|v| spec.similarity.prepare(v));
-        let Some(vector) = vector else {
-            if scanning {
-                index.skipped.fetch_add(1, Ordering::Relaxed);
+    for ((id, _), outcome) in docs.iter().zip(outcomes) {
+        let id = *id;
+        let (vector, content) = match outcome {
+            Outcome::Keep => continue,
+            Outcome::Unusable => {
+                if scanning {
+                    index.skipped.fetch_add(1, Ordering::Relaxed);
+                }
+                if let Some(old) = data.ids.retire(id) {
+                    data.index.remove(old);
+                    data.content.remove(&old);
+                    index.note_changed(id);
+                }
+                continue;
             }
-            if let Some(old) = data.ids.retire(id) {
-                data.index.remove(old);
-                index.note_changed(id);
+            Outcome::Set {
+                vector,
+                content,
+                output,
+            } => {
+                if let Some(output) = output {
+                    outputs.push((id.to_raw_bson(), output));
+                }
+                (vector, content)
             }
-            continue;
         };
         // Re-applying an unchanged vector (write-through and the change
         // stream both report a write) keeps its key: no churn, no tombstone.
-        let unchanged = data
-            .ids
-            .key_of(id)
+        let current = data.ids.key_of(id);
+        let unchanged = current
             .and_then(|key| data.index.vector(key))
             .is_some_and(|stored| stored == vector.as_slice());
         if unchanged {
+            if let (Some(key), Some(hash)) = (current, content) {
+                data.content.insert(key, hash);
+            }
             continue;
         }
         let (key, old) = data.ids.assign(id);
         if let Some(old) = old {
             data.index.remove(old);
+            data.content.remove(&old);
         }
         data.index.insert(key, &vector);
+        if let Some(hash) = content {
+            data.content.insert(key, hash);
+        }
         index.note_changed(id);
     }
+    drop(data);
+    if spec.write_outputs {
+        index.push_outputs(outputs);
+    }
+}
+
+/// Runs the index's first model over its first key for `docs`, skipping
+/// documents whose content is unchanged since they were encoded. When the
+/// model fails, the documents are queued for a retry and left as they are.
+fn encode_documents(
+    index: &SearchIndex,
+    docs: &[(bson::RawBsonRef<'_>, &bson::RawDocument)],
+) -> Vec<Outcome> {
+    let spec = &index.spec;
+    let model = &index.encoders[0];
+    let mut outcomes: Vec<Outcome> = Vec::with_capacity(docs.len());
+    let mut todo = Vec::new();
+    {
+        let data = index.data.read().unwrap_or_else(|e| e.into_inner());
+        for (i, (id, doc)) in docs.iter().enumerate() {
+            let Some(value) = lookup(doc, &spec.path) else {
+                outcomes.push(Outcome::Unusable);
+                continue;
+            };
+            let hash = content_hash(value);
+            let stored = data.ids.key_of(*id).and_then(|k| data.content.get(&k));
+            outcomes.push(Outcome::Keep);
+            if stored != Some(&hash) {
+                todo.push((i, value, hash));
+            }
+        }
+    }
+    if todo.is_empty() {
+        return outcomes;
+    }
+    let values: Vec<bson::RawBsonRef<'_>> = todo.iter().map(|(_, v, _)| *v).collect();
+    match model.encode(&values) {
+        Ok(results) => {
+            for ((i, _, hash), result) in todo.into_iter().zip(results) {
+                outcomes[i] = match result {
+                    Ok(encoded) => match spec.similarity.prepare(encoded.vector.clone()) {
+                        Some(vector) => Outcome::Set {
+                            vector,
+                            content: Some(hash),
+                            output: spec.write_outputs.then_some(encoded.vector),
+                        },
+                        None => Outcome::Unusable,
+                    },
+                    Err(why) => {
+                        tracing::debug!(index = %index.name, "document not encoded: {why}");
+                        Outcome::Unusable
+                    }
+                };
+            }
+        }
+        Err(failure) => {
+            tracing::warn!(index = %index.name, model = %model.name(), error = %failure, documents = todo.len(), "model failed: documents queued for a retry");
+            index.add_pending(todo.iter().map(|(i, _, _)| docs[*i].0));
+        }
+    }
+    outcomes
+}
+
+/// A hash of what a model reads from a document.
+fn content_hash(value: bson::RawBsonRef<'_>) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    match value {
+        bson::RawBsonRef::String(s) => (1u8, s.as_bytes()).hash(&mut h),
+        bson::RawBsonRef::Array(a) => (2u8, a.as_bytes()).hash(&mut h),
+        bson::RawBsonRef::Document(d) => (3u8, d.as_bytes()).hash(&mut h),
+        bson::RawBsonRef::Binary(b) => (4u8, b.bytes).hash(&mut h),
+        other => (5u8, format!("{other:?}")).hash(&mut h),
+    }
+    h.finish()
 }

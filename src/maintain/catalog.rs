@@ -9,6 +9,7 @@ use crate::config::Config;
 use crate::error::{Code, Error};
 use crate::index::registry::SearchIndex;
 use crate::maintain::neighbourhood::Neighbourhood;
+use crate::models::{ModelDef, Models};
 use crate::upstream::{self, Cursor};
 use bson::{rawdoc, RawDocument};
 
@@ -64,9 +65,10 @@ fn write_errors(reply: &RawDocument) -> Result<(), Error> {
     }
 }
 
-/// Every stored definition, as indexes ready to build. Entries that no
-/// longer parse are logged and skipped.
-pub async fn load(config: &Config) -> Result<Vec<SearchIndex>, Error> {
+/// Every stored definition, as indexes ready to build, with their models
+/// from `models`. Entries that no longer parse, or name a model that is
+/// gone, are logged and skipped.
+pub async fn load(config: &Config, models: &Models) -> Result<Vec<SearchIndex>, Error> {
     let mut conn = upstream::connect(config).await?;
     let db = config.metadata_db.as_str();
     let body = rawdoc! { "find": COLLECTION, "filter": {}, "$db": db };
@@ -74,7 +76,7 @@ pub async fn load(config: &Config) -> Result<Vec<SearchIndex>, Error> {
     let mut out = Vec::new();
     while let Some(batch) = cursor.next_batch().await? {
         for doc in batch {
-            match entry(&doc) {
+            match entry(&doc, models) {
                 Ok(index) => out.push(index),
                 Err(e) => tracing::warn!(error = %e, "skipping a stored index definition"),
             }
@@ -83,7 +85,7 @@ pub async fn load(config: &Config) -> Result<Vec<SearchIndex>, Error> {
     Ok(out)
 }
 
-fn entry(doc: &RawDocument) -> Result<SearchIndex, Error> {
+fn entry(doc: &RawDocument, models: &Models) -> Result<SearchIndex, Error> {
     let field = |name: &str| {
         doc.get_str(name)
             .map_err(|_| Error::internal(format!("stored index definition lacks '{name}'")))
@@ -91,7 +93,8 @@ fn entry(doc: &RawDocument) -> Result<SearchIndex, Error> {
     let definition = doc
         .get_document("definition")
         .map_err(|_| Error::internal("stored index definition lacks 'definition'"))?;
-    let spec = parse_definition(definition)?;
+    let mut spec = parse_definition(definition)?;
+    let encoders = crate::models::resolve(&mut spec, models)?;
     Ok(SearchIndex::new(
         field("_id")?.to_string(),
         field("db")?,
@@ -99,7 +102,52 @@ fn entry(doc: &RawDocument) -> Result<SearchIndex, Error> {
         field("name")?,
         definition.to_owned(),
         spec,
-    ))
+    )
+    .with_encoders(encoders))
+}
+
+const MODELS: &str = "models";
+
+/// Stores a model definition (replacing one of the same name).
+pub async fn save_model(config: &Config, def: &ModelDef) -> Result<(), Error> {
+    let mut conn = upstream::connect(config).await?;
+    let body = rawdoc! {
+        "update": MODELS,
+        "updates": [{ "q": { "_id": def.name.as_str() }, "u": def.to_doc(), "upsert": true }],
+        "$db": config.metadata_db.as_str(),
+    };
+    let reply = upstream::command(&mut conn, &body).await?;
+    write_errors(&reply)
+}
+
+pub async fn delete_model(config: &Config, name: &str) -> Result<(), Error> {
+    let mut conn = upstream::connect(config).await?;
+    let body = rawdoc! {
+        "delete": MODELS,
+        "deletes": [{ "q": { "_id": name }, "limit": 1 }],
+        "$db": config.metadata_db.as_str(),
+    };
+    let reply = upstream::command(&mut conn, &body).await?;
+    write_errors(&reply)
+}
+
+/// Every stored model definition. Entries that no longer parse are logged
+/// and skipped.
+pub async fn load_models(config: &Config) -> Result<Vec<ModelDef>, Error> {
+    let mut conn = upstream::connect(config).await?;
+    let db = config.metadata_db.as_str();
+    let body = rawdoc! { "find": MODELS, "filter": {}, "$db": db };
+    let mut cursor = Cursor::open(&mut conn, db, &body).await?;
+    let mut out = Vec::new();
+    while let Some(batch) = cursor.next_batch().await? {
+        for doc in batch {
+            match ModelDef::parse(&doc, "_id") {
+                Ok(def) => out.push(def),
+                Err(e) => tracing::warn!(error = %e, "skipping a stored model definition"),
+            }
+        }
+    }
+    Ok(out)
 }
 
 const NEIGHBOURHOODS: &str = "neighbourhoods";

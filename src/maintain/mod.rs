@@ -11,6 +11,7 @@ pub mod stream;
 
 use crate::config::Config;
 use crate::index::registry::Registry;
+use crate::models::Models;
 use std::sync::Arc;
 
 /// Loads the stored index definitions and builds each in the background.
@@ -20,8 +21,10 @@ pub async fn restore(
     config: Arc<Config>,
     registry: Arc<Registry>,
     neighbourhoods: Arc<neighbourhood::Registry>,
+    models: Arc<Models>,
 ) {
-    match catalog::load(&config).await {
+    load_models(&config, &models).await;
+    match catalog::load(&config, &models).await {
         Ok(indexes) => {
             if !indexes.is_empty() {
                 tracing::info!(count = indexes.len(), "restoring search index definitions");
@@ -45,6 +48,29 @@ pub async fn restore(
             }
         }
         Err(e) => tracing::warn!(error = %e, "cannot load neighbourhood definitions"),
+    }
+}
+
+/// Loads every stored model (weights are read on a blocking thread).
+async fn load_models(config: &Arc<Config>, models: &Arc<Models>) {
+    let defs = match catalog::load_models(config).await {
+        Ok(defs) => defs,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot load model definitions");
+            return;
+        }
+    };
+    for def in defs {
+        let name = def.name.clone();
+        let (target, dir) = (models.clone(), config.default_model.clone());
+        match tokio::task::spawn_blocking(move || target.load(def, &dir)).await {
+            Ok(Ok(model)) => {
+                tracing::info!(model = %name, kind = model.def.kind.name(), dimensions = model.dimensions(), "model loaded");
+                models.insert(Arc::new(model));
+            }
+            Ok(Err(e)) => tracing::warn!(model = %name, error = %e.message, "cannot load model"),
+            Err(e) => tracing::warn!(model = %name, error = %e, "model load task failed"),
+        }
     }
 }
 

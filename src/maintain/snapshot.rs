@@ -135,6 +135,7 @@ pub fn load(data_dir: &Path, index: &SearchIndex) -> io::Result<Option<RawDocume
     *index.data.write().unwrap_or_else(|e| e.into_inner()) = IndexData {
         ids,
         index: vectors,
+        content: Default::default(),
     };
     Ok((!token.is_empty()).then_some(token))
 }

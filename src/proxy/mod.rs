@@ -7,6 +7,7 @@
 //! replies until one without `moreToCome` — or none at all when the request
 //! itself had `moreToCome` (w:0 writes must never get an invented reply).
 
+mod models;
 mod neighbourhood;
 mod session;
 mod vector;
@@ -27,6 +28,8 @@ pub struct Shared {
     pub registry: Arc<Registry>,
     /// Neighbourhoods cached in documents.
     pub neighbourhoods: Arc<crate::maintain::neighbourhood::Registry>,
+    /// The models semantic indexes encode with.
+    pub models: Arc<crate::models::Models>,
     pub metrics: Arc<crate::metrics::Metrics>,
     request_ids: AtomicI32,
 }
@@ -37,6 +40,7 @@ impl Shared {
             config: Arc::new(config),
             registry: Arc::new(Registry::default()),
             neighbourhoods: Arc::default(),
+            models: Arc::default(),
             metrics: Arc::default(),
             request_ids: AtomicI32::new(1),
         }

@@ -47,6 +47,7 @@ struct Plan {
     allowed: Option<usize>,
     ranked: Ranked,
     exact_filter: Option<RawDocumentBuf>,
+    encoding: Option<Encoding>,
 }
 
 impl Session {
@@ -63,10 +64,23 @@ impl Session {
             Admin::CreateNeighbourhood | Admin::DropNeighbourhood | Admin::ListNeighbourhoods => {
                 self.neighbourhood_admin(admin, body).await
             }
-            Admin::Create => {
-                let collection = collection_of(body, "createSearchIndexes")?;
+            Admin::CreateModel | Admin::ListModels | Admin::DropModel => {
+                self.model_admin(admin, body).await
+            }
+            Admin::Create | Admin::CreateSemantic => {
+                let (collection, news) = if admin == Admin::Create {
+                    (
+                        collection_of(body, "createSearchIndexes")?,
+                        parse_create(body)?,
+                    )
+                } else {
+                    (
+                        collection_of(body, "createSemanticIndex")?,
+                        vec![search_index::parse_create_semantic(body)?],
+                    )
+                };
                 let mut created = RawArrayBuf::new();
-                for new in parse_create(body)? {
+                for mut new in news {
                     if registry
                         .find(db, collection, Some(&new.name), None)
                         .is_some()
@@ -79,14 +93,18 @@ impl Session {
                             ),
                         ));
                     }
-                    let index = Arc::new(SearchIndex::new(
-                        bson::oid::ObjectId::new().to_hex(),
-                        db,
-                        collection,
-                        &new.name,
-                        new.definition,
-                        new.spec,
-                    ));
+                    let encoders = self.resolve_models(&mut new.spec).await?;
+                    let index = Arc::new(
+                        SearchIndex::new(
+                            bson::oid::ObjectId::new().to_hex(),
+                            db,
+                            collection,
+                            &new.name,
+                            new.definition,
+                            new.spec,
+                        )
+                        .with_encoders(encoders),
+                    );
                     catalog::save(&config, &index).await?;
                     if registry.add(index.clone()).is_err() {
                         return Err(Error::client(
@@ -107,15 +125,19 @@ impl Session {
                 let definition = body
                     .get_document("definition")
                     .map_err(|_| bad("updateSearchIndex needs a 'definition' document"))?;
-                let spec = parse_definition(definition)?;
-                let index = Arc::new(SearchIndex::new(
-                    old.id.clone(),
-                    db,
-                    collection,
-                    &old.name,
-                    definition.to_owned(),
-                    spec,
-                ));
+                let mut spec = parse_definition(definition)?;
+                let encoders = self.resolve_models(&mut spec).await?;
+                let index = Arc::new(
+                    SearchIndex::new(
+                        old.id.clone(),
+                        db,
+                        collection,
+                        &old.name,
+                        definition.to_owned(),
+                        spec,
+                    )
+                    .with_encoders(encoders),
+                );
                 catalog::save(&config, &index).await?;
                 registry.replace(index.clone());
                 tokio::spawn(build::build(config.clone(), index));
@@ -168,6 +190,16 @@ impl Session {
         }
     }
 
+    /// Loads the models a semantic spec names and fixes its dimensions.
+    async fn resolve_models(
+        &self,
+        spec: &mut crate::index::registry::IndexSpec,
+    ) -> Result<Vec<Arc<crate::models::Model>>, Error> {
+        let names: Vec<String> = spec.models.iter().map(|m| m.model.clone()).collect();
+        self.ensure_models(&names).await?;
+        crate::models::resolve(spec, &self.shared.models)
+    }
+
     /// Asks the upstream, on the client's own connection, whether the client
     /// may do this: changing indexes or neighbourhoods needs the
     /// `createIndex` action on the collection (probed with an empty
@@ -186,6 +218,20 @@ impl Session {
             Admin::CreateNeighbourhood => "createNeighbourhood",
             Admin::DropNeighbourhood => "dropNeighbourhood",
             Admin::ListNeighbourhoods => "listNeighbourhoods",
+            Admin::CreateSemantic => "createSemanticIndex",
+            // Models belong to the deployment: they need the same right on
+            // the metadata database's `models` collection.
+            Admin::CreateModel | Admin::DropModel | Admin::ListModels => {
+                let metadata = self.shared.config.metadata_db.clone();
+                let probe = if admin == Admin::ListModels {
+                    rawdoc! { "listIndexes": "models", "$db": metadata.as_str() }
+                } else {
+                    rawdoc! { "createIndexes": "models", "indexes": [], "$db": metadata.as_str() }
+                };
+                return self
+                    .probe_privilege(&probe, &metadata, "models", "model administration")
+                    .await;
+            }
             Admin::List => {
                 if body.get_str("listSearchIndexes").is_ok() {
                     "listSearchIndexes"
@@ -201,7 +247,17 @@ impl Session {
             }
             _ => rawdoc! { "createIndexes": collection, "indexes": [], "$db": db },
         };
-        match upstream::command(&mut self.upstream, &probe).await {
+        self.probe_privilege(&probe, db, collection, command).await
+    }
+
+    async fn probe_privilege(
+        &mut self,
+        probe: &RawDocument,
+        db: &str,
+        collection: &str,
+        command: &str,
+    ) -> Result<(), Error> {
+        match upstream::command(&mut self.upstream, probe).await {
             Err(e) if e.code.code == 13 => Err(Error::client(
                 Code::relayed(13, "Unauthorized"),
                 format!(
@@ -285,6 +341,19 @@ impl Session {
         if let Some(allowed) = plan.allowed {
             likewise.append("filterMatches", i64::try_from(allowed).unwrap_or(i64::MAX));
         }
+        if let Some(e) = &plan.encoding {
+            let mut encoded = rawdoc! { "model": e.model.as_str(), "key": e.key.as_str(), "truncated": e.truncated };
+            if e.truncated {
+                encoded.append(
+                    "note",
+                    format!(
+                        "the query text was longer than the model reads ({} tokens) and was truncated",
+                        crate::models::bert::MAX_TOKENS
+                    ),
+                );
+            }
+            likewise.append("queryEncoding", encoded);
+        }
         out.append("likewise", likewise);
         Ok(out)
     }
@@ -294,7 +363,7 @@ impl Session {
         let db = db_of(body)?.to_string();
         let (collection, query) = parse_query(kind, body)?;
         let index = self.resolve(&db, &collection, &query)?;
-        let vector = query_vector(&index, &query)?;
+        let (vector, encoding) = query_vector(&index, &query).await?;
         let allowed = match &query.filter {
             Some(filter) => Some(self.matching_ids(&db, &collection, filter).await?),
             None => None,
@@ -320,6 +389,7 @@ impl Session {
             allowed: allowed_count,
             ranked,
             exact_filter: query.filter,
+            encoding,
         })
     }
 
@@ -463,10 +533,21 @@ fn contains_like(doc: &RawDocument) -> bool {
         .any(|(k, v)| k == "$like" || matches!(v, RawBsonRef::Document(d) if contains_like(d)))
 }
 
-/// The prepared query vector.
-fn query_vector(index: &SearchIndex, query: &VectorQuery) -> Result<Vec<f32>, Error> {
+/// Which model encoded a query's content, for `explain`.
+struct Encoding {
+    model: String,
+    key: String,
+    truncated: bool,
+}
+
+/// The prepared query vector, encoding content with the index's models
+/// on a blocking thread when the query gives content rather than numbers.
+async fn query_vector(
+    index: &Arc<SearchIndex>,
+    query: &VectorQuery,
+) -> Result<(Vec<f32>, Option<Encoding>), Error> {
     let spec = &index.spec;
-    match &query.vector {
+    let (model, key, value) = match &query.vector {
         QueryVector::Values(values) => {
             if values.len() != spec.dims {
                 return Err(bad(format!(
@@ -476,29 +557,97 @@ fn query_vector(index: &SearchIndex, query: &VectorQuery) -> Result<Vec<f32>, Er
                     spec.dims
                 )));
             }
-            spec.similarity
+            let vector = spec
+                .similarity
                 .prepare(values.clone())
-                .ok_or_else(|| bad("query vector cannot be compared (all zeros, or not finite)"))
+                .ok_or_else(|| bad("query vector cannot be compared (all zeros, or not finite)"))?;
+            return Ok((vector, None));
         }
-        QueryVector::OfDocument(id) => {
-            let data = index.data.read().unwrap_or_else(|e| e.into_inner());
-            data.ids
-                .key_of(id.as_raw_bson_ref())
-                .and_then(|key| data.index.vector(key))
-                .map(<[f32]>::to_vec)
-                .ok_or_else(|| {
-                    Error::client(
-                        Code::BAD_VALUE,
-                        format!("no indexed vector for the document with _id {id:?}"),
-                    )
-                })
+        QueryVector::OfDocument(id) => return Ok((stored_vector(index, id)?, None)),
+        QueryVector::Text(text) => {
+            // The model that produces the vectors at the searched path.
+            let Some(i) = spec.models.iter().position(|m| m.key == spec.path) else {
+                return Err(bad(format!(
+                    "search index '{}' has no model to encode 'query' text: pass 'queryVector', \
+                     or create the index with createSemanticIndex over a text model",
+                    index.name
+                )));
+            };
+            (
+                index.encoders[i].clone(),
+                spec.models[i].key.clone(),
+                bson::RawBson::String(text.clone()),
+            )
         }
-        QueryVector::Content(_) => Err(Error::client(
-            Code::BAD_VALUE,
-            "$like with document content needs a model to encode it; models are not available yet: \
-             pass 'vector' or the '_id' of an indexed document",
-        )),
-    }
+        QueryVector::Content(document) => {
+            let present = spec.models.iter().enumerate().find_map(|(i, m)| {
+                crate::index::vector::lookup(document, &m.key).map(|v| (i, v.to_raw_bson()))
+            });
+            match present {
+                Some((i, value)) => (index.encoders[i].clone(), spec.models[i].key.clone(), value),
+                None => {
+                    if let Some(id) = document.get("_id").ok().flatten() {
+                        return Ok((stored_vector(index, &id.to_raw_bson())?, None));
+                    }
+                    let keys: Vec<&str> = spec.models.iter().map(|m| m.key.as_str()).collect();
+                    return Err(bad(if keys.is_empty() {
+                        format!(
+                            "search index '{}' has no model to encode '$like.document': pass 'vector' or the '_id' \
+                             of an indexed document, or use an index made with createSemanticIndex",
+                            index.name
+                        )
+                    } else {
+                        format!(
+                            "'$like.document' has none of the keys search index '{}' encodes ({})",
+                            index.name,
+                            keys.join(", ")
+                        )
+                    }));
+                }
+            }
+        }
+    };
+    let similarity = spec.similarity;
+    let model_name = model.name().to_string();
+    let encoded = tokio::task::spawn_blocking(move || model.encode(&[value.as_raw_bson_ref()]))
+        .await
+        .map_err(|e| Error::internal(format!("encoding failed: {e}")))?
+        .map_err(|failure| {
+            Error::client(
+                Code::OPERATION_FAILED,
+                format!("model '{model_name}' could not encode the query: {failure}"),
+            )
+        })?
+        .pop()
+        .unwrap_or_else(|| Err("no output".into()))
+        .map_err(|why| bad(format!("'{key}' of the query: {why}")))?;
+    let truncated = encoded.truncated;
+    let vector = similarity
+        .prepare(encoded.vector)
+        .ok_or_else(|| bad("the query's encoding cannot be compared (all zeros)"))?;
+    Ok((
+        vector,
+        Some(Encoding {
+            model: model_name,
+            key,
+            truncated,
+        }),
+    ))
+}
+
+/// The vector stored for the document with this `_id`.
+fn stored_vector(index: &SearchIndex, id: &bson::RawBson) -> Result<Vec<f32>, Error> {
+    let data = index.data.read().unwrap_or_else(|e| e.into_inner());
+    data.ids
+        .key_of(id.as_raw_bson_ref())
+        .and_then(|key| data.index.vector(key))
+        .map(<[f32]>::to_vec)
+        .ok_or_else(|| {
+            Error::client(
+                Code::BAD_VALUE,
+                format!("no indexed vector for the document with _id {id:?}"),
+            )
+        })
 }
 
 /// Runs the search on a blocking thread's behalf: exact over the allowed

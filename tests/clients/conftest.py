@@ -103,12 +103,38 @@ def likewise_bin():
     return os.environ.get("LIKEWISE_BIN", str(ROOT / "target" / "debug" / "likewise"))
 
 
-def start_proxy(upstream_uri, *extra, log_level="warn"):
+DEFAULT_MODEL = ROOT / ".cache" / "models" / "all-MiniLM-L6-v2"
+
+
+def start_proxy(upstream_uri, *extra, log_level="warn", env=None):
     return Process(
         [likewise_bin(), "serve", "--listen", "127.0.0.1:0", "--upstream", upstream_uri,
-         "--log-level", log_level, *extra],
+         "--log-level", log_level, "--default-model", str(DEFAULT_MODEL), *extra],
         "likewise listening on ",
+        env=env,
     )
+
+
+def debian_packages(limit):
+    """Real text, offline: (package, section, one-line description) of the
+    first `limit` packages `apt-cache dumpavail` knows, deduplicated."""
+    out = subprocess.run(["apt-cache", "dumpavail"], capture_output=True, text=True, check=True).stdout
+    rows, seen = [], set()
+    for block in out.split("\n\n"):
+        fields = {}
+        for line in block.splitlines():
+            if ": " in line and not line.startswith(" "):
+                key, value = line.split(": ", 1)
+                fields.setdefault(key, value)
+        name, summary = fields.get("Package"), fields.get("Description")
+        if name and summary and name not in seen and summary not in {r["description"] for r in rows[-50:]}:
+            seen.add(name)
+            rows.append({"_id": name, "section": fields.get("Section", "misc").split("/")[-1],
+                         "description": summary})
+    assert len(rows) >= limit, f"apt-cache dumpavail lists only {len(rows)} packages (run apt-get update)"
+    # Spread over the alphabet rather than the first letters only.
+    step = len(rows) / limit
+    return [rows[int(i * step)] for i in range(limit)]
 
 
 @pytest.fixture(scope="session")
