@@ -1,15 +1,20 @@
 //! A BERT-family sentence encoder run on the CPU: tokenizer, transformer
 //! forward pass, mean pooling and L2 normalisation, the recipe of
-//! sentence-transformers' all-MiniLM-L6-v2 (and any BERT safetensors
+//! sentence-transformers' all-MiniLM-L6-v2 (and of any BERT safetensors
 //! directory with `config.json` and `tokenizer.json`).
 //!
-//! Sync and blocking: callers run it on blocking threads.
+//! The forward pass is written out here over flat `f32` buffers, with the
+//! `gemm` crate for the matrix products. Sequences are packed without
+//! padding (linear layers work per token; attention runs per sequence over
+//! its own tokens only), and batches run on separate threads, each
+//! single-threaded, so encoding uses every core with no idle-spinning
+//! worker pool inside the proxy. Sync and blocking: callers run it on
+//! blocking threads.
 
-use std::path::Path;
-
-use candle_core::{DType, Device, Module, Tensor, D};
-use candle_nn::{Embedding, LayerNorm, Linear, VarBuilder};
+use gemm::{gemm, Parallelism};
+use safetensors::{Dtype, SafeTensors};
 use serde::Deserialize;
+use std::path::Path;
 use tokenizers::{Tokenizer, TruncationParams};
 
 /// Tokens per input after truncation (sentence-transformers' `max_seq_length`
@@ -29,34 +34,105 @@ struct Config {
     #[serde(default)]
     hidden_act: Option<String>,
     max_position_embeddings: usize,
+    #[serde(default = "default_type_vocab")]
+    type_vocab_size: usize,
 }
 
 fn default_eps() -> f64 {
     1e-12
 }
 
+fn default_type_vocab() -> usize {
+    2
+}
+
+/// `y = x·Wᵀ + b` with `W` stored `out × inp`, row-major (PyTorch's layout).
+struct Linear {
+    w: Vec<f32>,
+    b: Vec<f32>,
+    inp: usize,
+    out: usize,
+}
+
+impl Linear {
+    /// `x` is `rows × inp`; writes `rows × out` into `y`.
+    fn forward(&self, x: &[f32], rows: usize, y: &mut Vec<f32>) {
+        y.clear();
+        y.reserve(rows * self.out);
+        for _ in 0..rows {
+            y.extend_from_slice(&self.b);
+        }
+        // SAFETY: every pointer covers the extent its strides describe:
+        // x is rows×inp (row stride inp), W is out×inp read as its
+        // transpose (element (k, n) at n*inp + k), y is rows×out.
+        unsafe {
+            gemm(
+                rows,
+                self.out,
+                self.inp,
+                y.as_mut_ptr(),
+                1,
+                self.out as isize,
+                true,
+                x.as_ptr(),
+                1,
+                self.inp as isize,
+                self.w.as_ptr(),
+                self.inp as isize,
+                1,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                Parallelism::None,
+            );
+        }
+    }
+}
+
+struct Norm {
+    g: Vec<f32>,
+    b: Vec<f32>,
+    eps: f32,
+}
+
+impl Norm {
+    /// Normalises each row of `x` in place.
+    fn forward(&self, x: &mut [f32]) {
+        let n = self.g.len();
+        for row in x.chunks_exact_mut(n) {
+            let mean = row.iter().sum::<f32>() / n as f32;
+            let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n as f32;
+            let inv = 1.0 / (var + self.eps).sqrt();
+            for ((v, g), b) in row.iter_mut().zip(&self.g).zip(&self.b) {
+                *v = (*v - mean) * inv * g + b;
+            }
+        }
+    }
+}
+
 struct Layer {
-    query: Linear,
-    key: Linear,
-    value: Linear,
+    qkv: Linear,
     attn_out: Linear,
-    attn_norm: LayerNorm,
+    attn_norm: Norm,
     inter: Linear,
     out: Linear,
-    out_norm: LayerNorm,
+    out_norm: Norm,
 }
 
 /// A loaded encoder. `encode` is `&self` and may run on several threads.
 pub struct BertEncoder {
     tokenizer: Tokenizer,
-    words: Embedding,
-    positions: Embedding,
-    token_types: Embedding,
-    embed_norm: LayerNorm,
+    words: Vec<f32>,
+    positions: Vec<f32>,
+    token_type: Vec<f32>,
+    embed_norm: Norm,
     layers: Vec<Layer>,
     heads: usize,
     hidden: usize,
     max_tokens: usize,
+    threads: usize,
 }
 
 /// One encoded input: its vector and whether its text was truncated.
@@ -65,25 +141,71 @@ pub struct Encoded {
     pub truncated: bool,
 }
 
-fn err(e: impl std::fmt::Display) -> String {
-    e.to_string()
+struct Weights<'a> {
+    tensors: SafeTensors<'a>,
+    prefix: &'static str,
 }
 
-fn linear(vb: &VarBuilder, name: &str, inp: usize, out: usize) -> candle_core::Result<Linear> {
-    let w = vb.get((out, inp), &format!("{name}.weight"))?;
-    let b = vb.get(out, &format!("{name}.bias"))?;
-    Ok(Linear::new(w, Some(b)))
+impl Weights<'_> {
+    fn get(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, String> {
+        let full = format!("{}{name}", self.prefix);
+        let view = self
+            .tensors
+            .tensor(&full)
+            .map_err(|e| format!("{full}: {e}"))?;
+        if view.dtype() != Dtype::F32 {
+            return Err(format!(
+                "{full}: {:?} weights are not supported (only F32)",
+                view.dtype()
+            ));
+        }
+        if view.shape() != shape {
+            return Err(format!(
+                "{full}: shape {:?}, expected {shape:?}",
+                view.shape()
+            ));
+        }
+        Ok(view
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect())
+    }
+
+    fn linear(&self, name: &str, inp: usize, out: usize) -> Result<Linear, String> {
+        Ok(Linear {
+            w: self.get(&format!("{name}.weight"), &[out, inp])?,
+            b: self.get(&format!("{name}.bias"), &[out])?,
+            inp,
+            out,
+        })
+    }
+
+    fn norm(&self, name: &str, size: usize, eps: f64) -> Result<Norm, String> {
+        Ok(Norm {
+            g: self.get(&format!("{name}.weight"), &[size])?,
+            b: self.get(&format!("{name}.bias"), &[size])?,
+            eps: eps as f32,
+        })
+    }
 }
 
-fn layer_norm(
-    vb: &VarBuilder,
-    name: &str,
-    size: usize,
-    eps: f64,
-) -> candle_core::Result<LayerNorm> {
-    let w = vb.get(size, &format!("{name}.weight"))?;
-    let b = vb.get(size, &format!("{name}.bias"))?;
-    Ok(LayerNorm::new(w, b, eps))
+/// Query, key and value projections as one `3h × h` matrix: one product
+/// instead of three.
+fn fused_qkv(w: &Weights<'_>, p: &str, h: usize) -> Result<Linear, String> {
+    let mut weight = Vec::with_capacity(3 * h * h);
+    let mut bias = Vec::with_capacity(3 * h);
+    for part in ["query", "key", "value"] {
+        let l = w.linear(&format!("{p}.attention.self.{part}"), h, h)?;
+        weight.extend(l.w);
+        bias.extend(l.b);
+    }
+    Ok(Linear {
+        w: weight,
+        b: bias,
+        inp: h,
+        out: 3 * h,
+    })
 }
 
 impl BertEncoder {
@@ -92,100 +214,107 @@ impl BertEncoder {
         let read = |name: &str| {
             std::fs::read(dir.join(name)).map_err(|e| format!("{}: {e}", dir.join(name).display()))
         };
-        let config: Config = serde_json::from_slice(&read("config.json")?)
+        let c: Config = serde_json::from_slice(&read("config.json")?)
             .map_err(|e| format!("config.json: {e}"))?;
-        if let Some(t) = &config.model_type {
+        if let Some(t) = &c.model_type {
             if t != "bert" {
-                return Err(format!(
-                    "config.json: model_type {t:?} is not a BERT-family model"
-                ));
+                return Err(format!("config.json: model_type {t:?} is not a BERT model"));
             }
         }
-        if let Some(act) = &config.hidden_act {
+        if let Some(act) = &c.hidden_act {
             if act != "gelu" {
                 return Err(format!(
                     "config.json: hidden_act {act:?} is not supported (only gelu)"
                 ));
             }
         }
-        if config.hidden_size % config.num_attention_heads != 0 {
+        let h = c.hidden_size;
+        if h == 0 || h % c.num_attention_heads.max(1) != 0 {
             return Err("config.json: hidden_size is not a multiple of num_attention_heads".into());
         }
         let mut tokenizer = Tokenizer::from_bytes(read("tokenizer.json")?)
             .map_err(|e| format!("tokenizer.json: {e}"))?;
-        let max_tokens = MAX_TOKENS.min(config.max_position_embeddings);
+        let max_tokens = MAX_TOKENS.min(c.max_position_embeddings);
         tokenizer
             .with_truncation(Some(TruncationParams {
                 max_length: max_tokens,
                 ..Default::default()
             }))
-            .map_err(err)?;
-        // Batches are padded here, per length group.
+            .map_err(|e| e.to_string())?;
+        // Sequences are packed, never padded.
         tokenizer.with_padding(None);
 
-        let weights = read("model.safetensors")?;
-        let vb = VarBuilder::from_buffered_safetensors(weights, DType::F32, &Device::Cpu)
-            .map_err(err)?;
+        let bytes = read("model.safetensors")?;
+        let tensors =
+            SafeTensors::deserialize(&bytes).map_err(|e| format!("model.safetensors: {e}"))?;
         // Some exports prefix every tensor with the architecture name.
-        let vb = if vb.contains_tensor("embeddings.word_embeddings.weight") {
-            vb
+        let prefix = if tensors.tensor("embeddings.word_embeddings.weight").is_ok() {
+            ""
         } else {
-            vb.pp("bert")
+            "bert."
         };
-        Self::from_weights(tokenizer, &config, &vb, max_tokens)
-            .map_err(|e| format!("model.safetensors: {e}"))
-    }
-
-    fn from_weights(
-        tokenizer: Tokenizer,
-        c: &Config,
-        vb: &VarBuilder,
-        max_tokens: usize,
-    ) -> candle_core::Result<Self> {
-        let h = c.hidden_size;
-        let emb = |name: &str| -> candle_core::Result<Embedding> {
-            let w = vb.get_unchecked(&format!("embeddings.{name}.weight"))?;
-            let dims = w.dim(1)?;
-            Ok(Embedding::new(w, dims))
-        };
-        let words = emb("word_embeddings")?;
-        let positions = emb("position_embeddings")?;
-        let token_types = emb("token_type_embeddings")?;
-        let embed_norm = layer_norm(vb, "embeddings.LayerNorm", h, c.layer_norm_eps)?;
+        let w = Weights { tensors, prefix };
+        let err = |e: String| format!("model.safetensors: {e}");
+        let vocab = w
+            .tensors
+            .tensor(&format!("{prefix}embeddings.word_embeddings.weight"))
+            .map_err(|e| err(e.to_string()))?
+            .shape()
+            .first()
+            .copied()
+            .unwrap_or(0);
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
         for i in 0..c.num_hidden_layers {
             let p = format!("encoder.layer.{i}");
             layers.push(Layer {
-                query: linear(vb, &format!("{p}.attention.self.query"), h, h)?,
-                key: linear(vb, &format!("{p}.attention.self.key"), h, h)?,
-                value: linear(vb, &format!("{p}.attention.self.value"), h, h)?,
-                attn_out: linear(vb, &format!("{p}.attention.output.dense"), h, h)?,
-                attn_norm: layer_norm(
-                    vb,
-                    &format!("{p}.attention.output.LayerNorm"),
-                    h,
-                    c.layer_norm_eps,
-                )?,
-                inter: linear(
-                    vb,
-                    &format!("{p}.intermediate.dense"),
-                    h,
-                    c.intermediate_size,
-                )?,
-                out: linear(vb, &format!("{p}.output.dense"), c.intermediate_size, h)?,
-                out_norm: layer_norm(vb, &format!("{p}.output.LayerNorm"), h, c.layer_norm_eps)?,
+                qkv: fused_qkv(&w, &p, h).map_err(err)?,
+                attn_out: w
+                    .linear(&format!("{p}.attention.output.dense"), h, h)
+                    .map_err(err)?,
+                attn_norm: w
+                    .norm(
+                        &format!("{p}.attention.output.LayerNorm"),
+                        h,
+                        c.layer_norm_eps,
+                    )
+                    .map_err(err)?,
+                inter: w
+                    .linear(&format!("{p}.intermediate.dense"), h, c.intermediate_size)
+                    .map_err(err)?,
+                out: w
+                    .linear(&format!("{p}.output.dense"), c.intermediate_size, h)
+                    .map_err(err)?,
+                out_norm: w
+                    .norm(&format!("{p}.output.LayerNorm"), h, c.layer_norm_eps)
+                    .map_err(err)?,
             });
         }
+        let token_types = w
+            .get(
+                "embeddings.token_type_embeddings.weight",
+                &[c.type_vocab_size, h],
+            )
+            .map_err(err)?;
         Ok(BertEncoder {
-            tokenizer,
-            words,
-            positions,
-            token_types,
-            embed_norm,
+            words: w
+                .get("embeddings.word_embeddings.weight", &[vocab, h])
+                .map_err(err)?,
+            positions: w
+                .get(
+                    "embeddings.position_embeddings.weight",
+                    &[c.max_position_embeddings, h],
+                )
+                .map_err(err)?,
+            token_type: token_types[..h].to_vec(),
+            embed_norm: w
+                .norm("embeddings.LayerNorm", h, c.layer_norm_eps)
+                .map_err(err)?,
             layers,
             heads: c.num_attention_heads,
             hidden: h,
             max_tokens,
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            tokenizer,
         })
     }
 
@@ -199,103 +328,318 @@ impl BertEncoder {
         self.max_tokens
     }
 
-    /// Encodes `texts` into unit vectors, `batch` at a time. Inputs are
-    /// grouped by length so a batch pads little; results come back in input
-    /// order.
+    /// Encodes `texts` into unit vectors, `batch` inputs per forward pass,
+    /// batches spread over the cores; results come back in input order.
     pub fn encode(&self, texts: &[&str], batch: usize) -> Result<Vec<Encoded>, String> {
         let encodings = self
             .tokenizer
             .encode_batch(texts.to_vec(), true)
-            .map_err(err)?;
-        let mut order: Vec<usize> = (0..texts.len()).collect();
-        order.sort_by_key(|&i| std::cmp::Reverse(encodings[i].len()));
-        let mut out: Vec<Option<Encoded>> = (0..texts.len()).map(|_| None).collect();
-        for chunk in order.chunks(batch.max(1)) {
-            let longest = chunk
-                .iter()
-                .map(|&i| encodings[i].len())
-                .max()
-                .unwrap_or(0)
-                .max(1);
-            let mut ids = Vec::with_capacity(chunk.len() * longest);
-            let mut mask = Vec::with_capacity(chunk.len() * longest);
-            for &i in chunk {
-                let e = &encodings[i];
-                ids.extend_from_slice(e.get_ids());
-                mask.extend(e.get_attention_mask().iter().map(|&m| m as f32));
-                for _ in e.len()..longest {
-                    ids.push(0);
-                    mask.push(0.0);
-                }
+            .map_err(|e| e.to_string())?;
+        let vocab = self.words.len() / self.hidden;
+        let mut sequences = Vec::with_capacity(texts.len());
+        for e in &encodings {
+            if let Some(bad) = e.get_ids().iter().find(|&&id| id as usize >= vocab) {
+                return Err(format!("token id {bad} is outside the model's vocabulary"));
             }
-            let vectors = self
-                .forward(&ids, &mask, chunk.len(), longest)
-                .map_err(err)?;
-            for (row, &i) in chunk.iter().enumerate() {
-                let truncated = !encodings[i].get_overflowing().is_empty();
-                out[i] = Some(Encoded {
-                    vector: vectors[row].clone(),
-                    truncated,
-                });
-            }
+            sequences.push(e.get_ids());
         }
-        Ok(out
+        // Similar lengths together keep per-batch work even across threads.
+        let mut order: Vec<usize> = (0..texts.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(sequences[i].len()));
+        let batches: Vec<&[usize]> = order.chunks(batch.max(1)).collect();
+        let workers = self.threads.min(batches.len()).max(1);
+        let mut vectors: Vec<Vec<f32>> = vec![Vec::new(); texts.len()];
+        let results: Vec<Vec<(usize, Vec<f32>)>> = if workers == 1 {
+            vec![batches
+                .iter()
+                .flat_map(|b| self.forward_batch(b, &sequences))
+                .collect()]
+        } else {
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = (0..workers)
+                    .map(|w| {
+                        let mine: Vec<&[usize]> =
+                            batches.iter().skip(w).step_by(workers).copied().collect();
+                        let sequences = &sequences;
+                        scope.spawn(move || {
+                            mine.iter()
+                                .flat_map(|b| self.forward_batch(b, sequences))
+                                .collect::<Vec<_>>()
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().unwrap_or_default())
+                    .collect()
+            })
+        };
+        for (i, v) in results.into_iter().flatten() {
+            vectors[i] = v;
+        }
+        if vectors.iter().any(Vec::is_empty) {
+            return Err("encoding failed".into());
+        }
+        Ok(vectors
             .into_iter()
-            .map(|e| e.expect("every input encoded"))
+            .zip(&encodings)
+            .map(|(vector, e)| Encoded {
+                vector,
+                truncated: !e.get_overflowing().is_empty(),
+            })
             .collect())
     }
 
-    fn forward(
-        &self,
-        ids: &[u32],
-        mask: &[f32],
-        batch: usize,
-        len: usize,
-    ) -> candle_core::Result<Vec<Vec<f32>>> {
-        let dev = Device::Cpu;
-        let ids = Tensor::from_slice(ids, (batch, len), &dev)?;
-        let mask = Tensor::from_slice(mask, (batch, len), &dev)?;
-        let positions = Tensor::arange(0u32, len as u32, &dev)?;
-        let types = Tensor::zeros((batch, len), DType::U32, &dev)?;
-        let x = self
-            .words
-            .forward(&ids)?
-            .broadcast_add(&self.positions.forward(&positions)?)?
-            .add(&self.token_types.forward(&types)?)?;
-        let mut x = self.embed_norm.forward(&x)?;
-        // Additive attention mask: 0 where attended, a large negative where padded.
-        let bias = ((mask.clone() - 1.0)? * 1e9)?.reshape((batch, 1, 1, len))?;
-        let head = self.hidden / self.heads;
-        let scale = 1.0 / (head as f64).sqrt();
-        for l in &self.layers {
-            let split = |t: Tensor| -> candle_core::Result<Tensor> {
-                t.reshape((batch, len, self.heads, head))?
-                    .transpose(1, 2)?
-                    .contiguous()
-            };
-            let q = split(l.query.forward(&x)?)?;
-            let k = split(l.key.forward(&x)?)?;
-            let v = split(l.value.forward(&x)?)?;
-            let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(&bias)?;
-            let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-            let ctx = probs
-                .matmul(&v)?
-                .transpose(1, 2)?
-                .reshape((batch, len, self.hidden))?;
-            let a = l.attn_norm.forward(&(l.attn_out.forward(&ctx)? + &x)?)?;
-            let i = l.inter.forward(&a)?.gelu_erf()?;
-            x = l.out_norm.forward(&(l.out.forward(&i)? + &a)?)?;
+    /// The forward pass over the sequences `members` picks, packed.
+    fn forward_batch(&self, members: &[usize], sequences: &[&[u32]]) -> Vec<(usize, Vec<f32>)> {
+        let h = self.hidden;
+        let lens: Vec<usize> = members.iter().map(|&i| sequences[i].len()).collect();
+        let rows: usize = lens.iter().sum();
+        let mut x = Vec::with_capacity(rows * h);
+        for &i in members {
+            for (pos, &id) in sequences[i].iter().enumerate() {
+                let word = &self.words[id as usize * h..][..h];
+                let position = &self.positions[pos * h..][..h];
+                x.extend(
+                    word.iter()
+                        .zip(position)
+                        .zip(&self.token_type)
+                        .map(|((a, b), c)| a + b + c),
+                );
+            }
         }
-        // Mean over attended tokens, then unit length.
-        let m = mask.unsqueeze(2)?;
-        let summed = x.broadcast_mul(&m)?.sum(1)?;
-        let counts = m.sum(1)?.clamp(1e-9, f64::MAX)?;
-        let mean = summed.broadcast_div(&counts)?;
-        let norm = mean
-            .sqr()?
-            .sum_keepdim(D::Minus1)?
-            .sqrt()?
-            .clamp(1e-12, f64::MAX)?;
-        mean.broadcast_div(&norm)?.to_vec2::<f32>()
+        self.embed_norm.forward(&mut x);
+        let (mut qkv, mut ctx, mut tmp, mut inter) =
+            (Vec::new(), vec![0f32; rows * h], Vec::new(), Vec::new());
+        let mut scores = Vec::new();
+        for layer in &self.layers {
+            layer.qkv.forward(&x, rows, &mut qkv);
+            self.attention(&qkv, &lens, &mut ctx, &mut scores);
+            layer.attn_out.forward(&ctx, rows, &mut tmp);
+            for (t, r) in tmp.iter_mut().zip(&x) {
+                *t += r;
+            }
+            layer.attn_norm.forward(&mut tmp);
+            std::mem::swap(&mut x, &mut tmp);
+            layer.inter.forward(&x, rows, &mut inter);
+            gelu_all(&mut inter);
+            layer.out.forward(&inter, rows, &mut tmp);
+            for (t, r) in tmp.iter_mut().zip(&x) {
+                *t += r;
+            }
+            layer.out_norm.forward(&mut tmp);
+            std::mem::swap(&mut x, &mut tmp);
+        }
+        // Mean over each sequence's tokens, then unit length.
+        let mut out = Vec::with_capacity(members.len());
+        let mut start = 0;
+        for (&i, &len) in members.iter().zip(&lens) {
+            let mut mean = vec![0f32; h];
+            for row in x[start * h..(start + len) * h].chunks_exact(h) {
+                for (m, v) in mean.iter_mut().zip(row) {
+                    *m += v;
+                }
+            }
+            let count = len.max(1) as f32;
+            mean.iter_mut().for_each(|m| *m /= count);
+            let norm = mean.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
+            mean.iter_mut().for_each(|m| *m /= norm);
+            out.push((i, mean));
+            start += len;
+        }
+        out
+    }
+
+    /// Self-attention of each packed sequence over its own tokens, all heads:
+    /// `qkv` rows are `[q | k | v]`; writes `rows × hidden` into `ctx`.
+    fn attention(&self, qkv: &[f32], lens: &[usize], ctx: &mut [f32], scores: &mut Vec<f32>) {
+        let h = self.hidden;
+        let d = h / self.heads;
+        let stride = 3 * h;
+        let scale = 1.0 / (d as f32).sqrt();
+        let mut start = 0;
+        for &len in lens {
+            scores.clear();
+            scores.resize(len * len, 0.0);
+            for head in 0..self.heads {
+                let q = qkv[start * stride + head * d..].as_ptr();
+                let k = qkv[start * stride + h + head * d..].as_ptr();
+                let v = qkv[start * stride + 2 * h + head * d..].as_ptr();
+                // SAFETY: q, k and v address `len` rows of `d` values at row
+                // stride `stride` inside `qkv`; `scores` is len×len; the
+                // context block is `len` rows of `d` at row stride `h` in `ctx`.
+                unsafe {
+                    // scores = q·kᵀ × scale
+                    gemm(
+                        len,
+                        len,
+                        d,
+                        scores.as_mut_ptr(),
+                        1,
+                        len as isize,
+                        false,
+                        q,
+                        1,
+                        stride as isize,
+                        k,
+                        stride as isize,
+                        1,
+                        0.0,
+                        scale,
+                        false,
+                        false,
+                        false,
+                        Parallelism::None,
+                    );
+                }
+                for row in scores.chunks_exact_mut(len) {
+                    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let mut sum = 0.0;
+                    for s in row.iter_mut() {
+                        *s = exp(*s - max);
+                        sum += *s;
+                    }
+                    let inv = 1.0 / sum;
+                    row.iter_mut().for_each(|s| *s *= inv);
+                }
+                let out = ctx[start * h + head * d..].as_mut_ptr();
+                unsafe {
+                    // context = softmax(scores)·v
+                    gemm(
+                        len,
+                        d,
+                        len,
+                        out,
+                        1,
+                        h as isize,
+                        false,
+                        scores.as_ptr(),
+                        1,
+                        len as isize,
+                        v,
+                        1,
+                        stride as isize,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        Parallelism::None,
+                    );
+                }
+            }
+            start += len;
+        }
+    }
+}
+
+/// GELU over a buffer, compiled for the widest vectors the CPU has.
+fn gelu_all(xs: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F (checked just above).
+            return unsafe { gelu_avx512(xs) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU has AVX2 and FMA (checked just above).
+            return unsafe { gelu_avx2(xs) };
+        }
+    }
+    xs.iter_mut().for_each(|v| *v = gelu(*v));
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn gelu_avx512(xs: &mut [f32]) {
+    xs.iter_mut().for_each(|v| *v = gelu(*v));
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn gelu_avx2(xs: &mut [f32]) {
+    xs.iter_mut().for_each(|v| *v = gelu(*v));
+}
+
+/// GELU with the exact (erf) form BERT uses.
+#[inline(always)]
+fn gelu(x: f32) -> f32 {
+    0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
+}
+
+/// erf to within ~2e-7 (Numerical Recipes' erfc Chebyshev fit): no
+/// branches on the value and no library calls, so the GELU loop vectorises.
+#[inline(always)]
+fn erf(x: f32) -> f32 {
+    let z = x.abs();
+    let t = 1.0 / (1.0 + 0.5 * z);
+    let poly = -z * z - 1.265_512_2
+        + t * (1.000_023_7
+            + t * (0.374_091_96
+                + t * (0.096_784_18
+                    + t * (-0.186_288_06
+                        + t * (0.278_868_07
+                            + t * (-1.135_204
+                                + t * (1.488_515_9 + t * (-0.822_152_2 + t * 0.170_872_77))))))));
+    (1.0 - t * exp(poly)).copysign(x)
+}
+
+/// e^x for f32 to about one ulp (Cephes' expf), branch-free: range
+/// reduction by powers of two, a degree-6 polynomial, and the exponent
+/// written into the bits.
+#[inline(always)]
+fn exp(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    // Round to nearest without a library call: adding 1.5 × 2^23 pushes the
+    // fraction out of the mantissa.
+    const ROUND: f32 = 12_582_912.0;
+    let x = x.clamp(-87.0, 88.0);
+    let n = (x * LOG2E + ROUND) - ROUND;
+    let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
+    let p = ((((1.987_569_1e-4 * r + 1.398_2e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
+        + 1.666_666_5e-1)
+        * r
+        + 0.5;
+    let e = p * r * r + r + 1.0;
+    e * f32::from_bits(((n as i32 + 127) as u32) << 23)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn erf_is_accurate() {
+        // Reference values of erf.
+        for (x, want) in [
+            (0.0f32, 0.0f64),
+            (0.1, 0.112_462_916_018_284_9),
+            (0.5, 0.520_499_877_813_046_5),
+            (1.0, 0.842_700_792_949_714_9),
+            (-1.5, -0.966_105_146_475_310_7),
+            (2.5, 0.999_593_047_982_555),
+            (4.0, 0.999_999_984_582_742_1),
+        ] {
+            assert!(
+                (f64::from(erf(x)) - want).abs() < 3e-7,
+                "erf({x}) = {}",
+                erf(x)
+            );
+        }
+    }
+
+    #[test]
+    fn exp_is_accurate() {
+        let mut x = -80.0f32;
+        while x < 80.0 {
+            let (got, want) = (f64::from(exp(x)), f64::from(x).exp());
+            assert!(
+                ((got - want) / want).abs() < 3e-7,
+                "exp({x}) = {got}, want {want}"
+            );
+            x += 0.37;
+        }
+        assert_eq!(exp(0.0), 1.0);
     }
 }

@@ -165,11 +165,12 @@ impl ModelDef {
         put("url", &self.url);
         put("model", &self.remote_model);
         put("apiKeyEnv", &self.api_key_env);
-        doc.append("dimensions", self.dimensions as i64);
+        // All bounded well below i32::MAX by `parse`.
+        doc.append("dimensions", self.dimensions as i32);
         if self.kind == Kind::Http {
-            doc.append("batchSize", self.batch_size as i64);
-            doc.append("timeoutMS", self.timeout_ms as i64);
-            doc.append("retries", self.retries as i64);
+            doc.append("batchSize", self.batch_size as i32);
+            doc.append("timeoutMS", self.timeout_ms as i32);
+            doc.append("retries", self.retries as i32);
         }
         doc
     }

@@ -32,6 +32,11 @@ def test_mongosh_search_index_helpers(proxy_uri):
     assert "MONGOSH VECTOR OK 5 checks" in output, output
 
 
+def test_mongosh_models_on_real_text(proxy_uri):
+    output = mongosh(proxy_uri, "models.js")
+    assert "MONGOSH MODELS OK 6 checks" in output, output
+
+
 def test_node_driver_suite(proxy_uri):
     env = dict(os.environ, LIKEWISE_URI=proxy_uri)
     output = run(["node", "--test", "proxy.test.js", "vector.test.js"], cwd=NODE_DIR, env=env)
