@@ -1,8 +1,8 @@
 //! Feeds arbitrary bytes through everything the proxy does with a client
 //! frame: framing, inflating OP_COMPRESSED, decoding by opcode, walking the
 //! command body, classifying the command, and running the parser of every
-//! command the proxy owns (handshake, search-index admin, `$vectorSearch`,
-//! `$like`) on it.
+//! command the proxy owns (handshake, search-index admin, semantic indexes,
+//! models, `$vectorSearch`, `$like`) on it.
 #![no_main]
 
 use bson::RawDocument;
@@ -16,6 +16,8 @@ fn parse_everything(body: &RawDocument) {
     let _ = search_index::parse_create(body);
     let _ = search_index::parse_target(body);
     let _ = search_index::parse_list_filter(body);
+    let _ = search_index::parse_create_semantic(body);
+    let _ = likewise::models::ModelDef::parse(body, "createModel");
     if let Ok(definition) = body.get_document("definition") {
         let _ = search_index::parse_definition(definition);
     }

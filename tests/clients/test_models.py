@@ -157,6 +157,26 @@ def test_bad_input_gets_clear_errors(packages):
         assert needle in str(err.value) and err.value.code == 2, str(err.value)
 
 
+def test_vector_models_and_explicit_paths(client):
+    """A `vector` model reads vectors stored in documents (what Atlas-shaped
+    indexes do), and a text model given a directory loads like the default."""
+    from conftest import DEFAULT_MODEL
+    db = client.models_vector
+    db.drop_collection("points")
+    assert db.command({"createModel": "raw2", "kind": "vector", "dimensions": 2})["model"]["dimensions"] == 2
+    db.points.insert_many([{"_id": i, "p": [float(i), 1.0]} for i in range(50)] + [{"_id": "short", "p": [1.0]}])
+    db.command({"createSemanticIndex": "points", "name": "pts", "models": ["raw2"], "keys": ["p"], "measure": "l2"})
+    info, _ = wait_ready(db.points, "pts")
+    assert info["progress"]["vectorsIndexed"] == 50 and info["progress"]["documentsSkipped"] == 1
+    near = [d["_id"] for d in db.points.find({"$like": {"document": {"p": [20.2, 1.0]}, "n": 3}})]
+    assert near == [20, 21, 19]
+    db.points.drop_search_index("pts")
+    db.command({"dropModel": "raw2"})
+    reply = db.command({"createModel": "minilm-by-path", "kind": "text", "path": str(DEFAULT_MODEL)})
+    assert reply["model"]["dimensions"] == 384 and reply["model"]["path"] == str(DEFAULT_MODEL)
+    db.command({"dropModel": "minilm-by-path"})
+
+
 def test_outputs_are_written_back(client):
     db = client.models_outputs
     db.drop_collection("notes")
