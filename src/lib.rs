@@ -27,5 +27,6 @@ pub mod proxy;
 pub mod rewrite;
 pub mod scram;
 pub mod server;
+pub mod train;
 pub mod upstream;
 pub mod wire;

@@ -46,12 +46,17 @@ pub async fn run_shared(
     shutdown: impl Future<Output = ()>,
     workers: &[Handle],
 ) {
-    tokio::spawn(crate::maintain::restore(
-        shared.config.clone(),
-        shared.registry.clone(),
-        shared.neighbourhoods.clone(),
-        shared.models.clone(),
-    ));
+    let restoring = shared.clone();
+    tokio::spawn(async move {
+        crate::maintain::restore(
+            restoring.config.clone(),
+            restoring.registry.clone(),
+            restoring.neighbourhoods.clone(),
+            restoring.models.clone(),
+        )
+        .await;
+        restoring.restored.send_replace(true);
+    });
     let saver = tokio::spawn(crate::maintain::keep_saving(
         shared.config.clone(),
         shared.registry.clone(),

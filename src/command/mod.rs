@@ -52,6 +52,8 @@ pub enum Admin {
     CreateModel,
     ListModels,
     DropModel,
+    /// `evaluateSemanticIndex`: retrieval metrics of an index.
+    Evaluate,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,6 +85,7 @@ impl Command {
             "createModel" => Command::SearchIndexAdmin(Admin::CreateModel),
             "listModels" => Command::SearchIndexAdmin(Admin::ListModels),
             "dropModel" => Command::SearchIndexAdmin(Admin::DropModel),
+            "evaluateSemanticIndex" => Command::SearchIndexAdmin(Admin::Evaluate),
             "explain" => match body.get_document("explain").map(Command::classify) {
                 Ok(Command::Vector(kind)) => Command::ExplainVector(kind),
                 _ => Command::Passthrough,

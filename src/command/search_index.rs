@@ -118,6 +118,7 @@ pub fn parse_definition(definition: &RawDocument) -> Result<IndexSpec, Error> {
         filters,
         models: Vec::new(),
         write_outputs: false,
+        train: None,
     })
 }
 
@@ -205,6 +206,7 @@ fn parse_semantic(definition: &RawDocument) -> Result<IndexSpec, Error> {
         Ok(Some(_)) => strings(definition, "filters")?,
         _ => Vec::new(),
     };
+    let train = crate::train::TrainSpec::parse(definition, &keys).map_err(bad)?;
     Ok(IndexSpec {
         path: keys[0].clone(),
         dims: 0,
@@ -217,6 +219,7 @@ fn parse_semantic(definition: &RawDocument) -> Result<IndexSpec, Error> {
             .map(|(model, key)| crate::models::ModelKey { model, key })
             .collect(),
         write_outputs,
+        train,
     })
 }
 
@@ -306,7 +309,7 @@ pub fn describe(index: &SearchIndex) -> RawDocumentBuf {
         "name": index.name.as_str(),
         "type": "vectorSearch",
         "status": status.name(),
-        "queryable": status == crate::index::registry::Status::Ready,
+        "queryable": matches!(status, crate::index::registry::Status::Ready | crate::index::registry::Status::Training),
         "latestDefinition": index.definition.clone(),
         "progress": {
             "documentsScanned": i64::try_from(scanned).unwrap_or(i64::MAX),
@@ -322,7 +325,54 @@ pub fn describe(index: &SearchIndex) -> RawDocumentBuf {
     if let Some(detail) = detail {
         out.append("statusDetail", detail);
     }
+    if index.spec.train.is_some() {
+        let (training, metrics) = describe_training(index);
+        out.append("training", training);
+        if let Some(metrics) = metrics {
+            out.append("metrics", metrics);
+        }
+    }
     out
+}
+
+fn metric_doc(metrics: &[(String, f64)]) -> RawDocumentBuf {
+    let mut d = RawDocumentBuf::new();
+    for (k, v) in metrics {
+        d.append(k.as_str(), *v);
+    }
+    d
+}
+
+/// `training: {epochsDone, epochs, loss, history, pairs, trained, error?}`
+/// and, once trained, `metrics: {before, after}` on the validation split.
+fn describe_training(index: &SearchIndex) -> (RawDocumentBuf, Option<RawDocumentBuf>) {
+    let t = index.training().clone();
+    let mut history = RawArrayBuf::new();
+    for e in &t.epochs {
+        history.push(rawdoc! { "epoch": e.epoch as i32, "loss": f64::from(e.loss), "metrics": metric_doc(&e.metrics) });
+    }
+    let mut training = rawdoc! {
+        "epochsDone": t.epochs.len() as i32,
+        "epochs": t.planned_epochs as i32,
+        "trained": index.adapter().is_some(),
+        "pairs": { "train": t.train_pairs as i64, "validation": t.valid_pairs as i64 },
+        "history": history,
+    };
+    if let Some(last) = t.epochs.last() {
+        training.append("loss", f64::from(last.loss));
+    }
+    if let Some(at) = t.trained_at {
+        training.append("trainedAt", at);
+    }
+    if let Some(error) = &t.error {
+        training.append("error", error.as_str());
+    }
+    let metrics = match (&t.before, &t.after) {
+        (Some(b), Some(a)) => Some(rawdoc! { "before": metric_doc(b), "after": metric_doc(a) }),
+        (Some(b), None) => Some(rawdoc! { "before": metric_doc(b) }),
+        _ => None,
+    };
+    (training, metrics)
 }
 
 /// A finished cursor reply, the shape drivers expect from a listing.

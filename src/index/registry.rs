@@ -27,6 +27,8 @@ pub struct IndexSpec {
     pub models: Vec<crate::models::ModelKey>,
     /// Write each output back to the document at `_outputs.<key>.<model>`.
     pub write_outputs: bool,
+    /// Train an adapter once the index is built (semantic indexes only).
+    pub train: Option<crate::train::TrainSpec>,
 }
 
 /// Atlas's index states.
@@ -35,6 +37,9 @@ pub enum Status {
     Pending,
     Building,
     Ready,
+    /// Queryable (with the untrained or previous adapter) while an adapter
+    /// is trained.
+    Training,
     Failed,
     Deleting,
 }
@@ -45,6 +50,7 @@ impl Status {
             Status::Pending => "PENDING",
             Status::Building => "BUILDING",
             Status::Ready => "READY",
+            Status::Training => "TRAINING",
             Status::Failed => "FAILED",
             Status::Deleting => "DELETING",
         }
@@ -138,6 +144,23 @@ pub struct SearchIndex {
     outputs: Mutex<Vec<(bson::RawBson, Vec<f32>)>>,
     /// Wakes the writer of `outputs` and the retrier of `pending`.
     pub work: tokio::sync::Notify,
+    /// The trained adapter, once there is one.
+    adapter: RwLock<Option<Arc<crate::train::Adapter>>>,
+    /// Training progress and results, for the listing.
+    pub training: Mutex<Training>,
+}
+
+/// What training has done so far.
+#[derive(Debug, Clone, Default)]
+pub struct Training {
+    pub epochs: Vec<crate::train::Epoch>,
+    pub planned_epochs: usize,
+    pub train_pairs: usize,
+    pub valid_pairs: usize,
+    pub before: Option<Vec<(String, f64)>>,
+    pub after: Option<Vec<(String, f64)>>,
+    pub error: Option<String>,
+    pub trained_at: Option<bson::DateTime>,
 }
 
 impl SearchIndex {
@@ -173,7 +196,24 @@ impl SearchIndex {
             pending: Mutex::new(IdSet::default()),
             outputs: Mutex::new(Vec::new()),
             work: tokio::sync::Notify::new(),
+            adapter: RwLock::new(None),
+            training: Mutex::new(Training::default()),
         }
+    }
+
+    pub fn adapter(&self) -> Option<Arc<crate::train::Adapter>> {
+        self.adapter
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn set_adapter(&self, adapter: Option<Arc<crate::train::Adapter>>) {
+        *self.adapter.write().unwrap_or_else(|e| e.into_inner()) = adapter;
+    }
+
+    pub fn training(&self) -> std::sync::MutexGuard<'_, Training> {
+        self.training.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Attaches the loaded models the spec names (see `models::resolve`).
@@ -327,7 +367,7 @@ impl SearchIndex {
     }
 
     pub fn queryable(&self) -> bool {
-        self.status().0 == Status::Ready
+        matches!(self.status().0, Status::Ready | Status::Training)
     }
 
     /// Marks the index dropped or replaced: its build stops.

@@ -28,7 +28,11 @@ pub async fn build(config: Arc<Config>, index: Arc<SearchIndex>) {
     if !index.encoders.is_empty() {
         tokio::spawn(tend_models(config.clone(), index.clone()));
     }
+    if index.spec.train.is_some() {
+        crate::maintain::train::load(&config, &index).await;
+    }
     if let Some(stream) = restore(&config, &index).await {
+        crate::maintain::train::start(&config, &index);
         if !follow(&config, &index, stream).await {
             return;
         }
@@ -67,6 +71,7 @@ pub async fn build(config: Arc<Config>, index: Arc<SearchIndex>) {
             seconds = started.elapsed().as_secs_f64(),
             "search index ready"
         );
+        crate::maintain::train::start(&config, &index);
         let Some(stream) = stream else {
             reconcile_forever(&config, &index).await;
             return;
@@ -531,11 +536,16 @@ fn encode_documents(
         return outcomes;
     }
     let values: Vec<bson::RawBsonRef<'_>> = todo.iter().map(|(_, v, _)| *v).collect();
+    // An adapter trained on both sides maps stored vectors too.
+    let adapter = index.adapter().filter(|a| a.both);
     match model.encode(&values) {
         Ok(results) => {
             for ((i, _, hash), result) in todo.into_iter().zip(results) {
                 outcomes[i] = match result {
-                    Ok(encoded) => match spec.similarity.prepare(encoded.vector.clone()) {
+                    Ok(encoded) => match spec.similarity.prepare(match &adapter {
+                        Some(a) => a.apply(&encoded.vector),
+                        None => encoded.vector.clone(),
+                    }) {
                         Some(vector) => Outcome::Set {
                             vector,
                             content: Some(hash),

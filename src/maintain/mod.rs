@@ -8,6 +8,7 @@ pub mod fresh;
 pub mod neighbourhood;
 pub mod snapshot;
 pub mod stream;
+pub mod train;
 
 use crate::config::Config;
 use crate::index::registry::Registry;

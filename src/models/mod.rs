@@ -238,12 +238,31 @@ impl Model {
                 .collect());
         }
         let mut out: Vec<Result<Encoded, String>> = Vec::with_capacity(values.len());
+        // An array of strings reads as one text, its elements joined.
+        let joined: Vec<Option<String>> = values
+            .iter()
+            .map(|v| match v {
+                RawBsonRef::Array(a) => {
+                    let parts: Option<Vec<&str>> = a
+                        .into_iter()
+                        .map(|e| e.ok().and_then(|e| e.as_str()))
+                        .collect();
+                    parts.filter(|p| !p.is_empty()).map(|p| p.join(" "))
+                }
+                _ => None,
+            })
+            .collect();
         let mut texts = Vec::new();
         let mut slots = Vec::new();
         for (i, v) in values.iter().enumerate() {
             match v {
                 RawBsonRef::String(s) => {
                     texts.push(*s);
+                    slots.push(i);
+                    out.push(Err(String::new()));
+                }
+                RawBsonRef::Array(_) if joined[i].is_some() => {
+                    texts.push(joined[i].as_deref().unwrap_or(""));
                     slots.push(i);
                     out.push(Err(String::new()));
                 }

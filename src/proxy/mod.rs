@@ -31,6 +31,9 @@ pub struct Shared {
     /// The models semantic indexes encode with.
     pub models: Arc<crate::models::Models>,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Becomes `true` once stored definitions (models, indexes,
+    /// neighbourhoods) are loaded at start-up.
+    pub restored: tokio::sync::watch::Sender<bool>,
     request_ids: AtomicI32,
 }
 
@@ -42,8 +45,17 @@ impl Shared {
             neighbourhoods: Arc::default(),
             models: Arc::default(),
             metrics: Arc::default(),
+            restored: tokio::sync::watch::Sender::new(false),
             request_ids: AtomicI32::new(1),
         }
+    }
+
+    /// Waits (bounded) until start-up has loaded the stored definitions, so
+    /// a client arriving right after a restart never finds its indexes
+    /// missing.
+    pub async fn wait_restored(&self) {
+        let mut ready = self.restored.subscribe();
+        let _ = tokio::time::timeout(RESTORE_WAIT, ready.wait_for(|done| *done)).await;
     }
 
     /// Request ids for messages the proxy makes itself.
@@ -51,6 +63,9 @@ impl Shared {
         self.request_ids.fetch_add(1, Ordering::Relaxed) & i32::MAX
     }
 }
+
+/// Longest a vector or admin command waits for start-up to load definitions.
+const RESTORE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Serves one client until it disconnects or its upstream fails.
 pub async fn serve(stream: TcpStream, shared: Arc<Shared>) {

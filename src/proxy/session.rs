@@ -151,6 +151,7 @@ impl Session {
                 self.relay_replies(compressor, Some(&hello)).await
             }
             Command::SearchIndexAdmin(admin) => {
+                self.shared.wait_restored().await;
                 let reply = self
                     .search_index_admin(admin, parsed.body())
                     .await
@@ -158,6 +159,7 @@ impl Session {
                 self.reply(request, &reply, compressor).await
             }
             Command::Vector(kind) => {
+                self.shared.wait_restored().await;
                 let rewritten = self
                     .vector_command(kind, parsed.body())
                     .await
@@ -167,6 +169,7 @@ impl Session {
                 self.relay_replies(compressor, None).await
             }
             Command::ExplainVector(kind) => {
+                self.shared.wait_restored().await;
                 let reply = self
                     .explain_vector(kind, parsed.body())
                     .await

@@ -67,6 +67,63 @@ impl Session {
             Admin::CreateModel | Admin::ListModels | Admin::DropModel => {
                 self.model_admin(admin, body).await
             }
+            Admin::Evaluate => {
+                let collection = collection_of(body, "evaluateSemanticIndex")?;
+                let name = body.get_str("name").ok().map(str::to_string);
+                let index = self.named_index(db, collection, &name, &None)?;
+                if index.encoders.is_empty() {
+                    return Err(bad(format!(
+                        "search index '{}' has no models: evaluation encodes (query, item) pairs",
+                        index.name
+                    )));
+                }
+                let keys: Vec<String> = index.spec.models.iter().map(|m| m.key.clone()).collect();
+                let mut request = RawDocumentBuf::new();
+                request.append("loss", "ranking");
+                for key in ["splitter", "metrics"] {
+                    if let Some(v) = body.get(key).ok().flatten() {
+                        request.append(key, v.to_raw_bson());
+                    }
+                }
+                if body.get("splitter").ok().flatten().is_none() && keys.len() < 2 {
+                    // Only parsed to fill the rest; the index's own splitter wins below.
+                    request.append("splitter", rawdoc! { "kind": "arrayElement" });
+                }
+                let trained = index.spec.train.clone();
+                let parsed = crate::train::TrainSpec::parse(&request, &keys)
+                    .map_err(bad)?
+                    .unwrap_or_default();
+                let splitter = if body.get("splitter").ok().flatten().is_some() {
+                    parsed.splitter
+                } else {
+                    trained
+                        .as_ref()
+                        .map_or(parsed.splitter, |t| t.splitter.clone())
+                };
+                let metrics = if body.get("metrics").ok().flatten().is_some() {
+                    parsed.metrics
+                } else {
+                    trained
+                        .as_ref()
+                        .map_or(parsed.metrics, |t| t.metrics.clone())
+                };
+                let filter = body
+                    .get_document("filter")
+                    .map(ToOwned::to_owned)
+                    .unwrap_or_default();
+                let limit = search_index::integer(body.get("limit").ok().flatten())
+                    .filter(|n| *n > 0)
+                    .map_or(20_000, |n| n.min(200_000) as usize);
+                crate::maintain::train::evaluate(
+                    &mut self.upstream,
+                    &index,
+                    &splitter,
+                    &metrics,
+                    &filter,
+                    limit,
+                )
+                .await
+            }
             Admin::Create | Admin::CreateSemantic => {
                 let (collection, news) = if admin == Admin::Create {
                     (
@@ -139,6 +196,9 @@ impl Session {
                     .with_encoders(encoders),
                 );
                 catalog::save(&config, &index).await?;
+                // A new definition means a new model of the data: any adapter
+                // trained for the old one goes.
+                crate::maintain::train::delete_stored(&config, &index.id).await?;
                 registry.replace(index.clone());
                 tokio::spawn(build::build(config.clone(), index));
                 Ok(rawdoc! { "ok": 1.0 })
@@ -148,6 +208,7 @@ impl Session {
                 let target = parse_target(body)?;
                 let index = self.named_index(db, collection, &target.name, &target.id)?;
                 catalog::delete(&config, &index.id).await?;
+                crate::maintain::train::delete_stored(&config, &index.id).await?;
                 registry.remove(&index);
                 if let Some(dir) = &config.data_dir {
                     let _ = std::fs::remove_file(crate::maintain::snapshot::path(dir, &index));
@@ -219,6 +280,7 @@ impl Session {
             Admin::DropNeighbourhood => "dropNeighbourhood",
             Admin::ListNeighbourhoods => "listNeighbourhoods",
             Admin::CreateSemantic => "createSemanticIndex",
+            Admin::Evaluate => "evaluateSemanticIndex",
             // Models belong to the deployment: they need the same right on
             // the metadata database's `models` collection.
             Admin::CreateModel | Admin::DropModel | Admin::ListModels => {
@@ -242,7 +304,7 @@ impl Session {
         };
         let collection = collection_of(body, command)?;
         let probe = match admin {
-            Admin::List | Admin::ListNeighbourhoods => {
+            Admin::List | Admin::ListNeighbourhoods | Admin::Evaluate => {
                 rawdoc! { "listIndexes": collection, "$db": db }
             }
             _ => rawdoc! { "createIndexes": collection, "indexes": [], "$db": db },
@@ -426,7 +488,7 @@ impl Session {
             }
         };
         let (status, detail) = index.status();
-        if status != Status::Ready {
+        if !matches!(status, Status::Ready | Status::Training) {
             return Err(Error::client(
                 Code::OBJECT_IS_BUSY,
                 format!(
@@ -622,8 +684,16 @@ async fn query_vector(
         .unwrap_or_else(|| Err("no output".into()))
         .map_err(|why| bad(format!("'{key}' of the query: {why}")))?;
     let truncated = encoded.truncated;
+    // A trained adapter maps queries: content under the splitter's query key,
+    // and `$vectorSearch` query text.
+    let is_query = matches!(query.vector, QueryVector::Text(_))
+        || crate::maintain::train::query_key(index) == Some(key.as_str());
+    let raw = match index.adapter() {
+        Some(adapter) if is_query => adapter.apply(&encoded.vector),
+        _ => encoded.vector,
+    };
     let vector = similarity
-        .prepare(encoded.vector)
+        .prepare(raw)
         .ok_or_else(|| bad("the query's encoding cannot be compared (all zeros)"))?;
     Ok((
         vector,

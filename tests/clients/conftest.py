@@ -115,6 +115,33 @@ def start_proxy(upstream_uri, *extra, log_level="warn", env=None):
     )
 
 
+def debian_long_descriptions(limit):
+    """Real (summary, long description) pairs, offline: Debian's English
+    package descriptions from apt's Translation-en lists (scripts/setup
+    fetches them)."""
+    lists = sorted(Path("/var/lib/apt/lists").glob("*_main_i18n_Translation-en*"))
+    assert lists, "no apt Translation-en lists (run scripts/setup)"
+    rows, seen = [], set()
+    for path in lists:
+        text = subprocess.run(["/usr/lib/apt/apt-helper", "cat-file", str(path)],
+                              capture_output=True, text=True, check=True).stdout
+        for block in text.split("\n\n"):
+            lines = block.splitlines()
+            name = next((l[9:] for l in lines if l.startswith("Package: ")), None)
+            start = next((i for i, l in enumerate(lines) if l.startswith("Description-en: ")), None)
+            if not name or start is None or name in seen:
+                continue
+            title = lines[start][len("Description-en: "):]
+            body = " ".join(l.strip() for l in lines[start + 1:] if l.startswith(" ") and l.strip() != ".")
+            if len(body) < 80 or title in seen:
+                continue
+            seen.update((name, title))
+            rows.append({"_id": name, "title": title, "text": body})
+    assert len(rows) >= limit, f"only {len(rows)} described packages"
+    step = len(rows) / limit
+    return [rows[int(i * step)] for i in range(limit)]
+
+
 def debian_packages(limit):
     """Real text, offline: (package, section, one-line description) of the
     first `limit` packages `apt-cache dumpavail` knows, deduplicated."""

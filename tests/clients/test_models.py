@@ -51,8 +51,8 @@ def test_like_by_text_finds_sensible_neighbours(packages):
     # No word of the query is "browser": the match is semantic.
     hits = like(db.packages, "program for surfing the internet and viewing websites", n=5)
     assert len(hits) == 5
-    assert "browser" in hits[0]["description"].lower(), hits
-    assert sum(("browser" in h["description"].lower() or "web" in h["description"].lower()) for h in hits) >= 3, hits
+    about_the_web = [any(w in h["description"].lower() for w in ("brows", "web", "internet", "http")) for h in hits]
+    assert about_the_web[0] and sum(about_the_web) >= 3, hits
     fonts = like(db.packages, "typeface for displaying text", n=10)
     assert sum("font" in h["description"].lower() for h in fonts) >= 7, fonts
     scores = [h["score"] for h in fonts]
@@ -263,8 +263,8 @@ def test_models_and_semantic_indexes_survive_a_restart(packages, direct_uri):
     try:
         with MongoClient(f"mongodb://127.0.0.1:{second.port}/") as c:
             coll = c.models_suite.packages
-            # Definitions load in the background after start-up (models first).
-            eventually(lambda: len(list(coll.list_search_indexes("pkg"))) == 1, timeout=60)
+            # Listing waits for start-up to load the stored definitions.
+            assert len(list(coll.list_search_indexes("pkg"))) == 1
             wait_ready(coll, "pkg", timeout=600)
             listed = {m["_id"] for m in c.models_suite.command({"listModels": 1})["models"]}
             assert "minilm" in listed
