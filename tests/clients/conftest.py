@@ -142,9 +142,11 @@ def debian_long_descriptions(limit):
     return [rows[int(i * step)] for i in range(limit)]
 
 
-def debian_packages(limit):
-    """Real text, offline: (package, section, one-line description) of the
-    first `limit` packages `apt-cache dumpavail` knows, deduplicated."""
+def debian_packages(limit, also=lambda row: False):
+    """Real text, offline: (package, section, one-line description) of
+    `limit` packages spread over what `apt-cache dumpavail` knows,
+    deduplicated, plus every package `also` picks (so a test's relevant
+    answers are there whatever the apt snapshot samples)."""
     out = subprocess.run(["apt-cache", "dumpavail"], capture_output=True, text=True, check=True).stdout
     rows, seen = [], set()
     for block in out.split("\n\n"):
@@ -161,7 +163,9 @@ def debian_packages(limit):
     assert len(rows) >= limit, f"apt-cache dumpavail lists only {len(rows)} packages (run apt-get update)"
     # Spread over the alphabet rather than the first letters only.
     step = len(rows) / limit
-    return [rows[int(i * step)] for i in range(limit)]
+    picked = [rows[int(i * step)] for i in range(limit)]
+    names = {r["_id"] for r in picked}
+    return picked + [r for r in rows if also(r) and r["_id"] not in names]
 
 
 @pytest.fixture(scope="session")

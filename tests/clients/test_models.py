@@ -30,14 +30,15 @@ def packages(client):
     """3000 Debian packages, a text model and a semantic index over them."""
     db = client.models_suite
     db.drop_collection("packages")
-    rows = debian_packages(CORPUS)
+    # Every web browser is in, whatever the sample holds.
+    rows = debian_packages(CORPUS, also=lambda r: "web browser" in r["description"].lower())
     db.packages.insert_many(rows)
     reply = db.command({"createModel": "minilm", "kind": "text"})
     assert reply["model"]["dimensions"] == 384
     db.command({"createSemanticIndex": "packages", "name": "pkg", "models": ["minilm"],
                 "keys": ["description"], "measure": "css"})
     info, _ = wait_ready(db.packages, "pkg", timeout=600)
-    assert info["progress"]["vectorsIndexed"] == CORPUS
+    assert info["progress"]["vectorsIndexed"] == len(rows) >= CORPUS
     return db, {r["_id"]: r for r in rows}
 
 
