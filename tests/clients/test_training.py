@@ -158,3 +158,26 @@ def test_bad_training_input(client):
     assert "too few pairs" in info["training"]["error"] and "need at least" in info["training"]["error"]
     assert info["training"]["trained"] is False
     assert len(list(db.few.find({"$like": {"document": {"title": "title 3"}, "n": 3}}))) == 3
+
+
+def test_dropping_an_index_cancels_its_training(client):
+    db = client.training_cancel
+    db.drop_collection("docs")
+    db.command({"createModel": "minilm", "kind": "text"})
+    db.docs.insert_many([{"_id": i, "text": f"a longer text about topic {i}", "title": f"topic {i}"}
+                         for i in range(200)])
+    db.command({"createSemanticIndex": "docs", "name": "long_run", **DEFINITION,
+                "validation": {"fraction": 0.2},
+                "train": {"epochs": 1000, "batchSize": 4, "learningRate": 0.001}})
+
+    def training():
+        info = list(db.docs.list_search_indexes("long_run"))[0]
+        return info["status"] == "TRAINING" and info["training"]["epochsDone"] >= 1
+
+    eventually(training, timeout=120)
+    index_id = list(db.docs.list_search_indexes("long_run"))[0]["id"]
+    db.docs.drop_search_index("long_run")
+    assert list(db.docs.list_search_indexes()) == []
+    assert client.likewise.search_indexes.count_documents({"_id": index_id}) == 0
+    # The run stops at its next epoch and never stores an adapter.
+    assert client.likewise.adapters.count_documents({"_id": index_id}) == 0
