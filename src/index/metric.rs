@@ -77,40 +77,130 @@ impl Similarity {
     }
 }
 
-/// Dot product with eight independent accumulators, so the compiler can
-/// vectorise it.
+/// Dot product and squared Euclidean distance, compiled for the widest
+/// vectors the CPU has (AVX-512, AVX2+FMA, or the portable build), chosen
+/// once at first use.
+struct Kernels {
+    dot: fn(&[f32], &[f32]) -> f32,
+    l2: fn(&[f32], &[f32]) -> f32,
+}
+
+static KERNELS: std::sync::LazyLock<Kernels> = std::sync::LazyLock::new(|| {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            return Kernels {
+                dot: x86::dot_avx512,
+                l2: x86::l2_avx512,
+            };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            return Kernels {
+                dot: x86::dot_avx2,
+                l2: x86::l2_avx2,
+            };
+        }
+    }
+    Kernels {
+        dot: dot_portable,
+        l2: l2_portable,
+    }
+});
+
 #[inline]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 8];
-    let chunks = a.len() / 8 * 8;
-    for (ca, cb) in a[..chunks].chunks_exact(8).zip(b[..chunks].chunks_exact(8)) {
-        for i in 0..8 {
+    (KERNELS.dot)(a, b)
+}
+
+#[inline]
+pub fn l2_squared(a: &[f32], b: &[f32]) -> f32 {
+    (KERNELS.l2)(a, b)
+}
+
+/// `N` independent accumulators, so the compiler keeps them in vector
+/// registers (N = 16 fills one AVX-512 register, two AVX2 ones).
+#[inline(always)]
+fn dot_lanes<const N: usize>(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; N];
+    let chunks = a.len() / N * N;
+    for (ca, cb) in a[..chunks].chunks_exact(N).zip(b[..chunks].chunks_exact(N)) {
+        for i in 0..N {
             acc[i] += ca[i] * cb[i];
         }
     }
     let mut sum: f32 = acc.iter().sum();
-    for i in chunks..a.len() {
+    for i in chunks..a.len().min(b.len()) {
         sum += a[i] * b[i];
     }
     sum
 }
 
-#[inline]
-pub fn l2_squared(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 8];
-    let chunks = a.len() / 8 * 8;
-    for (ca, cb) in a[..chunks].chunks_exact(8).zip(b[..chunks].chunks_exact(8)) {
-        for i in 0..8 {
+#[inline(always)]
+fn l2_lanes<const N: usize>(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; N];
+    let chunks = a.len() / N * N;
+    for (ca, cb) in a[..chunks].chunks_exact(N).zip(b[..chunks].chunks_exact(N)) {
+        for i in 0..N {
             let d = ca[i] - cb[i];
             acc[i] += d * d;
         }
     }
     let mut sum: f32 = acc.iter().sum();
-    for i in chunks..a.len() {
+    for i in chunks..a.len().min(b.len()) {
         let d = a[i] - b[i];
         sum += d * d;
     }
     sum
+}
+
+fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
+    dot_lanes::<8>(a, b)
+}
+
+fn l2_portable(a: &[f32], b: &[f32]) -> f32 {
+    l2_lanes::<8>(a, b)
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    #[target_feature(enable = "avx512f")]
+    unsafe fn dot512(a: &[f32], b: &[f32]) -> f32 {
+        super::dot_lanes::<16>(a, b)
+    }
+
+    #[target_feature(enable = "avx512f")]
+    unsafe fn l2_512(a: &[f32], b: &[f32]) -> f32 {
+        super::l2_lanes::<16>(a, b)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn dot256(a: &[f32], b: &[f32]) -> f32 {
+        super::dot_lanes::<16>(a, b)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn l2_256(a: &[f32], b: &[f32]) -> f32 {
+        super::l2_lanes::<16>(a, b)
+    }
+
+    // SAFETY (all four): only installed in `KERNELS` after the CPU was
+    // found to have the features they are compiled for.
+    pub fn dot_avx512(a: &[f32], b: &[f32]) -> f32 {
+        unsafe { dot512(a, b) }
+    }
+
+    pub fn l2_avx512(a: &[f32], b: &[f32]) -> f32 {
+        unsafe { l2_512(a, b) }
+    }
+
+    pub fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
+        unsafe { dot256(a, b) }
+    }
+
+    pub fn l2_avx2(a: &[f32], b: &[f32]) -> f32 {
+        unsafe { l2_256(a, b) }
+    }
 }
 
 #[cfg(test)]
@@ -152,5 +242,7 @@ mod tests {
         let naive_l2: f32 = a.iter().zip(&b).map(|(x, y)| (x - y) * (x - y)).sum();
         assert!((dot(&a, &b) - naive_dot).abs() < 1e-3);
         assert!((l2_squared(&a, &b) - naive_l2).abs() < 1e-3);
+        assert!((dot_portable(&a, &b) - naive_dot).abs() < 1e-3);
+        assert!((l2_portable(&a, &b) - naive_l2).abs() < 1e-3);
     }
 }
