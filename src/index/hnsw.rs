@@ -36,17 +36,79 @@ impl Default for HnswParams {
 
 const MAX_LEVEL: usize = 16;
 
+/// Rows per block of `Rows`.
+const BLOCK_ROWS: usize = 1024;
+
+/// Fixed-width rows stored in blocks of `BLOCK_ROWS`: growing allocates a
+/// new block and never copies (or leaves behind) what is there, so an
+/// index built one insert at a time holds about what it stores, not twice
+/// that after reallocations.
+#[derive(Clone)]
+struct Rows<T> {
+    width: usize,
+    rows: usize,
+    blocks: Vec<Box<[T]>>,
+}
+
+impl<T: Copy + Default> Rows<T> {
+    fn new(width: usize) -> Rows<T> {
+        Rows {
+            width,
+            rows: 0,
+            blocks: Vec::new(),
+        }
+    }
+
+    fn from_flat(width: usize, flat: &[T]) -> Option<Rows<T>> {
+        if width == 0 || flat.len() % width != 0 {
+            return None;
+        }
+        let mut rows = Rows::new(width);
+        rows.grow_to(flat.len() / width);
+        for (i, row) in flat.chunks_exact(width).enumerate() {
+            rows.row_mut(i).copy_from_slice(row);
+        }
+        Some(rows)
+    }
+
+    fn len(&self) -> usize {
+        self.rows
+    }
+
+    fn grow_to(&mut self, rows: usize) {
+        while self.blocks.len() * BLOCK_ROWS < rows {
+            self.blocks
+                .push(vec![T::default(); BLOCK_ROWS * self.width].into_boxed_slice());
+        }
+        self.rows = self.rows.max(rows);
+    }
+
+    fn row(&self, i: usize) -> &[T] {
+        &self.blocks[i / BLOCK_ROWS][(i % BLOCK_ROWS) * self.width..][..self.width]
+    }
+
+    fn row_mut(&mut self, i: usize) -> &mut [T] {
+        &mut self.blocks[i / BLOCK_ROWS][(i % BLOCK_ROWS) * self.width..][..self.width]
+    }
+
+    fn flat(&self) -> Vec<T> {
+        (0..self.rows)
+            .flat_map(|i| self.row(i).iter().copied())
+            .collect()
+    }
+}
+
 pub struct Hnsw {
     dims: usize,
     similarity: Similarity,
     params: HnswParams,
     /// Links per node on layer 0.
     m0: usize,
-    vectors: Vec<f32>,
+    vectors: Rows<f32>,
     /// Top layer of each slot; `None` where no vector was inserted.
     level: Vec<Option<u8>>,
     removed: Vec<bool>,
-    links0: Vec<u32>,
+    links0: Rows<u32>,
     count0: Vec<u16>,
     /// Layers 1.. of each node: `upper[node][layer - 1]`.
     upper: Vec<Vec<Vec<u32>>>,
@@ -85,10 +147,10 @@ impl Hnsw {
                 ..params
             },
             m0: 2 * max_edges,
-            vectors: Vec::new(),
+            vectors: Rows::new(dims.max(1)),
             level: Vec::new(),
             removed: Vec::new(),
-            links0: Vec::new(),
+            links0: Rows::new(2 * max_edges),
             count0: Vec::new(),
             upper: Vec::new(),
             entry: None,
@@ -119,10 +181,11 @@ impl Hnsw {
             },
         );
         h.rng = r.u64()?;
-        h.vectors = r.f32s()?;
+        h.vectors =
+            Rows::from_flat(dims.max(1), &r.f32s()?).ok_or_else(|| corrupt("hnsw vectors"))?;
         let levels = r.u32s()?;
         let slots = levels.len();
-        if h.vectors.len() != slots * dims {
+        if h.vectors.len() != slots {
             return Err(corrupt("hnsw vectors"));
         }
         h.level = levels
@@ -139,7 +202,11 @@ impl Hnsw {
                 .get_mut(k as usize)
                 .ok_or_else(|| corrupt("hnsw removed key"))? = true;
         }
-        h.links0 = r.u32s()?;
+        let links0 = r.u32s()?;
+        if !links0.iter().all(|n| (*n as usize) < slots) {
+            return Err(corrupt("hnsw link target"));
+        }
+        h.links0 = Rows::from_flat(h.m0, &links0).ok_or_else(|| corrupt("hnsw layer 0"))?;
         h.count0 = r
             .u32s()?
             .into_iter()
@@ -150,7 +217,7 @@ impl Hnsw {
                     .ok_or_else(|| corrupt("hnsw link count"))
             })
             .collect::<io::Result<_>>()?;
-        if h.links0.len() != slots * h.m0 || h.count0.len() != slots {
+        if h.links0.len() != slots || h.count0.len() != slots {
             return Err(corrupt("hnsw layer 0"));
         }
         h.upper = Vec::with_capacity(slots);
@@ -166,7 +233,7 @@ impl Hnsw {
             h.upper.push(lists);
         }
         let in_range = |n: &u32| (*n as usize) < slots;
-        if !h.links0.iter().all(in_range) || !h.upper.iter().flatten().flatten().all(in_range) {
+        if !h.upper.iter().flatten().flatten().all(in_range) {
             return Err(corrupt("hnsw link target"));
         }
         let entry = r.u32()?;
@@ -184,8 +251,7 @@ impl Hnsw {
     }
 
     fn vec_of(&self, node: u32) -> &[f32] {
-        let at = node as usize * self.dims;
-        &self.vectors[at..at + self.dims]
+        self.vectors.row(node as usize)
     }
 
     fn dist_to(&self, query: &[f32], node: u32) -> f32 {
@@ -195,8 +261,7 @@ impl Hnsw {
     fn neighbours(&self, node: u32, layer: usize) -> &[u32] {
         let n = node as usize;
         if layer == 0 {
-            let start = n * self.m0;
-            &self.links0[start..start + usize::from(self.count0[n])]
+            &self.links0.row(n)[..usize::from(self.count0[n])]
         } else {
             &self.upper[n][layer - 1]
         }
@@ -205,8 +270,7 @@ impl Hnsw {
     fn set_neighbours(&mut self, node: u32, layer: usize, links: &[u32]) {
         let n = node as usize;
         if layer == 0 {
-            let start = n * self.m0;
-            self.links0[start..start + links.len()].copy_from_slice(links);
+            self.links0.row_mut(n)[..links.len()].copy_from_slice(links);
             self.count0[n] = u16::try_from(links.len()).expect("m0 fits u16");
         } else {
             self.upper[n][layer - 1] = links.to_vec();
@@ -229,10 +293,10 @@ impl Hnsw {
             return;
         }
         let n = slot + 1;
-        self.vectors.resize(n * self.dims, 0.0);
+        self.vectors.grow_to(n);
         self.level.resize(n, None);
         self.removed.resize(n, false);
-        self.links0.resize(n * self.m0, 0);
+        self.links0.grow_to(n);
         self.count0.resize(n, 0);
         self.upper.resize(n, Vec::new());
     }
@@ -371,7 +435,7 @@ impl VectorIndex for Hnsw {
         if self.level[slot].is_some() {
             return; // keys are never reused; a repeat is a no-op
         }
-        self.vectors[slot * self.dims..(slot + 1) * self.dims].copy_from_slice(vector);
+        self.vectors.row_mut(slot).copy_from_slice(vector);
         let level = self.random_level();
         self.level[slot] = Some(u8::try_from(level).expect("level <= 16"));
         self.upper[slot] = vec![Vec::new(); level];
@@ -432,7 +496,7 @@ impl VectorIndex for Hnsw {
         w.usize(self.params.num_edge_candidates);
         w.u64(self.params.seed);
         w.u64(self.rng);
-        w.f32s(&self.vectors);
+        w.f32s(&self.vectors.flat());
         let levels: Vec<u32> = self
             .level
             .iter()
@@ -444,7 +508,7 @@ impl VectorIndex for Hnsw {
             .map(|n| n as u32)
             .collect();
         w.u32s(&removed);
-        w.u32s(&self.links0);
+        w.u32s(&self.links0.flat());
         let counts: Vec<u32> = self.count0.iter().map(|&c| u32::from(c)).collect();
         w.u32s(&counts);
         for lists in &self.upper {
