@@ -190,3 +190,30 @@ def proxy(direct_uri):
 @pytest.fixture(scope="session")
 def proxy_uri(proxy):
     return f"mongodb://127.0.0.1:{proxy.port}/"
+
+
+# A module's own upstream and proxy (with a data directory): for suites
+# that restart proxies, so a restarted proxy restores only that module's
+# indexes (from snapshots) instead of rebuilding every suite's.
+@pytest.fixture(scope="module")
+def module_upstream():
+    server = start_upstream()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def module_direct_uri(module_upstream):
+    return f"mongodb://127.0.0.1:{module_upstream.port}/"
+
+
+@pytest.fixture(scope="module")
+def module_data_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("likewise-data")
+
+
+@pytest.fixture(scope="module")
+def module_proxy_uri(module_direct_uri, module_data_dir):
+    server = start_proxy(module_direct_uri, "--data-dir", str(module_data_dir))
+    yield f"mongodb://127.0.0.1:{server.port}/"
+    server.stop()

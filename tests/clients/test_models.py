@@ -20,8 +20,8 @@ CORPUS = 3000
 
 
 @pytest.fixture(scope="module")
-def client(proxy_uri):
-    with MongoClient(proxy_uri) as c:
+def client(module_proxy_uri):
+    with MongoClient(module_proxy_uri) as c:
         yield c
 
 
@@ -201,12 +201,12 @@ def test_outputs_are_written_back(client):
 
 
 @pytest.fixture(scope="module")
-def http_setup(direct_uri):
+def http_setup(module_direct_uri, module_data_dir):
     """A local embeddings endpoint that wants an API key, and a proxy that
     has the key in its environment."""
     server = EmbedServer(api_key="test-secret")
     env = dict(os.environ, LIKEWISE_TEST_EMBED_KEY="test-secret")
-    proxy = start_proxy(direct_uri, env=env)
+    proxy = start_proxy(module_direct_uri, "--data-dir", str(module_data_dir), env=env)
     yield server, f"mongodb://127.0.0.1:{proxy.port}/"
     proxy.stop()
     server.close()
@@ -258,9 +258,9 @@ def test_http_model_encodes_batches_and_survives_an_outage(http_setup):
         assert list(db.docs.list_search_indexes("bow_idx"))[0]["progress"]["vectorsIndexed"] == 305
 
 
-def test_models_and_semantic_indexes_survive_a_restart(packages, direct_uri):
+def test_models_and_semantic_indexes_survive_a_restart(packages, module_direct_uri, module_data_dir):
     db, _ = packages
-    second = start_proxy(direct_uri)
+    second = start_proxy(module_direct_uri, "--data-dir", str(module_data_dir))
     try:
         with MongoClient(f"mongodb://127.0.0.1:{second.port}/") as c:
             coll = c.models_suite.packages
