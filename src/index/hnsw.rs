@@ -36,6 +36,9 @@ impl Default for HnswParams {
 
 const MAX_LEVEL: usize = 16;
 
+/// No upper layers (in `upper_at`).
+const NONE: u32 = u32::MAX;
+
 /// Rows per block of `Rows`.
 const BLOCK_ROWS: usize = 1024;
 
@@ -110,7 +113,10 @@ pub struct Hnsw {
     removed: Vec<bool>,
     links0: Rows<u32>,
     count0: Vec<u16>,
-    /// Layers 1.. of each node: `upper[node][layer - 1]`.
+    /// Layers 1.. of the nodes that have them (about one in `max_edges`):
+    /// `upper[upper_at[node]][layer - 1]`; `NONE` for layer-0-only nodes.
+    /// Four bytes per node instead of a list header each.
+    upper_at: Vec<u32>,
     upper: Vec<Vec<Vec<u32>>>,
     entry: Option<u32>,
     top_level: usize,
@@ -152,6 +158,7 @@ impl Hnsw {
             removed: Vec::new(),
             links0: Rows::new(2 * max_edges),
             count0: Vec::new(),
+            upper_at: Vec::new(),
             upper: Vec::new(),
             entry: None,
             top_level: 0,
@@ -220,7 +227,7 @@ impl Hnsw {
         if h.links0.len() != slots || h.count0.len() != slots {
             return Err(corrupt("hnsw layer 0"));
         }
-        h.upper = Vec::with_capacity(slots);
+        h.upper_at = vec![NONE; slots];
         for node in 0..slots {
             let layers = r.usize()?;
             if layers != h.level[node].map_or(0, usize::from) {
@@ -230,7 +237,10 @@ impl Hnsw {
             for _ in 0..layers {
                 lists.push(r.u32s()?);
             }
-            h.upper.push(lists);
+            if layers > 0 {
+                h.upper_at[node] = h.upper.len() as u32;
+                h.upper.push(lists);
+            }
         }
         let in_range = |n: &u32| (*n as usize) < slots;
         if !h.upper.iter().flatten().flatten().all(in_range) {
@@ -263,7 +273,7 @@ impl Hnsw {
         if layer == 0 {
             &self.links0.row(n)[..usize::from(self.count0[n])]
         } else {
-            &self.upper[n][layer - 1]
+            &self.upper[self.upper_at[n] as usize][layer - 1]
         }
     }
 
@@ -273,7 +283,8 @@ impl Hnsw {
             self.links0.row_mut(n)[..links.len()].copy_from_slice(links);
             self.count0[n] = u16::try_from(links.len()).expect("m0 fits u16");
         } else {
-            self.upper[n][layer - 1] = links.to_vec();
+            let at = self.upper_at[n] as usize;
+            self.upper[at][layer - 1] = links.to_vec();
         }
     }
 
@@ -298,7 +309,7 @@ impl Hnsw {
         self.removed.resize(n, false);
         self.links0.grow_to(n);
         self.count0.resize(n, 0);
-        self.upper.resize(n, Vec::new());
+        self.upper_at.resize(n, NONE);
     }
 
     /// Greedy descent on one layer from `start` towards `query`.
@@ -438,7 +449,10 @@ impl VectorIndex for Hnsw {
         self.vectors.row_mut(slot).copy_from_slice(vector);
         let level = self.random_level();
         self.level[slot] = Some(u8::try_from(level).expect("level <= 16"));
-        self.upper[slot] = vec![Vec::new(); level];
+        if level > 0 {
+            self.upper_at[slot] = self.upper.len() as u32;
+            self.upper.push(vec![Vec::new(); level]);
+        }
         self.live += 1;
 
         let Some(entry) = self.entry else {
@@ -511,7 +525,13 @@ impl VectorIndex for Hnsw {
         w.u32s(&self.links0.flat());
         let counts: Vec<u32> = self.count0.iter().map(|&c| u32::from(c)).collect();
         w.u32s(&counts);
-        for lists in &self.upper {
+        let none: Vec<Vec<u32>> = Vec::new();
+        for &at in &self.upper_at {
+            let lists = if at == NONE {
+                &none
+            } else {
+                &self.upper[at as usize]
+            };
             w.usize(lists.len());
             for list in lists {
                 w.u32s(list);
