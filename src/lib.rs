@@ -20,6 +20,7 @@ pub mod config;
 pub mod conn;
 pub mod error;
 pub mod index;
+pub mod linalg;
 pub mod maintain;
 pub mod metrics;
 pub mod models;

@@ -62,32 +62,8 @@ impl Linear {
         for _ in 0..rows {
             y.extend_from_slice(&self.b);
         }
-        // SAFETY: every pointer covers the extent its strides describe:
-        // x is rows×inp (row stride inp), W is out×inp read as its
-        // transpose (element (k, n) at n*inp + k), y is rows×out.
-        unsafe {
-            gemm(
-                rows,
-                self.out,
-                self.inp,
-                y.as_mut_ptr(),
-                1,
-                self.out as isize,
-                true,
-                x.as_ptr(),
-                1,
-                self.inp as isize,
-                self.w.as_ptr(),
-                self.inp as isize,
-                1,
-                1.0,
-                1.0,
-                false,
-                false,
-                false,
-                Parallelism::None,
-            );
-        }
+        // W is out×inp: read as its transpose, accumulated onto the bias.
+        crate::linalg::matmul(y, x, &self.w, (rows, self.out, self.inp), false, true, true);
     }
 }
 
