@@ -516,3 +516,87 @@ pub async fn evaluate(
         "untrained": doc(&untrained),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splitters_make_pairs() {
+        let doc =
+            rawdoc! { "_id": 7, "title": "short", "text": "long text", "photos": ["a", "b", "c"] };
+        let id = RawBsonRef::Int32(7);
+        let fields = split_document(
+            &doc,
+            &Splitter::Fields { query: 1 },
+            "title",
+            "text",
+            id,
+            42,
+        )
+        .unwrap();
+        assert_eq!(
+            fields,
+            (
+                RawBson::String("short".into()),
+                RawBson::String("long text".into())
+            )
+        );
+        // One element is the query; the rest, joined in order, the item.
+        let (query, item) =
+            split_document(&doc, &Splitter::ArrayElement, "photos", "photos", id, 42).unwrap();
+        let RawBson::String(query) = query else {
+            panic!("query is text")
+        };
+        let RawBson::String(item) = item else {
+            panic!("item is text")
+        };
+        let rest: Vec<&str> = ["a", "b", "c"]
+            .into_iter()
+            .filter(|e| *e != query)
+            .collect();
+        assert_eq!(item, rest.join(" "));
+        // Same seed, same pick; a one-element array has no pair.
+        assert_eq!(
+            split_document(&doc, &Splitter::ArrayElement, "photos", "photos", id, 42)
+                .unwrap()
+                .0,
+            RawBson::String(query)
+        );
+        let single = rawdoc! { "_id": 1, "photos": ["a"] };
+        assert!(split_document(
+            &single,
+            &Splitter::ArrayElement,
+            "photos",
+            "photos",
+            RawBsonRef::Int32(1),
+            42
+        )
+        .is_none());
+        assert!(split_document(
+            &doc,
+            &Splitter::Fields { query: 1 },
+            "missing",
+            "text",
+            id,
+            42
+        )
+        .is_none());
+    }
+
+    #[test]
+    fn fraction_splits_are_stable() {
+        let split = Split::Fraction(0.25);
+        let held: usize = (0..4000)
+            .filter(|i| split.is_valid(RawBsonRef::Int32(*i)))
+            .count();
+        assert!(
+            (800..1200).contains(&held),
+            "{held} of 4000 held out at 25%"
+        );
+        assert_eq!(
+            split.is_valid(RawBsonRef::Int32(5)),
+            split.is_valid(RawBsonRef::Int32(5))
+        );
+    }
+}
