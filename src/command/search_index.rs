@@ -335,13 +335,7 @@ pub fn describe(index: &SearchIndex) -> RawDocumentBuf {
     out
 }
 
-fn metric_doc(metrics: &[(String, f64)]) -> RawDocumentBuf {
-    let mut d = RawDocumentBuf::new();
-    for (k, v) in metrics {
-        d.append(k.as_str(), *v);
-    }
-    d
-}
+use crate::train::metrics_doc as metric_doc;
 
 /// `training: {epochsDone, epochs, loss, history, pairs, trained, error?}`
 /// and, once trained, `metrics: {before, after}` on the validation split.

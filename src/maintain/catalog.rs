@@ -11,13 +11,58 @@ use crate::index::registry::SearchIndex;
 use crate::maintain::neighbourhood::Neighbourhood;
 use crate::models::{ModelDef, Models};
 use crate::upstream::{self, Cursor};
-use bson::{rawdoc, RawDocument};
+use bson::{rawdoc, RawDocument, RawDocumentBuf};
 
 const COLLECTION: &str = "search_indexes";
 
+/// Inserts or replaces the document `_id: id` of a metadata collection.
+pub async fn upsert(
+    config: &Config,
+    collection: &str,
+    id: &str,
+    doc: RawDocumentBuf,
+) -> Result<(), Error> {
+    let mut conn = upstream::connect(config).await?;
+    let body = rawdoc! {
+        "update": collection,
+        "updates": [{ "q": { "_id": id }, "u": doc, "upsert": true }],
+        "$db": config.metadata_db.as_str(),
+    };
+    let reply = upstream::command(&mut conn, &body).await?;
+    write_errors(&reply)
+}
+
+/// Deletes the document `_id: id` of a metadata collection (if any).
+pub async fn remove(config: &Config, collection: &str, id: &str) -> Result<(), Error> {
+    let mut conn = upstream::connect(config).await?;
+    let body = rawdoc! {
+        "delete": collection,
+        "deletes": [{ "q": { "_id": id }, "limit": 1 }],
+        "$db": config.metadata_db.as_str(),
+    };
+    let reply = upstream::command(&mut conn, &body).await?;
+    write_errors(&reply)
+}
+
+/// Every document of a metadata collection matching `filter`.
+pub async fn find(
+    config: &Config,
+    collection: &str,
+    filter: RawDocumentBuf,
+) -> Result<Vec<RawDocumentBuf>, Error> {
+    let mut conn = upstream::connect(config).await?;
+    let db = config.metadata_db.as_str();
+    let body = rawdoc! { "find": collection, "filter": filter, "$db": db };
+    let mut cursor = Cursor::open(&mut conn, db, &body).await?;
+    let mut out = Vec::new();
+    while let Some(batch) = cursor.next_batch().await? {
+        out.extend(batch);
+    }
+    Ok(out)
+}
+
 /// Inserts or replaces the stored definition of `index`.
 pub async fn save(config: &Config, index: &SearchIndex) -> Result<(), Error> {
-    let mut conn = upstream::connect(config).await?;
     let doc = rawdoc! {
         "_id": index.id.as_str(),
         "db": index.db.as_str(),
@@ -26,24 +71,11 @@ pub async fn save(config: &Config, index: &SearchIndex) -> Result<(), Error> {
         "type": "vectorSearch",
         "definition": index.definition.clone(),
     };
-    let body = rawdoc! {
-        "update": COLLECTION,
-        "updates": [{ "q": { "_id": index.id.as_str() }, "u": doc, "upsert": true }],
-        "$db": config.metadata_db.as_str(),
-    };
-    let reply = upstream::command(&mut conn, &body).await?;
-    write_errors(&reply)
+    upsert(config, COLLECTION, &index.id, doc).await
 }
 
 pub async fn delete(config: &Config, id: &str) -> Result<(), Error> {
-    let mut conn = upstream::connect(config).await?;
-    let body = rawdoc! {
-        "delete": COLLECTION,
-        "deletes": [{ "q": { "_id": id }, "limit": 1 }],
-        "$db": config.metadata_db.as_str(),
-    };
-    let reply = upstream::command(&mut conn, &body).await?;
-    write_errors(&reply)
+    remove(config, COLLECTION, id).await
 }
 
 fn write_errors(reply: &RawDocument) -> Result<(), Error> {
@@ -69,17 +101,11 @@ fn write_errors(reply: &RawDocument) -> Result<(), Error> {
 /// from `models`. Entries that no longer parse, or name a model that is
 /// gone, are logged and skipped.
 pub async fn load(config: &Config, models: &Models) -> Result<Vec<SearchIndex>, Error> {
-    let mut conn = upstream::connect(config).await?;
-    let db = config.metadata_db.as_str();
-    let body = rawdoc! { "find": COLLECTION, "filter": {}, "$db": db };
-    let mut cursor = Cursor::open(&mut conn, db, &body).await?;
     let mut out = Vec::new();
-    while let Some(batch) = cursor.next_batch().await? {
-        for doc in batch {
-            match entry(&doc, models) {
-                Ok(index) => out.push(index),
-                Err(e) => tracing::warn!(error = %e, "skipping a stored index definition"),
-            }
+    for doc in find(config, COLLECTION, RawDocumentBuf::new()).await? {
+        match entry(&doc, models) {
+            Ok(index) => out.push(index),
+            Err(e) => tracing::warn!(error = %e, "skipping a stored index definition"),
         }
     }
     Ok(out)
@@ -110,41 +136,21 @@ const MODELS: &str = "models";
 
 /// Stores a model definition (replacing one of the same name).
 pub async fn save_model(config: &Config, def: &ModelDef) -> Result<(), Error> {
-    let mut conn = upstream::connect(config).await?;
-    let body = rawdoc! {
-        "update": MODELS,
-        "updates": [{ "q": { "_id": def.name.as_str() }, "u": def.to_doc(), "upsert": true }],
-        "$db": config.metadata_db.as_str(),
-    };
-    let reply = upstream::command(&mut conn, &body).await?;
-    write_errors(&reply)
+    upsert(config, MODELS, &def.name, def.to_doc()).await
 }
 
 pub async fn delete_model(config: &Config, name: &str) -> Result<(), Error> {
-    let mut conn = upstream::connect(config).await?;
-    let body = rawdoc! {
-        "delete": MODELS,
-        "deletes": [{ "q": { "_id": name }, "limit": 1 }],
-        "$db": config.metadata_db.as_str(),
-    };
-    let reply = upstream::command(&mut conn, &body).await?;
-    write_errors(&reply)
+    remove(config, MODELS, name).await
 }
 
 /// Every stored model definition. Entries that no longer parse are logged
 /// and skipped.
 pub async fn load_models(config: &Config) -> Result<Vec<ModelDef>, Error> {
-    let mut conn = upstream::connect(config).await?;
-    let db = config.metadata_db.as_str();
-    let body = rawdoc! { "find": MODELS, "filter": {}, "$db": db };
-    let mut cursor = Cursor::open(&mut conn, db, &body).await?;
     let mut out = Vec::new();
-    while let Some(batch) = cursor.next_batch().await? {
-        for doc in batch {
-            match ModelDef::parse(&doc, "_id") {
-                Ok(def) => out.push(def),
-                Err(e) => tracing::warn!(error = %e, "skipping a stored model definition"),
-            }
+    for doc in find(config, MODELS, RawDocumentBuf::new()).await? {
+        match ModelDef::parse(&doc, "_id") {
+            Ok(def) => out.push(def),
+            Err(e) => tracing::warn!(error = %e, "skipping a stored model definition"),
         }
     }
     Ok(out)
@@ -154,7 +160,6 @@ const NEIGHBOURHOODS: &str = "neighbourhoods";
 
 /// Stores a neighbourhood definition.
 pub async fn save_neighbourhood(config: &Config, nb: &Neighbourhood) -> Result<(), Error> {
-    let mut conn = upstream::connect(config).await?;
     let id = format!("{}.{}.{}", nb.db, nb.collection, nb.name);
     let doc = rawdoc! {
         "_id": id.as_str(),
@@ -164,56 +169,37 @@ pub async fn save_neighbourhood(config: &Config, nb: &Neighbourhood) -> Result<(
         "semantic_index": nb.index_name.as_str(),
         "n": i64::try_from(nb.n).unwrap_or(i64::MAX),
     };
-    let body = rawdoc! {
-        "update": NEIGHBOURHOODS,
-        "updates": [{ "q": { "_id": id.as_str() }, "u": doc, "upsert": true }],
-        "$db": config.metadata_db.as_str(),
-    };
-    let reply = upstream::command(&mut conn, &body).await?;
-    write_errors(&reply)
+    upsert(config, NEIGHBOURHOODS, &id, doc).await
 }
 
 pub async fn delete_neighbourhood(config: &Config, nb: &Neighbourhood) -> Result<(), Error> {
-    let mut conn = upstream::connect(config).await?;
     let id = format!("{}.{}.{}", nb.db, nb.collection, nb.name);
-    let body = rawdoc! {
-        "delete": NEIGHBOURHOODS,
-        "deletes": [{ "q": { "_id": id.as_str() }, "limit": 1 }],
-        "$db": config.metadata_db.as_str(),
-    };
-    let reply = upstream::command(&mut conn, &body).await?;
-    write_errors(&reply)
+    remove(config, NEIGHBOURHOODS, &id).await
 }
 
 /// Every stored neighbourhood definition.
 pub async fn load_neighbourhoods(config: &Config) -> Result<Vec<Neighbourhood>, Error> {
-    let mut conn = upstream::connect(config).await?;
-    let db = config.metadata_db.as_str();
-    let body = rawdoc! { "find": NEIGHBOURHOODS, "filter": {}, "$db": db };
-    let mut cursor = Cursor::open(&mut conn, db, &body).await?;
     let mut out = Vec::new();
-    while let Some(batch) = cursor.next_batch().await? {
-        for doc in batch {
-            let text = |k: &str| doc.get_str(k).ok();
-            let n = crate::command::search_index::integer(doc.get("n").ok().flatten());
-            match (
-                text("db"),
-                text("collection"),
-                text("name"),
-                text("semantic_index"),
-                n,
-            ) {
-                (Some(d), Some(c), Some(name), Some(index), Some(n)) if n > 0 => {
-                    out.push(Neighbourhood::new(
-                        d,
-                        c,
-                        name,
-                        index,
-                        usize::try_from(n).unwrap_or(10),
-                    ));
-                }
-                _ => tracing::warn!("skipping a stored neighbourhood definition"),
+    for doc in find(config, NEIGHBOURHOODS, RawDocumentBuf::new()).await? {
+        let text = |k: &str| doc.get_str(k).ok();
+        let n = crate::command::search_index::integer(doc.get("n").ok().flatten());
+        match (
+            text("db"),
+            text("collection"),
+            text("name"),
+            text("semantic_index"),
+            n,
+        ) {
+            (Some(d), Some(c), Some(name), Some(index), Some(n)) if n > 0 => {
+                out.push(Neighbourhood::new(
+                    d,
+                    c,
+                    name,
+                    index,
+                    usize::try_from(n).unwrap_or(10),
+                ));
             }
+            _ => tracing::warn!("skipping a stored neighbourhood definition"),
         }
     }
     Ok(out)

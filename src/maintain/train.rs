@@ -17,6 +17,7 @@ use crate::error::{Code, Error};
 use crate::index::ids::IdSet;
 use crate::index::registry::{IndexData, SearchIndex, Status};
 use crate::index::vector::lookup;
+use crate::maintain::catalog;
 use crate::models::Model;
 use crate::train::{self, Adapter, Metric, Pairs, Splitter};
 use crate::upstream::{self, Cursor};
@@ -65,13 +66,9 @@ pub fn query_key(index: &SearchIndex) -> Option<&str> {
 /// Loads the stored adapter of `index`, if it was trained before. `true`
 /// when one was installed.
 pub async fn load(config: &Config, index: &SearchIndex) -> bool {
-    let stored = async {
-        let mut conn = upstream::connect(config).await?;
-        let body = rawdoc! { "find": ADAPTERS, "filter": { "_id": index.id.as_str() }, "$db": config.metadata_db.as_str() };
-        let mut cursor = Cursor::open(&mut conn, &config.metadata_db, &body).await?;
-        Ok::<_, Error>(cursor.next_batch().await?.and_then(|b| b.into_iter().next()))
-    }
-    .await;
+    let stored = catalog::find(config, ADAPTERS, rawdoc! { "_id": index.id.as_str() })
+        .await
+        .map(|docs| docs.into_iter().next());
     let doc = match stored {
         Ok(Some(doc)) => doc,
         Ok(None) => return false,
@@ -112,24 +109,13 @@ pub async fn load(config: &Config, index: &SearchIndex) -> bool {
 }
 
 pub async fn delete_stored(config: &Config, index_id: &str) -> Result<(), Error> {
-    let mut conn = upstream::connect(config).await?;
-    let body = rawdoc! {
-        "delete": ADAPTERS,
-        "deletes": [{ "q": { "_id": index_id }, "limit": 1 }],
-        "$db": config.metadata_db.as_str(),
-    };
-    upstream::command(&mut conn, &body).await.map(|_| ())
+    catalog::remove(config, ADAPTERS, index_id).await
 }
 
 async fn save(config: &Config, index: &SearchIndex, adapter: &Adapter) -> Result<(), Error> {
     let t = index.training().clone();
-    let metrics = |m: &Option<Vec<(String, f64)>>| {
-        let mut d = RawDocumentBuf::new();
-        for (k, v) in m.iter().flatten() {
-            d.append(k.as_str(), *v);
-        }
-        d
-    };
+    let metrics =
+        |m: &Option<Vec<(String, f64)>>| train::metrics_doc(m.as_deref().unwrap_or_default());
     let doc = rawdoc! {
         "_id": index.id.as_str(),
         "dims": adapter.dims as i32,
@@ -139,13 +125,7 @@ async fn save(config: &Config, index: &SearchIndex, adapter: &Adapter) -> Result
         "after": metrics(&t.after),
         "trainedAt": bson::DateTime::now(),
     };
-    let mut conn = upstream::connect(config).await?;
-    let body = rawdoc! {
-        "update": ADAPTERS,
-        "updates": [{ "q": { "_id": index.id.as_str() }, "u": doc, "upsert": true }],
-        "$db": config.metadata_db.as_str(),
-    };
-    upstream::command(&mut conn, &body).await.map(|_| ())
+    catalog::upsert(config, ADAPTERS, &index.id, doc).await
 }
 
 /// Starts training `index` in the background if its definition asks for it
@@ -500,13 +480,7 @@ pub async fn evaluate(
     })
     .await
     .map_err(|e| Error::internal(format!("evaluation failed: {e}")))?;
-    let doc = |m: &[(String, f64)]| {
-        let mut d = RawDocumentBuf::new();
-        for (k, v) in m {
-            d.append(k.as_str(), *v);
-        }
-        d
-    };
+    let doc = train::metrics_doc;
     Ok(rawdoc! {
         "ok": 1.0,
         "index": index.name.as_str(),

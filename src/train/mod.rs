@@ -18,6 +18,15 @@ pub mod spec;
 pub use crate::linalg::matmul;
 pub use spec::{Adapt, Metric, Splitter, TrainSpec, Validation};
 
+/// Metrics as a document, `{"r@1": 0.85, ...}`.
+pub fn metrics_doc(metrics: &[(String, f64)]) -> bson::RawDocumentBuf {
+    let mut d = bson::RawDocumentBuf::new();
+    for (k, v) in metrics {
+        d.append(k.as_str(), *v);
+    }
+    d
+}
+
 fn normalise_rows(x: &mut [f32], d: usize) -> Vec<f32> {
     x.chunks_exact_mut(d)
         .map(|row| {
