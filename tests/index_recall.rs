@@ -155,6 +155,10 @@ fn snapshots_round_trip_and_corruption_is_refused() {
             assert_eq!(loaded.search(q, K, EF, None), index.search(q, K, EF, None));
         }
         assert!(loaded.vector(500).is_none());
+        // Loading and saving again gives the same bytes.
+        let mut again = Vec::new();
+        loaded.save(&mut again).unwrap();
+        assert!(again == bytes, "a loaded index saves differently");
         // Any flipped byte or cut is detected, never loaded as a wrong index.
         for at in (0..bytes.len()).step_by(bytes.len() / 97 + 1) {
             let mut bad = bytes.clone();

@@ -1,14 +1,20 @@
 //! HNSW (Malkov & Yashunin, 2016): a layered proximity graph.
 //!
-//! Layer 0 links live in one flat array (`2 * max_edges` slots per node);
-//! the sparse upper layers are per-node lists. Removal is a tombstone: a
+//! Links live in fixed rows ended by a sentinel: `2 * max_edges` per node
+//! on layer 0, `max_edges` per node and layer above, where only about one
+//! node in `max_edges` has rows. Searches reuse a
+//! per-thread scratch (visited bitset, candidate heap) and prefetch the
+//! vectors they are about to compare, since at 100k vectors and beyond the
+//! graph walk waits on memory more than on arithmetic. Removal is a tombstone: a
 //! removed node still routes searches but is never returned. A search
 //! restricted to an allowed set walks the same graph and only admits
 //! allowed nodes to the result set, widening until it has `ef` of them or
 //! the reachable graph is exhausted.
 
+use super::metric::DistanceFn;
 use super::persist::{corrupt, Reader, Writer, KIND_HNSW};
 use super::{Hit, KeySet, Similarity, VectorIndex};
+use std::cell::RefCell;
 use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
 use std::io;
@@ -35,6 +41,39 @@ impl Default for HnswParams {
 }
 
 const MAX_LEVEL: usize = 16;
+
+/// How many neighbours ahead of the one being compared are prefetched.
+const PREFETCH_AHEAD: usize = 2;
+
+/// Per-thread buffers reused by every search on that thread.
+#[derive(Default)]
+struct Scratch {
+    visited: Vec<u64>,
+    fresh: Vec<u32>,
+    candidates: BinaryHeap<Reverse<Near>>,
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::default();
+}
+
+/// A hint to load `bytes` from `at` into the cache; no effect on
+/// correctness, nothing on targets without one.
+#[inline(always)]
+fn prefetch(at: *const u8, bytes: usize) {
+    #[cfg(target_arch = "x86_64")]
+    for line in (0..bytes).step_by(64) {
+        // SAFETY: a prefetch never faults, whatever the address; this one
+        // is inside the row anyway.
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                at.wrapping_add(line).cast(),
+            )
+        };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (at, bytes);
+}
 
 /// No upper layers (in `upper_at`).
 const NONE: u32 = u32::MAX;
@@ -107,17 +146,17 @@ pub struct Hnsw {
     params: HnswParams,
     /// Links per node on layer 0.
     m0: usize,
+    distance: DistanceFn,
     vectors: Rows<f32>,
     /// Top layer of each slot; `None` where no vector was inserted.
     level: Vec<Option<u8>>,
     removed: Vec<bool>,
+    /// Layer 0: `m0` links per node, ended by `NONE` when fewer.
     links0: Rows<u32>,
-    count0: Vec<u16>,
-    /// Layers 1.. of the nodes that have them (about one in `max_edges`):
-    /// `upper[upper_at[node]][layer - 1]`; `NONE` for layer-0-only nodes.
-    /// Four bytes per node instead of a list header each.
+    /// Layers 1.. of the nodes that have them: row `upper_at[node] +
+    /// layer - 1` of `upper`; `NONE` for layer-0-only nodes.
     upper_at: Vec<u32>,
-    upper: Vec<Vec<Vec<u32>>>,
+    upper: Rows<u32>,
     entry: Option<u32>,
     top_level: usize,
     live: usize,
@@ -153,13 +192,13 @@ impl Hnsw {
                 ..params
             },
             m0: 2 * max_edges,
+            distance: similarity.distance_fn(),
             vectors: Rows::new(dims.max(1)),
             level: Vec::new(),
             removed: Vec::new(),
             links0: Rows::new(2 * max_edges),
-            count0: Vec::new(),
             upper_at: Vec::new(),
-            upper: Vec::new(),
+            upper: Rows::new(max_edges),
             entry: None,
             top_level: 0,
             live: 0,
@@ -213,19 +252,16 @@ impl Hnsw {
         if !links0.iter().all(|n| (*n as usize) < slots) {
             return Err(corrupt("hnsw link target"));
         }
-        h.links0 = Rows::from_flat(h.m0, &links0).ok_or_else(|| corrupt("hnsw layer 0"))?;
-        h.count0 = r
-            .u32s()?
-            .into_iter()
-            .map(|c| {
-                u16::try_from(c)
-                    .ok()
-                    .filter(|&c| usize::from(c) <= h.m0)
-                    .ok_or_else(|| corrupt("hnsw link count"))
-            })
-            .collect::<io::Result<_>>()?;
-        if h.links0.len() != slots || h.count0.len() != slots {
+        let counts = r.u32s()?;
+        if links0.len() != slots * h.m0 || counts.len() != slots {
             return Err(corrupt("hnsw layer 0"));
+        }
+        if counts.iter().any(|&c| c as usize > h.m0) {
+            return Err(corrupt("hnsw link count"));
+        }
+        h.links0.grow_to(slots);
+        for (node, &count) in counts.iter().enumerate() {
+            h.set_neighbours(node as u32, 0, &links0[node * h.m0..][..count as usize]);
         }
         h.upper_at = vec![NONE; slots];
         for node in 0..slots {
@@ -233,18 +269,14 @@ impl Hnsw {
             if layers != h.level[node].map_or(0, usize::from) {
                 return Err(corrupt("hnsw upper layers"));
             }
-            let mut lists = Vec::with_capacity(layers);
-            for _ in 0..layers {
-                lists.push(r.u32s()?);
+            h.add_upper(node, layers);
+            for layer in 1..=layers {
+                let links = r.u32s()?;
+                if links.len() > max_edges || !links.iter().all(|&n| (n as usize) < slots) {
+                    return Err(corrupt("hnsw upper links"));
+                }
+                h.set_neighbours(node as u32, layer, &links);
             }
-            if layers > 0 {
-                h.upper_at[node] = h.upper.len() as u32;
-                h.upper.push(lists);
-            }
-        }
-        let in_range = |n: &u32| (*n as usize) < slots;
-        if !h.upper.iter().flatten().flatten().all(in_range) {
-            return Err(corrupt("hnsw link target"));
         }
         let entry = r.u32()?;
         h.entry = (entry != u32::MAX).then_some(entry);
@@ -265,26 +297,63 @@ impl Hnsw {
     }
 
     fn dist_to(&self, query: &[f32], node: u32) -> f32 {
-        self.similarity.distance(query, self.vec_of(node))
+        (self.distance)(query, self.vec_of(node))
     }
 
-    fn neighbours(&self, node: u32, layer: usize) -> &[u32] {
-        let n = node as usize;
+    /// The rows holding `layer`'s links, and the node's row in them.
+    fn links_row(&self, node: u32, layer: usize) -> (&Rows<u32>, usize) {
         if layer == 0 {
-            &self.links0.row(n)[..usize::from(self.count0[n])]
+            (&self.links0, node as usize)
         } else {
-            &self.upper[self.upper_at[n] as usize][layer - 1]
+            (
+                &self.upper,
+                self.upper_at[node as usize] as usize + layer - 1,
+            )
         }
     }
 
+    fn neighbours(&self, node: u32, layer: usize) -> &[u32] {
+        let (rows, at) = self.links_row(node, layer);
+        let row = rows.row(at);
+        &row[..row.iter().position(|&l| l == NONE).unwrap_or(row.len())]
+    }
+
+    /// Gives `node` empty rows on layers `1..=layers`.
+    fn add_upper(&mut self, node: usize, layers: usize) {
+        if layers > 0 {
+            self.upper_at[node] = self.upper.len() as u32;
+            self.upper.grow_to(self.upper.len() + layers);
+        }
+        for layer in 1..=layers {
+            self.set_neighbours(node as u32, layer, &[]);
+        }
+    }
+
+    /// Asks the CPU to start loading a node's vector.
+    #[inline(always)]
+    fn prefetch_vector(&self, node: u32) {
+        let row = self.vectors.row(node as usize);
+        prefetch(row.as_ptr().cast(), row.len() * 4);
+    }
+
+    #[inline(always)]
+    fn prefetch_links(&self, node: u32, layer: usize) {
+        let (rows, at) = self.links_row(node, layer);
+        let row = rows.row(at);
+        prefetch(row.as_ptr().cast(), row.len() * 4);
+    }
+
     fn set_neighbours(&mut self, node: u32, layer: usize, links: &[u32]) {
-        let n = node as usize;
-        if layer == 0 {
-            self.links0.row_mut(n)[..links.len()].copy_from_slice(links);
-            self.count0[n] = u16::try_from(links.len()).expect("m0 fits u16");
+        let (_, at) = self.links_row(node, layer);
+        let rows = if layer == 0 {
+            &mut self.links0
         } else {
-            let at = self.upper_at[n] as usize;
-            self.upper[at][layer - 1] = links.to_vec();
+            &mut self.upper
+        };
+        let row = rows.row_mut(at);
+        row[..links.len()].copy_from_slice(links);
+        if let Some(end) = row.get_mut(links.len()) {
+            *end = NONE;
         }
     }
 
@@ -308,7 +377,6 @@ impl Hnsw {
         self.level.resize(n, None);
         self.removed.resize(n, false);
         self.links0.grow_to(n);
-        self.count0.resize(n, 0);
         self.upper_at.resize(n, NONE);
     }
 
@@ -338,51 +406,72 @@ impl Hnsw {
         entries: &[Near],
         ef: usize,
         layer: usize,
-        admit: &dyn Fn(u32) -> bool,
+        admit: impl Fn(u32) -> bool,
         examined: &mut usize,
     ) -> Vec<Near> {
-        let mut visited = vec![0u64; self.level.len().div_ceil(64)];
-        let mut seen = |n: u32| {
-            let (w, b) = (n as usize / 64, n % 64);
-            let fresh = visited[w] & (1 << b) == 0;
-            visited[w] |= 1 << b;
-            fresh
-        };
-        let mut candidates: BinaryHeap<Reverse<Near>> = BinaryHeap::new();
-        let mut results: BinaryHeap<Near> = BinaryHeap::new();
-        for &e in entries {
-            if seen(e.1) {
-                candidates.push(Reverse(e));
-                if admit(e.1) {
-                    results.push(e);
+        SCRATCH.with_borrow_mut(|scratch| {
+            let Scratch {
+                visited,
+                fresh,
+                candidates,
+            } = scratch;
+            visited.clear();
+            visited.resize(self.level.len().div_ceil(64), 0);
+            let mut seen = |n: u32| {
+                let (w, b) = (n as usize / 64, n % 64);
+                let fresh = visited[w] & (1 << b) == 0;
+                visited[w] |= 1 << b;
+                fresh
+            };
+            candidates.clear();
+            let mut results: BinaryHeap<Near> = BinaryHeap::with_capacity(ef + 1);
+            for &e in entries {
+                if seen(e.1) {
+                    candidates.push(Reverse(e));
+                    if admit(e.1) {
+                        results.push(e);
+                    }
                 }
             }
-        }
-        while results.len() > ef {
-            results.pop();
-        }
-        while let Some(Reverse(current)) = candidates.pop() {
-            if results.len() >= ef && results.peek().is_some_and(|w| current.0 > w.0) {
-                break;
+            while results.len() > ef {
+                results.pop();
             }
-            for &n in self.neighbours(current.1, layer) {
-                if !seen(n) {
-                    continue;
+            while let Some(Reverse(current)) = candidates.pop() {
+                if results.len() >= ef && results.peek().is_some_and(|w| current.0 > w.0) {
+                    break;
                 }
-                *examined += 1;
-                let d = self.dist_to(query, n);
-                if results.len() < ef || results.peek().is_some_and(|w| d < w.0) {
-                    candidates.push(Reverse(Near(d, n)));
-                    if admit(n) {
-                        results.push(Near(d, n));
-                        if results.len() > ef {
-                            results.pop();
+                if let Some(Reverse(next)) = candidates.peek() {
+                    self.prefetch_links(next.1, layer);
+                }
+                fresh.clear();
+                fresh.extend(
+                    self.neighbours(current.1, layer)
+                        .iter()
+                        .copied()
+                        .filter(|&n| seen(n)),
+                );
+                for &n in fresh.iter().take(PREFETCH_AHEAD) {
+                    self.prefetch_vector(n);
+                }
+                for (i, &n) in fresh.iter().enumerate() {
+                    if let Some(&ahead) = fresh.get(i + PREFETCH_AHEAD) {
+                        self.prefetch_vector(ahead);
+                    }
+                    *examined += 1;
+                    let d = self.dist_to(query, n);
+                    if results.len() < ef || results.peek().is_some_and(|w| d < w.0) {
+                        candidates.push(Reverse(Near(d, n)));
+                        if admit(n) {
+                            results.push(Near(d, n));
+                            if results.len() > ef {
+                                results.pop();
+                            }
                         }
                     }
                 }
             }
-        }
-        results.into_sorted_vec()
+            results.into_sorted_vec()
+        })
     }
 
     /// The neighbour-selection heuristic: keep a candidate only if it is
@@ -397,7 +486,7 @@ impl Hnsw {
             let cv = self.vec_of(c);
             if kept
                 .iter()
-                .all(|&s| self.similarity.distance(cv, self.vec_of(s)) > d)
+                .all(|&s| (self.distance)(cv, self.vec_of(s)) > d)
             {
                 kept.push(c);
             }
@@ -422,7 +511,7 @@ impl Hnsw {
         let mut candidates: Vec<Near> = links
             .iter()
             .chain(std::iter::once(&new))
-            .map(|&n| Near(self.similarity.distance(&base, self.vec_of(n)), n))
+            .map(|&n| Near((self.distance)(&base, self.vec_of(n)), n))
             .collect();
         candidates.sort();
         let kept = self.select(&candidates, cap);
@@ -447,12 +536,10 @@ impl VectorIndex for Hnsw {
             return; // keys are never reused; a repeat is a no-op
         }
         self.vectors.row_mut(slot).copy_from_slice(vector);
+        self.set_neighbours(key, 0, &[]);
         let level = self.random_level();
         self.level[slot] = Some(u8::try_from(level).expect("level <= 16"));
-        if level > 0 {
-            self.upper_at[slot] = self.upper.len() as u32;
-            self.upper.push(vec![Vec::new(); level]);
-        }
+        self.add_upper(slot, level);
         self.live += 1;
 
         let Some(entry) = self.entry else {
@@ -469,8 +556,7 @@ impl VectorIndex for Hnsw {
         let mut entries = vec![best];
         let ef = self.params.num_edge_candidates.max(self.params.max_edges);
         for layer in (0..=level.min(self.top_level)).rev() {
-            let found =
-                self.search_layer(&query, &entries, ef, layer, &|n| n != key, &mut examined);
+            let found = self.search_layer(&query, &entries, ef, layer, |n| n != key, &mut examined);
             let chosen = self.select(&found, self.params.max_edges);
             self.set_neighbours(key, layer, &chosen);
             for &n in &chosen {
@@ -522,19 +608,24 @@ impl VectorIndex for Hnsw {
             .map(|n| n as u32)
             .collect();
         w.u32s(&removed);
-        w.u32s(&self.links0.flat());
-        let counts: Vec<u32> = self.count0.iter().map(|&c| u32::from(c)).collect();
-        w.u32s(&counts);
-        let none: Vec<Vec<u32>> = Vec::new();
-        for &at in &self.upper_at {
-            let lists = if at == NONE {
-                &none
-            } else {
-                &self.upper[at as usize]
+        // On disk: the links (`m0` per node), then the counts.
+        let mut links0 = Vec::with_capacity(self.links0.len() * self.m0);
+        let mut counts = Vec::with_capacity(self.links0.len());
+        for n in 0..self.links0.len() {
+            let links = match self.level[n] {
+                Some(_) => self.neighbours(n as u32, 0),
+                None => &[],
             };
-            w.usize(lists.len());
-            for list in lists {
-                w.u32s(list);
+            links0.extend(links.iter().chain(std::iter::repeat(&0)).take(self.m0));
+            counts.push(links.len() as u32);
+        }
+        w.u32s(&links0);
+        w.u32s(&counts);
+        for (node, level) in self.level.iter().enumerate() {
+            let layers = level.map_or(0, usize::from);
+            w.usize(layers);
+            for layer in 1..=layers {
+                w.u32s(self.neighbours(node as u32, layer));
             }
         }
         w.u32(self.entry.unwrap_or(u32::MAX));
@@ -562,7 +653,7 @@ impl VectorIndex for Hnsw {
         }
         let admit = |n: u32| !self.removed[n as usize] && allowed.is_none_or(|a| a.contains(n));
         let hits = self
-            .search_layer(query, &[best], ef.max(k), 0, &admit, &mut examined)
+            .search_layer(query, &[best], ef.max(k), 0, admit, &mut examined)
             .into_iter()
             .take(k)
             .map(|Near(distance, key)| Hit { key, distance })

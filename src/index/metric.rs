@@ -59,10 +59,21 @@ impl Similarity {
     /// Distance between two prepared vectors; smaller is nearer.
     #[inline]
     pub fn distance(self, a: &[f32], b: &[f32]) -> f32 {
+        (self.distance_fn())(a, b)
+    }
+
+    /// The distance as a plain function pointer, already specialised for
+    /// this CPU and measure: hot loops fetch it once and call it directly.
+    #[inline]
+    pub fn distance_fn(self) -> DistanceFn {
+        KERNELS.distance[self.kernel()]
+    }
+
+    fn kernel(self) -> usize {
         match self {
-            Similarity::Cosine => 1.0 - dot(a, b),
-            Similarity::DotProduct => -dot(a, b),
-            Similarity::Euclidean => l2_squared(a, b),
+            Similarity::Cosine => COSINE,
+            Similarity::DotProduct => DOT,
+            Similarity::Euclidean => L2,
         }
     }
 
@@ -77,12 +88,18 @@ impl Similarity {
     }
 }
 
-/// Dot product and squared Euclidean distance, compiled for the widest
-/// vectors the CPU has (AVX-512, AVX2+FMA, or the portable build), chosen
-/// once at first use.
+/// A distance between two vectors of the same length.
+pub type DistanceFn = fn(&[f32], &[f32]) -> f32;
+
+/// Kernel numbers (`Kernels::distance` positions).
+const COSINE: usize = 0;
+const DOT: usize = 1;
+const L2: usize = 2;
+
+/// The three distances, compiled for the widest vectors the CPU has
+/// (AVX-512, AVX2+FMA, or the portable build), chosen once at first use.
 struct Kernels {
-    dot: fn(&[f32], &[f32]) -> f32,
-    l2: fn(&[f32], &[f32]) -> f32,
+    distance: [DistanceFn; 3],
 }
 
 static KERNELS: std::sync::LazyLock<Kernels> = std::sync::LazyLock::new(|| {
@@ -90,116 +107,89 @@ static KERNELS: std::sync::LazyLock<Kernels> = std::sync::LazyLock::new(|| {
     {
         if std::arch::is_x86_feature_detected!("avx512f") {
             return Kernels {
-                dot: x86::dot_avx512,
-                l2: x86::l2_avx512,
+                distance: [x86::avx512::<COSINE>, x86::avx512::<DOT>, x86::avx512::<L2>],
             };
         }
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
         {
             return Kernels {
-                dot: x86::dot_avx2,
-                l2: x86::l2_avx2,
+                distance: [x86::avx2::<COSINE>, x86::avx2::<DOT>, x86::avx2::<L2>],
             };
         }
     }
     Kernels {
-        dot: dot_portable,
-        l2: l2_portable,
+        distance: [portable::<COSINE>, portable::<DOT>, portable::<L2>],
     }
 });
 
 #[inline]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    (KERNELS.dot)(a, b)
+    -(KERNELS.distance[DOT])(a, b)
 }
 
 #[inline]
 pub fn l2_squared(a: &[f32], b: &[f32]) -> f32 {
-    (KERNELS.l2)(a, b)
+    (KERNELS.distance[L2])(a, b)
 }
 
-/// `N` independent accumulators, so the compiler keeps them in vector
-/// registers (N = 16 fills one AVX-512 register, two AVX2 ones).
+/// Distance `KIND` with `N` independent accumulators, so the compiler
+/// keeps them in vector registers (N = 16 fills one AVX-512 register, two
+/// AVX2 ones).
 #[inline(always)]
-fn dot_lanes<const N: usize>(a: &[f32], b: &[f32]) -> f32 {
+fn lanes<const KIND: usize, const N: usize>(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0.0f32; N];
-    let chunks = a.len() / N * N;
+    let len = a.len().min(b.len());
+    let chunks = len / N * N;
     for (ca, cb) in a[..chunks].chunks_exact(N).zip(b[..chunks].chunks_exact(N)) {
         for i in 0..N {
-            acc[i] += ca[i] * cb[i];
+            if KIND == L2 {
+                let d = ca[i] - cb[i];
+                acc[i] += d * d;
+            } else {
+                acc[i] += ca[i] * cb[i];
+            }
         }
     }
     let mut sum: f32 = acc.iter().sum();
-    for i in chunks..a.len().min(b.len()) {
-        sum += a[i] * b[i];
-    }
-    sum
-}
-
-#[inline(always)]
-fn l2_lanes<const N: usize>(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0.0f32; N];
-    let chunks = a.len() / N * N;
-    for (ca, cb) in a[..chunks].chunks_exact(N).zip(b[..chunks].chunks_exact(N)) {
-        for i in 0..N {
-            let d = ca[i] - cb[i];
-            acc[i] += d * d;
+    for i in chunks..len {
+        if KIND == L2 {
+            let d = a[i] - b[i];
+            sum += d * d;
+        } else {
+            sum += a[i] * b[i];
         }
     }
-    let mut sum: f32 = acc.iter().sum();
-    for i in chunks..a.len().min(b.len()) {
-        let d = a[i] - b[i];
-        sum += d * d;
+    match KIND {
+        COSINE => 1.0 - sum,
+        DOT => -sum,
+        _ => sum,
     }
-    sum
 }
 
-fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
-    dot_lanes::<8>(a, b)
-}
-
-fn l2_portable(a: &[f32], b: &[f32]) -> f32 {
-    l2_lanes::<8>(a, b)
+fn portable<const KIND: usize>(a: &[f32], b: &[f32]) -> f32 {
+    lanes::<KIND, 8>(a, b)
 }
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     #[target_feature(enable = "avx512f")]
-    unsafe fn dot512(a: &[f32], b: &[f32]) -> f32 {
-        super::dot_lanes::<16>(a, b)
-    }
-
-    #[target_feature(enable = "avx512f")]
-    unsafe fn l2_512(a: &[f32], b: &[f32]) -> f32 {
-        super::l2_lanes::<16>(a, b)
+    unsafe fn lanes512<const KIND: usize>(a: &[f32], b: &[f32]) -> f32 {
+        super::lanes::<KIND, 16>(a, b)
     }
 
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn dot256(a: &[f32], b: &[f32]) -> f32 {
-        super::dot_lanes::<16>(a, b)
+    unsafe fn lanes256<const KIND: usize>(a: &[f32], b: &[f32]) -> f32 {
+        super::lanes::<KIND, 16>(a, b)
     }
 
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn l2_256(a: &[f32], b: &[f32]) -> f32 {
-        super::l2_lanes::<16>(a, b)
+    // SAFETY (both): only installed in `KERNELS` after the CPU was found
+    // to have the features they are compiled for.
+    pub fn avx512<const KIND: usize>(a: &[f32], b: &[f32]) -> f32 {
+        unsafe { lanes512::<KIND>(a, b) }
     }
 
-    // SAFETY (all four): only installed in `KERNELS` after the CPU was
-    // found to have the features they are compiled for.
-    pub fn dot_avx512(a: &[f32], b: &[f32]) -> f32 {
-        unsafe { dot512(a, b) }
-    }
-
-    pub fn l2_avx512(a: &[f32], b: &[f32]) -> f32 {
-        unsafe { l2_512(a, b) }
-    }
-
-    pub fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
-        unsafe { dot256(a, b) }
-    }
-
-    pub fn l2_avx2(a: &[f32], b: &[f32]) -> f32 {
-        unsafe { l2_256(a, b) }
+    pub fn avx2<const KIND: usize>(a: &[f32], b: &[f32]) -> f32 {
+        unsafe { lanes256::<KIND>(a, b) }
     }
 }
 
@@ -242,7 +232,10 @@ mod tests {
         let naive_l2: f32 = a.iter().zip(&b).map(|(x, y)| (x - y) * (x - y)).sum();
         assert!((dot(&a, &b) - naive_dot).abs() < 1e-3);
         assert!((l2_squared(&a, &b) - naive_l2).abs() < 1e-3);
-        assert!((dot_portable(&a, &b) - naive_dot).abs() < 1e-3);
-        assert!((l2_portable(&a, &b) - naive_l2).abs() < 1e-3);
+        assert!((-portable::<DOT>(&a, &b) - naive_dot).abs() < 1e-3);
+        assert!((portable::<L2>(&a, &b) - naive_l2).abs() < 1e-3);
+        assert!((portable::<COSINE>(&a, &b) - (1.0 - naive_dot)).abs() < 1e-3);
+        let cos = Similarity::Cosine.distance_fn();
+        assert!((cos(&a, &b) - (1.0 - naive_dot)).abs() < 1e-3);
     }
 }
