@@ -4,10 +4,16 @@
 //! one JSON object: build time, memory, and recall@k / QPS per `ef`.
 //!
 //!     cargo bench --bench ann -- DIR K M EF_CONSTRUCTION EF,EF,... l2|cosine
+//!
+//! When DIR has a `filters.txt` (one `NAME EF` per line, with
+//! `filter-NAME.u32` holding the allowed ids and `truth-NAME.u32` the exact
+//! answers among them), each filter is also run three ways: the strategy the
+//! proxy picks (`search_allowed`), filtered graph search alone, and an exact
+//! scan of the allowed ids.
 
 use likewise::index::exact::Flat;
 use likewise::index::hnsw::{Hnsw, HnswParams};
-use likewise::index::{Similarity, VectorIndex};
+use likewise::index::{exact_among, search_allowed, Hit, KeySet, Similarity, VectorIndex};
 use std::time::Instant;
 
 /// Reads `n × d` little-endian f32 (header: n, d as u32).
@@ -67,6 +73,72 @@ fn run(index: &dyn VectorIndex, queries: &[Vec<f32>], k: usize, ef: usize) -> (V
     (found, queries.len() as f64 / start.elapsed().as_secs_f64())
 }
 
+/// Times `search` over the queries (after a warm pass) and scores it:
+/// recall against `truth`, and how many queries came back with fewer than
+/// `k` although at least `k` were allowed.
+fn filtered_run(
+    queries: &[Vec<f32>],
+    truth: &[u32],
+    gt_k: usize,
+    k: usize,
+    allowed: usize,
+    search: &dyn Fn(&[f32]) -> (Vec<Hit>, &'static str),
+) -> String {
+    for q in queries.iter().take(20) {
+        search(q);
+    }
+    let start = Instant::now();
+    let answers: Vec<(Vec<Hit>, &'static str)> = queries.iter().map(|q| search(q)).collect();
+    let qps = queries.len() as f64 / start.elapsed().as_secs_f64();
+    let want = k.min(allowed);
+    let short = answers.iter().filter(|(h, _)| h.len() < want).count();
+    let found: Vec<Vec<u32>> = answers
+        .iter()
+        .map(|(h, _)| h.iter().map(|h| h.key).collect())
+        .collect();
+    let mut strategies: Vec<&str> = answers.iter().map(|(_, s)| *s).collect();
+    strategies.sort();
+    strategies.dedup();
+    format!(
+        "{{\"recall\":{:.5},\"qps\":{qps:.1},\"short\":{short},\"strategy\":{:?}}}",
+        recall(&found, truth, k, gt_k),
+        strategies.join(" / ")
+    )
+}
+
+fn filtered(dir: &std::path::Path, hnsw: &Hnsw, queries: &[Vec<f32>], k: usize) -> Vec<String> {
+    let Ok(list) = std::fs::read_to_string(dir.join("filters.txt")) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for line in list.lines() {
+        let [name, ef] = line.split_whitespace().collect::<Vec<_>>()[..] else {
+            continue;
+        };
+        let ef: usize = ef.parse().unwrap();
+        let (_, _, ids) = read_ids(&dir.join(format!("filter-{name}.u32")));
+        let (nq, gt_k, truth) = read_ids(&dir.join(format!("truth-{name}.u32")));
+        let queries = &queries[..nq];
+        let allowed = KeySet::from_keys(ids.iter().copied());
+        let n = allowed.len();
+        let auto = filtered_run(queries, &truth, gt_k, k, n, &|q| {
+            let (hits, strategy, _) = search_allowed(hnsw, q, k, ef, &allowed);
+            (hits, strategy)
+        });
+        let graph = filtered_run(queries, &truth, gt_k, k, n, &|q| {
+            (hnsw.search(q, k, ef, Some(&allowed)), "graph")
+        });
+        let exact = filtered_run(queries, &truth, gt_k, k, n, &|q| {
+            (exact_among(hnsw, q, k, allowed.keys()), "exact")
+        });
+        out.push(format!(
+            "{{\"name\":{name:?},\"ef\":{ef},\"allowed\":{n},\"auto\":{auto},\"graph\":{graph},\"exact\":{exact}}}"
+        ));
+        eprintln!("  filter {name}: done");
+    }
+    out
+}
+
 fn main() {
     let args: Vec<String> = std::env::args()
         .skip(1)
@@ -110,11 +182,17 @@ fn main() {
     let mut results = Vec::new();
     for ef in efs.split(',').map(|e| e.parse::<usize>().unwrap()) {
         let (found, qps) = run(&hnsw, &queries, k, ef.max(k));
+        let examined: usize = queries
+            .iter()
+            .map(|q| hnsw.search_counted(q, k, ef.max(k), None).1)
+            .sum();
         results.push(format!(
-            "{{\"ef\":{ef},\"recall\":{:.5},\"qps\":{qps:.1}}}",
-            recall(&found, &truth, k, gt_k)
+            "{{\"ef\":{ef},\"recall\":{:.5},\"qps\":{qps:.1},\"examined\":{:.0}}}",
+            recall(&found, &truth, k, gt_k),
+            examined as f64 / queries.len() as f64
         ));
     }
+    let filters = filtered(dir, &hnsw, &queries, k);
     let mut flat = Flat::new(d, similarity);
     for (i, v) in vectors.iter().enumerate() {
         flat.insert(i as u32, v);
@@ -123,9 +201,10 @@ fn main() {
     let (found, exact_qps) = run(&flat, exact_queries, k, k);
     let exact_recall = recall(&found, &truth, k, gt_k);
     println!(
-        "{{\"engine\":\"likewise-hnsw\",\"n\":{n},\"dims\":{d},\"build_s\":{build_s:.3},\"build_vps\":{:.1},\"memory_bytes\":{memory},\"raw_bytes\":{},\"results\":[{}],\"exact\":{{\"recall\":{exact_recall:.5},\"qps\":{exact_qps:.1}}}}}",
+        "{{\"engine\":\"likewise-hnsw\",\"n\":{n},\"dims\":{d},\"build_s\":{build_s:.3},\"build_vps\":{:.1},\"memory_bytes\":{memory},\"raw_bytes\":{},\"results\":[{}],\"exact\":{{\"recall\":{exact_recall:.5},\"qps\":{exact_qps:.1}}},\"filtered\":[{}]}}",
         n as f64 / build_s,
         n * d * 4,
-        results.join(",")
+        results.join(","),
+        filters.join(",")
     );
 }

@@ -4,7 +4,7 @@
 
 use likewise::index::exact::Flat;
 use likewise::index::hnsw::{Hnsw, HnswParams};
-use likewise::index::{exact_among, Hit, KeySet, Similarity, VectorIndex};
+use likewise::index::{exact_among, search_allowed, Hit, KeySet, Similarity, VectorIndex};
 
 const N: usize = 3000;
 const DIMS: usize = 24;
@@ -114,6 +114,34 @@ fn filtered_search_returns_k_allowed_results_with_high_recall() {
         let got = exact_among(&hnsw, q, K, tiny.keys());
         assert_eq!(got, want);
     }
+}
+
+#[test]
+fn the_filter_strategy_follows_selectivity_and_always_returns_k() {
+    let (flat, hnsw, queries) = build(Similarity::Euclidean);
+    let mut rng = Rng(5);
+    let broad = KeySet::from_keys((0..N as u32).filter(|_| rng.next() % 100 < 60));
+    let narrow = KeySet::from_keys((0..N as u32).filter(|_| rng.next() % 100 < 2));
+    let mut missed = 0;
+    for q in &queries {
+        // A narrow filter: an exact scan of the allowed keys, so exactly
+        // the oracle's answer.
+        let (hits, strategy, examined) = search_allowed(&hnsw, q, K, K, &narrow);
+        assert!(strategy.starts_with("exact scan"), "{strategy}");
+        assert_eq!(examined, narrow.len());
+        assert_eq!(hits, flat.search(q, K, 0, Some(&narrow)));
+        // A broad one at a small ef: the graph is cheaper than scanning.
+        let (hits, strategy, examined) = search_allowed(&hnsw, q, K, 2 * K, &broad);
+        assert!(strategy.starts_with("filtered graph search"), "{strategy}");
+        assert!(
+            examined < broad.len(),
+            "{examined} compared for a graph search"
+        );
+        assert_eq!(hits.len(), K);
+        assert!(hits.iter().all(|h| broad.contains(h.key)));
+        missed += misses(&flat.search(q, K, 0, Some(&broad)), &hits);
+    }
+    assert!(missed * 10 <= QUERIES * K, "{missed} misses");
 }
 
 #[test]

@@ -6,7 +6,10 @@ Prepares a seeded clustered data set (and, in full mode, all-MiniLM-L6-v2
 embeddings of real text), computes exact ground truth, builds each engine
 with the same M and efConstruction, sweeps ef, and reports recall@10 vs
 QPS, build throughput, memory per vector, and our QPS over hnswlib's at
-recall 0.90 / 0.95 / 0.99. Writes a markdown report and a plot to
+recall 0.90 / 0.95 / 0.99. On the clustered set it also runs filtered
+queries (selectivity 0.1% to 50%, the attribute uncorrelated or correlated
+with the clusters) three ways: the strategy the proxy picks, filtered graph
+search alone, and an exact scan of the allowed ids. Writes a markdown report and a plot to
 target/bench-ann/, and prints `qps_ratio_vs_hnswlib@0.95=X.XX` last.
 """
 
@@ -34,13 +37,48 @@ def rss():
         return int(f.read().split()[1]) * 4096
 
 
+SELECTIVITIES = [0.001, 0.01, 0.1, 0.5]
+FILTER_QUERIES = 200
+FILTER_EF = 100
+
+
 def clustered(n, nq, dims, seed=7, clusters=100):
+    """Points around seeded centres; also returns each base point's cluster."""
     rng = np.random.default_rng(seed)
     centres = rng.normal(0, 4, (clusters, dims)).astype(np.float32)
     def draw(count):
         which = rng.integers(0, clusters, count)
-        return (centres[which] + rng.normal(0, 1, (count, dims))).astype(np.float32)
-    return draw(n), draw(nq)
+        return (centres[which] + rng.normal(0, 1, (count, dims))).astype(np.float32), which
+    (base, labels), (queries, _) = draw(n), draw(nq)
+    return base, queries, labels
+
+
+def filters(labels):
+    """Allowed-id sets by selectivity: `uncorrelated` picks ids at random;
+    `correlated` takes whole clusters (in cluster order), so the allowed
+    points sit together and most queries start far from them."""
+    rng = np.random.default_rng(11)
+    n = len(labels)
+    by_cluster = np.argsort(labels, kind="stable")
+    out = {}
+    for s in SELECTIVITIES:
+        m = max(1, int(n * s))
+        out[f"uncorrelated-{s:g}"] = np.sort(rng.choice(n, m, replace=False))
+        out[f"correlated-{s:g}"] = np.sort(by_cluster[:m])
+    return out
+
+
+def write_filters(data_dir, base, queries, metric, allowed_sets):
+    """Writes each filter's allowed ids and its exact answers, and the list
+    `benches/ann.rs` reads."""
+    qs = queries[:FILTER_QUERIES]
+    names = []
+    for name, ids in allowed_sets.items():
+        truth = ids[ground_truth(base[ids], qs, min(K, len(ids)), metric)]
+        write_matrix(data_dir / f"filter-{name}.u32", ids[None, :], np.uint32)
+        write_matrix(data_dir / f"truth-{name}.u32", truth, np.uint32)
+        names.append(f"{name} {FILTER_EF}")
+    (data_dir / "filters.txt").write_text("\n".join(names) + "\n")
 
 
 def ground_truth(base, queries, k, metric):
@@ -186,6 +224,9 @@ def best_of(runs):
         for mine, other in zip(best["results"], run["results"]):
             mine["qps"] = max(mine["qps"], other["qps"])
         best["build_vps"] = max(best["build_vps"], run["build_vps"])
+        for mine, other in zip(best.get("filtered", []), run.get("filtered", [])):
+            for way in ("auto", "graph", "exact"):
+                mine[way]["qps"] = max(mine[way]["qps"], other[way]["qps"])
         best["build_s"] = min(best["build_s"], run["build_s"])
     return best
 
@@ -203,10 +244,13 @@ def real_text(limit):
     return np.load(cache)
 
 
-def dataset(name, base, queries, metric, rounds):
+def dataset(name, base, queries, metric, rounds, allowed_sets=None):
     data_dir = OUT / name
     data_dir.mkdir(parents=True, exist_ok=True)
     truth = ground_truth(base, queries, K, metric)
+    (data_dir / "filters.txt").unlink(missing_ok=True)
+    if allowed_sets:
+        write_filters(data_dir, base, queries, metric, allowed_sets)
     write_matrix(data_dir / "base.f32", base, np.float32)
     write_matrix(data_dir / "queries.f32", queries, np.float32)
     write_matrix(data_dir / "truth.u32", truth, np.uint32)
@@ -243,6 +287,18 @@ def report(name, n, dims, metric, engines, lines):
     exact = ours.get("exact")
     if exact:
         lines.append(f"\nexact scan: {exact['qps']:,.0f} QPS (recall {exact['recall']:.3f})")
+    filtered = ours.get("filtered")
+    if filtered:
+        lines.append(f"\nfiltered, likewise, ef={FILTER_EF}, {FILTER_QUERIES} queries; \"short\" = queries "
+                     "answered with fewer than k although k were allowed; auto = the strategy the proxy picks\n")
+        lines.append("| filter | allowed | auto strategy | auto recall | auto QPS | short | graph-only recall | "
+                     "graph-only QPS | graph short | exact-scan QPS | auto / exact |")
+        lines.append("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for f in filtered:
+            a, g, e = f["auto"], f["graph"], f["exact"]
+            lines.append(f"| {f['name']} | {f['allowed']:,} | {a['strategy']} | {a['recall']:.4f} | {a['qps']:,.0f} | "
+                         f"{a['short']} | {g['recall']:.4f} | {g['qps']:,.0f} | {g['short']} | {e['qps']:,.0f} | "
+                         f"{a['qps'] / e['qps']:.2f} |")
     lines.append("\n| engine | ef | recall@10 | QPS |\n|---|---:|---:|---:|")
     for engine, r in engines.items():
         for p in r["results"]:
@@ -283,9 +339,9 @@ def main():
     lines = [f"# ANN benchmark ({'quick' if args.quick else 'full'}), {time.strftime('%Y-%m-%d %H:%M')}",
              f"\n{os.cpu_count()} cores; every engine single-threaded; best of {rounds} interleaved rounds."]
     all_results = {}
-    base, queries = clustered(n, nq, 128)
+    base, queries, labels = clustered(n, nq, 128)
     print(f"clustered {n}×128", file=sys.stderr, flush=True)
-    all_results["clustered"] = dataset("clustered", base, queries, "l2", rounds)
+    all_results["clustered"] = dataset("clustered", base, queries, "l2", rounds, filters(labels))
     clustered_ratios = report("clustered", n, 128, "l2", all_results["clustered"], lines)
     if not args.quick:
         vectors = real_text(50_000)

@@ -633,6 +633,17 @@ impl VectorIndex for Hnsw {
         w.finish(out)
     }
 
+    /// An unfiltered search compares about `ef × m0 / 2` vectors (a
+    /// measured upper end: 445 and 941 at ef 100 on 30k and 100k clustered
+    /// vectors, M 16); a filter passing a fraction `s` of the nodes makes
+    /// the walk about `1 / s` longer, and each graph step costs about three
+    /// scan steps (random reads, heaps).
+    fn filtered_cost(&self, ef: usize, allowed: usize) -> Option<usize> {
+        let unfiltered = ef * self.m0 / 2;
+        let walk = unfiltered.saturating_mul(self.live) / allowed.max(1);
+        Some(walk.saturating_mul(3))
+    }
+
     fn search_counted(
         &self,
         query: &[f32],

@@ -101,6 +101,12 @@ pub trait VectorIndex: Send + Sync {
         ef: usize,
         allowed: Option<&KeySet>,
     ) -> (Vec<Hit>, usize);
+    /// About how many vector comparisons a graph search restricted to
+    /// `allowed` of the live vectors costs, in units of one comparison of
+    /// an exact scan; `None` where there is no graph (scanning is all).
+    fn filtered_cost(&self, _ef: usize, _allowed: usize) -> Option<usize> {
+        None
+    }
     /// Writes a snapshot that `persist::load` reads back into an equal index.
     fn save(&self, out: &mut dyn std::io::Write) -> std::io::Result<()>;
 }
@@ -119,6 +125,40 @@ pub fn exact_among(index: &dyn VectorIndex, query: &[f32], k: usize, keys: &[u32
         }
     }
     top.into_sorted()
+}
+
+/// k-NN among the `allowed` keys, by the cheaper strategy for the filter's
+/// selectivity: an exact scan of exactly those keys, or a filtered graph
+/// search when the index estimates that cheaper (see `filtered_cost`;
+/// broad filters over big indexes). Always `min(k, allowed)` results, since
+/// a graph search that comes back short is completed by an exact scan.
+/// Returns the hits, the strategy's name (for explain) and how many vectors
+/// were compared.
+pub fn search_allowed(
+    index: &dyn VectorIndex,
+    query: &[f32],
+    k: usize,
+    ef: usize,
+    allowed: &KeySet,
+) -> (Vec<Hit>, &'static str, usize) {
+    let exact = || exact_among(index, query, k, allowed.keys());
+    let graph_cost = index.filtered_cost(ef.max(k), allowed.len());
+    if graph_cost.is_none_or(|cost| cost >= allowed.len()) {
+        return (
+            exact(),
+            "exact scan of filter matches (selective filter)",
+            allowed.len(),
+        );
+    }
+    let (hits, examined) = index.search_counted(query, k, ef, Some(allowed));
+    if hits.len() < k.min(allowed.len()) {
+        return (
+            exact(),
+            "filtered graph search, completed by exact scan",
+            examined + allowed.len(),
+        );
+    }
+    (hits, "filtered graph search", examined)
 }
 
 /// Keeps the `k` nearest hits seen.

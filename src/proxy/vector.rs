@@ -13,17 +13,13 @@ use crate::command::vector_query::{
 use crate::command::{Admin, VectorKind};
 use crate::error::{Code, Error};
 use crate::index::registry::{SearchIndex, Status};
-use crate::index::{exact_among, Hit, KeySet};
+use crate::index::{exact_among, search_allowed, Hit, KeySet};
 use crate::maintain::fresh::IdSet;
 use crate::maintain::{build, catalog};
 use crate::rewrite::{self, Ranked};
 use crate::upstream::{self, Cursor};
 use bson::{rawdoc, RawArrayBuf, RawBsonRef, RawDocument, RawDocumentBuf};
 use std::sync::Arc;
-
-/// Filters matching at most this many indexed documents are answered by an
-/// exact scan of exactly those; broader ones by filtered graph search.
-const EXACT_SCAN_MAX: usize = 20_000;
 
 fn bad(message: impl Into<String>) -> Error {
     Error::client(Code::BAD_VALUE, message)
@@ -749,21 +745,10 @@ fn search(
             exact(&data.ids.live_keys().collect::<Vec<_>>()),
             "exact scan",
         ),
-        (Some(a), false) if a.len() <= EXACT_SCAN_MAX || a.len() * 10 <= index.len() => (
-            exact(a.keys()),
-            "exact scan of filter matches (selective filter)",
-        ),
         (Some(a), false) => {
-            let (hits, examined) = index.search_counted(vector, k, query.num_candidates, Some(a));
-            if hits.len() < k.min(a.len()) {
-                let (hits, scanned) = exact(a.keys());
-                (
-                    (hits, examined + scanned),
-                    "filtered graph search, completed by exact scan",
-                )
-            } else {
-                ((hits, examined), "filtered graph search")
-            }
+            let (hits, strategy, examined) =
+                search_allowed(index, vector, k, query.num_candidates, a);
+            ((hits, examined), strategy)
         }
         (None, false) => (
             index.search_counted(vector, k, query.num_candidates, None),
