@@ -73,6 +73,9 @@ fn run(index: &dyn VectorIndex, queries: &[Vec<f32>], k: usize, ef: usize) -> (V
     (found, queries.len() as f64 / start.elapsed().as_secs_f64())
 }
 
+/// One way of answering a filtered query: its hits and its name.
+type Strategy<'a> = dyn Fn(&[f32]) -> (Vec<Hit>, &'static str) + 'a;
+
 /// Times `search` over the queries (after a warm pass) and scores it:
 /// recall against `truth`, and how many queries came back with fewer than
 /// `k` although at least `k` were allowed.
@@ -82,7 +85,7 @@ fn filtered_run(
     gt_k: usize,
     k: usize,
     allowed: usize,
-    search: &dyn Fn(&[f32]) -> (Vec<Hit>, &'static str),
+    search: &Strategy,
 ) -> String {
     for q in queries.iter().take(20) {
         search(q);
