@@ -25,6 +25,17 @@ pub fn next_request_id() -> i32 {
 /// Runs one command and returns its reply body; `ok: 0` replies become
 /// errors carrying the upstream's code and message.
 pub async fn command(conn: &mut Connection, body: &RawDocument) -> Result<RawDocumentBuf, Error> {
+    let reply = round_trip(conn, body).await?;
+    check_ok(&reply)?;
+    Ok(reply)
+}
+
+/// Runs one command and returns its reply body as it came, `ok: 0`
+/// included (with its labels, for the client to see).
+pub async fn round_trip(
+    conn: &mut Connection,
+    body: &RawDocument,
+) -> Result<RawDocumentBuf, Error> {
     let request_id = next_request_id();
     conn.write_frame(&msg::encode_body(request_id, 0, body))
         .await
@@ -52,9 +63,7 @@ pub async fn command(conn: &mut Connection, body: &RawDocument) -> Result<RawDoc
             "likewise: upstream answered another request",
         ));
     }
-    let reply = parsed.body().to_owned();
-    check_ok(&reply)?;
-    Ok(reply)
+    Ok(parsed.body().to_owned())
 }
 
 fn closed() -> Error {

@@ -5,6 +5,8 @@ use crate::command::{Command, Hello};
 use crate::conn::{Connection, ReadError};
 use crate::error::{Code, Error, Side};
 use crate::maintain::fresh::WriteKind;
+use crate::rewrite;
+use crate::upstream;
 use crate::wire::{self, msg, query, Compressor, Header, OpCode, OpMsg, OpQuery};
 use bson::{RawDocument, RawDocumentBuf};
 use bytes::Bytes;
@@ -164,7 +166,21 @@ impl Session {
                     .vector_command(kind, parsed.body())
                     .await
                     .map_err(|error| Failure::Reply { request, error })?;
-                self.send_upstream(&msg::encode_body(request.request_id, 0, &rewritten))
+                if let Some((fetch, ranked)) = &rewritten.fetch_only {
+                    let reply = upstream::round_trip(&mut self.upstream, fetch)
+                        .await
+                        .map_err(|error| Failure::Reply { request, error })?;
+                    if !crate::command::reply_ok(&reply) {
+                        return self.reply(request, &reply, compressor).await;
+                    }
+                    if let Some(ordered) = rewrite::put_in_order(&reply, ranked) {
+                        return self.reply(request, &ordered, compressor).await;
+                    }
+                    // More than one batch after all: close that cursor and
+                    // let the upstream order them.
+                    self.kill_cursor_of(&reply, fetch).await;
+                }
+                self.send_upstream(&msg::encode_body(request.request_id, 0, &rewritten.ranked))
                     .await?;
                 self.relay_replies(compressor, None).await
             }

@@ -35,6 +35,14 @@ fn collection_of<'a>(body: &'a RawDocument, command: &str) -> Result<&'a str, Er
 }
 
 /// How a vector query was answered, for `explain`.
+/// A vector command rewritten for the upstream: the ranked form, which
+/// the upstream orders itself, and where possible a fetch-only form whose
+/// single batch the proxy orders (`rewrite::put_in_order`).
+pub(super) struct Rewritten {
+    pub ranked: RawDocumentBuf,
+    pub fetch_only: Option<(RawDocumentBuf, Ranked)>,
+}
+
 struct Plan {
     index: Arc<SearchIndex>,
     strategy: &'static str,
@@ -348,14 +356,44 @@ impl Session {
             })
     }
 
-    /// Answers the vector part and returns the command to send upstream.
+    /// Answers the vector part and returns the commands to send upstream.
     pub(super) async fn vector_command(
         &mut self,
         kind: VectorKind,
         body: &RawDocument,
-    ) -> Result<RawDocumentBuf, Error> {
+    ) -> Result<Rewritten, Error> {
         let plan = self.plan(kind, body).await?;
-        Ok(rewrite_for(kind, body, &plan))
+        let fetch_only = match kind {
+            VectorKind::Count => None,
+            VectorKind::Aggregate | VectorKind::Find => {
+                rewrite::fetch_only(body, &plan.ranked, plan.exact_filter.as_deref())
+            }
+        };
+        Ok(Rewritten {
+            ranked: rewrite_for(kind, body, &plan),
+            fetch_only: fetch_only.map(|command| (command, plan.ranked)),
+        })
+    }
+
+    /// Kills the cursor a fetch-only reply left open (under the same
+    /// session); a failure only leaves it to time out.
+    pub(super) async fn kill_cursor_of(&mut self, reply: &RawDocument, fetch: &RawDocument) {
+        let Ok(cursor) = reply.get_document("cursor") else {
+            return;
+        };
+        let (Ok(id), Ok(ns)) = (cursor.get_i64("id"), cursor.get_str("ns")) else {
+            return;
+        };
+        let Some((db, collection)) = ns.split_once('.') else {
+            return;
+        };
+        let mut kill = rawdoc! { "killCursors": collection, "cursors": [id], "$db": db };
+        if let Ok(lsid) = fetch.get_document("lsid") {
+            kill.append("lsid", lsid.to_owned());
+        }
+        if let Err(e) = upstream::command(&mut self.upstream, &kill).await {
+            tracing::debug!(error = %e, "killCursors of a fetch-only cursor failed");
+        }
     }
 
     /// `explain` of a vector query: the upstream's explain of the rewritten

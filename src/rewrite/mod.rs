@@ -6,6 +6,11 @@
 //! and `getMore`. `{$meta: "vectorSearchScore"}` anywhere in later stages
 //! (or a find projection) becomes the score looked up by `_id`. A `find`
 //! becomes an `aggregate`, whose cursor replies have the same shape.
+//!
+//! When nothing after the ranking depends on order or scores and every
+//! result fits one batch, the upstream only fetches (`fetch_only`) and the
+//! proxy puts the batch in order itself (`put_in_order`): the upstream then
+//! does exactly the work of a plain `_id: {$in: ids}` find.
 
 use bson::{rawdoc, RawArrayBuf, RawBson, RawBsonRef, RawDocument, RawDocumentBuf};
 
@@ -249,6 +254,129 @@ fn projection_stages(projection: &RawDocument, ranked: &Ranked) -> Vec<RawDocume
     out
 }
 
+/// The fetch-only form of a vector `aggregate` or `find` (see the module
+/// doc), or `None` when later stages, a sort, skip, limit, a projection
+/// touching `_id` or scores, or a small batch size need the ranked form.
+pub fn fetch_only(
+    body: &RawDocument,
+    ranked: &Ranked,
+    exact: Option<&RawDocument>,
+) -> Option<RawDocumentBuf> {
+    let fits = |batch: Option<RawBsonRef<'_>>| {
+        batch.is_none()
+            || crate::command::search_index::integer(batch)
+                .is_some_and(|n| n <= 0 || n as usize >= ranked.ids.len())
+    };
+    // One more than can match, so the upstream reaches the end of the
+    // results within the batch and closes the cursor.
+    let mut cursor = RawDocumentBuf::new();
+    cursor.append(
+        "batchSize",
+        i32::try_from(ranked.ids.len() + 1).unwrap_or(i32::MAX),
+    );
+    if body.get("txnNumber").ok().flatten().is_some() {
+        // In a transaction a cursor left open could not simply be killed.
+        return None;
+    }
+    let mut stages = vec![rawdoc! { "$match": ranked.filter(exact) }];
+    let collection = if let Ok(pipeline) = body.get_array("pipeline") {
+        let cursor_batch = body.get_document("cursor").ok()?.get("batchSize").ok()?;
+        if pipeline.into_iter().count() != 1 || !fits(cursor_batch) {
+            return None;
+        }
+        body.get_str("aggregate").ok()?
+    } else {
+        let present = |key| body.get(key).ok().flatten();
+        let empty_sort = body.get_document("sort").map_or(true, |s| s.is_empty());
+        let no_skip = crate::command::search_index::integer(present("skip")).unwrap_or(0) <= 0;
+        let all_wanted = crate::command::search_index::integer(present("limit"))
+            .is_none_or(|n| n == 0 || n.unsigned_abs() as usize >= ranked.ids.len());
+        if present("sort").is_some() && !empty_sort
+            || !no_skip
+            || !all_wanted
+            || !fits(present("batchSize"))
+        {
+            return None;
+        }
+        if let Some(projection) = present("projection") {
+            let projection = projection.as_document()?;
+            let plain = projection.get("_id").ok().flatten().is_none()
+                && ranked.substitute_score(projection).as_bytes() == projection.as_bytes();
+            if !plain {
+                return None;
+            }
+            stages.push(rawdoc! { "$project": projection.to_owned() });
+        }
+        body.get_str("find").ok()?
+    };
+    let mut out = RawDocumentBuf::new();
+    out.append("aggregate", collection);
+    out.append("pipeline", pipeline(stages));
+    out.append("cursor", cursor);
+    let skip: &[&str] = if body.get_str("find").is_ok() {
+        FIND_ONLY
+    } else {
+        &["aggregate", "pipeline", "cursor"]
+    };
+    for (k, v) in body.iter().flatten() {
+        if !skip.contains(&k) {
+            out.append(k, v.to_raw_bson());
+        }
+    }
+    Some(out)
+}
+
+/// Puts the first batch of a fetch-only reply in rank order, keeping every
+/// other field; `None` when the reply is not a complete, successful cursor
+/// (an error is passed on as it is; a cursor left open needs the ranked form).
+pub fn put_in_order(reply: &RawDocument, ranked: &Ranked) -> Option<RawDocumentBuf> {
+    let cursor = reply.get_document("cursor").ok()?;
+    let open = match cursor.get("id").ok()?? {
+        RawBsonRef::Int64(id) => id != 0,
+        RawBsonRef::Int32(id) => id != 0,
+        _ => true,
+    };
+    if open {
+        return None;
+    }
+    let key = |id: RawBsonRef<'_>| {
+        let mut one = RawDocumentBuf::new();
+        one.append("", id.to_raw_bson());
+        one.into_bytes()
+    };
+    let rank: std::collections::HashMap<Vec<u8>, usize> = ranked
+        .ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| (key(id.as_raw_bson_ref()), i))
+        .collect();
+    let mut docs: Vec<(usize, &RawDocument)> = Vec::new();
+    for doc in cursor.get_array("firstBatch").ok()? {
+        let doc = doc.ok()?.as_document()?;
+        let at = doc
+            .get("_id")
+            .ok()
+            .flatten()
+            .and_then(|id| rank.get(&key(id)).copied())
+            .unwrap_or(usize::MAX);
+        docs.push((at, doc));
+    }
+    docs.sort_by_key(|(at, _)| *at);
+    let mut batch = RawArrayBuf::new();
+    for (_, doc) in docs {
+        batch.push(doc.to_owned());
+    }
+    let mut new_cursor = RawDocumentBuf::new();
+    for (k, v) in cursor.iter().flatten() {
+        if k == "firstBatch" {
+            new_cursor.append(k, RawBson::Array(batch.clone()));
+        } else {
+            new_cursor.append(k, v.to_raw_bson());
+        }
+    }
+    Some(with_field(reply, "cursor", RawBson::Document(new_cursor)))
+}
+
 /// A `count` with `$like`: counts the ranked documents that match.
 pub fn count(body: &RawDocument, ranked: &Ranked, exact: Option<&RawDocument>) -> RawDocumentBuf {
     with_field(body, "query", RawBson::Document(ranked.filter(exact)))
@@ -355,6 +483,108 @@ mod tests {
                 "$addFields"
             ]
         );
+    }
+
+    #[test]
+    fn fetch_only_when_nothing_later_needs_order_or_scores() {
+        let agg = |later: Option<RawDocumentBuf>, cursor: RawDocumentBuf| {
+            let mut pipeline = RawArrayBuf::new();
+            pipeline.push(rawdoc! { "$vectorSearch": { "index": "i" } });
+            if let Some(stage) = later {
+                pipeline.push(stage);
+            }
+            rawdoc! { "aggregate": "c", "pipeline": pipeline, "cursor": cursor, "$db": "d" }
+        };
+        let plain =
+            fetch_only(&agg(None, rawdoc! {}), &ranked(), Some(&rawdoc! { "y": 1 })).unwrap();
+        let stages: Vec<_> = plain.get_array("pipeline").unwrap().into_iter().collect();
+        assert_eq!(stages.len(), 1);
+        assert_eq!(
+            stages[0]
+                .as_ref()
+                .unwrap()
+                .as_document()
+                .unwrap()
+                .get_document("$match")
+                .unwrap()
+                .to_owned(),
+            ranked().filter(Some(&rawdoc! { "y": 1 }))
+        );
+        assert_eq!(
+            plain.get_document("cursor").unwrap().get_i32("batchSize"),
+            Ok(3)
+        );
+        assert_eq!(plain.get_str("$db"), Ok("d"));
+        let later = Some(rawdoc! { "$project": { "s": { "$meta": "vectorSearchScore" } } });
+        assert!(fetch_only(&agg(later, rawdoc! {}), &ranked(), None).is_none());
+        assert!(fetch_only(&agg(None, rawdoc! { "batchSize": 1 }), &ranked(), None).is_none());
+        assert!(fetch_only(&agg(None, rawdoc! { "batchSize": 5 }), &ranked(), None).is_some());
+
+        let find = |extra: RawDocumentBuf| {
+            let mut body = rawdoc! { "find": "c", "filter": { "$like": {} } };
+            for (k, v) in extra.iter().flatten() {
+                body.append(k, v.to_raw_bson());
+            }
+            body.append("$db", "d");
+            body
+        };
+        let f = fetch_only(&find(rawdoc! { "projection": { "t": 1 } }), &ranked(), None).unwrap();
+        assert_eq!(f.get_str("aggregate"), Ok("c"));
+        assert!(f.get("filter").unwrap().is_none() && f.get("projection").unwrap().is_none());
+        for refused in [
+            rawdoc! { "sort": { "t": 1 } },
+            rawdoc! { "skip": 1 },
+            rawdoc! { "limit": 1 },
+            rawdoc! { "limit": -1 },
+            rawdoc! { "batchSize": 1 },
+            rawdoc! { "projection": { "_id": 0 } },
+            rawdoc! { "projection": { "s": { "$meta": "vectorSearchScore" } } },
+            rawdoc! { "txnNumber": 1_i64 },
+        ] {
+            assert!(
+                fetch_only(&find(refused.clone()), &ranked(), None).is_none(),
+                "{refused:?}"
+            );
+        }
+        assert!(fetch_only(&find(rawdoc! { "limit": 2, "sort": {} }), &ranked(), None).is_some());
+    }
+
+    #[test]
+    fn a_fetched_batch_is_put_in_rank_order_and_open_cursors_are_refused() {
+        let reply = rawdoc! {
+            "cursor": {
+                "firstBatch": [{ "_id": "x", "a": 1 }, { "_id": 3, "a": 2 }],
+                "id": 0_i64,
+                "ns": "d.c",
+            },
+            "ok": 1.0,
+            "$clusterTime": { "t": 1 },
+        };
+        let ordered = put_in_order(&reply, &ranked()).unwrap();
+        let batch: Vec<_> = ordered
+            .get_document("cursor")
+            .unwrap()
+            .get_array("firstBatch")
+            .unwrap()
+            .into_iter()
+            .map(|d| {
+                d.unwrap()
+                    .as_document()
+                    .unwrap()
+                    .get("_id")
+                    .unwrap()
+                    .unwrap()
+                    .to_raw_bson()
+            })
+            .collect();
+        assert_eq!(batch, ranked().ids);
+        assert_eq!(
+            ordered.get_document("cursor").unwrap().get_str("ns"),
+            Ok("d.c")
+        );
+        assert!(ordered.get_document("$clusterTime").is_ok());
+        let open = rawdoc! { "cursor": { "firstBatch": [], "id": 7_i64, "ns": "d.c" }, "ok": 1.0 };
+        assert!(put_in_order(&open, &ranked()).is_none());
     }
 
     #[test]

@@ -188,6 +188,45 @@ def test_like_find_with_exact_filter_projection_and_small_batches(docs):
                                  "cat": 99}) == 0
 
 
+def test_plain_vector_queries_come_back_in_similarity_order(docs):
+    """Nothing after the ranking: the upstream only fetches and the proxy
+    orders the batch itself."""
+    coll, rows, _, _ = docs
+    for qi in range(5):
+        query = vector_of(60_000 + qi)
+        want = exact(rows, query, K)
+        got = coll.aggregate([{"$vectorSearch": {"index": "l2", "path": "v", "queryVector": query,
+                                                 "limit": K, "exact": True}}])
+        assert [d["_id"] for d in got] == want
+        got = list(coll.find({"$like": {"vector": query, "n": K, "semantic_index": "l2", "exact": True}},
+                             {"cat": 1}))
+        assert [d["_id"] for d in got] == want
+        assert all(set(d) == {"_id", "cat"} for d in got)
+        near_three = [r for r in rows if r["cat"] == 3]
+        got = coll.find({"$like": {"vector": query, "n": K, "semantic_index": "l2", "exact": True}, "cat": 3})
+        assert [d["_id"] for d in got] == exact(near_three, query, K)
+
+
+def test_results_larger_than_one_batch_still_come_in_order(client):
+    """12 documents of 1.5 MB exceed a 16 MB batch: the proxy cannot order
+    them in one batch and lets the upstream do it, across getMores."""
+    coll = client.vector_suite.big
+    coll.drop()
+    rows = [{"_id": i, "v": vector_of(i), "pad": "x" * 1_500_000} for i in range(12)]
+    coll.insert_many(rows)
+    coll.create_search_index(SearchIndexModel(name="big", type="vectorSearch", definition=definition()))
+    wait_ready(coll, "big")
+    query = vector_of(5)
+    want = exact(rows, query, 12)
+    got = coll.aggregate([{"$vectorSearch": {"index": "big", "path": "v", "queryVector": query,
+                                             "limit": 12, "exact": True}}])
+    assert [d["_id"] for d in got] == want
+    got = coll.find({"$like": {"vector": query, "n": 12, "semantic_index": "big", "exact": True}})
+    assert [d["_id"] for d in got] == want
+    assert client.vector_suite.command("ping")["ok"] == 1
+    coll.drop()
+
+
 def test_like_by_document_id(docs):
     coll, rows, _, _ = docs
     target = rows[42]
