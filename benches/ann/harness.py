@@ -306,6 +306,30 @@ def report(name, n, dims, metric, engines, lines):
     return ratios
 
 
+def end_to_end(n, nq, lines):
+    """`benches/ann/e2e.py` in the project venv (SecantusDB upstream, the
+    release proxy, pymongo): vector queries vs the plain `_id $in` find."""
+    out = subprocess.run([str(ROOT / ".venv" / "bin" / "python"), str(ROOT / "benches" / "ann" / "e2e.py"),
+                          str(n), str(nq)], cwd=ROOT, capture_output=True, text=True)
+    if out.returncode != 0:
+        sys.exit(out.stderr)
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    lines.append(f"\n### end to end through the proxy: {n:,} documents × 128, k=10, numCandidates=100, "
+                 f"{nq} queries, SecantusDB upstream, pymongo\n")
+    lines.append("| query | p50 (ms) | p99 (ms) | QPS | p50 / `_id $in` find |")
+    lines.append("|---|---:|---:|---:|---:|")
+    base = r["find_id_in"]["p50_ms"]
+    for name, label in (("vectorSearch", "`$vectorSearch`"), ("like", "`find({$like})`"),
+                        ("find_id_in", "`find({_id: {$in: ids}})` via proxy"),
+                        ("find_id_in_direct", "`find({_id: {$in: ids}})` direct")):
+        q = r[name]
+        lines.append(f"| {label} | {q['p50_ms']:.2f} | {q['p99_ms']:.2f} | {q['qps']:,.0f} | "
+                     f"{q['p50_ms'] / base:.2f} |")
+    lines.append(f"\nindex build through the proxy: {r['index_build_s']} s; queries whose `$like` and "
+                 f"`$vectorSearch` answers differ: {r['mismatched']}")
+    return r
+
+
 def plot(all_results, path):
     import matplotlib
     matplotlib.use("Agg")
@@ -351,6 +375,8 @@ def main():
         print(f"minilm {len(base)}×{base.shape[1]}", file=sys.stderr, flush=True)
         all_results["minilm-debian"] = dataset("minilm", base, queries, "cosine", rounds)
         report("minilm-debian", len(base), base.shape[1], "cosine", all_results["minilm-debian"], lines)
+    print("end to end through the proxy", file=sys.stderr, flush=True)
+    end_to_end(20_000 if args.quick else 100_000, 300 if args.quick else 1_000, lines)
     plot(all_results, OUT / "recall-qps.png")
     lines.append(f"\n![recall vs QPS](recall-qps.png)\n\nfinished in {time.time() - started:.0f} s")
     (OUT / "report.md").write_text("\n".join(lines) + "\n")
