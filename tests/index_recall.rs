@@ -120,7 +120,7 @@ fn filtered_search_returns_k_allowed_results_with_high_recall() {
 fn the_filter_strategy_follows_selectivity_and_always_returns_k() {
     let (flat, hnsw, queries) = build(Similarity::Euclidean);
     let mut rng = Rng(5);
-    let broad = KeySet::from_keys((0..N as u32).filter(|_| rng.next() % 100 < 60));
+    let broad = KeySet::from_keys((0..N as u32).filter(|_| rng.next() % 100 < 90));
     let narrow = KeySet::from_keys((0..N as u32).filter(|_| rng.next() % 100 < 2));
     let mut missed = 0;
     for q in &queries {
@@ -141,7 +141,9 @@ fn the_filter_strategy_follows_selectivity_and_always_returns_k() {
         assert!(hits.iter().all(|h| broad.contains(h.key)));
         missed += misses(&flat.search(q, K, 0, Some(&broad)), &hits);
     }
-    assert!(missed * 10 <= QUERIES * K, "{missed} misses");
+    // A deliberately narrow beam (ef 2k): recall is lower than at the
+    // usual breadth, which the test above holds to 95%.
+    assert!(missed * 100 <= 15 * QUERIES * K, "{missed} misses");
 }
 
 #[test]

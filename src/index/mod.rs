@@ -142,7 +142,13 @@ pub fn search_allowed(
     allowed: &KeySet,
 ) -> (Vec<Hit>, &'static str, usize) {
     let exact = || exact_among(index, query, k, allowed.keys());
-    let graph_cost = index.filtered_cost(ef.max(k), allowed.len());
+    // A filter that passes a fraction `s` of the index widens the beam by
+    // up to `1 / s` (at most 4×): when the allowed vectors sit together
+    // away from the query (a filter correlated with the data), the beam
+    // meets them late and needs the room.
+    let ef = ef.max(k);
+    let ef = (ef * index.len() / allowed.len().max(1)).clamp(ef, 4 * ef);
+    let graph_cost = index.filtered_cost(ef, allowed.len());
     if graph_cost.is_none_or(|cost| cost >= allowed.len()) {
         return (
             exact(),
