@@ -171,6 +171,8 @@ pub struct Config {
     pub reconcile_interval: Duration,
     /// On shutdown, how long in-flight requests may take to finish.
     pub shutdown_timeout: Duration,
+    /// Most results (`limit`, `$like.n`) one vector query may ask for.
+    pub max_vector_results: usize,
 }
 
 impl Config {
@@ -184,6 +186,7 @@ impl Config {
             metadata_db: "likewise".to_string(),
             reconcile_interval: Duration::from_secs(60),
             shutdown_timeout: Duration::from_secs(10),
+            max_vector_results: crate::command::vector_query::MAX_CANDIDATES,
         }
     }
 }
@@ -246,6 +249,7 @@ pub struct FileConfig {
     pub reconcile_interval_ms: Option<u64>,
     pub metrics_listen: Option<String>,
     pub shutdown_timeout_ms: Option<u64>,
+    pub max_vector_results: Option<u64>,
     pub threads: Option<u64>,
     pub log_level: Option<String>,
     pub log_format: Option<String>,
@@ -290,6 +294,10 @@ impl FileConfig {
         put(
             "shutdown-timeout-ms",
             self.shutdown_timeout_ms.map(|v| v.to_string()),
+        );
+        put(
+            "max-vector-results",
+            self.max_vector_results.map(|v| v.to_string()),
         );
         put("threads", self.threads.map(|v| v.to_string()));
         put("log-level", self.log_level.clone());

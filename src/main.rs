@@ -120,6 +120,17 @@ struct ServeArgs {
         value_name = "MS"
     )]
     shutdown_timeout_ms: u64,
+    /// Most results one vector query may ask for (`$vectorSearch` `limit`,
+    /// `$like` `n`; at most 10000, Atlas's bound). A query asking for more
+    /// gets a BadValue error.
+    #[arg(
+        long,
+        env = "LIKEWISE_MAX_VECTOR_RESULTS",
+        default_value_t = 10_000,
+        value_name = "N",
+        value_parser = clap::value_parser!(u64).range(1..=10_000)
+    )]
+    max_vector_results: u64,
     /// Threads serving connections, each a single-threaded runtime that owns
     /// the connections it is given (default: one per CPU core).
     #[arg(long, env = "LIKEWISE_THREADS", value_name = "N")]
@@ -235,6 +246,7 @@ fn serve(args: ServeArgs) -> ExitCode {
     config.metadata_db = args.metadata_db;
     config.reconcile_interval = Duration::from_millis(args.reconcile_interval_ms.max(1));
     config.shutdown_timeout = Duration::from_millis(args.shutdown_timeout_ms);
+    config.max_vector_results = args.max_vector_results as usize;
 
     let threads = args.threads.unwrap_or_else(|| {
         std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)

@@ -458,6 +458,14 @@ impl Session {
         let started = std::time::Instant::now();
         let db = db_of(body)?.to_string();
         let (collection, query) = parse_query(kind, body)?;
+        let max = self.shared.config.max_vector_results;
+        if query.limit > max {
+            return Err(bad(format!(
+                "this query asks for {} results; this proxy returns at most {max} per vector \
+                 query (--max-vector-results)",
+                query.limit
+            )));
+        }
         let index = self.resolve(&db, &collection, &query)?;
         let (vector, encoding) = query_vector(&index, &query).await?;
         let allowed = match &query.filter {

@@ -344,3 +344,28 @@ def test_definitions_survive_a_restart(client, direct_uri):
         second.stop()
     coll.drop_search_index("kept")
     coll.drop()
+
+
+def test_vector_results_are_limited_by_the_operator(direct_uri):
+    """`--max-vector-results 5`: larger limits and `n` get BadValue on a
+    connection that keeps working; 5 is served."""
+    proxy = start_proxy(direct_uri, "--max-vector-results", "5")
+    try:
+        with MongoClient(f"mongodb://{proxy.address}/") as c:
+            coll = c.limits.docs
+            coll.insert_many([{"_id": i, "v": vector_of(i)} for i in range(50)])
+            coll.create_search_index(SearchIndexModel(name="l2", type="vectorSearch", definition=definition()))
+            wait_ready(coll, "l2")
+            stage = {"index": "l2", "path": "v", "queryVector": vector_of(1), "numCandidates": 50}
+            for command in ([{"$vectorSearch": {**stage, "limit": 6}}], {"$like": {"vector": vector_of(1), "n": 6}}):
+                with pytest.raises(OperationFailure) as err:
+                    if isinstance(command, list):
+                        list(coll.aggregate(command))
+                    else:
+                        list(coll.find(command))
+                assert err.value.code == 2, err.value.details
+                assert "at most 5" in err.value.details["errmsg"]
+            assert len(list(coll.aggregate([{"$vectorSearch": {**stage, "limit": 5}}]))) == 5
+            assert len(list(coll.find({"$like": {"vector": vector_of(1), "n": 5}}))) == 5
+    finally:
+        proxy.stop()
