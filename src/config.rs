@@ -173,6 +173,9 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// Most results (`limit`, `$like.n`) one vector query may ask for.
     pub max_vector_results: usize,
+    /// How long a request may take (beyond any wait the client asked for
+    /// with `maxAwaitTimeMS`, or `maxTimeMS` on a `getMore`); `None`: no limit.
+    pub request_timeout: Option<Duration>,
 }
 
 impl Config {
@@ -187,6 +190,7 @@ impl Config {
             reconcile_interval: Duration::from_secs(60),
             shutdown_timeout: Duration::from_secs(10),
             max_vector_results: crate::command::vector_query::MAX_CANDIDATES,
+            request_timeout: None,
         }
     }
 }
@@ -250,6 +254,7 @@ pub struct FileConfig {
     pub metrics_listen: Option<String>,
     pub shutdown_timeout_ms: Option<u64>,
     pub max_vector_results: Option<u64>,
+    pub request_timeout_ms: Option<u64>,
     pub threads: Option<u64>,
     pub log_level: Option<String>,
     pub log_format: Option<String>,
@@ -298,6 +303,10 @@ impl FileConfig {
         put(
             "max-vector-results",
             self.max_vector_results.map(|v| v.to_string()),
+        );
+        put(
+            "request-timeout-ms",
+            self.request_timeout_ms.map(|v| v.to_string()),
         );
         put("threads", self.threads.map(|v| v.to_string()));
         put("log-level", self.log_level.clone());

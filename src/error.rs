@@ -35,6 +35,7 @@ impl Code {
     pub const NAMESPACE_EXISTS: Code = Code::new(48, "NamespaceExists");
     pub const INDEX_ALREADY_EXISTS: Code = Code::new(68, "IndexAlreadyExists");
     pub const INVALID_OPTIONS: Code = Code::new(72, "InvalidOptions");
+    pub const NETWORK_TIMEOUT: Code = Code::new(89, "NetworkTimeout");
     pub const OPERATION_FAILED: Code = Code::new(96, "OperationFailed");
     pub const OBJECT_IS_BUSY: Code = Code::new(314, "ObjectIsBusy");
     /// `$vectorSearch` anywhere but first, as mongod reports stage placement.

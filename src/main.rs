@@ -131,6 +131,18 @@ struct ServeArgs {
         value_parser = clap::value_parser!(u64).range(1..=10_000)
     )]
     max_vector_results: u64,
+    /// Milliseconds a request may take, the proxy's own work and the
+    /// upstream's answer together (plus any `maxAwaitTimeMS`, or `maxTimeMS`
+    /// of a `getMore`, the client asked to wait). Past it the client gets a
+    /// NetworkTimeout error and the connection closes, since the upstream
+    /// may still answer on it. 0: no limit.
+    #[arg(
+        long,
+        env = "LIKEWISE_REQUEST_TIMEOUT_MS",
+        default_value_t = 0,
+        value_name = "MS"
+    )]
+    request_timeout_ms: u64,
     /// Threads serving connections, each a single-threaded runtime that owns
     /// the connections it is given (default: one per CPU core).
     #[arg(long, env = "LIKEWISE_THREADS", value_name = "N")]
@@ -247,6 +259,8 @@ fn serve(args: ServeArgs) -> ExitCode {
     config.reconcile_interval = Duration::from_millis(args.reconcile_interval_ms.max(1));
     config.shutdown_timeout = Duration::from_millis(args.shutdown_timeout_ms);
     config.max_vector_results = args.max_vector_results as usize;
+    config.request_timeout =
+        (args.request_timeout_ms > 0).then(|| Duration::from_millis(args.request_timeout_ms));
 
     let threads = args.threads.unwrap_or_else(|| {
         std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)

@@ -20,6 +20,8 @@ pub(super) struct Session {
     pub(super) shared: Arc<Shared>,
     /// When the request now upstream was sent, until its first reply.
     forwarded_at: Option<Instant>,
+    /// A reply to the client is partly written (a timeout cut it short).
+    client_dirty: bool,
 }
 
 /// How a request ended when it did not end well.
@@ -28,6 +30,9 @@ pub(super) enum Failure {
     Reply { request: ReplyTo, error: Error },
     /// The connection pair is finished.
     Close(String),
+    /// Tell the client, then finish the pair: the upstream connection is in
+    /// an unknown state (a reply may still come on it).
+    Abandon { request: ReplyTo, error: Error },
 }
 
 /// Enough about a request to answer it in its own dialect.
@@ -45,6 +50,7 @@ impl Session {
             upstream,
             shared,
             forwarded_at: None,
+            client_dirty: false,
         }
     }
 
@@ -96,6 +102,18 @@ impl Session {
                     tracing::debug!(%why, "closing client connection");
                     return;
                 }
+                Err(Failure::Abandon { request, error }) => {
+                    tracing::warn!(%error, "closing client connection");
+                    self.shared
+                        .metrics
+                        .upstream_errors
+                        .fetch_add(1, Ordering::Relaxed);
+                    if !request.more_to_come && !self.client_dirty {
+                        let reply = encode_error(&self.shared, request, &error);
+                        let _ = self.client.write_frame(&reply).await;
+                    }
+                    return;
+                }
             }
         }
     }
@@ -145,9 +163,38 @@ impl Session {
         if let Some(name) = parsed.command_name() {
             self.shared.metrics.command(name);
         }
+        let Some(limit) = self.shared.config.request_timeout else {
+            return self.dispatch(request, &message, &parsed, compressor).await;
+        };
+        let limit = limit + client_wait(parsed.body());
+        match tokio::time::timeout(limit, self.dispatch(request, &message, &parsed, compressor))
+            .await
+        {
+            Ok(outcome) => outcome,
+            Err(_) => Err(Failure::Abandon {
+                request,
+                error: Error::upstream(
+                    Code::NETWORK_TIMEOUT,
+                    format!(
+                        "likewise: the request took longer than {} ms (--request-timeout-ms)",
+                        limit.as_millis()
+                    ),
+                ),
+            }),
+        }
+    }
+
+    /// Serves one parsed OP_MSG request.
+    async fn dispatch(
+        &mut self,
+        request: ReplyTo,
+        message: &Bytes,
+        parsed: &OpMsg<'_>,
+        compressor: Option<Compressor>,
+    ) -> Result<(), Failure> {
         match Command::classify(parsed.body()) {
             Command::Hello(hello) => {
-                self.send_upstream(&message).await?;
+                self.send_upstream(message).await?;
                 // A client that insists on awaitable hello may get a stream
                 // of replies: every one of them is rewritten.
                 self.relay_replies(compressor, Some(&hello)).await
@@ -200,11 +247,11 @@ impl Session {
                     let indexes = self.indexes_for_write(parsed.body(), name);
                     if !indexes.is_empty() {
                         return self
-                            .indexed_write(kind, &parsed, &message, compressor, indexes)
+                            .indexed_write(kind, parsed, message, compressor, indexes)
                             .await;
                     }
                 }
-                self.send_upstream(&message).await?;
+                self.send_upstream(message).await?;
                 if parsed.more_to_come() {
                     return Ok(());
                 }
@@ -322,11 +369,31 @@ impl Session {
             }
             None => reply,
         };
+        self.client_dirty = true;
         self.client
             .write_frame(bytes)
             .await
-            .map_err(|e| Failure::Close(format!("client write failed: {e}")))
+            .map_err(|e| Failure::Close(format!("client write failed: {e}")))?;
+        self.client_dirty = false;
+        Ok(())
     }
+}
+
+/// The wait a request itself asks the server for, which a request timeout
+/// must allow: `maxAwaitTimeMS` (awaitable hello, change streams), or the
+/// `maxTimeMS` of a `getMore` (its await time on a tailable cursor).
+fn client_wait(body: &RawDocument) -> std::time::Duration {
+    let ms = |key: &str| {
+        crate::command::search_index::integer(body.get(key).ok().flatten())
+            .filter(|ms| *ms > 0)
+            .map_or(0, |ms| ms as u64)
+    };
+    let get_more = msg::first_key(body) == Some("getMore");
+    std::time::Duration::from_millis(ms("maxAwaitTimeMS").max(if get_more {
+        ms("maxTimeMS")
+    } else {
+        0
+    }))
 }
 
 /// Applies `rewrite` to the body of an OP_MSG reply, keeping its header ids

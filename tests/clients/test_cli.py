@@ -15,7 +15,7 @@ def test_help_documents_every_flag():
                            check=True)
     for flag in ("--listen", "--upstream", "--data-dir", "--max-connections",
                  "--connect-timeout-ms", "--metadata-db", "--reconcile-interval-ms", "--metrics-listen",
-                 "--shutdown-timeout-ms", "--log-format", "--config", "--max-vector-results",
+                 "--shutdown-timeout-ms", "--log-format", "--config", "--max-vector-results", "--request-timeout-ms",
                  "--threads",
                  "--log-level"):
         assert flag in serve.stdout, flag

@@ -236,3 +236,39 @@ def test_many_concurrent_clients(proxy_uri):
     for t in threads:
         t.join(timeout=120)
     assert not errors
+
+
+def test_a_slow_upstream_meets_the_request_timeout():
+    """SecantusDB's failCommand failpoint holds a find for 5 s; with
+    `--request-timeout-ms 500` the client gets NetworkTimeout instead, the
+    proxy serves new connections, and waits the client asked for
+    (change stream getMore with maxAwaitTimeMS) are not cut short."""
+    from conftest import start_proxy, start_upstream
+
+    upstream = start_upstream("--enable-test-commands")
+    proxy = start_proxy(f"mongodb://{upstream.address}/", "--request-timeout-ms", "500")
+    try:
+        direct = MongoClient(f"mongodb://{upstream.address}/", directConnection=True)
+        direct.slow.docs.insert_one({"_id": 1})
+        direct.admin.command("configureFailPoint", "failCommand", mode={"times": 1}, data={
+            "failCommands": ["find"], "blockConnection": True, "blockTimeMS": 5000})
+        with MongoClient(f"mongodb://{proxy.address}/", retryReads=False) as c:
+            with pytest.raises(OperationFailure) as err:
+                c.slow.docs.find_one({"_id": 1})
+            assert err.value.code == 89 and "--request-timeout-ms" in str(err.value), repr(err.value)
+        # The failpoint fired once: new connections are served as usual.
+        with MongoClient(f"mongodb://{proxy.address}/") as c:
+            assert c.slow.docs.find_one({"_id": 1}) == {"_id": 1}
+            with c.slow.docs.watch(max_await_time_ms=1500) as stream:
+                assert stream.try_next() is None
+                c.slow.docs.insert_one({"_id": 2})
+                change = None
+                for _ in range(10):
+                    change = stream.try_next()
+                    if change:
+                        break
+                assert change and change["documentKey"] == {"_id": 2}
+        direct.close()
+    finally:
+        proxy.stop()
+        upstream.stop()
