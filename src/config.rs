@@ -14,6 +14,9 @@ pub struct Upstream {
     /// Who the proxy's own connections (metadata, builds, change streams)
     /// authenticate as; clients always authenticate themselves.
     pub credentials: Option<Credentials>,
+    /// `tls=true` (or `ssl=true`): every upstream connection is TLS,
+    /// verified against this CA bundle (`tlsCAFile`; `None`: the system's).
+    pub tls: Option<Option<PathBuf>>,
 }
 
 /// SCRAM-SHA-256 credentials from the URI's user info.
@@ -58,8 +61,9 @@ fn percent_decode(text: &str) -> Result<String, String> {
 impl Upstream {
     /// Parses `mongodb://[user:pass@]host[:port][,host...][/db][?options]`.
     /// The proxy pins each client to one upstream connection, so it uses the
-    /// first host; TLS and SRV are refused until supported rather than
-    /// silently ignored.
+    /// first host; SRV is refused until supported rather than silently
+    /// ignored. TLS takes `tls`/`ssl` and `tlsCAFile`; options it cannot
+    /// honour (`tlsCertificateKeyFile`, `tlsInsecure`, ...) are refused.
     pub fn parse(uri: &str) -> Result<Upstream, String> {
         let rest = uri
             .strip_prefix("mongodb://")
@@ -72,11 +76,18 @@ impl Upstream {
             },
         };
         let mut auth_source = None;
+        let (mut tls, mut ca_file) = (false, None);
         for option in options.split('&').filter(|o| !o.is_empty()) {
             let (key, value) = option.split_once('=').unwrap_or((option, ""));
             let key = key.to_ascii_lowercase();
-            if (key == "tls" || key == "ssl") && value.eq_ignore_ascii_case("true") {
-                return Err("TLS to the upstream is not supported yet".into());
+            if key == "tls" || key == "ssl" {
+                tls = value.eq_ignore_ascii_case("true");
+            }
+            if key == "tlscafile" {
+                ca_file = Some(PathBuf::from(percent_decode(value)?));
+            }
+            if key.starts_with("tls") && !matches!(key.as_str(), "tls" | "tlscafile") {
+                return Err(format!("upstream URI option {key} is not supported"));
             }
             if key == "authsource" {
                 auth_source = Some(percent_decode(value)?);
@@ -115,11 +126,15 @@ impl Upstream {
             return Err(format!("upstream URI has no host (got {uri:?})"));
         }
         let (host, port) = split_host_port(first)?;
+        if ca_file.is_some() && !tls {
+            return Err("tlsCAFile needs tls=true".into());
+        }
         Ok(Upstream {
             host,
             port,
             uri: redacted,
             credentials,
+            tls: tls.then_some(ca_file),
         })
     }
 
@@ -173,6 +188,10 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// Most results (`limit`, `$like.n`) one vector query may ask for.
     pub max_vector_results: usize,
+    /// TLS for clients (`--tls-cert-file`, `--tls-key-file`).
+    pub client_tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+    /// TLS to the upstream, from the URI's `tls=true` and `tlsCAFile`.
+    pub upstream_tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     /// How long a request may take (beyond any wait the client asked for
     /// with `maxAwaitTimeMS`, or `maxTimeMS` on a `getMore`); `None`: no limit.
     pub request_timeout: Option<Duration>,
@@ -191,6 +210,8 @@ impl Config {
             shutdown_timeout: Duration::from_secs(10),
             max_vector_results: crate::command::vector_query::MAX_CANDIDATES,
             request_timeout: None,
+            client_tls: None,
+            upstream_tls: None,
         }
     }
 }
@@ -232,7 +253,18 @@ mod tests {
     #[test]
     fn refuses_what_it_cannot_honour() {
         assert!(Upstream::parse("mongodb+srv://cluster.example").is_err());
-        assert!(Upstream::parse("mongodb://h:1/?tls=true").is_err());
+        assert!(Upstream::parse("mongodb://h:1/?tlsCAFile=/ca.pem").is_err());
+        assert!(Upstream::parse("mongodb://h:1/?tls=true&tlsInsecure=true").is_err());
+        let u = Upstream::parse("mongodb://h:1/?tls=true&tlsCAFile=%2Fca.pem").unwrap();
+        assert_eq!(u.tls, Some(Some(PathBuf::from("/ca.pem"))));
+        assert_eq!(
+            Upstream::parse("mongodb://h:1/?ssl=true").unwrap().tls,
+            Some(None)
+        );
+        assert_eq!(
+            Upstream::parse("mongodb://h:1/?tls=false").unwrap().tls,
+            None
+        );
         assert!(Upstream::parse("mongodb://h:99999").is_err());
         assert!(Upstream::parse("mongodb:///").is_err());
     }
@@ -255,6 +287,8 @@ pub struct FileConfig {
     pub shutdown_timeout_ms: Option<u64>,
     pub max_vector_results: Option<u64>,
     pub request_timeout_ms: Option<u64>,
+    pub tls_cert_file: Option<String>,
+    pub tls_key_file: Option<String>,
     pub threads: Option<u64>,
     pub log_level: Option<String>,
     pub log_format: Option<String>,
@@ -308,6 +342,8 @@ impl FileConfig {
             "request-timeout-ms",
             self.request_timeout_ms.map(|v| v.to_string()),
         );
+        put("tls-cert-file", self.tls_cert_file.clone());
+        put("tls-key-file", self.tls_key_file.clone());
         put("threads", self.threads.map(|v| v.to_string()));
         put("log-level", self.log_level.clone());
         put("log-format", self.log_format.clone());

@@ -1,5 +1,5 @@
 //! The only code that touches sockets: reads whole frames into one buffer
-//! per connection and writes frames out.
+//! per connection and writes frames out, over plain TCP or TLS.
 
 use crate::wire::{frame_len, WireError};
 use bytes::{Bytes, BytesMut};
@@ -27,9 +27,17 @@ impl std::fmt::Display for ReadError {
     }
 }
 
-/// A TCP connection that yields whole wire-protocol frames.
+enum Stream {
+    Plain(TcpStream),
+    /// A client that connected with TLS.
+    Accepted(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    /// The proxy's TLS connection to the upstream.
+    Connected(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+/// A TCP (or TLS over TCP) connection that yields whole wire-protocol frames.
 pub struct Connection {
-    stream: TcpStream,
+    stream: Stream,
     buffer: BytesMut,
 }
 
@@ -37,10 +45,41 @@ impl Connection {
     pub fn new(stream: TcpStream) -> Connection {
         // Requests and replies are small and latency-bound.
         let _ = stream.set_nodelay(true);
+        Connection::over(Stream::Plain(stream))
+    }
+
+    fn over(stream: Stream) -> Connection {
         Connection {
             stream,
             buffer: BytesMut::with_capacity(16 * 1024),
         }
+    }
+
+    /// Serves a client over TLS: the handshake, then frames.
+    pub async fn accept_tls(
+        stream: TcpStream,
+        config: std::sync::Arc<rustls::ServerConfig>,
+    ) -> io::Result<Connection> {
+        let _ = stream.set_nodelay(true);
+        let tls = tokio_rustls::TlsAcceptor::from(config)
+            .accept(stream)
+            .await?;
+        Ok(Connection::over(Stream::Accepted(Box::new(tls))))
+    }
+
+    /// Talks to a server over TLS, verifying it is `host`.
+    pub async fn connect_tls(
+        stream: TcpStream,
+        host: &str,
+        config: std::sync::Arc<rustls::ClientConfig>,
+    ) -> io::Result<Connection> {
+        let _ = stream.set_nodelay(true);
+        let name = rustls::pki_types::ServerName::try_from(host.to_string())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let tls = tokio_rustls::TlsConnector::from(config)
+            .connect(name, stream)
+            .await?;
+        Ok(Connection::over(Stream::Connected(Box::new(tls))))
     }
 
     /// Reads the next whole frame; `Ok(None)` on a clean close between frames.
@@ -59,11 +98,12 @@ impl Connection {
             } else {
                 self.buffer.reserve(4096);
             }
-            let n = self
-                .stream
-                .read_buf(&mut self.buffer)
-                .await
-                .map_err(ReadError::Io)?;
+            let n = match &mut self.stream {
+                Stream::Plain(s) => s.read_buf(&mut self.buffer).await,
+                Stream::Accepted(s) => s.read_buf(&mut self.buffer).await,
+                Stream::Connected(s) => s.read_buf(&mut self.buffer).await,
+            }
+            .map_err(ReadError::Io)?;
             if n == 0 {
                 return if self.buffer.is_empty() {
                     Ok(None)
@@ -75,10 +115,25 @@ impl Connection {
     }
 
     pub async fn write_frame(&mut self, frame: &[u8]) -> io::Result<()> {
-        self.stream.write_all(frame).await
+        match &mut self.stream {
+            Stream::Plain(s) => s.write_all(frame).await,
+            // TLS buffers records: push each frame out whole.
+            Stream::Accepted(s) => {
+                s.write_all(frame).await?;
+                s.flush().await
+            }
+            Stream::Connected(s) => {
+                s.write_all(frame).await?;
+                s.flush().await
+            }
+        }
     }
 
     pub fn peer_addr(&self) -> io::Result<std::net::SocketAddr> {
-        self.stream.peer_addr()
+        match &self.stream {
+            Stream::Plain(s) => s.peer_addr(),
+            Stream::Accepted(s) => s.get_ref().0.peer_addr(),
+            Stream::Connected(s) => s.get_ref().0.peer_addr(),
+        }
     }
 }

@@ -28,6 +28,7 @@ pub mod proxy;
 pub mod rewrite;
 pub mod scram;
 pub mod server;
+pub mod tls;
 pub mod train;
 pub mod upstream;
 pub mod wire;

@@ -143,6 +143,23 @@ struct ServeArgs {
         value_name = "MS"
     )]
     request_timeout_ms: u64,
+    /// PEM certificate chain served to clients: with --tls-key-file, clients
+    /// connect with `tls=true` (and only so).
+    #[arg(
+        long,
+        env = "LIKEWISE_TLS_CERT_FILE",
+        value_name = "FILE",
+        requires = "tls_key_file"
+    )]
+    tls_cert_file: Option<PathBuf>,
+    /// PEM private key of --tls-cert-file.
+    #[arg(
+        long,
+        env = "LIKEWISE_TLS_KEY_FILE",
+        value_name = "FILE",
+        requires = "tls_cert_file"
+    )]
+    tls_key_file: Option<PathBuf>,
     /// Threads serving connections, each a single-threaded runtime that owns
     /// the connections it is given (default: one per CPU core).
     #[arg(long, env = "LIKEWISE_THREADS", value_name = "N")]
@@ -259,6 +276,24 @@ fn serve(args: ServeArgs) -> ExitCode {
     config.reconcile_interval = Duration::from_millis(args.reconcile_interval_ms.max(1));
     config.shutdown_timeout = Duration::from_millis(args.shutdown_timeout_ms);
     config.max_vector_results = args.max_vector_results as usize;
+    if let (Some(cert), Some(key)) = (&args.tls_cert_file, &args.tls_key_file) {
+        match likewise::tls::server_config(cert, key) {
+            Ok(tls) => config.client_tls = Some(tls),
+            Err(e) => {
+                eprintln!("likewise: --tls-cert-file / --tls-key-file: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    if let Some(ca_file) = config.upstream.tls.clone() {
+        match likewise::tls::client_config(ca_file.as_deref()) {
+            Ok(tls) => config.upstream_tls = Some(tls),
+            Err(e) => {
+                eprintln!("likewise: --upstream TLS: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
     config.request_timeout =
         (args.request_timeout_ms > 0).then(|| Duration::from_millis(args.request_timeout_ms));
 

@@ -230,17 +230,30 @@ async fn authenticate(conn: &mut Connection, credentials: &Credentials) -> Resul
     Ok(())
 }
 
-async fn open(config: &Config) -> Result<Connection, Error> {
+/// A new connection to the upstream (TLS when the URI says `tls=true`),
+/// not yet authenticated; `HostUnreachable` when it cannot be had within
+/// the connect timeout.
+pub async fn open(config: &Config) -> Result<Connection, Error> {
     let address = config.upstream.address();
-    match tokio::time::timeout(config.connect_timeout, TcpStream::connect(&address)).await {
-        Ok(Ok(stream)) => Ok(Connection::new(stream)),
-        Ok(Err(e)) => Err(Error::upstream(
+    let unreachable = |why: String| {
+        Error::upstream(
             Code::HOST_UNREACHABLE,
-            format!("likewise: upstream {address} unreachable: {e}"),
-        )),
-        Err(_) => Err(Error::upstream(
-            Code::HOST_UNREACHABLE,
-            format!("likewise: upstream {address} did not accept a connection in time"),
-        )),
+            format!("likewise: upstream {address} unreachable: {why}"),
+        )
+    };
+    let connect = async {
+        let stream = TcpStream::connect(&address).await?;
+        match &config.upstream_tls {
+            Some(tls) => Connection::connect_tls(stream, &config.upstream.host, tls.clone()).await,
+            None => Ok(Connection::new(stream)),
+        }
+    };
+    match tokio::time::timeout(config.connect_timeout, connect).await {
+        Ok(Ok(conn)) => Ok(conn),
+        Ok(Err(e)) => Err(unreachable(e.to_string())),
+        Err(_) => Err(unreachable(format!(
+            "no connection within {:?}",
+            config.connect_timeout
+        ))),
     }
 }

@@ -15,7 +15,6 @@ mod write;
 
 use crate::config::Config;
 use crate::conn::Connection;
-use crate::error::{Code, Error};
 use crate::index::registry::Registry;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
@@ -72,28 +71,28 @@ pub async fn serve(stream: TcpStream, shared: Arc<Shared>) {
     let metrics = shared.metrics.clone();
     metrics.connections_total.fetch_add(1, Ordering::Relaxed);
     metrics.connections_open.fetch_add(1, Ordering::Relaxed);
-    let client = Connection::new(stream);
-    match connect_upstream(&shared).await {
-        Ok(upstream) => session::Session::new(client, upstream, shared).run().await,
-        Err(err) => session::refuse(client, &shared, err).await,
+    let client = match &shared.config.client_tls {
+        Some(tls) => {
+            let handshake = Connection::accept_tls(stream, tls.clone());
+            match tokio::time::timeout(shared.config.connect_timeout, handshake).await {
+                Ok(Ok(client)) => Some(client),
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "client TLS handshake failed");
+                    None
+                }
+                Err(_) => {
+                    tracing::debug!("client TLS handshake timed out");
+                    None
+                }
+            }
+        }
+        None => Some(Connection::new(stream)),
+    };
+    if let Some(client) = client {
+        match crate::upstream::open(&shared.config).await {
+            Ok(upstream) => session::Session::new(client, upstream, shared).run().await,
+            Err(err) => session::refuse(client, &shared, err).await,
+        }
     }
     metrics.connections_open.fetch_sub(1, Ordering::Relaxed);
-}
-
-async fn connect_upstream(shared: &Shared) -> Result<Connection, Error> {
-    let address = shared.config.upstream.address();
-    let unreachable = |why: String| {
-        Error::upstream(
-            Code::HOST_UNREACHABLE,
-            format!("likewise: upstream {address} unreachable: {why}"),
-        )
-    };
-    match tokio::time::timeout(shared.config.connect_timeout, TcpStream::connect(&address)).await {
-        Ok(Ok(stream)) => Ok(Connection::new(stream)),
-        Ok(Err(e)) => Err(unreachable(e.to_string())),
-        Err(_) => Err(unreachable(format!(
-            "no connection within {:?}",
-            shared.config.connect_timeout
-        ))),
-    }
 }

@@ -1,0 +1,102 @@
+"""TLS on both sides of the proxy, with certificates made by `openssl` for
+127.0.0.1: pymongo connecting with `tls=true` to the proxy, and the proxy
+connecting with `tls=true&tlsCAFile=...` to a SecantusDB serving TLS."""
+
+import subprocess
+
+import pytest
+from pymongo import MongoClient
+from pymongo.errors import OperationFailure, ServerSelectionTimeoutError
+from pymongo.operations import SearchIndexModel
+
+from conftest import start_proxy, start_upstream, wait_ready
+
+DIMS = 8
+
+
+def openssl(*args, cwd):
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory):
+    """A CA, and a server certificate it signed for 127.0.0.1 / localhost;
+    another CA that signed nothing, for the refusal tests."""
+    d = tmp_path_factory.mktemp("tls")
+    for name in ("ca", "other-ca"):
+        openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.pem",
+                "-days", "2", "-subj", f"/CN=likewise test {name}",
+                "-addext", "basicConstraints=critical,CA:TRUE",
+                "-addext", "keyUsage=critical,keyCertSign,cRLSign", cwd=d)
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
+            "-subj", "/CN=localhost", cwd=d)
+    (d / "server.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n"
+                                  "extendedKeyUsage=serverAuth\n")
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", "server.pem", "-days", "2", "-extfile", "server.ext", cwd=d)
+    return d
+
+
+def vector_search_works(client):
+    coll = client.tls_suite.docs
+    coll.drop()
+    coll.insert_many([{"_id": i, "v": [float(i + j) for j in range(DIMS)]} for i in range(200)])
+    coll.create_search_index(SearchIndexModel(name="v", type="vectorSearch", definition={
+        "fields": [{"type": "vector", "path": "v", "numDimensions": DIMS, "similarity": "euclidean"}]}))
+    wait_ready(coll, "v")
+    got = list(coll.aggregate([{"$vectorSearch": {"index": "v", "path": "v", "queryVector": [42.0 + j for j in range(DIMS)],
+                                                  "numCandidates": 50, "limit": 3}}]))
+    assert [d["_id"] for d in got] == [42, 41, 43] or [d["_id"] for d in got] == [42, 43, 41]
+    coll.insert_one({"_id": 1000, "v": [500.0 + j for j in range(DIMS)]})
+    got = list(coll.find({"$like": {"vector": [500.0 + j for j in range(DIMS)], "n": 1}}))
+    assert got[0]["_id"] == 1000
+
+
+def test_clients_connect_to_the_proxy_with_tls(certs, direct_uri):
+    proxy = start_proxy(direct_uri, "--tls-cert-file", str(certs / "server.pem"),
+                        "--tls-key-file", str(certs / "server.key"))
+    try:
+        uri = f"mongodb://{proxy.address}/?tls=true&tlsCAFile={certs / 'ca.pem'}"
+        with MongoClient(uri, serverSelectionTimeoutMS=10_000) as c:
+            assert c.admin.command("ping")["ok"] == 1
+            vector_search_works(c)
+        # A client without TLS, or one that does not trust the certificate,
+        # gets nowhere; the proxy goes on serving the others.
+        with MongoClient(f"mongodb://{proxy.address}/", serverSelectionTimeoutMS=1_500) as plain:
+            with pytest.raises(ServerSelectionTimeoutError):
+                plain.admin.command("ping")
+        distrust = f"mongodb://{proxy.address}/?tls=true&tlsCAFile={certs / 'other-ca.pem'}"
+        with MongoClient(distrust, serverSelectionTimeoutMS=1_500) as wary:
+            with pytest.raises(ServerSelectionTimeoutError):
+                wary.admin.command("ping")
+        with MongoClient(uri, serverSelectionTimeoutMS=10_000) as c:
+            assert c.tls_suite.docs.count_documents({}) == 201
+    finally:
+        proxy.stop()
+
+
+def test_the_proxy_connects_to_a_tls_upstream(certs):
+    upstream = start_upstream("--tls-cert-file", str(certs / "server.pem"), "--tls-key-file", str(certs / "server.key"))
+    try:
+        tls_uri = f"mongodb://{upstream.address}/?tls=true&tlsCAFile={certs / 'ca.pem'}"
+        proxy = start_proxy(tls_uri)
+        try:
+            with MongoClient(f"mongodb://{proxy.address}/", serverSelectionTimeoutMS=10_000) as c:
+                assert c.admin.command("ping")["ok"] == 1
+                # Index builds and change streams run on the proxy's own
+                # TLS connections.
+                vector_search_works(c)
+        finally:
+            proxy.stop()
+        # An upstream whose certificate the proxy cannot verify is
+        # unreachable, said so to the client, and never spoken to in clear.
+        wary = start_proxy(f"mongodb://{upstream.address}/?tls=true&tlsCAFile={certs / 'other-ca.pem'}")
+        try:
+            with MongoClient(f"mongodb://{wary.address}/", serverSelectionTimeoutMS=3_000) as c:
+                with pytest.raises((OperationFailure, ServerSelectionTimeoutError)) as err:
+                    c.admin.command("ping")
+                assert "unreachable" in str(err.value), err.value
+        finally:
+            wary.stop()
+    finally:
+        upstream.stop()
