@@ -12,8 +12,9 @@ use crate::command::vector_query::{
 };
 use crate::command::{Admin, VectorKind};
 use crate::error::{Code, Error};
+use crate::index::ids::IdMap;
 use crate::index::registry::{SearchIndex, Status};
-use crate::index::{exact_among, search_allowed, Hit, KeySet};
+use crate::index::{exact_among, search_allowed, Hit, KeySet, Similarity};
 use crate::maintain::fresh::IdSet;
 use crate::maintain::{build, catalog};
 use crate::rewrite::{self, Ranked};
@@ -474,13 +475,12 @@ impl Session {
         };
         let allowed_count = allowed.as_ref().map(|ids| ids.ids.len());
         let searcher = index.clone();
-        let (hits, strategy, examined, query) = tokio::task::spawn_blocking(move || {
-            let (hits, strategy, examined) = search(&searcher, &vector, &query, allowed.as_ref());
-            (hits, strategy, examined, query)
+        let (ranked, strategy, examined, query) = tokio::task::spawn_blocking(move || {
+            let (ranked, strategy, examined) = search(&searcher, &vector, &query, allowed.as_ref());
+            (ranked, strategy, examined, query)
         })
         .await
         .map_err(|e| Error::internal(format!("vector search failed: {e}")))?;
-        let ranked = to_ranked(&index, &hits);
         self.shared
             .metrics
             .vector_latency
@@ -764,13 +764,15 @@ fn stored_vector(index: &SearchIndex, id: &bson::RawBson) -> Result<Vec<f32>, Er
 
 /// Runs the search on a blocking thread's behalf: exact over the allowed
 /// documents when the filter is selective, filtered graph search when it is
-/// broad (falling back to exact if that returns fewer than it could).
+/// broad (falling back to exact if that returns fewer than it could). The
+/// hits become `_id`s under the same lock: a concurrent update re-keys a
+/// document, and its old key must not be looked up after.
 fn search(
     index: &SearchIndex,
     vector: &[f32],
     query: &VectorQuery,
     allowed_ids: Option<&IdSet>,
-) -> (Vec<Hit>, &'static str, usize) {
+) -> (Ranked, &'static str, usize) {
     let data = index.data.read().unwrap_or_else(|e| e.into_inner());
     // Ids become keys under the same lock as the search: a concurrent
     // update may re-key a document, never between these two steps.
@@ -782,6 +784,7 @@ fn search(
         )
     });
     let allowed = allowed.as_ref();
+    let similarity = index.spec.similarity;
     let index = data.index.as_ref();
     let k = query.limit;
     let exact = |keys: &[u32]| (exact_among(index, vector, k, keys), keys.len());
@@ -801,15 +804,13 @@ fn search(
             "graph search",
         ),
     };
-    (hits, strategy, examined)
+    (to_ranked(&data.ids, similarity, &hits), strategy, examined)
 }
 
-fn to_ranked(index: &SearchIndex, hits: &[Hit]) -> Ranked {
-    let data = index.data.read().unwrap_or_else(|e| e.into_inner());
-    let similarity = index.spec.similarity;
+fn to_ranked(ids: &IdMap, similarity: Similarity, hits: &[Hit]) -> Ranked {
     let mut ranked = Ranked::default();
     for hit in hits {
-        if let Some(id) = data.ids.id_of(hit.key) {
+        if let Some(id) = ids.id_of(hit.key) {
             ranked.ids.push(id.clone());
             ranked.scores.push(similarity.score(hit.distance));
         }

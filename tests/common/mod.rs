@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod load;
+
 use likewise::config::{Config, Upstream as UpstreamAddr};
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
