@@ -42,6 +42,10 @@ impl Default for HnswParams {
 
 const MAX_LEVEL: usize = 16;
 
+/// At most `1 / DUPLICATE_SHARE` of a node's links go to copies of one
+/// vector (see `select`).
+const DUPLICATE_SHARE: usize = 4;
+
 /// How many neighbours ahead of the one being compared are prefetched.
 const PREFETCH_AHEAD: usize = 2;
 
@@ -474,9 +478,14 @@ impl Hnsw {
         })
     }
 
-    /// The neighbour-selection heuristic: keep a candidate only if it is
-    /// nearer to the base than to every neighbour already kept, which
-    /// spreads links across directions. `candidates` are nearest first.
+    /// The neighbour-selection heuristic: keep a candidate unless a
+    /// neighbour already kept is nearer to it than the base is, which
+    /// spreads links across directions. Ties keep it, and copies of one
+    /// vector may hold up to a quarter of the links: with repeated
+    /// vectors (the same text embedded twice, updates back and forth) a
+    /// strict test leaves a node a single link into its copies, and copies
+    /// filling every link would trap searches; either cuts islands out of
+    /// the graph. `candidates` are nearest first.
     fn select(&self, candidates: &[Near], m: usize) -> Vec<u32> {
         let mut kept: Vec<u32> = Vec::with_capacity(m);
         for &Near(d, c) in candidates {
@@ -484,10 +493,16 @@ impl Hnsw {
                 break;
             }
             let cv = self.vec_of(c);
-            if kept
-                .iter()
-                .all(|&s| (self.distance)(cv, self.vec_of(s)) > d)
-            {
+            let mut copies = 0;
+            let diverse = kept.iter().all(|&s| {
+                let sv = self.vec_of(s);
+                let to_kept = (self.distance)(cv, sv);
+                if to_kept == d && cv == sv {
+                    copies += 1;
+                }
+                to_kept >= d
+            });
+            if diverse && copies < m / DUPLICATE_SHARE {
                 kept.push(c);
             }
         }

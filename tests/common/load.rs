@@ -201,13 +201,13 @@ pub async fn worker(addr: String, who: i64, until: Instant) -> Tally {
                 if !ok(&reply) {
                     tally.errors.push(format!("{op:?}: {reply:?}"));
                 } else if op == Op::Vector {
-                    let found = reply
-                        .get_document("cursor")
-                        .and_then(|c| c.get_array("firstBatch"))
-                        .map(|b| b.into_iter().count())
-                        .unwrap_or(0);
-                    if found != 5 {
-                        tally.errors.push(format!("vector query returned {found}"));
+                    match drain(&mut client, &reply).await {
+                        Ok(5) => {}
+                        Ok(found) => tally.errors.push(format!("vector query returned {found}")),
+                        Err(e) => {
+                            tally.protocol_errors.push(e);
+                            return tally;
+                        }
                     }
                 }
             }
@@ -218,6 +218,37 @@ pub async fn worker(addr: String, who: i64, until: Instant) -> Tally {
         }
     }
     tally
+}
+
+/// How many documents a cursor reply and its `getMore`s hold: a server
+/// may answer in several batches, whatever the batch size asked for.
+async fn drain(client: &mut Client, reply: &RawDocument) -> Result<usize, String> {
+    let mut cursor = reply
+        .get_document("cursor")
+        .map_err(|e| e.to_string())?
+        .to_owned();
+    let mut found = 0;
+    loop {
+        let batch = cursor
+            .get_array("firstBatch")
+            .or_else(|_| cursor.get_array("nextBatch"))
+            .map_err(|e| e.to_string())?;
+        found += batch.into_iter().count();
+        let id = cursor.get_i64("id").map_err(|e| e.to_string())?;
+        if id == 0 {
+            return Ok(found);
+        }
+        let more = client
+            .run(&rawdoc! { "getMore": id, "collection": COLL, "$db": DB })
+            .await?;
+        if !ok(&more) {
+            return Err(format!("getMore: {more:?}"));
+        }
+        cursor = more
+            .get_document("cursor")
+            .map_err(|e| e.to_string())?
+            .to_owned();
+    }
 }
 
 /// Runs `connections` workers for `duration`; their tallies.
