@@ -126,6 +126,8 @@ pub struct Metrics {
     /// Errors the proxy itself answered with, by side.
     pub client_errors: AtomicU64,
     pub upstream_errors: AtomicU64,
+    /// The same errors by (side, code name).
+    errors_by_code: std::sync::Mutex<std::collections::BTreeMap<(&'static str, String), u64>>,
     /// Time from forwarding a request to the upstream's first reply.
     pub upstream_latency: Histogram,
     pub vector_latency: Histogram,
@@ -141,6 +143,7 @@ impl Default for Metrics {
             commands: (0..=COMMANDS.len()).map(|_| AtomicU64::new(0)).collect(),
             client_errors: AtomicU64::new(0),
             upstream_errors: AtomicU64::new(0),
+            errors_by_code: Default::default(),
             upstream_latency: Histogram::default(),
             vector_latency: Histogram::default(),
             strategies: Default::default(),
@@ -155,6 +158,27 @@ impl Metrics {
             .position(|c| *c == name)
             .unwrap_or(COMMANDS.len());
         self.commands[slot].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts an error reply the proxy made.
+    pub fn error(&self, error: &crate::error::Error) {
+        let side = match error.side {
+            crate::error::Side::Client => {
+                self.client_errors.fetch_add(1, Ordering::Relaxed);
+                "client"
+            }
+            _ => {
+                self.upstream_errors.fetch_add(1, Ordering::Relaxed);
+                "upstream"
+            }
+        };
+        let mut by_code = self
+            .errors_by_code
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        *by_code
+            .entry((side, error.code.name.to_string()))
+            .or_default() += 1;
     }
 
     pub fn strategy(&self, name: &str) {
@@ -225,6 +249,23 @@ impl Metrics {
             load(&self.upstream_errors),
         );
         e.family(
+            "likewise_errors_by_code_total",
+            "counter",
+            "Error replies the proxy made, by side and MongoDB code name.",
+        );
+        for ((side, code), n) in self
+            .errors_by_code
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            e.sample(
+                "likewise_errors_by_code_total",
+                &format!("side=\"{side}\",code=\"{code}\""),
+                *n,
+            );
+        }
+        e.family(
             "likewise_upstream_latency_seconds",
             "histogram",
             "Forwarded request to first upstream reply.",
@@ -294,6 +335,40 @@ impl Metrics {
                 "likewise_index_pending_encodes",
                 &labels(index),
                 index.pending_count(),
+            );
+        }
+        e.family(
+            "likewise_index_neighbourhood_pending",
+            "gauge",
+            "Documents whose vectors changed and whose neighbourhood lists are not yet refreshed.",
+        );
+        for index in &indexes {
+            e.sample(
+                "likewise_index_neighbourhood_pending",
+                &labels(index),
+                index.changed_count(),
+            );
+        }
+        e.family(
+            "likewise_index_training_epochs",
+            "gauge",
+            "Training epochs done, for indexes with a training objective.",
+        );
+        e.family(
+            "likewise_index_training_planned_epochs",
+            "gauge",
+            "Training epochs planned.",
+        );
+        for index in indexes.iter().filter(|i| i.spec.train.is_some()) {
+            let (done, planned) = {
+                let t = index.training();
+                (t.epochs.len(), t.planned_epochs)
+            };
+            e.sample("likewise_index_training_epochs", &labels(index), done);
+            e.sample(
+                "likewise_index_training_planned_epochs",
+                &labels(index),
+                planned,
             );
         }
         e.out

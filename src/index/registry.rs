@@ -309,6 +309,15 @@ impl SearchIndex {
         }
     }
 
+    /// Changed ids waiting for `take_changed` (0 when nothing listens).
+    pub fn changed_count(&self) -> usize {
+        self.changed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map_or(0, |set| set.ids.len())
+    }
+
     /// The ids changed since the last call.
     pub fn take_changed(&self) -> IdSet {
         match self

@@ -79,11 +79,7 @@ impl Session {
             match outcome {
                 Ok(()) => {}
                 Err(Failure::Reply { request, error }) => {
-                    let metrics = &self.shared.metrics;
-                    match error.side {
-                        Side::Client => metrics.client_errors.fetch_add(1, Ordering::Relaxed),
-                        _ => metrics.upstream_errors.fetch_add(1, Ordering::Relaxed),
-                    };
+                    self.shared.metrics.error(&error);
                     if error.side == Side::Client {
                         tracing::debug!(%error, "rejected client request");
                     } else {
@@ -104,10 +100,7 @@ impl Session {
                 }
                 Err(Failure::Abandon { request, error }) => {
                     tracing::warn!(%error, "closing client connection");
-                    self.shared
-                        .metrics
-                        .upstream_errors
-                        .fetch_add(1, Ordering::Relaxed);
+                    self.shared.metrics.error(&error);
                     if !request.more_to_come && !self.client_dirty {
                         let reply = encode_error(&self.shared, request, &error);
                         let _ = self.client.write_frame(&reply).await;
