@@ -43,6 +43,42 @@ async fn half_written_frames_and_vanishing_clients_hurt_no_one() {
 }
 
 #[tokio::test]
+async fn a_client_leaving_in_the_middle_of_a_large_reply_hurts_no_one() {
+    let upstream = Upstream::start();
+    let proxy = Proxy::start(&upstream.uri()).await;
+    let addr = proxy.addr.to_string();
+    let pad = "y".repeat(2_000_000);
+    let mut conn = Connection::new(TcpStream::connect(&addr).await.unwrap());
+    let mut docs = bson::RawArrayBuf::new();
+    for i in 0..6 {
+        docs.push(rawdoc! { "_id": i, "pad": pad.as_str() });
+    }
+    let insert = rawdoc! { "insert": "wide", "documents": docs, "$db": "faults" };
+    conn.write_frame(&msg::encode_body(1, 0, &insert))
+        .await
+        .unwrap();
+    let reply = conn.read_frame().await.unwrap().unwrap();
+    assert_eq!(OpMsg::parse(&reply).unwrap().body().get_i32("n"), Ok(6));
+    // About 12 MB on its way back; the client reads a little and goes.
+    let find = rawdoc! { "find": "wide", "filter": {}, "batchSize": 100, "$db": "faults" };
+    let mut raw = TcpStream::connect(&addr).await.unwrap();
+    raw.write_all(&msg::encode_body(2, 0, &find)).await.unwrap();
+    let mut first = [0u8; 1024];
+    tokio::io::AsyncReadExt::read_exact(&mut raw, &mut first)
+        .await
+        .unwrap();
+    drop(raw);
+    // The proxy and the other connections carry on.
+    ping_ok(&addr).await;
+    let count = rawdoc! { "count": "wide", "$db": "faults" };
+    conn.write_frame(&msg::encode_body(3, 0, &count))
+        .await
+        .unwrap();
+    let reply = conn.read_frame().await.unwrap().unwrap();
+    assert_eq!(OpMsg::parse(&reply).unwrap().body().get_i32("n"), Ok(6));
+}
+
+#[tokio::test]
 async fn messages_up_to_the_limit_pass_and_one_byte_more_is_refused() {
     let upstream = Upstream::start();
     let proxy = Proxy::start(&upstream.uri()).await;
