@@ -380,6 +380,7 @@ async fn scan(config: &Config, index: &Arc<SearchIndex>) -> Result<(), Error> {
     };
     let mut cursor = Cursor::open(&mut conn, db, &body).await?;
     let mut next_report = 0.1;
+    let started = std::time::Instant::now();
     while let Some(batch) = cursor.next_batch().await? {
         if index.is_retired() {
             return Ok(());
@@ -391,7 +392,9 @@ async fn scan(config: &Config, index: &Arc<SearchIndex>) -> Result<(), Error> {
         let scanned = index.scanned.load(Ordering::Relaxed) as f64;
         let share = scanned / (total.max(1) as f64);
         if share >= next_report {
-            tracing::info!(index = %index.name, scanned, total, "building search index: {:.0}%", share.min(1.0) * 100.0);
+            let rate = scanned / started.elapsed().as_secs_f64().max(1e-9);
+            let eta_s = ((total as f64 - scanned) / rate.max(1e-9)).max(0.0);
+            tracing::info!(index = %index.name, scanned, total, docs_per_s = rate.round(), eta_s = eta_s.round(), "building search index: {:.0}%", share.min(1.0) * 100.0);
             next_report = (share * 10.0).floor() / 10.0 + 0.1;
         }
     }

@@ -57,6 +57,25 @@ def test_json_logs(direct_uri):
         proxy.stop()
 
 
+def test_index_builds_log_progress_with_rate_and_eta(direct_uri):
+    import json
+
+    from pymongo.operations import SearchIndexModel
+
+    proxy = start_proxy(direct_uri, "--log-format", "json", log_level="info")
+    try:
+        with MongoClient(f"mongodb://{proxy.address}/") as c:
+            c.cli_suite.pts.insert_many([{"_id": i, "p": [float(i), 1.0]} for i in range(500)])
+            c.cli_suite.pts.create_search_index(SearchIndexModel(name="p", type="vectorSearch", definition={
+                "fields": [{"type": "vector", "path": "p", "numDimensions": 2, "similarity": "euclidean"}]}))
+            record = json.loads(log_line(proxy, "building search index"))
+            fields = record["fields"]
+            assert fields["total"] == 500 and 0 < fields["scanned"] <= 500, fields
+            assert fields["docs_per_s"] > 0 and fields["eta_s"] >= 0, fields
+    finally:
+        proxy.stop()
+
+
 def test_config_files_environment_and_flags_layer(direct_uri, tmp_path):
     import json
     import os
