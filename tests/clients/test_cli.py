@@ -57,12 +57,16 @@ def test_json_logs(direct_uri):
         proxy.stop()
 
 
-def test_index_builds_log_progress_with_rate_and_eta(direct_uri):
+def test_index_builds_log_progress_with_rate_and_eta():
     import json
 
     from pymongo.operations import SearchIndexModel
 
-    proxy = start_proxy(direct_uri, "--log-format", "json", log_level="info")
+    from conftest import start_upstream
+
+    # An upstream of its own: the index definition stays out of the shared one.
+    upstream = start_upstream()
+    proxy = start_proxy(f"mongodb://{upstream.address}/", "--log-format", "json", log_level="info")
     try:
         with MongoClient(f"mongodb://{proxy.address}/") as c:
             c.cli_suite.pts.insert_many([{"_id": i, "p": [float(i), 1.0]} for i in range(500)])
@@ -74,6 +78,7 @@ def test_index_builds_log_progress_with_rate_and_eta(direct_uri):
             assert fields["docs_per_s"] > 0 and fields["eta_s"] >= 0, fields
     finally:
         proxy.stop()
+        upstream.stop()
 
 
 def test_config_files_environment_and_flags_layer(direct_uri, tmp_path):

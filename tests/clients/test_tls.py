@@ -52,8 +52,10 @@ def vector_search_works(client):
     assert got[0]["_id"] == 1000
 
 
-def test_clients_connect_to_the_proxy_with_tls(certs, direct_uri):
-    proxy = start_proxy(direct_uri, "--tls-cert-file", str(certs / "server.pem"),
+def test_clients_connect_to_the_proxy_with_tls(certs):
+    # An upstream of its own: the index definition stays out of the shared one.
+    upstream = start_upstream()
+    proxy = start_proxy(f"mongodb://{upstream.address}/", "--tls-cert-file", str(certs / "server.pem"),
                         "--tls-key-file", str(certs / "server.key"))
     try:
         uri = f"mongodb://{proxy.address}/?tls=true&tlsCAFile={certs / 'ca.pem'}"
@@ -73,6 +75,7 @@ def test_clients_connect_to_the_proxy_with_tls(certs, direct_uri):
             assert c.tls_suite.docs.count_documents({}) == 201
     finally:
         proxy.stop()
+        upstream.stop()
 
 
 def test_the_proxy_connects_to_a_tls_upstream(certs):

@@ -346,10 +346,14 @@ def test_definitions_survive_a_restart(client, direct_uri):
     coll.drop()
 
 
-def test_vector_results_are_limited_by_the_operator(direct_uri):
+def test_vector_results_are_limited_by_the_operator():
     """`--max-vector-results 5`: larger limits and `n` get BadValue on a
-    connection that keeps working; 5 is served."""
-    proxy = start_proxy(direct_uri, "--max-vector-results", "5")
+    connection that keeps working; 5 is served. (An upstream of its own, so
+    the index definition stays out of the shared one.)"""
+    from conftest import start_upstream
+
+    upstream = start_upstream()
+    proxy = start_proxy(f"mongodb://{upstream.address}/", "--max-vector-results", "5")
     try:
         with MongoClient(f"mongodb://{proxy.address}/") as c:
             coll = c.limits.docs
@@ -369,3 +373,4 @@ def test_vector_results_are_limited_by_the_operator(direct_uri):
             assert len(list(coll.find({"$like": {"vector": vector_of(1), "n": 5}}))) == 5
     finally:
         proxy.stop()
+        upstream.stop()
