@@ -49,15 +49,7 @@ impl Client {
 }
 
 fn vector(seed: i64) -> RawArrayBuf {
-    let mut state = (seed as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    let mut out = RawArrayBuf::new();
-    for _ in 0..DIMS {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        out.push((state >> 40) as f64 / (1u64 << 24) as f64);
-    }
-    out
+    common::load::vector_of(seed, DIMS)
 }
 
 async fn wait_until(client: &mut Client, check: impl Fn(&RawDocument) -> bool, body: &RawDocument) {

@@ -69,10 +69,16 @@ impl Client {
     }
 }
 
+/// A seeded pseudo-random vector of `DIMS` values in [0, 1).
 pub fn vector(seed: i64) -> RawArrayBuf {
+    vector_of(seed, DIMS)
+}
+
+/// A seeded pseudo-random vector of `dims` values in [0, 1).
+pub fn vector_of(seed: i64, dims: usize) -> RawArrayBuf {
     let mut state = (seed as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
     let mut out = RawArrayBuf::new();
-    for _ in 0..DIMS {
+    for _ in 0..dims {
         state ^= state << 13;
         state ^= state >> 7;
         state ^= state << 17;
