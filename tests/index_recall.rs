@@ -252,3 +252,59 @@ fn duplicate_vectors_never_cut_the_graph() {
         QUERIES * K
     );
 }
+
+#[test]
+fn a_late_island_of_unlike_vectors_is_reachable() {
+    // Hashed bags of words: a corpus over eight words, then a few
+    // documents whose words the corpus never uses. They are unlike
+    // everything already indexed, so every node they would link into
+    // prefers its own kind; each must still be found by its own vector.
+    const BOW: usize = 64;
+    let mut failed = 0;
+    let mut runs = 0;
+    for seed in 1..=40u64 {
+        let mut rng = Rng(seed * 7919);
+        let token: Vec<(usize, f32)> = (0..400)
+            .map(|_| {
+                let r = rng.next();
+                (
+                    (r % BOW as u64) as usize,
+                    if r & 64 == 0 { 1.0 } else { -1.0 },
+                )
+            })
+            .collect();
+        let embed = |words: &[usize]| {
+            let mut v = vec![0f32; BOW];
+            for &w in words {
+                let (d, s) = token[w];
+                v[d] += s;
+            }
+            Similarity::Cosine.prepare(v).unwrap()
+        };
+        let mut flat = Flat::new(BOW, Similarity::DotProduct);
+        let mut hnsw = Hnsw::new(BOW, Similarity::DotProduct, HnswParams::default());
+        // Tokens 0..8 are the corpus words, 8..308 numbers, 390.. the late words.
+        for i in 0..300usize {
+            let v = embed(&[i % 8, (i * 3) % 8, (i * 5 + 1) % 8, 8 + i]);
+            flat.insert(i as u32, &v);
+            hnsw.insert(i as u32, &v);
+        }
+        let late: Vec<Vec<f32>> = (0..5).map(|i| embed(&[390, 391, 392, 8 + i])).collect();
+        for (i, v) in late.iter().enumerate() {
+            flat.insert(300 + i as u32, v);
+            hnsw.insert(300 + i as u32, v);
+        }
+        for v in &late {
+            runs += 1;
+            let want = flat.search(v, 1, 0, None);
+            let got = hnsw.search(v, 1, 100, None);
+            if got.first().map(|h| h.distance) != want.first().map(|h| h.distance) {
+                failed += 1;
+            }
+        }
+    }
+    assert_eq!(
+        failed, 0,
+        "{failed} of {runs} late vectors not found by their own vector"
+    );
+}

@@ -139,7 +139,7 @@ pub struct SearchIndex {
     pub encoders: Vec<Arc<crate::models::Model>>,
     /// Documents whose encoding failed (a model was unavailable): retried
     /// until they are encoded; never dropped.
-    pending: Mutex<IdSet>,
+    pending: Mutex<Pending>,
     /// Model outputs waiting to be written back (`writeOutputs`).
     outputs: Mutex<Vec<(bson::RawBson, Vec<f32>)>>,
     /// Wakes the writer of `outputs` and the retrier of `pending`.
@@ -148,6 +148,15 @@ pub struct SearchIndex {
     adapter: RwLock<Option<Arc<crate::train::Adapter>>>,
     /// Training progress and results, for the listing.
     pub training: Mutex<Training>,
+}
+
+/// Documents waiting for an encoding retry, and those being retried now:
+/// a document counts as pending until its retry has put it in the index,
+/// so a count of 0 means every write is searchable.
+#[derive(Default)]
+struct Pending {
+    waiting: IdSet,
+    retrying: IdSet,
 }
 
 /// What training has done so far.
@@ -193,7 +202,7 @@ impl SearchIndex {
             retired: AtomicBool::new(false),
             data: RwLock::new(data),
             encoders: Vec::new(),
-            pending: Mutex::new(IdSet::default()),
+            pending: Mutex::new(Pending::default()),
             outputs: Mutex::new(Vec::new()),
             work: tokio::sync::Notify::new(),
             adapter: RwLock::new(None),
@@ -222,28 +231,45 @@ impl SearchIndex {
         self
     }
 
+    fn pending(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Queues documents whose encoding failed, for a retry.
     pub fn add_pending<'a>(&self, ids: impl IntoIterator<Item = bson::RawBsonRef<'a>>) {
-        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let mut pending = self.pending();
         for id in ids {
-            pending.add(id);
+            pending.waiting.add(id);
         }
         drop(pending);
         self.work.notify_one();
     }
 
-    /// The documents waiting for an encoding retry, taken.
+    /// The documents waiting for an encoding retry, taken to be retried:
+    /// they still count as pending until `retried`.
     pub fn take_pending(&self) -> IdSet {
-        std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()))
+        let mut pending = self.pending();
+        let taken = std::mem::take(&mut pending.waiting);
+        pending.retrying = IdSet::from_ids(&taken);
+        taken
     }
 
-    /// How many documents wait for an encoding retry.
+    /// The retry of what `take_pending` took is over: whatever failed
+    /// again has been queued anew by then.
+    pub fn retried(&self) {
+        self.pending().retrying = IdSet::default();
+    }
+
+    /// How many documents wait for an encoding retry or are being retried.
     pub fn pending_count(&self) -> usize {
-        self.pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        let pending = self.pending();
+        let again = pending
+            .retrying
             .ids
-            .len()
+            .iter()
+            .filter(|id| !pending.waiting.contains(id.as_raw_bson_ref()))
+            .count();
+        pending.waiting.ids.len() + again
     }
 
     /// Queues model outputs to be written back into their documents.

@@ -112,13 +112,17 @@ async fn tend_models(config: Arc<Config>, index: Arc<SearchIndex>) {
         if retry_due && index.pending_count() > 0 {
             let ids = index.take_pending();
             let count = ids.ids.len();
-            match reencode(&config, &index, &ids).await {
+            let outcome = reencode(&config, &index, &ids).await;
+            if outcome.is_err() {
+                index.add_pending(ids.ids.iter().map(|id| id.as_raw_bson_ref()));
+            }
+            index.retried();
+            match outcome {
                 Ok(()) => {
                     tracing::info!(index = %index.name, documents = count, still_pending = index.pending_count(), "retried documents whose model had failed")
                 }
                 Err(e) => {
                     tracing::warn!(index = %index.name, error = %e, "cannot re-read documents to encode; will retry");
-                    index.add_pending(ids.ids.iter().map(|id| id.as_raw_bson_ref()));
                 }
             }
         }
