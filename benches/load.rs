@@ -3,19 +3,22 @@
 //! (default 60) through the release binary, against a SecantusDB upstream,
 //! on loopback. Prints operations, errors (there must be none), latency
 //! percentiles per kind, and the proxy's resident memory over the run.
+//! The baseline runs first in the same run: the same connections and mix
+//! straight at the upstream, vector queries replaced by the `_id $in` fetch
+//! the proxy forwards for them; the ratios compare the two.
 //!
 //!     cargo build --release --bin likewise && cargo bench --bench load -- [CONNECTIONS] [SECONDS]
 
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use common::load::{self, Op};
+use common::load::{self, Op, Tally, Target};
 use common::Upstream;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Resident memory of process `pid`, in bytes.
 fn rss_of(pid: u32) -> u64 {
@@ -29,6 +32,67 @@ fn rss_of(pid: u32) -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
+const KINDS: [(Op, &str); 3] = [
+    (Op::Read, "read"),
+    (Op::Write, "write"),
+    (Op::Vector, "vector"),
+];
+
+/// What one run measured, for the ratios.
+struct Measured {
+    rate: f64,
+    p50: Vec<f64>,
+    p99: Vec<f64>,
+}
+
+/// Prints one run's operations, errors and latency percentiles.
+fn report(label: &str, tallies: &[Tally]) -> Measured {
+    let seconds = tallies
+        .iter()
+        .map(|t| t.elapsed)
+        .max()
+        .unwrap_or_default()
+        .as_secs_f64();
+    let ops: usize = tallies.iter().map(|t| t.latencies.len()).sum();
+    let errors: usize = tallies.iter().map(|t| t.errors.len()).sum();
+    let protocol: usize = tallies.iter().map(|t| t.protocol_errors.len()).sum();
+    let rate = ops as f64 / seconds;
+    println!(
+        "{label}: {} connections, {seconds:.0} s: {ops} operations ({rate:.0}/s), {errors} error replies, {protocol} protocol errors",
+        tallies.len()
+    );
+    let mut measured = Measured {
+        rate,
+        p50: Vec::new(),
+        p99: Vec::new(),
+    };
+    for (op, name) in KINDS {
+        let count = tallies
+            .iter()
+            .flat_map(|t| &t.latencies)
+            .filter(|(o, _)| *o == op)
+            .count();
+        let (p50, p99) = (
+            load::quantile(tallies, op, 0.50),
+            load::quantile(tallies, op, 0.99),
+        );
+        println!(
+            "  {name:>6}: {count:>8} ops  p50 {p50:.2} ms  p99 {p99:.2} ms  p99.9 {:.2} ms",
+            load::quantile(tallies, op, 0.999)
+        );
+        measured.p50.push(p50);
+        measured.p99.push(p99);
+    }
+    for e in tallies
+        .iter()
+        .flat_map(|t| t.errors.iter().chain(&t.protocol_errors))
+        .take(5)
+    {
+        println!("  e.g. {e}");
+    }
+    measured
+}
+
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args()
@@ -37,7 +101,8 @@ async fn main() {
         .collect();
     let connections: usize = args.first().map_or(1_000, |a| a.parse().unwrap());
     let seconds: u64 = args.get(1).map_or(60, |a| a.parse().unwrap());
-    let upstream = Upstream::start();
+    // One pinned upstream connection per client, and the proxy's own.
+    let upstream = Upstream::start_wide(connections + 100);
     let bin = std::env::var("LIKEWISE_BIN")
         .unwrap_or_else(|_| format!("{}/target/release/likewise", env!("CARGO_MANIFEST_DIR")));
     let mut proxy = Command::new(&bin)
@@ -77,42 +142,40 @@ async fn main() {
             }
         })
     };
-    let started = Instant::now();
-    let tallies = load::run(&addr, connections, Duration::from_secs(seconds)).await;
-    let elapsed = started.elapsed().as_secs_f64();
+    // The baseline: the same connections and mix straight at the upstream.
+    let direct = report(
+        "upstream directly",
+        &load::run(
+            &upstream.addr(),
+            connections,
+            Duration::from_secs(seconds),
+            Target::Upstream,
+        )
+        .await,
+    );
+    let proxied = report(
+        "through likewise",
+        &load::run(
+            &addr,
+            connections,
+            Duration::from_secs(seconds),
+            Target::Proxy,
+        )
+        .await,
+    );
     done.store(true, Ordering::Relaxed);
     sampler.join().unwrap();
     let rss_after = rss_of(pid);
-    let ops: usize = tallies.iter().map(|t| t.latencies.len()).sum();
-    let errors: usize = tallies.iter().map(|t| t.errors.len()).sum();
-    let protocol: usize = tallies.iter().map(|t| t.protocol_errors.len()).sum();
     println!(
-        "{connections} connections, {elapsed:.0} s: {ops} operations ({:.0}/s), {errors} error replies, {protocol} protocol errors",
-        ops as f64 / elapsed
+        "through likewise / directly: throughput {:.2}x",
+        proxied.rate / direct.rate
     );
-    for (op, name) in [
-        (Op::Read, "read"),
-        (Op::Write, "write"),
-        (Op::Vector, "vector"),
-    ] {
-        let count = tallies
-            .iter()
-            .flat_map(|t| &t.latencies)
-            .filter(|(o, _)| *o == op)
-            .count();
+    for (i, name) in KINDS.iter().map(|(_, n)| n).enumerate() {
         println!(
-            "  {name:>6}: {count:>8} ops  p50 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms",
-            load::quantile(&tallies, op, 0.50),
-            load::quantile(&tallies, op, 0.99),
-            load::quantile(&tallies, op, 0.999)
+            "  {name:>6}: p50 {:.2}x  p99 {:.2}x",
+            proxied.p50[i] / direct.p50[i],
+            proxied.p99[i] / direct.p99[i]
         );
-    }
-    for e in tallies
-        .iter()
-        .flat_map(|t| t.errors.iter().chain(&t.protocol_errors))
-        .take(5)
-    {
-        println!("  e.g. {e}");
     }
     println!(
         "proxy resident memory: {:.1} MB before, {:.1} MB peak, {:.1} MB after",

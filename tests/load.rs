@@ -13,7 +13,7 @@ async fn a_hundred_connections_of_mixed_work_see_no_errors() {
     let proxy = Proxy::start(&upstream.uri()).await;
     let addr = proxy.addr.to_string();
     load::prepare(&addr).await;
-    let tallies = load::run(&addr, 100, Duration::from_secs(3)).await;
+    let tallies = load::run(&addr, 100, Duration::from_secs(3), load::Target::Proxy).await;
     let protocol: Vec<_> = tallies.iter().flat_map(|t| &t.protocol_errors).collect();
     assert!(protocol.is_empty(), "protocol errors: {protocol:?}");
     let errors: Vec<_> = tallies.iter().flat_map(|t| &t.errors).take(5).collect();

@@ -15,6 +15,15 @@ pub const SEED_DOCS: i64 = 5_000;
 const DB: &str = "load";
 const COLL: &str = "docs";
 
+/// Where the workload runs: through the proxy, or straight at the
+/// upstream as the baseline, where each vector query becomes the fetch
+/// the proxy would forward for it (`_id $in` five documents).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    Proxy,
+    Upstream,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Op {
     Read,
@@ -30,6 +39,8 @@ pub struct Tally {
     pub errors: Vec<String>,
     /// Frames that did not come back, or came back malformed.
     pub protocol_errors: Vec<String>,
+    /// The whole run's length, from start until every connection was done.
+    pub elapsed: Duration,
 }
 
 pub struct Client {
@@ -149,7 +160,7 @@ pub async fn prepare(addr: &str) {
 }
 
 /// One connection's loop until `until`: connection `who` of the workload.
-pub async fn worker(addr: String, who: i64, until: Instant) -> Tally {
+pub async fn worker(addr: String, who: i64, until: Instant, target: Target) -> Tally {
     let mut tally = Tally::default();
     let mut client = match Client::connect(&addr).await {
         Ok(c) => c,
@@ -158,6 +169,15 @@ pub async fn worker(addr: String, who: i64, until: Instant) -> Tally {
             return tally;
         }
     };
+    // The handshake a driver makes on connecting, not timed as an operation.
+    match client.run(&rawdoc! { "hello": 1, "$db": "admin" }).await {
+        Ok(reply) if ok(&reply) => {}
+        Ok(reply) => tally.errors.push(format!("hello: {reply:?}")),
+        Err(e) => {
+            tally.protocol_errors.push(format!("hello: {e}"));
+            return tally;
+        }
+    }
     let mut state = (who as u64 + 1).wrapping_mul(0x2545_f491_4f6c_dd1d);
     let mut step = 0i64;
     while Instant::now() < until {
@@ -188,6 +208,13 @@ pub async fn worker(addr: String, who: i64, until: Instant) -> Tally {
                     "$db": DB,
                 },
             ),
+            _ if target == Target::Upstream => {
+                let ids: RawArrayBuf = (0..5).map(|i| (key + i * 997) % SEED_DOCS).collect();
+                (
+                    Op::Vector,
+                    rawdoc! { "find": COLL, "filter": { "_id": { "$in": ids } }, "batchSize": 6, "$db": DB },
+                )
+            }
             _ => (
                 Op::Vector,
                 rawdoc! {
@@ -258,14 +285,18 @@ async fn drain(client: &mut Client, reply: &RawDocument) -> Result<usize, String
 }
 
 /// Runs `connections` workers for `duration`; their tallies.
-pub async fn run(addr: &str, connections: usize, duration: Duration) -> Vec<Tally> {
-    let until = Instant::now() + duration;
+pub async fn run(addr: &str, connections: usize, duration: Duration, target: Target) -> Vec<Tally> {
+    let started = Instant::now();
+    let until = started + duration;
     let tasks: Vec<_> = (0..connections)
-        .map(|who| tokio::spawn(worker(addr.to_string(), who as i64, until)))
+        .map(|who| tokio::spawn(worker(addr.to_string(), who as i64, until, target)))
         .collect();
     let mut out = Vec::new();
     for task in tasks {
         out.push(task.await.unwrap());
+    }
+    for tally in &mut out {
+        tally.elapsed = started.elapsed();
     }
     out
 }

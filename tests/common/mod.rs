@@ -31,7 +31,24 @@ impl Upstream {
             || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/secantusd-py"),
             PathBuf::from,
         );
-        let mut child = Command::new(&exe)
+        Self::spawn(Command::new(exe), extra)
+    }
+
+    /// A server that accepts `connections` client connections (SecantusDB
+    /// caps them at 1,000 otherwise; see `benches/secantusd_wide.py`).
+    #[allow(dead_code)] // used by the load bench only
+    pub fn start_wide(connections: usize) -> Upstream {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let mut command = Command::new(root.join(".venv/bin/python"));
+        command
+            .arg(root.join("benches/secantusd_wide.py"))
+            .arg(connections.to_string());
+        let sessions = (connections + 200).to_string();
+        Self::spawn(command, &["--session-max", &sessions])
+    }
+
+    fn spawn(mut command: Command, extra: &[&str]) -> Upstream {
+        let mut child = command
             .args([
                 "--host",
                 "127.0.0.1",
@@ -45,7 +62,7 @@ impl Upstream {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {} (run scripts/setup): {e}", exe.display()));
+            .unwrap_or_else(|e| panic!("cannot start SecantusDB (run scripts/setup): {e}"));
         let (tx, rx) = mpsc::channel();
         // The announcement may come on either stream; both are drained for
         // the life of the server so its pipes never fill.
@@ -71,6 +88,11 @@ impl Upstream {
 
     pub fn uri(&self) -> String {
         format!("mongodb://127.0.0.1:{}/", self.port)
+    }
+
+    #[allow(dead_code)] // used by the load bench only
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
     }
 }
 
