@@ -488,3 +488,48 @@ impl Registry {
         self.by_namespace.write().unwrap_or_else(|e| e.into_inner())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bson::{rawdoc, RawBsonRef};
+
+    fn index() -> SearchIndex {
+        let spec = IndexSpec {
+            path: "v".into(),
+            dims: 2,
+            similarity: Similarity::Euclidean,
+            hnsw: HnswParams::default(),
+            filters: Vec::new(),
+            models: Vec::new(),
+            write_outputs: false,
+            train: None,
+        };
+        SearchIndex::new("id".into(), "db", "c", "idx", rawdoc! {}, spec)
+    }
+
+    #[test]
+    fn documents_count_as_pending_until_their_retry_is_over() {
+        let index = index();
+        let ids = [
+            RawBsonRef::Int32(1),
+            RawBsonRef::Int32(2),
+            RawBsonRef::Int32(3),
+        ];
+        index.add_pending(ids);
+        assert_eq!(index.pending_count(), 3);
+        // Taken for a retry: still pending while it runs.
+        let taken = index.take_pending();
+        assert_eq!(taken.ids.len(), 3);
+        assert_eq!(index.pending_count(), 3);
+        // One fails again and is queued anew (counted once), and a new
+        // failure arrives meanwhile.
+        index.add_pending([RawBsonRef::Int32(2), RawBsonRef::Int32(4)]);
+        assert_eq!(index.pending_count(), 4);
+        index.retried();
+        assert_eq!(index.pending_count(), 2);
+        assert_eq!(index.take_pending().ids.len(), 2);
+        index.retried();
+        assert_eq!(index.pending_count(), 0);
+    }
+}
