@@ -43,7 +43,9 @@ impl Upstream {
         command
             .arg(root.join("benches/secantusd_wide.py"))
             .arg(connections.to_string());
-        let sessions = (connections + 200).to_string();
+        // Threads of closed connections may still hold their sessions while the
+        // next phase connects.
+        let sessions = (2 * connections + 200).to_string();
         Self::spawn(command, &["--session-max", &sessions])
     }
 
