@@ -1,12 +1,16 @@
 //! An OpenAI-compatible embeddings client (`POST {url}` with `{model,
 //! input: [...]}`, answered by `{data: [{index, embedding}]}`): OpenAI's
 //! shape, which Ollama, vLLM and TEI also serve. Blocking HTTP/1.1 over
-//! `std::net`, for blocking threads: batches of `batchSize`, a timeout per
-//! request, and retries with backoff on connection failures, 429 and 5xx.
+//! `std::net`, for blocking threads, and over TLS (rustls) for `https://`
+//! URLs, verified against the system's CAs or `tlsCAFile`: batches of
+//! `batchSize`, a timeout per request, and retries with backoff on
+//! connection failures, 429 and 5xx.
 
 use super::{ModelDef, ModelFailure};
+use rustls::pki_types::ServerName;
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Largest response body accepted (a batch of 2048 × 8192 floats as JSON
@@ -23,21 +27,28 @@ pub struct Client {
     batch: usize,
     timeout: Duration,
     retries: u32,
+    /// For `https://`: how to verify the endpoint, and the name it must
+    /// prove.
+    tls: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
 }
 
 impl Client {
     pub fn new(def: &ModelDef) -> Result<Client, String> {
         let url = def.url.as_deref().ok_or("an 'http' model needs 'url'")?;
-        let rest = if let Some(rest) = url.strip_prefix("http://") {
-            rest
-        } else if url.starts_with("https://") {
-            return Err(format!(
-                "{url}: https endpoints are not supported yet; reach the endpoint over http \
-                 (on loopback, or through a local TLS-terminating gateway)"
-            ));
+        let (rest, secure) = if let Some(rest) = url.strip_prefix("http://") {
+            (rest, false)
+        } else if let Some(rest) = url.strip_prefix("https://") {
+            (rest, true)
         } else {
-            return Err(format!("'url' must start with http:// (got {url:?})"));
+            return Err(format!(
+                "'url' must start with http:// or https:// (got {url:?})"
+            ));
         };
+        if def.tls_ca_file.is_some() && !secure {
+            return Err(format!(
+                "'tlsCAFile' is for https:// endpoints (got {url:?})"
+            ));
+        }
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, "/v1/embeddings"),
@@ -48,11 +59,21 @@ impl Client {
                 p.parse::<u16>()
                     .map_err(|_| format!("bad port in {url:?}"))?,
             ),
-            None => (authority, 80),
+            None => (authority, if secure { 443 } else { 80 }),
         };
         if host.is_empty() {
             return Err(format!("no host in {url:?}"));
         }
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let tls = if secure {
+            let config =
+                crate::tls::client_config(def.tls_ca_file.as_deref().map(std::path::Path::new))?;
+            let name = ServerName::try_from(host.to_string())
+                .map_err(|_| format!("{host:?} is not a name a certificate can prove"))?;
+            Some((config, name))
+        } else {
+            None
+        };
         if let Some(var) = &def.api_key_env {
             if std::env::var_os(var).is_none() {
                 return Err(format!(
@@ -61,10 +82,7 @@ impl Client {
             }
         }
         Ok(Client {
-            host: host
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_string(),
+            host: host.to_string(),
             port,
             path: path.to_string(),
             model: def.remote_model.clone().unwrap_or_default(),
@@ -72,6 +90,7 @@ impl Client {
             batch: def.batch_size.max(1),
             timeout: Duration::from_millis(def.timeout_ms),
             retries: def.retries,
+            tls,
         })
     }
 
@@ -120,7 +139,7 @@ impl Client {
             .to_socket_addrs()?
             .next()
             .ok_or_else(|| std::io::Error::other("host did not resolve"))?;
-        let mut stream = TcpStream::connect_timeout(&address, self.timeout)?;
+        let stream = TcpStream::connect_timeout(&address, self.timeout)?;
         stream.set_read_timeout(Some(self.timeout))?;
         stream.set_write_timeout(Some(self.timeout))?;
         let mut head = format!(
@@ -137,14 +156,39 @@ impl Client {
             head.push_str(&format!("Authorization: Bearer {key}\r\n"));
         }
         head.push_str("\r\n");
-        stream.write_all(head.as_bytes())?;
-        stream.write_all(body.as_bytes())?;
-        let mut raw = Vec::new();
-        stream
-            .take(MAX_RESPONSE as u64 + 64 * 1024)
-            .read_to_end(&mut raw)?;
-        parse_response(&raw)
+        match &self.tls {
+            None => exchange(stream, &head, body),
+            Some((config, name)) => {
+                let session = rustls::ClientConnection::new(config.clone(), name.clone())
+                    .map_err(std::io::Error::other)?;
+                exchange(rustls::StreamOwned::new(session, stream), &head, body)
+            }
+        }
     }
+}
+
+/// Writes one request and reads the response to its end. A TLS peer that
+/// closes without `close_notify` (common with `Connection: close`) ends
+/// the read with `UnexpectedEof`; what arrived counts if it parses as a
+/// whole response (`parse_response` checks `Content-Length` and chunks).
+fn exchange(
+    mut stream: impl Read + Write,
+    head: &str,
+    body: &str,
+) -> std::io::Result<(u16, Vec<u8>)> {
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(body.as_bytes())?;
+    stream.flush()?;
+    let mut raw = Vec::new();
+    match stream
+        .take(MAX_RESPONSE as u64 + 64 * 1024)
+        .read_to_end(&mut raw)
+    {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !raw.is_empty() => {}
+        Err(e) => return Err(e),
+    }
+    parse_response(&raw)
 }
 
 /// Splits an HTTP/1.x response into status and body (de-chunked).
@@ -239,6 +283,44 @@ fn parse(body: &[u8], expected: usize) -> Result<Vec<Vec<f32>>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bson::rawdoc;
+
+    fn client(def: bson::RawDocumentBuf) -> Result<Client, String> {
+        let def = ModelDef::parse(&def, "createModel").map_err(|e| e.to_string())?;
+        Client::new(&def)
+    }
+
+    #[test]
+    fn urls_choose_plain_or_tls_and_their_default_ports() {
+        let plain = client(rawdoc! { "createModel": "m", "kind": "http", "url": "http://embed.local/v1/e", "model": "x" }).unwrap();
+        assert_eq!((plain.port, plain.tls.is_none()), (80, true));
+        let secure = client(
+            rawdoc! { "createModel": "m", "kind": "http", "url": "https://embed.local/v1/e", "model": "x" },
+        );
+        // The system bundle may be missing on a bare machine: then the
+        // refusal says so rather than trusting anything.
+        match secure {
+            Ok(secure) => assert_eq!(
+                (secure.port, secure.tls.is_some(), secure.path.as_str()),
+                (443, true, "/v1/e")
+            ),
+            Err(e) => assert!(e.contains("CA bundle"), "{e}"),
+        }
+        let wrong = client(
+            rawdoc! { "createModel": "m", "kind": "http", "url": "http://embed.local/", "model": "x", "tlsCAFile": "/ca.pem" },
+        );
+        assert!(wrong.unwrap_err().contains("https://"));
+        let missing = client(
+            rawdoc! { "createModel": "m", "kind": "http", "url": "https://embed.local/", "model": "x", "tlsCAFile": "/nonexistent/ca.pem" },
+        );
+        assert!(missing.unwrap_err().contains("/nonexistent/ca.pem"));
+        assert!(client(rawdoc! { "createModel": "m", "kind": "http", "url": "ftp://embed.local/", "model": "x" }).is_err());
+        let text = ModelDef::parse(
+            &rawdoc! { "createModel": "m", "kind": "text", "tlsCAFile": "/ca.pem" },
+            "createModel",
+        );
+        assert!(text.unwrap_err().to_string().contains("tlsCAFile"));
+    }
 
     #[test]
     fn reads_plain_and_chunked_responses() {

@@ -62,6 +62,9 @@ pub struct ModelDef {
     /// `http`: the environment variable holding the API key (the key itself
     /// is never stored).
     pub api_key_env: Option<String>,
+    /// `http` over `https://`: a PEM bundle of the CAs to trust instead of
+    /// the system's.
+    pub tls_ca_file: Option<String>,
     /// Output size; 0 until known (probed when the model loads).
     pub dimensions: usize,
     pub batch_size: usize,
@@ -100,7 +103,7 @@ pub fn check_name(name: &str) -> Result<(), Error> {
 
 impl ModelDef {
     /// Reads `{createModel: name, kind, path?, url?, model?, apiKeyEnv?,
-    /// dimensions?, batchSize?, timeoutMS?, retries?}` (also the stored form,
+    /// tlsCAFile?, dimensions?, batchSize?, timeoutMS?, retries?}` (also the stored form,
     /// whose name is under `_id`).
     pub fn parse(doc: &RawDocument, name_key: &str) -> Result<ModelDef, Error> {
         let name = doc
@@ -126,6 +129,7 @@ impl ModelDef {
             url: string(doc, "url")?,
             remote_model: string(doc, "model")?,
             api_key_env: string(doc, "apiKeyEnv")?,
+            tls_ca_file: string(doc, "tlsCAFile")?,
             dimensions: positive(doc, "dimensions", MAX_DIMENSIONS as i64)?.unwrap_or(0) as usize,
             batch_size: positive(doc, "batchSize", 2048)?.unwrap_or(DEFAULT_BATCH as i64) as usize,
             timeout_ms: positive(doc, "timeoutMS", 600_000)?.unwrap_or(30_000) as u64,
@@ -146,6 +150,9 @@ impl ModelDef {
                 "an 'http' model needs 'model' (the endpoint's model name)",
             )),
             Kind::Text if def.url.is_some() => Err(bad("'url' belongs to 'http' models")),
+            Kind::Vector | Kind::Text if def.tls_ca_file.is_some() => {
+                Err(bad("'tlsCAFile' belongs to 'http' models"))
+            }
             Kind::Vector | Kind::Http if def.path.is_some() => {
                 Err(bad("'path' belongs to 'text' models"))
             }
@@ -165,6 +172,7 @@ impl ModelDef {
         put("url", &self.url);
         put("model", &self.remote_model);
         put("apiKeyEnv", &self.api_key_env);
+        put("tlsCAFile", &self.tls_ca_file);
         // All bounded well below i32::MAX by `parse`.
         doc.append("dimensions", self.dimensions as i32);
         if self.kind == Kind::Http {

@@ -7,6 +7,7 @@ test that nothing is lost while a model is down."""
 import hashlib
 import json
 import math
+import ssl
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -23,7 +24,8 @@ def embed(text):
 
 
 class EmbedServer:
-    def __init__(self, api_key=None):
+    def __init__(self, api_key=None, tls=None):
+        """`tls`: (certificate file, key file) to serve https instead."""
         self.failing = False
         self.api_key = api_key
         self.batches = []
@@ -55,7 +57,13 @@ class EmbedServer:
                 self.wfile.write(raw)
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1/embeddings"
+        scheme = "http"
+        if tls:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(str(tls[0]), str(tls[1]))
+            self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
+            scheme = "https"
+        self.url = f"{scheme}://127.0.0.1:{self.httpd.server_address[1]}/v1/embeddings"
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
     def close(self):

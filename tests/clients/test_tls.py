@@ -10,6 +10,8 @@ from pymongo.errors import OperationFailure, ServerSelectionTimeoutError
 from pymongo.operations import SearchIndexModel
 
 from conftest import start_proxy, start_upstream, wait_ready
+from embed_server import DIMS as HTTP_DIMS
+from embed_server import EmbedServer
 
 DIMS = 8
 
@@ -103,3 +105,43 @@ def test_the_proxy_connects_to_a_tls_upstream(certs):
             wary.stop()
     finally:
         upstream.stop()
+
+
+def test_http_models_reach_https_endpoints(certs):
+    """An `http` model over https://: verified against `tlsCAFile`; an
+    endpoint whose certificate nobody vouches for is refused."""
+    server = EmbedServer(tls=(certs / "server.pem", certs / "server.key"))
+    upstream = start_upstream()
+    proxy = start_proxy(f"mongodb://{upstream.address}/")
+    try:
+        assert server.url.startswith("https://")
+        with MongoClient(f"mongodb://{proxy.address}/") as c:
+            db = c.https_models
+            with pytest.raises(OperationFailure) as untrusted:
+                db.command({"createModel": "untrusted", "kind": "http", "url": server.url, "model": "hashed-bow",
+                            "retries": 0})
+            assert "certificate" in str(untrusted.value).lower()
+            with pytest.raises(OperationFailure) as wrong_ca:
+                db.command({"createModel": "wrong", "kind": "http", "url": server.url, "model": "hashed-bow",
+                            "retries": 0, "tlsCAFile": str(certs / "other-ca.pem")})
+            assert "certificate" in str(wrong_ca.value).lower()
+            reply = db.command({"createModel": "secure", "kind": "http", "url": server.url, "model": "hashed-bow",
+                                "tlsCAFile": str(certs / "ca.pem")})
+            assert reply["model"]["dimensions"] == HTTP_DIMS
+            assert reply["model"]["tlsCAFile"] == str(certs / "ca.pem")
+            texts = ["red apples and pears", "blue sea and sky", "green grass in spring", "yellow sun at noon"]
+            db.notes.insert_many([{"_id": i, "text": t} for i, t in enumerate(texts)])
+            db.command({"createSemanticIndex": "notes", "name": "notes_idx", "models": ["secure"], "keys": ["text"],
+                        "measure": "css"})
+            info, _ = wait_ready(db.notes, "notes_idx")
+            assert info["progress"]["vectorsIndexed"] == 4
+            hit = list(db.notes.find({"$like": {"document": {"text": "blue sea and sky"}, "n": 1}}))
+            assert hit[0]["_id"] == 1
+            # A write after the build is encoded over TLS too.
+            db.notes.insert_one({"_id": 9, "text": "white snow on mountains"})
+            hit = list(db.notes.find({"$like": {"document": {"text": "white snow on mountains"}, "n": 1}}))
+            assert hit[0]["_id"] == 9
+    finally:
+        proxy.stop()
+        upstream.stop()
+        server.close()
