@@ -250,9 +250,11 @@ def test_a_slow_upstream_meets_the_request_timeout():
     try:
         direct = MongoClient(f"mongodb://{upstream.address}/", directConnection=True)
         direct.slow.docs.insert_one({"_id": 1})
+        # Scoped to this client's connections (the proxy forwards its
+        # handshake metadata): the proxy's own finds must not take it.
         direct.admin.command("configureFailPoint", "failCommand", mode={"times": 1}, data={
-            "failCommands": ["find"], "blockConnection": True, "blockTimeMS": 5000})
-        with MongoClient(f"mongodb://{proxy.address}/", retryReads=False) as c:
+            "failCommands": ["find"], "blockConnection": True, "blockTimeMS": 5000, "appName": "slow-find"})
+        with MongoClient(f"mongodb://{proxy.address}/", retryReads=False, appname="slow-find") as c:
             with pytest.raises(OperationFailure) as err:
                 c.slow.docs.find_one({"_id": 1})
             assert err.value.code == 89 and "--request-timeout-ms" in str(err.value), repr(err.value)

@@ -29,7 +29,7 @@ def test_upstream_killed_mid_query_then_restarted(tmp_path):
     try:
         # Polling monitors, rarely: the only request in flight is the query.
         uri = (f"mongodb://{proxy.address}/?retryReads=false&retryWrites=false"
-               "&serverMonitoringMode=poll&heartbeatFrequencyMS=60000")
+               "&serverMonitoringMode=poll&heartbeatFrequencyMS=60000&appName=held-query")
         with MongoClient(uri, serverSelectionTimeoutMS=5_000) as c:
             coll = c.fault_suite.points
             coll.insert_many([{"_id": i, "p": [float(i), 0.0]} for i in range(300)])
@@ -40,8 +40,11 @@ def test_upstream_killed_mid_query_then_restarted(tmp_path):
 
             # A query the upstream holds for a minute; the upstream dies under it.
             with MongoClient(f"mongodb://127.0.0.1:{port}/", directConnection=True) as direct:
+                # Only this client's connections (the proxy's own finds
+                # must not take it).
                 direct.admin.command("configureFailPoint", "failCommand", mode={"times": 1}, data={
-                    "failCommands": ["find"], "blockConnection": True, "blockTimeMS": 60_000})
+                    "failCommands": ["find"], "blockConnection": True, "blockTimeMS": 60_000,
+                    "appName": "held-query"})
             outcome = {}
 
             def held_query():
