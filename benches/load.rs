@@ -12,13 +12,13 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use common::load::{self, Op, Tally, Target};
+use common::load::{self, Op, Target};
 use common::Upstream;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Resident memory of process `pid`, in bytes.
 fn rss_of(pid: u32) -> u64 {
@@ -45,14 +45,19 @@ struct Measured {
     p99: Vec<f64>,
 }
 
-/// Prints one run's operations, errors and latency percentiles.
-fn report(label: &str, tallies: &[Tally]) -> Measured {
-    let seconds = tallies
-        .iter()
-        .map(|t| t.elapsed)
-        .max()
-        .unwrap_or_default()
-        .as_secs_f64();
+/// Runs the workload against `addr` and prints its operations, errors and
+/// latency percentiles. `seconds` is how long the workload runs; the run
+/// lasts until its slowest connection is done.
+async fn measure(
+    label: &str,
+    addr: &str,
+    connections: usize,
+    seconds: u64,
+    target: Target,
+) -> Measured {
+    let started = Instant::now();
+    let tallies = &load::run(addr, connections, Duration::from_secs(seconds), target).await;
+    let seconds = started.elapsed().as_secs_f64();
     let ops: usize = tallies.iter().map(|t| t.latencies.len()).sum();
     let errors: usize = tallies.iter().map(|t| t.errors.len()).sum();
     let protocol: usize = tallies.iter().map(|t| t.protocol_errors.len()).sum();
@@ -143,26 +148,22 @@ async fn main() {
         })
     };
     // The baseline: the same connections and mix straight at the upstream.
-    let direct = report(
+    let direct = measure(
         "upstream directly",
-        &load::run(
-            &upstream.addr(),
-            connections,
-            Duration::from_secs(seconds),
-            Target::Upstream,
-        )
-        .await,
-    );
-    let proxied = report(
+        &upstream.addr(),
+        connections,
+        seconds,
+        Target::Upstream,
+    )
+    .await;
+    let proxied = measure(
         "through likewise",
-        &load::run(
-            &addr,
-            connections,
-            Duration::from_secs(seconds),
-            Target::Proxy,
-        )
-        .await,
-    );
+        &addr,
+        connections,
+        seconds,
+        Target::Proxy,
+    )
+    .await;
     done.store(true, Ordering::Relaxed);
     sampler.join().unwrap();
     let rss_after = rss_of(pid);

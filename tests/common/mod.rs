@@ -36,7 +36,6 @@ impl Upstream {
 
     /// A server that accepts `connections` client connections (SecantusDB
     /// caps them at 1,000 otherwise; see `benches/secantusd_wide.py`).
-    #[allow(dead_code)] // used by the load bench only
     pub fn start_wide(connections: usize) -> Upstream {
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
         let mut command = Command::new(root.join(".venv/bin/python"));
@@ -92,7 +91,6 @@ impl Upstream {
         format!("mongodb://127.0.0.1:{}/", self.port)
     }
 
-    #[allow(dead_code)] // used by the load bench only
     pub fn addr(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
