@@ -1,13 +1,15 @@
 //! The real data set of the ANN benchmark: all-MiniLM-L6-v2 embeddings
 //! (made by likewise's own encoder) of distinct Debian package summaries
-//! from `apt-cache dumpavail`, written as a `.npy` float32 matrix.
+//! spread over the pinned corpus (`tests/fixtures/debian`), written as a
+//! `.npy` float32 matrix.
 //!
 //!     cargo bench --bench ann_embed -- LIMIT OUT.npy
 
 use likewise::models::bert::BertEncoder;
-use std::collections::HashSet;
 use std::io::Write;
-use std::process::Command;
+
+#[path = "../tests/common/corpus.rs"]
+mod corpus;
 
 fn main() {
     let args: Vec<String> = std::env::args()
@@ -19,36 +21,7 @@ fn main() {
         std::process::exit(2);
     };
     let limit: usize = limit.parse().unwrap();
-    let dump = Command::new("apt-cache")
-        .arg("dumpavail")
-        .output()
-        .expect("apt-cache");
-    let text = String::from_utf8_lossy(&dump.stdout);
-    let mut seen = HashSet::new();
-    let texts: Vec<String> = text
-        .split("\n\n")
-        .filter_map(|block| {
-            let field = |name: &str| {
-                block
-                    .lines()
-                    .find_map(|l| l.strip_prefix(name))
-                    .map(str::to_string)
-            };
-            Some(format!(
-                "{}: {}",
-                field("Package: ")?,
-                field("Description: ")?
-            ))
-        })
-        .filter(|t| {
-            seen.insert(
-                t.split_once(": ")
-                    .map(|(_, s)| s.to_string())
-                    .unwrap_or_default(),
-            )
-        })
-        .take(limit)
-        .collect();
+    let texts = corpus::package_texts(limit);
     let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let encoder = BertEncoder::load(&root.join(".cache/models/all-MiniLM-L6-v2"))
         .expect("run scripts/fetch-model");

@@ -1,6 +1,7 @@
 //! Encoding throughput of the built-in text model (all-MiniLM-L6-v2, batch
 //! 32) against sentence-transformers on torch, on the same machine, the same
-//! sentences (Debian package descriptions) and in the same run, interleaved.
+//! sentences (Debian package summaries from the pinned corpus in
+//! `tests/fixtures/debian`) and in the same run, interleaved.
 //!
 //!     scripts/bench-encode            (sets up the baseline's venv, then runs this)
 //!     LIKEWISE_BENCH_SENTENCES=4000 scripts/bench-encode
@@ -10,35 +11,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
+#[path = "../tests/common/corpus.rs"]
+mod corpus;
+
 const ROUNDS: usize = 3;
 const BATCH: usize = 32;
-
-fn sentences(limit: usize) -> Vec<String> {
-    let dump = Command::new("apt-cache")
-        .arg("dumpavail")
-        .output()
-        .expect("apt-cache");
-    let text = String::from_utf8_lossy(&dump.stdout);
-    let mut out: Vec<String> = text
-        .split("\n\n")
-        .filter_map(|block| {
-            let mut name = None;
-            let mut summary = None;
-            for line in block.lines() {
-                if let Some(v) = line.strip_prefix("Package: ") {
-                    name = Some(v);
-                } else if let Some(v) = line.strip_prefix("Description: ") {
-                    summary = Some(v);
-                }
-            }
-            // "name: summary", as a user would index a package.
-            Some(format!("{}: {}", name?, summary?))
-        })
-        .collect();
-    let step = (out.len() / limit).max(1);
-    out = out.into_iter().step_by(step).take(limit).collect();
-    out
-}
 
 fn median(mut xs: Vec<f64>) -> f64 {
     xs.sort_by(f64::total_cmp);
@@ -51,7 +28,7 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(2000);
-    let texts = sentences(count);
+    let texts = corpus::package_texts(count);
     let corpus = std::env::temp_dir().join(format!("likewise-encode-{}.txt", std::process::id()));
     std::fs::write(&corpus, texts.join("\n")).unwrap();
     let encoder = BertEncoder::load(&root.join(".cache/models/all-MiniLM-L6-v2"))

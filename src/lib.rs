@@ -20,7 +20,6 @@ pub mod config;
 pub mod conn;
 pub mod error;
 pub mod index;
-pub mod linalg;
 pub mod maintain;
 pub mod metrics;
 pub mod models;
@@ -29,6 +28,7 @@ pub mod rewrite;
 pub mod scram;
 pub mod server;
 pub mod tls;
-pub mod train;
 pub mod upstream;
 pub mod wire;
+
+pub use likewise_compute::{linalg, train};

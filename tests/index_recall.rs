@@ -6,29 +6,16 @@ use likewise::index::exact::Flat;
 use likewise::index::hnsw::{Hnsw, HnswParams};
 use likewise::index::{exact_among, search_allowed, Hit, KeySet, Similarity, VectorIndex};
 
+#[path = "common/rng.rs"]
+mod rng;
+use rng::Rng;
+
 const N: usize = 3000;
 const DIMS: usize = 24;
 const CLUSTERS: usize = 30;
 const QUERIES: usize = 60;
 const K: usize = 10;
 const EF: usize = 80;
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn unit(&mut self) -> f32 {
-        (self.next() >> 40) as f32 / (1u64 << 24) as f32
-    }
-    fn normalish(&mut self) -> f32 {
-        (0..4).map(|_| self.unit()).sum::<f32>() - 2.0
-    }
-}
 
 fn clustered(seed: u64, n: usize) -> Vec<Vec<f32>> {
     let mut rng = Rng(seed);

@@ -10,7 +10,7 @@
 //! Encoding is blocking CPU or network work: callers run it on blocking
 //! threads, never on the reactor.
 
-pub mod bert;
+pub use likewise_compute::bert;
 pub mod http;
 
 use crate::error::{Code, Error};

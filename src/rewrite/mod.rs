@@ -50,13 +50,22 @@ impl Ranked {
         rawdoc! { "$arrayElemAt": [{ "$literal": self.score_array() }, self.rank_expression()] }
     }
 
-    /// The filter selecting exactly the ranked documents that also match.
+    /// The filter selecting exactly the ranked documents that also match:
+    /// `{_id: {$in: ids}, ...exact}`, the flat form every planner serves
+    /// from the `_id` index (top-level fields are ANDed). Only when `exact`
+    /// names `_id` itself is it `{$and: [{_id: {$in: ids}}, exact]}`.
     pub fn filter(&self, exact: Option<&RawDocument>) -> RawDocumentBuf {
-        let ids = rawdoc! { "_id": { "$in": self.id_array() } };
-        match exact {
-            Some(f) if !f.is_empty() => rawdoc! { "$and": [ids, f.to_owned()] },
-            _ => ids,
+        let mut out = rawdoc! { "_id": { "$in": self.id_array() } };
+        let Some(f) = exact.filter(|f| !f.is_empty()) else {
+            return out;
+        };
+        if f.get("_id").ok().flatten().is_some() {
+            return rawdoc! { "$and": [out, f.to_owned()] };
         }
+        for (key, value) in f.into_iter().flatten() {
+            out.append(key, value.to_raw_bson());
+        }
+        out
     }
 
     /// Stages that fetch the ranked documents in rank order.
@@ -425,7 +434,7 @@ mod tests {
         assert_eq!(stages.len(), 5);
         assert_eq!(
             stages[0],
-            rawdoc! { "$match": { "$and": [{ "_id": { "$in": [3, "x"] } }, { "year": 1 }] } }
+            rawdoc! { "$match": { "_id": { "$in": [3, "x"] }, "year": 1 } }
         );
         let project = stages[4].get_document("$project").unwrap();
         assert!(project
@@ -596,5 +605,21 @@ mod tests {
             ranked().filter(Some(&rawdoc! { "a": 1 }))
         );
         assert_eq!(out.get_str("count").unwrap(), "c");
+    }
+
+    #[test]
+    fn the_fetch_filter_is_flat_unless_the_exact_filter_names_the_id() {
+        assert_eq!(
+            ranked().filter(Some(&rawdoc! { "a": 1, "$or": [{ "b": 2 }, { "c": 3 }] })),
+            rawdoc! { "_id": { "$in": [3, "x"] }, "a": 1, "$or": [{ "b": 2 }, { "c": 3 }] }
+        );
+        assert_eq!(
+            ranked().filter(Some(&rawdoc! { "_id": { "$gt": 1 }, "a": 1 })),
+            rawdoc! { "$and": [{ "_id": { "$in": [3, "x"] } }, { "_id": { "$gt": 1 }, "a": 1 }] }
+        );
+        assert_eq!(
+            ranked().filter(Some(&rawdoc! {})),
+            rawdoc! { "_id": { "$in": [3, "x"] } }
+        );
     }
 }

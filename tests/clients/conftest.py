@@ -4,6 +4,8 @@ Every suite in this folder talks to them with unmodified clients through a
 plain ``mongodb://127.0.0.1:PORT/`` URI.
 """
 
+import gzip
+import json
 import os
 import queue
 import subprocess
@@ -115,57 +117,48 @@ def start_proxy(upstream_uri, *extra, log_level="warn", env=None):
     )
 
 
+DEBIAN = ROOT / "tests" / "fixtures" / "debian"
+
+
 def debian_long_descriptions(limit):
-    """Real (summary, long description) pairs, offline: Debian's English
-    package descriptions from apt's Translation-en lists (scripts/setup
-    fetches them)."""
-    lists = sorted(Path("/var/lib/apt/lists").glob("*_main_i18n_Translation-en*"))
-    assert lists, "no apt Translation-en lists (run scripts/setup)"
-    rows, seen = [], set()
-    for path in lists:
-        text = subprocess.run(["/usr/lib/apt/apt-helper", "cat-file", str(path)],
-                              capture_output=True, text=True, check=True).stdout
-        for block in text.split("\n\n"):
-            lines = block.splitlines()
-            name = next((l[9:] for l in lines if l.startswith("Package: ")), None)
-            start = next((i for i, l in enumerate(lines) if l.startswith("Description-en: ")), None)
-            if not name or start is None or name in seen:
-                continue
-            title = lines[start][len("Description-en: "):]
-            body = " ".join(l.strip() for l in lines[start + 1:] if l.startswith(" ") and l.strip() != ".")
-            if len(body) < 80 or title in seen:
-                continue
-            seen.update((name, title))
-            rows.append({"_id": name, "title": title, "text": body})
-    assert len(rows) >= limit, f"only {len(rows)} described packages"
+    """Real (title, long description) pairs, the same on every machine:
+    `limit` packages spread evenly over the pinned Debian 12 corpus's 4,000
+    long English package descriptions (tests/fixtures/debian)."""
+    with gzip.open(DEBIAN / "descriptions.jsonl.gz", "rt", encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f]
+    assert len(rows) >= limit, f"the fixture holds {len(rows)} described packages"
     step = len(rows) / limit
     return [rows[int(i * step)] for i in range(limit)]
 
 
 def debian_packages(limit, also=lambda row: False):
-    """Real text, offline: (package, section, one-line description) of
-    `limit` packages spread over what `apt-cache dumpavail` knows,
-    deduplicated, plus every package `also` picks (so a test's relevant
-    answers are there whatever the apt snapshot samples)."""
-    out = subprocess.run(["apt-cache", "dumpavail"], capture_output=True, text=True, check=True).stdout
-    rows, seen = [], set()
-    for block in out.split("\n\n"):
-        fields = {}
-        for line in block.splitlines():
-            if ": " in line and not line.startswith(" "):
-                key, value = line.split(": ", 1)
-                fields.setdefault(key, value)
-        name, summary = fields.get("Package"), fields.get("Description")
-        if name and summary and name not in seen and summary not in {r["description"] for r in rows[-50:]}:
-            seen.add(name)
-            rows.append({"_id": name, "section": fields.get("Section", "misc").split("/")[-1],
-                         "description": summary})
-    assert len(rows) >= limit, f"apt-cache dumpavail lists only {len(rows)} packages (run apt-get update)"
-    # Spread over the alphabet rather than the first letters only.
+    """Real text, the same on every machine: (package, section, one-line
+    description) of `limit` packages spread evenly over the pinned Debian 12
+    corpus (tests/fixtures/debian, 59,912 packages with distinct summaries),
+    plus every package `also` picks."""
+    rows = []
+    with gzip.open(DEBIAN / "summaries.tsv.gz", "rt", encoding="utf-8") as f:
+        for line in f:
+            name, section, summary = line.rstrip("\n").split("\t")
+            rows.append({"_id": name, "section": section, "description": summary})
+    assert len(rows) >= limit, f"the fixture holds {len(rows)} packages"
     step = len(rows) / limit
     picked = [rows[int(i * step)] for i in range(limit)]
     names = {r["_id"] for r in picked}
     return picked + [r for r in rows if also(r) and r["_id"] not in names]
+
+
+# The modules that take longest, first: the runner (scripts/test) hands
+# whole modules to its workers in this order, two at a time each, so the
+# long ones start at once and a short one (test_cli) waits behind the
+# longest.
+SLOWEST_FIRST = ["test_training.py", "test_models.py", "test_cli.py", "test_node_clients.py",
+                 "test_durability.py", "test_pymongo.py"]
+
+
+def pytest_collection_modifyitems(session, config, items):
+    rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(SLOWEST_FIRST)))
 
 
 @pytest.fixture(scope="session")

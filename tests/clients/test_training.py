@@ -14,9 +14,11 @@ from pymongo.errors import OperationFailure
 
 from conftest import debian_long_descriptions, eventually, start_proxy
 
-CORPUS = 4000
-# Measured here: r@1 0.832 -> 0.850 and mrr 0.878 -> 0.896 on 1,328 held-out
-# pairs; the assertion leaves room for a different apt snapshot.
+CORPUS = 2000
+# The gain training must show on the 655 held-out pairs, in r@1 and in mrr.
+# Measured on the pinned corpus: r@1 0.876 -> 0.890 (+0.014) and mrr
+# 0.914 -> 0.925 (+0.012); with seeds 1 and 2 instead of the default, +0.015
+# and +0.020 in r@1, +0.012 and +0.015 in mrr. Asserts a gain >= 0.005.
 MARGIN = 0.005
 
 DEFINITION = {
@@ -24,7 +26,7 @@ DEFINITION = {
     "loss": "ranking", "metrics": ["r@1", "r@10", "mrr"],
     "splitter": {"kind": "fields", "query": "title", "item": "text"},
     "validation": {"filter": {"_fold": "valid"}},
-    "train": {"epochs": 12, "batchSize": 128, "learningRate": 0.002, "temperature": 20},
+    "train": {"epochs": 12, "batchSize": 128, "learningRate": 0.001, "temperature": 20},
 }
 
 
@@ -59,6 +61,8 @@ def trained(client):
     db.drop_collection("packages")
     rows = [dict(r, _fold=fold(r["_id"])) for r in debian_long_descriptions(CORPUS)]
     db.packages.insert_many(rows)
+    # As a user would: the field the validation filter names is indexed.
+    db.packages.create_index("_fold")
     db.command({"createModel": "minilm", "kind": "text"})
     db.command({"createSemanticIndex": "packages", "name": "summaries", **DEFINITION})
     info, seen = wait_trained(db.packages, "summaries")

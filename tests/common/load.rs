@@ -178,7 +178,9 @@ pub async fn worker(addr: String, who: i64, until: Instant, target: Target) -> T
     }
     let mut state = (who as u64 + 1).wrapping_mul(0x2545_f491_4f6c_dd1d);
     let mut step = 0i64;
-    while Instant::now() < until {
+    // At least one operation each, however late a loaded machine let the
+    // connection start.
+    while step == 0 || Instant::now() < until {
         state ^= state << 13;
         state ^= state >> 7;
         state ^= state << 17;

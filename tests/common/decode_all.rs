@@ -1,0 +1,65 @@
+//! Everything the proxy does with the bytes of one client frame: framing,
+//! inflating OP_COMPRESSED, decoding by opcode, walking the command body,
+//! classifying the command and running the parser of every command the proxy
+//! owns (handshake, search-index admin, semantic indexes, models,
+//! `$vectorSearch`, `$like`). Shared by the libFuzzer target
+//! (`fuzz/fuzz_targets/decode.rs`) and the seeded-mutation test in
+//! `tests/codec_fixtures.rs`, so both exercise the same paths.
+
+use bson::RawDocument;
+use likewise::command::{search_index, vector_query, Command, Hello};
+use likewise::wire::{self, Message};
+
+/// Decodes `data` as a client would send it and parses every command the
+/// proxy owns out of it, ignoring every error; only a panic (or an abort)
+/// is a failure.
+pub fn decode_everything(data: &[u8]) {
+    let Ok(Some(len)) = wire::frame_len(data) else {
+        return;
+    };
+    let Ok((_, message)) = wire::inflate(bytes::Bytes::copy_from_slice(&data[..len])) else {
+        return;
+    };
+    match wire::decode(&message) {
+        Ok(Message::Msg(m)) => {
+            for element in m.body() {
+                let _ = element;
+            }
+            parse_everything(m.body());
+        }
+        Ok(Message::Query(q)) => parse_everything(q.command()),
+        _ => {}
+    }
+}
+
+fn parse_everything(body: &RawDocument) {
+    let _ = Command::classify(body);
+    let _ = Hello::parse(body);
+    let _ = search_index::parse_create(body);
+    let _ = search_index::parse_target(body);
+    let _ = search_index::parse_list_filter(body);
+    let _ = search_index::parse_create_semantic(body);
+    let _ = likewise::models::ModelDef::parse(body, "createModel");
+    if let Ok(definition) = body.get_document("definition") {
+        let _ = search_index::parse_definition(definition);
+    }
+    for key in ["filter", "query"] {
+        if let Ok(filter) = body.get_document(key) {
+            let _ = vector_query::parse_like_filter(filter);
+        }
+    }
+    if let Ok(stages) = body.get_array("pipeline") {
+        for stage in stages.into_iter().flatten() {
+            if let Some(stage) = stage.as_document() {
+                if let Ok(search) = stage.get_document("$vectorSearch") {
+                    let _ = vector_query::parse_vector_search(search);
+                }
+                if let Ok(matched) = stage.get_document("$match") {
+                    let _ = vector_query::parse_like_filter(matched);
+                }
+            }
+        }
+    }
+    let _ = vector_query::parse_vector_search(body);
+    let _ = vector_query::parse_like_filter(body);
+}
