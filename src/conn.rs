@@ -7,6 +7,9 @@ use std::io;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+/// Bytes made room for before each read of a socket.
+const READ_CHUNK: usize = 64 * 1024;
+
 #[derive(Debug)]
 pub enum ReadError {
     /// The peer closed or reset the connection.
@@ -90,14 +93,18 @@ impl Connection {
                 Ok(None) => {}
                 Err(e) => return Err(ReadError::Framing(e)),
             }
-            // The length is known and bounded once four bytes are in.
-            if self.buffer.len() >= 4 {
+            // Room for what may arrive next, never for what a length prefix
+            // merely claims: four bytes must not cost 48 MB. The buffer grows
+            // with the bytes actually received (amortised doubling).
+            let missing = if self.buffer.len() >= 4 {
                 let declared = crate::wire::read_i32(&self.buffer, 0);
-                let want = usize::try_from(declared).unwrap_or(0);
-                self.buffer.reserve(want.saturating_sub(self.buffer.len()));
+                usize::try_from(declared)
+                    .unwrap_or(0)
+                    .saturating_sub(self.buffer.len())
             } else {
-                self.buffer.reserve(4096);
-            }
+                4096
+            };
+            self.buffer.reserve(missing.clamp(1, READ_CHUNK));
             let n = match &mut self.stream {
                 Stream::Plain(s) => s.read_buf(&mut self.buffer).await,
                 Stream::Accepted(s) => s.read_buf(&mut self.buffer).await,

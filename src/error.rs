@@ -28,6 +28,7 @@ impl Code {
     pub const INTERNAL_ERROR: Code = Code::new(1, "InternalError");
     pub const BAD_VALUE: Code = Code::new(2, "BadValue");
     pub const HOST_UNREACHABLE: Code = Code::new(6, "HostUnreachable");
+    pub const OVERFLOW: Code = Code::new(15, "Overflow");
     pub const PROTOCOL_ERROR: Code = Code::new(17, "ProtocolError");
     pub const INVALID_BSON: Code = Code::new(22, "InvalidBSON");
     pub const NAMESPACE_NOT_FOUND: Code = Code::new(26, "NamespaceNotFound");
@@ -125,6 +126,8 @@ impl From<WireError> for Error {
     fn from(err: WireError) -> Error {
         let code = match err {
             WireError::Malformed(_) => Code::INVALID_BSON,
+            // mongod's own words for it, unprefixed.
+            WireError::TooDeep(_) => return Error::client(Code::OVERFLOW, err.to_string()),
             _ => Code::PROTOCOL_ERROR,
         };
         Error::client(code, format!("likewise: {err}"))

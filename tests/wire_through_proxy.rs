@@ -350,3 +350,227 @@ async fn clients_are_disconnected_promptly_when_the_upstream_dies() {
         .expect("the proxy left the client hanging");
     assert!(matches!(outcome, Ok(None) | Err(_)));
 }
+
+/// `{a: {a: … {}}}`: `levels` documents below the one returned, built as
+/// bytes (a builder would copy the whole value at every level).
+fn nested(levels: usize) -> RawDocumentBuf {
+    let len = |k: usize| i32::try_from(5 + 8 * k).unwrap();
+    let mut bytes = Vec::with_capacity(5 + 8 * levels);
+    for k in (1..=levels).rev() {
+        bytes.extend_from_slice(&len(k).to_le_bytes());
+        bytes.extend_from_slice(b"\x03a\x00");
+    }
+    bytes.extend_from_slice(&len(0).to_le_bytes());
+    bytes.extend(std::iter::repeat_n(0u8, levels + 1));
+    RawDocumentBuf::from_bytes(bytes).unwrap()
+}
+
+/// Levels below `doc`'s top, as mongod counts them for `maxBSONDepth`.
+fn depth(doc: &RawDocument) -> usize {
+    (0..)
+        .find(|&max| likewise::wire::check_depth(doc, max).is_ok())
+        .unwrap()
+}
+
+/// One unauthenticated message nested thousands of levels deep used to
+/// overflow a worker's stack and abort the proxy. Every request is now
+/// held to mongod's limit (200 levels below the command) before anything
+/// walks it, with mongod's error; at the limit itself, every command the
+/// proxy walks (filters, `$like`, `$vectorSearch`, projections with
+/// scores, explain, index definitions, models, document sequences) is
+/// answered without harm.
+#[tokio::test]
+async fn commands_nested_past_mongods_limit_get_its_overflow_error_and_the_proxy_lives() {
+    let upstream = Upstream::start();
+    let proxy = Proxy::start(&upstream.uri()).await;
+    let addr = proxy.addr.to_string();
+    let mut conn = connect(&addr).await;
+    let ping = rawdoc! { "ping": 1, "$db": "admin" };
+
+    // The attack as it was reported: 7,700 levels in a $vectorSearch filter.
+    let attack = rawdoc! {
+        "aggregate": "c",
+        "pipeline": [{ "$vectorSearch": { "filter": nested(7_700) } }],
+        "cursor": {},
+        "$db": "t",
+    };
+    let reply = command(&mut conn, 1, &attack).await;
+    assert_eq!(reply.get_i32("code"), Ok(15), "{reply:?}");
+    assert_eq!(reply.get_str("codeName"), Ok("Overflow"));
+    assert!(reply
+        .get_str("errmsg")
+        .unwrap()
+        .starts_with("BSONObj exceeds maximum nested object depth"));
+    assert!(ok(&command(&mut conn, 2, &ping).await));
+
+    // A small indexed collection, so vector queries run their whole course.
+    let mut docs = bson::RawArrayBuf::new();
+    for i in 0..20 {
+        docs.push(rawdoc! { "_id": i, "p": [f64::from(i), 1.0], "x": i % 2 });
+    }
+    let reply = command(
+        &mut conn,
+        3,
+        &rawdoc! { "insert": "c", "documents": docs, "$db": "t" },
+    )
+    .await;
+    assert!(ok(&reply), "{reply:?}");
+    let create = rawdoc! {
+        "createSearchIndexes": "c",
+        "indexes": [{ "name": "v", "type": "vectorSearch", "definition": {
+            "fields": [{ "type": "vector", "path": "p", "numDimensions": 2, "similarity": "euclidean" }]
+        } }],
+        "$db": "t",
+    };
+    assert!(ok(&command(&mut conn, 4, &create).await));
+    let list = rawdoc! {
+        "aggregate": "c", "pipeline": [{ "$listSearchIndexes": { "name": "v" } }], "cursor": {}, "$db": "t",
+    };
+    let mut ready = false;
+    for id in 5..5_000 {
+        let reply = command(&mut conn, id, &list).await;
+        let batch = reply
+            .get_document("cursor")
+            .unwrap()
+            .get_array("firstBatch")
+            .unwrap();
+        let status = batch.into_iter().next().and_then(|d| {
+            d.ok()?
+                .as_document()?
+                .get_str("status")
+                .ok()
+                .map(str::to_owned)
+        });
+        if status.as_deref() == Some("READY") {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(ready, "the index never became READY");
+
+    let search = |filter: RawDocumentBuf| {
+        rawdoc! {
+            "index": "v", "path": "p", "queryVector": [1.0, 1.0], "numCandidates": 10, "limit": 3, "filter": filter,
+        }
+    };
+    let like = rawdoc! { "_id": 3, "n": 3 };
+    // Each form puts `deep` where one of the proxy's walks goes.
+    type Form = Box<dyn Fn(RawDocumentBuf) -> RawDocumentBuf>;
+    let forms: Vec<(&str, Form)> = vec![
+        (
+            "find filter",
+            Box::new(|deep| rawdoc! { "find": "c", "filter": deep, "$db": "t" }),
+        ),
+        (
+            "find with $like",
+            Box::new(move |deep| {
+                rawdoc! {
+                    "find": "c", "filter": { "$like": like.clone(), "$nor": [deep] }, "$db": "t",
+                }
+            }),
+        ),
+        (
+            "count with $like",
+            Box::new(|deep| {
+                rawdoc! {
+                    "count": "c", "query": { "$like": { "_id": 3, "n": 3 }, "$nor": [deep] }, "$db": "t",
+                }
+            }),
+        ),
+        (
+            "$vectorSearch filter",
+            Box::new(move |deep| {
+                rawdoc! {
+                    "aggregate": "c", "pipeline": [{ "$vectorSearch": search(rawdoc! { "$nor": [deep] }) }],
+                    "cursor": {}, "$db": "t",
+                }
+            }),
+        ),
+        (
+            "projection with scores",
+            Box::new(move |deep| {
+                rawdoc! {
+                    "aggregate": "c",
+                    "pipeline": [
+                        { "$vectorSearch": search(rawdoc! {}) },
+                        { "$project": { "s": { "$meta": "vectorSearchScore" }, "d": { "$literal": deep } } },
+                    ],
+                    "cursor": {}, "$db": "t",
+                }
+            }),
+        ),
+        (
+            "explain",
+            Box::new(move |deep| {
+                rawdoc! {
+                    "explain": {
+                        "aggregate": "c", "pipeline": [{ "$vectorSearch": search(rawdoc! { "$nor": [deep] }) }],
+                        "cursor": {},
+                    },
+                    "$db": "t",
+                }
+            }),
+        ),
+        (
+            "index definition",
+            Box::new(|deep| {
+                rawdoc! {
+                    "createSearchIndexes": "c",
+                    "indexes": [{ "name": "w", "type": "vectorSearch", "definition": { "fields": [deep] } }],
+                    "$db": "t",
+                }
+            }),
+        ),
+        (
+            "model definition",
+            Box::new(|deep| {
+                rawdoc! {
+                    "createModel": "m", "kind": "vector", "dimensions": 2, "options": deep, "$db": "t",
+                }
+            }),
+        ),
+        (
+            "insert",
+            Box::new(|deep| {
+                rawdoc! {
+                    "insert": "c", "documents": [{ "_id": "deep", "p": [0.0, 0.0], "d": deep }], "$db": "t",
+                }
+            }),
+        ),
+    ];
+    let mut id = 10_000;
+    for (name, form) in &forms {
+        let over = depth(&form(nested(1))) - 1;
+        for levels in [200 - over, 201 - over] {
+            let doc = form(nested(levels));
+            assert_eq!(depth(&doc), levels + over, "{name}");
+            id += 1;
+            let reply = command(&mut conn, id, &doc).await;
+            if levels + over > 200 {
+                assert_eq!(reply.get_i32("code"), Ok(15), "{name}: {reply:?}");
+            } else {
+                assert_ne!(reply.get_i32("code"), Ok(15), "{name}: {reply:?}");
+            }
+            id += 1;
+            assert!(ok(&command(&mut conn, id, &ping).await), "{name}");
+        }
+    }
+    // A document sequence is held to the limit document by document.
+    let deep_doc = rawdoc! { "_id": "seq", "d": nested(200) };
+    let sections = [
+        msg::Section::Body(&rawdoc! { "insert": "c", "$db": "t" }),
+        msg::Section::Sequence(msg::DocumentSequence {
+            identifier: "documents",
+            documents: vec![&deep_doc],
+        }),
+    ];
+    conn.write_frame(&msg::encode(99_999, 0, 0, &sections))
+        .await
+        .unwrap();
+    let reply = body_of(&read(&mut conn).await);
+    assert_eq!(reply.get_i32("code"), Ok(15), "{reply:?}");
+    // Nothing was lost on the way: the proxy and other clients carry on.
+    let mut other = connect(&addr).await;
+    assert!(ok(&command(&mut other, 1, &ping).await));
+}

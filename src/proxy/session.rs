@@ -153,6 +153,13 @@ impl Session {
             request,
             error: e.into(),
         })?;
+        // Before anything walks the command: every walk below is bounded.
+        parsed
+            .check_depth(wire::MAX_BSON_DEPTH)
+            .map_err(|e| Failure::Reply {
+                request,
+                error: e.into(),
+            })?;
         if let Some(name) = parsed.command_name() {
             self.shared.metrics.command(name);
         }
@@ -278,6 +285,7 @@ impl Session {
         let fail = |error: Error| Failure::Reply { request, error };
         let query = OpQuery::parse(&message).map_err(|e| fail(e.into()))?;
         let command = query.command();
+        wire::check_depth(command, wire::MAX_BSON_DEPTH).map_err(|e| fail(e.into()))?;
         let name = msg::first_key(command).unwrap_or("");
         if !query.namespace.ends_with(".$cmd") || !Hello::is_hello(name) {
             return Err(fail(Error::client(

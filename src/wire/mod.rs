@@ -38,6 +38,9 @@ pub enum WireError {
     Decompress(String),
     /// An opcode the proxy cannot process in this position.
     UnsupportedOpCode(i32),
+    /// A document nested deeper than `MAX_BSON_DEPTH`; holds the name of
+    /// the element where the limit was crossed.
+    TooDeep(String),
 }
 
 impl fmt::Display for WireError {
@@ -56,11 +59,58 @@ impl fmt::Display for WireError {
             WireError::UnknownCompressor(id) => write!(f, "unknown compressor id {id}"),
             WireError::Decompress(why) => write!(f, "cannot decompress message: {why}"),
             WireError::UnsupportedOpCode(op) => write!(f, "unsupported opcode {op}"),
+            WireError::TooDeep(name) => write!(
+                f,
+                "BSONObj exceeds maximum nested object depth in element with field name '{name}'"
+            ),
         }
     }
 }
 
 impl std::error::Error for WireError {}
+
+/// The deepest nesting a request may have: mongod's `maxBSONDepth` default
+/// (`BSONDepth::kDefaultMaxAllowableDepth`). The top-level document is level
+/// 0 and each embedded document or array one more, so 200 levels below the
+/// top are allowed and the 201st is refused, as mongod's BSON validation does
+/// (`src/mongo/bson/bson_validate.cpp`: "A flat BSON has one frame").
+pub const MAX_BSON_DEPTH: usize = 200;
+
+/// Checks that `doc` nests no deeper than `max` levels below itself, without
+/// recursing (the walk keeps its own stack of at most `max` iterators), so
+/// every recursive walk over a request that passed it is bounded.
+///
+/// # Errors
+/// `WireError::TooDeep` naming the element that went one level too far (the
+/// proxy answers it as mongod does: code 15, `Overflow`).
+pub fn check_depth(doc: &RawDocument, max: usize) -> Result<(), WireError> {
+    let mut stack = vec![doc.iter()];
+    while let Some(top) = stack.last_mut() {
+        let Some(element) = top.next() else {
+            stack.pop();
+            continue;
+        };
+        // Malformed elements are the parsers' to report, not this check's.
+        let Ok((name, value)) = element else {
+            continue;
+        };
+        let nested = match value {
+            bson::RawBsonRef::Document(d) => d,
+            // An array is a document keyed "0", "1", ...
+            bson::RawBsonRef::Array(a) => match RawDocument::from_bytes(a.as_bytes()) {
+                Ok(d) => d,
+                Err(_) => continue,
+            },
+            bson::RawBsonRef::JavaScriptCodeWithScope(c) => c.scope,
+            _ => continue,
+        };
+        if stack.len() > max {
+            return Err(WireError::TooDeep(name.to_string()));
+        }
+        stack.push(nested.iter());
+    }
+    Ok(())
+}
 
 pub(crate) fn read_i32(buf: &[u8], at: usize) -> i32 {
     i32::from_le_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]])
@@ -166,5 +216,59 @@ pub fn decode(message: &[u8]) -> Result<Message<'_>, WireError> {
         OpCode::Query => OpQuery::parse(message).map(Message::Query),
         OpCode::Reply => OpReply::parse(message).map(Message::Reply),
         other => Err(WireError::UnsupportedOpCode(other.as_i32())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bson::{rawdoc, RawDocumentBuf};
+
+    /// `levels` documents (or one-element arrays, alternately) nested below
+    /// the one returned.
+    fn nested(levels: usize) -> RawDocumentBuf {
+        let mut doc = rawdoc! {};
+        for level in 0..levels {
+            doc = if level % 2 == 0 {
+                rawdoc! { "a": doc }
+            } else {
+                rawdoc! { "b": [doc] }
+            };
+        }
+        doc
+    }
+
+    #[test]
+    fn depth_is_held_to_mongods_limit_counting_documents_and_arrays() {
+        // Each `[doc]` level adds two (the array and the document in it):
+        // 133 levels reach 199, 134 reach 201, and the innermost document,
+        // `a`'s value, is the one too deep.
+        let at = |levels| check_depth(&nested(levels), MAX_BSON_DEPTH);
+        assert_eq!(at(133), Ok(()));
+        assert_eq!(at(134), Err(WireError::TooDeep("a".into())));
+        // nested(132) reaches 198: two more levels are allowed, three not.
+        let exactly = rawdoc! { "c": { "top": nested(132) }, "more": [1] };
+        assert_eq!(check_depth(&exactly, MAX_BSON_DEPTH), Ok(()));
+        let over = rawdoc! { "d": exactly };
+        assert!(check_depth(&over, MAX_BSON_DEPTH).is_err());
+        assert_eq!(check_depth(&rawdoc! {}, 0), Ok(()));
+        assert_eq!(check_depth(&rawdoc! { "x": 1 }, 0), Ok(()));
+        assert_eq!(
+            check_depth(&rawdoc! { "x": {} }, 0),
+            Err(WireError::TooDeep("x".into()))
+        );
+        assert_eq!(check_depth(&rawdoc! { "x": { "y": [] } }, 2), Ok(()));
+        assert_eq!(
+            check_depth(&rawdoc! { "x": { "y": [] } }, 1),
+            Err(WireError::TooDeep("y".into()))
+        );
+        let scoped = bson::RawBson::JavaScriptCodeWithScope(bson::RawJavaScriptCodeWithScope {
+            code: "f()".into(),
+            scope: rawdoc! { "s": { "t": 1 } },
+        });
+        let mut doc = RawDocumentBuf::new();
+        doc.append("js", scoped);
+        assert_eq!(check_depth(&doc, 2), Ok(()));
+        assert_eq!(check_depth(&doc, 1), Err(WireError::TooDeep("s".into())));
     }
 }

@@ -122,6 +122,21 @@ impl<'a> OpMsg<'a> {
             Section::Body(_) => None,
         })
     }
+
+    /// `wire::check_depth` on the body and on every document of every
+    /// sequence, each one a BSON object of its own as mongod validates it.
+    ///
+    /// # Errors
+    /// `WireError::TooDeep` for the first document nested deeper than `max`.
+    pub fn check_depth(&self, max: usize) -> Result<(), WireError> {
+        self.sections.iter().try_for_each(|section| match section {
+            Section::Body(body) => super::check_depth(body, max),
+            Section::Sequence(seq) => seq
+                .documents
+                .iter()
+                .try_for_each(|doc| super::check_depth(doc, max)),
+        })
+    }
 }
 
 /// The first key of a document, if it has one and it decodes.

@@ -20,14 +20,18 @@ pub fn decode_everything(data: &[u8]) {
     let Ok((_, message)) = wire::inflate(bytes::Bytes::copy_from_slice(&data[..len])) else {
         return;
     };
+    // As the proxy does: nothing walks a command nested deeper than mongod
+    // allows.
     match wire::decode(&message) {
-        Ok(Message::Msg(m)) => {
+        Ok(Message::Msg(m)) if m.check_depth(wire::MAX_BSON_DEPTH).is_ok() => {
             for element in m.body() {
                 let _ = element;
             }
             parse_everything(m.body());
         }
-        Ok(Message::Query(q)) => parse_everything(q.command()),
+        Ok(Message::Query(q)) if wire::check_depth(q.command(), wire::MAX_BSON_DEPTH).is_ok() => {
+            parse_everything(q.command())
+        }
         _ => {}
     }
 }
