@@ -168,6 +168,101 @@ fn split_host_port(hostport: &str) -> Result<(String, u16), String> {
     Ok((host.to_string(), port))
 }
 
+/// What models may reach, chosen by the operator: a client that may create
+/// models must not be able to point the proxy at anything else.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ModelAccess {
+    /// `--allow-model-host`: hosts `http` models may call, as `host` (any
+    /// port) or `host:port` (`[v6]:port` for IPv6). Empty: no `http` model.
+    pub hosts: Vec<String>,
+    /// `--allow-model-dir`: directories a `text` model's `path` and an
+    /// `http` model's `tlsCAFile` may be under (compared after resolving
+    /// symbolic links). The default model's directory is always allowed.
+    pub dirs: Vec<PathBuf>,
+}
+
+impl ModelAccess {
+    /// Whether `host` (lower-case, no brackets) and `port` are allowed.
+    pub fn allows_host(&self, host: &str, port: u16) -> bool {
+        self.hosts.iter().any(|entry| {
+            let entry = entry.trim().to_ascii_lowercase();
+            let (name, entry_port) = if let Some(rest) = entry.strip_prefix('[') {
+                match rest.split_once(']') {
+                    Some((name, tail)) => (name.to_string(), tail.strip_prefix(':')),
+                    None => return false,
+                }
+            } else if entry.matches(':').count() == 1 {
+                let (name, p) = entry.split_once(':').unwrap_or((&entry, ""));
+                (name.to_string(), Some(p))
+            } else {
+                // A bare name, or a bare IPv6 address: any port.
+                (entry.clone(), None)
+            };
+            let port_ok = match entry_port {
+                None => true,
+                Some(p) => p.parse::<u16>().is_ok_and(|p| p == port),
+            };
+            name == host && port_ok
+        })
+    }
+
+    /// `path` resolved, if it is under an allowed directory (or `also`,
+    /// the default model's); `what` names the field in the error. The path
+    /// is first compared as written (absolute, no `..`), so a refused path
+    /// is never looked at and the error says nothing about whether it
+    /// exists; then again after resolving symbolic links.
+    pub fn path_under(
+        &self,
+        path: &str,
+        also: Option<&std::path::Path>,
+        what: &str,
+    ) -> Result<PathBuf, String> {
+        use std::path::{Component, Path};
+        let refused = || {
+            format!(
+                "{what} {path:?} is not under a directory the operator allows (--allow-model-dir)"
+            )
+        };
+        let given = Path::new(path);
+        if !given.is_absolute() || given.components().any(|c| c == Component::ParentDir) {
+            return Err(format!(
+                "{what} {path:?} must be an absolute path without '..'"
+            ));
+        }
+        let roots: Vec<PathBuf> = self
+            .dirs
+            .iter()
+            .map(PathBuf::as_path)
+            .chain(also)
+            .filter_map(|d| std::path::absolute(d).ok())
+            .collect();
+        if !roots.iter().any(|root| given.starts_with(root)) {
+            return Err(refused());
+        }
+        let resolved = given
+            .canonicalize()
+            .map_err(|e| format!("{what} {path:?}: {e}"))?;
+        let still_under = roots
+            .iter()
+            .filter_map(|root| root.canonicalize().ok())
+            .any(|root| resolved.starts_with(root));
+        if still_under {
+            Ok(resolved)
+        } else {
+            Err(refused())
+        }
+    }
+
+    /// A regular file under an allowed directory (`tlsCAFile`).
+    pub fn file(&self, path: &str, what: &str) -> Result<PathBuf, String> {
+        let resolved = self.path_under(path, None, what)?;
+        if !resolved.is_file() {
+            return Err(format!("{what} {path:?} is not a regular file"));
+        }
+        Ok(resolved)
+    }
+}
+
 /// Everything the proxy needs to run.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -176,6 +271,9 @@ pub struct Config {
     pub data_dir: Option<PathBuf>,
     /// The default `text` model's directory.
     pub default_model: PathBuf,
+    /// Hosts and directories models may reach (`--allow-model-host`,
+    /// `--allow-model-dir`).
+    pub model_access: ModelAccess,
     /// Client connections served at once; more wait in the accept queue.
     pub max_connections: usize,
     /// How long to wait for the upstream to accept a connection.
@@ -192,17 +290,46 @@ pub struct Config {
     pub client_tls: Option<std::sync::Arc<rustls::ServerConfig>>,
     /// TLS to the upstream, from the URI's `tls=true` and `tlsCAFile`.
     pub upstream_tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    /// The key the proxy signs its stored definitions with (see
+    /// `maintain::catalog`): from `--metadata-key-file`, else derived from
+    /// the upstream credentials ([`metadata_key_from`]).
+    pub metadata_key: [u8; 32],
     /// How long a request may take (beyond any wait the client asked for
     /// with `maxAwaitTimeMS`, or `maxTimeMS` on a `getMore`); `None`: no limit.
     pub request_timeout: Option<Duration>,
 }
 
+/// The metadata key a proxy derives from its upstream credentials:
+/// HMAC-SHA-256 (RFC 2104) keyed by the password over
+/// `"likewise metadata key\0" user "\0" authSource`, so every proxy of one
+/// deployment with the same credentials trusts the others' definitions and
+/// no client without the password can forge one. Without credentials
+/// (an upstream without access control, where every client may already do
+/// everything) a fixed key: definitions are then checked for integrity
+/// only.
+pub fn metadata_key_from(credentials: Option<&Credentials>) -> [u8; 32] {
+    use hmac::Mac;
+    let (password, user, source) = credentials.map_or(("", "", ""), |c| {
+        (c.password.as_str(), c.user.as_str(), c.source.as_str())
+    });
+    let mut mac = <hmac::Hmac<sha2::Sha256> as Mac>::new_from_slice(password.as_bytes())
+        .expect("HMAC takes keys of any length");
+    mac.update(b"likewise metadata key\0");
+    mac.update(user.as_bytes());
+    mac.update(b"\0");
+    mac.update(source.as_bytes());
+    mac.finalize().into_bytes().into()
+}
+
 impl Config {
     pub fn new(upstream: Upstream) -> Config {
+        let metadata_key = metadata_key_from(upstream.credentials.as_ref());
         Config {
             upstream,
             data_dir: None,
             default_model: PathBuf::from(".cache/models/all-MiniLM-L6-v2"),
+            model_access: ModelAccess::default(),
+            metadata_key,
             max_connections: 10_000,
             connect_timeout: Duration::from_secs(5),
             metadata_db: "likewise".to_string(),
@@ -279,6 +406,9 @@ pub struct FileConfig {
     pub upstream: Option<String>,
     pub data_dir: Option<String>,
     pub default_model: Option<String>,
+    pub metadata_key_file: Option<String>,
+    pub allow_model_host: Option<Vec<String>>,
+    pub allow_model_dir: Option<Vec<String>>,
     pub max_connections: Option<u64>,
     pub connect_timeout_ms: Option<u64>,
     pub metadata_db: Option<String>,
@@ -316,6 +446,15 @@ impl FileConfig {
         put("upstream", self.upstream.clone());
         put("data-dir", self.data_dir.clone());
         put("default-model", self.default_model.clone());
+        put("metadata-key-file", self.metadata_key_file.clone());
+        put(
+            "allow-model-host",
+            self.allow_model_host.as_ref().map(|v| v.join(",")),
+        );
+        put(
+            "allow-model-dir",
+            self.allow_model_dir.as_ref().map(|v| v.join(",")),
+        );
         put(
             "max-connections",
             self.max_connections.map(|v| v.to_string()),

@@ -36,6 +36,7 @@ impl Code {
     pub const NAMESPACE_EXISTS: Code = Code::new(48, "NamespaceExists");
     pub const INDEX_ALREADY_EXISTS: Code = Code::new(68, "IndexAlreadyExists");
     pub const INVALID_OPTIONS: Code = Code::new(72, "InvalidOptions");
+    pub const INVALID_NAMESPACE: Code = Code::new(73, "InvalidNamespace");
     pub const NETWORK_TIMEOUT: Code = Code::new(89, "NetworkTimeout");
     pub const OPERATION_FAILED: Code = Code::new(96, "OperationFailed");
     pub const OBJECT_IS_BUSY: Code = Code::new(314, "ObjectIsBusy");

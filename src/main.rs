@@ -160,6 +160,36 @@ struct ServeArgs {
         requires = "tls_cert_file"
     )]
     tls_key_file: Option<PathBuf>,
+    /// A file whose contents (16 bytes to 64 KiB, e.g. 32 random bytes) key
+    /// the signatures on the definitions the proxy stores in the metadata
+    /// database: proxies sharing an upstream share the file. Without it the
+    /// key is derived from the --upstream credentials (the password), or is
+    /// a fixed one when the URI has none (an upstream without access
+    /// control, where no client has fewer rights than the proxy).
+    /// Definitions signed under another key are ignored, with a warning.
+    #[arg(long, env = "LIKEWISE_METADATA_KEY_FILE", value_name = "FILE")]
+    metadata_key_file: Option<PathBuf>,
+    /// Hosts `http` models may call, as `host` (any port) or `host:port`;
+    /// repeat the flag or separate with commas. Without it no `http` model
+    /// can be created: a client that may create models cannot point the
+    /// proxy at anything the operator did not name.
+    #[arg(
+        long,
+        env = "LIKEWISE_ALLOW_MODEL_HOST",
+        value_name = "HOST[:PORT]",
+        value_delimiter = ','
+    )]
+    allow_model_host: Vec<String>,
+    /// Directories a `text` model's `path` and an `http` model's
+    /// `tlsCAFile` may be under (the --default-model directory always is);
+    /// repeat the flag or separate with commas.
+    #[arg(
+        long,
+        env = "LIKEWISE_ALLOW_MODEL_DIR",
+        value_name = "DIR",
+        value_delimiter = ','
+    )]
+    allow_model_dir: Vec<PathBuf>,
     /// Threads serving connections, each a single-threaded runtime that owns
     /// the connections it is given (default: one per CPU core).
     #[arg(long, env = "LIKEWISE_THREADS", value_name = "N")]
@@ -224,6 +254,28 @@ fn main() -> ExitCode {
     }
 }
 
+/// The operator's `--metadata-key-file`, hashed with SHA-256, as the
+/// metadata key (otherwise `Config::new` derives it from the upstream
+/// credentials).
+fn metadata_key(file: &Option<PathBuf>) -> Result<Option<[u8; 32]>, String> {
+    use sha2::Digest;
+    use std::io::Read;
+    let Some(path) = file else {
+        return Ok(None);
+    };
+    let shown = path.display();
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(64 * 1024 + 1).read_to_end(&mut bytes))
+        .map_err(|e| format!("--metadata-key-file {shown}: {e}"))?;
+    if !(16..=64 * 1024).contains(&bytes.len()) {
+        return Err(format!(
+            "--metadata-key-file {shown}: must hold 16 bytes to 64 KiB"
+        ));
+    }
+    Ok(Some(sha2::Sha256::digest(&bytes).into()))
+}
+
 /// `--config FILE`, `--config=FILE` or `LIKEWISE_CONFIG`, found before the
 /// full parse so the file can supply defaults.
 fn config_path(args: &[std::ffi::OsString]) -> Option<PathBuf> {
@@ -270,6 +322,18 @@ fn serve(args: ServeArgs) -> ExitCode {
     let mut config = Config::new(upstream);
     config.data_dir = args.data_dir;
     config.default_model = args.default_model;
+    match metadata_key(&args.metadata_key_file) {
+        Ok(Some(key)) => config.metadata_key = key,
+        Ok(None) => {}
+        Err(e) => {
+            eprintln!("likewise: {e}");
+            return ExitCode::from(2);
+        }
+    }
+    config.model_access = likewise::config::ModelAccess {
+        hosts: args.allow_model_host,
+        dirs: args.allow_model_dir,
+    };
     config.max_connections = args.max_connections.max(1);
     config.connect_timeout = Duration::from_millis(args.connect_timeout_ms);
     config.metadata_db = args.metadata_db;

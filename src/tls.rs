@@ -18,12 +18,33 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// Largest PEM file read (system bundles are about 200 KiB): a path naming
+/// a device or a huge file is refused rather than read without end.
+pub const MAX_PEM_BYTES: u64 = 4 * 1024 * 1024;
+
 fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+    use std::io::Read;
+    let shown = path.display();
+    // Looked at before it is opened: opening a FIFO would wait for a writer.
+    if !std::fs::metadata(path)
+        .map_err(|e| format!("{shown}: {e}"))?
+        .is_file()
+    {
+        return Err(format!("{shown}: not a regular file"));
+    }
+    let file = std::fs::File::open(path).map_err(|e| format!("{shown}: {e}"))?;
+    let mut pem = Vec::new();
+    file.take(MAX_PEM_BYTES + 1)
+        .read_to_end(&mut pem)
+        .map_err(|e| format!("{shown}: {e}"))?;
+    if pem.len() as u64 > MAX_PEM_BYTES {
+        return Err(format!("{shown}: larger than {MAX_PEM_BYTES} bytes"));
+    }
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{shown}: {e}"))?;
     if certs.is_empty() {
-        return Err(format!("{}: no PEM certificate in it", path.display()));
+        return Err(format!("{shown}: no PEM certificate in it"));
     }
     Ok(certs)
 }
@@ -41,23 +62,28 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig
         .map_err(|e| format!("certificate and key: {e}"))
 }
 
-/// How the proxy's connections to a `tls=true` upstream verify it: against
-/// `ca_file`, or the system's CA bundle when none is named.
-pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, String> {
+/// The CA certificates to trust: those in `ca_file`, or the system's bundle
+/// when none is named. Files are read with a size bound
+/// ([`MAX_PEM_BYTES`]).
+pub fn root_certificates(ca_file: Option<&Path>) -> Result<Vec<CertificateDer<'static>>, String> {
     let bundle = match ca_file {
         Some(path) => path.to_path_buf(),
         None => SYSTEM_BUNDLES
             .iter()
             .map(Path::new)
             .find(|p| p.is_file())
-            .ok_or("tls=true without tlsCAFile, and no system CA bundle found")?
+            .ok_or("no tlsCAFile given, and no system CA bundle found")?
             .to_path_buf(),
     };
+    certificates(&bundle)
+}
+
+/// How the proxy's connections to a `tls=true` upstream verify it: against
+/// `ca_file`, or the system's CA bundle when none is named.
+pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, String> {
     let mut roots = rustls::RootCertStore::empty();
-    for cert in certificates(&bundle)? {
-        roots
-            .add(cert)
-            .map_err(|e| format!("{}: {e}", bundle.display()))?;
+    for cert in root_certificates(ca_file)? {
+        roots.add(cert).map_err(|e| e.to_string())?;
     }
     rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()

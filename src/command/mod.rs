@@ -67,6 +67,17 @@ pub enum VectorKind {
     Count,
 }
 
+impl VectorKind {
+    /// The command's name, as the client sent it.
+    pub fn command(self) -> &'static str {
+        match self {
+            VectorKind::Aggregate => "aggregate",
+            VectorKind::Find => "find",
+            VectorKind::Count => "count",
+        }
+    }
+}
+
 impl Command {
     pub fn classify(body: &RawDocument) -> Command {
         let Some(name) = first_key(body) else {

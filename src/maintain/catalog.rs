@@ -1,8 +1,16 @@
 //! Index definitions persisted in the upstream, in
 //! `<metadata db>.search_indexes` (`likewise.search_indexes` by default):
 //! one document per index, `{_id: <index id>, db, collection, name, type,
-//! definition}`. The upstream is the source of truth: a restarted proxy, or
-//! a second proxy on the same upstream, loads them and rebuilds.
+//! definition, _sig}`. The upstream is the source of truth: a restarted
+//! proxy, or a second proxy on the same upstream, loads them and rebuilds.
+//!
+//! Stored definitions make the proxy act with its own rights (read a
+//! collection, call a model, write `_like` lists), so only those the proxy
+//! wrote are trusted: every document written here carries `_sig`, an
+//! HMAC-SHA-256 (RFC 2104) under [`Config::metadata_key`] of the
+//! collection's name and the document's BSON bytes without `_sig`; reads
+//! skip, with a warning, any document whose `_sig` is missing or wrong (one
+//! planted by a client that can write the metadata database).
 
 use crate::command::search_index::parse_definition;
 use crate::config::Config;
@@ -15,13 +23,61 @@ use bson::{rawdoc, RawDocument, RawDocumentBuf};
 
 const COLLECTION: &str = "search_indexes";
 
-/// Inserts or replaces the document `_id: id` of a metadata collection.
+/// The field holding a stored document's signature.
+const SIGNATURE: &str = "_sig";
+
+/// HMAC-SHA-256 under `key` of `collection`, a zero byte, and `doc`'s
+/// bytes without its `_sig` field, ready to finalise or verify.
+fn mac(key: &[u8; 32], collection: &str, doc: &RawDocument) -> hmac::Hmac<sha2::Sha256> {
+    use hmac::Mac;
+    let mut unsigned = RawDocumentBuf::new();
+    for (k, v) in doc.iter().flatten() {
+        if k != SIGNATURE {
+            unsigned.append(k, v.to_raw_bson());
+        }
+    }
+    let mut mac = <hmac::Hmac<sha2::Sha256> as Mac>::new_from_slice(key)
+        .expect("HMAC takes keys of any length");
+    mac.update(collection.as_bytes());
+    mac.update(&[0]);
+    mac.update(unsigned.as_bytes());
+    mac
+}
+
+/// `doc` with its `_sig` appended.
+fn signed(config: &Config, collection: &str, mut doc: RawDocumentBuf) -> RawDocumentBuf {
+    use hmac::Mac;
+    let sig = mac(&config.metadata_key, collection, &doc).finalize();
+    doc.append(
+        SIGNATURE,
+        bson::RawBson::Binary(bson::Binary {
+            subtype: bson::spec::BinarySubtype::Generic,
+            bytes: sig.into_bytes().to_vec(),
+        }),
+    );
+    doc
+}
+
+/// Whether `doc` carries the signature this proxy's key gives it
+/// (compared in constant time).
+fn authentic(config: &Config, collection: &str, doc: &RawDocument) -> bool {
+    use hmac::Mac;
+    doc.get_binary(SIGNATURE).is_ok_and(|given| {
+        mac(&config.metadata_key, collection, doc)
+            .verify_slice(given.bytes)
+            .is_ok()
+    })
+}
+
+/// Inserts or replaces the document `_id: id` of a metadata collection,
+/// signed.
 pub async fn upsert(
     config: &Config,
     collection: &str,
     id: &str,
     doc: RawDocumentBuf,
 ) -> Result<(), Error> {
+    let doc = signed(config, collection, doc);
     let mut conn = upstream::connect(config).await?;
     let body = rawdoc! {
         "update": collection,
@@ -44,7 +100,8 @@ pub async fn remove(config: &Config, collection: &str, id: &str) -> Result<(), E
     write_errors(&reply)
 }
 
-/// Every document of a metadata collection matching `filter`.
+/// Every document of a metadata collection matching `filter` that this
+/// proxy's key signed; others are logged and skipped.
 pub async fn find(
     config: &Config,
     collection: &str,
@@ -56,7 +113,24 @@ pub async fn find(
     let mut cursor = Cursor::open(&mut conn, db, &body).await?;
     let mut out = Vec::new();
     while let Some(batch) = cursor.next_batch().await? {
-        out.extend(batch);
+        for doc in batch {
+            if authentic(config, collection, &doc) {
+                out.push(doc);
+            } else {
+                let id = doc
+                    .get("_id")
+                    .ok()
+                    .flatten()
+                    .map(|id| format!("{:?}", id.to_raw_bson()))
+                    .unwrap_or_default();
+                tracing::warn!(
+                    collection = %format!("{db}.{collection}"),
+                    id = %id,
+                    "ignoring a stored definition this proxy did not write (its _sig is missing \
+                     or wrong: written by someone else, or under another metadata key)"
+                );
+            }
+        }
     }
     Ok(out)
 }

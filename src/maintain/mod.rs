@@ -63,8 +63,12 @@ async fn load_models(config: &Arc<Config>, models: &Arc<Models>) {
     };
     for def in defs {
         let name = def.name.clone();
-        let (target, dir) = (models.clone(), config.default_model.clone());
-        match tokio::task::spawn_blocking(move || target.load(def, &dir)).await {
+        let (target, dir, access) = (
+            models.clone(),
+            config.default_model.clone(),
+            config.model_access.clone(),
+        );
+        match tokio::task::spawn_blocking(move || target.load(def, &dir, &access)).await {
             Ok(Ok(model)) => {
                 tracing::info!(model = %name, kind = model.def.kind.name(), dimensions = model.dimensions(), "model loaded");
                 models.insert(Arc::new(model));

@@ -141,6 +141,21 @@ impl ModelDef {
                     as u32,
             },
         };
+        if let Some(var) = &def.api_key_env {
+            let suffix = var.strip_prefix(http::API_KEY_PREFIX).unwrap_or("");
+            if suffix.is_empty()
+                || !suffix
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            {
+                return Err(bad(format!(
+                    "'apiKeyEnv' must name a variable {}<NAME> (letters, digits, _): \
+                     the operator puts model keys there, and nothing else of the proxy's \
+                     environment can be sent",
+                    http::API_KEY_PREFIX
+                )));
+            }
+        }
         match def.kind {
             Kind::Vector if def.dimensions == 0 => Err(bad(
                 "a 'vector' model needs 'dimensions' (the length of the stored vectors)",
@@ -376,15 +391,28 @@ impl Models {
 
     /// Loads a model, probing its output size when the definition does not
     /// give it. Blocking (reads weights, may call the endpoint).
-    pub fn load(&self, mut def: ModelDef, default_dir: &Path) -> Result<Model, Error> {
+    ///
+    /// What the definition may reach is checked against `access` (the
+    /// operator's `--allow-model-host` and `--allow-model-dir`): a `path`
+    /// outside the allowed directories (the default model's is always
+    /// allowed), an `http` host not allowed. Errors are `BadValue`; so is a
+    /// model whose output size exceeds [`MAX_DIMENSIONS`], whatever a probe
+    /// or its weights say.
+    pub fn load(
+        &self,
+        mut def: ModelDef,
+        default_dir: &Path,
+        access: &crate::config::ModelAccess,
+    ) -> Result<Model, Error> {
         let backend = match def.kind {
             Kind::Vector => Backend::Vector,
             Kind::Text => {
-                let dir = def
-                    .path
-                    .as_ref()
-                    .map(PathBuf::from)
-                    .unwrap_or_else(|| default_dir.to_path_buf());
+                let dir = match &def.path {
+                    Some(path) => access
+                        .path_under(path, Some(default_dir), "'path'")
+                        .map_err(bad)?,
+                    None => default_dir.to_path_buf(),
+                };
                 let encoder = self.encoder(&dir).map_err(|e| {
                     let hint = if def.path.is_none() {
                         " (the default model: run scripts/fetch-model, or set --default-model)"
@@ -408,7 +436,7 @@ impl Models {
                 Backend::Text(encoder)
             }
             Kind::Http => {
-                let client = http::Client::new(&def).map_err(bad)?;
+                let client = http::Client::new(&def, access).map_err(bad)?;
                 if def.dimensions == 0 {
                     let probe = client.embed(&["dimension probe"]).map_err(|e| {
                         bad(format!(
@@ -429,6 +457,12 @@ impl Models {
                 Backend::Http(client)
             }
         };
+        if def.dimensions > MAX_DIMENSIONS {
+            return Err(bad(format!(
+                "model '{}' outputs {} dimensions; at most {MAX_DIMENSIONS} are supported",
+                def.name, def.dimensions
+            )));
+        }
         Ok(Model { def, backend })
     }
 

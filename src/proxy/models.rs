@@ -99,7 +99,8 @@ impl Session {
     pub(super) async fn load_model(&self, def: ModelDef) -> Result<Arc<Model>, Error> {
         let models = self.shared.models.clone();
         let dir = self.shared.config.default_model.clone();
-        tokio::task::spawn_blocking(move || models.load(def, &dir))
+        let access = self.shared.config.model_access.clone();
+        tokio::task::spawn_blocking(move || models.load(def, &dir, &access))
             .await
             .map_err(|e| Error::internal(format!("model load failed: {e}")))?
             .map(Arc::new)

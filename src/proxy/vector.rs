@@ -141,6 +141,15 @@ impl Session {
                         vec![search_index::parse_create_semantic(body)?],
                     )
                 };
+                let command = if admin == Admin::Create {
+                    "createSearchIndexes"
+                } else {
+                    "createSemanticIndex"
+                };
+                if news.iter().any(|n| n.spec.write_outputs) {
+                    self.authorize(Action::Update, db, collection, command)
+                        .await?;
+                }
                 let mut created = RawArrayBuf::new();
                 for mut new in news {
                     if registry
@@ -188,6 +197,10 @@ impl Session {
                     .get_document("definition")
                     .map_err(|_| bad("updateSearchIndex needs a 'definition' document"))?;
                 let mut spec = parse_definition(definition)?;
+                if spec.write_outputs {
+                    self.authorize(Action::Update, db, collection, "updateSearchIndex")
+                        .await?;
+                }
                 let encoders = self.resolve_models(&mut spec).await?;
                 let index = Arc::new(
                     SearchIndex::new(
@@ -267,71 +280,100 @@ impl Session {
     }
 
     /// Asks the upstream, on the client's own connection, whether the client
-    /// may do this: changing indexes or neighbourhoods needs the
-    /// `createIndex` action on the collection (probed with an empty
-    /// `createIndexes`, which servers authorize before validating), listing
-    /// them needs `listIndexes`. Only `Unauthorized` refuses.
+    /// may have the proxy do this command for it. The rule: a client gets
+    /// from the proxy only what it could do directly, so each command needs
+    /// every right its later work uses on the collection it names:
+    ///
+    /// | command | rights on the collection |
+    /// |---|---|
+    /// | `createSearchIndexes`, `createSemanticIndex`, `updateSearchIndex` | `createIndex` and `find` (the build reads every document; models encode them); `update` too for `writeOutputs` (checked once parsed) |
+    /// | `dropSearchIndex` | `createIndex` |
+    /// | `createNeighbourhood` | `createIndex`, `find` and `update` (it writes `_like.<name>` into every document) |
+    /// | `dropNeighbourhood` | `createIndex` and `update` (it unsets the field in every document) |
+    /// | `listSearchIndexes`, `$listSearchIndexes`, `listNeighbourhoods` | `listIndexes` |
+    /// | `evaluateSemanticIndex` | `listIndexes` and `find` (it reads documents) |
+    ///
+    /// Models belong to the deployment: `createModel`/`dropModel` need
+    /// `createIndex`, `listModels` `listIndexes`, on the metadata
+    /// database's `models` collection. Errors: `Unauthorized` (13) only.
     async fn check_privilege(
         &mut self,
         admin: Admin,
         db: &str,
         body: &RawDocument,
     ) -> Result<(), Error> {
-        let command = match admin {
-            Admin::Create => "createSearchIndexes",
-            Admin::Update => "updateSearchIndex",
-            Admin::Drop => "dropSearchIndex",
-            Admin::CreateNeighbourhood => "createNeighbourhood",
-            Admin::DropNeighbourhood => "dropNeighbourhood",
-            Admin::ListNeighbourhoods => "listNeighbourhoods",
-            Admin::CreateSemantic => "createSemanticIndex",
-            Admin::Evaluate => "evaluateSemanticIndex",
-            // Models belong to the deployment: they need the same right on
-            // the metadata database's `models` collection.
+        use Action::*;
+        let (command, actions): (&str, &[Action]) = match admin {
+            Admin::Create => ("createSearchIndexes", &[CreateIndex, Find]),
+            Admin::CreateSemantic => ("createSemanticIndex", &[CreateIndex, Find]),
+            Admin::Update => ("updateSearchIndex", &[CreateIndex, Find]),
+            Admin::Drop => ("dropSearchIndex", &[CreateIndex]),
+            Admin::CreateNeighbourhood => ("createNeighbourhood", &[CreateIndex, Find, Update]),
+            Admin::DropNeighbourhood => ("dropNeighbourhood", &[CreateIndex, Update]),
+            Admin::ListNeighbourhoods => ("listNeighbourhoods", &[ListIndexes]),
+            Admin::Evaluate => ("evaluateSemanticIndex", &[ListIndexes, Find]),
             Admin::CreateModel | Admin::DropModel | Admin::ListModels => {
                 let metadata = self.shared.config.metadata_db.clone();
-                let probe = if admin == Admin::ListModels {
-                    rawdoc! { "listIndexes": "models", "$db": metadata.as_str() }
+                let action = if admin == Admin::ListModels {
+                    ListIndexes
                 } else {
-                    rawdoc! { "createIndexes": "models", "indexes": [], "$db": metadata.as_str() }
+                    CreateIndex
                 };
                 return self
-                    .probe_privilege(&probe, &metadata, "models", "model administration")
+                    .authorize(action, &metadata, "models", "model administration")
                     .await;
             }
             Admin::List => {
                 if body.get_str("listSearchIndexes").is_ok() {
-                    "listSearchIndexes"
+                    ("listSearchIndexes", &[ListIndexes])
                 } else {
-                    "aggregate"
+                    ("aggregate", &[ListIndexes])
                 }
             }
         };
         let collection = collection_of(body, command)?;
-        let probe = match admin {
-            Admin::List | Admin::ListNeighbourhoods | Admin::Evaluate => {
-                rawdoc! { "listIndexes": collection, "$db": db }
-            }
-            _ => rawdoc! { "createIndexes": collection, "indexes": [], "$db": db },
-        };
-        self.probe_privilege(&probe, db, collection, command).await
+        for action in actions {
+            self.authorize(*action, db, collection, command).await?;
+        }
+        Ok(())
     }
 
-    async fn probe_privilege(
+    /// Whether the client's own connection may do `action` on
+    /// `db.collection`, asked of the upstream with a command that needs
+    /// exactly that right and touches no document (servers authorise a
+    /// command before running it): `find` with `_id: {$in: []}`, an update
+    /// matching `_id: {$in: []}`, an empty `createIndexes`, `listIndexes`.
+    /// Only `Unauthorized` (13) refuses, with mongod's wording; any other
+    /// answer (the collection does not exist yet, say) means the right is
+    /// there. `command` names what the client asked for, in the message.
+    pub(super) async fn authorize(
         &mut self,
-        probe: &RawDocument,
+        action: Action,
         db: &str,
         collection: &str,
         command: &str,
     ) -> Result<(), Error> {
-        match upstream::command(&mut self.upstream, probe).await {
-            Err(e) if e.code.code == 13 => Err(Error::client(
-                Code::relayed(13, "Unauthorized"),
-                format!(
-                    "not authorized on {db} to run {command} on {collection}: {}",
-                    e.message
-                ),
-            )),
+        let probe = match action {
+            Action::Find => rawdoc! {
+                "find": collection, "filter": { "_id": { "$in": [] } },
+                "limit": 1_i32, "singleBatch": true, "$db": db,
+            },
+            Action::Update => rawdoc! {
+                "update": collection,
+                "updates": [{ "q": { "_id": { "$in": [] } }, "u": { "$set": { "_likewise": true } } }],
+                "$db": db,
+            },
+            Action::CreateIndex => {
+                rawdoc! { "createIndexes": collection, "indexes": [], "$db": db }
+            }
+            Action::ListIndexes => rawdoc! { "listIndexes": collection, "$db": db },
+        };
+        match upstream::command(&mut self.upstream, &probe).await {
+            Err(e) if e.code.code == 13 => Err(unauthorized(db, collection, command, action)),
+            // An update refused inside its reply (`writeErrors`).
+            Ok(reply) if write_error_code(&reply) == Some(13) => {
+                Err(unauthorized(db, collection, command, action))
+            }
             _ => Ok(()),
         }
     }
@@ -407,9 +449,24 @@ impl Session {
         let inner = body
             .get_document("explain")
             .map_err(|_| bad("explain needs a command document"))?;
+        let outer = db_of(body)?;
         let mut inner_with_db = inner.to_owned();
-        if inner.get("$db").ok().flatten().is_none() {
-            inner_with_db.append("$db", db_of(body)?);
+        match inner.get("$db").ok().flatten() {
+            None => inner_with_db.append("$db", outer),
+            // mongod explains only in the database the command was sent to.
+            Some(RawBsonRef::String(db)) if db == outer => {}
+            Some(other) => {
+                return Err(Error::client(
+                    Code::INVALID_NAMESPACE,
+                    format!(
+                        "Mismatched $db in explain command. Expected {outer} but got {}",
+                        match other {
+                            RawBsonRef::String(s) => s.to_string(),
+                            other => format!("{other:?}"),
+                        }
+                    ),
+                ))
+            }
         }
         let plan = self.plan(kind, &inner_with_db).await?;
         let mut rewritten = rewrite_for(kind, &inner_with_db, &plan);
@@ -467,12 +524,20 @@ impl Session {
                 query.limit
             )));
         }
-        let index = self.resolve(&db, &collection, &query)?;
-        let (vector, encoding) = query_vector(&index, &query).await?;
+        // The client's right to read the collection comes first, before any
+        // index is consulted: answers, errors and explain output all say
+        // something about the documents. A filter is read on the client's
+        // connection anyway; without one, a probe asks.
         let allowed = match &query.filter {
             Some(filter) => Some(self.matching_ids(&db, &collection, filter).await?),
-            None => None,
+            None => {
+                self.authorize(Action::Find, &db, &collection, kind.command())
+                    .await?;
+                None
+            }
         };
+        let index = self.resolve(&db, &collection, &query)?;
+        let (vector, encoding) = query_vector(&index, &query).await?;
         let allowed_count = allowed.as_ref().map(|ids| ids.ids.len());
         let searcher = index.clone();
         let (ranked, strategy, examined, query) = tokio::task::spawn_blocking(move || {
@@ -835,4 +900,50 @@ fn without(doc: &RawDocument, key: &str) -> RawDocumentBuf {
         }
     }
     out
+}
+
+/// A right the proxy checks on the client's connection before acting for it
+/// (MongoDB's privilege actions of the same names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Action {
+    Find,
+    Update,
+    CreateIndex,
+    ListIndexes,
+}
+
+impl Action {
+    fn name(self) -> &'static str {
+        match self {
+            Action::Find => "find",
+            Action::Update => "update",
+            Action::CreateIndex => "createIndex",
+            Action::ListIndexes => "listIndexes",
+        }
+    }
+}
+
+/// mongod's refusal, naming nothing the client could not already name.
+fn unauthorized(db: &str, collection: &str, command: &str, action: Action) -> Error {
+    Error::client(
+        Code::relayed(13, "Unauthorized"),
+        format!(
+            "not authorized on {db} to execute command {command} on {collection}: \
+             it needs the {} action",
+            action.name()
+        ),
+    )
+}
+
+/// The code of the first `writeErrors` entry of a write's reply.
+fn write_error_code(reply: &RawDocument) -> Option<i32> {
+    reply
+        .get_array("writeErrors")
+        .ok()?
+        .into_iter()
+        .flatten()
+        .next()?
+        .as_document()?
+        .get_i32("code")
+        .ok()
 }

@@ -24,11 +24,18 @@ def embed(text):
 
 
 class EmbedServer:
-    def __init__(self, api_key=None, tls=None):
-        """`tls`: (certificate file, key file) to serve https instead."""
+    def __init__(self, api_key=None, tls=None, dims=DIMS):
+        """`tls`: (certificate file, key file) to serve https instead;
+        `dims`: the embedding size served (vectors are padded with zeros).
+        `failing` answers 503; `fail_body` is the body failures carry.
+        Every request's headers (names in lower case) and body are kept in
+        `requests`."""
         self.failing = False
+        self.fail_body = {"error": "down for the test"}
         self.api_key = api_key
+        self.dims = dims
         self.batches = []
+        self.requests = []
         self.lock = threading.Lock()
         server = self
 
@@ -37,15 +44,20 @@ class EmbedServer:
                 pass
 
             def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                raw = self.rfile.read(int(self.headers["Content-Length"]))
+                with server.lock:
+                    server.requests.append(({k.lower(): v for k, v in self.headers.items()}, raw))
+                body = json.loads(raw)
                 if server.api_key and self.headers.get("Authorization") != f"Bearer {server.api_key}":
                     return self.reply(401, {"error": "bad api key"})
                 if server.failing:
-                    return self.reply(503, {"error": "down for the test"})
+                    return self.reply(503, server.fail_body)
                 inputs = body["input"]
                 with server.lock:
                     server.batches.append(len(inputs))
-                data = [{"object": "embedding", "index": i, "embedding": embed(t)} for i, t in enumerate(inputs)]
+                pad = [0.0] * max(0, server.dims - DIMS)
+                data = [{"object": "embedding", "index": i, "embedding": embed(t) + pad}
+                        for i, t in enumerate(inputs)]
                 self.reply(200, {"object": "list", "model": body["model"], "data": data})
 
             def reply(self, status, payload):
@@ -63,7 +75,8 @@ class EmbedServer:
             context.load_cert_chain(str(tls[0]), str(tls[1]))
             self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
             scheme = "https"
-        self.url = f"{scheme}://127.0.0.1:{self.httpd.server_address[1]}/v1/embeddings"
+        self.host_port = f"127.0.0.1:{self.httpd.server_address[1]}"
+        self.url = f"{scheme}://{self.host_port}/v1/embeddings"
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
     def close(self):

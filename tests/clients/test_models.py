@@ -137,7 +137,15 @@ def test_bad_input_gets_clear_errors(packages):
         ({"createSemanticIndex": "packages", "name": "x", "models": ["minilm"], "keys": ["d"], "measure": "hamming"},
          "unknown measure"),
         ({"createModel": "m2", "kind": "sound"}, "unknown model kind"),
-        ({"createModel": "m2", "kind": "text", "path": "/nonexistent/model"}, "cannot load text model"),
+        # Outside the directories the operator allows (the default model's only, here).
+        ({"createModel": "m2", "kind": "text", "path": "/nonexistent/model"}, "--allow-model-dir"),
+        ({"createModel": "m2", "kind": "text", "path": "/etc"}, "--allow-model-dir"),
+        ({"createModel": "m2", "kind": "http", "url": "http://127.0.0.1:27017/", "model": "x"},
+         "--allow-model-host"),
+        ({"createModel": "m2", "kind": "http", "url": "http://127.0.0.1:1/\r\nX-Injected: 1", "model": "x"},
+         "not a valid URL"),
+        ({"createModel": "m2", "kind": "http", "url": "http://127.0.0.1:1/", "model": "x",
+          "apiKeyEnv": "LIKEWISE_UPSTREAM"}, "LIKEWISE_MODEL_KEY_"),
         ({"createModel": "m2", "kind": "vector"}, "dimensions"),
         ({"createModel": "a.b", "kind": "vector", "dimensions": 3}, "without '.'"),
         ({"dropModel": "never-registered"}, "not found"),
@@ -210,8 +218,9 @@ def http_setup(module_direct_uri, module_data_dir):
     """A local embeddings endpoint that wants an API key, and a proxy that
     has the key in its environment."""
     server = EmbedServer(api_key="test-secret")
-    env = dict(os.environ, LIKEWISE_TEST_EMBED_KEY="test-secret")
-    proxy = start_proxy(module_direct_uri, "--data-dir", str(module_data_dir), env=env)
+    env = dict(os.environ, LIKEWISE_MODEL_KEY_TEST="test-secret")
+    proxy = start_proxy(module_direct_uri, "--data-dir", str(module_data_dir),
+                        "--allow-model-host", server.host_port, env=env)
     yield server, f"mongodb://127.0.0.1:{proxy.port}/"
     proxy.stop()
     server.close()
@@ -224,7 +233,7 @@ def test_http_model_encodes_batches_and_survives_an_outage(http_setup):
         db.drop_collection("docs")
         db.command({"dropModel": "bow"}) if any(m["_id"] == "bow" for m in db.command({"listModels": 1})["models"]) else None
         reply = db.command({"createModel": "bow", "kind": "http", "url": server.url, "model": "hashed-bow",
-                            "apiKeyEnv": "LIKEWISE_TEST_EMBED_KEY", "batchSize": 16, "retries": 0})
+                            "apiKeyEnv": "LIKEWISE_MODEL_KEY_TEST", "batchSize": 16, "retries": 0})
         assert reply["model"]["dimensions"] == HTTP_DIMS
         assert "test-secret" not in str(db.command({"listModels": 1}))
         words = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta"]

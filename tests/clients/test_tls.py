@@ -112,7 +112,8 @@ def test_http_models_reach_https_endpoints(certs):
     endpoint whose certificate nobody vouches for is refused."""
     server = EmbedServer(tls=(certs / "server.pem", certs / "server.key"))
     upstream = start_upstream()
-    proxy = start_proxy(f"mongodb://{upstream.address}/")
+    proxy = start_proxy(f"mongodb://{upstream.address}/", "--allow-model-host", server.host_port,
+                        "--allow-model-dir", str(certs))
     try:
         assert server.url.startswith("https://")
         with MongoClient(f"mongodb://{proxy.address}/") as c:
