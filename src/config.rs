@@ -284,6 +284,13 @@ pub struct Config {
     pub reconcile_interval: Duration,
     /// On shutdown, how long in-flight requests may take to finish.
     pub shutdown_timeout: Duration,
+    /// Bytes that client connections not yet authenticated may hold in
+    /// frame buffers, all together (applies when the upstream URI has
+    /// credentials); a connection that would need more is closed.
+    pub unauthenticated_buffer: usize,
+    /// Most search indexes the proxy serves (each holds one upstream
+    /// connection for its change stream).
+    pub max_search_indexes: usize,
     /// Most results (`limit`, `$like.n`) one vector query may ask for.
     pub max_vector_results: usize,
     /// TLS for clients (`--tls-cert-file`, `--tls-key-file`).
@@ -336,6 +343,8 @@ impl Config {
             reconcile_interval: Duration::from_secs(60),
             shutdown_timeout: Duration::from_secs(10),
             max_vector_results: crate::command::vector_query::MAX_CANDIDATES,
+            max_search_indexes: 256,
+            unauthenticated_buffer: 256 * 1024 * 1024,
             request_timeout: None,
             client_tls: None,
             upstream_tls: None,
@@ -416,6 +425,8 @@ pub struct FileConfig {
     pub metrics_listen: Option<String>,
     pub shutdown_timeout_ms: Option<u64>,
     pub max_vector_results: Option<u64>,
+    pub max_search_indexes: Option<u64>,
+    pub max_unauthenticated_buffer_mb: Option<u64>,
     pub request_timeout_ms: Option<u64>,
     pub tls_cert_file: Option<String>,
     pub tls_key_file: Option<String>,
@@ -476,6 +487,14 @@ impl FileConfig {
         put(
             "max-vector-results",
             self.max_vector_results.map(|v| v.to_string()),
+        );
+        put(
+            "max-unauthenticated-buffer-mb",
+            self.max_unauthenticated_buffer_mb.map(|v| v.to_string()),
+        );
+        put(
+            "max-search-indexes",
+            self.max_search_indexes.map(|v| v.to_string()),
         );
         put(
             "request-timeout-ms",

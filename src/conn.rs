@@ -10,6 +10,78 @@ use tokio::net::TcpStream;
 /// Bytes made room for before each read of a socket.
 const READ_CHUNK: usize = 64 * 1024;
 
+/// Buffer capacity a connection holds without drawing on a [`Budget`]:
+/// enough for any handshake or authentication exchange.
+const FREE_BUFFER: usize = 128 * 1024;
+
+/// Bytes that connections not yet authenticated may hold in their frame
+/// buffers, all together. A connection that would need more is closed: a
+/// client that has not authenticated has no business sending large frames,
+/// and without a bound a few thousand of them, each sending part of a
+/// 48 MB frame, would grow the proxy's memory without end.
+#[derive(Debug)]
+pub struct Budget {
+    limit: usize,
+    used: std::sync::atomic::AtomicUsize,
+}
+
+impl Budget {
+    /// A budget of `limit` bytes.
+    pub fn new(limit: usize) -> Budget {
+        Budget {
+            limit,
+            used: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+
+    /// Bytes currently drawn.
+    pub fn used(&self) -> usize {
+        self.used.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn take(&self, n: usize) -> bool {
+        use std::sync::atomic::Ordering;
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(n).filter(|&total| total <= self.limit)
+            })
+            .is_ok()
+    }
+
+    fn give(&self, n: usize) {
+        self.used.fetch_sub(n, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+/// A connection's draw on a budget.
+#[derive(Debug)]
+struct Charge {
+    budget: std::sync::Arc<Budget>,
+    bytes: usize,
+}
+
+impl Charge {
+    /// Draws or returns bytes so the charge is `want`; false if the budget
+    /// cannot give them.
+    fn set(&mut self, want: usize) -> bool {
+        if want > self.bytes {
+            if !self.budget.take(want - self.bytes) {
+                return false;
+            }
+        } else {
+            self.budget.give(self.bytes - want);
+        }
+        self.bytes = want;
+        true
+    }
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        self.budget.give(self.bytes);
+    }
+}
+
 #[derive(Debug)]
 pub enum ReadError {
     /// The peer closed or reset the connection.
@@ -18,6 +90,9 @@ pub enum ReadError {
     UnexpectedEof,
     /// The declared frame length is impossible; the stream cannot be resynchronised.
     Framing(WireError),
+    /// The connection is not authenticated and its frame would take more
+    /// than the unauthenticated connections' [`Budget`] has left.
+    OverBudget,
 }
 
 impl std::fmt::Display for ReadError {
@@ -26,6 +101,11 @@ impl std::fmt::Display for ReadError {
             ReadError::Io(e) => write!(f, "{e}"),
             ReadError::UnexpectedEof => write!(f, "connection closed mid-message"),
             ReadError::Framing(e) => write!(f, "{e}"),
+            ReadError::OverBudget => write!(
+                f,
+                "an unauthenticated connection sent a frame larger than the budget left for \
+                 unauthenticated connections (--max-unauthenticated-buffer-mb)"
+            ),
         }
     }
 }
@@ -42,6 +122,9 @@ enum Stream {
 pub struct Connection {
     stream: Stream,
     buffer: BytesMut,
+    /// While the client has not authenticated: what its buffer draws from
+    /// the shared budget.
+    charge: Option<Charge>,
 }
 
 impl Connection {
@@ -55,7 +138,20 @@ impl Connection {
         Connection {
             stream,
             buffer: BytesMut::with_capacity(16 * 1024),
+            charge: None,
         }
+    }
+
+    /// Makes this connection's buffer beyond [`FREE_BUFFER`] draw on
+    /// `budget` until [`Connection::authenticated`].
+    pub fn limit_by(&mut self, budget: std::sync::Arc<Budget>) {
+        self.charge = Some(Charge { budget, bytes: 0 });
+    }
+
+    /// The client has authenticated: its buffer no longer draws on the
+    /// budget (what it held is returned).
+    pub fn authenticated(&mut self) {
+        self.charge = None;
     }
 
     /// Serves a client over TLS: the handshake, then frames.
@@ -105,6 +201,11 @@ impl Connection {
                 4096
             };
             self.buffer.reserve(missing.clamp(1, READ_CHUNK));
+            if let Some(charge) = &mut self.charge {
+                if !charge.set(self.buffer.capacity().saturating_sub(FREE_BUFFER)) {
+                    return Err(ReadError::OverBudget);
+                }
+            }
             let n = match &mut self.stream {
                 Stream::Plain(s) => s.read_buf(&mut self.buffer).await,
                 Stream::Accepted(s) => s.read_buf(&mut self.buffer).await,

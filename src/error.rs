@@ -34,10 +34,12 @@ impl Code {
     pub const NAMESPACE_NOT_FOUND: Code = Code::new(26, "NamespaceNotFound");
     pub const INDEX_NOT_FOUND: Code = Code::new(27, "IndexNotFound");
     pub const NAMESPACE_EXISTS: Code = Code::new(48, "NamespaceExists");
+    pub const CANNOT_CREATE_INDEX: Code = Code::new(67, "CannotCreateIndex");
     pub const INDEX_ALREADY_EXISTS: Code = Code::new(68, "IndexAlreadyExists");
     pub const INVALID_OPTIONS: Code = Code::new(72, "InvalidOptions");
     pub const INVALID_NAMESPACE: Code = Code::new(73, "InvalidNamespace");
     pub const NETWORK_TIMEOUT: Code = Code::new(89, "NetworkTimeout");
+    pub const NOT_YET_INITIALIZED: Code = Code::new(94, "NotYetInitialized");
     pub const OPERATION_FAILED: Code = Code::new(96, "OperationFailed");
     pub const OBJECT_IS_BUSY: Code = Code::new(314, "ObjectIsBusy");
     /// `$vectorSearch` anywhere but first, as mongod reports stage placement.
@@ -91,6 +93,17 @@ impl Error {
             code: Code::INTERNAL_ERROR,
             message: message.into(),
         }
+    }
+
+    /// Whether the error is the upstream being away for a while rather
+    /// than a verdict on the request: the network errors the proxy makes
+    /// itself, and the codes the MongoDB retryable-reads specification
+    /// lists as retryable (shutdown, step-down, not primary, timeouts).
+    pub fn is_transient(&self) -> bool {
+        const RETRYABLE: &[i32] = &[
+            6, 7, 89, 91, 134, 150, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436,
+        ];
+        self.side == Side::Upstream && RETRYABLE.contains(&self.code.code)
     }
 
     /// The reply document a client receives for this error.

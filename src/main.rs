@@ -131,6 +131,30 @@ struct ServeArgs {
         value_parser = clap::value_parser!(u64).range(1..=10_000)
     )]
     max_vector_results: u64,
+    /// When the upstream checks who clients are (the --upstream URI has
+    /// credentials): megabytes that connections which have not yet
+    /// authenticated may hold in partly received frames, all together. A
+    /// connection that would need more is closed.
+    #[arg(
+        long,
+        env = "LIKEWISE_MAX_UNAUTHENTICATED_BUFFER_MB",
+        default_value_t = 256,
+        value_name = "MB",
+        value_parser = clap::value_parser!(u64).range(1..=1_000_000)
+    )]
+    max_unauthenticated_buffer_mb: u64,
+    /// Most search indexes this proxy serves, all collections together
+    /// (each holds one upstream connection for its change stream; budget
+    /// the upstream's connections for clients plus these). More gets a
+    /// CannotCreateIndex error. One collection may have at most 64.
+    #[arg(
+        long,
+        env = "LIKEWISE_MAX_SEARCH_INDEXES",
+        default_value_t = 256,
+        value_name = "N",
+        value_parser = clap::value_parser!(u64).range(1..=100_000)
+    )]
+    max_search_indexes: u64,
     /// Milliseconds a request may take, the proxy's own work and the
     /// upstream's answer together (plus any `maxAwaitTimeMS`, or `maxTimeMS`
     /// of a `getMore`, the client asked to wait). Past it the client gets a
@@ -340,6 +364,8 @@ fn serve(args: ServeArgs) -> ExitCode {
     config.reconcile_interval = Duration::from_millis(args.reconcile_interval_ms.max(1));
     config.shutdown_timeout = Duration::from_millis(args.shutdown_timeout_ms);
     config.max_vector_results = args.max_vector_results as usize;
+    config.max_search_indexes = args.max_search_indexes as usize;
+    config.unauthenticated_buffer = (args.max_unauthenticated_buffer_mb as usize) << 20;
     if let (Some(cert), Some(key)) = (&args.tls_cert_file, &args.tls_key_file) {
         match likewise::tls::server_config(cert, key) {
             Ok(tls) => config.client_tls = Some(tls),
@@ -410,6 +436,7 @@ fn serve(args: ServeArgs) -> ExitCode {
                 metrics_listener,
                 shared.metrics.clone(),
                 shared.registry.clone(),
+                shared.restored.subscribe(),
             ));
         }
         let _ = writeln!(stdout, "likewise listening on {local}");

@@ -404,13 +404,21 @@ fn labels(index: &crate::index::registry::SearchIndex) -> String {
     )
 }
 
-/// Serves `/metrics` and `/health` until the task is dropped.
-pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, registry: Arc<Registry>) {
+/// Serves `/metrics`, `/health` (the process answers: always 200) and
+/// `/ready` (200 once the stored definitions are loaded, 503 before, as
+/// `restored` says) until the task is dropped.
+pub async fn serve(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    registry: Arc<Registry>,
+    restored: tokio::sync::watch::Receiver<bool>,
+) {
     loop {
         let Ok((mut stream, _)) = listener.accept().await else {
             continue;
         };
         let (metrics, registry) = (metrics.clone(), registry.clone());
+        let ready = *restored.borrow();
         tokio::spawn(async move {
             let mut request = Vec::new();
             let mut buf = [0u8; 1024];
@@ -429,6 +437,12 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, registry: Arc<R
                     metrics.render(&registry),
                 ),
                 "/health" => ("200 OK", "text/plain", "ok\n".to_string()),
+                "/ready" if ready => ("200 OK", "text/plain", "ready\n".to_string()),
+                "/ready" => (
+                    "503 Service Unavailable",
+                    "text/plain",
+                    "search index definitions not loaded yet\n".to_string(),
+                ),
                 _ => ("404 Not Found", "text/plain", "not found\n".to_string()),
             };
             let response = format!(

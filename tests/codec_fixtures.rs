@@ -17,6 +17,9 @@ use decode_all::decode_everything;
 mod rng;
 use rng::Rng;
 
+#[path = "common/structured.rs"]
+mod structured;
+
 fn fixture(name: &str) -> Vec<u8> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/frames")
@@ -304,4 +307,55 @@ fn seeded_mutations_of_every_frame_never_panic() {
         decoded > MUTANTS / 20,
         "only {decoded} of {MUTANTS} mutants decoded"
     );
+}
+
+/// Deep and wide commands of every owned form, built well-formed (random
+/// bytes rarely nest two hundred levels): each is refused by the depth gate
+/// or walked by every parser and rewriter without a panic, the shallow
+/// ones pass the gate, those far past mongod's 200 never do.
+#[test]
+fn deep_and_wide_commands_of_every_form_never_panic() {
+    let depth_ok = |frame: &[u8]| match wire::decode(frame).unwrap() {
+        Message::Msg(m) => m.check_depth(wire::MAX_BSON_DEPTH).is_ok(),
+        other => panic!("expected OP_MSG, got {other:?}"),
+    };
+    let mut rng = Rng(0x7374_7275_6374_7572);
+    for form in 0..structured::FORMS {
+        let mut passed = Vec::new();
+        for depth in [
+            0usize, 1, 50, 150, 190, 195, 196, 197, 198, 199, 200, 201, 259,
+        ] {
+            for width in [0usize, 3, 1020] {
+                let recipe: Vec<u8> = (0..4096).map(|_| rng.next() as u8).collect();
+                let value = structured::nested(depth, width, &recipe);
+                let frame = wire::msg::encode_body(1, 0, &structured::command(form, value));
+                if width == 0 {
+                    passed.push((depth, depth_ok(&frame)));
+                }
+                decode_everything(&frame);
+            }
+        }
+        assert!(
+            passed.first().unwrap().1,
+            "form {form}: a shallow command was refused"
+        );
+        assert!(
+            !passed.last().unwrap().1,
+            "form {form}: 259 levels passed the gate"
+        );
+        // Once refused, deeper is refused too.
+        let first_refused = passed.iter().position(|(_, ok)| !ok).unwrap();
+        assert!(
+            passed[first_refused..].iter().all(|(_, ok)| !ok),
+            "form {form}: {passed:?}"
+        );
+        assert!(
+            passed[first_refused].0 >= 190,
+            "form {form}: refused at {passed:?}"
+        );
+    }
+    for _ in 0..5_000 {
+        let recipe: Vec<u8> = (0..64 + rng.below(512)).map(|_| rng.next() as u8).collect();
+        decode_everything(&structured::frame(&recipe));
+    }
 }

@@ -19,6 +19,10 @@ use std::time::Instant;
 
 const BATCH: i32 = 1000;
 const RETRY_PAUSE: std::time::Duration = std::time::Duration::from_secs(1);
+/// Longest wait between attempts of a build the upstream interrupted.
+const MAX_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_secs(30);
+/// mongod's CursorNotFound: the scan's cursor died with the server.
+const CURSOR_NOT_FOUND: i32 = 43;
 
 /// Builds `index` from scratch, marks it READY (or FAILED with the reason),
 /// then keeps it current from the collection's change stream for as long as
@@ -39,6 +43,7 @@ pub async fn build(config: Arc<Config>, index: Arc<SearchIndex>) {
         tracing::info!(index = %index.name, "collection dropped or renamed: rebuilding the index");
         index.reset();
     }
+    let mut pause = RETRY_PAUSE;
     loop {
         index.set_status(Status::Building, None);
         let started = Instant::now();
@@ -54,10 +59,30 @@ pub async fn build(config: Arc<Config>, index: Arc<SearchIndex>) {
             }
         };
         if let Err(e) = scan(&config, &index).await {
+            if index.is_retired() {
+                return;
+            }
+            // The upstream went away (restarted, stepped down) or lost the
+            // cursor: build again from the start once it answers.
+            if e.is_transient() || e.code.code == CURSOR_NOT_FOUND {
+                tracing::warn!(index = %index.name, error = %e, retry_in_ms = pause.as_millis() as u64, "search index build interrupted by the upstream; retrying");
+                index.set_status(
+                    Status::Building,
+                    Some(format!(
+                        "interrupted by the upstream ({}); retrying",
+                        e.message
+                    )),
+                );
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(MAX_RETRY_PAUSE);
+                index.reset();
+                continue;
+            }
             tracing::warn!(index = %index.name, error = %e, "search index build failed");
             index.set_status(Status::Failed, Some(e.message));
             return;
         }
+        pause = RETRY_PAUSE;
         if index.is_retired() {
             return;
         }

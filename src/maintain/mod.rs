@@ -15,52 +15,67 @@ use crate::index::registry::Registry;
 use crate::models::Models;
 use std::sync::Arc;
 
-/// Loads the stored index definitions and builds each in the background.
-/// An unreachable upstream is logged: indexes appear once it is back and
-/// the proxy restarts.
+/// Loads the stored definitions (models, then indexes, then
+/// neighbourhoods) and builds each index in the background, retrying with
+/// backoff (1 s doubling to 5 s) until the upstream answers: a proxy
+/// started before its upstream loads its catalog when the upstream
+/// appears. Returns once everything is loaded; until then `Shared::restored`
+/// stays false and commands that need the catalog are refused.
 pub async fn restore(
     config: Arc<Config>,
     registry: Arc<Registry>,
     neighbourhoods: Arc<neighbourhood::Registry>,
     models: Arc<Models>,
 ) {
-    load_models(&config, &models).await;
-    match catalog::load(&config, &models).await {
-        Ok(indexes) => {
-            if !indexes.is_empty() {
-                tracing::info!(count = indexes.len(), "restoring search index definitions");
-            }
-            for index in indexes {
-                let index = Arc::new(index);
-                if registry.add(index.clone()).is_ok() {
-                    tokio::spawn(build::build(config.clone(), index));
-                }
+    let mut pause = std::time::Duration::from_secs(1);
+    loop {
+        match restore_once(&config, &registry, &neighbourhoods, &models).await {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in_ms = pause.as_millis() as u64, "cannot load search index definitions");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_secs(5));
             }
         }
-        Err(e) => tracing::warn!(error = %e, "cannot load search index definitions"),
-    }
-    match catalog::load_neighbourhoods(&config).await {
-        Ok(stored) => {
-            for nb in stored {
-                let nb = Arc::new(nb);
-                if neighbourhoods.add(nb.clone()) {
-                    tokio::spawn(neighbourhood::run(config.clone(), registry.clone(), nb));
-                }
-            }
-        }
-        Err(e) => tracing::warn!(error = %e, "cannot load neighbourhood definitions"),
     }
 }
 
-/// Loads every stored model (weights are read on a blocking thread).
-async fn load_models(config: &Arc<Config>, models: &Arc<Models>) {
-    let defs = match catalog::load_models(config).await {
-        Ok(defs) => defs,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot load model definitions");
-            return;
+async fn restore_once(
+    config: &Arc<Config>,
+    registry: &Arc<Registry>,
+    neighbourhoods: &Arc<neighbourhood::Registry>,
+    models: &Arc<Models>,
+) -> Result<(), crate::error::Error> {
+    // Everything is read before anything is registered, so a failure half
+    // way leaves nothing behind to be registered twice on the next try.
+    let model_defs = catalog::load_models(config).await?;
+    let stored_hoods = catalog::load_neighbourhoods(config).await?;
+    load_models(config, models, model_defs).await;
+    let indexes = catalog::load(config, models).await?;
+    if !indexes.is_empty() {
+        tracing::info!(count = indexes.len(), "restoring search index definitions");
+    }
+    for index in indexes {
+        let index = Arc::new(index);
+        if registry.add(index.clone()).is_ok() {
+            tokio::spawn(build::build(config.clone(), index));
         }
-    };
+    }
+    for nb in stored_hoods {
+        let nb = Arc::new(nb);
+        if neighbourhoods.add(nb.clone()) {
+            tokio::spawn(neighbourhood::run(config.clone(), registry.clone(), nb));
+        }
+    }
+    Ok(())
+}
+
+/// Loads every stored model (weights are read on a blocking thread).
+async fn load_models(
+    config: &Arc<Config>,
+    models: &Arc<Models>,
+    defs: Vec<crate::models::ModelDef>,
+) {
     for def in defs {
         let name = def.name.clone();
         let (target, dir, access) = (

@@ -30,6 +30,10 @@ pub struct Shared {
     /// The models semantic indexes encode with.
     pub models: Arc<crate::models::Models>,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// What connections that have not authenticated may hold in frame
+    /// buffers, all together (only when the proxy has upstream
+    /// credentials, i.e. the upstream checks who clients are).
+    pub unauthenticated: Arc<crate::conn::Budget>,
     /// Becomes `true` once stored definitions (models, indexes,
     /// neighbourhoods) are loaded at start-up.
     pub restored: tokio::sync::watch::Sender<bool>,
@@ -39,6 +43,7 @@ pub struct Shared {
 impl Shared {
     pub fn new(config: Config) -> Shared {
         Shared {
+            unauthenticated: Arc::new(crate::conn::Budget::new(config.unauthenticated_buffer)),
             config: Arc::new(config),
             registry: Arc::new(Registry::default()),
             neighbourhoods: Arc::default(),
@@ -51,10 +56,24 @@ impl Shared {
 
     /// Waits (bounded) until start-up has loaded the stored definitions, so
     /// a client arriving right after a restart never finds its indexes
-    /// missing.
-    pub async fn wait_restored(&self) {
+    /// missing. Errors, past the wait, with `NotYetInitialized` (94): the
+    /// catalog is still unreadable (the upstream is down), and answering
+    /// from an empty one would report indexes missing or let a second
+    /// definition be created under an existing name.
+    pub async fn wait_restored(&self) -> Result<(), crate::error::Error> {
         let mut ready = self.restored.subscribe();
-        let _ = tokio::time::timeout(RESTORE_WAIT, ready.wait_for(|done| *done)).await;
+        let loaded = matches!(
+            tokio::time::timeout(RESTORE_WAIT, ready.wait_for(|done| *done)).await,
+            Ok(Ok(_))
+        );
+        if loaded {
+            return Ok(());
+        }
+        Err(crate::error::Error::upstream(
+            crate::error::Code::NOT_YET_INITIALIZED,
+            "likewise has not loaded its search index definitions yet (the upstream has \
+                 not answered since start-up); try again shortly",
+        ))
     }
 
     /// Request ids for messages the proxy makes itself.
@@ -88,7 +107,10 @@ pub async fn serve(stream: TcpStream, shared: Arc<Shared>) {
         }
         None => Some(Connection::new(stream)),
     };
-    if let Some(client) = client {
+    if let Some(mut client) = client {
+        if shared.config.upstream.credentials.is_some() {
+            client.limit_by(shared.unauthenticated.clone());
+        }
         match crate::upstream::open(&shared.config).await {
             Ok(upstream) => session::Session::new(client, upstream, shared).run().await,
             Err(err) => session::refuse(client, &shared, err).await,

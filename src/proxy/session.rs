@@ -64,6 +64,10 @@ impl Session {
                     tracing::warn!(error = %e, "closing client after a bad frame");
                     return;
                 }
+                Err(e @ ReadError::OverBudget) => {
+                    tracing::warn!(error = %e, "closing unauthenticated client");
+                    return;
+                }
                 Err(e) => {
                     tracing::debug!(error = %e, "client read failed");
                     return;
@@ -200,19 +204,19 @@ impl Session {
                 self.relay_replies(compressor, Some(&hello)).await
             }
             Command::SearchIndexAdmin(admin) => {
-                self.shared.wait_restored().await;
-                let reply = self
-                    .search_index_admin(admin, parsed.body())
-                    .await
-                    .map_err(|error| Failure::Reply { request, error })?;
+                let reply = match self.shared.wait_restored().await {
+                    Ok(()) => self.search_index_admin(admin, parsed.body()).await,
+                    Err(e) => Err(e),
+                }
+                .map_err(|error| Failure::Reply { request, error })?;
                 self.reply(request, &reply, compressor).await
             }
             Command::Vector(kind) => {
-                self.shared.wait_restored().await;
-                let rewritten = self
-                    .vector_command(kind, parsed.body())
-                    .await
-                    .map_err(|error| Failure::Reply { request, error })?;
+                let rewritten = match self.shared.wait_restored().await {
+                    Ok(()) => self.vector_command(kind, parsed.body()).await,
+                    Err(e) => Err(e),
+                }
+                .map_err(|error| Failure::Reply { request, error })?;
                 if let Some((fetch, ranked)) = &rewritten.fetch_only {
                     let reply = upstream::round_trip(&mut self.upstream, fetch)
                         .await
@@ -232,11 +236,11 @@ impl Session {
                 self.relay_replies(compressor, None).await
             }
             Command::ExplainVector(kind) => {
-                self.shared.wait_restored().await;
-                let reply = self
-                    .explain_vector(kind, parsed.body())
-                    .await
-                    .map_err(|error| Failure::Reply { request, error })?;
+                let reply = match self.shared.wait_restored().await {
+                    Ok(()) => self.explain_vector(kind, parsed.body()).await,
+                    Err(e) => Err(e),
+                }
+                .map_err(|error| Failure::Reply { request, error })?;
                 self.reply(request, &reply, compressor).await
             }
             Command::Passthrough => {
@@ -255,9 +259,32 @@ impl Session {
                 if parsed.more_to_come() {
                     return Ok(());
                 }
+                if parsed.command_name().is_some_and(is_authentication) {
+                    return self.relay_authentication(compressor).await;
+                }
                 self.relay_replies(compressor, None).await
             }
         }
+    }
+
+    /// Relays the upstream's answer to an authentication step, and once a
+    /// conversation succeeds (`ok: 1` and `done: true`, or `authenticate`
+    /// answered `ok: 1`) lifts the unauthenticated connections' budget from
+    /// this client.
+    async fn relay_authentication(
+        &mut self,
+        compressor: Option<Compressor>,
+    ) -> Result<(), Failure> {
+        let reply = self.read_upstream().await?;
+        if let Ok(parsed) = OpMsg::parse(&reply) {
+            let body = parsed.body();
+            let done = body.get_bool("done").unwrap_or(false)
+                || body.get("conversationId").ok().flatten().is_none();
+            if crate::command::reply_ok(body) && done {
+                self.client.authenticated();
+            }
+        }
+        self.send_client(&reply, compressor).await
     }
 
     /// Sends a reply the proxy made itself.
@@ -468,4 +495,9 @@ pub(super) async fn refuse(mut client: Connection, shared: &Shared, error: Error
     let _ = client
         .write_frame(&encode_error(shared, request, &error))
         .await;
+}
+
+/// Commands that carry an authentication conversation.
+fn is_authentication(name: &str) -> bool {
+    matches!(name, "saslStart" | "saslContinue" | "authenticate")
 }

@@ -22,6 +22,11 @@ use crate::upstream::{self, Cursor};
 use bson::{rawdoc, RawArrayBuf, RawBsonRef, RawDocument, RawDocumentBuf};
 use std::sync::Arc;
 
+/// Most search indexes one collection may have (mongod's bound on a
+/// collection's indexes): each keeps a change stream and an index in
+/// memory.
+pub const MAX_SEARCH_INDEXES_PER_COLLECTION: usize = 64;
+
 fn bad(message: impl Into<String>) -> Error {
     Error::client(Code::BAD_VALUE, message)
 }
@@ -146,6 +151,26 @@ impl Session {
                 } else {
                     "createSemanticIndex"
                 };
+                let on_collection = registry.list(db, collection).len() + news.len();
+                if on_collection > MAX_SEARCH_INDEXES_PER_COLLECTION {
+                    return Err(Error::client(
+                        Code::CANNOT_CREATE_INDEX,
+                        format!(
+                            "add search index fails, too many search indexes for \
+                             {db}.{collection}: at most {MAX_SEARCH_INDEXES_PER_COLLECTION}"
+                        ),
+                    ));
+                }
+                if registry.all().len() + news.len() > config.max_search_indexes {
+                    return Err(Error::client(
+                        Code::CANNOT_CREATE_INDEX,
+                        format!(
+                            "add search index fails: this proxy serves at most {} search \
+                             indexes (--max-search-indexes), each holding an upstream connection",
+                            config.max_search_indexes
+                        ),
+                    ));
+                }
                 if news.iter().any(|n| n.spec.write_outputs) {
                     self.authorize(Action::Update, db, collection, command)
                         .await?;

@@ -2,12 +2,13 @@
 memory they did not send, and nothing takes the proxy down for others."""
 
 import os
+import select
 import socket
 import struct
 
 from pymongo import MongoClient
 
-from conftest import DEFAULT_MODEL, Process, eventually, likewise_bin
+from conftest import DEFAULT_MODEL, Process, eventually, likewise_bin, start_proxy, start_upstream
 
 STALLED = 500
 # The proxy runs under this address-space limit: with room for a claimed
@@ -58,3 +59,70 @@ def test_stalled_frames_claiming_48_mb_cost_only_what_arrived(direct_uri):
         for s in stalled:
             s.close()
         proxy.stop()
+
+
+# The unauthenticated connections' budget in the next test, and what it
+# sends: 20 connections each announcing 40 MB and sending 4 MB (80 MB).
+BUDGET_MB = 16
+SENDERS, SENT_MB = 20, 4
+
+
+def test_unauthenticated_frames_share_a_bounded_budget(tmp_path):
+    """Against an upstream that checks who clients are, connections that
+    have not authenticated share --max-unauthenticated-buffer-mb: the ones
+    that would take more are closed, the proxy's memory stays near the
+    budget, and an authenticated client still sends a 10 MB document."""
+    storage = str(tmp_path / "db")
+    setup = start_upstream("--storage-path", storage)
+    with MongoClient(f"mongodb://127.0.0.1:{setup.port}/", directConnection=True) as c:
+        c.admin.command("createUser", "likewise", pwd="proxy-pw", roles=["root"])
+        c.admin.command("createUser", "app", pwd="app-pw", roles=["root"])
+    setup.proc.terminate()
+    setup.proc.wait(timeout=60)
+    upstream = start_upstream("--storage-path", storage, "--auth")
+    proxy = start_proxy(f"mongodb://likewise:proxy-pw@127.0.0.1:{upstream.port}/",
+                        "--max-unauthenticated-buffer-mb", str(BUDGET_MB))
+    senders = []
+    try:
+        app_uri = f"mongodb://app:app-pw@{proxy.address}/?authSource=admin"
+        with MongoClient(app_uri) as app:
+            assert app.admin.command("ping")["ok"] == 1
+        before = memory_kb(proxy.proc.pid, "VmRSS")
+        chunk = b"\0" * (1 << 20)
+        for _ in range(SENDERS):
+            s = socket.create_connection(("127.0.0.1", proxy.port))
+            s.settimeout(30)
+            senders.append(s)
+            try:
+                s.sendall(struct.pack("<i", 40_000_000))
+                for _ in range(SENT_MB):
+                    s.sendall(chunk)
+            except OSError:
+                pass  # already closed by the proxy
+
+        def closed():
+            readable, _, _ = select.select(senders, [], [], 0)
+            gone = 0
+            for s in readable:
+                try:
+                    gone += s.recv(1, socket.MSG_PEEK) == b""
+                except OSError:
+                    gone += 1
+            return gone
+
+        # At most BUDGET_MB worth of them fit; the rest are closed.
+        most_kept = BUDGET_MB // SENT_MB
+        eventually(lambda: closed() >= SENDERS - most_kept, timeout=60)
+        grown_mb = (memory_kb(proxy.proc.pid, "VmRSS") - before) / 1024
+        # Measured about 20 MB; without the budget it held all 80 MB sent.
+        assert grown_mb < BUDGET_MB + 24, f"{grown_mb:.0f} MB for {SENDERS * SENT_MB} MB sent"
+        with MongoClient(app_uri) as app:
+            app.hostile.big.insert_one({"_id": 1, "blob": b"x" * (10 << 20)})
+            assert len(app.hostile.big.find_one({"_id": 1})["blob"]) == 10 << 20
+        assert proxy.proc.poll() is None
+        print(f"\n{SENDERS} x {SENT_MB} MB unauthenticated: resident memory +{grown_mb:.0f} MB")
+    finally:
+        for s in senders:
+            s.close()
+        proxy.stop()
+        upstream.stop()

@@ -434,3 +434,36 @@ def test_definitions_planted_in_the_metadata_database_are_ignored(world):
         with client(world, "root") as root:
             root.B.command({"dropNeighbourhood": "secret", "name": "real"})
             root.admin.command({"dropModel": "honest"})
+
+
+def test_search_indexes_are_bounded(direct_uri):
+    """Each search index holds an upstream connection: one collection has
+    at most 64 and the proxy at most --max-search-indexes, so a client that
+    may create indexes cannot use up the upstream's connections. A refused
+    command creates none of its indexes."""
+    proxy = start_proxy(direct_uri, "--max-search-indexes", "70")
+    field = {"fields": [{"type": "vector", "path": "v", "numDimensions": 2, "similarity": "cosine"}]}
+    many = [{"name": f"i{n}", "type": "vectorSearch", "definition": field} for n in range(65)]
+    try:
+        with MongoClient(f"mongodb://{proxy.address}/") as c:
+            db = c.bounded
+            for coll in ("one", "two", "three"):
+                db.drop_collection(coll)
+            with pytest.raises(OperationFailure) as err:
+                db.command({"createSearchIndexes": "one", "indexes": many})
+            assert err.value.code == 67 and "at most 64" in err.value.details["errmsg"]
+            assert list(db.one.list_search_indexes()) == []
+            db.command({"createSearchIndexes": "one", "indexes": many[:64]})
+            db.command({"createSearchIndexes": "two", "indexes": many[:6]})
+            assert len(list(db.one.list_search_indexes())) == 64
+            with pytest.raises(OperationFailure) as err:
+                db.command({"createSearchIndexes": "three", "indexes": many[:1]})
+            assert err.value.code == 67 and "--max-search-indexes" in err.value.details["errmsg"]
+            # Dropping one frees its place.
+            db.two.drop_search_index("i0")
+            db.command({"createSearchIndexes": "three", "indexes": many[:1]})
+            for coll in ("one", "two", "three"):
+                for index in db[coll].list_search_indexes():
+                    db[coll].drop_search_index(index["name"])
+    finally:
+        proxy.stop()

@@ -3,11 +3,12 @@ on its port with its data. Clients get errors promptly instead of hanging,
 new connections work once it is back, and indexes catch up with writes
 made while the proxy was cut off and after."""
 
+import http.client
 import threading
 
 import pytest
 from pymongo import MongoClient
-from pymongo.errors import PyMongoError
+from pymongo.errors import OperationFailure, PyMongoError
 from pymongo.operations import SearchIndexModel
 
 from conftest import eventually, start_proxy, start_upstream, wait_ready
@@ -84,3 +85,95 @@ def test_upstream_killed_mid_query_then_restarted(tmp_path):
         proxy.stop()
         upstream.stop()
 
+
+
+def test_upstream_killed_mid_build_then_restarted(tmp_path):
+    """The upstream dies while a build's scan waits on it: the index does
+    not stay FAILED, it is built again once the upstream is back, with every
+    document."""
+    storage = tmp_path / "db"
+    upstream = start_upstream("--storage-path", str(storage), "--enable-test-commands")
+    port = upstream.port
+    proxy = start_proxy(f"mongodb://127.0.0.1:{port}/")
+    try:
+        with MongoClient(f"mongodb://127.0.0.1:{port}/", directConnection=True) as direct:
+            direct.fault_build.points.insert_many([{"_id": i, "p": [float(i), 1.0]} for i in range(5000)])
+            # Every getMore waits ten minutes: the scan stops after its first batch.
+            direct.admin.command("configureFailPoint", "failCommand", mode="alwaysOn", data={
+                "failCommands": ["getMore"], "blockConnection": True, "blockTimeMS": 600_000})
+        with MongoClient(f"mongodb://{proxy.address}/", retryReads=False) as c:
+            coll = c.fault_build.points
+            coll.create_search_index(SearchIndexModel(name="pts", type="vectorSearch", definition={
+                "fields": [{"type": "vector", "path": "p", "numDimensions": 2, "similarity": "euclidean"}]}))
+            progress = lambda: list(coll.list_search_indexes("pts"))[0]
+            eventually(lambda: progress()["status"] == "BUILDING"
+                       and progress()["progress"]["documentsScanned"] >= 1000, timeout=60)
+        upstream.proc.kill()
+        upstream.proc.wait()
+        upstream = start_upstream("--storage-path", str(storage), "--port", str(port))
+        with MongoClient(f"mongodb://{proxy.address}/") as c:
+            coll = c.fault_build.points
+            info, seen = wait_ready(coll, "pts", timeout=180)
+            assert "FAILED" not in seen
+            assert info["progress"]["vectorsIndexed"] == 5000, info
+            assert nearest(coll, [4321.2, 1.0]) == [4321]
+    finally:
+        proxy.stop()
+        upstream.stop()
+
+
+def test_proxy_started_before_its_upstream(tmp_path):
+    """A proxy whose upstream is not there yet reports not ready, then loads
+    its catalog when the upstream appears: the stored index is served, and
+    its name is not free for a second definition."""
+    storage = tmp_path / "db"
+    first = start_upstream("--storage-path", str(storage))
+    port = first.port
+    proxy = start_proxy(f"mongodb://127.0.0.1:{port}/")
+    with MongoClient(f"mongodb://{proxy.address}/") as c:
+        coll = c.fault_early.points
+        coll.insert_many([{"_id": i, "p": [float(i), 0.0]} for i in range(200)])
+        coll.create_search_index(SearchIndexModel(name="pts", type="vectorSearch", definition={
+            "fields": [{"type": "vector", "path": "p", "numDimensions": 2, "similarity": "euclidean"}]}))
+        wait_ready(coll, "pts")
+    proxy.stop()
+    first.proc.terminate()
+    first.proc.wait(timeout=60)
+
+    early = start_proxy(f"mongodb://127.0.0.1:{port}/", "--metrics-listen", "127.0.0.1:0", log_level="info")
+    [line] = [l for l in early.lines if l.startswith("likewise metrics on ")]
+    metrics_at = line.split()[-1]
+    upstream = None
+    try:
+        status = lambda: scrape_status(metrics_at, "/ready")
+        assert status() == 503
+        # It keeps trying while the upstream is away.
+        eventually(lambda: sum("cannot load search index definitions" in l for l in early.lines) >= 2,
+                   timeout=60)
+        assert status() == 503
+        upstream = start_upstream("--storage-path", str(storage), "--port", str(port))
+        eventually(lambda: status() == 200, timeout=60)
+        with MongoClient(f"mongodb://{early.address}/") as c:
+            coll = c.fault_early.points
+            assert [i["name"] for i in coll.list_search_indexes()] == ["pts"]
+            with pytest.raises(OperationFailure) as twice:
+                coll.create_search_index(SearchIndexModel(name="pts", type="vectorSearch", definition={
+                    "fields": [{"type": "vector", "path": "p", "numDimensions": 2, "similarity": "cosine"}]}))
+            assert twice.value.code == 68
+            wait_ready(coll, "pts")
+            assert nearest(coll, [42.2, 0.0]) == [42]
+    finally:
+        early.stop()
+        if upstream:
+            upstream.stop()
+
+
+def scrape_status(address, path):
+    """The HTTP status of GET `path` on the metrics listener."""
+    host, port = address.rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        conn.request("GET", path)
+        return conn.getresponse().status
+    finally:
+        conn.close()

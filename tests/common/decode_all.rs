@@ -2,7 +2,7 @@
 //! inflating OP_COMPRESSED, decoding by opcode, walking the command body,
 //! classifying the command and running the parser of every command the proxy
 //! owns (handshake, search-index admin, semantic indexes, models,
-//! `$vectorSearch`, `$like`). Shared by the libFuzzer target
+//! `$vectorSearch`, `$like`) and the rewriters of vector commands. Shared by the libFuzzer target
 //! (`fuzz/fuzz_targets/decode.rs`) and the seeded-mutation test in
 //! `tests/codec_fixtures.rs`, so both exercise the same paths.
 
@@ -66,4 +66,16 @@ fn parse_everything(body: &RawDocument) {
     }
     let _ = vector_query::parse_vector_search(body);
     let _ = vector_query::parse_like_filter(body);
+    // What the proxy rewrites a vector command into (score substitution
+    // walks later stages and projections), as if two documents ranked.
+    let ranked = likewise::rewrite::Ranked {
+        ids: vec![bson::RawBson::Int32(1), bson::RawBson::String("two".into())],
+        scores: vec![0.9, 0.8],
+    };
+    let exact = body.get_document("filter").ok();
+    let _ = likewise::rewrite::aggregate(body, &ranked, exact);
+    let _ = likewise::rewrite::find_as_aggregate(body, &ranked, exact);
+    let _ = likewise::rewrite::count(body, &ranked, exact);
+    let _ = likewise::rewrite::fetch_only(body, &ranked, exact);
+    let _ = likewise::rewrite::put_in_order(body, &ranked);
 }
