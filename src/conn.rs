@@ -53,9 +53,9 @@ impl Budget {
     }
 }
 
-/// A connection's draw on a budget.
+/// A draw on a budget, returned when dropped.
 #[derive(Debug)]
-struct Charge {
+pub struct Charge {
     budget: std::sync::Arc<Budget>,
     bytes: usize,
 }
@@ -152,6 +152,25 @@ impl Connection {
     /// budget (what it held is returned).
     pub fn authenticated(&mut self) {
         self.charge = None;
+    }
+
+    /// While the client has not authenticated: draws `bytes` beyond
+    /// [`FREE_BUFFER`] from the budget for memory a frame will take besides
+    /// its buffer (inflating OP_COMPRESSED), returned when the result is
+    /// dropped. `Ok(None)` for authenticated clients.
+    pub fn draw(&self, bytes: usize) -> Result<Option<Charge>, ReadError> {
+        let Some(charge) = &self.charge else {
+            return Ok(None);
+        };
+        let mut draw = Charge {
+            budget: charge.budget.clone(),
+            bytes: 0,
+        };
+        if draw.set(bytes.saturating_sub(FREE_BUFFER)) {
+            Ok(Some(draw))
+        } else {
+            Err(ReadError::OverBudget)
+        }
     }
 
     /// Serves a client over TLS: the handshake, then frames.

@@ -117,6 +117,17 @@ impl Session {
 
     async fn handle(&mut self, frame: Bytes) -> Result<(), Failure> {
         let header = Header::parse(&frame).map_err(|e| Failure::Close(e.to_string()))?;
+        // What inflating will take counts against the unauthenticated
+        // connections' budget too: 30 bytes of zlib can claim 48 MB.
+        let _inflating = match header.op_code {
+            OpCode::Compressed if frame.len() >= 24 => {
+                let declared = usize::try_from(wire::read_i32(&frame, 20)).unwrap_or(0);
+                self.client
+                    .draw(declared)
+                    .map_err(|e| Failure::Close(e.to_string()))?
+            }
+            _ => None,
+        };
         let plain = ReplyTo {
             request_id: header.request_id,
             legacy: false,

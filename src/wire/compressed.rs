@@ -80,7 +80,13 @@ pub fn decompress(message: &[u8]) -> Result<(Compressor, Vec<u8>), WireError> {
         .ok_or_else(|| WireError::Decompress(format!("uncompressed size {declared}")))?;
     let payload = reader.take(reader.remaining(), "compressed payload")?;
 
-    let mut out = Vec::with_capacity(HEADER_LEN + size);
+    // Room for what the payload surely gives, not for what the header
+    // claims: a few bytes must not reserve 48 MB. Decompression grows the
+    // buffer with fallible reservations, so memory pressure is an error,
+    // never an abort.
+    let mut out = Vec::new();
+    out.try_reserve_exact(HEADER_LEN + payload.len().min(size))
+        .map_err(|e| WireError::Decompress(e.to_string()))?;
     Header {
         length: HEADER_LEN + size,
         request_id: header.request_id,
@@ -116,6 +122,8 @@ fn inflate(
                 )));
             }
             let start = out.len();
+            out.try_reserve_exact(len)
+                .map_err(|e| WireError::Decompress(e.to_string()))?;
             out.resize(start + len, 0);
             snap::raw::Decoder::new()
                 .decompress(payload, &mut out[start..])
@@ -130,8 +138,12 @@ fn inflate(
                 .map_err(|e| err(&e))?;
         }
         Compressor::Zstd => {
-            let inflated = zstd::bulk::decompress(payload, size).map_err(|e| err(&e))?;
-            out.extend_from_slice(&inflated);
+            let limit = u64::try_from(size).unwrap_or(u64::MAX).saturating_add(1);
+            zstd::stream::read::Decoder::with_buffer(payload)
+                .map_err(|e| err(&e))?
+                .take(limit)
+                .read_to_end(out)
+                .map_err(|e| err(&e))?;
         }
     }
     Ok(())

@@ -5,6 +5,7 @@ import os
 import select
 import socket
 import struct
+import zlib
 
 from pymongo import MongoClient
 
@@ -116,6 +117,19 @@ def test_unauthenticated_frames_share_a_bounded_budget(tmp_path):
         grown_mb = (memory_kb(proxy.proc.pid, "VmRSS") - before) / 1024
         # Measured about 20 MB; without the budget it held all 80 MB sent.
         assert grown_mb < BUDGET_MB + 24, f"{grown_mb:.0f} MB for {SENDERS * SENT_MB} MB sent"
+        # 40 KB of zlib claiming 40 MB inflated: the claim is drawn from the
+        # budget before inflating, and refused (closed, no reply).
+        bomb = zlib.compress(b"\0" * 40_000_000, 9)
+        frame = struct.pack("<iiiiiiB", 16 + 9 + len(bomb), 1, 0, 2012, 2013, 40_000_000, 2) + bomb
+        for _ in range(5):
+            with socket.create_connection(("127.0.0.1", proxy.port)) as s:
+                s.settimeout(60)
+                s.sendall(frame)
+                try:
+                    answer = s.recv(1)
+                except ConnectionResetError:
+                    answer = b""
+                assert answer == b"", "an unauthenticated zlib bomb was inflated and answered"
         with MongoClient(app_uri) as app:
             app.hostile.big.insert_one({"_id": 1, "blob": b"x" * (10 << 20)})
             assert len(app.hostile.big.find_one({"_id": 1})["blob"]) == 10 << 20
