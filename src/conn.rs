@@ -125,6 +125,45 @@ pub struct Connection {
     /// While the client has not authenticated: what its buffer draws from
     /// the shared budget.
     charge: Option<Charge>,
+    /// Requests written that still owe their last reply (see
+    /// [`Connection::outstanding`]).
+    outstanding: usize,
+    /// A frame write began and did not finish (its future was dropped).
+    writing: bool,
+}
+
+/// Whether a frame is a request that will be answered: OP_MSG without
+/// `moreToCome`, OP_QUERY, or OP_COMPRESSED (whose flags are inside the
+/// compressed payload; the proxy only sends those uncompressed).
+fn expects_reply(frame: &[u8]) -> bool {
+    use crate::wire::{read_i32, read_u32, OpCode};
+    if frame.len() < 16 {
+        return false;
+    }
+    match OpCode::from_i32(read_i32(frame, 12)) {
+        OpCode::Msg => {
+            frame.len() >= 20 && read_u32(frame, 16) & crate::wire::msg::MORE_TO_COME == 0
+        }
+        OpCode::Query | OpCode::Compressed => true,
+        _ => false,
+    }
+}
+
+/// Whether a frame is the last reply to a request: an OP_MSG without
+/// `moreToCome` (exhaust replies set it on all but the last), an OP_REPLY,
+/// or OP_COMPRESSED.
+fn is_last_reply(frame: &[u8]) -> bool {
+    use crate::wire::{read_i32, read_u32, OpCode};
+    if frame.len() < 16 {
+        return false;
+    }
+    match OpCode::from_i32(read_i32(frame, 12)) {
+        OpCode::Msg => {
+            frame.len() < 20 || read_u32(frame, 16) & crate::wire::msg::MORE_TO_COME == 0
+        }
+        OpCode::Reply | OpCode::Compressed => true,
+        _ => false,
+    }
 }
 
 impl Connection {
@@ -139,7 +178,23 @@ impl Connection {
             stream,
             buffer: BytesMut::with_capacity(16 * 1024),
             charge: None,
+            outstanding: 0,
+            writing: false,
         }
+    }
+
+    /// On a connection to a server: how many requests written on it still
+    /// owe their last reply. A request abandoned mid-way (a timeout) leaves
+    /// its replies to come; they must be read and dropped before the
+    /// connection carries another request.
+    pub fn outstanding(&self) -> usize {
+        self.outstanding
+    }
+
+    /// Whether a frame write was interrupted part way: the stream then
+    /// holds half a message and cannot carry another.
+    pub fn interrupted_write(&self) -> bool {
+        self.writing
     }
 
     /// Makes this connection's buffer beyond [`FREE_BUFFER`] draw on
@@ -204,7 +259,13 @@ impl Connection {
     pub async fn read_frame(&mut self) -> Result<Option<Bytes>, ReadError> {
         loop {
             match frame_len(&self.buffer) {
-                Ok(Some(len)) => return Ok(Some(self.buffer.split_to(len).freeze())),
+                Ok(Some(len)) => {
+                    let frame = self.buffer.split_to(len).freeze();
+                    if is_last_reply(&frame) {
+                        self.outstanding = self.outstanding.saturating_sub(1);
+                    }
+                    return Ok(Some(frame));
+                }
                 Ok(None) => {}
                 Err(e) => return Err(ReadError::Framing(e)),
             }
@@ -242,18 +303,24 @@ impl Connection {
     }
 
     pub async fn write_frame(&mut self, frame: &[u8]) -> io::Result<()> {
+        self.writing = true;
         match &mut self.stream {
-            Stream::Plain(s) => s.write_all(frame).await,
+            Stream::Plain(s) => s.write_all(frame).await?,
             // TLS buffers records: push each frame out whole.
             Stream::Accepted(s) => {
                 s.write_all(frame).await?;
-                s.flush().await
+                s.flush().await?
             }
             Stream::Connected(s) => {
                 s.write_all(frame).await?;
-                s.flush().await
+                s.flush().await?
             }
         }
+        self.writing = false;
+        if expects_reply(frame) {
+            self.outstanding += 1;
+        }
+        Ok(())
     }
 
     pub fn peer_addr(&self) -> io::Result<std::net::SocketAddr> {

@@ -158,8 +158,9 @@ struct ServeArgs {
     /// Milliseconds a request may take, the proxy's own work and the
     /// upstream's answer together (plus any `maxAwaitTimeMS`, or `maxTimeMS`
     /// of a `getMore`, the client asked to wait). Past it the client gets a
-    /// NetworkTimeout error and the connection closes, since the upstream
-    /// may still answer on it. 0: no limit.
+    /// NetworkTimeout error (labelled for drivers' retries) and keeps its
+    /// connection; the abandoned request's replies are dropped before the
+    /// next one goes upstream. 0: no limit.
     #[arg(
         long,
         env = "LIKEWISE_REQUEST_TIMEOUT_MS",

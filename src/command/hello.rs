@@ -1,4 +1,5 @@
-//! `hello` / `isMaster`: the proxy presents itself as a router.
+//! `hello` / `isMaster`: the proxy presents itself as a router in front of
+//! a replica set or a router, and as a standalone in front of a standalone.
 //!
 //! An upstream replica set advertises its members (`setName`, `hosts`, `me`
 //! ...); drivers would then open connections to those members and bypass the
@@ -93,7 +94,9 @@ impl Hello {
             has_hello_ok |= key == "helloOk";
             out.append(key, value.to_raw_bson());
         }
-        if !has_msg {
+        // A standalone is presented as one: drivers then attach no
+        // `txnNumber` to writes, which a standalone mongod refuses (code 20).
+        if !has_msg && !is_standalone(reply) {
             out.append("msg", "isdbgrid");
         }
         if self.hello_ok && !has_hello_ok {
@@ -109,6 +112,20 @@ impl Hello {
         }
         Some(out)
     }
+}
+
+/// Whether a hello reply comes from a standalone server: neither a
+/// replica-set member (`setName`, `isreplicaset`) nor a router
+/// (`msg: "isdbgrid"`), as the server discovery and monitoring
+/// specification classifies servers.
+pub fn is_standalone(reply: &RawDocument) -> bool {
+    let member = reply.get("setName").ok().flatten().is_some()
+        || matches!(
+            reply.get("isreplicaset"),
+            Ok(Some(RawBsonRef::Boolean(true)))
+        );
+    let router = matches!(reply.get("msg"), Ok(Some(RawBsonRef::String("isdbgrid"))));
+    !member && !router
 }
 
 #[cfg(test)]
@@ -165,6 +182,26 @@ mod tests {
         let out = hello.handle_reply(&replica_set_reply()).unwrap();
         assert!(out.get("compression").unwrap().is_none());
         assert!(out.get("helloOk").unwrap().is_none());
+    }
+
+    #[test]
+    fn a_standalone_is_presented_as_a_standalone() {
+        let hello = Hello::default();
+        let standalone = rawdoc! {
+            "isWritablePrimary": true, "maxWireVersion": 21,
+            "logicalSessionTimeoutMinutes": 30, "ok": 1.0,
+        };
+        let out = hello.handle_reply(&standalone).unwrap();
+        assert!(out.get("msg").unwrap().is_none());
+        assert!(is_standalone(&out));
+        // A router stays a router; a replica set becomes one.
+        let router = rawdoc! { "isWritablePrimary": true, "msg": "isdbgrid", "ok": 1.0 };
+        assert_eq!(
+            hello.handle_reply(&router).unwrap().get_str("msg").unwrap(),
+            "isdbgrid"
+        );
+        let member = hello.handle_reply(&replica_set_reply()).unwrap();
+        assert!(!is_standalone(&member));
     }
 
     #[test]

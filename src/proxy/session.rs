@@ -8,7 +8,7 @@ use crate::maintain::fresh::WriteKind;
 use crate::rewrite;
 use crate::upstream;
 use crate::wire::{self, msg, query, Compressor, Header, OpCode, OpMsg, OpQuery};
-use bson::{RawDocument, RawDocumentBuf};
+use bson::{RawArrayBuf, RawBsonRef, RawDocument, RawDocumentBuf};
 use bytes::Bytes;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -30,9 +30,6 @@ pub(super) enum Failure {
     Reply { request: ReplyTo, error: Error },
     /// The connection pair is finished.
     Close(String),
-    /// Tell the client, then finish the pair: the upstream connection is in
-    /// an unknown state (a reply may still come on it).
-    Abandon { request: ReplyTo, error: Error },
 }
 
 /// Enough about a request to answer it in its own dialect.
@@ -41,6 +38,61 @@ pub(super) struct ReplyTo {
     pub(super) request_id: i32,
     pub(super) legacy: bool,
     pub(super) more_to_come: bool,
+    /// What the request is to drivers' retry rules, for the labels on
+    /// errors the proxy makes itself.
+    pub(super) retry: Retry,
+}
+
+/// Longest the proxy waits for the replies to a request abandoned at
+/// `--request-timeout-ms` before the client's next request can be sent.
+const DRAIN_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// A request as the retryable-writes and transactions specifications see
+/// it: what label a transient error on it must carry for a driver to retry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(super) enum Retry {
+    /// Nothing to label (reads retry on the code alone).
+    #[default]
+    None,
+    /// A retryable write (`txnNumber` outside a transaction), or
+    /// `commitTransaction` / `abortTransaction`: `RetryableWriteError`.
+    Write,
+    /// Any other command inside a transaction (`autocommit: false`):
+    /// `TransientTransactionError`.
+    Transaction,
+}
+
+impl Retry {
+    /// Reads a command body.
+    pub(super) fn of(body: &RawDocument) -> Retry {
+        let name = msg::first_key(body).unwrap_or("");
+        let in_transaction = matches!(body.get("autocommit"), Ok(Some(RawBsonRef::Boolean(false))));
+        if matches!(name, "commitTransaction" | "abortTransaction") {
+            return Retry::Write;
+        }
+        if in_transaction {
+            return Retry::Transaction;
+        }
+        let has_txn_number = body.get("txnNumber").ok().flatten().is_some();
+        let write = matches!(
+            name,
+            "insert" | "update" | "delete" | "findAndModify" | "findandmodify" | "bulkWrite"
+        );
+        if has_txn_number && write {
+            Retry::Write
+        } else {
+            Retry::None
+        }
+    }
+
+    /// The label drivers retry on, if any.
+    fn label(self) -> Option<&'static str> {
+        match self {
+            Retry::None => None,
+            Retry::Write => Some("RetryableWriteError"),
+            Retry::Transaction => Some("TransientTransactionError"),
+        }
+    }
 }
 
 impl Session {
@@ -102,20 +154,12 @@ impl Session {
                     tracing::debug!(%why, "closing client connection");
                     return;
                 }
-                Err(Failure::Abandon { request, error }) => {
-                    tracing::warn!(%error, "closing client connection");
-                    self.shared.metrics.error(&error);
-                    if !request.more_to_come && !self.client_dirty {
-                        let reply = encode_error(&self.shared, request, &error);
-                        let _ = self.client.write_frame(&reply).await;
-                    }
-                    return;
-                }
             }
         }
     }
 
     async fn handle(&mut self, frame: Bytes) -> Result<(), Failure> {
+        self.drain_upstream().await?;
         let header = Header::parse(&frame).map_err(|e| Failure::Close(e.to_string()))?;
         // What inflating will take counts against the unauthenticated
         // connections' budget too: 30 bytes of zlib can claim 48 MB.
@@ -132,6 +176,7 @@ impl Session {
             request_id: header.request_id,
             legacy: false,
             more_to_come: false,
+            retry: Retry::None,
         };
         let (compressor, message) = wire::inflate(frame).map_err(|e| Failure::Reply {
             request: plain,
@@ -158,16 +203,18 @@ impl Session {
         message: Bytes,
         compressor: Option<Compressor>,
     ) -> Result<(), Failure> {
-        let request = ReplyTo {
+        let mut request = ReplyTo {
             request_id: wire::read_i32(&message, 4),
             legacy: false,
             more_to_come: message.len() >= 20
                 && wire::read_u32(&message, 16) & msg::MORE_TO_COME != 0,
+            retry: Retry::None,
         };
         let parsed = OpMsg::parse(&message).map_err(|e| Failure::Reply {
             request,
             error: e.into(),
         })?;
+        request.retry = Retry::of(parsed.body());
         // Before anything walks the command: every walk below is bounded.
         parsed
             .check_depth(wire::MAX_BSON_DEPTH)
@@ -186,16 +233,28 @@ impl Session {
             .await
         {
             Ok(outcome) => outcome,
-            Err(_) => Err(Failure::Abandon {
-                request,
-                error: Error::upstream(
-                    Code::NETWORK_TIMEOUT,
-                    format!(
-                        "likewise: the request took longer than {} ms (--request-timeout-ms)",
-                        limit.as_millis()
+            // Half a frame went to the client or the upstream: neither stream
+            // can carry another message. Closing is a network error to the
+            // driver, which retries what its rules allow.
+            Err(_) if self.client_dirty || self.upstream.interrupted_write() => Err(
+                Failure::Close("a request timed out in the middle of a message".into()),
+            ),
+            // The streams are whole: the client gets NetworkTimeout (with the
+            // label its retry rules need) and keeps its connection; replies
+            // still owed upstream are dropped before its next request.
+            Err(_) => {
+                tracing::warn!(timeout_ms = limit.as_millis() as u64, "request timed out");
+                Err(Failure::Reply {
+                    request,
+                    error: Error::upstream(
+                        Code::NETWORK_TIMEOUT,
+                        format!(
+                            "likewise: the request took longer than {} ms (--request-timeout-ms)",
+                            limit.as_millis()
+                        ),
                     ),
-                ),
-            }),
+                })
+            }
         }
     }
 
@@ -319,6 +378,7 @@ impl Session {
             request_id: wire::read_i32(&message, 4),
             legacy: true,
             more_to_come: false,
+            retry: Retry::None,
         };
         let fail = |error: Error| Failure::Reply { request, error };
         let query = OpQuery::parse(&message).map_err(|e| fail(e.into()))?;
@@ -391,6 +451,32 @@ impl Session {
         }
         let (_, reply) = wire::inflate(frame).map_err(|e| upstream_garbage(&e))?;
         Ok(reply)
+    }
+
+    /// Reads and drops the replies the upstream still owes to a request
+    /// abandoned at `--request-timeout-ms`, so the pinned connection (and
+    /// the client's authentication on it) serves the next request. Waits
+    /// at most [`DRAIN_WAIT`]; past it the client connection closes, a
+    /// network error its driver retries on a new one.
+    async fn drain_upstream(&mut self) -> Result<(), Failure> {
+        if self.upstream.outstanding() == 0 {
+            return Ok(());
+        }
+        let drain = async {
+            while self.upstream.outstanding() > 0 {
+                match self.upstream.read_frame().await {
+                    Ok(Some(_)) => {}
+                    _ => return Err(()),
+                }
+            }
+            Ok(())
+        };
+        match tokio::time::timeout(DRAIN_WAIT, drain).await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(Failure::Close(
+                "the upstream did not answer a request abandoned at the request timeout".into(),
+            )),
+        }
     }
 
     /// Sends a reply, compressed the way the request was.
@@ -478,8 +564,17 @@ fn upstream_garbage(e: &wire::WireError) -> Failure {
     Failure::Close(format!("upstream sent an undecodable reply: {e}"))
 }
 
+/// The error reply for `request`. A transient error the proxy made itself
+/// (the upstream unreachable, closed mid-request, or past
+/// `--request-timeout-ms`) carries the label a `mongos` would give it, so
+/// drivers retry the write or the transaction.
 fn encode_error(shared: &Shared, request: ReplyTo, error: &Error) -> Vec<u8> {
-    let body = error.to_reply();
+    let mut body = error.to_reply();
+    if let Some(label) = request.retry.label().filter(|_| error.is_transient()) {
+        let mut labels = RawArrayBuf::new();
+        labels.push(label);
+        body.append("errorLabels", labels);
+    }
     if request.legacy {
         query::encode_reply(shared.next_request_id(), request.request_id, &body)
     } else {
@@ -502,6 +597,7 @@ pub(super) async fn refuse(mut client: Connection, shared: &Shared, error: Error
         request_id: header.request_id,
         legacy: header.op_code == OpCode::Query,
         more_to_come: false,
+        retry: Retry::None,
     };
     let _ = client
         .write_frame(&encode_error(shared, request, &error))

@@ -29,7 +29,12 @@ def memory_kb(pid, field):
     raise AssertionError(f"no {field} for {pid}")
 
 
-def test_stalled_frames_claiming_48_mb_cost_only_what_arrived(direct_uri):
+def test_stalled_frames_claiming_48_mb_cost_only_what_arrived():
+    # An upstream of its own: on a shared one the proxy would restore (and
+    # build, and load models for) other suites' indexes while memory is
+    # measured.
+    upstream = start_upstream()
+    direct_uri = f"mongodb://127.0.0.1:{upstream.port}/"
     proxy = Process(["prlimit", f"--as={ADDRESS_SPACE}", "--", likewise_bin(), "serve",
                      "--listen", "127.0.0.1:0", "--upstream", direct_uri, "--log-level", "warn",
                      "--default-model", str(DEFAULT_MODEL)],
@@ -60,6 +65,7 @@ def test_stalled_frames_claiming_48_mb_cost_only_what_arrived(direct_uri):
         for s in stalled:
             s.close()
         proxy.stop()
+        upstream.stop()
 
 
 # The unauthenticated connections' budget in the next test, and what it

@@ -240,8 +240,9 @@ def test_many_concurrent_clients(proxy_uri):
 
 def test_a_slow_upstream_meets_the_request_timeout():
     """SecantusDB's failCommand failpoint holds a find for 5 s; with
-    `--request-timeout-ms 500` the client gets NetworkTimeout instead, the
-    proxy serves new connections, and waits the client asked for
+    `--request-timeout-ms 500` the client gets NetworkTimeout instead and
+    its connection goes on, the proxy serves new connections, and waits the
+    client asked for
     (change stream getMore with maxAwaitTimeMS) are not cut short."""
     from conftest import start_proxy, start_upstream
 
@@ -258,6 +259,9 @@ def test_a_slow_upstream_meets_the_request_timeout():
             with pytest.raises(OperationFailure) as err:
                 c.slow.docs.find_one({"_id": 1})
             assert err.value.code == 89 and "--request-timeout-ms" in str(err.value), repr(err.value)
+            # The connection lives on (the held reply is dropped when it comes,
+            # so the client keeps its pinned upstream connection).
+            assert c.slow.docs.find_one({"_id": 1}) == {"_id": 1}
         # The failpoint fired once: new connections are served as usual.
         with MongoClient(f"mongodb://{proxy.address}/") as c:
             assert c.slow.docs.find_one({"_id": 1}) == {"_id": 1}

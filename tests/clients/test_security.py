@@ -436,12 +436,15 @@ def test_definitions_planted_in_the_metadata_database_are_ignored(world):
             root.admin.command({"dropModel": "honest"})
 
 
-def test_search_indexes_are_bounded(direct_uri):
+def test_search_indexes_are_bounded():
     """Each search index holds an upstream connection: one collection has
     at most 64 and the proxy at most --max-search-indexes, so a client that
     may create indexes cannot use up the upstream's connections. A refused
     command creates none of its indexes."""
-    proxy = start_proxy(direct_uri, "--max-search-indexes", "70")
+    # An upstream of its own: a shared one holds other suites' indexes,
+    # which count towards the bound.
+    upstream = start_upstream()
+    proxy = start_proxy(f"mongodb://127.0.0.1:{upstream.port}/", "--max-search-indexes", "70")
     field = {"fields": [{"type": "vector", "path": "v", "numDimensions": 2, "similarity": "cosine"}]}
     many = [{"name": f"i{n}", "type": "vectorSearch", "definition": field} for n in range(65)]
     try:
@@ -467,3 +470,4 @@ def test_search_indexes_are_bounded(direct_uri):
                     db[coll].drop_search_index(index["name"])
     finally:
         proxy.stop()
+        upstream.stop()

@@ -37,7 +37,7 @@ pub fn decode_everything(data: &[u8]) {
 }
 
 fn parse_everything(body: &RawDocument) {
-    let _ = Command::classify(body);
+    let command = Command::classify(body);
     let _ = Hello::parse(body);
     let _ = search_index::parse_create(body);
     let _ = search_index::parse_target(body);
@@ -67,7 +67,16 @@ fn parse_everything(body: &RawDocument) {
     let _ = vector_query::parse_vector_search(body);
     let _ = vector_query::parse_like_filter(body);
     // What the proxy rewrites a vector command into (score substitution
-    // walks later stages and projections), as if two documents ranked.
+    // walks later stages and projections), as if two documents ranked; as
+    // in the proxy, only for vector commands (an explain's inner one).
+    let body = match command {
+        Command::Vector(_) => body,
+        Command::ExplainVector(_) => match body.get_document("explain") {
+            Ok(inner) => inner,
+            Err(_) => return,
+        },
+        _ => return,
+    };
     let ranked = likewise::rewrite::Ranked {
         ids: vec![bson::RawBson::Int32(1), bson::RawBson::String("two".into())],
         scores: vec![0.9, 0.8],

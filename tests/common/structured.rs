@@ -133,12 +133,12 @@ pub fn command(form: usize, value: RawBson) -> RawDocumentBuf {
 
 /// The OP_MSG frame a recipe describes: `data[0]` picks the form,
 /// `data[1..3]` the depth (0 to 259, so both sides of the bound), `data[3]`
-/// the width (0 to 1,020), the rest fills the value.
+/// the width (0 to 255), the rest fills the value.
 pub fn frame(data: &[u8]) -> Vec<u8> {
     let at = |i: usize| usize::from(data.get(i).copied().unwrap_or(0));
     let form = at(0);
     let depth = (at(1) << 8 | at(2)) % 260;
-    let width = at(3) * 4;
+    let width = at(3);
     let value = nested(depth, width, data.get(4..).unwrap_or_default());
     likewise::wire::msg::encode_body(1, 0, &command(form, value))
 }
