@@ -416,13 +416,27 @@ impl SearchIndex {
     }
 }
 
-fn namespace(db: &str, collection: &str) -> String {
-    format!("{db}.{collection}")
+/// A namespace as a pair, never joined into one string: `("a.b", "c")` and
+/// `("a", "b.c")` are different collections.
+type Namespace = (String, String);
+
+fn namespace(db: &str, collection: &str) -> Namespace {
+    (db.to_string(), collection.to_string())
+}
+
+/// Why [`Registry::add_bounded`] refused an index.
+pub enum Refused {
+    /// The namespace already has an index of that name.
+    Exists(Arc<SearchIndex>),
+    /// The collection already has this many indexes.
+    PerCollection(usize),
+    /// The proxy already serves this many indexes.
+    Total(usize),
 }
 
 #[derive(Default)]
 pub struct Registry {
-    by_namespace: RwLock<HashMap<String, Vec<Arc<SearchIndex>>>>,
+    by_namespace: RwLock<HashMap<Namespace, Vec<Arc<SearchIndex>>>>,
 }
 
 impl Registry {
@@ -452,10 +466,36 @@ impl Registry {
 
     /// Adds an index; refused when the namespace already has one so named.
     pub fn add(&self, index: Arc<SearchIndex>) -> Result<(), Arc<SearchIndex>> {
+        self.add_bounded(index, usize::MAX, usize::MAX)
+            .map_err(|refused| match refused {
+                Refused::Exists(existing) => existing,
+                _ => unreachable!("no bound to exceed"),
+            })
+    }
+
+    /// Adds an index unless its name is taken in its namespace, its
+    /// collection has `per_collection` indexes, or the registry `total`:
+    /// checked and added under one lock, so concurrent creations cannot
+    /// pass a bound together.
+    pub fn add_bounded(
+        &self,
+        index: Arc<SearchIndex>,
+        per_collection: usize,
+        total: usize,
+    ) -> Result<(), Refused> {
         let mut map = self.write();
-        let list = map.entry(index.namespace()).or_default();
+        let count: usize = map.values().map(Vec::len).sum();
+        let list = map
+            .entry(namespace(&index.db, &index.collection))
+            .or_default();
         if let Some(existing) = list.iter().find(|i| i.name == index.name) {
-            return Err(existing.clone());
+            return Err(Refused::Exists(existing.clone()));
+        }
+        if list.len() >= per_collection {
+            return Err(Refused::PerCollection(per_collection));
+        }
+        if count >= total {
+            return Err(Refused::Total(total));
         }
         list.push(index);
         Ok(())
@@ -464,7 +504,9 @@ impl Registry {
     /// Puts `index` in the place of the one with its name, retiring that.
     pub fn replace(&self, index: Arc<SearchIndex>) {
         let mut map = self.write();
-        let list = map.entry(index.namespace()).or_default();
+        let list = map
+            .entry(namespace(&index.db, &index.collection))
+            .or_default();
         for old in list.iter().filter(|i| i.name == index.name) {
             old.retire();
         }
@@ -474,17 +516,17 @@ impl Registry {
 
     pub fn remove(&self, index: &SearchIndex) {
         let mut map = self.write();
-        if let Some(list) = map.get_mut(&index.namespace()) {
+        if let Some(list) = map.get_mut(&namespace(&index.db, &index.collection)) {
             list.retain(|i| i.id != index.id);
         }
         index.retire();
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Vec<Arc<SearchIndex>>>> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<Namespace, Vec<Arc<SearchIndex>>>> {
         self.by_namespace.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Vec<Arc<SearchIndex>>>> {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<Namespace, Vec<Arc<SearchIndex>>>> {
         self.by_namespace.write().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -506,6 +548,38 @@ mod tests {
             train: None,
         };
         SearchIndex::new("id".into(), "db", "c", "idx", rawdoc! {}, spec)
+    }
+
+    fn named(db: &str, collection: &str, name: &str) -> Arc<SearchIndex> {
+        let mut index = index();
+        index.db = db.into();
+        index.collection = collection.into();
+        index.name = name.into();
+        Arc::new(index)
+    }
+
+    #[test]
+    fn namespaces_are_pairs_and_bounds_hold_under_the_lock() {
+        let registry = Registry::default();
+        registry.add(named("a.b", "c", "i")).ok().unwrap();
+        // `a` + `b.c` is another collection, whatever the joined string.
+        assert!(registry.list("a", "b.c").is_empty());
+        registry.add(named("a", "b.c", "i")).ok().unwrap();
+        assert_eq!(registry.list("a.b", "c").len(), 1);
+        assert!(matches!(
+            registry.add_bounded(named("a", "b.c", "i"), 10, 10),
+            Err(Refused::Exists(_))
+        ));
+        assert!(matches!(
+            registry.add_bounded(named("a", "b.c", "j"), 1, 10),
+            Err(Refused::PerCollection(1))
+        ));
+        assert!(matches!(
+            registry.add_bounded(named("x", "y", "k"), 10, 2),
+            Err(Refused::Total(2))
+        ));
+        assert!(registry.add_bounded(named("x", "y", "k"), 10, 3).is_ok());
+        assert_eq!(registry.all().len(), 3);
     }
 
     #[test]

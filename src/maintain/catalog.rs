@@ -7,10 +7,12 @@
 //! Stored definitions make the proxy act with its own rights (read a
 //! collection, call a model, write `_like` lists), so only those the proxy
 //! wrote are trusted: every document written here carries `_sig`, an
-//! HMAC-SHA-256 (RFC 2104) under [`Config::metadata_key`] of the
-//! collection's name and the document's BSON bytes without `_sig`; reads
-//! skip, with a warning, any document whose `_sig` is missing or wrong (one
-//! planted by a client that can write the metadata database).
+//! HMAC-SHA-256 (RFC 2104) under [`Config::metadata_key`] of the metadata
+//! database's and the collection's names and the document's BSON bytes
+//! without `_sig`; reads skip, with a warning, any document whose `_sig` is
+//! missing or wrong (one planted by a client that can write the metadata
+//! database). A document the proxy once wrote and later replaced or
+//! deleted still verifies if someone puts it back: replay is not detected.
 
 use crate::command::search_index::parse_definition;
 use crate::config::Config;
@@ -26,9 +28,10 @@ const COLLECTION: &str = "search_indexes";
 /// The field holding a stored document's signature.
 const SIGNATURE: &str = "_sig";
 
-/// HMAC-SHA-256 under `key` of `collection`, a zero byte, and `doc`'s
-/// bytes without its `_sig` field, ready to finalise or verify.
-fn mac(key: &[u8; 32], collection: &str, doc: &RawDocument) -> hmac::Hmac<sha2::Sha256> {
+/// HMAC-SHA-256 under the metadata key of the metadata database's name,
+/// `collection`, each followed by a zero byte, and `doc`'s bytes without
+/// its `_sig` field, ready to finalise or verify.
+fn mac(config: &Config, collection: &str, doc: &RawDocument) -> hmac::Hmac<sha2::Sha256> {
     use hmac::Mac;
     let mut unsigned = RawDocumentBuf::new();
     for (k, v) in doc.iter().flatten() {
@@ -36,8 +39,10 @@ fn mac(key: &[u8; 32], collection: &str, doc: &RawDocument) -> hmac::Hmac<sha2::
             unsigned.append(k, v.to_raw_bson());
         }
     }
-    let mut mac = <hmac::Hmac<sha2::Sha256> as Mac>::new_from_slice(key)
+    let mut mac = <hmac::Hmac<sha2::Sha256> as Mac>::new_from_slice(&config.metadata_key)
         .expect("HMAC takes keys of any length");
+    mac.update(config.metadata_db.as_bytes());
+    mac.update(&[0]);
     mac.update(collection.as_bytes());
     mac.update(&[0]);
     mac.update(unsigned.as_bytes());
@@ -47,7 +52,7 @@ fn mac(key: &[u8; 32], collection: &str, doc: &RawDocument) -> hmac::Hmac<sha2::
 /// `doc` with its `_sig` appended.
 fn signed(config: &Config, collection: &str, mut doc: RawDocumentBuf) -> RawDocumentBuf {
     use hmac::Mac;
-    let sig = mac(&config.metadata_key, collection, &doc).finalize();
+    let sig = mac(config, collection, &doc).finalize();
     doc.append(
         SIGNATURE,
         bson::RawBson::Binary(bson::Binary {
@@ -63,7 +68,7 @@ fn signed(config: &Config, collection: &str, mut doc: RawDocumentBuf) -> RawDocu
 fn authentic(config: &Config, collection: &str, doc: &RawDocument) -> bool {
     use hmac::Mac;
     doc.get_binary(SIGNATURE).is_ok_and(|given| {
-        mac(&config.metadata_key, collection, doc)
+        mac(config, collection, doc)
             .verify_slice(given.bytes)
             .is_ok()
     })

@@ -91,8 +91,14 @@ pub fn exact_id(filter: &RawDocument) -> Option<RawBsonRef<'_>> {
     }
 }
 
-/// Inserted documents the upstream accepted (all but those in `writeErrors`).
+/// Inserted documents the upstream accepted: all but those in
+/// `writeErrors` and, for an ordered insert (the default), none from the
+/// first error on, since the server stops there without reporting the rest.
 pub fn inserted<'a>(msg: &OpMsg<'a>, reply: &RawDocument) -> Vec<&'a RawDocument> {
+    let ordered = !matches!(
+        msg.body().get("ordered"),
+        Ok(Some(RawBsonRef::Boolean(false)))
+    );
     let failed: HashSet<i64> = reply
         .get_array("writeErrors")
         .into_iter()
@@ -103,10 +109,15 @@ pub fn inserted<'a>(msg: &OpMsg<'a>, reply: &RawDocument) -> Vec<&'a RawDocument
                 .and_then(|e| integer(e.get("index").ok().flatten()))
         })
         .collect();
+    let stop = if ordered {
+        failed.iter().copied().min().unwrap_or(i64::MAX)
+    } else {
+        i64::MAX
+    };
     statements(msg, "documents", "documents")
         .into_iter()
         .enumerate()
-        .filter(|(i, _)| !failed.contains(&(*i as i64)))
+        .filter(|(i, _)| (*i as i64) < stop && !failed.contains(&(*i as i64)))
         .map(|(_, d)| d)
         .collect()
 }

@@ -75,14 +75,18 @@ impl Session {
                     &index_name,
                     n,
                 ));
-                if hoods.find(db, collection, name).is_some() {
+                // Reserved before it is stored: of two concurrent creations
+                // one wins, and only the winner is stored and run.
+                if !hoods.add(nb.clone()) {
                     return Err(Error::client(
                         Code::INDEX_ALREADY_EXISTS,
                         format!("neighbourhood '{name}' already exists"),
                     ));
                 }
-                catalog::save_neighbourhood(&config, &nb).await?;
-                hoods.add(nb.clone());
+                if let Err(e) = catalog::save_neighbourhood(&config, &nb).await {
+                    hoods.remove(&nb);
+                    return Err(e);
+                }
                 tokio::spawn(neighbourhood::run(
                     config.clone(),
                     self.shared.registry.clone(),

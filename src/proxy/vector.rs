@@ -13,7 +13,7 @@ use crate::command::vector_query::{
 use crate::command::{Admin, VectorKind};
 use crate::error::{Code, Error};
 use crate::index::ids::IdMap;
-use crate::index::registry::{SearchIndex, Status};
+use crate::index::registry::{Refused, SearchIndex, Status};
 use crate::index::{exact_among, search_allowed, Hit, KeySet, Similarity};
 use crate::maintain::fresh::IdSet;
 use crate::maintain::{build, catalog};
@@ -32,7 +32,9 @@ fn bad(message: impl Into<String>) -> Error {
 }
 
 fn db_of(body: &RawDocument) -> Result<&str, Error> {
-    body.get_str("$db").map_err(|_| bad("command has no $db"))
+    let db = body.get_str("$db").map_err(|_| bad("command has no $db"))?;
+    check_db_name(db)?;
+    Ok(db)
 }
 
 fn collection_of<'a>(body: &'a RawDocument, command: &str) -> Result<&'a str, Error> {
@@ -151,24 +153,21 @@ impl Session {
                 } else {
                     "createSemanticIndex"
                 };
+                // The whole command is refused up front when it cannot fit
+                // (`add_bounded` below holds the bounds under concurrency).
                 let on_collection = registry.list(db, collection).len() + news.len();
                 if on_collection > MAX_SEARCH_INDEXES_PER_COLLECTION {
-                    return Err(Error::client(
-                        Code::CANNOT_CREATE_INDEX,
-                        format!(
-                            "add search index fails, too many search indexes for \
-                             {db}.{collection}: at most {MAX_SEARCH_INDEXES_PER_COLLECTION}"
-                        ),
+                    return Err(refusal(
+                        Refused::PerCollection(MAX_SEARCH_INDEXES_PER_COLLECTION),
+                        db,
+                        collection,
                     ));
                 }
                 if registry.all().len() + news.len() > config.max_search_indexes {
-                    return Err(Error::client(
-                        Code::CANNOT_CREATE_INDEX,
-                        format!(
-                            "add search index fails: this proxy serves at most {} search \
-                             indexes (--max-search-indexes), each holding an upstream connection",
-                            config.max_search_indexes
-                        ),
+                    return Err(refusal(
+                        Refused::Total(config.max_search_indexes),
+                        db,
+                        collection,
                     ));
                 }
                 if news.iter().any(|n| n.spec.write_outputs) {
@@ -201,12 +200,20 @@ impl Session {
                         )
                         .with_encoders(encoders),
                     );
-                    catalog::save(&config, &index).await?;
-                    if registry.add(index.clone()).is_err() {
-                        return Err(Error::client(
-                            Code::INDEX_ALREADY_EXISTS,
-                            format!("search index '{}' already exists", new.name),
-                        ));
+                    // Reserved in the registry (name and bounds checked
+                    // under one lock) before it is stored, so concurrent
+                    // creations can neither pass the bounds nor store a
+                    // second definition under one name.
+                    registry
+                        .add_bounded(
+                            index.clone(),
+                            MAX_SEARCH_INDEXES_PER_COLLECTION,
+                            config.max_search_indexes,
+                        )
+                        .map_err(|refused| refusal(refused, db, collection))?;
+                    if let Err(e) = catalog::save(&config, &index).await {
+                        registry.remove(&index);
+                        return Err(e);
                     }
                     tracing::info!(index = %index.name, namespace = %index.namespace(), "search index created");
                     created.push(rawdoc! { "id": index.id.as_str(), "name": index.name.as_str() });
@@ -315,7 +322,8 @@ impl Session {
     /// | `dropSearchIndex` | `createIndex` |
     /// | `createNeighbourhood` | `createIndex`, `find` and `update` (it writes `_like.<name>` into every document) |
     /// | `dropNeighbourhood` | `createIndex` and `update` (it unsets the field in every document) |
-    /// | `listSearchIndexes`, `$listSearchIndexes`, `listNeighbourhoods` | `listIndexes` |
+    /// | `listSearchIndexes`, `$listSearchIndexes` | `listIndexes` |
+    /// | `listNeighbourhoods` | `listIndexes` and `find` (its `stale` count reads the documents) |
     /// | `evaluateSemanticIndex` | `listIndexes` and `find` (it reads documents) |
     ///
     /// Models belong to the deployment: `createModel`/`dropModel` need
@@ -335,7 +343,8 @@ impl Session {
             Admin::Drop => ("dropSearchIndex", &[CreateIndex]),
             Admin::CreateNeighbourhood => ("createNeighbourhood", &[CreateIndex, Find, Update]),
             Admin::DropNeighbourhood => ("dropNeighbourhood", &[CreateIndex, Update]),
-            Admin::ListNeighbourhoods => ("listNeighbourhoods", &[ListIndexes]),
+            // Staleness is computed from the documents.
+            Admin::ListNeighbourhoods => ("listNeighbourhoods", &[ListIndexes, Find]),
             Admin::Evaluate => ("evaluateSemanticIndex", &[ListIndexes, Find]),
             Admin::CreateModel | Admin::DropModel | Admin::ListModels => {
                 let metadata = self.shared.config.metadata_db.clone();
@@ -393,13 +402,25 @@ impl Session {
             }
             Action::ListIndexes => rawdoc! { "listIndexes": collection, "$db": db },
         };
+        // Fails closed: only a success, or an answer given after the
+        // server authorised the probe, counts as the right. Anything else
+        // (an invalid namespace, a dead connection) is the client's error.
         match upstream::command(&mut self.upstream, &probe).await {
+            Ok(reply) => match write_error_code(&reply) {
+                // An update refused inside its reply (`writeErrors`).
+                Some(13) => Err(unauthorized(db, collection, command, action)),
+                Some(_) => Err(Error::upstream(
+                    Code::OPERATION_FAILED,
+                    format!(
+                        "likewise: cannot confirm the right to {} on {db}.{collection}",
+                        action.name()
+                    ),
+                )),
+                None => Ok(()),
+            },
             Err(e) if e.code.code == 13 => Err(unauthorized(db, collection, command, action)),
-            // An update refused inside its reply (`writeErrors`).
-            Ok(reply) if write_error_code(&reply) == Some(13) => {
-                Err(unauthorized(db, collection, command, action))
-            }
-            _ => Ok(()),
+            Err(e) if AUTHORISED_REFUSALS.contains(&e.code.code) => Ok(()),
+            Err(e) => Err(e),
         }
     }
 
@@ -927,6 +948,53 @@ fn without(doc: &RawDocument, key: &str) -> RawDocumentBuf {
     out
 }
 
+/// Errors a server gives only after authorising a probe, which therefore
+/// confirm the right: `NamespaceNotFound` (26: `listIndexes` of a
+/// collection not created yet) and `BadValue` (2: mongod refuses an empty
+/// `createIndexes` once authorised).
+const AUTHORISED_REFUSALS: &[i32] = &[26, 2];
+
+/// mongod's rule for database names: non-empty, shorter than 64 bytes,
+/// none of `/\. "$*<>:|?` or NUL. (Also what keeps `a.b`+`c` and `a`+`b.c`
+/// apart.)
+fn check_db_name(db: &str) -> Result<(), Error> {
+    let bad_char = |c: char| "/\\. \"$*<>:|?\0".contains(c);
+    if db.is_empty() || db.len() >= 64 || db.chars().any(bad_char) {
+        return Err(Error::client(
+            Code::INVALID_NAMESPACE,
+            format!("Invalid database name: '{db}'"),
+        ));
+    }
+    Ok(())
+}
+
+/// The error for an index the registry refused.
+fn refusal(refused: Refused, db: &str, collection: &str) -> Error {
+    match refused {
+        Refused::Exists(existing) => Error::client(
+            Code::INDEX_ALREADY_EXISTS,
+            format!(
+                "search index '{}' already exists on {db}.{collection}",
+                existing.name
+            ),
+        ),
+        Refused::PerCollection(most) => Error::client(
+            Code::CANNOT_CREATE_INDEX,
+            format!(
+                "add search index fails, too many search indexes for {db}.{collection}: \
+                 at most {most}"
+            ),
+        ),
+        Refused::Total(most) => Error::client(
+            Code::CANNOT_CREATE_INDEX,
+            format!(
+                "add search index fails: this proxy serves at most {most} search indexes \
+                 (--max-search-indexes), each holding an upstream connection"
+            ),
+        ),
+    }
+}
+
 /// A right the proxy checks on the client's connection before acting for it
 /// (MongoDB's privilege actions of the same names).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -971,4 +1039,30 @@ fn write_error_code(reply: &RawDocument) -> Option<i32> {
         .as_document()?
         .get_i32("code")
         .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_names_follow_mongods_rule() {
+        for good in ["app", "B", "likewise", "a-b_c1"] {
+            assert!(check_db_name(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "a.b",
+            "a b",
+            "a/b",
+            "a\\b",
+            "a$b",
+            "a\"b",
+            "a\0b",
+            &"x".repeat(64),
+        ] {
+            let err = check_db_name(bad).unwrap_err();
+            assert_eq!(err.code.code, 73, "{bad:?}");
+        }
+    }
 }

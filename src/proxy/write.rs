@@ -35,6 +35,12 @@ impl Session {
         compressor: Option<Compressor>,
         indexes: Vec<Arc<SearchIndex>>,
     ) -> Result<(), Failure> {
+        // Unacknowledged (`w: 0`): nothing says whether, or how, the write
+        // happened, so the client's documents are not taken at their word;
+        // the change stream brings the indexes up to date.
+        if parsed.more_to_come() {
+            return self.send_upstream(message).await;
+        }
         let body = parsed.body();
         let db = body.get_str("$db").unwrap_or_default().to_string();
         let collection = parsed
@@ -65,20 +71,12 @@ impl Session {
         }
 
         self.send_upstream(message).await?;
-        let reply = if parsed.more_to_come() {
-            None
-        } else {
-            Some(self.read_upstream().await?)
+        let reply = self.read_upstream().await?;
+        let reply_body: RawDocumentBuf = match OpMsg::parse(&reply) {
+            Ok(m) => m.body().to_owned(),
+            Err(_) => RawDocumentBuf::new(),
         };
-        let reply_body: RawDocumentBuf = match &reply {
-            Some(bytes) => match OpMsg::parse(bytes) {
-                Ok(m) => m.body().to_owned(),
-                Err(_) => RawDocumentBuf::new(),
-            },
-            None => RawDocumentBuf::new(),
-        };
-        let acknowledged_ok = reply.is_none() || check_ok(&reply_body).is_ok();
-        if acknowledged_ok {
+        if check_ok(&reply_body).is_ok() {
             let mut present: Vec<RawDocumentBuf> = Vec::new();
             if kind == WriteKind::Insert {
                 present.extend(
@@ -90,13 +88,19 @@ impl Session {
             fresh::reply_ids(kind, &reply_body, &mut touched);
             if !touched.is_empty() {
                 let find = fresh::refetch(&collection, &db, &touched, &indexes);
-                match Cursor::open(&mut self.upstream, &db, &find).await {
-                    Ok(mut cursor) => {
-                        while let Ok(Some(batch)) = cursor.next_batch().await {
-                            present.extend(batch);
-                        }
+                let reread = async {
+                    let mut cursor = Cursor::open(&mut self.upstream, &db, &find).await?;
+                    while let Some(batch) = cursor.next_batch().await? {
+                        present.extend(batch);
                     }
-                    Err(e) => tracing::warn!(error = %e, "cannot re-read written documents"),
+                    Ok::<(), crate::error::Error>(())
+                };
+                if let Err(e) = reread.await {
+                    // Not knowing their state, treat none of them as gone (a
+                    // client without `find` must not make the proxy drop
+                    // documents from an index): the change stream will.
+                    tracing::warn!(error = %e, "cannot re-read written documents");
+                    touched = IdSet::default();
                 }
             }
             let applied =
@@ -106,9 +110,6 @@ impl Session {
                 tracing::warn!(error = %e, "updating indexes after a write failed");
             }
         }
-        match reply {
-            Some(bytes) => self.send_client(&bytes, compressor).await,
-            None => Ok(()),
-        }
+        self.send_client(&reply, compressor).await
     }
 }

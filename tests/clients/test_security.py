@@ -4,7 +4,7 @@ stored definitions, models and endpoints are the operator's (issue 14).
 One SecantusDB with --auth and these identities: anonymous; read on A;
 readWrite on A; dbAdmin on B (createIndex and listIndexes, no find); a
 custom role on B with find, listIndexes and createIndex but not update;
-readWrite on the metadata database; root. A.docs and B.secret each have a
+another with update only; readWrite on the metadata database; root. A.docs and B.secret each have a
 vector index made by root. The proxy runs as a root user of its own, with
 one embeddings endpoint allowed (--allow-model-host) and a trap listener
 on another port that must never be reached.
@@ -17,7 +17,8 @@ import threading
 
 import pytest
 from pymongo import MongoClient
-from pymongo.errors import OperationFailure
+from pymongo.errors import BulkWriteError, OperationFailure
+from pymongo.write_concern import WriteConcern
 from pymongo.operations import SearchIndexModel
 
 from conftest import eventually, start_proxy, start_upstream, wait_ready
@@ -33,6 +34,7 @@ USERS = {
     "writer_a": ("pw-writer", [{"role": "readWrite", "db": "A"}]),
     "admin_b": ("pw-admin", [{"role": "dbAdmin", "db": "B"}]),
     "indexer_b": ("pw-indexer", [{"role": "indexerB", "db": "B"}]),
+    "updater_b": ("pw-updater", [{"role": "updaterB", "db": "B"}]),
     "meta": ("pw-meta", [{"role": "readWrite", "db": "likewise"}]),
     "root": ("pw-root", [{"role": "root", "db": "admin"}]),
 }
@@ -44,6 +46,7 @@ RIGHTS = {
     "writer_a": {"A": ALL},
     "admin_b": {"B": {"createIndex", "listIndexes"}},
     "indexer_b": {"B": {"find", "listIndexes", "createIndex"}},
+    "updater_b": {"B": {"update"}},
     "meta": {},
     "root": {"A": ALL, "B": ALL},
 }
@@ -98,6 +101,8 @@ def world(tmp_path_factory):
     with MongoClient(f"mongodb://127.0.0.1:{setup.port}/", directConnection=True) as c:
         c.B.command("createRole", "indexerB", roles=[], privileges=[
             {"resource": {"db": "B", "collection": ""}, "actions": ["find", "listIndexes", "createIndex"]}])
+        c.B.command("createRole", "updaterB", roles=[], privileges=[
+            {"resource": {"db": "B", "collection": ""}, "actions": ["update"]}])
         c.admin.command("createUser", PROXY_USER, pwd=PROXY_PW, roles=["root"])
         for name, (pw, roles) in USERS.items():
             c.admin.command("createUser", name, pwd=pw, roles=roles)
@@ -192,7 +197,7 @@ FORMS = [
     ("listSearchIndexes", {"listIndexes"},
      lambda c, db, coll, index, tag: list(c[db][coll].list_search_indexes()),
      lambda r: any(i["name"].endswith("_hidden") for i in r)),
-    ("listNeighbourhoods", {"listIndexes"},
+    ("listNeighbourhoods", {"listIndexes", "find"},
      lambda c, db, coll, index, tag: c[db].command({"listNeighbourhoods": coll}),
      lambda r: r["ok"] == 1),
     ("createSearchIndexes", {"createIndex", "find"},
@@ -471,3 +476,36 @@ def test_search_indexes_are_bounded():
     finally:
         proxy.stop()
         upstream.stop()
+
+
+def test_writes_change_indexes_only_as_the_upstream_confirms(world):
+    """Index maintenance after a write uses only what the upstream
+    confirms: an unacknowledged write (refused upstream, no reply) changes
+    no vector; an ordered insert indexes nothing after its first error; a
+    client that may update but not read cannot make the proxy drop the
+    documents it touched from an index."""
+    nearest = lambda c, db, coll, index, v: [d["_id"] for d in c[db][coll].find(
+        {"$like": {"vector": v, "n": 1, "semantic_index": index}})]
+    with client(world, "root") as root:
+        # B.secret holds [i, 1] for _id 100 + i: [999, 999] is nearest 139.
+        assert nearest(root, "B", "secret", "idx_b_hidden", [999.0, 999.0]) == [139]
+        with client(world, "anonymous") as anonymous:
+            blind = anonymous.B.secret.with_options(write_concern=WriteConcern(w=0))
+            blind.insert_one({"_id": 105, "v": [999.0, 999.0]})
+            blind.update_one({"_id": 106}, {"$set": {"v": [998.0, 998.0]}})
+            # A command after them on the same connection: they were read.
+            with pytest.raises(OperationFailure):
+                anonymous.B.secret.find_one()
+        assert nearest(root, "B", "secret", "idx_b_hidden", [999.0, 999.0]) == [139]
+
+        with client(world, "writer_a") as writer:
+            with pytest.raises(BulkWriteError):
+                writer.A.docs.insert_many([{"_id": 500, "v": [1000.0, 1.0]}, {"_id": 500, "v": [0.0, 0.0]},
+                                           {"_id": 501, "v": [2000.0, 1.0]}])
+            assert writer.A.docs.find_one({"_id": 501}) is None
+            assert nearest(writer, "A", "docs", "idx_a_hidden", [2000.0, 1.0]) == [500]
+            writer.A.docs.delete_one({"_id": 500})
+
+        with client(world, "updater_b") as updater:
+            updater.B.secret.update_one({"_id": 107}, {"$set": {"note": "touched"}})
+        assert nearest(root, "B", "secret", "idx_b_hidden", [7.0, 1.0]) == [107]
