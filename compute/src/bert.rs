@@ -184,11 +184,33 @@ fn fused_qkv(w: &Weights<'_>, p: &str, h: usize) -> Result<Linear, String> {
     })
 }
 
+/// Largest model file read (BERT-large's weights are 1.3 GB in float32).
+pub const MAX_MODEL_FILE: u64 = 4 << 30;
+
 impl BertEncoder {
-    /// Loads `config.json`, `tokenizer.json` and `model.safetensors` from `dir`.
+    /// Loads `config.json`, `tokenizer.json` and `model.safetensors` from
+    /// `dir`. Each must be a regular file (a device or FIFO is refused
+    /// before it is opened) of at most [`MAX_MODEL_FILE`] bytes.
     pub fn load(dir: &Path) -> Result<Self, String> {
         let read = |name: &str| {
-            std::fs::read(dir.join(name)).map_err(|e| format!("{}: {e}", dir.join(name).display()))
+            use std::io::Read;
+            let path = dir.join(name);
+            let shown = path.display();
+            let meta = std::fs::metadata(&path).map_err(|e| format!("{shown}: {e}"))?;
+            if !meta.is_file() {
+                return Err(format!("{shown}: not a regular file"));
+            }
+            if meta.len() > MAX_MODEL_FILE {
+                return Err(format!("{shown}: larger than {MAX_MODEL_FILE} bytes"));
+            }
+            let mut bytes = Vec::new();
+            std::fs::File::open(&path)
+                .and_then(|f| f.take(MAX_MODEL_FILE + 1).read_to_end(&mut bytes))
+                .map_err(|e| format!("{shown}: {e}"))?;
+            if bytes.len() as u64 > MAX_MODEL_FILE {
+                return Err(format!("{shown}: larger than {MAX_MODEL_FILE} bytes"));
+            }
+            Ok(bytes)
         };
         let c: Config = serde_json::from_slice(&read("config.json")?)
             .map_err(|e| format!("config.json: {e}"))?;

@@ -269,6 +269,15 @@ impl Session {
         match Command::classify(parsed.body()) {
             Command::Hello(hello) => {
                 self.send_upstream(message).await?;
+                if parsed
+                    .body()
+                    .get("speculativeAuthenticate")
+                    .ok()
+                    .flatten()
+                    .is_some()
+                {
+                    return self.relay_speculative_hello(compressor, &hello).await;
+                }
                 // A client that insists on awaitable hello may get a stream
                 // of replies: every one of them is rewritten.
                 self.relay_replies(compressor, Some(&hello)).await
@@ -355,6 +364,30 @@ impl Session {
             }
         }
         self.send_client(&reply, compressor).await
+    }
+
+    /// Relays the reply to a hello carrying `speculativeAuthenticate`,
+    /// rewritten as every hello reply is; a conversation the server
+    /// finished in it (X.509 does) lifts the unauthenticated budget as
+    /// `relay_authentication` does.
+    async fn relay_speculative_hello(
+        &mut self,
+        compressor: Option<Compressor>,
+        hello: &Hello,
+    ) -> Result<(), Failure> {
+        let reply = self.read_upstream().await?;
+        if let Ok(parsed) = OpMsg::parse(&reply) {
+            let done = parsed
+                .body()
+                .get_document("speculativeAuthenticate")
+                .is_ok_and(|s| s.get_bool("done").unwrap_or(false));
+            if crate::command::reply_ok(parsed.body()) && done {
+                self.client.authenticated();
+            }
+        }
+        let rewritten = rewrite_msg_reply(&reply, |body| hello.handle_reply(body))?;
+        self.send_client(rewritten.as_deref().unwrap_or(&reply), compressor)
+            .await
     }
 
     /// Sends a reply the proxy made itself.

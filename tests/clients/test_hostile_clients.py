@@ -78,7 +78,7 @@ def test_unauthenticated_frames_share_a_bounded_budget(tmp_path):
     """Against an upstream that checks who clients are, connections that
     have not authenticated share --max-unauthenticated-buffer-mb: the ones
     that would take more are closed, the proxy's memory stays near the
-    budget, and an authenticated client still sends a 10 MB document."""
+    budget, and an authenticated client still sends a 20 MB message."""
     storage = str(tmp_path / "db")
     setup = start_upstream("--storage-path", storage)
     with MongoClient(f"mongodb://127.0.0.1:{setup.port}/", directConnection=True) as c:
@@ -136,9 +136,12 @@ def test_unauthenticated_frames_share_a_bounded_budget(tmp_path):
                 except ConnectionResetError:
                     answer = b""
                 assert answer == b"", "an unauthenticated zlib bomb was inflated and answered"
+        # Authenticated (pymongo's speculative SCRAM in its handshake, then
+        # saslContinue), a client is off the budget: one 20 MB message,
+        # more than the whole budget, goes through.
         with MongoClient(app_uri) as app:
-            app.hostile.big.insert_one({"_id": 1, "blob": b"x" * (10 << 20)})
-            assert len(app.hostile.big.find_one({"_id": 1})["blob"]) == 10 << 20
+            app.hostile.big.insert_many([{"_id": i, "blob": b"x" * (10 << 20)} for i in (1, 2)])
+            assert len(app.hostile.big.find_one({"_id": 2})["blob"]) == 10 << 20
         assert proxy.proc.poll() is None
         print(f"\n{SENDERS} x {SENT_MB} MB unauthenticated: resident memory +{grown_mb:.0f} MB")
     finally:
