@@ -17,6 +17,8 @@ def test_help_documents_every_flag():
                  "--connect-timeout-ms", "--metadata-db", "--reconcile-interval-ms", "--metrics-listen",
                  "--shutdown-timeout-ms", "--log-format", "--config", "--max-vector-results", "--request-timeout-ms",
                  "--tls-cert-file", "--tls-key-file",
+                 "--allow-model-host", "--allow-model-dir", "--metadata-key-file",
+                 "--max-search-indexes", "--max-unauthenticated-buffer-mb",
                  "--threads",
                  "--log-level"):
         assert flag in serve.stdout, flag
