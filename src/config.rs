@@ -4,168 +4,171 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// Where the upstream MongoDB server is.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The deployment behind the proxy, as its connection string names it.
+///
+/// The string is parsed by the official driver
+/// ([`mongodb::options::ConnectionString`]), so every form and option it
+/// knows is read (several hosts, `replicaSet`, `readPreference`, `w`,
+/// `authSource`, `authMechanism`, `mongodb+srv://`, ...). The proxy's own
+/// traffic runs on a driver client made from it
+/// ([`crate::upstream::Deployment`]); client connections are pinned to the
+/// servers that client's topology discovers.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Upstream {
-    pub host: String,
-    pub port: u16,
+    /// The parsed connection string (hosts unresolved for `mongodb+srv`).
+    pub connection: mongodb::options::ConnectionString,
     /// The URI for messages, password replaced by `***`.
     pub uri: String,
     /// Who the proxy's own connections (metadata, builds, change streams)
     /// authenticate as; clients always authenticate themselves.
     pub credentials: Option<Credentials>,
-    /// `tls=true` (or `ssl=true`): every upstream connection is TLS,
-    /// verified against this CA bundle (`tlsCAFile`; `None`: the system's).
-    pub tls: Option<Option<PathBuf>>,
+    /// TLS to every server (`tls=true`, `ssl=true`, or implied by
+    /// `mongodb+srv`).
+    pub tls: Option<UpstreamTls>,
 }
 
-/// SCRAM-SHA-256 credentials from the URI's user info.
+/// The TLS files of the connection string, used by the driver and by the
+/// proxy's connections for clients alike.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UpstreamTls {
+    /// `tlsCAFile`; `None`: the system's CA bundle.
+    pub ca_file: Option<PathBuf>,
+    /// `tlsCertificateKeyFile`: the certificate and key (PEM, one file)
+    /// the proxy presents (X.509 authentication).
+    pub cert_key_file: Option<PathBuf>,
+}
+
+/// The credentials of the URI's user info and auth options.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Credentials {
     pub user: String,
     pub password: String,
-    /// The database the user is defined in (`authSource`, default `admin`).
+    /// The database the user is defined in: `authSource`, else the
+    /// database in the URI's path, else `admin` (`$external` for X.509), as
+    /// the connection-string specification defines.
     pub source: String,
+    /// `authMechanism` as written, if it was.
+    pub mechanism: Option<String>,
 }
 
 impl std::fmt::Debug for Credentials {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::result::Result<(), std::fmt::Error> {
         write!(
             f,
-            "Credentials {{ user: {:?}, source: {:?}, password: *** }}",
-            self.user, self.source
+            "Credentials {{ user: {:?}, source: {:?}, mechanism: {:?}, password: *** }}",
+            self.user, self.source, self.mechanism
         )
     }
 }
 
-/// Decodes `%XX` escapes, as URIs carry user names and passwords.
-fn percent_decode(text: &str) -> Result<String, String> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = text
-                .get(i + 1..i + 3)
-                .ok_or("bad % escape in upstream URI")?;
-            out.push(u8::from_str_radix(hex, 16).map_err(|_| "bad % escape in upstream URI")?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).map_err(|_| "upstream URI user info is not UTF-8".to_string())
-}
-
 impl Upstream {
-    /// Parses `mongodb://[user:pass@]host[:port][,host...][/db][?options]`.
-    /// The proxy pins each client to one upstream connection, so it uses the
-    /// first host; SRV is refused until supported rather than silently
-    /// ignored. TLS takes `tls`/`ssl` and `tlsCAFile`; options it cannot
-    /// honour (`tlsCertificateKeyFile`, `tlsInsecure`, ...) are refused.
+    /// Parses a MongoDB connection string (`mongodb://` or
+    /// `mongodb+srv://`) without touching the network. Options likewise
+    /// cannot honour are refused with the reason, never ignored:
+    /// `loadBalanced` (clients are pinned to servers, which a load
+    /// balancer hides), and the TLS options that weaken verification
+    /// (`tlsInsecure`, `tlsAllowInvalidCertificates`,
+    /// `tlsAllowInvalidHostnames`), which the proxy's own TLS to the
+    /// servers does not implement.
     pub fn parse(uri: &str) -> Result<Upstream, String> {
-        let rest = uri
-            .strip_prefix("mongodb://")
-            .ok_or_else(|| format!("upstream URI must start with mongodb:// (got {uri:?})"))?;
-        let (authority, options) = match rest.split_once('/') {
-            Some((a, tail)) => (a, tail.split_once('?').map_or("", |(_, o)| o)),
-            None => match rest.split_once('?') {
-                Some((a, o)) => (a, o),
-                None => (rest, ""),
-            },
-        };
-        let mut auth_source = None;
-        let (mut tls, mut ca_file) = (false, None);
-        for option in options.split('&').filter(|o| !o.is_empty()) {
-            let (key, value) = option.split_once('=').unwrap_or((option, ""));
-            let key = key.to_ascii_lowercase();
-            if key == "tls" || key == "ssl" {
-                tls = value.eq_ignore_ascii_case("true");
-            }
-            if key == "tlscafile" {
-                ca_file = Some(PathBuf::from(percent_decode(value)?));
-            }
-            if key.starts_with("tls") && !matches!(key.as_str(), "tls" | "tlscafile") {
-                return Err(format!("upstream URI option {key} is not supported"));
-            }
-            if key == "authsource" {
-                auth_source = Some(percent_decode(value)?);
-            }
-            if key == "authmechanism" && value != "SCRAM-SHA-256" {
-                return Err(format!(
-                    "authMechanism {value} is not supported; use SCRAM-SHA-256"
-                ));
-            }
+        use mongodb::options::{ConnectionString, Tls};
+        let connection = ConnectionString::parse(uri).map_err(|e| {
+            format!(
+                "upstream URI must be a mongodb:// or mongodb+srv:// connection string: {}",
+                e.kind
+            )
+        })?;
+        if connection.load_balanced == Some(true) {
+            return Err(
+                "upstream URI option loadBalanced=true is not supported: likewise pins each \
+                 client connection to a server, which a load balancer hides; name the mongos \
+                 routers instead"
+                    .into(),
+            );
         }
-        let (userinfo, hosts) = match authority.rsplit_once('@') {
-            Some((info, hosts)) => (Some(info), hosts),
-            None => (None, authority),
-        };
-        let credentials = match userinfo {
-            Some(info) => {
-                let (user, password) = info
-                    .split_once(':')
-                    .ok_or("upstream URI user info needs user:password")?;
-                Some(Credentials {
-                    user: percent_decode(user)?,
-                    password: percent_decode(password)?,
-                    source: auth_source.unwrap_or_else(|| "admin".to_string()),
+        let tls = match &connection.tls {
+            Some(Tls::Enabled(options)) => {
+                if options.allow_invalid_certificates == Some(true)
+                    || connection.tls_insecure() == Some(true)
+                {
+                    return Err(
+                        "upstream URI options tlsInsecure, tlsAllowInvalidCertificates \
+                                and tlsAllowInvalidHostnames are not supported: likewise \
+                                verifies the servers it connects to"
+                            .into(),
+                    );
+                }
+                Some(UpstreamTls {
+                    ca_file: options.ca_file_path.clone(),
+                    cert_key_file: options.cert_key_file_path.clone(),
                 })
             }
-            None => None,
+            Some(Tls::Disabled) => None,
+            // `mongodb+srv` means TLS unless the URI turns it off.
+            None => matches!(
+                connection.host_info,
+                mongodb::options::HostInfo::DnsRecord(_)
+            )
+            .then(UpstreamTls::default),
         };
-        let redacted = match userinfo.and_then(|i| i.split_once(':')) {
-            Some((user, _)) => {
-                uri.replacen(userinfo.unwrap_or_default(), &format!("{user}:***"), 1)
+        let credentials = connection.credential.as_ref().map(|c| {
+            let mechanism = c.mechanism.as_ref().map(|m| m.as_str().to_string());
+            let external = matches!(
+                mechanism.as_deref(),
+                Some("MONGODB-X509" | "MONGODB-AWS" | "MONGODB-OIDC" | "GSSAPI" | "PLAIN")
+            );
+            let source = c
+                .source
+                .clone()
+                .or_else(|| {
+                    (!external)
+                        .then(|| connection.default_database.clone())
+                        .flatten()
+                })
+                .unwrap_or_else(|| if external { "$external" } else { "admin" }.to_string());
+            Credentials {
+                user: c.username.clone().unwrap_or_default(),
+                password: c.password.clone().unwrap_or_default(),
+                source,
+                mechanism,
             }
-            None => uri.to_string(),
-        };
-        let first = hosts.split(',').next().unwrap_or("");
-        if first.is_empty() {
-            return Err(format!("upstream URI has no host (got {uri:?})"));
-        }
-        let (host, port) = split_host_port(first)?;
-        if ca_file.is_some() && !tls {
-            return Err("tlsCAFile needs tls=true".into());
-        }
+        });
         Ok(Upstream {
-            host,
-            port,
-            uri: redacted,
+            uri: redact(uri),
+            connection,
             credentials,
-            tls: tls.then_some(ca_file),
+            tls,
         })
     }
 
-    pub fn address(&self) -> String {
-        if self.host.contains(':') {
-            format!("[{}]:{}", self.host, self.port)
-        } else {
-            format!("{}:{}", self.host, self.port)
-        }
+    /// Whether the driver finds the hosts through DNS (`mongodb+srv`).
+    pub fn is_srv(&self) -> bool {
+        matches!(
+            self.connection.host_info,
+            mongodb::options::HostInfo::DnsRecord(_)
+        )
     }
 }
 
-fn split_host_port(hostport: &str) -> Result<(String, u16), String> {
-    let (host, port) = if let Some(rest) = hostport.strip_prefix('[') {
-        let (host, after) = rest
-            .split_once(']')
-            .ok_or_else(|| format!("bad IPv6 host {hostport:?}"))?;
-        (host, after.strip_prefix(':'))
-    } else {
-        match hostport.rsplit_once(':') {
-            Some((h, p)) => (h, Some(p)),
-            None => (hostport, None),
+/// `uri` with the password of its user info replaced by `***`.
+fn redact(uri: &str) -> String {
+    let Some((scheme, rest)) = uri.split_once("://") else {
+        return uri.to_string();
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    match authority.rsplit_once('@') {
+        Some((info, hosts)) => {
+            let user = info.split_once(':').map_or(info, |(user, _)| user);
+            let shown = if info.contains(':') {
+                format!("{user}:***")
+            } else {
+                user.to_string()
+            };
+            format!("{scheme}://{shown}@{hosts}{}", &rest[authority_end..])
         }
-    };
-    let port = match port {
-        Some(p) => p
-            .parse::<u16>()
-            .map_err(|_| format!("bad port {p:?} in upstream URI"))?,
-        None => 27017,
-    };
-    Ok((host.to_string(), port))
+        None => uri.to_string(),
+    }
 }
 
 /// What models may reach, chosen by the operator: a client that may create
@@ -295,8 +298,14 @@ pub struct Config {
     pub max_vector_results: usize,
     /// TLS for clients (`--tls-cert-file`, `--tls-key-file`).
     pub client_tls: Option<std::sync::Arc<rustls::ServerConfig>>,
-    /// TLS to the upstream, from the URI's `tls=true` and `tlsCAFile`.
+    /// TLS for the connections the proxy opens for clients, from the
+    /// URI's `tls=true`, `tlsCAFile` and `tlsCertificateKeyFile` (the
+    /// driver reads the same options for the proxy's own connections).
     pub upstream_tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    /// The deployment named by `upstream`: the driver client for the
+    /// proxy's own traffic (started on first use) and the topology its
+    /// monitors report. Clones of a `Config` share it.
+    pub deployment: std::sync::Arc<crate::upstream::Deployment>,
     /// The key the proxy signs its stored definitions with (see
     /// `maintain::catalog`): from `--metadata-key-file`, else derived from
     /// the upstream credentials ([`metadata_key_from`]).
@@ -348,6 +357,7 @@ impl Config {
             request_timeout: None,
             client_tls: None,
             upstream_tls: None,
+            deployment: std::sync::Arc::default(),
         }
     }
 }
@@ -356,19 +366,56 @@ impl Config {
 mod tests {
     use super::*;
 
+    use mongodb::options::{HostInfo, ServerAddress};
+
+    fn hosts(u: &Upstream) -> Vec<String> {
+        match &u.connection.host_info {
+            HostInfo::HostIdentifiers(hosts) => {
+                hosts.iter().map(ServerAddress::to_string).collect()
+            }
+            other => panic!("not a host list: {other:?}"),
+        }
+    }
+
     #[test]
     fn parses_the_uri_forms_users_paste() {
         let u = Upstream::parse("mongodb://127.0.0.1:4000/").unwrap();
-        assert_eq!((u.host.as_str(), u.port), ("127.0.0.1", 4000));
-        let u =
-            Upstream::parse("mongodb://user:p%40ss@db.example:27019,other:1/admin?replicaSet=rs")
-                .unwrap();
-        assert_eq!((u.host.as_str(), u.port), ("db.example", 27019));
+        assert_eq!(hosts(&u), ["127.0.0.1:4000"]);
+        let u = Upstream::parse(
+            "mongodb://user:p%40ss@db.example:27019,other:1/admin?replicaSet=rs&readPreference=secondaryPreferred&w=majority&retryWrites=false",
+        )
+        .unwrap();
+        assert_eq!(hosts(&u), ["db.example:27019", "other:1"]);
+        assert_eq!(u.connection.replica_set.as_deref(), Some("rs"));
+        assert_eq!(u.connection.retry_writes, Some(false));
+        assert!(u.connection.read_preference.is_some());
+        assert!(u.connection.write_concern.is_some());
         let u = Upstream::parse("mongodb://localhost").unwrap();
-        assert_eq!(u.port, 27017);
-        let u = Upstream::parse("mongodb://[::1]:5000?directConnection=true").unwrap();
-        assert_eq!((u.host.as_str(), u.port), ("::1", 5000));
-        assert_eq!(u.address(), "[::1]:5000");
+        assert_eq!(hosts(&u), ["localhost:27017"]);
+        let u = Upstream::parse("mongodb://[::1]:5000/?directConnection=true").unwrap();
+        assert_eq!(u.connection.direct_connection, Some(true));
+    }
+
+    /// `mongodb+srv` is parsed (no DNS lookup: that happens when the
+    /// driver starts) and implies TLS, as the specification says.
+    #[test]
+    fn srv_uris_parse_and_imply_tls() {
+        let u = Upstream::parse("mongodb+srv://proxy:pw@cluster0.example.net/app?retryWrites=true")
+            .unwrap();
+        assert!(u.is_srv());
+        assert!(
+            matches!(&u.connection.host_info, HostInfo::DnsRecord(h) if h == "cluster0.example.net")
+        );
+        assert_eq!(u.tls, Some(UpstreamTls::default()));
+        assert_eq!(
+            u.uri,
+            "mongodb+srv://proxy:***@cluster0.example.net/app?retryWrites=true"
+        );
+        let u = Upstream::parse("mongodb+srv://cluster0.example.net/?tls=false").unwrap();
+        assert_eq!(u.tls, None);
+        // An SRV URI names one host and no port.
+        assert!(Upstream::parse("mongodb+srv://a.example.net,b.example.net").is_err());
+        assert!(Upstream::parse("mongodb+srv://a.example.net:27017").is_err());
     }
 
     #[test]
@@ -383,26 +430,46 @@ mod tests {
         assert!(!format!("{u:?}").contains("p@ss"));
         let plain = Upstream::parse("mongodb://u:pw@h").unwrap();
         assert_eq!(plain.credentials.unwrap().source, "admin");
-        assert!(Upstream::parse("mongodb://h/?authMechanism=MONGODB-X509").is_err());
+        // The path's database is the default authSource.
+        let path = Upstream::parse("mongodb://u:pw@h/shop?authMechanism=SCRAM-SHA-1").unwrap();
+        let c = path.credentials.unwrap();
+        assert_eq!(c.source, "shop");
+        assert_eq!(c.mechanism.as_deref(), Some("SCRAM-SHA-1"));
+        let x509 = Upstream::parse(
+            "mongodb://h/?authMechanism=MONGODB-X509&tls=true&tlsCertificateKeyFile=%2Fproxy.pem",
+        )
+        .unwrap();
+        assert_eq!(x509.credentials.unwrap().source, "$external");
+        assert_eq!(
+            x509.tls.unwrap().cert_key_file,
+            Some(PathBuf::from("/proxy.pem"))
+        );
     }
 
     #[test]
     fn refuses_what_it_cannot_honour() {
-        assert!(Upstream::parse("mongodb+srv://cluster.example").is_err());
-        assert!(Upstream::parse("mongodb://h:1/?tlsCAFile=/ca.pem").is_err());
-        assert!(Upstream::parse("mongodb://h:1/?tls=true&tlsInsecure=true").is_err());
-        let u = Upstream::parse("mongodb://h:1/?tls=true&tlsCAFile=%2Fca.pem").unwrap();
-        assert_eq!(u.tls, Some(Some(PathBuf::from("/ca.pem"))));
-        assert_eq!(
-            Upstream::parse("mongodb://h:1/?ssl=true").unwrap().tls,
-            Some(None)
+        let refused = |uri: &str| Upstream::parse(uri).unwrap_err();
+        assert!(refused("mongodb://h:1/?loadBalanced=true").contains("loadBalanced"));
+        assert!(refused("mongodb://h:1/?tls=true&tlsInsecure=true").contains("tlsInsecure"));
+        assert!(
+            refused("mongodb://h:1/?tls=true&tlsAllowInvalidCertificates=true")
+                .contains("tlsAllowInvalidCertificates")
         );
+        // What the driver itself refuses comes back with its reason.
+        assert!(refused("mongodb://h:1/?authMechanism=NOPE").contains("NOPE"));
+        assert!(refused("mongodb://h:99999").contains("99999"));
+        assert!(Upstream::parse("mongodb:///").is_err());
+        assert!(Upstream::parse("postgres://h").is_err());
+        let u = Upstream::parse("mongodb://h:1/?tls=true&tlsCAFile=%2Fca.pem").unwrap();
+        assert_eq!(u.tls.unwrap().ca_file, Some(PathBuf::from("/ca.pem")));
+        assert!(Upstream::parse("mongodb://h:1/?ssl=true")
+            .unwrap()
+            .tls
+            .is_some());
         assert_eq!(
             Upstream::parse("mongodb://h:1/?tls=false").unwrap().tls,
             None
         );
-        assert!(Upstream::parse("mongodb://h:99999").is_err());
-        assert!(Upstream::parse("mongodb:///").is_err());
     }
 }
 

@@ -25,7 +25,6 @@ pub mod metrics;
 pub mod models;
 pub mod proxy;
 pub mod rewrite;
-pub mod scram;
 pub mod server;
 pub mod tls;
 pub mod upstream;

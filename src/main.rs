@@ -53,7 +53,10 @@ struct ServeArgs {
         value_name = "HOST:PORT"
     )]
     listen: String,
-    /// The MongoDB server to proxy, as a mongodb:// URI (first host is used).
+    /// The MongoDB deployment to proxy: a standard connection string
+    /// (`mongodb://` with one or more hosts, or `mongodb+srv://`), every
+    /// option as the official driver reads it. Clients are pinned to its
+    /// primary, its mongos routers, or its standalone server.
     #[arg(long, env = "LIKEWISE_UPSTREAM", value_name = "URI")]
     upstream: String,
     /// Directory for the proxy's own state (index files); created if missing.
@@ -349,7 +352,23 @@ fn serve(args: ServeArgs) -> ExitCode {
     config.default_model = args.default_model;
     match metadata_key(&args.metadata_key_file) {
         Ok(Some(key)) => config.metadata_key = key,
-        Ok(None) => {}
+        Ok(None) => {
+            // A mechanism without a password (X.509, AWS, OIDC) leaves no
+            // secret to derive the key from.
+            if let Some(c) = config
+                .upstream
+                .credentials
+                .as_ref()
+                .filter(|c| c.password.is_empty())
+            {
+                eprintln!(
+                    "likewise: --upstream authenticates with {} (no password to derive the \
+                     metadata key from): give --metadata-key-file",
+                    c.mechanism.as_deref().unwrap_or("no password")
+                );
+                return ExitCode::from(2);
+            }
+        }
         Err(e) => {
             eprintln!("likewise: {e}");
             return ExitCode::from(2);
@@ -376,8 +395,8 @@ fn serve(args: ServeArgs) -> ExitCode {
             }
         }
     }
-    if let Some(ca_file) = config.upstream.tls.clone() {
-        match likewise::tls::client_config(ca_file.as_deref()) {
+    if let Some(tls) = config.upstream.tls.clone() {
+        match likewise::tls::client_config(&tls) {
             Ok(tls) => config.upstream_tls = Some(tls),
             Err(e) => {
                 eprintln!("likewise: --upstream TLS: {e}");
@@ -438,6 +457,7 @@ fn serve(args: ServeArgs) -> ExitCode {
                 shared.metrics.clone(),
                 shared.registry.clone(),
                 shared.restored.subscribe(),
+                shared.config.deployment.topology().subscribe(),
             ));
         }
         let _ = writeln!(stdout, "likewise listening on {local}");

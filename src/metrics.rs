@@ -7,6 +7,7 @@
 //! registry at scrape time.
 
 use crate::index::registry::{Registry, Status};
+use crate::upstream::topology::View;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -132,6 +133,17 @@ pub struct Metrics {
     pub upstream_latency: Histogram,
     pub vector_latency: Histogram,
     strategies: [AtomicU64; STRATEGIES.len()],
+    /// Per upstream server (`host:port`): client connections pinned to it
+    /// now, and the connections that ended because it failed under them.
+    /// Keys come from the topology the operator's URI names.
+    servers: std::sync::Mutex<std::collections::BTreeMap<String, ServerCounts>>,
+}
+
+/// What [`Metrics`] counts per upstream server.
+#[derive(Default, Clone, Copy)]
+struct ServerCounts {
+    open: i64,
+    failures: u64,
 }
 
 impl Default for Metrics {
@@ -147,6 +159,7 @@ impl Default for Metrics {
             upstream_latency: Histogram::default(),
             vector_latency: Histogram::default(),
             strategies: Default::default(),
+            servers: Default::default(),
         }
     }
 }
@@ -181,6 +194,20 @@ impl Metrics {
             .or_default() += 1;
     }
 
+    /// A client connection was pinned to `server` (`opened`), or ended.
+    pub fn pinned(&self, server: &str, opened: bool) {
+        let mut servers = self.servers.lock().unwrap_or_else(|e| e.into_inner());
+        let counts = servers.entry(server.to_string()).or_default();
+        counts.open += if opened { 1 } else { -1 };
+    }
+
+    /// A client connection ended because `server` failed under it (gone,
+    /// stepped down, not answering).
+    pub fn server_failed(&self, server: &str) {
+        let mut servers = self.servers.lock().unwrap_or_else(|e| e.into_inner());
+        servers.entry(server.to_string()).or_default().failures += 1;
+    }
+
     pub fn strategy(&self, name: &str) {
         if let Some(slot) = STRATEGIES.iter().position(|s| *s == name) {
             self.strategies[slot].fetch_add(1, Ordering::Relaxed);
@@ -188,9 +215,10 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition.
-    pub fn render(&self, registry: &Registry) -> String {
+    pub fn render(&self, registry: &Registry, topology: &View) -> String {
         let load = |v: &AtomicU64| v.load(Ordering::Relaxed);
         let mut e = Exposition::default();
+        self.render_servers(&mut e, topology);
         e.family(
             "likewise_connections_open",
             "gauge",
@@ -314,6 +342,18 @@ impl Metrics {
             );
         }
         e.family(
+            "likewise_index_stale",
+            "gauge",
+            "1 when a search index is STALE: queryable, but not following its collection's changes.",
+        );
+        for index in &indexes {
+            e.sample(
+                "likewise_index_stale",
+                &labels(index),
+                u8::from(index.status().0 == Status::Stale),
+            );
+        }
+        e.family(
             "likewise_index_changes_applied_total",
             "counter",
             "Changes applied from change streams.",
@@ -395,8 +435,13 @@ impl Exposition {
     }
 }
 
+/// A label value with the characters the exposition format escapes
+/// replaced.
+fn clean(s: &str) -> String {
+    s.replace(['\\', '"', '\n'], "_")
+}
+
 fn labels(index: &crate::index::registry::SearchIndex) -> String {
-    let clean = |s: &str| s.replace(['\\', '"', '\n'], "_");
     format!(
         "namespace=\"{}\",index=\"{}\"",
         clean(&index.namespace()),
@@ -404,21 +449,86 @@ fn labels(index: &crate::index::registry::SearchIndex) -> String {
     )
 }
 
-/// Serves `/metrics`, `/health` (the process answers: always 200) and
-/// `/ready` (200 once the stored definitions are loaded, 503 before, as
-/// `restored` says) until the task is dropped.
+impl Metrics {
+    /// `likewise_upstream_server` (1 per server the topology knows, by
+    /// address and SDAM type), `likewise_upstream_connections` and
+    /// `likewise_upstream_failures_total` (per server, as counted by
+    /// [`Metrics::pinned`] and [`Metrics::server_failed`]).
+    fn render_servers(&self, e: &mut Exposition, topology: &View) {
+        e.family(
+            "likewise_upstream_server",
+            "gauge",
+            "Servers of the upstream deployment as the driver's monitoring sees them (role: SDAM server type).",
+        );
+        for server in &topology.servers {
+            let labels = format!(
+                "address=\"{}\",role=\"{}\"",
+                clean(&server.address.to_string()),
+                role_name(server.kind)
+            );
+            e.sample("likewise_upstream_server", &labels, 1);
+        }
+        let servers = self
+            .servers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        e.family(
+            "likewise_upstream_connections",
+            "gauge",
+            "Client connections pinned to each upstream server now.",
+        );
+        for (address, counts) in &servers {
+            let labels = format!("address=\"{}\"", clean(address));
+            e.sample("likewise_upstream_connections", &labels, counts.open);
+        }
+        e.family(
+            "likewise_upstream_failures_total",
+            "counter",
+            "Client connections ended because their upstream server failed, stepped down or stopped answering.",
+        );
+        for (address, counts) in &servers {
+            let labels = format!("address=\"{}\"", clean(address));
+            e.sample("likewise_upstream_failures_total", &labels, counts.failures);
+        }
+    }
+}
+
+/// The SDAM server type as the specification spells it.
+fn role_name(kind: mongodb::ServerType) -> &'static str {
+    use mongodb::ServerType as T;
+    match kind {
+        T::Standalone => "Standalone",
+        T::Mongos => "Mongos",
+        T::RsPrimary => "RSPrimary",
+        T::RsSecondary => "RSSecondary",
+        T::RsArbiter => "RSArbiter",
+        T::RsOther => "RSOther",
+        T::RsGhost => "RSGhost",
+        T::LoadBalancer => "LoadBalancer",
+        _ => "Unknown",
+    }
+}
+
+/// Serves `/metrics`; `/health`, 200 while the upstream can take writes
+/// (a primary, a `mongos` or the standalone is reachable) and 503 while
+/// not; and `/ready`, 200 once the stored definitions are loaded and the
+/// upstream can take writes, 503 before; until the task is dropped.
 pub async fn serve(
     listener: TcpListener,
     metrics: Arc<Metrics>,
     registry: Arc<Registry>,
     restored: tokio::sync::watch::Receiver<bool>,
+    topology: tokio::sync::watch::Receiver<View>,
 ) {
     loop {
         let Ok((mut stream, _)) = listener.accept().await else {
             continue;
         };
         let (metrics, registry) = (metrics.clone(), registry.clone());
-        let ready = *restored.borrow();
+        let loaded = *restored.borrow();
+        let view = topology.borrow().clone();
+        let writable = view.writable();
         tokio::spawn(async move {
             let mut request = Vec::new();
             let mut buf = [0u8; 1024];
@@ -434,10 +544,18 @@ pub async fn serve(
                 "/metrics" => (
                     "200 OK",
                     "text/plain; version=0.0.4",
-                    metrics.render(&registry),
+                    metrics.render(&registry, &view),
+                ),
+                "/health" | "/ready" if !writable => (
+                    "503 Service Unavailable",
+                    "text/plain",
+                    format!(
+                        "no primary of the upstream is reachable (topology {:?})\n",
+                        view.kind
+                    ),
                 ),
                 "/health" => ("200 OK", "text/plain", "ok\n".to_string()),
-                "/ready" if ready => ("200 OK", "text/plain", "ready\n".to_string()),
+                "/ready" if loaded => ("200 OK", "text/plain", "ready\n".to_string()),
                 "/ready" => (
                     "503 Service Unavailable",
                     "text/plain",

@@ -78,15 +78,32 @@ pub fn root_certificates(ca_file: Option<&Path>) -> Result<Vec<CertificateDer<'s
     certificates(&bundle)
 }
 
-/// How the proxy's connections to a `tls=true` upstream verify it: against
-/// `ca_file`, or the system's CA bundle when none is named.
-pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, String> {
+/// How the connections the proxy opens for clients to a `tls=true`
+/// upstream verify it (against `tlsCAFile`, or the system's CA bundle),
+/// and the certificate they present when `tlsCertificateKeyFile` names
+/// one (a PEM file holding the certificate chain and its key, as the
+/// driver reads it).
+pub fn client_config(
+    tls: &crate::config::UpstreamTls,
+) -> Result<Arc<rustls::ClientConfig>, String> {
     let mut roots = rustls::RootCertStore::empty();
-    for cert in root_certificates(ca_file)? {
+    for cert in root_certificates(tls.ca_file.as_deref())? {
         roots.add(cert).map_err(|e| e.to_string())?;
     }
-    rustls::ClientConfig::builder_with_provider(provider())
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())
-        .map(|b| Arc::new(b.with_root_certificates(roots).with_no_client_auth()))
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots);
+    let config = match &tls.cert_key_file {
+        Some(path) => {
+            let chain = certificates(path)?;
+            let key = PrivateKeyDer::from_pem_file(path)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| format!("tlsCertificateKeyFile: {e}"))?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    Ok(Arc::new(config))
 }

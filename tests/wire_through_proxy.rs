@@ -281,12 +281,18 @@ async fn a_dead_upstream_gives_a_prompt_error_not_a_hang() {
     let unused = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = unused.local_addr().unwrap().port();
     drop(unused);
-    let config = Config::new(UpstreamAddr::parse(&format!("mongodb://127.0.0.1:{port}")).unwrap());
+    // A client waits for a server as long as the URI's
+    // serverSelectionTimeoutMS (30 s by default, as mongos), then gets the
+    // error with the driver's reason.
+    let uri = format!("mongodb://127.0.0.1:{port}/?serverSelectionTimeoutMS=500");
+    let config = Config::new(UpstreamAddr::parse(&uri).unwrap());
     let proxy = Proxy::start_with(config).await;
     let mut conn = connect(&proxy.addr.to_string()).await;
     let reply = command(&mut conn, 9, &rawdoc! { "hello": 1, "$db": "admin" }).await;
     assert_eq!(reply.get_f64("ok").unwrap(), 0.0);
     assert_eq!(reply.get_str("codeName").unwrap(), "HostUnreachable");
+    let why = reply.get_str("errmsg").unwrap();
+    assert!(why.contains(&format!("127.0.0.1:{port}")), "{why}");
     assert!(matches!(conn.read_frame().await, Ok(None) | Err(_)));
 }
 
@@ -345,10 +351,25 @@ async fn clients_are_disconnected_promptly_when_the_upstream_dies() {
         .await
         .unwrap();
     // Bounded only so a regression fails instead of hanging the suite.
-    let outcome = tokio::time::timeout(std::time::Duration::from_secs(30), conn.read_frame())
+    let bounded = std::time::Duration::from_secs(60);
+    let outcome = tokio::time::timeout(bounded, conn.read_frame())
         .await
         .expect("the proxy left the client hanging");
-    assert!(matches!(outcome, Ok(None) | Err(_)));
+    // The request gets the error a mongos gives when its server is gone
+    // (so drivers retry it), then the connection closes.
+    if let Ok(Some(reply)) = outcome {
+        let parsed = OpMsg::parse(&reply).unwrap();
+        assert_eq!(parsed.header.response_to, 2);
+        let code = parsed.body().get_i32("code").unwrap();
+        assert_eq!(
+            code, 91,
+            "ShutdownInProgress: drivers drop the pool and retry"
+        );
+        let closed = tokio::time::timeout(bounded, conn.read_frame())
+            .await
+            .expect("the proxy kept the connection");
+        assert!(matches!(closed, Ok(None) | Err(_)));
+    }
 }
 
 /// `{a: {a: … {}}}`: `levels` documents below the one returned, built as

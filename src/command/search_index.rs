@@ -309,7 +309,7 @@ pub fn describe(index: &SearchIndex) -> RawDocumentBuf {
         "name": index.name.as_str(),
         "type": "vectorSearch",
         "status": status.name(),
-        "queryable": matches!(status, crate::index::registry::Status::Ready | crate::index::registry::Status::Training),
+        "queryable": index.queryable(),
         "latestDefinition": index.definition.clone(),
         "progress": {
             "documentsScanned": i64::try_from(scanned).unwrap_or(i64::MAX),

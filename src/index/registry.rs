@@ -40,6 +40,11 @@ pub enum Status {
     /// Queryable (with the untrained or previous adapter) while an adapter
     /// is trained.
     Training,
+    /// Queryable, but not following its collection's changes (Atlas's
+    /// `STALE`): the change stream is down and being reopened; writes
+    /// through the proxy still reach the index, others will once the
+    /// stream resumes.
+    Stale,
     Failed,
     Deleting,
 }
@@ -51,6 +56,7 @@ impl Status {
             Status::Building => "BUILDING",
             Status::Ready => "READY",
             Status::Training => "TRAINING",
+            Status::Stale => "STALE",
             Status::Failed => "FAILED",
             Status::Deleting => "DELETING",
         }
@@ -116,6 +122,9 @@ pub struct SearchIndex {
     pub definition: RawDocumentBuf,
     pub spec: IndexSpec,
     status: Mutex<(Status, Option<String>)>,
+    /// Why the index is not following its collection, while it is not
+    /// (reported as [`Status::Stale`] over READY or TRAINING).
+    stale: Mutex<Option<String>>,
     /// Documents scanned so far by the build, and the collection's size.
     pub scanned: AtomicU64,
     pub total: AtomicU64,
@@ -190,6 +199,7 @@ impl SearchIndex {
             definition,
             spec,
             status: Mutex::new((Status::Pending, None)),
+            stale: Mutex::new(None),
             scanned: AtomicU64::new(0),
             total: AtomicU64::new(0),
             skipped: AtomicU64::new(0),
@@ -390,11 +400,26 @@ impl SearchIndex {
         format!("{}.{}", self.db, self.collection)
     }
 
+    /// The status `$listSearchIndexes` reports, and its `statusDetail`:
+    /// STALE while a queryable index is not following its collection.
     pub fn status(&self) -> (Status, Option<String>) {
-        self.status
+        let status = self
+            .status
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .clone()
+            .clone();
+        if matches!(status.0, Status::Ready | Status::Training) {
+            if let Some(why) = self.stale.lock().unwrap_or_else(|e| e.into_inner()).clone() {
+                return (Status::Stale, Some(why));
+            }
+        }
+        status
+    }
+
+    /// Marks the index as not following its collection (`Some(why)`), or
+    /// following again (`None`).
+    pub fn set_stale(&self, why: Option<String>) {
+        *self.stale.lock().unwrap_or_else(|e| e.into_inner()) = why;
     }
 
     pub fn set_status(&self, status: Status, detail: Option<String>) {
@@ -402,7 +427,10 @@ impl SearchIndex {
     }
 
     pub fn queryable(&self) -> bool {
-        matches!(self.status().0, Status::Ready | Status::Training)
+        matches!(
+            self.status().0,
+            Status::Ready | Status::Training | Status::Stale
+        )
     }
 
     /// Marks the index dropped or replaced: its build stops.

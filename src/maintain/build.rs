@@ -11,7 +11,7 @@ use crate::index::registry::{SearchIndex, Status};
 use crate::index::vector::{lookup, read_vector};
 use crate::maintain::snapshot;
 use crate::maintain::stream::{self, ChangeStream};
-use crate::upstream::{self, Cursor};
+use crate::upstream;
 use bson::{rawdoc, RawDocumentBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -156,11 +156,11 @@ async fn tend_models(config: Arc<Config>, index: Arc<SearchIndex>) {
 
 /// Reads `ids` again and encodes them (documents gone since leave the index).
 async fn reencode(config: &Config, index: &Arc<SearchIndex>, ids: &IdSet) -> Result<(), Error> {
-    let mut conn = upstream::connect(config).await?;
+    let conn = upstream::connect(config).await?;
     let db = index.db.as_str();
     let body =
         crate::maintain::fresh::refetch(&index.collection, db, ids, std::slice::from_ref(index));
-    let mut cursor = Cursor::open(&mut conn, db, &body).await?;
+    let mut cursor = conn.cursor(&body).await?;
     let mut docs = Vec::new();
     while let Some(batch) = cursor.next_batch().await? {
         docs.extend(batch);
@@ -186,7 +186,7 @@ async fn write_outputs(
         return Ok(());
     };
     let field = format!("_outputs.{}.{}", first.key, first.model);
-    let mut conn = upstream::connect(config).await?;
+    let conn = upstream::connect(config).await?;
     for chunk in outputs.chunks(1000) {
         let mut updates = bson::RawArrayBuf::new();
         for (id, vector) in chunk {
@@ -204,7 +204,7 @@ async fn write_outputs(
             "ordered": false,
             "$db": index.db.as_str(),
         };
-        let reply = upstream::command(&mut conn, &body).await?;
+        let reply = conn.command(&body).await?;
         if let Ok(errors) = reply.get_array("writeErrors") {
             let count = errors.into_iter().count();
             tracing::warn!(index = %index.name, count, "some model outputs could not be written back");
@@ -239,13 +239,13 @@ async fn reconcile_forever(config: &Config, index: &Arc<SearchIndex>) {
 /// (Documents indexed during the scan stay: write-through put them there.)
 pub async fn reconcile(config: &Config, index: &Arc<SearchIndex>) -> Result<(), Error> {
     let before = index.live_ids();
-    let mut conn = upstream::connect(config).await?;
+    let conn = upstream::connect(config).await?;
     let db = index.db.as_str();
     let mut projection = RawDocumentBuf::new();
     projection.append("_id", 1);
     projection.append(index.spec.path.as_str(), 1);
     let body = rawdoc! { "find": index.collection.as_str(), "filter": {}, "projection": projection, "batchSize": BATCH, "$db": db };
-    let mut cursor = Cursor::open(&mut conn, db, &body).await?;
+    let mut cursor = conn.cursor(&body).await?;
     let mut seen = IdSet::default();
     while let Some(batch) = cursor.next_batch().await? {
         for doc in &batch {
@@ -364,19 +364,41 @@ pub async fn follow(config: &Config, index: &Arc<SearchIndex>, mut stream: Chang
             }
             Err(e) => {
                 tracing::warn!(index = %index.name, error = %e, "change stream interrupted; resuming");
+                index.set_stale(Some(format!(
+                    "not following changes to {}: {}; resuming",
+                    index.namespace(),
+                    e.message
+                )));
+                let mut pause = RETRY_PAUSE;
                 loop {
                     if index.is_retired() {
                         return false;
                     }
                     // A pause between attempts while the upstream is away.
-                    tokio::time::sleep(RETRY_PAUSE).await;
+                    tokio::time::sleep(pause).await;
                     match ChangeStream::open(config, index, index.resume_token()).await {
                         Ok((reopened, _)) => {
                             stream = reopened;
+                            index.set_stale(None);
+                            tracing::info!(index = %index.name, "change stream resumed");
                             break;
                         }
-                        Err(e) if e.code.name == "ChangeStreamHistoryLost" => return true,
-                        Err(_) => continue,
+                        // The oplog no longer holds the token: the changes
+                        // in between are lost to the stream, so rebuild.
+                        Err(e)
+                            if e.code.name == "ChangeStreamHistoryLost" || e.code.code == 286 =>
+                        {
+                            index.set_stale(None);
+                            return true;
+                        }
+                        Err(e) => {
+                            index.set_stale(Some(format!(
+                                "not following changes to {}: {}; resuming",
+                                index.namespace(),
+                                e.message
+                            )));
+                            pause = (pause * 2).min(MAX_RETRY_PAUSE);
+                        }
                     }
                 }
             }
@@ -385,13 +407,11 @@ pub async fn follow(config: &Config, index: &Arc<SearchIndex>, mut stream: Chang
 }
 
 async fn scan(config: &Config, index: &Arc<SearchIndex>) -> Result<(), Error> {
-    let mut conn = upstream::connect(config).await?;
+    let conn = upstream::connect(config).await?;
     let db = index.db.as_str();
-    let count = upstream::command(
-        &mut conn,
-        &rawdoc! { "count": index.collection.as_str(), "$db": db },
-    )
-    .await?;
+    let count = conn
+        .command(&rawdoc! { "count": index.collection.as_str(), "$db": db })
+        .await?;
     let total = crate::command::search_index::integer(count.get("n").ok().flatten()).unwrap_or(0);
     index
         .total
@@ -407,7 +427,7 @@ async fn scan(config: &Config, index: &Arc<SearchIndex>) -> Result<(), Error> {
         "batchSize": BATCH,
         "$db": db,
     };
-    let mut cursor = Cursor::open(&mut conn, db, &body).await?;
+    let mut cursor = conn.cursor(&body).await?;
     let mut next_report = 0.1;
     let started = std::time::Instant::now();
     while let Some(batch) = cursor.next_batch().await? {

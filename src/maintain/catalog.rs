@@ -20,10 +20,12 @@ use crate::error::{Code, Error};
 use crate::index::registry::SearchIndex;
 use crate::maintain::neighbourhood::Neighbourhood;
 use crate::models::{ModelDef, Models};
-use crate::upstream::{self, Cursor};
+use crate::upstream;
 use bson::{rawdoc, RawDocument, RawDocumentBuf};
 
-const COLLECTION: &str = "search_indexes";
+/// The metadata collection of search index definitions.
+pub const INDEXES: &str = "search_indexes";
+const COLLECTION: &str = INDEXES;
 
 /// The field holding a stored document's signature.
 const SIGNATURE: &str = "_sig";
@@ -83,25 +85,25 @@ pub async fn upsert(
     doc: RawDocumentBuf,
 ) -> Result<(), Error> {
     let doc = signed(config, collection, doc);
-    let mut conn = upstream::connect(config).await?;
+    let conn = upstream::connect(config).await?;
     let body = rawdoc! {
         "update": collection,
         "updates": [{ "q": { "_id": id }, "u": doc, "upsert": true }],
         "$db": config.metadata_db.as_str(),
     };
-    let reply = upstream::command(&mut conn, &body).await?;
+    let reply = conn.command(&body).await?;
     write_errors(&reply)
 }
 
 /// Deletes the document `_id: id` of a metadata collection (if any).
 pub async fn remove(config: &Config, collection: &str, id: &str) -> Result<(), Error> {
-    let mut conn = upstream::connect(config).await?;
+    let conn = upstream::connect(config).await?;
     let body = rawdoc! {
         "delete": collection,
         "deletes": [{ "q": { "_id": id }, "limit": 1 }],
         "$db": config.metadata_db.as_str(),
     };
-    let reply = upstream::command(&mut conn, &body).await?;
+    let reply = conn.command(&body).await?;
     write_errors(&reply)
 }
 
@@ -112,10 +114,10 @@ pub async fn find(
     collection: &str,
     filter: RawDocumentBuf,
 ) -> Result<Vec<RawDocumentBuf>, Error> {
-    let mut conn = upstream::connect(config).await?;
+    let conn = upstream::connect(config).await?;
     let db = config.metadata_db.as_str();
     let body = rawdoc! { "find": collection, "filter": filter, "$db": db };
-    let mut cursor = Cursor::open(&mut conn, db, &body).await?;
+    let mut cursor = conn.cursor(&body).await?;
     let mut out = Vec::new();
     while let Some(batch) = cursor.next_batch().await? {
         for doc in batch {

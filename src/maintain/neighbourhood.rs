@@ -18,7 +18,7 @@ use crate::error::Error;
 use crate::index::ids::{canonical, IdSet};
 use crate::index::registry::{IndexData, Registry as Indexes, SearchIndex, Status};
 use crate::index::{exact_among, Hit};
-use crate::upstream::{self, Cursor};
+use crate::upstream;
 use bson::{rawdoc, RawArrayBuf, RawBson, RawBsonRef, RawDocumentBuf};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -237,7 +237,7 @@ async fn write_lists(
     if lists.is_empty() {
         return Ok(());
     }
-    let mut conn = upstream::connect(config).await?;
+    let conn = upstream::connect(config).await?;
     let field = nb.field();
     for chunk in lists.chunks(WRITE_BATCH) {
         let mut updates = RawArrayBuf::new();
@@ -256,7 +256,7 @@ async fn write_lists(
             "ordered": false,
             "$db": nb.db.as_str(),
         };
-        upstream::command(&mut conn, &body).await?;
+        conn.command(&body).await?;
         nb.writes.fetch_add(chunk.len() as u64, Ordering::Relaxed);
     }
     Ok(())
@@ -333,12 +333,12 @@ pub async fn staleness(
     index: &Arc<SearchIndex>,
     nb: &Neighbourhood,
 ) -> Result<u64, Error> {
-    let mut conn = upstream::connect(config).await?;
+    let conn = upstream::connect(config).await?;
     let field = nb.field();
     let mut projection = RawDocumentBuf::new();
     projection.append(field.as_str(), 1);
     let body = rawdoc! { "find": nb.collection.as_str(), "filter": {}, "projection": projection, "batchSize": 10_000, "$db": nb.db.as_str() };
-    let mut cursor = Cursor::open(&mut conn, &nb.db, &body).await?;
+    let mut cursor = conn.cursor(&body).await?;
     let mut stored: Vec<(RawBson, Vec<RawBson>)> = Vec::new();
     while let Some(batch) = cursor.next_batch().await? {
         for doc in batch {

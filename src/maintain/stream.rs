@@ -8,25 +8,33 @@
 //! does no harm. The last resume token is kept on the index for snapshots.
 
 use crate::config::Config;
-use crate::conn::Connection;
 use crate::error::{Code, Error};
 use crate::index::registry::SearchIndex;
 use crate::maintain::fresh::{self, IdSet};
-use crate::upstream;
-use bson::{rawdoc, RawBson, RawBsonRef, RawDocument, RawDocumentBuf};
+use crate::upstream::{self, driver_error};
+use bson::{RawBson, RawBsonRef, RawDocument, RawDocumentBuf};
+use futures_util::FutureExt;
+use mongodb::change_stream::event::ResumeToken;
+use mongodb::options::FullDocumentType;
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// How long each `getMore` waits for new changes.
-const AWAIT_MS: i32 = 500;
+const AWAIT: Duration = Duration::from_millis(500);
 
+/// Longest one `getMore` may take beyond its await before the stream is
+/// taken as stalled (a half-open connection, a server that stopped
+/// answering) and reopened: the driver has no socket timeout.
+pub const STALL: Duration = Duration::from_secs(10);
+
+/// Most events gathered into one [`Changes`] before it is applied.
+const MAX_EVENTS: usize = 10_000;
+
+/// A collection's change stream, on the driver (which resumes it itself
+/// after a resumable error, on whichever server is primary then).
 pub struct ChangeStream {
-    conn: Connection,
-    db: String,
-    collection: String,
-    cursor: i64,
-    /// Events of the opening batch (a resumed stream may have some).
-    pending: Option<Changes>,
+    inner: mongodb::change_stream::ChangeStream<RawDocumentBuf>,
 }
 
 /// What a batch of change events means for an index: the last state of
@@ -37,6 +45,8 @@ pub struct Changes {
     last: Vec<(RawBson, Option<RawDocumentBuf>)>,
     /// The collection was dropped, renamed or the stream invalidated.
     pub invalidated: bool,
+    /// Events read into this batch.
+    events: usize,
 }
 
 impl Changes {
@@ -62,84 +72,93 @@ impl Changes {
 }
 
 impl ChangeStream {
-    /// Opens the stream, after `resume` when given. Returns it with the
-    /// token of its starting point.
+    /// Opens the stream (`fullDocument: "updateLookup"`), after `resume`
+    /// when given. Returns it with the token of its starting point.
     pub async fn open(
         config: &Config,
         index: &SearchIndex,
         resume: Option<RawDocumentBuf>,
     ) -> Result<(ChangeStream, Option<RawDocumentBuf>), Error> {
-        let mut conn = upstream::connect(config).await?;
-        let mut stage = rawdoc! { "fullDocument": "updateLookup" };
+        let own = upstream::connect(config).await?;
+        let collection = own
+            .client()
+            .database(&index.db)
+            .collection::<RawDocumentBuf>(&index.collection);
+        let mut watch = collection
+            .watch()
+            .full_document(FullDocumentType::UpdateLookup)
+            .max_await_time(AWAIT);
         if let Some(token) = resume {
-            stage.append("resumeAfter", token);
+            let token: ResumeToken = bson::from_slice(token.as_bytes()).map_err(|e| {
+                Error::internal(format!("likewise: stored resume token unreadable: {e}"))
+            })?;
+            watch = watch.resume_after(token);
         }
-        let body = rawdoc! {
-            "aggregate": index.collection.as_str(),
-            "pipeline": [{ "$changeStream": stage }],
-            "cursor": {},
-            "$db": index.db.as_str(),
-        };
-        let reply = upstream::command(&mut conn, &body).await?;
-        let (id, token, changes) = read_reply(&reply, "firstBatch")?;
-        let stream = ChangeStream {
-            conn,
-            db: index.db.clone(),
-            collection: index.collection.clone(),
-            cursor: id,
-            pending: Some(changes),
-        };
+        let opened = tokio::time::timeout(STALL, watch)
+            .await
+            .map_err(|_| stalled())?
+            .map_err(driver_error)?
+            .with_type::<RawDocumentBuf>();
+        let stream = ChangeStream { inner: opened };
+        let token = stream.token();
         Ok((stream, token))
     }
 
+    /// The token to resume after everything returned so far.
+    fn token(&self) -> Option<RawDocumentBuf> {
+        self.inner
+            .resume_token()
+            .and_then(|t| bson::to_raw_document_buf(&t).ok())
+    }
+
     /// Waits briefly for changes; returns them with the new resume token.
+    /// A `getMore` that takes [`STALL`] past its await is an error
+    /// (`NetworkTimeout`): the caller reopens the stream.
     pub async fn next(&mut self) -> Result<(Changes, Option<RawDocumentBuf>), Error> {
-        if let Some(changes) = self.pending.take() {
+        let mut changes = Changes::default();
+        if !self.inner.is_alive() {
+            changes.invalidated = true;
             return Ok((changes, None));
         }
-        if self.cursor == 0 {
-            let changes = Changes {
-                invalidated: true,
-                ..Changes::default()
-            };
-            return Ok((changes, None));
+        // The first event is waited for (one request, up to its await);
+        // then every event the driver already holds is taken without
+        // another request (a reply carries all the events the server had),
+        // so an insert and the delete that follows it collapse into the
+        // document's final state, as they must: an insert event carries the
+        // document as inserted, whatever happened to it since. Polling
+        // once is safe: a request it starts stays with the cursor and the
+        // next call continues it.
+        let first = tokio::time::timeout(AWAIT + STALL, self.inner.next_if_any())
+            .await
+            .map_err(|_| stalled())?
+            .map_err(driver_error)?;
+        if let Some(event) = first {
+            read_event(&event, &mut changes);
+            changes.events += 1;
         }
-        let body = rawdoc! {
-            "getMore": self.cursor,
-            "collection": self.collection.as_str(),
-            "maxTimeMS": AWAIT_MS,
-            "$db": self.db.as_str(),
-        };
-        let reply = upstream::command(&mut self.conn, &body).await?;
-        let (id, token, changes) = read_reply(&reply, "nextBatch")?;
-        self.cursor = id;
-        Ok((changes, token))
+        while changes.events > 0 && changes.events < MAX_EVENTS && !changes.invalidated {
+            match self.inner.next_if_any().now_or_never() {
+                Some(Ok(Some(event))) => {
+                    read_event(&event, &mut changes);
+                    changes.events += 1;
+                }
+                Some(Err(e)) => return Err(driver_error(e)),
+                Some(Ok(None)) | None => break,
+            }
+        }
+        changes.invalidated |= !self.inner.is_alive();
+        Ok((changes, self.token()))
     }
 }
 
-fn read_reply(
-    reply: &RawDocument,
-    batch: &str,
-) -> Result<(i64, Option<RawDocumentBuf>, Changes), Error> {
-    let cursor = reply.get_document("cursor").map_err(|_| {
-        Error::upstream(
-            Code::PROTOCOL_ERROR,
-            "likewise: change stream reply has no cursor",
-        )
-    })?;
-    let id = cursor.get_i64("id").unwrap_or(0);
-    let token = cursor
-        .get_document("postBatchResumeToken")
-        .ok()
-        .map(ToOwned::to_owned);
-    let mut changes = Changes::default();
-    for event in cursor.get_array(batch).into_iter().flatten().flatten() {
-        if let Some(event) = event.as_document() {
-            read_event(event, &mut changes);
-        }
-    }
-    changes.invalidated |= id == 0;
-    Ok((id, token, changes))
+fn stalled() -> Error {
+    Error::upstream(
+        Code::NETWORK_TIMEOUT,
+        format!(
+            "likewise: the change stream did not answer within {} ms",
+            (AWAIT + STALL).as_millis()
+        ),
+    )
 }
 
 fn read_event(event: &RawDocument, changes: &mut Changes) {

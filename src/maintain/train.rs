@@ -12,7 +12,6 @@
 //! training again.
 
 use crate::config::Config;
-use crate::conn::Connection;
 use crate::error::{Code, Error};
 use crate::index::ids::IdSet;
 use crate::index::registry::{IndexData, SearchIndex, Status};
@@ -20,7 +19,7 @@ use crate::index::vector::lookup;
 use crate::maintain::catalog;
 use crate::models::Model;
 use crate::train::{self, Adapter, Metric, Pairs, Splitter};
-use crate::upstream::{self, Cursor};
+use crate::upstream;
 use bson::{rawdoc, RawBson, RawBsonRef, RawDocument, RawDocumentBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -165,12 +164,12 @@ async fn train_once(config: &Config, index: &Arc<SearchIndex>) -> Result<(), Err
         .clone()
         .ok_or_else(|| Error::internal("no training spec"))?;
     let started = Instant::now();
-    let mut conn = upstream::connect(config).await?;
+    let conn = upstream::connect(config).await?;
     let split = match &spec.validation {
         train::Validation::Fraction(f) => Split::Fraction(*f),
         train::Validation::Filter(filter) => {
             let find = crate::rewrite::matching_ids(&index.collection, &index.db, filter);
-            let mut cursor = Cursor::open(&mut conn, &index.db, &find).await?;
+            let mut cursor = conn.cursor(&find).await?;
             let mut ids = IdSet::default();
             while let Some(batch) = cursor.next_batch().await? {
                 for doc in &batch {
@@ -183,7 +182,7 @@ async fn train_once(config: &Config, index: &Arc<SearchIndex>) -> Result<(), Err
         }
     };
     let (train_pairs, valid_pairs) = collect_pairs(
-        &mut conn,
+        upstream::Reader::Own(&conn),
         index,
         &spec.splitter,
         &RawDocumentBuf::new(),
@@ -311,7 +310,7 @@ fn show(metrics: &[(String, f64)]) -> String {
 /// item) pair and encodes both sides: (training pairs, validation pairs).
 /// Items come from the index itself when it stores exactly them unadapted.
 pub async fn collect_pairs(
-    conn: &mut Connection,
+    reader: upstream::Reader<'_>,
     index: &Arc<SearchIndex>,
     splitter: &Splitter,
     filter: &RawDocument,
@@ -340,7 +339,7 @@ pub async fn collect_pairs(
         "batchSize": 1000,
         "$db": index.db.as_str(),
     };
-    let mut cursor = Cursor::open(conn, &index.db, &body).await?;
+    let mut cursor = reader.cursor(&body).await?;
     let dims = spec.dims;
     let (mut train_set, mut valid_set) = (Pairs::new(dims), Pairs::new(dims));
     while let Some(batch) = cursor.next_batch().await? {
@@ -452,7 +451,7 @@ fn encode_all(model: &Model, values: &[RawBson]) -> Result<Vec<Option<Vec<f32>>>
 /// without its adapter, on documents matching `filter` (read on the
 /// client's own connection).
 pub async fn evaluate(
-    conn: &mut Connection,
+    reader: upstream::Reader<'_>,
     index: &Arc<SearchIndex>,
     splitter: &Splitter,
     metrics: &[Metric],
@@ -460,8 +459,16 @@ pub async fn evaluate(
     max_pairs: usize,
 ) -> Result<RawDocumentBuf, Error> {
     let seed = index.spec.train.as_ref().map_or(42, |s| s.seed);
-    let (_, pairs) =
-        collect_pairs(conn, index, splitter, filter, &Split::All, max_pairs, seed).await?;
+    let (_, pairs) = collect_pairs(
+        reader,
+        index,
+        splitter,
+        filter,
+        &Split::All,
+        max_pairs,
+        seed,
+    )
+    .await?;
     if pairs.is_empty() {
         return Err(Error::client(
             Code::BAD_VALUE,

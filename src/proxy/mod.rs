@@ -1,8 +1,13 @@
 //! One client connection <-> one pinned upstream connection.
 //!
-//! Each client gets its own upstream connection, so authentication, cursors,
-//! sessions, transactions and exhaust replies belong to that pair and the
-//! proxy tracks none of them. The pump is sequential: read one request,
+//! Each client gets its own upstream connection, to the server the
+//! topology calls for (the primary, a `mongos`, the standalone), so
+//! authentication, cursors, sessions, transactions and exhaust replies
+//! belong to that pair and the proxy tracks none of them. When that server
+//! loses its role (a failover), the connection pair ends: the request in
+//! flight, or the next one, gets the error a `mongos` would give, with the
+//! labels drivers retry on, and the driver's retry arrives on a new
+//! connection pinned to the new server. The pump is sequential: read one request,
 //! forward it (original bytes unless the proxy owns the command), relay
 //! replies until one without `moreToCome` — or none at all when the request
 //! itself had `moreToCome` (w:0 writes must never get an invented reply).
@@ -111,8 +116,17 @@ pub async fn serve(stream: TcpStream, shared: Arc<Shared>) {
         if shared.config.upstream.credentials.is_some() {
             client.limit_by(shared.unauthenticated.clone());
         }
-        match crate::upstream::open(&shared.config).await {
-            Ok(upstream) => session::Session::new(client, upstream, shared).run().await,
+        let opened = shared
+            .config
+            .deployment
+            .open_for_client(&shared.config, None)
+            .await;
+        match opened {
+            Ok((upstream, pin)) => {
+                session::Session::new(client, upstream, pin, shared)
+                    .run()
+                    .await
+            }
             Err(err) => session::refuse(client, &shared, err).await,
         }
     }

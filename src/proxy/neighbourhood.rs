@@ -113,8 +113,8 @@ impl Session {
                     "updates": [{ "q": {}, "u": { "$unset": unset }, "multi": true }],
                     "$db": db,
                 };
-                let mut conn = crate::upstream::connect(&config).await?;
-                crate::upstream::command(&mut conn, &clear).await?;
+                let conn = crate::upstream::connect(&config).await?;
+                conn.command(&clear).await?;
                 Ok(rawdoc! { "ok": 1.0 })
             }
             _ => {

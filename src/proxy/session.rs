@@ -6,7 +6,8 @@ use crate::conn::{Connection, ReadError};
 use crate::error::{Code, Error, Side};
 use crate::maintain::fresh::WriteKind;
 use crate::rewrite;
-use crate::upstream;
+use crate::upstream::pinned as upstream;
+use crate::upstream::topology::{Pin, Role, View};
 use crate::wire::{self, msg, query, Compressor, Header, OpCode, OpMsg, OpQuery};
 use bson::{RawArrayBuf, RawBsonRef, RawDocument, RawDocumentBuf};
 use bytes::Bytes;
@@ -18,6 +19,14 @@ pub(super) struct Session {
     pub(super) client: Connection,
     pub(super) upstream: Connection,
     pub(super) shared: Arc<Shared>,
+    /// The server `upstream` is connected to, and the role it was chosen
+    /// for.
+    pin: Pin,
+    /// Every later view of the topology, to notice `pin` losing its role.
+    views: tokio::sync::watch::Receiver<View>,
+    /// The request being served, and whether any reply to it went out.
+    current: Option<ReplyTo>,
+    answered: bool,
     /// When the request now upstream was sent, until its first reply.
     forwarded_at: Option<Instant>,
     /// A reply to the client is partly written (a timeout cut it short).
@@ -30,6 +39,11 @@ pub(super) enum Failure {
     Reply { request: ReplyTo, error: Error },
     /// The connection pair is finished.
     Close(String),
+    /// The upstream failed under a request (its server lost its role, or
+    /// the connection broke): the request, if nothing of its answer went
+    /// out, gets `error` (labelled for drivers' retries); then the
+    /// connection pair is finished.
+    Upstream(Error),
 }
 
 /// Enough about a request to answer it in its own dialect.
@@ -96,10 +110,21 @@ impl Retry {
 }
 
 impl Session {
-    pub(super) fn new(client: Connection, upstream: Connection, shared: Arc<Shared>) -> Session {
+    pub(super) fn new(
+        client: Connection,
+        upstream: Connection,
+        pin: Pin,
+        shared: Arc<Shared>,
+    ) -> Session {
+        let views = shared.config.deployment.topology().subscribe();
+        shared.metrics.pinned(&pin.address.to_string(), true);
         Session {
             client,
             upstream,
+            pin,
+            views,
+            current: None,
+            answered: false,
             shared,
             forwarded_at: None,
             client_dirty: false,
@@ -154,11 +179,52 @@ impl Session {
                     tracing::debug!(%why, "closing client connection");
                     return;
                 }
+                Err(Failure::Upstream(error)) => {
+                    self.shared.metrics.error(&error);
+                    self.shared
+                        .metrics
+                        .server_failed(&self.pin.address.to_string());
+                    tracing::info!(%error, server = %self.pin.address, "closing client connection: its upstream failed");
+                    let request = self.current.filter(|r| !r.more_to_come);
+                    if let Some(request) = request.filter(|_| !self.answered && !self.client_dirty)
+                    {
+                        let reply = encode_error(&self.shared, request, &error);
+                        let _ = self.client.write_frame(&reply).await;
+                    }
+                    return;
+                }
             }
         }
     }
 
+    /// Whether the pinned server still has the role it was chosen for.
+    fn pin_holds(&self) -> bool {
+        self.views.borrow().still_serves(&self.pin)
+    }
+
+    /// The error for a request on a connection whose server lost its role
+    /// or broke: `ShutdownInProgress` (91), as if that server were
+    /// shutting down, because that is the one server error on which every
+    /// driver drops its whole pool to the server (the SDAM
+    /// specification's "node is shutting down" rule): each of its pooled
+    /// connections is pinned to the same lost server, and a retry on one
+    /// of them would fail again. It is transient, so retryable writes and
+    /// reads are retried (with the labels of [`encode_error`]) on a new
+    /// connection, which is pinned to the new server.
+    fn failover(&self, why: &str) -> Error {
+        Error::upstream(
+            crate::error::Code::relayed(91, "ShutdownInProgress"),
+            format!(
+                "likewise: this connection's upstream server {} {why}; the connection closes, \
+                 retry on a new one",
+                self.pin.address,
+            ),
+        )
+    }
+
     async fn handle(&mut self, frame: Bytes) -> Result<(), Failure> {
+        self.current = None;
+        self.answered = false;
         self.drain_upstream().await?;
         let header = Header::parse(&frame).map_err(|e| Failure::Close(e.to_string()))?;
         // What inflating will take counts against the unauthenticated
@@ -215,6 +281,13 @@ impl Session {
             error: e.into(),
         })?;
         request.retry = Retry::of(parsed.body());
+        self.current = Some(request);
+        if !self.pin_holds() {
+            return Err(Failure::Upstream(self.failover(&format!(
+                "is no longer the {}; the request was not run",
+                self.pin.role.name()
+            ))));
+        }
         // Before anything walks the command: every walk below is bounded.
         parsed
             .check_depth(wire::MAX_BSON_DEPTH)
@@ -414,6 +487,13 @@ impl Session {
             retry: Retry::None,
         };
         let fail = |error: Error| Failure::Reply { request, error };
+        self.current = Some(request);
+        if !self.pin_holds() {
+            return Err(Failure::Upstream(self.failover(&format!(
+                "is no longer the {}; the request was not run",
+                self.pin.role.name()
+            ))));
+        }
         let query = OpQuery::parse(&message).map_err(|e| fail(e.into()))?;
         let command = query.command();
         wire::check_depth(command, wire::MAX_BSON_DEPTH).map_err(|e| fail(e.into()))?;
@@ -466,23 +546,48 @@ impl Session {
 
     pub(super) async fn send_upstream(&mut self, message: &[u8]) -> Result<(), Failure> {
         self.forwarded_at = Some(Instant::now());
-        self.upstream
-            .write_frame(message)
-            .await
-            .map_err(|e| Failure::Close(format!("upstream write failed: {e}")))
+        let written = self.upstream.write_frame(message).await;
+        written.map_err(|e| Failure::Upstream(self.failover(&format!("failed: {e}"))))
     }
 
     /// The next upstream reply, inflated if the upstream compressed it.
+    /// Ends with [`Failure::Upstream`] when the connection breaks or its
+    /// server loses its role while the reply is awaited. A reply that says
+    /// the server is no longer primary takes it out of selection
+    /// ([`crate::upstream::topology::Topology::demote`]) and ends the pair
+    /// the same way.
     pub(super) async fn read_upstream(&mut self) -> Result<Bytes, Failure> {
-        let frame = match self.upstream.read_frame().await {
+        let read = tokio::select! {
+            read = self.upstream.read_frame() => read,
+            () = lost(&mut self.views, &self.pin) => {
+                return Err(Failure::Upstream(self.failover(&format!(
+                    "is no longer the {} (the request was in flight)",
+                    self.pin.role.name()
+                ))));
+            }
+        };
+        let broken = |why: String| Failure::Upstream(self.failover(&why));
+        let frame = match read {
             Ok(Some(frame)) => frame,
-            Ok(None) => return Err(Failure::Close("upstream closed the connection".into())),
-            Err(e) => return Err(Failure::Close(format!("upstream read failed: {e}"))),
+            Ok(None) => return Err(broken("closed the connection".into())),
+            Err(e) => return Err(broken(format!("failed: {e}"))),
         };
         if let Some(sent) = self.forwarded_at.take() {
             self.shared.metrics.upstream_latency.observe(sent.elapsed());
         }
         let (_, reply) = wire::inflate(frame).map_err(|e| upstream_garbage(&e))?;
+        if self.pin.role == Role::Primary && says_not_primary(&reply) {
+            // Not run: answered as a failover, so the driver drops its
+            // pool (stale pins all) and retries on a new connection.
+            tracing::info!(server = %self.pin.address, "upstream says it is no longer primary");
+            self.shared
+                .config
+                .deployment
+                .demote(&self.shared.config, &self.pin.address);
+            return Err(Failure::Upstream(
+                self.failover("answered that it is no longer primary"),
+            ));
+        }
         Ok(reply)
     }
 
@@ -528,13 +633,67 @@ impl Session {
             None => reply,
         };
         self.client_dirty = true;
+        self.answered = true;
         self.client
             .write_frame(bytes)
             .await
             .map_err(|e| Failure::Close(format!("client write failed: {e}")))?;
         self.client_dirty = false;
+        if !self.pin_holds() {
+            // The reply went out; the connection's server is no longer
+            // in its role, so the driver's next request (its retry, if
+            // the reply was an error) must come on a new connection.
+            return Err(Failure::Close(format!(
+                "{} is no longer the {}",
+                self.pin.address,
+                self.pin.role.name()
+            )));
+        }
         Ok(())
     }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.shared
+            .metrics
+            .pinned(&self.pin.address.to_string(), false);
+    }
+}
+
+/// Resolves once `views` shows `pin` no longer in its role.
+async fn lost(views: &mut tokio::sync::watch::Receiver<View>, pin: &Pin) {
+    loop {
+        if !views.borrow_and_update().still_serves(pin) {
+            return;
+        }
+        if views.changed().await.is_err() {
+            // The topology is gone with the proxy: never resolves.
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// The codes with which a replica-set member says it is not (or no
+/// longer) primary, or is shutting down: the "not writable primary" and
+/// "node is recovering" errors of the SDAM specification.
+const NOT_PRIMARY_CODES: &[i32] = &[10107, 13435, 13436, 189, 91, 11600, 11602, 10058];
+
+/// Whether an OP_MSG reply is an error of [`NOT_PRIMARY_CODES`].
+fn says_not_primary(reply: &[u8]) -> bool {
+    let Ok(parsed) = OpMsg::parse(reply) else {
+        return false;
+    };
+    let body = parsed.body();
+    if crate::command::reply_ok(body) {
+        return body
+            .get_document("writeConcernError")
+            .ok()
+            .and_then(|w| w.get_i32("code").ok())
+            .is_some_and(|c| NOT_PRIMARY_CODES.contains(&c));
+    }
+    body.get_i32("code")
+        .is_ok_and(|c| NOT_PRIMARY_CODES.contains(&c))
 }
 
 /// The wait a request itself asks the server for, which a request timeout

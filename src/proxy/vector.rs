@@ -18,7 +18,7 @@ use crate::index::{exact_among, search_allowed, Hit, KeySet, Similarity};
 use crate::maintain::fresh::IdSet;
 use crate::maintain::{build, catalog};
 use crate::rewrite::{self, Ranked};
-use crate::upstream::{self, Cursor};
+use crate::upstream::pinned::{self as upstream, Cursor};
 use bson::{rawdoc, RawArrayBuf, RawBsonRef, RawDocument, RawDocumentBuf};
 use std::sync::Arc;
 
@@ -127,7 +127,7 @@ impl Session {
                     .filter(|n| *n > 0)
                     .map_or(20_000, |n| n.min(200_000) as usize);
                 crate::maintain::train::evaluate(
-                    &mut self.upstream,
+                    crate::upstream::Reader::Pinned(&mut self.upstream),
                     &index,
                     &splitter,
                     &metrics,
@@ -641,7 +641,7 @@ impl Session {
             }
         };
         let (status, detail) = index.status();
-        if !matches!(status, Status::Ready | Status::Training) {
+        if !matches!(status, Status::Ready | Status::Training | Status::Stale) {
             return Err(Error::client(
                 Code::OBJECT_IS_BUSY,
                 format!(

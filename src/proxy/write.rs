@@ -5,7 +5,7 @@
 use super::session::{Failure, Session};
 use crate::index::registry::SearchIndex;
 use crate::maintain::fresh::{self, IdSet, WriteKind};
-use crate::upstream::{check_ok, Cursor};
+use crate::upstream::pinned::{check_ok, Cursor};
 use crate::wire::{Compressor, OpMsg};
 use bson::{RawBsonRef, RawDocument, RawDocumentBuf};
 use std::sync::Arc;

@@ -11,7 +11,7 @@ from pymongo import MongoClient
 from pymongo.errors import OperationFailure
 from pymongo.operations import SearchIndexModel
 
-from conftest import start_proxy
+from conftest import eventually, start_proxy
 
 
 def scrape(address, path="/metrics"):
@@ -30,7 +30,14 @@ def test_metrics_count_traffic_errors_latency_and_indexes(direct_uri):
     try:
         [line] = [l for l in proxy.lines if l.startswith("likewise metrics on ")]
         metrics_at = line.split()[-1]
-        assert scrape(metrics_at, "/health") == (200, "ok\n")
+        # 200 once the driver has found the upstream's primary.
+        def healthy():
+            try:
+                return scrape(metrics_at, "/health") == (200, "ok\n")
+            except urllib.error.HTTPError as e:
+                assert e.code == 503
+                return False
+        eventually(healthy, timeout=60)
         with pytest.raises(urllib.error.HTTPError):
             scrape(metrics_at, "/nope")
 

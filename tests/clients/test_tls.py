@@ -95,12 +95,15 @@ def test_the_proxy_connects_to_a_tls_upstream(certs):
             proxy.stop()
         # An upstream whose certificate the proxy cannot verify is
         # unreachable, said so to the client, and never spoken to in clear.
-        wary = start_proxy(f"mongodb://{upstream.address}/?tls=true&tlsCAFile={certs / 'other-ca.pem'}")
+        wary = start_proxy(f"mongodb://{upstream.address}/?tls=true&tlsCAFile={certs / 'other-ca.pem'}"
+                           "&serverSelectionTimeoutMS=1000")
         try:
             with MongoClient(f"mongodb://{wary.address}/", serverSelectionTimeoutMS=3_000) as c:
                 with pytest.raises((OperationFailure, ServerSelectionTimeoutError)) as err:
                     c.admin.command("ping")
                 assert "unreachable" in str(err.value), err.value
+                # The server's error says why (its certificate).
+                assert "certificate" in str(err.value).lower(), err.value
         finally:
             wary.stop()
     finally:

@@ -140,7 +140,10 @@ def test_proxy_started_before_its_upstream(tmp_path):
     first.proc.terminate()
     first.proc.wait(timeout=60)
 
-    early = start_proxy(f"mongodb://127.0.0.1:{port}/", "--metrics-listen", "127.0.0.1:0", log_level="info")
+    # Each attempt to load the catalog waits for the upstream as long as
+    # the URI's serverSelectionTimeoutMS (30 s by default).
+    early = start_proxy(f"mongodb://127.0.0.1:{port}/?serverSelectionTimeoutMS=2000",
+                        "--metrics-listen", "127.0.0.1:0", log_level="info")
     [line] = [l for l in early.lines if l.startswith("likewise metrics on ")]
     metrics_at = line.split()[-1]
     upstream = None

@@ -1,18 +1,15 @@
-//! The proxy's own requests to the upstream.
-//!
-//! They run either on a client's pinned connection (reads made on the
-//! client's behalf, under its authentication) or on a connection of the
-//! proxy's own (index metadata and builds). Request ids come from
-//! `Shared::next_request_id`, so they never collide with the client's.
+//! Commands the proxy runs on a client's pinned connection, on the
+//! client's behalf and under its authentication (authorisation probes, a
+//! vector query's filter reads, a write's re-reads): the driver cannot
+//! speak on a connection a client authenticated, so these few are framed
+//! here. Request ids come from [`next_request_id`], a range clients do not
+//! use, so replies never cross.
 
-use crate::config::{Config, Credentials};
 use crate::conn::Connection;
 use crate::error::{Code, Error};
-use crate::scram::Scram;
 use crate::wire::{self, msg, OpMsg};
 use bson::{rawdoc, RawBsonRef, RawDocument, RawDocumentBuf};
 use std::sync::atomic::{AtomicI32, Ordering};
-use tokio::net::TcpStream;
 
 static REQUEST_IDS: AtomicI32 = AtomicI32::new(1 << 30);
 
@@ -95,7 +92,8 @@ pub fn check_ok(reply: &RawDocument) -> Result<(), Error> {
     Err(Error::upstream(code, message))
 }
 
-/// A cursor opened by the proxy, read batch by batch with `getMore`.
+/// A cursor opened on a client's pinned connection, read batch by batch
+/// with `getMore`.
 pub struct Cursor<'c> {
     conn: &'c mut Connection,
     db: String,
@@ -155,105 +153,4 @@ fn read_batch(reply: &RawDocument, key: &str) -> Result<(i64, String, Vec<RawDoc
         }
     }
     Ok((id, collection, docs))
-}
-
-/// Opens a connection of the proxy's own to the upstream, authenticated
-/// with the proxy's credentials when the upstream URI has them.
-pub async fn connect(config: &Config) -> Result<Connection, Error> {
-    let mut conn = open(config).await?;
-    if let Some(credentials) = &config.upstream.credentials {
-        authenticate(&mut conn, credentials).await?;
-    }
-    Ok(conn)
-}
-
-/// The SCRAM-SHA-256 conversation (`saslStart`, `saslContinue`).
-async fn authenticate(conn: &mut Connection, credentials: &Credentials) -> Result<(), Error> {
-    let failed = |why: String| {
-        Error::upstream(
-            Code::relayed(18, "AuthenticationFailed"),
-            format!(
-                "likewise: authenticating to the upstream as {}: {why}",
-                credentials.user
-            ),
-        )
-    };
-    let scram = Scram::with_random_nonce(&credentials.user, &credentials.password)
-        .map_err(|e| failed(e.to_string()))?;
-    let db = credentials.source.as_str();
-    let binary = |text: String| bson::Binary {
-        subtype: bson::spec::BinarySubtype::Generic,
-        bytes: text.into_bytes(),
-    };
-    let payload = |reply: &RawDocument| -> Result<String, Error> {
-        match reply.get("payload") {
-            Ok(Some(RawBsonRef::Binary(b))) => String::from_utf8(b.bytes.to_vec())
-                .map_err(|_| failed("server payload is not UTF-8".into())),
-            _ => Err(failed("server reply has no payload".into())),
-        }
-    };
-    let start = rawdoc! {
-        "saslStart": 1,
-        "mechanism": "SCRAM-SHA-256",
-        "payload": binary(scram.client_first()),
-        "autoAuthorize": 1,
-        "options": { "skipEmptyExchange": true },
-        "$db": db,
-    };
-    let reply = command(conn, &start).await?;
-    let conversation = reply
-        .get("conversationId")
-        .ok()
-        .flatten()
-        .map(|v| v.to_raw_bson());
-    let (client_final, expected) = scram.client_final(&payload(&reply)?).map_err(failed)?;
-    let mut next = rawdoc! { "saslContinue": 1, "payload": binary(client_final), "$db": db };
-    if let Some(id) = &conversation {
-        next.append("conversationId", id.clone());
-    }
-    let reply = command(conn, &next).await?;
-    expected.verify(&payload(&reply)?).map_err(failed)?;
-    let mut done = matches!(reply.get("done"), Ok(Some(RawBsonRef::Boolean(true))));
-    let mut rounds = 0;
-    while !done {
-        rounds += 1;
-        if rounds > 2 {
-            return Err(failed("the server did not finish the conversation".into()));
-        }
-        let mut empty = rawdoc! { "saslContinue": 1, "payload": binary(String::new()), "$db": db };
-        if let Some(id) = &conversation {
-            empty.append("conversationId", id.clone());
-        }
-        let reply = command(conn, &empty).await?;
-        done = matches!(reply.get("done"), Ok(Some(RawBsonRef::Boolean(true))));
-    }
-    Ok(())
-}
-
-/// A new connection to the upstream (TLS when the URI says `tls=true`),
-/// not yet authenticated; `HostUnreachable` when it cannot be had within
-/// the connect timeout.
-pub async fn open(config: &Config) -> Result<Connection, Error> {
-    let address = config.upstream.address();
-    let unreachable = |why: String| {
-        Error::upstream(
-            Code::HOST_UNREACHABLE,
-            format!("likewise: upstream {address} unreachable: {why}"),
-        )
-    };
-    let connect = async {
-        let stream = TcpStream::connect(&address).await?;
-        match &config.upstream_tls {
-            Some(tls) => Connection::connect_tls(stream, &config.upstream.host, tls.clone()).await,
-            None => Ok(Connection::new(stream)),
-        }
-    };
-    match tokio::time::timeout(config.connect_timeout, connect).await {
-        Ok(Ok(conn)) => Ok(conn),
-        Ok(Err(e)) => Err(unreachable(e.to_string())),
-        Err(_) => Err(unreachable(format!(
-            "no connection within {:?}",
-            config.connect_timeout
-        ))),
-    }
 }

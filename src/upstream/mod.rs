@@ -1,0 +1,394 @@
+//! The deployment behind the proxy.
+//!
+//! Two kinds of traffic reach it:
+//!
+//! - the proxy's own (index metadata, build scans, change streams, `_like`
+//!   lists, `_outputs`, adapters) runs on one [`mongodb::Client`] per proxy
+//!   — the official driver, with its pooling, timeouts, retries,
+//!   authentication mechanisms, TLS and change-stream resumption
+//!   ([`connect`], [`Own`], [`OwnCursor`]);
+//! - each client connection is pinned, for its whole life, to one server
+//!   the driver's server discovery and monitoring found
+//!   ([`Deployment::open_for_client`], [`topology`]), and the few commands
+//!   the proxy runs on the client's behalf travel on that connection under
+//!   the client's own authentication ([`pinned`]).
+
+pub mod pinned;
+pub mod topology;
+
+use crate::config::Config;
+use crate::conn::Connection;
+use crate::error::{Code, Error};
+use bson::{RawDocument, RawDocumentBuf};
+use futures_util::StreamExt;
+use mongodb::options::ServerAddress;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpStream;
+use topology::{Pin, Role, Topology};
+
+pub use pinned::{check_ok, next_request_id};
+
+/// The driver's default `serverSelectionTimeoutMS`, which `mongos` shares:
+/// how long a new client connection waits for a server in its role.
+const SERVER_SELECTION: Duration = Duration::from_secs(30);
+
+/// The proxy's handle on the deployment: a driver client, started on first
+/// use (so that `mongodb+srv` lookups and the monitors run inside the
+/// runtime), and the topology its monitors report.
+#[derive(Default)]
+pub struct Deployment {
+    client: tokio::sync::OnceCell<mongodb::Client>,
+    topology: Arc<Topology>,
+    /// A [`Deployment::nudge`] probe is running.
+    nudging: std::sync::atomic::AtomicBool,
+}
+
+/// The collection the topology probe reads (the catalog's, which the
+/// proxy's credentials can always read).
+fn catalog_probe_collection() -> &'static str {
+    crate::maintain::catalog::INDEXES
+}
+
+impl std::fmt::Debug for Deployment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Deployment")
+            .field("started", &self.client.initialized())
+            .finish()
+    }
+}
+
+impl Deployment {
+    /// The driver client, started from `config.upstream` the first time
+    /// (resolving `mongodb+srv` then). Options the URI leaves out default
+    /// to likewise's: `appName=likewise`, `connectTimeoutMS` from
+    /// `--connect-timeout-ms`. A failed start (DNS, bad TLS files) is
+    /// retried by the next call.
+    pub async fn client(&self, config: &Config) -> Result<mongodb::Client, Error> {
+        let topology = self.topology.clone();
+        self.client
+            .get_or_try_init(|| async move {
+                let mut options =
+                    mongodb::options::ClientOptions::parse(config.upstream.connection.clone())
+                        .await
+                        .map_err(driver_error)?;
+                options.app_name.get_or_insert_with(|| "likewise".into());
+                options
+                    .connect_timeout
+                    .get_or_insert(config.connect_timeout);
+                options.sdam_event_handler =
+                    Some(mongodb::event::EventHandler::callback(move |event| {
+                        if let mongodb::event::sdam::SdamEvent::TopologyDescriptionChanged(e) =
+                            event
+                        {
+                            topology.update(&e.new_description);
+                        }
+                    }));
+                mongodb::Client::with_options(options).map_err(driver_error)
+            })
+            .await
+            .cloned()
+    }
+
+    /// Takes `address` out of selection after it answered a pinned request
+    /// with a "not primary" error, and has the driver look again now
+    /// rather than at its next heartbeat ([`Deployment::nudge`]).
+    pub fn demote(&self, config: &Arc<Config>, address: &ServerAddress) {
+        if self.topology.demote(address) {
+            self.nudge(config);
+        }
+    }
+
+    /// Has the driver find the primary now: a primary read of the metadata
+    /// database through it fails on a server that is no longer primary
+    /// (which the driver's SDAM error handling turns into a check), and
+    /// while no primary is known its server selection checks every server
+    /// at once rather than at the next heartbeat. One at a time.
+    pub fn nudge(&self, config: &Arc<Config>) {
+        if self.nudging.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            return;
+        }
+        let config = config.clone();
+        tokio::spawn(async move {
+            let deployment = config.deployment.clone();
+            if let Ok(client) = deployment.client(&config).await {
+                let probe = bson::doc! {
+                    "find": catalog_probe_collection(),
+                    "filter": {},
+                    "projection": { "_id": 1 },
+                    "limit": 1,
+                    "singleBatch": true,
+                };
+                let outcome = client
+                    .database(&config.metadata_db)
+                    .run_command(probe)
+                    .selection_criteria(mongodb::options::SelectionCriteria::ReadPreference(
+                        mongodb::options::ReadPreference::Primary,
+                    ))
+                    .await;
+                if let Err(e) = outcome {
+                    tracing::debug!(error = %e, "topology probe");
+                }
+            }
+            deployment
+                .nudging
+                .store(false, std::sync::atomic::Ordering::Release);
+        });
+    }
+
+    /// The topology as the driver's monitors last reported it.
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    /// A new connection for a client, to the server its role calls for
+    /// (`role`, or the topology's write role: primary, a `mongos`, the
+    /// standalone), not authenticated: the client authenticates itself.
+    /// TLS when the URI asks for it. Waits up to the URI's
+    /// `serverSelectionTimeoutMS` (default 30 s) for such a server, and
+    /// up to `--connect-timeout-ms` for the connection;
+    /// `HostUnreachable` past either.
+    pub async fn open_for_client(
+        &self,
+        config: &Arc<Config>,
+        role: Option<Role>,
+    ) -> Result<(Connection, Pin), Error> {
+        self.client(config).await?;
+        let view = self.topology.view();
+        let wanted = role.or(view.write_role());
+        if wanted.is_none_or(|r| view.candidates(r).is_empty()) {
+            self.nudge(config);
+        }
+        let wait = config
+            .upstream
+            .connection
+            .server_selection_timeout
+            .unwrap_or(SERVER_SELECTION);
+        let pin = self.topology.select(role, wait).await?;
+        let conn = open(config, &pin.address).await?;
+        Ok((conn, pin))
+    }
+}
+
+/// A connection to `address`, TLS when the URI says so.
+async fn open(config: &Config, address: &ServerAddress) -> Result<Connection, Error> {
+    let unreachable = |why: String| {
+        Error::upstream(
+            Code::HOST_UNREACHABLE,
+            format!("likewise: upstream {address} unreachable: {why}"),
+        )
+    };
+    let (host, port) = match address {
+        ServerAddress::Tcp { host, port } => (host.clone(), port.unwrap_or(27017)),
+        other => return Err(unreachable(format!("{other} is not a TCP address"))),
+    };
+    let target = if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    };
+    let connect = async {
+        let stream = TcpStream::connect(&target).await?;
+        stream.set_nodelay(true)?;
+        match &config.upstream_tls {
+            Some(tls) => Connection::connect_tls(stream, &host, tls.clone()).await,
+            None => Ok(Connection::new(stream)),
+        }
+    };
+    match tokio::time::timeout(config.connect_timeout, connect).await {
+        Ok(Ok(conn)) => Ok(conn),
+        Ok(Err(e)) => Err(unreachable(e.to_string())),
+        Err(_) => Err(unreachable(format!(
+            "no connection within {:?}",
+            config.connect_timeout
+        ))),
+    }
+}
+
+/// The proxy's own access to the deployment: a cheap handle on the one
+/// driver client ([`connect`]).
+#[derive(Clone)]
+pub struct Own {
+    client: mongodb::Client,
+}
+
+/// The proxy's own handle, starting the driver client on first use.
+pub async fn connect(config: &Config) -> Result<Own, Error> {
+    Ok(Own {
+        client: config.deployment.client(config).await?,
+    })
+}
+
+/// A command body's database (`$db`, required) and the body without it.
+fn split_db(body: &RawDocument) -> Result<(String, RawDocumentBuf), Error> {
+    let mut db = None;
+    let mut rest = RawDocumentBuf::new();
+    for entry in body {
+        let (key, value) = entry.map_err(|e| Error::internal(e.to_string()))?;
+        if key == "$db" {
+            db = value.as_str().map(str::to_string);
+        } else {
+            rest.append(key, value.to_raw_bson());
+        }
+    }
+    let db = db.ok_or_else(|| Error::internal("a command of the proxy's own has no $db"))?;
+    Ok((db, rest))
+}
+
+impl Own {
+    /// Runs one command (its body names the database in `$db`) on the
+    /// primary, or where the URI's read preference sends reads; `ok: 0`
+    /// becomes an error with the server's code. A command that fails on
+    /// the network (a pooled connection the server closed) is sent once
+    /// more on another connection: every command the proxy sends itself is
+    /// idempotent (reads, and upserts, `$set`s, `$unset`s and deletes by
+    /// `_id` or to a fixed state), which the driver cannot know of a
+    /// generic command.
+    pub async fn command(&self, body: &RawDocument) -> Result<RawDocumentBuf, Error> {
+        let (db, rest) = split_db(body)?;
+        let database = self.client.database(&db);
+        let reply = match database.run_raw_command(rest.clone()).await {
+            Err(e) if is_network(&e) => {
+                tracing::debug!(error = %e, "the proxy's own command failed on the network; sending it again");
+                database.run_raw_command(rest).await
+            }
+            other => other,
+        }
+        .map_err(driver_error)?;
+        RawDocumentBuf::from_document(&reply).map_err(|e| Error::internal(e.to_string()))
+    }
+
+    /// Runs a cursor-returning command (`find`, `aggregate`) and returns
+    /// its cursor, read a batch at a time.
+    pub async fn cursor(&self, body: &RawDocument) -> Result<OwnCursor, Error> {
+        let (db, rest) = split_db(body)?;
+        let database = self.client.database(&db);
+        let inner = match database.run_raw_cursor_command(rest.clone()).batch().await {
+            // As in `command`: the proxy's cursors are reads.
+            Err(e) if is_network(&e) => database.run_raw_cursor_command(rest).batch().await,
+            other => other,
+        }
+        .map_err(driver_error)?;
+        Ok(OwnCursor { inner })
+    }
+
+    /// The driver client itself (change streams).
+    pub fn client(&self) -> &mongodb::Client {
+        &self.client
+    }
+}
+
+/// A cursor of the proxy's own, read batch by batch (the driver kills it
+/// when dropped early).
+pub struct OwnCursor {
+    inner: mongodb::raw_batch_cursor::RawBatchCursor,
+}
+
+impl OwnCursor {
+    /// The next batch, `None` once the cursor is exhausted.
+    pub async fn next_batch(&mut self) -> Result<Option<Vec<RawDocumentBuf>>, Error> {
+        loop {
+            let Some(batch) = self.inner.next().await else {
+                return Ok(None);
+            };
+            let batch = batch.map_err(driver_error)?;
+            let docs = batch.doc_slices().map_err(driver_error)?;
+            let mut out = Vec::new();
+            for doc in docs {
+                match doc {
+                    Ok(bson::RawBsonRef::Document(d)) => out.push(d.to_owned()),
+                    _ => {
+                        return Err(Error::upstream(
+                            Code::PROTOCOL_ERROR,
+                            "likewise: malformed cursor reply",
+                        ))
+                    }
+                }
+            }
+            // Empty getMore replies (a tailable cursor) are skipped.
+            if !out.is_empty() {
+                return Ok(Some(out));
+            }
+        }
+    }
+}
+
+/// Whether the driver failed on the network (the command's fate unknown).
+fn is_network(e: &mongodb::error::Error) -> bool {
+    use mongodb::error::ErrorKind;
+    matches!(
+        e.kind.as_ref(),
+        ErrorKind::Io(_) | ErrorKind::ConnectionPoolCleared { .. }
+    )
+}
+
+/// A driver error as the proxy's: server errors keep their code and name;
+/// network, pool and server-selection failures are `HostUnreachable` (6),
+/// which counts as transient ([`Error::is_transient`]); authentication
+/// failures are `AuthenticationFailed` (18).
+pub fn driver_error(e: mongodb::error::Error) -> Error {
+    use mongodb::error::{ErrorKind, WriteFailure};
+    match e.kind.as_ref() {
+        ErrorKind::Command(c) => {
+            Error::upstream(Code::relayed(c.code, &c.code_name), c.message.clone())
+        }
+        ErrorKind::Write(WriteFailure::WriteConcernError(w)) => {
+            Error::upstream(Code::relayed(w.code, &w.code_name), w.message.clone())
+        }
+        ErrorKind::Write(WriteFailure::WriteError(w)) => Error::upstream(
+            Code::relayed(w.code, w.code_name.as_deref().unwrap_or("")),
+            w.message.clone(),
+        ),
+        ErrorKind::Authentication { message, .. } => Error::upstream(
+            Code::relayed(18, "AuthenticationFailed"),
+            format!("likewise: authenticating to the upstream: {message}"),
+        ),
+        ErrorKind::Io(_)
+        | ErrorKind::ConnectionPoolCleared { .. }
+        | ErrorKind::ServerSelection { .. }
+        | ErrorKind::DnsResolve { .. } => Error::upstream(
+            Code::HOST_UNREACHABLE,
+            format!("likewise: upstream unreachable: {e}"),
+        ),
+        _ => Error::upstream(Code::INTERNAL_ERROR, format!("likewise: upstream: {e}")),
+    }
+}
+
+/// Where a read that can run either way runs: on the proxy's own client,
+/// or on a client's pinned connection under the client's authentication
+/// (`evaluateSemanticIndex` reads what the client may read).
+pub enum Reader<'c> {
+    Own(&'c Own),
+    Pinned(&'c mut Connection),
+}
+
+/// A cursor from a [`Reader`].
+pub enum AnyCursor<'c> {
+    Own(Box<OwnCursor>),
+    Pinned(pinned::Cursor<'c>),
+}
+
+impl<'c> Reader<'c> {
+    /// Runs a cursor-returning command (`$db` in its body).
+    pub async fn cursor(self, body: &RawDocument) -> Result<AnyCursor<'c>, Error> {
+        match self {
+            Reader::Own(own) => own.cursor(body).await.map(|c| AnyCursor::Own(Box::new(c))),
+            Reader::Pinned(conn) => {
+                let db = body.get_str("$db").unwrap_or("admin").to_string();
+                pinned::Cursor::open(conn, &db, body)
+                    .await
+                    .map(AnyCursor::Pinned)
+            }
+        }
+    }
+}
+
+impl AnyCursor<'_> {
+    /// The next batch, `None` once the cursor is exhausted.
+    pub async fn next_batch(&mut self) -> Result<Option<Vec<RawDocumentBuf>>, Error> {
+        match self {
+            AnyCursor::Own(c) => c.next_batch().await,
+            AnyCursor::Pinned(c) => c.next_batch().await,
+        }
+    }
+}

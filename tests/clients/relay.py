@@ -1,0 +1,252 @@
+"""A test stand-in for topology, and for topology only.
+
+No multi-node replica set or mongos can be installed on these machines, so
+`ReplicaSet` puts several relays (one per "member") in front of one real
+SecantusDB and presents them as the members of a replica set: each relay
+rewrites `hello` replies to give its member's role, and a member that is
+not primary refuses what a secondary refuses (`NotWritablePrimary`). All
+data lives in the one real server, so a step-down moves the primary role
+without moving data, which is exactly what a failover looks like to a
+client: same documents, a different server to write to.
+
+`Routers` presents relays as `mongos` routers of a sharded cluster.
+
+Everything the server does (commands, data, authentication) is the real
+server's; the relay only answers `hello` for roles, refuses on secondaries,
+and can stop answering (`black_hole`) to play a half-open server.
+"""
+
+import asyncio
+import struct
+import threading
+import time
+
+import bson
+from bson import ObjectId
+
+OP_REPLY, OP_QUERY, OP_MSG = 1, 2004, 2013
+MORE_TO_COME = 2
+HELLO = {"hello", "ismaster", "isMaster"}
+# What a secondary serves without a secondary read preference.
+SECONDARY_ALLOWED = HELLO | {
+    "ping", "buildInfo", "buildinfo", "saslStart", "saslContinue", "authenticate",
+    "endSessions", "getParameter", "killCursors", "getMore", "connectionStatus",
+}
+
+
+async def read_frame(reader):
+    header = await reader.readexactly(16)
+    (length,) = struct.unpack("<i", header[:4])
+    return header + await reader.readexactly(length - 16)
+
+
+def msg_body(frame):
+    """The kind-0 body of an OP_MSG (None for other opcodes)."""
+    if struct.unpack("<i", frame[12:16])[0] != OP_MSG:
+        return None
+    pos = 20
+    while pos < len(frame):
+        kind = frame[pos]
+        pos += 1
+        (size,) = struct.unpack("<i", frame[pos:pos + 4])
+        if kind == 0:
+            return bson.decode(frame[pos:pos + size])
+        pos += size
+    return None
+
+
+def encode_msg(request_id, response_to, body, flags=0):
+    payload = struct.pack("<I", flags) + b"\x00" + bson.encode(body)
+    return struct.pack("<iiii", 16 + len(payload), request_id, response_to, OP_MSG) + payload
+
+
+class Member:
+    """One relay: a listening socket in front of the real server."""
+
+    def __init__(self, group, index):
+        self.group = group
+        self.index = index
+        self.server = None
+        self.port = None
+        self.black_hole = False
+        self.connections = 0
+        # When each write command was forwarded to the server.
+        self.writes = []
+
+    @property
+    def address(self):
+        return f"127.0.0.1:{self.port}"
+
+    async def start(self):
+        self.server = await asyncio.start_server(self.serve, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def serve(self, client_reader, client_writer):
+        self.connections += 1
+        upstream_reader = upstream_writer = None
+        try:
+            upstream_reader, upstream_writer = await asyncio.open_connection(
+                "127.0.0.1", self.group.upstream_port)
+            while True:
+                request = await read_frame(client_reader)
+                while self.black_hole:
+                    # Half-open: the request is taken and not answered
+                    # while the hole lasts.
+                    await asyncio.sleep(0.05)
+                op_code = struct.unpack("<i", request[12:16])[0]
+                flags = struct.unpack("<I", request[16:20])[0] if op_code == OP_MSG else 0
+                body = msg_body(request)
+                name = next(iter(body), "") if body else ""
+                refusal = self.group.refuse(self, name, body) if body is not None else None
+                if refusal is not None:
+                    request_id = struct.unpack("<i", request[4:8])[0]
+                    if not flags & MORE_TO_COME:
+                        client_writer.write(encode_msg(0x7000 + request_id, request_id, refusal))
+                        await client_writer.drain()
+                    continue
+                if name in ("insert", "update", "delete", "findAndModify"):
+                    self.writes.append(time.monotonic())
+                upstream_writer.write(request)
+                await upstream_writer.drain()
+                if flags & MORE_TO_COME:
+                    continue
+                while True:
+                    reply = await read_frame(upstream_reader)
+                    while self.black_hole:
+                        await asyncio.sleep(0.05)
+                    if op_code == OP_QUERY or name in HELLO:
+                        reply = self.group.rewrite_hello(self, reply)
+                    client_writer.write(reply)
+                    await client_writer.drain()
+                    reply_op = struct.unpack("<i", reply[12:16])[0]
+                    more = reply_op == OP_MSG and struct.unpack("<I", reply[16:20])[0] & MORE_TO_COME
+                    if not more:
+                        break
+        except (asyncio.IncompleteReadError, ConnectionError, OSError):
+            pass
+        finally:
+            for writer in (client_writer, upstream_writer):
+                if writer is not None:
+                    writer.close()
+
+
+class Group:
+    """Relays run on one background event loop; the test thread changes
+    roles through thread-safe calls."""
+
+    def __init__(self, upstream_port, count):
+        self.upstream_port = upstream_port
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.members = [Member(self, i) for i in range(count)]
+        for m in self.members:
+            self.call(m.start())
+
+    def call(self, coroutine):
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(30)
+
+    def addresses(self):
+        return [m.address for m in self.members]
+
+    def black_hole(self, index, on=True):
+        self.members[index].black_hole = on
+
+    def stop(self):
+        async def close():
+            for m in self.members:
+                m.server.close()
+        self.call(close())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+
+    # The hello of each kind of group.
+    def hello_fields(self, member):
+        raise NotImplementedError
+
+    def refuse(self, member, name, body):
+        return None
+
+    def rewrite_hello(self, member, reply):
+        op_code = struct.unpack("<i", reply[12:16])[0]
+        if op_code == OP_MSG:
+            flags = struct.unpack("<I", reply[16:20])[0]
+            body = self.rewritten(member, msg_body(reply))
+            request_id, response_to = struct.unpack("<ii", reply[4:12])
+            return encode_msg(request_id, response_to, body, flags)
+        if op_code == OP_REPLY:
+            head = reply[16:36]
+            doc = bson.decode(reply[36:])
+            out = head + bson.encode(self.rewritten(member, doc))
+            return struct.pack("<i", 16 + len(out)) + reply[4:16] + out
+        return reply
+
+    def rewritten(self, member, doc):
+        if not doc.get("ok"):
+            return doc
+        for key in ("setName", "setVersion", "hosts", "passives", "arbiters", "primary",
+                    "me", "secondary", "electionId", "topologyVersion", "msg",
+                    "isWritablePrimary", "ismaster"):
+            doc.pop(key, None)
+        doc.update(self.hello_fields(member))
+        return doc
+
+
+class ReplicaSet(Group):
+    """Members of replica set `rs0`; member 0 starts as primary."""
+
+    def __init__(self, upstream_port, count=2):
+        self.primary = 0
+        self.term = 1
+        super().__init__(upstream_port, count)
+
+    def step_down(self, new_primary=None):
+        """The primary becomes a secondary and `new_primary` (default the
+        next member) becomes primary, with a newer electionId."""
+        self.primary = (self.primary + 1) % len(self.members) if new_primary is None else new_primary
+        self.term += 1
+
+    def hello_fields(self, member):
+        is_primary = member.index == self.primary
+        fields = {
+            "setName": "rs0",
+            "setVersion": 1,
+            "hosts": self.addresses(),
+            "me": member.address,
+            "primary": self.members[self.primary].address,
+            "isWritablePrimary": is_primary,
+            "ismaster": is_primary,
+            "secondary": not is_primary,
+        }
+        if is_primary:
+            fields["electionId"] = ObjectId("7fffffff%016x" % self.term)
+        return fields
+
+    def refuse(self, member, name, body):
+        if member.index == self.primary or name in SECONDARY_ALLOWED:
+            return None
+        mode = (body.get("$readPreference") or {}).get("mode", "primary")
+        if mode != "primary":
+            return None
+        error = {
+            "ok": 0.0,
+            "errmsg": "not primary",
+            "code": 10107,
+            "codeName": "NotWritablePrimary",
+        }
+        if "txnNumber" in body and body.get("autocommit") is None:
+            error["errorLabels"] = ["RetryableWriteError"]
+        elif body.get("autocommit") is False:
+            error["errorLabels"] = ["TransientTransactionError"]
+        return error
+
+
+class Routers(Group):
+    """`mongos` routers of a sharded cluster."""
+
+    def hello_fields(self, member):
+        return {"msg": "isdbgrid", "isWritablePrimary": True, "ismaster": True}
+
+
+def replica_set_uri(group, **options):
+    query = "&".join(f"{k}={v}" for k, v in {"replicaSet": "rs0", **options}.items())
+    return f"mongodb://{','.join(group.addresses())}/?{query}"

@@ -1,0 +1,336 @@
+"""Real deployments behind likewise: replica sets (first host down, first
+host a secondary, a primary stepping down under writes and inside a
+transaction, a half-open primary), sharded clusters (several mongos) and
+the proxy's own connection string (SCRAM-SHA-1, authSource from the path).
+
+The server is always a real SecantusDB; only the roles come from the relay
+in `relay.py` (see there why)."""
+
+import json
+import os
+import socket
+import subprocess
+from pathlib import Path
+import threading
+import time
+import urllib.request
+
+import pytest
+from pymongo import MongoClient
+from pymongo.errors import PyMongoError
+from pymongo.operations import SearchIndexModel
+
+from conftest import eventually, start_proxy, start_upstream
+from relay import ReplicaSet, Routers, replica_set_uri
+
+
+@pytest.fixture
+def replica_set():
+    upstream = start_upstream()
+    group = ReplicaSet(upstream.port)
+    yield upstream, group
+    group.stop()
+    upstream.stop()
+
+
+def direct(upstream):
+    return MongoClient(f"mongodb://127.0.0.1:{upstream.port}/", directConnection=True)
+
+
+def closed_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def metrics(proxy):
+    address = proxy.wait_for_line("likewise metrics on").split("likewise metrics on ")[1].split()[0]
+    return address
+
+
+def http_get(address, path):
+    try:
+        with urllib.request.urlopen(f"http://{address}{path}", timeout=10) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def test_a_uri_whose_first_host_is_a_secondary(replica_set):
+    upstream, group = replica_set
+    group.step_down()  # member 1 is primary; the URI lists member 0 first
+    proxy = start_proxy(replica_set_uri(group))
+    try:
+        with MongoClient(f"mongodb://{proxy.address}/") as c:
+            c.fo.docs.insert_one({"_id": 1, "x": "written"})
+            assert c.fo.docs.find_one({"_id": 1})["x"] == "written"
+        # Member 0 would have refused the insert: member 1 forwarded it.
+        assert group.members[1].writes and not group.members[0].writes
+        with direct(upstream) as d:
+            assert d.fo.docs.count_documents({}) == 1
+    finally:
+        proxy.stop()
+
+
+def test_a_uri_whose_first_host_is_down(replica_set):
+    upstream, group = replica_set
+    uri = f"mongodb://127.0.0.1:{closed_port()},{','.join(group.addresses())}/?replicaSet=rs0"
+    proxy = start_proxy(uri)
+    try:
+        with MongoClient(f"mongodb://{proxy.address}/") as c:
+            c.fo.docs.insert_one({"_id": 2})
+            assert c.fo.docs.count_documents({"_id": 2}) == 1
+        assert group.members[0].writes
+    finally:
+        proxy.stop()
+
+
+def steady_writes(coll, counter, stop, tally):
+    """Inserts a new document and increments a counter until `stop`,
+    counting only what the driver acknowledged."""
+    seq = 0
+    while not stop.is_set():
+        try:
+            coll.insert_one({"seq": seq})
+            tally["inserts"] += 1
+            coll.update_one({"_id": counter}, {"$inc": {"n": 1}})
+            tally["incs"] += 1
+        except PyMongoError as e:  # recorded: the test asserts there are none
+            tally["errors"].append(repr(e))
+        seq += 1
+
+
+def check_writes(upstream, group, collection, acked, stepped_at, writer):
+    """Every acknowledged write is in the server once, and the writer saw
+    no error; prints the figures (time to the first write the new primary
+    was sent, counted from the step-down)."""
+    first_on_new_primary = min(group.members[1].writes) - stepped_at
+    with direct(upstream) as d:
+        coll = d.fo[collection]
+        inserted = coll.count_documents({"seq": {"$exists": True}})
+        distinct = len(coll.distinct("seq"))
+        counter = coll.find_one({"_id": "counter"})["n"]
+    print(f"\n{writer}, step-down under writes: {acked['inserts']} inserts and {acked['incs']} "
+          f"increments acknowledged; {inserted} documents found ({inserted - distinct} duplicates), "
+          f"counter {counter}; first write on the new primary {first_on_new_primary * 1000:.0f} ms "
+          f"after the step-down; errors {acked['errors']}")
+    assert acked["errors"] == []
+    assert inserted == acked["inserts"] and distinct == inserted
+    assert counter == acked["incs"]
+
+
+def test_a_step_down_under_steady_writes_loses_and_doubles_nothing(replica_set):
+    """pymongo with default retryable writes, writing without pause while
+    the primary steps down: every acknowledged write is there once."""
+    upstream, group = replica_set
+    proxy = start_proxy(replica_set_uri(group), "--metrics-listen", "127.0.0.1:0")
+    try:
+        with MongoClient(f"mongodb://{proxy.address}/") as c:
+            coll = c.fo.steady
+            coll.drop()
+            coll.insert_one({"_id": "counter", "n": 0})
+            tally = {"inserts": 0, "incs": 0, "errors": []}
+            stop = threading.Event()
+            writer = threading.Thread(target=steady_writes, args=(coll, "counter", stop, tally))
+            writer.start()
+            try:
+                eventually(lambda: tally["incs"] >= 100, timeout=60)
+                before = tally["incs"]
+                stepped_at = time.monotonic()
+                group.step_down()
+                eventually(lambda: tally["incs"] >= before + 100, timeout=90)
+            finally:
+                stop.set()
+                writer.join(60)
+        check_writes(upstream, group, "steady", tally, stepped_at, "pymongo")
+        # The old primary's failures are counted against it.
+        text = http_get(metrics(proxy), "/metrics")[1]
+        old = group.members[0].address
+        assert f'likewise_upstream_server{{address="{group.members[1].address}",role="RSPrimary"}} 1' in text
+        failures = [line for line in text.splitlines()
+                    if line.startswith(f'likewise_upstream_failures_total{{address="{old}"}}')]
+        assert failures and int(failures[0].split()[-1]) >= 1, text
+    finally:
+        proxy.stop()
+
+
+NODE_DIR = Path(__file__).resolve().parent / "node"
+
+
+def test_node_driver_writes_through_a_step_down(replica_set):
+    """The same with the Node driver: every acknowledged write is there
+    once, and the driver raised no error."""
+    upstream, group = replica_set
+    proxy = start_proxy(replica_set_uri(group))
+    try:
+        with direct(upstream) as d:
+            d.fo.node_steady.insert_one({"_id": "counter", "n": 0})
+        writer = subprocess.Popen(
+            ["node", "steady_writes.js"], cwd=NODE_DIR, text=True,
+            env={**os.environ, "LIKEWISE_URI": f"mongodb://{proxy.address}/"},
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        acked = [0]
+        lines = []
+
+        def read():
+            for line in writer.stdout:
+                lines.append(line)
+                if line.startswith("acked "):
+                    acked[0] = int(line.split()[1])
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        try:
+            eventually(lambda: acked[0] >= 100, timeout=60)
+            before = acked[0]
+            stepped_at = time.monotonic()
+            group.step_down()
+            eventually(lambda: acked[0] >= before + 100, timeout=90)
+        finally:
+            writer.stdin.close()
+            writer.wait(60)
+            reader.join(10)
+        assert writer.returncode == 0, writer.stderr.read()
+        check_writes(upstream, group, "node_steady", json.loads(lines[-1]), stepped_at,
+                     "Node driver")
+    finally:
+        proxy.stop()
+
+
+def test_a_transaction_interrupted_by_failover_commits_once(replica_set):
+    upstream, group = replica_set
+    proxy = start_proxy(replica_set_uri(group))
+    try:
+        with MongoClient(f"mongodb://{proxy.address}/") as c:
+            coll = c.fo.txn
+            coll.drop()
+            coll.insert_one({"_id": "seed"})
+            attempts = []
+
+            def callback(session):
+                attempts.append(time.monotonic())
+                if len(attempts) == 1:
+                    group.step_down()
+                coll.insert_one({"_id": "t", "attempt": len(attempts)}, session=session)
+                coll.update_one({"_id": "seed"}, {"$inc": {"n": 1}}, session=session)
+
+            with c.start_session() as s:
+                s.with_transaction(callback)
+        assert len(attempts) >= 2  # the first attempt met the failover
+        with direct(upstream) as d:
+            assert d.fo.txn.count_documents({"_id": "t"}) == 1
+            assert d.fo.txn.find_one({"_id": "seed"})["n"] == 1
+    finally:
+        proxy.stop()
+
+
+def test_a_half_open_primary_makes_indexes_stale_then_they_resume(replica_set):
+    """The only primary stops answering (its socket open, nothing coming
+    back): the change stream is reopened within a bound, the index says
+    STALE meanwhile and /health says no primary; when the primary answers
+    again the index follows the collection again, writes made meanwhile
+    included."""
+    upstream, group = replica_set
+    uri = replica_set_uri(group, heartbeatFrequencyMS=500, connectTimeoutMS=2000,
+                          serverSelectionTimeoutMS=3000)
+    proxy = start_proxy(uri, "--metrics-listen", "127.0.0.1:0", log_level="info")
+    try:
+        health = metrics(proxy)
+        with MongoClient(f"mongodb://{proxy.address}/", serverSelectionTimeoutMS=60000) as c:
+            coll = c.fo.points
+            coll.drop()
+            coll.insert_many([{"_id": i, "p": [float(i), 0.0]} for i in range(20)])
+            coll.create_search_index(SearchIndexModel(name="pts", type="vectorSearch", definition={
+                "fields": [{"type": "vector", "path": "p", "numDimensions": 2,
+                            "similarity": "euclidean"}]}))
+            eventually(lambda: [i["status"] for i in coll.list_search_indexes()] == ["READY"])
+            assert http_get(health, "/health")[0] == 200
+
+            group.black_hole(0)
+            with direct(upstream) as d:  # a write that bypasses the proxy
+                d.fo.points.insert_one({"_id": 100, "p": [100.0, 0.0]})
+            eventually(lambda: http_get(health, "/health")[0] == 503, timeout=60)
+            # $listSearchIndexes cannot be asked now (the client's
+            # connection, and any new one, needs the primary to check its
+            # rights), so the status is read from the metrics.
+            def stale():
+                return 'likewise_index_stale{namespace="fo.points",index="pts"} 1' in \
+                    http_get(health, "/metrics")[1]
+            waited = eventually(stale, timeout=60)
+            print(f"\nhalf-open primary: index STALE {waited:.1f} s after the primary stopped answering")
+            proxy.wait_for_line("change stream interrupted", timeout=60)
+
+            group.black_hole(0, on=False)
+            eventually(lambda: http_get(health, "/health")[0] == 200, timeout=60)
+        with MongoClient(f"mongodb://{proxy.address}/") as c:
+            coll = c.fo.points
+            eventually(lambda: [i["status"] for i in coll.list_search_indexes()] == ["READY"],
+                       timeout=90)
+            found = lambda: [d["_id"] for d in coll.find({"$like": {"vector": [99.0, 0.0], "n": 1}})]
+            eventually(lambda: found() == [100], timeout=60)
+    finally:
+        proxy.stop()
+
+
+def test_two_mongos_share_client_connections():
+    upstream = start_upstream()
+    group = Routers(upstream.port, 2)
+    proxy = start_proxy(f"mongodb://{','.join(group.addresses())}/", "--metrics-listen", "127.0.0.1:0")
+    try:
+        clients = [MongoClient(f"mongodb://{proxy.address}/", maxPoolSize=1) for _ in range(6)]
+        for i, c in enumerate(clients):
+            c.fo.routed.insert_one({"_id": i})
+            assert c.topology_description.topology_type_name == "Sharded"
+        text = http_get(metrics(proxy), "/metrics")[1]
+        for m in group.members:
+            assert f'likewise_upstream_server{{address="{m.address}",role="Mongos"}} 1' in text
+            # Client connections (pymongo's pools and monitors) are spread
+            # over both routers.
+            pinned = [line for line in text.splitlines()
+                      if line.startswith(f'likewise_upstream_connections{{address="{m.address}"}}')]
+            assert pinned and int(pinned[0].split()[-1]) >= 2, text
+        for c in clients:
+            c.close()
+        with direct(upstream) as d:
+            assert d.fo.routed.count_documents({}) == 6
+    finally:
+        proxy.stop()
+        group.stop()
+        upstream.stop()
+
+
+@pytest.fixture(scope="module")
+def sha1_upstream(tmp_path_factory):
+    """SecantusDB with a SCRAM-SHA-1 user defined in `shop` (not admin)."""
+    storage = str(tmp_path_factory.mktemp("sha1db"))
+    setup = start_upstream("--storage-path", storage)
+    with MongoClient(f"mongodb://127.0.0.1:{setup.port}/", directConnection=True) as c:
+        c.shop.command("createUser", "indexer", pwd="sha1-pw", roles=["dbOwner"],
+                       mechanisms=["SCRAM-SHA-1"])
+        c.admin.command("createUser", "app", pwd="app-pw", roles=["root"])
+    setup.proc.terminate()
+    setup.proc.wait(timeout=60)
+    server = start_upstream("--storage-path", storage, "--auth")
+    yield server
+    server.stop()
+
+
+def test_the_proxy_authenticates_with_scram_sha1_and_the_paths_auth_source(sha1_upstream, tmp_path):
+    key = tmp_path / "metadata.key"
+    key.write_bytes(b"0123456789abcdef0123456789abcdef")
+    uri = f"mongodb://indexer:sha1-pw@127.0.0.1:{sha1_upstream.port}/shop?authMechanism=SCRAM-SHA-1"
+    proxy = start_proxy(uri, "--metadata-db", "shop", "--metadata-key-file", str(key))
+    try:
+        with MongoClient(f"mongodb://app:app-pw@{proxy.address}/?authSource=admin") as app:
+            coll = app.shop.items
+            coll.insert_many([{"_id": i, "p": [float(i), 1.0]} for i in range(10)])
+            # The definition is stored, and the build scans, as `indexer`
+            # of `shop`: SCRAM-SHA-1, authSource taken from the URI's path.
+            coll.create_search_index(SearchIndexModel(name="items", type="vectorSearch", definition={
+                "fields": [{"type": "vector", "path": "p", "numDimensions": 2,
+                            "similarity": "euclidean"}]}))
+            eventually(lambda: [i["status"] for i in coll.list_search_indexes()] == ["READY"])
+            assert [d["_id"] for d in coll.find({"$like": {"vector": [3.1, 1.0], "n": 2}})] == [3, 4]
+            assert app.shop.search_indexes.count_documents({"name": "items"}) == 1
+    finally:
+        proxy.stop()
