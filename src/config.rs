@@ -66,10 +66,11 @@ impl Upstream {
     /// `mongodb+srv://`) without touching the network. Options likewise
     /// cannot honour are refused with the reason, never ignored:
     /// `loadBalanced` (clients are pinned to servers, which a load
-    /// balancer hides), and the TLS options that weaken verification
-    /// (`tlsInsecure`, `tlsAllowInvalidCertificates`,
-    /// `tlsAllowInvalidHostnames`), which the proxy's own TLS to the
-    /// servers does not implement.
+    /// balancer hides), `socketTimeoutMS` (the driver has none), Unix
+    /// socket hosts, and the TLS options that weaken verification
+    /// (`tlsInsecure`, `tlsAllowInvalidCertificates`; the driver itself
+    /// refuses `tlsAllowInvalidHostnames` in this build), which the
+    /// proxy's own TLS to the servers does not implement.
     pub fn parse(uri: &str) -> Result<Upstream, String> {
         use mongodb::options::{ConnectionString, Tls};
         let connection = ConnectionString::parse(uri).map_err(|e| {
@@ -78,6 +79,26 @@ impl Upstream {
                 e.kind
             )
         })?;
+        #[allow(deprecated)]
+        if connection.socket_timeout.is_some() {
+            return Err(
+                "upstream URI option socketTimeoutMS is not supported: the Rust \
+                        driver has no socket timeout (likewise bounds its own operations and \
+                        change streams itself)"
+                    .into(),
+            );
+        }
+        if let mongodb::options::HostInfo::HostIdentifiers(hosts) = &connection.host_info {
+            if let Some(socket) = hosts
+                .iter()
+                .find(|h| !matches!(h, mongodb::options::ServerAddress::Tcp { .. }))
+            {
+                return Err(format!(
+                    "upstream URI host {socket} is not supported: likewise connects to servers \
+                     over TCP"
+                ));
+            }
+        }
         if connection.load_balanced == Some(true) {
             return Err(
                 "upstream URI option loadBalanced=true is not supported: likewise pins each \
@@ -450,6 +471,8 @@ mod tests {
     fn refuses_what_it_cannot_honour() {
         let refused = |uri: &str| Upstream::parse(uri).unwrap_err();
         assert!(refused("mongodb://h:1/?loadBalanced=true").contains("loadBalanced"));
+        assert!(refused("mongodb://h:1/?socketTimeoutMS=1000").contains("socketTimeoutMS"));
+        assert!(refused("mongodb://%2Ftmp%2Fmongodb-27017.sock").contains("TCP"));
         assert!(refused("mongodb://h:1/?tls=true&tlsInsecure=true").contains("tlsInsecure"));
         assert!(
             refused("mongodb://h:1/?tls=true&tlsAllowInvalidCertificates=true")

@@ -130,6 +130,11 @@ pub struct Connection {
     outstanding: usize,
     /// A frame write began and did not finish (its future was dropped).
     writing: bool,
+    /// The far end is a replica-set secondary (see
+    /// [`Connection::to_secondary`]).
+    secondary: bool,
+    /// A read or write failed, or the peer closed: the stream is done.
+    broken: bool,
 }
 
 /// Whether a frame is a request that will be answered: OP_MSG without
@@ -167,6 +172,29 @@ fn is_last_reply(frame: &[u8]) -> bool {
 }
 
 impl Connection {
+    /// Marks the connection as one to a replica-set secondary: commands
+    /// the proxy frames itself on it (`upstream::pinned`) then carry a
+    /// secondary read preference, without which a secondary refuses reads.
+    pub fn to_secondary(&mut self) {
+        self.secondary = true;
+    }
+
+    /// Whether [`Connection::to_secondary`] was called.
+    pub fn is_secondary(&self) -> bool {
+        self.secondary
+    }
+
+    /// Records that the stream failed (a read or write error, or the
+    /// peer closed it) where the caller handled it as an error reply.
+    pub fn mark_broken(&mut self) {
+        self.broken = true;
+    }
+
+    /// Whether [`Connection::mark_broken`] was called.
+    pub fn is_broken(&self) -> bool {
+        self.broken
+    }
+
     pub fn new(stream: TcpStream) -> Connection {
         // Requests and replies are small and latency-bound.
         let _ = stream.set_nodelay(true);
@@ -180,6 +208,8 @@ impl Connection {
             charge: None,
             outstanding: 0,
             writing: false,
+            secondary: false,
+            broken: false,
         }
     }
 

@@ -395,7 +395,11 @@ fn serve(args: ServeArgs) -> ExitCode {
             }
         }
     }
-    if let Some(tls) = config.upstream.tls.clone() {
+    if let Some(mut tls) = config.upstream.tls.clone() {
+        // Client connections never present the proxy's certificate: with
+        // it, a client could authenticate as the proxy (MONGODB-X509).
+        // The driver alone uses it, for the proxy's own connections.
+        tls.cert_key_file = None;
         match likewise::tls::client_config(&tls) {
             Ok(tls) => config.upstream_tls = Some(tls),
             Err(e) => {

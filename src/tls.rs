@@ -78,11 +78,12 @@ pub fn root_certificates(ca_file: Option<&Path>) -> Result<Vec<CertificateDer<'s
     certificates(&bundle)
 }
 
-/// How the connections the proxy opens for clients to a `tls=true`
-/// upstream verify it (against `tlsCAFile`, or the system's CA bundle),
-/// and the certificate they present when `tlsCertificateKeyFile` names
-/// one (a PEM file holding the certificate chain and its key, as the
-/// driver reads it).
+/// How connections to a `tls=true` upstream verify it (against
+/// `tlsCAFile`, or the system's CA bundle), and the certificate they
+/// present when `cert_key_file` names one (a PEM file holding the
+/// certificate chain and its key, as the driver reads it). The proxy's
+/// connections for clients are made with none: a client must never be
+/// able to authenticate as the proxy's certificate.
 pub fn client_config(
     tls: &crate::config::UpstreamTls,
 ) -> Result<Arc<rustls::ClientConfig>, String> {

@@ -93,6 +93,11 @@ const RESTORE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 /// Serves one client until it disconnects or its upstream fails.
 pub async fn serve(stream: TcpStream, shared: Arc<Shared>) {
     let metrics = shared.metrics.clone();
+    // The client's host: all its connections go to one router.
+    let peer = stream
+        .peer_addr()
+        .map(|a| a.ip().to_string())
+        .unwrap_or_default();
     metrics.connections_total.fetch_add(1, Ordering::Relaxed);
     metrics.connections_open.fetch_add(1, Ordering::Relaxed);
     let client = match &shared.config.client_tls {
@@ -119,11 +124,11 @@ pub async fn serve(stream: TcpStream, shared: Arc<Shared>) {
         let opened = shared
             .config
             .deployment
-            .open_for_client(&shared.config, None)
+            .open_for_client(&shared.config, &peer)
             .await;
         match opened {
             Ok((upstream, pin)) => {
-                session::Session::new(client, upstream, pin, shared)
+                session::Session::new(client, upstream, pin, peer, shared)
                     .run()
                     .await
             }

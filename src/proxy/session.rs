@@ -27,6 +27,19 @@ pub(super) struct Session {
     /// The request being served, and whether any reply to it went out.
     current: Option<ReplyTo>,
     answered: bool,
+    /// A connection to a secondary, for reads whose read preference sends
+    /// them there (opened on first use), and the cursors opened on it.
+    secondary: Option<(Connection, Pin)>,
+    secondary_cursors: std::collections::HashSet<i64>,
+    /// Set while a request is served on the secondary: replies' cursor
+    /// ids are noted so their `getMore`s follow.
+    tracking: Option<Route>,
+    /// The cursors the `getMore` being served on the secondary continues.
+    current_cursor_ids: Option<Vec<i64>>,
+    /// The failure ending the pair was counted against the secondary.
+    failure_counted: bool,
+    /// The client's host (IP address).
+    peer: String,
     /// When the request now upstream was sent, until its first reply.
     forwarded_at: Option<Instant>,
     /// A reply to the client is partly written (a timeout cut it short).
@@ -47,7 +60,7 @@ pub(super) enum Failure {
 }
 
 /// Enough about a request to answer it in its own dialect.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Default)]
 pub(super) struct ReplyTo {
     pub(super) request_id: i32,
     pub(super) legacy: bool,
@@ -114,6 +127,7 @@ impl Session {
         client: Connection,
         upstream: Connection,
         pin: Pin,
+        peer: String,
         shared: Arc<Shared>,
     ) -> Session {
         let views = shared.config.deployment.topology().subscribe();
@@ -125,6 +139,12 @@ impl Session {
             views,
             current: None,
             answered: false,
+            secondary: None,
+            secondary_cursors: Default::default(),
+            tracking: None,
+            current_cursor_ids: None,
+            failure_counted: false,
+            peer,
             shared,
             forwarded_at: None,
             client_dirty: false,
@@ -152,7 +172,16 @@ impl Session {
             };
             let in_flight = &self.shared.metrics.requests_in_flight;
             in_flight.fetch_add(1, Ordering::Relaxed);
-            let outcome = self.handle(frame).await;
+            let mut outcome = self.handle(frame).await;
+            // A command the proxy ran on the pinned connection itself (a
+            // rights probe, a filter read) found it broken: the pair ends
+            // as for any upstream failure.
+            if self.upstream.is_broken() {
+                if let Err(Failure::Reply { error, .. }) = &outcome {
+                    let why = format!("failed under a command ({})", error.message);
+                    outcome = Err(Failure::Upstream(self.failover(&why)));
+                }
+            }
             self.shared
                 .metrics
                 .requests_in_flight
@@ -181,10 +210,15 @@ impl Session {
                 }
                 Err(Failure::Upstream(error)) => {
                     self.shared.metrics.error(&error);
-                    self.shared
-                        .metrics
-                        .server_failed(&self.pin.address.to_string());
+                    if !self.failure_counted {
+                        self.shared
+                            .metrics
+                            .server_failed(&self.pin.address.to_string());
+                    }
                     tracing::info!(%error, server = %self.pin.address, "closing client connection: its upstream failed");
+                    // The driver may not know yet: have it look now, so the
+                    // client's retry finds the server's successor.
+                    self.shared.config.deployment.nudge(&self.shared.config);
                     let request = self.current.filter(|r| !r.more_to_come);
                     if let Some(request) = request.filter(|_| !self.answered && !self.client_dirty)
                     {
@@ -331,8 +365,161 @@ impl Session {
         }
     }
 
-    /// Serves one parsed OP_MSG request.
+    /// Serves one parsed OP_MSG request on the server its read preference
+    /// calls for: a secondary for `secondary`, `secondaryPreferred` and
+    /// `nearest` (as a `mongos` routes them, [`Session::read_route`]),
+    /// the pinned server otherwise. The secondary's connection is opened
+    /// on first use and kept; while a request is served there it takes the
+    /// place of the pinned connection, so everything below (relaying,
+    /// failover, a vector query's filter reads) works on it unchanged.
     async fn dispatch(
+        &mut self,
+        request: ReplyTo,
+        message: &Bytes,
+        parsed: &OpMsg<'_>,
+        compressor: Option<Compressor>,
+    ) -> Result<(), Failure> {
+        let Some(route) = self.read_route(parsed.body()).await? else {
+            return self
+                .dispatch_here(request, message, parsed, compressor)
+                .await;
+        };
+        if route == Route::Cursor {
+            let ids = cursor_ids(parsed.body());
+            if parsed.command_name() == Some("killCursors") {
+                for id in &ids {
+                    self.secondary_cursors.remove(id);
+                }
+            } else {
+                self.current_cursor_ids = Some(ids);
+            }
+        }
+        self.swap_secondary();
+        self.tracking = Some(route);
+        let outcome = self
+            .dispatch_here(request, message, parsed, compressor)
+            .await;
+        self.tracking = None;
+        self.current_cursor_ids = None;
+        if matches!(outcome, Err(Failure::Upstream(_))) {
+            // Counted against the secondary here; the pair ends as for
+            // the pinned server.
+            self.shared
+                .metrics
+                .server_failed(&self.pin.address.to_string());
+            self.failure_counted = true;
+        }
+        self.swap_secondary();
+        outcome
+    }
+
+    /// Exchanges the pinned connection with the secondary's.
+    fn swap_secondary(&mut self) {
+        if let Some(secondary) = self.secondary.as_mut() {
+            std::mem::swap(&mut self.upstream, &mut secondary.0);
+            std::mem::swap(&mut self.pin, &mut secondary.1);
+        }
+    }
+
+    /// Where a command goes when not to the pinned server: `Some` for a
+    /// command a `mongos` would send to a secondary — `$readPreference`
+    /// `secondary`, `secondaryPreferred` or `nearest` outside a
+    /// transaction — and for a `getMore` / `killCursors` of a cursor opened
+    /// there. Only behind a replica set, and only when the upstream has no
+    /// access control (the proxy has no credentials): a client's
+    /// authentication lives on its pinned connection and cannot be carried
+    /// to another server, so behind access control every read stays on the
+    /// primary. `secondaryPreferred` and `nearest` fall back to the
+    /// primary when no secondary answers at once; `secondary` waits for
+    /// one as server selection does.
+    async fn read_route(&mut self, body: &RawDocument) -> Result<Option<Route>, Failure> {
+        if self.pin.role != Role::Primary || self.shared.config.upstream.credentials.is_some() {
+            return Ok(None);
+        }
+        let name = msg::first_key(body).unwrap_or("");
+        if name == "getMore" || name == "killCursors" {
+            let ids = cursor_ids(body);
+            let there = ids.iter().any(|id| self.secondary_cursors.contains(id));
+            return Ok(there.then_some(Route::Cursor));
+        }
+        if matches!(body.get("autocommit"), Ok(Some(RawBsonRef::Boolean(false)))) {
+            return Ok(None);
+        }
+        let Ok(preference) = body.get_document("$readPreference") else {
+            return Ok(None);
+        };
+        let required = match preference.get_str("mode").unwrap_or("primary") {
+            "secondary" => true,
+            "secondaryPreferred" | "nearest" => false,
+            _ => return Ok(None),
+        };
+        // The proxy cannot see how far behind a secondary is: a staleness
+        // bound is met by the primary where the mode allows it, and
+        // refused where it does not.
+        if preference
+            .get("maxStalenessSeconds")
+            .ok()
+            .flatten()
+            .is_some()
+        {
+            if !required {
+                return Ok(None);
+            }
+            return Err(Failure::Reply {
+                request: self.current.unwrap_or_default(),
+                error: Error::client(
+                    Code::relayed(133, "FailedToSatisfyReadPreference"),
+                    "likewise does not measure secondaries' staleness: maxStalenessSeconds \
+                     needs mode secondaryPreferred or nearest (served by the primary) or no bound",
+                ),
+            });
+        }
+        let tag_sets = read_tags(preference);
+        let alive = self.secondary.as_ref().is_some_and(|(_, pin)| {
+            let view = self.views.borrow();
+            view.still_serves(pin)
+                && view
+                    .tagged(Role::Secondary, &tag_sets)
+                    .contains(&&pin.address)
+        });
+        if !alive {
+            self.secondary = None;
+            let wait = if required {
+                None
+            } else {
+                Some(std::time::Duration::ZERO)
+            };
+            let opened = self
+                .shared
+                .config
+                .deployment
+                .open_for_client_within(
+                    &self.shared.config,
+                    Some(Role::Secondary),
+                    &tag_sets,
+                    &self.peer,
+                    wait,
+                )
+                .await;
+            match opened {
+                Ok((conn, pin)) => {
+                    self.shared.metrics.pinned(&pin.address.to_string(), true);
+                    self.secondary = Some((conn, pin));
+                }
+                Err(_) if !required => return Ok(None),
+                Err(error) => {
+                    return Err(Failure::Reply {
+                        request: self.current.unwrap_or_default(),
+                        error,
+                    })
+                }
+            }
+        }
+        Ok(Some(Route::Read))
+    }
+
+    /// Serves one parsed OP_MSG request on the connection in place.
+    async fn dispatch_here(
         &mut self,
         request: ReplyTo,
         message: &Bytes,
@@ -558,6 +745,8 @@ impl Session {
     /// the same way.
     pub(super) async fn read_upstream(&mut self) -> Result<Bytes, Failure> {
         let read = tokio::select! {
+            // A reply already here wins over news of a failover.
+            biased;
             read = self.upstream.read_frame() => read,
             () = lost(&mut self.views, &self.pin) => {
                 return Err(Failure::Upstream(self.failover(&format!(
@@ -576,17 +765,34 @@ impl Session {
             self.shared.metrics.upstream_latency.observe(sent.elapsed());
         }
         let (_, reply) = wire::inflate(frame).map_err(|e| upstream_garbage(&e))?;
-        if self.pin.role == Role::Primary && says_not_primary(&reply) {
-            // Not run: answered as a failover, so the driver drops its
-            // pool (stale pins all) and retries on a new connection.
-            tracing::info!(server = %self.pin.address, "upstream says it is no longer primary");
-            self.shared
-                .config
-                .deployment
-                .demote(&self.shared.config, &self.pin.address);
-            return Err(Failure::Upstream(
-                self.failover("answered that it is no longer primary"),
-            ));
+        if self.tracking.is_some() {
+            self.note_cursor(&reply);
+        }
+        match says_not_primary(&reply) {
+            NotPrimary::No => {}
+            _ if self.pin.role != Role::Primary => {}
+            NotPrimary::NotRun => {
+                // Not run: answered as a failover, so the driver drops its
+                // pool (stale pins all) and retries on a new connection.
+                tracing::info!(server = %self.pin.address, "upstream says it is no longer primary");
+                self.shared
+                    .config
+                    .deployment
+                    .demote(&self.shared.config, &self.pin.address);
+                return Err(Failure::Upstream(
+                    self.failover("answered that it is no longer primary"),
+                ));
+            }
+            NotPrimary::AfterWriting => {
+                // The write ran; its reply (counts, the server's labels)
+                // goes to the client as it is, and the demotion ends the
+                // pair once it is sent (`send_client`).
+                tracing::info!(server = %self.pin.address, "upstream stepped down after a write");
+                self.shared
+                    .config
+                    .deployment
+                    .demote(&self.shared.config, &self.pin.address);
+            }
         }
         Ok(reply)
     }
@@ -653,11 +859,86 @@ impl Session {
     }
 }
 
+impl Session {
+    /// Notes the cursor a reply from the secondary opened (so its
+    /// `getMore`s are sent there), or forgets one it exhausted. At most
+    /// [`MAX_SECONDARY_CURSORS`] are noted; past that, reads stay on the
+    /// primary until some are closed.
+    fn note_cursor(&mut self, reply: &[u8]) {
+        let Ok(parsed) = OpMsg::parse(reply) else {
+            return;
+        };
+        let Ok(cursor) = parsed.body().get_document("cursor") else {
+            return;
+        };
+        match cursor.get_i64("id") {
+            Ok(0) => {
+                if let Some(ids) = self.current_cursor_ids.take() {
+                    for id in ids {
+                        self.secondary_cursors.remove(&id);
+                    }
+                }
+            }
+            Ok(id) if self.secondary_cursors.len() < MAX_SECONDARY_CURSORS => {
+                self.secondary_cursors.insert(id);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Most cursors one client connection may have open on its secondary.
+const MAX_SECONDARY_CURSORS: usize = 10_000;
+
+/// Why a request is served on the secondary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Route {
+    /// Its read preference sends it there.
+    Read,
+    /// It continues or closes a cursor opened there.
+    Cursor,
+}
+
+/// A read preference's `tags`: tag sets in order of preference.
+fn read_tags(preference: &RawDocument) -> Vec<crate::upstream::topology::TagSet> {
+    let Ok(sets) = preference.get_array("tags") else {
+        return Vec::new();
+    };
+    sets.into_iter()
+        .flatten()
+        .filter_map(|set| set.as_document())
+        .map(|set| {
+            let mut tags: Vec<(String, String)> = set
+                .into_iter()
+                .flatten()
+                .filter_map(|(k, v)| v.as_str().map(|v| (k.to_string(), v.to_string())))
+                .collect();
+            tags.sort();
+            tags
+        })
+        .collect()
+}
+
+/// The cursor ids a `getMore` or `killCursors` names.
+fn cursor_ids(body: &RawDocument) -> Vec<i64> {
+    match msg::first_key(body) {
+        Some("getMore") => body.get_i64("getMore").into_iter().collect(),
+        Some("killCursors") => body
+            .get_array("cursors")
+            .map(|a| a.into_iter().flatten().filter_map(|v| v.as_i64()).collect())
+            .unwrap_or_default(),
+        _ => Vec::new(),
+    }
+}
+
 impl Drop for Session {
     fn drop(&mut self) {
         self.shared
             .metrics
             .pinned(&self.pin.address.to_string(), false);
+        if let Some((_, pin)) = &self.secondary {
+            self.shared.metrics.pinned(&pin.address.to_string(), false);
+        }
     }
 }
 
@@ -679,21 +960,36 @@ async fn lost(views: &mut tokio::sync::watch::Receiver<View>, pin: &Pin) {
 /// "node is recovering" errors of the SDAM specification.
 const NOT_PRIMARY_CODES: &[i32] = &[10107, 13435, 13436, 189, 91, 11600, 11602, 10058];
 
-/// Whether an OP_MSG reply is an error of [`NOT_PRIMARY_CODES`].
-fn says_not_primary(reply: &[u8]) -> bool {
+/// Whether an OP_MSG reply is an error of [`NOT_PRIMARY_CODES`], or a
+/// write whose write concern failed with one.
+fn says_not_primary(reply: &[u8]) -> NotPrimary {
     let Ok(parsed) = OpMsg::parse(reply) else {
-        return false;
+        return NotPrimary::No;
     };
     let body = parsed.body();
+    let listed = |code: Result<i32, _>| code.is_ok_and(|c| NOT_PRIMARY_CODES.contains(&c));
     if crate::command::reply_ok(body) {
-        return body
-            .get_document("writeConcernError")
-            .ok()
-            .and_then(|w| w.get_i32("code").ok())
-            .is_some_and(|c| NOT_PRIMARY_CODES.contains(&c));
+        let concern = body.get_document("writeConcernError");
+        if concern.is_ok_and(|w| listed(w.get_i32("code"))) {
+            return NotPrimary::AfterWriting;
+        }
+        return NotPrimary::No;
     }
-    body.get_i32("code")
-        .is_ok_and(|c| NOT_PRIMARY_CODES.contains(&c))
+    if listed(body.get_i32("code")) {
+        NotPrimary::NotRun
+    } else {
+        NotPrimary::No
+    }
+}
+
+/// What a reply says about its server being primary.
+enum NotPrimary {
+    No,
+    /// The command failed with a "not primary" code: it did not run.
+    NotRun,
+    /// The write ran, and its write concern failed with one (the server
+    /// stepped down while waiting for replication).
+    AfterWriting,
 }
 
 /// The wait a request itself asks the server for, which a request timeout

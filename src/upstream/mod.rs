@@ -36,12 +36,21 @@ const SERVER_SELECTION: Duration = Duration::from_secs(30);
 /// The proxy's handle on the deployment: a driver client, started on first
 /// use (so that `mongodb+srv` lookups and the monitors run inside the
 /// runtime), and the topology its monitors report.
-#[derive(Default)]
 pub struct Deployment {
     client: tokio::sync::OnceCell<mongodb::Client>,
     topology: Arc<Topology>,
     /// A [`Deployment::nudge`] probe is running.
-    nudging: std::sync::atomic::AtomicBool,
+    nudging: tokio::sync::watch::Sender<bool>,
+}
+
+impl Default for Deployment {
+    fn default() -> Deployment {
+        Deployment {
+            client: tokio::sync::OnceCell::new(),
+            topology: Arc::default(),
+            nudging: tokio::sync::watch::Sender::new(false),
+        }
+    }
 }
 
 /// The collection the topology probe reads (the catalog's, which the
@@ -105,7 +114,7 @@ impl Deployment {
     /// while no primary is known its server selection checks every server
     /// at once rather than at the next heartbeat. One at a time.
     pub fn nudge(&self, config: &Arc<Config>) {
-        if self.nudging.swap(true, std::sync::atomic::Ordering::AcqRel) {
+        if self.nudging.send_replace(true) {
             return;
         }
         let config = config.clone();
@@ -130,9 +139,7 @@ impl Deployment {
                     tracing::debug!(error = %e, "topology probe");
                 }
             }
-            deployment
-                .nudging
-                .store(false, std::sync::atomic::Ordering::Release);
+            deployment.nudging.send_replace(false);
         });
     }
 
@@ -148,10 +155,25 @@ impl Deployment {
     /// `serverSelectionTimeoutMS` (default 30 s) for such a server, and
     /// up to `--connect-timeout-ms` for the connection;
     /// `HostUnreachable` past either.
+    /// `client` is the client's address (its IP picks its router).
     pub async fn open_for_client(
         &self,
         config: &Arc<Config>,
+        client: &str,
+    ) -> Result<(Connection, Pin), Error> {
+        self.open_for_client_within(config, None, &[], client, None)
+            .await
+    }
+
+    /// [`Deployment::open_for_client`] for a server in `role` whose tags
+    /// match `tag_sets`, waiting `wait` (`None`: `serverSelectionTimeoutMS`).
+    pub async fn open_for_client_within(
+        &self,
+        config: &Arc<Config>,
         role: Option<Role>,
+        tag_sets: &[topology::TagSet],
+        client: &str,
+        wait: Option<Duration>,
     ) -> Result<(Connection, Pin), Error> {
         self.client(config).await?;
         let view = self.topology.view();
@@ -159,13 +181,23 @@ impl Deployment {
         if wanted.is_none_or(|r| view.candidates(r).is_empty()) {
             self.nudge(config);
         }
-        let wait = config
-            .upstream
-            .connection
-            .server_selection_timeout
-            .unwrap_or(SERVER_SELECTION);
-        let pin = self.topology.select(role, wait).await?;
-        let conn = open(config, &pin.address).await?;
+        let wait = wait.unwrap_or_else(|| {
+            config
+                .upstream
+                .connection
+                .server_selection_timeout
+                .unwrap_or(SERVER_SELECTION)
+        });
+        // While the driver is being made to look (a pinned connection just
+        // failed), its answer is waited for: the view may still name the
+        // server that failed.
+        let mut nudging = self.nudging.subscribe();
+        let _ = tokio::time::timeout(wait, nudging.wait_for(|running| !*running)).await;
+        let pin = self.topology.select(role, tag_sets, client, wait).await?;
+        let mut conn = open(config, &pin.address).await?;
+        if pin.role == Role::Secondary {
+            conn.to_secondary();
+        }
         Ok((conn, pin))
     }
 }
@@ -187,6 +219,12 @@ async fn open(config: &Config, address: &ServerAddress) -> Result<Connection, Er
     } else {
         format!("{host}:{port}")
     };
+    let timeout = config
+        .upstream
+        .connection
+        .connect_timeout
+        .filter(|t| !t.is_zero())
+        .unwrap_or(config.connect_timeout);
     let connect = async {
         let stream = TcpStream::connect(&target).await?;
         stream.set_nodelay(true)?;
@@ -195,13 +233,10 @@ async fn open(config: &Config, address: &ServerAddress) -> Result<Connection, Er
             None => Ok(Connection::new(stream)),
         }
     };
-    match tokio::time::timeout(config.connect_timeout, connect).await {
+    match tokio::time::timeout(timeout, connect).await {
         Ok(Ok(conn)) => Ok(conn),
         Ok(Err(e)) => Err(unreachable(e.to_string())),
-        Err(_) => Err(unreachable(format!(
-            "no connection within {:?}",
-            config.connect_timeout
-        ))),
+        Err(_) => Err(unreachable(format!("no connection within {timeout:?}"))),
     }
 }
 
@@ -210,13 +245,32 @@ async fn open(config: &Config, address: &ServerAddress) -> Result<Connection, Er
 #[derive(Clone)]
 pub struct Own {
     client: mongodb::Client,
+    options: Arc<mongodb::options::ConnectionString>,
 }
 
 /// The proxy's own handle, starting the driver client on first use.
 pub async fn connect(config: &Config) -> Result<Own, Error> {
     Ok(Own {
         client: config.deployment.client(config).await?,
+        options: Arc::new(config.upstream.connection.clone()),
     })
+}
+
+/// Longest one of the proxy's own commands, or one batch of its cursors,
+/// may take.
+pub const OWN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// `operation`, failed with a network timeout past [`OWN_TIMEOUT`].
+async fn bounded<T>(
+    operation: impl std::future::Future<Output = mongodb::error::Result<T>>,
+) -> mongodb::error::Result<T> {
+    match tokio::time::timeout(OWN_TIMEOUT, operation).await {
+        Ok(outcome) => outcome,
+        Err(_) => Err(mongodb::error::Error::from(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("likewise: no answer within {} s", OWN_TIMEOUT.as_secs()),
+        ))),
+    }
 }
 
 /// A command body's database (`$db`, required) and the body without it.
@@ -236,21 +290,37 @@ fn split_db(body: &RawDocument) -> Result<(String, RawDocumentBuf), Error> {
 }
 
 impl Own {
-    /// Runs one command (its body names the database in `$db`) on the
-    /// primary, or where the URI's read preference sends reads; `ok: 0`
-    /// becomes an error with the server's code. A command that fails on
-    /// the network (a pooled connection the server closed) is sent once
-    /// more on another connection: every command the proxy sends itself is
-    /// idempotent (reads, and upserts, `$set`s, `$unset`s and deletes by
-    /// `_id` or to a fixed state), which the driver cannot know of a
-    /// generic command.
+    /// Runs one command (its body names the database in `$db`); `ok: 0`
+    /// becomes an error with the server's code. The URI's defaults apply
+    /// as the driver applies them to its own helpers (which `runCommand`
+    /// does not): a write carries its `w` / `journal` / `wtimeoutMS` as
+    /// `writeConcern`; a read carries its `readConcernLevel` and goes
+    /// where its `readPreference` sends it. A command that fails on the
+    /// network (a pooled connection the server closed) is sent once more
+    /// unless the URI says `retryWrites=false` / `retryReads=false`: every
+    /// command the proxy sends itself is idempotent (reads, and upserts,
+    /// `$set`s, `$unset`s and deletes by `_id` or to a fixed state), which
+    /// the driver cannot know of a generic command. Each attempt is
+    /// bounded by [`OWN_TIMEOUT`] (`NetworkTimeout` past it): the driver
+    /// has no socket timeout, and a half-open connection must not stall
+    /// the proxy's work.
     pub async fn command(&self, body: &RawDocument) -> Result<RawDocumentBuf, Error> {
-        let (db, rest) = split_db(body)?;
+        let (db, rest, write) = self.prepare(body)?;
         let database = self.client.database(&db);
-        let reply = match database.run_raw_command(rest.clone()).await {
-            Err(e) if is_network(&e) => {
+        let criteria = (!write)
+            .then(|| self.client.selection_criteria().cloned())
+            .flatten();
+        let attempt = || {
+            let mut action = database.run_raw_command(rest.clone());
+            if let Some(c) = criteria.clone() {
+                action = action.selection_criteria(c);
+            }
+            bounded(std::future::IntoFuture::into_future(action))
+        };
+        let reply = match attempt().await {
+            Err(e) if is_network(&e) && self.may_retry(write) => {
                 tracing::debug!(error = %e, "the proxy's own command failed on the network; sending it again");
-                database.run_raw_command(rest).await
+                attempt().await
             }
             other => other,
         }
@@ -258,18 +328,63 @@ impl Own {
         RawDocumentBuf::from_document(&reply).map_err(|e| Error::internal(e.to_string()))
     }
 
-    /// Runs a cursor-returning command (`find`, `aggregate`) and returns
-    /// its cursor, read a batch at a time.
+    /// Runs a cursor-returning command (`find`, `aggregate`: reads, as
+    /// [`Own::command`] runs them) and returns its cursor, read a batch at
+    /// a time.
     pub async fn cursor(&self, body: &RawDocument) -> Result<OwnCursor, Error> {
-        let (db, rest) = split_db(body)?;
+        let (db, rest, _) = self.prepare(body)?;
         let database = self.client.database(&db);
-        let inner = match database.run_raw_cursor_command(rest.clone()).batch().await {
-            // As in `command`: the proxy's cursors are reads.
-            Err(e) if is_network(&e) => database.run_raw_cursor_command(rest).batch().await,
+        let criteria = self.client.selection_criteria().cloned();
+        let attempt = || {
+            let mut action = database.run_raw_cursor_command(rest.clone());
+            if let Some(c) = criteria.clone() {
+                action = action.selection_criteria(c);
+            }
+            bounded(action.batch())
+        };
+        let inner = match attempt().await {
+            Err(e) if is_network(&e) && self.may_retry(false) => attempt().await,
             other => other,
         }
         .map_err(driver_error)?;
         Ok(OwnCursor { inner })
+    }
+
+    /// The body without `$db`, with the URI's write or read concern added
+    /// (unless it has its own), and whether it is a write.
+    fn prepare(&self, body: &RawDocument) -> Result<(String, RawDocumentBuf, bool), Error> {
+        let (db, mut rest) = split_db(body)?;
+        let name = crate::wire::msg::first_key(body).unwrap_or("");
+        let write = matches!(name, "insert" | "update" | "delete" | "findAndModify");
+        let concern = if write {
+            self.client
+                .write_concern()
+                .filter(|w| **w != mongodb::options::WriteConcern::default())
+                .map(|w| ("writeConcern", bson::to_raw_document_buf(w)))
+        } else if matches!(name, "find" | "aggregate" | "count" | "distinct") {
+            self.client
+                .read_concern()
+                .map(|r| ("readConcern", bson::to_raw_document_buf(r)))
+        } else {
+            None
+        };
+        if let Some((key, value)) = concern {
+            if rest.get(key).ok().flatten().is_none() {
+                let value = value.map_err(|e| Error::internal(e.to_string()))?;
+                rest.append(key, value);
+            }
+        }
+        Ok((db, rest, write))
+    }
+
+    /// Whether the URI lets a failed attempt be sent again.
+    fn may_retry(&self, write: bool) -> bool {
+        let options = &self.options;
+        if write {
+            options.retry_writes != Some(false)
+        } else {
+            options.retry_reads != Some(false)
+        }
     }
 
     /// The driver client itself (change streams).
@@ -288,7 +403,18 @@ impl OwnCursor {
     /// The next batch, `None` once the cursor is exhausted.
     pub async fn next_batch(&mut self) -> Result<Option<Vec<RawDocumentBuf>>, Error> {
         loop {
-            let Some(batch) = self.inner.next().await else {
+            let next = tokio::time::timeout(OWN_TIMEOUT, self.inner.next())
+                .await
+                .map_err(|_| {
+                    Error::upstream(
+                        Code::NETWORK_TIMEOUT,
+                        format!(
+                            "likewise: a cursor batch took longer than {} s",
+                            OWN_TIMEOUT.as_secs()
+                        ),
+                    )
+                })?;
+            let Some(batch) = next else {
                 return Ok(None);
             };
             let batch = batch.map_err(driver_error)?;

@@ -34,9 +34,19 @@ pub async fn round_trip(
     body: &RawDocument,
 ) -> Result<RawDocumentBuf, Error> {
     let request_id = next_request_id();
+    let on_secondary;
+    let body = if conn.is_secondary() && body.get("$readPreference").ok().flatten().is_none() {
+        let mut with = body.to_owned();
+        with.append("$readPreference", rawdoc! { "mode": "secondaryPreferred" });
+        on_secondary = with;
+        &on_secondary
+    } else {
+        body
+    };
     conn.write_frame(&msg::encode_body(request_id, 0, body))
         .await
         .map_err(|e| {
+            conn.mark_broken();
             Error::upstream(
                 Code::HOST_UNREACHABLE,
                 format!("likewise: upstream write failed: {e}"),
@@ -44,12 +54,16 @@ pub async fn round_trip(
         })?;
     let frame = match conn.read_frame().await {
         Ok(Some(frame)) => frame,
-        Ok(None) => return Err(closed()),
+        Ok(None) => {
+            conn.mark_broken();
+            return Err(closed());
+        }
         Err(e) => {
+            conn.mark_broken();
             return Err(Error::upstream(
                 Code::HOST_UNREACHABLE,
                 format!("likewise: upstream read failed: {e}"),
-            ))
+            ));
         }
     };
     let (_, message) = wire::inflate(frame).map_err(garbage)?;

@@ -24,6 +24,18 @@ pub struct Server {
     pub kind: ServerType,
     /// Why the last check of an `Unknown` server failed.
     pub error: Option<String>,
+    /// The member's replica-set tags.
+    pub tags: TagSet,
+}
+
+/// A replica-set member's tags, or one tag set of a read preference
+/// (sorted pairs).
+pub type TagSet = Vec<(String, String)>;
+
+/// Whether `server_tags` has every pair of `wanted` (the read-preference
+/// rule: an empty set matches every member).
+fn tags_match(server_tags: &TagSet, wanted: &TagSet) -> bool {
+    wanted.iter().all(|pair| server_tags.contains(pair))
 }
 
 /// What a client connection's server was chosen to be.
@@ -80,9 +92,9 @@ pub struct View {
     pub kind: TopologyType,
     pub servers: Vec<Server>,
     /// Servers a reply on a pinned connection reported as no longer
-    /// primary, left out of selection until the driver's view of them
-    /// changes.
-    demoted: Vec<ServerAddress>,
+    /// primary, and when: left out of selection until the driver's view of
+    /// them changes or [`DEMOTION`] passes.
+    demoted: Vec<(ServerAddress, Instant)>,
 }
 
 impl View {
@@ -101,23 +113,68 @@ impl View {
 
     /// Servers that can take `role` now (demoted ones left out).
     pub fn candidates(&self, role: Role) -> Vec<&ServerAddress> {
-        self.servers
-            .iter()
-            .filter(|s| role.server_type().contains(&s.kind))
-            .filter(|s| !self.demoted.contains(&s.address))
-            .map(|s| &s.address)
-            .collect()
+        self.tagged(role, &[])
     }
 
-    /// Whether a connection pinned as `pin` still reaches a server in its
-    /// role; `false` is a failover (the primary stepped down or is gone, a
-    /// router is down).
-    pub fn still_serves(&self, pin: &Pin) -> bool {
-        !self.demoted.contains(&pin.address)
-            && self
-                .servers
+    /// Servers that can take `role` now whose tags match the first of
+    /// `tag_sets` any of them matches (no tag sets: all of them), as the
+    /// server-selection specification applies a read preference's tags.
+    pub fn tagged(&self, role: Role, tag_sets: &[TagSet]) -> Vec<&ServerAddress> {
+        let eligible: Vec<&Server> = self
+            .servers
+            .iter()
+            .filter(|s| role.server_type().contains(&s.kind))
+            .filter(|s| !self.is_demoted(&s.address))
+            .collect();
+        if tag_sets.is_empty() {
+            return eligible.iter().map(|s| &s.address).collect();
+        }
+        for wanted in tag_sets {
+            let matching: Vec<&ServerAddress> = eligible
                 .iter()
-                .any(|s| s.address == pin.address && pin.role.server_type().contains(&s.kind))
+                .filter(|s| tags_match(&s.tags, wanted))
+                .map(|s| &s.address)
+                .collect();
+            if !matching.is_empty() {
+                return matching;
+            }
+        }
+        Vec::new()
+    }
+
+    /// Whether `address` was demoted less than [`DEMOTION`] ago.
+    fn is_demoted(&self, address: &ServerAddress) -> bool {
+        self.demoted
+            .iter()
+            .any(|(a, at)| a == address && at.elapsed() < DEMOTION)
+    }
+
+    /// Whether a connection pinned as `pin` may go on serving: `false` (a
+    /// failover) only once its server is known to have left its role —
+    /// reported in another role (a primary that stepped down, a member
+    /// removed), replaced by another primary, gone from the topology, or
+    /// demoted by a "not primary" reply. A server merely `Unknown` (a
+    /// missed heartbeat, a pool cleared by one failed operation) keeps its
+    /// connections: a request in flight there either gets its reply or
+    /// fails on its own socket.
+    pub fn still_serves(&self, pin: &Pin) -> bool {
+        if self.is_demoted(&pin.address) {
+            return false;
+        }
+        let Some(server) = self.servers.iter().find(|s| s.address == pin.address) else {
+            // Not in the topology at all: removed from the set, or the
+            // topology not known yet (then nothing was pinned from it).
+            return self.servers.is_empty();
+        };
+        if server.kind == ServerType::Unknown {
+            // Unknown: still serving unless another server took its role.
+            return !(pin.role == Role::Primary
+                && self
+                    .servers
+                    .iter()
+                    .any(|s| s.kind == ServerType::RsPrimary && s.address != pin.address));
+        }
+        pin.role.server_type().contains(&server.kind)
     }
 
     /// Whether writes can be served: a primary, a router or the single
@@ -141,8 +198,8 @@ impl View {
 /// The latest [`View`], shared by every session.
 pub struct Topology {
     view: watch::Sender<View>,
-    /// Round-robin position over `mongos` routers.
-    next_router: AtomicUsize,
+    /// Round-robin position over secondaries.
+    next_secondary: AtomicUsize,
     /// Servers reported demoted, and when.
     demoted: Mutex<Vec<(ServerAddress, Instant)>>,
 }
@@ -155,7 +212,7 @@ impl Default for Topology {
     fn default() -> Topology {
         Topology {
             view: watch::Sender::new(View::default()),
-            next_router: AtomicUsize::new(0),
+            next_secondary: AtomicUsize::new(0),
             demoted: Mutex::new(Vec::new()),
         }
     }
@@ -171,20 +228,36 @@ impl Topology {
                 address: address.clone(),
                 kind: info.server_type(),
                 error: info.error().map(ToString::to_string),
+                tags: info
+                    .tags()
+                    .map(|t| {
+                        let mut tags: TagSet =
+                            t.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+                        tags.sort();
+                        tags
+                    })
+                    .unwrap_or_default(),
             })
             .collect();
         servers.sort_by_key(|s| s.address.to_string());
         let kind = description.topology_type();
+        // One lock for the demotions and the view, so a demotion and an
+        // update never overwrite each other.
+        let mut demoted = self.demoted.lock().unwrap_or_else(|e| e.into_inner());
         self.view.send_modify(|view| {
             // A demotion ends once the driver has seen the server change.
             let changed: Vec<&ServerAddress> = servers
                 .iter()
-                .filter(|s| !view.servers.contains(s))
+                .filter(|s| {
+                    view.servers
+                        .iter()
+                        .find(|old| old.address == s.address)
+                        .is_none_or(|old| old.kind != s.kind)
+                })
                 .map(|s| &s.address)
                 .collect();
-            let mut demoted = self.demoted.lock().unwrap_or_else(|e| e.into_inner());
             demoted.retain(|(a, at)| !changed.contains(&a) && at.elapsed() < DEMOTION);
-            view.demoted = demoted.iter().map(|(a, _)| a.clone()).collect();
+            view.demoted = demoted.clone();
             view.kind = kind;
             view.servers = servers;
         });
@@ -193,17 +266,15 @@ impl Topology {
     /// Records that `address` answered a pinned request with a "not
     /// primary" error: new connections avoid it until the driver's view of
     /// it changes (or [`DEMOTION`] passes), and sessions pinned to it see
-    /// a failover.
-    /// `false` when it already was.
+    /// a failover. `false` when it already was.
     pub fn demote(&self, address: &ServerAddress) -> bool {
         let mut demoted = self.demoted.lock().unwrap_or_else(|e| e.into_inner());
+        demoted.retain(|(_, at)| at.elapsed() < DEMOTION);
         if demoted.iter().any(|(a, _)| a == address) {
             return false;
         }
         demoted.push((address.clone(), Instant::now()));
-        let list: Vec<ServerAddress> = demoted.iter().map(|(a, _)| a.clone()).collect();
-        drop(demoted);
-        self.view.send_modify(|view| view.demoted = list);
+        self.view.send_modify(|view| view.demoted = demoted.clone());
         true
     }
 
@@ -218,26 +289,46 @@ impl Topology {
     }
 
     /// The server a new client connection is pinned to: the primary of a
-    /// replica set, the next `mongos` of a sharded cluster (round-robin),
-    /// the server of a standalone; `role` asks for another (a secondary).
+    /// replica set, the server of a standalone, and for a sharded cluster
+    /// the `mongos` that `affinity` (the client's address) ranks first by
+    /// rendezvous hashing (Thaler and Ravishankar's highest random
+    /// weight): every connection of one client host goes to the same
+    /// router, as drivers need (they send a cursor's `getMore`s and a
+    /// transaction's statements on any pooled connection to what they see
+    /// as one `mongos`), different hosts spread over the routers, and a
+    /// router leaving moves only its own clients. `role` asks for another
+    /// server (a secondary, spread round-robin).
     /// Waits up to `wait` for the topology to offer one, then errors with
     /// `HostUnreachable` (a `mongos` without a reachable shard primary
     /// answers alike), naming what it saw.
-    pub async fn select(&self, role: Option<Role>, wait: Duration) -> Result<Pin, Error> {
+    /// `tag_sets` narrows the choice as a read preference's tags do.
+    pub async fn select(
+        &self,
+        role: Option<Role>,
+        tag_sets: &[TagSet],
+        affinity: &str,
+        wait: Duration,
+    ) -> Result<Pin, Error> {
         let mut views = self.subscribe();
         let pick = |view: &View| -> Option<Pin> {
             let role = role.or_else(|| view.write_role())?;
-            let candidates = view.candidates(role);
+            let candidates = view.tagged(role, tag_sets);
             if candidates.is_empty() {
                 return None;
             }
-            let i = if role == Role::Router || role == Role::Secondary {
-                self.next_router.fetch_add(1, Ordering::Relaxed) % candidates.len()
-            } else {
-                0
+            let address = match role {
+                Role::Router => candidates
+                    .iter()
+                    .max_by_key(|a| rendezvous(affinity, &a.to_string()))
+                    .copied()?,
+                Role::Secondary => {
+                    let i = self.next_secondary.fetch_add(1, Ordering::Relaxed);
+                    candidates[i % candidates.len()]
+                }
+                Role::Primary | Role::Single => candidates[0],
             };
             Some(Pin {
-                address: candidates[i].clone(),
+                address: address.clone(),
                 role,
             })
         };
@@ -286,6 +377,18 @@ impl Topology {
     }
 }
 
+/// The rendezvous weight of `server` for `client`: a hash of both
+/// (SHA-256, so every proxy ranks alike).
+fn rendezvous(client: &str, server: &str) -> u64 {
+    use sha2::Digest;
+    let digest = sha2::Sha256::new()
+        .chain_update(client.as_bytes())
+        .chain_update([0])
+        .chain_update(server.as_bytes())
+        .finalize();
+    u64::from_le_bytes(digest[..8].try_into().unwrap_or_default())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -306,6 +409,7 @@ mod tests {
                     address: addr(*p),
                     kind: *k,
                     error: None,
+                    tags: Vec::new(),
                 })
                 .collect(),
             demoted: Vec::new(),
@@ -345,26 +449,76 @@ mod tests {
         assert!(single.is_standalone() && single.writable());
     }
 
+    #[test]
+    fn an_unknown_primary_keeps_its_connections_until_another_takes_over() {
+        let pin = Pin {
+            address: addr(2),
+            role: Role::Primary,
+        };
+        let blip = view(
+            TopologyType::ReplicaSetNoPrimary,
+            &[(1, ServerType::RsSecondary), (2, ServerType::Unknown)],
+        );
+        assert!(blip.still_serves(&pin));
+        let replaced = view(
+            TopologyType::ReplicaSetWithPrimary,
+            &[(1, ServerType::RsPrimary), (2, ServerType::Unknown)],
+        );
+        assert!(!replaced.still_serves(&pin));
+        let removed = view(
+            TopologyType::ReplicaSetWithPrimary,
+            &[(1, ServerType::RsPrimary)],
+        );
+        assert!(!removed.still_serves(&pin));
+    }
+
     #[tokio::test]
-    async fn selection_waits_for_a_primary_and_spreads_over_routers() {
+    async fn selection_waits_and_keeps_each_client_host_on_one_router() {
         let topology = Topology::default();
-        let wait = topology.select(None, Duration::from_millis(50)).await;
+        let wait = topology
+            .select(None, &[], "10.0.0.1", Duration::from_millis(50))
+            .await;
         assert_eq!(wait.unwrap_err().code.code, Code::HOST_UNREACHABLE.code);
         topology.view.send_replace(view(
             TopologyType::Sharded,
-            &[(1, ServerType::Mongos), (2, ServerType::Mongos)],
+            &[
+                (1, ServerType::Mongos),
+                (2, ServerType::Mongos),
+                (3, ServerType::Mongos),
+            ],
         ));
-        let mut seen = std::collections::HashSet::new();
-        for _ in 0..4 {
-            let pin = topology.select(None, Duration::ZERO).await.unwrap();
-            assert_eq!(pin.role, Role::Router);
-            seen.insert(pin.address.to_string());
+        let pick = |client: String| {
+            let topology = &topology;
+            async move {
+                topology
+                    .select(None, &[], &client, Duration::ZERO)
+                    .await
+                    .unwrap()
+            }
+        };
+        // One host: always the same router.
+        let first = pick("10.0.0.1".into()).await;
+        assert_eq!(first.role, Role::Router);
+        for _ in 0..5 {
+            assert_eq!(pick("10.0.0.1".into()).await, first);
         }
-        assert_eq!(seen.len(), 2);
-        topology.demote(&addr(1));
-        for _ in 0..3 {
-            let pin = topology.select(None, Duration::ZERO).await.unwrap();
-            assert_eq!(pin.address, addr(2));
+        // Many hosts: every router gets some.
+        let mut by_host = std::collections::HashMap::new();
+        for i in 0..60 {
+            let host = format!("10.0.1.{i}");
+            by_host.insert(host.clone(), pick(host).await.address);
+        }
+        let used: std::collections::HashSet<_> = by_host.values().collect();
+        assert_eq!(used.len(), 3);
+        // A router leaving (demoted) moves only the hosts it had.
+        let gone = first.address.clone();
+        topology.demote(&gone);
+        for (host, before) in &by_host {
+            let now = pick(host.clone()).await.address;
+            assert_ne!(now, gone);
+            if *before != gone {
+                assert_eq!(&now, before, "{host} moved although its router stayed");
+            }
         }
     }
 }

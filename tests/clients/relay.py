@@ -69,9 +69,14 @@ class Member:
         self.server = None
         self.port = None
         self.black_hole = False
+        # Only requests other than hello go unanswered (the server looks
+        # healthy to monitoring, and stalls everything else).
+        self.data_hole = False
         self.connections = 0
-        # When each write command was forwarded to the server.
+        # When each write command was forwarded to the server, and the
+        # names of the read commands forwarded.
         self.writes = []
+        self.reads = []
 
     @property
     def address(self):
@@ -89,14 +94,14 @@ class Member:
                 "127.0.0.1", self.group.upstream_port)
             while True:
                 request = await read_frame(client_reader)
-                while self.black_hole:
-                    # Half-open: the request is taken and not answered
-                    # while the hole lasts.
-                    await asyncio.sleep(0.05)
                 op_code = struct.unpack("<i", request[12:16])[0]
                 flags = struct.unpack("<I", request[16:20])[0] if op_code == OP_MSG else 0
                 body = msg_body(request)
                 name = next(iter(body), "") if body else ""
+                while self.black_hole or (self.data_hole and op_code == OP_MSG and name not in HELLO):
+                    # Half-open: the request is taken and not answered
+                    # while the hole lasts.
+                    await asyncio.sleep(0.05)
                 refusal = self.group.refuse(self, name, body) if body is not None else None
                 if refusal is not None:
                     request_id = struct.unpack("<i", request[4:8])[0]
@@ -106,10 +111,17 @@ class Member:
                     continue
                 if name in ("insert", "update", "delete", "findAndModify"):
                     self.writes.append(time.monotonic())
+                if name in ("find", "aggregate", "count", "distinct", "getMore"):
+                    self.reads.append(name)
                 upstream_writer.write(request)
                 await upstream_writer.drain()
                 if flags & MORE_TO_COME:
                     continue
+                if self.group.lose_reply_of_write(self, name):
+                    # The write ran; its reply never comes: the server
+                    # stepped down and closed the connection.
+                    await read_frame(upstream_reader)
+                    return
                 while True:
                     reply = await read_frame(upstream_reader)
                     while self.black_hole:
@@ -166,6 +178,9 @@ class Group:
     def refuse(self, member, name, body):
         return None
 
+    def lose_reply_of_write(self, member, name):
+        return False
+
     def rewrite_hello(self, member, reply):
         op_code = struct.unpack("<i", reply[12:16])[0]
         if op_code == OP_MSG:
@@ -185,7 +200,7 @@ class Group:
             return doc
         for key in ("setName", "setVersion", "hosts", "passives", "arbiters", "primary",
                     "me", "secondary", "electionId", "topologyVersion", "msg",
-                    "isWritablePrimary", "ismaster"):
+                    "isWritablePrimary", "ismaster", "tags"):
             doc.pop(key, None)
         doc.update(self.hello_fields(member))
         return doc
@@ -194,9 +209,10 @@ class Group:
 class ReplicaSet(Group):
     """Members of replica set `rs0`; member 0 starts as primary."""
 
-    def __init__(self, upstream_port, count=2):
+    def __init__(self, upstream_port, count=2, tags=None):
         self.primary = 0
         self.term = 1
+        self.tags = tags or [{}] * count
         super().__init__(upstream_port, count)
 
     def step_down(self, new_primary=None):
@@ -204,6 +220,22 @@ class ReplicaSet(Group):
         next member) becomes primary, with a newer electionId."""
         self.primary = (self.primary + 1) % len(self.members) if new_primary is None else new_primary
         self.term += 1
+        self.stepped_at = time.monotonic()
+
+    def step_down_during_next_write(self):
+        """The next write the primary is sent runs, and the primary steps
+        down before answering it (the connection closes): the case that
+        needs the server's retryable-write deduplication."""
+        self.stepping_down = True
+
+    def lose_reply_of_write(self, member, name):
+        if not getattr(self, "stepping_down", False) or member.index != self.primary:
+            return False
+        if name not in ("insert", "update", "delete", "findAndModify"):
+            return False
+        self.stepping_down = False
+        self.step_down()
+        return True
 
     def hello_fields(self, member):
         is_primary = member.index == self.primary
@@ -217,6 +249,8 @@ class ReplicaSet(Group):
             "ismaster": is_primary,
             "secondary": not is_primary,
         }
+        if self.tags[member.index]:
+            fields["tags"] = self.tags[member.index]
         if is_primary:
             fields["electionId"] = ObjectId("7fffffff%016x" % self.term)
         return fields

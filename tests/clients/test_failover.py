@@ -9,15 +9,18 @@ in `relay.py` (see there why)."""
 import json
 import os
 import socket
+import struct
 import subprocess
 from pathlib import Path
 import threading
 import time
 import urllib.request
 
+import bson
 import pytest
 from pymongo import MongoClient
-from pymongo.errors import PyMongoError
+from pymongo.read_preferences import Secondary, SecondaryPreferred
+from pymongo.errors import OperationFailure, PyMongoError
 from pymongo.operations import SearchIndexModel
 
 from conftest import eventually, start_proxy, start_upstream
@@ -121,7 +124,9 @@ def check_writes(upstream, group, collection, acked, stepped_at, writer):
 
 def test_a_step_down_under_steady_writes_loses_and_doubles_nothing(replica_set):
     """pymongo with default retryable writes, writing without pause while
-    the primary steps down: every acknowledged write is there once."""
+    the primary steps down in the middle of a write (it runs the write and
+    closes the connection before answering): every acknowledged write is
+    there once."""
     upstream, group = replica_set
     proxy = start_proxy(replica_set_uri(group), "--metrics-listen", "127.0.0.1:0")
     try:
@@ -136,13 +141,15 @@ def test_a_step_down_under_steady_writes_loses_and_doubles_nothing(replica_set):
             try:
                 eventually(lambda: tally["incs"] >= 100, timeout=60)
                 before = tally["incs"]
-                stepped_at = time.monotonic()
-                group.step_down()
+                # The primary runs the next write and steps down without
+                # answering it: the driver's retry must not apply it twice.
+                group.step_down_during_next_write()
+                eventually(lambda: group.primary == 1, timeout=60)
                 eventually(lambda: tally["incs"] >= before + 100, timeout=90)
             finally:
                 stop.set()
                 writer.join(60)
-        check_writes(upstream, group, "steady", tally, stepped_at, "pymongo")
+        check_writes(upstream, group, "steady", tally, group.stepped_at, "pymongo")
         # The old primary's failures are counted against it.
         text = http_get(metrics(proxy), "/metrics")[1]
         old = group.members[0].address
@@ -158,8 +165,9 @@ NODE_DIR = Path(__file__).resolve().parent / "node"
 
 
 def test_node_driver_writes_through_a_step_down(replica_set):
-    """The same with the Node driver: every acknowledged write is there
-    once, and the driver raised no error."""
+    """The same with the Node driver, the primary stepping down between
+    writes (the next one is refused with NotWritablePrimary): every
+    acknowledged write is there once, and the driver raised no error."""
     upstream, group = replica_set
     proxy = start_proxy(replica_set_uri(group))
     try:
@@ -183,7 +191,6 @@ def test_node_driver_writes_through_a_step_down(replica_set):
         try:
             eventually(lambda: acked[0] >= 100, timeout=60)
             before = acked[0]
-            stepped_at = time.monotonic()
             group.step_down()
             eventually(lambda: acked[0] >= before + 100, timeout=90)
         finally:
@@ -191,52 +198,55 @@ def test_node_driver_writes_through_a_step_down(replica_set):
             writer.wait(60)
             reader.join(10)
         assert writer.returncode == 0, writer.stderr.read()
-        check_writes(upstream, group, "node_steady", json.loads(lines[-1]), stepped_at,
+        check_writes(upstream, group, "node_steady", json.loads(lines[-1]), group.stepped_at,
                      "Node driver")
     finally:
         proxy.stop()
 
 
 def test_a_transaction_interrupted_by_failover_commits_once(replica_set):
+    """The primary steps down between two statements of a transaction:
+    pymongo's with_transaction retries it whole and it commits once."""
     upstream, group = replica_set
     proxy = start_proxy(replica_set_uri(group))
     try:
         with MongoClient(f"mongodb://{proxy.address}/") as c:
             coll = c.fo.txn
             coll.drop()
-            coll.insert_one({"_id": "seed"})
+            coll.insert_one({"_id": "seed", "n": 0})
             attempts = []
 
             def callback(session):
                 attempts.append(time.monotonic())
+                coll.insert_one({"kind": "t", "attempt": len(attempts)}, session=session)
                 if len(attempts) == 1:
                     group.step_down()
-                coll.insert_one({"_id": "t", "attempt": len(attempts)}, session=session)
                 coll.update_one({"_id": "seed"}, {"$inc": {"n": 1}}, session=session)
 
             with c.start_session() as s:
                 s.with_transaction(callback)
-        assert len(attempts) >= 2  # the first attempt met the failover
+        assert len(attempts) == 2, attempts  # the first met the failover
         with direct(upstream) as d:
-            assert d.fo.txn.count_documents({"_id": "t"}) == 1
+            assert [t["attempt"] for t in d.fo.txn.find({"kind": "t"})] == [2]
             assert d.fo.txn.find_one({"_id": "seed"})["n"] == 1
     finally:
         proxy.stop()
 
 
 def test_a_half_open_primary_makes_indexes_stale_then_they_resume(replica_set):
-    """The only primary stops answering (its socket open, nothing coming
-    back): the change stream is reopened within a bound, the index says
-    STALE meanwhile and /health says no primary; when the primary answers
-    again the index follows the collection again, writes made meanwhile
-    included."""
+    """The primary keeps its sockets open and stops answering: first to
+    everything but hello (monitoring sees it healthy), so the change
+    stream's getMore stalls, is abandoned at its bound and the index says
+    STALE; then to hello too, and /health says no primary. When it answers
+    again the index follows the collection again, a write made meanwhile
+    (bypassing the proxy) included."""
     upstream, group = replica_set
-    uri = replica_set_uri(group, heartbeatFrequencyMS=500, connectTimeoutMS=2000,
+    uri = replica_set_uri(group, heartbeatFrequencyMS=1000, connectTimeoutMS=2000,
                           serverSelectionTimeoutMS=3000)
     proxy = start_proxy(uri, "--metrics-listen", "127.0.0.1:0", log_level="info")
     try:
         health = metrics(proxy)
-        with MongoClient(f"mongodb://{proxy.address}/", serverSelectionTimeoutMS=60000) as c:
+        with MongoClient(f"mongodb://{proxy.address}/") as c:
             coll = c.fo.points
             coll.drop()
             coll.insert_many([{"_id": i, "p": [float(i), 0.0]} for i in range(20)])
@@ -244,24 +254,27 @@ def test_a_half_open_primary_makes_indexes_stale_then_they_resume(replica_set):
                 "fields": [{"type": "vector", "path": "p", "numDimensions": 2,
                             "similarity": "euclidean"}]}))
             eventually(lambda: [i["status"] for i in coll.list_search_indexes()] == ["READY"])
-            assert http_get(health, "/health")[0] == 200
+        assert http_get(health, "/health")[0] == 200
 
-            group.black_hole(0)
-            with direct(upstream) as d:  # a write that bypasses the proxy
-                d.fo.points.insert_one({"_id": 100, "p": [100.0, 0.0]})
-            eventually(lambda: http_get(health, "/health")[0] == 503, timeout=60)
-            # $listSearchIndexes cannot be asked now (the client's
-            # connection, and any new one, needs the primary to check its
-            # rights), so the status is read from the metrics.
-            def stale():
-                return 'likewise_index_stale{namespace="fo.points",index="pts"} 1' in \
-                    http_get(health, "/metrics")[1]
-            waited = eventually(stale, timeout=60)
-            print(f"\nhalf-open primary: index STALE {waited:.1f} s after the primary stopped answering")
-            proxy.wait_for_line("change stream interrupted", timeout=60)
+        def stale():
+            text = http_get(health, "/metrics")[1]
+            return 'likewise_index_stale{namespace="fo.points",index="pts"} 1' in text
 
-            group.black_hole(0, on=False)
-            eventually(lambda: http_get(health, "/health")[0] == 200, timeout=60)
+        group.members[0].data_hole = True
+        with direct(upstream) as d:  # a write that bypasses the proxy
+            d.fo.points.insert_one({"_id": 100, "p": [100.0, 0.0]})
+        waited = eventually(stale, timeout=60)
+        print(f"\nhalf-open primary: index STALE {waited:.1f} s after the primary stopped answering "
+              f"(the change stream's bound: 0.5 s await + 10 s)")
+        assert "change stream did not answer" in proxy.wait_for_line("change stream interrupted")
+        assert http_get(health, "/health")[0] == 200  # monitoring still sees a primary
+
+        group.black_hole(0)
+        eventually(lambda: http_get(health, "/health")[0] == 503, timeout=60)
+        assert stale()
+        group.black_hole(0, on=False)
+        group.members[0].data_hole = False
+        eventually(lambda: http_get(health, "/health")[0] == 200, timeout=60)
         with MongoClient(f"mongodb://{proxy.address}/") as c:
             coll = c.fo.points
             eventually(lambda: [i["status"] for i in coll.list_search_indexes()] == ["READY"],
@@ -272,27 +285,126 @@ def test_a_half_open_primary_makes_indexes_stale_then_they_resume(replica_set):
         proxy.stop()
 
 
-def test_two_mongos_share_client_connections():
+def test_reads_follow_their_read_preference():
+    """As a mongos routes them: primary reads to the primary; secondary
+    reads (and their getMores, and a vector query's reads) to a secondary
+    whose tags match; secondaryPreferred to a secondary."""
+    upstream = start_upstream()
+    group = ReplicaSet(upstream.port, 3, tags=[{"dc": "east"}, {"dc": "east"}, {"dc": "west"}])
+    proxy = start_proxy(replica_set_uri(group))
+    members = group.members
+
+    def reset():
+        for m in members:
+            m.reads.clear()
+
+    try:
+        with MongoClient(f"mongodb://{proxy.address}/") as c:
+            coll = c.fo.reads
+            coll.drop()
+            coll.insert_many([{"_id": i, "p": [float(i), 0.0]} for i in range(10)])
+            reset()
+            assert len(list(coll.find().batch_size(3))) == 10
+            assert members[0].reads and not members[1].reads and not members[2].reads
+
+            reset()
+            west = coll.with_options(read_preference=Secondary(tag_sets=[{"dc": "west"}]))
+            assert [d["_id"] for d in west.find().sort("_id", 1).batch_size(3)] == list(range(10))
+            assert members[2].reads.count("getMore") >= 3, members[2].reads
+            assert not members[0].reads and not members[1].reads
+
+            reset()
+            preferred = coll.with_options(read_preference=SecondaryPreferred())
+            assert preferred.count_documents({}) == 10
+            assert not members[0].reads and (members[1].reads or members[2].reads)
+
+            # A staleness bound the proxy cannot check: the primary serves
+            # it where the mode allows, and `secondary` is refused.
+            reset()
+            bounded = coll.with_options(read_preference=SecondaryPreferred(max_staleness=120))
+            assert bounded.count_documents({}) == 10
+            assert members[0].reads and not members[1].reads and not members[2].reads
+            strict = coll.with_options(read_preference=Secondary(max_staleness=120))
+            with pytest.raises(OperationFailure) as refused:
+                strict.find_one()
+            assert refused.value.code == 133
+
+            coll.create_search_index(SearchIndexModel(name="r", type="vectorSearch", definition={
+                "fields": [{"type": "vector", "path": "p", "numDimensions": 2,
+                            "similarity": "euclidean"}]}))
+            eventually(lambda: [i["status"] for i in coll.list_search_indexes()] == ["READY"])
+            reset()
+            got = [d["_id"] for d in west.aggregate([{"$vectorSearch": {
+                "index": "r", "path": "p", "queryVector": [4.2, 0.0], "numCandidates": 10,
+                "limit": 2, "filter": {"_id": {"$gte": 0}}}}])]
+            assert got == [4, 5]
+            assert members[2].reads and not members[0].reads, [m.reads for m in members]
+    finally:
+        proxy.stop()
+        group.stop()
+        upstream.stop()
+
+
+def ping_from(host, proxy_address):
+    """A connection from source address `host` (any 127.x.y.z is this
+    machine) that has sent one ping; returns the open socket."""
+    ip, port = proxy_address.rsplit(":", 1)
+    sock = socket.create_connection((ip, int(port)), timeout=30, source_address=(host, 0))
+    body = bson.encode({"ping": 1, "$db": "admin"})
+    payload = struct.pack("<I", 0) + b"\x00" + body
+    sock.sendall(struct.pack("<iiii", 16 + len(payload), 1, 0, 2013) + payload)
+    header = sock.recv(16, socket.MSG_WAITALL)
+    (length,) = struct.unpack("<i", header[:4])
+    reply = bson.decode(sock.recv(length - 16, socket.MSG_WAITALL)[5:])
+    assert reply["ok"] == 1, reply
+    return sock
+
+
+def test_two_mongos_each_client_host_on_one_router():
+    """Behind two mongos: every connection of one client host goes to one
+    router (cursors and transactions live on one mongos, and drivers use
+    any pooled connection for them); client hosts spread over both."""
     upstream = start_upstream()
     group = Routers(upstream.port, 2)
     proxy = start_proxy(f"mongodb://{','.join(group.addresses())}/", "--metrics-listen", "127.0.0.1:0")
+    at = metrics(proxy)
+
+    def pinned_per_router():
+        text = http_get(at, "/metrics")[1]
+        counts = {}
+        for m in group.members:
+            prefix = f'likewise_upstream_connections{{address="{m.address}"}}'
+            lines = [line for line in text.splitlines() if line.startswith(prefix)]
+            counts[m.address] = int(lines[0].split()[-1]) if lines else 0
+        return counts
+
     try:
-        clients = [MongoClient(f"mongodb://{proxy.address}/", maxPoolSize=1) for _ in range(6)]
-        for i, c in enumerate(clients):
-            c.fo.routed.insert_one({"_id": i})
+        with MongoClient(f"mongodb://{proxy.address}/") as c:
+            coll = c.fo.routed
+            coll.insert_many([{"_id": i} for i in range(20)])
             assert c.topology_description.topology_type_name == "Sharded"
-        text = http_get(metrics(proxy), "/metrics")[1]
+            for m in group.members:
+                m.reads.clear()
+            assert len(list(coll.find().batch_size(2))) == 20
+            readers = [m for m in group.members if m.reads]
+            assert len(readers) == 1 and readers[0].reads.count("getMore") >= 9, \
+                [m.reads for m in group.members]
+            with c.start_session() as s:
+                s.with_transaction(lambda s: coll.insert_one({"_id": "txn"}, session=s))
+            counts = pinned_per_router()
+            assert sorted(counts.values())[0] == 0, counts  # all on one router
+        text = http_get(at, "/metrics")[1]
         for m in group.members:
             assert f'likewise_upstream_server{{address="{m.address}",role="Mongos"}} 1' in text
-            # Client connections (pymongo's pools and monitors) are spread
-            # over both routers.
-            pinned = [line for line in text.splitlines()
-                      if line.startswith(f'likewise_upstream_connections{{address="{m.address}"}}')]
-            assert pinned and int(pinned[0].split()[-1]) >= 2, text
-        for c in clients:
-            c.close()
+        hosts = [ping_from(f"127.0.0.{i}", proxy.address) for i in range(2, 18)]
+        try:
+            counts = pinned_per_router()
+            assert all(n >= 1 for n in counts.values()), counts  # spread over both
+        finally:
+            for sock in hosts:
+                sock.close()
         with direct(upstream) as d:
-            assert d.fo.routed.count_documents({}) == 6
+            assert d.fo.routed.count_documents({}) == 21
     finally:
         proxy.stop()
         group.stop()
