@@ -99,6 +99,19 @@ impl Upstream {
                 ));
             }
         }
+        if connection
+            .read_preference
+            .as_ref()
+            .is_some_and(|p| !matches!(p, mongodb::options::ReadPreference::Primary))
+        {
+            return Err(
+                "upstream URI option readPreference must be primary (or absent): the \
+                        proxy's own reads build indexes, and a scan and a change stream on \
+                        different or lagging members would miss writes; clients choose their \
+                        own read preference per command"
+                    .into(),
+            );
+        }
         if connection.load_balanced == Some(true) {
             return Err(
                 "upstream URI option loadBalanced=true is not supported: likewise pins each \
@@ -403,7 +416,7 @@ mod tests {
         let u = Upstream::parse("mongodb://127.0.0.1:4000/").unwrap();
         assert_eq!(hosts(&u), ["127.0.0.1:4000"]);
         let u = Upstream::parse(
-            "mongodb://user:p%40ss@db.example:27019,other:1/admin?replicaSet=rs&readPreference=secondaryPreferred&w=majority&retryWrites=false",
+            "mongodb://user:p%40ss@db.example:27019,other:1/admin?replicaSet=rs&readPreference=primary&w=majority&retryWrites=false",
         )
         .unwrap();
         assert_eq!(hosts(&u), ["db.example:27019", "other:1"]);
@@ -472,6 +485,9 @@ mod tests {
         let refused = |uri: &str| Upstream::parse(uri).unwrap_err();
         assert!(refused("mongodb://h:1/?loadBalanced=true").contains("loadBalanced"));
         assert!(refused("mongodb://h:1/?socketTimeoutMS=1000").contains("socketTimeoutMS"));
+        assert!(
+            refused("mongodb://h:1/?readPreference=secondaryPreferred").contains("readPreference")
+        );
         assert!(refused("mongodb://%2Ftmp%2Fmongodb-27017.sock").contains("TCP"));
         assert!(refused("mongodb://h:1/?tls=true&tlsInsecure=true").contains("tlsInsecure"));
         assert!(
@@ -520,6 +536,7 @@ pub struct FileConfig {
     pub request_timeout_ms: Option<u64>,
     pub tls_cert_file: Option<String>,
     pub tls_key_file: Option<String>,
+    pub upstream_client_cert: Option<String>,
     pub threads: Option<u64>,
     pub log_level: Option<String>,
     pub log_format: Option<String>,
@@ -592,6 +609,7 @@ impl FileConfig {
         );
         put("tls-cert-file", self.tls_cert_file.clone());
         put("tls-key-file", self.tls_key_file.clone());
+        put("upstream-client-cert", self.upstream_client_cert.clone());
         put("threads", self.threads.map(|v| v.to_string()));
         put("log-level", self.log_level.clone());
         put("log-format", self.log_format.clone());

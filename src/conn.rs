@@ -135,6 +135,8 @@ pub struct Connection {
     secondary: bool,
     /// A read or write failed, or the peer closed: the stream is done.
     broken: bool,
+    /// The client completed an authentication conversation on it.
+    authenticated: bool,
 }
 
 /// Whether a frame is a request that will be answered: OP_MSG without
@@ -210,6 +212,7 @@ impl Connection {
             writing: false,
             secondary: false,
             broken: false,
+            authenticated: false,
         }
     }
 
@@ -237,6 +240,12 @@ impl Connection {
     /// budget (what it held is returned).
     pub fn authenticated(&mut self) {
         self.charge = None;
+        self.authenticated = true;
+    }
+
+    /// Whether [`Connection::authenticated`] was called.
+    pub fn is_authenticated(&self) -> bool {
+        self.authenticated
     }
 
     /// While the client has not authenticated: draws `bytes` beyond

@@ -188,6 +188,14 @@ struct ServeArgs {
         requires = "tls_cert_file"
     )]
     tls_key_file: Option<PathBuf>,
+    /// PEM certificate chain and key (one file) presented on the
+    /// connections the proxy opens for clients, for an upstream that
+    /// requires a client certificate on every connection. Give one whose
+    /// subject is no database user: clients could authenticate as it with
+    /// MONGODB-X509. (The URI's tlsCertificateKeyFile is the proxy's own
+    /// identity and is never presented for clients.)
+    #[arg(long, env = "LIKEWISE_UPSTREAM_CLIENT_CERT", value_name = "FILE")]
+    upstream_client_cert: Option<PathBuf>,
     /// A file whose contents (16 bytes to 64 KiB, e.g. 32 random bytes) key
     /// the signatures on the definitions the proxy stores in the metadata
     /// database: proxies sharing an upstream share the file. Without it the
@@ -395,11 +403,19 @@ fn serve(args: ServeArgs) -> ExitCode {
             }
         }
     }
+    if args.upstream_client_cert.is_some() && config.upstream.tls.is_none() {
+        eprintln!(
+            "likewise: --upstream-client-cert needs TLS to the upstream (tls=true in its URI)"
+        );
+        return ExitCode::from(2);
+    }
     if let Some(mut tls) = config.upstream.tls.clone() {
-        // Client connections never present the proxy's certificate: with
-        // it, a client could authenticate as the proxy (MONGODB-X509).
-        // The driver alone uses it, for the proxy's own connections.
-        tls.cert_key_file = None;
+        // Client connections never present the proxy's certificate (the
+        // URI's tlsCertificateKeyFile): with it, a client could
+        // authenticate as the proxy (MONGODB-X509). The driver alone uses
+        // it, for the proxy's own connections; client connections present
+        // --upstream-client-cert, if given.
+        tls.cert_key_file = args.upstream_client_cert.clone();
         match likewise::tls::client_config(&tls) {
             Ok(tls) => config.upstream_tls = Some(tls),
             Err(e) => {

@@ -40,6 +40,8 @@ pub(super) struct Session {
     failure_counted: bool,
     /// The client's host (IP address).
     peer: String,
+    /// The secondary's connection is in place of the pinned one.
+    swapped: bool,
     /// When the request now upstream was sent, until its first reply.
     forwarded_at: Option<Instant>,
     /// A reply to the client is partly written (a timeout cut it short).
@@ -145,6 +147,7 @@ impl Session {
             current_cursor_ids: None,
             failure_counted: false,
             peer,
+            swapped: false,
             shared,
             forwarded_at: None,
             client_dirty: false,
@@ -260,6 +263,13 @@ impl Session {
         self.current = None;
         self.answered = false;
         self.drain_upstream().await?;
+        if self.swapped {
+            // A request served on the secondary was cut short.
+            self.swap_secondary();
+            self.swapped = false;
+            self.tracking = None;
+            self.current_cursor_ids = None;
+        }
         let header = Header::parse(&frame).map_err(|e| Failure::Close(e.to_string()))?;
         // What inflating will take counts against the unauthenticated
         // connections' budget too: 30 bytes of zlib can claim 48 MB.
@@ -395,21 +405,45 @@ impl Session {
             }
         }
         self.swap_secondary();
+        self.swapped = true;
         self.tracking = Some(route);
+        // If a request timeout drops this future in the middle, `handle`
+        // swaps the connections back before the next request (after
+        // draining what the secondary still owes).
         let outcome = self
             .dispatch_here(request, message, parsed, compressor)
             .await;
         self.tracking = None;
         self.current_cursor_ids = None;
-        if matches!(outcome, Err(Failure::Upstream(_))) {
-            // Counted against the secondary here; the pair ends as for
-            // the pinned server.
-            self.shared
-                .metrics
-                .server_failed(&self.pin.address.to_string());
-            self.failure_counted = true;
-        }
+        let outcome = match outcome {
+            // The secondary failed: it is dropped and the read gets a
+            // transient error drivers retry reads on; the client's
+            // connection (on the primary) goes on — unless part of an
+            // answer already went out.
+            Err(Failure::Upstream(error)) => {
+                self.shared
+                    .metrics
+                    .server_failed(&self.pin.address.to_string());
+                if self.answered || self.client_dirty {
+                    self.failure_counted = true;
+                    Err(Failure::Upstream(error))
+                } else {
+                    Err(Failure::Reply {
+                        request,
+                        error: Error::upstream(Code::HOST_UNREACHABLE, error.message),
+                    })
+                }
+            }
+            other => other,
+        };
+        let secondary_failed = self.upstream.is_broken();
         self.swap_secondary();
+        self.swapped = false;
+        if secondary_failed
+            || matches!(outcome, Err(Failure::Reply { .. }) if self.secondary.as_ref().is_some_and(|(c, _)| c.is_broken()))
+        {
+            self.drop_secondary();
+        }
         outcome
     }
 
@@ -433,16 +467,24 @@ impl Session {
     /// primary when no secondary answers at once; `secondary` waits for
     /// one as server selection does.
     async fn read_route(&mut self, body: &RawDocument) -> Result<Option<Route>, Failure> {
-        if self.pin.role != Role::Primary || self.shared.config.upstream.credentials.is_some() {
+        if self.pin.role != Role::Primary
+            || self.shared.config.upstream.credentials.is_some()
+            || self.client.is_authenticated()
+        {
             return Ok(None);
         }
         let name = msg::first_key(body).unwrap_or("");
         if name == "getMore" || name == "killCursors" {
+            // Only when every cursor named is the secondary's (a mixed
+            // `killCursors` goes to the primary, which reports the others
+            // not found; those time out on the secondary).
             let ids = cursor_ids(body);
-            let there = ids.iter().any(|id| self.secondary_cursors.contains(id));
+            let there = !ids.is_empty() && ids.iter().all(|id| self.secondary_cursors.contains(id));
             return Ok(there.then_some(Route::Cursor));
         }
-        if matches!(body.get("autocommit"), Ok(Some(RawBsonRef::Boolean(false)))) {
+        if !is_routable_read(name, body)
+            || matches!(body.get("autocommit"), Ok(Some(RawBsonRef::Boolean(false))))
+        {
             return Ok(None);
         }
         let Ok(preference) = body.get_document("$readPreference") else {
@@ -452,6 +494,10 @@ impl Session {
             "secondary" => true,
             "secondaryPreferred" | "nearest" => false,
             _ => return Ok(None),
+        };
+        let refuse = |why: String| Failure::Reply {
+            request: self.current.unwrap_or_default(),
+            error: Error::client(Code::relayed(133, "FailedToSatisfyReadPreference"), why),
         };
         // The proxy cannot see how far behind a secondary is: a staleness
         // bound is met by the primary where the mode allows it, and
@@ -465,25 +511,33 @@ impl Session {
             if !required {
                 return Ok(None);
             }
-            return Err(Failure::Reply {
-                request: self.current.unwrap_or_default(),
-                error: Error::client(
-                    Code::relayed(133, "FailedToSatisfyReadPreference"),
-                    "likewise does not measure secondaries' staleness: maxStalenessSeconds \
-                     needs mode secondaryPreferred or nearest (served by the primary) or no bound",
-                ),
-            });
+            return Err(refuse(
+                "likewise does not measure secondaries' staleness: maxStalenessSeconds \
+                 needs mode secondaryPreferred or nearest (served by the primary) or no bound"
+                    .into(),
+            ));
         }
-        let tag_sets = read_tags(preference);
-        let alive = self.secondary.as_ref().is_some_and(|(_, pin)| {
+        let Some(tag_sets) = read_tags(preference) else {
+            return Err(refuse(format!(
+                "likewise: a read preference may name at most {MAX_TAG_SETS} tag sets of \
+                 {MAX_TAG_SETS} tags each"
+            )));
+        };
+        // Past the cursor bound, reads stay on the primary until some of
+        // the secondary's cursors close.
+        if self.secondary_cursors.len() >= MAX_SECONDARY_CURSORS {
+            return Ok(None);
+        }
+        let alive = self.secondary.as_ref().is_some_and(|(conn, pin)| {
             let view = self.views.borrow();
-            view.still_serves(pin)
+            !conn.is_broken()
+                && view.still_serves(pin)
                 && view
                     .tagged(Role::Secondary, &tag_sets)
                     .contains(&&pin.address)
         });
         if !alive {
-            self.secondary = None;
+            self.drop_secondary();
             let wait = if required {
                 None
             } else {
@@ -516,6 +570,14 @@ impl Session {
             }
         }
         Ok(Some(Route::Read))
+    }
+
+    /// Closes the secondary's connection (its cursors with it).
+    fn drop_secondary(&mut self) {
+        if let Some((_, pin)) = self.secondary.take() {
+            self.shared.metrics.pinned(&pin.address.to_string(), false);
+        }
+        self.secondary_cursors.clear();
     }
 
     /// Serves one parsed OP_MSG request on the connection in place.
@@ -868,6 +930,13 @@ impl Session {
         let Ok(parsed) = OpMsg::parse(reply) else {
             return;
         };
+        if !crate::command::reply_ok(parsed.body()) {
+            // A failed getMore: the cursor is gone.
+            for id in self.current_cursor_ids.take().unwrap_or_default() {
+                self.secondary_cursors.remove(&id);
+            }
+            return;
+        }
         let Ok(cursor) = parsed.body().get_document("cursor") else {
             return;
         };
@@ -899,24 +968,55 @@ pub(super) enum Route {
     Cursor,
 }
 
-/// A read preference's `tags`: tag sets in order of preference.
-fn read_tags(preference: &RawDocument) -> Vec<crate::upstream::topology::TagSet> {
+/// Most tag sets a read preference may name, and most tags in each.
+const MAX_TAG_SETS: usize = 32;
+
+/// A read preference's `tags`: tag sets in order of preference; `None`
+/// past [`MAX_TAG_SETS`] (a client must not make the proxy copy a 48 MB
+/// list on every request).
+fn read_tags(preference: &RawDocument) -> Option<Vec<crate::upstream::topology::TagSet>> {
     let Ok(sets) = preference.get_array("tags") else {
-        return Vec::new();
+        return Some(Vec::new());
     };
-    sets.into_iter()
-        .flatten()
-        .filter_map(|set| set.as_document())
-        .map(|set| {
-            let mut tags: Vec<(String, String)> = set
-                .into_iter()
-                .flatten()
-                .filter_map(|(k, v)| v.as_str().map(|v| (k.to_string(), v.to_string())))
-                .collect();
-            tags.sort();
-            tags
-        })
-        .collect()
+    let mut out = Vec::new();
+    for set in sets.into_iter().flatten() {
+        let Some(set) = set.as_document() else {
+            continue;
+        };
+        if out.len() == MAX_TAG_SETS {
+            return None;
+        }
+        let mut tags = Vec::new();
+        for (key, value) in set.into_iter().flatten() {
+            if tags.len() == MAX_TAG_SETS {
+                return None;
+            }
+            if let Some(value) = value.as_str() {
+                tags.push((key.to_string(), value.to_string()));
+            }
+        }
+        tags.sort();
+        out.push(tags);
+    }
+    Some(out)
+}
+
+/// Commands a `mongos` sends where their read preference says: reads
+/// (an `aggregate` that writes with `$out` or `$merge` stays on the
+/// primary).
+fn is_routable_read(name: &str, body: &RawDocument) -> bool {
+    match name {
+        "find" | "count" | "distinct" => true,
+        "aggregate" => !body.get_array("pipeline").is_ok_and(|stages| {
+            stages.into_iter().flatten().any(|stage| {
+                stage.as_document().is_some_and(|d| {
+                    d.get("$out").ok().flatten().is_some()
+                        || d.get("$merge").ok().flatten().is_some()
+                })
+            })
+        }),
+        _ => false,
+    }
 }
 
 /// The cursor ids a `getMore` or `killCursors` names.

@@ -29,6 +29,10 @@ use topology::{Pin, Role, Topology};
 
 pub use pinned::{check_ok, next_request_id};
 
+/// Longest a topology probe ([`Deployment::nudge`]) runs, and longest a
+/// new client connection waits for one.
+const NUDGE_WAIT: Duration = Duration::from_secs(5);
+
 /// The driver's default `serverSelectionTimeoutMS`, which `mongos` shares:
 /// how long a new client connection waits for a server in its role.
 const SERVER_SELECTION: Duration = Duration::from_secs(30);
@@ -120,6 +124,14 @@ impl Deployment {
         let config = config.clone();
         tokio::spawn(async move {
             let deployment = config.deployment.clone();
+            // Cleared however the probe ends.
+            struct Done(Arc<Deployment>);
+            impl Drop for Done {
+                fn drop(&mut self) {
+                    self.0.nudging.send_replace(false);
+                }
+            }
+            let _done = Done(deployment.clone());
             if let Ok(client) = deployment.client(&config).await {
                 let probe = bson::doc! {
                     "find": catalog_probe_collection(),
@@ -128,18 +140,18 @@ impl Deployment {
                     "limit": 1,
                     "singleBatch": true,
                 };
-                let outcome = client
-                    .database(&config.metadata_db)
-                    .run_command(probe)
-                    .selection_criteria(mongodb::options::SelectionCriteria::ReadPreference(
+                let database = client.database(&config.metadata_db);
+                let probe = database.run_command(probe).selection_criteria(
+                    mongodb::options::SelectionCriteria::ReadPreference(
                         mongodb::options::ReadPreference::Primary,
-                    ))
-                    .await;
-                if let Err(e) = outcome {
-                    tracing::debug!(error = %e, "topology probe");
+                    ),
+                );
+                match tokio::time::timeout(NUDGE_WAIT, probe).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => tracing::debug!(error = %e, "topology probe"),
+                    Err(_) => tracing::debug!("topology probe unanswered"),
                 }
             }
-            deployment.nudging.send_replace(false);
         });
     }
 
@@ -189,10 +201,13 @@ impl Deployment {
                 .unwrap_or(SERVER_SELECTION)
         });
         // While the driver is being made to look (a pinned connection just
-        // failed), its answer is waited for: the view may still name the
-        // server that failed.
+        // failed), its answer is waited for (within the same budget): the
+        // view may still name the server that failed.
+        let started = std::time::Instant::now();
         let mut nudging = self.nudging.subscribe();
-        let _ = tokio::time::timeout(wait, nudging.wait_for(|running| !*running)).await;
+        let _ =
+            tokio::time::timeout(wait.min(NUDGE_WAIT), nudging.wait_for(|running| !*running)).await;
+        let wait = wait.saturating_sub(started.elapsed());
         let pin = self.topology.select(role, tag_sets, client, wait).await?;
         let mut conn = open(config, &pin.address).await?;
         if pin.role == Role::Secondary {
@@ -290,12 +305,11 @@ fn split_db(body: &RawDocument) -> Result<(String, RawDocumentBuf), Error> {
 }
 
 impl Own {
-    /// Runs one command (its body names the database in `$db`); `ok: 0`
-    /// becomes an error with the server's code. The URI's defaults apply
-    /// as the driver applies them to its own helpers (which `runCommand`
-    /// does not): a write carries its `w` / `journal` / `wtimeoutMS` as
-    /// `writeConcern`; a read carries its `readConcernLevel` and goes
-    /// where its `readPreference` sends it. A command that fails on the
+    /// Runs one command (its body names the database in `$db`) on the
+    /// primary; `ok: 0` becomes an error with the server's code. The URI's
+    /// defaults apply as the driver applies them to its own helpers (which
+    /// `runCommand` does not): a write carries its `w` / `journal` /
+    /// `wtimeoutMS` as `writeConcern`, a read its `readConcernLevel`. A command that fails on the
     /// network (a pooled connection the server closed) is sent once more
     /// unless the URI says `retryWrites=false` / `retryReads=false`: every
     /// command the proxy sends itself is idempotent (reads, and upserts,
@@ -334,14 +348,7 @@ impl Own {
     pub async fn cursor(&self, body: &RawDocument) -> Result<OwnCursor, Error> {
         let (db, rest, _) = self.prepare(body)?;
         let database = self.client.database(&db);
-        let criteria = self.client.selection_criteria().cloned();
-        let attempt = || {
-            let mut action = database.run_raw_cursor_command(rest.clone());
-            if let Some(c) = criteria.clone() {
-                action = action.selection_criteria(c);
-            }
-            bounded(action.batch())
-        };
+        let attempt = || bounded(database.run_raw_cursor_command(rest.clone()).batch());
         let inner = match attempt().await {
             Err(e) if is_network(&e) && self.may_retry(false) => attempt().await,
             other => other,

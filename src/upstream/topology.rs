@@ -204,6 +204,9 @@ pub struct Topology {
     demoted: Mutex<Vec<(ServerAddress, Instant)>>,
 }
 
+/// How often a waiting selection looks again without a new view.
+const RECHECK: Duration = Duration::from_millis(500);
+
 /// Longest a server stays out of selection on a "not primary" reply alone,
 /// without the driver's view confirming it.
 const DEMOTION: Duration = Duration::from_secs(10);
@@ -337,7 +340,9 @@ impl Topology {
                 if let Some(pin) = pick(&views.borrow_and_update()) {
                     return Some(pin);
                 }
-                if views.changed().await.is_err() {
+                // Woken by a new view, or at the latest when a demotion
+                // may have expired.
+                if let Ok(Err(_)) = tokio::time::timeout(RECHECK, views.changed()).await {
                     return None;
                 }
             }

@@ -34,6 +34,10 @@ SECONDARY_ALLOWED = HELLO | {
 }
 
 
+# What a secondary serves with a secondary read preference (writes never).
+SECONDARY_READS = {"find", "aggregate", "count", "distinct", "listCollections", "listIndexes"}
+
+
 async def read_frame(reader):
     header = await reader.readexactly(16)
     (length,) = struct.unpack("<i", header[:4])
@@ -259,7 +263,7 @@ class ReplicaSet(Group):
         if member.index == self.primary or name in SECONDARY_ALLOWED:
             return None
         mode = (body.get("$readPreference") or {}).get("mode", "primary")
-        if mode != "primary":
+        if mode != "primary" and name in SECONDARY_READS:
             return None
         error = {
             "ok": 0.0,

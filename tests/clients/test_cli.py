@@ -16,7 +16,7 @@ def test_help_documents_every_flag():
     for flag in ("--listen", "--upstream", "--data-dir", "--max-connections",
                  "--connect-timeout-ms", "--metadata-db", "--reconcile-interval-ms", "--metrics-listen",
                  "--shutdown-timeout-ms", "--log-format", "--config", "--max-vector-results", "--request-timeout-ms",
-                 "--tls-cert-file", "--tls-key-file",
+                 "--tls-cert-file", "--tls-key-file", "--upstream-client-cert",
                  "--allow-model-host", "--allow-model-dir", "--metadata-key-file",
                  "--max-search-indexes", "--max-unauthenticated-buffer-mb",
                  "--threads",

@@ -291,7 +291,7 @@ def test_reads_follow_their_read_preference():
     whose tags match; secondaryPreferred to a secondary."""
     upstream = start_upstream()
     group = ReplicaSet(upstream.port, 3, tags=[{"dc": "east"}, {"dc": "east"}, {"dc": "west"}])
-    proxy = start_proxy(replica_set_uri(group))
+    proxy = start_proxy(replica_set_uri(group), "--request-timeout-ms", "1500")
     members = group.members
 
     def reset():
@@ -299,7 +299,7 @@ def test_reads_follow_their_read_preference():
             m.reads.clear()
 
     try:
-        with MongoClient(f"mongodb://{proxy.address}/") as c:
+        with MongoClient(f"mongodb://{proxy.address}/", maxPoolSize=1, retryReads=False) as c:
             coll = c.fo.reads
             coll.drop()
             coll.insert_many([{"_id": i, "p": [float(i), 0.0]} for i in range(10)])
@@ -338,7 +338,20 @@ def test_reads_follow_their_read_preference():
                 "index": "r", "path": "p", "queryVector": [4.2, 0.0], "numCandidates": 10,
                 "limit": 2, "filter": {"_id": {"$gte": 0}}}}])]
             assert got == [4, 5]
-            assert members[2].reads and not members[0].reads, [m.reads for m in members]
+            # (The proxy's own change stream sends getMores to the primary.)
+            assert members[2].reads and not [r for r in members[0].reads if r != "getMore"], \
+                [m.reads for m in members]
+
+            # A read cut short on the secondary by the request timeout:
+            # the client's connection serves its next request (a write,
+            # which only the primary takes) as before.
+            members[2].data_hole = True
+            with pytest.raises(PyMongoError) as cut:
+                west.find_one({"_id": 1})
+            members[2].data_hole = False
+            assert "took longer than" in str(cut.value), cut.value
+            coll.insert_one({"_id": "after", "p": [0.0, 0.0]})
+            assert west.find_one({"_id": 3})["_id"] == 3
     finally:
         proxy.stop()
         group.stop()

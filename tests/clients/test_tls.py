@@ -36,6 +36,16 @@ def certs(tmp_path_factory):
                                   "extendedKeyUsage=serverAuth\n")
     openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
             "-out", "server.pem", "-days", "2", "-extfile", "server.ext", cwd=d)
+    # Client certificates (certificate and key in one PEM file, as the
+    # driver's tlsCertificateKeyFile takes them): the proxy's own identity,
+    # and the one it presents for clients.
+    (d / "client.ext").write_text("basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n")
+    for name in ("proxy", "for-clients"):
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
+                "-subj", f"/CN=likewise {name}", cwd=d)
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+                "-CAcreateserial", "-out", f"{name}.crt", "-days", "2", "-extfile", "client.ext", cwd=d)
+        (d / f"{name}.pem").write_text((d / f"{name}.crt").read_text() + (d / f"{name}.key").read_text())
     return d
 
 
@@ -106,6 +116,39 @@ def test_the_proxy_connects_to_a_tls_upstream(certs):
                 assert "certificate" in str(err.value).lower(), err.value
         finally:
             wary.stop()
+    finally:
+        upstream.stop()
+
+
+def test_an_upstream_requiring_client_certificates(certs):
+    """An upstream that refuses TLS connections without a client
+    certificate: the proxy's own connections (the driver) present the
+    URI's tlsCertificateKeyFile; the connections it opens for clients
+    present --upstream-client-cert, never the proxy's own certificate."""
+    upstream = start_upstream("--tls-cert-file", str(certs / "server.pem"), "--tls-key-file",
+                              str(certs / "server.key"), "--tls-ca-file", str(certs / "ca.pem"),
+                              "--tls-require-client-cert")
+    uri = (f"mongodb://{upstream.address}/?tls=true&tlsCAFile={certs / 'ca.pem'}"
+           f"&tlsCertificateKeyFile={certs / 'proxy.pem'}&serverSelectionTimeoutMS=5000")
+    try:
+        # Without a certificate for clients, their connections are refused
+        # by the upstream (TLS 1.3 says so at the first read), while the
+        # proxy's own, with its certificate, found the primary.
+        bare = start_proxy(uri)
+        try:
+            with MongoClient(f"mongodb://{bare.address}/", serverSelectionTimeoutMS=5_000) as c:
+                with pytest.raises((OperationFailure, ServerSelectionTimeoutError)) as err:
+                    c.admin.command("ping")
+                assert "CertificateRequired" in str(err.value), err.value
+        finally:
+            bare.stop()
+        proxy = start_proxy(uri, "--upstream-client-cert", str(certs / "for-clients.pem"))
+        try:
+            with MongoClient(f"mongodb://{proxy.address}/", serverSelectionTimeoutMS=10_000) as c:
+                assert c.admin.command("ping")["ok"] == 1
+                vector_search_works(c)
+        finally:
+            proxy.stop()
     finally:
         upstream.stop()
 
