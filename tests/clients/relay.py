@@ -172,6 +172,11 @@ class Group:
         async def close():
             for m in self.members:
                 m.server.close()
+            # Every connection's task ends here, not as garbage later.
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
         self.call(close())
         self.loop.call_soon_threadsafe(self.loop.stop)
 
