@@ -109,8 +109,10 @@ struct ServeArgs {
         value_name = "MS"
     )]
     reconcile_interval_ms: u64,
-    /// Serve Prometheus metrics (`/metrics`) and a health check (`/health`)
-    /// over HTTP here; port 0 picks a free port. Prints
+    /// Serve Prometheus metrics (`/metrics`), a health check (`/health`:
+    /// 503 while no primary, router or standalone is reachable) and a
+    /// readiness check (`/ready`: also 503 until the stored definitions are
+    /// loaded) over HTTP here; port 0 picks a free port. Prints
     /// `likewise metrics on HOST:PORT` when ready.
     #[arg(long, env = "LIKEWISE_METRICS_LISTEN", value_name = "HOST:PORT")]
     metrics_listen: Option<String>,
@@ -271,14 +273,19 @@ fn main() -> ExitCode {
         Commands::Serve(args) => serve(*args),
         Commands::Config(ConfigCommand::Check { file }) => match read_config(&file) {
             Ok(config) => {
-                println!("{}: ok", file.display());
+                // Written without panicking when stdout closes early
+                // (`| head`).
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(out, "{}: ok", file.display());
                 for (name, value) in config.settings() {
                     let shown = if name == "upstream" {
                         Upstream::parse(&value).map(|u| u.uri).unwrap_or(value)
                     } else {
                         value
                     };
-                    println!("  {name} = {shown}");
+                    if writeln!(out, "  {name} = {shown}").is_err() {
+                        break;
+                    }
                 }
                 ExitCode::SUCCESS
             }

@@ -33,9 +33,12 @@ pub use pinned::{check_ok, next_request_id};
 /// new client connection waits for one.
 const NUDGE_WAIT: Duration = Duration::from_secs(5);
 
-/// The driver's default `serverSelectionTimeoutMS`, which `mongos` shares:
-/// how long a new client connection waits for a server in its role.
-const SERVER_SELECTION: Duration = Duration::from_secs(30);
+/// How long a new client connection waits for a server in its role when
+/// the URI names no `serverSelectionTimeoutMS`: less than drivers'
+/// handshake timeouts (pymongo's 20 s, the Java driver's 10 s), so a
+/// client sees the proxy's reason rather than its own timeout; its driver's
+/// server selection then tries again for as long as its own timeout.
+const CLIENT_SERVER_SELECTION: Duration = Duration::from_secs(8);
 
 /// The proxy's handle on the deployment: a driver client, started on first
 /// use (so that `mongodb+srv` lookups and the monitors run inside the
@@ -164,7 +167,8 @@ impl Deployment {
     /// (`role`, or the topology's write role: primary, a `mongos`, the
     /// standalone), not authenticated: the client authenticates itself.
     /// TLS when the URI asks for it. Waits up to the URI's
-    /// `serverSelectionTimeoutMS` (default 30 s) for such a server, and
+    /// `serverSelectionTimeoutMS` (default 8 s, [`CLIENT_SERVER_SELECTION`])
+    /// for such a server, and
     /// up to `--connect-timeout-ms` for the connection;
     /// `HostUnreachable` past either.
     /// `client` is the client's address (its IP picks its router).
@@ -198,7 +202,7 @@ impl Deployment {
                 .upstream
                 .connection
                 .server_selection_timeout
-                .unwrap_or(SERVER_SELECTION)
+                .unwrap_or(CLIENT_SERVER_SELECTION)
         });
         // While the driver is being made to look (a pinned connection just
         // failed), its answer is waited for (within the same budget): the
@@ -207,8 +211,10 @@ impl Deployment {
         let mut nudging = self.nudging.subscribe();
         let _ =
             tokio::time::timeout(wait.min(NUDGE_WAIT), nudging.wait_for(|running| !*running)).await;
-        let wait = wait.saturating_sub(started.elapsed());
-        let pin = self.topology.select(role, tag_sets, client, wait).await?;
+        let pin = self
+            .topology
+            .select(role, tag_sets, client, wait, started)
+            .await?;
         let mut conn = open(config, &pin.address).await?;
         if pin.role == Role::Secondary {
             conn.to_secondary();

@@ -230,7 +230,7 @@ impl Topology {
             .map(|(address, info)| Server {
                 address: address.clone(),
                 kind: info.server_type(),
-                error: info.error().map(ToString::to_string),
+                error: info.error().map(|e| e.kind.to_string()),
                 tags: info
                     .tags()
                     .map(|t| {
@@ -305,12 +305,14 @@ impl Topology {
     /// `HostUnreachable` (a `mongos` without a reachable shard primary
     /// answers alike), naming what it saw.
     /// `tag_sets` narrows the choice as a read preference's tags do.
+    /// The wait is `wait` counted from `since`.
     pub async fn select(
         &self,
         role: Option<Role>,
         tag_sets: &[TagSet],
         affinity: &str,
         wait: Duration,
+        since: Instant,
     ) -> Result<Pin, Error> {
         let mut views = self.subscribe();
         let pick = |view: &View| -> Option<Pin> {
@@ -335,7 +337,7 @@ impl Topology {
                 role,
             })
         };
-        let found = tokio::time::timeout(wait, async {
+        let found = tokio::time::timeout(wait.saturating_sub(since.elapsed()), async {
             loop {
                 if let Some(pin) = pick(&views.borrow_and_update()) {
                     return Some(pin);
@@ -481,7 +483,13 @@ mod tests {
     async fn selection_waits_and_keeps_each_client_host_on_one_router() {
         let topology = Topology::default();
         let wait = topology
-            .select(None, &[], "10.0.0.1", Duration::from_millis(50))
+            .select(
+                None,
+                &[],
+                "10.0.0.1",
+                Duration::from_millis(50),
+                Instant::now(),
+            )
             .await;
         assert_eq!(wait.unwrap_err().code.code, Code::HOST_UNREACHABLE.code);
         topology.view.send_replace(view(
@@ -496,7 +504,7 @@ mod tests {
             let topology = &topology;
             async move {
                 topology
-                    .select(None, &[], &client, Duration::ZERO)
+                    .select(None, &[], &client, Duration::ZERO, Instant::now())
                     .await
                     .unwrap()
             }
