@@ -337,7 +337,44 @@ fn config_path(args: &[std::ffi::OsString]) -> Option<PathBuf> {
 
 fn read_config(path: &std::path::Path) -> Result<FileConfig, String> {
     let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
-    FileConfig::parse(&text)
+    let file = FileConfig::parse(&text)?;
+    check_values(&file)?;
+    Ok(file)
+}
+
+/// Checks the file's values as `serve` would read them (the flags'
+/// parsers: possible values, ranges, numbers, levels; addresses as
+/// `HOST:PORT`), so `config check` says "ok" only for a file `serve`
+/// accepts. The upstream may come from elsewhere (a flag, the
+/// environment): a placeholder stands in when the file has none.
+fn check_values(file: &FileConfig) -> Result<(), String> {
+    let mut argv: Vec<String> = vec!["serve".into()];
+    for (name, value) in file.settings() {
+        argv.push(format!("--{name}={value}"));
+    }
+    if file.upstream.is_none() {
+        argv.push("--upstream=mongodb://127.0.0.1:27017".into());
+    }
+    let matches = <ServeArgs as clap::Args>::augment_args(clap::Command::new("likewise"))
+        .try_get_matches_from(argv)
+        .map_err(|e| {
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or("");
+            first.trim_start_matches("error: ").to_string()
+        })?;
+    let args = ServeArgs::from_arg_matches(&matches).map_err(|e| e.to_string())?;
+    let address = |name: &str, value: &str| -> Result<(), String> {
+        let port = value.rsplit_once(':').map(|(_, p)| p);
+        match port.map(str::parse::<u16>) {
+            Some(Ok(_)) => Ok(()),
+            _ => Err(format!("{name}: {value:?} is not HOST:PORT")),
+        }
+    };
+    address("listen", &args.listen)?;
+    if let Some(metrics) = &args.metrics_listen {
+        address("metrics-listen", metrics)?;
+    }
+    Ok(())
 }
 
 fn serve(args: ServeArgs) -> ExitCode {

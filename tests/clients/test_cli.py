@@ -132,6 +132,14 @@ def test_config_check_explains_errors(tmp_path):
     result = subprocess.run([likewise_bin(), "config", "check", str(bad)], capture_output=True, text=True)
     assert result.returncode == 1
     assert "threds" in result.stderr and "line 2" in result.stderr
+    # Values `serve` would refuse are refused here too.
+    for text, named in (('log-format = "xml"\n', "xml"), ('max-vector-results = 20000\n', "20000"),
+                        ('listen = "banana"\n', "banana"), ('log-level = "loud"\n', "loud")):
+        wrong = tmp_path / "wrong.toml"
+        wrong.write_text(text)
+        refused = subprocess.run([likewise_bin(), "config", "check", str(wrong)], capture_output=True,
+                                 text=True)
+        assert refused.returncode == 1 and named in refused.stderr, (text, refused.stderr)
     secret = tmp_path / "secret.toml"
     secret.write_text('upstream = "mongodb://u:hunter2@db:1/"\n')
     shown = subprocess.run([likewise_bin(), "config", "check", str(secret)], capture_output=True, text=True)
