@@ -230,8 +230,8 @@ struct ServeArgs {
     allow_model_dir: Vec<PathBuf>,
     /// Threads serving connections, each a single-threaded runtime that owns
     /// the connections it is given (default: one per CPU core).
-    #[arg(long, env = "LIKEWISE_THREADS", value_name = "N")]
-    threads: Option<usize>,
+    #[arg(long, env = "LIKEWISE_THREADS", value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    threads: Option<u16>,
     /// Log format on stderr: `human` or `json` (one object per line).
     #[arg(long, env = "LIKEWISE_LOG_FORMAT", default_value = "human", value_name = "FORMAT", value_parser = ["human", "json"])]
     log_format: String,
@@ -380,6 +380,8 @@ fn check_values(file: &FileConfig) -> Result<(), String> {
 fn serve(args: ServeArgs) -> ExitCode {
     let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        // Colour only for a terminal: logs redirected to a file stay plain.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_max_level(args.log_level);
     if args.log_format == "json" {
         logs.json().init();
@@ -471,7 +473,7 @@ fn serve(args: ServeArgs) -> ExitCode {
     config.request_timeout =
         (args.request_timeout_ms > 0).then(|| Duration::from_millis(args.request_timeout_ms));
 
-    let threads = args.threads.unwrap_or_else(|| {
+    let threads = args.threads.map(usize::from).unwrap_or_else(|| {
         std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
     });
     let started = likewise::server::Workers::start(threads, "likewise-worker").and_then(|w| {
