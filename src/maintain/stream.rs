@@ -11,7 +11,7 @@ use crate::config::Config;
 use crate::error::{Code, Error};
 use crate::index::registry::SearchIndex;
 use crate::maintain::fresh::{self, IdSet};
-use crate::upstream::{self, driver_error};
+use crate::upstream::driver_error;
 use bson::{RawBson, RawBsonRef, RawDocument, RawDocumentBuf};
 use futures_util::FutureExt;
 use mongodb::change_stream::event::ResumeToken;
@@ -79,9 +79,8 @@ impl ChangeStream {
         index: &SearchIndex,
         resume: Option<RawDocumentBuf>,
     ) -> Result<(ChangeStream, Option<RawDocumentBuf>), Error> {
-        let own = upstream::connect(config).await?;
-        let collection = own
-            .client()
+        let client = config.deployment.stream_client(config).await?;
+        let collection = client
             .database(&index.db)
             .collection::<RawDocumentBuf>(&index.collection);
         let mut watch = collection

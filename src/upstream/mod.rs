@@ -45,6 +45,8 @@ const CLIENT_SERVER_SELECTION: Duration = Duration::from_secs(8);
 /// runtime), and the topology its monitors report.
 pub struct Deployment {
     client: tokio::sync::OnceCell<mongodb::Client>,
+    /// The change streams' client ([`Deployment::stream_client`]).
+    streams: tokio::sync::OnceCell<mongodb::Client>,
     topology: Arc<Topology>,
     /// A [`Deployment::nudge`] probe is running.
     nudging: tokio::sync::watch::Sender<bool>,
@@ -54,6 +56,7 @@ impl Default for Deployment {
     fn default() -> Deployment {
         Deployment {
             client: tokio::sync::OnceCell::new(),
+            streams: tokio::sync::OnceCell::new(),
             topology: Arc::default(),
             nudging: tokio::sync::watch::Sender::new(false),
         }
@@ -84,14 +87,7 @@ impl Deployment {
         let topology = self.topology.clone();
         self.client
             .get_or_try_init(|| async move {
-                let mut options =
-                    mongodb::options::ClientOptions::parse(config.upstream.connection.clone())
-                        .await
-                        .map_err(driver_error)?;
-                options.app_name.get_or_insert_with(|| "likewise".into());
-                options
-                    .connect_timeout
-                    .get_or_insert(config.connect_timeout);
+                let mut options = client_options(config).await?;
                 options.sdam_event_handler =
                     Some(mongodb::event::EventHandler::callback(move |event| {
                         if let mongodb::event::sdam::SdamEvent::TopologyDescriptionChanged(e) =
@@ -100,6 +96,23 @@ impl Deployment {
                             topology.update(&e.new_description);
                         }
                     }));
+                mongodb::Client::with_options(options).map_err(driver_error)
+            })
+            .await
+            .cloned()
+    }
+
+    /// The driver client change streams run on: the same options, with a
+    /// pool of its own sized for one stream per search index
+    /// (`--max-search-indexes` + 16). Each stream's `getMore` holds a
+    /// connection for its await, so on the shared pool a few dozen
+    /// streams would queue every other command of the proxy's.
+    pub async fn stream_client(&self, config: &Config) -> Result<mongodb::Client, Error> {
+        self.streams
+            .get_or_try_init(|| async move {
+                let mut options = client_options(config).await?;
+                let streams = u32::try_from(config.max_search_indexes).unwrap_or(u32::MAX);
+                options.max_pool_size = Some(streams.saturating_add(16));
                 mongodb::Client::with_options(options).map_err(driver_error)
             })
             .await
@@ -221,6 +234,20 @@ impl Deployment {
         }
         Ok((conn, pin))
     }
+}
+
+/// The driver's options from `config.upstream` (resolving `mongodb+srv`),
+/// with likewise's defaults where the URI gives none: `appName=likewise`,
+/// `connectTimeoutMS` from `--connect-timeout-ms`.
+async fn client_options(config: &Config) -> Result<mongodb::options::ClientOptions, Error> {
+    let mut options = mongodb::options::ClientOptions::parse(config.upstream.connection.clone())
+        .await
+        .map_err(driver_error)?;
+    options.app_name.get_or_insert_with(|| "likewise".into());
+    options
+        .connect_timeout
+        .get_or_insert(config.connect_timeout);
+    Ok(options)
 }
 
 /// A connection to `address`, TLS when the URI says so.
@@ -398,11 +425,6 @@ impl Own {
         } else {
             options.retry_reads != Some(false)
         }
-    }
-
-    /// The driver client itself (change streams).
-    pub fn client(&self) -> &mongodb::Client {
-        &self.client
     }
 }
 
