@@ -133,14 +133,10 @@ impl ChangeStream {
             .map_err(driver_error)?;
         if let Some(event) = first {
             read_event(&event, &mut changes);
-            changes.events += 1;
         }
         while changes.events > 0 && changes.events < MAX_EVENTS && !changes.invalidated {
             match self.inner.next_if_any().now_or_never() {
-                Some(Ok(Some(event))) => {
-                    read_event(&event, &mut changes);
-                    changes.events += 1;
-                }
+                Some(Ok(Some(event))) => read_event(&event, &mut changes),
                 Some(Err(e)) => return Err(driver_error(e)),
                 Some(Ok(None)) | None => break,
             }
@@ -161,6 +157,7 @@ fn stalled() -> Error {
 }
 
 fn read_event(event: &RawDocument, changes: &mut Changes) {
+    changes.events += 1;
     let id = event
         .get_document("documentKey")
         .ok()

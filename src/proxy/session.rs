@@ -31,9 +31,6 @@ pub(super) struct Session {
     /// them there (opened on first use), and the cursors opened on it.
     secondary: Option<(Connection, Pin)>,
     secondary_cursors: std::collections::HashSet<i64>,
-    /// Set while a request is served on the secondary: replies' cursor
-    /// ids are noted so their `getMore`s follow.
-    tracking: Option<Route>,
     /// The cursors the `getMore` being served on the secondary continues.
     current_cursor_ids: Option<Vec<i64>>,
     /// The failure ending the pair was counted against the secondary.
@@ -143,7 +140,6 @@ impl Session {
             answered: false,
             secondary: None,
             secondary_cursors: Default::default(),
-            tracking: None,
             current_cursor_ids: None,
             failure_counted: false,
             peer,
@@ -265,10 +261,7 @@ impl Session {
         self.drain_upstream().await?;
         if self.swapped {
             // A request served on the secondary was cut short.
-            self.swap_secondary();
-            self.swapped = false;
-            self.tracking = None;
-            self.current_cursor_ids = None;
+            self.leave_secondary();
         }
         let header = Header::parse(&frame).map_err(|e| Failure::Close(e.to_string()))?;
         // What inflating will take counts against the unauthenticated
@@ -406,21 +399,20 @@ impl Session {
         }
         self.swap_secondary();
         self.swapped = true;
-        self.tracking = Some(route);
         // If a request timeout drops this future in the middle, `handle`
         // swaps the connections back before the next request (after
         // draining what the secondary still owes).
         let outcome = self
             .dispatch_here(request, message, parsed, compressor)
             .await;
-        self.tracking = None;
-        self.current_cursor_ids = None;
+        let mut secondary_lost = self.upstream.is_broken();
         let outcome = match outcome {
             // The secondary failed: it is dropped and the read gets a
             // transient error drivers retry reads on; the client's
             // connection (on the primary) goes on — unless part of an
             // answer already went out.
             Err(Failure::Upstream(error)) => {
+                secondary_lost = true;
                 self.shared
                     .metrics
                     .server_failed(&self.pin.address.to_string());
@@ -436,15 +428,19 @@ impl Session {
             }
             other => other,
         };
-        let secondary_failed = self.upstream.is_broken();
-        self.swap_secondary();
-        self.swapped = false;
-        if secondary_failed
-            || matches!(outcome, Err(Failure::Reply { .. }) if self.secondary.as_ref().is_some_and(|(c, _)| c.is_broken()))
-        {
+        self.leave_secondary();
+        if secondary_lost {
             self.drop_secondary();
         }
         outcome
+    }
+
+    /// Puts the pinned connection back in place after a request served on
+    /// the secondary (finished, or cut short by a timeout).
+    fn leave_secondary(&mut self) {
+        self.swap_secondary();
+        self.swapped = false;
+        self.current_cursor_ids = None;
     }
 
     /// Exchanges the pinned connection with the secondary's.
@@ -827,35 +823,28 @@ impl Session {
             self.shared.metrics.upstream_latency.observe(sent.elapsed());
         }
         let (_, reply) = wire::inflate(frame).map_err(|e| upstream_garbage(&e))?;
-        if self.tracking.is_some() {
+        if self.swapped {
             self.note_cursor(&reply);
         }
-        match says_not_primary(&reply) {
-            NotPrimary::No => {}
-            _ if self.pin.role != Role::Primary => {}
-            NotPrimary::NotRun => {
-                // Not run: answered as a failover, so the driver drops its
-                // pool (stale pins all) and retries on a new connection.
-                tracing::info!(server = %self.pin.address, "upstream says it is no longer primary");
-                self.shared
-                    .config
-                    .deployment
-                    .demote(&self.shared.config, &self.pin.address);
-                return Err(Failure::Upstream(
-                    self.failover("answered that it is no longer primary"),
-                ));
-            }
-            NotPrimary::AfterWriting => {
-                // The write ran; its reply (counts, the server's labels)
-                // goes to the client as it is, and the demotion ends the
-                // pair once it is sent (`send_client`).
-                tracing::info!(server = %self.pin.address, "upstream stepped down after a write");
-                self.shared
-                    .config
-                    .deployment
-                    .demote(&self.shared.config, &self.pin.address);
-            }
+        let said = says_not_primary(&reply);
+        if self.pin.role != Role::Primary || matches!(said, NotPrimary::No) {
+            return Ok(reply);
         }
+        tracing::info!(server = %self.pin.address, "upstream says it is no longer primary");
+        self.shared
+            .config
+            .deployment
+            .demote(&self.shared.config, &self.pin.address);
+        if matches!(said, NotPrimary::NotRun) {
+            // Not run: answered as a failover, so the driver drops its
+            // pool (stale pins all) and retries on a new connection.
+            return Err(Failure::Upstream(
+                self.failover("answered that it is no longer primary"),
+            ));
+        }
+        // The write ran; its reply (counts, the server's labels) goes to
+        // the client as it is, and the demotion ends the pair once it is
+        // sent (`send_client`).
         Ok(reply)
     }
 
@@ -930,28 +919,28 @@ impl Session {
         let Ok(parsed) = OpMsg::parse(reply) else {
             return;
         };
-        if !crate::command::reply_ok(parsed.body()) {
-            // A failed getMore: the cursor is gone.
-            for id in self.current_cursor_ids.take().unwrap_or_default() {
-                self.secondary_cursors.remove(&id);
-            }
-            return;
-        }
-        let Ok(cursor) = parsed.body().get_document("cursor") else {
-            return;
-        };
-        match cursor.get_i64("id") {
-            Ok(0) => {
-                if let Some(ids) = self.current_cursor_ids.take() {
-                    for id in ids {
-                        self.secondary_cursors.remove(&id);
-                    }
-                }
-            }
+        let ok = crate::command::reply_ok(parsed.body());
+        let id = parsed
+            .body()
+            .get_document("cursor")
+            .and_then(|c| c.get_i64("id"));
+        match id {
+            // A failed or exhausted getMore: its cursor is gone.
+            _ if !ok => self.forget_current_cursors(),
+            Ok(0) => self.forget_current_cursors(),
             Ok(id) if self.secondary_cursors.len() < MAX_SECONDARY_CURSORS => {
                 self.secondary_cursors.insert(id);
             }
             _ => {}
+        }
+    }
+}
+
+impl Session {
+    /// Forgets the cursors the `getMore` being served continued.
+    fn forget_current_cursors(&mut self) {
+        for id in self.current_cursor_ids.take().unwrap_or_default() {
+            self.secondary_cursors.remove(&id);
         }
     }
 }

@@ -63,12 +63,6 @@ impl Default for Deployment {
     }
 }
 
-/// The collection the topology probe reads (the catalog's, which the
-/// proxy's credentials can always read).
-fn catalog_probe_collection() -> &'static str {
-    crate::maintain::catalog::INDEXES
-}
-
 impl std::fmt::Debug for Deployment {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Deployment")
@@ -150,7 +144,8 @@ impl Deployment {
             let _done = Done(deployment.clone());
             if let Ok(client) = deployment.client(&config).await {
                 let probe = bson::doc! {
-                    "find": catalog_probe_collection(),
+                    // The catalog's: the proxy may always read it.
+                    "find": crate::maintain::catalog::INDEXES,
                     "filter": {},
                     "projection": { "_id": 1 },
                     "limit": 1,
@@ -293,14 +288,18 @@ async fn open(config: &Config, address: &ServerAddress) -> Result<Connection, Er
 #[derive(Clone)]
 pub struct Own {
     client: mongodb::Client,
-    options: Arc<mongodb::options::ConnectionString>,
+    /// The URI's `retryWrites` / `retryReads` (unset: retry).
+    retry_writes: bool,
+    retry_reads: bool,
 }
 
 /// The proxy's own handle, starting the driver client on first use.
 pub async fn connect(config: &Config) -> Result<Own, Error> {
+    let uri = &config.upstream.connection;
     Ok(Own {
         client: config.deployment.client(config).await?,
-        options: Arc::new(config.upstream.connection.clone()),
+        retry_writes: uri.retry_writes != Some(false),
+        retry_reads: uri.retry_reads != Some(false),
     })
 }
 
@@ -419,11 +418,10 @@ impl Own {
 
     /// Whether the URI lets a failed attempt be sent again.
     fn may_retry(&self, write: bool) -> bool {
-        let options = &self.options;
         if write {
-            options.retry_writes != Some(false)
+            self.retry_writes
         } else {
-            options.retry_reads != Some(false)
+            self.retry_reads
         }
     }
 }

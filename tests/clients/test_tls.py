@@ -90,17 +90,22 @@ def test_clients_connect_to_the_proxy_with_tls(certs):
         upstream.stop()
 
 
+def served_through(proxy):
+    """A plain client is served through `proxy`, vector search included."""
+    with MongoClient(f"mongodb://{proxy.address}/", serverSelectionTimeoutMS=10_000) as c:
+        assert c.admin.command("ping")["ok"] == 1
+        vector_search_works(c)
+
+
 def test_the_proxy_connects_to_a_tls_upstream(certs):
     upstream = start_upstream("--tls-cert-file", str(certs / "server.pem"), "--tls-key-file", str(certs / "server.key"))
     try:
         tls_uri = f"mongodb://{upstream.address}/?tls=true&tlsCAFile={certs / 'ca.pem'}"
         proxy = start_proxy(tls_uri)
         try:
-            with MongoClient(f"mongodb://{proxy.address}/", serverSelectionTimeoutMS=10_000) as c:
-                assert c.admin.command("ping")["ok"] == 1
-                # Index builds and change streams run on the proxy's own
-                # TLS connections.
-                vector_search_works(c)
+            # Index builds and change streams run on the proxy's own TLS
+            # connections.
+            served_through(proxy)
         finally:
             proxy.stop()
         # An upstream whose certificate the proxy cannot verify is
@@ -144,9 +149,7 @@ def test_an_upstream_requiring_client_certificates(certs):
             bare.stop()
         proxy = start_proxy(uri, "--upstream-client-cert", str(certs / "for-clients.pem"))
         try:
-            with MongoClient(f"mongodb://{proxy.address}/", serverSelectionTimeoutMS=10_000) as c:
-                assert c.admin.command("ping")["ok"] == 1
-                vector_search_works(c)
+            served_through(proxy)
         finally:
             proxy.stop()
     finally:
