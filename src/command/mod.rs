@@ -122,21 +122,15 @@ fn vector_kind(name: &str, body: &RawDocument) -> Option<VectorKind> {
         "count" if has_like("query") => Some(VectorKind::Count),
         "aggregate" => {
             let stages = body.get_array("pipeline").ok()?;
-            let mut it = stages.into_iter().flatten();
-            let first = it.next()?.as_document()?;
+            let first = stages.into_iter().flatten().next()?.as_document()?;
             let first_name = first_key(first)?;
-            let vector_first = first_name == "$vectorSearch"
-                || first_name == "$listSearchIndexes"
+            let owned = first_name == "$listSearchIndexes"
                 || (first_name == "$match"
                     && first
                         .get_document("$match")
-                        .is_ok_and(|m| contains_key(m, "$like", 0)));
-            let misplaced = it.any(|s| {
-                s.as_document()
-                    .and_then(first_key)
-                    .is_some_and(|k| k == "$vectorSearch")
-            });
-            (vector_first || misplaced).then_some(VectorKind::Aggregate)
+                        .is_ok_and(|m| contains_key(m, "$like", 0)))
+                || vector_query::pipeline_has_vector_stage(stages, 100);
+            owned.then_some(VectorKind::Aggregate)
         }
         _ => None,
     }
@@ -201,6 +195,31 @@ mod tests {
             (
                 rawdoc! { "aggregate": "c", "pipeline": [{ "$match": {} }, { "$vectorSearch": {} }] },
                 Command::Vector(VectorKind::Aggregate),
+            ),
+            (
+                rawdoc! { "aggregate": "c", "pipeline": [
+                    { "$match": {} },
+                    { "$unionWith": { "coll": "d", "pipeline": [{ "$vectorSearch": {} }] } },
+                ] },
+                Command::Vector(VectorKind::Aggregate),
+            ),
+            (
+                rawdoc! { "aggregate": "c", "pipeline": [
+                    { "$facet": { "a": [{ "$match": {} }], "b": [{ "$vectorSearch": {} }] } },
+                ] },
+                Command::Vector(VectorKind::Aggregate),
+            ),
+            (
+                rawdoc! { "aggregate": "c", "pipeline": [
+                    { "$lookup": { "from": "d", "pipeline": [{ "$match": { "$like": {} } }], "as": "x" } },
+                ] },
+                Command::Vector(VectorKind::Aggregate),
+            ),
+            (
+                rawdoc! { "aggregate": "c", "pipeline": [
+                    { "$unionWith": { "coll": "d", "pipeline": [{ "$match": { "a": 1 } }] } },
+                ] },
+                Command::Passthrough,
             ),
             (
                 rawdoc! { "aggregate": "c", "pipeline": [{ "$listSearchIndexes": {} }] },

@@ -5,7 +5,7 @@
 
 use crate::error::{Code, Error};
 use crate::index::hnsw::HnswParams;
-use crate::index::registry::{IndexSpec, SearchIndex};
+use crate::index::registry::{IndexSpec, SearchIndex, Status};
 use crate::index::Similarity;
 use bson::{rawdoc, RawArrayBuf, RawBsonRef, RawDocument, RawDocumentBuf};
 
@@ -86,6 +86,7 @@ pub fn parse_definition(definition: &RawDocument) -> Result<IndexSpec, Error> {
         .get_array("fields")
         .map_err(|_| bad("definition needs a 'fields' array"))?;
     let mut vector = None;
+    let mut auto_embed = None;
     let mut filters = Vec::new();
     for field in fields {
         let Ok(RawBsonRef::Document(field)) = field else {
@@ -95,21 +96,38 @@ pub fn parse_definition(definition: &RawDocument) -> Result<IndexSpec, Error> {
             .get_str("path")
             .map_err(|_| bad("each field needs a string 'path'"))?
             .to_string();
-        match field.get_str("type") {
-            Ok("vector") => {
-                if vector.is_some() {
-                    return Err(bad(
-                        "likewise indexes one vector field per index; create one index per vector path",
-                    ));
-                }
-                vector = Some((path, parse_vector_field(field)?));
-            }
+        let kind = field.get_str("type");
+        if matches!(kind, Ok("vector" | "autoEmbed")) && (vector.is_some() || auto_embed.is_some())
+        {
+            return Err(bad(
+                "likewise indexes one vector or autoEmbed field per index; create one index per path",
+            ));
+        }
+        match kind {
+            Ok("vector") => vector = Some((path, parse_vector_field(field)?)),
+            Ok("autoEmbed") => auto_embed = Some((path, parse_auto_embed_field(field)?)),
             Ok("filter") => filters.push(path),
-            _ => return Err(bad("field 'type' must be 'vector' or 'filter'")),
+            _ => {
+                return Err(bad(
+                    "field 'type' must be 'vector', 'autoEmbed' or 'filter'",
+                ))
+            }
         }
     }
+    if let Some((path, (model, similarity))) = auto_embed {
+        return Ok(IndexSpec {
+            path: path.clone(),
+            dims: 0, // the model's, once resolved
+            similarity,
+            hnsw: HnswParams::default(),
+            filters,
+            models: vec![crate::models::ModelKey { model, key: path }],
+            write_outputs: false,
+            train: None,
+        });
+    }
     let (path, (dims, similarity, hnsw)) =
-        vector.ok_or_else(|| bad("definition needs one field of type 'vector'"))?;
+        vector.ok_or_else(|| bad("definition needs one field of type 'vector' or 'autoEmbed'"))?;
     Ok(IndexSpec {
         path,
         dims,
@@ -120,6 +138,50 @@ pub fn parse_definition(definition: &RawDocument) -> Result<IndexSpec, Error> {
         write_outputs: false,
         train: None,
     })
+}
+
+/// Reads Atlas's automated-embedding field, `{type: "autoEmbed", path,
+/// modality?: "text", model?, similarity?}`, as (model, similarity): the
+/// path's text is encoded by the named model (one registered with
+/// `createModel`; Atlas's model names, such as `voyage-4`, can be
+/// registered as `http` models for the provider's endpoint), or by the
+/// proxy's default text model ([`crate::models::DEFAULT_MODEL`]) when
+/// `model` is left out. Similarity defaults to cosine (for the unit-length
+/// outputs of text models, the same ranking and scores as `dotProduct`).
+fn parse_auto_embed_field(field: &RawDocument) -> Result<(String, Similarity), Error> {
+    match field.get("modality") {
+        Ok(None) | Ok(Some(RawBsonRef::String("text"))) => {}
+        _ => {
+            return Err(Error::client(
+                Code::INVALID_OPTIONS,
+                "'modality' of an autoEmbed field must be 'text'",
+            ))
+        }
+    }
+    let model = match field.get("model") {
+        Ok(None) => crate::models::DEFAULT_MODEL.to_string(),
+        Ok(Some(RawBsonRef::String(m))) if !m.is_empty() => m.to_string(),
+        _ => {
+            return Err(bad(
+                "'model' of an autoEmbed field must be a non-empty string",
+            ))
+        }
+    };
+    let similarity = match field.get("similarity") {
+        Ok(None) => Similarity::Cosine,
+        Ok(Some(RawBsonRef::String(s))) => Similarity::parse(s)
+            .ok_or_else(|| bad("'similarity' must be 'cosine', 'euclidean' or 'dotProduct'"))?,
+        _ => return Err(bad("'similarity' must be a string")),
+    };
+    for (key, _) in field.iter().flatten() {
+        if !["type", "path", "modality", "model", "similarity"].contains(&key) {
+            return Err(Error::client(
+                Code::INVALID_OPTIONS,
+                format!("autoEmbed field option '{key}' is not supported by likewise"),
+            ));
+        }
+    }
+    Ok((model, similarity))
 }
 
 /// The seed's `create_semantic_index`: `{createSemanticIndex: coll, name,
@@ -279,10 +341,18 @@ pub fn integer(value: Option<RawBsonRef<'_>>) -> Option<i64> {
 pub fn parse_target(body: &RawDocument) -> Result<Target, Error> {
     let name = body.get_str("name").ok().map(str::to_string);
     let id = body.get_str("id").ok().map(str::to_string);
-    if name.is_none() && id.is_none() {
-        return Err(bad("name or id is required"));
+    // mongod's own checks and wording (`search_index_commands.cpp`).
+    match (&name, &id) {
+        (None, None) => Err(Error::client(
+            Code::INVALID_OPTIONS,
+            "Must set either 'name' or 'id'.",
+        )),
+        (Some(_), Some(_)) => Err(Error::client(
+            Code::INVALID_OPTIONS,
+            "Cannot set both 'name' and 'id'.",
+        )),
+        _ => Ok(Target { name, id }),
     }
-    Ok(Target { name, id })
 }
 
 /// The `$listSearchIndexes` filter: `{name?}` or `{id?}`.
@@ -293,37 +363,64 @@ pub fn parse_list_filter(stage: &RawDocument) -> Target {
     }
 }
 
-/// One `$listSearchIndexes` result, with our own `progress`.
-pub fn describe(index: &SearchIndex) -> RawDocumentBuf {
-    let (status, detail) = index.status();
-    let scanned = index.scanned.load(std::sync::atomic::Ordering::Relaxed);
-    let total = index.total.load(std::sync::atomic::Ordering::Relaxed);
-    let skipped = index.skipped.load(std::sync::atomic::Ordering::Relaxed);
-    let (indexed, slots) = index
+/// One `$listSearchIndexes` result in Atlas's shape (`id`, `name`,
+/// `type`, `status`, `queryable`, `latestDefinitionVersion`,
+/// `latestDefinition`, `message` when it failed or is stale, and
+/// `statusDetail`: one entry for the one host serving the index, with its
+/// `mainIndex` and, while `updateSearchIndex` builds a new definition,
+/// `stagedIndex`), plus likewise's own `progress` (of the newest
+/// definition) and `training`.
+///
+/// While a definition is staged the index reports `BUILDING` (or `FAILED`
+/// when the staged build failed) and stays queryable on the old
+/// definition, as Atlas does (`latestDefinition` is the staged one).
+pub fn describe(index: &SearchIndex, staged: Option<&SearchIndex>) -> RawDocumentBuf {
+    let (main_status, main_detail) = index.status();
+    let latest = staged.unwrap_or(index);
+    let (status, message) = match staged.map(SearchIndex::status) {
+        Some((Status::Failed, why)) => (Status::Failed, why),
+        Some(_) => (Status::Building, None),
+        None => (main_status, main_detail.clone()),
+    };
+    let scanned = latest.scanned.load(std::sync::atomic::Ordering::Relaxed);
+    let total = latest.total.load(std::sync::atomic::Ordering::Relaxed);
+    let skipped = latest.skipped.load(std::sync::atomic::Ordering::Relaxed);
+    let (indexed, slots) = latest
         .data
         .read()
         .map(|d| (d.index.len(), d.ids.entries_count().0))
         .unwrap_or_default();
+    let mut host = rawdoc! {
+        "hostname": "likewise",
+        "status": status.name(),
+        "queryable": index.queryable(),
+        "mainIndex": definition_detail(index),
+    };
+    if let Some(staged) = staged {
+        host.append("stagedIndex", definition_detail(staged));
+    }
     let mut out = rawdoc! {
         "id": index.id.as_str(),
         "name": index.name.as_str(),
         "type": "vectorSearch",
         "status": status.name(),
         "queryable": index.queryable(),
-        "latestDefinition": index.definition.clone(),
+        "latestDefinitionVersion": definition_version(latest),
+        "latestDefinition": latest.definition.clone(),
+        "statusDetail": [host],
         "progress": {
             "documentsScanned": i64::try_from(scanned).unwrap_or(i64::MAX),
             "documentsTotal": i64::try_from(total).unwrap_or(i64::MAX),
             "vectorsIndexed": i64::try_from(indexed).unwrap_or(i64::MAX),
             "documentsSkipped": i64::try_from(skipped).unwrap_or(i64::MAX),
-            "changesApplied": i64::try_from(index.changes_applied.load(std::sync::atomic::Ordering::Relaxed)).unwrap_or(i64::MAX),
-            "restoredFromSnapshot": index.restored.load(std::sync::atomic::Ordering::Relaxed),
+            "changesApplied": i64::try_from(latest.changes_applied.load(std::sync::atomic::Ordering::Relaxed)).unwrap_or(i64::MAX),
+            "restoredFromSnapshot": latest.restored.load(std::sync::atomic::Ordering::Relaxed),
             "slots": i64::try_from(slots).unwrap_or(i64::MAX),
-            "pendingEncodes": i64::try_from(index.pending_count()).unwrap_or(i64::MAX),
+            "pendingEncodes": i64::try_from(latest.pending_count()).unwrap_or(i64::MAX),
         },
     };
-    if let Some(detail) = detail {
-        out.append("statusDetail", detail);
+    if let Some(message) = message {
+        out.append("message", message);
     }
     if index.spec.train.is_some() {
         let (training, metrics) = describe_training(index);
@@ -331,6 +428,31 @@ pub fn describe(index: &SearchIndex) -> RawDocumentBuf {
         if let Some(metrics) = metrics {
             out.append("metrics", metrics);
         }
+    }
+    out
+}
+
+/// `{version, createdAt}` of an index's definition.
+fn definition_version(index: &SearchIndex) -> RawDocumentBuf {
+    rawdoc! {
+        "version": index.definition_version.0,
+        "createdAt": index.definition_version.1,
+    }
+}
+
+/// A `mainIndex` / `stagedIndex` entry of `statusDetail`: `status`,
+/// `queryable`, `definitionVersion`, `definition`, and `message` when
+/// there is something to say (why it failed, or is stale).
+fn definition_detail(index: &SearchIndex) -> RawDocumentBuf {
+    let (status, detail) = index.status();
+    let mut out = rawdoc! {
+        "status": status.name(),
+        "queryable": index.queryable(),
+        "definitionVersion": definition_version(index),
+        "definition": index.definition.clone(),
+    };
+    if let Some(message) = detail {
+        out.append("message", message);
     }
     out
 }

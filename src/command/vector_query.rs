@@ -52,6 +52,9 @@ pub struct VectorQuery {
     /// The exact (MQL) part of the query.
     pub filter: Option<RawDocumentBuf>,
     pub exact: bool,
+    /// The model named for `query` text (Atlas's automated embedding):
+    /// must be the model that encodes the searched path.
+    pub model: Option<String>,
 }
 
 /// Reads a `$vectorSearch` stage with Atlas's rules.
@@ -130,6 +133,18 @@ pub fn parse_vector_search(stage: &RawDocument) -> Result<VectorQuery, Error> {
     if let Some(f) = &filter {
         reject_nested_like(f, 0)?;
     }
+    let model = match stage.get("model") {
+        Ok(Some(RawBsonRef::String(m))) if matches!(vector, QueryVector::Text(_)) => {
+            Some(m.to_string())
+        }
+        Ok(Some(RawBsonRef::String(_))) => {
+            return Err(bad(
+                "$vectorSearch 'model' goes with 'query' text, not with 'queryVector'",
+            ))
+        }
+        Ok(None) => None,
+        _ => return Err(bad("$vectorSearch 'model' must be a string")),
+    };
     Ok(VectorQuery {
         index: Some(index.to_string()),
         path: Some(path.to_string()),
@@ -138,6 +153,7 @@ pub fn parse_vector_search(stage: &RawDocument) -> Result<VectorQuery, Error> {
         num_candidates,
         filter,
         exact,
+        model,
     })
 }
 
@@ -193,6 +209,7 @@ pub fn parse_like_filter(filter: &RawDocument) -> Result<Option<VectorQuery>, Er
     .clamp(n, MAX_CANDIDATES);
     let exact = matches!(spec.get("exact"), Ok(Some(RawBsonRef::Boolean(true))));
     Ok(Some(VectorQuery {
+        model: None,
         index,
         path: None,
         vector,
@@ -322,5 +339,218 @@ mod tests {
         ] {
             assert!(parse_like_filter(&bad_n).is_err());
         }
+    }
+}
+
+/// Whether `stage` is an owned vector stage when it opens a pipeline:
+/// `$vectorSearch`, or `$match` with a top-level `$like`.
+pub fn is_vector_stage(stage: &RawDocument) -> bool {
+    match stage.iter().next() {
+        Some(Ok(("$vectorSearch", _))) => true,
+        Some(Ok(("$match", RawBsonRef::Document(m)))) => m.get("$like").ok().flatten().is_some(),
+        _ => false,
+    }
+}
+
+/// The sub-pipelines a stage runs: `$unionWith`'s and `$lookup`'s
+/// `pipeline`, each of `$facet`'s.
+fn sub_pipelines<'a>(name: &str, spec: RawBsonRef<'a>) -> Vec<&'a bson::RawArray> {
+    let RawBsonRef::Document(spec) = spec else {
+        return Vec::new();
+    };
+    match name {
+        "$unionWith" | "$lookup" => spec.get_array("pipeline").ok().into_iter().collect(),
+        "$facet" => spec
+            .iter()
+            .flatten()
+            .filter_map(|(_, v)| v.as_array())
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Whether a pipeline holds `$vectorSearch` (anywhere, misplaced
+/// included) or opens, or opens a sub-pipeline, with a `$like` match: the
+/// `aggregate`s the proxy must answer or refuse. Sub-pipelines deeper than
+/// `depth` are not looked into (messages are depth-checked before this).
+pub fn pipeline_has_vector_stage(stages: &bson::RawArray, depth: usize) -> bool {
+    depth > 0
+        && stages
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s.as_document())
+            .enumerate()
+            .any(|(i, stage)| {
+                (i == 0 && is_vector_stage(stage))
+                    || match stage.iter().next() {
+                        Some(Ok(("$vectorSearch", _))) => true,
+                        Some(Ok((name, spec))) => sub_pipelines(name, spec)
+                            .into_iter()
+                            .any(|p| pipeline_has_vector_stage(p, depth - 1)),
+                        _ => false,
+                    }
+            })
+}
+
+/// The owned vector stages of a pipeline run on `collection`, each with
+/// the collection it searches, in the order the rewrite meets them (a
+/// stage, then the later stages in order, `$unionWith` sub-pipelines where
+/// they stand). Where Atlas refuses a placement, its error (codes and
+/// messages from mongod's `document_source_vector_search.h` constraints):
+/// not first, `Location40602`; in `$facet`, 40600; in a `$lookup`
+/// sub-pipeline, 51047. `$unionWith` sub-pipelines are served (MongoDB
+/// 8.0+), at any depth.
+pub fn vector_stages(
+    collection: &str,
+    stages: &bson::RawArray,
+) -> Result<Vec<(String, VectorQuery)>, Error> {
+    let mut out = Vec::new();
+    collect_vector_stages(collection, stages, &mut out, 0)?;
+    Ok(out)
+}
+
+fn collect_vector_stages(
+    collection: &str,
+    stages: &bson::RawArray,
+    out: &mut Vec<(String, VectorQuery)>,
+    depth: usize,
+) -> Result<(), Error> {
+    if depth > 100 {
+        return Err(Error::client(Code::OVERFLOW, "pipeline nested too deeply"));
+    }
+    for (i, stage) in stages.into_iter().enumerate() {
+        let Ok(RawBsonRef::Document(stage)) = stage else {
+            continue;
+        };
+        let Some(Ok((name, spec))) = stage.iter().next() else {
+            continue;
+        };
+        match (i, name, spec) {
+            (0, "$vectorSearch", RawBsonRef::Document(spec)) => {
+                if contains_like(spec, 0) {
+                    return Err(bad("$like cannot be combined with $vectorSearch"));
+                }
+                out.push((collection.to_string(), parse_vector_search(spec)?));
+            }
+            (0, "$vectorSearch", _) => return Err(bad("$vectorSearch must be a document")),
+            (_, "$vectorSearch", _) => {
+                return Err(Error::client(
+                    Code::STAGE_NOT_FIRST,
+                    "$vectorSearch is only valid as the first stage in a pipeline.",
+                ))
+            }
+            (0, "$match", RawBsonRef::Document(filter)) if is_vector_stage(stage) => {
+                let query = parse_like_filter(filter)?
+                    .ok_or_else(|| bad("$like must be at the top level of $match"))?;
+                out.push((collection.to_string(), query));
+            }
+            (_, "$facet" | "$lookup", spec)
+                if sub_pipelines(name, spec)
+                    .into_iter()
+                    .any(|p| pipeline_has_vector_stage(p, 100)) =>
+            {
+                return Err(if name == "$facet" {
+                    Error::client(
+                        Code::relayed(40600, "Location40600"),
+                        "$vectorSearch is not allowed to be used within a $facet stage",
+                    )
+                } else {
+                    Error::client(
+                        Code::relayed(51047, "Location51047"),
+                        "$vectorSearch is not allowed within a $lookup's sub-pipeline",
+                    )
+                });
+            }
+            (_, "$unionWith", RawBsonRef::Document(spec)) => {
+                if let Ok(pipeline) = spec.get_array("pipeline") {
+                    let coll = spec.get_str("coll").unwrap_or(collection);
+                    collect_vector_stages(coll, pipeline, out, depth + 1)?;
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn contains_like(doc: &RawDocument, depth: usize) -> bool {
+    depth < 100
+        && doc.iter().flatten().any(|(k, v)| {
+            k == "$like" || matches!(v, RawBsonRef::Document(d) if contains_like(d, depth + 1))
+        })
+}
+
+#[cfg(test)]
+mod placement_tests {
+    use super::*;
+    use bson::rawdoc;
+
+    fn stage() -> RawDocumentBuf {
+        rawdoc! { "$vectorSearch": { "index": "i", "path": "v", "queryVector": [1.0, 2.0], "numCandidates": 10, "limit": 2 } }
+    }
+
+    fn codes(pipeline: bson::RawArrayBuf) -> Result<Vec<String>, i32> {
+        vector_stages("c", &pipeline)
+            .map(|found| found.into_iter().map(|(c, _)| c).collect())
+            .map_err(|e| e.code.code)
+    }
+
+    #[test]
+    fn vector_stages_are_found_where_atlas_serves_them_and_refused_elsewhere() {
+        let union = |coll: &str, inner: bson::RawArrayBuf| {
+            rawdoc! { "$unionWith": { "coll": coll, "pipeline": inner } }
+        };
+        let arr = |stages: Vec<RawDocumentBuf>| {
+            let mut a = bson::RawArrayBuf::new();
+            for s in stages {
+                a.push(s);
+            }
+            a
+        };
+        // First, and in `$unionWith` at any depth, in walk order.
+        let nested = arr(vec![
+            stage(),
+            union("d", arr(vec![stage(), union("e", arr(vec![stage()]))])),
+            rawdoc! { "$limit": 3 },
+            union(
+                "f",
+                arr(vec![
+                    rawdoc! { "$match": { "$like": { "vector": [1.0], "n": 2 }, "x": 1 } },
+                ]),
+            ),
+        ]);
+        assert_eq!(
+            codes(nested),
+            Ok(vec!["c".into(), "d".into(), "e".into(), "f".into()])
+        );
+        // Refused: not first (also inside a union), in `$facet`, in `$lookup`.
+        assert_eq!(
+            codes(arr(vec![rawdoc! { "$match": {} }, stage()])),
+            Err(40602)
+        );
+        assert_eq!(
+            codes(arr(vec![union(
+                "d",
+                arr(vec![rawdoc! { "$match": {} }, stage()])
+            )])),
+            Err(40602)
+        );
+        assert_eq!(
+            codes(arr(vec![stage(), rawdoc! { "$facet": { "a": [stage()] } }])),
+            Err(40600)
+        );
+        assert_eq!(
+            codes(arr(vec![
+                rawdoc! { "$lookup": { "from": "d", "as": "x", "pipeline": [
+                    { "$unionWith": { "coll": "e", "pipeline": [stage()] } }
+                ] } }
+            ])),
+            Err(51047)
+        );
+        // Nothing owned.
+        assert_eq!(
+            codes(arr(vec![union("d", arr(vec![rawdoc! { "$match": {} }]))])),
+            Ok(vec![])
+        );
     }
 }

@@ -157,6 +157,12 @@ pub struct SearchIndex {
     adapter: RwLock<Option<Arc<crate::train::Adapter>>>,
     /// Training progress and results, for the listing.
     pub training: Mutex<Training>,
+    /// Run once, the first time the index becomes READY (a staged
+    /// definition's promotion).
+    on_ready: Mutex<Option<Box<dyn FnOnce() + Send>>>,
+    /// `latestDefinitionVersion`: 0 when created, one more per
+    /// `updateSearchIndex`, and when that version was made.
+    pub definition_version: (i64, bson::DateTime),
 }
 
 /// Documents waiting for an encoding retry, and those being retried now:
@@ -217,6 +223,33 @@ impl SearchIndex {
             work: tokio::sync::Notify::new(),
             adapter: RwLock::new(None),
             training: Mutex::new(Training::default()),
+            on_ready: Mutex::new(None),
+            definition_version: (0, bson::DateTime::now()),
+        }
+    }
+
+    /// Sets `latestDefinitionVersion`.
+    pub fn with_definition_version(mut self, version: i64, created: bson::DateTime) -> Self {
+        self.definition_version = (version, created);
+        self
+    }
+
+    /// Runs `f` the first time the index becomes READY (at once if it is).
+    pub fn on_ready(&self, f: impl FnOnce() + Send + 'static) {
+        *self.on_ready.lock().unwrap_or_else(|e| e.into_inner()) = Some(Box::new(f));
+        if self.status().0 == Status::Ready {
+            self.run_on_ready();
+        }
+    }
+
+    fn run_on_ready(&self) {
+        let f = self
+            .on_ready
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(f) = f {
+            f();
         }
     }
 
@@ -424,6 +457,9 @@ impl SearchIndex {
 
     pub fn set_status(&self, status: Status, detail: Option<String>) {
         *self.status.lock().unwrap_or_else(|e| e.into_inner()) = (status, detail);
+        if status == Status::Ready {
+            self.run_on_ready();
+        }
     }
 
     pub fn queryable(&self) -> bool {
@@ -462,21 +498,68 @@ pub enum Refused {
     Total(usize),
 }
 
+/// Every search index, by namespace: those serving queries, and those
+/// staged by `updateSearchIndex` (building a new definition while the one
+/// they replace keeps serving, as Atlas does).
 #[derive(Default)]
 pub struct Registry {
-    by_namespace: RwLock<HashMap<Namespace, Vec<Arc<SearchIndex>>>>,
+    by_namespace: RwLock<Indexes>,
+}
+
+#[derive(Default)]
+struct Indexes {
+    serving: HashMap<Namespace, Vec<Arc<SearchIndex>>>,
+    staged: HashMap<Namespace, Vec<Arc<SearchIndex>>>,
 }
 
 impl Registry {
+    /// Every serving index.
     pub fn all(&self) -> Vec<Arc<SearchIndex>> {
-        self.read().values().flatten().cloned().collect()
+        self.read().serving.values().flatten().cloned().collect()
     }
 
+    /// Every index the proxy keeps up to date: serving and staged.
+    pub fn all_maintained(&self) -> Vec<Arc<SearchIndex>> {
+        let map = self.read();
+        map.serving
+            .values()
+            .chain(map.staged.values())
+            .flatten()
+            .cloned()
+            .collect()
+    }
+
+    /// The serving indexes of a collection, in creation order.
     pub fn list(&self, db: &str, collection: &str) -> Vec<Arc<SearchIndex>> {
         self.read()
+            .serving
             .get(&namespace(db, collection))
             .cloned()
             .unwrap_or_default()
+    }
+
+    /// The indexes a write to a collection must keep current: serving and
+    /// staged.
+    pub fn maintained(&self, db: &str, collection: &str) -> Vec<Arc<SearchIndex>> {
+        let map = self.read();
+        let key = namespace(db, collection);
+        map.serving
+            .get(&key)
+            .into_iter()
+            .chain(map.staged.get(&key))
+            .flatten()
+            .cloned()
+            .collect()
+    }
+
+    /// The definition staged to replace the serving index `name`, if any.
+    pub fn staged(&self, db: &str, collection: &str, name: &str) -> Option<Arc<SearchIndex>> {
+        self.read()
+            .staged
+            .get(&namespace(db, collection))?
+            .iter()
+            .find(|i| i.name == name)
+            .cloned()
     }
 
     /// By name, or by id when `name` is `None`.
@@ -502,9 +585,10 @@ impl Registry {
     }
 
     /// Adds an index unless its name is taken in its namespace, its
-    /// collection has `per_collection` indexes, or the registry `total`:
-    /// checked and added under one lock, so concurrent creations cannot
-    /// pass a bound together.
+    /// collection has `per_collection` indexes, or the registry `total`
+    /// (staged ones count: each holds a change stream): checked and added
+    /// under one lock, so concurrent creations cannot pass a bound
+    /// together.
     pub fn add_bounded(
         &self,
         index: Arc<SearchIndex>,
@@ -512,8 +596,14 @@ impl Registry {
         total: usize,
     ) -> Result<(), Refused> {
         let mut map = self.write();
-        let count: usize = map.values().map(Vec::len).sum();
+        let count: usize = map
+            .serving
+            .values()
+            .chain(map.staged.values())
+            .map(Vec::len)
+            .sum();
         let list = map
+            .serving
             .entry(namespace(&index.db, &index.collection))
             .or_default();
         if let Some(existing) = list.iter().find(|i| i.name == index.name) {
@@ -529,10 +619,13 @@ impl Registry {
         Ok(())
     }
 
-    /// Puts `index` in the place of the one with its name, retiring that.
-    pub fn replace(&self, index: Arc<SearchIndex>) {
+    /// Stages `index` to replace the serving index of its name once it is
+    /// ready ([`Registry::promote`]); an earlier staged definition of that
+    /// name is retired.
+    pub fn stage(&self, index: Arc<SearchIndex>) {
         let mut map = self.write();
         let list = map
+            .staged
             .entry(namespace(&index.db, &index.collection))
             .or_default();
         for old in list.iter().filter(|i| i.name == index.name) {
@@ -542,19 +635,59 @@ impl Registry {
         list.push(index);
     }
 
+    /// Puts a staged `index` in the place of the serving index of its
+    /// name, retiring that; `false` (and nothing changes) when `index` is
+    /// no longer staged (dropped, or replaced by a later update).
+    pub fn promote(&self, index: &Arc<SearchIndex>) -> bool {
+        let mut map = self.write();
+        let key = namespace(&index.db, &index.collection);
+        let Some(staged) = map.staged.get_mut(&key) else {
+            return false;
+        };
+        let Some(at) = staged.iter().position(|i| Arc::ptr_eq(i, index)) else {
+            return false;
+        };
+        staged.remove(at);
+        let list = map.serving.entry(key).or_default();
+        match list.iter().position(|i| i.name == index.name) {
+            Some(at) => {
+                list[at].retire();
+                list[at] = index.clone();
+            }
+            None => list.push(index.clone()),
+        }
+        true
+    }
+
+    /// Puts `index` in the place of the one with its name at once,
+    /// retiring that.
+    pub fn replace(&self, index: Arc<SearchIndex>) {
+        self.stage(index.clone());
+        self.promote(&index);
+    }
+
+    /// Removes `index` and any definition staged to replace it, retiring
+    /// both.
     pub fn remove(&self, index: &SearchIndex) {
         let mut map = self.write();
-        if let Some(list) = map.get_mut(&namespace(&index.db, &index.collection)) {
+        let key = namespace(&index.db, &index.collection);
+        if let Some(list) = map.serving.get_mut(&key) {
             list.retain(|i| i.id != index.id);
+        }
+        if let Some(list) = map.staged.get_mut(&key) {
+            for staged in list.iter().filter(|i| i.name == index.name) {
+                staged.retire();
+            }
+            list.retain(|i| i.name != index.name);
         }
         index.retire();
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<Namespace, Vec<Arc<SearchIndex>>>> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Indexes> {
         self.by_namespace.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<Namespace, Vec<Arc<SearchIndex>>>> {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Indexes> {
         self.by_namespace.write().unwrap_or_else(|e| e.into_inner())
     }
 }

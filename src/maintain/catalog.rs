@@ -151,6 +151,10 @@ pub async fn save(config: &Config, index: &SearchIndex) -> Result<(), Error> {
         "name": index.name.as_str(),
         "type": "vectorSearch",
         "definition": index.definition.clone(),
+        "definitionVersion": {
+            "version": index.definition_version.0,
+            "createdAt": index.definition_version.1,
+        },
     };
     upsert(config, COLLECTION, &index.id, doc).await
 }
@@ -202,7 +206,7 @@ fn entry(doc: &RawDocument, models: &Models) -> Result<SearchIndex, Error> {
         .map_err(|_| Error::internal("stored index definition lacks 'definition'"))?;
     let mut spec = parse_definition(definition)?;
     let encoders = crate::models::resolve(&mut spec, models)?;
-    Ok(SearchIndex::new(
+    let index = SearchIndex::new(
         field("_id")?.to_string(),
         field("db")?,
         field("collection")?,
@@ -210,7 +214,19 @@ fn entry(doc: &RawDocument, models: &Models) -> Result<SearchIndex, Error> {
         definition.to_owned(),
         spec,
     )
-    .with_encoders(encoders))
+    .with_encoders(encoders);
+    // Written by every version that stores `definitionVersion`; older
+    // entries start again at 0.
+    let Ok(version) = doc.get_document("definitionVersion") else {
+        return Ok(index);
+    };
+    match (
+        version.get_i64("version"),
+        version.get_datetime("createdAt"),
+    ) {
+        (Ok(n), Ok(at)) => Ok(index.with_definition_version(n, at)),
+        _ => Ok(index),
+    }
 }
 
 const MODELS: &str = "models";

@@ -485,6 +485,10 @@ impl Models {
     }
 }
 
+/// The name under which the proxy's default text model (`--default-model`)
+/// is registered, on first use, for `autoEmbed` fields that name no model.
+pub const DEFAULT_MODEL: &str = "default";
+
 /// One (model, key) pair of a semantic index: `model` encodes `key`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelKey {
@@ -501,7 +505,8 @@ pub fn resolve(spec: &mut IndexSpec, models: &Models) -> Result<Vec<Arc<Model>>,
             Error::client(
                 Code::BAD_VALUE,
                 format!(
-                    "unknown model '{}': register it with createModel first",
+                    "unknown model '{}': register it with createModel first (an autoEmbed \
+                     field without 'model' uses the default text model)",
                     mk.model
                 ),
             )

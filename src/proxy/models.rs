@@ -45,7 +45,7 @@ impl Session {
                 Ok(reply)
             }
             Admin::ListModels => {
-                let indexes = self.shared.registry.all();
+                let indexes = self.shared.registry.all_maintained();
                 let mut list = RawArrayBuf::new();
                 for model in models.all() {
                     let mut doc = model.def.to_doc();
@@ -73,7 +73,7 @@ impl Session {
                 if let Some(index) = self
                     .shared
                     .registry
-                    .all()
+                    .all_maintained()
                     .into_iter()
                     .find(|i| i.spec.models.iter().any(|m| m.model == name))
                 {

@@ -7,9 +7,7 @@ use super::session::Session;
 use crate::command::search_index::{
     self, describe, parse_create, parse_definition, parse_list_filter, parse_target,
 };
-use crate::command::vector_query::{
-    parse_like_filter, parse_vector_search, QueryVector, VectorQuery,
-};
+use crate::command::vector_query::{parse_like_filter, vector_stages, QueryVector, VectorQuery};
 use crate::command::{Admin, VectorKind};
 use crate::error::{Code, Error};
 use crate::index::ids::IdMap;
@@ -69,6 +67,7 @@ impl Session {
         body: &RawDocument,
     ) -> Result<RawDocumentBuf, Error> {
         let db = db_of(body)?;
+        self.check_namespace(admin, db, body).await?;
         self.check_privilege(admin, db, body).await?;
         let registry = self.shared.registry.clone();
         let config = self.shared.config.clone();
@@ -163,7 +162,7 @@ impl Session {
                         collection,
                     ));
                 }
-                if registry.all().len() + news.len() > config.max_search_indexes {
+                if registry.all_maintained().len() + news.len() > config.max_search_indexes {
                     return Err(refusal(
                         Refused::Total(config.max_search_indexes),
                         db,
@@ -234,6 +233,9 @@ impl Session {
                         .await?;
                 }
                 let encoders = self.resolve_models(&mut spec).await?;
+                let latest = registry
+                    .staged(db, collection, &old.name)
+                    .unwrap_or_else(|| old.clone());
                 let index = Arc::new(
                     SearchIndex::new(
                         old.id.clone(),
@@ -243,13 +245,29 @@ impl Session {
                         definition.to_owned(),
                         spec,
                     )
-                    .with_encoders(encoders),
+                    .with_encoders(encoders)
+                    .with_definition_version(
+                        latest.definition_version.0 + 1,
+                        bson::DateTime::now(),
+                    ),
                 );
                 catalog::save(&config, &index).await?;
                 // A new definition means a new model of the data: any adapter
                 // trained for the old one goes.
                 crate::maintain::train::delete_stored(&config, &index.id).await?;
-                registry.replace(index.clone());
+                // The old definition serves queries until the new one is
+                // built (Atlas's staged index), then the new one takes its
+                // place.
+                registry.stage(index.clone());
+                let staged = Arc::downgrade(&index);
+                let promoter = registry.clone();
+                index.on_ready(move || {
+                    if let Some(index) = staged.upgrade() {
+                        if promoter.promote(&index) {
+                            tracing::info!(index = %index.name, namespace = %index.namespace(), "updated search index definition now serving");
+                        }
+                    }
+                });
                 tokio::spawn(build::build(config.clone(), index));
                 Ok(rawdoc! { "ok": 1.0 })
             }
@@ -286,19 +304,140 @@ impl Session {
                         (collection, filter)
                     }
                 };
-                let docs = registry
+                let docs: Vec<RawDocumentBuf> = registry
                     .list(db, collection)
                     .iter()
                     .filter(|i| filter.name.as_ref().is_none_or(|n| &i.name == n))
                     .filter(|i| filter.id.as_ref().is_none_or(|x| &i.id == x))
-                    .map(|i| describe(i))
+                    .map(|i| describe(i, registry.staged(db, collection, &i.name).as_deref()))
                     .collect();
+                let docs = match body.get_array("pipeline") {
+                    Ok(stages) if stages.into_iter().nth(1).is_some() => {
+                        self.run_later_stages(db, body, stages, docs).await?
+                    }
+                    _ => docs,
+                };
                 Ok(search_index::cursor_reply(
                     &format!("{db}.{collection}"),
                     docs,
                 ))
             }
         }
+    }
+
+    /// The stages after `$listSearchIndexes`, run by the upstream over the
+    /// listed documents (`{aggregate: 1, pipeline: [{$documents: docs},
+    /// ...later]}`, MongoDB 5.1+) on the client's connection, with the
+    /// command's `let`, `collation` and `comment`: whatever mongod accepts
+    /// after a stage works, with mongod's answers and errors. The results
+    /// come back in one batch; more than 16 MiB of them is refused
+    /// (`BSONObjectTooLarge`, 10334).
+    async fn run_later_stages(
+        &mut self,
+        db: &str,
+        body: &RawDocument,
+        stages: &bson::RawArray,
+        docs: Vec<RawDocumentBuf>,
+    ) -> Result<Vec<RawDocumentBuf>, Error> {
+        let mut listed = RawArrayBuf::new();
+        for d in docs {
+            listed.push(d);
+        }
+        let mut pipeline = RawArrayBuf::new();
+        pipeline.push(rawdoc! { "$documents": listed });
+        for stage in stages.into_iter().skip(1) {
+            let stage = stage.map_err(|e| bad(format!("malformed pipeline: {e}")))?;
+            pipeline.push(stage.to_raw_bson());
+        }
+        let mut command = rawdoc! { "aggregate": 1, "pipeline": pipeline, "cursor": {} };
+        for key in ["let", "collation", "comment"] {
+            if let Some(v) = body.get(key).ok().flatten() {
+                command.append(key, v.to_raw_bson());
+            }
+        }
+        command.append("$db", db);
+        let mut cursor = Cursor::open(&mut self.upstream, db, &command).await?;
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        while let Some(batch) = cursor.next_batch().await? {
+            for doc in batch {
+                bytes += doc.as_bytes().len();
+                if bytes > 16 * 1024 * 1024 {
+                    return Err(Error::client(
+                        Code::relayed(10334, "BSONObjectTooLarge"),
+                        "the results of $listSearchIndexes and its later stages exceed 16 MiB",
+                    ));
+                }
+                out.push(doc);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Atlas's answer for an index command on a collection that does not
+    /// exist: `createSearchIndexes`, and `updateSearchIndex` or
+    /// `dropSearchIndex` of an index the proxy does not have, get
+    /// `NamespaceNotFound` (26, mongod 7.0's wording) and create nothing
+    /// (drivers suppress it for `dropSearchIndex`, by the index-management
+    /// specification); `$listSearchIndexes` lists nothing, as it would
+    /// anyway. Asked before the rights probes, which may create the
+    /// collection on some servers, with `listCollections` restricted to
+    /// collections the client has rights on (`authorizedCollections`), so
+    /// the answer says nothing about collections it could not see.
+    /// Errors: `NamespaceNotFound` (26), or what `listCollections` gave.
+    async fn check_namespace(
+        &mut self,
+        admin: Admin,
+        db: &str,
+        body: &RawDocument,
+    ) -> Result<(), Error> {
+        let collection = match admin {
+            Admin::Create => collection_of(body, "createSearchIndexes")?,
+            Admin::Update | Admin::Drop => {
+                let command = if admin == Admin::Update {
+                    "updateSearchIndex"
+                } else {
+                    "dropSearchIndex"
+                };
+                let collection = collection_of(body, command)?;
+                let target = parse_target(body)?;
+                let registry = &self.shared.registry;
+                let known = registry
+                    .find(db, collection, target.name.as_deref(), target.id.as_deref())
+                    .is_some();
+                if known {
+                    return Ok(());
+                }
+                collection
+            }
+            _ => return Ok(()),
+        };
+        let list = rawdoc! {
+            "listCollections": 1,
+            "filter": { "name": collection },
+            "nameOnly": true,
+            "authorizedCollections": true,
+            "$db": db,
+        };
+        let mut cursor = match Cursor::open(&mut self.upstream, db, &list).await {
+            Ok(cursor) => cursor,
+            // mongod lets anyone list the collections they have rights on;
+            // a server that asks for `listCollections` too leaves the
+            // answer to the rights probes that follow.
+            Err(e) if e.code.code == 13 => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let mut exists = false;
+        while let Some(batch) = cursor.next_batch().await? {
+            exists |= !batch.is_empty();
+        }
+        if exists {
+            return Ok(());
+        }
+        Err(Error::client(
+            Code::NAMESPACE_NOT_FOUND,
+            format!("Collection '{db}.{collection}' does not exist."),
+        ))
     }
 
     /// Loads the models a semantic spec names and fixes its dimensions.
@@ -308,6 +447,17 @@ impl Session {
     ) -> Result<Vec<Arc<crate::models::Model>>, Error> {
         let names: Vec<String> = spec.models.iter().map(|m| m.model.clone()).collect();
         self.ensure_models(&names).await?;
+        let default = crate::models::DEFAULT_MODEL;
+        if names.iter().any(|n| n == default) && self.shared.models.get(default).is_none() {
+            // The default text model, registered under its name on first use.
+            let def = crate::models::ModelDef::parse(
+                &rawdoc! { "createModel": default, "kind": "text" },
+                "createModel",
+            )?;
+            let model = self.load_model(def).await?;
+            catalog::save_model(&self.shared.config, &model.def).await?;
+            self.shared.models.insert(model);
+        }
         crate::models::resolve(spec, &self.shared.models)
     }
 
@@ -451,16 +601,17 @@ impl Session {
         kind: VectorKind,
         body: &RawDocument,
     ) -> Result<Rewritten, Error> {
-        let plan = self.plan(kind, body).await?;
-        let fetch_only = match kind {
-            VectorKind::Count => None,
-            VectorKind::Aggregate | VectorKind::Find => {
+        let mut plans = self.plans(kind, body).await?;
+        let fetch_only = match (kind, &plans[..]) {
+            (VectorKind::Aggregate | VectorKind::Find, [plan]) => {
                 rewrite::fetch_only(body, &plan.ranked, plan.exact_filter.as_deref())
             }
+            _ => None,
         };
+        let ranked = rewrite_for(kind, body, &plans);
         Ok(Rewritten {
-            ranked: rewrite_for(kind, body, &plan),
-            fetch_only: fetch_only.map(|command| (command, plan.ranked)),
+            ranked,
+            fetch_only: fetch_only.map(|command| (command, plans.swap_remove(0).ranked)),
         })
     }
 
@@ -514,8 +665,9 @@ impl Session {
                 ))
             }
         }
-        let plan = self.plan(kind, &inner_with_db).await?;
-        let mut rewritten = rewrite_for(kind, &inner_with_db, &plan);
+        let plans = self.plans(kind, &inner_with_db).await?;
+        let mut rewritten = rewrite_for(kind, &inner_with_db, &plans);
+        let plan = &plans[0];
         rewritten = without(&rewritten, "$db");
         let mut upstream_explain = RawDocumentBuf::new();
         for (k, v) in body.iter().flatten() {
@@ -558,10 +710,32 @@ impl Session {
         Ok(out)
     }
 
-    async fn plan(&mut self, kind: VectorKind, body: &RawDocument) -> Result<Plan, Error> {
-        let started = std::time::Instant::now();
+    /// One plan per owned vector stage of the command (at least one), in
+    /// the order `rewrite::aggregate` takes them.
+    async fn plans(&mut self, kind: VectorKind, body: &RawDocument) -> Result<Vec<Plan>, Error> {
         let db = db_of(body)?.to_string();
-        let (collection, query) = parse_query(kind, body)?;
+        let queries = parse_queries(kind, body)?;
+        if queries.len() > MAX_VECTOR_STAGES {
+            return Err(bad(format!(
+                "a command may hold at most {MAX_VECTOR_STAGES} vector stages"
+            )));
+        }
+        let mut plans = Vec::with_capacity(queries.len());
+        for (collection, query) in queries {
+            plans.push(self.plan(kind, &db, &collection, query).await?);
+        }
+        Ok(plans)
+    }
+
+    async fn plan(
+        &mut self,
+        kind: VectorKind,
+        db: &str,
+        collection: &str,
+        query: VectorQuery,
+    ) -> Result<Plan, Error> {
+        let started = std::time::Instant::now();
+        let (db, collection) = (db.to_string(), collection.to_string());
         let max = self.shared.config.max_vector_results;
         if query.limit > max {
             return Err(bad(format!(
@@ -685,41 +859,28 @@ impl Session {
     }
 }
 
-fn parse_query(kind: VectorKind, body: &RawDocument) -> Result<(String, VectorQuery), Error> {
+/// Most owned vector stages one command may hold (each is a search).
+const MAX_VECTOR_STAGES: usize = 64;
+
+/// The vector queries of a command, each with the collection it searches:
+/// an `aggregate`'s owned stages (`vector_stages`, with Atlas's errors for
+/// misplaced ones), or a `find`'s or `count`'s `$like`.
+fn parse_queries(
+    kind: VectorKind,
+    body: &RawDocument,
+) -> Result<Vec<(String, VectorQuery)>, Error> {
     match kind {
         VectorKind::Aggregate => {
-            let collection = collection_of(body, "aggregate")?.to_string();
+            let collection = collection_of(body, "aggregate")?;
             let stages = body
                 .get_array("pipeline")
                 .map_err(|_| bad("aggregate needs a pipeline"))?;
-            let mut stages = stages.into_iter().flatten();
-            let first = stages
-                .next()
-                .and_then(|s| s.as_document())
-                .ok_or_else(|| bad("empty pipeline"))?;
-            if stages.any(|s| {
-                s.as_document()
-                    .and_then(|d| d.iter().next())
-                    .and_then(Result::ok)
-                    .is_some_and(|(k, _)| k == "$vectorSearch")
-            }) {
-                return Err(Error::client(
-                    Code::STAGE_NOT_FIRST,
-                    "$vectorSearch is only valid as the first stage in a pipeline",
-                ));
+            let found = vector_stages(collection, stages)?;
+            if found.is_empty() {
+                // Classified for a `$like` nested inside the first `$match`.
+                return Err(bad("$like must be at the top level of $match"));
             }
-            if let Ok(stage) = first.get_document("$vectorSearch") {
-                if contains_like(stage) {
-                    return Err(bad("$like cannot be combined with $vectorSearch"));
-                }
-                return Ok((collection, parse_vector_search(stage)?));
-            }
-            let matched = first
-                .get_document("$match")
-                .map_err(|_| bad("$vectorSearch must be a document"))?;
-            let query = parse_like_filter(matched)?
-                .ok_or_else(|| bad("$like must be at the top level of $match"))?;
-            Ok((collection, query))
+            Ok(found)
         }
         VectorKind::Find => {
             let collection = collection_of(body, "find")?.to_string();
@@ -728,7 +889,7 @@ fn parse_query(kind: VectorKind, body: &RawDocument) -> Result<(String, VectorQu
                 .map_err(|_| bad("find needs a filter"))?;
             let query = parse_like_filter(filter)?
                 .ok_or_else(|| bad("$like must be at the top level of the filter"))?;
-            Ok((collection, query))
+            Ok(vec![(collection, query)])
         }
         VectorKind::Count => {
             let collection = collection_of(body, "count")?.to_string();
@@ -737,15 +898,9 @@ fn parse_query(kind: VectorKind, body: &RawDocument) -> Result<(String, VectorQu
                 .map_err(|_| bad("count needs a query"))?;
             let query = parse_like_filter(filter)?
                 .ok_or_else(|| bad("$like must be at the top level of the query"))?;
-            Ok((collection, query))
+            Ok(vec![(collection, query)])
         }
     }
-}
-
-fn contains_like(doc: &RawDocument) -> bool {
-    doc.iter()
-        .flatten()
-        .any(|(k, v)| k == "$like" || matches!(v, RawBsonRef::Document(d) if contains_like(d)))
 }
 
 /// Which model encoded a query's content, for `explain`.
@@ -784,10 +939,19 @@ async fn query_vector(
             let Some(i) = spec.models.iter().position(|m| m.key == spec.path) else {
                 return Err(bad(format!(
                     "search index '{}' has no model to encode 'query' text: pass 'queryVector', \
-                     or create the index with createSemanticIndex over a text model",
+                     or index the path as an 'autoEmbed' field (or with createSemanticIndex)",
                     index.name
                 )));
             };
+            if let Some(asked) = query.model.as_deref() {
+                if asked != spec.models[i].model {
+                    return Err(bad(format!(
+                        "search index '{}' encodes '{}' with model '{}', not '{asked}': \
+                         query with the index's model (or leave out 'model')",
+                        index.name, spec.path, spec.models[i].model
+                    )));
+                }
+            }
             (
                 index.encoders[i].clone(),
                 spec.models[i].key.clone(),
@@ -929,10 +1093,17 @@ fn to_ranked(ids: &IdMap, similarity: Similarity, hits: &[Hit]) -> Ranked {
     ranked
 }
 
-fn rewrite_for(kind: VectorKind, body: &RawDocument, plan: &Plan) -> RawDocumentBuf {
+fn rewrite_for(kind: VectorKind, body: &RawDocument, plans: &[Plan]) -> RawDocumentBuf {
+    let plan = &plans[0];
     let exact = plan.exact_filter.as_deref();
     match kind {
-        VectorKind::Aggregate => rewrite::aggregate(body, &plan.ranked, exact),
+        VectorKind::Aggregate => {
+            let planned: Vec<rewrite::Planned<'_>> = plans
+                .iter()
+                .map(|p| (&p.ranked, p.exact_filter.as_deref()))
+                .collect();
+            rewrite::aggregate(body, &planned)
+        }
         VectorKind::Find => rewrite::find_as_aggregate(body, &plan.ranked, exact),
         VectorKind::Count => rewrite::count(body, &plan.ranked, exact),
     }

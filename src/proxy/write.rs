@@ -22,7 +22,7 @@ impl Session {
             return Vec::new();
         }
         match (body.get_str(command), body.get_str("$db")) {
-            (Ok(collection), Ok(db)) => self.shared.registry.list(db, collection),
+            (Ok(collection), Ok(db)) => self.shared.registry.maintained(db, collection),
             _ => Vec::new(),
         }
     }

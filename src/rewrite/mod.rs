@@ -150,22 +150,65 @@ fn pipeline(stages: impl IntoIterator<Item = RawDocumentBuf>) -> RawBson {
     RawBson::Array(out)
 }
 
-/// An `aggregate` whose first stage (`$vectorSearch`, or a `$match` holding
-/// `$like`) is replaced by the ranked stages; later stages keep running
-/// upstream, with scores substituted.
-pub fn aggregate(
-    body: &RawDocument,
-    ranked: &Ranked,
-    exact: Option<&RawDocument>,
-) -> RawDocumentBuf {
-    let stages = body.get_array("pipeline").ok();
-    let later = stages
+/// One planned vector stage: its neighbours and the exact filter that
+/// came with it.
+pub type Planned<'a> = (&'a Ranked, Option<&'a RawDocument>);
+
+/// An `aggregate` with its vector stages answered: `plans` holds one entry
+/// per owned stage, in the order `command::vector_query::vector_stages`
+/// found them. Each vector stage that opens a pipeline (the command's, or
+/// a `$unionWith` sub-pipeline at any depth) is replaced by the ranked
+/// stages; the later stages of that pipeline keep running upstream, with
+/// its scores substituted (`Ranked::later_stage`).
+pub fn aggregate(body: &RawDocument, plans: &[Planned<'_>]) -> RawDocumentBuf {
+    let mut plans = plans.iter().copied();
+    let stages = pipeline_with(body.get_array("pipeline").ok(), &mut plans);
+    with_field(body, "pipeline", pipeline(stages))
+}
+
+fn pipeline_with<'a>(
+    stages: Option<&bson::RawArray>,
+    plans: &mut impl Iterator<Item = Planned<'a>>,
+) -> Vec<RawDocumentBuf> {
+    let stages: Vec<&RawDocument> = stages
         .into_iter()
-        .flat_map(|a| a.into_iter().skip(1))
         .flatten()
-        .filter_map(|s| s.as_document().map(|d| ranked.substitute_score(d)));
-    let all = ranked.stages(exact).into_iter().chain(later);
-    with_field(body, "pipeline", pipeline(all))
+        .flatten()
+        .filter_map(|s| s.as_document())
+        .collect();
+    let mut out = Vec::new();
+    let mut ranked = None;
+    let mut later = &stages[..];
+    if let Some(first) = stages.first() {
+        if crate::command::vector_query::is_vector_stage(first) {
+            if let Some((r, exact)) = plans.next() {
+                out = r.stages(exact);
+                ranked = Some(r);
+                later = &stages[1..];
+            }
+        }
+    }
+    for stage in later {
+        match stage.get_document("$unionWith") {
+            Ok(union) if union.get_array("pipeline").is_ok() => {
+                let mut spec = RawDocumentBuf::new();
+                for (k, v) in union.iter().flatten() {
+                    if k == "pipeline" {
+                        let inner = pipeline_with(v.as_array(), plans);
+                        spec.append(k, pipeline(inner));
+                    } else {
+                        spec.append(k, v.to_raw_bson());
+                    }
+                }
+                out.push(rawdoc! { "$unionWith": spec });
+            }
+            _ => match ranked {
+                Some(r) => out.extend(r.later_stage(stage)),
+                None => out.push((*stage).to_owned()),
+            },
+        }
+    }
+    out
 }
 
 /// Fields of `find` that have an `aggregate` equivalent written into the
@@ -202,7 +245,7 @@ pub fn find_as_aggregate(
     let mut stages = ranked.stages(exact);
     if let Ok(sort) = body.get_document("sort") {
         if !sort.is_empty() {
-            stages.push(rawdoc! { "$sort": ranked.substitute_score(sort) });
+            stages.extend(ranked.later_stage(&rawdoc! { "$sort": sort.to_owned() }));
         }
     }
     if let Some(skip) =
@@ -217,7 +260,7 @@ pub fn find_as_aggregate(
         stages.push(rawdoc! { "$limit": limit });
     }
     if let Ok(projection) = body.get_document("projection") {
-        stages.extend(projection_stages(projection, ranked));
+        stages.extend(ranked.projection_stages(projection, true));
     }
     let mut cursor = RawDocumentBuf::new();
     if single_batch {
@@ -239,28 +282,147 @@ pub fn find_as_aggregate(
     out
 }
 
-/// A find projection as stages: `$meta` fields are computed with
-/// `$addFields` (in find they never switch the projection to inclusion),
-/// everything else goes to `$project`.
-fn projection_stages(projection: &RawDocument, ranked: &Ranked) -> Vec<RawDocumentBuf> {
-    let mut plain = RawDocumentBuf::new();
-    let mut computed = RawDocumentBuf::new();
-    for (k, v) in projection.iter().flatten() {
-        match v {
-            RawBsonRef::Document(d) if is_score_meta(d) => {
-                computed.append(k, ranked.score_expression())
+/// Internal field a `$sort` on the score sorts by; removed right after.
+const SORT_SCORE: &str = "__likewise_score";
+
+impl Ranked {
+    /// A stage after the vector stage as the upstream can run it, with
+    /// `{$meta: "vectorSearchScore"}` made the document's score:
+    /// - `$project`: see `projection_stages` (mongod allows `$meta` in an
+    ///   exclusion projection; a computed score would make it inclusion);
+    /// - `$sort` by the score (`{f: {$meta: "vectorSearchScore"}}`, highest
+    ///   first as mongod sorts metadata): the score is put in a field,
+    ///   sorted on, and removed;
+    /// - `$facet`: each sub-pipeline's stages, the same way;
+    /// - `$lookup` and `$unionWith`: their sub-pipelines run over other
+    ///   documents and are left as they are here (a `$lookup`'s `let` may
+    ///   pass the score in; `aggregate` answers a `$unionWith`'s own
+    ///   vector stage);
+    /// - anything else: the score substituted wherever it appears.
+    pub fn later_stage(&self, stage: &RawDocument) -> Vec<RawDocumentBuf> {
+        let Some(Ok((name, RawBsonRef::Document(spec)))) = stage.iter().next() else {
+            return vec![self.substitute_score(stage)];
+        };
+        match name {
+            "$project" => self.projection_stages(spec, false),
+            "$sort" if spec.iter().flatten().any(|(_, v)| is_meta_value(v)) => {
+                let mut sort = RawDocumentBuf::new();
+                for (k, v) in spec.iter().flatten() {
+                    if is_meta_value(v) {
+                        sort.append(SORT_SCORE, -1);
+                    } else {
+                        sort.append(k, v.to_raw_bson());
+                    }
+                }
+                let mut add = RawDocumentBuf::new();
+                add.append(SORT_SCORE, self.score_expression());
+                let mut unset = RawDocumentBuf::new();
+                unset.append(SORT_SCORE, 0);
+                vec![
+                    rawdoc! { "$addFields": add },
+                    rawdoc! { "$sort": sort },
+                    rawdoc! { "$project": unset },
+                ]
             }
-            other => plain.append(k, ranked.substitute_value(other)),
+            "$facet" => {
+                let mut facets = RawDocumentBuf::new();
+                for (k, v) in spec.iter().flatten() {
+                    match v {
+                        RawBsonRef::Array(sub) => {
+                            let stages = sub
+                                .into_iter()
+                                .flatten()
+                                .filter_map(|s| s.as_document())
+                                .flat_map(|d| self.later_stage(d));
+                            facets.append(k, pipeline(stages));
+                        }
+                        other => facets.append(k, other.to_raw_bson()),
+                    }
+                }
+                vec![rawdoc! { "$facet": facets }]
+            }
+            "$lookup" | "$unionWith" => {
+                let mut out = RawDocumentBuf::new();
+                for (k, v) in spec.iter().flatten() {
+                    if k == "pipeline" {
+                        out.append(k, v.to_raw_bson());
+                    } else {
+                        out.append(k, self.substitute_value(v));
+                    }
+                }
+                let mut stage = RawDocumentBuf::new();
+                stage.append(name, out);
+                vec![stage]
+            }
+            _ => vec![self.substitute_score(stage)],
         }
     }
-    let mut out = Vec::new();
-    if !plain.is_empty() {
-        out.push(rawdoc! { "$project": plain });
+
+    /// A projection (`$project`'s, or a `find`'s when `find`) as stages
+    /// mongod accepts. Its top-level `{$meta: "vectorSearchScore"}` fields
+    /// do not decide whether it includes or excludes; the other fields do
+    /// (`is_exclusion`, after mongod's `computeProjectionType` in
+    /// `src/mongo/db/query/projection_parser.cpp`). An exclusion projection
+    /// becomes `$addFields` of the scores (computed first, while `_id` is
+    /// there to look them up by) then `$project` of the exclusions; an
+    /// inclusion projection stays one `$project`, the scores computed
+    /// fields in it.
+    pub fn projection_stages(&self, projection: &RawDocument, find: bool) -> Vec<RawDocumentBuf> {
+        let mut rest = RawDocumentBuf::new();
+        let mut scores = RawDocumentBuf::new();
+        for (k, v) in projection.iter().flatten() {
+            if is_meta_value(v) {
+                scores.append(k, self.score_expression());
+            } else {
+                rest.append(k, v.to_raw_bson());
+            }
+        }
+        if scores.is_empty() || !is_exclusion(&rest, find) {
+            return vec![rawdoc! { "$project": self.substitute_score(projection) }];
+        }
+        let mut out = vec![rawdoc! { "$addFields": scores }];
+        if !rest.is_empty() {
+            out.push(rawdoc! { "$project": self.substitute_score(&rest) });
+        }
+        out
     }
-    if !computed.is_empty() {
-        out.push(rawdoc! { "$addFields": computed });
+}
+
+fn is_meta_value(value: RawBsonRef<'_>) -> bool {
+    matches!(value, RawBsonRef::Document(d) if is_score_meta(d))
+}
+
+/// Whether a projection that had `$meta` fields, given without them,
+/// excludes (mongod's rule): a field other than `_id` included or computed
+/// makes it an inclusion, one excluded an exclusion. Otherwise, in
+/// `aggregate` it is an inclusion; in `find`, `_id: 1` makes it an
+/// inclusion, and `_id: 0` or nothing an exclusion (all fields, plus the
+/// metadata).
+fn is_exclusion(projection: &RawDocument, find: bool) -> bool {
+    /// `Some(true)` exclusion, `Some(false)` inclusion, `None` undecided.
+    fn kind(value: RawBsonRef<'_>) -> Option<bool> {
+        match value {
+            RawBsonRef::Boolean(b) => Some(!b),
+            RawBsonRef::Int32(n) => Some(n == 0),
+            RawBsonRef::Int64(n) => Some(n == 0),
+            RawBsonRef::Double(x) => Some(x == 0.0),
+            RawBsonRef::Decimal128(_) => Some(false),
+            RawBsonRef::Document(d) => match d.iter().next() {
+                Some(Ok((k, _))) if k.starts_with('$') => Some(false),
+                _ => d.iter().flatten().find_map(|(_, v)| kind(v)),
+            },
+            _ => Some(false),
+        }
     }
-    out
+    let mut id = None;
+    for (k, v) in projection.iter().flatten() {
+        if k == "_id" {
+            id = kind(v);
+        } else if let Some(decided) = kind(v) {
+            return decided;
+        }
+    }
+    find && id.unwrap_or(true)
 }
 
 /// The fetch-only form of a vector `aggregate` or `find` (see the module
@@ -424,7 +586,8 @@ mod tests {
             "cursor": {},
             "$db": "d",
         };
-        let out = aggregate(&body, &ranked(), Some(&rawdoc! { "year": 1 }));
+        let exact = rawdoc! { "year": 1 };
+        let out = aggregate(&body, &[(&ranked(), Some(&exact))]);
         let stages: Vec<_> = out
             .get_array("pipeline")
             .unwrap()
@@ -444,6 +607,86 @@ mod tests {
             .is_ok());
         assert_eq!(out.get_str("$db").unwrap(), "d");
         assert!(out.get_document("cursor").is_ok());
+    }
+
+    #[test]
+    fn vector_stages_in_union_sub_pipelines_are_replaced_with_their_own_ranking() {
+        let outer = ranked();
+        let inner = Ranked {
+            ids: vec![RawBson::Int32(9)],
+            scores: vec![0.5],
+        };
+        let meta = rawdoc! { "$meta": "vectorSearchScore" };
+        let body = rawdoc! {
+            "aggregate": "c",
+            "pipeline": [
+                { "$match": { "kind": "pinned" } },
+                { "$unionWith": { "coll": "items", "pipeline": [
+                    { "$vectorSearch": { "index": "i" } },
+                    { "$set": { "s": meta.clone() } },
+                ] } },
+                { "$unionWith": { "coll": "other", "pipeline": [{ "$match": { "a": 1 } }] } },
+            ],
+            "cursor": {},
+            "$db": "d",
+        };
+        // The top level has no vector stage: only the union's ranking is used.
+        let out = aggregate(&body, &[(&inner, None)]);
+        let stages = stages_of(&out);
+        assert_eq!(names(&stages), ["$match", "$unionWith", "$unionWith"]);
+        assert_eq!(stages[0], rawdoc! { "$match": { "kind": "pinned" } });
+        let union = stages[1].get_document("$unionWith").unwrap();
+        assert_eq!(union.get_str("coll"), Ok("items"));
+        let sub = stages_of(union);
+        assert_eq!(
+            names(&sub),
+            ["$match", "$addFields", "$sort", "$project", "$set"]
+        );
+        assert_eq!(sub[0], rawdoc! { "$match": { "_id": { "$in": [9] } } });
+        assert!(sub[4]
+            .get_document("$set")
+            .unwrap()
+            .get_document("s")
+            .unwrap()
+            .get_array("$arrayElemAt")
+            .is_ok());
+        assert_eq!(
+            stages[2],
+            body.get_array("pipeline")
+                .unwrap()
+                .into_iter()
+                .nth(2)
+                .unwrap()
+                .unwrap()
+                .as_document()
+                .unwrap()
+                .to_owned()
+        );
+        // A top-level vector stage and a union's: each gets its own ranking.
+        let body = rawdoc! {
+            "aggregate": "c",
+            "pipeline": [
+                { "$vectorSearch": { "index": "i" } },
+                { "$unionWith": { "coll": "c", "pipeline": [{ "$vectorSearch": { "index": "j" } }] } },
+            ],
+            "$db": "d",
+        };
+        let out = aggregate(&body, &[(&outer, None), (&inner, None)]);
+        let stages = stages_of(&out);
+        assert_eq!(
+            stages[0],
+            rawdoc! { "$match": { "_id": { "$in": [3, "x"] } } }
+        );
+        let sub = stages[4]
+            .get_document("$unionWith")
+            .unwrap()
+            .get_array("pipeline")
+            .unwrap();
+        let first = sub.into_iter().next().unwrap().unwrap();
+        assert_eq!(
+            first.as_document().unwrap().to_owned(),
+            rawdoc! { "$match": { "_id": { "$in": [9] } } }
+        );
     }
 
     #[test]
@@ -488,9 +731,121 @@ mod tests {
                 "$project",
                 "$skip",
                 "$limit",
-                "$project",
-                "$addFields"
+                "$project"
             ]
+        );
+    }
+
+    /// The `pipeline` of a command (or a `$unionWith` spec), stage by stage.
+    fn stages_of(doc: &RawDocument) -> Vec<RawDocumentBuf> {
+        doc.get_array("pipeline")
+            .unwrap()
+            .into_iter()
+            .map(|s| s.unwrap().as_document().unwrap().to_owned())
+            .collect()
+    }
+
+    fn names(stages: &[RawDocumentBuf]) -> Vec<String> {
+        stages
+            .iter()
+            .map(|s| s.iter().next().unwrap().unwrap().0.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn a_score_in_an_exclusion_projection_is_computed_before_the_exclusion() {
+        let meta = rawdoc! { "$meta": "vectorSearchScore" };
+        let r = ranked();
+        let exclusion = |p: &RawDocumentBuf, find: bool| {
+            let stages = r.projection_stages(p, find);
+            if names(&stages)[0] != "$addFields" {
+                return false;
+            }
+            assert!(stages[0]
+                .get_document("$addFields")
+                .unwrap()
+                .get_document("score")
+                .is_ok());
+            if stages.len() == 2 {
+                let project = stages[1].get_document("$project").unwrap();
+                assert!(project.get("score").unwrap().is_none());
+            }
+            true
+        };
+        // Decided by another field, in find and aggregate alike.
+        for find in [false, true] {
+            for p in [
+                rawdoc! { "embedding": 0, "score": meta.clone() },
+                rawdoc! { "score": meta.clone(), "a": { "b": false } },
+                rawdoc! { "_id": 1, "score": meta.clone(), "v": 0 },
+            ] {
+                assert!(exclusion(&p, find), "{p:?}");
+            }
+            for p in [
+                rawdoc! { "_id": 0, "title": 1, "score": meta.clone() },
+                rawdoc! { "t": "$title", "score": meta.clone() },
+            ] {
+                assert!(!exclusion(&p, find), "{p:?}");
+                let stages = r.projection_stages(&p, find);
+                assert_eq!(names(&stages), ["$project"]);
+                assert!(stages[0]
+                    .get_document("$project")
+                    .unwrap()
+                    .get_document("score")
+                    .unwrap()
+                    .get_array("$arrayElemAt")
+                    .is_ok());
+            }
+        }
+        // Decided by `_id` or nothing: find and aggregate differ.
+        let only = rawdoc! { "score": meta.clone() };
+        let no_id = rawdoc! { "_id": 0, "score": meta.clone() };
+        let id = rawdoc! { "_id": 1, "score": meta.clone() };
+        assert!(exclusion(&only, true) && exclusion(&no_id, true) && !exclusion(&id, true));
+        assert!(!exclusion(&only, false) && !exclusion(&no_id, false) && !exclusion(&id, false));
+        assert_eq!(names(&r.projection_stages(&only, true)), ["$addFields"]);
+    }
+
+    #[test]
+    fn later_stages_sort_by_the_score_and_reach_into_facets_but_not_lookups() {
+        let meta = rawdoc! { "$meta": "vectorSearchScore" };
+        let r = ranked();
+        let sort = r.later_stage(&rawdoc! { "$sort": { "s": meta.clone(), "a": 1 } });
+        assert_eq!(names(&sort), ["$addFields", "$sort", "$project"]);
+        assert_eq!(
+            sort[1].get_document("$sort").unwrap().to_owned(),
+            rawdoc! { "__likewise_score": -1, "a": 1 }
+        );
+        let facet = r.later_stage(&rawdoc! {
+            "$facet": { "top": [{ "$project": { "v": 0, "s": meta.clone() } }] }
+        });
+        let top = facet[0]
+            .get_document("$facet")
+            .unwrap()
+            .get_array("top")
+            .unwrap();
+        assert_eq!(top.into_iter().count(), 2);
+        let lookup = rawdoc! { "$lookup": {
+            "from": "o", "let": { "s": meta.clone() },
+            "pipeline": [{ "$project": { "s": meta.clone() } }], "as": "x",
+        } };
+        let out = r.later_stage(&lookup).remove(0);
+        let spec = out.get_document("$lookup").unwrap();
+        assert!(spec
+            .get_document("let")
+            .unwrap()
+            .get_document("s")
+            .unwrap()
+            .get_array("$arrayElemAt")
+            .is_ok());
+        assert_eq!(
+            spec.get_array("pipeline").unwrap().to_raw_array_buf(),
+            lookup
+                .get_document("$lookup")
+                .unwrap()
+                .get_array("pipeline")
+                .unwrap()
+                .to_raw_array_buf()
         );
     }
 

@@ -102,10 +102,12 @@ def test_a_corrupt_snapshot_is_rebuilt_from_the_upstream_and_said_so(direct_uri,
     proxy, client, coll = start(direct_uri, data_dir)
     coll.create_search_index(SearchIndexModel(name="dur", type="vectorSearch", definition=definition()))
     eventually(lambda: ready(coll))
+    index_id = info(coll)["id"]
     proxy.proc.send_signal(signal.SIGTERM)
     proxy.proc.wait(timeout=30)
     client.close()
-    [snapshot] = list((data_dir / "indexes").glob("*.snapshot"))
+    # Other suites' indexes on the shared upstream are snapshotted too.
+    snapshot = data_dir / "indexes" / f"{index_id}.snapshot"
     raw = bytearray(snapshot.read_bytes())
     raw[len(raw) // 2] ^= 0xFF
     snapshot.write_bytes(bytes(raw))

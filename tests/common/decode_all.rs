@@ -82,7 +82,13 @@ fn parse_everything(body: &RawDocument) {
         scores: vec![0.9, 0.8],
     };
     let exact = body.get_document("filter").ok();
-    let _ = likewise::rewrite::aggregate(body, &ranked, exact);
+    if let Ok(stages) = body.get_array("pipeline") {
+        let collection = body.get_str("aggregate").unwrap_or("c");
+        if let Ok(found) = vector_query::vector_stages(collection, stages) {
+            let planned: Vec<_> = found.iter().map(|_| (&ranked, exact)).collect();
+            let _ = likewise::rewrite::aggregate(body, &planned);
+        }
+    }
     let _ = likewise::rewrite::find_as_aggregate(body, &ranked, exact);
     let _ = likewise::rewrite::count(body, &ranked, exact);
     let _ = likewise::rewrite::fetch_only(body, &ranked, exact);

@@ -1,0 +1,390 @@
+"""Apps written for Atlas, unchanged: the pipeline shapes, projections,
+index administration answers and listing shapes Atlas gives, through the
+proxy with pymongo. Each expected answer is worked out independently: from
+the ranked ids and scores of a plain `$vectorSearch`, from an exact oracle,
+or by the upstream running the same later stages over plain documents."""
+
+import math
+import threading
+
+import pytest
+from bson.son import SON
+from pymongo import MongoClient
+from pymongo.errors import OperationFailure
+from pymongo.operations import SearchIndexModel
+
+from conftest import eventually, start_proxy, wait_ready
+from embed_server import EmbedServer
+
+DIMS = 8
+N = 400
+K = 10
+META = {"$meta": "vectorSearchScore"}
+
+
+def vector_of(i):
+    return [math.sin(i * 0.7 + d) + (i % 7) * 0.1 for d in range(DIMS)]
+
+
+def l2(a, b):
+    return math.sqrt(sum((x - y) ** 2 for x, y in zip(a, b)))
+
+
+QUERY = [0.3] * DIMS
+
+
+@pytest.fixture(scope="module")
+def client(proxy_uri):
+    with MongoClient(proxy_uri) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def items(client):
+    db = client.atlas_shapes
+    db.drop_collection("items")
+    db.drop_collection("kinds")
+    rows = [{"_id": i, "v": vector_of(i), "kind": ["pinned", "plain", "draft"][i % 3],
+             "title": f"item {i}", "n": i} for i in range(N)]
+    db.items.insert_many(rows)
+    db.kinds.insert_many([{"_id": k, "label": k.upper()} for k in ("pinned", "plain", "draft")])
+    db.items.create_search_index(SearchIndexModel(
+        {"fields": [{"type": "vector", "path": "v", "numDimensions": DIMS, "similarity": "euclidean"},
+                    {"type": "filter", "path": "kind"}]},
+        name="vec", type="vectorSearch"))
+    wait_ready(db.items, "vec")
+    by_id = {r["_id"]: r for r in rows}
+    return db, by_id
+
+
+def vs(limit=K, **extra):
+    return {"$vectorSearch": {"index": "vec", "path": "v", "queryVector": QUERY,
+                              "limit": limit, "exact": True, **extra}}
+
+
+def ranked(db, limit=K):
+    """(ids, scores) of the plain query, checked against the exact oracle."""
+    got = list(db.items.aggregate([vs(limit), {"$project": {"score": META}}]))
+    return [d["_id"] for d in got], [d["score"] for d in got]
+
+
+def test_oracle(items):
+    db, by_id = items
+    ids, scores = ranked(db)
+    want = sorted(by_id, key=lambda i: l2(by_id[i]["v"], QUERY))[:K]
+    assert ids == want
+    for i, s in zip(ids, scores):
+        assert s == pytest.approx(1 / (1 + l2(by_id[i]["v"], QUERY)), rel=1e-4)
+
+
+def test_meta_in_an_exclusion_projection(items):
+    """The most common shape in public $vectorSearch code: an exclusion
+    projection with the score (mongod: $meta does not make it inclusion)."""
+    db, by_id = items
+    ids, scores = ranked(db)
+    got = list(db.items.aggregate([vs(), {"$project": {"v": 0, "score": META}}]))
+    assert [d["_id"] for d in got] == ids
+    for d, s in zip(got, scores):
+        assert "v" not in d
+        assert d["title"] == by_id[d["_id"]]["title"] and d["kind"] == by_id[d["_id"]]["kind"]
+        assert d["score"] == pytest.approx(s)
+    # `_id: 0` with an exclusion: the score is still the document's own.
+    got = list(db.items.aggregate([vs(), {"$project": {"_id": 0, "v": 0, "score": META}}]))
+    assert [d["n"] for d in got] == ids and "_id" not in got[0]
+    assert [d["score"] for d in got] == pytest.approx(scores)
+    # In aggregate a projection of only `_id: 0` and the score includes
+    # (mongod's computeProjectionType); in find it excludes.
+    got = list(db.items.aggregate([vs(), {"$project": {"_id": 0, "score": META}}]))
+    assert got == [{"score": pytest.approx(s)} for s in scores]
+    like = {"$like": {"vector": QUERY, "n": K, "exact": True}}
+    got = list(db.items.find(like, {"_id": 0, "score": META}))
+    assert [d["n"] for d in got] == ids
+    assert all("v" in d and "_id" not in d for d in got)
+    assert [d["score"] for d in got] == pytest.approx(scores)
+    got = list(db.items.find(like, {"v": 0, "score": META}))
+    assert [d["_id"] for d in got] == ids and all("v" not in d for d in got)
+    got = list(db.items.find(like, {"_id": 0, "title": 1, "score": META}))
+    assert got == [{"title": f"item {i}", "score": pytest.approx(s)} for i, s in zip(ids, scores)]
+
+
+def test_every_later_stage(items):
+    db, by_id = items
+    ids, scores = ranked(db)
+    score = dict(zip(ids, scores))
+    cut = scores[K // 2]
+    # $set, a computed field, $match on the score, $unset.
+    got = list(db.items.aggregate([
+        vs(), {"$set": {"s": META, "double": {"$multiply": ["$n", 2]}}},
+        {"$match": {"s": {"$gte": cut}}}, {"$unset": ["v", "title"]}]))
+    assert [d["_id"] for d in got] == [i for i in ids if score[i] >= cut]
+    assert all(d["double"] == 2 * d["n"] and "v" not in d and "title" not in d for d in got)
+    # $match with $expr on the metadata itself.
+    got = list(db.items.aggregate([vs(), {"$match": {"$expr": {"$lt": [META, cut]}}},
+                                   {"$project": {"_id": 1}}]))
+    assert [d["_id"] for d in got] == [i for i in ids if score[i] < cut]
+    # $count.
+    assert list(db.items.aggregate([vs(), {"$count": "hits"}])) == [{"hits": K}]
+    # $sort by the score (highest first, as mongod sorts metadata) after a
+    # sort that scrambled the rank.
+    got = list(db.items.aggregate([vs(), {"$sort": {"n": 1}}, {"$sort": {"s": META}},
+                                   {"$project": {"_id": 1}}]))
+    assert [d["_id"] for d in got] == ids
+    # $facet after the vector stage, with an exclusion projection inside.
+    got = list(db.items.aggregate([vs(), {"$facet": {
+        "top": [{"$limit": 3}, {"$project": {"v": 0, "score": META}}],
+        "byKind": [{"$group": {"_id": "$kind", "n": {"$sum": 1}}}, {"$sort": {"_id": 1}}]}}]))
+    assert [d["_id"] for d in got[0]["top"]] == ids[:3]
+    assert [d["score"] for d in got[0]["top"]] == pytest.approx(scores[:3])
+    kinds = {}
+    for i in ids:
+        kinds[by_id[i]["kind"]] = kinds.get(by_id[i]["kind"], 0) + 1
+    assert got[0]["byKind"] == [{"_id": k, "n": kinds[k]} for k in sorted(kinds)]
+    # $lookup after it, the score passed in through `let`.
+    got = list(db.items.aggregate([vs(), {"$lookup": {
+        "from": "kinds", "localField": "kind", "foreignField": "_id", "as": "k",
+        "let": {"s": META}, "pipeline": [{"$project": {"label": 1, "s": "$$s"}}]}},
+        {"$project": {"k": 1}}]))
+    assert [d["_id"] for d in got] == ids
+    for d, s in zip(got, scores):
+        assert d["k"] == [{"_id": by_id[d["_id"]]["kind"], "label": by_id[d["_id"]]["kind"].upper(),
+                           "s": pytest.approx(s)}]
+    # The same later stages run by the upstream over the plain documents in
+    # rank order give the same answer.
+    later = [{"$group": {"_id": "$kind", "top": {"$first": "$n"}, "c": {"$sum": 1}}},
+             {"$sort": {"c": -1, "_id": 1}}]
+    plain = [{"$match": {"_id": {"$in": ids}}},
+             {"$addFields": {"r": {"$indexOfArray": [ids, "$_id"]}}}, {"$sort": {"r": 1}}]
+    assert list(db.items.aggregate([vs(), *later])) == list(db.items.aggregate(plain + later))
+
+
+def test_missing_namespaces_get_atlas_answers(client):
+    db = client.atlas_shapes_missing
+    db.drop_collection("never_created")
+    coll = db.never_created
+    coll.drop_search_index("x")  # NamespaceNotFound, which pymongo suppresses
+    for command in ({"dropSearchIndex": "never_created", "name": "x"},
+                    {"updateSearchIndex": "never_created", "name": "x", "definition": {"fields": []}},
+                    {"createSearchIndexes": "never_created", "indexes": [{
+                        "name": "x", "type": "vectorSearch", "definition": {"fields": [
+                            {"type": "vector", "path": "v", "numDimensions": 2, "similarity": "cosine"}]}}]}):
+        with pytest.raises(OperationFailure) as e:
+            db.command(command)
+        assert e.value.code == 26 and e.value.details["codeName"] == "NamespaceNotFound", command
+        assert "does not exist" in e.value.details["errmsg"]
+    assert list(coll.list_search_indexes()) == []
+    assert "never_created" not in db.list_collection_names()
+    # An existing collection without the index: IndexNotFound.
+    db.drop_collection("exists")
+    db.exists.insert_one({"_id": 1})
+    with pytest.raises(OperationFailure) as e:
+        db.command({"dropSearchIndex": "exists", "name": "x"})
+    assert e.value.code == 27
+    for target, message in (({}, "Must set either 'name' or 'id'."),
+                            ({"name": "x", "id": "y"}, "Cannot set both 'name' and 'id'.")):
+        with pytest.raises(OperationFailure) as e:
+            db.command({"dropSearchIndex": "exists", **target})
+        assert e.value.code == 72 and e.value.details["errmsg"] == message
+
+
+def test_stages_after_list_search_indexes_run(items):
+    db, _ = items
+    assert list(db.items.aggregate([{"$listSearchIndexes": {}}, {"$match": {"name": "does-not-exist"}}])) == []
+    assert list(db.items.aggregate([{"$listSearchIndexes": {}}, {"$match": {"queryable": True}},
+                                    {"$project": {"_id": 0, "name": 1}}])) == [{"name": "vec"}]
+    assert list(db.items.aggregate([{"$listSearchIndexes": {}}, {"$count": "n"}])) == [{"n": 1}]
+    got = list(db.items.aggregate([{"$listSearchIndexes": {"name": "vec"}},
+                                   {"$project": {"name": 1, "status": 1, "type": 1}}]))
+    assert got == [{"name": "vec", "status": "READY", "type": "vectorSearch"}]
+    with pytest.raises(OperationFailure) as e:
+        list(db.items.aggregate([{"$listSearchIndexes": {}}, {"$nonsense": {}}]))
+    assert e.value.code == 40324  # mongod's "Unrecognized pipeline stage name"
+
+
+def test_listing_has_atlas_shape(items):
+    db, _ = items
+    [info] = db.items.list_search_indexes("vec")
+    assert info["status"] == "READY" and info["queryable"] is True
+    assert set(info["latestDefinitionVersion"]) == {"version", "createdAt"}
+    assert info["latestDefinitionVersion"]["version"] == 0
+    [host] = info["statusDetail"]
+    assert host["status"] == "READY" and host["queryable"] is True
+    main = host["mainIndex"]
+    assert main["status"] == "READY" and main["definition"] == info["latestDefinition"]
+    assert main["definitionVersion"] == info["latestDefinitionVersion"]
+    assert "stagedIndex" not in host
+
+
+class GatedEmbedServer(EmbedServer):
+    """The test endpoint, whose answers wait while `gate` is closed."""
+
+    def __init__(self):
+        super().__init__()
+        self.gate = threading.Event()
+        self.gate.set()
+        self.waiting = threading.Semaphore(0)
+        handler = self.httpd.RequestHandlerClass
+        original = handler.do_POST
+        server = self
+
+        def gated(request):
+            if not server.gate.is_set():
+                server.waiting.release()
+                server.gate.wait(120)
+            original(request)
+
+        handler.do_POST = gated
+
+
+def test_update_keeps_serving_the_old_definition_until_the_new_one_is_ready(direct_uri):
+    """An `updateSearchIndex` stages the new definition: queries keep being
+    answered by the old one, the listing shows both (Atlas's mainIndex and
+    stagedIndex), and the new one takes over once built. The new build is
+    held back by an embedding endpoint that waits, so the window is certain."""
+    server = GatedEmbedServer()
+    proxy = start_proxy(direct_uri, "--allow-model-host", server.host_port)
+    client = MongoClient(f"mongodb://127.0.0.1:{proxy.port}/")
+    db = client.atlas_shapes_update
+    try:
+        db.drop_collection("docs")
+        db.docs.insert_many([{"_id": i, "v": [float(i), 1.0], "text": f"word{i} common"} for i in range(50)])
+        db.docs.create_search_index(SearchIndexModel(
+            {"fields": [{"type": "vector", "path": "v", "numDimensions": 2, "similarity": "euclidean"}]},
+            name="u", type="vectorSearch"))
+        wait_ready(db.docs, "u")
+        query = [{"$vectorSearch": {"index": "u", "path": "v", "queryVector": [7.2, 1.0],
+                                    "numCandidates": 50, "limit": 2}}, {"$project": {"_id": 1}}]
+        assert [d["_id"] for d in db.docs.aggregate(query)] == [7, 8]
+        db.command({"createModel": "gated", "kind": "http", "url": server.url, "model": "m",
+                    "dimensions": 64, "timeoutMS": 120_000})
+        server.gate.clear()
+        db.command(SON([("updateSearchIndex", "docs"), ("name", "u"),
+                        ("definition", {"models": ["gated"], "keys": ["text"]})]))
+        assert server.waiting.acquire(timeout=60), "the new build never asked the endpoint"
+        # The old definition still answers.
+        assert [d["_id"] for d in db.docs.aggregate(query)] == [7, 8]
+        [info] = db.docs.list_search_indexes("u")
+        assert info["status"] == "BUILDING" and info["queryable"] is True
+        assert info["latestDefinitionVersion"]["version"] == 1
+        assert info["latestDefinition"] == {"models": ["gated"], "keys": ["text"]}
+        [host] = info["statusDetail"]
+        assert host["mainIndex"]["status"] == "READY" and host["mainIndex"]["queryable"] is True
+        assert host["mainIndex"]["definitionVersion"]["version"] == 0
+        assert host["stagedIndex"]["status"] in ("PENDING", "BUILDING")
+        assert host["stagedIndex"]["queryable"] is False
+        assert host["stagedIndex"]["definitionVersion"]["version"] == 1
+        server.gate.set()
+        # A write made while the new definition may still be building
+        # reaches it (a write waits for every index's encoding).
+        db.docs.insert_one({"_id": 100, "v": [7.2, 1.0], "text": "zebra"})
+        wait_ready(db.docs, "u")
+        [info] = db.docs.list_search_indexes("u")
+        assert "stagedIndex" not in info["statusDetail"][0]
+        assert info["statusDetail"][0]["mainIndex"]["definitionVersion"]["version"] == 1
+        # Now the new definition answers: a text query over the model.
+        got = list(db.docs.aggregate([{"$vectorSearch": {"index": "u", "path": "text",
+                                                         "query": {"text": "zebra"},
+                                                         "numCandidates": 60, "limit": 1}}]))
+        assert [d["_id"] for d in got] == [100]
+    finally:
+        server.gate.set()
+        db.docs.drop_search_index("u")
+        eventually(lambda: list(db.docs.list_search_indexes()) == [])
+        db.command({"dropModel": "gated"})
+        client.close()
+        proxy.stop()
+        server.close()
+
+
+def test_vector_search_inside_union_with(items):
+    """Hybrid search as MongoDB's and Mongoose's guides write it: plain
+    matches, then a `$unionWith` whose sub-pipeline is a `$vectorSearch`
+    (MongoDB 8.0+), at any depth, next to later stages of each pipeline."""
+    db, by_id = items
+    ids, scores = ranked(db)
+    got = list(db.items.aggregate([
+        {"$match": {"kind": "pinned", "n": {"$lt": 9}}}, {"$project": {"_id": 1}},
+        {"$unionWith": {"coll": "items", "pipeline": [vs(), {"$set": {"s": META}}, {"$project": {"s": 1}}]}}]))
+    pinned = sorted(i for i in by_id if by_id[i]["kind"] == "pinned" and i < 9)
+    assert [d["_id"] for d in got[:len(pinned)]] == pinned
+    assert all("s" not in d for d in got[:len(pinned)])
+    tail = got[len(pinned):]
+    assert [d["_id"] for d in tail] == ids
+    assert [d["s"] for d in tail] == pytest.approx(scores)
+    # A vector stage at the top and one nested two unions deep, each with
+    # its own filter and ranking; then a stage over the union of both.
+    filtered = [i for i in sorted(by_id, key=lambda i: l2(by_id[i]["v"], QUERY)) if by_id[i]["kind"] == "draft"][:3]
+    got = list(db.items.aggregate([
+        vs(5), {"$project": {"_id": 1}},
+        {"$unionWith": {"coll": "kinds", "pipeline": [
+            {"$match": {"_id": "none"}},
+            {"$unionWith": {"coll": "items", "pipeline": [
+                vs(3, filter={"kind": "draft"}), {"$project": {"_id": 1}}]}}]}},
+        {"$group": {"_id": None, "all": {"$push": "$_id"}}}]))
+    assert got == [{"_id": None, "all": ids[:5] + filtered}]
+
+
+@pytest.mark.parametrize("pipeline, code, message", [
+    ([{"$match": {}}, "VS"], 40602, "$vectorSearch is only valid as the first stage in a pipeline."),
+    ([{"$unionWith": {"coll": "items", "pipeline": [{"$match": {}}, "VS"]}}], 40602, "only valid as the first stage"),
+    (["VS", {"$facet": {"a": ["VS"]}}], 40600, "$vectorSearch is not allowed to be used within a $facet stage"),
+    ([{"$lookup": {"from": "items", "as": "x", "pipeline": ["VS"]}}], 51047,
+     "$vectorSearch is not allowed within a $lookup's sub-pipeline"),
+])
+def test_misplaced_vector_search_gets_atlas_errors(items, pipeline, code, message):
+    db, _ = items
+    resolve = lambda s: vs() if s == "VS" else (
+        {**s, "$facet": {k: [resolve(x) for x in v] for k, v in s["$facet"].items()}} if "$facet" in s else
+        {"$lookup": {**s["$lookup"], "pipeline": [resolve(x) for x in s["$lookup"]["pipeline"]]}} if "$lookup" in s else
+        {"$unionWith": {**s["$unionWith"], "pipeline": [resolve(x) for x in s["$unionWith"]["pipeline"]]}}
+        if "$unionWith" in s else s)
+    with pytest.raises(OperationFailure) as e:
+        list(db.items.aggregate([resolve(s) for s in pipeline]))
+    assert e.value.code == code and message in e.value.details["errmsg"], e.value.details
+    # The connection goes on serving.
+    assert len(ranked(db)[0]) == K
+
+
+def test_auto_embed_fields_use_the_proxys_text_models(client):
+    """Atlas's automated embedding: an `autoEmbed` field is encoded by a
+    registered model (the default text model when none is named), and
+    `$vectorSearch` takes `query: {text}`."""
+    db = client.atlas_shapes_auto
+    db.drop_collection("docs")
+    texts = {
+        "browser": "a web browser for viewing websites on the internet",
+        "compiler": "an optimising compiler for the C programming language",
+        "game": "a chess game with a graphical board and computer opponent",
+        "mail": "an email client that reads and sends mail over IMAP",
+        "audio": "a music player for audio files and playlists",
+    }
+    db.docs.insert_many([{"_id": k, "description": v, "shelf": i % 2} for i, (k, v) in enumerate(texts.items())])
+    db.docs.create_search_index(SearchIndexModel(
+        {"fields": [{"type": "autoEmbed", "modality": "text", "path": "description"},
+                    {"type": "filter", "path": "shelf"}]},
+        name="auto", type="vectorSearch"))
+    info, _ = wait_ready(db.docs, "auto", timeout=300)
+    assert info["latestDefinition"]["fields"][0]["type"] == "autoEmbed"
+    search = lambda text, **extra: [d["_id"] for d in db.docs.aggregate([{"$vectorSearch": {
+        "index": "auto", "path": "description", "query": {"text": text}, "limit": 2, "exact": True, **extra}}])]
+    assert search("surfing the internet")[0] == "browser"
+    assert search("listen to songs")[0] == "audio"
+    assert search("listen to songs", filter={"shelf": 1})[0] != "audio"  # audio is on shelf 0
+    assert search("surfing the internet", model="default")[0] == "browser"
+    # A write is encoded before it is acknowledged.
+    db.docs.insert_one({"_id": "maps", "description": "a map viewer with GPS navigation and routes", "shelf": 0})
+    assert search("navigate with gps")[0] == "maps"
+    with pytest.raises(OperationFailure) as e:
+        search("x", model="voyage-4")
+    assert e.value.code == 2 and "model 'default'" in e.value.details["errmsg"]
+    # A named model that is not registered: a clear error, nothing created.
+    with pytest.raises(OperationFailure) as e:
+        db.docs.create_search_index(SearchIndexModel(
+            {"fields": [{"type": "autoEmbed", "modality": "text", "path": "description", "model": "voyage-4"}]},
+            name="named", type="vectorSearch"))
+    assert "unknown model 'voyage-4'" in e.value.details["errmsg"] and "createModel" in e.value.details["errmsg"]
+    with pytest.raises(OperationFailure) as e:
+        db.docs.create_search_index(SearchIndexModel(
+            {"fields": [{"type": "autoEmbed", "modality": "image", "path": "description"}]},
+            name="image", type="vectorSearch"))
+    assert e.value.code == 72
+    assert [i["name"] for i in db.docs.list_search_indexes()] == ["auto"]
