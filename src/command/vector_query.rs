@@ -55,6 +55,9 @@ pub struct VectorQuery {
     /// The model named for `query` text (Atlas's automated embedding):
     /// must be the model that encodes the searched path.
     pub model: Option<String>,
+    /// The query vector was given as packed bits (Atlas's `int1`), which
+    /// only `euclidean` indexes compare.
+    pub packed_bits: bool,
 }
 
 /// Reads a `$vectorSearch` stage with Atlas's rules.
@@ -90,6 +93,7 @@ pub fn parse_vector_search(stage: &RawDocument) -> Result<VectorQuery, Error> {
         }
         (vector, None) => QueryVector::Values(numbers(vector, "queryVector")?),
     };
+    let packed_bits = crate::index::vector::is_packed_bits(stage.get("queryVector").ok().flatten());
     let exact = match stage.get("exact") {
         Ok(Some(RawBsonRef::Boolean(b))) => b,
         Ok(None) => false,
@@ -154,6 +158,7 @@ pub fn parse_vector_search(stage: &RawDocument) -> Result<VectorQuery, Error> {
         filter,
         exact,
         model,
+        packed_bits,
     })
 }
 
@@ -210,6 +215,7 @@ pub fn parse_like_filter(filter: &RawDocument) -> Result<Option<VectorQuery>, Er
     let exact = matches!(spec.get("exact"), Ok(Some(RawBsonRef::Boolean(true))));
     Ok(Some(VectorQuery {
         model: None,
+        packed_bits: false,
         index,
         path: None,
         vector,
@@ -261,12 +267,10 @@ fn positive(value: Option<RawBsonRef<'_>>, what: &str) -> Result<Option<usize>, 
 /// A query vector given as an array of numbers (or a BinData vector).
 fn numbers(value: Option<RawBsonRef<'_>>, what: &str) -> Result<Vec<f32>, Error> {
     let value = value.ok_or_else(|| bad(format!("'{what}' is required")))?;
-    let len = match value {
-        RawBsonRef::Array(a) => a.into_iter().count(),
-        RawBsonRef::Binary(b) => b.bytes.len().saturating_sub(2) / 4,
-        _ => return Err(bad(format!("'{what}' must be an array of numbers"))),
-    };
-    crate::index::vector::read_vector(Some(value), len).map_err(|e| bad(format!("'{what}': {e}")))
+    if !matches!(value, RawBsonRef::Array(_) | RawBsonRef::Binary(_)) {
+        return Err(bad(format!("'{what}' must be an array of numbers")));
+    }
+    crate::index::vector::read_any_vector(Some(value)).map_err(|e| bad(format!("'{what}': {e}")))
 }
 
 #[cfg(test)]

@@ -1,11 +1,15 @@
 //! Reading vectors out of BSON: arrays of numbers, or BinData subtype 9
-//! (the BSON vector format) holding packed float32.
+//! (the BSON vector format, `specifications/source/bson-binary-vector`) of
+//! any of its three dtypes: packed little-endian float32, int8, and packed
+//! bits (Atlas's `int1`).
 
 use bson::spec::BinarySubtype;
 use bson::RawBsonRef;
 
-/// BinData vector dtype byte for packed little-endian float32.
+/// BinData vector dtype bytes (BSON binary vector specification).
 const FLOAT32: u8 = 0x27;
+const INT8: u8 = 0x03;
+const PACKED_BIT: u8 = 0x10;
 
 /// Why a stored or given value is not a usable vector.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,12 +34,37 @@ impl std::fmt::Display for VectorError {
     }
 }
 
-/// Reads a vector of exactly `dims` numbers from a BSON value.
+/// Whether a value is a packed-bit BinData vector (Atlas's `int1`), which
+/// Atlas indexes and compares only with `euclidean` similarity.
+pub fn is_packed_bits(value: Option<RawBsonRef<'_>>) -> bool {
+    matches!(value, Some(RawBsonRef::Binary(b))
+        if b.subtype == BinarySubtype::from(9u8) && b.bytes.first() == Some(&PACKED_BIT))
+}
+
+/// Reads a vector of exactly `dims` numbers from a BSON value (see
+/// [`read_any_vector`]).
 pub fn read_vector(value: Option<RawBsonRef<'_>>, dims: usize) -> Result<Vec<f32>, VectorError> {
+    let out = read_any_vector(value)?;
+    if out.len() != dims {
+        return Err(VectorError::WrongDimensions {
+            expected: dims,
+            found: out.len(),
+        });
+    }
+    Ok(out)
+}
+
+/// Reads a vector of any length from a BSON value: an array of numbers,
+/// or a BinData vector: float32 as it is, int8 elements as their values
+/// (-128..=127), packed bits as 0.0 and 1.0, most significant bit first,
+/// one dimension per bit but the last byte's padding. Packed-bit vectors
+/// compared with euclidean distance then give Atlas's answer for `int1`
+/// (the distance's square is the Hamming distance).
+pub fn read_any_vector(value: Option<RawBsonRef<'_>>) -> Result<Vec<f32>, VectorError> {
     let value = value.ok_or(VectorError::Missing)?;
-    let out = match value {
+    match value {
         RawBsonRef::Array(array) => {
-            let mut out = Vec::with_capacity(dims);
+            let mut out = Vec::new();
             for (i, element) in array.into_iter().enumerate() {
                 let number = match element.map_err(|_| VectorError::NotNumeric(i))? {
                     RawBsonRef::Double(x) => x as f32,
@@ -45,32 +74,35 @@ pub fn read_vector(value: Option<RawBsonRef<'_>>, dims: usize) -> Result<Vec<f32
                 };
                 out.push(number);
             }
-            out
+            Ok(out)
         }
         RawBsonRef::Binary(bin) if bin.subtype == BinarySubtype::from(9u8) => {
             let bytes = bin.bytes;
-            if bytes.len() < 2 || bytes[0] != FLOAT32 || bytes[1] != 0 || (bytes.len() - 2) % 4 != 0
-            {
-                return Err(VectorError::NotAVector(
-                    "a BinData vector that is not float32",
-                ));
+            let malformed = VectorError::NotAVector("a malformed BinData vector");
+            let (&dtype, rest) = bytes.split_first().ok_or(malformed.clone())?;
+            let (&padding, data) = rest.split_first().ok_or(malformed.clone())?;
+            match dtype {
+                FLOAT32 if padding == 0 && data.len() % 4 == 0 => Ok(data
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect()),
+                INT8 if padding == 0 => Ok(data.iter().map(|&b| f32::from(b as i8)).collect()),
+                PACKED_BIT if padding < 8 && (padding == 0 || !data.is_empty()) => {
+                    let bits = data.len() * 8 - usize::from(padding);
+                    Ok((0..bits)
+                        .map(|i| f32::from((data[i / 8] >> (7 - i % 8)) & 1))
+                        .collect())
+                }
+                FLOAT32 | INT8 | PACKED_BIT => Err(malformed),
+                _ => Err(VectorError::NotAVector(
+                    "a BinData vector of an unknown dtype",
+                )),
             }
-            bytes[2..]
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect()
         }
-        RawBsonRef::Binary(_) => return Err(VectorError::NotAVector("binary data")),
-        RawBsonRef::Null => return Err(VectorError::Missing),
-        _ => return Err(VectorError::NotAVector("not an array")),
-    };
-    if out.len() != dims {
-        return Err(VectorError::WrongDimensions {
-            expected: dims,
-            found: out.len(),
-        });
+        RawBsonRef::Binary(_) => Err(VectorError::NotAVector("binary data")),
+        RawBsonRef::Null => Err(VectorError::Missing),
+        _ => Err(VectorError::NotAVector("not an array")),
     }
-    Ok(out)
 }
 
 /// Looks up a dotted path (`a.b.c`) in a document.
@@ -108,6 +140,49 @@ pub fn to_bindata(values: &[f32]) -> bson::Binary {
 mod tests {
     use super::*;
     use bson::rawdoc;
+
+    #[test]
+    fn every_bindata_dtype_reads_as_its_values() {
+        let bin = |bytes: Vec<u8>| bson::Binary {
+            subtype: BinarySubtype::from(9u8),
+            bytes,
+        };
+        let doc = rawdoc! {
+            "int8": bin(vec![INT8, 0, 0x7f, 0x80, 0xff, 0x00]),
+            // 0b1010_0000 0b1100_0000 with 6 padding bits: 10 dimensions.
+            "bits": bin(vec![PACKED_BIT, 6, 0b1010_0000, 0b1100_0000]),
+            "bad_padding": bin(vec![PACKED_BIT, 8, 0xff]),
+            "padded_empty": bin(vec![PACKED_BIT, 1]),
+            "padded_int8": bin(vec![INT8, 1, 1]),
+            "odd_float": bin(vec![FLOAT32, 0, 1, 2, 3]),
+            "unknown": bin(vec![0x42, 0, 1]),
+        };
+        assert_eq!(
+            read_vector(lookup(&doc, "int8"), 4).unwrap(),
+            vec![127.0, -128.0, -1.0, 0.0]
+        );
+        assert_eq!(
+            read_vector(lookup(&doc, "bits"), 10).unwrap(),
+            vec![1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0]
+        );
+        assert!(is_packed_bits(lookup(&doc, "bits")));
+        assert!(!is_packed_bits(lookup(&doc, "int8")));
+        for bad in [
+            "bad_padding",
+            "padded_empty",
+            "padded_int8",
+            "odd_float",
+            "unknown",
+        ] {
+            assert!(
+                matches!(
+                    read_any_vector(lookup(&doc, bad)),
+                    Err(VectorError::NotAVector(_))
+                ),
+                "{bad}"
+            );
+        }
+    }
 
     #[test]
     fn arrays_and_bindata_vectors_read_alike() {

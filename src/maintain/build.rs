@@ -8,7 +8,8 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::index::ids::IdSet;
 use crate::index::registry::{SearchIndex, Status};
-use crate::index::vector::{lookup, read_vector};
+use crate::index::vector::{is_packed_bits, lookup, read_vector};
+use crate::index::Similarity;
 use crate::maintain::snapshot;
 use crate::maintain::stream::{self, ChangeStream};
 use crate::upstream;
@@ -487,8 +488,12 @@ pub fn add_documents<D: AsRef<bson::RawDocument>>(index: &SearchIndex, docs: &[D
     let outcomes = if index.encoders.is_empty() {
         docs.iter()
             .map(|(_, doc)| {
-                read_vector(lookup(doc, &spec.path), spec.dims)
+                let value = lookup(doc, &spec.path);
+                // Atlas indexes packed-bit vectors for euclidean only.
+                let comparable = spec.similarity == Similarity::Euclidean || !is_packed_bits(value);
+                read_vector(value, spec.dims)
                     .ok()
+                    .filter(|_| comparable)
                     .and_then(|v| spec.similarity.prepare(v))
                     .map_or(Outcome::Unusable, |vector| Outcome::Set {
                         vector,

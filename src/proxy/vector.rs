@@ -919,6 +919,14 @@ async fn query_vector(
     let spec = &index.spec;
     let (model, key, value) = match &query.vector {
         QueryVector::Values(values) => {
+            if query.packed_bits && spec.similarity != Similarity::Euclidean {
+                return Err(bad(format!(
+                    "a packed-bit (int1) query vector is compared with euclidean similarity \
+                     only; index '{}' uses {}",
+                    index.name,
+                    spec.similarity.name()
+                )));
+            }
             if values.len() != spec.dims {
                 return Err(bad(format!(
                     "query vector has {} dimensions, index '{}' has {}",

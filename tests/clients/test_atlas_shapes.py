@@ -388,3 +388,65 @@ def test_auto_embed_fields_use_the_proxys_text_models(client):
             name="image", type="vectorSearch"))
     assert e.value.code == 72
     assert [i["name"] for i in db.docs.list_search_indexes()] == ["auto"]
+
+
+def test_every_bson_vector_dtype(client):
+    """BSON BinData vectors of all three dtypes Atlas indexes: int8 with any
+    similarity, packed bits (Atlas's int1) with euclidean only, and query
+    vectors of each; results against an exact oracle over the values."""
+    from bson.binary import Binary, BinaryVectorDtype
+    db = client.atlas_shapes_dtypes
+    db.drop_collection("int8")
+    db.drop_collection("bits")
+    rows = {i: [((i * 37 + d * 11) % 255) - 127 for d in range(8)] for i in range(200)}
+    db.int8.insert_many([{"_id": i, "v": Binary.from_vector(v, BinaryVectorDtype.INT8)} for i, v in rows.items()])
+    for similarity in ("euclidean", "cosine"):
+        db.int8.create_search_index(SearchIndexModel(
+            {"fields": [{"type": "vector", "path": "v", "numDimensions": 8, "similarity": similarity}]},
+            name=similarity, type="vectorSearch"))
+    for similarity in ("euclidean", "cosine"):
+        info, _ = wait_ready(db.int8, similarity)
+        assert info["progress"]["vectorsIndexed"] == 200 and info["progress"]["documentsSkipped"] == 0
+    query = [5, -100, 33, 0, 127, -128, 1, 64]
+
+    def cos(a, b):
+        return sum(x * y for x, y in zip(a, b)) / math.sqrt(sum(x * x for x in a) * sum(y * y for y in b))
+
+    want = {"euclidean": sorted(rows, key=lambda i: (l2(rows[i], query), i))[:5],
+            "cosine": sorted(rows, key=lambda i: (-cos(rows[i], query), i))[:5]}
+    for similarity in ("euclidean", "cosine"):
+        for qv in (Binary.from_vector(query, BinaryVectorDtype.INT8), [float(x) for x in query]):
+            got = list(db.int8.aggregate([{"$vectorSearch": {
+                "index": similarity, "path": "v", "queryVector": qv, "limit": 5, "exact": True}},
+                {"$project": {"score": META}}]))
+            assert [d["_id"] for d in got] == want[similarity], similarity
+        if similarity == "euclidean":
+            assert got[0]["score"] == pytest.approx(1 / (1 + l2(rows[got[0]["_id"]], query)), rel=1e-4)
+
+    def bits_of(i):
+        return [(i >> b) & 1 for b in range(16)]
+
+    def pack(bits):
+        return Binary.from_vector([int("".join(map(str, bits[k:k + 8])), 2) for k in (0, 8)],
+                                  BinaryVectorDtype.PACKED_BIT)
+
+    db.bits.insert_many([{"_id": i, "b": pack(bits_of(i * 2654435761 % 65536))} for i in range(300)])
+    db.bits.create_search_index(SearchIndexModel(
+        {"fields": [{"type": "vector", "path": "b", "numDimensions": 16, "similarity": "euclidean"}]},
+        name="hamming", type="vectorSearch"))
+    db.bits.create_search_index(SearchIndexModel(
+        {"fields": [{"type": "vector", "path": "b", "numDimensions": 16, "similarity": "cosine"}]},
+        name="not-for-bits", type="vectorSearch"))
+    wait_ready(db.bits, "hamming")
+    info, _ = wait_ready(db.bits, "not-for-bits")
+    assert info["progress"]["vectorsIndexed"] == 0 and info["progress"]["documentsSkipped"] == 300
+    target = bits_of(12345)
+    hamming = lambda i: sum(x != y for x, y in zip(bits_of(i * 2654435761 % 65536), target))
+    got = list(db.bits.aggregate([{"$vectorSearch": {
+        "index": "hamming", "path": "b", "queryVector": pack(target), "limit": 10, "exact": True}},
+        {"$project": {"score": META}}]))
+    assert [hamming(d["_id"]) for d in got] == sorted(hamming(i) for i in range(300))[:10]
+    with pytest.raises(OperationFailure) as e:
+        list(db.bits.aggregate([{"$vectorSearch": {
+            "index": "not-for-bits", "path": "b", "queryVector": pack(target), "limit": 10, "exact": True}}]))
+    assert e.value.code == 2 and "euclidean" in e.value.details["errmsg"]
