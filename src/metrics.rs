@@ -443,9 +443,10 @@ fn clean(s: &str) -> String {
 
 fn labels(index: &crate::index::registry::SearchIndex) -> String {
     format!(
-        "namespace=\"{}\",index=\"{}\"",
+        "namespace=\"{}\",index=\"{}\",path=\"{}\"",
         clean(&index.namespace()),
-        clean(&index.name)
+        clean(&index.name),
+        clean(&index.spec.path)
     )
 }
 

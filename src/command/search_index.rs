@@ -8,6 +8,7 @@ use crate::index::hnsw::HnswParams;
 use crate::index::registry::{IndexSpec, SearchIndex, Status};
 use crate::index::Similarity;
 use bson::{rawdoc, RawArrayBuf, RawBsonRef, RawDocument, RawDocumentBuf};
+use std::sync::Arc;
 
 /// Atlas's limit on vector dimensions.
 pub const MAX_DIMENSIONS: usize = 8192;
@@ -21,7 +22,8 @@ fn bad(message: impl Into<String>) -> Error {
 pub struct NewIndex {
     pub name: String,
     pub definition: RawDocumentBuf,
-    pub spec: IndexSpec,
+    /// One per vector field (see [`parse_definition`]).
+    pub specs: Vec<IndexSpec>,
 }
 
 /// Which index an update or drop names.
@@ -66,7 +68,7 @@ pub fn parse_create(body: &RawDocument) -> Result<Vec<NewIndex>, Error> {
             .map_err(|_| bad("index needs a 'definition' document"))?;
         out.push(NewIndex {
             name,
-            spec: parse_definition(definition)?,
+            specs: parse_definition(definition)?,
             definition: definition.to_owned(),
         });
     }
@@ -76,17 +78,24 @@ pub fn parse_create(body: &RawDocument) -> Result<Vec<NewIndex>, Error> {
     Ok(out)
 }
 
-/// Reads `{fields: [{type: "vector", path, numDimensions, similarity,
-/// hnswOptions?}, {type: "filter", path}...]}`.
-pub fn parse_definition(definition: &RawDocument) -> Result<IndexSpec, Error> {
+/// Most vector and `autoEmbed` fields one index definition may hold (each
+/// is an index of its own, with its own change stream).
+pub const MAX_VECTOR_FIELDS: usize = 8;
+
+/// Reads a definition into one spec per vector field, in order: Atlas's
+/// `{fields: [{type: "vector", path, numDimensions, similarity,
+/// hnswOptions?} | {type: "autoEmbed", path, model?, ...} | {type:
+/// "filter", path}...]}` (several vector fields allowed, as in Atlas,
+/// `$vectorSearch`'s `path` choosing one; every one shares the filter
+/// fields), or a semantic definition (`{models, keys, ...}`, one spec).
+pub fn parse_definition(definition: &RawDocument) -> Result<Vec<IndexSpec>, Error> {
     if definition.get("models").ok().flatten().is_some() {
-        return parse_semantic(definition);
+        return Ok(vec![parse_semantic(definition)?]);
     }
     let fields = definition
         .get_array("fields")
         .map_err(|_| bad("definition needs a 'fields' array"))?;
-    let mut vector = None;
-    let mut auto_embed = None;
+    let mut vectors = Vec::new();
     let mut filters = Vec::new();
     for field in fields {
         let Ok(RawBsonRef::Document(field)) = field else {
@@ -96,16 +105,33 @@ pub fn parse_definition(definition: &RawDocument) -> Result<IndexSpec, Error> {
             .get_str("path")
             .map_err(|_| bad("each field needs a string 'path'"))?
             .to_string();
-        let kind = field.get_str("type");
-        if matches!(kind, Ok("vector" | "autoEmbed")) && (vector.is_some() || auto_embed.is_some())
-        {
-            return Err(bad(
-                "likewise indexes one vector or autoEmbed field per index; create one index per path",
-            ));
-        }
-        match kind {
-            Ok("vector") => vector = Some((path, parse_vector_field(field)?)),
-            Ok("autoEmbed") => auto_embed = Some((path, parse_auto_embed_field(field)?)),
+        match field.get_str("type") {
+            Ok("vector") => {
+                let (dims, similarity, hnsw) = parse_vector_field(field)?;
+                vectors.push(IndexSpec {
+                    path,
+                    dims,
+                    similarity,
+                    hnsw,
+                    filters: Vec::new(),
+                    models: Vec::new(),
+                    write_outputs: false,
+                    train: None,
+                });
+            }
+            Ok("autoEmbed") => {
+                let (model, similarity) = parse_auto_embed_field(field)?;
+                vectors.push(IndexSpec {
+                    path: path.clone(),
+                    dims: 0, // the model's, once resolved
+                    similarity,
+                    hnsw: HnswParams::default(),
+                    filters: Vec::new(),
+                    models: vec![crate::models::ModelKey { model, key: path }],
+                    write_outputs: false,
+                    train: None,
+                });
+            }
             Ok("filter") => filters.push(path),
             _ => {
                 return Err(bad(
@@ -114,30 +140,25 @@ pub fn parse_definition(definition: &RawDocument) -> Result<IndexSpec, Error> {
             }
         }
     }
-    if let Some((path, (model, similarity))) = auto_embed {
-        return Ok(IndexSpec {
-            path: path.clone(),
-            dims: 0, // the model's, once resolved
-            similarity,
-            hnsw: HnswParams::default(),
-            filters,
-            models: vec![crate::models::ModelKey { model, key: path }],
-            write_outputs: false,
-            train: None,
-        });
+    if vectors.is_empty() {
+        return Err(bad(
+            "definition needs at least one field of type 'vector' or 'autoEmbed'",
+        ));
     }
-    let (path, (dims, similarity, hnsw)) =
-        vector.ok_or_else(|| bad("definition needs one field of type 'vector' or 'autoEmbed'"))?;
-    Ok(IndexSpec {
-        path,
-        dims,
-        similarity,
-        hnsw,
-        filters,
-        models: Vec::new(),
-        write_outputs: false,
-        train: None,
-    })
+    if vectors.len() > MAX_VECTOR_FIELDS {
+        return Err(bad(format!(
+            "a definition may hold at most {MAX_VECTOR_FIELDS} vector and autoEmbed fields"
+        )));
+    }
+    for (i, spec) in vectors.iter().enumerate() {
+        if vectors[..i].iter().any(|s| s.path == spec.path) {
+            return Err(bad(format!("path '{}' is indexed twice", spec.path)));
+        }
+    }
+    for spec in &mut vectors {
+        spec.filters = filters.clone();
+    }
+    Ok(vectors)
 }
 
 /// Reads Atlas's automated-embedding field, `{type: "autoEmbed", path,
@@ -201,7 +222,7 @@ pub fn parse_create_semantic(body: &RawDocument) -> Result<NewIndex, Error> {
     }
     Ok(NewIndex {
         name,
-        spec: parse_semantic(&definition)?,
+        specs: vec![parse_semantic(&definition)?],
         definition,
     })
 }
@@ -369,34 +390,47 @@ pub fn parse_list_filter(stage: &RawDocument) -> Target {
 /// `statusDetail`: one entry for the one host serving the index, with its
 /// `mainIndex` and, while `updateSearchIndex` builds a new definition,
 /// `stagedIndex`), plus likewise's own `progress` (of the newest
-/// definition) and `training`.
+/// definition; vectors summed over its vector fields) and `training`.
 ///
-/// While a definition is staged the index reports `BUILDING` (or `FAILED`
-/// when the staged build failed) and stays queryable on the old
-/// definition, as Atlas does (`latestDefinition` is the staged one).
-pub fn describe(index: &SearchIndex, staged: Option<&SearchIndex>) -> RawDocumentBuf {
-    let (main_status, main_detail) = index.status();
-    let latest = staged.unwrap_or(index);
-    let (status, message) = match staged.map(SearchIndex::status) {
-        Some((Status::Failed, why)) => (Status::Failed, why),
-        Some(_) => (Status::Building, None),
-        None => (main_status, main_detail.clone()),
+/// `parts` are the serving parts of the index (one per vector field, the
+/// first first), `staged` those of a definition staged to replace it. An
+/// index is as far along as its least ready part. While a definition is
+/// staged the index reports `BUILDING` (or `FAILED` when the staged build
+/// failed) and stays queryable on the old definition, as Atlas does
+/// (`latestDefinition` is the staged one).
+pub fn describe(parts: &[Arc<SearchIndex>], staged: &[Arc<SearchIndex>]) -> RawDocumentBuf {
+    let index = &parts[0];
+    let (main_status, main_detail) = least_ready(parts);
+    let latest: &[Arc<SearchIndex>] = if staged.is_empty() { parts } else { staged };
+    let (status, message) = if staged.is_empty() {
+        (main_status, main_detail)
+    } else {
+        match least_ready(staged) {
+            (Status::Failed, why) => (Status::Failed, why),
+            _ => (Status::Building, None),
+        }
     };
-    let scanned = latest.scanned.load(std::sync::atomic::Ordering::Relaxed);
-    let total = latest.total.load(std::sync::atomic::Ordering::Relaxed);
-    let skipped = latest.skipped.load(std::sync::atomic::Ordering::Relaxed);
+    let queryable = parts.iter().all(|p| p.queryable());
+    let first = &latest[0];
+    let scanned = first.scanned.load(std::sync::atomic::Ordering::Relaxed);
+    let total = first.total.load(std::sync::atomic::Ordering::Relaxed);
+    let skipped = first.skipped.load(std::sync::atomic::Ordering::Relaxed);
     let (indexed, slots) = latest
-        .data
-        .read()
-        .map(|d| (d.index.len(), d.ids.entries_count().0))
-        .unwrap_or_default();
+        .iter()
+        .map(|p| {
+            p.data
+                .read()
+                .map(|d| (d.index.len(), d.ids.entries_count().0))
+                .unwrap_or_default()
+        })
+        .fold((0, 0), |(a, b), (x, y)| (a + x, b + y));
     let mut host = rawdoc! {
         "hostname": "likewise",
         "status": status.name(),
-        "queryable": index.queryable(),
-        "mainIndex": definition_detail(index),
+        "queryable": queryable,
+        "mainIndex": definition_detail(parts),
     };
-    if let Some(staged) = staged {
+    if !staged.is_empty() {
         host.append("stagedIndex", definition_detail(staged));
     }
     let mut out = rawdoc! {
@@ -404,19 +438,19 @@ pub fn describe(index: &SearchIndex, staged: Option<&SearchIndex>) -> RawDocumen
         "name": index.name.as_str(),
         "type": "vectorSearch",
         "status": status.name(),
-        "queryable": index.queryable(),
-        "latestDefinitionVersion": definition_version(latest),
-        "latestDefinition": latest.definition.clone(),
+        "queryable": queryable,
+        "latestDefinitionVersion": definition_version(first),
+        "latestDefinition": first.definition.clone(),
         "statusDetail": [host],
         "progress": {
             "documentsScanned": i64::try_from(scanned).unwrap_or(i64::MAX),
             "documentsTotal": i64::try_from(total).unwrap_or(i64::MAX),
             "vectorsIndexed": i64::try_from(indexed).unwrap_or(i64::MAX),
             "documentsSkipped": i64::try_from(skipped).unwrap_or(i64::MAX),
-            "changesApplied": i64::try_from(latest.changes_applied.load(std::sync::atomic::Ordering::Relaxed)).unwrap_or(i64::MAX),
-            "restoredFromSnapshot": latest.restored.load(std::sync::atomic::Ordering::Relaxed),
+            "changesApplied": i64::try_from(first.changes_applied.load(std::sync::atomic::Ordering::Relaxed)).unwrap_or(i64::MAX),
+            "restoredFromSnapshot": first.restored.load(std::sync::atomic::Ordering::Relaxed),
             "slots": i64::try_from(slots).unwrap_or(i64::MAX),
-            "pendingEncodes": i64::try_from(latest.pending_count()).unwrap_or(i64::MAX),
+            "pendingEncodes": i64::try_from(latest.iter().map(|p| p.pending_count()).sum::<usize>()).unwrap_or(i64::MAX),
         },
     };
     if let Some(message) = message {
@@ -440,14 +474,34 @@ fn definition_version(index: &SearchIndex) -> RawDocumentBuf {
     }
 }
 
+/// The status of the least ready of an index's parts (failed first, then
+/// deleting, pending, building, stale, training, ready), with its detail.
+fn least_ready(parts: &[Arc<SearchIndex>]) -> (Status, Option<String>) {
+    let rank = |s: Status| match s {
+        Status::Failed => 0,
+        Status::Deleting => 1,
+        Status::Pending => 2,
+        Status::Building => 3,
+        Status::Stale => 4,
+        Status::Training => 5,
+        Status::Ready => 6,
+    };
+    parts
+        .iter()
+        .map(|p| p.status())
+        .min_by_key(|(s, _)| rank(*s))
+        .unwrap_or((Status::Pending, None))
+}
+
 /// A `mainIndex` / `stagedIndex` entry of `statusDetail`: `status`,
 /// `queryable`, `definitionVersion`, `definition`, and `message` when
 /// there is something to say (why it failed, or is stale).
-fn definition_detail(index: &SearchIndex) -> RawDocumentBuf {
-    let (status, detail) = index.status();
+fn definition_detail(parts: &[Arc<SearchIndex>]) -> RawDocumentBuf {
+    let index = &parts[0];
+    let (status, detail) = least_ready(parts);
     let mut out = rawdoc! {
         "status": status.name(),
-        "queryable": index.queryable(),
+        "queryable": parts.iter().all(|p| p.queryable()),
         "definitionVersion": definition_version(index),
         "definition": index.definition.clone(),
     };
@@ -524,13 +578,34 @@ mod tests {
         };
         let parsed = parse_create(&body).unwrap();
         assert_eq!(parsed.len(), 1);
-        let spec = &parsed[0].spec;
+        let spec = &parsed[0].specs[0];
         assert_eq!(spec.path, "plot_embedding");
         assert_eq!(spec.dims, 1536);
         assert_eq!(spec.similarity, Similarity::DotProduct);
         assert_eq!(spec.hnsw.max_edges, 32);
         assert_eq!(spec.hnsw.num_edge_candidates, 200);
         assert_eq!(spec.filters, ["year"]);
+    }
+
+    #[test]
+    fn every_vector_field_is_a_part_sharing_the_filters() {
+        let specs = parse_definition(&rawdoc! { "fields": [
+            { "type": "filter", "path": "year" },
+            { "type": "vector", "path": "a", "numDimensions": 3, "similarity": "cosine" },
+            { "type": "autoEmbed", "path": "text" },
+            { "type": "vector", "path": "b", "numDimensions": 5, "similarity": "euclidean" },
+        ] })
+        .unwrap();
+        let paths: Vec<_> = specs.iter().map(|s| s.path.as_str()).collect();
+        assert_eq!(paths, ["a", "text", "b"]);
+        assert!(specs.iter().all(|s| s.filters == ["year"]));
+        assert_eq!((specs[0].dims, specs[2].dims), (3, 5));
+        assert_eq!(specs[1].models[0].model, crate::models::DEFAULT_MODEL);
+        let twice = parse_definition(&rawdoc! { "fields": [
+            { "type": "vector", "path": "a", "numDimensions": 3, "similarity": "cosine" },
+            { "type": "vector", "path": "a", "numDimensions": 3, "similarity": "cosine" },
+        ] });
+        assert!(twice.unwrap_err().message.contains("indexed twice"));
     }
 
     #[test]

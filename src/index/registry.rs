@@ -118,6 +118,11 @@ pub struct SearchIndex {
     pub db: String,
     pub collection: String,
     pub name: String,
+    /// Which vector field of its definition this is (0 for the first): an
+    /// index of several vector fields is served as one `SearchIndex` per
+    /// field, sharing `id`, `name` and `definition` (see
+    /// `search_index::parse_definition`).
+    pub part: usize,
     /// The definition as the client gave it (`latestDefinition`).
     pub definition: RawDocumentBuf,
     pub spec: IndexSpec,
@@ -202,6 +207,7 @@ impl SearchIndex {
             db: db.to_string(),
             collection: collection.to_string(),
             name: name.to_string(),
+            part: 0,
             definition,
             spec,
             status: Mutex::new((Status::Pending, None)),
@@ -226,6 +232,12 @@ impl SearchIndex {
             on_ready: Mutex::new(None),
             definition_version: (0, bson::DateTime::now()),
         }
+    }
+
+    /// Marks this as the `part`th vector field of its definition.
+    pub fn with_part(mut self, part: usize) -> Self {
+        self.part = part;
+        self
     }
 
     /// Sets `latestDefinitionVersion`.
@@ -552,17 +564,21 @@ impl Registry {
             .collect()
     }
 
-    /// The definition staged to replace the serving index `name`, if any.
-    pub fn staged(&self, db: &str, collection: &str, name: &str) -> Option<Arc<SearchIndex>> {
+    /// The parts of the definition staged to replace the serving index
+    /// `name` (empty when none is).
+    pub fn staged(&self, db: &str, collection: &str, name: &str) -> Vec<Arc<SearchIndex>> {
         self.read()
             .staged
-            .get(&namespace(db, collection))?
-            .iter()
-            .find(|i| i.name == name)
+            .get(&namespace(db, collection))
+            .into_iter()
+            .flatten()
+            .filter(|i| i.name == name)
             .cloned()
+            .collect()
     }
 
-    /// By name, or by id when `name` is `None`.
+    /// By name, or by id when `name` is `None`: the first vector field's
+    /// part of that index.
     pub fn find(
         &self,
         db: &str,
@@ -575,26 +591,43 @@ impl Registry {
             .find(|i| name.is_none_or(|n| i.name == n) && id.is_none_or(|x| i.id == x))
     }
 
-    /// Adds an index; refused when the namespace already has one so named.
+    /// The part of index `name` that indexes `path`.
+    pub fn find_path(
+        &self,
+        db: &str,
+        collection: &str,
+        name: &str,
+        path: &str,
+    ) -> Option<Arc<SearchIndex>> {
+        self.list(db, collection)
+            .into_iter()
+            .find(|i| i.name == name && i.spec.path == path)
+    }
+
+    /// Adds a part restored at start-up; refused when the namespace
+    /// already has another index (another id) of that name.
     pub fn add(&self, index: Arc<SearchIndex>) -> Result<(), Arc<SearchIndex>> {
-        self.add_bounded(index, usize::MAX, usize::MAX)
+        self.add_bounded(vec![index], usize::MAX, usize::MAX)
             .map_err(|refused| match refused {
                 Refused::Exists(existing) => existing,
                 _ => unreachable!("no bound to exceed"),
             })
     }
 
-    /// Adds an index unless its name is taken in its namespace, its
-    /// collection has `per_collection` indexes, or the registry `total`
-    /// (staged ones count: each holds a change stream): checked and added
-    /// under one lock, so concurrent creations cannot pass a bound
-    /// together.
+    /// Adds the parts of one index unless another index (another id) has
+    /// its name in its namespace, or they would take its collection past
+    /// `per_collection` parts or the registry past `total` (staged ones
+    /// count: each part holds a change stream): checked and added under one
+    /// lock, so concurrent creations cannot pass a bound together.
     pub fn add_bounded(
         &self,
-        index: Arc<SearchIndex>,
+        parts: Vec<Arc<SearchIndex>>,
         per_collection: usize,
         total: usize,
     ) -> Result<(), Refused> {
+        let Some(first) = parts.first().cloned() else {
+            return Ok(());
+        };
         let mut map = self.write();
         let count: usize = map
             .serving
@@ -604,74 +637,89 @@ impl Registry {
             .sum();
         let list = map
             .serving
-            .entry(namespace(&index.db, &index.collection))
+            .entry(namespace(&first.db, &first.collection))
             .or_default();
-        if let Some(existing) = list.iter().find(|i| i.name == index.name) {
+        if let Some(existing) = list
+            .iter()
+            .find(|i| i.name == first.name && i.id != first.id)
+        {
             return Err(Refused::Exists(existing.clone()));
         }
-        if list.len() >= per_collection {
+        if list.len() + parts.len() > per_collection {
             return Err(Refused::PerCollection(per_collection));
         }
-        if count >= total {
+        if count + parts.len() > total {
             return Err(Refused::Total(total));
         }
-        list.push(index);
+        list.extend(parts);
         Ok(())
     }
 
-    /// Stages `index` to replace the serving index of its name once it is
-    /// ready ([`Registry::promote`]); an earlier staged definition of that
-    /// name is retired.
-    pub fn stage(&self, index: Arc<SearchIndex>) {
+    /// Stages the parts of a new definition to replace the serving index of
+    /// their name once every one is ready ([`Registry::promote`]); an
+    /// earlier staged definition of that name is retired.
+    pub fn stage(&self, parts: Vec<Arc<SearchIndex>>) {
+        let Some(first) = parts.first().cloned() else {
+            return;
+        };
         let mut map = self.write();
         let list = map
             .staged
-            .entry(namespace(&index.db, &index.collection))
+            .entry(namespace(&first.db, &first.collection))
             .or_default();
-        for old in list.iter().filter(|i| i.name == index.name) {
+        for old in list.iter().filter(|i| i.name == first.name) {
             old.retire();
         }
-        list.retain(|i| i.name != index.name);
-        list.push(index);
+        list.retain(|i| i.name != first.name);
+        list.extend(parts);
     }
 
-    /// Puts a staged `index` in the place of the serving index of its
-    /// name, retiring that; `false` (and nothing changes) when `index` is
-    /// no longer staged (dropped, or replaced by a later update).
+    /// Once every staged part of `index`'s definition is queryable, puts
+    /// them in the place of the serving parts of their name, retiring
+    /// those; `false` (and nothing changes) while some part is not ready,
+    /// or when `index` is no longer staged (dropped, or replaced by a later
+    /// update).
     pub fn promote(&self, index: &Arc<SearchIndex>) -> bool {
         let mut map = self.write();
         let key = namespace(&index.db, &index.collection);
         let Some(staged) = map.staged.get_mut(&key) else {
             return false;
         };
-        let Some(at) = staged.iter().position(|i| Arc::ptr_eq(i, index)) else {
+        if !staged.iter().any(|i| Arc::ptr_eq(i, index)) {
             return false;
-        };
-        staged.remove(at);
-        let list = map.serving.entry(key).or_default();
-        match list.iter().position(|i| i.name == index.name) {
-            Some(at) => {
-                list[at].retire();
-                list[at] = index.clone();
-            }
-            None => list.push(index.clone()),
         }
+        let siblings: Vec<Arc<SearchIndex>> = staged
+            .iter()
+            .filter(|i| i.name == index.name)
+            .cloned()
+            .collect();
+        if !siblings.iter().all(|i| i.queryable()) {
+            return false;
+        }
+        staged.retain(|i| i.name != index.name);
+        let list = map.serving.entry(key).or_default();
+        let at = list
+            .iter()
+            .position(|i| i.name == index.name)
+            .unwrap_or(list.len());
+        for old in list.iter().filter(|i| i.name == index.name) {
+            old.retire();
+        }
+        list.retain(|i| i.name != index.name);
+        let at = at.min(list.len());
+        list.splice(at..at, siblings);
         true
     }
 
-    /// Puts `index` in the place of the one with its name at once,
-    /// retiring that.
-    pub fn replace(&self, index: Arc<SearchIndex>) {
-        self.stage(index.clone());
-        self.promote(&index);
-    }
-
-    /// Removes `index` and any definition staged to replace it, retiring
-    /// both.
+    /// Removes every part of `index` and any definition staged to replace
+    /// it, retiring them.
     pub fn remove(&self, index: &SearchIndex) {
         let mut map = self.write();
         let key = namespace(&index.db, &index.collection);
         if let Some(list) = map.serving.get_mut(&key) {
+            for part in list.iter().filter(|i| i.id == index.id) {
+                part.retire();
+            }
             list.retain(|i| i.id != index.id);
         }
         if let Some(list) = map.staged.get_mut(&key) {
@@ -727,20 +775,62 @@ mod tests {
         assert!(registry.list("a", "b.c").is_empty());
         registry.add(named("a", "b.c", "i")).ok().unwrap();
         assert_eq!(registry.list("a.b", "c").len(), 1);
+        let mut other = index();
+        other.id = "other".into();
+        other.db = "a".into();
+        other.collection = "b.c".into();
+        other.name = "i".into();
         assert!(matches!(
-            registry.add_bounded(named("a", "b.c", "i"), 10, 10),
+            registry.add_bounded(vec![Arc::new(other)], 10, 10),
             Err(Refused::Exists(_))
         ));
         assert!(matches!(
-            registry.add_bounded(named("a", "b.c", "j"), 1, 10),
+            registry.add_bounded(vec![named("a", "b.c", "j")], 1, 10),
             Err(Refused::PerCollection(1))
         ));
         assert!(matches!(
-            registry.add_bounded(named("x", "y", "k"), 10, 2),
+            registry.add_bounded(vec![named("x", "y", "k")], 10, 2),
             Err(Refused::Total(2))
         ));
-        assert!(registry.add_bounded(named("x", "y", "k"), 10, 3).is_ok());
+        assert!(registry
+            .add_bounded(vec![named("x", "y", "k")], 10, 3)
+            .is_ok());
         assert_eq!(registry.all().len(), 3);
+    }
+
+    #[test]
+    fn a_staged_definition_serves_only_once_every_part_is_ready() {
+        let registry = Registry::default();
+        let part = |n: usize, id: &str| {
+            let mut index = index();
+            index.id = id.into();
+            Arc::new(index.with_part(n))
+        };
+        let old = [part(0, "id"), part(1, "id")];
+        registry.add_bounded(old.to_vec(), 10, 10).ok().unwrap();
+        assert_eq!(registry.list("db", "c").len(), 2);
+        assert_eq!(registry.all_maintained().len(), 2);
+        let new = [part(0, "id"), part(1, "id"), part(2, "id")];
+        registry.stage(new.to_vec());
+        assert_eq!(registry.staged("db", "c", "idx").len(), 3);
+        assert_eq!(registry.maintained("db", "c").len(), 5);
+        new[0].set_status(Status::Ready, None);
+        new[2].set_status(Status::Ready, None);
+        assert!(!registry.promote(&new[0]), "a part is still building");
+        assert!(Arc::ptr_eq(&registry.list("db", "c")[0], &old[0]));
+        new[1].set_status(Status::Ready, None);
+        assert!(registry.promote(&new[1]));
+        let serving = registry.list("db", "c");
+        assert_eq!(serving.len(), 3);
+        assert!(serving.iter().zip(&new).all(|(a, b)| Arc::ptr_eq(a, b)));
+        assert!(old.iter().all(|o| o.is_retired()));
+        assert!(registry.staged("db", "c", "idx").is_empty());
+        assert!(!registry.promote(&new[0]), "no longer staged");
+        // Dropping removes every part, and anything staged.
+        registry.stage(vec![part(0, "id")]);
+        registry.remove(&serving[0]);
+        assert!(registry.all_maintained().is_empty());
+        assert!(new.iter().all(|n| n.is_retired()));
     }
 
     #[test]

@@ -182,21 +182,22 @@ fn write_errors(reply: &RawDocument) -> Result<(), Error> {
     }
 }
 
-/// Every stored definition, as indexes ready to build, with their models
-/// from `models`. Entries that no longer parse, or name a model that is
-/// gone, are logged and skipped.
+/// Every stored definition, as indexes ready to build (one per vector
+/// field of each definition: see `search_index::parse_definition`), with
+/// their models from `models`. Entries that no longer parse, or name a
+/// model that is gone, are logged and skipped.
 pub async fn load(config: &Config, models: &Models) -> Result<Vec<SearchIndex>, Error> {
     let mut out = Vec::new();
     for doc in find(config, COLLECTION, RawDocumentBuf::new()).await? {
         match entry(&doc, models) {
-            Ok(index) => out.push(index),
+            Ok(parts) => out.extend(parts),
             Err(e) => tracing::warn!(error = %e, "skipping a stored index definition"),
         }
     }
     Ok(out)
 }
 
-fn entry(doc: &RawDocument, models: &Models) -> Result<SearchIndex, Error> {
+fn entry(doc: &RawDocument, models: &Models) -> Result<Vec<SearchIndex>, Error> {
     let field = |name: &str| {
         doc.get_str(name)
             .map_err(|_| Error::internal(format!("stored index definition lacks '{name}'")))
@@ -204,29 +205,33 @@ fn entry(doc: &RawDocument, models: &Models) -> Result<SearchIndex, Error> {
     let definition = doc
         .get_document("definition")
         .map_err(|_| Error::internal("stored index definition lacks 'definition'"))?;
-    let mut spec = parse_definition(definition)?;
-    let encoders = crate::models::resolve(&mut spec, models)?;
-    let index = SearchIndex::new(
-        field("_id")?.to_string(),
-        field("db")?,
-        field("collection")?,
-        field("name")?,
-        definition.to_owned(),
-        spec,
-    )
-    .with_encoders(encoders);
     // Written by every version that stores `definitionVersion`; older
     // entries start again at 0.
-    let Ok(version) = doc.get_document("definitionVersion") else {
-        return Ok(index);
-    };
-    match (
-        version.get_i64("version"),
-        version.get_datetime("createdAt"),
-    ) {
-        (Ok(n), Ok(at)) => Ok(index.with_definition_version(n, at)),
-        _ => Ok(index),
+    let version = doc.get_document("definitionVersion").ok().and_then(|v| {
+        Some((
+            v.get_i64("version").ok()?,
+            v.get_datetime("createdAt").ok()?,
+        ))
+    });
+    let mut parts = Vec::new();
+    for (part, mut spec) in parse_definition(definition)?.into_iter().enumerate() {
+        let encoders = crate::models::resolve(&mut spec, models)?;
+        let mut index = SearchIndex::new(
+            field("_id")?.to_string(),
+            field("db")?,
+            field("collection")?,
+            field("name")?,
+            definition.to_owned(),
+            spec,
+        )
+        .with_encoders(encoders)
+        .with_part(part);
+        if let Some((n, at)) = version {
+            index = index.with_definition_version(n, at);
+        }
+        parts.push(index);
     }
+    Ok(parts)
 }
 
 const MODELS: &str = "models";

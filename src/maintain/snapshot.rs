@@ -18,10 +18,14 @@ use std::path::{Path, PathBuf};
 const MAGIC: &[u8; 4] = b"LWSN";
 const VERSION: u32 = 1;
 
+/// `<data dir>/indexes/<id>.snapshot`, or `<id>-<part>.snapshot` for an
+/// index's second and later vector fields.
 pub fn path(data_dir: &Path, index: &SearchIndex) -> PathBuf {
-    data_dir
-        .join("indexes")
-        .join(format!("{}.snapshot", index.id))
+    let name = match index.part {
+        0 => format!("{}.snapshot", index.id),
+        part => format!("{}-{part}.snapshot", index.id),
+    };
+    data_dir.join("indexes").join(name)
 }
 
 fn corrupt(what: &str) -> io::Error {

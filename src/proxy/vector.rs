@@ -154,7 +154,8 @@ impl Session {
                 };
                 // The whole command is refused up front when it cannot fit
                 // (`add_bounded` below holds the bounds under concurrency).
-                let on_collection = registry.list(db, collection).len() + news.len();
+                let parts: usize = news.iter().map(|n| n.specs.len()).sum();
+                let on_collection = registry.list(db, collection).len() + parts;
                 if on_collection > MAX_SEARCH_INDEXES_PER_COLLECTION {
                     return Err(refusal(
                         Refused::PerCollection(MAX_SEARCH_INDEXES_PER_COLLECTION),
@@ -162,19 +163,19 @@ impl Session {
                         collection,
                     ));
                 }
-                if registry.all_maintained().len() + news.len() > config.max_search_indexes {
+                if registry.all_maintained().len() + parts > config.max_search_indexes {
                     return Err(refusal(
                         Refused::Total(config.max_search_indexes),
                         db,
                         collection,
                     ));
                 }
-                if news.iter().any(|n| n.spec.write_outputs) {
+                if news.iter().flat_map(|n| &n.specs).any(|s| s.write_outputs) {
                     self.authorize(Action::Update, db, collection, command)
                         .await?;
                 }
                 let mut created = RawArrayBuf::new();
-                for mut new in news {
+                for new in news {
                     if registry
                         .find(db, collection, Some(&new.name), None)
                         .is_some()
@@ -187,25 +188,26 @@ impl Session {
                             ),
                         ));
                     }
-                    let encoders = self.resolve_models(&mut new.spec).await?;
-                    let index = Arc::new(
-                        SearchIndex::new(
-                            bson::oid::ObjectId::new().to_hex(),
+                    let id = bson::oid::ObjectId::new().to_hex();
+                    let parts = self
+                        .parts(
+                            &id,
                             db,
                             collection,
                             &new.name,
-                            new.definition,
-                            new.spec,
+                            &new.definition,
+                            new.specs,
+                            0,
                         )
-                        .with_encoders(encoders),
-                    );
+                        .await?;
+                    let index = parts[0].clone();
                     // Reserved in the registry (name and bounds checked
                     // under one lock) before it is stored, so concurrent
                     // creations can neither pass the bounds nor store a
                     // second definition under one name.
                     registry
                         .add_bounded(
-                            index.clone(),
+                            parts.clone(),
                             MAX_SEARCH_INDEXES_PER_COLLECTION,
                             config.max_search_indexes,
                         )
@@ -216,7 +218,9 @@ impl Session {
                     }
                     tracing::info!(index = %index.name, namespace = %index.namespace(), "search index created");
                     created.push(rawdoc! { "id": index.id.as_str(), "name": index.name.as_str() });
-                    tokio::spawn(build::build(config.clone(), index));
+                    for part in parts {
+                        tokio::spawn(build::build(config.clone(), part));
+                    }
                 }
                 Ok(rawdoc! { "ok": 1.0, "indexesCreated": created })
             }
@@ -227,48 +231,46 @@ impl Session {
                 let definition = body
                     .get_document("definition")
                     .map_err(|_| bad("updateSearchIndex needs a 'definition' document"))?;
-                let mut spec = parse_definition(definition)?;
-                if spec.write_outputs {
+                let specs = parse_definition(definition)?;
+                if specs.iter().any(|s| s.write_outputs) {
                     self.authorize(Action::Update, db, collection, "updateSearchIndex")
                         .await?;
                 }
-                let encoders = self.resolve_models(&mut spec).await?;
                 let latest = registry
                     .staged(db, collection, &old.name)
-                    .unwrap_or_else(|| old.clone());
-                let index = Arc::new(
-                    SearchIndex::new(
-                        old.id.clone(),
+                    .first()
+                    .map_or(old.definition_version.0, |s| s.definition_version.0);
+                let parts = self
+                    .parts(
+                        &old.id,
                         db,
                         collection,
                         &old.name,
-                        definition.to_owned(),
-                        spec,
+                        definition,
+                        specs,
+                        latest + 1,
                     )
-                    .with_encoders(encoders)
-                    .with_definition_version(
-                        latest.definition_version.0 + 1,
-                        bson::DateTime::now(),
-                    ),
-                );
-                catalog::save(&config, &index).await?;
+                    .await?;
+                catalog::save(&config, &parts[0]).await?;
                 // A new definition means a new model of the data: any adapter
                 // trained for the old one goes.
-                crate::maintain::train::delete_stored(&config, &index.id).await?;
+                crate::maintain::train::delete_stored(&config, &old.id).await?;
                 // The old definition serves queries until the new one is
                 // built (Atlas's staged index), then the new one takes its
                 // place.
-                registry.stage(index.clone());
-                let staged = Arc::downgrade(&index);
-                let promoter = registry.clone();
-                index.on_ready(move || {
-                    if let Some(index) = staged.upgrade() {
-                        if promoter.promote(&index) {
-                            tracing::info!(index = %index.name, namespace = %index.namespace(), "updated search index definition now serving");
+                registry.stage(parts.clone());
+                for part in parts {
+                    let staged = Arc::downgrade(&part);
+                    let promoter = registry.clone();
+                    part.on_ready(move || {
+                        if let Some(index) = staged.upgrade() {
+                            if promoter.promote(&index) {
+                                tracing::info!(index = %index.name, namespace = %index.namespace(), "updated search index definition now serving");
+                            }
                         }
-                    }
-                });
-                tokio::spawn(build::build(config.clone(), index));
+                    });
+                    tokio::spawn(build::build(config.clone(), part));
+                }
                 Ok(rawdoc! { "ok": 1.0 })
             }
             Admin::Drop => {
@@ -277,9 +279,16 @@ impl Session {
                 let index = self.named_index(db, collection, &target.name, &target.id)?;
                 catalog::delete(&config, &index.id).await?;
                 crate::maintain::train::delete_stored(&config, &index.id).await?;
+                let parts: Vec<_> = registry
+                    .list(db, collection)
+                    .into_iter()
+                    .filter(|i| i.id == index.id)
+                    .collect();
                 registry.remove(&index);
                 if let Some(dir) = &config.data_dir {
-                    let _ = std::fs::remove_file(crate::maintain::snapshot::path(dir, &index));
+                    for part in parts {
+                        let _ = std::fs::remove_file(crate::maintain::snapshot::path(dir, &part));
+                    }
                 }
                 tracing::info!(index = %index.name, namespace = %index.namespace(), "search index dropped");
                 Ok(rawdoc! { "ok": 1.0 })
@@ -304,12 +313,16 @@ impl Session {
                         (collection, filter)
                     }
                 };
-                let docs: Vec<RawDocumentBuf> = registry
-                    .list(db, collection)
+                let all = registry.list(db, collection);
+                let docs: Vec<RawDocumentBuf> = all
                     .iter()
+                    .filter(|i| i.part == 0)
                     .filter(|i| filter.name.as_ref().is_none_or(|n| &i.name == n))
                     .filter(|i| filter.id.as_ref().is_none_or(|x| &i.id == x))
-                    .map(|i| describe(i, registry.staged(db, collection, &i.name).as_deref()))
+                    .map(|i| {
+                        let parts: Vec<_> = all.iter().filter(|p| p.id == i.id).cloned().collect();
+                        describe(&parts, &registry.staged(db, collection, &i.name))
+                    })
                     .collect();
                 let docs = match body.get_array("pipeline") {
                     Ok(stages) if stages.into_iter().nth(1).is_some() => {
@@ -438,6 +451,39 @@ impl Session {
             Code::NAMESPACE_NOT_FOUND,
             format!("Collection '{db}.{collection}' does not exist."),
         ))
+    }
+
+    /// The parts of one index (one per vector field of its definition),
+    /// with their models loaded.
+    #[allow(clippy::too_many_arguments)]
+    async fn parts(
+        &self,
+        id: &str,
+        db: &str,
+        collection: &str,
+        name: &str,
+        definition: &RawDocument,
+        specs: Vec<crate::index::registry::IndexSpec>,
+        version: i64,
+    ) -> Result<Vec<Arc<SearchIndex>>, Error> {
+        let mut parts = Vec::with_capacity(specs.len());
+        for (part, mut spec) in specs.into_iter().enumerate() {
+            let encoders = self.resolve_models(&mut spec).await?;
+            parts.push(Arc::new(
+                SearchIndex::new(
+                    id.to_string(),
+                    db,
+                    collection,
+                    name,
+                    definition.to_owned(),
+                    spec,
+                )
+                .with_encoders(encoders)
+                .with_part(part)
+                .with_definition_version(version, bson::DateTime::now()),
+            ));
+        }
+        Ok(parts)
     }
 
     /// Loads the models a semantic spec names and fixes its dimensions.
@@ -790,16 +836,30 @@ impl Session {
     ) -> Result<Arc<SearchIndex>, Error> {
         let registry = &self.shared.registry;
         let index = match &query.index {
-            Some(name) => registry
-                .find(db, collection, Some(name), None)
-                .ok_or_else(|| {
-                    Error::client(
-                        Code::INDEX_NOT_FOUND,
-                        format!("search index '{name}' not found on {db}.{collection}"),
-                    )
-                })?,
+            Some(name) => {
+                let first = registry
+                    .find(db, collection, Some(name), None)
+                    .ok_or_else(|| {
+                        Error::client(
+                            Code::INDEX_NOT_FOUND,
+                            format!("search index '{name}' not found on {db}.{collection}"),
+                        )
+                    })?;
+                // The part indexing the path asked for (several vector
+                // fields make several parts).
+                match &query.path {
+                    Some(path) => registry
+                        .find_path(db, collection, name, path)
+                        .unwrap_or(first),
+                    None => first,
+                }
+            }
             None => {
-                let all = registry.list(db, collection);
+                let all: Vec<_> = registry
+                    .list(db, collection)
+                    .into_iter()
+                    .filter(|i| i.part == 0)
+                    .collect();
                 match all.len() {
                     1 => all[0].clone(),
                     0 => {

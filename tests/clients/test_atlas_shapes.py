@@ -450,3 +450,58 @@ def test_every_bson_vector_dtype(client):
         list(db.bits.aggregate([{"$vectorSearch": {
             "index": "not-for-bits", "path": "b", "queryVector": pack(target), "limit": 10, "exact": True}}]))
     assert e.value.code == 2 and "euclidean" in e.value.details["errmsg"]
+
+
+def test_several_vector_fields_in_one_index(client):
+    """Atlas allows several vector fields per index, `path` choosing one:
+    each is searched against its own oracle, one listing entry covers them,
+    writes reach every field, an update rebuilds them together and a drop
+    removes them all."""
+    db = client.atlas_shapes_multi
+    db.drop_collection("docs")
+    a = {i: [math.cos(i * 0.3 + d) for d in range(4)] for i in range(150)}
+    b = {i: [float((i * 13 + d * 7) % 23) for d in range(6)] for i in range(150)}
+    db.docs.insert_many([{"_id": i, "a": a[i], "b": b[i], "k": i % 2} for i in range(150)])
+    db.docs.create_search_index(SearchIndexModel(
+        {"fields": [{"type": "vector", "path": "a", "numDimensions": 4, "similarity": "cosine"},
+                    {"type": "vector", "path": "b", "numDimensions": 6, "similarity": "euclidean"},
+                    {"type": "filter", "path": "k"}]},
+        name="multi", type="vectorSearch"))
+    info, _ = wait_ready(db.docs, "multi")
+    assert [i["name"] for i in db.docs.list_search_indexes()] == ["multi"]
+    assert info["progress"]["vectorsIndexed"] == 300
+
+    def cos(x, y):
+        return sum(p * q for p, q in zip(x, y)) / math.sqrt(sum(p * p for p in x) * sum(q * q for q in y))
+
+    def search(path, vector, **extra):
+        return [d["_id"] for d in db.docs.aggregate([{"$vectorSearch": {
+            "index": "multi", "path": path, "queryVector": vector, "limit": 5, "exact": True, **extra}}])]
+
+    qa, qb = [0.5, -0.2, 0.1, 0.9], [3.0, 1.0, 4.0, 1.0, 5.0, 9.0]
+    assert search("a", qa) == sorted(a, key=lambda i: -cos(a[i], qa))[:5]
+    # `b` repeats every 23 documents: ties are compared by distance.
+    dist = lambda ids, q: [round(l2(b[i], q), 5) for i in ids]
+    assert dist(search("b", qb), qb) == sorted(dist(b, qb))[:5]
+    assert dist(search("b", qb, filter={"k": 1}), qb) == sorted(dist([i for i in b if i % 2], qb))[:5]
+    assert all(i % 2 for i in search("b", qb, filter={"k": 1}))
+    with pytest.raises(OperationFailure) as e:
+        search("c", qa)
+    assert e.value.code == 2
+    # A write reaches both fields before it is acknowledged.
+    db.docs.insert_one({"_id": 999, "a": qa, "b": qb, "k": 0})
+    assert search("a", qa)[0] == 999 and search("b", qb)[0] == 999
+    # An update stages both new fields; then both serve.
+    db.docs.update_search_index("multi", {"fields": [
+        {"type": "vector", "path": "a", "numDimensions": 4, "similarity": "euclidean"},
+        {"type": "vector", "path": "b", "numDimensions": 6, "similarity": "cosine"}]})
+    eventually(lambda: list(db.docs.list_search_indexes("multi"))[0]["latestDefinitionVersion"]["version"] == 1
+               and list(db.docs.list_search_indexes("multi"))[0]["status"] == "READY")
+    a[999], b[999] = qa, qb
+    sims = lambda ids: [round(cos(b[i], [1.0] * 6), 5) for i in ids]
+    assert sims(search("b", [1.0] * 6)) == sorted(sims(b), reverse=True)[:5]
+    db.docs.drop_search_index("multi")
+    eventually(lambda: list(db.docs.list_search_indexes()) == [])
+    with pytest.raises(OperationFailure) as e:
+        search("a", qa)
+    assert e.value.code == 27

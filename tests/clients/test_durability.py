@@ -123,6 +123,35 @@ def test_a_corrupt_snapshot_is_rebuilt_from_the_upstream_and_said_so(direct_uri,
         proxy.stop()
 
 
+def test_an_index_of_two_vector_fields_restarts_from_its_snapshots(direct_uri, setup):
+    direct, dcoll, data_dir = setup
+    dcoll.update_many({}, [{"$set": {"q": {"$reverseArray": "$p"}}}])
+    proxy, client, coll = start(direct_uri, data_dir)
+    coll.create_search_index(SearchIndexModel(name="dur", type="vectorSearch", definition={"fields": [
+        {"type": "vector", "path": "p", "numDimensions": 3, "similarity": "euclidean"},
+        {"type": "vector", "path": "q", "numDimensions": 3, "similarity": "euclidean"}]}))
+    eventually(lambda: ready(coll))
+    index_id = info(coll)["id"]
+    proxy.proc.send_signal(signal.SIGTERM)
+    assert proxy.proc.wait(timeout=30) == 0
+    client.close()
+    # One snapshot per vector field.
+    assert (data_dir / "indexes" / f"{index_id}.snapshot").exists()
+    assert (data_dir / "indexes" / f"{index_id}-1.snapshot").exists()
+    proxy, client, coll = start(direct_uri, data_dir)
+    try:
+        eventually(lambda: ready(coll))
+        assert info(coll)["progress"]["restoredFromSnapshot"] is True
+        assert info(coll)["progress"]["vectorsIndexed"] == 600
+        for path, vector in (("p", [7.0, 0.0, 1.0]), ("q", [1.0, 0.0, 7.0])):
+            got = list(coll.aggregate([{"$vectorSearch": {
+                "index": "dur", "path": path, "queryVector": vector, "limit": 1, "exact": True}}]))
+            assert [d["_id"] for d in got] == [7], path
+    finally:
+        client.close()
+        proxy.stop()
+
+
 def test_kill_9_during_a_write_burst_loses_nothing(direct_uri, setup):
     direct, dcoll, data_dir = setup
     proxy, client, coll = start(direct_uri, data_dir)

@@ -66,10 +66,10 @@ def test_metrics_count_traffic_errors_latency_and_indexes(direct_uri):
             assert value(text, "likewise_upstream_latency_seconds_count") > 0
             assert value(text, 'likewise_vector_queries_total{strategy="graph search"}') >= 1
             assert value(text, "likewise_vector_query_seconds_count") >= 1
-            assert value(text, 'likewise_index_vectors{namespace="metrics_suite.pts",index="m"}') == 40
-            assert value(text, 'likewise_index_ready{namespace="metrics_suite.pts",index="m"}') == 1
+            assert value(text, 'likewise_index_vectors{namespace="metrics_suite.pts",index="m",path="p"}') == 40
+            assert value(text, 'likewise_index_ready{namespace="metrics_suite.pts",index="m",path="p"}') == 1
             assert re.search(r'^likewise_errors_by_code_total\{side="client",code="\w+"\} [1-9]', text, re.M), text
-            assert value(text, 'likewise_index_neighbourhood_pending{namespace="metrics_suite.pts",index="m"}') == 0
+            assert value(text, 'likewise_index_neighbourhood_pending{namespace="metrics_suite.pts",index="m",path="p"}') == 0
             assert "# TYPE likewise_index_training_epochs gauge" in text
             coll.drop_search_index("m")
             coll.drop()
