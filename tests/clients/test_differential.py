@@ -147,3 +147,76 @@ def test_proxy_replies_equal_direct_replies(direct_uri, proxy_uri, compressor):
     assert [e[0] for e in proxied] == [e[0] for e in direct], "different command sequence"
     assert not diffs, "\n".join(diffs[:10])
     print(f"differential ({compressor or 'uncompressed'}): {len(direct)} replies compared, 0 differences")
+
+
+META = {"$meta": "vectorSearchScore"}
+
+# Later stages after a vector stage, each with the same stages written for
+# the upstream over plain documents that carry their score in `__s`.
+LATER = [
+    ([{"$project": {"v": 0, "score": META}}],
+     [{"$set": {"score": "$__s"}}, {"$project": {"v": 0}}]),
+    ([{"$project": {"_id": 0, "t": 1, "score": META}}],
+     [{"$project": {"_id": 0, "t": 1, "score": "$__s"}}]),
+    ([{"$set": {"s": META, "d": {"$multiply": ["$n", 2]}}}, {"$match": {"s": {"$gte": 0.2}}}, {"$unset": "v"}],
+     [{"$set": {"s": "$__s", "d": {"$multiply": ["$n", 2]}}}, {"$match": {"s": {"$gte": 0.2}}}, {"$unset": "v"}]),
+    ([{"$addFields": {"s": META}}, {"$sort": {"n": -1}}, {"$limit": 4}, {"$project": {"s": 1}}],
+     [{"$addFields": {"s": "$__s"}}, {"$sort": {"n": -1}}, {"$limit": 4}, {"$project": {"s": 1}}]),
+    ([{"$count": "c"}], [{"$count": "c"}]),
+    ([{"$skip": 3}, {"$project": {"_id": 1}}], [{"$skip": 3}, {"$project": {"_id": 1}}]),
+    ([{"$facet": {"top": [{"$limit": 2}, {"$project": {"v": 0, "score": META}}],
+                  "kinds": [{"$group": {"_id": "$kind", "n": {"$sum": 1}}}, {"$sort": {"_id": 1}}]}}],
+     [{"$facet": {"top": [{"$limit": 2}, {"$set": {"score": "$__s"}}, {"$project": {"v": 0, "__s": 0}}],
+                  "kinds": [{"$group": {"_id": "$kind", "n": {"$sum": 1}}}, {"$sort": {"_id": 1}}]}}]),
+    ([{"$lookup": {"from": "kinds", "localField": "kind", "foreignField": "_id", "as": "k"}},
+      {"$project": {"k": 1, "score": META}}],
+     [{"$lookup": {"from": "kinds", "localField": "kind", "foreignField": "_id", "as": "k"}},
+      {"$project": {"k": 1, "score": "$__s"}}]),
+    ([{"$group": {"_id": "$kind", "best": {"$max": META}, "n": {"$sum": 1}}}, {"$sort": {"_id": 1}}],
+     [{"$group": {"_id": "$kind", "best": {"$max": "$__s"}, "n": {"$sum": 1}}}, {"$sort": {"_id": 1}}]),
+    ([{"$replaceRoot": {"newRoot": {"id": "$_id", "s": META}}}],
+     [{"$replaceRoot": {"newRoot": {"id": "$_id", "s": "$__s"}}}]),
+    # Equal scores (vectors repeat) are ordered by `_id`.
+    ([{"$sort": {"n": 1}}, {"$sort": {"x": META, "_id": 1}}, {"$project": {"_id": 1}}],
+     [{"$sort": {"__s": -1, "_id": 1}}, {"$project": {"_id": 1}}]),
+]
+
+
+@pytest.fixture(scope="module")
+def ranked_items(direct_uri, proxy_uri):
+    from pymongo.operations import SearchIndexModel
+    from conftest import wait_ready
+    with MongoClient(proxy_uri) as client:
+        db = client.differential_vector
+        db.drop_collection("items")
+        db.drop_collection("kinds")
+        db.items.insert_many([{"_id": i, "v": [float(i % 17), float(i % 5), 1.0], "n": (i * 7) % 31,
+                               "t": f"t{i}", "kind": ["a", "b", "c"][i % 3]} for i in range(300)])
+        db.kinds.insert_many([{"_id": k, "label": k.upper()} for k in "abc"])
+        db.items.create_search_index(SearchIndexModel(
+            {"fields": [{"type": "vector", "path": "v", "numDimensions": 3, "similarity": "euclidean"},
+                        {"type": "filter", "path": "kind"}]}, name="v", type="vectorSearch"))
+        wait_ready(db.items, "v")
+        yield db
+        db.items.drop_search_index("v")
+
+
+@pytest.mark.parametrize("later, upstream_later", LATER)
+def test_later_stages_equal_the_upstream_over_the_ranked_ids(ranked_items, direct_uri, later, upstream_later):
+    """Each pipeline after the vector stage gives what the upstream gives
+    for the same stages over exactly the ranked documents, in rank order,
+    each carrying its score."""
+    db = ranked_items
+    stage = {"$vectorSearch": {"index": "v", "path": "v", "queryVector": [3.3, 2.0, 1.0], "limit": 12,
+                               "exact": True, "filter": {"kind": {"$ne": "c"}}}}
+    ranked = list(db.items.aggregate([stage, {"$project": {"s": META}}]))
+    ids, scores = [d["_id"] for d in ranked], [d["s"] for d in ranked]
+    assert len(ids) == 12
+    with MongoClient(direct_uri, directConnection=True) as direct:
+        plain = [{"$match": {"_id": {"$in": ids}}},
+                 {"$addFields": {"__r": {"$indexOfArray": [ids, "$_id"]}}},
+                 {"$addFields": {"__s": {"$arrayElemAt": [scores, "$__r"]}}},
+                 {"$sort": {"__r": 1}}, {"$unset": "__r"}]
+        want = list(direct.differential_vector.items.aggregate(plain + upstream_later + [{"$unset": "__s"}]))
+    got = list(db.items.aggregate([stage] + later))
+    assert got == want
