@@ -236,10 +236,35 @@ impl Session {
                     self.authorize(Action::Update, db, collection, "updateSearchIndex")
                         .await?;
                 }
-                let latest = registry
-                    .staged(db, collection, &old.name)
+                let earlier = registry.staged(db, collection, &old.name);
+                let latest = earlier
                     .first()
                     .map_or(old.definition_version.0, |s| s.definition_version.0);
+                // The staged parts hold change streams too: they count
+                // towards the bounds while both definitions are kept.
+                let serving = registry
+                    .list(db, collection)
+                    .iter()
+                    .filter(|i| i.id == old.id)
+                    .count();
+                let on_collection =
+                    registry.list(db, collection).len() - serving + serving.max(specs.len());
+                if on_collection > MAX_SEARCH_INDEXES_PER_COLLECTION {
+                    return Err(refusal(
+                        Refused::PerCollection(MAX_SEARCH_INDEXES_PER_COLLECTION),
+                        db,
+                        collection,
+                    ));
+                }
+                if registry.all_maintained().len() - earlier.len() + specs.len()
+                    > config.max_search_indexes
+                {
+                    return Err(refusal(
+                        Refused::Total(config.max_search_indexes),
+                        db,
+                        collection,
+                    ));
+                }
                 let parts = self
                     .parts(
                         &old.id,
