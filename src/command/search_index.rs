@@ -448,7 +448,7 @@ pub fn describe(parts: &[Arc<SearchIndex>], staged: &[Arc<SearchIndex>]) -> RawD
             "vectorsIndexed": i64::try_from(indexed).unwrap_or(i64::MAX),
             "documentsSkipped": i64::try_from(skipped).unwrap_or(i64::MAX),
             "changesApplied": i64::try_from(first.changes_applied.load(std::sync::atomic::Ordering::Relaxed)).unwrap_or(i64::MAX),
-            "restoredFromSnapshot": first.restored.load(std::sync::atomic::Ordering::Relaxed),
+            "restoredFromSnapshot": latest.iter().all(|p| p.restored.load(std::sync::atomic::Ordering::Relaxed)),
             "slots": i64::try_from(slots).unwrap_or(i64::MAX),
             "pendingEncodes": i64::try_from(latest.iter().map(|p| p.pending_count()).sum::<usize>()).unwrap_or(i64::MAX),
         },
@@ -606,6 +606,12 @@ mod tests {
             { "type": "vector", "path": "a", "numDimensions": 3, "similarity": "cosine" },
         ] });
         assert!(twice.unwrap_err().message.contains("indexed twice"));
+        let mut fields = bson::RawArrayBuf::new();
+        for n in 0..=MAX_VECTOR_FIELDS {
+            fields.push(rawdoc! { "type": "vector", "path": format!("p{n}"), "numDimensions": 2, "similarity": "cosine" });
+        }
+        let many = parse_definition(&rawdoc! { "fields": fields });
+        assert!(many.unwrap_err().message.contains("at most 8"));
     }
 
     #[test]

@@ -423,11 +423,20 @@ fn collect_vector_stages(
         return Err(Error::client(Code::OVERFLOW, "pipeline nested too deeply"));
     }
     for (i, stage) in stages.into_iter().enumerate() {
+        // mongod's shape rules, checked here so that the rewrite, which
+        // walks the same stages, meets exactly these.
         let Ok(RawBsonRef::Document(stage)) = stage else {
-            continue;
+            return Err(Error::client(
+                Code::relayed(14, "TypeMismatch"),
+                "Each element of the 'pipeline' array must be an object",
+            ));
         };
-        let Some(Ok((name, spec))) = stage.iter().next() else {
-            continue;
+        let mut fields = stage.iter();
+        let (Some(Ok((name, spec))), None) = (fields.next(), fields.next()) else {
+            return Err(Error::client(
+                Code::relayed(40323, "Location40323"),
+                "A pipeline stage specification object must contain exactly one field.",
+            ));
         };
         match (i, name, spec) {
             (0, "$vectorSearch", RawBsonRef::Document(spec)) => {

@@ -162,9 +162,9 @@ pub struct SearchIndex {
     adapter: RwLock<Option<Arc<crate::train::Adapter>>>,
     /// Training progress and results, for the listing.
     pub training: Mutex<Training>,
-    /// Run once, the first time the index becomes READY (a staged
-    /// definition's promotion).
-    on_ready: Mutex<Option<Box<dyn FnOnce() + Send>>>,
+    /// Run each time the index becomes READY, until cleared (a staged
+    /// definition's promotion, which waits for every part).
+    on_ready: Mutex<Option<Arc<dyn Fn() + Send + Sync>>>,
     /// `latestDefinitionVersion`: 0 when created, one more per
     /// `updateSearchIndex`, and when that version was made.
     pub definition_version: (i64, bson::DateTime),
@@ -246,20 +246,27 @@ impl SearchIndex {
         self
     }
 
-    /// Runs `f` the first time the index becomes READY (at once if it is).
-    pub fn on_ready(&self, f: impl FnOnce() + Send + 'static) {
-        *self.on_ready.lock().unwrap_or_else(|e| e.into_inner()) = Some(Box::new(f));
+    /// Runs `f` each time the index becomes READY (and at once if it is),
+    /// until [`SearchIndex::clear_on_ready`].
+    pub fn on_ready(&self, f: impl Fn() + Send + Sync + 'static) {
+        *self.on_ready.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(f));
         if self.status().0 == Status::Ready {
             self.run_on_ready();
         }
     }
 
+    /// Stops running the `on_ready` callback.
+    pub fn clear_on_ready(&self) {
+        *self.on_ready.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
     fn run_on_ready(&self) {
+        // Called without the lock held: the callback may clear itself.
         let f = self
             .on_ready
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .take();
+            .clone();
         if let Some(f) = f {
             f();
         }
@@ -657,12 +664,21 @@ impl Registry {
 
     /// Stages the parts of a new definition to replace the serving index of
     /// their name once every one is ready ([`Registry::promote`]); an
-    /// earlier staged definition of that name is retired.
-    pub fn stage(&self, parts: Vec<Arc<SearchIndex>>) {
+    /// earlier staged definition of that name is retired. `false` (nothing
+    /// staged) when no index of their id serves any more (dropped).
+    pub fn stage(&self, parts: Vec<Arc<SearchIndex>>) -> bool {
         let Some(first) = parts.first().cloned() else {
-            return;
+            return false;
         };
         let mut map = self.write();
+        let key = namespace(&first.db, &first.collection);
+        let serves = map
+            .serving
+            .get(&key)
+            .is_some_and(|list| list.iter().any(|i| i.id == first.id));
+        if !serves {
+            return false;
+        }
         let list = map
             .staged
             .entry(namespace(&first.db, &first.collection))
@@ -672,6 +688,7 @@ impl Registry {
         }
         list.retain(|i| i.name != first.name);
         list.extend(parts);
+        true
     }
 
     /// Once every staged part of `index`'s definition is queryable, puts
@@ -811,7 +828,7 @@ mod tests {
         assert_eq!(registry.list("db", "c").len(), 2);
         assert_eq!(registry.all_maintained().len(), 2);
         let new = [part(0, "id"), part(1, "id"), part(2, "id")];
-        registry.stage(new.to_vec());
+        assert!(registry.stage(new.to_vec()));
         assert_eq!(registry.staged("db", "c", "idx").len(), 3);
         assert_eq!(registry.maintained("db", "c").len(), 5);
         new[0].set_status(Status::Ready, None);
@@ -826,11 +843,14 @@ mod tests {
         assert!(old.iter().all(|o| o.is_retired()));
         assert!(registry.staged("db", "c", "idx").is_empty());
         assert!(!registry.promote(&new[0]), "no longer staged");
-        // Dropping removes every part, and anything staged.
-        registry.stage(vec![part(0, "id")]);
+        // Dropping removes every part, and anything staged; nothing can be
+        // staged for it after.
+        assert!(registry.stage(vec![part(0, "id")]));
         registry.remove(&serving[0]);
         assert!(registry.all_maintained().is_empty());
         assert!(new.iter().all(|n| n.is_retired()));
+        assert!(!registry.stage(vec![part(0, "id")]));
+        assert!(registry.all_maintained().is_empty());
     }
 
     #[test]

@@ -142,21 +142,43 @@ pub async fn find(
     Ok(out)
 }
 
-/// Inserts or replaces the stored definition of `index`.
+/// Inserts or replaces the stored definition of `index` (any staged one
+/// is forgotten).
 pub async fn save(config: &Config, index: &SearchIndex) -> Result<(), Error> {
-    let doc = rawdoc! {
-        "_id": index.id.as_str(),
-        "db": index.db.as_str(),
-        "collection": index.collection.as_str(),
-        "name": index.name.as_str(),
-        "type": "vectorSearch",
-        "definition": index.definition.clone(),
-        "definitionVersion": {
+    save_with_staged(config, index, None).await
+}
+
+/// Inserts or replaces the stored definition of `serving`, with the
+/// definition `updateSearchIndex` staged to replace it (`staged:
+/// {definition, definitionVersion}`), so that a restart builds both again
+/// and the serving one keeps answering until the staged one is ready.
+pub async fn save_with_staged(
+    config: &Config,
+    serving: &SearchIndex,
+    staged: Option<&SearchIndex>,
+) -> Result<(), Error> {
+    let version = |index: &SearchIndex| {
+        rawdoc! {
             "version": index.definition_version.0,
             "createdAt": index.definition_version.1,
-        },
+        }
     };
-    upsert(config, COLLECTION, &index.id, doc).await
+    let mut doc = rawdoc! {
+        "_id": serving.id.as_str(),
+        "db": serving.db.as_str(),
+        "collection": serving.collection.as_str(),
+        "name": serving.name.as_str(),
+        "type": "vectorSearch",
+        "definition": serving.definition.clone(),
+        "definitionVersion": version(serving),
+    };
+    if let Some(staged) = staged {
+        doc.append(
+            "staged",
+            rawdoc! { "definition": staged.definition.clone(), "definitionVersion": version(staged) },
+        );
+    }
+    upsert(config, COLLECTION, &serving.id, doc).await
 }
 
 pub async fn delete(config: &Config, id: &str) -> Result<(), Error> {
@@ -182,32 +204,57 @@ fn write_errors(reply: &RawDocument) -> Result<(), Error> {
     }
 }
 
-/// Every stored definition, as indexes ready to build (one per vector
-/// field of each definition: see `search_index::parse_definition`), with
-/// their models from `models`. Entries that no longer parse, or name a
-/// model that is gone, are logged and skipped.
-pub async fn load(config: &Config, models: &Models) -> Result<Vec<SearchIndex>, Error> {
+/// One stored index: the parts of its serving definition (one per vector
+/// field: see `search_index::parse_definition`), and those of a
+/// definition staged to replace it (empty when none is).
+pub struct Stored {
+    pub serving: Vec<SearchIndex>,
+    pub staged: Vec<SearchIndex>,
+}
+
+/// Every stored definition, as indexes ready to build, with their models
+/// from `models`. Entries that no longer parse, or name a model that is
+/// gone, are logged and skipped (a staged definition that no longer
+/// parses is dropped, the serving one kept).
+pub async fn load(config: &Config, models: &Models) -> Result<Vec<Stored>, Error> {
     let mut out = Vec::new();
     for doc in find(config, COLLECTION, RawDocumentBuf::new()).await? {
-        match entry(&doc, models) {
-            Ok(parts) => out.extend(parts),
-            Err(e) => tracing::warn!(error = %e, "skipping a stored index definition"),
-        }
+        let serving = match parts(&doc, &doc, models) {
+            Ok(parts) => parts,
+            Err(e) => {
+                tracing::warn!(error = %e, "skipping a stored index definition");
+                continue;
+            }
+        };
+        let staged = match doc.get_document("staged") {
+            Ok(staged) => parts(&doc, staged, models).unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "dropping a stored staged index definition");
+                Vec::new()
+            }),
+            Err(_) => Vec::new(),
+        };
+        out.push(Stored { serving, staged });
     }
     Ok(out)
 }
 
-fn entry(doc: &RawDocument, models: &Models) -> Result<Vec<SearchIndex>, Error> {
+/// The parts of the definition in `holder` (the entry itself, or its
+/// `staged` document), named by the entry.
+fn parts(
+    doc: &RawDocument,
+    holder: &RawDocument,
+    models: &Models,
+) -> Result<Vec<SearchIndex>, Error> {
     let field = |name: &str| {
         doc.get_str(name)
             .map_err(|_| Error::internal(format!("stored index definition lacks '{name}'")))
     };
-    let definition = doc
+    let definition = holder
         .get_document("definition")
         .map_err(|_| Error::internal("stored index definition lacks 'definition'"))?;
     // Written by every version that stores `definitionVersion`; older
     // entries start again at 0.
-    let version = doc.get_document("definitionVersion").ok().and_then(|v| {
+    let version = holder.get_document("definitionVersion").ok().and_then(|v| {
         Some((
             v.get_i64("version").ok()?,
             v.get_datetime("createdAt").ok()?,

@@ -11,7 +11,7 @@ pub mod stream;
 pub mod train;
 
 use crate::config::Config;
-use crate::index::registry::Registry;
+use crate::index::registry::{Registry, SearchIndex};
 use crate::models::Models;
 use std::sync::Arc;
 
@@ -55,10 +55,20 @@ async fn restore_once(
     if !indexes.is_empty() {
         tracing::info!(count = indexes.len(), "restoring search index definitions");
     }
-    for index in indexes {
-        let index = Arc::new(index);
-        if registry.add(index.clone()).is_ok() {
-            tokio::spawn(build::build(config.clone(), index));
+    for stored in indexes {
+        let serving: Vec<Arc<SearchIndex>> = stored.serving.into_iter().map(Arc::new).collect();
+        if registry
+            .add_bounded(serving.clone(), usize::MAX, usize::MAX)
+            .is_err()
+        {
+            continue;
+        }
+        for part in serving {
+            tokio::spawn(build::build(config.clone(), part));
+        }
+        let staged: Vec<Arc<SearchIndex>> = stored.staged.into_iter().map(Arc::new).collect();
+        if !staged.is_empty() {
+            stage_update(config, registry, staged);
         }
     }
     for nb in stored_hoods {
@@ -68,6 +78,66 @@ async fn restore_once(
         }
     }
     Ok(())
+}
+
+/// Stages the parts of a new definition of an index (`updateSearchIndex`,
+/// or one restored half built) and builds them; once every part is ready
+/// they replace the serving parts (`Registry::promote`), the stored entry
+/// keeps only the new definition and the old parts' snapshots go. `false`
+/// (nothing staged, nothing built) when the index is no longer served:
+/// dropped meanwhile.
+pub fn stage_update(
+    config: &Arc<Config>,
+    registry: &Arc<Registry>,
+    parts: Vec<Arc<SearchIndex>>,
+) -> bool {
+    let Some(first) = parts.first().cloned() else {
+        return false;
+    };
+    let old: Vec<Arc<SearchIndex>> = registry
+        .list(&first.db, &first.collection)
+        .into_iter()
+        .filter(|i| i.id == first.id)
+        .collect();
+    if !registry.stage(parts.clone()) {
+        return false;
+    }
+    for part in parts {
+        let staged = Arc::downgrade(&part);
+        let (registry, settings, old) = (registry.clone(), config.clone(), old.clone());
+        part.on_ready(move || {
+            let Some(index) = staged.upgrade() else {
+                return;
+            };
+            if !registry.promote(&index) {
+                return;
+            }
+            tracing::info!(index = %index.name, namespace = %index.namespace(), "updated search index definition now serving");
+            let (config, old) = (settings.clone(), old.clone());
+            let promoted: Vec<Arc<SearchIndex>> = registry
+                .list(&index.db, &index.collection)
+                .into_iter()
+                .filter(|i| i.id == index.id)
+                .collect();
+            for part in &promoted {
+                part.clear_on_ready();
+            }
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move {
+                    if let Err(e) = catalog::save(&config, &promoted[0]).await {
+                        tracing::warn!(error = %e, "storing the promoted search index definition failed");
+                    }
+                    if let Some(dir) = &config.data_dir {
+                        for part in &old {
+                            let _ = std::fs::remove_file(snapshot::path(dir, part));
+                        }
+                    }
+                });
+            }
+        });
+        tokio::spawn(build::build(config.clone(), part));
+    }
+    true
 }
 
 /// Loads every stored model (weights are read on a blocking thread).

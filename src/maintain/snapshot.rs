@@ -18,14 +18,30 @@ use std::path::{Path, PathBuf};
 const MAGIC: &[u8; 4] = b"LWSN";
 const VERSION: u32 = 1;
 
-/// `<data dir>/indexes/<id>.snapshot`, or `<id>-<part>.snapshot` for an
-/// index's second and later vector fields.
+/// `<data dir>/indexes/<id>.snapshot` for the first vector field of a
+/// first definition, else `<id>.v<definition version>.<part>.snapshot`:
+/// every part of every definition (a staged one beside the serving one)
+/// has its own file.
 pub fn path(data_dir: &Path, index: &SearchIndex) -> PathBuf {
-    let name = match index.part {
-        0 => format!("{}.snapshot", index.id),
-        part => format!("{}-{part}.snapshot", index.id),
+    let name = match (index.definition_version.0, index.part) {
+        (0, 0) => format!("{}.snapshot", index.id),
+        (version, part) => format!("{}.v{version}.{part}.snapshot", index.id),
     };
     data_dir.join("indexes").join(name)
+}
+
+/// Removes every snapshot of index `id` (all its parts and definitions).
+pub fn remove_all(data_dir: &Path, id: &str) {
+    let Ok(entries) = std::fs::read_dir(data_dir.join("indexes")) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with(&format!("{id}.")) && name.ends_with(".snapshot") {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
 
 fn corrupt(what: &str) -> io::Error {

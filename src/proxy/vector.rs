@@ -256,7 +256,7 @@ impl Session {
                         collection,
                     ));
                 }
-                if registry.all_maintained().len() - earlier.len() + specs.len()
+                if (registry.all_maintained().len() + specs.len()).saturating_sub(earlier.len())
                     > config.max_search_indexes
                 {
                     return Err(refusal(
@@ -276,25 +276,25 @@ impl Session {
                         latest + 1,
                     )
                     .await?;
-                catalog::save(&config, &parts[0]).await?;
+                // Stored beside the serving definition first, so a restart
+                // builds both; the promotion stores it alone.
+                catalog::save_with_staged(&config, &old, Some(&parts[0])).await?;
                 // A new definition means a new model of the data: any adapter
                 // trained for the old one goes.
                 crate::maintain::train::delete_stored(&config, &old.id).await?;
                 // The old definition serves queries until the new one is
                 // built (Atlas's staged index), then the new one takes its
                 // place.
-                registry.stage(parts.clone());
-                for part in parts {
-                    let staged = Arc::downgrade(&part);
-                    let promoter = registry.clone();
-                    part.on_ready(move || {
-                        if let Some(index) = staged.upgrade() {
-                            if promoter.promote(&index) {
-                                tracing::info!(index = %index.name, namespace = %index.namespace(), "updated search index definition now serving");
-                            }
-                        }
-                    });
-                    tokio::spawn(build::build(config.clone(), part));
+                if !crate::maintain::stage_update(&config, &registry, parts) {
+                    // Dropped meanwhile: the entry just stored goes too.
+                    catalog::delete(&config, &old.id).await?;
+                    return Err(Error::client(
+                        Code::INDEX_NOT_FOUND,
+                        format!(
+                            "search index '{}' was dropped from {db}.{collection}",
+                            old.name
+                        ),
+                    ));
                 }
                 Ok(rawdoc! { "ok": 1.0 })
             }
@@ -304,16 +304,9 @@ impl Session {
                 let index = self.named_index(db, collection, &target.name, &target.id)?;
                 catalog::delete(&config, &index.id).await?;
                 crate::maintain::train::delete_stored(&config, &index.id).await?;
-                let parts: Vec<_> = registry
-                    .list(db, collection)
-                    .into_iter()
-                    .filter(|i| i.id == index.id)
-                    .collect();
                 registry.remove(&index);
                 if let Some(dir) = &config.data_dir {
-                    for part in parts {
-                        let _ = std::fs::remove_file(crate::maintain::snapshot::path(dir, &part));
-                    }
+                    crate::maintain::snapshot::remove_all(dir, &index.id);
                 }
                 tracing::info!(index = %index.name, namespace = %index.namespace(), "search index dropped");
                 Ok(rawdoc! { "ok": 1.0 })
@@ -401,6 +394,7 @@ impl Session {
             for doc in batch {
                 bytes += doc.as_bytes().len();
                 if bytes > 16 * 1024 * 1024 {
+                    cursor.kill().await;
                     return Err(Error::client(
                         Code::relayed(10334, "BSONObjectTooLarge"),
                         "the results of $listSearchIndexes and its later stages exceed 16 MiB",
@@ -421,8 +415,10 @@ impl Session {
     /// anyway. Asked before the rights probes, which may create the
     /// collection on some servers, with `listCollections` restricted to
     /// collections the client has rights on (`authorizedCollections`), so
-    /// the answer says nothing about collections it could not see.
-    /// Errors: `NamespaceNotFound` (26), or what `listCollections` gave.
+    /// the answer says nothing about collections it could not see (a
+    /// collection it cannot see answers `Unauthorized`, never whether an
+    /// index exists). Errors: `NamespaceNotFound` (26), `Unauthorized`
+    /// (13), or what `listCollections` gave.
     async fn check_namespace(
         &mut self,
         admin: Admin,
@@ -472,6 +468,17 @@ impl Session {
         if exists {
             return Ok(());
         }
+        // Not listed: missing, or the client has no rights on it. Only a
+        // client that may read the collection learns that it is missing
+        // (a `find` probe creates nothing); any other gets `Unauthorized`,
+        // whatever the index name, so names never leak.
+        let command = match admin {
+            Admin::Create => "createSearchIndexes",
+            Admin::Update => "updateSearchIndex",
+            _ => "dropSearchIndex",
+        };
+        self.authorize(Action::Find, db, collection, command)
+            .await?;
         Err(Error::client(
             Code::NAMESPACE_NOT_FOUND,
             format!("Collection '{db}.{collection}' does not exist."),
@@ -764,6 +771,21 @@ impl Session {
         if let Some(allowed) = plan.allowed {
             likewise.append("filterMatches", i64::try_from(allowed).unwrap_or(i64::MAX));
         }
+        if plans.len() > 1 {
+            // Every vector stage, in pipeline order (the fields above are
+            // the first's).
+            let mut stages = RawArrayBuf::new();
+            for p in &plans {
+                stages.push(rawdoc! {
+                    "index": p.index.name.as_str(),
+                    "collection": p.index.collection.as_str(),
+                    "strategy": p.strategy,
+                    "candidatesExamined": i64::try_from(p.examined).unwrap_or(i64::MAX),
+                    "results": i64::try_from(p.ranked.ids.len()).unwrap_or(i64::MAX),
+                });
+            }
+            likewise.append("vectorStages", stages);
+        }
         if let Some(e) = &plan.encoding {
             let mut encoded = rawdoc! { "model": e.model.as_str(), "key": e.key.as_str(), "truncated": e.truncated };
             if e.truncated {
@@ -794,6 +816,32 @@ impl Session {
         let mut plans = Vec::with_capacity(queries.len());
         for (collection, query) in queries {
             plans.push(self.plan(kind, &db, &collection, query).await?);
+        }
+        // Each score reference becomes a lookup carrying the ranked ids and
+        // scores: a command that would grow past what a server takes is
+        // refused before it is built.
+        let per_reference = plans
+            .iter()
+            .map(|p| p.ranked.score_bytes())
+            .max()
+            .unwrap_or(0);
+        let references = rewrite::score_references(body, crate::wire::MAX_BSON_DEPTH);
+        let rewritten = body.as_bytes().len()
+            + plans
+                .iter()
+                .map(|p| 3 * p.ranked.score_bytes())
+                .sum::<usize>()
+            + references.saturating_mul(per_reference);
+        if rewritten > MAX_REWRITTEN_BYTES {
+            return Err(Error::client(
+                Code::relayed(10334, "BSONObjectTooLarge"),
+                format!(
+                    "the rewritten command would exceed 16 MiB ({references} score references \
+                     over up to {} results each): reference the score fewer times, or ask \
+                     for fewer results",
+                    plans.iter().map(|p| p.ranked.ids.len()).max().unwrap_or(0)
+                ),
+            ));
         }
         Ok(plans)
     }
@@ -946,6 +994,10 @@ impl Session {
 
 /// Most owned vector stages one command may hold (each is a search).
 const MAX_VECTOR_STAGES: usize = 64;
+
+/// Largest command the proxy builds for the upstream: a server's document
+/// limit (16 MiB).
+const MAX_REWRITTEN_BYTES: usize = 16 * 1024 * 1024;
 
 /// The vector queries of a command, each with the collection it searches:
 /// an `aggregate`'s owned stages (`vector_stages`, with Atlas's errors for

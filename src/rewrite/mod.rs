@@ -46,8 +46,33 @@ impl Ranked {
         rawdoc! { "$indexOfArray": [{ "$literal": self.id_array() }, "$_id"] }
     }
 
+    /// The document's score, looked up by its `_id`; missing (`$$REMOVE`)
+    /// where the document no longer has the `_id` of a ranked one (after a
+    /// projection dropped it, say), never another document's score.
     fn score_expression(&self) -> RawDocumentBuf {
-        rawdoc! { "$arrayElemAt": [{ "$literal": self.score_array() }, self.rank_expression()] }
+        rawdoc! { "$let": {
+            "vars": { "likewise_rank": self.rank_expression() },
+            "in": { "$cond": [
+                { "$lt": ["$$likewise_rank", 0] },
+                "$$REMOVE",
+                { "$arrayElemAt": [{ "$literal": self.score_array() }, "$$likewise_rank"] },
+            ] },
+        } }
+    }
+
+    /// About how many bytes one score lookup adds to a command (its id and
+    /// score arrays).
+    pub fn score_bytes(&self) -> usize {
+        let ids: usize = self
+            .ids
+            .iter()
+            .map(|id| {
+                let mut one = RawDocumentBuf::new();
+                one.append("", id.clone());
+                one.as_bytes().len() + 8
+            })
+            .sum();
+        ids + 24 * self.scores.len() + 256
     }
 
     /// The filter selecting exactly the ranked documents that also match:
@@ -109,6 +134,21 @@ impl Ranked {
             other => other.to_raw_bson(),
         }
     }
+}
+
+/// How many `{$meta: "vectorSearchScore"}` a command holds (each becomes a
+/// score lookup carrying the ranked ids and scores), counted to `depth`.
+pub fn score_references(doc: &RawDocument, depth: usize) -> usize {
+    fn count(value: RawBsonRef<'_>, depth: usize) -> usize {
+        match value {
+            _ if depth == 0 => 0,
+            RawBsonRef::Document(d) if is_score_meta(d) => 1,
+            RawBsonRef::Document(d) => d.iter().flatten().map(|(_, v)| count(v, depth - 1)).sum(),
+            RawBsonRef::Array(a) => a.into_iter().flatten().map(|v| count(v, depth - 1)).sum(),
+            _ => 0,
+        }
+    }
+    count(RawBsonRef::Document(doc), depth)
 }
 
 fn is_score_meta(doc: &RawDocument) -> bool {
@@ -191,9 +231,12 @@ fn pipeline_with<'a>(
     for stage in later {
         match stage.get_document("$unionWith") {
             Ok(union) if union.get_array("pipeline").is_ok() => {
+                // The first `pipeline` field, as `vector_stages` reads it.
                 let mut spec = RawDocumentBuf::new();
+                let mut done = false;
                 for (k, v) in union.iter().flatten() {
-                    if k == "pipeline" {
+                    if k == "pipeline" && !done {
+                        done = true;
                         let inner = pipeline_with(v.as_array(), plans);
                         spec.append(k, pipeline(inner));
                     } else {
@@ -406,7 +449,7 @@ fn is_exclusion(projection: &RawDocument, find: bool) -> bool {
             RawBsonRef::Int32(n) => Some(n == 0),
             RawBsonRef::Int64(n) => Some(n == 0),
             RawBsonRef::Double(x) => Some(x == 0.0),
-            RawBsonRef::Decimal128(_) => Some(false),
+            RawBsonRef::Decimal128(d) => Some(d.to_string().parse::<f64>().is_ok_and(|x| x == 0.0)),
             RawBsonRef::Document(d) => match d.iter().next() {
                 Some(Ok((k, _))) if k.starts_with('$') => Some(false),
                 _ => d.iter().flatten().find_map(|(_, v)| kind(v)),
@@ -452,7 +495,13 @@ pub fn fetch_only(
     let mut stages = vec![rawdoc! { "$match": ranked.filter(exact) }];
     let collection = if let Ok(pipeline) = body.get_array("pipeline") {
         let cursor_batch = body.get_document("cursor").ok()?.get("batchSize").ok()?;
-        if pipeline.into_iter().count() != 1 || !fits(cursor_batch) {
+        let mut given = pipeline.into_iter();
+        let first = given.next()?.ok()?.as_document()?;
+        // Only the vector stage itself, alone: not a `$unionWith` holding one.
+        if given.next().is_some()
+            || !crate::command::vector_query::is_vector_stage(first)
+            || !fits(cursor_batch)
+        {
             return None;
         }
         body.get_str("aggregate").ok()?
@@ -603,7 +652,7 @@ mod tests {
         assert!(project
             .get_document("score")
             .unwrap()
-            .get_array("$arrayElemAt")
+            .get_document("$let")
             .is_ok());
         assert_eq!(out.get_str("$db").unwrap(), "d");
         assert!(out.get_document("cursor").is_ok());
@@ -648,7 +697,7 @@ mod tests {
             .unwrap()
             .get_document("s")
             .unwrap()
-            .get_array("$arrayElemAt")
+            .get_document("$let")
             .is_ok());
         assert_eq!(
             stages[2],
@@ -793,7 +842,7 @@ mod tests {
                     .unwrap()
                     .get_document("score")
                     .unwrap()
-                    .get_array("$arrayElemAt")
+                    .get_document("$let")
                     .is_ok());
             }
         }
@@ -836,7 +885,7 @@ mod tests {
             .unwrap()
             .get_document("s")
             .unwrap()
-            .get_array("$arrayElemAt")
+            .get_document("$let")
             .is_ok());
         assert_eq!(
             spec.get_array("pipeline").unwrap().to_raw_array_buf(),
@@ -883,6 +932,13 @@ mod tests {
         assert!(fetch_only(&agg(later, rawdoc! {}), &ranked(), None).is_none());
         assert!(fetch_only(&agg(None, rawdoc! { "batchSize": 1 }), &ranked(), None).is_none());
         assert!(fetch_only(&agg(None, rawdoc! { "batchSize": 5 }), &ranked(), None).is_some());
+        let union = rawdoc! {
+            "aggregate": "c",
+            "pipeline": [{ "$unionWith": { "coll": "b", "pipeline": [{ "$vectorSearch": {} }] } }],
+            "cursor": {},
+            "$db": "d",
+        };
+        assert!(fetch_only(&union, &ranked(), None).is_none());
 
         let find = |extra: RawDocumentBuf| {
             let mut body = rawdoc! { "find": "c", "filter": { "$like": {} } };

@@ -134,6 +134,20 @@ impl<'c> Cursor<'c> {
         })
     }
 
+    /// Kills the cursor if it is still open (a failure only leaves it to
+    /// time out).
+    pub async fn kill(self) {
+        if self.id == 0 {
+            return;
+        }
+        let kill = rawdoc! {
+            "killCursors": self.collection.as_str(), "cursors": [self.id], "$db": self.db.as_str(),
+        };
+        if let Err(e) = command(self.conn, &kill).await {
+            tracing::debug!(error = %e, "killCursors of an abandoned cursor failed");
+        }
+    }
+
     /// The next batch, `None` once the cursor is exhausted.
     pub async fn next_batch(&mut self) -> Result<Option<Vec<RawDocumentBuf>>, Error> {
         if let Some(batch) = self.pending.take() {

@@ -272,6 +272,27 @@ def test_update_keeps_serving_the_old_definition_until_the_new_one_is_ready(dire
         assert host["stagedIndex"]["status"] in ("PENDING", "BUILDING")
         assert host["stagedIndex"]["queryable"] is False
         assert host["stagedIndex"]["definitionVersion"]["version"] == 1
+        # A restart in the middle keeps both: the old definition serves
+        # again, the new one builds again.
+        client.close()
+        proxy.stop()
+        proxy = start_proxy(direct_uri, "--allow-model-host", server.host_port)
+        client = MongoClient(f"mongodb://127.0.0.1:{proxy.port}/")
+        db = client.atlas_shapes_update
+
+        def old_answers():
+            try:
+                return [d["_id"] for d in db.docs.aggregate(query)] == [7, 8]
+            except OperationFailure as e:
+                assert e.code == 314, e.details  # not queryable yet
+                return False
+
+        eventually(old_answers)
+        assert server.waiting.acquire(timeout=60), "the restarted build never asked the endpoint"
+        [info] = db.docs.list_search_indexes("u")
+        assert info["latestDefinitionVersion"]["version"] == 1 and info["queryable"] is True
+        assert info["statusDetail"][0]["mainIndex"]["definitionVersion"]["version"] == 0
+        assert info["statusDetail"][0]["stagedIndex"]["definitionVersion"]["version"] == 1
         server.gate.set()
         # A write made while the new definition may still be building
         # reaches it (a write waits for every index's encoding).
@@ -302,11 +323,11 @@ def test_vector_search_inside_union_with(items):
     db, by_id = items
     ids, scores = ranked(db)
     got = list(db.items.aggregate([
-        {"$match": {"kind": "pinned", "n": {"$lt": 9}}}, {"$project": {"_id": 1}},
+        {"$match": {"kind": "pinned", "n": {"$lt": 9}}}, {"$project": {"_id": 1, "kind": 1}},
         {"$unionWith": {"coll": "items", "pipeline": [vs(), {"$set": {"s": META}}, {"$project": {"s": 1}}]}}]))
     pinned = sorted(i for i in by_id if by_id[i]["kind"] == "pinned" and i < 9)
-    assert [d["_id"] for d in got[:len(pinned)]] == pinned
-    assert all("s" not in d for d in got[:len(pinned)])
+    # The outer documents are the plain match's: no score, no ranking.
+    assert got[:len(pinned)] == [{"_id": i, "kind": "pinned"} for i in pinned]
     tail = got[len(pinned):]
     assert [d["_id"] for d in tail] == ids
     assert [d["s"] for d in tail] == pytest.approx(scores)
@@ -321,6 +342,31 @@ def test_vector_search_inside_union_with(items):
                 vs(3, filter={"kind": "draft"}), {"$project": {"_id": 1}}]}}]}},
         {"$group": {"_id": None, "all": {"$push": "$_id"}}}]))
     assert got == [{"_id": None, "all": ids[:5] + filtered}]
+    # A `$unionWith` alone: the outer collection in full, then the union's
+    # ranking (never the union's ranking applied to the outer collection).
+    got = list(db.kinds.aggregate([{"$unionWith": {"coll": "items", "pipeline": [vs(3)]}}]))
+    assert [d["_id"] for d in got] == ["pinned", "plain", "draft"] + ids[:3]
+    # explain reports every vector stage.
+    explained = db.command({"explain": {"aggregate": "items", "cursor": {}, "pipeline": [
+        vs(5), {"$unionWith": {"coll": "items", "pipeline": [vs(3, filter={"kind": "draft"})]}}]}})
+    stages = explained["likewise"]["vectorStages"]
+    assert [s["results"] for s in stages] == [5, 3] and all(s["index"] == "vec" for s in stages)
+
+
+def test_bounds_on_vector_stages_and_score_references(items):
+    db, _ = items
+    union = {"$unionWith": {"coll": "items", "pipeline": [vs(1)]}}
+    assert len(list(db.items.aggregate([vs(1)] + [union] * 63))) == 64
+    with pytest.raises(OperationFailure) as e:
+        list(db.items.aggregate([vs(1)] + [union] * 64))
+    assert e.value.code == 2 and "at most 64 vector stages" in e.value.details["errmsg"]
+    # Each score reference carries the ranked ids and scores: a command that
+    # would grow past 16 MiB is refused before it is built.
+    many = {f"s{i}": META for i in range(3000)}
+    with pytest.raises(OperationFailure) as e:
+        list(db.items.aggregate([vs(N), {"$project": many}]))
+    assert e.value.code == 10334, e.value.details
+    assert len(ranked(db)[0]) == K  # the connection serves on
 
 
 @pytest.mark.parametrize("pipeline, code, message", [
@@ -500,6 +546,7 @@ def test_several_vector_fields_in_one_index(client):
     a[999], b[999] = qa, qb
     sims = lambda ids: [round(cos(b[i], [1.0] * 6), 5) for i in ids]
     assert sims(search("b", [1.0] * 6)) == sorted(sims(b), reverse=True)[:5]
+    assert search("a", qa) == sorted(a, key=lambda i: (l2(a[i], qa), i))[:5]  # now euclidean
     db.docs.drop_search_index("multi")
     eventually(lambda: list(db.docs.list_search_indexes()) == [])
     with pytest.raises(OperationFailure) as e:

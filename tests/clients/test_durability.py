@@ -137,10 +137,11 @@ def test_an_index_of_two_vector_fields_restarts_from_its_snapshots(direct_uri, s
     client.close()
     # One snapshot per vector field.
     assert (data_dir / "indexes" / f"{index_id}.snapshot").exists()
-    assert (data_dir / "indexes" / f"{index_id}-1.snapshot").exists()
+    assert (data_dir / "indexes" / f"{index_id}.v0.1.snapshot").exists()
     proxy, client, coll = start(direct_uri, data_dir)
     try:
         eventually(lambda: ready(coll))
+        # True only when every field's part loaded its snapshot.
         assert info(coll)["progress"]["restoredFromSnapshot"] is True
         assert info(coll)["progress"]["vectorsIndexed"] == 600
         for path, vector in (("p", [7.0, 0.0, 1.0]), ("q", [1.0, 0.0, 7.0])):

@@ -258,7 +258,7 @@ def test_a_half_open_primary_makes_indexes_stale_then_they_resume(replica_set):
 
         def stale():
             text = http_get(health, "/metrics")[1]
-            return 'likewise_index_stale{namespace="fo.points",index="pts"} 1' in text
+            return 'likewise_index_stale{namespace="fo.points",index="pts",path="p"} 1' in text
 
         group.members[0].data_hole = True
         with direct(upstream) as d:  # a write that bypasses the proxy

@@ -184,6 +184,10 @@ FORMS = [
     ("aggregate $vectorSearch with scores", {"find"},
      lambda c, db, coll, index, tag: list(c[db][coll].aggregate(vector_search(index))),
      lambda r: len(r) == 3 and all("s" in d for d in r)),
+    ("$vectorSearch inside $unionWith", {"find"},
+     lambda c, db, coll, index, tag: list(c[db][coll].aggregate(
+         [{"$match": {"_id": -1}}, {"$unionWith": {"coll": coll, "pipeline": vector_search(index)}}])),
+     lambda r: len(r) == 3 and all("s" in d for d in r)),
     ("$vectorSearch of the wrong size", {"find"},
      lambda c, db, coll, index, tag: list(c[db][coll].aggregate(vector_search(index, [1.0, 2.0, 3.0]))),
      None),
