@@ -60,8 +60,29 @@ pub struct VectorQuery {
     pub packed_bits: bool,
 }
 
+/// The fields a `$vectorSearch` stage may hold (Atlas's, `explainOptions`
+/// accepted and unused); any other is refused rather than ignored, so a
+/// misspelt `filter` cannot silently widen a search.
+const VECTOR_SEARCH_FIELDS: &[&str] = &[
+    "index",
+    "path",
+    "queryVector",
+    "query",
+    "model",
+    "numCandidates",
+    "limit",
+    "filter",
+    "exact",
+    "explainOptions",
+];
+
 /// Reads a `$vectorSearch` stage with Atlas's rules.
 pub fn parse_vector_search(stage: &RawDocument) -> Result<VectorQuery, Error> {
+    for (key, _) in stage.iter().flatten() {
+        if !VECTOR_SEARCH_FIELDS.contains(&key) {
+            return Err(bad(format!("\"$vectorSearch.{key}\" is unrecognized")));
+        }
+    }
     let index = stage
         .get_str("index")
         .map_err(|_| bad("$vectorSearch needs a string 'index'"))?;

@@ -390,6 +390,16 @@ def test_misplaced_vector_search_gets_atlas_errors(items, pipeline, code, messag
     assert len(ranked(db)[0]) == K
 
 
+def test_unknown_vector_search_fields_are_refused_not_ignored(items):
+    """A misspelt `filter` must not silently widen the search."""
+    db, _ = items
+    stage = vs()
+    stage["$vectorSearch"]["filters"] = {"kind": "draft"}
+    with pytest.raises(OperationFailure) as e:
+        list(db.items.aggregate([stage]))
+    assert e.value.code == 2 and '"$vectorSearch.filters" is unrecognized' in e.value.details["errmsg"]
+
+
 def test_auto_embed_fields_use_the_proxys_text_models(client):
     """Atlas's automated embedding: an `autoEmbed` field is encoded by a
     registered model (the default text model when none is named), and
