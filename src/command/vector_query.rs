@@ -58,6 +58,12 @@ pub struct VectorQuery {
     /// The query vector was given as packed bits (Atlas's `int1`), which
     /// only `euclidean` indexes compare.
     pub packed_bits: bool,
+    /// The query vector was given as int8 BinData (scored as Atlas scores
+    /// int8 vectors).
+    pub int8: bool,
+    /// Asked as `$vectorSearch` (Atlas's answers apply: an index that does
+    /// not exist finds nothing), not as the seed's `$like`.
+    pub atlas: bool,
 }
 
 /// The fields a `$vectorSearch` stage may hold (Atlas's, `explainOptions`
@@ -114,7 +120,9 @@ pub fn parse_vector_search(stage: &RawDocument) -> Result<VectorQuery, Error> {
         }
         (vector, None) => QueryVector::Values(numbers(vector, "queryVector")?),
     };
-    let packed_bits = crate::index::vector::is_packed_bits(stage.get("queryVector").ok().flatten());
+    let given = stage.get("queryVector").ok().flatten();
+    let packed_bits = crate::index::vector::is_packed_bits(given);
+    let int8 = crate::index::vector::is_int8(given);
     let exact = match stage.get("exact") {
         Ok(Some(RawBsonRef::Boolean(b))) => b,
         Ok(None) => false,
@@ -180,6 +188,8 @@ pub fn parse_vector_search(stage: &RawDocument) -> Result<VectorQuery, Error> {
         exact,
         model,
         packed_bits,
+        int8,
+        atlas: true,
     })
 }
 
@@ -237,6 +247,8 @@ pub fn parse_like_filter(filter: &RawDocument) -> Result<Option<VectorQuery>, Er
     Ok(Some(VectorQuery {
         model: None,
         packed_bits: false,
+        int8: false,
+        atlas: false,
         index,
         path: None,
         vector,
@@ -467,10 +479,10 @@ fn collect_vector_stages(
                 out.push((collection.to_string(), parse_vector_search(spec)?));
             }
             (0, "$vectorSearch", _) => return Err(bad("$vectorSearch must be a document")),
-            (_, "$vectorSearch", _) => {
+            (_, "$vectorSearch" | "$search" | "$searchMeta", _) if i > 0 => {
                 return Err(Error::client(
                     Code::STAGE_NOT_FIRST,
-                    "$vectorSearch is only valid as the first stage in a pipeline.",
+                    format!("{name} is only valid as the first stage in a pipeline."),
                 ))
             }
             (0, "$match", RawBsonRef::Document(filter)) if is_vector_stage(stage) => {

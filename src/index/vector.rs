@@ -41,6 +41,12 @@ pub fn is_packed_bits(value: Option<RawBsonRef<'_>>) -> bool {
         if b.subtype == BinarySubtype::from(9u8) && b.bytes.first() == Some(&PACKED_BIT))
 }
 
+/// Whether a value is an int8 BinData vector.
+pub fn is_int8(value: Option<RawBsonRef<'_>>) -> bool {
+    matches!(value, Some(RawBsonRef::Binary(b))
+        if b.subtype == BinarySubtype::from(9u8) && b.bytes.first() == Some(&INT8))
+}
+
 /// Reads a vector of exactly `dims` numbers from a BSON value (see
 /// [`read_any_vector`]).
 pub fn read_vector(value: Option<RawBsonRef<'_>>, dims: usize) -> Result<Vec<f32>, VectorError> {

@@ -50,7 +50,9 @@ pub(super) struct Rewritten {
 }
 
 struct Plan {
-    index: Arc<SearchIndex>,
+    /// `None` when a `$vectorSearch` named an index that does not exist:
+    /// Atlas finds nothing then.
+    index: Option<Arc<SearchIndex>>,
     strategy: &'static str,
     /// Vectors the query was compared with.
     examined: usize,
@@ -761,10 +763,10 @@ impl Session {
             out.append(k, v.to_raw_bson());
         }
         let mut likewise = rawdoc! {
-            "index": plan.index.name.as_str(),
+            "index": plan.index.as_ref().map_or("", |i| i.name.as_str()),
             "strategy": plan.strategy,
             "candidatesExamined": i64::try_from(plan.examined).unwrap_or(i64::MAX),
-            "vectorsInIndex": i64::try_from(plan.index.data.read().map(|d| d.index.len()).unwrap_or(0)).unwrap_or(i64::MAX),
+            "vectorsInIndex": i64::try_from(plan.index.as_ref().and_then(|i| i.data.read().ok().map(|d| d.index.len())).unwrap_or(0)).unwrap_or(i64::MAX),
             "results": i64::try_from(plan.ranked.ids.len()).unwrap_or(i64::MAX),
             "rewrittenCommand": rewritten,
         };
@@ -777,8 +779,7 @@ impl Session {
             let mut stages = RawArrayBuf::new();
             for p in &plans {
                 stages.push(rawdoc! {
-                    "index": p.index.name.as_str(),
-                    "collection": p.index.collection.as_str(),
+                    "index": p.index.as_ref().map_or("", |i| i.name.as_str()),
                     "strategy": p.strategy,
                     "candidatesExamined": i64::try_from(p.examined).unwrap_or(i64::MAX),
                     "results": i64::try_from(p.ranked.ids.len()).unwrap_or(i64::MAX),
@@ -807,6 +808,15 @@ impl Session {
     /// the order `rewrite::aggregate` takes them.
     async fn plans(&mut self, kind: VectorKind, body: &RawDocument) -> Result<Vec<Plan>, Error> {
         let db = db_of(body)?.to_string();
+        if matches!(body.get("autocommit"), Ok(Some(RawBsonRef::Boolean(false)))) {
+            // Atlas refuses `$vectorSearch` in a transaction; the indexes
+            // could not see its uncommitted writes anyway.
+            return Err(Error::client(
+                Code::relayed(263, "OperationNotSupportedInTransaction"),
+                "vector search ($vectorSearch, $like) cannot be used in a multi-document \
+                 transaction",
+            ));
+        }
         let queries = parse_queries(kind, body)?;
         if queries.len() > MAX_VECTOR_STAGES {
             return Err(bad(format!(
@@ -875,7 +885,23 @@ impl Session {
                 None
             }
         };
-        let index = self.resolve(&db, &collection, &query)?;
+        let index = match self.resolve(&db, &collection, &query) {
+            Ok(index) => index,
+            // Atlas answers a `$vectorSearch` of an index (or a collection)
+            // that does not exist with no documents, not an error.
+            Err(e) if query.atlas && e.code.code == Code::INDEX_NOT_FOUND.code => {
+                return Ok(Plan {
+                    index: None,
+                    strategy: "no such index",
+                    examined: 0,
+                    allowed: allowed.map(|ids| ids.ids.len()),
+                    ranked: Ranked::default(),
+                    exact_filter: query.filter,
+                    encoding: None,
+                });
+            }
+            Err(e) => return Err(e),
+        };
         let (vector, encoding) = query_vector(&index, &query).await?;
         let allowed_count = allowed.as_ref().map(|ids| ids.ids.len());
         let searcher = index.clone();
@@ -891,7 +917,7 @@ impl Session {
             .observe(started.elapsed());
         self.shared.metrics.strategy(strategy);
         Ok(Plan {
-            index,
+            index: Some(index),
             strategy,
             examined,
             allowed: allowed_count,
@@ -1224,15 +1250,25 @@ fn search(
             "graph search",
         ),
     };
-    (to_ranked(&data.ids, similarity, &hits), strategy, examined)
+    let dims = index.dims();
+    let score = |distance: f32| match similarity {
+        // Lucene's (so Atlas's) score for int8 vectors under dotProduct:
+        // 0.5 + a·b / (dims · 2^15), in [0, 1] for any int8 vectors
+        // (`VectorSimilarityFunction.DOT_PRODUCT` on bytes).
+        Similarity::DotProduct if query.int8 => {
+            0.5 + f64::from(-distance) / (dims as f64 * 32768.0)
+        }
+        _ => similarity.score(distance),
+    };
+    (to_ranked(&data.ids, score, &hits), strategy, examined)
 }
 
-fn to_ranked(ids: &IdMap, similarity: Similarity, hits: &[Hit]) -> Ranked {
+fn to_ranked(ids: &IdMap, score: impl Fn(f32) -> f64, hits: &[Hit]) -> Ranked {
     let mut ranked = Ranked::default();
     for hit in hits {
         if let Some(id) = ids.id_of(hit.key) {
             ranked.ids.push(id.clone());
-            ranked.scores.push(similarity.score(hit.distance));
+            ranked.scores.push(score(hit.distance));
         }
     }
     ranked

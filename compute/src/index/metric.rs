@@ -82,7 +82,9 @@ impl Similarity {
         let d = f64::from(distance);
         match self {
             Similarity::Cosine => (1.0 + (1.0 - d)) / 2.0,
-            Similarity::DotProduct => (1.0 - d) / 2.0,
+            // Never below 0, as Lucene (so Atlas) clamps it, for vectors
+            // that are not unit-length.
+            Similarity::DotProduct => ((1.0 - d) / 2.0).max(0.0),
             Similarity::Euclidean => 1.0 / (1.0 + d.max(0.0).sqrt()),
         }
     }
