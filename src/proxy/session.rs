@@ -244,6 +244,37 @@ impl Session {
     /// of them would fail again. It is transient, so retryable writes and
     /// reads are retried (with the labels of [`encode_error`]) on a new
     /// connection, which is pinned to the new server.
+    /// The failure for a request whose own work on the pinned connection
+    /// (a vector query's rights probe, filter read or fetch) failed: when
+    /// the primary it is pinned to said it no longer is, the pair ends as
+    /// for a forwarded reply (demoted, `ShutdownInProgress` with the retry
+    /// labels); any other error is the client's reply.
+    fn own_request_failed(&self, request: ReplyTo, error: Error) -> Failure {
+        if self.pin.role == Role::Primary && NOT_PRIMARY_CODES.contains(&error.code.code) {
+            self.shared
+                .config
+                .deployment
+                .demote(&self.shared.config, &self.pin.address);
+            return Failure::Upstream(self.failover("answered that it is no longer primary"));
+        }
+        Failure::Reply { request, error }
+    }
+
+    /// For an error reply to the proxy's own request on a pinned primary:
+    /// the failover when it says the server is no longer primary.
+    fn lost_primary(&self, reply: &RawDocument) -> Option<Failure> {
+        if self.pin.role != Role::Primary || !matches!(not_primary(reply), NotPrimary::NotRun) {
+            return None;
+        }
+        self.shared
+            .config
+            .deployment
+            .demote(&self.shared.config, &self.pin.address);
+        Some(Failure::Upstream(
+            self.failover("answered that it is no longer primary"),
+        ))
+    }
+
     fn failover(&self, why: &str) -> Error {
         Error::upstream(
             crate::error::Code::relayed(91, "ShutdownInProgress"),
@@ -613,12 +644,15 @@ impl Session {
                     Ok(()) => self.vector_command(kind, parsed.body()).await,
                     Err(e) => Err(e),
                 }
-                .map_err(|error| Failure::Reply { request, error })?;
+                .map_err(|error| self.own_request_failed(request, error))?;
                 if let Some((fetch, ranked)) = &rewritten.fetch_only {
                     let reply = upstream::round_trip(&mut self.upstream, fetch)
                         .await
                         .map_err(|error| Failure::Reply { request, error })?;
                     if !crate::command::reply_ok(&reply) {
+                        if let Some(failure) = self.lost_primary(&reply) {
+                            return Err(failure);
+                        }
                         return self.reply(request, &reply, compressor).await;
                     }
                     if let Some(ordered) = rewrite::put_in_order(&reply, ranked) {
@@ -1055,7 +1089,11 @@ fn says_not_primary(reply: &[u8]) -> NotPrimary {
     let Ok(parsed) = OpMsg::parse(reply) else {
         return NotPrimary::No;
     };
-    let body = parsed.body();
+    not_primary(parsed.body())
+}
+
+/// [`says_not_primary`] for a reply body.
+fn not_primary(body: &RawDocument) -> NotPrimary {
     let listed = |code: Result<i32, _>| code.is_ok_and(|c| NOT_PRIMARY_CODES.contains(&c));
     if crate::command::reply_ok(body) {
         let concern = body.get_document("writeConcernError");

@@ -88,6 +88,33 @@ def test_a_uri_whose_first_host_is_down(replica_set):
         proxy.stop()
 
 
+def test_a_vector_query_on_a_primary_that_stepped_down_fails_over(replica_set):
+    """A vector query's own requests (its rights probe, filter read and
+    fetch) meet a primary that stepped down before monitoring noticed: the
+    connection fails over as for a forwarded reply (ShutdownInProgress,
+    closed), and the driver's retry finds the new primary."""
+    upstream, group = replica_set
+    # Monitoring slow enough that the step-down is met by a request first.
+    proxy = start_proxy(replica_set_uri(group, heartbeatFrequencyMS=60_000))
+    try:
+        with MongoClient(f"mongodb://{proxy.address}/", maxPoolSize=1) as c:
+            coll = c.fo.vectors
+            coll.drop()
+            coll.insert_many([{"_id": i, "p": [float(i), 1.0]} for i in range(10)])
+            coll.create_search_index(SearchIndexModel(name="v", type="vectorSearch", definition={
+                "fields": [{"type": "vector", "path": "p", "numDimensions": 2, "similarity": "euclidean"}]}))
+            eventually(lambda: [i["status"] for i in coll.list_search_indexes()] == ["READY"])
+            query = [{"$vectorSearch": {"index": "v", "path": "p", "queryVector": [3.1, 1.0], "limit": 2,
+                                        "exact": True, "filter": {"_id": {"$gte": 0}}}}]
+            assert [d["_id"] for d in coll.aggregate(query)] == [3, 4]
+            reads_before = len(group.members[1].reads)
+            group.step_down()
+            assert [d["_id"] for d in coll.aggregate(query)] == [3, 4]
+            assert len(group.members[1].reads) > reads_before  # served by the new primary
+    finally:
+        proxy.stop()
+
+
 def steady_writes(coll, counter, stop, tally):
     """Inserts a new document and increments a counter until `stop`,
     counting only what the driver acknowledged."""
