@@ -46,11 +46,18 @@ impl Split {
     }
 }
 
+/// A hash of an `_id` that never changes: the first 8 bytes of the SHA-256
+/// of its BSON encoding (as the value of an empty key), so a stored
+/// validation split stays the same across toolchains and crate versions
+/// (`DefaultHasher` and `Debug` output promise neither).
 fn id_hash(id: RawBsonRef<'_>) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    format!("{id:?}").hash(&mut h);
-    h.finish()
+    use sha2::{Digest, Sha256};
+    let mut one = bson::RawDocumentBuf::new();
+    one.append("", id.to_raw_bson());
+    let digest = Sha256::digest(one.as_bytes());
+    u64::from_le_bytes([
+        digest[0], digest[1], digest[2], digest[3], digest[4], digest[5], digest[6], digest[7],
+    ])
 }
 
 /// The key whose content is a query for the trained adapter.
@@ -501,6 +508,13 @@ pub async fn evaluate(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_split_hash_is_fixed_by_the_ids_bytes() {
+        // Worked out independently (Python: sha256 of bson.encode({"": id})).
+        assert_eq!(id_hash(RawBsonRef::Int32(7)), 9830890065283356331);
+        assert_eq!(id_hash(RawBsonRef::String("x")), 8488577094139102635);
+    }
 
     #[test]
     fn splitters_make_pairs() {
