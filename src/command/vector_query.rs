@@ -86,7 +86,11 @@ const VECTOR_SEARCH_FIELDS: &[&str] = &[
 pub fn parse_vector_search(stage: &RawDocument) -> Result<VectorQuery, Error> {
     for (key, _) in stage.iter().flatten() {
         if !VECTOR_SEARCH_FIELDS.contains(&key) {
-            return Err(bad(format!("\"$vectorSearch.{key}\" is unrecognized")));
+            // mongod's own refusal of an unknown field in a parsed stage.
+            return Err(Error::client(
+                Code::relayed(40415, "Location40415"),
+                format!("BSON field '$vectorSearch.{key}' is an unknown field."),
+            ));
         }
     }
     let index = stage

@@ -235,22 +235,16 @@ impl Session {
         self.views.borrow().still_serves(&self.pin)
     }
 
-    /// The error for a request on a connection whose server lost its role
-    /// or broke: `ShutdownInProgress` (91), as if that server were
-    /// shutting down, because that is the one server error on which every
-    /// driver drops its whole pool to the server (the SDAM
-    /// specification's "node is shutting down" rule): each of its pooled
-    /// connections is pinned to the same lost server, and a retry on one
-    /// of them would fail again. It is transient, so retryable writes and
-    /// reads are retried (with the labels of [`encode_error`]) on a new
-    /// connection, which is pinned to the new server.
     /// The failure for a request whose own work on the pinned connection
     /// (a vector query's rights probe, filter read or fetch) failed: when
     /// the primary it is pinned to said it no longer is, the pair ends as
     /// for a forwarded reply (demoted, `ShutdownInProgress` with the retry
     /// labels); any other error is the client's reply.
     fn own_request_failed(&self, request: ReplyTo, error: Error) -> Failure {
-        if self.pin.role == Role::Primary && NOT_PRIMARY_CODES.contains(&error.code.code) {
+        if self.pin.role == Role::Primary
+            && error.side == Side::Upstream
+            && NOT_PRIMARY_CODES.contains(&error.code.code)
+        {
             self.shared
                 .config
                 .deployment
@@ -275,6 +269,15 @@ impl Session {
         ))
     }
 
+    /// The error for a request on a connection whose server lost its role
+    /// or broke: `ShutdownInProgress` (91), as if that server were
+    /// shutting down, because that is the one server error on which every
+    /// driver drops its whole pool to the server (the SDAM
+    /// specification's "node is shutting down" rule): each of its pooled
+    /// connections is pinned to the same lost server, and a retry on one
+    /// of them would fail again. It is transient, so retryable writes and
+    /// reads are retried (with the labels of [`encode_error`]) on a new
+    /// connection, which is pinned to the new server.
     fn failover(&self, why: &str) -> Error {
         Error::upstream(
             crate::error::Code::relayed(91, "ShutdownInProgress"),
@@ -671,7 +674,7 @@ impl Session {
                     Ok(()) => self.explain_vector(kind, parsed.body()).await,
                     Err(e) => Err(e),
                 }
-                .map_err(|error| Failure::Reply { request, error })?;
+                .map_err(|error| self.own_request_failed(request, error))?;
                 self.reply(request, &reply, compressor).await
             }
             Command::Passthrough => {

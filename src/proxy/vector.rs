@@ -53,6 +53,8 @@ struct Plan {
     /// `None` when a `$vectorSearch` named an index that does not exist:
     /// Atlas finds nothing then.
     index: Option<Arc<SearchIndex>>,
+    /// The collection searched.
+    collection: String,
     strategy: &'static str,
     /// Vectors the query was compared with.
     examined: usize,
@@ -780,6 +782,7 @@ impl Session {
             for p in &plans {
                 stages.push(rawdoc! {
                     "index": p.index.as_ref().map_or("", |i| i.name.as_str()),
+                    "collection": p.collection.as_str(),
                     "strategy": p.strategy,
                     "candidatesExamined": i64::try_from(p.examined).unwrap_or(i64::MAX),
                     "results": i64::try_from(p.ranked.ids.len()).unwrap_or(i64::MAX),
@@ -892,6 +895,7 @@ impl Session {
             Err(e) if query.atlas && e.code.code == Code::INDEX_NOT_FOUND.code => {
                 return Ok(Plan {
                     index: None,
+                    collection,
                     strategy: "no such index",
                     examined: 0,
                     allowed: allowed.map(|ids| ids.ids.len()),
@@ -918,6 +922,7 @@ impl Session {
         self.shared.metrics.strategy(strategy);
         Ok(Plan {
             index: Some(index),
+            collection,
             strategy,
             examined,
             allowed: allowed_count,
@@ -1255,8 +1260,9 @@ fn search(
         // Lucene's (so Atlas's) score for int8 vectors under dotProduct:
         // 0.5 + a·b / (dims · 2^15), in [0, 1] for any int8 vectors
         // (`VectorSimilarityFunction.DOT_PRODUCT` on bytes).
+        // Kept in [0, 1] when the stored vectors are not int8 too.
         Similarity::DotProduct if query.int8 => {
-            0.5 + f64::from(-distance) / (dims as f64 * 32768.0)
+            (0.5 + f64::from(-distance) / (dims as f64 * 32768.0)).clamp(0.0, 1.0)
         }
         _ => similarity.score(distance),
     };

@@ -351,6 +351,7 @@ def test_vector_search_inside_union_with(items):
         vs(5), {"$unionWith": {"coll": "items", "pipeline": [vs(3, filter={"kind": "draft"})]}}]}})
     stages = explained["likewise"]["vectorStages"]
     assert [s["results"] for s in stages] == [5, 3] and all(s["index"] == "vec" for s in stages)
+    assert all(s["collection"] == "items" for s in stages)
 
 
 def test_bounds_on_vector_stages_and_score_references(items):
@@ -453,7 +454,8 @@ def test_unknown_vector_search_fields_are_refused_not_ignored(items):
     stage["$vectorSearch"]["filters"] = {"kind": "draft"}
     with pytest.raises(OperationFailure) as e:
         list(db.items.aggregate([stage]))
-    assert e.value.code == 2 and '"$vectorSearch.filters" is unrecognized' in e.value.details["errmsg"]
+    assert e.value.code == 40415
+    assert e.value.details["errmsg"] == "BSON field '$vectorSearch.filters' is an unknown field."
 
 
 def test_auto_embed_fields_use_the_proxys_text_models(client):

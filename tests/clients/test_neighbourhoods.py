@@ -76,8 +76,11 @@ def test_neighbourhoods_follow_inserts_updates_and_deletes(proxy_uri, direct_uri
         # Writes that bypass the proxy reach the neighbourhood through the
         # change stream: "settled" can hold before they arrive, so the wait
         # is for settled lists that also match the oracle (bounded).
-        maintenance = eventually(lambda: settled(db) and not wrong_lists(coll))
-        check_against_oracle(coll)
+        try:
+            maintenance = eventually(lambda: settled(db) and not wrong_lists(coll))
+        except AssertionError:
+            check_against_oracle(coll)  # says which lists are wrong
+            raise
         deleted = set(range(100, 115)) | set(range(200, 205))
         assert not any(set(d.get("_like", {}).get("nb", [])) & deleted for d in coll.find())
         print(f"neighbourhood backfill {backfill * 1000:.0f} ms for {N_DOCS} documents; "
