@@ -5,6 +5,7 @@ plain ``mongodb://127.0.0.1:PORT/`` URI.
 """
 
 import gzip
+import hashlib
 import json
 import os
 import queue
@@ -118,13 +119,26 @@ def start_proxy(upstream_uri, *extra, log_level="warn", env=None):
 
 
 DEBIAN = ROOT / "tests" / "fixtures" / "debian"
+# The corpus's pinned bytes (tests/fixtures/debian/README.md).
+DEBIAN_SHA256 = {
+    "summaries.tsv.gz": "81b9cc1989e968d88e9aa1a7e6da1a7873e4c1788f88d6ce0b150f3cd011507c",
+    "descriptions.jsonl.gz": "7c8bcf962465054d2003b97722c090c280d812fa52f41f22489d656cef7cfcf8",
+}
+
+
+def debian_file(name):
+    """A corpus file, after checking it holds its pinned bytes."""
+    path = DEBIAN / name
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert digest == DEBIAN_SHA256[name], f"{path} is not the pinned corpus (sha256 {digest})"
+    return path
 
 
 def debian_long_descriptions(limit):
     """Real (title, long description) pairs, the same on every machine:
     `limit` packages spread evenly over the pinned Debian 12 corpus's 4,000
     long English package descriptions (tests/fixtures/debian)."""
-    with gzip.open(DEBIAN / "descriptions.jsonl.gz", "rt", encoding="utf-8") as f:
+    with gzip.open(debian_file("descriptions.jsonl.gz"), "rt", encoding="utf-8") as f:
         rows = [json.loads(line) for line in f]
     assert len(rows) >= limit, f"the fixture holds {len(rows)} described packages"
     step = len(rows) / limit
@@ -137,7 +151,7 @@ def debian_packages(limit, also=lambda row: False):
     corpus (tests/fixtures/debian, 59,912 packages with distinct summaries),
     plus every package `also` picks."""
     rows = []
-    with gzip.open(DEBIAN / "summaries.tsv.gz", "rt", encoding="utf-8") as f:
+    with gzip.open(debian_file("summaries.tsv.gz"), "rt", encoding="utf-8") as f:
         for line in f:
             name, section, summary = line.rstrip("\n").split("\t")
             rows.append({"_id": name, "section": section, "description": summary})

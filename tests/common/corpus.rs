@@ -12,9 +12,23 @@ use std::path::PathBuf;
 pub fn package_texts(limit: usize) -> Vec<String> {
     let path =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/debian/summaries.tsv.gz");
-    let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    // The pinned bytes (tests/fixtures/debian/README.md).
+    let digest: String = {
+        use sha2::{Digest, Sha256};
+        Sha256::digest(&bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    assert_eq!(
+        digest,
+        "81b9cc1989e968d88e9aa1a7e6da1a7873e4c1788f88d6ce0b150f3cd011507c",
+        "{} is not the pinned corpus",
+        path.display()
+    );
     let mut text = String::new();
-    GzDecoder::new(file)
+    GzDecoder::new(bytes.as_slice())
         .read_to_string(&mut text)
         .expect("summaries.tsv.gz is gzip'd UTF-8");
     let all: Vec<String> = text

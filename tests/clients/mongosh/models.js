@@ -3,6 +3,7 @@
 // semantic index over it and ask for neighbours by meaning.
 //   mongosh --quiet mongodb://127.0.0.1:PORT/ --file models.js
 const assert = require('assert');
+const crypto = require('crypto');
 const fs = require('fs');
 const path = require('path');
 const zlib = require('zlib');
@@ -19,7 +20,10 @@ t.dropDatabase();
 // Every 20th package of the pinned Debian 12 corpus (tests/fixtures/debian),
 // so the corpus spans the whole archive and is the same on every machine.
 const fixture = path.join(__dirname, '..', '..', 'fixtures', 'debian', 'summaries.tsv.gz');
-const packages = zlib.gunzipSync(fs.readFileSync(fixture)).toString('utf8')
+const raw = fs.readFileSync(fixture);
+assert.strictEqual(crypto.createHash('sha256').update(raw).digest('hex'),
+  '81b9cc1989e968d88e9aa1a7e6da1a7873e4c1788f88d6ce0b150f3cd011507c', 'not the pinned corpus');
+const packages = zlib.gunzipSync(raw).toString('utf8')
   .split('\n')
   .filter((line, i) => line && i % 20 === 0)
   .map((line) => {
