@@ -145,7 +145,7 @@ fn lists_search_indexes(body: &RawDocument) -> bool {
 }
 
 /// Whether `key` appears anywhere in `doc`, at any depth.
-fn contains_key(doc: &RawDocument, key: &str, depth: usize) -> bool {
+pub(crate) fn contains_key(doc: &RawDocument, key: &str, depth: usize) -> bool {
     depth < 100
         && doc.iter().flatten().any(|(k, v)| {
             k == key

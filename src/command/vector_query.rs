@@ -477,7 +477,7 @@ fn collect_vector_stages(
         };
         match (i, name, spec) {
             (0, "$vectorSearch", RawBsonRef::Document(spec)) => {
-                if contains_like(spec, 0) {
+                if super::contains_key(spec, "$like", 0) {
                     return Err(bad("$like cannot be combined with $vectorSearch"));
                 }
                 out.push((collection.to_string(), parse_vector_search(spec)?));
@@ -521,13 +521,6 @@ fn collect_vector_stages(
         }
     }
     Ok(())
-}
-
-fn contains_like(doc: &RawDocument, depth: usize) -> bool {
-    depth < 100
-        && doc.iter().flatten().any(|(k, v)| {
-            k == "$like" || matches!(v, RawBsonRef::Document(d) if contains_like(d, depth + 1))
-        })
 }
 
 #[cfg(test)]

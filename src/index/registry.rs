@@ -234,6 +234,37 @@ impl SearchIndex {
         }
     }
 
+    /// The parts of one index: one per vector field of `definition`, from
+    /// its `specs` in order, each with its loaded models, all at definition
+    /// version `version` (`latestDefinitionVersion`).
+    pub fn parts(
+        id: &str,
+        db: &str,
+        collection: &str,
+        name: &str,
+        definition: &RawDocumentBuf,
+        specs: Vec<(IndexSpec, Vec<Arc<crate::models::Model>>)>,
+        version: (i64, bson::DateTime),
+    ) -> Vec<SearchIndex> {
+        specs
+            .into_iter()
+            .enumerate()
+            .map(|(part, (spec, encoders))| {
+                SearchIndex::new(
+                    id.to_string(),
+                    db,
+                    collection,
+                    name,
+                    definition.clone(),
+                    spec,
+                )
+                .with_encoders(encoders)
+                .with_part(part)
+                .with_definition_version(version.0, version.1)
+            })
+            .collect()
+    }
+
     /// Marks this as the `part`th vector field of its definition.
     pub fn with_part(mut self, part: usize) -> Self {
         self.part = part;

@@ -260,25 +260,20 @@ fn parts(
             v.get_datetime("createdAt").ok()?,
         ))
     });
-    let mut parts = Vec::new();
-    for (part, mut spec) in parse_definition(definition)?.into_iter().enumerate() {
+    let mut specs = Vec::new();
+    for mut spec in parse_definition(definition)? {
         let encoders = crate::models::resolve(&mut spec, models)?;
-        let mut index = SearchIndex::new(
-            field("_id")?.to_string(),
-            field("db")?,
-            field("collection")?,
-            field("name")?,
-            definition.to_owned(),
-            spec,
-        )
-        .with_encoders(encoders)
-        .with_part(part);
-        if let Some((n, at)) = version {
-            index = index.with_definition_version(n, at);
-        }
-        parts.push(index);
+        specs.push((spec, encoders));
     }
-    Ok(parts)
+    Ok(SearchIndex::parts(
+        field("_id")?,
+        field("db")?,
+        field("collection")?,
+        field("name")?,
+        &definition.to_owned(),
+        specs,
+        version.unwrap_or((0, bson::DateTime::now())),
+    ))
 }
 
 const MODELS: &str = "models";

@@ -245,11 +245,7 @@ impl Session {
             && error.side == Side::Upstream
             && NOT_PRIMARY_CODES.contains(&error.code.code)
         {
-            self.shared
-                .config
-                .deployment
-                .demote(&self.shared.config, &self.pin.address);
-            return Failure::Upstream(self.failover("answered that it is no longer primary"));
+            return self.primary_lost();
         }
         Failure::Reply { request, error }
     }
@@ -257,16 +253,18 @@ impl Session {
     /// For an error reply to the proxy's own request on a pinned primary:
     /// the failover when it says the server is no longer primary.
     fn lost_primary(&self, reply: &RawDocument) -> Option<Failure> {
-        if self.pin.role != Role::Primary || !matches!(not_primary(reply), NotPrimary::NotRun) {
-            return None;
-        }
+        (self.pin.role == Role::Primary && matches!(not_primary(reply), NotPrimary::NotRun))
+            .then(|| self.primary_lost())
+    }
+
+    /// The pinned primary said it no longer is: demoted in the topology,
+    /// and the pair ends.
+    fn primary_lost(&self) -> Failure {
         self.shared
             .config
             .deployment
             .demote(&self.shared.config, &self.pin.address);
-        Some(Failure::Upstream(
-            self.failover("answered that it is no longer primary"),
-        ))
+        Failure::Upstream(self.failover("answered that it is no longer primary"))
     }
 
     /// The error for a request on a connection whose server lost its role

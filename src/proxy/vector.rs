@@ -246,13 +246,9 @@ impl Session {
                     .map_or(old.definition_version.0, |s| s.definition_version.0);
                 // The staged parts hold change streams too: they count
                 // towards the bounds while both definitions are kept.
-                let serving = registry
-                    .list(db, collection)
-                    .iter()
-                    .filter(|i| i.id == old.id)
-                    .count();
-                let on_collection =
-                    registry.list(db, collection).len() - serving + serving.max(specs.len());
+                let listed = registry.list(db, collection);
+                let serving = listed.iter().filter(|i| i.id == old.id).count();
+                let on_collection = listed.len() - serving + serving.max(specs.len());
                 if on_collection > MAX_SEARCH_INDEXES_PER_COLLECTION {
                     return Err(refusal(
                         Refused::PerCollection(MAX_SEARCH_INDEXES_PER_COLLECTION),
@@ -397,7 +393,7 @@ impl Session {
         while let Some(batch) = cursor.next_batch().await? {
             for doc in batch {
                 bytes += doc.as_bytes().len();
-                if bytes > 16 * 1024 * 1024 {
+                if bytes > MAX_DOCUMENT_BYTES {
                     cursor.kill().await;
                     return Err(Error::client(
                         Code::relayed(10334, "BSONObjectTooLarge"),
@@ -429,27 +425,24 @@ impl Session {
         db: &str,
         body: &RawDocument,
     ) -> Result<(), Error> {
-        let collection = match admin {
-            Admin::Create => collection_of(body, "createSearchIndexes")?,
-            Admin::Update | Admin::Drop => {
-                let command = if admin == Admin::Update {
-                    "updateSearchIndex"
-                } else {
-                    "dropSearchIndex"
-                };
-                let collection = collection_of(body, command)?;
-                let target = parse_target(body)?;
-                let registry = &self.shared.registry;
-                let known = registry
-                    .find(db, collection, target.name.as_deref(), target.id.as_deref())
-                    .is_some();
-                if known {
-                    return Ok(());
-                }
-                collection
-            }
+        let command = match admin {
+            Admin::Create => "createSearchIndexes",
+            Admin::Update => "updateSearchIndex",
+            Admin::Drop => "dropSearchIndex",
             _ => return Ok(()),
         };
+        let collection = collection_of(body, command)?;
+        if admin != Admin::Create {
+            let target = parse_target(body)?;
+            let known = self
+                .shared
+                .registry
+                .find(db, collection, target.name.as_deref(), target.id.as_deref())
+                .is_some();
+            if known {
+                return Ok(());
+            }
+        }
         let list = rawdoc! {
             "listCollections": 1,
             "filter": { "name": collection },
@@ -476,11 +469,6 @@ impl Session {
         // client that may read the collection learns that it is missing
         // (a `find` probe creates nothing); any other gets `Unauthorized`,
         // whatever the index name, so names never leak.
-        let command = match admin {
-            Admin::Create => "createSearchIndexes",
-            Admin::Update => "updateSearchIndex",
-            _ => "dropSearchIndex",
-        };
         self.authorize(Action::Find, db, collection, command)
             .await?;
         Err(Error::client(
@@ -490,7 +478,7 @@ impl Session {
     }
 
     /// The parts of one index (one per vector field of its definition),
-    /// with their models loaded.
+    /// with their models loaded, at definition version `version`.
     #[allow(clippy::too_many_arguments)]
     async fn parts(
         &self,
@@ -502,24 +490,23 @@ impl Session {
         specs: Vec<crate::index::registry::IndexSpec>,
         version: i64,
     ) -> Result<Vec<Arc<SearchIndex>>, Error> {
-        let mut parts = Vec::with_capacity(specs.len());
-        for (part, mut spec) in specs.into_iter().enumerate() {
+        let mut loaded = Vec::with_capacity(specs.len());
+        for mut spec in specs {
             let encoders = self.resolve_models(&mut spec).await?;
-            parts.push(Arc::new(
-                SearchIndex::new(
-                    id.to_string(),
-                    db,
-                    collection,
-                    name,
-                    definition.to_owned(),
-                    spec,
-                )
-                .with_encoders(encoders)
-                .with_part(part)
-                .with_definition_version(version, bson::DateTime::now()),
-            ));
+            loaded.push((spec, encoders));
         }
-        Ok(parts)
+        Ok(SearchIndex::parts(
+            id,
+            db,
+            collection,
+            name,
+            &definition.to_owned(),
+            loaded,
+            (version, bson::DateTime::now()),
+        )
+        .into_iter()
+        .map(Arc::new)
+        .collect())
     }
 
     /// Loads the models a semantic spec names and fixes its dimensions.
@@ -845,7 +832,7 @@ impl Session {
                 .map(|p| 3 * p.ranked.score_bytes())
                 .sum::<usize>()
             + references.saturating_mul(per_reference);
-        if rewritten > MAX_REWRITTEN_BYTES {
+        if rewritten > MAX_DOCUMENT_BYTES {
             return Err(Error::client(
                 Code::relayed(10334, "BSONObjectTooLarge"),
                 format!(
@@ -1026,9 +1013,9 @@ impl Session {
 /// Most owned vector stages one command may hold (each is a search).
 const MAX_VECTOR_STAGES: usize = 64;
 
-/// Largest command the proxy builds for the upstream: a server's document
-/// limit (16 MiB).
-const MAX_REWRITTEN_BYTES: usize = 16 * 1024 * 1024;
+/// A server's document limit (16 MiB): the largest command the proxy
+/// builds for the upstream, and the most listing results it gathers.
+const MAX_DOCUMENT_BYTES: usize = 16 * 1024 * 1024;
 
 /// The vector queries of a command, each with the collection it searches:
 /// an `aggregate`'s owned stages (`vector_stages`, with Atlas's errors for

@@ -60,19 +60,10 @@ impl Ranked {
         } }
     }
 
-    /// About how many bytes one score lookup adds to a command (its id and
-    /// score arrays).
+    /// How many bytes one score lookup adds to a command: its expression,
+    /// which carries the id and score arrays.
     pub fn score_bytes(&self) -> usize {
-        let ids: usize = self
-            .ids
-            .iter()
-            .map(|id| {
-                let mut one = RawDocumentBuf::new();
-                one.append("", id.clone());
-                one.as_bytes().len() + 8
-            })
-            .sum();
-        ids + 24 * self.scores.len() + 256
+        self.score_expression().as_bytes().len()
     }
 
     /// The filter selecting exactly the ranked documents that also match:
@@ -637,12 +628,7 @@ mod tests {
         };
         let exact = rawdoc! { "year": 1 };
         let out = aggregate(&body, &[(&ranked(), Some(&exact))]);
-        let stages: Vec<_> = out
-            .get_array("pipeline")
-            .unwrap()
-            .into_iter()
-            .map(|s| s.unwrap().as_document().unwrap().to_owned())
-            .collect();
+        let stages = stages_of(&out);
         assert_eq!(stages.len(), 5);
         assert_eq!(
             stages[0],
@@ -726,16 +712,8 @@ mod tests {
             stages[0],
             rawdoc! { "$match": { "_id": { "$in": [3, "x"] } } }
         );
-        let sub = stages[4]
-            .get_document("$unionWith")
-            .unwrap()
-            .get_array("pipeline")
-            .unwrap();
-        let first = sub.into_iter().next().unwrap().unwrap();
-        assert_eq!(
-            first.as_document().unwrap().to_owned(),
-            rawdoc! { "$match": { "_id": { "$in": [9] } } }
-        );
+        let sub = stages_of(stages[4].get_document("$unionWith").unwrap());
+        assert_eq!(sub[0], rawdoc! { "$match": { "_id": { "$in": [9] } } });
     }
 
     #[test]
@@ -761,18 +739,9 @@ mod tests {
         );
         assert!(out.get_document("lsid").is_ok());
         assert!(out.get("filter").unwrap().is_none());
-        let stages: Vec<_> = out
-            .get_array("pipeline")
-            .unwrap()
-            .into_iter()
-            .map(|s| s.unwrap().as_document().unwrap().to_owned())
-            .collect();
-        let names: Vec<_> = stages
-            .iter()
-            .map(|s| s.iter().next().unwrap().unwrap().0.to_string())
-            .collect();
+        let stages = stages_of(&out);
         assert_eq!(
-            names,
+            names(&stages),
             [
                 "$match",
                 "$addFields",
