@@ -116,6 +116,8 @@ enum Stream {
     Accepted(Box<tokio_rustls::server::TlsStream<TcpStream>>),
     /// The proxy's TLS connection to the upstream.
     Connected(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    /// One end of an in-process pair ([`Connection::pair`]).
+    Memory(tokio::io::DuplexStream),
 }
 
 /// A TCP (or TLS over TCP) connection that yields whole wire-protocol frames.
@@ -279,6 +281,18 @@ impl Connection {
         Ok(Connection::over(Stream::Accepted(Box::new(tls))))
     }
 
+    /// Two connected in-process ends, each carrying whole frames as a
+    /// socket would (`buffer` bytes in flight each way): how a server
+    /// played inside the proxy ([`crate::upstream::delegate`]) is talked to
+    /// exactly like one over the network.
+    pub fn pair(buffer: usize) -> (Connection, Connection) {
+        let (a, b) = tokio::io::duplex(buffer);
+        (
+            Connection::over(Stream::Memory(a)),
+            Connection::over(Stream::Memory(b)),
+        )
+    }
+
     /// Talks to a server over TLS, verifying it is `host`.
     pub async fn connect_tls(
         stream: TcpStream,
@@ -329,6 +343,7 @@ impl Connection {
                 Stream::Plain(s) => s.read_buf(&mut self.buffer).await,
                 Stream::Accepted(s) => s.read_buf(&mut self.buffer).await,
                 Stream::Connected(s) => s.read_buf(&mut self.buffer).await,
+                Stream::Memory(s) => s.read_buf(&mut self.buffer).await,
             }
             .map_err(ReadError::Io)?;
             if n == 0 {
@@ -354,6 +369,7 @@ impl Connection {
                 s.write_all(frame).await?;
                 s.flush().await?
             }
+            Stream::Memory(s) => s.write_all(frame).await?,
         }
         self.writing = false;
         if expects_reply(frame) {
@@ -367,6 +383,10 @@ impl Connection {
             Stream::Plain(s) => s.peer_addr(),
             Stream::Accepted(s) => s.get_ref().0.peer_addr(),
             Stream::Connected(s) => s.get_ref().0.peer_addr(),
+            Stream::Memory(_) => Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "an in-process connection has no peer address",
+            )),
         }
     }
 }

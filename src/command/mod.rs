@@ -3,6 +3,7 @@
 //! other command is `Passthrough` and its bytes are forwarded untouched.
 
 pub mod hello;
+pub mod reads;
 pub mod search_index;
 pub mod vector_query;
 

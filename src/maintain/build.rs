@@ -38,10 +38,10 @@ pub async fn build(config: Arc<Config>, index: Arc<SearchIndex>) {
     }
     if let Some(stream) = restore(&config, &index).await {
         crate::maintain::train::start(&config, &index);
-        if !follow(&config, &index, stream).await {
+        let Some(why) = follow(&config, &index, stream).await else {
             return;
-        }
-        tracing::info!(index = %index.name, "collection dropped or renamed: rebuilding the index");
+        };
+        tracing::info!(index = %index.name, why, "rebuilding the index");
         index.reset();
     }
     let mut pause = RETRY_PAUSE;
@@ -102,10 +102,10 @@ pub async fn build(config: Arc<Config>, index: Arc<SearchIndex>) {
             reconcile_forever(&config, &index).await;
             return;
         };
-        if !follow(&config, &index, stream).await {
+        let Some(why) = follow(&config, &index, stream).await else {
             return;
-        }
-        tracing::info!(index = %index.name, "collection dropped or renamed: rebuilding the index");
+        };
+        tracing::info!(index = %index.name, why, "rebuilding the index");
         index.reset();
     }
 }
@@ -336,18 +336,25 @@ pub async fn save_snapshot(config: &Config, index: &Arc<SearchIndex>) {
     }
 }
 
-/// Applies the change stream until the index is retired (`false`) or the
-/// stream is invalidated (`true`: rebuild). Errors reopen the stream from
-/// the last resume token.
-pub async fn follow(config: &Config, index: &Arc<SearchIndex>, mut stream: ChangeStream) -> bool {
+/// Applies the change stream until the index is retired (`None`) or it
+/// must be rebuilt (`Some(why)`): the stream was invalidated (collection
+/// dropped or renamed), or the oplog no longer holds its resume token
+/// (`ChangeStreamHistoryLost`, 286, on reopening: the changes in between
+/// are lost to it). Other errors reopen the stream from the last resume
+/// token, the index `STALE` meanwhile.
+pub async fn follow(
+    config: &Config,
+    index: &Arc<SearchIndex>,
+    mut stream: ChangeStream,
+) -> Option<&'static str> {
     loop {
         if index.is_retired() {
-            return false;
+            return None;
         }
         match stream.next().await {
             Ok((changes, token)) => {
                 if changes.invalidated {
-                    return true;
+                    return Some("the collection was dropped or renamed");
                 }
                 if !changes.is_empty() {
                     let count = changes.len() as u64;
@@ -373,7 +380,7 @@ pub async fn follow(config: &Config, index: &Arc<SearchIndex>, mut stream: Chang
                 let mut pause = RETRY_PAUSE;
                 loop {
                     if index.is_retired() {
-                        return false;
+                        return None;
                     }
                     // A pause between attempts while the upstream is away.
                     tokio::time::sleep(pause).await;
@@ -390,7 +397,9 @@ pub async fn follow(config: &Config, index: &Arc<SearchIndex>, mut stream: Chang
                             if e.code.name == "ChangeStreamHistoryLost" || e.code.code == 286 =>
                         {
                             index.set_stale(None);
-                            return true;
+                            return Some(
+                                "the oplog no longer holds the change stream's resume token",
+                            );
                         }
                         Err(e) => {
                             index.set_stale(Some(format!(

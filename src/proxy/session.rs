@@ -43,7 +43,20 @@ pub(super) struct Session {
     forwarded_at: Option<Instant>,
     /// A reply to the client is partly written (a timeout cut it short).
     client_dirty: bool,
+    /// Collections (database, name) the client was found to have the
+    /// `find` right on, and when: reads the proxy runs as itself on a
+    /// secondary ([`Session::read_route`]) are checked against these for
+    /// [`RIGHTS_TTL`].
+    rights: std::collections::HashMap<(String, String), Instant>,
 }
+
+/// How long a right found on the client's connection is trusted for reads
+/// the proxy runs as itself: a `mongos` caches a user's rights for up to
+/// `userCacheInvalidationIntervalSecs` (default 30 s) the same way.
+const RIGHTS_TTL: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Most rights one connection keeps (past this they are asked again).
+const MAX_RIGHTS: usize = 1024;
 
 /// How a request ended when it did not end well.
 pub(super) enum Failure {
@@ -147,6 +160,7 @@ impl Session {
             shared,
             forwarded_at: None,
             client_dirty: false,
+            rights: Default::default(),
         }
     }
 
@@ -487,21 +501,31 @@ impl Session {
     /// command a `mongos` would send to a secondary — `$readPreference`
     /// `secondary`, `secondaryPreferred` or `nearest` outside a
     /// transaction — and for a `getMore` / `killCursors` of a cursor opened
-    /// there. Only behind a replica set, and only when the upstream has no
-    /// access control (the proxy has no credentials): a client's
-    /// authentication lives on its pinned connection and cannot be carried
-    /// to another server, so behind access control every read stays on the
+    /// there. Only behind a replica set. A client's authentication lives
+    /// on its pinned connection and cannot be carried to another server,
+    /// so behind access control (the URI holds the proxy's credentials)
+    /// the secondary's connection runs reads as the proxy
+    /// ([`crate::upstream::delegate`]), and only reads needing no right
+    /// but `find` go there, once the client is found to have it on every
+    /// collection they touch ([`Session::check_read_right`]); without the
+    /// proxy's credentials, a client that authenticated reads on the
     /// primary. `secondaryPreferred` and `nearest` fall back to the
     /// primary when no secondary answers at once; `secondary` waits for
     /// one as server selection does.
     async fn read_route(&mut self, body: &RawDocument) -> Result<Option<Route>, Failure> {
-        if self.pin.role != Role::Primary
-            || self.shared.config.upstream.credentials.is_some()
-            || self.client.is_authenticated()
-        {
+        let name = msg::first_key(body).unwrap_or("");
+        if is_authentication(name) || name == "logout" || Hello::is_hello(name) {
+            // Whoever the connection speaks for next, its rights are asked
+            // again.
+            self.rights.clear();
+        }
+        // Behind access control the proxy reads as itself, once the
+        // client's rights are checked; without its own credentials it
+        // cannot, and a client that authenticated reads on the primary.
+        let as_proxy = self.shared.config.upstream.credentials.is_some();
+        if self.pin.role != Role::Primary || (!as_proxy && self.client.is_authenticated()) {
             return Ok(None);
         }
-        let name = msg::first_key(body).unwrap_or("");
         if name == "getMore" || name == "killCursors" {
             // Only when every cursor named is the secondary's (a mixed
             // `killCursors` goes to the primary, which reports the others
@@ -556,6 +580,17 @@ impl Session {
         if self.secondary_cursors.len() >= MAX_SECONDARY_CURSORS {
             return Ok(None);
         }
+        if as_proxy {
+            // Only a read that needs nothing but `find` rights is run as
+            // the proxy, and only once the client is found to have them.
+            let Some(collections) = crate::command::reads::collections_read(body) else {
+                return Ok(None);
+            };
+            let db = body.get_str("$db").unwrap_or("");
+            for collection in collections {
+                self.check_read_right(db, &collection, name).await?;
+            }
+        }
         let alive = self.secondary.as_ref().is_some_and(|(conn, pin)| {
             let view = self.views.borrow();
             !conn.is_broken()
@@ -571,18 +606,22 @@ impl Session {
             } else {
                 Some(std::time::Duration::ZERO)
             };
-            let opened = self
-                .shared
-                .config
-                .deployment
-                .open_for_client_within(
-                    &self.shared.config,
-                    Some(Role::Secondary),
-                    &tag_sets,
-                    &self.peer,
-                    wait,
-                )
-                .await;
+            let deployment = &self.shared.config.deployment;
+            let opened = if as_proxy {
+                deployment
+                    .open_delegated(&self.shared.config, &tag_sets, &self.peer, wait)
+                    .await
+            } else {
+                deployment
+                    .open_for_client_within(
+                        &self.shared.config,
+                        Some(Role::Secondary),
+                        &tag_sets,
+                        &self.peer,
+                        wait,
+                    )
+                    .await
+            };
             match opened {
                 Ok((conn, pin)) => {
                     self.shared.metrics.pinned(&pin.address.to_string(), true);
@@ -598,6 +637,36 @@ impl Session {
             }
         }
         Ok(Some(Route::Read))
+    }
+
+    /// Checks, on the client's own connection, that it has the `find`
+    /// right on `db.collection` (a right found is trusted for
+    /// [`RIGHTS_TTL`]). `Unauthorized` (13) with mongod's wording when it
+    /// has not; the probe's other failures as for any of the proxy's own
+    /// requests on the pinned connection.
+    async fn check_read_right(
+        &mut self,
+        db: &str,
+        collection: &str,
+        command: &str,
+    ) -> Result<(), Failure> {
+        let key = (db.to_string(), collection.to_string());
+        if self
+            .rights
+            .get(&key)
+            .is_some_and(|found| found.elapsed() < RIGHTS_TTL)
+        {
+            return Ok(());
+        }
+        let request = self.current.unwrap_or_default();
+        self.authorize(super::vector::Action::Find, db, collection, command)
+            .await
+            .map_err(|error| self.own_request_failed(request, error))?;
+        if self.rights.len() >= MAX_RIGHTS {
+            self.rights.clear();
+        }
+        self.rights.insert(key, Instant::now());
+        Ok(())
     }
 
     /// Closes the secondary's connection (its cursors with it).

@@ -13,6 +13,7 @@
 //!   the proxy runs on the client's behalf travel on that connection under
 //!   the client's own authentication ([`pinned`]).
 
+pub mod delegate;
 pub mod pinned;
 pub mod topology;
 
@@ -47,6 +48,8 @@ pub struct Deployment {
     client: tokio::sync::OnceCell<mongodb::Client>,
     /// The change streams' client ([`Deployment::stream_client`]).
     streams: tokio::sync::OnceCell<mongodb::Client>,
+    /// The client reads for clients run on ([`Deployment::open_delegated`]).
+    reads: tokio::sync::OnceCell<mongodb::Client>,
     topology: Arc<Topology>,
     /// A [`Deployment::nudge`] probe is running.
     nudging: tokio::sync::watch::Sender<bool>,
@@ -57,6 +60,7 @@ impl Default for Deployment {
         Deployment {
             client: tokio::sync::OnceCell::new(),
             streams: tokio::sync::OnceCell::new(),
+            reads: tokio::sync::OnceCell::new(),
             topology: Arc::default(),
             nudging: tokio::sync::watch::Sender::new(false),
         }
@@ -107,6 +111,21 @@ impl Deployment {
                 let mut options = client_options(config).await?;
                 let streams = u32::try_from(config.max_search_indexes).unwrap_or(u32::MAX);
                 options.max_pool_size = Some(streams.saturating_add(16));
+                mongodb::Client::with_options(options).map_err(driver_error)
+            })
+            .await
+            .cloned()
+    }
+
+    /// The driver client that reads for clients run on
+    /// ([`Deployment::open_delegated`]): the same options, with a pool of
+    /// its own (the URI's `maxPoolSize`, else [`READS_POOL`] per server),
+    /// so that clients' reads never queue behind index builds.
+    async fn reads_client(&self, config: &Config) -> Result<mongodb::Client, Error> {
+        self.reads
+            .get_or_try_init(|| async move {
+                let mut options = client_options(config).await?;
+                options.max_pool_size.get_or_insert(READS_POOL);
                 mongodb::Client::with_options(options).map_err(driver_error)
             })
             .await
@@ -199,6 +218,26 @@ impl Deployment {
         client: &str,
         wait: Option<Duration>,
     ) -> Result<(Connection, Pin), Error> {
+        let pin = self
+            .select_for_client(config, role, tag_sets, client, wait)
+            .await?;
+        let mut conn = open(config, &pin.address).await?;
+        if pin.role == Role::Secondary {
+            conn.to_secondary();
+        }
+        Ok((conn, pin))
+    }
+
+    /// The server a new client connection goes to, as
+    /// [`Deployment::open_for_client_within`] describes.
+    async fn select_for_client(
+        &self,
+        config: &Arc<Config>,
+        role: Option<Role>,
+        tag_sets: &[topology::TagSet],
+        client: &str,
+        wait: Option<Duration>,
+    ) -> Result<Pin, Error> {
         self.client(config).await?;
         let view = self.topology.view();
         let wanted = role.or(view.write_role());
@@ -219,17 +258,37 @@ impl Deployment {
         let mut nudging = self.nudging.subscribe();
         let _ =
             tokio::time::timeout(wait.min(NUDGE_WAIT), nudging.wait_for(|running| !*running)).await;
-        let pin = self
-            .topology
+        self.topology
             .select(role, tag_sets, client, wait, started)
+            .await
+    }
+
+    /// A connection to a secondary whose tags match `tag_sets`, chosen as
+    /// [`Deployment::open_for_client_within`] chooses, on which every
+    /// request runs as the proxy ([`delegate`]): for reads of a client
+    /// behind access control, whose rights the caller has checked.
+    /// `HostUnreachable` when no such secondary answers within `wait`.
+    pub async fn open_delegated(
+        &self,
+        config: &Arc<Config>,
+        tag_sets: &[topology::TagSet],
+        client: &str,
+        wait: Option<Duration>,
+    ) -> Result<(Connection, Pin), Error> {
+        let reads = self.reads_client(config).await?;
+        let pin = self
+            .select_for_client(config, Some(Role::Secondary), tag_sets, client, wait)
             .await?;
-        let mut conn = open(config, &pin.address).await?;
-        if pin.role == Role::Secondary {
-            conn.to_secondary();
-        }
+        let mut conn = delegate::spawn(reads, pin.address.clone());
+        conn.to_secondary();
         Ok((conn, pin))
     }
 }
+
+/// Connections per server the delegated reads' pool holds when the URI
+/// sets no `maxPoolSize` (the driver's default of 10 would queue a busy
+/// proxy's reads).
+const READS_POOL: u32 = 100;
 
 /// The driver's options from `config.upstream` (resolving `mongodb+srv`),
 /// with likewise's defaults where the URI gives none: `appName=likewise`,

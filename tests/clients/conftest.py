@@ -75,6 +75,21 @@ def start_upstream(*extra):
     )
 
 
+def start_secured_upstream(storage, prepare):
+    """SecantusDB with access control on `storage` (a directory):
+    `prepare(client)` creates the users (and any data) on it first,
+    without access control, as SecantusDB's docs say to; then the server
+    restarts on the same storage with --auth."""
+    from pymongo import MongoClient
+
+    setup = start_upstream("--storage-path", storage)
+    with MongoClient(f"mongodb://127.0.0.1:{setup.port}/", directConnection=True) as c:
+        prepare(c)
+    setup.proc.terminate()
+    setup.proc.wait(timeout=60)
+    return start_upstream("--storage-path", storage, "--auth")
+
+
 def eventually(check, timeout=90.0):
     """Polls `check` until it holds (bounded); returns the seconds it took."""
     start = time.monotonic()

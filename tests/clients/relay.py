@@ -78,9 +78,11 @@ class Member:
         self.data_hole = False
         self.connections = 0
         # When each write command was forwarded to the server, and the
-        # names of the read commands forwarded.
+        # names (and bodies) of the read commands forwarded.
         self.writes = []
         self.reads = []
+        self.read_bodies = []
+        self.kills = []
 
     @property
     def address(self):
@@ -117,6 +119,9 @@ class Member:
                     self.writes.append(time.monotonic())
                 if name in ("find", "aggregate", "count", "distinct", "getMore"):
                     self.reads.append(name)
+                    self.read_bodies.append(body)
+                if name == "killCursors":
+                    self.kills.append(body)
                 upstream_writer.write(request)
                 await upstream_writer.drain()
                 if flags & MORE_TO_COME:

@@ -10,7 +10,7 @@ from pymongo import MongoClient
 from pymongo.errors import OperationFailure
 from pymongo.operations import SearchIndexModel
 
-from conftest import start_proxy, start_upstream
+from conftest import start_proxy, start_secured_upstream
 
 TIMEOUT_S = 60
 
@@ -19,15 +19,12 @@ TIMEOUT_S = 60
 def secured(tmp_path_factory):
     """SecantusDB with users, restarted with --auth (users are created
     without it, as its docs say)."""
-    storage = str(tmp_path_factory.mktemp("authdb"))
-    setup = start_upstream("--storage-path", storage)
-    with MongoClient(f"mongodb://127.0.0.1:{setup.port}/", directConnection=True) as c:
+    def prepare(c):
         c.admin.command("createUser", "likewise", pwd="proxy:p@ss", roles=["root"])
         c.admin.command("createUser", "app", pwd="app-pw", roles=["root"])
         c.admin.command("createUser", "viewer", pwd="view-pw", roles=[{"role": "read", "db": "secured"}])
-    setup.proc.terminate()
-    setup.proc.wait(timeout=60)
-    server = start_upstream("--storage-path", storage, "--auth")
+
+    server = start_secured_upstream(str(tmp_path_factory.mktemp("authdb")), prepare)
     yield server.port
     server.stop()
 

@@ -23,7 +23,7 @@ from pymongo.read_preferences import Secondary, SecondaryPreferred
 from pymongo.errors import OperationFailure, PyMongoError
 from pymongo.operations import SearchIndexModel
 
-from conftest import eventually, start_proxy, start_upstream
+from conftest import eventually, start_proxy, start_secured_upstream, start_upstream
 from relay import ReplicaSet, Routers, replica_set_uri
 
 
@@ -312,6 +312,46 @@ def test_a_half_open_primary_makes_indexes_stale_then_they_resume(replica_set):
         proxy.stop()
 
 
+def test_a_change_stream_whose_history_is_lost_rebuilds_the_index():
+    """When the oplog no longer holds an index's resume token, the stream
+    cannot resume (`ChangeStreamHistoryLost`, 286) and the changes since
+    are lost to it: the index is rebuilt from the collection, then follows
+    it again. The server's own failpoint (`failCommand`, scoped to the
+    proxy's `appName`) makes the stream's getMore fail, then its resume
+    answer 286, as a server whose oplog rolled over does."""
+    upstream = start_upstream("--enable-test-commands")
+    proxy = start_proxy(f"mongodb://127.0.0.1:{upstream.port}/", log_level="info")
+    try:
+        with MongoClient(f"mongodb://{proxy.address}/") as c, direct(upstream) as d:
+            coll = c.fo.lost
+            coll.insert_many([{"_id": i, "p": [float(i), 0.0]} for i in range(10)])
+            coll.create_search_index(SearchIndexModel(name="lost", type="vectorSearch", definition={
+                "fields": [{"type": "vector", "path": "p", "numDimensions": 2,
+                            "similarity": "euclidean"}]}))
+            eventually(lambda: [i["status"] for i in coll.list_search_indexes()] == ["READY"])
+
+            def nearest(x):
+                return [r["_id"] for r in coll.aggregate([{"$vectorSearch": {
+                    "index": "lost", "path": "p", "queryVector": [x, 0.0], "numCandidates": 20,
+                    "limit": 1}}])]
+
+            d.admin.command("configureFailPoint", "failCommand", mode={"times": 2}, data={
+                "failCommands": ["getMore", "aggregate"], "errorCode": 286,
+                "appName": "likewise"})
+            line = proxy.wait_for_line("rebuilding the index", timeout=60)
+            assert "oplog no longer holds" in line, line
+            eventually(lambda: [i["status"] for i in coll.list_search_indexes()] == ["READY"])
+            assert nearest(7.1) == [7]
+            # The new stream follows the collection: a write made around
+            # the proxy is found.
+            d.fo.lost.insert_one({"_id": "new", "p": [50.0, 0.0]})
+            eventually(lambda: nearest(49.0) == ["new"], timeout=60)
+            d.admin.command("configureFailPoint", "failCommand", mode="off")
+    finally:
+        proxy.stop()
+        upstream.stop()
+
+
 def test_reads_follow_their_read_preference():
     """As a mongos routes them: primary reads to the primary; secondary
     reads (and their getMores, and a vector query's reads) to a secondary
@@ -385,6 +425,171 @@ def test_reads_follow_their_read_preference():
         upstream.stop()
 
 
+@pytest.fixture
+def secured_replica_set(tmp_path_factory):
+    """A real SecantusDB with access control behind three relayed members
+    (tagged east, east, west). Users: the proxy's (`root`), `app`
+    (`root`) and `reader`, who may read database `fo` only. (SecantusDB
+    grants rights per database: collection-level roles are not enforced
+    there, so the collections a read touches are checked by asserting
+    what the proxy asks.)"""
+    def prepare(c):
+        c.admin.command("createUser", "likewise", pwd="proxy-pw", roles=["root"])
+        c.admin.command("createUser", "app", pwd="app-pw", roles=["root"])
+        c.admin.command("createUser", "reader", pwd="reader-pw", roles=[{"role": "read", "db": "fo"}])
+
+    upstream = start_secured_upstream(str(tmp_path_factory.mktemp("securedrs")), prepare)
+    group = ReplicaSet(upstream.port, 3, tags=[{"dc": "east"}, {"dc": "east"}, {"dc": "west"}])
+    uri = f"mongodb://likewise:proxy-pw@{','.join(group.addresses())}/?replicaSet=rs0&authSource=admin"
+    proxy = start_proxy(uri, "--request-timeout-ms", "1500")
+    yield proxy, group
+    proxy.stop()
+    group.stop()
+    upstream.stop()
+
+
+def is_rights_probe(body):
+    return body.get("filter") == {"_id": {"$in": []}}
+
+
+def test_reads_behind_access_control_follow_their_read_preference(secured_replica_set):
+    """Behind access control, as a mongos does: the client's `find` right
+    on every collection a read touches is checked on its own connection
+    (the primary), then the read runs on a matching secondary as the
+    proxy, getMores and vector queries included. A read the client has no
+    right to is refused with 13 and never reaches the secondary; a read
+    needing any other right stays on the client's own connection."""
+    proxy, group = secured_replica_set
+    members = group.members
+
+    def reset():
+        for m in members:
+            m.reads.clear()
+            m.read_bodies.clear()
+
+    west_pref = Secondary(tag_sets=[{"dc": "west"}])
+    with MongoClient(f"mongodb://app:app-pw@{proxy.address}/?authSource=admin") as app:
+        app.fo.open.insert_many([{"_id": i, "p": [float(i), 0.0]} for i in range(10)])
+        app.vault.closed.insert_many([{"_id": i, "secret": True} for i in range(3)])
+        app.fo.open.create_search_index(SearchIndexModel(name="r", type="vectorSearch", definition={
+            "fields": [{"type": "vector", "path": "p", "numDimensions": 2,
+                        "similarity": "euclidean"}]}))
+        eventually(lambda: [i["status"] for i in app.fo.open.list_search_indexes()] == ["READY"])
+
+    uri = f"mongodb://reader:reader-pw@{proxy.address}/?authSource=admin"
+    with MongoClient(uri, maxPoolSize=1, retryReads=False) as c:
+        open_, closed = c.fo.open, c.fo.closed
+        reset()
+        west = open_.with_options(read_preference=west_pref)
+        assert [d["_id"] for d in west.find().sort("_id", 1).batch_size(3)] == list(range(10))
+        # Read on the west secondary, a batch at a time, as the proxy.
+        finds = [b for b in members[2].read_bodies if next(iter(b)) == "find"]
+        assert len(finds) == 1 and finds[0]["find"] == "open", members[2].read_bodies
+        assert sum(1 for b in members[2].read_bodies
+                   if next(iter(b)) == "getMore" and b.get("batchSize") == 3) >= 3
+        # On the primary: only the rights probe, on the client's connection.
+        primary_finds = [b for b in members[0].read_bodies if next(iter(b)) == "find"]
+        assert len(primary_finds) == 1 and is_rights_probe(primary_finds[0]), primary_finds
+        assert not members[1].reads
+
+        # The right, once found, is trusted for a while (as a mongos
+        # caches a user's rights): the next read asks nothing.
+        reset()
+        assert west.count_documents({"_id": {"$gte": 5}}) == 5
+        assert west.distinct("_id", {"_id": {"$lt": 3}}) == [0, 1, 2]
+        assert not [b for b in members[0].read_bodies if next(iter(b)) != "getMore"]
+        assert members[2].reads.count("aggregate") == 1 and members[2].reads.count("distinct") == 1
+
+        # Every collection a read touches is asked about, on the primary,
+        # before the secondary is.
+        reset()
+        joined = list(west.aggregate([
+            {"$match": {"_id": 1}},
+            {"$lookup": {"from": "tags", "pipeline": [{"$unionWith": {"coll": "notes"}}], "as": "j"}},
+            {"$facet": {"f": [{"$unionWith": "more"}]}}]))
+        assert len(joined) == 1
+        probed = [b["find"] for b in members[0].read_bodies if is_rights_probe(b)]
+        assert sorted(probed) == ["more", "notes", "tags"], probed
+        assert members[2].reads.count("aggregate") == 1
+
+        # What the client may not read is refused, whichever read it is,
+        # and the secondary is never asked.
+        reset()
+        vault = c.vault.closed.with_options(read_preference=west_pref)
+        refusals = [
+            lambda: vault.find_one(),
+            lambda: vault.count_documents({}),
+            lambda: vault.distinct("_id"),
+            lambda: list(vault.aggregate([{"$match": {}}])),
+        ]
+        for refused_read in refusals:
+            with pytest.raises(OperationFailure) as refused:
+                refused_read()
+            assert refused.value.code == 13, refused.value.details
+        assert not members[2].reads, members[2].read_bodies
+
+        # A stage needing another right (`collStats`) is not read as the
+        # proxy: the client's own connection runs it, on the primary.
+        reset()
+        assert list(west.aggregate([{"$collStats": {"count": {}}}]))[0]["count"] == 10
+        assert not members[2].reads
+        assert [b for b in members[0].read_bodies if "$collStats" in str(b.get("pipeline"))]
+
+        # A vector query's reads follow the read preference too.
+        reset()
+        got = [d["_id"] for d in west.aggregate([{"$vectorSearch": {
+            "index": "r", "path": "p", "queryVector": [4.2, 0.0], "numCandidates": 10,
+            "limit": 2, "filter": {"_id": {"$gte": 0}}}}])]
+        assert got == [4, 5]
+        assert members[2].reads
+        assert not [b for b in members[0].read_bodies if next(iter(b)) != "getMore"]
+
+        # A secondary that stops answering: the read times out, and the
+        # client's connection goes on (its next write is the primary's).
+        members[2].data_hole = True
+        with pytest.raises(PyMongoError) as cut:
+            west.find_one({"_id": 1})
+        members[2].data_hole = False
+        assert "took longer than" in str(cut.value), cut.value
+        assert west.find_one({"_id": 3})["_id"] == 3
+        with pytest.raises(OperationFailure) as write:
+            open_.insert_one({"_id": "w"})
+        assert write.value.code == 13  # reader has no insert right: the primary said so
+
+    # A causally consistent session: the read after a write carries the
+    # write's time (`afterClusterTime`) and the session's cluster time.
+    with MongoClient(f"mongodb://app:app-pw@{proxy.address}/?authSource=admin") as app:
+        west = app.fo.open.with_options(read_preference=west_pref)
+        with app.start_session(causal_consistency=True) as s:
+            app.fo.open.insert_one({"_id": "causal", "p": [0.0, 9.0]}, session=s)
+            reset()
+            assert west.find_one({"_id": "causal"}, session=s)["_id"] == "causal"
+            read = [b for b in members[2].read_bodies if next(iter(b)) == "find"]
+            assert read and "afterClusterTime" in read[0]["readConcern"], members[2].read_bodies
+
+    # Cursors: one the client closes is killed on the secondary; one left
+    # open when the client goes is killed by the proxy.
+    with MongoClient(uri, maxPoolSize=1) as c:
+        west = c.fo.open.with_options(read_preference=west_pref)
+        closed_early = west.find().batch_size(2)
+        next(closed_early)
+        closed_id = closed_early.cursor_id
+        closed_early.close()
+        assert [k["cursors"] for k in members[2].kills] == [[closed_id]], [m.kills for m in members]
+        left_open = west.find().batch_size(2)
+        next(left_open)
+        left_id = left_open.cursor_id
+    eventually(lambda: [left_id] in [k["cursors"] for k in members[2].kills])
+
+    # A client that did not authenticate gets nothing from a secondary.
+    with MongoClient(f"mongodb://{proxy.address}/", maxPoolSize=1, retryReads=False) as anonymous:
+        reset()
+        with pytest.raises(OperationFailure) as refused:
+            anonymous.fo.open.with_options(read_preference=west_pref).find_one()
+        assert refused.value.code == 13
+        assert not members[2].reads
+
+
 def ping_from(host, proxy_address):
     """A connection from source address `host` (any 127.x.y.z is this
     machine) that has sent one ping; returns the open socket."""
@@ -454,15 +659,12 @@ def test_two_mongos_each_client_host_on_one_router():
 @pytest.fixture(scope="module")
 def sha1_upstream(tmp_path_factory):
     """SecantusDB with a SCRAM-SHA-1 user defined in `shop` (not admin)."""
-    storage = str(tmp_path_factory.mktemp("sha1db"))
-    setup = start_upstream("--storage-path", storage)
-    with MongoClient(f"mongodb://127.0.0.1:{setup.port}/", directConnection=True) as c:
+    def prepare(c):
         c.shop.command("createUser", "indexer", pwd="sha1-pw", roles=["dbOwner"],
                        mechanisms=["SCRAM-SHA-1"])
         c.admin.command("createUser", "app", pwd="app-pw", roles=["root"])
-    setup.proc.terminate()
-    setup.proc.wait(timeout=60)
-    server = start_upstream("--storage-path", storage, "--auth")
+
+    server = start_secured_upstream(str(tmp_path_factory.mktemp("sha1db")), prepare)
     yield server
     server.stop()
 

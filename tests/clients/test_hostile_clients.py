@@ -9,7 +9,8 @@ import zlib
 
 from pymongo import MongoClient
 
-from conftest import DEFAULT_MODEL, Process, eventually, likewise_bin, start_proxy, start_upstream
+from conftest import (DEFAULT_MODEL, Process, eventually, likewise_bin, start_proxy,
+                      start_secured_upstream, start_upstream)
 
 STALLED = 500
 # The proxy runs under this address-space limit: with room for a claimed
@@ -79,14 +80,11 @@ def test_unauthenticated_frames_share_a_bounded_budget(tmp_path):
     have not authenticated share --max-unauthenticated-buffer-mb: the ones
     that would take more are closed, the proxy's memory stays near the
     budget, and an authenticated client still sends a 20 MB message."""
-    storage = str(tmp_path / "db")
-    setup = start_upstream("--storage-path", storage)
-    with MongoClient(f"mongodb://127.0.0.1:{setup.port}/", directConnection=True) as c:
+    def prepare(c):
         c.admin.command("createUser", "likewise", pwd="proxy-pw", roles=["root"])
         c.admin.command("createUser", "app", pwd="app-pw", roles=["root"])
-    setup.proc.terminate()
-    setup.proc.wait(timeout=60)
-    upstream = start_upstream("--storage-path", storage, "--auth")
+
+    upstream = start_secured_upstream(str(tmp_path / "db"), prepare)
     proxy = start_proxy(f"mongodb://likewise:proxy-pw@127.0.0.1:{upstream.port}/",
                         "--max-unauthenticated-buffer-mb", str(BUDGET_MB))
     senders = []

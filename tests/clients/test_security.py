@@ -21,7 +21,7 @@ from pymongo.errors import BulkWriteError, OperationFailure
 from pymongo.write_concern import WriteConcern
 from pymongo.operations import SearchIndexModel
 
-from conftest import eventually, start_proxy, start_upstream, wait_ready
+from conftest import eventually, start_proxy, start_secured_upstream, start_upstream, wait_ready
 from embed_server import EmbedServer
 
 PROXY_USER, PROXY_PW = "likewise", "proxy:p@ss"
@@ -96,9 +96,7 @@ def secret_doc(i):
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    storage = str(tmp_path_factory.mktemp("securedb"))
-    setup = start_upstream("--storage-path", storage)
-    with MongoClient(f"mongodb://127.0.0.1:{setup.port}/", directConnection=True) as c:
+    def prepare(c):
         c.B.command("createRole", "indexerB", roles=[], privileges=[
             {"resource": {"db": "B", "collection": ""}, "actions": ["find", "listIndexes", "createIndex"]}])
         c.B.command("createRole", "updaterB", roles=[], privileges=[
@@ -108,9 +106,8 @@ def world(tmp_path_factory):
             c.admin.command("createUser", name, pwd=pw, roles=roles)
         c.A.docs.insert_many([{"_id": i, "v": [float(i), 1.0], "t": f"public note {i}"} for i in range(40)])
         c.B.secret.insert_many([secret_doc(i) for i in range(40)])
-    setup.proc.terminate()
-    setup.proc.wait(timeout=60)
-    upstream = start_upstream("--storage-path", storage, "--auth")
+
+    upstream = start_secured_upstream(str(tmp_path_factory.mktemp("securedb")), prepare)
     endpoint = EmbedServer()
     wide = EmbedServer(dims=9000)
     trap = Trap()
