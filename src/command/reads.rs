@@ -51,16 +51,78 @@ const PLAIN_STAGES: &[&str] = &[
     "$vectorSearch",
 ];
 
+/// Fields any of the four commands may carry: the generic arguments a
+/// driver sends (MongoDB's "generic command arguments").
+const GENERIC_FIELDS: &[&str] = &[
+    "$db",
+    "lsid",
+    "$clusterTime",
+    "$readPreference",
+    "apiVersion",
+    "apiStrict",
+    "apiDeprecationErrors",
+    "maxTimeMS",
+    "readConcern",
+    "comment",
+];
+
+/// Each command's own public fields (mongod's `find`, `count`, `distinct`
+/// and `aggregate` command specifications).
+fn command_fields(name: &str) -> &'static [&'static str] {
+    match name {
+        "find" => &[
+            "find",
+            "filter",
+            "sort",
+            "projection",
+            "hint",
+            "skip",
+            "limit",
+            "batchSize",
+            "singleBatch",
+            "max",
+            "min",
+            "returnKey",
+            "showRecordId",
+            "tailable",
+            "oplogReplay",
+            "noCursorTimeout",
+            "awaitData",
+            "allowPartialResults",
+            "collation",
+            "allowDiskUse",
+            "let",
+        ],
+        "count" => &["count", "query", "limit", "skip", "hint", "collation"],
+        "distinct" => &["distinct", "key", "query", "collation", "hint"],
+        "aggregate" => &[
+            "aggregate",
+            "pipeline",
+            "cursor",
+            "explain",
+            "allowDiskUse",
+            "hint",
+            "collation",
+            "let",
+        ],
+        _ => &[],
+    }
+}
+
 /// The collections (of the command's database) a `find`, `count`,
 /// `distinct` or `aggregate` reads documents of, each once, in order of
 /// appearance; `None` when the command needs any right other than `find`
-/// on them, or is not one of those four.
+/// on them, is not one of those four, carries a field outside their
+/// public ones (internal options included), or names a field twice
+/// anywhere this reads (servers differ on which of two they take).
 pub fn collections_read(body: &RawDocument) -> Option<Vec<String>> {
     let name = msg::first_key(body)?;
-    if !matches!(name, "find" | "count" | "distinct" | "aggregate") {
+    let own = command_fields(name);
+    if own.is_empty() || !unique_keys(body)? {
         return None;
     }
-    if body.iter().flatten().any(|(key, _)| key.starts_with("$_")) {
+    let known = |key: &str| own.contains(&key) || GENERIC_FIELDS.contains(&key);
+    if !body.iter().flatten().all(|(key, _)| known(key)) {
         return None;
     }
     let mut out = Vec::new();
@@ -69,6 +131,27 @@ pub fn collections_read(body: &RawDocument) -> Option<Vec<String>> {
         pipeline(&mut out, body.get_array("pipeline").ok()?)?;
     }
     Some(out)
+}
+
+/// Whether no key of `doc` appears twice (`None` if it is malformed). At
+/// most 64 keys are compared pairwise; a longer document counts as
+/// repeating (no spec read here has that many).
+fn unique_keys(doc: &RawDocument) -> Option<bool> {
+    let mut keys = Vec::new();
+    for entry in doc {
+        let (key, _) = entry.ok()?;
+        if keys.len() == 64 || keys.contains(&key) {
+            return Some(false);
+        }
+        keys.push(key);
+    }
+    Some(true)
+}
+
+/// A stage's spec as a document whose keys are all distinct.
+fn spec_document<'a>(spec: RawBsonRef<'a>) -> Option<&'a RawDocument> {
+    let spec = spec.as_document()?;
+    unique_keys(spec)?.then_some(spec)
 }
 
 fn add(out: &mut Vec<String>, collection: &str) -> Option<()> {
@@ -96,7 +179,7 @@ fn pipeline(out: &mut Vec<String>, stages: &RawArray) -> Option<()> {
         }
         match name {
             "$lookup" => {
-                let spec = spec.as_document()?;
+                let spec = spec_document(spec)?;
                 match spec.get("from").ok()? {
                     Some(RawBsonRef::String(from)) => add(out, from)?,
                     None => {}
@@ -106,10 +189,11 @@ fn pipeline(out: &mut Vec<String>, stages: &RawArray) -> Option<()> {
                     pipeline(out, sub.as_array()?)?;
                 }
             }
-            "$graphLookup" => add(out, spec.as_document()?.get_str("from").ok()?)?,
+            "$graphLookup" => add(out, spec_document(spec)?.get_str("from").ok()?)?,
             "$unionWith" => match spec {
                 RawBsonRef::String(coll) => add(out, coll)?,
-                RawBsonRef::Document(spec) => {
+                RawBsonRef::Document(_) => {
+                    let spec = spec_document(spec)?;
                     match spec.get("coll").ok()? {
                         Some(RawBsonRef::String(coll)) => add(out, coll)?,
                         None => {}
@@ -122,7 +206,7 @@ fn pipeline(out: &mut Vec<String>, stages: &RawArray) -> Option<()> {
                 _ => return None,
             },
             "$facet" => {
-                for facet in spec.as_document()? {
+                for facet in spec_document(spec)? {
                     pipeline(out, facet.ok()?.1.as_array()?)?;
                 }
             }
@@ -178,6 +262,22 @@ mod tests {
         assert!(collections_read(&rawdoc! { "aggregate": 1, "pipeline": [] }).is_none());
         assert!(collections_read(&rawdoc! { "find": "a", "$_requestResumeToken": true }).is_none());
         assert!(collections_read(&rawdoc! { "listIndexes": "a" }).is_none());
+        assert!(collections_read(&rawdoc! { "find": "a", "$audit": {} }).is_none());
+        assert!(
+            collections_read(&rawdoc! { "aggregate": "a", "pipeline": [], "exchange": {} })
+                .is_none()
+        );
+        // A field named twice: servers differ on which one they take.
+        let mut twice = rawdoc! { "find": "a", "filter": {} };
+        twice.append("find", "b");
+        assert!(collections_read(&twice).is_none());
+        let mut lookup =
+            rawdoc! { "from": "open", "localField": "x", "foreignField": "y", "as": "j" };
+        lookup.append("from", "secret");
+        assert!(stage(rawdoc! { "$lookup": lookup }).is_none());
+        let mut union = rawdoc! { "coll": "open" };
+        union.append("coll", "secret");
+        assert!(stage(rawdoc! { "$unionWith": union }).is_none());
         let many: Vec<_> = (0..=MAX_COLLECTIONS)
             .map(|i| rawdoc! { "$unionWith": format!("c{i}") })
             .collect();

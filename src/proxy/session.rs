@@ -516,8 +516,10 @@ impl Session {
         let name = msg::first_key(body).unwrap_or("");
         if is_authentication(name) || name == "logout" || Hello::is_hello(name) {
             // Whoever the connection speaks for next, its rights are asked
-            // again.
+            // again, and the cursors read for the earlier identity are
+            // closed with the secondary's connection.
             self.rights.clear();
+            self.drop_secondary();
         }
         // Behind access control the proxy reads as itself, once the
         // client's rights are checked; without its own credentials it
@@ -583,10 +585,12 @@ impl Session {
         if as_proxy {
             // Only a read that needs nothing but `find` rights is run as
             // the proxy, and only once the client is found to have them.
-            let Some(collections) = crate::command::reads::collections_read(body) else {
+            let (Some(collections), Ok(db)) = (
+                crate::command::reads::collections_read(body),
+                body.get_str("$db"),
+            ) else {
                 return Ok(None);
             };
-            let db = body.get_str("$db").unwrap_or("");
             for collection in collections {
                 self.check_read_right(db, &collection, name).await?;
             }
@@ -929,6 +933,14 @@ impl Session {
         let (_, reply) = wire::inflate(frame).map_err(|e| upstream_garbage(&e))?;
         if self.swapped {
             self.note_cursor(&reply);
+        }
+        if self.shared.config.upstream.credentials.is_some() {
+            if let Ok(parsed) = OpMsg::parse(&reply) {
+                self.shared
+                    .config
+                    .deployment
+                    .note_cluster_time(parsed.body());
+            }
         }
         let said = says_not_primary(&reply);
         if self.pin.role != Role::Primary || matches!(said, NotPrimary::No) {

@@ -25,6 +25,7 @@ use crate::wire::{msg, OpMsg};
 use bson::{rawdoc, RawArrayBuf, RawDocument, RawDocumentBuf};
 use mongodb::options::{SelectionCriteria, ServerAddress};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -52,15 +53,30 @@ const CLIENT_FIELDS: &[&str] = &[
 ];
 
 /// A connection whose requests run on the server at `address` through
-/// `client` (the proxy's reads client), as the proxy. The serving task
+/// `client` (the proxy's reads client), as the proxy. Each runs for at
+/// most `bound` plus the `maxTimeMS` it gives; past that its reply is
+/// `MaxTimeMSExpired` (50) and the connection goes on. `seen` is the
+/// latest cluster time the upstream itself signed in a reply the proxy
+/// relayed ([`super::Deployment::note_cluster_time`]). The serving task
 /// ends when the returned connection is dropped.
-pub fn spawn(client: mongodb::Client, address: ServerAddress) -> Connection {
+pub fn spawn(
+    client: mongodb::Client,
+    address: ServerAddress,
+    bound: Duration,
+    seen: Arc<AtomicU64>,
+) -> Connection {
     let (near, far) = Connection::pair(PIPE_BUFFER);
-    tokio::spawn(serve(far, client, address));
+    tokio::spawn(serve(far, client, address, bound, seen));
     near
 }
 
-async fn serve(mut end: Connection, client: mongodb::Client, address: ServerAddress) {
+async fn serve(
+    mut end: Connection,
+    client: mongodb::Client,
+    address: ServerAddress,
+    bound: Duration,
+    seen: Arc<AtomicU64>,
+) {
     let server = address.clone();
     let criteria = SelectionCriteria::Predicate(Arc::new(move |info| info.address() == &server));
     // Causal consistency stays the client's: its `afterClusterTime`, if
@@ -80,9 +96,14 @@ async fn serve(mut end: Connection, client: mongodb::Client, address: ServerAddr
                 // The client's cluster time goes on (the driver sends the
                 // later of it and its own): a causally consistent read's
                 // `afterClusterTime` may be past what the secondary has
-                // heard of otherwise.
-                if let Some(time) = cluster_time(request.body()) {
-                    session.advance_cluster_time(&time);
+                // heard of otherwise. Only a time the upstream itself has
+                // given out: a client must not make the proxy gossip a
+                // forged one (a user holding `advanceClusterTime` would
+                // move the whole deployment's clock).
+                if let Some((time, at)) = cluster_time(request.body()) {
+                    if at <= seen.load(Ordering::Relaxed) {
+                        session.advance_cluster_time(&time);
+                    }
                 }
                 let wait = Duration::from_millis(
                     crate::command::search_index::integer(command.get("maxTimeMS").ok().flatten())
@@ -99,7 +120,7 @@ async fn serve(mut end: Connection, client: mongodb::Client, address: ServerAddr
                 } else {
                     run.session(&mut session)
                 };
-                match tokio::time::timeout(super::OWN_TIMEOUT + wait, run).await {
+                match tokio::time::timeout(bound + wait, run).await {
                     Ok(Ok(reply)) => match RawDocumentBuf::from_document(&reply) {
                         Ok(reply) => {
                             note_cursors(&mut open, &db, &command, &reply);
@@ -116,10 +137,20 @@ async fn serve(mut end: Connection, client: mongodb::Client, address: ServerAddr
                             break;
                         }
                     },
-                    Err(_) => break,
+                    Err(_) => error_reply(
+                        Code::relayed(50, "MaxTimeMSExpired"),
+                        &format!(
+                            "likewise: the read on secondary {address} took longer than {} ms",
+                            (bound + wait).as_millis()
+                        ),
+                    ),
                 }
             }
         };
+        if request.flags & msg::MORE_TO_COME != 0 {
+            // The client expects no reply.
+            continue;
+        }
         let out = msg::encode_body(super::next_request_id(), request.header.request_id, &reply);
         if end.write_frame(&out).await.is_err() {
             break;
@@ -154,10 +185,18 @@ fn prepare(request: &OpMsg<'_>) -> Result<(String, RawDocumentBuf), RawDocumentB
     Ok((db.to_string(), command))
 }
 
-/// The `$clusterTime` a client's command gossips, if well formed.
-fn cluster_time(body: &RawDocument) -> Option<mongodb::ClusterTime> {
+/// The `$clusterTime` a client's command gossips, if well formed, and its
+/// timestamp as [`timestamp_order`] gives it.
+fn cluster_time(body: &RawDocument) -> Option<(mongodb::ClusterTime, u64)> {
     let time = body.get_document("$clusterTime").ok()?;
-    bson::from_slice(time.as_bytes()).ok()
+    let at = timestamp_order(time.get_timestamp("clusterTime").ok()?);
+    Some((bson::from_slice(time.as_bytes()).ok()?, at))
+}
+
+/// A BSON timestamp as one number ordered as timestamps are (seconds,
+/// then increment).
+pub fn timestamp_order(t: bson::Timestamp) -> u64 {
+    (u64::from(t.time) << 32) | u64::from(t.increment)
 }
 
 /// Keeps `open` in step with a successful reply: a cursor opened, one
@@ -268,7 +307,8 @@ mod tests {
             };
             cluster_time(&body).expect("a well-formed $clusterTime")
         };
-        assert!(at(5) < at(6));
+        assert!(at(5).0 < at(6).0);
+        assert!(at(5).1 < at(6).1);
         assert!(cluster_time(&rawdoc! { "find": "c" }).is_none());
         assert!(cluster_time(&rawdoc! { "find": "c", "$clusterTime": { "x": 1 } }).is_none());
     }

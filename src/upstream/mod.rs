@@ -53,6 +53,9 @@ pub struct Deployment {
     topology: Arc<Topology>,
     /// A [`Deployment::nudge`] probe is running.
     nudging: tokio::sync::watch::Sender<bool>,
+    /// The latest cluster time seen in a reply from the upstream
+    /// ([`Deployment::note_cluster_time`]).
+    cluster_time: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Default for Deployment {
@@ -63,6 +66,7 @@ impl Default for Deployment {
             reads: tokio::sync::OnceCell::new(),
             topology: Arc::default(),
             nudging: tokio::sync::watch::Sender::new(false),
+            cluster_time: Arc::default(),
         }
     }
 }
@@ -130,6 +134,21 @@ impl Deployment {
             })
             .await
             .cloned()
+    }
+
+    /// Notes the `$clusterTime` of a reply the upstream sent (signed by
+    /// the deployment): reads run as the proxy pass on a client's cluster
+    /// time only up to the latest one noted ([`delegate`]).
+    pub fn note_cluster_time(&self, reply: &RawDocument) {
+        let time = reply
+            .get_document("$clusterTime")
+            .and_then(|t| t.get_timestamp("clusterTime"));
+        if let Ok(time) = time {
+            self.cluster_time.fetch_max(
+                delegate::timestamp_order(time),
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        }
     }
 
     /// Takes `address` out of selection after it answered a pinned request
@@ -279,7 +298,9 @@ impl Deployment {
         let pin = self
             .select_for_client(config, Some(Role::Secondary), tag_sets, client, wait)
             .await?;
-        let mut conn = delegate::spawn(reads, pin.address.clone());
+        let bound = config.request_timeout.unwrap_or_default().max(OWN_TIMEOUT);
+        let mut conn =
+            delegate::spawn(reads, pin.address.clone(), bound, self.cluster_time.clone());
         conn.to_secondary();
         Ok((conn, pin))
     }
