@@ -175,7 +175,12 @@ async fn train_once(config: &Config, index: &Arc<SearchIndex>) -> Result<(), Err
     let split = match &spec.validation {
         train::Validation::Fraction(f) => Split::Fraction(*f),
         train::Validation::Filter(filter) => {
-            let find = crate::rewrite::matching_ids(&index.collection, &index.db, filter);
+            let find = crate::rewrite::matching_ids(
+                &index.collection,
+                &index.db,
+                filter,
+                &mut crate::rewrite::InSession::none(),
+            );
             let mut cursor = conn.cursor(&find).await?;
             let mut ids = IdSet::default();
             while let Some(batch) = cursor.next_batch().await? {

@@ -15,6 +15,7 @@ use crate::index::registry::{Refused, SearchIndex, Status};
 use crate::index::{exact_among, search_allowed, Hit, KeySet, Similarity};
 use crate::maintain::fresh::IdSet;
 use crate::maintain::{build, catalog};
+use crate::rewrite::InSession;
 use crate::rewrite::{self, Ranked};
 use crate::upstream::pinned::{self as upstream, Cursor};
 use bson::{rawdoc, RawArrayBuf, RawBsonRef, RawDocument, RawDocumentBuf};
@@ -670,7 +671,17 @@ impl Session {
         kind: VectorKind,
         body: &RawDocument,
     ) -> Result<Rewritten, Error> {
-        let mut plans = self.plans(kind, body).await?;
+        let mut session = InSession::of(body);
+        let mut plans = self.plans(kind, body, &mut session).await?;
+        // A filter read that began the client's transaction: the command
+        // itself continues it.
+        let continued;
+        let body = if session.started_transaction() {
+            continued = session.continuing(body);
+            &continued
+        } else {
+            body
+        };
         let fetch_only = match (kind, &plans[..]) {
             (VectorKind::Aggregate | VectorKind::Find, [plan]) => {
                 rewrite::fetch_only(body, &plan.ranked, plan.exact_filter.as_deref())
@@ -734,7 +745,9 @@ impl Session {
                 ))
             }
         }
-        let plans = self.plans(kind, &inner_with_db).await?;
+        let plans = self
+            .plans(kind, &inner_with_db, &mut InSession::of(&inner_with_db))
+            .await?;
         let mut rewritten = rewrite_for(kind, &inner_with_db, &plans);
         let plan = &plans[0];
         rewritten = without(&rewritten, "$db");
@@ -796,18 +809,26 @@ impl Session {
 
     /// One plan per owned vector stage of the command (at least one), in
     /// the order `rewrite::aggregate` takes them.
-    async fn plans(&mut self, kind: VectorKind, body: &RawDocument) -> Result<Vec<Plan>, Error> {
+    /// The filter reads run in the client's session (`session`).
+    async fn plans(
+        &mut self,
+        kind: VectorKind,
+        body: &RawDocument,
+        session: &mut InSession,
+    ) -> Result<Vec<Plan>, Error> {
         let db = db_of(body)?.to_string();
-        if matches!(body.get("autocommit"), Ok(Some(RawBsonRef::Boolean(false)))) {
-            // Atlas refuses `$vectorSearch` in a transaction; the indexes
-            // could not see its uncommitted writes anyway.
+        let queries = parse_queries(kind, body)?;
+        if matches!(body.get("autocommit"), Ok(Some(RawBsonRef::Boolean(false))))
+            && queries.iter().any(|(_, query)| query.atlas)
+        {
+            // Atlas refuses `$vectorSearch` in a transaction. The seed's
+            // `$like` is served there: its filter is read in the
+            // transaction (the ranking is of the committed vectors).
             return Err(Error::client(
                 Code::relayed(263, "OperationNotSupportedInTransaction"),
-                "vector search ($vectorSearch, $like) cannot be used in a multi-document \
-                 transaction",
+                "$vectorSearch cannot be used in a multi-document transaction",
             ));
         }
-        let queries = parse_queries(kind, body)?;
         if queries.len() > MAX_VECTOR_STAGES {
             return Err(bad(format!(
                 "a command may hold at most {MAX_VECTOR_STAGES} vector stages"
@@ -815,7 +836,7 @@ impl Session {
         }
         let mut plans = Vec::with_capacity(queries.len());
         for (collection, query) in queries {
-            plans.push(self.plan(kind, &db, &collection, query).await?);
+            plans.push(self.plan(kind, &db, &collection, query, session).await?);
         }
         // Each score reference becomes a lookup carrying the ranked ids and
         // scores: a command that would grow past what a server takes is
@@ -852,6 +873,7 @@ impl Session {
         db: &str,
         collection: &str,
         query: VectorQuery,
+        session: &mut InSession,
     ) -> Result<Plan, Error> {
         let started = std::time::Instant::now();
         let (db, collection) = (db.to_string(), collection.to_string());
@@ -868,7 +890,7 @@ impl Session {
         // something about the documents. A filter is read on the client's
         // connection anyway; without one, a probe asks.
         let allowed = match &query.filter {
-            Some(filter) => Some(self.matching_ids(&db, &collection, filter).await?),
+            Some(filter) => Some(self.matching_ids(&db, &collection, filter, session).await?),
             None => {
                 self.authorize(Action::Find, &db, &collection, kind.command())
                     .await?;
@@ -989,14 +1011,16 @@ impl Session {
     }
 
     /// `_id`s of the documents matching `filter`, read on the client's
-    /// connection so its own permissions apply.
+    /// connection so its own permissions apply, in its session (and
+    /// transaction) so it sees what the client's own reads would.
     async fn matching_ids(
         &mut self,
         db: &str,
         collection: &str,
         filter: &RawDocument,
+        session: &mut InSession,
     ) -> Result<IdSet, Error> {
-        let find = rewrite::matching_ids(collection, db, filter);
+        let find = rewrite::matching_ids(collection, db, filter, session);
         let mut cursor = Cursor::open(&mut self.upstream, db, &find).await?;
         let mut ids = IdSet::default();
         while let Some(batch) = cursor.next_batch().await? {

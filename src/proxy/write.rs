@@ -57,7 +57,8 @@ impl Session {
                 touched.add(id); // the filter names the document: no lookup
                 continue;
             }
-            let find = crate::rewrite::matching_ids(&collection, &db, &filter);
+            let mut session = crate::rewrite::InSession::of(parsed.body());
+            let find = crate::rewrite::matching_ids(&collection, &db, &filter, &mut session);
             let Ok(mut cursor) = Cursor::open(&mut self.upstream, &db, &find).await else {
                 continue;
             };

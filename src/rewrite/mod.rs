@@ -594,19 +594,160 @@ pub fn count(body: &RawDocument, ranked: &Ranked, exact: Option<&RawDocument>) -
 }
 
 /// The `_id`s of documents matching `filter`, as a `find` to run upstream.
-pub fn matching_ids(collection: &str, db: &str, filter: &RawDocument) -> RawDocumentBuf {
-    rawdoc! {
+pub fn matching_ids(
+    collection: &str,
+    db: &str,
+    filter: &RawDocument,
+    session: &mut InSession,
+) -> RawDocumentBuf {
+    let mut find = rawdoc! {
         "find": collection,
         "filter": filter.to_owned(),
         "projection": { "_id": 1 },
         "batchSize": 100_000,
         "$db": db,
+    };
+    session.apply(&mut find);
+    find
+}
+
+/// What puts a read the proxy makes for a client inside the client's own
+/// logical session, transaction and causal order, as the drivers'
+/// sessions and transactions specifications place a client's own
+/// statements: every statement carries `lsid` (and the client's
+/// `$clusterTime`); in a transaction (`autocommit: false`) also
+/// `txnNumber` and `autocommit`, and the transaction's first statement
+/// `startTransaction` with the transaction's `readConcern`; outside one, a
+/// causally consistent read's `readConcern` (`afterClusterTime`).
+pub struct InSession {
+    every: RawDocumentBuf,
+    /// `startTransaction` and `readConcern`, for the first read only.
+    first: Option<RawDocumentBuf>,
+    started: bool,
+}
+
+impl InSession {
+    /// No session: a read of the proxy's own.
+    pub fn none() -> InSession {
+        InSession {
+            every: RawDocumentBuf::new(),
+            first: None,
+            started: false,
+        }
+    }
+
+    /// The session of the client's command `body`.
+    pub fn of(body: &RawDocument) -> InSession {
+        let field = |key: &str| body.get(key).ok().flatten().map(|v| v.to_raw_bson());
+        let in_transaction = matches!(body.get("autocommit"), Ok(Some(RawBsonRef::Boolean(false))));
+        let mut every = RawDocumentBuf::new();
+        for key in ["lsid", "$clusterTime"] {
+            if let Some(value) = field(key) {
+                every.append(key, value);
+            }
+        }
+        let mut first = None;
+        if in_transaction {
+            for key in ["txnNumber", "autocommit"] {
+                if let Some(value) = field(key) {
+                    every.append(key, value);
+                }
+            }
+            if let Some(start) = field("startTransaction") {
+                let mut fields = rawdoc! {};
+                fields.append("startTransaction", start);
+                if let Some(concern) = field("readConcern") {
+                    fields.append("readConcern", concern);
+                }
+                first = Some(fields);
+            }
+        } else if let Some(concern) = field("readConcern") {
+            every.append("readConcern", concern);
+        }
+        InSession {
+            every,
+            first,
+            started: false,
+        }
+    }
+
+    /// Adds the session's fields to one read.
+    pub fn apply(&mut self, command: &mut RawDocumentBuf) {
+        for (key, value) in self.every.iter().flatten() {
+            command.append(key, value.to_raw_bson());
+        }
+        if let Some(first) = self.first.take() {
+            for (key, value) in first.iter().flatten() {
+                command.append(key, value.to_raw_bson());
+            }
+            self.started = true;
+        }
+    }
+
+    /// Whether a read began the client's transaction: the client's own
+    /// command then goes without `startTransaction` and `readConcern`
+    /// ([`InSession::continuing`]).
+    pub fn started_transaction(&self) -> bool {
+        self.started
+    }
+
+    /// The client's command as a later statement of the transaction a
+    /// read of the proxy's began.
+    pub fn continuing(&self, command: &RawDocument) -> RawDocumentBuf {
+        let mut out = RawDocumentBuf::new();
+        for (key, value) in command.iter().flatten() {
+            if !(self.started && matches!(key, "startTransaction" | "readConcern")) {
+                out.append(key, value.to_raw_bson());
+            }
+        }
+        out
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_for_a_client_join_its_session_and_transaction() {
+        let keys = |doc: &RawDocument| -> Vec<String> {
+            doc.iter().flatten().map(|(k, _)| k.to_string()).collect()
+        };
+        let first = rawdoc! {
+            "find": "c", "lsid": { "id": 1 }, "txnNumber": 4_i64, "autocommit": false,
+            "startTransaction": true, "readConcern": { "level": "snapshot" }, "$db": "d",
+        };
+        let mut session = InSession::of(&first);
+        let one = matching_ids("c", "d", &rawdoc! {}, &mut session);
+        assert_eq!(
+            keys(&one)[5..],
+            [
+                "lsid",
+                "txnNumber",
+                "autocommit",
+                "startTransaction",
+                "readConcern"
+            ]
+        );
+        let two = matching_ids("c", "d", &rawdoc! {}, &mut session);
+        assert_eq!(keys(&two)[5..], ["lsid", "txnNumber", "autocommit"]);
+        assert!(session.started_transaction());
+        assert_eq!(
+            keys(&session.continuing(&first)),
+            ["find", "lsid", "txnNumber", "autocommit", "$db"]
+        );
+
+        let causal = rawdoc! {
+            "find": "c", "lsid": { "id": 1 }, "readConcern": { "afterClusterTime": bson::Timestamp { time: 1, increment: 1 } },
+        };
+        let mut session = InSession::of(&causal);
+        for _ in 0..2 {
+            let read = matching_ids("c", "d", &rawdoc! {}, &mut session);
+            assert_eq!(keys(&read)[5..], ["lsid", "readConcern"]);
+        }
+        assert!(!session.started_transaction());
+        assert_eq!(session.continuing(&causal), causal);
+    }
 
     fn ranked() -> Ranked {
         Ranked {

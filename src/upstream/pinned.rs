@@ -114,7 +114,15 @@ pub struct Cursor<'c> {
     collection: String,
     id: i64,
     pending: Option<Vec<RawDocumentBuf>>,
+    /// The opening command's session and transaction fields, which its
+    /// `getMore`s and `killCursors` carry too (a cursor opened in a
+    /// session is continued only in it).
+    session: RawDocumentBuf,
 }
+
+/// The fields that put a command in a client's logical session and
+/// transaction, as a cursor's later commands must repeat them.
+const CURSOR_SESSION_FIELDS: &[&str] = &["lsid", "txnNumber", "autocommit"];
 
 impl<'c> Cursor<'c> {
     /// Runs a cursor-returning command (`find`, `aggregate`).
@@ -125,13 +133,28 @@ impl<'c> Cursor<'c> {
     ) -> Result<Cursor<'c>, Error> {
         let reply = command(conn, body).await?;
         let (id, collection, batch) = read_batch(&reply, "firstBatch")?;
+        let mut session = RawDocumentBuf::new();
+        for key in CURSOR_SESSION_FIELDS {
+            if let Ok(Some(value)) = body.get(key) {
+                session.append(*key, value.to_raw_bson());
+            }
+        }
         Ok(Cursor {
             conn,
             db: db.to_string(),
             collection,
             id,
             pending: Some(batch),
+            session,
         })
+    }
+
+    /// `command` with the opening command's session fields.
+    fn in_session(&self, mut command: RawDocumentBuf) -> RawDocumentBuf {
+        for (key, value) in self.session.iter().flatten() {
+            command.append(key, value.to_raw_bson());
+        }
+        command
     }
 
     /// Kills the cursor if it is still open (a failure only leaves it to
@@ -140,9 +163,9 @@ impl<'c> Cursor<'c> {
         if self.id == 0 {
             return;
         }
-        let kill = rawdoc! {
+        let kill = self.in_session(rawdoc! {
             "killCursors": self.collection.as_str(), "cursors": [self.id], "$db": self.db.as_str(),
-        };
+        });
         if let Err(e) = command(self.conn, &kill).await {
             tracing::debug!(error = %e, "killCursors of an abandoned cursor failed");
         }
@@ -156,7 +179,9 @@ impl<'c> Cursor<'c> {
         if self.id == 0 {
             return Ok(None);
         }
-        let get_more = rawdoc! { "getMore": self.id, "collection": self.collection.as_str(), "$db": self.db.as_str() };
+        let get_more = self.in_session(rawdoc! {
+            "getMore": self.id, "collection": self.collection.as_str(), "$db": self.db.as_str(),
+        });
         let reply = command(self.conn, &get_more).await?;
         let (id, _, batch) = read_batch(&reply, "nextBatch")?;
         self.id = id;

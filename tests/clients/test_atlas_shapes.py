@@ -393,9 +393,9 @@ def test_misplaced_vector_search_gets_atlas_errors(items, pipeline, code, messag
 
 def test_answers_atlas_gives_for_unknown_indexes_transactions_and_search_stages(client, items):
     """An index (or collection) that does not exist finds nothing, also
-    inside `$unionWith`, whose outer documents stay; a vector search inside
-    a transaction is refused (263), as the indexes cannot see its writes;
-    `$search` after the vector stage gets 40602."""
+    inside `$unionWith`, whose outer documents stay; `$vectorSearch` inside
+    a transaction is refused (263), as Atlas refuses it; `$search` after
+    the vector stage gets 40602."""
     db, by_id = items
     assert list(db.items.aggregate([vs(index="nope")])) == []
     assert list(db.never_there.aggregate([vs()])) == []
@@ -407,14 +407,45 @@ def test_answers_atlas_gives_for_unknown_indexes_transactions_and_search_stages(
                 db.items.insert_one({"_id": "in-txn", "v": QUERY}, session=session)
                 list(db.items.aggregate([vs()], session=session))
         assert e.value.code == 263, e.value.details
-        with pytest.raises(OperationFailure) as e:
-            with session.start_transaction():
-                list(db.items.find({"$like": {"vector": QUERY, "n": 3}}, session=session))
-        assert e.value.code == 263
     assert db.items.find_one({"_id": "in-txn"}) is None  # aborted
     with pytest.raises(OperationFailure) as e:
         list(db.items.aggregate([vs(), {"$search": {"text": {"query": "x", "path": "title"}}}]))
     assert e.value.code == 40602 and "$search is only valid as the first stage" in e.value.details["errmsg"]
+
+
+def test_like_in_a_transaction_filters_as_the_transaction_sees(client, items):
+    """The seed's `$like` is served inside a transaction: its filter is read
+    in the client's session and transaction, so a document whose filter
+    field the transaction changed (uncommitted) is included or excluded as
+    the transaction sees it, and not outside it. A `$like` that opens the
+    transaction begins it with its filter read; the statements after it
+    continue the same transaction."""
+    db, by_id = items
+    nearest = ranked(db)[0][0]
+    kind = by_id[nearest]["kind"]
+
+    def like(filter_kind, session=None):
+        query = {"$like": {"vector": QUERY, "n": 3}, "kind": filter_kind}
+        return [d["_id"] for d in db.items.find(query, session=session)]
+
+    assert nearest in like(kind)
+    with client.start_session() as session:
+        session.start_transaction()
+        db.items.update_one({"_id": nearest}, {"$set": {"kind": "moved"}}, session=session)
+        assert like("moved", session) == [nearest]
+        assert nearest not in like(kind, session)
+        # Outside the transaction nothing moved.
+        assert like("moved") == []
+        assert nearest in like(kind)
+        session.abort_transaction()
+
+        # `$like` as the transaction's first statement.
+        session.start_transaction()
+        assert nearest in like(kind, session)
+        db.items.update_one({"_id": nearest}, {"$set": {"kind": "moved"}}, session=session)
+        assert like("moved", session) == [nearest]
+        session.abort_transaction()
+    assert db.items.find_one({"_id": nearest})["kind"] == kind
 
 
 def test_dot_product_scores_stay_in_range(client):
