@@ -12,10 +12,12 @@
 //! replies until one without `moreToCome` — or none at all when the request
 //! itself had `moreToCome` (w:0 writes must never get an invented reply).
 
+mod admin;
+mod for_client;
 mod models;
 mod neighbourhood;
+mod query;
 mod session;
-mod vector;
 mod write;
 
 use crate::config::Config;

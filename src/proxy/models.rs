@@ -2,7 +2,7 @@
 //! Models belong to the deployment (not to a database): definitions live in
 //! `<metadata db>.models`, loaded models in `Shared::models`.
 
-use super::session::Session;
+use super::for_client::ForClient;
 use crate::command::Admin;
 use crate::error::{Code, Error};
 use crate::maintain::catalog;
@@ -10,7 +10,7 @@ use crate::models::{Model, ModelDef};
 use bson::{rawdoc, RawArrayBuf, RawDocument, RawDocumentBuf};
 use std::sync::Arc;
 
-impl Session {
+impl ForClient<'_> {
     pub(super) async fn model_admin(
         &mut self,
         admin: Admin,

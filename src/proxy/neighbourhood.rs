@@ -1,7 +1,7 @@
 //! `createNeighbourhood`, `dropNeighbourhood` and `listNeighbourhoods`,
 //! answered by the proxy (see `maintain::neighbourhood`).
 
-use super::session::Session;
+use super::for_client::ForClient;
 use crate::command::search_index::{cursor_reply, integer};
 use crate::command::vector_query::MAX_CANDIDATES;
 use crate::command::Admin;
@@ -15,7 +15,7 @@ fn bad(message: impl Into<String>) -> Error {
     Error::client(Code::BAD_VALUE, message)
 }
 
-impl Session {
+impl ForClient<'_> {
     pub(super) async fn neighbourhood_admin(
         &mut self,
         admin: Admin,

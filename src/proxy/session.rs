@@ -244,6 +244,16 @@ impl Session {
         }
     }
 
+    /// The client's connection and the shared state, for the work the
+    /// proxy does on the client's behalf ([`super::admin`],
+    /// [`super::query`]).
+    fn for_client(&mut self) -> super::for_client::ForClient<'_> {
+        super::for_client::ForClient {
+            upstream: &mut self.upstream,
+            shared: &self.shared,
+        }
+    }
+
     /// Whether the pinned server still has the role it was chosen for.
     fn pin_holds(&self) -> bool {
         self.views.borrow().still_serves(&self.pin)
@@ -663,7 +673,8 @@ impl Session {
             return Ok(());
         }
         let request = self.current.unwrap_or_default();
-        self.authorize(super::vector::Action::Find, db, collection, command)
+        self.for_client()
+            .authorize(super::for_client::Action::Find, db, collection, command)
             .await
             .map_err(|error| self.own_request_failed(request, error))?;
         if self.rights.len() >= MAX_RIGHTS {
@@ -707,7 +718,11 @@ impl Session {
             }
             Command::SearchIndexAdmin(admin) => {
                 let reply = match self.shared.wait_restored().await {
-                    Ok(()) => self.search_index_admin(admin, parsed.body()).await,
+                    Ok(()) => {
+                        self.for_client()
+                            .search_index_admin(admin, parsed.body())
+                            .await
+                    }
                     Err(e) => Err(e),
                 }
                 .map_err(|error| Failure::Reply { request, error })?;
@@ -715,7 +730,7 @@ impl Session {
             }
             Command::Vector(kind) => {
                 let rewritten = match self.shared.wait_restored().await {
-                    Ok(()) => self.vector_command(kind, parsed.body()).await,
+                    Ok(()) => self.for_client().vector_command(kind, parsed.body()).await,
                     Err(e) => Err(e),
                 }
                 .map_err(|error| self.own_request_failed(request, error))?;
@@ -734,7 +749,7 @@ impl Session {
                     }
                     // More than one batch after all: close that cursor and
                     // let the upstream order them.
-                    self.kill_cursor_of(&reply, fetch).await;
+                    self.for_client().kill_cursor_of(&reply, fetch).await;
                 }
                 self.send_upstream(&msg::encode_body(request.request_id, 0, &rewritten.ranked))
                     .await?;
@@ -742,7 +757,7 @@ impl Session {
             }
             Command::ExplainVector(kind) => {
                 let reply = match self.shared.wait_restored().await {
-                    Ok(()) => self.explain_vector(kind, parsed.body()).await,
+                    Ok(()) => self.for_client().explain_vector(kind, parsed.body()).await,
                     Err(e) => Err(e),
                 }
                 .map_err(|error| self.own_request_failed(request, error))?;

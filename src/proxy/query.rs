@@ -1,0 +1,681 @@
+//! A vector query's plan: resolve the index, encode the query, read the
+//! filter's ids on the client's connection (in its session), search, and
+//! rewrite the command for the upstream (`rewrite`), so results are only
+//! documents the client could read directly. The session sends what this
+//! returns.
+
+use super::for_client::*;
+use crate::command::vector_query::{parse_like_filter, vector_stages, QueryVector, VectorQuery};
+use crate::command::VectorKind;
+use crate::error::{Code, Error};
+use crate::index::ids::IdMap;
+use crate::index::registry::{SearchIndex, Status};
+use crate::index::{exact_among, search_allowed, Hit, KeySet, Similarity};
+use crate::maintain::fresh::IdSet;
+use crate::rewrite::InSession;
+use crate::rewrite::{self, Ranked};
+use crate::upstream::pinned::{self as upstream, Cursor};
+use bson::{rawdoc, RawArrayBuf, RawBsonRef, RawDocument, RawDocumentBuf};
+use std::sync::Arc;
+
+/// A vector command rewritten for the upstream: the ranked form, which
+/// the upstream orders itself, and where possible a fetch-only form whose
+/// single batch the proxy orders (`rewrite::put_in_order`).
+pub(super) struct Rewritten {
+    pub ranked: RawDocumentBuf,
+    pub fetch_only: Option<(RawDocumentBuf, Ranked)>,
+}
+
+struct Plan {
+    /// `None` when a `$vectorSearch` named an index that does not exist:
+    /// Atlas finds nothing then.
+    index: Option<Arc<SearchIndex>>,
+    /// The collection searched.
+    collection: String,
+    strategy: &'static str,
+    /// Vectors the query was compared with.
+    examined: usize,
+    allowed: Option<usize>,
+    ranked: Ranked,
+    exact_filter: Option<RawDocumentBuf>,
+    encoding: Option<Encoding>,
+}
+
+/// Most owned vector stages one command may hold (each is a search).
+const MAX_VECTOR_STAGES: usize = 64;
+
+impl ForClient<'_> {
+    /// Answers the vector part and returns the commands to send upstream.
+    pub(super) async fn vector_command(
+        &mut self,
+        kind: VectorKind,
+        body: &RawDocument,
+    ) -> Result<Rewritten, Error> {
+        let mut session = InSession::of(body);
+        let mut plans = self.plans(kind, body, &mut session).await?;
+        // A filter read that began the client's transaction: the command
+        // itself continues it.
+        let continued;
+        let body = if session.started_transaction() {
+            continued = session.continuing(body);
+            &continued
+        } else {
+            body
+        };
+        let fetch_only = match (kind, &plans[..]) {
+            (VectorKind::Aggregate | VectorKind::Find, [plan]) => {
+                rewrite::fetch_only(body, &plan.ranked, plan.exact_filter.as_deref())
+            }
+            _ => None,
+        };
+        let ranked = rewrite_for(kind, body, &plans);
+        Ok(Rewritten {
+            ranked,
+            fetch_only: fetch_only.map(|command| (command, plans.swap_remove(0).ranked)),
+        })
+    }
+
+    /// Kills the cursor a fetch-only reply left open (under the same
+    /// session); a failure only leaves it to time out.
+    pub(super) async fn kill_cursor_of(&mut self, reply: &RawDocument, fetch: &RawDocument) {
+        let Ok(cursor) = reply.get_document("cursor") else {
+            return;
+        };
+        let (Ok(id), Ok(ns)) = (cursor.get_i64("id"), cursor.get_str("ns")) else {
+            return;
+        };
+        let Some((db, collection)) = ns.split_once('.') else {
+            return;
+        };
+        let mut kill = rawdoc! { "killCursors": collection, "cursors": [id], "$db": db };
+        if let Ok(lsid) = fetch.get_document("lsid") {
+            kill.append("lsid", lsid.to_owned());
+        }
+        if let Err(e) = upstream::command(self.upstream, &kill).await {
+            tracing::debug!(error = %e, "killCursors of a fetch-only cursor failed");
+        }
+    }
+
+    /// `explain` of a vector query: the upstream's explain of the rewritten
+    /// command, plus how the vector part was answered.
+    pub(super) async fn explain_vector(
+        &mut self,
+        kind: VectorKind,
+        body: &RawDocument,
+    ) -> Result<RawDocumentBuf, Error> {
+        let inner = body
+            .get_document("explain")
+            .map_err(|_| bad("explain needs a command document"))?;
+        let outer = db_of(body)?;
+        let mut inner_with_db = inner.to_owned();
+        match inner.get("$db").ok().flatten() {
+            None => inner_with_db.append("$db", outer),
+            // mongod explains only in the database the command was sent to.
+            Some(RawBsonRef::String(db)) if db == outer => {}
+            Some(other) => {
+                return Err(Error::client(
+                    Code::INVALID_NAMESPACE,
+                    format!(
+                        "Mismatched $db in explain command. Expected {outer} but got {}",
+                        match other {
+                            RawBsonRef::String(s) => s.to_string(),
+                            other => format!("{other:?}"),
+                        }
+                    ),
+                ))
+            }
+        }
+        let plans = self
+            .plans(kind, &inner_with_db, &mut InSession::of(&inner_with_db))
+            .await?;
+        let mut rewritten = rewrite_for(kind, &inner_with_db, &plans);
+        let plan = &plans[0];
+        rewritten = without(&rewritten, "$db");
+        let mut upstream_explain = RawDocumentBuf::new();
+        for (k, v) in body.iter().flatten() {
+            if k == "explain" {
+                upstream_explain.append(k, rewritten.clone());
+            } else {
+                upstream_explain.append(k, v.to_raw_bson());
+            }
+        }
+        let reply = upstream::command(self.upstream, &upstream_explain).await?;
+        let mut out = RawDocumentBuf::new();
+        for (k, v) in reply.iter().flatten() {
+            out.append(k, v.to_raw_bson());
+        }
+        let mut likewise = rawdoc! {
+            "index": plan.index.as_ref().map_or("", |i| i.name.as_str()),
+            "strategy": plan.strategy,
+            "candidatesExamined": i64::try_from(plan.examined).unwrap_or(i64::MAX),
+            "vectorsInIndex": i64::try_from(plan.index.as_ref().and_then(|i| i.data.read().ok().map(|d| d.index.len())).unwrap_or(0)).unwrap_or(i64::MAX),
+            "results": i64::try_from(plan.ranked.ids.len()).unwrap_or(i64::MAX),
+            "rewrittenCommand": rewritten,
+        };
+        if let Some(allowed) = plan.allowed {
+            likewise.append("filterMatches", i64::try_from(allowed).unwrap_or(i64::MAX));
+        }
+        if plans.len() > 1 {
+            // Every vector stage, in pipeline order (the fields above are
+            // the first's).
+            let mut stages = RawArrayBuf::new();
+            for p in &plans {
+                stages.push(rawdoc! {
+                    "index": p.index.as_ref().map_or("", |i| i.name.as_str()),
+                    "collection": p.collection.as_str(),
+                    "strategy": p.strategy,
+                    "candidatesExamined": i64::try_from(p.examined).unwrap_or(i64::MAX),
+                    "results": i64::try_from(p.ranked.ids.len()).unwrap_or(i64::MAX),
+                });
+            }
+            likewise.append("vectorStages", stages);
+        }
+        if let Some(e) = &plan.encoding {
+            let mut encoded = rawdoc! { "model": e.model.as_str(), "key": e.key.as_str(), "truncated": e.truncated };
+            if e.truncated {
+                encoded.append(
+                    "note",
+                    format!(
+                        "the query text was longer than the model reads ({} tokens) and was truncated",
+                        crate::models::bert::MAX_TOKENS
+                    ),
+                );
+            }
+            likewise.append("queryEncoding", encoded);
+        }
+        out.append("likewise", likewise);
+        Ok(out)
+    }
+
+    /// One plan per owned vector stage of the command (at least one), in
+    /// the order `rewrite::aggregate` takes them.
+    /// The filter reads run in the client's session (`session`).
+    async fn plans(
+        &mut self,
+        kind: VectorKind,
+        body: &RawDocument,
+        session: &mut InSession,
+    ) -> Result<Vec<Plan>, Error> {
+        let db = db_of(body)?.to_string();
+        let queries = parse_queries(kind, body)?;
+        if matches!(body.get("autocommit"), Ok(Some(RawBsonRef::Boolean(false))))
+            && queries.iter().any(|(_, query)| query.atlas)
+        {
+            // Atlas refuses `$vectorSearch` in a transaction. The seed's
+            // `$like` is served there: its filter is read in the
+            // transaction (the ranking is of the committed vectors).
+            return Err(Error::client(
+                Code::relayed(263, "OperationNotSupportedInTransaction"),
+                "$vectorSearch cannot be used in a multi-document transaction",
+            ));
+        }
+        if queries.len() > MAX_VECTOR_STAGES {
+            return Err(bad(format!(
+                "a command may hold at most {MAX_VECTOR_STAGES} vector stages"
+            )));
+        }
+        let mut plans = Vec::with_capacity(queries.len());
+        for (collection, query) in queries {
+            plans.push(self.plan(kind, &db, &collection, query, session).await?);
+        }
+        // Each score reference becomes a lookup carrying the ranked ids and
+        // scores: a command that would grow past what a server takes is
+        // refused before it is built.
+        let per_reference = plans
+            .iter()
+            .map(|p| p.ranked.score_bytes())
+            .max()
+            .unwrap_or(0);
+        let references = rewrite::score_references(body, crate::wire::MAX_BSON_DEPTH);
+        let rewritten = body.as_bytes().len()
+            + plans
+                .iter()
+                .map(|p| 3 * p.ranked.score_bytes())
+                .sum::<usize>()
+            + references.saturating_mul(per_reference);
+        if rewritten > MAX_DOCUMENT_BYTES {
+            return Err(Error::client(
+                Code::relayed(10334, "BSONObjectTooLarge"),
+                format!(
+                    "the rewritten command would exceed 16 MiB ({references} score references \
+                     over up to {} results each): reference the score fewer times, or ask \
+                     for fewer results",
+                    plans.iter().map(|p| p.ranked.ids.len()).max().unwrap_or(0)
+                ),
+            ));
+        }
+        Ok(plans)
+    }
+
+    async fn plan(
+        &mut self,
+        kind: VectorKind,
+        db: &str,
+        collection: &str,
+        query: VectorQuery,
+        session: &mut InSession,
+    ) -> Result<Plan, Error> {
+        let started = std::time::Instant::now();
+        let (db, collection) = (db.to_string(), collection.to_string());
+        let max = self.shared.config.max_vector_results;
+        if query.limit > max {
+            return Err(bad(format!(
+                "this query asks for {} results; this proxy returns at most {max} per vector \
+                 query (--max-vector-results)",
+                query.limit
+            )));
+        }
+        // The client's right to read the collection comes first, before any
+        // index is consulted: answers, errors and explain output all say
+        // something about the documents. A filter is read on the client's
+        // connection anyway; without one, a probe asks.
+        let allowed = match &query.filter {
+            Some(filter) => Some(self.matching_ids(&db, &collection, filter, session).await?),
+            None => {
+                self.authorize(Action::Find, &db, &collection, kind.command())
+                    .await?;
+                None
+            }
+        };
+        let index = match self.resolve(&db, &collection, &query) {
+            Ok(index) => index,
+            // Atlas answers a `$vectorSearch` of an index (or a collection)
+            // that does not exist with no documents, not an error.
+            Err(e) if query.atlas && e.code.code == Code::INDEX_NOT_FOUND.code => {
+                return Ok(Plan {
+                    index: None,
+                    collection,
+                    strategy: "no such index",
+                    examined: 0,
+                    allowed: allowed.map(|ids| ids.ids.len()),
+                    ranked: Ranked::default(),
+                    exact_filter: query.filter,
+                    encoding: None,
+                });
+            }
+            Err(e) => return Err(e),
+        };
+        let (vector, encoding) = query_vector(&index, &query).await?;
+        let allowed_count = allowed.as_ref().map(|ids| ids.ids.len());
+        let searcher = index.clone();
+        let (ranked, strategy, examined, query) = tokio::task::spawn_blocking(move || {
+            let (ranked, strategy, examined) = search(&searcher, &vector, &query, allowed.as_ref());
+            (ranked, strategy, examined, query)
+        })
+        .await
+        .map_err(|e| Error::internal(format!("vector search failed: {e}")))?;
+        self.shared
+            .metrics
+            .vector_latency
+            .observe(started.elapsed());
+        self.shared.metrics.strategy(strategy);
+        Ok(Plan {
+            index: Some(index),
+            collection,
+            strategy,
+            examined,
+            allowed: allowed_count,
+            ranked,
+            exact_filter: query.filter,
+            encoding,
+        })
+    }
+
+    fn resolve(
+        &self,
+        db: &str,
+        collection: &str,
+        query: &VectorQuery,
+    ) -> Result<Arc<SearchIndex>, Error> {
+        let registry = &self.shared.registry;
+        let index = match &query.index {
+            Some(name) => {
+                let first = registry
+                    .find(db, collection, Some(name), None)
+                    .ok_or_else(|| {
+                        Error::client(
+                            Code::INDEX_NOT_FOUND,
+                            format!("search index '{name}' not found on {db}.{collection}"),
+                        )
+                    })?;
+                // The part indexing the path asked for (several vector
+                // fields make several parts).
+                match &query.path {
+                    Some(path) => registry
+                        .find_path(db, collection, name, path)
+                        .unwrap_or(first),
+                    None => first,
+                }
+            }
+            None => {
+                let all: Vec<_> = registry
+                    .list(db, collection)
+                    .into_iter()
+                    .filter(|i| i.part == 0)
+                    .collect();
+                match all.len() {
+                    1 => all[0].clone(),
+                    0 => {
+                        return Err(Error::client(
+                            Code::INDEX_NOT_FOUND,
+                            format!("{db}.{collection} has no search index"),
+                        ))
+                    }
+                    _ => return Err(bad(format!(
+                        "{db}.{collection} has several search indexes: name one with 'semantic_index'"
+                    ))),
+                }
+            }
+        };
+        let (status, detail) = index.status();
+        if !matches!(status, Status::Ready | Status::Training | Status::Stale) {
+            return Err(Error::client(
+                Code::OBJECT_IS_BUSY,
+                format!(
+                    "search index '{}' is not queryable yet (status {}{})",
+                    index.name,
+                    status.name(),
+                    detail.map(|d| format!(": {d}")).unwrap_or_default()
+                ),
+            ));
+        }
+        if let Some(path) = &query.path {
+            if path != &index.spec.path {
+                return Err(bad(format!(
+                    "search index '{}' indexes path '{}', not '{path}'",
+                    index.name, index.spec.path
+                )));
+            }
+        }
+        Ok(index)
+    }
+
+    /// `_id`s of the documents matching `filter`, read on the client's
+    /// connection so its own permissions apply, in its session (and
+    /// transaction) so it sees what the client's own reads would.
+    async fn matching_ids(
+        &mut self,
+        db: &str,
+        collection: &str,
+        filter: &RawDocument,
+        session: &mut InSession,
+    ) -> Result<IdSet, Error> {
+        let find = rewrite::matching_ids(collection, db, filter, session);
+        let mut cursor = Cursor::open(self.upstream, db, &find).await?;
+        let mut ids = IdSet::default();
+        while let Some(batch) = cursor.next_batch().await? {
+            for doc in &batch {
+                if let Some(id) = doc.get("_id").ok().flatten() {
+                    ids.add(id);
+                }
+            }
+        }
+        Ok(ids)
+    }
+}
+
+/// The vector queries of a command, each with the collection it searches:
+/// an `aggregate`'s owned stages (`vector_stages`, with Atlas's errors for
+/// misplaced ones), or a `find`'s or `count`'s `$like`.
+fn parse_queries(
+    kind: VectorKind,
+    body: &RawDocument,
+) -> Result<Vec<(String, VectorQuery)>, Error> {
+    match kind {
+        VectorKind::Aggregate => {
+            let collection = collection_of(body, "aggregate")?;
+            let stages = body
+                .get_array("pipeline")
+                .map_err(|_| bad("aggregate needs a pipeline"))?;
+            let found = vector_stages(collection, stages)?;
+            if found.is_empty() {
+                // Classified for a `$like` nested inside the first `$match`.
+                return Err(bad("$like must be at the top level of $match"));
+            }
+            Ok(found)
+        }
+        VectorKind::Find => {
+            let collection = collection_of(body, "find")?.to_string();
+            let filter = body
+                .get_document("filter")
+                .map_err(|_| bad("find needs a filter"))?;
+            let query = parse_like_filter(filter)?
+                .ok_or_else(|| bad("$like must be at the top level of the filter"))?;
+            Ok(vec![(collection, query)])
+        }
+        VectorKind::Count => {
+            let collection = collection_of(body, "count")?.to_string();
+            let filter = body
+                .get_document("query")
+                .map_err(|_| bad("count needs a query"))?;
+            let query = parse_like_filter(filter)?
+                .ok_or_else(|| bad("$like must be at the top level of the query"))?;
+            Ok(vec![(collection, query)])
+        }
+    }
+}
+
+/// Which model encoded a query's content, for `explain`.
+struct Encoding {
+    model: String,
+    key: String,
+    truncated: bool,
+}
+
+/// The prepared query vector, encoding content with the index's models
+/// on a blocking thread when the query gives content rather than numbers.
+async fn query_vector(
+    index: &Arc<SearchIndex>,
+    query: &VectorQuery,
+) -> Result<(Vec<f32>, Option<Encoding>), Error> {
+    let spec = &index.spec;
+    let (model, key, value) = match &query.vector {
+        QueryVector::Values(values) => {
+            if query.packed_bits && spec.similarity != Similarity::Euclidean {
+                return Err(bad(format!(
+                    "a packed-bit (int1) query vector is compared with euclidean similarity \
+                     only; index '{}' uses {}",
+                    index.name,
+                    spec.similarity.name()
+                )));
+            }
+            if values.len() != spec.dims {
+                return Err(bad(format!(
+                    "query vector has {} dimensions, index '{}' has {}",
+                    values.len(),
+                    index.name,
+                    spec.dims
+                )));
+            }
+            let vector = spec
+                .similarity
+                .prepare(values.clone())
+                .ok_or_else(|| bad("query vector cannot be compared (all zeros, or not finite)"))?;
+            return Ok((vector, None));
+        }
+        QueryVector::OfDocument(id) => return Ok((stored_vector(index, id)?, None)),
+        QueryVector::Text(text) => {
+            // The model that produces the vectors at the searched path.
+            let Some(i) = spec.models.iter().position(|m| m.key == spec.path) else {
+                return Err(bad(format!(
+                    "search index '{}' has no model to encode 'query' text: pass 'queryVector', \
+                     or index the path as an 'autoEmbed' field (or with createSemanticIndex)",
+                    index.name
+                )));
+            };
+            if let Some(asked) = query.model.as_deref() {
+                if asked != spec.models[i].model {
+                    return Err(bad(format!(
+                        "search index '{}' encodes '{}' with model '{}', not '{asked}': \
+                         query with the index's model (or leave out 'model')",
+                        index.name, spec.path, spec.models[i].model
+                    )));
+                }
+            }
+            (
+                index.encoders[i].clone(),
+                spec.models[i].key.clone(),
+                bson::RawBson::String(text.clone()),
+            )
+        }
+        QueryVector::Content(document) => {
+            let present = spec.models.iter().enumerate().find_map(|(i, m)| {
+                crate::index::vector::lookup(document, &m.key).map(|v| (i, v.to_raw_bson()))
+            });
+            match present {
+                Some((i, value)) => (index.encoders[i].clone(), spec.models[i].key.clone(), value),
+                None => {
+                    if let Some(id) = document.get("_id").ok().flatten() {
+                        return Ok((stored_vector(index, &id.to_raw_bson())?, None));
+                    }
+                    let keys: Vec<&str> = spec.models.iter().map(|m| m.key.as_str()).collect();
+                    return Err(bad(if keys.is_empty() {
+                        format!(
+                            "search index '{}' has no model to encode '$like.document': pass 'vector' or the '_id' \
+                             of an indexed document, or use an index made with createSemanticIndex",
+                            index.name
+                        )
+                    } else {
+                        format!(
+                            "'$like.document' has none of the keys search index '{}' encodes ({})",
+                            index.name,
+                            keys.join(", ")
+                        )
+                    }));
+                }
+            }
+        }
+    };
+    let similarity = spec.similarity;
+    let model_name = model.name().to_string();
+    let encoded = tokio::task::spawn_blocking(move || model.encode(&[value.as_raw_bson_ref()]))
+        .await
+        .map_err(|e| Error::internal(format!("encoding failed: {e}")))?
+        .map_err(|failure| {
+            Error::client(
+                Code::OPERATION_FAILED,
+                format!("model '{model_name}' could not encode the query: {failure}"),
+            )
+        })?
+        .pop()
+        .unwrap_or_else(|| Err("no output".into()))
+        .map_err(|why| bad(format!("'{key}' of the query: {why}")))?;
+    let truncated = encoded.truncated;
+    // A trained adapter maps queries: content under the splitter's query key,
+    // and `$vectorSearch` query text.
+    let is_query = matches!(query.vector, QueryVector::Text(_))
+        || crate::maintain::train::query_key(index) == Some(key.as_str());
+    let raw = match index.adapter() {
+        Some(adapter) if is_query => adapter.apply(&encoded.vector),
+        _ => encoded.vector,
+    };
+    let vector = similarity
+        .prepare(raw)
+        .ok_or_else(|| bad("the query's encoding cannot be compared (all zeros)"))?;
+    Ok((
+        vector,
+        Some(Encoding {
+            model: model_name,
+            key,
+            truncated,
+        }),
+    ))
+}
+
+/// The vector stored for the document with this `_id`.
+fn stored_vector(index: &SearchIndex, id: &bson::RawBson) -> Result<Vec<f32>, Error> {
+    let data = index.data.read().unwrap_or_else(|e| e.into_inner());
+    data.ids
+        .key_of(id.as_raw_bson_ref())
+        .and_then(|key| data.index.vector(key))
+        .map(<[f32]>::to_vec)
+        .ok_or_else(|| {
+            Error::client(
+                Code::BAD_VALUE,
+                format!("no indexed vector for the document with _id {id:?}"),
+            )
+        })
+}
+
+/// Runs the search on a blocking thread's behalf: exact over the allowed
+/// documents when the filter is selective, filtered graph search when it is
+/// broad (falling back to exact if that returns fewer than it could). The
+/// hits become `_id`s under the same lock: a concurrent update re-keys a
+/// document, and its old key must not be looked up after.
+fn search(
+    index: &SearchIndex,
+    vector: &[f32],
+    query: &VectorQuery,
+    allowed_ids: Option<&IdSet>,
+) -> (Ranked, &'static str, usize) {
+    let data = index.data.read().unwrap_or_else(|e| e.into_inner());
+    // Ids become keys under the same lock as the search: a concurrent
+    // update may re-key a document, never between these two steps.
+    let allowed = allowed_ids.map(|ids| {
+        KeySet::from_keys(
+            ids.ids
+                .iter()
+                .filter_map(|id| data.ids.key_of(id.as_raw_bson_ref())),
+        )
+    });
+    let allowed = allowed.as_ref();
+    let similarity = index.spec.similarity;
+    let index = data.index.as_ref();
+    let k = query.limit;
+    let exact = |keys: &[u32]| (exact_among(index, vector, k, keys), keys.len());
+    let ((hits, examined), strategy) = match (allowed, query.exact) {
+        (Some(a), true) => (exact(a.keys()), "exact scan of filter matches"),
+        (None, true) => (
+            exact(&data.ids.live_keys().collect::<Vec<_>>()),
+            "exact scan",
+        ),
+        (Some(a), false) => {
+            let (hits, strategy, examined) =
+                search_allowed(index, vector, k, query.num_candidates, a);
+            ((hits, examined), strategy)
+        }
+        (None, false) => (
+            index.search_counted(vector, k, query.num_candidates, None),
+            "graph search",
+        ),
+    };
+    let dims = index.dims();
+    let score = |distance: f32| match similarity {
+        // Lucene's (so Atlas's) score for int8 vectors under dotProduct:
+        // 0.5 + a·b / (dims · 2^15), in [0, 1] for any int8 vectors
+        // (`VectorSimilarityFunction.DOT_PRODUCT` on bytes).
+        // Kept in [0, 1] when the stored vectors are not int8 too.
+        Similarity::DotProduct if query.int8 => {
+            (0.5 + f64::from(-distance) / (dims as f64 * 32768.0)).clamp(0.0, 1.0)
+        }
+        _ => similarity.score(distance),
+    };
+    (to_ranked(&data.ids, score, &hits), strategy, examined)
+}
+
+fn to_ranked(ids: &IdMap, score: impl Fn(f32) -> f64, hits: &[Hit]) -> Ranked {
+    let mut ranked = Ranked::default();
+    for hit in hits {
+        if let Some(id) = ids.id_of(hit.key) {
+            ranked.ids.push(id.clone());
+            ranked.scores.push(score(hit.distance));
+        }
+    }
+    ranked
+}
+
+fn rewrite_for(kind: VectorKind, body: &RawDocument, plans: &[Plan]) -> RawDocumentBuf {
+    let plan = &plans[0];
+    let exact = plan.exact_filter.as_deref();
+    match kind {
+        VectorKind::Aggregate => {
+            let planned: Vec<rewrite::Planned<'_>> = plans
+                .iter()
+                .map(|p| (&p.ranked, p.exact_filter.as_deref()))
+                .collect();
+            rewrite::aggregate(body, &planned)
+        }
+        VectorKind::Find => rewrite::find_as_aggregate(body, &plan.ranked, exact),
+        VectorKind::Count => rewrite::count(body, &plan.ranked, exact),
+    }
+}
