@@ -27,16 +27,11 @@ pub struct Upstream {
     pub tls: Option<UpstreamTls>,
 }
 
-/// The TLS files of the connection string, used by the driver and by the
-/// proxy's connections for clients alike.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct UpstreamTls {
-    /// `tlsCAFile`; `None`: the system's CA bundle.
-    pub ca_file: Option<PathBuf>,
-    /// `tlsCertificateKeyFile`: the certificate and key (PEM, one file)
-    /// the proxy presents (X.509 authentication).
-    pub cert_key_file: Option<PathBuf>,
-}
+pub use crate::tls::UpstreamTls;
+
+/// `--max-vector-results`'s default: Atlas's ceiling on `numCandidates`
+/// (and so on `limit`), 10,000.
+pub const DEFAULT_MAX_VECTOR_RESULTS: usize = 10_000;
 
 /// The credentials of the URI's user info and auth options.
 #[derive(Clone, PartialEq, Eq)]
@@ -385,7 +380,7 @@ impl Config {
             metadata_db: "likewise".to_string(),
             reconcile_interval: Duration::from_secs(60),
             shutdown_timeout: Duration::from_secs(10),
-            max_vector_results: crate::command::vector_query::MAX_CANDIDATES,
+            max_vector_results: DEFAULT_MAX_VECTOR_RESULTS,
             max_search_indexes: 256,
             unauthenticated_buffer: 256 * 1024 * 1024,
             request_timeout: None,

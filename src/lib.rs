@@ -8,8 +8,10 @@
 //! 3. `conn` reads one whole frame from the client;
 //! 4. `wire` decodes it (OP_COMPRESSED inflated, OP_MSG/OP_QUERY parsed,
 //!    checksums verified) without copying the documents;
-//! 5. `command` classifies the body: commands the proxy owns (today: the
-//!    `hello` handshake) are handled, everything else is `Passthrough`;
+//! 5. `command` classifies the body: commands the proxy owns (the `hello`
+//!    handshake, search-index administration, vector queries) are handled
+//!    by `proxy::admin` and `proxy::query` over the indexes in `registry`
+//!    (engines from `index`), everything else is `Passthrough`;
 //! 6. passthrough requests go upstream as their original bytes, and every
 //!    reply comes back as the upstream's bytes (compressed again if the
 //!    client compressed its request);
@@ -24,6 +26,7 @@ pub mod maintain;
 pub mod metrics;
 pub mod models;
 pub mod proxy;
+pub mod registry;
 pub mod rewrite;
 pub mod server;
 pub mod tls;

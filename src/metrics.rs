@@ -6,7 +6,7 @@
 //! client cannot grow the metric set. Index gauges are read from the
 //! registry at scrape time.
 
-use crate::index::registry::{Registry, Status};
+use crate::registry::{Registry, Status};
 use crate::upstream::topology::View;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -441,7 +441,7 @@ fn clean(s: &str) -> String {
     s.replace(['\\', '"', '\n'], "_")
 }
 
-fn labels(index: &crate::index::registry::SearchIndex) -> String {
+fn labels(index: &crate::registry::SearchIndex) -> String {
     format!(
         "namespace=\"{}\",index=\"{}\",path=\"{}\"",
         clean(&index.namespace()),

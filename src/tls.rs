@@ -78,15 +78,24 @@ pub fn root_certificates(ca_file: Option<&Path>) -> Result<Vec<CertificateDer<'s
     certificates(&bundle)
 }
 
+/// The TLS files of the connection string, used by the driver and by the
+/// proxy's connections for clients alike.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UpstreamTls {
+    /// `tlsCAFile`; `None`: the system's CA bundle.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// `tlsCertificateKeyFile`: the certificate and key (PEM, one file)
+    /// the proxy presents (X.509 authentication).
+    pub cert_key_file: Option<std::path::PathBuf>,
+}
+
 /// How connections to a `tls=true` upstream verify it (against
 /// `tlsCAFile`, or the system's CA bundle), and the certificate they
 /// present when `cert_key_file` names one (a PEM file holding the
 /// certificate chain and its key, as the driver reads it). The proxy's
 /// connections for clients are made with none: a client must never be
 /// able to authenticate as the proxy's certificate.
-pub fn client_config(
-    tls: &crate::config::UpstreamTls,
-) -> Result<Arc<rustls::ClientConfig>, String> {
+pub fn client_config(tls: &UpstreamTls) -> Result<Arc<rustls::ClientConfig>, String> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in root_certificates(tls.ca_file.as_deref())? {
         roots.add(cert).map_err(|e| e.to_string())?;

@@ -12,16 +12,7 @@ pub use hello::Hello;
 use crate::wire::msg::first_key;
 use bson::RawDocument;
 
-/// Whether a reply says `ok: 1` (in any of the numeric types servers use).
-pub fn reply_ok(reply: &RawDocument) -> bool {
-    match reply.get("ok") {
-        Ok(Some(bson::RawBsonRef::Double(v))) => v == 1.0,
-        Ok(Some(bson::RawBsonRef::Int32(v))) => v == 1,
-        Ok(Some(bson::RawBsonRef::Int64(v))) => v == 1,
-        Ok(Some(bson::RawBsonRef::Boolean(v))) => v,
-        _ => false,
-    }
-}
+pub use crate::wire::reply_ok;
 
 /// What the proxy does with a command, decided from its body alone.
 #[derive(Debug, Clone, PartialEq)]

@@ -5,13 +5,13 @@
 
 use crate::error::{Code, Error};
 use crate::index::hnsw::HnswParams;
-use crate::index::registry::{IndexSpec, SearchIndex, Status};
 use crate::index::Similarity;
+use crate::registry::{IndexSpec, SearchIndex, Status};
+use crate::wire::integer;
 use bson::{rawdoc, RawArrayBuf, RawBsonRef, RawDocument, RawDocumentBuf};
 use std::sync::Arc;
 
-/// Atlas's limit on vector dimensions.
-pub const MAX_DIMENSIONS: usize = 8192;
+pub use crate::index::MAX_DIMENSIONS;
 
 fn bad(message: impl Into<String>) -> Error {
     Error::client(Code::BAD_VALUE, message)
@@ -346,16 +346,6 @@ fn hnsw_options(options: &RawDocument) -> Result<HnswParams, Error> {
         }
     }
     Ok(hnsw)
-}
-
-/// An integral number in any BSON numeric type.
-pub fn integer(value: Option<RawBsonRef<'_>>) -> Option<i64> {
-    match value? {
-        RawBsonRef::Int32(n) => Some(i64::from(n)),
-        RawBsonRef::Int64(n) => Some(n),
-        RawBsonRef::Double(x) if x.fract() == 0.0 && x.abs() < 9.0e15 => Some(x as i64),
-        _ => None,
-    }
 }
 
 /// Reads the `name` or `id` of `updateSearchIndex` / `dropSearchIndex`.

@@ -9,8 +9,8 @@
 //! Both become a `VectorQuery`; the rest of the filter stays an ordinary
 //! MQL filter that the upstream evaluates.
 
-use super::search_index::integer;
 use crate::error::{Code, Error};
+use crate::wire::integer;
 use bson::{RawBson, RawBsonRef, RawDocument, RawDocumentBuf};
 
 /// Atlas's ceiling on `numCandidates` (and so on `limit`).

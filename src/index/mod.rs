@@ -1,11 +1,13 @@
 //! Vector indexes as the proxy keeps them: the engines themselves (exact,
 //! HNSW, distance kernels, snapshots) come from `likewise_compute::index`
 //! and are re-exported here; this module adds what ties them to MongoDB
-//! documents: the `_id` <-> key map (`ids`), BSON vectors (`vector`) and the
-//! catalog of live indexes (`registry`).
+//! documents: the `_id` <-> key map (`ids`) and BSON vectors (`vector`).
+//! The catalog of live indexes is `crate::registry`.
 
 pub mod ids;
-pub mod registry;
 pub mod vector;
 
 pub use likewise_compute::index::*;
+
+/// Atlas's limit on vector dimensions.
+pub const MAX_DIMENSIONS: usize = 8192;

@@ -7,11 +7,10 @@
 use crate::config::Config;
 use crate::error::Error;
 use crate::index::ids::IdSet;
-use crate::index::registry::{SearchIndex, Status};
-use crate::index::vector::{is_packed_bits, lookup, read_vector};
-use crate::index::Similarity;
+use crate::maintain::apply::add_documents;
 use crate::maintain::snapshot;
 use crate::maintain::stream::{self, ChangeStream};
+use crate::registry::{SearchIndex, Status};
 use crate::upstream;
 use bson::{rawdoc, RawDocumentBuf};
 use std::sync::atomic::Ordering;
@@ -422,7 +421,7 @@ async fn scan(config: &Config, index: &Arc<SearchIndex>) -> Result<(), Error> {
     let count = conn
         .command(&rawdoc! { "count": index.collection.as_str(), "$db": db })
         .await?;
-    let total = crate::command::search_index::integer(count.get("n").ok().flatten()).unwrap_or(0);
+    let total = crate::wire::integer(count.get("n").ok().flatten()).unwrap_or(0);
     index
         .total
         .store(u64::try_from(total).unwrap_or(0), Ordering::Relaxed);
@@ -458,192 +457,4 @@ async fn scan(config: &Config, index: &Arc<SearchIndex>) -> Result<(), Error> {
         }
     }
     Ok(())
-}
-
-/// What one document contributes to an index.
-enum Outcome {
-    /// Leave the index as it is (content unchanged, or queued for a retry).
-    Keep,
-    /// Index this vector; `content` hashes what a model encoded, `output`
-    /// is the model's output to write back.
-    Set {
-        vector: Vec<f32>,
-        content: Option<u64>,
-        output: Option<Vec<f32>>,
-    },
-    /// No usable vector: the document leaves the index.
-    Unusable,
-}
-
-/// Adds (or replaces) the vectors of `docs`: CPU work (and, for an `http`
-/// model, network calls), for a blocking thread. A document without a
-/// usable vector leaves the index. `scanning` counts the documents into the
-/// build's progress. Models encode before the index is locked, so queries
-/// never wait for a model.
-pub fn add_documents<D: AsRef<bson::RawDocument>>(index: &SearchIndex, docs: &[D], scanning: bool) {
-    let spec = &index.spec;
-    let docs: Vec<(bson::RawBsonRef<'_>, &bson::RawDocument)> = docs
-        .iter()
-        .filter_map(|d| {
-            let d = d.as_ref();
-            d.get("_id").ok().flatten().map(|id| (id, d))
-        })
-        .collect();
-    if scanning {
-        index
-            .scanned
-            .fetch_add(docs.len() as u64, Ordering::Relaxed);
-    }
-    let outcomes = if index.encoders.is_empty() {
-        docs.iter()
-            .map(|(_, doc)| {
-                let value = lookup(doc, &spec.path);
-                // Atlas indexes packed-bit vectors for euclidean only.
-                let comparable = spec.similarity == Similarity::Euclidean || !is_packed_bits(value);
-                read_vector(value, spec.dims)
-                    .ok()
-                    .filter(|_| comparable)
-                    .and_then(|v| spec.similarity.prepare(v))
-                    .map_or(Outcome::Unusable, |vector| Outcome::Set {
-                        vector,
-                        content: None,
-                        output: None,
-                    })
-            })
-            .collect()
-    } else {
-        encode_documents(index, &docs)
-    };
-    index.touch();
-    let mut outputs = Vec::new();
-    let mut data = index.data.write().unwrap_or_else(|e| e.into_inner());
-    for ((id, _), outcome) in docs.iter().zip(outcomes) {
-        let id = *id;
-        let (vector, content) = match outcome {
-            Outcome::Keep => continue,
-            Outcome::Unusable => {
-                if scanning {
-                    index.skipped.fetch_add(1, Ordering::Relaxed);
-                }
-                if let Some(old) = data.ids.retire(id) {
-                    data.index.remove(old);
-                    data.content.remove(&old);
-                    index.note_changed(id);
-                }
-                continue;
-            }
-            Outcome::Set {
-                vector,
-                content,
-                output,
-            } => {
-                if let Some(output) = output {
-                    outputs.push((id.to_raw_bson(), output));
-                }
-                (vector, content)
-            }
-        };
-        // Re-applying an unchanged vector (write-through and the change
-        // stream both report a write) keeps its key: no churn, no tombstone.
-        let current = data.ids.key_of(id);
-        let unchanged = current
-            .and_then(|key| data.index.vector(key))
-            .is_some_and(|stored| stored == vector.as_slice());
-        if unchanged {
-            if let (Some(key), Some(hash)) = (current, content) {
-                data.content.insert(key, hash);
-            }
-            continue;
-        }
-        let (key, old) = data.ids.assign(id);
-        if let Some(old) = old {
-            data.index.remove(old);
-            data.content.remove(&old);
-        }
-        data.index.insert(key, &vector);
-        if let Some(hash) = content {
-            data.content.insert(key, hash);
-        }
-        index.note_changed(id);
-    }
-    drop(data);
-    if spec.write_outputs {
-        index.push_outputs(outputs);
-    }
-}
-
-/// Runs the index's first model over its first key for `docs`, skipping
-/// documents whose content is unchanged since they were encoded. When the
-/// model fails, the documents are queued for a retry and left as they are.
-fn encode_documents(
-    index: &SearchIndex,
-    docs: &[(bson::RawBsonRef<'_>, &bson::RawDocument)],
-) -> Vec<Outcome> {
-    let spec = &index.spec;
-    let model = &index.encoders[0];
-    let mut outcomes: Vec<Outcome> = Vec::with_capacity(docs.len());
-    let mut todo = Vec::new();
-    {
-        let data = index.data.read().unwrap_or_else(|e| e.into_inner());
-        for (i, (id, doc)) in docs.iter().enumerate() {
-            let Some(value) = lookup(doc, &spec.path) else {
-                outcomes.push(Outcome::Unusable);
-                continue;
-            };
-            let hash = content_hash(value);
-            let stored = data.ids.key_of(*id).and_then(|k| data.content.get(&k));
-            outcomes.push(Outcome::Keep);
-            if stored != Some(&hash) {
-                todo.push((i, value, hash));
-            }
-        }
-    }
-    if todo.is_empty() {
-        return outcomes;
-    }
-    let values: Vec<bson::RawBsonRef<'_>> = todo.iter().map(|(_, v, _)| *v).collect();
-    // An adapter trained on both sides maps stored vectors too.
-    let adapter = index.adapter().filter(|a| a.both);
-    match model.encode(&values) {
-        Ok(results) => {
-            for ((i, _, hash), result) in todo.into_iter().zip(results) {
-                outcomes[i] = match result {
-                    Ok(encoded) => match spec.similarity.prepare(match &adapter {
-                        Some(a) => a.apply(&encoded.vector),
-                        None => encoded.vector.clone(),
-                    }) {
-                        Some(vector) => Outcome::Set {
-                            vector,
-                            content: Some(hash),
-                            output: spec.write_outputs.then_some(encoded.vector),
-                        },
-                        None => Outcome::Unusable,
-                    },
-                    Err(why) => {
-                        tracing::debug!(index = %index.name, "document not encoded: {why}");
-                        Outcome::Unusable
-                    }
-                };
-            }
-        }
-        Err(failure) => {
-            tracing::warn!(index = %index.name, model = %model.name(), error = %failure, documents = todo.len(), "model failed: documents queued for a retry");
-            index.add_pending(todo.iter().map(|(i, _, _)| docs[*i].0));
-        }
-    }
-    outcomes
-}
-
-/// A hash of what a model reads from a document.
-fn content_hash(value: bson::RawBsonRef<'_>) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    match value {
-        bson::RawBsonRef::String(s) => (1u8, s.as_bytes()).hash(&mut h),
-        bson::RawBsonRef::Array(a) => (2u8, a.as_bytes()).hash(&mut h),
-        bson::RawBsonRef::Document(d) => (3u8, d.as_bytes()).hash(&mut h),
-        bson::RawBsonRef::Binary(b) => (4u8, b.bytes).hash(&mut h),
-        other => (5u8, format!("{other:?}")).hash(&mut h),
-    }
-    h.finish()
 }

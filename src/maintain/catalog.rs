@@ -17,9 +17,9 @@
 use crate::command::search_index::parse_definition;
 use crate::config::Config;
 use crate::error::{Code, Error};
-use crate::index::registry::SearchIndex;
 use crate::maintain::neighbourhood::Neighbourhood;
 use crate::models::{ModelDef, Models};
+use crate::registry::SearchIndex;
 use crate::upstream;
 use bson::{rawdoc, RawDocument, RawDocumentBuf};
 
@@ -262,7 +262,7 @@ fn parts(
     });
     let mut specs = Vec::new();
     for mut spec in parse_definition(definition)? {
-        let encoders = crate::models::resolve(&mut spec, models)?;
+        let encoders = spec.resolve_models(models)?;
         specs.push((spec, encoders));
     }
     Ok(SearchIndex::parts(
@@ -326,7 +326,7 @@ pub async fn load_neighbourhoods(config: &Config) -> Result<Vec<Neighbourhood>, 
     let mut out = Vec::new();
     for doc in find(config, NEIGHBOURHOODS, RawDocumentBuf::new()).await? {
         let text = |k: &str| doc.get_str(k).ok();
-        let n = crate::command::search_index::integer(doc.get("n").ok().flatten());
+        let n = crate::wire::integer(doc.get("n").ok().flatten());
         match (
             text("db"),
             text("collection"),

@@ -11,9 +11,9 @@
 //! (re)indexed, missing ones removed. All of it runs on the client's own
 //! connection, ordered with the write itself.
 
-use crate::command::search_index::integer;
 pub use crate::index::ids::IdSet;
-use crate::index::registry::SearchIndex;
+use crate::registry::SearchIndex;
+use crate::wire::integer;
 use crate::wire::OpMsg;
 use bson::{rawdoc, RawBsonRef, RawDocument, RawDocumentBuf};
 use std::collections::HashSet;
@@ -183,7 +183,7 @@ pub fn apply<D: AsRef<RawDocument>>(indexes: &[Arc<SearchIndex>], present: &[D],
         }
     }
     for index in indexes {
-        crate::maintain::build::add_documents(index, present, false);
+        super::apply::add_documents(index, present, false);
         index.touch();
         let mut data = index.data.write().unwrap_or_else(|e| e.into_inner());
         for id in &checked.ids {

@@ -2,6 +2,7 @@
 //! (stored in the upstream, so restarts and other proxies see them) and
 //! background builds that scan a collection into an index.
 
+pub mod apply;
 pub mod build;
 pub mod catalog;
 pub mod fresh;
@@ -11,8 +12,8 @@ pub mod stream;
 pub mod train;
 
 use crate::config::Config;
-use crate::index::registry::{Registry, SearchIndex};
 use crate::models::Models;
+use crate::registry::{Registry, SearchIndex};
 use std::sync::Arc;
 
 /// Loads the stored definitions (models, then indexes, then

@@ -16,8 +16,8 @@
 use crate::config::Config;
 use crate::error::Error;
 use crate::index::ids::{canonical, IdSet};
-use crate::index::registry::{IndexData, Registry as Indexes, SearchIndex, Status};
 use crate::index::{exact_among, Hit};
+use crate::registry::{IndexData, Registry as Indexes, SearchIndex, Status};
 use crate::upstream;
 use bson::{rawdoc, RawArrayBuf, RawBson, RawBsonRef, RawDocumentBuf};
 use std::collections::HashMap;

@@ -10,7 +10,7 @@
 
 use crate::index::ids::IdMap;
 use crate::index::persist;
-use crate::index::registry::{IndexData, SearchIndex};
+use crate::registry::{IndexData, SearchIndex};
 use bson::{RawBson, RawDocument, RawDocumentBuf};
 use std::io;
 use std::path::{Path, PathBuf};

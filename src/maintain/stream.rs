@@ -9,8 +9,8 @@
 
 use crate::config::Config;
 use crate::error::{Code, Error};
-use crate::index::registry::SearchIndex;
 use crate::maintain::fresh::{self, IdSet};
+use crate::registry::SearchIndex;
 use crate::upstream::driver_error;
 use bson::{RawBson, RawBsonRef, RawDocument, RawDocumentBuf};
 use futures_util::FutureExt;

@@ -14,10 +14,10 @@
 use crate::config::Config;
 use crate::error::{Code, Error};
 use crate::index::ids::IdSet;
-use crate::index::registry::{IndexData, SearchIndex, Status};
 use crate::index::vector::lookup;
 use crate::maintain::catalog;
 use crate::models::Model;
+use crate::registry::{IndexData, SearchIndex, Status};
 use crate::train::{self, Adapter, Metric, Pairs, Splitter};
 use crate::upstream;
 use bson::{rawdoc, RawBson, RawBsonRef, RawDocument, RawDocumentBuf};
@@ -83,8 +83,7 @@ pub async fn load(config: &Config, index: &SearchIndex) -> bool {
             return false;
         }
     };
-    let dims =
-        crate::command::search_index::integer(doc.get("dims").ok().flatten()).unwrap_or(0) as usize;
+    let dims = crate::wire::integer(doc.get("dims").ok().flatten()).unwrap_or(0) as usize;
     let both = doc.get_bool("both").unwrap_or(false);
     let adapter = doc
         .get_binary("weights")

@@ -14,7 +14,6 @@ pub use likewise_compute::bert;
 pub mod http;
 
 use crate::error::{Code, Error};
-use crate::index::registry::IndexSpec;
 use bert::BertEncoder;
 use bson::{rawdoc, RawBsonRef, RawDocument, RawDocumentBuf};
 use std::collections::HashMap;
@@ -24,7 +23,7 @@ use std::sync::{Arc, Mutex, RwLock};
 /// Inputs a `text` model encodes at once.
 pub const DEFAULT_BATCH: usize = 32;
 /// Largest `dimensions` a model may declare.
-pub const MAX_DIMENSIONS: usize = crate::command::search_index::MAX_DIMENSIONS;
+pub use crate::index::MAX_DIMENSIONS;
 
 fn bad(message: impl Into<String>) -> Error {
     Error::client(Code::BAD_VALUE, message)
@@ -75,7 +74,7 @@ pub struct ModelDef {
 fn positive(doc: &RawDocument, key: &str, max: i64) -> Result<Option<i64>, Error> {
     match doc.get(key).ok().flatten() {
         None => Ok(None),
-        Some(v) => crate::command::search_index::integer(Some(v))
+        Some(v) => crate::wire::integer(Some(v))
             .filter(|n| (1..=max).contains(n))
             .map(Some)
             .ok_or_else(|| bad(format!("'{key}' must be an integer from 1 to {max}"))),
@@ -135,7 +134,7 @@ impl ModelDef {
             timeout_ms: positive(doc, "timeoutMS", 600_000)?.unwrap_or(30_000) as u64,
             retries: match doc.get("retries").ok().flatten() {
                 None => 2,
-                Some(v) => crate::command::search_index::integer(Some(v))
+                Some(v) => crate::wire::integer(Some(v))
                     .filter(|n| (0..=10).contains(n))
                     .ok_or_else(|| bad("'retries' must be an integer from 0 to 10"))?
                     as u32,
@@ -494,39 +493,4 @@ pub const DEFAULT_MODEL: &str = "default";
 pub struct ModelKey {
     pub model: String,
     pub key: String,
-}
-
-/// Looks up the models a spec names and fixes its dimensions: every model
-/// of one index must output the same size (they share one vector space).
-pub fn resolve(spec: &mut IndexSpec, models: &Models) -> Result<Vec<Arc<Model>>, Error> {
-    let mut out = Vec::with_capacity(spec.models.len());
-    for mk in &spec.models {
-        let model = models.get(&mk.model).ok_or_else(|| {
-            Error::client(
-                Code::BAD_VALUE,
-                format!(
-                    "unknown model '{}': register it with createModel first (an autoEmbed \
-                     field without 'model' uses the default text model)",
-                    mk.model
-                ),
-            )
-        })?;
-        if let Some(first) = out.first() {
-            let first: &Arc<Model> = first;
-            if first.dimensions() != model.dimensions() {
-                return Err(bad(format!(
-                    "model '{}' outputs {} dimensions but '{}' outputs {}: one index's models must share a vector space",
-                    model.name(),
-                    model.dimensions(),
-                    first.name(),
-                    first.dimensions()
-                )));
-            }
-        }
-        out.push(model);
-    }
-    if let Some(first) = out.first() {
-        spec.dims = first.dimensions();
-    }
-    Ok(out)
 }

@@ -9,8 +9,8 @@ use crate::command::search_index::{
 };
 use crate::command::Admin;
 use crate::error::{Code, Error};
-use crate::index::registry::{Refused, SearchIndex};
 use crate::maintain::{build, catalog};
+use crate::registry::{Refused, SearchIndex};
 use crate::upstream::pinned::Cursor;
 use bson::{rawdoc, RawArrayBuf, RawDocument, RawDocumentBuf};
 use std::sync::Arc;
@@ -82,7 +82,7 @@ impl ForClient<'_> {
                     .get_document("filter")
                     .map(ToOwned::to_owned)
                     .unwrap_or_default();
-                let limit = search_index::integer(body.get("limit").ok().flatten())
+                let limit = crate::wire::integer(body.get("limit").ok().flatten())
                     .filter(|n| *n > 0)
                     .map_or(20_000, |n| n.min(200_000) as usize);
                 crate::maintain::train::evaluate(
@@ -443,7 +443,7 @@ impl ForClient<'_> {
         collection: &str,
         name: &str,
         definition: &RawDocument,
-        specs: Vec<crate::index::registry::IndexSpec>,
+        specs: Vec<crate::registry::IndexSpec>,
         version: i64,
     ) -> Result<Vec<Arc<SearchIndex>>, Error> {
         let mut loaded = Vec::with_capacity(specs.len());
@@ -468,7 +468,7 @@ impl ForClient<'_> {
     /// Loads the models a semantic spec names and fixes its dimensions.
     async fn resolve_models(
         &self,
-        spec: &mut crate::index::registry::IndexSpec,
+        spec: &mut crate::registry::IndexSpec,
     ) -> Result<Vec<Arc<crate::models::Model>>, Error> {
         let names: Vec<String> = spec.models.iter().map(|m| m.model.clone()).collect();
         self.ensure_models(&names).await?;
@@ -483,7 +483,7 @@ impl ForClient<'_> {
             catalog::save_model(&self.shared.config, &model.def).await?;
             self.shared.models.insert(model);
         }
-        crate::models::resolve(spec, &self.shared.models)
+        spec.resolve_models(&self.shared.models)
     }
 
     /// Asks the upstream, on the client's own connection, whether the client

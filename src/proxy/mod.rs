@@ -22,7 +22,7 @@ mod write;
 
 use crate::config::Config;
 use crate::conn::Connection;
-use crate::index::registry::Registry;
+use crate::registry::Registry;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
 use tokio::net::TcpStream;

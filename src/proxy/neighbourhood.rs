@@ -2,11 +2,12 @@
 //! answered by the proxy (see `maintain::neighbourhood`).
 
 use super::for_client::ForClient;
-use crate::command::search_index::{cursor_reply, integer};
+use crate::command::search_index::cursor_reply;
 use crate::command::vector_query::MAX_CANDIDATES;
 use crate::command::Admin;
 use crate::error::{Code, Error};
 use crate::maintain::{catalog, neighbourhood};
+use crate::wire::integer;
 use bson::{rawdoc, RawDocument, RawDocumentBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;

@@ -9,9 +9,9 @@ use crate::command::vector_query::{parse_like_filter, vector_stages, QueryVector
 use crate::command::VectorKind;
 use crate::error::{Code, Error};
 use crate::index::ids::IdMap;
-use crate::index::registry::{SearchIndex, Status};
 use crate::index::{exact_among, search_allowed, Hit, KeySet, Similarity};
 use crate::maintain::fresh::IdSet;
+use crate::registry::{SearchIndex, Status};
 use crate::rewrite::InSession;
 use crate::rewrite::{self, Ranked};
 use crate::upstream::pinned::{self as upstream, Cursor};

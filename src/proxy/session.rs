@@ -1221,7 +1221,7 @@ enum NotPrimary {
 /// `maxTimeMS` of a `getMore` (its await time on a tailable cursor).
 fn client_wait(body: &RawDocument) -> std::time::Duration {
     let ms = |key: &str| {
-        crate::command::search_index::integer(body.get(key).ok().flatten())
+        crate::wire::integer(body.get(key).ok().flatten())
             .filter(|ms| *ms > 0)
             .map_or(0, |ms| ms as u64)
     };

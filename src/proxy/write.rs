@@ -3,8 +3,8 @@
 //! sees the acknowledgement (see `maintain::fresh`).
 
 use super::session::{Failure, Session};
-use crate::index::registry::SearchIndex;
 use crate::maintain::fresh::{self, IdSet, WriteKind};
+use crate::registry::SearchIndex;
 use crate::upstream::pinned::{check_ok, Cursor};
 use crate::wire::{Compressor, OpMsg};
 use bson::{RawBsonRef, RawDocument, RawDocumentBuf};

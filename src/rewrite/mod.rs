@@ -282,14 +282,11 @@ pub fn find_as_aggregate(
             stages.extend(ranked.later_stage(&rawdoc! { "$sort": sort.to_owned() }));
         }
     }
-    if let Some(skip) =
-        crate::command::search_index::integer(body.get("skip").ok().flatten()).filter(|n| *n > 0)
-    {
+    if let Some(skip) = crate::wire::integer(body.get("skip").ok().flatten()).filter(|n| *n > 0) {
         stages.push(rawdoc! { "$skip": skip });
     }
     let single_batch = matches!(body.get("singleBatch"), Ok(Some(RawBsonRef::Boolean(true))));
-    let limit =
-        crate::command::search_index::integer(body.get("limit").ok().flatten()).map(i64::abs);
+    let limit = crate::wire::integer(body.get("limit").ok().flatten()).map(i64::abs);
     if let Some(limit) = limit.filter(|n| *n > 0) {
         stages.push(rawdoc! { "$limit": limit });
     }
@@ -469,8 +466,7 @@ pub fn fetch_only(
 ) -> Option<RawDocumentBuf> {
     let fits = |batch: Option<RawBsonRef<'_>>| {
         batch.is_none()
-            || crate::command::search_index::integer(batch)
-                .is_some_and(|n| n <= 0 || n as usize >= ranked.ids.len())
+            || crate::wire::integer(batch).is_some_and(|n| n <= 0 || n as usize >= ranked.ids.len())
     };
     // One more than can match, so the upstream reaches the end of the
     // results within the batch and closes the cursor.
@@ -499,8 +495,8 @@ pub fn fetch_only(
     } else {
         let present = |key| body.get(key).ok().flatten();
         let empty_sort = body.get_document("sort").map_or(true, |s| s.is_empty());
-        let no_skip = crate::command::search_index::integer(present("skip")).unwrap_or(0) <= 0;
-        let all_wanted = crate::command::search_index::integer(present("limit"))
+        let no_skip = crate::wire::integer(present("skip")).unwrap_or(0) <= 0;
+        let all_wanted = crate::wire::integer(present("limit"))
             .is_none_or(|n| n == 0 || n.unsigned_abs() as usize >= ranked.ids.len());
         if present("sort").is_some() && !empty_sort
             || !no_skip

@@ -106,7 +106,7 @@ async fn serve(
                     }
                 }
                 let wait = Duration::from_millis(
-                    crate::command::search_index::integer(command.get("maxTimeMS").ok().flatten())
+                    crate::wire::integer(command.get("maxTimeMS").ok().flatten())
                         .filter(|ms| *ms > 0)
                         .map_or(0, |ms| ms as u64),
                 );

@@ -181,13 +181,12 @@ impl Deployment {
             }
             let _done = Done(deployment.clone());
             if let Ok(client) = deployment.client(&config).await {
+                // A read only a primary answers, of the metadata database,
+                // which the proxy may always read.
                 let probe = bson::doc! {
-                    // The catalog's: the proxy may always read it.
-                    "find": crate::maintain::catalog::INDEXES,
-                    "filter": {},
-                    "projection": { "_id": 1 },
-                    "limit": 1,
-                    "singleBatch": true,
+                    "listCollections": 1,
+                    "filter": { "name": "" },
+                    "nameOnly": true,
                 };
                 let database = client.database(&config.metadata_db);
                 let probe = database.run_command(probe).selection_criteria(

@@ -93,7 +93,7 @@ fn garbage(e: wire::WireError) -> Error {
 
 /// Turns an `ok: 0` reply into an error with the upstream's code.
 pub fn check_ok(reply: &RawDocument) -> Result<(), Error> {
-    if crate::command::reply_ok(reply) {
+    if crate::wire::reply_ok(reply) {
         return Ok(());
     }
     let message = reply

@@ -76,6 +76,29 @@ impl std::error::Error for WireError {}
 /// (`src/mongo/bson/bson_validate.cpp`: "A flat BSON has one frame").
 pub const MAX_BSON_DEPTH: usize = 200;
 
+/// Whether a reply says `ok: 1` (in any of the numeric types servers use).
+pub fn reply_ok(reply: &bson::RawDocument) -> bool {
+    match reply.get("ok") {
+        Ok(Some(bson::RawBsonRef::Double(v))) => v == 1.0,
+        Ok(Some(bson::RawBsonRef::Int32(v))) => v == 1,
+        Ok(Some(bson::RawBsonRef::Int64(v))) => v == 1,
+        Ok(Some(bson::RawBsonRef::Boolean(v))) => v,
+        _ => false,
+    }
+}
+
+/// An integral number in any BSON numeric type (`int`, `long`, or a
+/// `double` with no fraction below 2^53, as drivers send numbers typed
+/// by their language): `None` for anything else.
+pub fn integer(value: Option<bson::RawBsonRef<'_>>) -> Option<i64> {
+    match value? {
+        bson::RawBsonRef::Int32(n) => Some(i64::from(n)),
+        bson::RawBsonRef::Int64(n) => Some(n),
+        bson::RawBsonRef::Double(x) if x.fract() == 0.0 && x.abs() < 9.0e15 => Some(x as i64),
+        _ => None,
+    }
+}
+
 /// Checks that `doc` nests no deeper than `max` levels below itself, without
 /// recursing (the walk keeps its own stack of at most `max` iterators), so
 /// every recursive walk over a request that passed it is bounded.

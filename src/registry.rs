@@ -1,10 +1,12 @@
-//! The search indexes this proxy knows, by namespace, with their status,
-//! build progress and data. Synchronous: callers put CPU work on a blocking
-//! thread and I/O elsewhere.
+//! The catalog of search indexes this proxy serves, by namespace: their
+//! definitions (with the models that encode them), status, build progress,
+//! upkeep state and data (an engine from `index`). Synchronous: callers
+//! put CPU work on a blocking thread and I/O elsewhere.
 
-use super::hnsw::{Hnsw, HnswParams};
-use super::ids::{IdMap, IdSet};
-use super::{Similarity, VectorIndex};
+use crate::error::{Code, Error};
+use crate::index::hnsw::{Hnsw, HnswParams};
+use crate::index::ids::{IdMap, IdSet};
+use crate::index::{Similarity, VectorIndex};
 use bson::RawDocumentBuf;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -29,6 +31,47 @@ pub struct IndexSpec {
     pub write_outputs: bool,
     /// Train an adapter once the index is built (semantic indexes only).
     pub train: Option<crate::train::TrainSpec>,
+}
+
+impl IndexSpec {
+    /// Looks up the models a spec names and fixes its dimensions: every model
+    /// of one index must output the same size (they share one vector space).
+    pub fn resolve_models(
+        &mut self,
+        models: &crate::models::Models,
+    ) -> Result<Vec<Arc<crate::models::Model>>, Error> {
+        let spec = self;
+        let mut out = Vec::with_capacity(spec.models.len());
+        for mk in &spec.models {
+            let model = models.get(&mk.model).ok_or_else(|| {
+                Error::client(
+                    Code::BAD_VALUE,
+                    format!(
+                        "unknown model '{}': register it with createModel first (an autoEmbed \
+                         field without 'model' uses the default text model)",
+                        mk.model
+                    ),
+                )
+            })?;
+            if let Some(first) = out.first() {
+                let first: &Arc<crate::models::Model> = first;
+                if first.dimensions() != model.dimensions() {
+                    return Err(Error::client(Code::BAD_VALUE, format!(
+                        "model '{}' outputs {} dimensions but '{}' outputs {}: one index's models must share a vector space",
+                        model.name(),
+                        model.dimensions(),
+                        first.name(),
+                        first.dimensions()
+                    )));
+                }
+            }
+            out.push(model);
+        }
+        if let Some(first) = out.first() {
+            spec.dims = first.dimensions();
+        }
+        Ok(out)
+    }
 }
 
 /// Atlas's index states.
