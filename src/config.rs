@@ -30,8 +30,8 @@ pub struct Upstream {
 pub use crate::tls::UpstreamTls;
 
 /// `--max-vector-results`'s default: Atlas's ceiling on `numCandidates`
-/// (and so on `limit`), 10,000.
-pub const DEFAULT_MAX_VECTOR_RESULTS: usize = 10_000;
+/// (and so on `limit`).
+pub const DEFAULT_MAX_VECTOR_RESULTS: usize = crate::index::MAX_CANDIDATES;
 
 /// The credentials of the URI's user info and auth options.
 #[derive(Clone, PartialEq, Eq)]

@@ -68,6 +68,10 @@ pub struct Error {
     pub side: Side,
     pub code: Code,
     pub message: String,
+    /// The `errorLabels` the upstream gave the error (drivers retry a
+    /// transaction on `TransientTransactionError`, a write on
+    /// `RetryableWriteError`): relayed as they came.
+    pub labels: Vec<String>,
 }
 
 impl Error {
@@ -76,6 +80,7 @@ impl Error {
             side: Side::Client,
             code,
             message: message.into(),
+            labels: Vec::new(),
         }
     }
 
@@ -84,6 +89,7 @@ impl Error {
             side: Side::Upstream,
             code,
             message: message.into(),
+            labels: Vec::new(),
         }
     }
 
@@ -92,6 +98,7 @@ impl Error {
             side: Side::Internal,
             code: Code::INTERNAL_ERROR,
             message: message.into(),
+            labels: Vec::new(),
         }
     }
 
@@ -106,13 +113,29 @@ impl Error {
         self.side == Side::Upstream && RETRYABLE.contains(&self.code.code)
     }
 
-    /// The reply document a client receives for this error.
+    /// The reply document a client receives for this error (with
+    /// `errorLabels` when it has any).
     pub fn to_reply(&self) -> RawDocumentBuf {
-        rawdoc! {
+        let mut reply = rawdoc! {
             "ok": 0.0,
             "errmsg": self.message.as_str(),
             "code": self.code.code,
             "codeName": &*self.code.name,
+        };
+        if !self.labels.is_empty() {
+            let mut labels = bson::RawArrayBuf::new();
+            for label in &self.labels {
+                labels.push(label.as_str());
+            }
+            reply.append("errorLabels", labels);
+        }
+        reply
+    }
+
+    /// Adds a label unless it is there already.
+    pub fn label(&mut self, label: &str) {
+        if !self.labels.iter().any(|l| l == label) {
+            self.labels.push(label.to_string());
         }
     }
 }

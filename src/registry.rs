@@ -361,7 +361,7 @@ impl SearchIndex {
         self.training.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Attaches the loaded models the spec names (see `models::resolve`).
+    /// Attaches the loaded models the spec names (see `IndexSpec::resolve_models`).
     pub fn with_encoders(mut self, encoders: Vec<Arc<crate::models::Model>>) -> SearchIndex {
         self.encoders = encoders;
         self

@@ -79,7 +79,7 @@ impl Hello {
     /// Rewrites a successful upstream reply into a router's reply. Error
     /// replies are the upstream's business and stay as they are (`None`).
     pub fn handle_reply(&self, reply: &RawDocument) -> Option<RawDocumentBuf> {
-        if !super::reply_ok(reply) {
+        if !crate::wire::reply_ok(reply) {
             return None;
         }
         let mut out = RawDocumentBuf::new();

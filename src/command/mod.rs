@@ -12,8 +12,6 @@ pub use hello::Hello;
 use crate::wire::msg::first_key;
 use bson::RawDocument;
 
-pub use crate::wire::reply_ok;
-
 /// What the proxy does with a command, decided from its body alone.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command {

@@ -11,7 +11,7 @@ use crate::wire::integer;
 use bson::{rawdoc, RawArrayBuf, RawBsonRef, RawDocument, RawDocumentBuf};
 use std::sync::Arc;
 
-pub use crate::index::MAX_DIMENSIONS;
+use crate::index::MAX_DIMENSIONS;
 
 fn bad(message: impl Into<String>) -> Error {
     Error::client(Code::BAD_VALUE, message)
@@ -246,7 +246,7 @@ fn strings(definition: &RawDocument, key: &str) -> Result<Vec<String>, Error> {
 }
 
 /// Reads a semantic index definition. Dimensions come from the models, so
-/// `dims` is 0 until `models::resolve` fills it in.
+/// `dims` is 0 until `IndexSpec::resolve_models` fills it in.
 fn parse_semantic(definition: &RawDocument) -> Result<IndexSpec, Error> {
     let models = strings(definition, "models")?;
     let keys = strings(definition, "keys")?;

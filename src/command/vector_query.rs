@@ -13,8 +13,7 @@ use crate::error::{Code, Error};
 use crate::wire::integer;
 use bson::{RawBson, RawBsonRef, RawDocument, RawDocumentBuf};
 
-/// Atlas's ceiling on `numCandidates` (and so on `limit`).
-pub const MAX_CANDIDATES: usize = 10_000;
+use crate::index::MAX_CANDIDATES;
 /// The seed's default `n`.
 pub const DEFAULT_N: usize = 10;
 

@@ -11,3 +11,7 @@ pub use likewise_compute::index::*;
 
 /// Atlas's limit on vector dimensions.
 pub const MAX_DIMENSIONS: usize = 8192;
+
+/// Atlas's ceiling on `$vectorSearch`'s `numCandidates` (and so on
+/// `limit`): the most results one vector query returns.
+pub const MAX_CANDIDATES: usize = 10_000;

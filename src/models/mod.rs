@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex, RwLock};
 /// Inputs a `text` model encodes at once.
 pub const DEFAULT_BATCH: usize = 32;
 /// Largest `dimensions` a model may declare.
-pub use crate::index::MAX_DIMENSIONS;
+use crate::index::MAX_DIMENSIONS;
 
 fn bad(message: impl Into<String>) -> Error {
     Error::client(Code::BAD_VALUE, message)

@@ -3,9 +3,9 @@
 
 use super::for_client::ForClient;
 use crate::command::search_index::cursor_reply;
-use crate::command::vector_query::MAX_CANDIDATES;
 use crate::command::Admin;
 use crate::error::{Code, Error};
+use crate::index::MAX_CANDIDATES;
 use crate::maintain::{catalog, neighbourhood};
 use crate::wire::integer;
 use bson::{rawdoc, RawDocument, RawDocumentBuf};

@@ -26,6 +26,9 @@ pub(super) struct Rewritten {
     pub fetch_only: Option<(RawDocumentBuf, Ranked)>,
 }
 
+/// How one vector stage of a command is answered: the index searched (if
+/// any), the strategy and its counts for `explain`, and the ranked ids the
+/// rewrite fetches.
 struct Plan {
     /// `None` when a `$vectorSearch` named an index that does not exist:
     /// Atlas finds nothing then.
@@ -126,7 +129,9 @@ impl ForClient<'_> {
             }
         }
         let plans = self
-            .plans(kind, &inner_with_db, &mut InSession::of(&inner_with_db))
+            // An explain runs in no transaction; its session fields are
+            // the outer command's.
+            .plans(kind, &inner_with_db, &mut InSession::of(body))
             .await?;
         let mut rewritten = rewrite_for(kind, &inner_with_db, &plans);
         let plan = &plans[0];
@@ -199,14 +204,22 @@ impl ForClient<'_> {
         let db = db_of(body)?.to_string();
         let queries = parse_queries(kind, body)?;
         if matches!(body.get("autocommit"), Ok(Some(RawBsonRef::Boolean(false))))
-            && queries.iter().any(|(_, query)| query.atlas)
+            && (kind == VectorKind::Count || queries.iter().any(|(_, query)| query.atlas))
         {
-            // Atlas refuses `$vectorSearch` in a transaction. The seed's
-            // `$like` is served there: its filter is read in the
-            // transaction (the ranking is of the committed vectors).
+            // Atlas refuses `$vectorSearch` in a transaction, and mongod
+            // `count`. The seed's `$like` is served there otherwise: its
+            // filter is read in the transaction (the ranking is of the
+            // committed vectors).
             return Err(Error::client(
                 Code::relayed(263, "OperationNotSupportedInTransaction"),
-                "$vectorSearch cannot be used in a multi-document transaction",
+                format!(
+                    "{} cannot be used in a multi-document transaction",
+                    if kind == VectorKind::Count {
+                        "count"
+                    } else {
+                        "$vectorSearch"
+                    }
+                ),
             ));
         }
         if queries.len() > MAX_VECTOR_STAGES {

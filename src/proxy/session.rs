@@ -9,7 +9,7 @@ use crate::rewrite;
 use crate::upstream::pinned as upstream;
 use crate::upstream::topology::{Pin, Role, View};
 use crate::wire::{self, msg, query, Compressor, Header, OpCode, OpMsg, OpQuery};
-use bson::{RawArrayBuf, RawBsonRef, RawDocument, RawDocumentBuf};
+use bson::{RawBsonRef, RawDocument, RawDocumentBuf};
 use bytes::Bytes;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -738,7 +738,7 @@ impl Session {
                     let reply = upstream::round_trip(&mut self.upstream, fetch)
                         .await
                         .map_err(|error| Failure::Reply { request, error })?;
-                    if !crate::command::reply_ok(&reply) {
+                    if !crate::wire::reply_ok(&reply) {
                         if let Some(failure) = self.lost_primary(&reply) {
                             return Err(failure);
                         }
@@ -800,7 +800,7 @@ impl Session {
             let body = parsed.body();
             let done = body.get_bool("done").unwrap_or(false)
                 || body.get("conversationId").ok().flatten().is_none();
-            if crate::command::reply_ok(body) && done {
+            if crate::wire::reply_ok(body) && done {
                 self.client.authenticated();
             }
         }
@@ -822,7 +822,7 @@ impl Session {
                 .body()
                 .get_document("speculativeAuthenticate")
                 .is_ok_and(|s| s.get_bool("done").unwrap_or(false));
-            if crate::command::reply_ok(parsed.body()) && done {
+            if crate::wire::reply_ok(parsed.body()) && done {
                 self.client.authenticated();
             }
         }
@@ -1050,7 +1050,7 @@ impl Session {
         let Ok(parsed) = OpMsg::parse(reply) else {
             return;
         };
-        let ok = crate::command::reply_ok(parsed.body());
+        let ok = crate::wire::reply_ok(parsed.body());
         let id = parsed
             .body()
             .get_document("cursor")
@@ -1192,7 +1192,7 @@ fn says_not_primary(reply: &[u8]) -> NotPrimary {
 /// [`says_not_primary`] for a reply body.
 fn not_primary(body: &RawDocument) -> NotPrimary {
     let listed = |code: Result<i32, _>| code.is_ok_and(|c| NOT_PRIMARY_CODES.contains(&c));
-    if crate::command::reply_ok(body) {
+    if crate::wire::reply_ok(body) {
         let concern = body.get_document("writeConcernError");
         if concern.is_ok_and(|w| listed(w.get_i32("code"))) {
             return NotPrimary::AfterWriting;
@@ -1281,12 +1281,17 @@ fn upstream_garbage(e: &wire::WireError) -> Failure {
 /// `--request-timeout-ms`) carries the label a `mongos` would give it, so
 /// drivers retry the write or the transaction.
 fn encode_error(shared: &Shared, request: ReplyTo, error: &Error) -> Vec<u8> {
-    let mut body = error.to_reply();
-    if let Some(label) = request.retry.label().filter(|_| error.is_transient()) {
-        let mut labels = RawArrayBuf::new();
-        labels.push(label);
-        body.append("errorLabels", labels);
-    }
+    let labelled;
+    let error = match request.retry.label().filter(|_| error.is_transient()) {
+        Some(label) => {
+            let mut with = error.clone();
+            with.label(label);
+            labelled = with;
+            &labelled
+        }
+        None => error,
+    };
+    let body = error.to_reply();
     if request.legacy {
         query::encode_reply(shared.next_request_id(), request.request_id, &body)
     } else {

@@ -52,12 +52,14 @@ impl Session {
         // Which documents the write may change, asked before it runs. A
         // filter the upstream rejects will fail the write too: no harm.
         let mut touched = IdSet::default();
+        // In the client's session (never a transaction here: those writes
+        // keep no index current).
+        let mut session = crate::rewrite::InSession::of(parsed.body());
         for filter in fresh::filters(kind, parsed) {
             if let Some(id) = fresh::exact_id(&filter) {
                 touched.add(id); // the filter names the document: no lookup
                 continue;
             }
-            let mut session = crate::rewrite::InSession::of(parsed.body());
             let find = crate::rewrite::matching_ids(&collection, &db, &filter, &mut session);
             let Ok(mut cursor) = Cursor::open(&mut self.upstream, &db, &find).await else {
                 continue;

@@ -272,16 +272,13 @@ fn server_error(e: &mongodb::error::Error) -> Option<RawDocumentBuf> {
         | ErrorKind::DnsResolve { .. } => return None,
         _ => return Some(super::driver_error(e.clone()).to_reply()),
     };
-    let mut reply = error_reply(Code::relayed(c.code, &c.code_name), &c.message);
-    let labels = e.labels();
-    if !labels.is_empty() {
-        let mut array = RawArrayBuf::new();
-        for label in labels {
-            array.push(label.as_str());
-        }
-        reply.append("errorLabels", array);
+    let mut error = crate::error::Error::upstream(Code::relayed(c.code, &c.code_name), &c.message);
+    let mut labels: Vec<_> = e.labels().iter().collect();
+    labels.sort();
+    for label in labels {
+        error.label(label);
     }
-    Some(reply)
+    Some(error.to_reply())
 }
 
 fn error_reply(code: Code, message: &str) -> RawDocumentBuf {

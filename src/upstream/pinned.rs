@@ -103,7 +103,18 @@ pub fn check_ok(reply: &RawDocument) -> Result<(), Error> {
     let code = reply.get_i32("code").unwrap_or(Code::INTERNAL_ERROR.code);
     let name = reply.get_str("codeName").unwrap_or("UnknownError");
     let code = Code::relayed(code, name);
-    Err(Error::upstream(code, message))
+    let mut error = Error::upstream(code, message);
+    for label in reply
+        .get_array("errorLabels")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        if let Some(label) = label.as_str() {
+            error.label(label);
+        }
+    }
+    Err(error)
 }
 
 /// A cursor opened on a client's pinned connection, read batch by batch

@@ -439,6 +439,15 @@ def test_like_in_a_transaction_filters_as_the_transaction_sees(client, items):
         assert nearest in like(kind)
         session.abort_transaction()
 
+        # mongod refuses `count` in a transaction; so does the proxy, before
+        # any read of its own.
+        session.start_transaction()
+        with pytest.raises(OperationFailure) as refused:
+            db.command("count", "items", query={"$like": {"vector": QUERY, "n": 3}},
+                       session=session)
+        assert refused.value.code == 263
+        session.abort_transaction()
+
         # `$like` as the transaction's first statement.
         session.start_transaction()
         assert nearest in like(kind, session)

@@ -352,6 +352,43 @@ def test_a_change_stream_whose_history_is_lost_rebuilds_the_index():
         upstream.stop()
 
 
+def test_a_like_filter_read_failing_in_a_transaction_keeps_its_labels():
+    """A `$like`'s filter read runs in the client's transaction; when the
+    server fails it with a transient transaction error, the client gets the
+    server's `TransientTransactionError` label, so `with_transaction`
+    retries the whole transaction, which then succeeds. The failure comes
+    from the server's own failpoint, scoped to the client's `appName`
+    (the filter read travels on the client's connection)."""
+    upstream = start_upstream("--enable-test-commands")
+    proxy = start_proxy(f"mongodb://127.0.0.1:{upstream.port}/")
+    try:
+        with MongoClient(f"mongodb://{proxy.address}/", appname="txn-app") as c, \
+                direct(upstream) as d:
+            coll = c.fo.txn
+            coll.insert_many([{"_id": i, "p": [float(i), 0.0], "k": i % 2} for i in range(10)])
+            coll.create_search_index(SearchIndexModel(name="t", type="vectorSearch", definition={
+                "fields": [{"type": "vector", "path": "p", "numDimensions": 2,
+                            "similarity": "euclidean"}]}))
+            eventually(lambda: [i["status"] for i in coll.list_search_indexes()] == ["READY"])
+            d.admin.command("configureFailPoint", "failCommand", mode={"times": 1}, data={
+                "failCommands": ["find"], "errorCode": 112, "appName": "txn-app",
+                "errorLabels": ["TransientTransactionError"]})
+            attempts = []
+
+            def nearest_odd(session):
+                attempts.append(1)
+                return [r["_id"] for r in coll.find(
+                    {"$like": {"vector": [4.2, 0.0], "n": 2}, "k": 1}, session=session)]
+
+            with c.start_session() as s:
+                assert s.with_transaction(nearest_odd) == [5, 3]
+            assert len(attempts) == 2
+            d.admin.command("configureFailPoint", "failCommand", mode="off")
+    finally:
+        proxy.stop()
+        upstream.stop()
+
+
 def test_reads_follow_their_read_preference():
     """As a mongos routes them: primary reads to the primary; secondary
     reads (and their getMores, and a vector query's reads) to a secondary
