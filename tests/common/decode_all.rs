@@ -2,7 +2,9 @@
 //! inflating OP_COMPRESSED, decoding by opcode, walking the command body,
 //! classifying the command and running the parser of every command the proxy
 //! owns (handshake, search-index admin, semantic indexes, models,
-//! `$vectorSearch`, `$like`) and the rewriters of vector commands. Shared by the libFuzzer target
+//! `$vectorSearch`, `$like`), the rewriters of vector commands, the
+//! write-command readers of write-through, what a secondary read needs
+//! rights on and a read's session fields. Shared by the libFuzzer target
 //! (`fuzz/fuzz_targets/decode.rs`) and the seeded-mutation test in
 //! `tests/codec_fixtures.rs`, so both exercise the same paths.
 
@@ -28,6 +30,7 @@ pub fn decode_everything(data: &[u8]) {
                 let _ = element;
             }
             parse_everything(m.body());
+            read_write(&m);
         }
         Ok(Message::Query(q)) if wire::check_depth(q.command(), wire::MAX_BSON_DEPTH).is_ok() => {
             parse_everything(q.command())
@@ -36,8 +39,30 @@ pub fn decode_everything(data: &[u8]) {
     }
 }
 
+/// The write-command readers write-through uses (the filters a write
+/// matches by, the documents it inserts, the ids a reply names; the body
+/// itself standing in for a reply).
+fn read_write(m: &wire::OpMsg<'_>) {
+    use likewise::maintain::fresh;
+    let Some(kind) = m.command_name().and_then(fresh::WriteKind::of) else {
+        return;
+    };
+    for filter in fresh::filters(kind, m) {
+        let _ = fresh::exact_id(&filter);
+    }
+    let _ = fresh::inserted(m, m.body());
+    let mut ids = likewise::index::ids::IdSet::default();
+    fresh::reply_ids(kind, m.body(), &mut ids);
+}
+
 fn parse_everything(body: &RawDocument) {
     let command = Command::classify(body);
+    // What a read run as the proxy would need rights on, and the session
+    // fields a read for the client would carry.
+    let _ = likewise::command::reads::collections_read(body);
+    let mut session = likewise::rewrite::InSession::of(body);
+    let _ = likewise::rewrite::matching_ids("c", "d", body, &mut session);
+    let _ = session.continuing(body);
     let _ = Hello::parse(body);
     let _ = search_index::parse_create(body);
     let _ = search_index::parse_target(body);
