@@ -16,8 +16,8 @@
 pub mod delegate;
 pub mod pinned;
 pub mod topology;
+pub mod uri;
 
-use crate::config::Config;
 use crate::conn::Connection;
 use crate::error::{Code, Error};
 use bson::{RawDocument, RawDocumentBuf};
@@ -29,6 +29,53 @@ use tokio::net::TcpStream;
 use topology::{Pin, Role, Topology};
 
 pub use pinned::{check_ok, next_request_id};
+
+/// What the deployment reads of the proxy's settings (the CLI's
+/// `crate::config::Config` implements it): the connection string, the
+/// timeouts and TLS of the proxy's own connections, the change streams'
+/// pool size, the metadata database, and the `Deployment` itself.
+pub trait Settings: Send + Sync {
+    /// The `--upstream` connection string.
+    fn upstream(&self) -> &uri::Upstream;
+    /// `--connect-timeout-ms`.
+    fn connect_timeout(&self) -> Duration;
+    /// TLS for connections the proxy opens for clients (never with the
+    /// proxy's own certificate).
+    fn upstream_tls(&self) -> Option<&Arc<rustls::ClientConfig>>;
+    /// `--max-search-indexes` (one change stream each).
+    fn max_search_indexes(&self) -> usize;
+    /// `--metadata-db`.
+    fn metadata_db(&self) -> &str;
+    /// `--request-timeout-ms`.
+    fn request_timeout(&self) -> Option<Duration>;
+    /// The deployment these settings name.
+    fn deployment(&self) -> &Arc<Deployment>;
+}
+
+/// Settings shared behind an `Arc` are settings.
+impl<S: Settings + ?Sized> Settings for Arc<S> {
+    fn upstream(&self) -> &uri::Upstream {
+        (**self).upstream()
+    }
+    fn connect_timeout(&self) -> Duration {
+        (**self).connect_timeout()
+    }
+    fn upstream_tls(&self) -> Option<&Arc<rustls::ClientConfig>> {
+        (**self).upstream_tls()
+    }
+    fn max_search_indexes(&self) -> usize {
+        (**self).max_search_indexes()
+    }
+    fn metadata_db(&self) -> &str {
+        (**self).metadata_db()
+    }
+    fn request_timeout(&self) -> Option<Duration> {
+        (**self).request_timeout()
+    }
+    fn deployment(&self) -> &Arc<Deployment> {
+        (**self).deployment()
+    }
+}
 
 /// Longest a topology probe ([`Deployment::nudge`]) runs, and longest a
 /// new client connection waits for one.
@@ -85,7 +132,10 @@ impl Deployment {
     /// to likewise's: `appName=likewise`, `connectTimeoutMS` from
     /// `--connect-timeout-ms`. A failed start (DNS, bad TLS files) is
     /// retried by the next call.
-    pub async fn client(&self, config: &Config) -> Result<mongodb::Client, Error> {
+    pub async fn client(
+        &self,
+        config: &(impl Settings + ?Sized),
+    ) -> Result<mongodb::Client, Error> {
         let topology = self.topology.clone();
         self.client
             .get_or_try_init(|| async move {
@@ -109,11 +159,14 @@ impl Deployment {
     /// (`--max-search-indexes` + 16). Each stream's `getMore` holds a
     /// connection for its await, so on the shared pool a few dozen
     /// streams would queue every other command of the proxy's.
-    pub async fn stream_client(&self, config: &Config) -> Result<mongodb::Client, Error> {
+    pub async fn stream_client(
+        &self,
+        config: &(impl Settings + ?Sized),
+    ) -> Result<mongodb::Client, Error> {
         self.streams
             .get_or_try_init(|| async move {
                 let mut options = client_options(config).await?;
-                let streams = u32::try_from(config.max_search_indexes).unwrap_or(u32::MAX);
+                let streams = u32::try_from(config.max_search_indexes()).unwrap_or(u32::MAX);
                 options.max_pool_size = Some(streams.saturating_add(16));
                 mongodb::Client::with_options(options).map_err(driver_error)
             })
@@ -125,7 +178,10 @@ impl Deployment {
     /// ([`Deployment::open_delegated`]): the same options, with a pool of
     /// its own (the URI's `maxPoolSize`, else [`READS_POOL`] per server),
     /// so that clients' reads never queue behind index builds.
-    async fn reads_client(&self, config: &Config) -> Result<mongodb::Client, Error> {
+    async fn reads_client(
+        &self,
+        config: &(impl Settings + ?Sized),
+    ) -> Result<mongodb::Client, Error> {
         self.reads
             .get_or_try_init(|| async move {
                 let mut options = client_options(config).await?;
@@ -154,7 +210,7 @@ impl Deployment {
     /// Takes `address` out of selection after it answered a pinned request
     /// with a "not primary" error, and has the driver look again now
     /// rather than at its next heartbeat ([`Deployment::nudge`]).
-    pub fn demote(&self, config: &Arc<Config>, address: &ServerAddress) {
+    pub fn demote(&self, config: &Arc<impl Settings + 'static>, address: &ServerAddress) {
         if self.topology.demote(address) {
             self.nudge(config);
         }
@@ -165,13 +221,13 @@ impl Deployment {
     /// (which the driver's SDAM error handling turns into a check), and
     /// while no primary is known its server selection checks every server
     /// at once rather than at the next heartbeat. One at a time.
-    pub fn nudge(&self, config: &Arc<Config>) {
+    pub fn nudge(&self, config: &Arc<impl Settings + 'static>) {
         if self.nudging.send_replace(true) {
             return;
         }
         let config = config.clone();
         tokio::spawn(async move {
-            let deployment = config.deployment.clone();
+            let deployment = config.deployment().clone();
             // Cleared however the probe ends.
             struct Done(Arc<Deployment>);
             impl Drop for Done {
@@ -188,7 +244,7 @@ impl Deployment {
                     "filter": { "name": "" },
                     "nameOnly": true,
                 };
-                let database = client.database(&config.metadata_db);
+                let database = client.database(config.metadata_db());
                 let probe = database.run_command(probe).selection_criteria(
                     mongodb::options::SelectionCriteria::ReadPreference(
                         mongodb::options::ReadPreference::Primary,
@@ -219,7 +275,7 @@ impl Deployment {
     /// `client` is the client's address (its IP picks its router).
     pub async fn open_for_client(
         &self,
-        config: &Arc<Config>,
+        config: &Arc<impl Settings + 'static>,
         client: &str,
     ) -> Result<(Connection, Pin), Error> {
         self.open_for_client_within(config, None, &[], client, None)
@@ -230,7 +286,7 @@ impl Deployment {
     /// match `tag_sets`, waiting `wait` (`None`: `serverSelectionTimeoutMS`).
     pub async fn open_for_client_within(
         &self,
-        config: &Arc<Config>,
+        config: &Arc<impl Settings + 'static>,
         role: Option<Role>,
         tag_sets: &[topology::TagSet],
         client: &str,
@@ -250,7 +306,7 @@ impl Deployment {
     /// [`Deployment::open_for_client_within`] describes.
     async fn select_for_client(
         &self,
-        config: &Arc<Config>,
+        config: &Arc<impl Settings + 'static>,
         role: Option<Role>,
         tag_sets: &[topology::TagSet],
         client: &str,
@@ -264,7 +320,7 @@ impl Deployment {
         }
         let wait = wait.unwrap_or_else(|| {
             config
-                .upstream
+                .upstream()
                 .connection
                 .server_selection_timeout
                 .unwrap_or(CLIENT_SERVER_SELECTION)
@@ -288,7 +344,7 @@ impl Deployment {
     /// `HostUnreachable` when no such secondary answers within `wait`.
     pub async fn open_delegated(
         &self,
-        config: &Arc<Config>,
+        config: &Arc<impl Settings + 'static>,
         tag_sets: &[topology::TagSet],
         client: &str,
         wait: Option<Duration>,
@@ -297,7 +353,10 @@ impl Deployment {
         let pin = self
             .select_for_client(config, Some(Role::Secondary), tag_sets, client, wait)
             .await?;
-        let bound = config.request_timeout.unwrap_or_default().max(OWN_TIMEOUT);
+        let bound = config
+            .request_timeout()
+            .unwrap_or_default()
+            .max(OWN_TIMEOUT);
         let mut conn =
             delegate::spawn(reads, pin.address.clone(), bound, self.cluster_time.clone());
         conn.to_secondary();
@@ -313,19 +372,24 @@ const READS_POOL: u32 = 100;
 /// The driver's options from `config.upstream` (resolving `mongodb+srv`),
 /// with likewise's defaults where the URI gives none: `appName=likewise`,
 /// `connectTimeoutMS` from `--connect-timeout-ms`.
-async fn client_options(config: &Config) -> Result<mongodb::options::ClientOptions, Error> {
-    let mut options = mongodb::options::ClientOptions::parse(config.upstream.connection.clone())
+async fn client_options(
+    config: &(impl Settings + ?Sized),
+) -> Result<mongodb::options::ClientOptions, Error> {
+    let mut options = mongodb::options::ClientOptions::parse(config.upstream().connection.clone())
         .await
         .map_err(driver_error)?;
     options.app_name.get_or_insert_with(|| "likewise".into());
     options
         .connect_timeout
-        .get_or_insert(config.connect_timeout);
+        .get_or_insert(config.connect_timeout());
     Ok(options)
 }
 
 /// A connection to `address`, TLS when the URI says so.
-async fn open(config: &Config, address: &ServerAddress) -> Result<Connection, Error> {
+async fn open(
+    config: &(impl Settings + ?Sized),
+    address: &ServerAddress,
+) -> Result<Connection, Error> {
     let unreachable = |why: String| {
         Error::upstream(
             Code::HOST_UNREACHABLE,
@@ -342,15 +406,15 @@ async fn open(config: &Config, address: &ServerAddress) -> Result<Connection, Er
         format!("{host}:{port}")
     };
     let timeout = config
-        .upstream
+        .upstream()
         .connection
         .connect_timeout
         .filter(|t| !t.is_zero())
-        .unwrap_or(config.connect_timeout);
+        .unwrap_or(config.connect_timeout());
     let connect = async {
         let stream = TcpStream::connect(&target).await?;
         stream.set_nodelay(true)?;
-        match &config.upstream_tls {
+        match config.upstream_tls() {
             Some(tls) => Connection::connect_tls(stream, &host, tls.clone()).await,
             None => Ok(Connection::new(stream)),
         }
@@ -373,10 +437,10 @@ pub struct Own {
 }
 
 /// The proxy's own handle, starting the driver client on first use.
-pub async fn connect(config: &Config) -> Result<Own, Error> {
-    let uri = &config.upstream.connection;
+pub async fn connect(config: &(impl Settings + ?Sized)) -> Result<Own, Error> {
+    let uri = &config.upstream().connection;
     Ok(Own {
-        client: config.deployment.client(config).await?,
+        client: config.deployment().client(config).await?,
         retry_writes: uri.retry_writes != Some(false),
         retry_reads: uri.retry_reads != Some(false),
     })
