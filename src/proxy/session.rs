@@ -946,18 +946,20 @@ impl Session {
             self.shared.metrics.upstream_latency.observe(sent.elapsed());
         }
         let (_, reply) = wire::inflate(frame).map_err(|e| upstream_garbage(&e))?;
-        if self.swapped {
-            self.note_cursor(&reply);
-        }
-        if self.shared.config.upstream.credentials.is_some() {
-            if let Ok(parsed) = OpMsg::parse(&reply) {
-                self.shared
-                    .config
-                    .deployment
-                    .note_cluster_time(parsed.body());
+        // Parsed once for all that reads it.
+        let said = match OpMsg::parse(&reply) {
+            Ok(parsed) => {
+                let body = parsed.body();
+                if self.swapped {
+                    self.note_cursor(body);
+                }
+                if self.shared.config.upstream.credentials.is_some() {
+                    self.shared.config.deployment.note_cluster_time(body);
+                }
+                not_primary(body)
             }
-        }
-        let said = says_not_primary(&reply);
+            Err(_) => NotPrimary::No,
+        };
         if self.pin.role != Role::Primary || matches!(said, NotPrimary::No) {
             return Ok(reply);
         }
@@ -1046,15 +1048,9 @@ impl Session {
     /// `getMore`s are sent there), or forgets one it exhausted. At most
     /// [`MAX_SECONDARY_CURSORS`] are noted; past that, reads stay on the
     /// primary until some are closed.
-    fn note_cursor(&mut self, reply: &[u8]) {
-        let Ok(parsed) = OpMsg::parse(reply) else {
-            return;
-        };
-        let ok = crate::wire::reply_ok(parsed.body());
-        let id = parsed
-            .body()
-            .get_document("cursor")
-            .and_then(|c| c.get_i64("id"));
+    fn note_cursor(&mut self, reply: &RawDocument) {
+        let ok = crate::wire::reply_ok(reply);
+        let id = reply.get_document("cursor").and_then(|c| c.get_i64("id"));
         match id {
             // A failed or exhausted getMore: its cursor is gone.
             _ if !ok => self.forget_current_cursors(),
@@ -1180,16 +1176,8 @@ async fn lost(views: &mut tokio::sync::watch::Receiver<View>, pin: &Pin) {
 /// "node is recovering" errors of the SDAM specification.
 const NOT_PRIMARY_CODES: &[i32] = &[10107, 13435, 13436, 189, 91, 11600, 11602, 10058];
 
-/// Whether an OP_MSG reply is an error of [`NOT_PRIMARY_CODES`], or a
+/// Whether a reply body is an error of [`NOT_PRIMARY_CODES`], or a
 /// write whose write concern failed with one.
-fn says_not_primary(reply: &[u8]) -> NotPrimary {
-    let Ok(parsed) = OpMsg::parse(reply) else {
-        return NotPrimary::No;
-    };
-    not_primary(parsed.body())
-}
-
-/// [`says_not_primary`] for a reply body.
 fn not_primary(body: &RawDocument) -> NotPrimary {
     let listed = |code: Result<i32, _>| code.is_ok_and(|c| NOT_PRIMARY_CODES.contains(&c));
     if crate::wire::reply_ok(body) {
