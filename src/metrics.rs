@@ -326,7 +326,7 @@ impl Metrics {
             "Vectors in each search index.",
         );
         for index in &indexes {
-            let vectors = index.data.read().map(|d| d.index.len()).unwrap_or(0);
+            let vectors = index.vector_count();
             e.sample("likewise_index_vectors", &labels(index), vectors);
         }
         e.family(

@@ -407,12 +407,7 @@ pub fn describe(parts: &[Arc<SearchIndex>], staged: &[Arc<SearchIndex>]) -> RawD
     let skipped = first.skipped.load(std::sync::atomic::Ordering::Relaxed);
     let (indexed, slots) = latest
         .iter()
-        .map(|p| {
-            p.data
-                .read()
-                .map(|d| (d.index.len(), d.ids.entries_count().0))
-                .unwrap_or_default()
-        })
+        .map(|p| (p.vector_count(), p.slot_count()))
         .fold((0, 0), |(a, b), (x, y)| (a + x, b + y));
     let mut host = rawdoc! {
         "hostname": "likewise",

@@ -6,7 +6,7 @@
 
 use crate::index::vector::{is_packed_bits, lookup, read_vector};
 use crate::index::Similarity;
-use crate::registry::SearchIndex;
+use crate::registry::{Change, SearchIndex};
 use std::sync::atomic::Ordering;
 
 /// What one document contributes to an index.
@@ -63,23 +63,16 @@ pub fn add_documents<D: AsRef<bson::RawDocument>>(index: &SearchIndex, docs: &[D
     } else {
         encode_documents(index, &docs)
     };
-    index.touch();
     let mut outputs = Vec::new();
-    let mut data = index.data.write().unwrap_or_else(|e| e.into_inner());
+    let mut changes = Vec::with_capacity(docs.len());
     for ((id, _), outcome) in docs.iter().zip(outcomes) {
-        let id = *id;
-        let (vector, content) = match outcome {
-            Outcome::Keep => continue,
+        match outcome {
+            Outcome::Keep => {}
             Outcome::Unusable => {
                 if scanning {
                     index.skipped.fetch_add(1, Ordering::Relaxed);
                 }
-                if let Some(old) = data.ids.retire(id) {
-                    data.index.remove(old);
-                    data.content.remove(&old);
-                    index.note_changed(id);
-                }
-                continue;
+                changes.push(Change::Remove(*id));
             }
             Outcome::Set {
                 vector,
@@ -89,33 +82,15 @@ pub fn add_documents<D: AsRef<bson::RawDocument>>(index: &SearchIndex, docs: &[D
                 if let Some(output) = output {
                     outputs.push((id.to_raw_bson(), output));
                 }
-                (vector, content)
+                changes.push(Change::Set {
+                    id: *id,
+                    vector,
+                    content,
+                });
             }
-        };
-        // Re-applying an unchanged vector (write-through and the change
-        // stream both report a write) keeps its key: no churn, no tombstone.
-        let current = data.ids.key_of(id);
-        let unchanged = current
-            .and_then(|key| data.index.vector(key))
-            .is_some_and(|stored| stored == vector.as_slice());
-        if unchanged {
-            if let (Some(key), Some(hash)) = (current, content) {
-                data.content.insert(key, hash);
-            }
-            continue;
         }
-        let (key, old) = data.ids.assign(id);
-        if let Some(old) = old {
-            data.index.remove(old);
-            data.content.remove(&old);
-        }
-        data.index.insert(key, &vector);
-        if let Some(hash) = content {
-            data.content.insert(key, hash);
-        }
-        index.note_changed(id);
     }
-    drop(data);
+    index.apply_changes(&changes);
     if spec.write_outputs {
         index.push_outputs(outputs);
     }
@@ -132,19 +107,16 @@ fn encode_documents(
     let model = &index.encoders[0];
     let mut outcomes: Vec<Outcome> = Vec::with_capacity(docs.len());
     let mut todo = Vec::new();
-    {
-        let data = index.data.read().unwrap_or_else(|e| e.into_inner());
-        for (i, (id, doc)) in docs.iter().enumerate() {
-            let Some(value) = lookup(doc, &spec.path) else {
-                outcomes.push(Outcome::Unusable);
-                continue;
-            };
-            let hash = content_hash(value);
-            let stored = data.ids.key_of(*id).and_then(|k| data.content.get(&k));
-            outcomes.push(Outcome::Keep);
-            if stored != Some(&hash) {
-                todo.push((i, value, hash));
-            }
+    let stored = index.contents(docs.iter().map(|(id, _)| *id));
+    for (i, ((_, doc), stored)) in docs.iter().zip(stored).enumerate() {
+        let Some(value) = lookup(doc, &spec.path) else {
+            outcomes.push(Outcome::Unusable);
+            continue;
+        };
+        let hash = content_hash(value);
+        outcomes.push(Outcome::Keep);
+        if stored != Some(hash) {
+            todo.push((i, value, hash));
         }
     }
     if todo.is_empty() {

@@ -91,7 +91,7 @@ pub async fn build(config: Arc<Config>, index: Arc<SearchIndex>) {
         tracing::info!(
             index = %index.name,
             namespace = %index.namespace(),
-            vectors = index.data.read().map(|d| d.index.len()).unwrap_or_default(),
+            vectors = index.vector_count(),
             skipped = index.skipped.load(Ordering::Relaxed),
             seconds = started.elapsed().as_secs_f64(),
             "search index ready"
@@ -307,7 +307,7 @@ async fn restore(config: &Config, index: &Arc<SearchIndex>) -> Option<ChangeStre
             index.set_status(Status::Ready, None);
             tracing::info!(
                 index = %index.name,
-                vectors = index.data.read().map(|d| d.index.len()).unwrap_or_default(),
+                vectors = index.vector_count(),
                 "search index loaded from its snapshot; catching up from the change stream"
             );
             Some(stream)

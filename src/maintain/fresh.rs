@@ -12,7 +12,7 @@
 //! connection, ordered with the write itself.
 
 pub use crate::index::ids::IdSet;
-use crate::registry::SearchIndex;
+use crate::registry::{Change, SearchIndex};
 use crate::wire::integer;
 use crate::wire::OpMsg;
 use bson::{rawdoc, RawBsonRef, RawDocument, RawDocumentBuf};
@@ -184,18 +184,16 @@ pub fn apply<D: AsRef<RawDocument>>(indexes: &[Arc<SearchIndex>], present: &[D],
     }
     for index in indexes {
         super::apply::add_documents(index, present, false);
-        index.touch();
-        let mut data = index.data.write().unwrap_or_else(|e| e.into_inner());
-        for id in &checked.ids {
-            if !found.contains(id.as_raw_bson_ref()) {
-                if let Some(old) = data.ids.retire(id.as_raw_bson_ref()) {
-                    data.index.remove(old);
-                    index.note_changed(id.as_raw_bson_ref());
-                }
-            }
-        }
-        if data.compact_if_needed(&index.spec) {
-            tracing::info!(index = %index.name, vectors = data.index.len(), "compacted the index");
+        let gone: Vec<Change<'_>> = checked
+            .ids
+            .iter()
+            .map(|id| id.as_raw_bson_ref())
+            .filter(|id| !found.contains(*id))
+            .map(Change::Remove)
+            .collect();
+        index.apply_changes(&gone);
+        if let Some(vectors) = index.compact_if_needed() {
+            tracing::info!(index = %index.name, vectors, "compacted the index");
         }
     }
 }

@@ -8,7 +8,7 @@
 //! list, the list of every document whose n-th neighbour is farther than X
 //! now is (X enters it), and the list of every document that listed X (X
 //! moved away or was deleted) — exact reverse-neighbour repair. Lists are
-//! computed exactly up to `EXACT_MAX` vectors, with a wide graph search
+//! computed exactly up to `registry::vectors::NEAREST_EXACT_MAX` vectors, with a wide graph search
 //! above. Lists are written to the upstream in batches on the proxy's own
 //! connection, one batch at a time; they change no vector, so they never
 //! trigger more maintenance.
@@ -16,8 +16,7 @@
 use crate::config::Config;
 use crate::error::Error;
 use crate::index::ids::{canonical, IdSet};
-use crate::index::{exact_among, Hit};
-use crate::registry::{IndexData, Registry as Indexes, SearchIndex, Status};
+use crate::registry::{Registry as Indexes, SearchIndex, Status};
 use crate::upstream;
 use bson::{rawdoc, RawArrayBuf, RawBson, RawBsonRef, RawDocumentBuf};
 use std::collections::HashMap;
@@ -25,8 +24,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-/// Up to this many vectors, lists are computed by exact scan.
-const EXACT_MAX: usize = 20_000;
 /// Documents per upstream update batch.
 const WRITE_BATCH: usize = 500;
 /// How often the worker looks for changed vectors.
@@ -136,46 +133,15 @@ impl Registry {
     }
 }
 
-/// The `n` nearest neighbours of `key` (itself excluded) and the distance
-/// of the last, or infinity when there are fewer than `n` others.
-fn neighbours_of(
-    data: &IndexData,
-    key: u32,
-    n: usize,
-    live: &[u32],
-) -> Option<(Vec<RawBson>, f32)> {
-    let vector = data.index.vector(key)?.to_vec();
-    let hits: Vec<Hit> = if live.len() <= EXACT_MAX {
-        exact_among(data.index.as_ref(), &vector, n + 1, live)
-    } else {
-        data.index.search(&vector, n + 1, (10 * n).max(200), None)
-    };
-    let near: Vec<&Hit> = hits.iter().filter(|h| h.key != key).take(n).collect();
-    let radius = if near.len() < n {
-        f32::INFINITY
-    } else {
-        near.last().map_or(f32::INFINITY, |h| h.distance)
-    };
-    let ids = near
-        .iter()
-        .filter_map(|h| data.ids.id_of(h.key).cloned())
-        .collect();
-    Some((ids, radius))
-}
-
 /// Recomputes the lists of `ids` (CPU work). Returns the lists that changed.
 fn recompute(index: &SearchIndex, nb: &Neighbourhood, ids: &IdSet) -> Vec<(RawBson, Vec<RawBson>)> {
-    let data = index.data.read().unwrap_or_else(|e| e.into_inner());
-    let live: Vec<u32> = data.ids.live_keys().collect();
+    let nearest = index.nearest_to(ids.ids.iter().map(RawBson::as_raw_bson_ref), nb.n);
     let mut lists = nb.lists.lock().unwrap_or_else(|e| e.into_inner());
     let mut changed = Vec::new();
-    for id in &ids.ids {
+    for (id, nearest) in ids.ids.iter().zip(nearest) {
         let slot = canonical(id.as_raw_bson_ref());
-        let Some(key) = data.ids.key_of(id.as_raw_bson_ref()) else {
+        let Some((list, radius)) = nearest else {
             lists.remove(&slot); // deleted, or no longer has a vector
-            continue;
-        };
-        let Some((list, radius)) = neighbours_of(&data, key, nb.n, &live) else {
             continue;
         };
         let differs = lists.get(&slot).is_none_or(|e| e.list != list);
@@ -198,34 +164,32 @@ fn recompute(index: &SearchIndex, nb: &Neighbourhood, ids: &IdSet) -> Vec<(RawBs
 /// themselves, documents they now fall inside the radius of, and documents
 /// that listed them.
 fn affected(index: &SearchIndex, nb: &Neighbourhood, changed: &IdSet) -> IdSet {
-    let data = index.data.read().unwrap_or_else(|e| e.into_inner());
-    let lists = nb.lists.lock().unwrap_or_else(|e| e.into_inner());
-    let sim = index.spec.similarity;
-    let mut out = IdSet::default();
-    let moved: Vec<Vec<f32>> = changed
-        .ids
-        .iter()
-        .filter_map(|id| data.ids.key_of(id.as_raw_bson_ref()))
-        .filter_map(|k| data.index.vector(k).map(<[f32]>::to_vec))
-        .collect();
-    for id in &changed.ids {
-        out.add(id.as_raw_bson_ref());
-    }
-    for entry in lists.values() {
-        let referenced = entry
-            .list
-            .iter()
-            .any(|x| changed.contains(x.as_raw_bson_ref()));
-        let entered = data
+    index.read_vectors(|vectors| {
+        let lists = nb.lists.lock().unwrap_or_else(|e| e.into_inner());
+        let sim = index.spec.similarity;
+        let mut out = IdSet::default();
+        let moved: Vec<&[f32]> = changed
             .ids
-            .key_of(entry.id.as_raw_bson_ref())
-            .and_then(|k| data.index.vector(k))
-            .is_some_and(|v| moved.iter().any(|m| sim.distance(v, m) <= entry.radius));
-        if referenced || entered {
-            out.add(entry.id.as_raw_bson_ref());
+            .iter()
+            .filter_map(|id| vectors.vector(id.as_raw_bson_ref()))
+            .collect();
+        for id in &changed.ids {
+            out.add(id.as_raw_bson_ref());
         }
-    }
-    out
+        for entry in lists.values() {
+            let referenced = entry
+                .list
+                .iter()
+                .any(|x| changed.contains(x.as_raw_bson_ref()));
+            let entered = vectors
+                .vector(entry.id.as_raw_bson_ref())
+                .is_some_and(|v| moved.iter().any(|m| sim.distance(v, m) <= entry.radius));
+            if referenced || entered {
+                out.add(entry.id.as_raw_bson_ref());
+            }
+        }
+        out
+    })
 }
 
 /// Writes lists to the upstream, a batch at a time.
@@ -358,14 +322,12 @@ pub async fn staleness(
     }
     let (target, n) = (index.clone(), nb.n);
     let stale = tokio::task::spawn_blocking(move || {
-        let data = target.data.read().unwrap_or_else(|e| e.into_inner());
-        let live: Vec<u32> = data.ids.live_keys().collect();
+        let nearest = target.nearest_to(stored.iter().map(|(id, _)| id.as_raw_bson_ref()), n);
         stored
             .iter()
-            .filter(|(id, list)| match data.ids.key_of(id.as_raw_bson_ref()) {
-                Some(key) => {
-                    neighbours_of(&data, key, n, &live).is_none_or(|(fresh, _)| &fresh != list)
-                }
+            .zip(nearest)
+            .filter(|((_, list), nearest)| match nearest {
+                Some((fresh, _)) => fresh != list,
                 None => false, // no vector: no list to keep
             })
             .count() as u64

@@ -8,10 +8,9 @@
 //! token: replaying the stream from it after a restart re-applies changes
 //! the snapshot may already hold (idempotent), never skips one.
 
-use crate::index::ids::IdMap;
-use crate::index::persist;
-use crate::registry::{IndexData, SearchIndex};
-use bson::{RawBson, RawDocument, RawDocumentBuf};
+use crate::registry::vectors::{corrupt, Reader};
+use crate::registry::SearchIndex;
+use bson::{RawDocument, RawDocumentBuf};
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -44,13 +43,6 @@ pub fn remove_all(data_dir: &Path, id: &str) {
     }
 }
 
-fn corrupt(what: &str) -> io::Error {
-    io::Error::new(
-        io::ErrorKind::InvalidData,
-        format!("snapshot corrupt: {what}"),
-    )
-}
-
 fn put_doc(out: &mut Vec<u8>, doc: &RawDocument) {
     out.extend_from_slice(doc.as_bytes());
 }
@@ -64,22 +56,7 @@ pub fn save(data_dir: &Path, index: &SearchIndex) -> io::Result<()> {
     out.extend_from_slice(&VERSION.to_le_bytes());
     put_doc(&mut out, &index.definition);
     put_doc(&mut out, &token);
-    {
-        let data = index.data.read().unwrap_or_else(|e| e.into_inner());
-        let (issued, entries) = data.ids.entries();
-        out.extend_from_slice(&(issued as u64).to_le_bytes());
-        out.extend_from_slice(&(entries.len() as u64).to_le_bytes());
-        for (key, id) in entries {
-            out.extend_from_slice(&key.to_le_bytes());
-            let mut holder = RawDocumentBuf::new();
-            holder.append("", id.clone());
-            put_doc(&mut out, &holder);
-        }
-        let mut vectors = Vec::new();
-        data.index.save(&mut vectors)?;
-        out.extend_from_slice(&(vectors.len() as u64).to_le_bytes());
-        out.extend_from_slice(&vectors);
-    }
+    index.save_vectors(&mut out)?;
     let crc = crc32c::crc32c(&out);
     out.extend_from_slice(&crc.to_le_bytes());
 
@@ -111,7 +88,7 @@ pub fn load(data_dir: &Path, index: &SearchIndex) -> io::Result<Option<RawDocume
     if crc32c::crc32c(body) != u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]) {
         return Err(corrupt("checksum mismatch"));
     }
-    let mut r = Cursor { buf: body, pos: 4 };
+    let mut r = Reader::new(body, 4);
     if r.u32()? != VERSION {
         return Err(corrupt("unknown version"));
     }
@@ -120,83 +97,6 @@ pub fn load(data_dir: &Path, index: &SearchIndex) -> io::Result<Option<RawDocume
         return Err(corrupt("built from another definition"));
     }
     let token = r.doc()?;
-    let issued = r.size()?;
-    let count = r.size()?;
-    if count > body.len() {
-        return Err(corrupt("entry count"));
-    }
-    let mut entries = Vec::with_capacity(count);
-    for _ in 0..count {
-        let key = r.u32()?;
-        let holder = r.doc()?;
-        let id: RawBson = holder
-            .iter()
-            .next()
-            .and_then(Result::ok)
-            .map(|(_, v)| v.to_raw_bson())
-            .ok_or_else(|| corrupt("id"))?;
-        entries.push((key, id));
-    }
-    let vectors_len = r.size()?;
-    let vectors = persist::load(r.take(vectors_len)?)?;
-    if r.pos != body.len() {
-        return Err(corrupt("trailing bytes"));
-    }
-    if vectors.len() != entries.len()
-        || vectors.dims() != index.spec.dims
-        || vectors.similarity() != index.spec.similarity
-    {
-        return Err(corrupt("index does not match its ids or definition"));
-    }
-    let ids = IdMap::from_entries(issued, entries).ok_or_else(|| corrupt("id map"))?;
-    if ids.live_keys().any(|key| vectors.vector(key).is_none()) {
-        return Err(corrupt("an id without a vector"));
-    }
-    *index.data.write().unwrap_or_else(|e| e.into_inner()) = IndexData {
-        ids,
-        index: vectors,
-        content: Default::default(),
-    };
+    index.restore_vectors(&mut r)?;
     Ok((!token.is_empty()).then_some(token))
-}
-
-struct Cursor<'a> {
-    buf: &'a [u8],
-    pos: usize,
-}
-
-impl<'a> Cursor<'a> {
-    fn take(&mut self, n: usize) -> io::Result<&'a [u8]> {
-        let end = self.pos.checked_add(n).ok_or_else(|| corrupt("length"))?;
-        let out = self
-            .buf
-            .get(self.pos..end)
-            .ok_or_else(|| corrupt("truncated"))?;
-        self.pos = end;
-        Ok(out)
-    }
-
-    fn u32(&mut self) -> io::Result<u32> {
-        let b = self.take(4)?;
-        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-    }
-
-    fn size(&mut self) -> io::Result<usize> {
-        let mut raw = [0u8; 8];
-        raw.copy_from_slice(self.take(8)?);
-        usize::try_from(u64::from_le_bytes(raw)).map_err(|_| corrupt("size"))
-    }
-
-    fn doc(&mut self) -> io::Result<RawDocumentBuf> {
-        let b = self
-            .buf
-            .get(self.pos..self.pos + 4)
-            .ok_or_else(|| corrupt("truncated"))?;
-        let len = i32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-        let len = usize::try_from(len)
-            .ok()
-            .filter(|n| *n >= 5)
-            .ok_or_else(|| corrupt("document length"))?;
-        RawDocumentBuf::from_bytes(self.take(len)?.to_vec()).map_err(|_| corrupt("document"))
-    }
 }

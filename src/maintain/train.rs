@@ -17,7 +17,7 @@ use crate::index::ids::IdSet;
 use crate::index::vector::lookup;
 use crate::maintain::catalog;
 use crate::models::Model;
-use crate::registry::{IndexData, SearchIndex, Status};
+use crate::registry::{SearchIndex, Status};
 use crate::train::{self, Adapter, Metric, Pairs, Splitter};
 use crate::upstream;
 use bson::{rawdoc, RawBson, RawBsonRef, RawDocument, RawDocumentBuf};
@@ -292,21 +292,7 @@ async fn train_once(config: &Config, index: &Arc<SearchIndex>) -> Result<(), Err
 /// Maps every stored vector through `adapter` (for `adapt: "both"`), into a
 /// fresh index swapped in at the end, so queries keep the old one until then.
 fn readapt(index: &SearchIndex, adapter: &Adapter) {
-    let mut fresh = IndexData::empty(&index.spec);
-    {
-        let data = index.data.read().unwrap_or_else(|e| e.into_inner());
-        for (key, id) in data.ids.entries().1 {
-            if let Some(v) = data.index.vector(key) {
-                let (new_key, _) = fresh.ids.assign(id.as_raw_bson_ref());
-                fresh.index.insert(new_key, &adapter.apply(v));
-                if let Some(h) = data.content.get(&key) {
-                    fresh.content.insert(new_key, *h);
-                }
-            }
-        }
-    }
-    *index.data.write().unwrap_or_else(|e| e.into_inner()) = fresh;
-    index.touch();
+    index.remap(|x| adapter.apply(x));
 }
 
 fn show(metrics: &[(String, f64)]) -> String {
@@ -378,15 +364,7 @@ pub async fn collect_pairs(
         let encoded = tokio::task::spawn_blocking(move || {
             let q = encode_all(&query_model, &queries)?;
             let x = if from_index {
-                let data = target.data.read().unwrap_or_else(|e| e.into_inner());
-                ids.iter()
-                    .map(|id| {
-                        data.ids
-                            .key_of(id.as_raw_bson_ref())
-                            .and_then(|k| data.index.vector(k))
-                            .map(<[f32]>::to_vec)
-                    })
-                    .collect()
+                target.stored_vectors(ids.iter().map(RawBson::as_raw_bson_ref))
             } else {
                 encode_all(&item_model, &items)?
             };

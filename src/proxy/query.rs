@@ -8,8 +8,7 @@ use super::for_client::*;
 use crate::command::vector_query::{parse_like_filter, vector_stages, QueryVector, VectorQuery};
 use crate::command::VectorKind;
 use crate::error::{Code, Error};
-use crate::index::ids::IdMap;
-use crate::index::{exact_among, search_allowed, Hit, KeySet, Similarity};
+use crate::index::Similarity;
 use crate::maintain::fresh::IdSet;
 use crate::registry::{SearchIndex, Status};
 use crate::rewrite::InSession;
@@ -153,7 +152,7 @@ impl ForClient<'_> {
             "index": plan.index.as_ref().map_or("", |i| i.name.as_str()),
             "strategy": plan.strategy,
             "candidatesExamined": i64::try_from(plan.examined).unwrap_or(i64::MAX),
-            "vectorsInIndex": i64::try_from(plan.index.as_ref().and_then(|i| i.data.read().ok().map(|d| d.index.len())).unwrap_or(0)).unwrap_or(i64::MAX),
+            "vectorsInIndex": i64::try_from(plan.index.as_ref().map_or(0, |i| i.vector_count())).unwrap_or(i64::MAX),
             "results": i64::try_from(plan.ranked.ids.len()).unwrap_or(i64::MAX),
             "rewrittenCommand": rewritten,
         };
@@ -597,62 +596,31 @@ async fn query_vector(
 
 /// The vector stored for the document with this `_id`.
 fn stored_vector(index: &SearchIndex, id: &bson::RawBson) -> Result<Vec<f32>, Error> {
-    let data = index.data.read().unwrap_or_else(|e| e.into_inner());
-    data.ids
-        .key_of(id.as_raw_bson_ref())
-        .and_then(|key| data.index.vector(key))
-        .map(<[f32]>::to_vec)
-        .ok_or_else(|| {
-            Error::client(
-                Code::BAD_VALUE,
-                format!("no indexed vector for the document with _id {id:?}"),
-            )
-        })
+    index.stored_vector(id.as_raw_bson_ref()).ok_or_else(|| {
+        Error::client(
+            Code::BAD_VALUE,
+            format!("no indexed vector for the document with _id {id:?}"),
+        )
+    })
 }
 
-/// Runs the search on a blocking thread's behalf: exact over the allowed
-/// documents when the filter is selective, filtered graph search when it is
-/// broad (falling back to exact if that returns fewer than it could). The
-/// hits become `_id`s under the same lock: a concurrent update re-keys a
-/// document, and its old key must not be looked up after.
+/// Runs the search on a blocking thread's behalf (see
+/// `registry::Vectors::search` for the strategies) and scores its hits.
 fn search(
     index: &SearchIndex,
     vector: &[f32],
     query: &VectorQuery,
     allowed_ids: Option<&IdSet>,
 ) -> (Ranked, &'static str, usize) {
-    let data = index.data.read().unwrap_or_else(|e| e.into_inner());
-    // Ids become keys under the same lock as the search: a concurrent
-    // update may re-key a document, never between these two steps.
-    let allowed = allowed_ids.map(|ids| {
-        KeySet::from_keys(
-            ids.ids
-                .iter()
-                .filter_map(|id| data.ids.key_of(id.as_raw_bson_ref())),
-        )
-    });
-    let allowed = allowed.as_ref();
+    let found = index.search(
+        vector,
+        query.limit,
+        query.num_candidates,
+        allowed_ids,
+        query.exact,
+    );
     let similarity = index.spec.similarity;
-    let index = data.index.as_ref();
-    let k = query.limit;
-    let exact = |keys: &[u32]| (exact_among(index, vector, k, keys), keys.len());
-    let ((hits, examined), strategy) = match (allowed, query.exact) {
-        (Some(a), true) => (exact(a.keys()), "exact scan of filter matches"),
-        (None, true) => (
-            exact(&data.ids.live_keys().collect::<Vec<_>>()),
-            "exact scan",
-        ),
-        (Some(a), false) => {
-            let (hits, strategy, examined) =
-                search_allowed(index, vector, k, query.num_candidates, a);
-            ((hits, examined), strategy)
-        }
-        (None, false) => (
-            index.search_counted(vector, k, query.num_candidates, None),
-            "graph search",
-        ),
-    };
-    let dims = index.dims();
+    let dims = index.spec.dims;
     let score = |distance: f32| match similarity {
         // Lucene's (so Atlas's) score for int8 vectors under dotProduct:
         // 0.5 + a·b / (dims · 2^15), in [0, 1] for any int8 vectors
@@ -663,18 +631,12 @@ fn search(
         }
         _ => similarity.score(distance),
     };
-    (to_ranked(&data.ids, score, &hits), strategy, examined)
-}
-
-fn to_ranked(ids: &IdMap, score: impl Fn(f32) -> f64, hits: &[Hit]) -> Ranked {
     let mut ranked = Ranked::default();
-    for hit in hits {
-        if let Some(id) = ids.id_of(hit.key) {
-            ranked.ids.push(id.clone());
-            ranked.scores.push(score(hit.distance));
-        }
+    for (id, distance) in found.hits {
+        ranked.ids.push(id);
+        ranked.scores.push(score(distance));
     }
-    ranked
+    (ranked, found.strategy, found.examined)
 }
 
 fn rewrite_for(kind: VectorKind, body: &RawDocument, plans: &[Plan]) -> RawDocumentBuf {

@@ -1,16 +1,20 @@
 //! The catalog of search indexes this proxy serves, by namespace: their
 //! definitions (with the models that encode them), status, build progress,
-//! upkeep state and data (an engine from `index`). Synchronous: callers
+//! upkeep state and vectors (`vectors::Vectors`: an engine from `index`
+//! behind an `_id`-keyed layer; nothing outside this module takes its lock). Synchronous: callers
 //! put CPU work on a blocking thread and I/O elsewhere.
 
 use crate::error::{Code, Error};
-use crate::index::hnsw::{Hnsw, HnswParams};
-use crate::index::ids::{IdMap, IdSet};
-use crate::index::{Similarity, VectorIndex};
+use crate::index::hnsw::HnswParams;
+use crate::index::ids::IdSet;
+use crate::index::Similarity;
 use bson::RawDocumentBuf;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+
+pub mod vectors;
+pub use vectors::{Searched, Vectors};
 
 /// What a `vectorSearch` index definition asks for.
 #[derive(Debug, Clone, PartialEq)]
@@ -106,54 +110,17 @@ impl Status {
     }
 }
 
-/// The vectors of one index and the `_id`s they belong to.
-pub struct IndexData {
-    pub ids: IdMap,
-    pub index: Box<dyn VectorIndex>,
-    /// For model-encoded indexes: a hash of the content each key's vector
-    /// was encoded from, so re-applying an unchanged document (write-through
-    /// and the change stream both report a write; written-back outputs come
-    /// back as changes) never encodes it again.
-    pub content: HashMap<u32, u64>,
-}
-
-/// Dead slots (retired keys) tolerated before compaction, beyond the
-/// number of live vectors.
-const COMPACT_SLACK: usize = 1024;
-
-impl IndexData {
-    pub fn empty(spec: &IndexSpec) -> IndexData {
-        IndexData {
-            ids: IdMap::default(),
-            index: Box::new(Hnsw::new(spec.dims, spec.similarity, spec.hnsw)),
-            content: HashMap::new(),
-        }
-    }
-
-    /// Rebuilds the index from its live vectors with dense keys once dead
-    /// slots (from deletes and updates) outnumber live ones, so memory stays
-    /// proportional to the live data under delete-heavy load. Returns
-    /// whether it compacted.
-    pub fn compact_if_needed(&mut self, spec: &IndexSpec) -> bool {
-        let (issued, _) = self.ids.entries_count();
-        let live = self.index.len();
-        if issued - live <= live.max(COMPACT_SLACK) {
-            return false;
-        }
-        let mut fresh = IndexData::empty(spec);
-        let (_, entries) = self.ids.entries();
-        for (key, id) in entries {
-            if let Some(vector) = self.index.vector(key) {
-                let (new_key, _) = fresh.ids.assign(id.as_raw_bson_ref());
-                fresh.index.insert(new_key, vector);
-                if let Some(hash) = self.content.get(&key) {
-                    fresh.content.insert(new_key, *hash);
-                }
-            }
-        }
-        *self = fresh;
-        true
-    }
+/// One document's new state in an index ([`SearchIndex::apply_changes`]).
+pub enum Change<'a> {
+    /// `id` has this prepared vector (`Similarity::prepare`), encoded from
+    /// content with this hash (model indexes).
+    Set {
+        id: bson::RawBsonRef<'a>,
+        vector: Vec<f32>,
+        content: Option<u64>,
+    },
+    /// `id` has no usable vector (deleted, or its field missing or wrong).
+    Remove(bson::RawBsonRef<'a>),
 }
 
 pub struct SearchIndex {
@@ -191,7 +158,9 @@ pub struct SearchIndex {
     /// neighbourhood) listens, and drained by it.
     changed: Mutex<Option<IdSet>>,
     retired: AtomicBool,
-    pub data: RwLock<IndexData>,
+    /// The vectors, by `_id`: reached only through the catalog methods
+    /// below, the one place their lock is taken.
+    data: RwLock<Vectors>,
     /// The loaded models of `spec.models`, in order (empty for Atlas indexes).
     pub encoders: Vec<Arc<crate::models::Model>>,
     /// Documents whose encoding failed (a model was unavailable): retried
@@ -244,7 +213,7 @@ impl SearchIndex {
         definition: RawDocumentBuf,
         spec: IndexSpec,
     ) -> SearchIndex {
-        let data = IndexData::empty(&spec);
+        let data = Vectors::empty(&spec);
         SearchIndex {
             id,
             db: db.to_string(),
@@ -427,7 +396,7 @@ impl SearchIndex {
 
     /// Empties the index for a rebuild from scratch.
     pub fn reset(&self) {
-        *self.data.write().unwrap_or_else(|e| e.into_inner()) = IndexData::empty(&self.spec);
+        *self.data.write().unwrap_or_else(|e| e.into_inner()) = Vectors::empty(&self.spec);
         for counter in [
             &self.scanned,
             &self.total,
@@ -443,12 +412,130 @@ impl SearchIndex {
 
     /// The `_id`s of every indexed document, now.
     pub fn live_ids(&self) -> IdSet {
-        let data = self.data.read().unwrap_or_else(|e| e.into_inner());
-        let mut ids = IdSet::default();
-        for (_, id) in data.ids.entries().1 {
-            ids.add(id.as_raw_bson_ref());
+        self.read_vectors(Vectors::ids)
+    }
+
+    // The `_id`-keyed catalog methods. Each takes the vectors' lock for
+    // one call and returns owned values, so a remote engine could serve
+    // the same calls (ARCHITECTURE.md, "Another engine"). CPU work: callers
+    // run them on blocking threads.
+
+    /// Applies documents' new states, in order, under one write lock;
+    /// records each `_id` whose vector changed (`note_changed`). Returns
+    /// how many changed.
+    pub fn apply_changes(&self, changes: &[Change<'_>]) -> usize {
+        self.touch();
+        let changed: Vec<bson::RawBsonRef<'_>> = self.write_vectors(|v| {
+            changes
+                .iter()
+                .filter_map(|change| match change {
+                    Change::Set {
+                        id,
+                        vector,
+                        content,
+                    } => v.upsert(*id, vector, *content).then_some(*id),
+                    Change::Remove(id) => v.remove(*id).then_some(*id),
+                })
+                .collect()
+        });
+        for id in &changed {
+            self.note_changed(*id);
         }
-        ids
+        changed.len()
+    }
+
+    /// Compacts the vectors when dead slots outnumber live ones (see
+    /// [`Vectors::compact_if_needed`]); the live count when it did.
+    pub fn compact_if_needed(&self) -> Option<usize> {
+        self.write_vectors(|v| v.compact_if_needed(&self.spec).then(|| v.len()))
+    }
+
+    /// Live vectors.
+    pub fn vector_count(&self) -> usize {
+        self.read_vectors(Vectors::len)
+    }
+
+    /// Slots held, live and retired.
+    pub fn slot_count(&self) -> usize {
+        self.read_vectors(Vectors::slots)
+    }
+
+    /// `id`'s stored (prepared) vector.
+    pub fn stored_vector(&self, id: bson::RawBsonRef<'_>) -> Option<Vec<f32>> {
+        self.stored_vectors([id]).pop().flatten()
+    }
+
+    /// The stored vector of each `_id`, in order (`None` where it has none).
+    pub fn stored_vectors<'a>(
+        &self,
+        ids: impl IntoIterator<Item = bson::RawBsonRef<'a>>,
+    ) -> Vec<Option<Vec<f32>>> {
+        self.read_vectors(|v| {
+            ids.into_iter()
+                .map(|id| v.vector(id).map(<[f32]>::to_vec))
+                .collect()
+        })
+    }
+
+    /// The content hash each `_id`'s vector was encoded from, in order.
+    pub fn contents<'a>(
+        &self,
+        ids: impl IntoIterator<Item = bson::RawBsonRef<'a>>,
+    ) -> Vec<Option<u64>> {
+        self.read_vectors(|v| ids.into_iter().map(|id| v.content(id)).collect())
+    }
+
+    /// [`Vectors::nearest_to`] for each `_id`, in order.
+    pub fn nearest_to<'a>(
+        &self,
+        ids: impl IntoIterator<Item = bson::RawBsonRef<'a>>,
+        n: usize,
+    ) -> Vec<Option<(Vec<bson::RawBson>, f32)>> {
+        self.read_vectors(|v| ids.into_iter().map(|id| v.nearest_to(id, n)).collect())
+    }
+
+    /// [`Vectors::search`]: the `k` nearest `_id`s with their distances.
+    pub fn search(
+        &self,
+        query: &[f32],
+        k: usize,
+        num_candidates: usize,
+        allowed: Option<&IdSet>,
+        exact: bool,
+    ) -> Searched {
+        self.read_vectors(|v| v.search(query, k, num_candidates, allowed, exact))
+    }
+
+    /// Maps every stored vector through `f` into a fresh copy, swapped in
+    /// at the end (queries keep the old vectors until then).
+    pub fn remap(&self, f: impl Fn(&[f32]) -> Vec<f32>) {
+        let fresh = self.read_vectors(|v| v.mapped(&self.spec, f));
+        *self.data.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+        self.touch();
+    }
+
+    /// Appends the vectors' snapshot section to `out` (`Vectors::save`).
+    pub fn save_vectors(&self, out: &mut Vec<u8>) -> std::io::Result<()> {
+        self.read_vectors(|v| v.save(out))
+    }
+
+    /// Replaces the vectors with a snapshot section read from `r`
+    /// (`Vectors::load`); on error the vectors are left as they were.
+    pub fn restore_vectors(&self, r: &mut vectors::Reader<'_>) -> std::io::Result<()> {
+        let restored = Vectors::load(&self.spec, r)?;
+        *self.data.write().unwrap_or_else(|e| e.into_inner()) = restored;
+        Ok(())
+    }
+
+    /// Runs `f` over the vectors under the read lock, for reads that must
+    /// see many vectors at once without copying them (neighbourhood
+    /// repair). Prefer the owned methods above.
+    pub fn read_vectors<R>(&self, f: impl FnOnce(&Vectors) -> R) -> R {
+        f(&self.data.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn write_vectors<R>(&self, f: impl FnOnce(&mut Vectors) -> R) -> R {
+        f(&mut self.data.write().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// Starts keeping the ids whose vectors change.
