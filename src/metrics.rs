@@ -115,6 +115,7 @@ pub const STRATEGIES: &[&str] = &[
     "exact scan",
     "exact scan of filter matches",
     "exact scan of filter matches (selective filter)",
+    "full-text search",
 ];
 
 pub struct Metrics {

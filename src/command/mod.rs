@@ -4,7 +4,9 @@
 
 pub mod hello;
 pub mod reads;
+pub mod search_definition;
 pub mod search_index;
+pub mod text_query;
 pub mod vector_query;
 
 pub use hello::Hello;

@@ -49,6 +49,7 @@ const PLAIN_STAGES: &[&str] = &[
     // Answered by the proxy from its index, then a fetch of the same
     // collection (`find` on it, as for any read of it).
     "$vectorSearch",
+    "$search",
 ];
 
 /// Fields any of the four commands may carry: the generic arguments a
@@ -252,7 +253,7 @@ mod tests {
         assert!(stage(rawdoc! { "$changeStream": {} }).is_none());
         assert!(stage(rawdoc! { "$out": "b" }).is_none());
         assert!(stage(rawdoc! { "$listSearchIndexes": {} }).is_none());
-        assert!(stage(rawdoc! { "$search": {} }).is_none());
+        assert!(stage(rawdoc! { "$searchMeta": {} }).is_none());
         assert!(
             stage(rawdoc! { "$lookup": { "from": { "db": "config", "coll": "x" } } }).is_none()
         );

@@ -1,8 +1,9 @@
 //! Search-index administration in Atlas's shape: `createSearchIndexes`,
 //! `updateSearchIndex`, `dropSearchIndex`, and `$listSearchIndexes` (as an
-//! aggregation stage, and as a `listSearchIndexes` command). Only
-//! `vectorSearch` indexes exist here.
+//! aggregation stage, and as a `listSearchIndexes` command), for
+//! `vectorSearch` and `search` (full-text, `search_definition`) indexes.
 
+use super::search_definition;
 use crate::error::{Code, Error};
 use crate::index::hnsw::HnswParams;
 use crate::index::Similarity;
@@ -48,24 +49,37 @@ pub fn parse_create(body: &RawDocument) -> Result<Vec<NewIndex>, Error> {
             Ok(None) => "default".to_string(),
             _ => return Err(bad("index 'name' must be a non-empty string")),
         };
-        match spec.get("type") {
-            Ok(Some(RawBsonRef::String("vectorSearch"))) => {}
-            Ok(Some(RawBsonRef::String(other))) => {
-                return Err(Error::client(
-                    Code::INVALID_OPTIONS,
-                    format!("likewise serves only 'vectorSearch' indexes, not '{other}'"),
-                ))
-            }
-            _ => {
-                return Err(Error::client(
-                    Code::INVALID_OPTIONS,
-                    "likewise serves only 'vectorSearch' indexes: set type: 'vectorSearch'",
-                ))
-            }
-        }
         let definition = spec
             .get_document("definition")
             .map_err(|_| bad("index needs a 'definition' document"))?;
+        // Atlas's default type is `search`.
+        let full_text = match spec.get("type") {
+            Ok(Some(RawBsonRef::String("vectorSearch"))) => false,
+            Ok(Some(RawBsonRef::String("search")) | None) => true,
+            Ok(Some(RawBsonRef::String(other))) => {
+                return Err(Error::client(
+                    Code::INVALID_OPTIONS,
+                    format!("index type must be 'search' or 'vectorSearch', not '{other}'"),
+                ))
+            }
+            _ => return Err(bad("index 'type' must be a string")),
+        };
+        if full_text && !search_definition::is_search_definition(definition) {
+            return Err(Error::client(
+                Code::INVALID_OPTIONS,
+                if definition.get("fields").ok().flatten().is_some() {
+                    "a 'search' index needs 'mappings': for vector fields, set type: 'vectorSearch'"
+                } else {
+                    "a search index definition needs 'mappings'"
+                },
+            ));
+        }
+        if !full_text && search_definition::is_search_definition(definition) {
+            return Err(Error::client(
+                Code::INVALID_OPTIONS,
+                "a 'vectorSearch' index takes 'fields', not 'mappings': for full text, set type: 'search'",
+            ));
+        }
         out.push(NewIndex {
             name,
             specs: parse_definition(definition)?,
@@ -89,6 +103,11 @@ pub const MAX_VECTOR_FIELDS: usize = 8;
 /// `$vectorSearch`'s `path` choosing one; every one shares the filter
 /// fields), or a semantic definition (`{models, keys, ...}`, one spec).
 pub fn parse_definition(definition: &RawDocument) -> Result<Vec<IndexSpec>, Error> {
+    if search_definition::is_search_definition(definition) {
+        return Ok(vec![IndexSpec::full_text(search_definition::parse(
+            definition,
+        )?)]);
+    }
     if definition.get("models").ok().flatten().is_some() {
         return Ok(vec![parse_semantic(definition)?]);
     }
@@ -117,6 +136,7 @@ pub fn parse_definition(definition: &RawDocument) -> Result<Vec<IndexSpec>, Erro
                     models: Vec::new(),
                     write_outputs: false,
                     train: None,
+                    text: None,
                 });
             }
             Ok("autoEmbed") => {
@@ -130,6 +150,7 @@ pub fn parse_definition(definition: &RawDocument) -> Result<Vec<IndexSpec>, Erro
                     models: vec![crate::models::ModelKey { model, key: path }],
                     write_outputs: false,
                     train: None,
+                    text: None,
                 });
             }
             Ok("filter") => filters.push(path),
@@ -303,6 +324,7 @@ fn parse_semantic(definition: &RawDocument) -> Result<IndexSpec, Error> {
             .collect(),
         write_outputs,
         train,
+        text: None,
     })
 }
 
@@ -421,7 +443,7 @@ pub fn describe(parts: &[Arc<SearchIndex>], staged: &[Arc<SearchIndex>]) -> RawD
     let mut out = rawdoc! {
         "id": index.id.as_str(),
         "name": index.name.as_str(),
-        "type": "vectorSearch",
+        "type": if index.spec.text.is_some() { "search" } else { "vectorSearch" },
         "status": status.name(),
         "queryable": queryable,
         "latestDefinitionVersion": definition_version(first),
@@ -624,10 +646,24 @@ mod tests {
             assert!(err.message.contains(needle), "{}", err.message);
             assert_eq!(err.code, Code::BAD_VALUE);
         }
-        let search_type =
-            rawdoc! { "indexes": [{ "name": "x", "definition": { "mappings": {} } }] };
+        // Atlas's default type is `search`: `mappings` make a full-text
+        // index; vector `fields` under it are refused, and the reverse.
+        let search_type = rawdoc! { "indexes": [{ "name": "x", "definition": { "mappings": { "dynamic": true } } }] };
+        let parsed = parse_create(&search_type).unwrap();
+        assert!(parsed[0].specs[0].text.is_some());
+        let vector_without_type =
+            rawdoc! { "indexes": [{ "name": "x", "definition": { "fields": [] } }] };
+        let err = parse_create(&vector_without_type).unwrap_err();
+        assert_eq!(err.code, Code::INVALID_OPTIONS);
+        assert!(
+            err.message.contains("type: 'vectorSearch'"),
+            "{}",
+            err.message
+        );
+        let mappings_as_vector = rawdoc! { "indexes": [{ "name": "x", "type": "vectorSearch",
+        "definition": { "mappings": { "dynamic": true } } }] };
         assert_eq!(
-            parse_create(&search_type).unwrap_err().code,
+            parse_create(&mappings_as_vector).unwrap_err().code,
             Code::INVALID_OPTIONS
         );
     }

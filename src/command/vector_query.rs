@@ -35,6 +35,9 @@ pub enum QueryVector {
     /// Text for the model that produces the index's vectors
     /// (`$vectorSearch` with `query: {text}`, Atlas's auto-embedding shape).
     Text(String),
+    /// No vector: `$search`'s full-text operator, answered by a `search`
+    /// index (`limit` is how many of its best matches are fetched).
+    FullText(Box<crate::index::text::Operator>),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -386,7 +389,7 @@ mod tests {
 /// `$vectorSearch`, or `$match` with a top-level `$like`.
 pub fn is_vector_stage(stage: &RawDocument) -> bool {
     match stage.iter().next() {
-        Some(Ok(("$vectorSearch", _))) => true,
+        Some(Ok(("$vectorSearch" | "$search", _))) => true,
         Some(Ok(("$match", RawBsonRef::Document(m)))) => m.get("$like").ok().flatten().is_some(),
         _ => false,
     }
@@ -423,7 +426,7 @@ pub fn pipeline_has_vector_stage(stages: &bson::RawArray, depth: usize) -> bool 
             .any(|(i, stage)| {
                 (i == 0 && is_vector_stage(stage))
                     || match stage.iter().next() {
-                        Some(Ok(("$vectorSearch", _))) => true,
+                        Some(Ok(("$vectorSearch" | "$search", _))) => true,
                         Some(Ok((name, spec))) => sub_pipelines(name, spec)
                             .into_iter()
                             .any(|p| pipeline_has_vector_stage(p, depth - 1)),
@@ -482,6 +485,27 @@ fn collect_vector_stages(
                 out.push((collection.to_string(), parse_vector_search(spec)?));
             }
             (0, "$vectorSearch", _) => return Err(bad("$vectorSearch must be a document")),
+            (0, "$search", RawBsonRef::Document(spec)) => {
+                let stage = super::text_query::parse_search(spec)?;
+                let limit = search_limit(stages);
+                out.push((
+                    collection.to_string(),
+                    VectorQuery {
+                        index: Some(stage.index),
+                        path: None,
+                        vector: QueryVector::FullText(Box::new(stage.operator)),
+                        limit,
+                        num_candidates: limit,
+                        filter: None,
+                        exact: false,
+                        model: None,
+                        packed_bits: false,
+                        int8: false,
+                        atlas: true,
+                    },
+                ));
+            }
+            (0, "$search", _) => return Err(bad("$search must be a document")),
             (_, "$vectorSearch" | "$search" | "$searchMeta", _) if i > 0 => {
                 return Err(Error::client(
                     Code::STAGE_NOT_FIRST,
@@ -520,6 +544,34 @@ fn collect_vector_stages(
         }
     }
     Ok(())
+}
+
+/// How many of a `$search`'s best matches its pipeline (`stages`, the
+/// `$search` first) can use: `$skip` + `$limit` when they come before any
+/// stage that drops or multiplies documents, else
+/// [`crate::index::MAX_CANDIDATES`] (the most one search returns; Atlas
+/// returns every match).
+pub fn search_limit(stages: &bson::RawArray) -> usize {
+    let cap = crate::index::MAX_CANDIDATES;
+    let mut skip = 0usize;
+    for stage in stages.into_iter().skip(1).flatten() {
+        let Some(Ok((name, value))) = stage.as_document().and_then(|d| d.iter().next()) else {
+            return cap;
+        };
+        let n = crate::wire::integer(Some(value)).and_then(|n| usize::try_from(n).ok());
+        match (name, n) {
+            ("$skip", Some(n)) => skip = skip.saturating_add(n),
+            ("$limit", Some(n)) => return skip.saturating_add(n).min(cap),
+            // One document out for each in.
+            (
+                "$project" | "$set" | "$addFields" | "$unset" | "$replaceRoot" | "$replaceWith"
+                | "$lookup",
+                _,
+            ) => {}
+            _ => return cap,
+        }
+    }
+    cap
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 //! The catalog of live indexes is `crate::registry`.
 
 pub mod ids;
+pub mod text;
 pub mod vector;
 
 pub use likewise_compute::index::*;

@@ -24,7 +24,8 @@ enum Outcome {
     Unusable,
 }
 
-/// Adds (or replaces) the vectors of `docs`: CPU work (and, for an `http`
+/// Adds (or replaces) the vectors of `docs` (for a full-text index, the
+/// documents themselves): CPU work (and, for an `http`
 /// model, network calls), for a blocking thread. A document without a
 /// usable vector leaves the index. `scanning` counts the documents into the
 /// build's progress. Models encode before the index is locked, so queries
@@ -42,6 +43,15 @@ pub fn add_documents<D: AsRef<bson::RawDocument>>(index: &SearchIndex, docs: &[D
         index
             .scanned
             .fetch_add(docs.len() as u64, Ordering::Relaxed);
+    }
+    if index.spec.text.is_some() {
+        // A full-text index takes whole documents (its engine analyzes them).
+        let changes: Vec<Change<'_>> = docs
+            .iter()
+            .map(|(id, doc)| Change::Document(*id, doc))
+            .collect();
+        index.apply_changes(&changes);
+        return;
     }
     let outcomes = if index.encoders.is_empty() {
         docs.iter()

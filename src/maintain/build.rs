@@ -29,6 +29,10 @@ const CURSOR_NOT_FOUND: i32 = 43;
 /// it lives. An invalidated stream (collection dropped or renamed) means a
 /// rebuild from scratch.
 pub async fn build(config: Arc<Config>, index: Arc<SearchIndex>) {
+    if index.status().0 == Status::Failed {
+        // Its engine could not start (see `SearchIndex::new`).
+        return;
+    }
     if !index.encoders.is_empty() {
         tokio::spawn(tend_models(config.clone(), index.clone()));
     }
@@ -234,17 +238,25 @@ async fn reconcile_forever(config: &Config, index: &Arc<SearchIndex>) {
     }
 }
 
+/// The `find` that reads every document of `index`'s collection, with
+/// what the index needs of each (`IndexSpec::projection`).
+fn scan_command(index: &SearchIndex) -> RawDocumentBuf {
+    let mut body = rawdoc! { "find": index.collection.as_str(), "filter": {} };
+    if let Some(projection) = index.spec.projection() {
+        body.append("projection", projection);
+    }
+    body.append("batchSize", BATCH);
+    body.append("$db", index.db.as_str());
+    body
+}
+
 /// Re-reads the whole collection: changed vectors are updated, documents
 /// that were indexed before the scan began and are gone now are removed.
 /// (Documents indexed during the scan stay: write-through put them there.)
 pub async fn reconcile(config: &Config, index: &Arc<SearchIndex>) -> Result<(), Error> {
     let before = index.live_ids();
     let conn = upstream::connect(config).await?;
-    let db = index.db.as_str();
-    let mut projection = RawDocumentBuf::new();
-    projection.append("_id", 1);
-    projection.append(index.spec.path.as_str(), 1);
-    let body = rawdoc! { "find": index.collection.as_str(), "filter": {}, "projection": projection, "batchSize": BATCH, "$db": db };
+    let body = scan_command(index);
     let mut cursor = conn.cursor(&body).await?;
     let mut seen = IdSet::default();
     while let Some(batch) = cursor.next_batch().await? {
@@ -365,6 +377,9 @@ pub async fn follow(
                     }
                     index.changes_applied.fetch_add(count, Ordering::Relaxed);
                 }
+                if index.take_lost_writes().is_some() {
+                    return Some("the full-text engine lost writes");
+                }
                 if token.is_some() {
                     index.set_resume_token(token);
                 }
@@ -426,16 +441,7 @@ async fn scan(config: &Config, index: &Arc<SearchIndex>) -> Result<(), Error> {
         .total
         .store(u64::try_from(total).unwrap_or(0), Ordering::Relaxed);
 
-    let mut projection = RawDocumentBuf::new();
-    projection.append("_id", 1);
-    projection.append(index.spec.path.as_str(), 1);
-    let body = rawdoc! {
-        "find": index.collection.as_str(),
-        "filter": {},
-        "projection": projection,
-        "batchSize": BATCH,
-        "$db": db,
-    };
+    let body = scan_command(index);
     let mut cursor = conn.cursor(&body).await?;
     let mut next_report = 0.1;
     let started = std::time::Instant::now();

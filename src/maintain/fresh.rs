@@ -155,21 +155,40 @@ pub fn refetch(
     ids: &IdSet,
     indexes: &[Arc<SearchIndex>],
 ) -> RawDocumentBuf {
-    let mut projection = RawDocumentBuf::new();
-    projection.append("_id", 1);
-    let mut paths: Vec<&str> = indexes.iter().map(|i| i.spec.path.as_str()).collect();
-    paths.sort_unstable();
-    paths.dedup();
-    for path in paths {
-        projection.append(path, 1);
-    }
-    rawdoc! {
+    let mut body = rawdoc! {
         "find": collection,
         "filter": { "_id": { "$in": ids.array() } },
-        "projection": projection,
-        "batchSize": 100_000,
-        "$db": db,
+    };
+    // The union of what each index reads; whole documents when any
+    // reads them whole (a dynamic full-text mapping).
+    let projections: Option<Vec<RawDocumentBuf>> =
+        indexes.iter().map(|i| i.spec.projection()).collect();
+    if let Some(projections) = projections {
+        let mut paths: Vec<String> = projections
+            .iter()
+            .flat_map(|p| p.iter().flatten().map(|(k, _)| k.to_string()))
+            .collect();
+        paths.sort_unstable();
+        paths.dedup();
+        // A path and one beneath it collide in a projection: the shorter
+        // returns the longer's value anyway.
+        let kept: Vec<&String> = paths
+            .iter()
+            .filter(|p| {
+                !paths.iter().any(|q| {
+                    p.len() > q.len() && p.starts_with(q.as_str()) && p.as_bytes()[q.len()] == b'.'
+                })
+            })
+            .collect();
+        let mut projection = RawDocumentBuf::new();
+        for path in kept {
+            projection.append(path.as_str(), 1);
+        }
+        body.append("projection", projection);
     }
+    body.append("batchSize", 100_000);
+    body.append("$db", db);
+    body
 }
 
 /// Applies what the upstream now holds: `present` documents are (re)indexed,

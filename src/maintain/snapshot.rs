@@ -51,6 +51,12 @@ fn put_doc(out: &mut Vec<u8>, doc: &RawDocument) {
 pub fn save(data_dir: &Path, index: &SearchIndex) -> io::Result<()> {
     let token = index.resume_token().unwrap_or_default();
     let generation = index.generation();
+    if index.text().is_some() {
+        // Full-text indexes are not snapshotted yet: they rebuild from the
+        // upstream on start.
+        index.mark_saved(generation);
+        return Ok(());
+    }
     let mut out = Vec::new();
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&VERSION.to_le_bytes());
@@ -76,6 +82,9 @@ pub fn save(data_dir: &Path, index: &SearchIndex) -> io::Result<()> {
 /// `Ok(None)` when there is none; an error when it is corrupt or was built
 /// from another definition (the caller rebuilds and says so).
 pub fn load(data_dir: &Path, index: &SearchIndex) -> io::Result<Option<RawDocumentBuf>> {
+    if index.text().is_some() {
+        return Ok(None);
+    }
     let bytes = match std::fs::read(path(data_dir, index)) {
         Ok(b) => b,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),

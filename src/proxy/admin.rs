@@ -192,6 +192,21 @@ impl ForClient<'_> {
                     .get_document("definition")
                     .map_err(|_| bad("updateSearchIndex needs a 'definition' document"))?;
                 let specs = parse_definition(definition)?;
+                if specs.iter().any(|s| s.text.is_some()) != old.spec.text.is_some() {
+                    // Atlas keeps an index's type for its life.
+                    return Err(Error::client(
+                        Code::INVALID_OPTIONS,
+                        format!(
+                            "search index '{}' is a {} index: an update cannot change its type",
+                            old.name,
+                            if old.spec.text.is_some() {
+                                "search"
+                            } else {
+                                "vectorSearch"
+                            }
+                        ),
+                    ));
+                }
                 if specs.iter().any(|s| s.write_outputs) {
                     self.authorize(Action::Update, db, collection, "updateSearchIndex")
                         .await?;

@@ -58,16 +58,24 @@ impl ForClient<'_> {
                         }
                     }
                 };
-                if self
+                match self
                     .shared
                     .registry
                     .find(db, collection, Some(&index_name), None)
-                    .is_none()
                 {
-                    return Err(Error::client(
-                        Code::INDEX_NOT_FOUND,
-                        format!("search index '{index_name}' not found on {db}.{collection}"),
-                    ));
+                    None => {
+                        return Err(Error::client(
+                            Code::INDEX_NOT_FOUND,
+                            format!("search index '{index_name}' not found on {db}.{collection}"),
+                        ))
+                    }
+                    Some(index) if index.text().is_some() => {
+                        return Err(bad(format!(
+                            "search index '{index_name}' is a full-text index: neighbourhoods \
+                             need a vector index"
+                        )))
+                    }
+                    Some(_) => {}
                 }
                 let nb = Arc::new(neighbourhood::Neighbourhood::new(
                     db,

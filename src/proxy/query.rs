@@ -8,6 +8,7 @@ use super::for_client::*;
 use crate::command::vector_query::{parse_like_filter, vector_stages, QueryVector, VectorQuery};
 use crate::command::VectorKind;
 use crate::error::{Code, Error};
+use crate::index::text::TextError;
 use crate::index::Similarity;
 use crate::maintain::fresh::IdSet;
 use crate::registry::{SearchIndex, Status};
@@ -215,6 +216,11 @@ impl ForClient<'_> {
                     "{} cannot be used in a multi-document transaction",
                     if kind == VectorKind::Count {
                         "count"
+                    } else if queries
+                        .iter()
+                        .any(|(_, q)| matches!(q.vector, QueryVector::FullText(_)))
+                    {
+                        "$search"
                     } else {
                         "$vectorSearch"
                     }
@@ -270,6 +276,12 @@ impl ForClient<'_> {
         let started = std::time::Instant::now();
         let (db, collection) = (db.to_string(), collection.to_string());
         let max = self.shared.config.max_vector_results;
+        let full_text = matches!(query.vector, QueryVector::FullText(_));
+        let mut query = query;
+        if full_text {
+            // `$search` has no limit of its own: the most this proxy returns.
+            query.limit = query.limit.min(max);
+        }
         if query.limit > max {
             return Err(bad(format!(
                 "this query asks for {} results; this proxy returns at most {max} per vector \
@@ -307,6 +319,44 @@ impl ForClient<'_> {
             }
             Err(e) => return Err(e),
         };
+        if let QueryVector::FullText(operator) = &query.vector {
+            let (searcher, operator, limit) = (index.clone(), operator.clone(), query.limit);
+            let found = tokio::task::spawn_blocking(move || {
+                searcher
+                    .text()
+                    .map(|text| text.search(&operator, limit))
+                    // The engine failed to start: the index is FAILED and
+                    // `resolve` refused it already.
+                    .unwrap_or_else(|| Ok((Vec::new(), 0)))
+            })
+            .await
+            .map_err(|e| Error::internal(format!("full-text search failed: {e}")))?
+            .map_err(|e| match e {
+                TextError::Query(why) => bad(why),
+                TextError::Engine(why) => Error::internal(why),
+            })?;
+            let (hits, matched) = found;
+            let mut ranked = Ranked::default();
+            for (id, score) in hits {
+                ranked.ids.push(id);
+                ranked.scores.push(score);
+            }
+            self.shared
+                .metrics
+                .vector_latency
+                .observe(started.elapsed());
+            self.shared.metrics.strategy("full-text search");
+            return Ok(Plan {
+                index: Some(index),
+                collection,
+                strategy: "full-text search",
+                examined: matched,
+                allowed: None,
+                ranked,
+                exact_filter: None,
+                encoding: None,
+            });
+        }
         let (vector, encoding) = query_vector(&index, &query).await?;
         let allowed_count = allowed.as_ref().map(|ids| ids.ids.len());
         let searcher = index.clone();
@@ -390,6 +440,20 @@ impl ForClient<'_> {
                     detail.map(|d| format!(": {d}")).unwrap_or_default()
                 ),
             ));
+        }
+        let full_text = matches!(query.vector, QueryVector::FullText(_));
+        if full_text != index.spec.text.is_some() {
+            return Err(bad(format!(
+                "search index '{}' is a {} index: {} needs a {} index",
+                index.name,
+                if full_text { "vectorSearch" } else { "search" },
+                if full_text {
+                    "$search"
+                } else {
+                    "a vector query"
+                },
+                if full_text { "search" } else { "vectorSearch" },
+            )));
         }
         if let Some(path) = &query.path {
             if path != &index.spec.path {
@@ -506,6 +570,11 @@ async fn query_vector(
             return Ok((vector, None));
         }
         QueryVector::OfDocument(id) => return Ok((stored_vector(index, id)?, None)),
+        QueryVector::FullText(_) => {
+            return Err(bad(
+                "a $search query has no vector: it needs a search index",
+            ))
+        }
         QueryVector::Text(text) => {
             // The model that produces the vectors at the searched path.
             let Some(i) = spec.models.iter().position(|m| m.key == spec.path) else {

@@ -16,6 +16,8 @@ use std::sync::{Arc, Mutex, RwLock};
 pub mod vectors;
 pub use vectors::{Searched, Vectors};
 
+use crate::index::text::{TextChange, TextIndex};
+
 /// What a `vectorSearch` index definition asks for.
 #[derive(Debug, Clone, PartialEq)]
 pub struct IndexSpec {
@@ -35,9 +37,43 @@ pub struct IndexSpec {
     pub write_outputs: bool,
     /// Train an adapter once the index is built (semantic indexes only).
     pub train: Option<crate::train::TrainSpec>,
+    /// A full-text (`search`) index: what it indexes. The vector fields
+    /// above are unused then.
+    pub text: Option<crate::index::text::TextSpec>,
 }
 
 impl IndexSpec {
+    /// A full-text index's spec.
+    pub fn full_text(text: crate::index::text::TextSpec) -> IndexSpec {
+        IndexSpec {
+            path: String::new(),
+            dims: 0,
+            similarity: Similarity::Cosine,
+            hnsw: HnswParams::default(),
+            filters: Vec::new(),
+            models: Vec::new(),
+            write_outputs: false,
+            train: None,
+            text: Some(text),
+        }
+    }
+
+    /// The `projection` that reads what this index needs of a document,
+    /// or `None` for whole documents.
+    pub fn projection(&self) -> Option<RawDocumentBuf> {
+        let mut out = RawDocumentBuf::new();
+        out.append("_id", 1);
+        match &self.text {
+            None => out.append(self.path.as_str(), 1),
+            Some(text) => {
+                for path in text.projection()? {
+                    out.append(path, 1);
+                }
+            }
+        }
+        Some(out)
+    }
+
     /// Looks up the models a spec names and fixes its dimensions: every model
     /// of one index must output the same size (they share one vector space).
     pub fn resolve_models(
@@ -119,8 +155,11 @@ pub enum Change<'a> {
         vector: Vec<f32>,
         content: Option<u64>,
     },
-    /// `id` has no usable vector (deleted, or its field missing or wrong).
+    /// `id` has no usable vector (deleted, or its field missing or wrong),
+    /// or, for a full-text index, no longer exists.
     Remove(bson::RawBsonRef<'a>),
+    /// `id`'s whole document (or the paths a full-text index reads).
+    Document(bson::RawBsonRef<'a>, &'a bson::RawDocument),
 }
 
 pub struct SearchIndex {
@@ -161,6 +200,12 @@ pub struct SearchIndex {
     /// The vectors, by `_id`: reached only through the catalog methods
     /// below, the one place their lock is taken.
     data: RwLock<Vectors>,
+    /// A full-text index's engine (`spec.text`); `None` for vector indexes
+    /// (and for a full-text index whose engine failed to start: FAILED).
+    text: Option<TextIndex>,
+    /// Why writes were lost since the last rebuild (the full-text engine
+    /// refused them): upkeep rebuilds the index when it sees this.
+    lost_writes: Mutex<Option<String>>,
     /// The loaded models of `spec.models`, in order (empty for Atlas indexes).
     pub encoders: Vec<Arc<crate::models::Model>>,
     /// Documents whose encoding failed (a model was unavailable): retried
@@ -214,7 +259,7 @@ impl SearchIndex {
         spec: IndexSpec,
     ) -> SearchIndex {
         let data = Vectors::empty(&spec);
-        SearchIndex {
+        let mut index = SearchIndex {
             id,
             db: db.to_string(),
             collection: collection.to_string(),
@@ -235,6 +280,8 @@ impl SearchIndex {
             changed: Mutex::new(None),
             retired: AtomicBool::new(false),
             data: RwLock::new(data),
+            text: None,
+            lost_writes: Mutex::new(None),
             encoders: Vec::new(),
             pending: Mutex::new(Pending::default()),
             outputs: Mutex::new(Vec::new()),
@@ -243,7 +290,14 @@ impl SearchIndex {
             training: Mutex::new(Training::default()),
             on_ready: Mutex::new(None),
             definition_version: (0, bson::DateTime::now()),
+        };
+        if let Some(text) = &index.spec.text {
+            match TextIndex::new(text.clone()) {
+                Ok(engine) => index.text = Some(engine),
+                Err(why) => index.set_status(Status::Failed, Some(why)),
+            }
         }
+        index
     }
 
     /// The parts of one index: one per vector field of `definition`, from
@@ -397,6 +451,9 @@ impl SearchIndex {
     /// Empties the index for a rebuild from scratch.
     pub fn reset(&self) {
         *self.data.write().unwrap_or_else(|e| e.into_inner()) = Vectors::empty(&self.spec);
+        if let Some(Err(why)) = self.text.as_ref().map(TextIndex::clear) {
+            self.set_stale(Some(why));
+        }
         for counter in [
             &self.scanned,
             &self.total,
@@ -412,7 +469,10 @@ impl SearchIndex {
 
     /// The `_id`s of every indexed document, now.
     pub fn live_ids(&self) -> IdSet {
-        self.read_vectors(Vectors::ids)
+        match &self.text {
+            Some(text) => text.ids(),
+            None => self.read_vectors(Vectors::ids),
+        }
     }
 
     // The `_id`-keyed catalog methods. Each takes the vectors' lock for
@@ -425,6 +485,12 @@ impl SearchIndex {
     /// how many changed.
     pub fn apply_changes(&self, changes: &[Change<'_>]) -> usize {
         self.touch();
+        if self.spec.text.is_some() {
+            return match &self.text {
+                Some(text) => self.apply_text(text, changes),
+                None => 0, // the engine failed to start: FAILED
+            };
+        }
         let changed: Vec<bson::RawBsonRef<'_>> = self.write_vectors(|v| {
             changes
                 .iter()
@@ -435,6 +501,8 @@ impl SearchIndex {
                         content,
                     } => v.upsert(*id, vector, *content).then_some(*id),
                     Change::Remove(id) => v.remove(*id).then_some(*id),
+                    // Only full-text indexes take whole documents.
+                    Change::Document(..) => None,
                 })
                 .collect()
         });
@@ -444,15 +512,52 @@ impl SearchIndex {
         changed.len()
     }
 
+    fn apply_text(&self, text: &TextIndex, changes: &[Change<'_>]) -> usize {
+        let changes: Vec<TextChange<'_>> = changes
+            .iter()
+            .filter_map(|change| match change {
+                Change::Document(id, doc) => Some(TextChange::Set(*id, doc)),
+                Change::Remove(id) => Some(TextChange::Remove(*id)),
+                Change::Set { .. } => None,
+            })
+            .collect();
+        match text.apply(&changes) {
+            Ok(()) => changes.len(),
+            Err(why) => {
+                // The engine refused a write: the index no longer matches
+                // its collection; upkeep rebuilds it from the upstream.
+                tracing::warn!(index = %self.name, why, "a full-text write failed; rebuilding");
+                *self.lost_writes.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+                0
+            }
+        }
+    }
+
+    /// Why writes were lost since the last call, taken (see `lost_writes`).
+    pub fn take_lost_writes(&self) -> Option<String> {
+        self.lost_writes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+    }
+
+    /// The full-text engine, for a `search` index.
+    pub fn text(&self) -> Option<&TextIndex> {
+        self.text.as_ref()
+    }
+
     /// Compacts the vectors when dead slots outnumber live ones (see
     /// [`Vectors::compact_if_needed`]); the live count when it did.
     pub fn compact_if_needed(&self) -> Option<usize> {
         self.write_vectors(|v| v.compact_if_needed(&self.spec).then(|| v.len()))
     }
 
-    /// Live vectors.
+    /// Live vectors (documents, for a full-text index).
     pub fn vector_count(&self) -> usize {
-        self.read_vectors(Vectors::len)
+        match &self.text {
+            Some(text) => text.len(),
+            None => self.read_vectors(Vectors::len),
+        }
     }
 
     /// Slots held, live and retired.
@@ -933,6 +1038,7 @@ mod tests {
             models: Vec::new(),
             write_outputs: false,
             train: None,
+            text: None,
         };
         SearchIndex::new("id".into(), "db", "c", "idx", rawdoc! {}, spec)
     }

@@ -385,6 +385,7 @@ mod tests {
             models: Vec::new(),
             write_outputs: false,
             train: None,
+            text: None,
         }
     }
 

@@ -127,7 +127,8 @@ impl Ranked {
     }
 }
 
-/// How many `{$meta: "vectorSearchScore"}` a command holds (each becomes a
+/// How many score references (`{$meta: "vectorSearchScore"}` or
+/// `"searchScore"`) a command holds (each becomes a
 /// score lookup carrying the ranked ids and scores), counted to `depth`.
 pub fn score_references(doc: &RawDocument, depth: usize) -> usize {
     fn count(value: RawBsonRef<'_>, depth: usize) -> usize {
@@ -142,12 +143,18 @@ pub fn score_references(doc: &RawDocument, depth: usize) -> usize {
     count(RawBsonRef::Document(doc), depth)
 }
 
+/// `{$meta: "vectorSearchScore"}`, or `{$meta: "searchScore"}` (after
+/// `$search`): either names the ranked score of the stage that opened the
+/// pipeline.
 fn is_score_meta(doc: &RawDocument) -> bool {
     let mut it = doc.iter();
     matches!(
         (it.next(), it.next()),
         (
-            Some(Ok(("$meta", RawBsonRef::String("vectorSearchScore")))),
+            Some(Ok((
+                "$meta",
+                RawBsonRef::String("vectorSearchScore" | "searchScore")
+            ))),
             None
         )
     )

@@ -12,8 +12,9 @@ client-side and send `queryVector`. Nothing here may reach the network:
 every socket connection and name lookup outside loopback is refused and
 fails the test (LlamaIndex reads its bundled NLTK and tiktoken data).
 
-Full-text and hybrid search (`$search`, 'search' indexes) are not served
-yet: those tests are strict xfails that flip when they start working."""
+Full-text and hybrid search run each framework's own `search` index
+definitions and `$search` pipelines (the hybrid ones fuse `$search` and
+`$vectorSearch` with `$unionWith`)."""
 
 import asyncio
 import json
@@ -23,7 +24,6 @@ import urllib.request
 
 import pytest
 from pymongo import AsyncMongoClient, MongoClient
-from pymongo.errors import OperationFailure
 
 from conftest import debian_packages, wait_ready
 from embed_server import DIMS, EmbedServer, embed
@@ -82,10 +82,6 @@ try:
 finally:
     Offline.on = False
 assert not Offline.attempts, Offline.attempts
-
-NOT_SERVED = pytest.mark.xfail(
-    strict=True, raises=OperationFailure,
-    reason="full-text search ($search, 'search' indexes) is not served yet: issue 18")
 
 K = 5
 
@@ -406,14 +402,12 @@ def test_langchain_semantic_cache(proxy_uri, client, embed_server):
         client.drop_database(db)
 
 
-@NOT_SERVED
 def test_langchain_create_fulltext_search_index(lc):
     store, _ = lc
     create_fulltext_search_index(store.collection, "lc_text_only", field="text", wait_until_complete=60)
     assert [i["status"] for i in store.collection.list_search_indexes("lc_text_only")] == ["READY"]
 
 
-@NOT_SERVED
 def test_langchain_full_text_search_retriever(lc):
     store, rows = lc
     retriever = MongoDBAtlasFullTextSearchRetriever(collection=store.collection, search_index_name="lc_text",
@@ -423,7 +417,6 @@ def test_langchain_full_text_search_retriever(lc):
     assert all(d.metadata["score"] > 0 for d in docs)
 
 
-@NOT_SERVED
 def test_langchain_hybrid_search_retriever(lc):
     store, rows = lc
     retriever = MongoDBAtlasHybridSearchRetriever(vectorstore=store, search_index_name="lc_hybrid_text", k=K,
@@ -543,7 +536,6 @@ def test_llamaindex_delete_ref_doc_removes_it_from_results(li):
     assert retriever.retrieve(victim["text"])[0].node.ref_doc_id == "bmon"
 
 
-@NOT_SERVED
 def test_llamaindex_text_search_mode(li):
     index, store, _ = li
     store.create_fulltext_search_index("text", wait_until_complete=60)
@@ -551,7 +543,6 @@ def test_llamaindex_text_search_mode(li):
     assert nodes and "bandwidth" in nodes[0].node.get_content().lower()
 
 
-@NOT_SERVED
 def test_llamaindex_hybrid_mode(li):
     index, store, _ = li
     if not list(store.collection.list_search_indexes("li_text")):

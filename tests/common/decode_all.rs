@@ -2,7 +2,7 @@
 //! inflating OP_COMPRESSED, decoding by opcode, walking the command body,
 //! classifying the command and running the parser of every command the proxy
 //! owns (handshake, search-index admin, semantic indexes, models,
-//! `$vectorSearch`, `$like`), the rewriters of vector commands, the
+//! `$vectorSearch`, `$like`, `$search`, `search` definitions), the rewriters of vector commands, the
 //! write-command readers of write-through, what a secondary read needs
 //! rights on and a read's session fields. Shared by the libFuzzer target
 //! (`fuzz/fuzz_targets/decode.rs`) and the seeded-mutation test in
@@ -82,6 +82,9 @@ fn parse_everything(body: &RawDocument) {
             if let Some(stage) = stage.as_document() {
                 if let Ok(search) = stage.get_document("$vectorSearch") {
                     let _ = vector_query::parse_vector_search(search);
+                }
+                if let Ok(search) = stage.get_document("$search") {
+                    let _ = likewise::command::text_query::parse_search(search);
                 }
                 if let Ok(matched) = stage.get_document("$match") {
                     let _ = vector_query::parse_like_filter(matched);

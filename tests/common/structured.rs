@@ -13,7 +13,7 @@
 use bson::{rawdoc, RawArrayBuf, RawBson, RawDocumentBuf};
 
 /// How many command forms [`frame`] builds.
-pub const FORMS: usize = 12;
+pub const FORMS: usize = 14;
 
 /// Reads a recipe: form, depth, width and the bytes that fill leaves.
 struct Recipe<'a> {
@@ -42,7 +42,7 @@ pub fn nested(depth: usize, width: usize, recipe: &[u8]) -> RawBson {
             0 => RawBson::Int32(i32::from(r.byte())),
             1 => RawBson::Double(f64::from(r.byte()) / 7.0),
             2 => RawBson::String("x".repeat(usize::from(r.byte() % 4))),
-            3 => RawBson::Boolean(r.byte() % 2 == 0),
+            3 => RawBson::Boolean(r.byte().is_multiple_of(2)),
             4 => RawBson::Null,
             _ => RawBson::Array(RawArrayBuf::new()),
         }
@@ -63,7 +63,7 @@ pub fn nested(depth: usize, width: usize, recipe: &[u8]) -> RawBson {
     let mut value = leaf(&mut r);
     for level in 0..depth {
         let siblings = if level == depth / 2 { width } else { 1 };
-        let as_array = r.byte() % 3 == 0;
+        let as_array = r.byte().is_multiple_of(3);
         if as_array {
             let mut array = RawArrayBuf::new();
             array.push(value);
@@ -127,6 +127,14 @@ pub fn command(form: usize, value: RawBson) -> RawDocumentBuf {
         }
         10 => rawdoc! { "updateSearchIndex": "c", "name": "i", "definition": { "mappings": value },
         "$db": "t" },
+        11 => rawdoc! { "aggregate": "c", "pipeline": [
+            { "$search": { "compound": { "must": [{ "text": { "query": "a", "path": value.clone() } }],
+                                          "should": value.clone() } } },
+            { "$project": { "s": { "$meta": "searchScore" }, "deep": value } },
+        ], "cursor": {}, "$db": "t" },
+        12 => rawdoc! { "createSearchIndexes": "c", "indexes": [
+            { "name": "i", "type": "search", "definition": { "mappings": { "fields": { "f": value } } } },
+        ], "$db": "t" },
         _ => rawdoc! { "insert": "c", "documents": [{ "_id": 1, "deep": value }], "$db": "t" },
     }
 }

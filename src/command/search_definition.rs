@@ -1,0 +1,318 @@
+//! Atlas Search's `search` index definition, read into a
+//! [`TextSpec`]: `{analyzer?, searchAnalyzer?, mappings: {dynamic?,
+//! fields?}, storedSource?, numPartitions?}`, with `string` and
+//! `document` fields. Everything else Atlas accepts is refused by name
+//! (never ignored), with what likewise serves instead.
+
+use crate::error::{Code, Error};
+use crate::index::text::{Analyzer, DocumentMapping, FieldMapping, StringField, TextSpec};
+use bson::{RawBsonRef, RawDocument};
+
+/// Most named fields one definition may hold, at every level together.
+pub const MAX_MAPPED_FIELDS: usize = 1000;
+/// Deepest `document` nesting a mapping may have.
+const MAX_MAPPING_DEPTH: usize = 32;
+
+fn invalid(message: impl Into<String>) -> Error {
+    Error::client(Code::INVALID_OPTIONS, message)
+}
+
+/// Whether `definition` is a `search` definition (it has `mappings`).
+pub fn is_search_definition(definition: &RawDocument) -> bool {
+    definition.get("mappings").ok().flatten().is_some()
+}
+
+/// Reads a `search` definition. Errors (72 `InvalidOptions`) name the
+/// offending option.
+pub fn parse(definition: &RawDocument) -> Result<TextSpec, Error> {
+    let named = |key: &str| match definition.get(key) {
+        Ok(None) => Ok(None),
+        Ok(Some(RawBsonRef::String(name))) => analyzer_named(name, key).map(Some),
+        _ => Err(invalid(format!("'{key}' must be an analyzer's name"))),
+    };
+    let analyzer = named("analyzer")?.unwrap_or(Analyzer::Standard);
+    let defaults = Defaults {
+        analyzer,
+        search_analyzer: named("searchAnalyzer")?.unwrap_or(analyzer),
+    };
+    let mut mappings = None;
+    for (key, value) in definition.iter().flatten() {
+        match (key, value) {
+            ("analyzer" | "searchAnalyzer", _) => {}
+            ("mappings", RawBsonRef::Document(m)) => {
+                let mut count = 0;
+                mappings = Some(parse_mapping(m, "mappings", defaults, 0, &mut count)?)
+            }
+            ("storedSource", RawBsonRef::Boolean(false)) => {}
+            ("numPartitions", v) if crate::wire::integer(Some(v)) == Some(1) => {}
+            ("analyzers" | "synonyms" | "typeSets", RawBsonRef::Array(a)) if a.is_empty() => {}
+            ("analyzers", _) => {
+                return Err(invalid(
+                    "custom 'analyzers' are not served by likewise yet: use a built-in \
+                     analyzer (lucene.standard, lucene.simple, lucene.whitespace, \
+                     lucene.keyword, lucene.english)",
+                ))
+            }
+            ("storedSource" | "synonyms" | "typeSets" | "numPartitions", _) => {
+                return Err(invalid(format!(
+                    "'{key}' is not served by likewise yet (accepted: storedSource: false, \
+                     numPartitions: 1)"
+                )))
+            }
+            _ => {
+                return Err(invalid(format!(
+                    "\"{key}\" is not a valid search index definition field, or has the wrong type"
+                )))
+            }
+        }
+    }
+    let mappings = mappings.ok_or_else(|| invalid("a search index definition needs 'mappings'"))?;
+    Ok(TextSpec {
+        mappings,
+        analyzer: defaults.analyzer,
+        search_analyzer: defaults.search_analyzer,
+    })
+}
+
+fn analyzer_named(name: &str, key: &str) -> Result<Analyzer, Error> {
+    Analyzer::parse(name).ok_or_else(|| {
+        invalid(format!(
+            "'{key}' names '{name}': likewise serves lucene.standard, lucene.simple, \
+             lucene.whitespace, lucene.keyword and lucene.english"
+        ))
+    })
+}
+
+/// The index-level analyzers, which fields that name none take.
+#[derive(Clone, Copy)]
+struct Defaults {
+    analyzer: Analyzer,
+    search_analyzer: Analyzer,
+}
+
+fn parse_mapping(
+    mapping: &RawDocument,
+    at: &str,
+    defaults: Defaults,
+    depth: usize,
+    count: &mut usize,
+) -> Result<DocumentMapping, Error> {
+    if depth > MAX_MAPPING_DEPTH {
+        return Err(invalid(format!("'{at}' nests documents too deeply")));
+    }
+    let mut out = DocumentMapping::default();
+    for (key, value) in mapping.iter().flatten() {
+        match (key, value) {
+            // A `document` field's own definition is its mapping.
+            ("type", RawBsonRef::String("document")) if depth > 0 => {}
+            ("dynamic", RawBsonRef::Boolean(b)) => out.dynamic = b,
+            ("dynamic", RawBsonRef::Document(_)) => {
+                return Err(invalid(format!(
+                    "'{at}.dynamic' with a typeSet is not served by likewise yet: use true or false"
+                )))
+            }
+            ("fields", RawBsonRef::Document(fields)) => {
+                for (name, def) in fields.iter().flatten() {
+                    *count += 1;
+                    if *count > MAX_MAPPED_FIELDS {
+                        return Err(invalid(format!(
+                            "a definition may map at most {MAX_MAPPED_FIELDS} fields"
+                        )));
+                    }
+                    if name.is_empty() || name.starts_with('$') {
+                        return Err(invalid(format!(
+                            "'{at}.fields' has an invalid name '{name}'"
+                        )));
+                    }
+                    let here = format!("{at}.fields.{name}");
+                    let field = match def {
+                        RawBsonRef::Document(d) => {
+                            parse_field(d, &here, defaults, depth, count, FieldMapping::default())?
+                        }
+                        RawBsonRef::Array(defs) => {
+                            let mut field = FieldMapping::default();
+                            for def in defs {
+                                let Ok(RawBsonRef::Document(d)) = def else {
+                                    return Err(invalid(format!(
+                                        "'{here}' entries must be documents"
+                                    )));
+                                };
+                                field = parse_field(d, &here, defaults, depth, count, field)?;
+                            }
+                            field
+                        }
+                        _ => {
+                            return Err(invalid(format!("'{here}' must be a document or an array")))
+                        }
+                    };
+                    out.fields.insert(name.to_string(), field);
+                }
+            }
+            _ => {
+                return Err(invalid(format!(
+                    "\"{at}.{key}\" is not a valid mapping field, or has the wrong type"
+                )))
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Field types Atlas has that likewise does not serve yet.
+const NOT_YET: &[&str] = &[
+    "token",
+    "number",
+    "date",
+    "boolean",
+    "objectId",
+    "uuid",
+    "autocomplete",
+    "embeddedDocuments",
+    "geo",
+    "knnVector",
+    "numberFacet",
+    "dateFacet",
+    "stringFacet",
+];
+
+fn parse_field(
+    def: &RawDocument,
+    at: &str,
+    defaults: Defaults,
+    depth: usize,
+    count: &mut usize,
+    mut field: FieldMapping,
+) -> Result<FieldMapping, Error> {
+    match def.get_str("type") {
+        Ok("string") => {
+            let mut analyzer = None;
+            let mut search_analyzer = None;
+            for (key, value) in def.iter().flatten() {
+                match (key, value) {
+                    ("type", _) => {}
+                    ("analyzer", RawBsonRef::String(n)) => analyzer = Some(analyzer_named(n, key)?),
+                    ("searchAnalyzer", RawBsonRef::String(n)) => {
+                        search_analyzer = Some(analyzer_named(n, key)?)
+                    }
+                    ("indexOptions", RawBsonRef::String("offsets" | "positions")) => {}
+                    ("store", RawBsonRef::Boolean(_)) => {}
+                    ("norms", RawBsonRef::String("include")) => {}
+                    _ => {
+                        return Err(invalid(format!(
+                            "'{at}.{key}' is not served by likewise yet, or has the wrong type \
+                             (string fields take analyzer, searchAnalyzer, indexOptions: \
+                             offsets|positions, store, norms: include)"
+                        )))
+                    }
+                }
+            }
+            if field.string.is_some() {
+                return Err(invalid(format!("'{at}' declares type string twice")));
+            }
+            // Atlas's defaults: the field's search analyzer is its
+            // analyzer when it names one, else the index's.
+            field.string = Some(StringField {
+                analyzer: analyzer.unwrap_or(defaults.analyzer),
+                search_analyzer: search_analyzer
+                    .or(analyzer)
+                    .unwrap_or(defaults.search_analyzer),
+            });
+            Ok(field)
+        }
+        Ok("document") => {
+            if field.document.is_some() {
+                return Err(invalid(format!("'{at}' declares type document twice")));
+            }
+            field.document = Some(parse_mapping(def, at, defaults, depth + 1, count)?);
+            Ok(field)
+        }
+        Ok(t) if NOT_YET.contains(&t) => Err(invalid(format!(
+            "'{at}' has type '{t}', which likewise does not serve yet (string and document are served)"
+        ))),
+        Ok(t) => Err(invalid(format!("'{at}.type' '{t}' is not an Atlas Search field type"))),
+        Err(_) => Err(invalid(format!("'{at}' needs a string 'type'"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bson::rawdoc;
+
+    #[test]
+    fn atlas_definitions_are_read_with_atlas_defaults() {
+        let spec = parse(&rawdoc! {
+            "analyzer": "lucene.english",
+            "mappings": { "dynamic": false, "fields": {
+                "title": [{ "type": "string" }, { "type": "document", "fields": {
+                    "en": { "type": "string", "analyzer": "lucene.keyword" },
+                } }],
+                "body": { "type": "string", "searchAnalyzer": "lucene.simple" },
+            } },
+        })
+        .unwrap();
+        assert_eq!(spec.search_analyzer, Analyzer::English);
+        let title = spec.string_at("title").unwrap();
+        assert_eq!(
+            (title.analyzer, title.search_analyzer),
+            (Analyzer::English, Analyzer::English)
+        );
+        let en = spec.string_at("title.en").unwrap();
+        assert_eq!(
+            (en.analyzer, en.search_analyzer),
+            (Analyzer::Keyword, Analyzer::Keyword)
+        );
+        let body = spec.string_at("body").unwrap();
+        assert_eq!(
+            (body.analyzer, body.search_analyzer),
+            (Analyzer::English, Analyzer::Simple)
+        );
+        assert!(spec.string_at("other").is_none());
+        assert!(spec.string_at("title.fr").is_none());
+        let dynamic = parse(&rawdoc! { "mappings": { "dynamic": true } }).unwrap();
+        assert_eq!(
+            dynamic.string_at("any.path").unwrap().analyzer,
+            Analyzer::Standard
+        );
+        assert_eq!(dynamic.projection(), None);
+    }
+
+    #[test]
+    fn what_is_not_served_is_refused_by_name() {
+        for (definition, says) in [
+            (
+                rawdoc! { "mappings": { "dynamic": true }, "analyzer": "lucene.cjk" },
+                "lucene.cjk",
+            ),
+            (
+                rawdoc! { "mappings": { "fields": { "n": { "type": "number" } } } },
+                "'number'",
+            ),
+            (
+                rawdoc! { "mappings": { "fields": { "n": { "type": "nonsense" } } } },
+                "nonsense",
+            ),
+            (
+                rawdoc! { "mappings": { "dynamic": true }, "synonyms": [{ "name": "s" }] },
+                "synonyms",
+            ),
+            (
+                rawdoc! { "mappings": { "dynamic": true }, "surprise": 1 },
+                "surprise",
+            ),
+            (
+                rawdoc! { "mappings": { "dynamic": { "typeSet": "t" } } },
+                "typeSet",
+            ),
+            (
+                rawdoc! { "mappings": { "fields": { "s": { "type": "string", "multi": {} } } } },
+                "multi",
+            ),
+            (rawdoc! { "analyzer": "lucene.standard" }, "mappings"),
+        ] {
+            let e = parse(&definition).unwrap_err();
+            assert_eq!(e.code.code, Code::INVALID_OPTIONS.code);
+            assert!(e.message.contains(says), "{} lacks {says}", e.message);
+        }
+    }
+}

@@ -1,0 +1,479 @@
+//! The `$search` stage, read with Atlas Search's rules into an
+//! [`Operator`] tree: `text`, `phrase` and `compound` (with per-clause
+//! `score`), paths as a string, `{value}`, `{wildcard}` or a list of
+//! those. Options likewise does not serve yet are refused by name.
+
+use crate::error::{Code, Error};
+use crate::index::text::{Fuzzy, Operator, ScoreModifier, SearchPath};
+use bson::{RawBsonRef, RawDocument};
+
+/// Deepest `compound` nesting served.
+const MAX_OPERATOR_DEPTH: usize = 64;
+/// Most clauses in one `$search`, all levels together.
+const MAX_CLAUSES: usize = 1024;
+/// Most query strings one `text` or `phrase` takes.
+const MAX_QUERIES: usize = 256;
+
+fn bad(message: impl Into<String>) -> Error {
+    Error::client(Code::BAD_VALUE, message)
+}
+
+/// A parsed `$search`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SearchStage {
+    /// The index searched (Atlas's default: `"default"`).
+    pub index: String,
+    pub operator: Operator,
+}
+
+/// Reads a `$search` stage's document.
+pub fn parse_search(stage: &RawDocument) -> Result<SearchStage, Error> {
+    let mut index = "default".to_string();
+    let mut operator = None;
+    let mut clauses = 0;
+    for (key, value) in stage.iter().flatten() {
+        match (key, value) {
+            ("index", RawBsonRef::String(name)) => index = name.to_string(),
+            ("index", _) => return Err(bad("\"$search.index\" must be a string")),
+            ("returnStoredSource" | "scoreDetails", RawBsonRef::Boolean(false)) => {}
+            // A hint to run segments in parallel; results are the same.
+            ("concurrent", RawBsonRef::Boolean(_)) => {}
+            ("text" | "phrase" | "compound", RawBsonRef::Document(spec)) => {
+                if operator.is_some() {
+                    return Err(bad("$search takes exactly one operator"));
+                }
+                operator = Some(parse_operator(key, spec, 0, &mut clauses)?);
+            }
+            (
+                "highlight" | "count" | "sort" | "returnStoredSource" | "scoreDetails"
+                | "searchAfter" | "searchBefore" | "tracking",
+                _,
+            ) => {
+                return Err(bad(format!(
+                    "\"$search.{key}\" is not served by likewise yet"
+                )))
+            }
+            (
+                "autocomplete" | "embeddedDocument" | "equals" | "exists" | "geoShape"
+                | "geoWithin" | "in" | "knnBeta" | "moreLikeThis" | "near" | "queryString"
+                | "range" | "regex" | "span" | "wildcard" | "hasAncestor" | "hasRoot",
+                _,
+            ) => {
+                return Err(bad(format!(
+                    "the $search operator '{key}' is not served by likewise yet (text, phrase \
+                     and compound are)"
+                )))
+            }
+            _ => return Err(bad(format!("\"$search.{key}\" is not a $search option"))),
+        }
+    }
+    let operator = operator.ok_or_else(|| bad("$search needs an operator"))?;
+    Ok(SearchStage { index, operator })
+}
+
+fn parse_operator(
+    name: &str,
+    spec: &RawDocument,
+    depth: usize,
+    clauses: &mut usize,
+) -> Result<Operator, Error> {
+    *clauses += 1;
+    if depth > MAX_OPERATOR_DEPTH || *clauses > MAX_CLAUSES {
+        return Err(bad(format!(
+            "$search holds more than {MAX_CLAUSES} clauses or nests compound deeper than \
+             {MAX_OPERATOR_DEPTH}"
+        )));
+    }
+    match name {
+        "text" => {
+            let mut query = None;
+            let mut paths = None;
+            let mut fuzzy = None;
+            let mut match_all = false;
+            let mut score = None;
+            for (key, value) in spec.iter().flatten() {
+                match key {
+                    "query" => query = Some(strings(value, "text.query")?),
+                    "path" => paths = Some(parse_paths(value, "text.path")?),
+                    "fuzzy" => fuzzy = Some(parse_fuzzy(value)?),
+                    "matchCriteria" => {
+                        match_all = match value {
+                            RawBsonRef::String("all") => true,
+                            RawBsonRef::String("any") => false,
+                            _ => {
+                                return Err(bad(
+                                    "\"text.matchCriteria\" must be \"any\" or \"all\"",
+                                ))
+                            }
+                        }
+                    }
+                    "score" => score = Some(parse_score(value, "text.score")?),
+                    "synonyms" => {
+                        return Err(bad("\"text.synonyms\" is not served by likewise yet"))
+                    }
+                    _ => return Err(bad(format!("\"text.{key}\" is not a text option"))),
+                }
+            }
+            if fuzzy.is_some() && match_all {
+                return Err(bad(
+                    "\"text.matchCriteria\" cannot be combined with \"text.fuzzy\"",
+                ));
+            }
+            Ok(Operator::Text {
+                query: query.ok_or_else(|| bad("\"text.query\" is required"))?,
+                paths: paths.ok_or_else(|| bad("\"text.path\" is required"))?,
+                fuzzy,
+                match_all,
+                score,
+            })
+        }
+        "phrase" => {
+            let mut query = None;
+            let mut paths = None;
+            let mut slop = 0;
+            let mut score = None;
+            for (key, value) in spec.iter().flatten() {
+                match key {
+                    "query" => query = Some(strings(value, "phrase.query")?),
+                    "path" => paths = Some(parse_paths(value, "phrase.path")?),
+                    "slop" => {
+                        slop = crate::wire::integer(Some(value))
+                            .and_then(|n| u32::try_from(n).ok())
+                            .ok_or_else(|| bad("\"phrase.slop\" must be a non-negative integer"))?
+                    }
+                    "score" => score = Some(parse_score(value, "phrase.score")?),
+                    "synonyms" => {
+                        return Err(bad("\"phrase.synonyms\" is not served by likewise yet"))
+                    }
+                    _ => return Err(bad(format!("\"phrase.{key}\" is not a phrase option"))),
+                }
+            }
+            Ok(Operator::Phrase {
+                query: query.ok_or_else(|| bad("\"phrase.query\" is required"))?,
+                paths: paths.ok_or_else(|| bad("\"phrase.path\" is required"))?,
+                slop,
+                score,
+            })
+        }
+        "compound" => {
+            let (mut must, mut must_not, mut should, mut filter) = (vec![], vec![], vec![], vec![]);
+            let mut minimum_should_match = 0;
+            let mut score = None;
+            for (key, value) in spec.iter().flatten() {
+                let list = match key {
+                    "must" => &mut must,
+                    "mustNot" => &mut must_not,
+                    "should" => &mut should,
+                    "filter" => &mut filter,
+                    "minimumShouldMatch" => {
+                        minimum_should_match = crate::wire::integer(Some(value))
+                            .and_then(|n| usize::try_from(n).ok())
+                            .ok_or_else(|| {
+                                bad("\"compound.minimumShouldMatch\" must be a non-negative integer")
+                            })?;
+                        continue;
+                    }
+                    "score" => {
+                        score = Some(parse_score(value, "compound.score")?);
+                        continue;
+                    }
+                    _ => return Err(bad(format!("\"compound.{key}\" is not a compound option"))),
+                };
+                let docs: Vec<&RawDocument> = match value {
+                    RawBsonRef::Document(d) => vec![d],
+                    RawBsonRef::Array(a) => a
+                        .into_iter()
+                        .map(|v| match v {
+                            Ok(RawBsonRef::Document(d)) => Ok(d),
+                            _ => Err(bad(format!("\"compound.{key}\" entries must be operators"))),
+                        })
+                        .collect::<Result<_, _>>()?,
+                    _ => {
+                        return Err(bad(format!(
+                            "\"compound.{key}\" must be an operator or a list"
+                        )))
+                    }
+                };
+                for doc in docs {
+                    let mut fields = doc.iter();
+                    let (Some(Ok((op, RawBsonRef::Document(inner)))), None) =
+                        (fields.next(), fields.next())
+                    else {
+                        return Err(bad(format!(
+                            "each \"compound.{key}\" clause must be one operator"
+                        )));
+                    };
+                    if !matches!(op, "text" | "phrase" | "compound") {
+                        return Err(bad(format!(
+                            "the $search operator '{op}' is not served by likewise yet (text, \
+                             phrase and compound are)"
+                        )));
+                    }
+                    list.push(parse_operator(op, inner, depth + 1, clauses)?);
+                }
+            }
+            if must.is_empty() && must_not.is_empty() && should.is_empty() && filter.is_empty() {
+                return Err(bad("compound needs at least one clause"));
+            }
+            if minimum_should_match > should.len() {
+                return Err(bad(format!(
+                    "\"compound.minimumShouldMatch\" ({minimum_should_match}) is more than the \
+                     {} should clauses",
+                    should.len()
+                )));
+            }
+            Ok(Operator::Compound {
+                must,
+                must_not,
+                should,
+                filter,
+                minimum_should_match,
+                score,
+            })
+        }
+        other => Err(bad(format!("'{other}' is not a served $search operator"))),
+    }
+}
+
+fn strings(value: RawBsonRef<'_>, at: &str) -> Result<Vec<String>, Error> {
+    let out: Vec<String> = match value {
+        RawBsonRef::String(s) => vec![s.to_string()],
+        RawBsonRef::Array(a) => a
+            .into_iter()
+            .map(|v| match v {
+                Ok(RawBsonRef::String(s)) => Ok(s.to_string()),
+                _ => Err(bad(format!(
+                    "\"{at}\" must be a string or a list of strings"
+                ))),
+            })
+            .collect::<Result<_, _>>()?,
+        _ => {
+            return Err(bad(format!(
+                "\"{at}\" must be a string or a list of strings"
+            )))
+        }
+    };
+    if out.is_empty() || out.len() > MAX_QUERIES {
+        return Err(bad(format!(
+            "\"{at}\" must hold 1 to {MAX_QUERIES} strings"
+        )));
+    }
+    Ok(out)
+}
+
+fn parse_paths(value: RawBsonRef<'_>, at: &str) -> Result<Vec<SearchPath>, Error> {
+    let one = |value: RawBsonRef<'_>| -> Result<SearchPath, Error> {
+        match value {
+            RawBsonRef::String(s) if !s.is_empty() => Ok(SearchPath::Field(s.to_string())),
+            RawBsonRef::Document(d) => {
+                let mut fields = d.iter();
+                match (fields.next(), fields.next()) {
+                    (Some(Ok(("value", RawBsonRef::String(s)))), None) => {
+                        Ok(SearchPath::Field(s.to_string()))
+                    }
+                    (Some(Ok(("wildcard", RawBsonRef::String(s)))), None) => {
+                        Ok(SearchPath::Wildcard(s.to_string()))
+                    }
+                    _ if d.get("multi").ok().flatten().is_some() => {
+                        Err(bad(format!("\"{at}.multi\" is not served by likewise yet")))
+                    }
+                    _ => Err(bad(format!(
+                        "\"{at}\" entries are a field name, {{value}} or {{wildcard}}"
+                    ))),
+                }
+            }
+            _ => Err(bad(format!(
+                "\"{at}\" must be a field name, {{value}}, {{wildcard}} or a list of them"
+            ))),
+        }
+    };
+    let out: Vec<SearchPath> = match value {
+        RawBsonRef::Array(a) => a
+            .into_iter()
+            .map(|v| {
+                v.map_err(|_| bad(format!("\"{at}\" is malformed")))
+                    .and_then(one)
+            })
+            .collect::<Result<_, _>>()?,
+        other => vec![one(other)?],
+    };
+    if out.is_empty() || out.len() > MAX_QUERIES {
+        return Err(bad(format!("\"{at}\" must name 1 to {MAX_QUERIES} paths")));
+    }
+    Ok(out)
+}
+
+fn parse_fuzzy(value: RawBsonRef<'_>) -> Result<Fuzzy, Error> {
+    let RawBsonRef::Document(d) = value else {
+        return Err(bad("\"text.fuzzy\" must be a document"));
+    };
+    let mut max_edits = 2;
+    for (key, value) in d.iter().flatten() {
+        let n = crate::wire::integer(Some(value));
+        match (key, n) {
+            ("maxEdits", Some(n @ 1..=2)) => max_edits = n as u8,
+            ("maxEdits", _) => return Err(bad("\"text.fuzzy.maxEdits\" must be 1 or 2")),
+            ("prefixLength", Some(0)) => {}
+            ("prefixLength", _) => {
+                return Err(bad(
+                    "\"text.fuzzy.prefixLength\" other than 0 is not served by likewise yet",
+                ))
+            }
+            // Lucene's cap on the terms one fuzzy term expands to: every
+            // expansion is searched here, so results are a superset.
+            ("maxExpansions", Some(n)) if n > 0 => {}
+            ("maxExpansions", _) => {
+                return Err(bad(
+                    "\"text.fuzzy.maxExpansions\" must be a positive integer",
+                ))
+            }
+            _ => return Err(bad(format!("\"text.fuzzy.{key}\" is not a fuzzy option"))),
+        }
+    }
+    Ok(Fuzzy { max_edits })
+}
+
+fn parse_score(value: RawBsonRef<'_>, at: &str) -> Result<ScoreModifier, Error> {
+    let RawBsonRef::Document(d) = value else {
+        return Err(bad(format!("\"{at}\" must be a document")));
+    };
+    let mut fields = d.iter();
+    let (Some(Ok((kind, RawBsonRef::Document(spec)))), None) = (fields.next(), fields.next())
+    else {
+        return Err(bad(format!("\"{at}\" takes one of boost or constant")));
+    };
+    let value = || -> Result<f32, Error> {
+        let mut fields = spec.iter();
+        match (fields.next(), fields.next()) {
+            (Some(Ok(("value", v))), None) => match v {
+                RawBsonRef::Double(x) => Ok(x as f32),
+                RawBsonRef::Int32(x) => Ok(x as f32),
+                RawBsonRef::Int64(x) => Ok(x as f32),
+                _ => Err(bad(format!("\"{at}.{kind}.value\" must be a positive number"))),
+            }
+            .and_then(|x| {
+                // Checked as the engine holds it (a float32).
+                if x.is_finite() && x > 0.0 {
+                    Ok(x)
+                } else {
+                    Err(bad(format!(
+                        "\"{at}.{kind}.value\" must be a positive number a float32 holds"
+                    )))
+                }
+            }),
+            _ => Err(bad(format!(
+                "\"{at}.{kind}\" takes only 'value' here (path boosts are not served by likewise yet)"
+            ))),
+        }
+    };
+    match kind {
+        "boost" => Ok(ScoreModifier::Boost(value()?)),
+        "constant" => Ok(ScoreModifier::Constant(value()?)),
+        "function" | "embedded" => Err(bad(format!(
+            "\"{at}.{kind}\" is not served by likewise yet"
+        ))),
+        _ => Err(bad(format!("\"{at}.{kind}\" is not a score option"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bson::rawdoc;
+
+    #[test]
+    fn reads_what_frameworks_send() {
+        // LangChain's full-text retriever.
+        let stage = parse_search(&rawdoc! {
+            "index": "text_index",
+            "text": { "query": "brown fox", "path": "text" },
+        })
+        .unwrap();
+        assert_eq!(stage.index, "text_index");
+        assert_eq!(
+            stage.operator,
+            Operator::Text {
+                query: vec!["brown fox".into()],
+                paths: vec![SearchPath::Field("text".into())],
+                fuzzy: None,
+                match_all: false,
+                score: None,
+            }
+        );
+        let compound = parse_search(&rawdoc! {
+            "compound": {
+                "must": [{ "text": { "query": "a", "path": ["x", { "wildcard": "y.*" }] } }],
+                "should": { "phrase": { "query": "b c", "path": "x", "slop": 2,
+                                        "score": { "boost": { "value": 3 } } } },
+                "minimumShouldMatch": 1,
+            },
+        })
+        .unwrap();
+        assert_eq!(compound.index, "default");
+        let Operator::Compound {
+            must,
+            should,
+            minimum_should_match,
+            ..
+        } = compound.operator
+        else {
+            panic!("not a compound");
+        };
+        assert_eq!((must.len(), should.len(), minimum_should_match), (1, 1, 1));
+    }
+
+    #[test]
+    fn unserved_and_malformed_options_are_refused_by_name() {
+        for (stage, says) in [
+            (
+                rawdoc! { "text": { "query": "a" } },
+                "\"text.path\" is required",
+            ),
+            (
+                rawdoc! { "text": { "path": "a" } },
+                "\"text.query\" is required",
+            ),
+            (
+                rawdoc! { "text": { "query": "a", "path": "p", "bogus": 1 } },
+                "text.bogus",
+            ),
+            (
+                rawdoc! { "equals": { "path": "a", "value": 1 } },
+                "'equals'",
+            ),
+            (
+                rawdoc! { "text": { "query": "a", "path": "p" }, "highlight": { "path": "p" } },
+                "highlight",
+            ),
+            (rawdoc! { "index": "x" }, "needs an operator"),
+            (
+                rawdoc! { "text": { "query": "a", "path": "p" }, "phrase": { "query": "a", "path": "p" } },
+                "exactly one",
+            ),
+            (rawdoc! { "compound": {} }, "at least one clause"),
+            (
+                rawdoc! { "compound": { "should": [], "minimumShouldMatch": 1, "must": { "text": { "query": "a", "path": "p" } } } },
+                "minimumShouldMatch",
+            ),
+            (
+                rawdoc! { "text": { "query": "a", "path": "p", "fuzzy": { "maxEdits": 3 } } },
+                "maxEdits",
+            ),
+            (
+                rawdoc! { "text": { "query": "a", "path": "p", "score": { "boost": { "path": "n" } } } },
+                "path boosts",
+            ),
+            (rawdoc! { "text": { "query": [], "path": "p" } }, "1 to"),
+        ] {
+            let e = parse_search(&stage).unwrap_err();
+            assert_eq!(e.code.code, Code::BAD_VALUE.code);
+            assert!(e.message.contains(says), "{} lacks {says}", e.message);
+        }
+        // Deep nesting is bounded.
+        let mut deep = rawdoc! { "text": { "query": "a", "path": "p" } };
+        for _ in 0..(MAX_OPERATOR_DEPTH + 2) {
+            deep = rawdoc! { "compound": { "must": deep } };
+        }
+        assert!(parse_search(&deep).is_err());
+    }
+}

@@ -1,0 +1,1193 @@
+//! Full-text indexes: Atlas Search's `search` index type, served by
+//! tantivy (an in-memory index, no I/O). This module holds what a
+//! definition asks for ([`TextSpec`]), the built-in analyzers
+//! ([`Analyzer`]), the query operators `$search` takes ([`Operator`]) and
+//! the engine ([`TextIndex`]), keyed by document `_id` like the vector
+//! catalog's layer.
+//!
+//! Scoring is Lucene's BM25 (k1 = 1.2, b = 0.75; Lucene's
+//! `BM25Similarity`, which Atlas Search runs): each indexed path is a
+//! field of its own, with its own lengths and statistics, as Atlas
+//! indexes each path as a Lucene field. tantivy's BM25 carries an extra
+//! constant factor `(k1 + 1)`, divided out here so scores are Lucene's.
+//! Document counts (`N` of the idf) are of documents in the index, where
+//! Lucene counts those holding the field; they agree when every document
+//! has the path.
+
+use crate::index::ids::canonical;
+use bson::{RawBson, RawBsonRef, RawDocument, RawDocumentBuf};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use tantivy::collector::TopDocs;
+use tantivy::query::{
+    BooleanQuery, BoostQuery, ConstScoreQuery, EmptyQuery, FuzzyTermQuery, Occur, PhraseQuery,
+    Query, TermQuery,
+};
+use tantivy::schema::{
+    BytesOptions, Field, IndexRecordOption, JsonObjectOptions, OwnedValue, Schema,
+    TextFieldIndexing, TextOptions, Value,
+};
+use tantivy::tokenizer::{
+    LowerCaser, RawTokenizer, RegexTokenizer, RemoveLongFilter, Stemmer, StopWordFilter,
+    TextAnalyzer, WhitespaceTokenizer,
+};
+use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
+
+/// tantivy's BM25 multiplies Lucene's by `k1 + 1`.
+const TANTIVY_BM25_FACTOR: f32 = 2.2;
+/// Fields per analyzer for paths met while indexing (dynamic mappings);
+/// paths past these share one overflow field (and its statistics).
+const DYNAMIC_SLOTS: usize = 32;
+/// Lucene's `StandardAnalyzer` default `maxTokenLength`.
+const MAX_TOKEN_LENGTH: usize = 255;
+/// Documents nested deeper than this are not walked further.
+const MAX_DEPTH: usize = 100;
+/// Memory the writer buffers before flushing a segment (tantivy's minimum
+/// is 15 MB).
+const WRITER_BUDGET: usize = 32_000_000;
+/// Most term clauses one search builds (Lucene's `maxClauseCount`).
+pub const MAX_TERMS: usize = 1024;
+/// Longest term a fuzzy match is built for (its automaton grows with it).
+pub const MAX_FUZZY_TERM: usize = 255;
+
+/// Why a search could not run.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TextError {
+    /// The query asks for more than is served (too many terms, a fuzzy
+    /// term too long): the client's to fix.
+    Query(String),
+    /// The engine failed.
+    Engine(String),
+}
+
+/// A built-in Lucene analyzer, by Atlas's name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Analyzer {
+    /// `lucene.standard`: word boundaries (UAX #29 words, approximated as
+    /// runs of word characters joined by `'`, `’` or `.`), lower-cased,
+    /// tokens over 255 characters dropped.
+    Standard,
+    /// `lucene.simple`: runs of letters, lower-cased.
+    Simple,
+    /// `lucene.whitespace`: split on whitespace, case kept.
+    Whitespace,
+    /// `lucene.keyword`: the whole value as one token, case kept.
+    Keyword,
+    /// `lucene.english`: standard, lower-cased, Lucene's English stop
+    /// words removed, stemmed (Snowball's English stemmer, which also
+    /// drops the possessive `'s`; Lucene's `EnglishAnalyzer` uses Porter's
+    /// original, so a few rare words stem differently).
+    English,
+}
+
+impl Analyzer {
+    /// Every analyzer, in a fixed order.
+    pub const ALL: [Analyzer; 5] = [
+        Analyzer::Standard,
+        Analyzer::Simple,
+        Analyzer::Whitespace,
+        Analyzer::Keyword,
+        Analyzer::English,
+    ];
+
+    /// The analyzer Atlas calls `name`, if likewise has it.
+    pub fn parse(name: &str) -> Option<Analyzer> {
+        Analyzer::ALL.into_iter().find(|a| a.name() == name)
+    }
+
+    /// Atlas's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Analyzer::Standard => "lucene.standard",
+            Analyzer::Simple => "lucene.simple",
+            Analyzer::Whitespace => "lucene.whitespace",
+            Analyzer::Keyword => "lucene.keyword",
+            Analyzer::English => "lucene.english",
+        }
+    }
+
+    fn build(self) -> TextAnalyzer {
+        let words = || RegexTokenizer::new(r"\w+(?:['’.]\w+)*").expect("a valid pattern");
+        match self {
+            Analyzer::Standard => TextAnalyzer::builder(words())
+                .filter(RemoveLongFilter::limit(MAX_TOKEN_LENGTH + 1))
+                .filter(LowerCaser)
+                .build(),
+            Analyzer::Simple => {
+                TextAnalyzer::builder(RegexTokenizer::new(r"\p{L}+").expect("a valid pattern"))
+                    .filter(LowerCaser)
+                    .build()
+            }
+            Analyzer::Whitespace => TextAnalyzer::builder(WhitespaceTokenizer::default()).build(),
+            Analyzer::Keyword => TextAnalyzer::builder(RawTokenizer::default()).build(),
+            Analyzer::English => TextAnalyzer::builder(words())
+                .filter(RemoveLongFilter::limit(MAX_TOKEN_LENGTH + 1))
+                .filter(LowerCaser)
+                .filter(
+                    StopWordFilter::new(tantivy::tokenizer::Language::English)
+                        .expect("English stop words"),
+                )
+                .filter(Stemmer::new(tantivy::tokenizer::Language::English))
+                .build(),
+        }
+    }
+
+    fn tokenizer_name(self) -> &'static str {
+        match self {
+            Analyzer::Standard => "lw_standard",
+            Analyzer::Simple => "lw_simple",
+            Analyzer::Whitespace => "lw_whitespace",
+            Analyzer::Keyword => "lw_keyword",
+            Analyzer::English => "lw_english",
+        }
+    }
+}
+
+/// How a `string` path is analyzed at index and at query time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StringField {
+    pub analyzer: Analyzer,
+    pub search_analyzer: Analyzer,
+}
+
+/// A document's mapping (`mappings`, or a `document` field's): whether
+/// paths it does not name are indexed (`dynamic`, with the index's
+/// analyzers), and the fields it names.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct DocumentMapping {
+    pub dynamic: bool,
+    pub fields: BTreeMap<String, FieldMapping>,
+}
+
+/// One named field: as a string, as a document, or both (Atlas allows an
+/// array of types per field).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct FieldMapping {
+    pub string: Option<StringField>,
+    pub document: Option<DocumentMapping>,
+}
+
+/// What a `search` index definition asks for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TextSpec {
+    pub mappings: DocumentMapping,
+    /// The index-level analyzers (`analyzer`, `searchAnalyzer`), used for
+    /// dynamic paths and string fields that name none.
+    pub analyzer: Analyzer,
+    pub search_analyzer: Analyzer,
+}
+
+impl TextSpec {
+    /// How the string at `path` is analyzed, or `None` if it is not
+    /// indexed. `path` is dotted; array positions are not part of it.
+    pub fn string_at(&self, path: &str) -> Option<StringField> {
+        let dynamic = StringField {
+            analyzer: self.analyzer,
+            search_analyzer: self.search_analyzer,
+        };
+        let mut mapping = &self.mappings;
+        let mut rest = path;
+        loop {
+            // The longest named field that prefixes what is left (names
+            // may hold dots).
+            let named = mapping.fields.iter().rev().find(|(name, _)| {
+                let name: &str = name;
+                rest == name || rest.strip_prefix(name).is_some_and(|r| r.starts_with('.'))
+            });
+            match named {
+                Some((name, field)) if rest == String::as_str(name) => {
+                    return field.string;
+                }
+                Some((name, field)) => match &field.document {
+                    Some(inner) => {
+                        mapping = inner;
+                        rest = &rest[name.len() + 1..];
+                    }
+                    None => return None,
+                },
+                None => return mapping.dynamic.then_some(dynamic),
+            }
+        }
+    }
+
+    /// The paths a scan must read, or `None` for whole documents (any
+    /// dynamic mapping).
+    pub fn projection(&self) -> Option<Vec<String>> {
+        fn walk(m: &DocumentMapping, prefix: &str, out: &mut Vec<String>) -> bool {
+            if m.dynamic {
+                return false;
+            }
+            for (name, field) in &m.fields {
+                let path = format!("{prefix}{name}");
+                if field.string.is_some() {
+                    // The whole value, so its document fields too (mongod
+                    // refuses a projection naming a path and its child).
+                    out.push(path);
+                } else if let Some(inner) = &field.document {
+                    if !walk(inner, &format!("{path}."), out) {
+                        return false;
+                    }
+                }
+            }
+            true
+        }
+        let mut out = Vec::new();
+        walk(&self.mappings, "", &mut out).then_some(out)
+    }
+
+    /// Every string path the mapping names, with its analyzers.
+    fn named_strings(&self) -> Vec<(String, StringField)> {
+        fn walk(m: &DocumentMapping, prefix: &str, out: &mut Vec<(String, StringField)>) {
+            for (name, field) in &m.fields {
+                let path = format!("{prefix}{name}");
+                if let Some(string) = field.string {
+                    out.push((path.clone(), string));
+                }
+                if let Some(inner) = &field.document {
+                    walk(inner, &format!("{path}."), out);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.mappings, "", &mut out);
+        out
+    }
+
+    /// The analyzer of paths met while indexing, when any mapping is
+    /// dynamic.
+    fn dynamic_analyzer(&self) -> Option<Analyzer> {
+        fn any_dynamic(m: &DocumentMapping) -> bool {
+            m.dynamic
+                || m.fields
+                    .values()
+                    .any(|f| f.document.as_ref().is_some_and(any_dynamic))
+        }
+        any_dynamic(&self.mappings).then_some(self.analyzer)
+    }
+}
+
+/// A `$search` path: a field, or a wildcard over indexed fields (`*`
+/// matches any run of characters, dots included, as in Atlas).
+#[derive(Debug, Clone, PartialEq)]
+pub enum SearchPath {
+    Field(String),
+    Wildcard(String),
+}
+
+/// A clause's score modifier (Atlas's `score`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ScoreModifier {
+    /// Multiplies the clause's score.
+    Boost(f32),
+    /// Replaces it.
+    Constant(f32),
+}
+
+/// Atlas's `fuzzy` option of `text`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Fuzzy {
+    /// 1 or 2 (Lucene's `FuzzyQuery` limit).
+    pub max_edits: u8,
+}
+
+/// A `$search` operator.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Operator {
+    /// `text`: any (or, with `match_all`, every) analyzed term of any of
+    /// `query`, in any of `paths`; BM25 summed over matching terms.
+    Text {
+        query: Vec<String>,
+        paths: Vec<SearchPath>,
+        fuzzy: Option<Fuzzy>,
+        match_all: bool,
+        score: Option<ScoreModifier>,
+    },
+    /// `phrase`: the analyzed terms in order, at most `slop` positions
+    /// apart in all.
+    Phrase {
+        query: Vec<String>,
+        paths: Vec<SearchPath>,
+        slop: u32,
+        score: Option<ScoreModifier>,
+    },
+    /// `compound`: Lucene's boolean query. `filter` clauses must match
+    /// and add nothing to the score.
+    Compound {
+        must: Vec<Operator>,
+        must_not: Vec<Operator>,
+        should: Vec<Operator>,
+        filter: Vec<Operator>,
+        minimum_should_match: usize,
+        score: Option<ScoreModifier>,
+    },
+}
+
+/// Where one indexed path lives in the tantivy schema.
+#[derive(Debug, Clone, Copy)]
+enum Slot {
+    Field(Field),
+    /// The analyzer's overflow JSON field, keyed by path.
+    Overflow(Field),
+}
+
+/// Paths seen so far and their fields.
+#[derive(Default)]
+struct Slots {
+    by_path: HashMap<String, (Slot, StringField)>,
+    /// Free fields per analyzer.
+    free: HashMap<Analyzer, Vec<Field>>,
+    overflow: HashMap<Analyzer, Field>,
+}
+
+/// A full-text index over one collection's documents, keyed by `_id`.
+/// Writes are visible to the next search once `apply` returns.
+pub struct TextIndex {
+    spec: TextSpec,
+    index: Index,
+    id_field: Field,
+    /// `None` after a failed commit left the writer unusable, until `clear`.
+    writer: Mutex<Option<IndexWriter>>,
+    reader: IndexReader,
+    slots: Mutex<Slots>,
+}
+
+/// A document's new state for [`TextIndex::apply`]: indexed anew, or
+/// removed.
+pub enum TextChange<'a> {
+    Set(RawBsonRef<'a>, &'a RawDocument),
+    Remove(RawBsonRef<'a>),
+}
+
+impl TextIndex {
+    /// An empty index for `spec`.
+    pub fn new(spec: TextSpec) -> Result<TextIndex, String> {
+        let mut schema = Schema::builder();
+        let id_field =
+            schema.add_bytes_field("_id", BytesOptions::default().set_indexed().set_stored());
+        let mut free = HashMap::new();
+        let mut overflow = HashMap::new();
+        if let Some(analyzer) = spec.dynamic_analyzer() {
+            let indexing = TextFieldIndexing::default()
+                .set_tokenizer(analyzer.tokenizer_name())
+                .set_index_option(IndexRecordOption::WithFreqsAndPositions);
+            let options = TextOptions::default().set_indexing_options(indexing.clone());
+            let fields: Vec<Field> = (0..DYNAMIC_SLOTS)
+                .map(|i| {
+                    schema.add_text_field(
+                        &format!("{}_{i}", analyzer.tokenizer_name()),
+                        options.clone(),
+                    )
+                })
+                .collect();
+            free.insert(analyzer, fields.into_iter().rev().collect::<Vec<_>>());
+            let json = JsonObjectOptions::default()
+                .set_indexing_options(indexing)
+                .set_expand_dots_enabled();
+            overflow.insert(
+                analyzer,
+                schema.add_json_field(&format!("{}_more", analyzer.tokenizer_name()), json),
+            );
+        }
+        // Paths the mapping names get fields of their own up front, so their
+        // statistics never depend on which paths a scan met first.
+        let mut by_path = HashMap::new();
+        for (i, (path, string)) in spec.named_strings().into_iter().enumerate() {
+            let indexing = TextFieldIndexing::default()
+                .set_tokenizer(string.analyzer.tokenizer_name())
+                .set_index_option(IndexRecordOption::WithFreqsAndPositions);
+            let field = schema.add_text_field(
+                &format!("named_{i}"),
+                TextOptions::default().set_indexing_options(indexing),
+            );
+            by_path.insert(path, (Slot::Field(field), string));
+        }
+        let index = Index::create_in_ram(schema.build());
+        for analyzer in Analyzer::ALL {
+            index
+                .tokenizers()
+                .register(analyzer.tokenizer_name(), analyzer.build());
+        }
+        let writer = open_writer(&index)?;
+        let reader = index
+            .reader_builder()
+            .reload_policy(ReloadPolicy::Manual)
+            .try_into()
+            .map_err(|e| format!("cannot read the text index: {e}"))?;
+        Ok(TextIndex {
+            spec,
+            index,
+            id_field,
+            writer: Mutex::new(Some(writer)),
+            reader,
+            slots: Mutex::new(Slots {
+                by_path,
+                free,
+                overflow,
+            }),
+        })
+    }
+
+    pub fn spec(&self) -> &TextSpec {
+        &self.spec
+    }
+
+    /// Documents indexed.
+    pub fn len(&self) -> usize {
+        usize::try_from(self.reader.searcher().num_docs()).unwrap_or(usize::MAX)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Applies documents' new states in order and makes them searchable.
+    /// CPU work: a blocking thread.
+    pub fn apply(&self, changes: &[TextChange<'_>]) -> Result<(), String> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let mut guard = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let writer = guard
+            .as_mut()
+            .ok_or("the text index's writer failed earlier: it needs a rebuild")?;
+        for change in changes {
+            let id = match change {
+                TextChange::Set(id, _) | TextChange::Remove(id) => *id,
+            };
+            writer.delete_term(Term::from_field_bytes(self.id_field, &canonical(id)));
+            if let TextChange::Set(id, doc) = change {
+                let doc = self.to_tantivy(*id, doc);
+                writer
+                    .add_document(doc)
+                    .map_err(|e| format!("cannot index a document: {e}"))?;
+            }
+        }
+        if let Err(e) = writer.commit() {
+            // tantivy's writer is unusable after a failed commit.
+            *guard = None;
+            return Err(format!("cannot commit the text index: {e}"));
+        }
+        drop(guard);
+        self.reader
+            .reload()
+            .map_err(|e| format!("cannot reload the text index: {e}"))
+    }
+
+    /// The `_id`s of every indexed document.
+    pub fn ids(&self) -> crate::index::ids::IdSet {
+        let searcher = self.reader.searcher();
+        let mut out = crate::index::ids::IdSet::default();
+        let Ok(all) = searcher.search(
+            &tantivy::query::AllQuery,
+            &tantivy::collector::DocSetCollector,
+        ) else {
+            return out;
+        };
+        for address in all {
+            let id = searcher
+                .doc::<TantivyDocument>(address)
+                .ok()
+                .and_then(|doc| {
+                    doc.get_first(self.id_field)
+                        .and_then(|v| v.as_bytes())
+                        .and_then(decode_id)
+                });
+            if let Some(id) = id {
+                out.add(id.as_raw_bson_ref());
+            }
+        }
+        out
+    }
+
+    /// Removes every document, opening a new writer when the last one
+    /// failed.
+    pub fn clear(&self) -> Result<(), String> {
+        let mut guard = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let cleared = match guard.as_mut() {
+            Some(writer) => writer
+                .delete_all_documents()
+                .and_then(|_| writer.commit())
+                .map(|_| ()),
+            None => Err(tantivy::TantivyError::InternalError("no writer".into())),
+        };
+        if cleared.is_err() {
+            // Drop the broken writer (it holds the index's writer lock),
+            // then start over with a fresh one.
+            *guard = None;
+            let mut writer = open_writer(&self.index)?;
+            writer
+                .delete_all_documents()
+                .and_then(|_| writer.commit())
+                .map_err(|e| format!("cannot clear the text index: {e}"))?;
+            *guard = Some(writer);
+        }
+        drop(guard);
+        self.reader
+            .reload()
+            .map_err(|e| format!("cannot reload the text index: {e}"))
+    }
+
+    /// The `k` best-scoring documents for `operator`, best first, with
+    /// Lucene's scores, and how many documents matched in all. Errors:
+    /// [`TextError::Query`] past [`MAX_TERMS`] term clauses or for a fuzzy
+    /// term longer than [`MAX_FUZZY_TERM`].
+    pub fn search(
+        &self,
+        operator: &Operator,
+        k: usize,
+    ) -> Result<(Vec<(RawBson, f64)>, usize), TextError> {
+        let mut budget = MAX_TERMS;
+        let query = self.query(operator, &mut budget)?;
+        let searcher = self.reader.searcher();
+        let (top, total) = searcher
+            .search(
+                query.as_ref(),
+                &(
+                    TopDocs::with_limit(k.max(1)).order_by_score(),
+                    tantivy::collector::Count,
+                ),
+            )
+            .map_err(|e| TextError::Engine(format!("search failed: {e}")))?;
+        let mut out = Vec::with_capacity(top.len().min(k));
+        for (score, address) in top.into_iter().take(k) {
+            let doc: TantivyDocument = searcher
+                .doc(address)
+                .map_err(|e| TextError::Engine(format!("cannot read a hit: {e}")))?;
+            let Some(bytes) = doc.get_first(self.id_field).and_then(|v| v.as_bytes()) else {
+                continue;
+            };
+            let Some(id) = decode_id(bytes) else {
+                continue;
+            };
+            out.push((id, f64::from(score / TANTIVY_BM25_FACTOR)));
+        }
+        Ok((out, total))
+    }
+
+    fn to_tantivy(&self, id: RawBsonRef<'_>, doc: &RawDocument) -> TantivyDocument {
+        let mut strings: Vec<(String, String)> = Vec::new();
+        collect_strings(doc, "", 0, &mut strings);
+        let mut out = TantivyDocument::default();
+        out.add_bytes(self.id_field, &canonical(id));
+        let mut overflow: HashMap<Field, BTreeMap<String, Vec<OwnedValue>>> = HashMap::new();
+        for (path, value) in strings {
+            match self.slot_for(&path) {
+                Some(Slot::Field(field)) => out.add_text(field, value),
+                Some(Slot::Overflow(field)) => overflow
+                    .entry(field)
+                    .or_default()
+                    .entry(path)
+                    .or_default()
+                    .push(OwnedValue::Str(value)),
+                None => {}
+            }
+        }
+        for (field, object) in overflow {
+            let object = object
+                .into_iter()
+                .map(|(path, values)| (path, OwnedValue::Array(values)))
+                .collect();
+            out.add_object(field, object);
+        }
+        out
+    }
+
+    /// The slot of `path` when it is indexed, assigning one the first
+    /// time a path is met.
+    fn slot_for(&self, path: &str) -> Option<Slot> {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((slot, _)) = slots.by_path.get(path) {
+            return Some(*slot);
+        }
+        let string = self.spec.string_at(path)?;
+        let slot = match slots.free.get_mut(&string.analyzer).and_then(Vec::pop) {
+            Some(field) => Slot::Field(field),
+            None => Slot::Overflow(*slots.overflow.get(&string.analyzer)?),
+        };
+        slots.by_path.insert(path.to_string(), (slot, string));
+        Some(slot)
+    }
+
+    /// Indexed paths matching `paths`, with their slots and analyzers.
+    fn resolve(&self, paths: &[SearchPath]) -> Vec<(String, Slot, StringField)> {
+        let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = Vec::new();
+        for path in paths {
+            match path {
+                SearchPath::Field(name) => {
+                    if let Some((slot, string)) = slots.by_path.get(name) {
+                        out.push((name.clone(), *slot, *string));
+                    }
+                }
+                SearchPath::Wildcard(glob) => {
+                    let mut matched: Vec<_> = slots
+                        .by_path
+                        .iter()
+                        .filter(|(name, _)| glob_matches(glob, name))
+                        .map(|(name, (slot, string))| (name.clone(), *slot, *string))
+                        .collect();
+                    matched.sort_by(|a, b| a.0.cmp(&b.0));
+                    out.extend(matched);
+                }
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        out.retain(|(path, _, _)| seen.insert(path.clone()));
+        out
+    }
+
+    /// The analyzed terms of `text` for `path`, with their positions; more
+    /// than [`MAX_TERMS`] is a [`TextError::Query`].
+    fn terms(
+        &self,
+        path: &str,
+        slot: Slot,
+        analyzer: Analyzer,
+        text: &str,
+    ) -> Result<Vec<(usize, Term)>, TextError> {
+        let mut tokenizer = self
+            .index
+            .tokenizers()
+            .get(analyzer.tokenizer_name())
+            .unwrap_or_else(|| analyzer.build());
+        let mut stream = tokenizer.token_stream(text);
+        let mut out = Vec::new();
+        while let Some(token) = stream.next() {
+            let term = match slot {
+                Slot::Field(field) => Term::from_field_text(field, &token.text),
+                Slot::Overflow(field) => {
+                    let mut term = Term::from_field_json_path(field, path, true);
+                    term.append_type_and_str(&token.text);
+                    term
+                }
+            };
+            out.push((token.position, term));
+            if out.len() > MAX_TERMS {
+                return Err(TextError::Query(format!(
+                    "the query has more than {MAX_TERMS} terms"
+                )));
+            }
+        }
+        Ok(out)
+    }
+
+    fn query(&self, operator: &Operator, budget: &mut usize) -> Result<Box<dyn Query>, TextError> {
+        let spend = |budget: &mut usize, n: usize| -> Result<(), TextError> {
+            *budget = budget.checked_sub(n).ok_or_else(|| {
+                TextError::Query(format!(
+                    "the search expands to more than {MAX_TERMS} term clauses: search fewer \
+                     words, paths or clauses"
+                ))
+            })?;
+            Ok(())
+        };
+        let (query, score): (Box<dyn Query>, _) = match operator {
+            Operator::Text {
+                query,
+                paths,
+                fuzzy,
+                match_all,
+                score,
+            } => {
+                let mut per_path: Vec<(Occur, Box<dyn Query>)> = Vec::new();
+                for (path, slot, string) in self.resolve(paths) {
+                    let mut terms: Vec<(Occur, Box<dyn Query>)> = Vec::new();
+                    for text in query {
+                        for (_, term) in self.terms(&path, slot, string.search_analyzer, text)? {
+                            spend(budget, 1)?;
+                            let q: Box<dyn Query> = match fuzzy {
+                                Some(f) => {
+                                    if term.serialized_value_bytes().len() > 4 * MAX_FUZZY_TERM {
+                                        return Err(TextError::Query(format!(
+                                            "fuzzy terms are at most {MAX_FUZZY_TERM} characters"
+                                        )));
+                                    }
+                                    Box::new(FuzzyTermQuery::new(term, f.max_edits, true))
+                                }
+                                None => {
+                                    Box::new(TermQuery::new(term, IndexRecordOption::WithFreqs))
+                                }
+                            };
+                            let occur = if *match_all {
+                                Occur::Must
+                            } else {
+                                Occur::Should
+                            };
+                            terms.push((occur, q));
+                        }
+                    }
+                    if !terms.is_empty() {
+                        per_path.push((Occur::Should, Box::new(BooleanQuery::new(terms))));
+                    }
+                }
+                (boolean_or_empty(per_path), score)
+            }
+            Operator::Phrase {
+                query,
+                paths,
+                slop,
+                score,
+            } => {
+                let mut per_path: Vec<(Occur, Box<dyn Query>)> = Vec::new();
+                for (path, slot, string) in self.resolve(paths) {
+                    for text in query {
+                        let terms = self.terms(&path, slot, string.search_analyzer, text)?;
+                        spend(budget, terms.len())?;
+                        let q: Box<dyn Query> = match terms.len() {
+                            0 => continue,
+                            1 => Box::new(TermQuery::new(
+                                terms.into_iter().next().expect("one term").1,
+                                IndexRecordOption::WithFreqs,
+                            )),
+                            _ => Box::new(PhraseQuery::new_with_offset_and_slop(terms, *slop)),
+                        };
+                        per_path.push((Occur::Should, q));
+                    }
+                }
+                (boolean_or_empty(per_path), score)
+            }
+            Operator::Compound {
+                must,
+                must_not,
+                should,
+                filter,
+                minimum_should_match,
+                score,
+            } => {
+                let mut clauses: Vec<(Occur, Box<dyn Query>)> = Vec::new();
+                for op in must {
+                    clauses.push((Occur::Must, self.query(op, budget)?));
+                }
+                for op in filter {
+                    clauses.push((
+                        Occur::Must,
+                        Box::new(ConstScoreQuery::new(self.query(op, budget)?, 0.0)),
+                    ));
+                }
+                for op in must_not {
+                    clauses.push((Occur::MustNot, self.query(op, budget)?));
+                }
+                for op in should {
+                    clauses.push((Occur::Should, self.query(op, budget)?));
+                }
+                let only_negative = must.is_empty() && filter.is_empty() && should.is_empty();
+                let query: Box<dyn Query> = if only_negative {
+                    // Lucene matches nothing with only prohibited clauses.
+                    Box::new(EmptyQuery)
+                } else {
+                    Box::new(BooleanQuery::with_minimum_required_clauses(
+                        clauses,
+                        *minimum_should_match,
+                    ))
+                };
+                (query, score)
+            }
+        };
+        Ok(match score {
+            None => query,
+            Some(ScoreModifier::Boost(b)) => Box::new(BoostQuery::new(query, *b)),
+            // Scores are divided by tantivy's factor at the end.
+            Some(ScoreModifier::Constant(c)) => {
+                Box::new(ConstScoreQuery::new(query, c * TANTIVY_BM25_FACTOR))
+            }
+        })
+    }
+}
+
+/// A writer with one indexing thread and one merge thread (a proxy may
+/// hold many indexes).
+fn open_writer(index: &Index) -> Result<IndexWriter, String> {
+    let options = tantivy::indexer::IndexWriterOptions::builder()
+        .num_worker_threads(1)
+        .num_merge_threads(1)
+        .memory_budget_per_thread(WRITER_BUDGET)
+        .build();
+    index
+        .writer_with_options(options)
+        .map_err(|e| format!("cannot open the text index's writer: {e}"))
+}
+
+fn boolean_or_empty(clauses: Vec<(Occur, Box<dyn Query>)>) -> Box<dyn Query> {
+    if clauses.is_empty() {
+        Box::new(EmptyQuery)
+    } else {
+        Box::new(BooleanQuery::new(clauses))
+    }
+}
+
+/// Every string of `doc` with its dotted path (array items under their
+/// array's path), `_id` excluded.
+fn collect_strings(doc: &RawDocument, prefix: &str, depth: usize, out: &mut Vec<(String, String)>) {
+    if depth > MAX_DEPTH {
+        return;
+    }
+    for (key, value) in doc.iter().flatten() {
+        if depth == 0 && key == "_id" {
+            continue;
+        }
+        let path = format!("{prefix}{key}");
+        collect_value(value, &path, depth, out);
+    }
+}
+
+fn collect_value(value: RawBsonRef<'_>, path: &str, depth: usize, out: &mut Vec<(String, String)>) {
+    match value {
+        RawBsonRef::String(s) => out.push((path.to_string(), s.to_string())),
+        RawBsonRef::Document(d) => collect_strings(d, &format!("{path}."), depth + 1, out),
+        RawBsonRef::Array(a) if depth < MAX_DEPTH => {
+            for item in a.into_iter().flatten() {
+                collect_value(item, path, depth + 1, out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// `canonical`'s inverse: the `_id` from its one-field document.
+fn decode_id(bytes: &[u8]) -> Option<RawBson> {
+    let doc = RawDocumentBuf::from_bytes(bytes.to_vec()).ok()?;
+    let (_, value) = doc.iter().next()?.ok()?;
+    Some(value.to_raw_bson())
+}
+
+/// Atlas's wildcard paths: `*` matches any run of characters.
+fn glob_matches(glob: &str, path: &str) -> bool {
+    let parts: Vec<&str> = glob.split('*').collect();
+    if parts.len() == 1 {
+        return glob == path;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if !path.starts_with(first) || path.len() < first.len() + last.len() || !path.ends_with(last) {
+        return false;
+    }
+    let mut rest = &path[first.len()..path.len() - last.len()];
+    for part in &parts[1..parts.len() - 1] {
+        match rest.find(part) {
+            Some(at) => rest = &rest[at + part.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bson::rawdoc;
+
+    fn dynamic(analyzer: Analyzer) -> TextSpec {
+        TextSpec {
+            mappings: DocumentMapping {
+                dynamic: true,
+                fields: BTreeMap::new(),
+            },
+            analyzer,
+            search_analyzer: analyzer,
+        }
+    }
+
+    fn text(query: &str, path: &str) -> Operator {
+        Operator::Text {
+            query: vec![query.into()],
+            paths: vec![SearchPath::Field(path.into())],
+            fuzzy: None,
+            match_all: false,
+            score: None,
+        }
+    }
+
+    fn ids(hits: &[(RawBson, f64)]) -> Vec<i32> {
+        hits.iter()
+            .map(|(id, _)| match id {
+                RawBson::Int32(i) => *i,
+                other => panic!("unexpected id {other:?}"),
+            })
+            .collect()
+    }
+
+    fn index_of(spec: TextSpec, docs: &[RawDocumentBuf]) -> TextIndex {
+        let index = TextIndex::new(spec).unwrap();
+        let changes: Vec<TextChange<'_>> = docs
+            .iter()
+            .map(|d| TextChange::Set(d.get("_id").unwrap().unwrap(), d))
+            .collect();
+        index.apply(&changes).unwrap();
+        index
+    }
+
+    /// Lucene's BM25 for one term: idf · tf / (tf + k1 · (1 − b + b · dl / avgdl)),
+    /// idf = ln(1 + (N − n + 0.5) / (n + 0.5)).
+    fn lucene_bm25(tf: f64, dl: f64, avgdl: f64, n_docs: f64, doc_freq: f64) -> f64 {
+        let idf = (1.0 + (n_docs - doc_freq + 0.5) / (doc_freq + 0.5)).ln();
+        idf * tf / (tf + 1.2 * (1.0 - 0.75 + 0.75 * dl / avgdl))
+    }
+
+    #[test]
+    fn scores_are_lucenes_bm25() {
+        let docs = [
+            rawdoc! { "_id": 1, "t": "the quick brown fox" },
+            rawdoc! { "_id": 2, "t": "fox fox fox" },
+            rawdoc! { "_id": 3, "t": "a lazy dog sleeps all day long" },
+        ];
+        let index = index_of(dynamic(Analyzer::Standard), &docs);
+        let (hits, total) = index.search(&text("fox", "t"), 10).unwrap();
+        assert_eq!(total, 2);
+        assert_eq!(ids(&hits), vec![2, 1]);
+        let avgdl = (4.0 + 3.0 + 7.0) / 3.0;
+        let expected_2 = lucene_bm25(3.0, 3.0, avgdl, 3.0, 2.0);
+        let expected_1 = lucene_bm25(1.0, 4.0, avgdl, 3.0, 2.0);
+        assert!(
+            (hits[0].1 - expected_2).abs() < 1e-5,
+            "{} vs {expected_2}",
+            hits[0].1
+        );
+        assert!(
+            (hits[1].1 - expected_1).abs() < 1e-5,
+            "{} vs {expected_1}",
+            hits[1].1
+        );
+        // Two terms: the sum of each term's score.
+        let (both, _) = index.search(&text("fox dog", "t"), 10).unwrap();
+        let expected_3 = lucene_bm25(1.0, 7.0, avgdl, 3.0, 1.0);
+        let three = both
+            .iter()
+            .find(|(id, _)| id == &RawBson::Int32(3))
+            .unwrap();
+        assert!((three.1 - expected_3).abs() < 1e-5);
+    }
+
+    #[test]
+    fn writes_replace_and_remove_by_id() {
+        let docs = [
+            rawdoc! { "_id": 1, "t": "red apple" },
+            rawdoc! { "_id": 2, "t": "green apple" },
+        ];
+        let index = index_of(dynamic(Analyzer::Standard), &docs);
+        let changed = rawdoc! { "_id": 1, "t": "red cherry" };
+        index
+            .apply(&[
+                TextChange::Set(RawBsonRef::Int32(1), &changed),
+                TextChange::Remove(RawBsonRef::Int32(2)),
+            ])
+            .unwrap();
+        assert_eq!(index.len(), 1);
+        assert!(index.search(&text("apple", "t"), 10).unwrap().0.is_empty());
+        assert_eq!(
+            ids(&index.search(&text("cherry", "t"), 10).unwrap().0),
+            vec![1]
+        );
+    }
+
+    #[test]
+    fn analyzers_split_and_fold_as_lucenes_do() {
+        let doc = [rawdoc! { "_id": 1, "t": "The Runners' RUNNING shoes, don't U.S.A." }];
+        let english = index_of(dynamic(Analyzer::English), &doc);
+        // Stop words are gone, stems meet.
+        assert!(english.search(&text("the", "t"), 10).unwrap().0.is_empty());
+        assert_eq!(english.search(&text("runs", "t"), 10).unwrap().1, 1);
+        let standard = index_of(dynamic(Analyzer::Standard), &doc);
+        assert_eq!(standard.search(&text("running", "t"), 10).unwrap().1, 1);
+        assert_eq!(standard.search(&text("don't", "t"), 10).unwrap().1, 1);
+        assert_eq!(standard.search(&text("u.s.a", "t"), 10).unwrap().1, 1);
+        assert!(standard.search(&text("run", "t"), 10).unwrap().0.is_empty());
+        let keyword = index_of(dynamic(Analyzer::Keyword), &doc);
+        assert!(keyword
+            .search(&text("running", "t"), 10)
+            .unwrap()
+            .0
+            .is_empty());
+        let whole = "The Runners' RUNNING shoes, don't U.S.A.";
+        assert_eq!(keyword.search(&text(whole, "t"), 10).unwrap().1, 1);
+        let whitespace = index_of(dynamic(Analyzer::Whitespace), &doc);
+        assert_eq!(whitespace.search(&text("RUNNING", "t"), 10).unwrap().1, 1);
+        assert!(whitespace
+            .search(&text("running", "t"), 10)
+            .unwrap()
+            .0
+            .is_empty());
+    }
+
+    #[test]
+    fn phrases_compounds_paths_and_scores() {
+        let docs = [
+            rawdoc! { "_id": 1, "title": "new york city", "body": { "text": "a city guide" } },
+            rawdoc! { "_id": 2, "title": "york new city", "tags": ["guide", "travel"] },
+            rawdoc! { "_id": 3, "title": "old town", "body": { "text": "new york" } },
+        ];
+        let index = index_of(dynamic(Analyzer::Standard), &docs);
+        let phrase = |q: &str, slop| Operator::Phrase {
+            query: vec![q.into()],
+            paths: vec![SearchPath::Field("title".into())],
+            slop,
+            score: None,
+        };
+        assert_eq!(
+            ids(&index.search(&phrase("new york", 0), 10).unwrap().0),
+            vec![1]
+        );
+        assert_eq!(index.search(&phrase("new york", 2), 10).unwrap().1, 2);
+        // Nested paths and arrays.
+        assert_eq!(
+            ids(&index.search(&text("guide", "body.text"), 10).unwrap().0),
+            vec![1]
+        );
+        assert_eq!(
+            ids(&index.search(&text("travel", "tags"), 10).unwrap().0),
+            vec![2]
+        );
+        let everywhere = Operator::Text {
+            query: vec!["guide".into()],
+            paths: vec![SearchPath::Wildcard("*".into())],
+            fuzzy: None,
+            match_all: false,
+            score: None,
+        };
+        assert_eq!(index.search(&everywhere, 10).unwrap().1, 2);
+        let compound = Operator::Compound {
+            must: vec![text("city", "title")],
+            must_not: vec![text("guide", "tags")],
+            should: vec![],
+            filter: vec![],
+            minimum_should_match: 0,
+            score: Some(ScoreModifier::Constant(3.0)),
+        };
+        let (hits, _) = index.search(&compound, 10).unwrap();
+        assert_eq!(ids(&hits), vec![1]);
+        assert!((hits[0].1 - 3.0).abs() < 1e-6);
+        let all = Operator::Text {
+            query: vec!["new town".into()],
+            paths: vec![SearchPath::Field("title".into())],
+            fuzzy: None,
+            match_all: true,
+            score: None,
+        };
+        assert!(index.search(&all, 10).unwrap().0.is_empty());
+        let fuzzy = Operator::Text {
+            query: vec!["yrok".into()],
+            paths: vec![SearchPath::Field("title".into())],
+            fuzzy: Some(Fuzzy { max_edits: 2 }),
+            match_all: false,
+            score: None,
+        };
+        assert_eq!(index.search(&fuzzy, 10).unwrap().1, 2);
+        let (plain, _) = index.search(&text("old", "title"), 10).unwrap();
+        let boosted = Operator::Text {
+            query: vec!["old".into()],
+            paths: vec![SearchPath::Field("title".into())],
+            fuzzy: None,
+            match_all: false,
+            score: Some(ScoreModifier::Boost(2.0)),
+        };
+        let (twice, _) = index.search(&boosted, 10).unwrap();
+        assert!((twice[0].1 - 2.0 * plain[0].1).abs() < 1e-5);
+    }
+
+    #[test]
+    fn static_mappings_index_only_what_they_name() {
+        let mut fields = BTreeMap::new();
+        fields.insert(
+            "title".to_string(),
+            FieldMapping {
+                string: Some(StringField {
+                    analyzer: Analyzer::Keyword,
+                    search_analyzer: Analyzer::Keyword,
+                }),
+                document: None,
+            },
+        );
+        let spec = TextSpec {
+            mappings: DocumentMapping {
+                dynamic: false,
+                fields,
+            },
+            analyzer: Analyzer::Standard,
+            search_analyzer: Analyzer::Standard,
+        };
+        assert_eq!(spec.projection(), Some(vec!["title".to_string()]));
+        let docs = [rawdoc! { "_id": 1, "title": "Big Fish", "other": "fish" }];
+        let index = index_of(spec, &docs);
+        assert!(index
+            .search(&text("fish", "other"), 10)
+            .unwrap()
+            .0
+            .is_empty());
+        assert!(index
+            .search(&text("fish", "title"), 10)
+            .unwrap()
+            .0
+            .is_empty());
+        assert_eq!(index.search(&text("Big Fish", "title"), 10).unwrap().1, 1);
+    }
+
+    #[test]
+    fn paths_past_the_slots_share_an_overflow_field() {
+        let mut doc = rawdoc! { "_id": 1 };
+        for i in 0..(DYNAMIC_SLOTS + 5) {
+            doc.append(format!("f{i}"), format!("word{i} common"));
+        }
+        let index = index_of(dynamic(Analyzer::Standard), &[doc]);
+        let last = format!("f{}", DYNAMIC_SLOTS + 4);
+        let word = format!("word{}", DYNAMIC_SLOTS + 4);
+        assert_eq!(index.search(&text(&word, &last), 10).unwrap().1, 1);
+        assert!(index
+            .search(&text("word0", &last), 10)
+            .unwrap()
+            .0
+            .is_empty());
+    }
+
+    #[test]
+    fn what_a_query_may_cost_is_bounded() {
+        let docs = [rawdoc! { "_id": 1, "t": "alpha beta", "u": "alpha" }];
+        let index = index_of(dynamic(Analyzer::Whitespace), &docs);
+        let many = vec!["w"; MAX_TERMS + 1].join(" ");
+        assert!(matches!(
+            index.search(&text(&many, "t"), 10),
+            Err(TextError::Query(_))
+        ));
+        // Within one query string, and across clauses.
+        let half = vec!["w"; MAX_TERMS / 2 + 1].join(" ");
+        let both = Operator::Compound {
+            must: vec![],
+            must_not: vec![],
+            should: vec![text(&half, "t"), text(&half, "u")],
+            filter: vec![],
+            minimum_should_match: 0,
+            score: None,
+        };
+        assert!(matches!(index.search(&both, 10), Err(TextError::Query(_))));
+        let long = Operator::Text {
+            query: vec!["x".repeat(4 * MAX_FUZZY_TERM + 1)],
+            paths: vec![SearchPath::Field("t".into())],
+            fuzzy: Some(Fuzzy { max_edits: 2 }),
+            match_all: false,
+            score: None,
+        };
+        assert!(matches!(index.search(&long, 10), Err(TextError::Query(_))));
+        // A path named twice (directly and by a wildcard) counts once.
+        let once = index.search(&text("alpha", "t"), 10).unwrap().0;
+        let twice = Operator::Text {
+            query: vec!["alpha".into()],
+            paths: vec![
+                SearchPath::Field("t".into()),
+                SearchPath::Wildcard("t*".into()),
+                SearchPath::Field("t".into()),
+            ],
+            fuzzy: None,
+            match_all: false,
+            score: None,
+        };
+        let (hits, _) = index.search(&twice, 10).unwrap();
+        assert!((hits[0].1 - once[0].1).abs() < 1e-9);
+    }
+
+    #[test]
+    fn globs_match_like_atlas_wildcards() {
+        assert!(glob_matches("*", "a.b"));
+        assert!(glob_matches("title*", "title.en"));
+        assert!(glob_matches("*.en", "title.en"));
+        assert!(glob_matches("a*c*e", "abcde"));
+        assert!(!glob_matches("a*c*e", "abde"));
+        assert!(!glob_matches("title", "title.en"));
+    }
+}

@@ -1,0 +1,243 @@
+"""Full-text `search` indexes and `$search`, through the proxy with
+pymongo, as Atlas Search apps use them. Scores are checked against
+Lucene's BM25 worked out here from the corpus (k1 = 1.2, b = 0.75;
+documents short enough that Lucene's length encoding is exact)."""
+
+import math
+import re
+
+import pytest
+from pymongo import MongoClient
+from pymongo.errors import OperationFailure
+from pymongo.operations import SearchIndexModel
+
+from conftest import eventually, wait_ready
+
+DOCS = [
+    {"_id": 1, "title": "The quick brown fox", "body": "jumps over the lazy dog"},
+    {"_id": 2, "title": "Fox news", "body": "a fox and another fox met a dog"},
+    {"_id": 3, "title": "Dogs of New York", "body": "city dogs walk in new york parks"},
+    {"_id": 4, "title": "New York city guide", "body": "where to eat in york"},
+    {"_id": 5, "title": "Cooking for one", "body": "simple recipes", "tags": ["food", "guide"]},
+    {"_id": 6, "title": "Brown bread", "body": "baking brown bread at home",
+     "meta": {"note": "a baker's favourite"}},
+]
+
+
+def tokens(text):
+    """lucene.standard as likewise approximates UAX #29: word runs joined
+    by apostrophes or dots, lower-cased."""
+    return re.findall(r"\w+(?:['’.]\w+)*", text.lower())
+
+
+def bm25(field, query, docs=DOCS):
+    """Lucene's BM25 of every document for a `text` query on one field."""
+    values = {d["_id"]: tokens(d[field]) for d in docs if field in d}
+    n = len(docs)
+    avgdl = sum(len(v) for v in values.values()) / n
+    scores = {}
+    for term in tokens(query):
+        df = sum(1 for v in values.values() if term in v)
+        if df == 0:
+            continue
+        idf = math.log(1 + (n - df + 0.5) / (df + 0.5))
+        for i, v in values.items():
+            tf = v.count(term)
+            if tf:
+                norm = 1.2 * (1 - 0.75 + 0.75 * len(v) / avgdl)
+                scores[i] = scores.get(i, 0.0) + idf * tf / (tf + norm)
+    return scores
+
+
+SCORE = {"$meta": "searchScore"}
+
+
+@pytest.fixture(scope="module")
+def client(proxy_uri):
+    with MongoClient(proxy_uri) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def articles(client):
+    db = client.full_text
+    db.drop_collection("articles")
+    db.articles.insert_many([dict(d) for d in DOCS])
+    db.articles.create_search_index(SearchIndexModel({"mappings": {"dynamic": True}}))
+    wait_ready(db.articles, "default")
+    return db.articles
+
+
+def search(coll, operator, *later, index="default"):
+    return list(coll.aggregate([{"$search": {"index": index, **operator}}, *later]))
+
+
+def test_text_ranks_and_scores_as_lucenes_bm25(articles):
+    got = search(articles, {"text": {"query": "fox dog", "path": "body"}},
+                 {"$project": {"score": SCORE}})
+    want = bm25("body", "fox dog")
+    assert [d["_id"] for d in got] == sorted(want, key=lambda i: -want[i])
+    for d in got:
+        assert d["score"] == pytest.approx(want[d["_id"]], rel=1e-5)
+
+
+def test_the_listing_is_atlas_shaped(articles):
+    (listed,) = articles.list_search_indexes("default")
+    assert listed["type"] == "search"
+    assert listed["status"] == "READY" and listed["queryable"] is True
+    assert listed["latestDefinition"] == {"mappings": {"dynamic": True}}
+
+
+def test_later_stages_see_the_ranking(articles):
+    want = bm25("title", "york guide")
+    order = sorted(want, key=lambda i: -want[i])
+    assert len(order) == 2 and len(set(want.values())) == 2
+    got = search(articles, {"text": {"query": "york guide", "path": "title"}},
+                 {"$limit": 1}, {"$project": {"_id": 1}})
+    assert [d["_id"] for d in got] == order[:1]
+    matched = search(articles, {"text": {"query": "york guide", "path": "title"}},
+                     {"$set": {"s": SCORE}},
+                     {"$match": {"s": {"$gt": (want[order[0]] + want[order[1]]) / 2}}},
+                     {"$count": "n"})
+    assert matched == [{"n": len(order) - 1}]
+
+
+def test_phrase_compound_and_paths(articles):
+    phrase = search(articles, {"phrase": {"query": "new york", "path": "title"}})
+    assert sorted(d["_id"] for d in phrase) == [3, 4]
+    ordered = search(articles, {"phrase": {"query": "york city", "path": "title"}})
+    assert [d["_id"] for d in ordered] == [4]
+    loose = search(articles, {"phrase": {"query": "dogs york", "path": "title", "slop": 2}})
+    assert [d["_id"] for d in loose] == [3]
+    compound = search(articles, {"compound": {
+        "must": [{"text": {"query": "fox", "path": ["title", "body"]}}],
+        "mustNot": [{"text": {"query": "lazy", "path": "body"}}],
+    }})
+    assert [d["_id"] for d in compound] == [2]
+    filtered = search(articles, {"compound": {
+        "filter": [{"text": {"query": "brown", "path": "title"}}],
+        "should": [{"text": {"query": "bread", "path": "body"}}],
+    }}, {"$project": {"score": SCORE}})
+    assert [d["_id"] for d in filtered] == [6, 1]
+    assert filtered[1]["score"] == 0
+    nested = search(articles, {"text": {"query": "baker's", "path": "meta.note"}})
+    assert [d["_id"] for d in nested] == [6]
+    everywhere = search(articles, {"text": {"query": "guide", "path": {"wildcard": "*"}}})
+    assert sorted(d["_id"] for d in everywhere) == [4, 5]
+    constant = search(articles, {"text": {"query": "fox", "path": "title",
+                                          "score": {"constant": {"value": 5}}}},
+                      {"$project": {"score": SCORE}})
+    assert {d["score"] for d in constant} == {5}
+    assert search(articles, {"text": {"query": "fox", "path": "title"}}, index="missing") == []
+
+
+def test_writes_are_searchable_at_once(articles, client):
+    articles.insert_one({"_id": 100, "title": "zebra crossing", "body": "stripes"})
+    assert [d["_id"] for d in search(articles, {"text": {"query": "zebra", "path": "title"}})] == [100]
+    articles.update_one({"_id": 100}, {"$set": {"title": "pelican crossing"}})
+    assert search(articles, {"text": {"query": "zebra", "path": "title"}}) == []
+    assert [d["_id"] for d in search(articles, {"text": {"query": "pelican", "path": "title"}})] == [100]
+    articles.delete_one({"_id": 100})
+    assert search(articles, {"text": {"query": "pelican", "path": "title"}}) == []
+
+
+def test_writes_that_bypass_the_proxy_arrive(articles, direct_uri):
+    with MongoClient(direct_uri) as direct:
+        direct.full_text.articles.insert_one({"_id": 200, "title": "okapi sighting"})
+        eventually(lambda: [d["_id"] for d in search(
+            articles, {"text": {"query": "okapi", "path": "title"}})] == [200])
+        direct.full_text.articles.delete_one({"_id": 200})
+        eventually(lambda: search(articles, {"text": {"query": "okapi", "path": "title"}}) == [])
+
+
+def test_search_inside_union_with(articles):
+    got = list(articles.aggregate([
+        {"$match": {"_id": 5}},
+        {"$unionWith": {"coll": "articles", "pipeline": [
+            {"$search": {"text": {"query": "fox", "path": "title"}}},
+            {"$set": {"s": SCORE}},
+        ]}},
+    ]))
+    assert [d["_id"] for d in got][0] == 5
+    assert sorted(d["_id"] for d in got[1:]) == [1, 2]
+    assert all(d["s"] > 0 for d in got[1:])
+
+
+def test_static_mappings_and_analyzers(client):
+    coll = client.full_text.keyed
+    coll.drop()
+    coll.insert_many([{"_id": 1, "code": "AB-12 x", "note": "Running fast"},
+                      {"_id": 2, "code": "ab-12", "note": "ran"}])
+    coll.create_search_index(SearchIndexModel(
+        {"analyzer": "lucene.english",
+         "mappings": {"dynamic": False, "fields": {
+             "code": {"type": "string", "analyzer": "lucene.keyword"},
+             "note": {"type": "string"}}}},
+        name="keyed", type="search"))
+    wait_ready(coll, "keyed")
+    exact = search(coll, {"text": {"query": "AB-12 x", "path": "code"}}, index="keyed")
+    assert [d["_id"] for d in exact] == [1]
+    stemmed = search(coll, {"text": {"query": "runs", "path": "note"}}, index="keyed")
+    assert [d["_id"] for d in stemmed] == [1]
+
+
+def test_refusals_are_mongodb_shaped(articles, client):
+    with pytest.raises(OperationFailure) as e:
+        search(articles, {"equals": {"path": "n", "value": 1}})
+    assert e.value.code == 2 and "'equals'" in str(e.value)
+    with pytest.raises(OperationFailure) as e:
+        list(articles.aggregate([{"$match": {}}, {"$search": {"text": {"query": "a", "path": "b"}}}]))
+    assert e.value.code == 40602
+    with pytest.raises(OperationFailure) as e:
+        client.full_text.articles.create_search_index(SearchIndexModel(
+            {"mappings": {"dynamic": True}, "analyzer": "lucene.klingon"}, name="bad"))
+    assert e.value.code == 72 and "lucene.klingon" in str(e.value)
+    with pytest.raises(OperationFailure) as e:
+        list(articles.aggregate([{"$vectorSearch": {
+            "index": "default", "path": "v", "queryVector": [1.0], "limit": 1, "numCandidates": 1}}]))
+    assert e.value.code == 2 and "search index" in str(e.value)
+    with pytest.raises(OperationFailure) as e:
+        client.full_text.command({"updateSearchIndex": "articles", "name": "default", "definition": {
+            "fields": [{"type": "vector", "path": "v", "numDimensions": 2, "similarity": "cosine"}]}})
+    assert e.value.code == 72 and "cannot change its type" in str(e.value)
+    with pytest.raises(OperationFailure) as e:
+        search(articles, {"text": {"query": " ".join(["w"] * 2000), "path": "title"}})
+    assert e.value.code == 2 and "1024" in str(e.value)
+    # The connection is still good.
+    assert articles.count_documents({}) == len(DOCS)
+
+
+def test_a_restarted_proxy_rebuilds_the_index_and_catches_up(direct_uri, tmp_path):
+    """Full-text indexes are not snapshotted: after a restart the index is
+    rebuilt from the upstream, writes made while the proxy was down
+    included."""
+    import signal
+
+    from conftest import start_proxy
+
+    def start():
+        proxy = start_proxy(direct_uri, "--data-dir", str(tmp_path / "state"))
+        client = MongoClient(f"mongodb://{proxy.address}/")
+        return proxy, client, client.full_text_restart.notes
+
+    with MongoClient(direct_uri) as direct:
+        direct.likewise.search_indexes.delete_many({"db": "full_text_restart"})
+        direct.full_text_restart.notes.drop()
+        direct.full_text_restart.notes.insert_many([{"_id": i, "t": f"note {i}"} for i in range(50)])
+        proxy, client, notes = start()
+        notes.create_search_index(SearchIndexModel({"mappings": {"dynamic": True}}, name="notes"))
+        wait_ready(notes, "notes")
+        proxy.proc.send_signal(signal.SIGTERM)
+        assert proxy.proc.wait(timeout=30) == 0
+        client.close()
+        direct.full_text_restart.notes.insert_one({"_id": "late", "t": "written while down"})
+        proxy, client, notes = start()
+        try:
+            wait_ready(notes, "notes")
+            got = search(notes, {"text": {"query": "down", "path": "t"}}, index="notes")
+            assert [d["_id"] for d in got] == ["late"]
+            assert len(search(notes, {"text": {"query": "note", "path": "t"}}, index="notes")) == 50
+        finally:
+            client.close()
+            proxy.stop()
+            direct.likewise.search_indexes.delete_many({"db": "full_text_restart"})
