@@ -127,30 +127,17 @@ pub fn parse_definition(definition: &RawDocument) -> Result<Vec<IndexSpec>, Erro
         match field.get_str("type") {
             Ok("vector") => {
                 let (dims, similarity, hnsw) = parse_vector_field(field)?;
-                vectors.push(IndexSpec {
-                    path,
-                    dims,
-                    similarity,
-                    hnsw,
-                    filters: Vec::new(),
-                    models: Vec::new(),
-                    write_outputs: false,
-                    train: None,
-                    text: None,
-                });
+                vectors.push(IndexSpec::vector(path, dims, similarity, hnsw));
             }
             Ok("autoEmbed") => {
                 let (model, similarity) = parse_auto_embed_field(field)?;
                 vectors.push(IndexSpec {
-                    path: path.clone(),
-                    dims: 0, // the model's, once resolved
-                    similarity,
-                    hnsw: HnswParams::default(),
-                    filters: Vec::new(),
-                    models: vec![crate::models::ModelKey { model, key: path }],
-                    write_outputs: false,
-                    train: None,
-                    text: None,
+                    models: vec![crate::models::ModelKey {
+                        model,
+                        key: path.clone(),
+                    }],
+                    // dims: the model's, once resolved
+                    ..IndexSpec::vector(path, 0, similarity, HnswParams::default())
                 });
             }
             Ok("filter") => filters.push(path),

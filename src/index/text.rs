@@ -331,12 +331,13 @@ enum Slot {
 }
 
 /// Paths seen so far and their fields.
-#[derive(Default)]
 struct Slots {
     by_path: HashMap<String, (Slot, StringField)>,
-    /// Free fields per analyzer.
-    free: HashMap<Analyzer, Vec<Field>>,
-    overflow: HashMap<Analyzer, Field>,
+    /// Fields not yet given to a dynamic path (popped from the end).
+    free: Vec<Field>,
+    /// The field dynamic paths share once `free` is empty (`None` without
+    /// a dynamic mapping).
+    overflow: Option<Field>,
 }
 
 /// A full-text index over one collection's documents, keyed by `_id`.
@@ -364,41 +365,25 @@ impl TextIndex {
         let mut schema = Schema::builder();
         let id_field =
             schema.add_bytes_field("_id", BytesOptions::default().set_indexed().set_stored());
-        let mut free = HashMap::new();
-        let mut overflow = HashMap::new();
+        // Paths met while indexing a dynamic mapping (all analyzed with the
+        // index's analyzer) draw on a pool of fields, then share one.
+        let (mut free, mut overflow) = (Vec::new(), None);
         if let Some(analyzer) = spec.dynamic_analyzer() {
-            let indexing = TextFieldIndexing::default()
-                .set_tokenizer(analyzer.tokenizer_name())
-                .set_index_option(IndexRecordOption::WithFreqsAndPositions);
-            let options = TextOptions::default().set_indexing_options(indexing.clone());
-            let fields: Vec<Field> = (0..DYNAMIC_SLOTS)
-                .map(|i| {
-                    schema.add_text_field(
-                        &format!("{}_{i}", analyzer.tokenizer_name()),
-                        options.clone(),
-                    )
-                })
+            let name = analyzer.tokenizer_name();
+            free = (0..DYNAMIC_SLOTS)
+                .rev()
+                .map(|i| schema.add_text_field(&format!("{name}_{i}"), text_options(analyzer)))
                 .collect();
-            free.insert(analyzer, fields.into_iter().rev().collect::<Vec<_>>());
             let json = JsonObjectOptions::default()
-                .set_indexing_options(indexing)
+                .set_indexing_options(indexing(analyzer))
                 .set_expand_dots_enabled();
-            overflow.insert(
-                analyzer,
-                schema.add_json_field(&format!("{}_more", analyzer.tokenizer_name()), json),
-            );
+            overflow = Some(schema.add_json_field(&format!("{name}_more"), json));
         }
         // Paths the mapping names get fields of their own up front, so their
         // statistics never depend on which paths a scan met first.
         let mut by_path = HashMap::new();
         for (i, (path, string)) in spec.named_strings().into_iter().enumerate() {
-            let indexing = TextFieldIndexing::default()
-                .set_tokenizer(string.analyzer.tokenizer_name())
-                .set_index_option(IndexRecordOption::WithFreqsAndPositions);
-            let field = schema.add_text_field(
-                &format!("named_{i}"),
-                TextOptions::default().set_indexing_options(indexing),
-            );
+            let field = schema.add_text_field(&format!("named_{i}"), text_options(string.analyzer));
             by_path.insert(path, (Slot::Field(field), string));
         }
         let index = Index::create_in_ram(schema.build());
@@ -425,10 +410,6 @@ impl TextIndex {
                 overflow,
             }),
         })
-    }
-
-    pub fn spec(&self) -> &TextSpec {
-        &self.spec
     }
 
     /// Documents indexed.
@@ -569,21 +550,20 @@ impl TextIndex {
         collect_strings(doc, "", 0, &mut strings);
         let mut out = TantivyDocument::default();
         out.add_bytes(self.id_field, &canonical(id));
-        let mut overflow: HashMap<Field, BTreeMap<String, Vec<OwnedValue>>> = HashMap::new();
+        let mut overflow: BTreeMap<String, Vec<OwnedValue>> = BTreeMap::new();
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
         for (path, value) in strings {
-            match self.slot_for(&path) {
+            match self.slot_for(&mut slots, &path) {
                 Some(Slot::Field(field)) => out.add_text(field, value),
-                Some(Slot::Overflow(field)) => overflow
-                    .entry(field)
-                    .or_default()
+                Some(Slot::Overflow(_)) => overflow
                     .entry(path)
                     .or_default()
                     .push(OwnedValue::Str(value)),
                 None => {}
             }
         }
-        for (field, object) in overflow {
-            let object = object
+        if let (Some(field), false) = (slots.overflow, overflow.is_empty()) {
+            let object = overflow
                 .into_iter()
                 .map(|(path, values)| (path, OwnedValue::Array(values)))
                 .collect();
@@ -592,17 +572,16 @@ impl TextIndex {
         out
     }
 
-    /// The slot of `path` when it is indexed, assigning one the first
-    /// time a path is met.
-    fn slot_for(&self, path: &str) -> Option<Slot> {
-        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+    /// The slot of `path` when it is indexed, assigning a dynamic path one
+    /// the first time it is met (named paths have theirs from the start).
+    fn slot_for(&self, slots: &mut Slots, path: &str) -> Option<Slot> {
         if let Some((slot, _)) = slots.by_path.get(path) {
             return Some(*slot);
         }
         let string = self.spec.string_at(path)?;
-        let slot = match slots.free.get_mut(&string.analyzer).and_then(Vec::pop) {
+        let slot = match slots.free.pop() {
             Some(field) => Slot::Field(field),
-            None => Slot::Overflow(*slots.overflow.get(&string.analyzer)?),
+            None => Slot::Overflow(slots.overflow?),
         };
         slots.by_path.insert(path.to_string(), (slot, string));
         Some(slot)
@@ -792,6 +771,18 @@ impl TextIndex {
             }
         })
     }
+}
+
+/// How a text field of `analyzer` is indexed: its tokenizer, with term
+/// frequencies and positions (for BM25 and phrases).
+fn indexing(analyzer: Analyzer) -> TextFieldIndexing {
+    TextFieldIndexing::default()
+        .set_tokenizer(analyzer.tokenizer_name())
+        .set_index_option(IndexRecordOption::WithFreqsAndPositions)
+}
+
+fn text_options(analyzer: Analyzer) -> TextOptions {
+    TextOptions::default().set_indexing_options(indexing(analyzer))
 }
 
 /// A writer with one indexing thread and one merge thread (a proxy may

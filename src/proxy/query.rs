@@ -336,11 +336,7 @@ impl ForClient<'_> {
                 TextError::Engine(why) => Error::internal(why),
             })?;
             let (hits, matched) = found;
-            let mut ranked = Ranked::default();
-            for (id, score) in hits {
-                ranked.ids.push(id);
-                ranked.scores.push(score);
-            }
+            let ranked: Ranked = hits.into_iter().collect();
             self.shared
                 .metrics
                 .vector_latency
@@ -700,11 +696,11 @@ fn search(
         }
         _ => similarity.score(distance),
     };
-    let mut ranked = Ranked::default();
-    for (id, distance) in found.hits {
-        ranked.ids.push(id);
-        ranked.scores.push(score(distance));
-    }
+    let ranked = found
+        .hits
+        .into_iter()
+        .map(|(id, distance)| (id, score(distance)))
+        .collect();
     (ranked, found.strategy, found.examined)
 }
 

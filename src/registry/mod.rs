@@ -43,18 +43,32 @@ pub struct IndexSpec {
 }
 
 impl IndexSpec {
-    /// A full-text index's spec.
-    pub fn full_text(text: crate::index::text::TextSpec) -> IndexSpec {
+    /// An Atlas vector field's spec: `dims`-long vectors at `path`
+    /// compared by `similarity` (no filters, models or training yet).
+    pub fn vector(
+        path: String,
+        dims: usize,
+        similarity: Similarity,
+        hnsw: HnswParams,
+    ) -> IndexSpec {
         IndexSpec {
-            path: String::new(),
-            dims: 0,
-            similarity: Similarity::Cosine,
-            hnsw: HnswParams::default(),
+            path,
+            dims,
+            similarity,
+            hnsw,
             filters: Vec::new(),
             models: Vec::new(),
             write_outputs: false,
             train: None,
+            text: None,
+        }
+    }
+
+    /// A full-text index's spec.
+    pub fn full_text(text: crate::index::text::TextSpec) -> IndexSpec {
+        IndexSpec {
             text: Some(text),
+            ..IndexSpec::vector(String::new(), 0, Similarity::Cosine, HnswParams::default())
         }
     }
 
@@ -1029,17 +1043,7 @@ mod tests {
     use bson::{rawdoc, RawBsonRef};
 
     fn index() -> SearchIndex {
-        let spec = IndexSpec {
-            path: "v".into(),
-            dims: 2,
-            similarity: Similarity::Euclidean,
-            hnsw: HnswParams::default(),
-            filters: Vec::new(),
-            models: Vec::new(),
-            write_outputs: false,
-            train: None,
-            text: None,
-        };
+        let spec = IndexSpec::vector("v".into(), 2, Similarity::Euclidean, HnswParams::default());
         SearchIndex::new("id".into(), "db", "c", "idx", rawdoc! {}, spec)
     }
 

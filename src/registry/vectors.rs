@@ -204,22 +204,6 @@ impl Vectors {
     /// (which must keep them prepared and `spec.dims` long), content
     /// hashes kept.
     pub fn mapped(&self, spec: &IndexSpec, f: impl Fn(&[f32]) -> Vec<f32>) -> Vectors {
-        self.rebuilt(spec, f)
-    }
-
-    /// Rebuilds with dense keys once dead slots (from deletes and updates)
-    /// outnumber live ones, so memory stays proportional to the live data
-    /// under delete-heavy load. Returns whether it compacted.
-    pub fn compact_if_needed(&mut self, spec: &IndexSpec) -> bool {
-        let live = self.engine.len();
-        if self.slots() - live <= live.max(COMPACT_SLACK) {
-            return false;
-        }
-        *self = self.rebuilt(spec, <[f32]>::to_vec);
-        true
-    }
-
-    fn rebuilt(&self, spec: &IndexSpec, f: impl Fn(&[f32]) -> Vec<f32>) -> Vectors {
         let mut fresh = Vectors::empty(spec);
         for (key, id) in self.ids.entries().1 {
             if let Some(vector) = self.engine.vector(key) {
@@ -231,6 +215,18 @@ impl Vectors {
             }
         }
         fresh
+    }
+
+    /// Rebuilds with dense keys once dead slots (from deletes and updates)
+    /// outnumber live ones, so memory stays proportional to the live data
+    /// under delete-heavy load. Returns whether it compacted.
+    pub fn compact_if_needed(&mut self, spec: &IndexSpec) -> bool {
+        let live = self.engine.len();
+        if self.slots() - live <= live.max(COMPACT_SLACK) {
+            return false;
+        }
+        *self = self.mapped(spec, <[f32]>::to_vec);
+        true
     }
 
     fn to_ids(&self, hits: &[Hit]) -> Vec<(RawBson, f32)> {
@@ -376,17 +372,7 @@ mod tests {
     use crate::index::Similarity;
 
     fn spec() -> IndexSpec {
-        IndexSpec {
-            path: "v".into(),
-            dims: 2,
-            similarity: Similarity::Euclidean,
-            hnsw: HnswParams::default(),
-            filters: Vec::new(),
-            models: Vec::new(),
-            write_outputs: false,
-            train: None,
-            text: None,
-        }
+        IndexSpec::vector("v".into(), 2, Similarity::Euclidean, HnswParams::default())
     }
 
     #[test]

@@ -24,6 +24,14 @@ pub struct Ranked {
     pub scores: Vec<f64>,
 }
 
+/// Ranked `(_id, score)` pairs, best first.
+impl FromIterator<(RawBson, f64)> for Ranked {
+    fn from_iter<I: IntoIterator<Item = (RawBson, f64)>>(hits: I) -> Ranked {
+        let (ids, scores) = hits.into_iter().unzip();
+        Ranked { ids, scores }
+    }
+}
+
 impl Ranked {
     fn id_array(&self) -> RawArrayBuf {
         let mut out = RawArrayBuf::new();
