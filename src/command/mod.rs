@@ -2,6 +2,7 @@
 //! here with a "read the request" half and a "handle the reply" half; every
 //! other command is `Passthrough` and its bytes are forwarded untouched.
 
+pub mod fusion;
 pub mod hello;
 pub mod reads;
 pub mod search_definition;

@@ -38,6 +38,9 @@ pub enum QueryVector {
     /// No vector: `$search`'s full-text operator, answered by a `search`
     /// index (`limit` is how many of its best matches are fetched).
     FullText(Box<crate::index::text::Operator>),
+    /// No vector: `$rankFusion` / `$scoreFusion`, which fuse the results of
+    /// their input pipelines.
+    Fusion(Box<super::fusion::Fusion>),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -66,6 +69,26 @@ pub struct VectorQuery {
     /// Asked as `$vectorSearch` (Atlas's answers apply: an index that does
     /// not exist finds nothing), not as the seed's `$like`.
     pub atlas: bool,
+}
+
+impl VectorQuery {
+    /// An Atlas stage answered without a query vector or an exact filter
+    /// (`$search`, a fusion stage): its best `limit` results.
+    pub fn atlas_stage(index: Option<String>, limit: usize, vector: QueryVector) -> VectorQuery {
+        VectorQuery {
+            index,
+            path: None,
+            vector,
+            limit,
+            num_candidates: limit,
+            filter: None,
+            exact: false,
+            model: None,
+            packed_bits: false,
+            int8: false,
+            atlas: true,
+        }
+    }
 }
 
 /// The fields a `$vectorSearch` stage may hold (Atlas's, `explainOptions`
@@ -389,7 +412,7 @@ mod tests {
 /// `$vectorSearch`, or `$match` with a top-level `$like`.
 pub fn is_vector_stage(stage: &RawDocument) -> bool {
     match stage.iter().next() {
-        Some(Ok(("$vectorSearch" | "$search", _))) => true,
+        Some(Ok(("$vectorSearch" | "$search" | "$rankFusion" | "$scoreFusion", _))) => true,
         Some(Ok(("$match", RawBsonRef::Document(m)))) => m.get("$like").ok().flatten().is_some(),
         _ => false,
     }
@@ -426,7 +449,10 @@ pub fn pipeline_has_vector_stage(stages: &bson::RawArray, depth: usize) -> bool 
             .any(|(i, stage)| {
                 (i == 0 && is_vector_stage(stage))
                     || match stage.iter().next() {
-                        Some(Ok(("$vectorSearch" | "$search", _))) => true,
+                        Some(Ok((
+                            "$vectorSearch" | "$search" | "$rankFusion" | "$scoreFusion",
+                            _,
+                        ))) => true,
                         Some(Ok((name, spec))) => sub_pipelines(name, spec)
                             .into_iter()
                             .any(|p| pipeline_has_vector_stage(p, depth - 1)),
@@ -478,44 +504,39 @@ fn collect_vector_stages(
             ));
         };
         match (i, name, spec) {
-            (0, "$vectorSearch", RawBsonRef::Document(spec)) => {
-                if super::contains_key(spec, "$like", 0) {
-                    return Err(bad("$like cannot be combined with $vectorSearch"));
-                }
-                out.push((collection.to_string(), parse_vector_search(spec)?));
-            }
-            (0, "$vectorSearch", _) => return Err(bad("$vectorSearch must be a document")),
-            (0, "$search", RawBsonRef::Document(spec)) => {
-                let stage = super::text_query::parse_search(spec)?;
-                let limit = search_limit(stages);
+            (0, "$rankFusion" | "$scoreFusion", spec) => {
+                let fusion = super::fusion::parse_fusion(name, spec, stages)?;
                 out.push((
                     collection.to_string(),
-                    VectorQuery {
-                        index: Some(stage.index),
-                        path: None,
-                        vector: QueryVector::FullText(Box::new(stage.operator)),
-                        limit,
-                        num_candidates: limit,
-                        filter: None,
-                        exact: false,
-                        model: None,
-                        packed_bits: false,
-                        int8: false,
-                        atlas: true,
-                    },
+                    VectorQuery::atlas_stage(
+                        None,
+                        fusion.limit,
+                        QueryVector::Fusion(Box::new(fusion)),
+                    ),
                 ));
             }
-            (0, "$search", _) => return Err(bad("$search must be a document")),
+            (_, "$rankFusion" | "$scoreFusion", _) => {
+                return Err(Error::client(
+                    Code::relayed(10170100, "Location10170100"),
+                    "$rankFusion/$scoreFusion can only be the first stage of an aggregation \
+                     pipeline.",
+                ))
+            }
+            (0, "$vectorSearch" | "$search", _) => {
+                if let Some(query) = owned_first_stage(stages)? {
+                    out.push((collection.to_string(), query));
+                }
+            }
             (_, "$vectorSearch" | "$search" | "$searchMeta", _) if i > 0 => {
                 return Err(Error::client(
                     Code::STAGE_NOT_FIRST,
                     format!("{name} is only valid as the first stage in a pipeline."),
                 ))
             }
-            (0, "$match", RawBsonRef::Document(filter)) if is_vector_stage(stage) => {
-                let query = parse_like_filter(filter)?
-                    .ok_or_else(|| bad("$like must be at the top level of $match"))?;
-                out.push((collection.to_string(), query));
+            (0, "$match", _) if is_vector_stage(stage) => {
+                if let Some(query) = owned_first_stage(stages)? {
+                    out.push((collection.to_string(), query));
+                }
             }
             (_, "$facet" | "$lookup", spec)
                 if sub_pipelines(name, spec)
@@ -544,6 +565,43 @@ fn collect_vector_stages(
         }
     }
     Ok(())
+}
+
+/// The query a pipeline's first stage asks the proxy to answer:
+/// `$vectorSearch`, `$search`, or a `$match` with a top-level `$like`;
+/// `None` when the pipeline opens with anything else.
+pub fn owned_first_stage(stages: &bson::RawArray) -> Result<Option<VectorQuery>, Error> {
+    let Some(Ok(RawBsonRef::Document(stage))) = stages.into_iter().next() else {
+        return Ok(None);
+    };
+    let Some(Ok((name, spec))) = stage.iter().next() else {
+        return Ok(None);
+    };
+    let query = match (name, spec) {
+        ("$vectorSearch", RawBsonRef::Document(spec)) => {
+            if super::contains_key(spec, "$like", 0) {
+                return Err(bad("$like cannot be combined with $vectorSearch"));
+            }
+            parse_vector_search(spec)?
+        }
+        ("$vectorSearch", _) => return Err(bad("$vectorSearch must be a document")),
+        ("$search", RawBsonRef::Document(spec)) => {
+            let stage = super::text_query::parse_search(spec)?;
+            let limit = search_limit(stages);
+            VectorQuery::atlas_stage(
+                Some(stage.index),
+                limit,
+                QueryVector::FullText(Box::new(stage.operator)),
+            )
+        }
+        ("$search", _) => return Err(bad("$search must be a document")),
+        ("$match", RawBsonRef::Document(filter)) if is_vector_stage(stage) => {
+            parse_like_filter(filter)?
+                .ok_or_else(|| bad("$like must be at the top level of $match"))?
+        }
+        _ => return Ok(None),
+    };
+    Ok(Some(query))
 }
 
 /// How many of a `$search`'s best matches its pipeline (`stages`, the

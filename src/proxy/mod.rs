@@ -14,6 +14,7 @@
 
 mod admin;
 mod for_client;
+mod fusion;
 mod models;
 mod neighbourhood;
 mod query;

@@ -29,19 +29,23 @@ pub(super) struct Rewritten {
 /// How one vector stage of a command is answered: the index searched (if
 /// any), the strategy and its counts for `explain`, and the ranked ids the
 /// rewrite fetches.
-struct Plan {
-    /// `None` when a `$vectorSearch` named an index that does not exist:
-    /// Atlas finds nothing then.
-    index: Option<Arc<SearchIndex>>,
+pub(super) struct Plan {
+    /// `None` when a `$vectorSearch` named an index that does not exist
+    /// (Atlas finds nothing then), and for a fusion stage.
+    pub(super) index: Option<Arc<SearchIndex>>,
     /// The collection searched.
-    collection: String,
-    strategy: &'static str,
-    /// Vectors the query was compared with.
-    examined: usize,
-    allowed: Option<usize>,
-    ranked: Ranked,
-    exact_filter: Option<RawDocumentBuf>,
-    encoding: Option<Encoding>,
+    pub(super) collection: String,
+    pub(super) strategy: &'static str,
+    /// Vectors (or matching documents, or input documents) the query
+    /// examined.
+    pub(super) examined: usize,
+    pub(super) allowed: Option<usize>,
+    pub(super) ranked: Ranked,
+    pub(super) exact_filter: Option<RawDocumentBuf>,
+    pub(super) encoding: Option<Encoding>,
+    /// The stage was asked for `scoreDetails` (`ranked.details` holds
+    /// them).
+    pub(super) score_details: bool,
 }
 
 /// Most owned vector stages one command may hold (each is a search).
@@ -234,7 +238,21 @@ impl ForClient<'_> {
         }
         let mut plans = Vec::with_capacity(queries.len());
         for (collection, query) in queries {
-            plans.push(self.plan(kind, &db, &collection, query, session).await?);
+            plans.push(match query.vector {
+                QueryVector::Fusion(fusion) => {
+                    self.fuse(kind, &db, &collection, *fusion, session).await?
+                }
+                _ => self.plan(kind, &db, &collection, query, session).await?,
+            });
+        }
+        if !plans.iter().any(|p| p.score_details)
+            && rewrite::reads_score_details(body, crate::wire::MAX_BSON_DEPTH)
+        {
+            // mongod's answer when no stage produced the metadata.
+            return Err(Error::client(
+                Code::relayed(40218, "Location40218"),
+                "query requires scoreDetails metadata, but it is not available",
+            ));
         }
         // Each score reference becomes a lookup carrying the ranked ids and
         // scores: a command that would grow past what a server takes is
@@ -265,7 +283,7 @@ impl ForClient<'_> {
         Ok(plans)
     }
 
-    async fn plan(
+    pub(super) async fn plan(
         &mut self,
         kind: VectorKind,
         db: &str,
@@ -315,6 +333,7 @@ impl ForClient<'_> {
                     ranked: Ranked::default(),
                     exact_filter: query.filter,
                     encoding: None,
+                    score_details: false,
                 });
             }
             Err(e) => return Err(e),
@@ -351,6 +370,7 @@ impl ForClient<'_> {
                 ranked,
                 exact_filter: None,
                 encoding: None,
+                score_details: false,
             });
         }
         let (vector, encoding) = query_vector(&index, &query).await?;
@@ -376,6 +396,7 @@ impl ForClient<'_> {
             ranked,
             exact_filter: query.filter,
             encoding,
+            score_details: false,
         })
     }
 
@@ -528,7 +549,7 @@ fn parse_queries(
 }
 
 /// Which model encoded a query's content, for `explain`.
-struct Encoding {
+pub(super) struct Encoding {
     model: String,
     key: String,
     truncated: bool,
@@ -571,6 +592,7 @@ async fn query_vector(
                 "a $search query has no vector: it needs a search index",
             ))
         }
+        QueryVector::Fusion(_) => return Err(bad("a fusion stage has no vector of its own")),
         QueryVector::Text(text) => {
             // The model that produces the vectors at the searched path.
             let Some(i) = spec.models.iter().position(|m| m.key == spec.path) else {

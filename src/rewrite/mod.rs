@@ -22,13 +22,20 @@ const RANK: &str = "__likewise_rank";
 pub struct Ranked {
     pub ids: Vec<RawBson>,
     pub scores: Vec<f64>,
+    /// One `{$meta: "scoreDetails"}` document per id, or empty when the
+    /// stage was not asked for them.
+    pub details: Vec<RawDocumentBuf>,
 }
 
 /// Ranked `(_id, score)` pairs, best first.
 impl FromIterator<(RawBson, f64)> for Ranked {
     fn from_iter<I: IntoIterator<Item = (RawBson, f64)>>(hits: I) -> Ranked {
         let (ids, scores) = hits.into_iter().unzip();
-        Ranked { ids, scores }
+        Ranked {
+            ids,
+            scores,
+            details: Vec::new(),
+        }
     }
 }
 
@@ -58,20 +65,48 @@ impl Ranked {
     /// where the document no longer has the `_id` of a ranked one (after a
     /// projection dropped it, say), never another document's score.
     fn score_expression(&self) -> RawDocumentBuf {
+        self.lookup(self.score_array())
+    }
+
+    /// The entry of `values` (one per ranked id) for the document's `_id`.
+    fn lookup(&self, values: RawArrayBuf) -> RawDocumentBuf {
         rawdoc! { "$let": {
             "vars": { "likewise_rank": self.rank_expression() },
             "in": { "$cond": [
                 { "$lt": ["$$likewise_rank", 0] },
                 "$$REMOVE",
-                { "$arrayElemAt": [{ "$literal": self.score_array() }, "$$likewise_rank"] },
+                { "$arrayElemAt": [{ "$literal": values }, "$$likewise_rank"] },
             ] },
         } }
     }
 
+    /// The document's `scoreDetails`, looked up like its score.
+    fn details_expression(&self) -> RawDocumentBuf {
+        let mut details = RawArrayBuf::new();
+        for d in &self.details {
+            details.push(d.clone());
+        }
+        self.lookup(details)
+    }
+
+    /// The expression a `$meta` reference becomes.
+    fn meta_expression(&self, meta: Meta) -> RawDocumentBuf {
+        match meta {
+            Meta::Score => self.score_expression(),
+            Meta::Details => self.details_expression(),
+        }
+    }
+
     /// How many bytes one score lookup adds to a command: its expression,
-    /// which carries the id and score arrays.
+    /// which carries the id and score arrays (and a details lookup, the
+    /// details).
     pub fn score_bytes(&self) -> usize {
-        self.score_expression().as_bytes().len()
+        let details = if self.details.is_empty() {
+            0
+        } else {
+            self.details_expression().as_bytes().len()
+        };
+        self.score_expression().as_bytes().len().max(details)
     }
 
     /// The filter selecting exactly the ranked documents that also match:
@@ -119,10 +154,10 @@ impl Ranked {
 
     fn substitute_value(&self, value: RawBsonRef<'_>) -> RawBson {
         match value {
-            RawBsonRef::Document(d) if is_score_meta(d) => {
-                RawBson::Document(self.score_expression())
-            }
-            RawBsonRef::Document(d) => RawBson::Document(self.substitute_score(d)),
+            RawBsonRef::Document(d) => match self.meta_of(d) {
+                Some(meta) => RawBson::Document(self.meta_expression(meta)),
+                None => RawBson::Document(self.substitute_score(d)),
+            },
             RawBsonRef::Array(a) => {
                 let mut out = RawArrayBuf::new();
                 for item in a.into_iter().flatten() {
@@ -142,7 +177,7 @@ pub fn score_references(doc: &RawDocument, depth: usize) -> usize {
     fn count(value: RawBsonRef<'_>, depth: usize) -> usize {
         match value {
             _ if depth == 0 => 0,
-            RawBsonRef::Document(d) if is_score_meta(d) => 1,
+            RawBsonRef::Document(d) if meta_reference(d).is_some() => 1,
             RawBsonRef::Document(d) => d.iter().flatten().map(|(_, v)| count(v, depth - 1)).sum(),
             RawBsonRef::Array(a) => a.into_iter().flatten().map(|v| count(v, depth - 1)).sum(),
             _ => 0,
@@ -151,21 +186,50 @@ pub fn score_references(doc: &RawDocument, depth: usize) -> usize {
     count(RawBsonRef::Document(doc), depth)
 }
 
-/// `{$meta: "vectorSearchScore"}`, or `{$meta: "searchScore"}` (after
-/// `$search`): either names the ranked score of the stage that opened the
-/// pipeline.
-fn is_score_meta(doc: &RawDocument) -> bool {
+/// Which ranked metadata a `{$meta}` reference reads.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Meta {
+    /// `vectorSearchScore`, `searchScore` or `score`: the ranked score of
+    /// the stage that opened the pipeline.
+    Score,
+    /// `scoreDetails` (`$rankFusion` / `$scoreFusion` with
+    /// `scoreDetails: true`).
+    Details,
+}
+
+/// The metadata `doc` reads when it is a `{$meta: ...}` the proxy answers.
+fn meta_reference(doc: &RawDocument) -> Option<Meta> {
     let mut it = doc.iter();
-    matches!(
-        (it.next(), it.next()),
-        (
-            Some(Ok((
-                "$meta",
-                RawBsonRef::String("vectorSearchScore" | "searchScore")
-            ))),
-            None
-        )
-    )
+    match (it.next(), it.next()) {
+        (Some(Ok(("$meta", RawBsonRef::String(name)))), None) => match name {
+            "vectorSearchScore" | "searchScore" | "score" => Some(Meta::Score),
+            "scoreDetails" => Some(Meta::Details),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// Whether a command reads `{$meta: "scoreDetails"}` anywhere (to `depth`).
+pub fn reads_score_details(doc: &RawDocument, depth: usize) -> bool {
+    fn walk(value: RawBsonRef<'_>, depth: usize) -> bool {
+        match value {
+            _ if depth == 0 => false,
+            RawBsonRef::Document(d) if meta_reference(d) == Some(Meta::Details) => true,
+            RawBsonRef::Document(d) => d.iter().flatten().any(|(_, v)| walk(v, depth - 1)),
+            RawBsonRef::Array(a) => a.into_iter().flatten().any(|v| walk(v, depth - 1)),
+            _ => false,
+        }
+    }
+    walk(RawBsonRef::Document(doc), depth)
+}
+
+impl Ranked {
+    /// The metadata a `{$meta}` reference reads from these results: its
+    /// score, or its details where there are any.
+    fn meta_of(&self, doc: &RawDocument) -> Option<Meta> {
+        meta_reference(doc).filter(|m| *m == Meta::Score || !self.details.is_empty())
+    }
 }
 
 /// Copies `body` with `key` set to `value` (replacing it in place, or
@@ -351,10 +415,10 @@ impl Ranked {
         };
         match name {
             "$project" => self.projection_stages(spec, false),
-            "$sort" if spec.iter().flatten().any(|(_, v)| is_meta_value(v)) => {
+            "$sort" if spec.iter().flatten().any(|(_, v)| is_score_value(v)) => {
                 let mut sort = RawDocumentBuf::new();
                 for (k, v) in spec.iter().flatten() {
-                    if is_meta_value(v) {
+                    if is_score_value(v) {
                         sort.append(SORT_SCORE, -1);
                     } else {
                         sort.append(k, v.to_raw_bson());
@@ -417,8 +481,8 @@ impl Ranked {
         let mut rest = RawDocumentBuf::new();
         let mut scores = RawDocumentBuf::new();
         for (k, v) in projection.iter().flatten() {
-            if is_meta_value(v) {
-                scores.append(k, self.score_expression());
+            if let Some(meta) = v.as_document().and_then(|d| self.meta_of(d)) {
+                scores.append(k, self.meta_expression(meta));
             } else {
                 rest.append(k, v.to_raw_bson());
             }
@@ -434,8 +498,8 @@ impl Ranked {
     }
 }
 
-fn is_meta_value(value: RawBsonRef<'_>) -> bool {
-    matches!(value, RawBsonRef::Document(d) if is_score_meta(d))
+fn is_score_value(value: RawBsonRef<'_>) -> bool {
+    matches!(value, RawBsonRef::Document(d) if meta_reference(d) == Some(Meta::Score))
 }
 
 /// Whether a projection that had `$meta` fields, given without them,
@@ -604,6 +668,121 @@ pub fn count(body: &RawDocument, ranked: &Ranked, exact: Option<&RawDocument>) -
     with_field(body, "query", RawBson::Document(ranked.filter(exact)))
 }
 
+/// Internal field holding a fusion input's `$score`; removed by the
+/// projection that ends the input's pipeline.
+const INPUT_SCORE: &str = "__likewise_input_score";
+
+/// One input pipeline of `$rankFusion` / `$scoreFusion` as an `aggregate`
+/// for the upstream: `opening` (the ranked stages of the input's owned
+/// first stage, when it has one) then the input's other stages (scores
+/// substituted when `opening` answered the first; a `$score` stage becomes
+/// its score in an internal field), at most `cap` documents, each
+/// projected to `{_id, s?, k?}`: `s` the input's own score where
+/// `input.score` gives its expression, `k` the values of the keys of its
+/// last `$sort` (documents equal on them share a rank).
+pub fn fusion_input(
+    collection: &str,
+    db: &str,
+    input: &crate::command::fusion::FusionInput,
+    opening: Option<(&Ranked, Vec<RawDocumentBuf>)>,
+    cap: usize,
+    session: &mut InSession,
+) -> RawDocumentBuf {
+    let later = if opening.is_some() {
+        &input.stages[1..]
+    } else {
+        &input.stages[..]
+    };
+    let (score, sort) = (input.score.as_ref(), input.sort.as_deref());
+    let (ranked, mut stages) = match opening {
+        Some((ranked, stages)) => (Some(ranked), stages),
+        None => (None, Vec::new()),
+    };
+    for stage in later {
+        match (ranked, stage.get("$score")) {
+            (_, Ok(Some(_))) => {
+                if let Some(expression) = score {
+                    let mut add = RawDocumentBuf::new();
+                    add.append(INPUT_SCORE, expression.clone());
+                    stages.push(rawdoc! { "$addFields": add });
+                }
+            }
+            (Some(r), _) => stages.extend(r.later_stage(stage)),
+            (None, _) => stages.push(stage.clone()),
+        }
+    }
+    stages.push(rawdoc! { "$limit": i64::try_from(cap).unwrap_or(i64::MAX) });
+    let mut project = rawdoc! { "_id": 1 };
+    let has_score_stage = later
+        .iter()
+        .any(|s| s.get("$score").ok().flatten().is_some());
+    match (score, has_score_stage) {
+        (Some(_), true) => project.append("s", format!("${INPUT_SCORE}")),
+        (Some(expression), false) => project.append("s", expression.clone()),
+        (None, _) => {}
+    }
+    if let Some(sort) = sort {
+        let mut keys = RawArrayBuf::new();
+        for (field, direction) in sort.iter().flatten() {
+            match direction {
+                RawBsonRef::Document(meta) => keys.push(match ranked {
+                    Some(r) => r.substitute_value(direction),
+                    None => RawBson::Document(meta.to_owned()),
+                }),
+                _ => keys.push(format!("${field}")),
+            }
+        }
+        project.append("k", keys);
+    }
+    stages.push(rawdoc! { "$project": project });
+    let mut command = rawdoc! {
+        "aggregate": collection,
+        "pipeline": pipeline(stages),
+        "cursor": { "batchSize": i64::try_from(cap.saturating_add(1)).unwrap_or(i64::MAX) },
+        "$db": db,
+    };
+    session.apply(&mut command);
+    command
+}
+
+/// `$scoreFusion`'s custom `expression` evaluated by the upstream for the
+/// fused documents `ids`: `{_id, s}` per document, `s` the expression with
+/// `$$<input name>` bound to that input's weighted, normalised score
+/// (`per_input`, one value per id, 0 where absent).
+pub fn fusion_expression(
+    collection: &str,
+    db: &str,
+    ids: &[RawBson],
+    per_input: &[(&str, Vec<f64>)],
+    expression: &RawBson,
+    session: &mut InSession,
+) -> RawDocumentBuf {
+    let ranked = Ranked {
+        ids: ids.to_vec(),
+        scores: Vec::new(),
+        details: Vec::new(),
+    };
+    let mut vars = RawDocumentBuf::new();
+    for (name, values) in per_input {
+        let mut array = RawArrayBuf::new();
+        for v in values {
+            array.push(*v);
+        }
+        vars.append(*name, ranked.lookup(array));
+    }
+    let mut command = rawdoc! {
+        "aggregate": collection,
+        "pipeline": [
+            { "$match": { "_id": { "$in": ranked.id_array() } } },
+            { "$project": { "_id": 1, "s": { "$let": { "vars": vars, "in": expression.clone() } } } },
+        ],
+        "cursor": { "batchSize": i64::try_from(ids.len().saturating_add(1)).unwrap_or(i64::MAX) },
+        "$db": db,
+    };
+    session.apply(&mut command);
+    command
+}
+
 /// The `_id`s of documents matching `filter`, as a `find` to run upstream.
 pub fn matching_ids(
     collection: &str,
@@ -764,6 +943,7 @@ mod tests {
         Ranked {
             ids: vec![RawBson::Int32(3), RawBson::String("x".into())],
             scores: vec![0.9, 0.8],
+            details: Vec::new(),
         }
     }
 
@@ -802,6 +982,7 @@ mod tests {
         let inner = Ranked {
             ids: vec![RawBson::Int32(9)],
             scores: vec![0.5],
+            details: Vec::new(),
         };
         let meta = rawdoc! { "$meta": "vectorSearchScore" };
         let body = rawdoc! {

@@ -108,6 +108,10 @@ fn parse_everything(body: &RawDocument) {
     let ranked = likewise::rewrite::Ranked {
         ids: vec![bson::RawBson::Int32(1), bson::RawBson::String("two".into())],
         scores: vec![0.9, 0.8],
+        details: vec![
+            bson::rawdoc! { "value": 0.9 },
+            bson::rawdoc! { "value": 0.8 },
+        ],
     };
     let exact = body.get_document("filter").ok();
     if let Ok(stages) = body.get_array("pipeline") {

@@ -13,7 +13,7 @@
 use bson::{rawdoc, RawArrayBuf, RawBson, RawDocumentBuf};
 
 /// How many command forms [`frame`] builds.
-pub const FORMS: usize = 14;
+pub const FORMS: usize = 15;
 
 /// Reads a recipe: form, depth, width and the bytes that fill leaves.
 struct Recipe<'a> {
@@ -135,6 +135,15 @@ pub fn command(form: usize, value: RawBson) -> RawDocumentBuf {
         12 => rawdoc! { "createSearchIndexes": "c", "indexes": [
             { "name": "i", "type": "search", "definition": { "mappings": { "fields": { "f": value } } } },
         ], "$db": "t" },
+        13 => rawdoc! { "aggregate": "c", "pipeline": [
+            { "$rankFusion": { "input": { "pipelines": {
+                "v": [{ "$vectorSearch": { "index": "i", "path": "p", "queryVector": vector,
+                                            "numCandidates": 10, "limit": 3 } },
+                      { "$match": { "a": value.clone() } }],
+                "s": [{ "$match": { "a": value.clone() } }, { "$sort": { "a": 1 } }],
+            } }, "scoreDetails": true } },
+            { "$project": { "s": { "$meta": "score" }, "d": { "$meta": "scoreDetails" }, "deep": value } },
+        ], "cursor": {}, "$db": "t" },
         _ => rawdoc! { "insert": "c", "documents": [{ "_id": 1, "deep": value }], "$db": "t" },
     }
 }
