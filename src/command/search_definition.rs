@@ -5,7 +5,9 @@
 //! (never ignored), with what likewise serves instead.
 
 use crate::error::{Code, Error};
-use crate::index::text::{Analyzer, DocumentMapping, FieldMapping, StringField, TextSpec};
+use crate::index::text::{
+    Analyzer, DocumentMapping, FieldMapping, Normalizer, StringField, TextSpec,
+};
 use bson::{RawBsonRef, RawDocument};
 
 /// Most named fields one definition may hold, at every level together.
@@ -160,11 +162,6 @@ fn parse_mapping(
 
 /// Field types Atlas has that likewise does not serve yet.
 const NOT_YET: &[&str] = &[
-    "token",
-    "number",
-    "date",
-    "boolean",
-    "objectId",
     "uuid",
     "autocomplete",
     "embeddedDocuments",
@@ -226,10 +223,45 @@ fn parse_field(
             field.document = Some(parse_mapping(def, at, defaults, depth + 1, count)?);
             Ok(field)
         }
+        Ok(t @ ("number" | "date" | "boolean" | "objectId" | "token")) => {
+            let mut normalizer = Normalizer::None;
+            for (key, value) in def.iter().flatten() {
+                match (t, key, value) {
+                    (_, "type", _) => {}
+                    ("number", "representation", RawBsonRef::String("int64" | "double")) => {}
+                    ("number", "indexIntegers" | "indexDoubles", RawBsonRef::Boolean(true)) => {}
+                    ("token", "normalizer", RawBsonRef::String("lowercase")) => {
+                        normalizer = Normalizer::Lowercase
+                    }
+                    ("token", "normalizer", RawBsonRef::String("none")) => {}
+                    _ => {
+                        return Err(invalid(format!(
+                            "'{at}.{key}' is not served by likewise yet, or has the wrong type \
+                             for a {t} field"
+                        )))
+                    }
+                }
+            }
+            let types = &mut field.values;
+            let already = match t {
+                "number" => std::mem::replace(&mut types.number, true),
+                "date" => std::mem::replace(&mut types.date, true),
+                "boolean" => std::mem::replace(&mut types.boolean, true),
+                "objectId" => std::mem::replace(&mut types.object_id, true),
+                _ => types.token.replace(normalizer).is_some(),
+            };
+            if already {
+                return Err(invalid(format!("'{at}' declares type {t} twice")));
+            }
+            Ok(field)
+        }
         Ok(t) if NOT_YET.contains(&t) => Err(invalid(format!(
-            "'{at}' has type '{t}', which likewise does not serve yet (string and document are served)"
+            "'{at}' has type '{t}', which likewise does not serve yet (string, token, number, \
+             date, boolean, objectId and document are served)"
         ))),
-        Ok(t) => Err(invalid(format!("'{at}.type' '{t}' is not an Atlas Search field type"))),
+        Ok(t) => Err(invalid(format!(
+            "'{at}.type' '{t}' is not an Atlas Search field type"
+        ))),
         Err(_) => Err(invalid(format!("'{at}' needs a string 'type'"))),
     }
 }
@@ -285,8 +317,12 @@ mod tests {
                 "lucene.cjk",
             ),
             (
-                rawdoc! { "mappings": { "fields": { "n": { "type": "number" } } } },
-                "'number'",
+                rawdoc! { "mappings": { "fields": { "n": { "type": "uuid" } } } },
+                "'uuid'",
+            ),
+            (
+                rawdoc! { "mappings": { "fields": { "n": { "type": "number", "indexDoubles": false } } } },
+                "indexDoubles",
             ),
             (
                 rawdoc! { "mappings": { "fields": { "n": { "type": "nonsense" } } } },

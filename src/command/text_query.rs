@@ -4,8 +4,21 @@
 //! those. Options likewise does not serve yet are refused by name.
 
 use crate::error::{Code, Error};
-use crate::index::text::{Fuzzy, Operator, ScoreModifier, SearchPath};
+use crate::index::text::{FieldValue, Fuzzy, Operator, ScoreModifier, SearchPath};
 use bson::{RawBsonRef, RawDocument};
+use std::ops::Bound;
+
+/// The operators served.
+const SERVED: &[&str] = &[
+    "text", "phrase", "compound", "equals", "in", "range", "exists",
+];
+
+fn not_served(op: &str) -> Error {
+    bad(format!(
+        "the $search operator '{op}' is not served by likewise yet (text, phrase, compound, \
+         equals, in, range and exists are)"
+    ))
+}
 
 /// Deepest `compound` nesting served.
 const MAX_OPERATOR_DEPTH: usize = 64;
@@ -38,7 +51,7 @@ pub fn parse_search(stage: &RawDocument) -> Result<SearchStage, Error> {
             ("returnStoredSource" | "scoreDetails", RawBsonRef::Boolean(false)) => {}
             // A hint to run segments in parallel; results are the same.
             ("concurrent", RawBsonRef::Boolean(_)) => {}
-            ("text" | "phrase" | "compound", RawBsonRef::Document(spec)) => {
+            (op, RawBsonRef::Document(spec)) if SERVED.contains(&op) => {
                 if operator.is_some() {
                     return Err(bad("$search takes exactly one operator"));
                 }
@@ -53,17 +66,15 @@ pub fn parse_search(stage: &RawDocument) -> Result<SearchStage, Error> {
                     "\"$search.{key}\" is not served by likewise yet"
                 )))
             }
-            (
-                "autocomplete" | "embeddedDocument" | "equals" | "exists" | "geoShape"
-                | "geoWithin" | "in" | "knnBeta" | "moreLikeThis" | "near" | "queryString"
-                | "range" | "regex" | "span" | "wildcard" | "hasAncestor" | "hasRoot",
-                _,
-            ) => {
-                return Err(bad(format!(
-                    "the $search operator '{key}' is not served by likewise yet (text, phrase \
-                     and compound are)"
-                )))
+            (op, _) if SERVED.contains(&op) => {
+                return Err(bad(format!("\"$search.{op}\" must be a document")))
             }
+            (
+                "autocomplete" | "embeddedDocument" | "geoShape" | "geoWithin" | "knnBeta"
+                | "moreLikeThis" | "near" | "queryString" | "regex" | "span" | "wildcard"
+                | "hasAncestor" | "hasRoot",
+                _,
+            ) => return Err(not_served(key)),
             _ => return Err(bad(format!("\"$search.{key}\" is not a $search option"))),
         }
     }
@@ -203,11 +214,8 @@ fn parse_operator(
                             "each \"compound.{key}\" clause must be one operator"
                         )));
                     };
-                    if !matches!(op, "text" | "phrase" | "compound") {
-                        return Err(bad(format!(
-                            "the $search operator '{op}' is not served by likewise yet (text, \
-                             phrase and compound are)"
-                        )));
+                    if !SERVED.contains(&op) {
+                        return Err(not_served(op));
                     }
                     list.push(parse_operator(op, inner, depth + 1, clauses)?);
                 }
@@ -231,7 +239,123 @@ fn parse_operator(
                 score,
             })
         }
+        "equals" | "in" | "range" | "exists" => parse_value_operator(name, spec),
         other => Err(bad(format!("'{other}' is not a served $search operator"))),
+    }
+}
+
+/// `equals: {path, value}`, `in: {path, value: [..]}`, `range: {path,
+/// gt|gte, lt|lte}` and `exists: {path}`, each with an optional `score`
+/// (Atlas's shapes; `path` is one field name).
+fn parse_value_operator(name: &str, spec: &RawDocument) -> Result<Operator, Error> {
+    let mut path = None;
+    let mut value = None;
+    let mut score = None;
+    let (mut lower, mut upper) = (Bound::Unbounded, Bound::Unbounded);
+    for (key, v) in spec.iter().flatten() {
+        match (name, key) {
+            (_, "path") => match v {
+                RawBsonRef::String(p) if !p.is_empty() => path = Some(p.to_string()),
+                _ => return Err(bad(format!("\"{name}.path\" must be a field name"))),
+            },
+            (_, "score") => score = Some(parse_score(v, &format!("{name}.score"))?),
+            ("equals" | "in", "value") => value = Some(v),
+            ("range", "gt" | "gte" | "lt" | "lte") => {
+                let bound = match FieldValue::of(v) {
+                    Some(
+                        x @ (FieldValue::Int(_) | FieldValue::Double(_) | FieldValue::Date(_)),
+                    ) => x,
+                    _ => {
+                        return Err(bad(format!(
+                            "\"range.{key}\" must be a number or a date (ranges over strings and \
+                             objectIds are not served by likewise yet)"
+                        )))
+                    }
+                };
+                let (slot, b) = match key {
+                    "gt" => (&mut lower, Bound::Excluded(bound)),
+                    "gte" => (&mut lower, Bound::Included(bound)),
+                    "lt" => (&mut upper, Bound::Excluded(bound)),
+                    _ => (&mut upper, Bound::Included(bound)),
+                };
+                if !matches!(slot, Bound::Unbounded) {
+                    return Err(bad("\"range\" takes one lower and one upper bound"));
+                }
+                *slot = b;
+            }
+            _ => return Err(bad(format!("\"{name}.{key}\" is not a {name} option"))),
+        }
+    }
+    let path = path.ok_or_else(|| bad(format!("\"{name}.path\" is required")))?;
+    let scalar = |v: RawBsonRef<'_>| {
+        FieldValue::of(v).ok_or_else(|| {
+            bad(format!(
+                "\"{name}.value\" must be a boolean, objectId, number, date or string"
+            ))
+        })
+    };
+    match name {
+        "equals" => Ok(Operator::Equals {
+            value: scalar(value.ok_or_else(|| bad("\"equals.value\" is required"))?)?,
+            path,
+            score,
+        }),
+        "in" => {
+            let values = match value.ok_or_else(|| bad("\"in.value\" is required"))? {
+                RawBsonRef::Array(a) => a
+                    .into_iter()
+                    .map(|v| {
+                        v.map_err(|_| bad("\"in.value\" is malformed"))
+                            .and_then(scalar)
+                    })
+                    .collect::<Result<Vec<_>, _>>()?,
+                one => vec![scalar(one)?],
+            };
+            if values.is_empty() || values.len() > MAX_QUERIES {
+                return Err(bad(format!(
+                    "\"in.value\" must hold 1 to {MAX_QUERIES} values"
+                )));
+            }
+            let kind = |v: &FieldValue| std::mem::discriminant(&normal_kind(v));
+            if values.iter().any(|v| kind(v) != kind(&values[0])) {
+                return Err(bad("\"in.value\" must hold values of one type"));
+            }
+            Ok(Operator::In {
+                path,
+                values,
+                score,
+            })
+        }
+        "range" => {
+            let kind_of = |b: &Bound<FieldValue>| match b {
+                Bound::Included(v) | Bound::Excluded(v) => Some(matches!(v, FieldValue::Date(_))),
+                Bound::Unbounded => None,
+            };
+            match (kind_of(&lower), kind_of(&upper)) {
+                (None, None) => {
+                    return Err(bad("\"range\" needs at least one of gt, gte, lt and lte"))
+                }
+                (Some(a), Some(b)) if a != b => {
+                    return Err(bad("\"range\" bounds must both be numbers or both dates"))
+                }
+                _ => {}
+            }
+            Ok(Operator::Range {
+                path,
+                lower,
+                upper,
+                score,
+            })
+        }
+        _ => Ok(Operator::Exists { path, score }),
+    }
+}
+
+/// Numbers of either width are one kind for `in`.
+fn normal_kind(v: &FieldValue) -> FieldValue {
+    match v {
+        FieldValue::Int(_) | FieldValue::Double(_) => FieldValue::Double(0.0),
+        other => other.clone(),
     }
 }
 
@@ -438,9 +562,27 @@ mod tests {
                 "text.bogus",
             ),
             (
-                rawdoc! { "equals": { "path": "a", "value": 1 } },
-                "'equals'",
+                rawdoc! { "wildcard": { "path": "a", "query": "x*" } },
+                "wildcard",
             ),
+            (
+                rawdoc! { "equals": { "path": "a", "value": [1] } },
+                "equals.value",
+            ),
+            (
+                rawdoc! { "range": { "path": "a", "gt": "b" } },
+                "number or a date",
+            ),
+            (
+                rawdoc! { "range": { "path": "a", "gt": 1, "lt": bson::DateTime::from_millis(5) } },
+                "both be numbers",
+            ),
+            (rawdoc! { "range": { "path": "a" } }, "at least one"),
+            (
+                rawdoc! { "in": { "path": "a", "value": [1, "x"] } },
+                "one type",
+            ),
+            (rawdoc! { "exists": { "path": ["a"] } }, "field name"),
             (
                 rawdoc! { "text": { "query": "a", "path": "p" }, "highlight": { "path": "p" } },
                 "highlight",

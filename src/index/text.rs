@@ -159,12 +159,51 @@ pub struct DocumentMapping {
     pub fields: BTreeMap<String, FieldMapping>,
 }
 
-/// One named field: as a string, as a document, or both (Atlas allows an
-/// array of types per field).
+/// A `token` field's `normalizer`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Normalizer {
+    /// `none`: the string as it is.
+    None,
+    /// `lowercase`.
+    Lowercase,
+}
+
+/// The non-text types a path is indexed as, for `equals`, `range`, `in`
+/// and `exists` (Atlas's `number`, `date`, `boolean`, `objectId` and
+/// `token` field types; a dynamic mapping indexes the first four).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ValueTypes {
+    /// `int32`, `int64` and `double` values, compared as numbers.
+    pub number: bool,
+    pub date: bool,
+    pub boolean: bool,
+    pub object_id: bool,
+    /// Strings kept whole (`token`), with their normalizer.
+    pub token: Option<Normalizer>,
+}
+
+impl ValueTypes {
+    /// What a dynamic mapping indexes besides strings.
+    const DYNAMIC: ValueTypes = ValueTypes {
+        number: true,
+        date: true,
+        boolean: true,
+        object_id: true,
+        token: None,
+    };
+
+    fn any(self) -> bool {
+        self.number || self.date || self.boolean || self.object_id || self.token.is_some()
+    }
+}
+
+/// One named field: as a string, as a document, as values, or several
+/// (Atlas allows an array of types per field).
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct FieldMapping {
     pub string: Option<StringField>,
     pub document: Option<DocumentMapping>,
+    pub values: ValueTypes,
 }
 
 /// What a `search` index definition asks for.
@@ -185,6 +224,26 @@ impl TextSpec {
             analyzer: self.analyzer,
             search_analyzer: self.search_analyzer,
         };
+        self.lookup(path, |f| f.string, dynamic)
+    }
+
+    /// The non-text types the value at `path` is indexed as (`None`: none).
+    pub fn values_at(&self, path: &str) -> Option<ValueTypes> {
+        self.lookup(
+            path,
+            |f| f.values.any().then_some(f.values),
+            ValueTypes::DYNAMIC,
+        )
+    }
+
+    /// What the field mapping `path` (`named` of it), or the dynamic
+    /// mapping covering it (`dynamic`), says.
+    fn lookup<T>(
+        &self,
+        path: &str,
+        of_field: impl Fn(&FieldMapping) -> Option<T>,
+        dynamic: T,
+    ) -> Option<T> {
         let mut mapping = &self.mappings;
         let mut rest = path;
         loop {
@@ -196,7 +255,7 @@ impl TextSpec {
             });
             match named {
                 Some((name, field)) if rest == String::as_str(name) => {
-                    return field.string;
+                    return of_field(field);
                 }
                 Some((name, field)) => match &field.document {
                     Some(inner) => {
@@ -219,7 +278,7 @@ impl TextSpec {
             }
             for (name, field) in &m.fields {
                 let path = format!("{prefix}{name}");
-                if field.string.is_some() {
+                if field.string.is_some() || field.values.any() {
                     // The whole value, so its document fields too (mongod
                     // refuses a projection naming a path and its child).
                     out.push(path);
@@ -290,6 +349,48 @@ pub struct Fuzzy {
     pub max_edits: u8,
 }
 
+/// A value `equals`, `in` and `range` compare with (the BSON types Atlas
+/// indexes for them).
+#[derive(Debug, Clone, PartialEq)]
+pub enum FieldValue {
+    /// `int32` or `int64`.
+    Int(i64),
+    Double(f64),
+    /// Milliseconds since the Unix epoch.
+    Date(i64),
+    Boolean(bool),
+    ObjectId([u8; 12]),
+    /// Compared with `token` fields.
+    String(String),
+}
+
+impl FieldValue {
+    /// The key prefix of the values of this kind in the values field.
+    fn kind(&self) -> char {
+        match self {
+            FieldValue::Int(_) | FieldValue::Double(_) => 'n',
+            FieldValue::Date(_) => 'd',
+            FieldValue::Boolean(_) => 'b',
+            FieldValue::ObjectId(_) => 'o',
+            FieldValue::String(_) => 't',
+        }
+    }
+
+    /// The value of a BSON value, if it is of a kind Atlas compares.
+    pub fn of(value: RawBsonRef<'_>) -> Option<FieldValue> {
+        Some(match value {
+            RawBsonRef::Int32(i) => FieldValue::Int(i64::from(i)),
+            RawBsonRef::Int64(i) => FieldValue::Int(i),
+            RawBsonRef::Double(d) if d.is_finite() => FieldValue::Double(d),
+            RawBsonRef::DateTime(d) => FieldValue::Date(d.timestamp_millis()),
+            RawBsonRef::Boolean(b) => FieldValue::Boolean(b),
+            RawBsonRef::ObjectId(o) => FieldValue::ObjectId(o.bytes()),
+            RawBsonRef::String(s) => FieldValue::String(s.to_string()),
+            _ => return None,
+        })
+    }
+}
+
 /// A `$search` operator.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Operator {
@@ -308,6 +409,33 @@ pub enum Operator {
         query: Vec<String>,
         paths: Vec<SearchPath>,
         slop: u32,
+        score: Option<ScoreModifier>,
+    },
+    /// `equals`: documents whose value at `path` is `value` (a string
+    /// value compares with a `token` field); score 1.
+    Equals {
+        path: String,
+        value: FieldValue,
+        score: Option<ScoreModifier>,
+    },
+    /// `in`: documents whose value at `path` is any of `values`; score 1.
+    In {
+        path: String,
+        values: Vec<FieldValue>,
+        score: Option<ScoreModifier>,
+    },
+    /// `range`: numbers or dates within the bounds (both of one kind);
+    /// score 1.
+    Range {
+        path: String,
+        lower: std::ops::Bound<FieldValue>,
+        upper: std::ops::Bound<FieldValue>,
+        score: Option<ScoreModifier>,
+    },
+    /// `exists`: documents with an indexed value at `path` (or under it);
+    /// score 1.
+    Exists {
+        path: String,
         score: Option<ScoreModifier>,
     },
     /// `compound`: Lucene's boolean query. `filter` clauses must match
@@ -346,6 +474,12 @@ pub struct TextIndex {
     spec: TextSpec,
     index: Index,
     id_field: Field,
+    /// Non-text values by kind and path (`n:price`, `d:released`, ...):
+    /// indexed whole, and fast for ranges.
+    values_field: Field,
+    /// Every indexed path of a document and the paths above it, whole
+    /// (for `exists`).
+    present_field: Field,
     /// `None` after a failed commit left the writer unusable, until `clear`.
     writer: Mutex<Option<IndexWriter>>,
     reader: IndexReader,
@@ -365,6 +499,20 @@ impl TextIndex {
         let mut schema = Schema::builder();
         let id_field =
             schema.add_bytes_field("_id", BytesOptions::default().set_indexed().set_stored());
+        let whole = TextFieldIndexing::default()
+            .set_tokenizer("raw")
+            .set_index_option(IndexRecordOption::Basic);
+        let values_field = schema.add_json_field(
+            "values",
+            JsonObjectOptions::default()
+                .set_indexing_options(whole.clone())
+                .set_fast("raw")
+                .set_expand_dots_enabled(),
+        );
+        let present_field = schema.add_text_field(
+            "present",
+            TextOptions::default().set_indexing_options(whole),
+        );
         // Paths met while indexing a dynamic mapping (all analyzed with the
         // index's analyzer) draw on a pool of fields, then share one.
         let (mut free, mut overflow) = (Vec::new(), None);
@@ -402,6 +550,8 @@ impl TextIndex {
             spec,
             index,
             id_field,
+            values_field,
+            present_field,
             writer: Mutex::new(Some(writer)),
             reader,
             slots: Mutex::new(Slots {
@@ -546,20 +696,38 @@ impl TextIndex {
     }
 
     fn to_tantivy(&self, id: RawBsonRef<'_>, doc: &RawDocument) -> TantivyDocument {
-        let mut strings: Vec<(String, String)> = Vec::new();
-        collect_strings(doc, "", 0, &mut strings);
+        let mut leaves = Vec::new();
+        collect_leaves(doc, "", 0, &mut leaves);
         let mut out = TantivyDocument::default();
         out.add_bytes(self.id_field, &canonical(id));
         let mut overflow: BTreeMap<String, Vec<OwnedValue>> = BTreeMap::new();
+        let mut values: BTreeMap<String, Vec<OwnedValue>> = BTreeMap::new();
+        let mut present = std::collections::BTreeSet::new();
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        for (path, value) in strings {
-            match self.slot_for(&mut slots, &path) {
-                Some(Slot::Field(field)) => out.add_text(field, value),
-                Some(Slot::Overflow(_)) => overflow
-                    .entry(path)
-                    .or_default()
-                    .push(OwnedValue::Str(value)),
-                None => {}
+        for (path, value) in leaves {
+            let mut indexed = false;
+            if let RawBsonRef::String(text) = value {
+                match self.slot_for(&mut slots, &path) {
+                    Some(Slot::Field(field)) => out.add_text(field, text),
+                    Some(Slot::Overflow(_)) => overflow
+                        .entry(path.clone())
+                        .or_default()
+                        .push(OwnedValue::Str(text.to_string())),
+                    None => {}
+                }
+                indexed = slots.by_path.contains_key(&path);
+            }
+            if let Some((key, v)) = self.value_entry(&path, value) {
+                values.entry(key).or_default().push(v);
+                indexed = true;
+            }
+            if indexed {
+                let mut at = 0;
+                while let Some(dot) = path[at..].find('.') {
+                    present.insert(path[..at + dot].to_string());
+                    at += dot + 1;
+                }
+                present.insert(path);
             }
         }
         if let (Some(field), false) = (slots.overflow, overflow.is_empty()) {
@@ -569,7 +737,77 @@ impl TextIndex {
                 .collect();
             out.add_object(field, object);
         }
+        if !values.is_empty() {
+            let object = values
+                .into_iter()
+                .map(|(key, values)| (key, OwnedValue::Array(values)))
+                .collect();
+            out.add_object(self.values_field, object);
+        }
+        for path in present {
+            out.add_text(self.present_field, path);
+        }
         out
+    }
+
+    /// Where a non-text value at `path` goes in the values field, if the
+    /// mapping indexes it: its key (`kind:path`) and value.
+    fn value_entry(&self, path: &str, value: RawBsonRef<'_>) -> Option<(String, OwnedValue)> {
+        let types = self.spec.values_at(path)?;
+        let value = FieldValue::of(value)?;
+        let owned = match &value {
+            FieldValue::Int(i) if types.number => OwnedValue::I64(*i),
+            FieldValue::Double(d) if types.number => OwnedValue::F64(*d),
+            FieldValue::Date(ms) if types.date => OwnedValue::I64(*ms),
+            FieldValue::Boolean(b) if types.boolean => OwnedValue::Bool(*b),
+            FieldValue::ObjectId(o) if types.object_id => OwnedValue::Str(hex(o)),
+            FieldValue::String(s) => OwnedValue::Str(normalized(types.token?, s)),
+            _ => return None,
+        };
+        Some((format!("{}:{path}", value.kind()), owned))
+    }
+
+    /// The term of `value` at `path` in the values field, as indexing
+    /// wrote it (tantivy stores an integral double as an integer).
+    fn value_term(&self, path: &str, value: &FieldValue) -> Term {
+        let key = format!("{}:{path}", value.kind());
+        let mut term = Term::from_field_json_path(self.values_field, &key, true);
+        match value {
+            FieldValue::Int(i) | FieldValue::Date(i) => term.append_type_and_fast_value(*i),
+            FieldValue::Double(d) => {
+                if d.fract() == 0.0 && *d >= -(2f64.powi(63)) && *d < 2f64.powi(63) {
+                    term.append_type_and_fast_value(*d as i64)
+                } else if d.fract() == 0.0 && *d >= 0.0 && *d < 2f64.powi(64) {
+                    term.append_type_and_fast_value(*d as u64)
+                } else {
+                    term.append_type_and_fast_value(*d)
+                }
+            }
+            FieldValue::Boolean(b) => term.append_type_and_fast_value(*b),
+            FieldValue::ObjectId(o) => term.append_type_and_str(&hex(o)),
+            FieldValue::String(s) => {
+                let normalizer = self
+                    .spec
+                    .values_at(path)
+                    .and_then(|t| t.token)
+                    .unwrap_or(Normalizer::None);
+                term.append_type_and_str(&normalized(normalizer, s))
+            }
+        }
+        term
+    }
+
+    /// A range bound's term: numbers as doubles (the fast-field range
+    /// compares them with a column of either kind), dates as milliseconds.
+    fn bound_term(&self, path: &str, value: &FieldValue) -> Term {
+        let key = format!("{}:{path}", value.kind());
+        let mut term = Term::from_field_json_path(self.values_field, &key, true);
+        match value {
+            FieldValue::Int(i) => term.append_type_and_fast_value(*i as f64),
+            FieldValue::Double(d) => term.append_type_and_fast_value(*d),
+            _ => return self.value_term(path, value),
+        }
+        term
     }
 
     /// The slot of `path` when it is indexed, assigning a dynamic path one
@@ -725,6 +963,53 @@ impl TextIndex {
                 }
                 (boolean_or_empty(per_path), score)
             }
+            Operator::Equals { path, value, score } => {
+                spend(budget, 1)?;
+                let term = self.value_term(path, value);
+                (
+                    constant_one(Box::new(TermQuery::new(term, IndexRecordOption::Basic))),
+                    score,
+                )
+            }
+            Operator::In {
+                path,
+                values,
+                score,
+            } => {
+                spend(budget, values.len())?;
+                let clauses = values
+                    .iter()
+                    .map(|v| {
+                        let term = self.value_term(path, v);
+                        let q: Box<dyn Query> =
+                            Box::new(TermQuery::new(term, IndexRecordOption::Basic));
+                        (Occur::Should, q)
+                    })
+                    .collect();
+                (constant_one(boolean_or_empty(clauses)), score)
+            }
+            Operator::Range {
+                path,
+                lower,
+                upper,
+                score,
+            } => {
+                spend(budget, 1)?;
+                let term = |v: &FieldValue| self.bound_term(path, v);
+                let query = tantivy::query::RangeQuery::new(
+                    lower.as_ref().map(term),
+                    upper.as_ref().map(term),
+                );
+                (constant_one(Box::new(query)), score)
+            }
+            Operator::Exists { path, score } => {
+                spend(budget, 1)?;
+                let term = Term::from_field_text(self.present_field, path);
+                (
+                    constant_one(Box::new(TermQuery::new(term, IndexRecordOption::Basic))),
+                    score,
+                )
+            }
             Operator::Compound {
                 must,
                 must_not,
@@ -798,6 +1083,24 @@ fn open_writer(index: &Index) -> Result<IndexWriter, String> {
         .map_err(|e| format!("cannot open the text index's writer: {e}"))
 }
 
+/// Atlas's score of a matching `equals`, `in`, `range` or `exists`: 1
+/// (times tantivy's factor, divided out at the end).
+fn constant_one(query: Box<dyn Query>) -> Box<dyn Query> {
+    Box::new(ConstScoreQuery::new(query, TANTIVY_BM25_FACTOR))
+}
+
+/// An ObjectId's lower-case hex.
+fn hex(bytes: &[u8; 12]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn normalized(normalizer: Normalizer, s: &str) -> String {
+    match normalizer {
+        Normalizer::None => s.to_string(),
+        Normalizer::Lowercase => s.to_lowercase(),
+    }
+}
+
 fn boolean_or_empty(clauses: Vec<(Occur, Box<dyn Query>)>) -> Box<dyn Query> {
     if clauses.is_empty() {
         Box::new(EmptyQuery)
@@ -806,9 +1109,14 @@ fn boolean_or_empty(clauses: Vec<(Occur, Box<dyn Query>)>) -> Box<dyn Query> {
     }
 }
 
-/// Every string of `doc` with its dotted path (array items under their
+/// Every scalar of `doc` with its dotted path (array items under their
 /// array's path), `_id` excluded.
-fn collect_strings(doc: &RawDocument, prefix: &str, depth: usize, out: &mut Vec<(String, String)>) {
+fn collect_leaves<'a>(
+    doc: &'a RawDocument,
+    prefix: &str,
+    depth: usize,
+    out: &mut Vec<(String, RawBsonRef<'a>)>,
+) {
     if depth > MAX_DEPTH {
         return;
     }
@@ -821,16 +1129,22 @@ fn collect_strings(doc: &RawDocument, prefix: &str, depth: usize, out: &mut Vec<
     }
 }
 
-fn collect_value(value: RawBsonRef<'_>, path: &str, depth: usize, out: &mut Vec<(String, String)>) {
+fn collect_value<'a>(
+    value: RawBsonRef<'a>,
+    path: &str,
+    depth: usize,
+    out: &mut Vec<(String, RawBsonRef<'a>)>,
+) {
     match value {
-        RawBsonRef::String(s) => out.push((path.to_string(), s.to_string())),
-        RawBsonRef::Document(d) => collect_strings(d, &format!("{path}."), depth + 1, out),
-        RawBsonRef::Array(a) if depth < MAX_DEPTH => {
-            for item in a.into_iter().flatten() {
-                collect_value(item, path, depth + 1, out);
+        RawBsonRef::Document(d) => collect_leaves(d, &format!("{path}."), depth + 1, out),
+        RawBsonRef::Array(a) => {
+            if depth < MAX_DEPTH {
+                for item in a.into_iter().flatten() {
+                    collect_value(item, path, depth + 1, out);
+                }
             }
         }
-        _ => {}
+        other => out.push((path.to_string(), other)),
     }
 }
 
@@ -945,6 +1259,105 @@ mod tests {
             .find(|(id, _)| id == &RawBson::Int32(3))
             .unwrap();
         assert!((three.1 - expected_3).abs() < 1e-5);
+    }
+
+    #[test]
+    fn equals_in_range_and_exists_compare_typed_values() {
+        let oid = bson::oid::ObjectId::from_bytes([7; 12]);
+        let day = |d: i64| bson::DateTime::from_millis(d * 86_400_000);
+        let docs = [
+            rawdoc! { "_id": 1, "n": 3, "on": true, "at": day(1), "o": oid, "t": "Red", "s": "x" },
+            rawdoc! { "_id": 2, "n": 3.5, "on": false, "at": day(2), "t": "blue", "sub": { "k": 1 } },
+            rawdoc! { "_id": 3, "n": 10_i64, "at": day(3), "t": "RED", "tags": [4, 5] },
+        ];
+        let mut spec = dynamic(Analyzer::Standard);
+        spec.mappings.fields.insert(
+            "t".into(),
+            FieldMapping {
+                values: ValueTypes {
+                    token: Some(Normalizer::Lowercase),
+                    ..ValueTypes::default()
+                },
+                ..FieldMapping::default()
+            },
+        );
+        let index = index_of(spec, &docs);
+        let run = |op: Operator| {
+            let (hits, _) = index.search(&op, 10).unwrap();
+            assert!(hits.iter().all(|(_, s)| (s - 1.0).abs() < 1e-6), "{hits:?}");
+            let mut got = ids(&hits);
+            got.sort();
+            got
+        };
+        let equals = |path: &str, value| Operator::Equals {
+            path: path.into(),
+            value,
+            score: None,
+        };
+        assert_eq!(run(equals("n", FieldValue::Int(3))), vec![1]);
+        // An integral double equals the integer.
+        assert_eq!(run(equals("n", FieldValue::Double(10.0))), vec![3]);
+        assert_eq!(run(equals("n", FieldValue::Double(3.5))), vec![2]);
+        assert_eq!(run(equals("on", FieldValue::Boolean(false))), vec![2]);
+        assert_eq!(run(equals("o", FieldValue::ObjectId([7; 12]))), vec![1]);
+        assert_eq!(run(equals("at", FieldValue::Date(2 * 86_400_000))), vec![2]);
+        assert_eq!(
+            run(equals("t", FieldValue::String("RED".into()))),
+            vec![1, 3]
+        );
+        assert_eq!(run(equals("tags", FieldValue::Int(5))), vec![3]);
+        // A string is not a token under a dynamic mapping.
+        assert_eq!(
+            run(equals("s", FieldValue::String("x".into()))),
+            Vec::<i32>::new()
+        );
+        let values = vec![FieldValue::Int(10), FieldValue::Double(3.5)];
+        assert_eq!(
+            run(Operator::In {
+                path: "n".into(),
+                values,
+                score: None
+            }),
+            vec![2, 3]
+        );
+        let range = |lower, upper| Operator::Range {
+            path: "n".into(),
+            lower,
+            upper,
+            score: None,
+        };
+        use std::ops::Bound::*;
+        assert_eq!(
+            run(range(Excluded(FieldValue::Int(3)), Unbounded)),
+            vec![2, 3]
+        );
+        assert_eq!(
+            run(range(
+                Included(FieldValue::Int(3)),
+                Excluded(FieldValue::Double(10.0))
+            )),
+            vec![1, 2]
+        );
+        assert_eq!(
+            run(range(Unbounded, Included(FieldValue::Double(3.25)))),
+            vec![1]
+        );
+        let dates = Operator::Range {
+            path: "at".into(),
+            lower: Included(FieldValue::Date(2 * 86_400_000)),
+            upper: Unbounded,
+            score: None,
+        };
+        assert_eq!(run(dates), vec![2, 3]);
+        let exists = |path: &str| Operator::Exists {
+            path: path.into(),
+            score: None,
+        };
+        assert_eq!(run(exists("o")), vec![1]);
+        assert_eq!(run(exists("sub")), vec![2]);
+        assert_eq!(run(exists("sub.k")), vec![2]);
+        assert_eq!(run(exists("s")), vec![1]);
+        assert_eq!(run(exists("none")), Vec::<i32>::new());
     }
 
     #[test]
@@ -1083,7 +1496,7 @@ mod tests {
                     analyzer: Analyzer::Keyword,
                     search_analyzer: Analyzer::Keyword,
                 }),
-                document: None,
+                ..FieldMapping::default()
             },
         );
         let spec = TextSpec {

@@ -181,10 +181,80 @@ def test_static_mappings_and_analyzers(client):
     assert [d["_id"] for d in stemmed] == [1]
 
 
+def test_equals_in_range_and_exists_on_typed_fields(client):
+    """Atlas's non-text field types and the operators that compare them,
+    alone and as `compound` filters, each matching document scoring 1."""
+    import datetime
+
+    from bson import ObjectId
+
+    coll = client.full_text.typed
+    coll.drop()
+    owner = ObjectId()
+    day = lambda d: datetime.datetime(2026, 1, d, tzinfo=datetime.timezone.utc)
+    coll.insert_many([
+        {"_id": 1, "title": "red shoes", "price": 30, "sold": day(3), "stock": True,
+         "owner": owner, "sku": "AB-1", "tags": ["new", "sale"]},
+        {"_id": 2, "title": "red hat", "price": 12.5, "sold": day(5), "stock": False,
+         "sku": "ab-2"},
+        {"_id": 3, "title": "blue shoes", "price": 99, "sold": day(9), "stock": True,
+         "sku": "AB-3", "extra": {"size": 42}},
+    ])
+    coll.create_search_index(SearchIndexModel(
+        {"mappings": {"dynamic": False, "fields": {
+            "title": {"type": "string"},
+            "price": {"type": "number"},
+            "sold": {"type": "date"},
+            "stock": {"type": "boolean"},
+            "owner": {"type": "objectId"},
+            "sku": [{"type": "token", "normalizer": "lowercase"}, {"type": "string"}],
+            "extra": {"type": "document", "fields": {"size": {"type": "number"}}}}}},
+        name="typed"))
+    wait_ready(coll, "typed")
+
+    def ids(operator):
+        got = search(coll, operator, {"$project": {"s": SCORE}}, index="typed")
+        assert all(d["s"] == pytest.approx(1.0) for d in got), got
+        return sorted(d["_id"] for d in got)
+
+    assert ids({"equals": {"path": "price", "value": 30}}) == [1]
+    assert ids({"equals": {"path": "price", "value": 30.0}}) == [1]
+    assert ids({"equals": {"path": "stock", "value": False}}) == [2]
+    assert ids({"equals": {"path": "owner", "value": owner}}) == [1]
+    assert ids({"equals": {"path": "sold", "value": day(5)}}) == [2]
+    assert ids({"equals": {"path": "sku", "value": "AB-2"}}) == [2]
+    assert ids({"in": {"path": "price", "value": [12.5, 99]}}) == [2, 3]
+    assert ids({"in": {"path": "sku", "value": ["ab-1", "AB-3", "zz"]}}) == [1, 3]
+    assert ids({"range": {"path": "price", "gt": 12.5, "lte": 99}}) == [1, 3]
+    assert ids({"range": {"path": "price", "lt": 30}}) == [2]
+    assert ids({"range": {"path": "sold", "gte": day(4), "lt": day(9)}}) == [2]
+    assert ids({"range": {"path": "extra.size", "gte": 40}}) == [3]
+    assert ids({"exists": {"path": "owner"}}) == [1]
+    assert ids({"exists": {"path": "extra"}}) == [3]
+    # Unmapped paths are not indexed, so nothing exists there.
+    assert ids({"exists": {"path": "tags"}}) == []
+    # As filters: the text clause alone scores.
+    got = search(coll, {"compound": {
+        "must": [{"text": {"query": "shoes", "path": "title"}}],
+        "filter": [{"equals": {"path": "stock", "value": True}},
+                   {"range": {"path": "price", "lt": 50}}]}},
+        {"$project": {"s": SCORE}}, index="typed")
+    assert [d["_id"] for d in got] == [1]
+    only_text = search(coll, {"text": {"query": "shoes", "path": "title"}},
+                       {"$project": {"s": SCORE}}, index="typed")
+    assert got[0]["s"] == pytest.approx(next(d["s"] for d in only_text if d["_id"] == 1))
+    boosted = search(coll, {"equals": {"path": "price", "value": 30, "score": {"boost": {"value": 3}}}},
+                     {"$project": {"s": SCORE}}, index="typed")
+    assert boosted == [{"_id": 1, "s": pytest.approx(3.0)}]
+    # Writes are compared at once.
+    coll.update_one({"_id": 2}, {"$set": {"price": 31}})
+    assert ids({"range": {"path": "price", "gt": 30, "lt": 32}}) == [2]
+
+
 def test_refusals_are_mongodb_shaped(articles, client):
     with pytest.raises(OperationFailure) as e:
-        search(articles, {"equals": {"path": "n", "value": 1}})
-    assert e.value.code == 2 and "'equals'" in str(e.value)
+        search(articles, {"wildcard": {"path": "n", "query": "a*"}})
+    assert e.value.code == 2 and "'wildcard'" in str(e.value)
     with pytest.raises(OperationFailure) as e:
         list(articles.aggregate([{"$match": {}}, {"$search": {"text": {"query": "a", "path": "b"}}}]))
     assert e.value.code == 40602
