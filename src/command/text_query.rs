@@ -4,7 +4,8 @@
 //! those. Options likewise does not serve yet are refused by name.
 
 use crate::error::{Code, Error};
-use crate::index::text::{FieldValue, Fuzzy, Operator, ScoreModifier, SearchPath};
+use crate::index::text::{Facet, FieldValue, Fuzzy, Operator, ScoreModifier, SearchPath};
+use bson::RawBson;
 use bson::{RawBsonRef, RawDocument};
 use std::ops::Bound;
 
@@ -37,12 +38,16 @@ pub struct SearchStage {
     /// The index searched (Atlas's default: `"default"`).
     pub index: String,
     pub operator: Operator,
+    /// `count: {type: "total"}` (else `$$SEARCH_META` gives a
+    /// `lowerBound`, Atlas's default).
+    pub total: bool,
 }
 
 /// Reads a `$search` stage's document.
 pub fn parse_search(stage: &RawDocument) -> Result<SearchStage, Error> {
     let mut index = "default".to_string();
     let mut operator = None;
+    let mut total = false;
     let mut clauses = 0;
     for (key, value) in stage.iter().flatten() {
         match (key, value) {
@@ -51,6 +56,7 @@ pub fn parse_search(stage: &RawDocument) -> Result<SearchStage, Error> {
             ("returnStoredSource" | "scoreDetails", RawBsonRef::Boolean(false)) => {}
             // A hint to run segments in parallel; results are the same.
             ("concurrent", RawBsonRef::Boolean(_)) => {}
+            ("count", RawBsonRef::Document(count)) => total = parse_count(count)?,
             (op, RawBsonRef::Document(spec)) if SERVED.contains(&op) => {
                 if operator.is_some() {
                     return Err(bad("$search takes exactly one operator"));
@@ -58,8 +64,8 @@ pub fn parse_search(stage: &RawDocument) -> Result<SearchStage, Error> {
                 operator = Some(parse_operator(key, spec, 0, &mut clauses)?);
             }
             (
-                "highlight" | "count" | "sort" | "returnStoredSource" | "scoreDetails"
-                | "searchAfter" | "searchBefore" | "tracking",
+                "highlight" | "sort" | "returnStoredSource" | "scoreDetails" | "searchAfter"
+                | "searchBefore" | "tracking",
                 _,
             ) => {
                 return Err(bad(format!(
@@ -79,7 +85,229 @@ pub fn parse_search(stage: &RawDocument) -> Result<SearchStage, Error> {
         }
     }
     let operator = operator.ok_or_else(|| bad("$search needs an operator"))?;
-    Ok(SearchStage { index, operator })
+    Ok(SearchStage {
+        index,
+        operator,
+        total,
+    })
+}
+
+/// Most facets one `$searchMeta` computes.
+const MAX_FACETS: usize = 100;
+/// Most buckets a facet has (Atlas's limit for string facets and
+/// boundaries).
+const MAX_BUCKETS: usize = 1000;
+
+/// A parsed `$searchMeta`: counts and facets of an operator's matches.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SearchMetaStage {
+    pub index: String,
+    /// `None`: every document (a `facet` without an `operator`).
+    pub operator: Option<Operator>,
+    /// `count.type: "total"` (else `lowerBound`, Atlas's default).
+    pub total: bool,
+    /// Named facets, in the order given.
+    pub facets: Vec<(String, Facet)>,
+}
+
+/// Reads a `$searchMeta` stage's document: `{index?, <operator>, count?}`
+/// or `{index?, facet: {operator?, facets: {name: {type: "string" |
+/// "number" | "date", path, numBuckets? | boundaries + default?}}},
+/// count?}`.
+pub fn parse_search_meta(stage: &RawDocument) -> Result<SearchMetaStage, Error> {
+    let mut index = "default".to_string();
+    let mut operator = None;
+    let mut total = false;
+    let mut facets = None;
+    let mut clauses = 0;
+    for (key, value) in stage.iter().flatten() {
+        match (key, value) {
+            ("index", RawBsonRef::String(name)) => index = name.to_string(),
+            ("index", _) => return Err(bad("\"$searchMeta.index\" must be a string")),
+            ("returnStoredSource" | "scoreDetails", RawBsonRef::Boolean(false)) => {}
+            ("concurrent", RawBsonRef::Boolean(_)) => {}
+            ("count", RawBsonRef::Document(count)) => total = parse_count(count)?,
+            ("facet", RawBsonRef::Document(facet)) => {
+                let (op, named) = parse_facet(facet, &mut clauses)?;
+                operator = op.or(operator);
+                facets = Some(named);
+            }
+            (op, RawBsonRef::Document(spec)) if SERVED.contains(&op) => {
+                if operator.is_some() {
+                    return Err(bad("$searchMeta takes exactly one operator"));
+                }
+                operator = Some(parse_operator(op, spec, 0, &mut clauses)?);
+            }
+            (op, _) if SERVED.contains(&op) || op == "count" || op == "facet" => {
+                return Err(bad(format!("\"$searchMeta.{op}\" must be a document")))
+            }
+            _ => {
+                return Err(bad(format!(
+                    "\"$searchMeta.{key}\" is not a $searchMeta option"
+                )))
+            }
+        }
+    }
+    if facets.is_some() && stage.iter().flatten().any(|(k, _)| SERVED.contains(&k)) {
+        return Err(bad(
+            "with \"facet\", $searchMeta takes its operator inside the facet \
+             (facet.operator)",
+        ));
+    }
+    if operator.is_none() && facets.is_none() {
+        return Err(bad("$searchMeta needs an operator or a facet"));
+    }
+    Ok(SearchMetaStage {
+        index,
+        operator,
+        total,
+        facets: facets.unwrap_or_default(),
+    })
+}
+
+/// `count: {type: "lowerBound" | "total", threshold?}`: whether the total.
+fn parse_count(count: &RawDocument) -> Result<bool, Error> {
+    let mut total = false;
+    for (key, value) in count.iter().flatten() {
+        match (key, value) {
+            ("type", RawBsonRef::String("total")) => total = true,
+            ("type", RawBsonRef::String("lowerBound")) => total = false,
+            ("threshold", v) if crate::wire::integer(Some(v)).is_some_and(|n| n > 0) => {}
+            _ => {
+                return Err(bad(format!(
+                    "\"count.{key}\" is not a count option (type: \"lowerBound\" or \"total\", \
+                     threshold)"
+                )))
+            }
+        }
+    }
+    Ok(total)
+}
+
+type Facets = Vec<(String, Facet)>;
+
+fn parse_facet(
+    facet: &RawDocument,
+    clauses: &mut usize,
+) -> Result<(Option<Operator>, Facets), Error> {
+    let mut operator = None;
+    let mut out = Vec::new();
+    for (key, value) in facet.iter().flatten() {
+        match (key, value) {
+            ("operator", RawBsonRef::Document(op)) => {
+                let mut fields = op.iter();
+                let (Some(Ok((name, RawBsonRef::Document(spec)))), None) =
+                    (fields.next(), fields.next())
+                else {
+                    return Err(bad("\"facet.operator\" must be one operator"));
+                };
+                if !SERVED.contains(&name) {
+                    return Err(not_served(name));
+                }
+                operator = Some(parse_operator(name, spec, 0, clauses)?);
+            }
+            ("facets", RawBsonRef::Document(facets)) => {
+                for (name, spec) in facets.iter().flatten() {
+                    if out.len() == MAX_FACETS {
+                        return Err(bad(format!("at most {MAX_FACETS} facets")));
+                    }
+                    let RawBsonRef::Document(spec) = spec else {
+                        return Err(bad(format!("facet '{name}' must be a document")));
+                    };
+                    out.push((name.to_string(), parse_one_facet(name, spec)?));
+                }
+            }
+            _ => return Err(bad(format!("\"facet.{key}\" is not a facet option"))),
+        }
+    }
+    if out.is_empty() {
+        return Err(bad("\"facet.facets\" must name at least one facet"));
+    }
+    Ok((operator, out))
+}
+
+fn parse_one_facet(name: &str, spec: &RawDocument) -> Result<Facet, Error> {
+    let kind = spec.get_str("type").map_err(|_| {
+        bad(format!(
+            "facet '{name}' needs a type: string, number or date"
+        ))
+    })?;
+    let path = spec
+        .get_str("path")
+        .map_err(|_| bad(format!("facet '{name}' needs a string 'path'")))?
+        .to_string();
+    let mut num_buckets = 10;
+    let mut boundaries = None;
+    let mut default = None;
+    for (key, value) in spec.iter().flatten() {
+        match (kind, key) {
+            (_, "type" | "path") => {}
+            ("string", "numBuckets") => {
+                num_buckets = crate::wire::integer(Some(value))
+                    .and_then(|n| usize::try_from(n).ok())
+                    .filter(|n| (1..=MAX_BUCKETS).contains(n))
+                    .ok_or_else(|| {
+                        bad(format!(
+                            "facet '{name}': numBuckets must be 1 to {MAX_BUCKETS}"
+                        ))
+                    })?
+            }
+            ("number" | "date", "boundaries") => boundaries = Some(value),
+            ("number" | "date", "default") => match value {
+                RawBsonRef::String(d) => default = Some(d.to_string()),
+                _ => return Err(bad(format!("facet '{name}': default must be a string"))),
+            },
+            ("string" | "number" | "date", _) => {
+                return Err(bad(format!(
+                    "\"{key}\" is not an option of {kind} facet '{name}'"
+                )))
+            }
+            _ => {
+                return Err(bad(format!(
+                    "facet '{name}' has type '{kind}': facets are string, number or date"
+                )))
+            }
+        }
+    }
+    if kind == "string" {
+        return Ok(Facet::String { path, num_buckets });
+    }
+    let Some(RawBsonRef::Array(given)) = boundaries else {
+        return Err(bad(format!(
+            "{kind} facet '{name}' needs a 'boundaries' array"
+        )));
+    };
+    let mut bounds: Vec<(f64, RawBson)> = Vec::new();
+    for b in given.into_iter().flatten() {
+        let at = match (kind, FieldValue::of(b)) {
+            ("number", Some(FieldValue::Int(i))) => i as f64,
+            ("number", Some(FieldValue::Double(d))) => d,
+            ("date", Some(FieldValue::Date(ms))) => ms as f64,
+            _ => {
+                return Err(bad(format!(
+                    "{kind} facet '{name}': boundaries must all be {kind}s"
+                )))
+            }
+        };
+        if bounds.last().is_some_and(|(last, _)| *last >= at) {
+            return Err(bad(format!(
+                "{kind} facet '{name}': boundaries must be in ascending order"
+            )));
+        }
+        bounds.push((at, b.to_raw_bson()));
+    }
+    if bounds.len() < 2 || bounds.len() > MAX_BUCKETS + 1 {
+        return Err(bad(format!(
+            "{kind} facet '{name}' takes 2 to {} boundaries",
+            MAX_BUCKETS + 1
+        )));
+    }
+    Ok(Facet::Bounded {
+        path,
+        date: kind == "date",
+        boundaries: bounds,
+        default,
+    })
 }
 
 fn parse_operator(

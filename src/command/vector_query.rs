@@ -69,6 +69,9 @@ pub struct VectorQuery {
     /// Asked as `$vectorSearch` (Atlas's answers apply: an index that does
     /// not exist finds nothing), not as the seed's `$like`.
     pub atlas: bool,
+    /// `$search` with `count: {type: "total"}`: `$$SEARCH_META` gives the
+    /// total (else a lower bound).
+    pub count_total: bool,
 }
 
 impl VectorQuery {
@@ -87,6 +90,7 @@ impl VectorQuery {
             packed_bits: false,
             int8: false,
             atlas: true,
+            count_total: false,
         }
     }
 }
@@ -219,6 +223,7 @@ pub fn parse_vector_search(stage: &RawDocument) -> Result<VectorQuery, Error> {
         packed_bits,
         int8,
         atlas: true,
+        count_total: false,
     })
 }
 
@@ -278,6 +283,7 @@ pub fn parse_like_filter(filter: &RawDocument) -> Result<Option<VectorQuery>, Er
         packed_bits: false,
         int8: false,
         atlas: false,
+        count_total: false,
         index,
         path: None,
         vector,
@@ -412,7 +418,10 @@ mod tests {
 /// `$vectorSearch`, or `$match` with a top-level `$like`.
 pub fn is_vector_stage(stage: &RawDocument) -> bool {
     match stage.iter().next() {
-        Some(Ok(("$vectorSearch" | "$search" | "$rankFusion" | "$scoreFusion", _))) => true,
+        Some(Ok((
+            "$vectorSearch" | "$search" | "$searchMeta" | "$rankFusion" | "$scoreFusion",
+            _,
+        ))) => true,
         Some(Ok(("$match", RawBsonRef::Document(m)))) => m.get("$like").ok().flatten().is_some(),
         _ => false,
     }
@@ -450,7 +459,8 @@ pub fn pipeline_has_vector_stage(stages: &bson::RawArray, depth: usize) -> bool 
                 (i == 0 && is_vector_stage(stage))
                     || match stage.iter().next() {
                         Some(Ok((
-                            "$vectorSearch" | "$search" | "$rankFusion" | "$scoreFusion",
+                            "$vectorSearch" | "$search" | "$searchMeta" | "$rankFusion"
+                            | "$scoreFusion",
                             _,
                         ))) => true,
                         Some(Ok((name, spec))) => sub_pipelines(name, spec)
@@ -527,6 +537,14 @@ fn collect_vector_stages(
                     out.push((collection.to_string(), query));
                 }
             }
+            // Served where it opens the command's pipeline (`ForClient::
+            // search_meta`), before any stage is planned.
+            (0, "$searchMeta", _) => {
+                return Err(bad(
+                    "$searchMeta is served as the first stage of the pipeline, not inside \
+                     $unionWith",
+                ))
+            }
             (_, "$vectorSearch" | "$search" | "$searchMeta", _) if i > 0 => {
                 return Err(Error::client(
                     Code::STAGE_NOT_FIRST,
@@ -588,11 +606,14 @@ pub fn owned_first_stage(stages: &bson::RawArray) -> Result<Option<VectorQuery>,
         ("$search", RawBsonRef::Document(spec)) => {
             let stage = super::text_query::parse_search(spec)?;
             let limit = search_limit(stages);
-            VectorQuery::atlas_stage(
-                Some(stage.index),
-                limit,
-                QueryVector::FullText(Box::new(stage.operator)),
-            )
+            VectorQuery {
+                count_total: stage.total,
+                ..VectorQuery::atlas_stage(
+                    Some(stage.index),
+                    limit,
+                    QueryVector::FullText(Box::new(stage.operator)),
+                )
+            }
         }
         ("$search", _) => return Err(bad("$search must be a document")),
         ("$match", RawBsonRef::Document(filter)) if is_vector_stage(stage) => {

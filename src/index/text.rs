@@ -391,6 +391,28 @@ impl FieldValue {
     }
 }
 
+/// One `$searchMeta` facet (Atlas's `facet` collector).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Facet {
+    /// `type: "string"`: the `num_buckets` most frequent values of a
+    /// `token` path, most frequent first (equal counts by value).
+    String { path: String, num_buckets: usize },
+    /// `type: "number"` or `"date"` (`date` set): documents counted in
+    /// `[b_i, b_i+1)` for consecutive `boundaries` (ascending; numbers, or
+    /// dates as milliseconds, with the BSON value each bucket is named
+    /// by), and in the bucket named `default` when they fall outside.
+    Bounded {
+        path: String,
+        date: bool,
+        boundaries: Vec<(f64, RawBson)>,
+        default: Option<String>,
+    },
+}
+
+/// A facet's buckets: each bucket's `_id` and how many matching documents
+/// fall in it.
+pub type Buckets = Vec<(RawBson, u64)>;
+
 /// A `$search` operator.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Operator {
@@ -693,6 +715,117 @@ impl TextIndex {
             out.push((id, f64::from(score / TANTIVY_BM25_FACTOR)));
         }
         Ok((out, total))
+    }
+
+    /// How many documents match `operator` (every document when `None`),
+    /// and each of `facets`' buckets over them. Errors:
+    /// [`TextError::Query`] as for [`TextIndex::search`].
+    pub fn facets(
+        &self,
+        operator: Option<&Operator>,
+        facets: &[Facet],
+    ) -> Result<(usize, Vec<Buckets>), TextError> {
+        let mut budget = MAX_TERMS;
+        let query: Box<dyn Query> = match operator {
+            Some(op) => self.query(op, &mut budget)?,
+            None => Box::new(tantivy::query::AllQuery),
+        };
+        let searcher = self.reader.searcher();
+        let engine = |e: tantivy::TantivyError| TextError::Engine(format!("facets failed: {e}"));
+        let matched = searcher
+            .search(query.as_ref(), &tantivy::collector::DocSetCollector)
+            .map_err(engine)?;
+        let mut by_segment: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+        for address in &matched {
+            by_segment
+                .entry(address.segment_ord)
+                .or_default()
+                .push(address.doc_id);
+        }
+        let mut out = Vec::with_capacity(facets.len());
+        for facet in facets {
+            out.push(match facet {
+                Facet::String { path, num_buckets } => {
+                    let mut counts: HashMap<String, u64> = HashMap::new();
+                    for (segment, docs) in &by_segment {
+                        let reader = searcher.segment_reader(*segment);
+                        let column = reader
+                            .fast_fields()
+                            .str(&format!("values.t:{path}"))
+                            .map_err(engine)?;
+                        let Some(column) = column else { continue };
+                        let mut value = String::new();
+                        for doc in docs {
+                            let mut ords: Vec<u64> = column.term_ords(*doc).collect();
+                            ords.dedup();
+                            for ord in ords {
+                                value.clear();
+                                if column.ord_to_str(ord, &mut value).unwrap_or(false) {
+                                    *counts.entry(value.clone()).or_default() += 1;
+                                }
+                            }
+                        }
+                    }
+                    let mut buckets: Vec<(String, u64)> = counts.into_iter().collect();
+                    buckets.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+                    buckets.truncate(*num_buckets);
+                    buckets
+                        .into_iter()
+                        .map(|(v, n)| (RawBson::String(v), n))
+                        .collect()
+                }
+                Facet::Bounded {
+                    path,
+                    date,
+                    boundaries,
+                    default,
+                } => {
+                    let kind = if *date { 'd' } else { 'n' };
+                    let name = format!("values.{kind}:{path}");
+                    let mut counts = vec![0u64; boundaries.len().saturating_sub(1) + 1];
+                    for (segment, docs) in &by_segment {
+                        let fast = searcher.segment_reader(*segment).fast_fields();
+                        let i64s = fast.column_opt::<i64>(&name).map_err(engine)?;
+                        let u64s = fast.column_opt::<u64>(&name).map_err(engine)?;
+                        let f64s = fast.column_opt::<f64>(&name).map_err(engine)?;
+                        for doc in docs {
+                            let mut values: Vec<f64> = Vec::new();
+                            if let Some(c) = &i64s {
+                                values.extend(c.values_for_doc(*doc).map(|v| v as f64));
+                            }
+                            if let Some(c) = &u64s {
+                                values.extend(c.values_for_doc(*doc).map(|v| v as f64));
+                            }
+                            if let Some(c) = &f64s {
+                                values.extend(c.values_for_doc(*doc));
+                            }
+                            let mut hit = vec![false; counts.len()];
+                            for v in values {
+                                let bucket = boundaries
+                                    .windows(2)
+                                    .position(|w| w[0].0 <= v && v < w[1].0)
+                                    .unwrap_or(counts.len() - 1);
+                                hit[bucket] = true;
+                            }
+                            for (count, hit) in counts.iter_mut().zip(hit) {
+                                *count += u64::from(hit);
+                            }
+                        }
+                    }
+                    let mut buckets: Buckets = boundaries
+                        .iter()
+                        .zip(&counts)
+                        .take(boundaries.len().saturating_sub(1))
+                        .map(|((_, id), n)| (id.clone(), *n))
+                        .collect();
+                    if let Some(name) = default {
+                        buckets.push((RawBson::String(name.clone()), counts[counts.len() - 1]));
+                    }
+                    buckets
+                }
+            });
+        }
+        Ok((matched.len(), out))
     }
 
     fn to_tantivy(&self, id: RawBsonRef<'_>, doc: &RawDocument) -> TantivyDocument {

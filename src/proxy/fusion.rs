@@ -89,6 +89,7 @@ impl ForClient<'_> {
                 ids,
                 scores,
                 details,
+                search_meta: None,
             },
             exact_filter: None,
             encoding: None,

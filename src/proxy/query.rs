@@ -5,10 +5,11 @@
 //! returns.
 
 use super::for_client::*;
+use crate::command::text_query::{parse_search_meta, SearchMetaStage};
 use crate::command::vector_query::{parse_like_filter, vector_stages, QueryVector, VectorQuery};
 use crate::command::VectorKind;
 use crate::error::{Code, Error};
-use crate::index::text::TextError;
+use crate::index::text::{Facet, TextError};
 use crate::index::Similarity;
 use crate::maintain::fresh::IdSet;
 use crate::registry::{SearchIndex, Status};
@@ -58,6 +59,12 @@ impl ForClient<'_> {
         kind: VectorKind,
         body: &RawDocument,
     ) -> Result<Rewritten, Error> {
+        if let Some(meta) = search_meta_stage(kind, body) {
+            return Ok(Rewritten {
+                ranked: self.search_meta(body, meta?).await?,
+                fetch_only: None,
+            });
+        }
         let mut session = InSession::of(body);
         let mut plans = self.plans(kind, body, &mut session).await?;
         // A filter read that began the client's transaction: the command
@@ -80,6 +87,70 @@ impl ForClient<'_> {
             ranked,
             fetch_only: fetch_only.map(|command| (command, plans.swap_remove(0).ranked)),
         })
+    }
+
+    /// An `aggregate` opening with `$searchMeta`: the counts and facets
+    /// computed from the index, as the one document the rest of the
+    /// pipeline runs over, upstream and on the client's connection
+    /// (`{aggregate: 1, pipeline: [{$documents: [meta]}, ...later]}`).
+    async fn search_meta(
+        &mut self,
+        body: &RawDocument,
+        stage: SearchMetaStage,
+    ) -> Result<RawDocumentBuf, Error> {
+        let db = db_of(body)?.to_string();
+        let collection = collection_of(body, "aggregate")?.to_string();
+        if matches!(body.get("autocommit"), Ok(Some(RawBsonRef::Boolean(false)))) {
+            return Err(Error::client(
+                Code::relayed(263, "OperationNotSupportedInTransaction"),
+                "$searchMeta cannot be used in a multi-document transaction",
+            ));
+        }
+        self.authorize(Action::Find, &db, &collection, "aggregate")
+            .await?;
+        let (total, buckets) = match self.resolve(&db, &collection, Some(&stage.index), None, true)
+        {
+            Ok(index) => {
+                let (operator, facets) = (stage.operator.clone(), stage.facets.clone());
+                let facets: Vec<Facet> = facets.into_iter().map(|(_, f)| f).collect();
+                tokio::task::spawn_blocking(move || {
+                    index
+                        .text()
+                        .map(|text| text.facets(operator.as_ref(), &facets))
+                        .unwrap_or_else(|| Ok((0, vec![Vec::new(); facets.len()])))
+                })
+                .await
+                .map_err(|e| Error::internal(format!("$searchMeta failed: {e}")))?
+                .map_err(|e| match e {
+                    TextError::Query(why) => bad(why),
+                    TextError::Engine(why) => Error::internal(why),
+                })?
+            }
+            // Atlas counts nothing in an index that does not exist.
+            Err(e) if e.code.code == Code::INDEX_NOT_FOUND.code => {
+                (0, vec![Vec::new(); stage.facets.len()])
+            }
+            Err(e) => return Err(e),
+        };
+        let total = i64::try_from(total).unwrap_or(i64::MAX);
+        let mut meta = rawdoc! {
+            "count": if stage.total { rawdoc! { "total": total } } else { rawdoc! { "lowerBound": total } },
+        };
+        if !stage.facets.is_empty() {
+            let mut facet = RawDocumentBuf::new();
+            for ((name, _), buckets) in stage.facets.iter().zip(buckets) {
+                let mut list = RawArrayBuf::new();
+                for (id, count) in buckets {
+                    let mut bucket = RawDocumentBuf::new();
+                    bucket.append("_id", id);
+                    bucket.append("count", i64::try_from(count).unwrap_or(i64::MAX));
+                    list.push(bucket);
+                }
+                facet.append(name.as_str(), rawdoc! { "buckets": list });
+            }
+            meta.append("facet", facet);
+        }
+        Ok(rewrite::over_documents(body, vec![meta]))
     }
 
     /// Kills the cursor a fetch-only reply left open (under the same
@@ -131,6 +202,9 @@ impl ForClient<'_> {
                     ),
                 ))
             }
+        }
+        if search_meta_stage(kind, &inner_with_db).is_some() {
+            return Err(bad("explain of $searchMeta is not served by likewise yet"));
         }
         let plans = self
             // An explain runs in no transaction; its session fields are
@@ -319,7 +393,13 @@ impl ForClient<'_> {
                 None
             }
         };
-        let index = match self.resolve(&db, &collection, &query) {
+        let index = match self.resolve(
+            &db,
+            &collection,
+            query.index.as_deref(),
+            query.path.as_deref(),
+            full_text,
+        ) {
             Ok(index) => index,
             // Atlas answers a `$vectorSearch` of an index (or a collection)
             // that does not exist with no documents, not an error.
@@ -355,7 +435,13 @@ impl ForClient<'_> {
                 TextError::Engine(why) => Error::internal(why),
             })?;
             let (hits, matched) = found;
-            let ranked: Ranked = hits.into_iter().collect();
+            let mut ranked: Ranked = hits.into_iter().collect();
+            let count = i64::try_from(matched).unwrap_or(i64::MAX);
+            ranked.search_meta = Some(if query.count_total {
+                rawdoc! { "count": { "total": count } }
+            } else {
+                rawdoc! { "count": { "lowerBound": count } }
+            });
             self.shared
                 .metrics
                 .vector_latency
@@ -400,14 +486,19 @@ impl ForClient<'_> {
         })
     }
 
+    /// The index a query names (`index`; the collection's only one when
+    /// `None`), the part indexing `path` when given, checked queryable and
+    /// of the kind asked for (`full_text`: a `search` index).
     fn resolve(
         &self,
         db: &str,
         collection: &str,
-        query: &VectorQuery,
+        index: Option<&str>,
+        path: Option<&str>,
+        full_text: bool,
     ) -> Result<Arc<SearchIndex>, Error> {
         let registry = &self.shared.registry;
-        let index = match &query.index {
+        let index = match index {
             Some(name) => {
                 let first = registry
                     .find(db, collection, Some(name), None)
@@ -419,7 +510,7 @@ impl ForClient<'_> {
                     })?;
                 // The part indexing the path asked for (several vector
                 // fields make several parts).
-                match &query.path {
+                match path {
                     Some(path) => registry
                         .find_path(db, collection, name, path)
                         .unwrap_or(first),
@@ -458,7 +549,6 @@ impl ForClient<'_> {
                 ),
             ));
         }
-        let full_text = matches!(query.vector, QueryVector::FullText(_));
         if full_text != index.spec.text.is_some() {
             return Err(bad(format!(
                 "search index '{}' is a {} index: {} needs a {} index",
@@ -472,8 +562,8 @@ impl ForClient<'_> {
                 if full_text { "search" } else { "vectorSearch" },
             )));
         }
-        if let Some(path) = &query.path {
-            if path != &index.spec.path {
+        if let Some(path) = path {
+            if path != index.spec.path {
                 return Err(bad(format!(
                     "search index '{}' indexes path '{}', not '{path}'",
                     index.name, index.spec.path
@@ -504,6 +594,23 @@ impl ForClient<'_> {
             }
         }
         Ok(ids)
+    }
+}
+
+/// The `$searchMeta` an `aggregate` opens with, read (`None` when it
+/// opens with anything else).
+fn search_meta_stage(
+    kind: VectorKind,
+    body: &RawDocument,
+) -> Option<Result<SearchMetaStage, Error>> {
+    if kind != VectorKind::Aggregate {
+        return None;
+    }
+    let first = body.get_array("pipeline").ok()?.into_iter().next()?.ok()?;
+    match first.as_document()?.iter().next()?.ok()? {
+        ("$searchMeta", RawBsonRef::Document(spec)) => Some(parse_search_meta(spec)),
+        ("$searchMeta", _) => Some(Err(bad("$searchMeta must be a document"))),
+        _ => None,
     }
 }
 

@@ -25,6 +25,8 @@ pub struct Ranked {
     /// One `{$meta: "scoreDetails"}` document per id, or empty when the
     /// stage was not asked for them.
     pub details: Vec<RawDocumentBuf>,
+    /// What `$$SEARCH_META` holds after a `$search` (`{count: {...}}`).
+    pub search_meta: Option<RawDocumentBuf>,
 }
 
 /// Ranked `(_id, score)` pairs, best first.
@@ -35,6 +37,7 @@ impl FromIterator<(RawBson, f64)> for Ranked {
             ids,
             scores,
             details: Vec::new(),
+            search_meta: None,
         }
     }
 }
@@ -78,6 +81,22 @@ impl Ranked {
                 { "$arrayElemAt": [{ "$literal": values }, "$$likewise_rank"] },
             ] },
         } }
+    }
+
+    /// The value `$$SEARCH_META` or `$$SEARCH_META.a.b` names, when this
+    /// ranking has search metadata (`$$REMOVE`'s missing where the path
+    /// leads nowhere: `None` keeps the reference, as given).
+    fn search_meta_at(&self, reference: &str) -> Option<RawBson> {
+        let meta = self.search_meta.as_ref()?;
+        let rest = reference.strip_prefix("$$SEARCH_META")?;
+        if rest.is_empty() {
+            return Some(RawBson::Document(meta.clone()));
+        }
+        let mut value = RawBsonRef::Document(meta);
+        for key in rest.strip_prefix('.')?.split('.') {
+            value = value.as_document()?.get(key).ok()??;
+        }
+        Some(value.to_raw_bson())
     }
 
     /// The document's `scoreDetails`, looked up like its score.
@@ -158,6 +177,12 @@ impl Ranked {
                 Some(meta) => RawBson::Document(self.meta_expression(meta)),
                 None => RawBson::Document(self.substitute_score(d)),
             },
+            RawBsonRef::String(path) if path.starts_with("$$SEARCH_META") => {
+                match self.search_meta_at(path) {
+                    Some(value) => RawBson::Document(rawdoc! { "$literal": value }),
+                    None => RawBson::String(path.to_string()),
+                }
+            }
             RawBsonRef::Array(a) => {
                 let mut out = RawArrayBuf::new();
                 for item in a.into_iter().flatten() {
@@ -759,8 +784,7 @@ pub fn fusion_expression(
 ) -> RawDocumentBuf {
     let ranked = Ranked {
         ids: ids.to_vec(),
-        scores: Vec::new(),
-        details: Vec::new(),
+        ..Ranked::default()
     };
     let mut vars = RawDocumentBuf::new();
     for (name, values) in per_input {
@@ -781,6 +805,29 @@ pub fn fusion_expression(
     };
     session.apply(&mut command);
     command
+}
+
+/// An `aggregate` whose first stage the proxy answered with `documents`
+/// (`$searchMeta`'s one document): the same command run database-wide
+/// over `{$documents: documents}` (MongoDB 5.1+), then the pipeline's later
+/// stages; every other field (cursor, session, `let`, ...) as it was.
+pub fn over_documents(body: &RawDocument, documents: Vec<RawDocumentBuf>) -> RawDocumentBuf {
+    let mut given = RawArrayBuf::new();
+    for d in documents {
+        given.push(d);
+    }
+    let mut stages = vec![rawdoc! { "$documents": given }];
+    if let Ok(pipeline) = body.get_array("pipeline") {
+        stages.extend(
+            pipeline
+                .into_iter()
+                .skip(1)
+                .flatten()
+                .filter_map(|s| s.as_document().map(|d| d.to_owned())),
+        );
+    }
+    let with_pipeline = with_field(body, "pipeline", pipeline(stages));
+    with_field(&with_pipeline, "aggregate", RawBson::Int32(1))
 }
 
 /// The `_id`s of documents matching `filter`, as a `find` to run upstream.
@@ -943,7 +990,7 @@ mod tests {
         Ranked {
             ids: vec![RawBson::Int32(3), RawBson::String("x".into())],
             scores: vec![0.9, 0.8],
-            details: Vec::new(),
+            ..Ranked::default()
         }
     }
 
@@ -982,7 +1029,7 @@ mod tests {
         let inner = Ranked {
             ids: vec![RawBson::Int32(9)],
             scores: vec![0.5],
-            details: Vec::new(),
+            ..Ranked::default()
         };
         let meta = rawdoc! { "$meta": "vectorSearchScore" };
         let body = rawdoc! {

@@ -251,6 +251,75 @@ def test_equals_in_range_and_exists_on_typed_fields(client):
     assert ids({"range": {"path": "price", "gt": 30, "lt": 32}}) == [2]
 
 
+def test_search_meta_counts_and_facets(client):
+    """`$searchMeta`: `count` and string, number and date facets over an
+    operator's matches (or every document), computed here by hand."""
+    import datetime
+
+    coll = client.full_text.shop
+    coll.drop()
+    when = lambda m: datetime.datetime(2026, m, 1, tzinfo=datetime.timezone.utc)
+    items = [
+        {"_id": 1, "title": "red shoes", "brand": "acme", "price": 30, "added": when(1)},
+        {"_id": 2, "title": "red hat", "brand": "zeta", "price": 12.5, "added": when(2)},
+        {"_id": 3, "title": "blue shoes", "brand": "acme", "price": 99, "added": when(6)},
+        {"_id": 4, "title": "red socks", "brand": ["acme", "bolt"], "price": 5, "added": when(7)},
+        {"_id": 5, "title": "green shirt", "brand": "bolt", "price": 250, "added": when(11)},
+    ]
+    coll.insert_many(items)
+    coll.create_search_index(SearchIndexModel(
+        {"mappings": {"dynamic": True, "fields": {"brand": {"type": "token"}}}}, name="shop"))
+    wait_ready(coll, "shop")
+
+    def meta(spec, *later):
+        return list(coll.aggregate([{"$searchMeta": {"index": "shop", **spec}}, *later]))
+
+    red = {"text": {"query": "red", "path": "title"}}
+    assert meta(red) == [{"count": {"lowerBound": 3}}]
+    assert meta({**red, "count": {"type": "total"}}) == [{"count": {"total": 3}}]
+    got = meta({"facet": {"operator": red, "facets": {
+        "brands": {"type": "string", "path": "brand"},
+        "prices": {"type": "number", "path": "price", "boundaries": [0, 10, 50],
+                   "default": "other"},
+        "months": {"type": "date", "path": "added", "boundaries": [when(1), when(4), when(12)]},
+    }}})
+    assert got == [{"count": {"lowerBound": 3}, "facet": {
+        # acme: 1 and 4; zeta: 2; bolt: 4. Most frequent first, then by value.
+        "brands": {"buckets": [{"_id": "acme", "count": 2}, {"_id": "bolt", "count": 1},
+                               {"_id": "zeta", "count": 1}]},
+        "prices": {"buckets": [{"_id": 0, "count": 1}, {"_id": 10, "count": 2},
+                               {"_id": "other", "count": 0}]},
+        "months": {"buckets": [{"_id": when(1).replace(tzinfo=None), "count": 2},
+                               {"_id": when(4).replace(tzinfo=None), "count": 1}]},
+    }}]
+    # Without an operator: every document; later stages run on the result.
+    everything = meta({"facet": {"facets": {
+        "brands": {"type": "string", "path": "brand", "numBuckets": 1}}}},
+        {"$project": {"top": "$facet.brands.buckets", "n": "$count.lowerBound"}})
+    assert everything == [{"top": [{"_id": "acme", "count": 3}], "n": 5}]
+    assert list(coll.aggregate([{"$searchMeta": {"index": "missing", **red}}])) == [
+        {"count": {"lowerBound": 0}}]
+    with pytest.raises(OperationFailure) as e:
+        meta({"facet": {"facets": {"x": {"type": "number", "path": "price",
+                                         "boundaries": [10, 5]}}}})
+    assert e.value.code == 2 and "ascending" in str(e.value)
+
+
+def test_search_meta_variable_after_search(articles):
+    """`$$SEARCH_META` in later stages: the count of all matches (Atlas's
+    pagination shape), `total` when asked, `lowerBound` by default."""
+    fox = {"text": {"query": "fox", "path": ["title", "body"]}}
+    matches = len(search(articles, fox))
+    assert matches >= 2
+    page = search(articles, {**fox, "count": {"type": "total"}}, {"$limit": 1},
+                  {"$facet": {"docs": [{"$project": {"_id": 1}}],
+                              "meta": [{"$replaceWith": "$$SEARCH_META"}, {"$limit": 1}]}})
+    assert page[0]["meta"] == [{"count": {"total": matches}}]
+    assert len(page[0]["docs"]) == 1
+    got = search(articles, fox, {"$project": {"n": "$$SEARCH_META.count.lowerBound"}})
+    assert {d["n"] for d in got} == {matches}
+
+
 def test_refusals_are_mongodb_shaped(articles, client):
     with pytest.raises(OperationFailure) as e:
         search(articles, {"wildcard": {"path": "n", "query": "a*"}})

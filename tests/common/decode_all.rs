@@ -86,6 +86,9 @@ fn parse_everything(body: &RawDocument) {
                 if let Ok(search) = stage.get_document("$search") {
                     let _ = likewise::command::text_query::parse_search(search);
                 }
+                if let Ok(meta) = stage.get_document("$searchMeta") {
+                    let _ = likewise::command::text_query::parse_search_meta(meta);
+                }
                 if let Ok(matched) = stage.get_document("$match") {
                     let _ = vector_query::parse_like_filter(matched);
                 }
@@ -112,6 +115,7 @@ fn parse_everything(body: &RawDocument) {
             bson::rawdoc! { "value": 0.9 },
             bson::rawdoc! { "value": 0.8 },
         ],
+        search_meta: Some(bson::rawdoc! { "count": { "total": 2 } }),
     };
     let exact = body.get_document("filter").ok();
     if let Ok(stages) = body.get_array("pipeline") {

@@ -13,7 +13,7 @@
 use bson::{rawdoc, RawArrayBuf, RawBson, RawDocumentBuf};
 
 /// How many command forms [`frame`] builds.
-pub const FORMS: usize = 15;
+pub const FORMS: usize = 16;
 
 /// Reads a recipe: form, depth, width and the bytes that fill leaves.
 struct Recipe<'a> {
@@ -143,6 +143,13 @@ pub fn command(form: usize, value: RawBson) -> RawDocumentBuf {
                 "s": [{ "$match": { "a": value.clone() } }, { "$sort": { "a": 1 } }],
             } }, "scoreDetails": true } },
             { "$project": { "s": { "$meta": "score" }, "d": { "$meta": "scoreDetails" }, "deep": value } },
+        ], "cursor": {}, "$db": "t" },
+        14 => rawdoc! { "aggregate": "c", "pipeline": [
+            { "$searchMeta": { "facet": {
+                "operator": { "compound": { "filter": [{ "equals": { "path": "a", "value": value.clone() } }],
+                                            "should": value.clone() } },
+                "facets": { "f": { "type": "number", "path": "n", "boundaries": value.clone() } } } } },
+            { "$project": { "m": "$$SEARCH_META", "deep": value } },
         ], "cursor": {}, "$db": "t" },
         _ => rawdoc! { "insert": "c", "documents": [{ "_id": 1, "deep": value }], "$db": "t" },
     }
