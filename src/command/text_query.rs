@@ -11,13 +11,13 @@ use std::ops::Bound;
 
 /// The operators served.
 const SERVED: &[&str] = &[
-    "text", "phrase", "compound", "equals", "in", "range", "exists",
+    "text", "phrase", "compound", "equals", "in", "range", "exists", "wildcard", "regex",
 ];
 
 fn not_served(op: &str) -> Error {
     bad(format!(
         "the $search operator '{op}' is not served by likewise yet (text, phrase, compound, \
-         equals, in, range and exists are)"
+         equals, in, range, exists, wildcard and regex are)"
     ))
 }
 
@@ -38,9 +38,16 @@ pub struct SearchStage {
     /// The index searched (Atlas's default: `"default"`).
     pub index: String,
     pub operator: Operator,
-    /// `count: {type: "total"}` (else `$$SEARCH_META` gives a
-    /// `lowerBound`, Atlas's default).
-    pub total: bool,
+    /// `count.type`: what `$$SEARCH_META` gives.
+    pub count: Count,
+}
+
+/// `count.type` of `$search` and `$searchMeta`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Count {
+    /// Atlas's default.
+    LowerBound,
+    Total,
 }
 
 /// Reads a `$search` stage's document.
@@ -77,8 +84,7 @@ pub fn parse_search(stage: &RawDocument) -> Result<SearchStage, Error> {
             }
             (
                 "autocomplete" | "embeddedDocument" | "geoShape" | "geoWithin" | "knnBeta"
-                | "moreLikeThis" | "near" | "queryString" | "regex" | "span" | "wildcard"
-                | "hasAncestor" | "hasRoot",
+                | "moreLikeThis" | "near" | "queryString" | "span" | "hasAncestor" | "hasRoot",
                 _,
             ) => return Err(not_served(key)),
             _ => return Err(bad(format!("\"$search.{key}\" is not a $search option"))),
@@ -88,7 +94,11 @@ pub fn parse_search(stage: &RawDocument) -> Result<SearchStage, Error> {
     Ok(SearchStage {
         index,
         operator,
-        total,
+        count: if total {
+            Count::Total
+        } else {
+            Count::LowerBound
+        },
     })
 }
 
@@ -468,6 +478,50 @@ fn parse_operator(
             })
         }
         "equals" | "in" | "range" | "exists" => parse_value_operator(name, spec),
+        "wildcard" | "regex" => {
+            let mut patterns = None;
+            let mut paths = None;
+            let mut allow_analyzed = false;
+            let mut score = None;
+            for (key, value) in spec.iter().flatten() {
+                match key {
+                    "query" => patterns = Some(strings(value, &format!("{name}.query"))?),
+                    "path" => paths = Some(parse_paths(value, &format!("{name}.path"))?),
+                    "allowAnalyzedField" => match value {
+                        RawBsonRef::Boolean(b) => allow_analyzed = b,
+                        _ => {
+                            return Err(bad(format!(
+                                "\"{name}.allowAnalyzedField\" must be a boolean"
+                            )))
+                        }
+                    },
+                    "score" => score = Some(parse_score(value, &format!("{name}.score"))?),
+                    _ => return Err(bad(format!("\"{name}.{key}\" is not a {name} option"))),
+                }
+            }
+            let patterns: Vec<String> = patterns
+                .ok_or_else(|| bad(format!("\"{name}.query\" is required")))?
+                .into_iter()
+                .map(|q| {
+                    if name == "wildcard" {
+                        crate::index::text::wildcard_pattern(&q)
+                    } else {
+                        q
+                    }
+                })
+                .collect();
+            Ok(Operator::Regex {
+                operator: if name == "wildcard" {
+                    "wildcard"
+                } else {
+                    "regex"
+                },
+                patterns,
+                paths: paths.ok_or_else(|| bad(format!("\"{name}.path\" is required")))?,
+                allow_analyzed,
+                score,
+            })
+        }
         other => Err(bad(format!("'{other}' is not a served $search operator"))),
     }
 }
@@ -790,8 +844,12 @@ mod tests {
                 "text.bogus",
             ),
             (
-                rawdoc! { "wildcard": { "path": "a", "query": "x*" } },
-                "wildcard",
+                rawdoc! { "autocomplete": { "path": "a", "query": "x" } },
+                "autocomplete",
+            ),
+            (
+                rawdoc! { "wildcard": { "path": "a", "query": "x*", "bogus": 1 } },
+                "wildcard.bogus",
             ),
             (
                 rawdoc! { "equals": { "path": "a", "value": [1] } },

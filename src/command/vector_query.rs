@@ -69,9 +69,10 @@ pub struct VectorQuery {
     /// Asked as `$vectorSearch` (Atlas's answers apply: an index that does
     /// not exist finds nothing), not as the seed's `$like`.
     pub atlas: bool,
-    /// `$search` with `count: {type: "total"}`: `$$SEARCH_META` gives the
-    /// total (else a lower bound).
-    pub count_total: bool,
+    /// `$search` whose later stages read `$$SEARCH_META`: its count is
+    /// computed, as a `total` (`count: {type: "total"}`) or a lower bound.
+    /// `None`: not read, not counted.
+    pub count: Option<super::text_query::Count>,
 }
 
 impl VectorQuery {
@@ -90,7 +91,7 @@ impl VectorQuery {
             packed_bits: false,
             int8: false,
             atlas: true,
-            count_total: false,
+            count: None,
         }
     }
 }
@@ -223,7 +224,7 @@ pub fn parse_vector_search(stage: &RawDocument) -> Result<VectorQuery, Error> {
         packed_bits,
         int8,
         atlas: true,
-        count_total: false,
+        count: None,
     })
 }
 
@@ -283,7 +284,7 @@ pub fn parse_like_filter(filter: &RawDocument) -> Result<Option<VectorQuery>, Er
         packed_bits: false,
         int8: false,
         atlas: false,
-        count_total: false,
+        count: None,
         index,
         path: None,
         vector,
@@ -585,6 +586,25 @@ fn collect_vector_stages(
     Ok(())
 }
 
+/// Whether stages after the first mention `$$SEARCH_META` (to `depth`
+/// 100).
+fn reads_search_meta(stages: &bson::RawArray, depth: usize) -> bool {
+    fn walk(value: RawBsonRef<'_>, depth: usize) -> bool {
+        match value {
+            _ if depth > 100 => false,
+            RawBsonRef::String(s) => s.starts_with("$$SEARCH_META"),
+            RawBsonRef::Document(d) => d.iter().flatten().any(|(_, v)| walk(v, depth + 1)),
+            RawBsonRef::Array(a) => a.into_iter().flatten().any(|v| walk(v, depth + 1)),
+            _ => false,
+        }
+    }
+    stages
+        .into_iter()
+        .skip(1)
+        .flatten()
+        .any(|stage| walk(stage, depth))
+}
+
 /// The query a pipeline's first stage asks the proxy to answer:
 /// `$vectorSearch`, `$search`, or a `$match` with a top-level `$like`;
 /// `None` when the pipeline opens with anything else.
@@ -607,7 +627,7 @@ pub fn owned_first_stage(stages: &bson::RawArray) -> Result<Option<VectorQuery>,
             let stage = super::text_query::parse_search(spec)?;
             let limit = search_limit(stages);
             VectorQuery {
-                count_total: stage.total,
+                count: reads_search_meta(stages, 0).then_some(stage.count),
                 ..VectorQuery::atlas_stage(
                     Some(stage.index),
                     limit,

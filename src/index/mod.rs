@@ -7,6 +7,7 @@
 pub mod ids;
 pub mod text;
 pub mod vector;
+pub mod words;
 
 pub use likewise_compute::index::*;
 

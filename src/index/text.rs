@@ -15,6 +15,7 @@
 //! has the path.
 
 use crate::index::ids::canonical;
+use crate::index::words::WordTokenizer;
 use bson::{RawBson, RawBsonRef, RawDocument, RawDocumentBuf};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
@@ -28,8 +29,8 @@ use tantivy::schema::{
     TextFieldIndexing, TextOptions, Value,
 };
 use tantivy::tokenizer::{
-    LowerCaser, RawTokenizer, RegexTokenizer, RemoveLongFilter, Stemmer, StopWordFilter,
-    TextAnalyzer, WhitespaceTokenizer,
+    LowerCaser, RawTokenizer, RemoveLongFilter, Stemmer, StopWordFilter, TextAnalyzer,
+    WhitespaceTokenizer,
 };
 use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
 
@@ -107,17 +108,15 @@ impl Analyzer {
     }
 
     fn build(self) -> TextAnalyzer {
-        let words = || RegexTokenizer::new(r"\w+(?:['’.]\w+)*").expect("a valid pattern");
+        let words = WordTokenizer::words;
         match self {
             Analyzer::Standard => TextAnalyzer::builder(words())
                 .filter(RemoveLongFilter::limit(MAX_TOKEN_LENGTH + 1))
                 .filter(LowerCaser)
                 .build(),
-            Analyzer::Simple => {
-                TextAnalyzer::builder(RegexTokenizer::new(r"\p{L}+").expect("a valid pattern"))
-                    .filter(LowerCaser)
-                    .build()
-            }
+            Analyzer::Simple => TextAnalyzer::builder(WordTokenizer::letters())
+                .filter(LowerCaser)
+                .build(),
             Analyzer::Whitespace => TextAnalyzer::builder(WhitespaceTokenizer::default()).build(),
             Analyzer::Keyword => TextAnalyzer::builder(RawTokenizer::default()).build(),
             Analyzer::English => TextAnalyzer::builder(words())
@@ -413,6 +412,9 @@ pub enum Facet {
 /// fall in it.
 pub type Buckets = Vec<(RawBson, u64)>;
 
+/// Search hits: `_id` and Lucene score, best first.
+pub type Hits = Vec<(RawBson, f64)>;
+
 /// A `$search` operator.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Operator {
@@ -452,6 +454,17 @@ pub enum Operator {
         path: String,
         lower: std::ops::Bound<FieldValue>,
         upper: std::ops::Bound<FieldValue>,
+        score: Option<ScoreModifier>,
+    },
+    /// `regex` and `wildcard` (translated to a regular expression): terms
+    /// of `paths` matching any of `patterns` whole; score 1. Unless
+    /// `allow_analyzed`, every path must be analyzed by `lucene.keyword`
+    /// (Atlas's `allowAnalyzedField`).
+    Regex {
+        operator: &'static str,
+        patterns: Vec<String>,
+        paths: Vec<SearchPath>,
+        allow_analyzed: bool,
         score: Option<ScoreModifier>,
     },
     /// `exists`: documents with an indexed value at `path` (or under it);
@@ -684,23 +697,40 @@ impl TextIndex {
     /// Lucene's scores, and how many documents matched in all. Errors:
     /// [`TextError::Query`] past [`MAX_TERMS`] term clauses or for a fuzzy
     /// term longer than [`MAX_FUZZY_TERM`].
-    pub fn search(
+    pub fn search(&self, operator: &Operator, k: usize) -> Result<(Hits, usize), TextError> {
+        let (hits, total) = self.run(operator, k, true)?;
+        Ok((hits, total.unwrap_or(0)))
+    }
+
+    /// [`TextIndex::search`] without the count of all matches, which costs
+    /// a visit of every match (the best `k` alone skip most, by block-max
+    /// WAND).
+    pub fn top(&self, operator: &Operator, k: usize) -> Result<Hits, TextError> {
+        Ok(self.run(operator, k, false)?.0)
+    }
+
+    fn run(
         &self,
         operator: &Operator,
         k: usize,
-    ) -> Result<(Vec<(RawBson, f64)>, usize), TextError> {
+        count: bool,
+    ) -> Result<(Hits, Option<usize>), TextError> {
         let mut budget = MAX_TERMS;
         let query = self.query(operator, &mut budget)?;
         let searcher = self.reader.searcher();
-        let (top, total) = searcher
-            .search(
-                query.as_ref(),
-                &(
-                    TopDocs::with_limit(k.max(1)).order_by_score(),
-                    tantivy::collector::Count,
-                ),
+        let failed = |e: tantivy::TantivyError| TextError::Engine(format!("search failed: {e}"));
+        let best = TopDocs::with_limit(k.max(1)).order_by_score();
+        let (top, total) = if count {
+            let (top, total) = searcher
+                .search(query.as_ref(), &(best, tantivy::collector::Count))
+                .map_err(failed)?;
+            (top, Some(total))
+        } else {
+            (
+                searcher.search(query.as_ref(), &best).map_err(failed)?,
+                None,
             )
-            .map_err(|e| TextError::Engine(format!("search failed: {e}")))?;
+        };
         let mut out = Vec::with_capacity(top.len().min(k));
         for (score, address) in top.into_iter().take(k) {
             let doc: TantivyDocument = searcher
@@ -1135,6 +1165,38 @@ impl TextIndex {
                 );
                 (constant_one(Box::new(query)), score)
             }
+            Operator::Regex {
+                operator,
+                patterns,
+                paths,
+                allow_analyzed,
+                score,
+            } => {
+                let mut clauses: Vec<(Occur, Box<dyn Query>)> = Vec::new();
+                for (path, slot, string) in self.resolve(paths) {
+                    if !allow_analyzed && string.analyzer != Analyzer::Keyword {
+                        return Err(TextError::Query(format!(
+                            "{operator} on '{path}', which is analyzed by {}: set \
+                             allowAnalyzedField: true to match its terms",
+                            string.analyzer.name()
+                        )));
+                    }
+                    let Slot::Field(field) = slot else {
+                        return Err(TextError::Query(format!(
+                            "{operator} is not served on '{path}', a dynamic path past the \
+                             first {DYNAMIC_SLOTS}: map it as a string field"
+                        )));
+                    };
+                    for pattern in patterns {
+                        spend(budget, 1)?;
+                        let q = tantivy::query::RegexQuery::from_pattern(pattern, field).map_err(
+                            |e| TextError::Query(format!("{operator} '{pattern}': {e}")),
+                        )?;
+                        clauses.push((Occur::Should, Box::new(q)));
+                    }
+                }
+                (constant_one(boolean_or_empty(clauses)), score)
+            }
             Operator::Exists { path, score } => {
                 spend(budget, 1)?;
                 let term = Term::from_field_text(self.present_field, path);
@@ -1220,6 +1282,35 @@ fn open_writer(index: &Index) -> Result<IndexWriter, String> {
 /// (times tantivy's factor, divided out at the end).
 fn constant_one(query: Box<dyn Query>) -> Box<dyn Query> {
     Box::new(ConstScoreQuery::new(query, TANTIVY_BM25_FACTOR))
+}
+
+/// Atlas's `wildcard` query as a regular expression matching whole
+/// terms: `*` any run of characters, `?` any one, `\` escapes the next;
+/// everything else literal.
+pub fn wildcard_pattern(query: &str) -> String {
+    let mut out = String::with_capacity(query.len() * 2);
+    let mut chars = query.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '*' => out.push_str(".*"),
+            '?' => out.push('.'),
+            '\\' => {
+                if let Some(next) = chars.next() {
+                    out.push_str(&regex_literal(next));
+                }
+            }
+            other => out.push_str(&regex_literal(other)),
+        }
+    }
+    out
+}
+
+fn regex_literal(c: char) -> String {
+    if "\\.+*?()|[]{}^$#&-~".contains(c) {
+        format!("\\{c}")
+    } else {
+        c.to_string()
+    }
 }
 
 /// An ObjectId's lower-case hex.

@@ -5,7 +5,7 @@
 //! returns.
 
 use super::for_client::*;
-use crate::command::text_query::{parse_search_meta, SearchMetaStage};
+use crate::command::text_query::{parse_search_meta, Count, SearchMetaStage};
 use crate::command::vector_query::{parse_like_filter, vector_stages, QueryVector, VectorQuery};
 use crate::command::VectorKind;
 use crate::error::{Code, Error};
@@ -381,109 +381,33 @@ impl ForClient<'_> {
                 query.limit
             )));
         }
-        // The client's right to read the collection comes first, before any
-        // index is consulted: answers, errors and explain output all say
-        // something about the documents. A filter is read on the client's
-        // connection anyway; without one, a probe asks.
+        // The client's right to read the collection is confirmed before
+        // anything the index answers is used: answers, errors and explain
+        // output all say something about the documents. A filter is read on
+        // the client's connection first (the search needs its ids); without
+        // one, a probe asks while the index answers, and the answer (or its
+        // error) is dropped if the probe refuses.
         let allowed = match &query.filter {
             Some(filter) => Some(self.matching_ids(&db, &collection, filter, session).await?),
-            None => {
-                self.authorize(Action::Find, &db, &collection, kind.command())
-                    .await?;
-                None
-            }
+            None => None,
         };
-        let index = match self.resolve(
+        let resolved = self.resolve(
             &db,
             &collection,
             query.index.as_deref(),
             query.path.as_deref(),
             full_text,
-        ) {
-            Ok(index) => index,
-            // Atlas answers a `$vectorSearch` of an index (or a collection)
-            // that does not exist with no documents, not an error.
-            Err(e) if query.atlas && e.code.code == Code::INDEX_NOT_FOUND.code => {
-                return Ok(Plan {
-                    index: None,
-                    collection,
-                    strategy: "no such index",
-                    examined: 0,
-                    allowed: allowed.map(|ids| ids.ids.len()),
-                    ranked: Ranked::default(),
-                    exact_filter: query.filter,
-                    encoding: None,
-                    score_details: false,
-                });
-            }
-            Err(e) => return Err(e),
-        };
-        if let QueryVector::FullText(operator) = &query.vector {
-            let (searcher, operator, limit) = (index.clone(), operator.clone(), query.limit);
-            let found = tokio::task::spawn_blocking(move || {
-                searcher
-                    .text()
-                    .map(|text| text.search(&operator, limit))
-                    // The engine failed to start: the index is FAILED and
-                    // `resolve` refused it already.
-                    .unwrap_or_else(|| Ok((Vec::new(), 0)))
-            })
-            .await
-            .map_err(|e| Error::internal(format!("full-text search failed: {e}")))?
-            .map_err(|e| match e {
-                TextError::Query(why) => bad(why),
-                TextError::Engine(why) => Error::internal(why),
-            })?;
-            let (hits, matched) = found;
-            let mut ranked: Ranked = hits.into_iter().collect();
-            let count = i64::try_from(matched).unwrap_or(i64::MAX);
-            ranked.search_meta = Some(if query.count_total {
-                rawdoc! { "count": { "total": count } }
-            } else {
-                rawdoc! { "count": { "lowerBound": count } }
-            });
-            self.shared
-                .metrics
-                .vector_latency
-                .observe(started.elapsed());
-            self.shared.metrics.strategy("full-text search");
-            return Ok(Plan {
-                index: Some(index),
-                collection,
-                strategy: "full-text search",
-                examined: matched,
-                allowed: None,
-                ranked,
-                exact_filter: None,
-                encoding: None,
-                score_details: false,
-            });
+        );
+        if allowed.is_some() {
+            return answer(self.shared, collection, query, resolved, allowed, started).await;
         }
-        let (vector, encoding) = query_vector(&index, &query).await?;
-        let allowed_count = allowed.as_ref().map(|ids| ids.ids.len());
-        let searcher = index.clone();
-        let (ranked, strategy, examined, query) = tokio::task::spawn_blocking(move || {
-            let (ranked, strategy, examined) = search(&searcher, &vector, &query, allowed.as_ref());
-            (ranked, strategy, examined, query)
-        })
-        .await
-        .map_err(|e| Error::internal(format!("vector search failed: {e}")))?;
-        self.shared
-            .metrics
-            .vector_latency
-            .observe(started.elapsed());
-        self.shared.metrics.strategy(strategy);
-        Ok(Plan {
-            index: Some(index),
-            collection,
-            strategy,
-            examined,
-            allowed: allowed_count,
-            ranked,
-            exact_filter: query.filter,
-            encoding,
-            score_details: false,
-        })
+        let shared = self.shared;
+        let (answered, right) = tokio::join!(
+            answer(shared, collection.clone(), query, resolved, None, started),
+            self.authorize(Action::Find, &db, &collection, kind.command()),
+        );
+        right?;
+        answered
     }
 
     /// The index a query names (`index`; the collection's only one when
@@ -612,6 +536,103 @@ fn search_meta_stage(
         ("$searchMeta", _) => Some(Err(bad("$searchMeta must be a document"))),
         _ => None,
     }
+}
+
+/// A vector or `$search` query answered from its index (`resolved`),
+/// over `allowed` ids when it had a filter; a blocking thread searches.
+async fn answer(
+    shared: &super::Shared,
+    collection: String,
+    query: VectorQuery,
+    resolved: Result<Arc<SearchIndex>, Error>,
+    allowed: Option<IdSet>,
+    started: std::time::Instant,
+) -> Result<Plan, Error> {
+    let index = match resolved {
+        Ok(index) => index,
+        // Atlas answers a `$vectorSearch` of an index (or a collection)
+        // that does not exist with no documents, not an error.
+        Err(e) if query.atlas && e.code.code == Code::INDEX_NOT_FOUND.code => {
+            return Ok(Plan {
+                index: None,
+                collection,
+                strategy: "no such index",
+                examined: 0,
+                allowed: allowed.map(|ids| ids.ids.len()),
+                ranked: Ranked::default(),
+                exact_filter: query.filter,
+                encoding: None,
+                score_details: false,
+            });
+        }
+        Err(e) => return Err(e),
+    };
+    if let QueryVector::FullText(operator) = &query.vector {
+        let (searcher, operator, limit) = (index.clone(), operator.clone(), query.limit);
+        let counted = query.count.is_some();
+        let found = tokio::task::spawn_blocking(move || {
+            searcher
+                .text()
+                .map(|text| match counted {
+                    true => text.search(&operator, limit),
+                    false => text.top(&operator, limit).map(|hits| {
+                        let n = hits.len();
+                        (hits, n)
+                    }),
+                })
+                // The engine failed to start: the index is FAILED and
+                // `resolve` refused it already.
+                .unwrap_or_else(|| Ok((Vec::new(), 0)))
+        })
+        .await
+        .map_err(|e| Error::internal(format!("full-text search failed: {e}")))?
+        .map_err(|e| match e {
+            TextError::Query(why) => bad(why),
+            TextError::Engine(why) => Error::internal(why),
+        })?;
+        let (hits, matched) = found;
+        let mut ranked: Ranked = hits.into_iter().collect();
+        let count = i64::try_from(matched).unwrap_or(i64::MAX);
+        ranked.search_meta = query.count.map(|kind| match kind {
+            Count::Total => rawdoc! { "count": { "total": count } },
+            Count::LowerBound => rawdoc! { "count": { "lowerBound": count } },
+        });
+        shared.metrics.vector_latency.observe(started.elapsed());
+        shared.metrics.strategy("full-text search");
+        return Ok(Plan {
+            index: Some(index),
+            collection,
+            strategy: "full-text search",
+            examined: matched,
+            allowed: None,
+            ranked,
+            exact_filter: None,
+            encoding: None,
+            score_details: false,
+        });
+    }
+    let (vector, encoding) = query_vector(&index, &query).await?;
+    let allowed_count = allowed.as_ref().map(|ids| ids.ids.len());
+    let searcher = index.clone();
+    let (ranked, strategy, examined, query) = tokio::task::spawn_blocking(move || {
+        let (ranked, strategy, examined) = search(&searcher, &vector, &query, allowed.as_ref());
+        (ranked, strategy, examined, query)
+    })
+    .await
+    .map_err(|e| Error::internal(format!("vector search failed: {e}")))?;
+    shared.metrics.vector_latency.observe(started.elapsed());
+    shared.metrics.strategy(strategy);
+    Ok(Plan {
+        index: Some(index),
+        collection,
+        strategy,
+        examined,
+        allowed: allowed_count,
+        ranked,
+        exact_filter: query.filter,
+        encoding,
+        score_details: false,
+    })
 }
 
 /// The vector queries of a command, each with the collection it searches:

@@ -588,8 +588,15 @@ pub fn fetch_only(
         let cursor_batch = body.get_document("cursor").ok()?.get("batchSize").ok()?;
         let mut given = pipeline.into_iter();
         let first = given.next()?.ok()?.as_document()?;
-        // Only the vector stage itself, alone: not a `$unionWith` holding one.
-        if given.next().is_some()
+        // Only the vector stage itself, alone (not a `$unionWith` holding
+        // one), or followed by `$limit`s that keep every ranked document.
+        let keeps_all = |stage: Result<RawBsonRef<'_>, _>| {
+            let limit = stage
+                .ok()
+                .and_then(|s| s.as_document()?.get("$limit").ok()?);
+            crate::wire::integer(limit).is_some_and(|n| n > 0 && n as usize >= ranked.ids.len())
+        };
+        if !given.all(keeps_all)
             || !crate::command::vector_query::is_vector_stage(first)
             || !fits(cursor_batch)
         {

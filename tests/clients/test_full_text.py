@@ -177,6 +177,16 @@ def test_static_mappings_and_analyzers(client):
     wait_ready(coll, "keyed")
     exact = search(coll, {"text": {"query": "AB-12 x", "path": "code"}}, index="keyed")
     assert [d["_id"] for d in exact] == [1]
+    # wildcard and regex match whole terms of keyword-analyzed fields...
+    ids = lambda op: sorted(d["_id"] for d in search(coll, op, index="keyed"))
+    assert ids({"wildcard": {"query": "AB-1?*", "path": "code"}}) == [1]
+    assert ids({"wildcard": {"query": "*-12", "path": "code"}}) == [2]
+    assert ids({"regex": {"query": "[aA][bB]-12.*", "path": "code"}}) == [1, 2]
+    assert ids({"wildcard": {"query": "run*", "path": "note", "allowAnalyzedField": True}}) == [1]
+    # ... and analyzed ones only when asked to (Atlas's allowAnalyzedField).
+    with pytest.raises(OperationFailure) as e:
+        search(coll, {"wildcard": {"query": "run*", "path": "note"}}, index="keyed")
+    assert e.value.code == 2 and "allowAnalyzedField" in str(e.value)
     stemmed = search(coll, {"text": {"query": "runs", "path": "note"}}, index="keyed")
     assert [d["_id"] for d in stemmed] == [1]
 
@@ -322,8 +332,8 @@ def test_search_meta_variable_after_search(articles):
 
 def test_refusals_are_mongodb_shaped(articles, client):
     with pytest.raises(OperationFailure) as e:
-        search(articles, {"wildcard": {"path": "n", "query": "a*"}})
-    assert e.value.code == 2 and "'wildcard'" in str(e.value)
+        search(articles, {"queryString": {"defaultPath": "n", "query": "a"}})
+    assert e.value.code == 2 and "'queryString'" in str(e.value)
     with pytest.raises(OperationFailure) as e:
         list(articles.aggregate([{"$match": {}}, {"$search": {"text": {"query": "a", "path": "b"}}}]))
     assert e.value.code == 40602

@@ -1,0 +1,137 @@
+//! The full-text engine alone (`likewise::index::text::TextIndex`, the
+//! engine behind `search` indexes) on a corpus prepared by
+//! `benches/text/harness.py` (run through `scripts/bench text`): indexes
+//! the documents single-threaded in batches, then answers each query (a
+//! `text` operator over `title` and `body`, best `K`) in timed rounds.
+//! Prints one JSON object: build throughput, queries/s and latency of the
+//! best round, and the top `K` ids of the first 100 queries (for the
+//! harness's overlap check against SQLite FTS5).
+//!
+//!     cargo bench --bench text -- CORPUS.tsv QUERIES.txt K ROUNDS
+//!
+//! `CORPUS.tsv`: `id TAB title TAB body` per line; `QUERIES.txt`: one
+//! query per line.
+
+use bson::{rawdoc, RawBsonRef};
+use likewise::index::text::{
+    Analyzer, DocumentMapping, Operator, SearchPath, TextChange, TextIndex, TextSpec,
+};
+use std::time::Instant;
+
+/// Documents per `apply` (one commit each), as an index build batches.
+const BATCH: usize = 10_000;
+
+fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    let [corpus, queries, k, rounds] = &args[..] else {
+        eprintln!("usage: cargo bench --bench text -- CORPUS.tsv QUERIES.txt K ROUNDS");
+        std::process::exit(2);
+    };
+    let k: usize = k.parse().expect("K");
+    let rounds: usize = rounds.parse().expect("ROUNDS");
+    let docs: Vec<bson::RawDocumentBuf> = std::fs::read_to_string(corpus)
+        .expect("corpus")
+        .lines()
+        .map(|line| {
+            let mut parts = line.splitn(3, '\t');
+            let id: i64 = parts.next().unwrap().parse().expect("id");
+            let title = parts.next().unwrap_or("");
+            let body = parts.next().unwrap_or("");
+            rawdoc! { "_id": id, "title": title, "body": body }
+        })
+        .collect();
+    let queries: Vec<String> = std::fs::read_to_string(queries)
+        .expect("queries")
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let spec = TextSpec {
+        mappings: DocumentMapping {
+            dynamic: true,
+            fields: Default::default(),
+        },
+        analyzer: Analyzer::Standard,
+        search_analyzer: Analyzer::Standard,
+    };
+    let index = TextIndex::new(spec).expect("index");
+    let started = Instant::now();
+    for chunk in docs.chunks(BATCH) {
+        let changes: Vec<TextChange<'_>> = chunk
+            .iter()
+            .map(|d| TextChange::Set(d.get("_id").unwrap().unwrap(), d))
+            .collect();
+        index.apply(&changes).expect("apply");
+    }
+    let build_s = started.elapsed().as_secs_f64();
+    let operators: Vec<Operator> = queries
+        .iter()
+        .map(|q| Operator::Text {
+            query: vec![q.clone()],
+            paths: vec![
+                SearchPath::Field("title".into()),
+                SearchPath::Field("body".into()),
+            ],
+            fuzzy: None,
+            match_all: false,
+            score: None,
+        })
+        .collect();
+    let mut best: Option<(f64, Vec<f64>)> = None;
+    let mut top = Vec::new();
+    for round in 0..rounds {
+        let mut latencies = Vec::with_capacity(operators.len());
+        let started = Instant::now();
+        for (i, op) in operators.iter().enumerate() {
+            let t = Instant::now();
+            let (hits, _) = index.search(op, k).expect("search");
+            latencies.push(t.elapsed().as_secs_f64());
+            if round == 0 && i < 100 {
+                top.push(
+                    hits.iter()
+                        .map(|(id, _)| match id.as_raw_bson_ref() {
+                            RawBsonRef::Int64(v) => v,
+                            RawBsonRef::Int32(v) => i64::from(v),
+                            _ => -1,
+                        })
+                        .collect::<Vec<i64>>(),
+                );
+            }
+            std::hint::black_box(&hits);
+        }
+        let total = started.elapsed().as_secs_f64();
+        if best.as_ref().is_none_or(|(t, _)| total < *t) {
+            best = Some((total, latencies));
+        }
+    }
+    let (total, mut latencies) = best.expect("a round");
+    latencies.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let at = |q: f64| {
+        latencies[((q * latencies.len() as f64) as usize).min(latencies.len() - 1)] * 1000.0
+    };
+    let top_json: Vec<String> = top
+        .iter()
+        .map(|ids| {
+            format!(
+                "[{}]",
+                ids.iter()
+                    .map(|i| i.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            )
+        })
+        .collect();
+    println!(
+        "{{\"documents\": {}, \"build_s\": {:.3}, \"build_docs_per_s\": {:.1}, \"queries\": {}, \"qps\": {:.1}, \"p50_ms\": {:.3}, \"p99_ms\": {:.3}, \"top\": [{}]}}",
+        docs.len(),
+        build_s,
+        docs.len() as f64 / build_s,
+        operators.len(),
+        operators.len() as f64 / total,
+        at(0.50),
+        at(0.99),
+        top_json.join(",")
+    );
+}
