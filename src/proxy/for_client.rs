@@ -16,7 +16,23 @@ use bson::{rawdoc, RawDocument, RawDocumentBuf};
 pub(super) struct ForClient<'s> {
     pub(super) upstream: &'s mut Connection,
     pub(super) shared: &'s Shared,
+    /// The connection's `find` rights found so far (the session's).
+    pub(super) rights: &'s mut Rights,
 }
+
+/// Collections (database, name) a connection was found to have the `find`
+/// right on, and when: trusted for [`RIGHTS_TTL`], forgotten when the
+/// connection authenticates again, logs out or says hello
+/// (`Session::read_route`).
+pub(super) type Rights = std::collections::HashMap<(String, String), std::time::Instant>;
+
+/// How long a `find` right found on a client's connection is trusted: a
+/// `mongos` caches a user's rights for up to
+/// `userCacheInvalidationIntervalSecs` (default 30 s) the same way.
+pub(super) const RIGHTS_TTL: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Most rights one connection keeps (past this they are asked again).
+const MAX_RIGHTS: usize = 1024;
 
 impl ForClient<'_> {
     /// Whether the client's own connection may do `action` on
@@ -28,6 +44,33 @@ impl ForClient<'_> {
     /// answer (the collection does not exist yet, say) means the right is
     /// there. `command` names what the client asked for, in the message.
     pub(super) async fn authorize(
+        &mut self,
+        action: Action,
+        db: &str,
+        collection: &str,
+        command: &str,
+    ) -> Result<(), Error> {
+        let key = (db.to_string(), collection.to_string());
+        if action == Action::Find
+            && self
+                .rights
+                .get(&key)
+                .is_some_and(|found| found.elapsed() < RIGHTS_TTL)
+        {
+            return Ok(());
+        }
+        self.probe(action, db, collection, command).await?;
+        if action == Action::Find {
+            if self.rights.len() >= MAX_RIGHTS {
+                self.rights.clear();
+            }
+            self.rights.insert(key, std::time::Instant::now());
+        }
+        Ok(())
+    }
+
+    /// [`ForClient::authorize`]'s question to the upstream.
+    async fn probe(
         &mut self,
         action: Action,
         db: &str,

@@ -43,20 +43,11 @@ pub(super) struct Session {
     forwarded_at: Option<Instant>,
     /// A reply to the client is partly written (a timeout cut it short).
     client_dirty: bool,
-    /// Collections (database, name) the client was found to have the
-    /// `find` right on, and when: reads the proxy runs as itself on a
-    /// secondary ([`Session::read_route`]) are checked against these for
-    /// [`RIGHTS_TTL`].
-    rights: std::collections::HashMap<(String, String), Instant>,
+    /// The `find` rights the client's connection was found to have
+    /// (`ForClient::authorize`): vector queries and the reads the proxy
+    /// runs as itself on a secondary ([`Session::read_route`]) check them.
+    rights: super::for_client::Rights,
 }
-
-/// How long a right found on the client's connection is trusted for reads
-/// the proxy runs as itself: a `mongos` caches a user's rights for up to
-/// `userCacheInvalidationIntervalSecs` (default 30 s) the same way.
-const RIGHTS_TTL: std::time::Duration = std::time::Duration::from_secs(30);
-
-/// Most rights one connection keeps (past this they are asked again).
-const MAX_RIGHTS: usize = 1024;
 
 /// How a request ended when it did not end well.
 pub(super) enum Failure {
@@ -251,6 +242,7 @@ impl Session {
         super::for_client::ForClient {
             upstream: &mut self.upstream,
             shared: &self.shared,
+            rights: &mut self.rights,
         }
     }
 
@@ -655,7 +647,7 @@ impl Session {
 
     /// Checks, on the client's own connection, that it has the `find`
     /// right on `db.collection` (a right found is trusted for
-    /// [`RIGHTS_TTL`]). `Unauthorized` (13) with mongod's wording when it
+    /// [`super::for_client::RIGHTS_TTL`]). `Unauthorized` (13) with mongod's wording when it
     /// has not; the probe's other failures as for any of the proxy's own
     /// requests on the pinned connection.
     async fn check_read_right(
@@ -664,24 +656,11 @@ impl Session {
         collection: &str,
         command: &str,
     ) -> Result<(), Failure> {
-        let key = (db.to_string(), collection.to_string());
-        if self
-            .rights
-            .get(&key)
-            .is_some_and(|found| found.elapsed() < RIGHTS_TTL)
-        {
-            return Ok(());
-        }
         let request = self.current.unwrap_or_default();
         self.for_client()
             .authorize(super::for_client::Action::Find, db, collection, command)
             .await
-            .map_err(|error| self.own_request_failed(request, error))?;
-        if self.rights.len() >= MAX_RIGHTS {
-            self.rights.clear();
-        }
-        self.rights.insert(key, Instant::now());
-        Ok(())
+            .map_err(|error| self.own_request_failed(request, error))
     }
 
     /// Closes the secondary's connection (its cursors with it).
