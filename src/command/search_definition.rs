@@ -6,8 +6,13 @@
 
 use crate::error::{Code, Error};
 use crate::index::text::{
-    Analyzer, DocumentMapping, FieldMapping, Normalizer, StringField, TextSpec,
+    Analyzer, AutocompleteField, DocumentMapping, FieldMapping, Grams, Normalizer, StringField,
+    TextSpec,
 };
+
+/// Longest gram an `autocomplete` field indexes (Atlas's bound on
+/// `maxGrams`).
+const MAX_GRAMS: usize = 15;
 use bson::{RawBsonRef, RawDocument};
 
 /// Most named fields one definition may hold, at every level together.
@@ -163,7 +168,6 @@ fn parse_mapping(
 /// Field types Atlas has that likewise does not serve yet.
 const NOT_YET: &[&str] = &[
     "uuid",
-    "autocomplete",
     "embeddedDocuments",
     "geo",
     "knnVector",
@@ -255,9 +259,51 @@ fn parse_field(
             }
             Ok(field)
         }
+        Ok("autocomplete") => {
+            let mut spec = AutocompleteField {
+                grams: Grams::Edge,
+                min_grams: 2,
+                max_grams: 15,
+                fold_diacritics: true,
+            };
+            for (key, value) in def.iter().flatten() {
+                let n = crate::wire::integer(Some(value)).and_then(|n| usize::try_from(n).ok());
+                match (key, value) {
+                    ("type", _) => {}
+                    ("analyzer", RawBsonRef::String("lucene.standard")) => {}
+                    ("tokenization", RawBsonRef::String("edgeGram")) => spec.grams = Grams::Edge,
+                    ("tokenization", RawBsonRef::String("rightEdgeGram")) => {
+                        spec.grams = Grams::RightEdge
+                    }
+                    ("tokenization", RawBsonRef::String("nGram")) => spec.grams = Grams::N,
+                    ("minGrams", _) if n.is_some_and(|n| n >= 1) => spec.min_grams = n.unwrap_or(2),
+                    ("maxGrams", _) if n.is_some_and(|n| n >= 1) => {
+                        spec.max_grams = n.unwrap_or(15)
+                    }
+                    ("foldDiacritics", RawBsonRef::Boolean(b)) => spec.fold_diacritics = b,
+                    _ => {
+                        return Err(invalid(format!(
+                            "'{at}.{key}' is not served by likewise yet, or has the wrong type \
+                             for an autocomplete field (analyzer: lucene.standard, \
+                             tokenization: edgeGram|rightEdgeGram|nGram, minGrams, maxGrams, \
+                             foldDiacritics)"
+                        )))
+                    }
+                }
+            }
+            if spec.min_grams > spec.max_grams || spec.max_grams > MAX_GRAMS {
+                return Err(invalid(format!(
+                    "'{at}': minGrams must be at most maxGrams, and maxGrams at most {MAX_GRAMS}"
+                )));
+            }
+            if field.autocomplete.replace(spec).is_some() {
+                return Err(invalid(format!("'{at}' declares type autocomplete twice")));
+            }
+            Ok(field)
+        }
         Ok(t) if NOT_YET.contains(&t) => Err(invalid(format!(
             "'{at}' has type '{t}', which likewise does not serve yet (string, token, number, \
-             date, boolean, objectId and document are served)"
+             date, boolean, objectId, autocomplete and document are served)"
         ))),
         Ok(t) => Err(invalid(format!(
             "'{at}.type' '{t}' is not an Atlas Search field type"

@@ -11,13 +11,22 @@ use std::ops::Bound;
 
 /// The operators served.
 const SERVED: &[&str] = &[
-    "text", "phrase", "compound", "equals", "in", "range", "exists", "wildcard", "regex",
+    "text",
+    "phrase",
+    "compound",
+    "equals",
+    "in",
+    "range",
+    "exists",
+    "wildcard",
+    "regex",
+    "autocomplete",
 ];
 
 fn not_served(op: &str) -> Error {
     bad(format!(
         "the $search operator '{op}' is not served by likewise yet (text, phrase, compound, \
-         equals, in, range, exists, wildcard and regex are)"
+         equals, in, range, exists, wildcard, regex and autocomplete are)"
     ))
 }
 
@@ -83,8 +92,8 @@ pub fn parse_search(stage: &RawDocument) -> Result<SearchStage, Error> {
                 return Err(bad(format!("\"$search.{op}\" must be a document")))
             }
             (
-                "autocomplete" | "embeddedDocument" | "geoShape" | "geoWithin" | "knnBeta"
-                | "moreLikeThis" | "near" | "queryString" | "span" | "hasAncestor" | "hasRoot",
+                "embeddedDocument" | "geoShape" | "geoWithin" | "knnBeta" | "moreLikeThis" | "near"
+                | "queryString" | "span" | "hasAncestor" | "hasRoot",
                 _,
             ) => return Err(not_served(key)),
             _ => return Err(bad(format!("\"$search.{key}\" is not a $search option"))),
@@ -478,6 +487,41 @@ fn parse_operator(
             })
         }
         "equals" | "in" | "range" | "exists" => parse_value_operator(name, spec),
+        "autocomplete" => {
+            let mut query = None;
+            let mut path = None;
+            let mut sequential = false;
+            let mut fuzzy = None;
+            let mut score = None;
+            for (key, value) in spec.iter().flatten() {
+                match (key, value) {
+                    ("query", v) => query = Some(strings(v, "autocomplete.query")?),
+                    ("path", RawBsonRef::String(p)) if !p.is_empty() => path = Some(p.to_string()),
+                    ("path", _) => return Err(bad("\"autocomplete.path\" must be a field name")),
+                    ("tokenOrder", RawBsonRef::String("any")) => sequential = false,
+                    ("tokenOrder", RawBsonRef::String("sequential")) => sequential = true,
+                    ("tokenOrder", _) => {
+                        return Err(bad(
+                            "\"autocomplete.tokenOrder\" must be \"any\" or \"sequential\"",
+                        ))
+                    }
+                    ("fuzzy", v) => fuzzy = Some(parse_fuzzy(v)?),
+                    ("score", v) => score = Some(parse_score(v, "autocomplete.score")?),
+                    _ => {
+                        return Err(bad(format!(
+                            "\"autocomplete.{key}\" is not an autocomplete option"
+                        )))
+                    }
+                }
+            }
+            Ok(Operator::Autocomplete {
+                query: query.ok_or_else(|| bad("\"autocomplete.query\" is required"))?,
+                path: path.ok_or_else(|| bad("\"autocomplete.path\" is required"))?,
+                sequential,
+                fuzzy,
+                score,
+            })
+        }
         "wildcard" | "regex" => {
             let mut patterns = None;
             let mut paths = None;
@@ -844,8 +888,8 @@ mod tests {
                 "text.bogus",
             ),
             (
-                rawdoc! { "autocomplete": { "path": "a", "query": "x" } },
-                "autocomplete",
+                rawdoc! { "queryString": { "defaultPath": "a", "query": "x" } },
+                "queryString",
             ),
             (
                 rawdoc! { "wildcard": { "path": "a", "query": "x*", "bogus": 1 } },

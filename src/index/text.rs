@@ -15,7 +15,8 @@
 //! has the path.
 
 use crate::index::ids::canonical;
-use crate::index::words::WordTokenizer;
+pub use crate::index::words::Grams;
+use crate::index::words::{GramTokenizer, WordTokenizer};
 use bson::{RawBson, RawBsonRef, RawDocument, RawDocumentBuf};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
@@ -29,8 +30,8 @@ use tantivy::schema::{
     TextFieldIndexing, TextOptions, Value,
 };
 use tantivy::tokenizer::{
-    LowerCaser, RawTokenizer, RemoveLongFilter, Stemmer, StopWordFilter, TextAnalyzer,
-    WhitespaceTokenizer,
+    AsciiFoldingFilter, LowerCaser, RawTokenizer, RemoveLongFilter, Stemmer, StopWordFilter,
+    TextAnalyzer, WhitespaceTokenizer,
 };
 use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
 
@@ -196,13 +197,59 @@ impl ValueTypes {
     }
 }
 
-/// One named field: as a string, as a document, as values, or several
-/// (Atlas allows an array of types per field).
+/// An `autocomplete` field: its words cut into grams (Atlas's
+/// `tokenization`, `minGrams`, `maxGrams`, `foldDiacritics`), lower-cased.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct AutocompleteField {
+    pub grams: Grams,
+    pub min_grams: usize,
+    pub max_grams: usize,
+    pub fold_diacritics: bool,
+}
+
+impl AutocompleteField {
+    /// The tokenizer name its index analyzer is registered under.
+    fn tokenizer_name(&self) -> String {
+        format!(
+            "lw_autocomplete_{:?}_{}_{}_{}",
+            self.grams, self.min_grams, self.max_grams, self.fold_diacritics
+        )
+    }
+
+    /// Grams, lower-cased, folded to ASCII when asked.
+    fn index_analyzer(&self) -> TextAnalyzer {
+        let grams = GramTokenizer::new(self.grams, self.min_grams, self.max_grams);
+        match self.fold_diacritics {
+            true => TextAnalyzer::builder(grams)
+                .filter(LowerCaser)
+                .filter(AsciiFoldingFilter)
+                .build(),
+            false => TextAnalyzer::builder(grams).filter(LowerCaser).build(),
+        }
+    }
+
+    /// A query's words, treated as the index treats a gram.
+    fn query_analyzer(&self) -> TextAnalyzer {
+        let words = WordTokenizer::words();
+        match self.fold_diacritics {
+            true => TextAnalyzer::builder(words)
+                .filter(LowerCaser)
+                .filter(AsciiFoldingFilter)
+                .build(),
+            false => TextAnalyzer::builder(words).filter(LowerCaser).build(),
+        }
+    }
+}
+
+/// One named field: as a string, as a document, as values, as
+/// autocomplete grams, or several (Atlas allows an array of types per
+/// field).
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct FieldMapping {
     pub string: Option<StringField>,
     pub document: Option<DocumentMapping>,
     pub values: ValueTypes,
+    pub autocomplete: Option<AutocompleteField>,
 }
 
 /// What a `search` index definition asks for.
@@ -277,7 +324,7 @@ impl TextSpec {
             }
             for (name, field) in &m.fields {
                 let path = format!("{prefix}{name}");
-                if field.string.is_some() || field.values.any() {
+                if field.string.is_some() || field.values.any() || field.autocomplete.is_some() {
                     // The whole value, so its document fields too (mongod
                     // refuses a projection naming a path and its child).
                     out.push(path);
@@ -300,6 +347,24 @@ impl TextSpec {
                 let path = format!("{prefix}{name}");
                 if let Some(string) = field.string {
                     out.push((path.clone(), string));
+                }
+                if let Some(inner) = &field.document {
+                    walk(inner, &format!("{path}."), out);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.mappings, "", &mut out);
+        out
+    }
+
+    /// Every `autocomplete` path the mapping names.
+    fn named_autocomplete(&self) -> Vec<(String, AutocompleteField)> {
+        fn walk(m: &DocumentMapping, prefix: &str, out: &mut Vec<(String, AutocompleteField)>) {
+            for (name, field) in &m.fields {
+                let path = format!("{prefix}{name}");
+                if let Some(a) = field.autocomplete {
+                    out.push((path.clone(), a));
                 }
                 if let Some(inner) = &field.document {
                     walk(inner, &format!("{path}."), out);
@@ -467,6 +532,16 @@ pub enum Operator {
         allow_analyzed: bool,
         score: Option<ScoreModifier>,
     },
+    /// `autocomplete`: documents whose `autocomplete` field at `path` has
+    /// grams equal to the words of any of `query` (all of them, in order,
+    /// with `sequential`); BM25 over the grams.
+    Autocomplete {
+        query: Vec<String>,
+        path: String,
+        sequential: bool,
+        fuzzy: Option<Fuzzy>,
+        score: Option<ScoreModifier>,
+    },
     /// `exists`: documents with an indexed value at `path` (or under it);
     /// score 1.
     Exists {
@@ -515,6 +590,8 @@ pub struct TextIndex {
     /// Every indexed path of a document and the paths above it, whole
     /// (for `exists`).
     present_field: Field,
+    /// `autocomplete` paths: their gram fields.
+    autocomplete: HashMap<String, (Field, AutocompleteField)>,
     /// `None` after a failed commit left the writer unusable, until `clear`.
     writer: Mutex<Option<IndexWriter>>,
     reader: IndexReader,
@@ -569,11 +646,25 @@ impl TextIndex {
             let field = schema.add_text_field(&format!("named_{i}"), text_options(string.analyzer));
             by_path.insert(path, (Slot::Field(field), string));
         }
+        let mut autocomplete = HashMap::new();
+        for (i, (path, spec)) in spec.named_autocomplete().into_iter().enumerate() {
+            let indexing = TextFieldIndexing::default()
+                .set_tokenizer(&spec.tokenizer_name())
+                .set_index_option(IndexRecordOption::WithFreqsAndPositions);
+            let options = TextOptions::default().set_indexing_options(indexing);
+            let field = schema.add_text_field(&format!("autocomplete_{i}"), options);
+            autocomplete.insert(path, (field, spec));
+        }
         let index = Index::create_in_ram(schema.build());
         for analyzer in Analyzer::ALL {
             index
                 .tokenizers()
                 .register(analyzer.tokenizer_name(), analyzer.build());
+        }
+        for (_, spec) in autocomplete.values() {
+            index
+                .tokenizers()
+                .register(&spec.tokenizer_name(), spec.index_analyzer());
         }
         let writer = open_writer(&index)?;
         let reader = index
@@ -587,6 +678,7 @@ impl TextIndex {
             id_field,
             values_field,
             present_field,
+            autocomplete,
             writer: Mutex::new(Some(writer)),
             reader,
             slots: Mutex::new(Slots {
@@ -879,6 +971,10 @@ impl TextIndex {
                     None => {}
                 }
                 indexed = slots.by_path.contains_key(&path);
+                if let Some((field, _)) = self.autocomplete.get(&path) {
+                    out.add_text(*field, text);
+                    indexed = true;
+                }
             }
             if let Some((key, v)) = self.value_entry(&path, value) {
                 values.entry(key).or_default().push(v);
@@ -1196,6 +1292,58 @@ impl TextIndex {
                     }
                 }
                 (constant_one(boolean_or_empty(clauses)), score)
+            }
+            Operator::Autocomplete {
+                query,
+                path,
+                sequential,
+                fuzzy,
+                score,
+            } => {
+                let Some((field, spec)) = self.autocomplete.get(path) else {
+                    return Err(TextError::Query(format!(
+                        "autocomplete needs '{path}' indexed as an autocomplete field"
+                    )));
+                };
+                let mut per_query: Vec<(Occur, Box<dyn Query>)> = Vec::new();
+                for text in query {
+                    let mut analyzer = spec.query_analyzer();
+                    let mut stream = analyzer.token_stream(text);
+                    let mut terms = Vec::new();
+                    while let Some(token) = stream.next() {
+                        terms.push((token.position, Term::from_field_text(*field, &token.text)));
+                    }
+                    spend(budget, terms.len())?;
+                    if terms.is_empty() {
+                        continue;
+                    }
+                    let q: Box<dyn Query> = if *sequential && terms.len() > 1 && fuzzy.is_none() {
+                        Box::new(PhraseQuery::new_with_offset(terms))
+                    } else {
+                        let occur = if *sequential {
+                            Occur::Must
+                        } else {
+                            Occur::Should
+                        };
+                        let clauses = terms
+                            .into_iter()
+                            .map(|(_, term)| {
+                                let q: Box<dyn Query> = match fuzzy {
+                                    Some(f) => {
+                                        Box::new(FuzzyTermQuery::new(term, f.max_edits, true))
+                                    }
+                                    None => {
+                                        Box::new(TermQuery::new(term, IndexRecordOption::WithFreqs))
+                                    }
+                                };
+                                (occur, q)
+                            })
+                            .collect();
+                        Box::new(BooleanQuery::new(clauses))
+                    };
+                    per_query.push((Occur::Should, q));
+                }
+                (boolean_or_empty(per_query), score)
             }
             Operator::Exists { path, score } => {
                 spend(budget, 1)?;

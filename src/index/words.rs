@@ -108,6 +108,111 @@ impl TokenStream for WordStream<'_> {
     }
 }
 
+/// How an `autocomplete` field cuts each word into grams (Atlas's
+/// `tokenization`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Grams {
+    /// `edgeGram`: prefixes.
+    Edge,
+    /// `rightEdgeGram`: suffixes.
+    RightEdge,
+    /// `nGram`: every run.
+    N,
+}
+
+/// Words (as [`WordTokenizer::words`] cuts them), each cut into grams of
+/// `min` to `max` characters; every gram of a word keeps the word's
+/// position, so a phrase of prefixes matches a phrase of words. Words
+/// shorter than `min` give no gram (Lucene's `EdgeNGramTokenFilter`).
+#[derive(Clone)]
+pub struct GramTokenizer {
+    words: WordTokenizer,
+    grams: Grams,
+    min: usize,
+    max: usize,
+    buffer: Vec<Token>,
+    token: Token,
+}
+
+impl GramTokenizer {
+    pub fn new(grams: Grams, min: usize, max: usize) -> GramTokenizer {
+        GramTokenizer {
+            words: WordTokenizer::words(),
+            grams,
+            min: min.max(1),
+            max: max.max(min.max(1)),
+            buffer: Vec::new(),
+            token: Token::default(),
+        }
+    }
+}
+
+/// The grams of one text, in order.
+pub struct GramStream<'a> {
+    grams: std::vec::IntoIter<Token>,
+    token: &'a mut Token,
+}
+
+impl Tokenizer for GramTokenizer {
+    type TokenStream<'a> = GramStream<'a>;
+
+    fn token_stream<'a>(&'a mut self, text: &'a str) -> GramStream<'a> {
+        self.buffer.clear();
+        let (grams, min, max) = (self.grams, self.min, self.max);
+        let mut words = self.words.token_stream(text);
+        while words.advance() {
+            let word = words.token();
+            let starts: Vec<usize> = word.text.char_indices().map(|(i, _)| i).collect();
+            let chars = starts.len();
+            let at = |i: usize| starts.get(i).copied().unwrap_or(word.text.len());
+            let mut push = |from: usize, to: usize| {
+                self.buffer.push(Token {
+                    offset_from: word.offset_from + at(from),
+                    offset_to: word.offset_from + at(to),
+                    position: word.position,
+                    text: word.text[at(from)..at(to)].to_string(),
+                    position_length: 1,
+                });
+            };
+            for len in min..=max.min(chars) {
+                match grams {
+                    Grams::Edge => push(0, len),
+                    Grams::RightEdge => push(chars - len, chars),
+                    Grams::N => {
+                        for from in 0..=chars - len {
+                            push(from, from + len);
+                        }
+                    }
+                }
+            }
+        }
+        GramStream {
+            grams: std::mem::take(&mut self.buffer).into_iter(),
+            token: &mut self.token,
+        }
+    }
+}
+
+impl TokenStream for GramStream<'_> {
+    fn advance(&mut self) -> bool {
+        match self.grams.next() {
+            Some(gram) => {
+                *self.token = gram;
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn token(&self) -> &Token {
+        self.token
+    }
+
+    fn token_mut(&mut self) -> &mut Token {
+        self.token
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,6 +250,32 @@ mod tests {
         let positions: Vec<usize> = got.iter().map(|(_, p)| *p).collect();
         assert_eq!(positions, (0..9).collect::<Vec<_>>());
         assert!(split(WordTokenizer::words(), " ,.; ").is_empty());
+    }
+
+    #[test]
+    fn grams_cut_each_word_and_keep_its_position() {
+        let mut edge = GramTokenizer::new(Grams::Edge, 2, 4);
+        let mut stream = edge.token_stream("Mongo db x");
+        let mut got = Vec::new();
+        while stream.advance() {
+            got.push((stream.token().text.clone(), stream.token().position));
+        }
+        let want = [("Mo", 0), ("Mon", 0), ("Mong", 0), ("db", 1)];
+        assert_eq!(got, want.map(|(t, p)| (t.to_string(), p)));
+        let mut right = GramTokenizer::new(Grams::RightEdge, 2, 3);
+        let mut stream = right.token_stream("été");
+        let mut got = Vec::new();
+        while stream.advance() {
+            got.push(stream.token().text.clone());
+        }
+        assert_eq!(got, ["té", "été"]);
+        let mut n = GramTokenizer::new(Grams::N, 2, 2);
+        let mut stream = n.token_stream("abcd");
+        let mut got = Vec::new();
+        while stream.advance() {
+            got.push(stream.token().text.clone());
+        }
+        assert_eq!(got, ["ab", "bc", "cd"]);
     }
 
     #[test]

@@ -261,6 +261,47 @@ def test_equals_in_range_and_exists_on_typed_fields(client):
     assert ids({"range": {"path": "price", "gt": 30, "lt": 32}}) == [2]
 
 
+def test_autocomplete_matches_word_prefixes(client):
+    """`autocomplete` fields (edge grams of each word, lower-cased, folded)
+    and the `autocomplete` operator: `tokenOrder` any and sequential,
+    `fuzzy`, a static mapping also indexing the path as a string."""
+    coll = client.full_text.titles
+    coll.drop()
+    coll.insert_many([
+        {"_id": 1, "title": "MongoDB Manual"},
+        {"_id": 2, "title": "Manual of Monsters"},
+        {"_id": 3, "title": "Café Society"},
+        {"_id": 4, "title": "monitoring mongo"},
+    ])
+    coll.create_search_index(SearchIndexModel(
+        {"mappings": {"dynamic": False, "fields": {"title": [
+            {"type": "autocomplete", "minGrams": 2, "maxGrams": 10},
+            {"type": "string"}]}}}, name="complete"))
+    wait_ready(coll, "complete")
+
+    def ids(query, **options):
+        got = search(coll, {"autocomplete": {"query": query, "path": "title", **options}},
+                     index="complete")
+        return sorted(d["_id"] for d in got)
+
+    assert ids("mon") == [1, 2, 4]
+    assert ids("mongo") == [1, 4]
+    assert ids("MANU") == [1, 2]
+    assert ids("cafe") == [3]  # diacritics folded
+    assert ids("m") == []  # shorter than minGrams
+    # Any word order, or the query's words in order.
+    assert ids("manu mong") == [1, 2, 4]
+    assert ids("mongo manu", tokenOrder="sequential") == [1]
+    assert ids("mongo monit", tokenOrder="sequential") == []
+    assert ids("mnual", fuzzy={"maxEdits": 1}) == [1, 2]
+    # The same path as a string still works.
+    assert [d["_id"] for d in search(coll, {"text": {"query": "society", "path": "title"}},
+                                     index="complete")] == [3]
+    with pytest.raises(OperationFailure) as e:
+        search(coll, {"autocomplete": {"query": "x", "path": "other"}}, index="complete")
+    assert e.value.code == 2 and "autocomplete field" in str(e.value)
+
+
 def test_search_meta_counts_and_facets(client):
     """`$searchMeta`: `count` and string, number and date facets over an
     operator's matches (or every document), computed here by hand."""
