@@ -4,7 +4,9 @@
 //! those. Options likewise does not serve yet are refused by name.
 
 use crate::error::{Code, Error};
-use crate::index::text::{Facet, FieldValue, Fuzzy, Operator, ScoreModifier, SearchPath};
+use crate::index::text::{
+    Facet, FieldValue, Fuzzy, Highlight, Operator, ScoreModifier, SearchPath,
+};
 use bson::RawBson;
 use bson::{RawBsonRef, RawDocument};
 use std::ops::Bound;
@@ -49,6 +51,8 @@ pub struct SearchStage {
     pub operator: Operator,
     /// `count.type`: what `$$SEARCH_META` gives.
     pub count: Count,
+    /// `highlight`: passages for `{$meta: "searchHighlights"}`.
+    pub highlight: Option<Highlight>,
 }
 
 /// `count.type` of `$search` and `$searchMeta`.
@@ -64,6 +68,7 @@ pub fn parse_search(stage: &RawDocument) -> Result<SearchStage, Error> {
     let mut index = "default".to_string();
     let mut operator = None;
     let mut total = false;
+    let mut highlight = None;
     let mut clauses = 0;
     for (key, value) in stage.iter().flatten() {
         match (key, value) {
@@ -73,6 +78,7 @@ pub fn parse_search(stage: &RawDocument) -> Result<SearchStage, Error> {
             // A hint to run segments in parallel; results are the same.
             ("concurrent", RawBsonRef::Boolean(_)) => {}
             ("count", RawBsonRef::Document(count)) => total = parse_count(count)?,
+            ("highlight", RawBsonRef::Document(spec)) => highlight = Some(parse_highlight(spec)?),
             (op, RawBsonRef::Document(spec)) if SERVED.contains(&op) => {
                 if operator.is_some() {
                     return Err(bad("$search takes exactly one operator"));
@@ -80,8 +86,8 @@ pub fn parse_search(stage: &RawDocument) -> Result<SearchStage, Error> {
                 operator = Some(parse_operator(key, spec, 0, &mut clauses)?);
             }
             (
-                "highlight" | "sort" | "returnStoredSource" | "scoreDetails" | "searchAfter"
-                | "searchBefore" | "tracking",
+                "sort" | "returnStoredSource" | "scoreDetails" | "searchAfter" | "searchBefore"
+                | "tracking",
                 _,
             ) => {
                 return Err(bad(format!(
@@ -108,6 +114,7 @@ pub fn parse_search(stage: &RawDocument) -> Result<SearchStage, Error> {
         } else {
             Count::LowerBound
         },
+        highlight,
     })
 }
 
@@ -182,6 +189,39 @@ pub fn parse_search_meta(stage: &RawDocument) -> Result<SearchMetaStage, Error> 
         total,
         facets: facets.unwrap_or_default(),
     })
+}
+
+/// `highlight: {path, maxCharsToExamine?, maxNumPassages?}`.
+fn parse_highlight(spec: &RawDocument) -> Result<Highlight, Error> {
+    let mut highlight = Highlight {
+        paths: Vec::new(),
+        max_chars: 500_000,
+        max_passages: 5,
+    };
+    for (key, value) in spec.iter().flatten() {
+        let n = crate::wire::integer(Some(value))
+            .and_then(|n| usize::try_from(n).ok())
+            .filter(|n| *n > 0);
+        match (key, n) {
+            ("path", _) => highlight.paths = parse_paths(value, "highlight.path")?,
+            ("maxCharsToExamine", Some(n)) => highlight.max_chars = n,
+            ("maxNumPassages", Some(n)) => highlight.max_passages = n.min(MAX_BUCKETS),
+            ("maxCharsToExamine" | "maxNumPassages", None) => {
+                return Err(bad(format!(
+                    "\"highlight.{key}\" must be a positive integer"
+                )))
+            }
+            _ => {
+                return Err(bad(format!(
+                    "\"highlight.{key}\" is not a highlight option"
+                )))
+            }
+        }
+    }
+    if highlight.paths.is_empty() {
+        return Err(bad("\"highlight.path\" is required"));
+    }
+    Ok(highlight)
 }
 
 /// `count: {type: "lowerBound" | "total", threshold?}`: whether the total.

@@ -73,6 +73,8 @@ pub struct VectorQuery {
     /// computed, as a `total` (`count: {type: "total"}`) or a lower bound.
     /// `None`: not read, not counted.
     pub count: Option<super::text_query::Count>,
+    /// `$search`'s `highlight` option.
+    pub highlight: Option<crate::index::text::Highlight>,
 }
 
 impl VectorQuery {
@@ -92,6 +94,7 @@ impl VectorQuery {
             int8: false,
             atlas: true,
             count: None,
+            highlight: None,
         }
     }
 }
@@ -225,6 +228,7 @@ pub fn parse_vector_search(stage: &RawDocument) -> Result<VectorQuery, Error> {
         int8,
         atlas: true,
         count: None,
+        highlight: None,
     })
 }
 
@@ -285,6 +289,7 @@ pub fn parse_like_filter(filter: &RawDocument) -> Result<Option<VectorQuery>, Er
         int8: false,
         atlas: false,
         count: None,
+        highlight: None,
         index,
         path: None,
         vector,
@@ -628,6 +633,7 @@ pub fn owned_first_stage(stages: &bson::RawArray) -> Result<Option<VectorQuery>,
             let limit = search_limit(stages);
             VectorQuery {
                 count: reads_search_meta(stages, 0).then_some(stage.count),
+                highlight: stage.highlight,
                 ..VectorQuery::atlas_stage(
                     Some(stage.index),
                     limit,

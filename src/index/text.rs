@@ -455,6 +455,28 @@ impl FieldValue {
     }
 }
 
+/// `$search`'s `highlight` option.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Highlight {
+    pub paths: Vec<SearchPath>,
+    /// Most characters of one field read for passages (Atlas's
+    /// `maxCharsToExamine`, default 500,000).
+    pub max_chars: usize,
+    /// Most passages returned per field (Atlas's `maxNumPassages`,
+    /// default 5).
+    pub max_passages: usize,
+}
+
+/// One `{$meta: "searchHighlights"}` entry: a passage of a field with
+/// the query's terms marked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Passage {
+    pub path: String,
+    /// Segments in order: `(text, is_hit)`.
+    pub texts: Vec<(String, bool)>,
+    pub score: f64,
+}
+
 /// One `$searchMeta` facet (Atlas's `facet` collector).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Facet {
@@ -839,6 +861,144 @@ impl TextIndex {
         Ok((out, total))
     }
 
+    /// The passages of `doc`'s highlighted paths holding terms `operator`
+    /// searches for there, best first per path (at most
+    /// `highlight.max_passages` each). A passage is a sentence (text up to
+    /// `.`, `!` or `?` and a space); its score is its count of hits (where
+    /// Lucene's unified highlighter scores passages by BM25).
+    pub fn highlights(
+        &self,
+        operator: &Operator,
+        highlight: &Highlight,
+        doc: &RawDocument,
+    ) -> Vec<Passage> {
+        let mut terms: HashMap<String, std::collections::HashSet<String>> = HashMap::new();
+        self.searched_terms(operator, &mut terms);
+        let mut leaves = Vec::new();
+        collect_leaves(doc, "", 0, &mut leaves);
+        let mut out = Vec::new();
+        for (path, _, string) in self.resolve(&highlight.paths) {
+            let Some(wanted) = terms.get(&path) else {
+                continue;
+            };
+            let mut passages = Vec::new();
+            let mut budget = highlight.max_chars;
+            for (leaf, value) in &leaves {
+                let (true, RawBsonRef::String(text)) = (leaf == &path, value) else {
+                    continue;
+                };
+                let mut end = text.len().min(budget);
+                while !text.is_char_boundary(end) {
+                    end -= 1;
+                }
+                budget -= end;
+                passages.extend(self.passages(&path, string.analyzer, &text[..end], wanted));
+            }
+            passages.sort_by(|a, b| {
+                b.score
+                    .partial_cmp(&a.score)
+                    .unwrap_or(std::cmp::Ordering::Equal)
+            });
+            passages.truncate(highlight.max_passages);
+            out.extend(passages);
+        }
+        out
+    }
+
+    /// The sentences of `text` that hold a token of `wanted`, as passages.
+    fn passages(
+        &self,
+        path: &str,
+        analyzer: Analyzer,
+        text: &str,
+        wanted: &std::collections::HashSet<String>,
+    ) -> Vec<Passage> {
+        let mut tokenizer = self.analyzer(analyzer);
+        let mut stream = tokenizer.token_stream(text);
+        let mut hits = Vec::new();
+        while let Some(token) = stream.next() {
+            if wanted.contains(&token.text) {
+                hits.push((token.offset_from, token.offset_to));
+            }
+        }
+        // Sentence bounds: after `.`, `!` or `?` followed by whitespace.
+        let mut bounds = vec![0];
+        let bytes = text.as_bytes();
+        for (i, b) in bytes.iter().enumerate() {
+            if matches!(b, b'.' | b'!' | b'?')
+                && bytes.get(i + 1).is_some_and(|n| n.is_ascii_whitespace())
+            {
+                bounds.push(i + 2);
+            }
+        }
+        bounds.push(text.len());
+        let mut out = Vec::new();
+        for w in bounds.windows(2) {
+            let (from, to) = (w[0], w[1].max(w[0]));
+            let inside: Vec<_> = hits
+                .iter()
+                .filter(|(a, b)| *a >= from && *b <= to)
+                .collect();
+            if inside.is_empty() {
+                continue;
+            }
+            let mut texts = Vec::new();
+            let mut at = from;
+            for (a, b) in &inside {
+                if *a > at {
+                    texts.push((text[at..*a].to_string(), false));
+                }
+                texts.push((text[*a..*b].to_string(), true));
+                at = *b;
+            }
+            let tail = text[at..to].trim_end();
+            if !tail.is_empty() {
+                texts.push((tail.to_string(), false));
+            }
+            out.push(Passage {
+                path: path.to_string(),
+                texts,
+                score: inside.len() as f64,
+            });
+        }
+        out
+    }
+
+    /// The analyzed terms `operator` searches for, by indexed path (what
+    /// a hit looks like after the path's analyzer): `text` and `phrase`
+    /// terms, through `compound`'s `must`, `should` and `filter`.
+    fn searched_terms(
+        &self,
+        operator: &Operator,
+        out: &mut HashMap<String, std::collections::HashSet<String>>,
+    ) {
+        match operator {
+            Operator::Text { query, paths, .. } | Operator::Phrase { query, paths, .. } => {
+                for (path, _, string) in self.resolve(paths) {
+                    let mut tokenizer = self.analyzer(string.search_analyzer);
+                    let set = out.entry(path.clone()).or_default();
+                    for text in query {
+                        let mut stream = tokenizer.token_stream(text);
+                        while let Some(token) = stream.next() {
+                            set.insert(token.text.clone());
+                        }
+                    }
+                }
+            }
+            Operator::Compound {
+                must,
+                should,
+                filter,
+                ..
+            } => {
+                for op in must.iter().chain(should).chain(filter) {
+                    self.searched_terms(op, out);
+                }
+            }
+            _ => {}
+        }
+    }
+
     /// How many documents match `operator` (every document when `None`),
     /// and each of `facets`' buckets over them. Errors:
     /// [`TextError::Query`] as for [`TextIndex::search`].
@@ -1112,6 +1272,14 @@ impl TextIndex {
         out
     }
 
+    /// The analyzer registered for `analyzer`.
+    fn analyzer(&self, analyzer: Analyzer) -> TextAnalyzer {
+        self.index
+            .tokenizers()
+            .get(analyzer.tokenizer_name())
+            .unwrap_or_else(|| analyzer.build())
+    }
+
     /// The analyzed terms of `text` for `path`, with their positions; more
     /// than [`MAX_TERMS`] is a [`TextError::Query`].
     fn terms(
@@ -1121,11 +1289,7 @@ impl TextIndex {
         analyzer: Analyzer,
         text: &str,
     ) -> Result<Vec<(usize, Term)>, TextError> {
-        let mut tokenizer = self
-            .index
-            .tokenizers()
-            .get(analyzer.tokenizer_name())
-            .unwrap_or_else(|| analyzer.build());
+        let mut tokenizer = self.analyzer(analyzer);
         let mut stream = tokenizer.token_stream(text);
         let mut out = Vec::new();
         while let Some(token) = stream.next() {

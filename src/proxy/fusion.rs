@@ -90,10 +90,12 @@ impl ForClient<'_> {
                 scores,
                 details,
                 search_meta: None,
+                highlights: Vec::new(),
             },
             exact_filter: None,
             encoding: None,
             score_details: fusion.score_details,
+            highlighted: false,
         })
     }
 

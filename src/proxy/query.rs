@@ -47,7 +47,13 @@ pub(super) struct Plan {
     /// The stage was asked for `scoreDetails` (`ranked.details` holds
     /// them).
     pub(super) score_details: bool,
+    /// The `$search` was asked for `highlight` (`ranked.highlights`).
+    pub(super) highlighted: bool,
 }
+
+/// Most documents of one `$search` that get highlights (each is read
+/// whole from the upstream).
+const MAX_HIGHLIGHTED: usize = 1000;
 
 /// Most owned vector stages one command may hold (each is a search).
 const MAX_VECTOR_STAGES: usize = 64;
@@ -319,13 +325,18 @@ impl ForClient<'_> {
                 _ => self.plan(kind, &db, &collection, query, session).await?,
             });
         }
-        if !plans.iter().any(|p| p.score_details)
-            && rewrite::reads_score_details(body, crate::wire::MAX_BSON_DEPTH)
-        {
+        let missing = match rewrite::reads_asked_metadata(body, crate::wire::MAX_BSON_DEPTH) {
+            Some(meta @ "scoreDetails") => (!plans.iter().any(|p| p.score_details)).then_some(meta),
+            Some(meta @ "searchHighlights") => {
+                (!plans.iter().any(|p| p.highlighted)).then_some(meta)
+            }
+            _ => None,
+        };
+        if let Some(meta) = missing {
             // mongod's answer when no stage produced the metadata.
             return Err(Error::client(
                 Code::relayed(40218, "Location40218"),
-                "query requires scoreDetails metadata, but it is not available",
+                format!("query requires {meta} metadata, but it is not available"),
             ));
         }
         // Each score reference becomes a lookup carrying the ranked ids and
@@ -398,16 +409,103 @@ impl ForClient<'_> {
             query.path.as_deref(),
             full_text,
         );
-        if allowed.is_some() {
-            return answer(self.shared, collection, query, resolved, allowed, started).await;
+        let highlight = match (&query.vector, &query.highlight) {
+            (QueryVector::FullText(operator), Some(h)) => Some(((**operator).clone(), h.clone())),
+            _ => None,
+        };
+        let mut plan = if allowed.is_some() {
+            answer(
+                self.shared,
+                collection.clone(),
+                query,
+                resolved,
+                allowed,
+                started,
+            )
+            .await?
+        } else {
+            let shared = self.shared;
+            let (answered, right) = tokio::join!(
+                answer(shared, collection.clone(), query, resolved, None, started),
+                self.authorize(Action::Find, &db, &collection, kind.command()),
+            );
+            right?;
+            answered?
+        };
+        if let (Some((operator, highlight)), Some(index)) = (highlight, plan.index.clone()) {
+            plan.ranked.highlights = self
+                .highlights(
+                    &db,
+                    &collection,
+                    index,
+                    operator,
+                    highlight,
+                    &plan.ranked.ids,
+                    session,
+                )
+                .await?;
+            plan.highlighted = true;
         }
-        let shared = self.shared;
-        let (answered, right) = tokio::join!(
-            answer(shared, collection.clone(), query, resolved, None, started),
-            self.authorize(Action::Find, &db, &collection, kind.command()),
-        );
-        right?;
-        answered
+        Ok(plan)
+    }
+
+    /// `{$meta: "searchHighlights"}` of each ranked document (the first
+    /// [`MAX_HIGHLIGHTED`]; the rest get none): the documents are read on
+    /// the client's connection, in its session, and their passages found
+    /// on a blocking thread.
+    #[allow(clippy::too_many_arguments)]
+    async fn highlights(
+        &mut self,
+        db: &str,
+        collection: &str,
+        index: Arc<SearchIndex>,
+        operator: crate::index::text::Operator,
+        highlight: crate::index::text::Highlight,
+        ids: &[bson::RawBson],
+        session: &mut InSession,
+    ) -> Result<Vec<RawArrayBuf>, Error> {
+        let read = &ids[..ids.len().min(MAX_HIGHLIGHTED)];
+        let mut docs = std::collections::HashMap::new();
+        if !read.is_empty() {
+            let find = rewrite::documents_by_id(collection, db, read, session);
+            let mut cursor = Cursor::open(self.upstream, db, &find).await?;
+            while let Some(batch) = cursor.next_batch().await? {
+                for doc in batch {
+                    if let Some(id) = doc.get("_id").ok().flatten() {
+                        docs.insert(crate::index::ids::canonical(id), doc);
+                    }
+                }
+            }
+        }
+        let ids = ids.to_vec();
+        tokio::task::spawn_blocking(move || {
+            let text = index.text();
+            ids.iter()
+                .map(|id| {
+                    let mut out = RawArrayBuf::new();
+                    let doc = docs.get(&crate::index::ids::canonical(id.as_raw_bson_ref()));
+                    if let (Some(text), Some(doc)) = (text, doc) {
+                        for passage in text.highlights(&operator, &highlight, doc) {
+                            let mut texts = RawArrayBuf::new();
+                            for (value, hit) in passage.texts {
+                                texts.push(rawdoc! {
+                                    "value": value,
+                                    "type": if hit { "hit" } else { "text" },
+                                });
+                            }
+                            out.push(rawdoc! {
+                                "path": passage.path,
+                                "texts": texts,
+                                "score": passage.score,
+                            });
+                        }
+                    }
+                    out
+                })
+                .collect()
+        })
+        .await
+        .map_err(|e| Error::internal(format!("highlighting failed: {e}")))
     }
 
     /// The index a query names (`index`; the collection's only one when
@@ -563,6 +661,7 @@ async fn answer(
                 exact_filter: query.filter,
                 encoding: None,
                 score_details: false,
+                highlighted: false,
             });
         }
         Err(e) => return Err(e),
@@ -609,6 +708,7 @@ async fn answer(
             exact_filter: None,
             encoding: None,
             score_details: false,
+            highlighted: false,
         });
     }
     let (vector, encoding) = query_vector(&index, &query).await?;
@@ -632,6 +732,7 @@ async fn answer(
         exact_filter: query.filter,
         encoding,
         score_details: false,
+        highlighted: false,
     })
 }
 

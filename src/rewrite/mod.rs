@@ -27,6 +27,9 @@ pub struct Ranked {
     pub details: Vec<RawDocumentBuf>,
     /// What `$$SEARCH_META` holds after a `$search` (`{count: {...}}`).
     pub search_meta: Option<RawDocumentBuf>,
+    /// One `{$meta: "searchHighlights"}` array per id, or empty when the
+    /// `$search` asked for none.
+    pub highlights: Vec<RawArrayBuf>,
 }
 
 /// Ranked `(_id, score)` pairs, best first.
@@ -38,6 +41,7 @@ impl FromIterator<(RawBson, f64)> for Ranked {
             scores,
             details: Vec::new(),
             search_meta: None,
+            highlights: Vec::new(),
         }
     }
 }
@@ -113,6 +117,13 @@ impl Ranked {
         match meta {
             Meta::Score => self.score_expression(),
             Meta::Details => self.details_expression(),
+            Meta::Highlights => {
+                let mut all = RawArrayBuf::new();
+                for h in &self.highlights {
+                    all.push(h.clone());
+                }
+                self.lookup(all)
+            }
         }
     }
 
@@ -125,7 +136,16 @@ impl Ranked {
         } else {
             self.details_expression().as_bytes().len()
         };
-        self.score_expression().as_bytes().len().max(details)
+        let highlights = if self.highlights.is_empty() {
+            0
+        } else {
+            self.meta_expression(Meta::Highlights).as_bytes().len()
+        };
+        self.score_expression()
+            .as_bytes()
+            .len()
+            .max(details)
+            .max(highlights)
     }
 
     /// The filter selecting exactly the ranked documents that also match:
@@ -220,6 +240,8 @@ enum Meta {
     /// `scoreDetails` (`$rankFusion` / `$scoreFusion` with
     /// `scoreDetails: true`).
     Details,
+    /// `searchHighlights` (`$search` with `highlight`).
+    Highlights,
 }
 
 /// The metadata `doc` reads when it is a `{$meta: ...}` the proxy answers.
@@ -229,21 +251,26 @@ fn meta_reference(doc: &RawDocument) -> Option<Meta> {
         (Some(Ok(("$meta", RawBsonRef::String(name)))), None) => match name {
             "vectorSearchScore" | "searchScore" | "score" => Some(Meta::Score),
             "scoreDetails" => Some(Meta::Details),
+            "searchHighlights" => Some(Meta::Highlights),
             _ => None,
         },
         _ => None,
     }
 }
 
-/// Whether a command reads `{$meta: "scoreDetails"}` anywhere (to `depth`).
-pub fn reads_score_details(doc: &RawDocument, depth: usize) -> bool {
-    fn walk(value: RawBsonRef<'_>, depth: usize) -> bool {
+/// The metadata a command reads (to `depth`) that only a stage asked for
+/// it gives: `"scoreDetails"` or `"searchHighlights"`, the first met.
+pub fn reads_asked_metadata(doc: &RawDocument, depth: usize) -> Option<&'static str> {
+    fn walk(value: RawBsonRef<'_>, depth: usize) -> Option<&'static str> {
         match value {
-            _ if depth == 0 => false,
-            RawBsonRef::Document(d) if meta_reference(d) == Some(Meta::Details) => true,
-            RawBsonRef::Document(d) => d.iter().flatten().any(|(_, v)| walk(v, depth - 1)),
-            RawBsonRef::Array(a) => a.into_iter().flatten().any(|v| walk(v, depth - 1)),
-            _ => false,
+            _ if depth == 0 => None,
+            RawBsonRef::Document(d) => match meta_reference(d) {
+                Some(Meta::Details) => Some("scoreDetails"),
+                Some(Meta::Highlights) => Some("searchHighlights"),
+                _ => d.iter().flatten().find_map(|(_, v)| walk(v, depth - 1)),
+            },
+            RawBsonRef::Array(a) => a.into_iter().flatten().find_map(|v| walk(v, depth - 1)),
+            _ => None,
         }
     }
     walk(RawBsonRef::Document(doc), depth)
@@ -253,7 +280,11 @@ impl Ranked {
     /// The metadata a `{$meta}` reference reads from these results: its
     /// score, or its details where there are any.
     fn meta_of(&self, doc: &RawDocument) -> Option<Meta> {
-        meta_reference(doc).filter(|m| *m == Meta::Score || !self.details.is_empty())
+        meta_reference(doc).filter(|m| match m {
+            Meta::Score => true,
+            Meta::Details => !self.details.is_empty(),
+            Meta::Highlights => !self.highlights.is_empty(),
+        })
     }
 }
 
@@ -835,6 +866,28 @@ pub fn over_documents(body: &RawDocument, documents: Vec<RawDocumentBuf>) -> Raw
     }
     let with_pipeline = with_field(body, "pipeline", pipeline(stages));
     with_field(&with_pipeline, "aggregate", RawBson::Int32(1))
+}
+
+/// The documents with these `_id`s, whole, as a `find` to run upstream
+/// in the client's session.
+pub fn documents_by_id(
+    collection: &str,
+    db: &str,
+    ids: &[RawBson],
+    session: &mut InSession,
+) -> RawDocumentBuf {
+    let ranked = Ranked {
+        ids: ids.to_vec(),
+        ..Ranked::default()
+    };
+    let mut find = rawdoc! {
+        "find": collection,
+        "filter": ranked.filter(None),
+        "batchSize": i64::try_from(ids.len().saturating_add(1)).unwrap_or(i64::MAX),
+        "$db": db,
+    };
+    session.apply(&mut find);
+    find
 }
 
 /// The `_id`s of documents matching `filter`, as a `find` to run upstream.

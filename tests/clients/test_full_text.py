@@ -356,6 +356,34 @@ def test_search_meta_counts_and_facets(client):
     assert e.value.code == 2 and "ascending" in str(e.value)
 
 
+def test_highlights_mark_the_searched_terms(articles):
+    """`highlight` and `{$meta: "searchHighlights"}`: per highlighted path,
+    passages holding the query's terms as the path's analyzer finds them,
+    hits marked, in Atlas's shape."""
+    got = search(articles, {"text": {"query": "fox dogs", "path": ["title", "body"]},
+                            "highlight": {"path": ["title", "body"]}},
+                 {"$project": {"h": {"$meta": "searchHighlights"}}})
+    by_id = {d["_id"]: d["h"] for d in got}
+    assert set(by_id) == {1, 2, 3}
+    # "a fox and another fox met a dog": both foxes are hits ("dog" is not "dogs").
+    body_2 = [h for h in by_id[2] if h["path"] == "body"]
+    assert body_2 == [{"path": "body", "score": 2.0, "texts": [
+        {"value": "a ", "type": "text"}, {"value": "fox", "type": "hit"},
+        {"value": " and another ", "type": "text"}, {"value": "fox", "type": "hit"},
+        {"value": " met a dog", "type": "text"}]}]
+    title_3 = [h for h in by_id[3] if h["path"] == "title"]
+    assert title_3[0]["texts"][0] == {"value": "Dogs", "type": "hit"}
+    # Only the paths asked for.
+    only_title = search(articles, {"text": {"query": "fox", "path": ["title", "body"]},
+                                   "highlight": {"path": "title"}},
+                        {"$project": {"h": {"$meta": "searchHighlights"}}})
+    assert all(h["path"] == "title" for d in only_title for h in d["h"])
+    with pytest.raises(OperationFailure) as e:
+        search(articles, {"text": {"query": "fox", "path": "title"}},
+               {"$project": {"h": {"$meta": "searchHighlights"}}})
+    assert e.value.code == 40218
+
+
 def test_search_meta_variable_after_search(articles):
     """`$$SEARCH_META` in later stages: the count of all matches (Atlas's
     pagination shape), `total` when asked, `lowerBound` by default."""

@@ -116,6 +116,7 @@ fn parse_everything(body: &RawDocument) {
             bson::rawdoc! { "value": 0.8 },
         ],
         search_meta: Some(bson::rawdoc! { "count": { "total": 2 } }),
+        highlights: vec![bson::RawArrayBuf::new(), bson::RawArrayBuf::new()],
     };
     let exact = body.get_document("filter").ok();
     if let Ok(stages) = body.get_array("pipeline") {
