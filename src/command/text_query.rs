@@ -5,7 +5,7 @@
 
 use crate::error::{Code, Error};
 use crate::index::text::{
-    Facet, FieldValue, Fuzzy, Highlight, Operator, ScoreModifier, SearchPath,
+    Facet, FieldValue, Fuzzy, Highlight, Operator, ScoreModifier, SearchPath, SortKey,
 };
 use bson::RawBson;
 use bson::{RawBsonRef, RawDocument};
@@ -53,6 +53,8 @@ pub struct SearchStage {
     pub count: Count,
     /// `highlight`: passages for `{$meta: "searchHighlights"}`.
     pub highlight: Option<Highlight>,
+    /// `sort`: the order of the results, when not by score alone.
+    pub sort: Option<Vec<SortKey>>,
 }
 
 /// `count.type` of `$search` and `$searchMeta`.
@@ -69,6 +71,7 @@ pub fn parse_search(stage: &RawDocument) -> Result<SearchStage, Error> {
     let mut operator = None;
     let mut total = false;
     let mut highlight = None;
+    let mut sort = None;
     let mut clauses = 0;
     for (key, value) in stage.iter().flatten() {
         match (key, value) {
@@ -79,6 +82,7 @@ pub fn parse_search(stage: &RawDocument) -> Result<SearchStage, Error> {
             ("concurrent", RawBsonRef::Boolean(_)) => {}
             ("count", RawBsonRef::Document(count)) => total = parse_count(count)?,
             ("highlight", RawBsonRef::Document(spec)) => highlight = Some(parse_highlight(spec)?),
+            ("sort", RawBsonRef::Document(spec)) => sort = Some(parse_sort(spec)?),
             (op, RawBsonRef::Document(spec)) if SERVED.contains(&op) => {
                 if operator.is_some() {
                     return Err(bad("$search takes exactly one operator"));
@@ -86,8 +90,7 @@ pub fn parse_search(stage: &RawDocument) -> Result<SearchStage, Error> {
                 operator = Some(parse_operator(key, spec, 0, &mut clauses)?);
             }
             (
-                "sort" | "returnStoredSource" | "scoreDetails" | "searchAfter" | "searchBefore"
-                | "tracking",
+                "returnStoredSource" | "scoreDetails" | "searchAfter" | "searchBefore" | "tracking",
                 _,
             ) => {
                 return Err(bad(format!(
@@ -115,6 +118,7 @@ pub fn parse_search(stage: &RawDocument) -> Result<SearchStage, Error> {
             Count::LowerBound
         },
         highlight,
+        sort,
     })
 }
 
@@ -189,6 +193,61 @@ pub fn parse_search_meta(stage: &RawDocument) -> Result<SearchMetaStage, Error> 
         total,
         facets: facets.unwrap_or_default(),
     })
+}
+
+/// `sort: {<path>: 1 | -1 | {order: 1 | -1, noData: "lowest"}, <any>:
+/// {$meta: "searchScore", order?}}`, in the order given.
+fn parse_sort(spec: &RawDocument) -> Result<Vec<SortKey>, Error> {
+    let direction = |v: RawBsonRef<'_>, key: &str| match crate::wire::integer(Some(v)) {
+        Some(1) => Ok(false),
+        Some(-1) => Ok(true),
+        _ => Err(bad(format!("\"sort.{key}\" must be 1 or -1"))),
+    };
+    let mut out = Vec::new();
+    for (key, value) in spec.iter().flatten() {
+        if out.len() == 32 {
+            return Err(bad("\"sort\" takes at most 32 keys"));
+        }
+        out.push(match value {
+            RawBsonRef::Document(d) if d.get_str("$meta").is_ok() => {
+                if d.get_str("$meta") != Ok("searchScore") {
+                    return Err(bad(format!("\"sort.{key}\" may only sort by searchScore")));
+                }
+                let descending = match d.get("order").ok().flatten() {
+                    None => true,
+                    Some(v) => direction(v, key)?,
+                };
+                SortKey::Score { descending }
+            }
+            RawBsonRef::Document(d) => {
+                let mut descending = false;
+                for (k, v) in d.iter().flatten() {
+                    match (k, v) {
+                        ("order", v) => descending = direction(v, key)?,
+                        ("noData", RawBsonRef::String("lowest")) => {}
+                        _ => {
+                            return Err(bad(format!(
+                                "\"sort.{key}.{k}\" is not served by likewise yet (order, \
+                                 noData: \"lowest\")"
+                            )))
+                        }
+                    }
+                }
+                SortKey::Path {
+                    path: key.to_string(),
+                    descending,
+                }
+            }
+            v => SortKey::Path {
+                path: key.to_string(),
+                descending: direction(v, key)?,
+            },
+        });
+    }
+    if out.is_empty() {
+        return Err(bad("\"sort\" needs at least one key"));
+    }
+    Ok(out)
 }
 
 /// `highlight: {path, maxCharsToExamine?, maxNumPassages?}`.
@@ -954,8 +1013,16 @@ mod tests {
             ),
             (rawdoc! { "exists": { "path": ["a"] } }, "field name"),
             (
-                rawdoc! { "text": { "query": "a", "path": "p" }, "highlight": { "path": "p" } },
-                "highlight",
+                rawdoc! { "text": { "query": "a", "path": "p" }, "highlight": { "path": "p", "maxNumPassages": 0 } },
+                "maxNumPassages",
+            ),
+            (
+                rawdoc! { "text": { "query": "a", "path": "p" }, "sort": { "x": 2 } },
+                "1 or -1",
+            ),
+            (
+                rawdoc! { "text": { "query": "a", "path": "p" }, "returnStoredSource": true },
+                "returnStoredSource",
             ),
             (rawdoc! { "index": "x" }, "needs an operator"),
             (

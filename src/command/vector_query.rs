@@ -75,6 +75,8 @@ pub struct VectorQuery {
     pub count: Option<super::text_query::Count>,
     /// `$search`'s `highlight` option.
     pub highlight: Option<crate::index::text::Highlight>,
+    /// `$search`'s `sort` option.
+    pub sort: Option<Vec<crate::index::text::SortKey>>,
 }
 
 impl VectorQuery {
@@ -95,6 +97,7 @@ impl VectorQuery {
             atlas: true,
             count: None,
             highlight: None,
+            sort: None,
         }
     }
 }
@@ -229,6 +232,7 @@ pub fn parse_vector_search(stage: &RawDocument) -> Result<VectorQuery, Error> {
         atlas: true,
         count: None,
         highlight: None,
+        sort: None,
     })
 }
 
@@ -290,6 +294,7 @@ pub fn parse_like_filter(filter: &RawDocument) -> Result<Option<VectorQuery>, Er
         atlas: false,
         count: None,
         highlight: None,
+        sort: None,
         index,
         path: None,
         vector,
@@ -634,6 +639,7 @@ pub fn owned_first_stage(stages: &bson::RawArray) -> Result<Option<VectorQuery>,
             VectorQuery {
                 count: reads_search_meta(stages, 0).then_some(stage.count),
                 highlight: stage.highlight,
+                sort: stage.sort,
                 ..VectorQuery::atlas_stage(
                     Some(stage.index),
                     limit,

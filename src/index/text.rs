@@ -455,6 +455,27 @@ impl FieldValue {
     }
 }
 
+/// One key of `$search`'s `sort` option.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SortKey {
+    /// `{$meta: "searchScore"}`, highest first unless `order: 1`.
+    Score { descending: bool },
+    /// A `number`, `date`, `token`, `boolean` or `objectId` path; a
+    /// document without a value there sorts lowest (Atlas's default
+    /// `noData`), an array by its least value ascending and its greatest
+    /// descending (Lucene's sorted-numeric selectors).
+    Path { path: String, descending: bool },
+}
+
+/// A sort key's value in one document.
+#[derive(Debug, Clone, PartialEq, PartialOrd)]
+enum SortValue {
+    Missing,
+    Number(f64),
+    Text(String),
+    Boolean(bool),
+}
+
 /// `$search`'s `highlight` option.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Highlight {
@@ -861,6 +882,119 @@ impl TextIndex {
         Ok((out, total))
     }
 
+    /// The `k` first documents matching `operator` in `sort`'s order (then
+    /// best score first), with their scores. Reads every match's keys from
+    /// the fast columns of the typed values. Errors as for
+    /// [`TextIndex::search`].
+    pub fn sorted(
+        &self,
+        operator: &Operator,
+        sort: &[SortKey],
+        k: usize,
+    ) -> Result<Hits, TextError> {
+        let mut budget = MAX_TERMS;
+        let query = self.query(operator, &mut budget)?;
+        let searcher = self.reader.searcher();
+        let engine =
+            |e: tantivy::TantivyError| TextError::Engine(format!("sorted search failed: {e}"));
+        let everything = usize::try_from(searcher.num_docs())
+            .unwrap_or(usize::MAX)
+            .max(1);
+        let all = searcher
+            .search(
+                query.as_ref(),
+                &TopDocs::with_limit(everything).order_by_score(),
+            )
+            .map_err(engine)?;
+        let mut keyed = Vec::with_capacity(all.len());
+        let mut by_segment: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
+        for (i, (_, address)) in all.iter().enumerate() {
+            by_segment.entry(address.segment_ord).or_default().push(i);
+        }
+        let mut keys: Vec<Vec<SortValue>> = vec![Vec::new(); all.len()];
+        for (segment, hits) in &by_segment {
+            let fast = searcher.segment_reader(*segment).fast_fields();
+            for key in sort {
+                let SortKey::Path { path, descending } = key else {
+                    for &i in hits {
+                        keys[i].push(SortValue::Number(f64::from(all[i].0)));
+                    }
+                    continue;
+                };
+                let numbers: Vec<NumberColumn> = ['n', 'd']
+                    .iter()
+                    .flat_map(|kind| number_columns(fast, &format!("values.{kind}:{path}")))
+                    .collect();
+                let strings: Vec<tantivy::columnar::StrColumn> = ['t', 'o']
+                    .iter()
+                    .filter_map(|kind| fast.str(&format!("values.{kind}:{path}")).ok().flatten())
+                    .collect();
+                let booleans = fast
+                    .column_opt::<bool>(&format!("values.b:{path}"))
+                    .ok()
+                    .flatten();
+                for &i in hits {
+                    let doc = all[i].1.doc_id;
+                    let mut values: Vec<SortValue> = numbers_of(&numbers, doc)
+                        .into_iter()
+                        .map(SortValue::Number)
+                        .collect();
+                    for c in &strings {
+                        let mut text = String::new();
+                        for ord in c.term_ords(doc) {
+                            text.clear();
+                            if c.ord_to_str(ord, &mut text).unwrap_or(false) {
+                                values.push(SortValue::Text(text.clone()));
+                            }
+                        }
+                    }
+                    if let Some(c) = &booleans {
+                        values.extend(c.values_for_doc(doc).map(SortValue::Boolean));
+                    }
+                    let pick = values.into_iter().reduce(|a, b| {
+                        let a_first = a.partial_cmp(&b) != Some(std::cmp::Ordering::Greater);
+                        if a_first != *descending {
+                            a
+                        } else {
+                            b
+                        }
+                    });
+                    keys[i].push(pick.unwrap_or(SortValue::Missing));
+                }
+            }
+        }
+        for (i, hit) in all.into_iter().enumerate() {
+            keyed.push((std::mem::take(&mut keys[i]), hit));
+        }
+        keyed.sort_by(|(a, x), (b, y)| {
+            for (key, (va, vb)) in sort.iter().zip(a.iter().zip(b)) {
+                let descending = match key {
+                    SortKey::Score { descending } | SortKey::Path { descending, .. } => *descending,
+                };
+                let order = va.partial_cmp(vb).unwrap_or(std::cmp::Ordering::Equal);
+                let order = if descending { order.reverse() } else { order };
+                if order != std::cmp::Ordering::Equal {
+                    return order;
+                }
+            }
+            y.0.partial_cmp(&x.0).unwrap_or(std::cmp::Ordering::Equal)
+        });
+        let mut out = Vec::with_capacity(k.min(keyed.len()));
+        for (_, (score, address)) in keyed.into_iter().take(k) {
+            let doc: TantivyDocument = searcher
+                .doc(address)
+                .map_err(|e| TextError::Engine(format!("cannot read a hit: {e}")))?;
+            if let Some(id) = doc
+                .get_first(self.id_field)
+                .and_then(|v| v.as_bytes())
+                .and_then(decode_id)
+            {
+                out.push((id, f64::from(score / TANTIVY_BM25_FACTOR)));
+            }
+        }
+        Ok(out)
+    }
+
     /// The passages of `doc`'s highlighted paths holding terms `operator`
     /// searches for there, best first per path (at most
     /// `highlight.max_passages` each). A passage is a sentence (text up to
@@ -1067,20 +1201,9 @@ impl TextIndex {
                     let mut counts = vec![0u64; boundaries.len().saturating_sub(1) + 1];
                     for (segment, docs) in &by_segment {
                         let fast = searcher.segment_reader(*segment).fast_fields();
-                        let i64s = fast.column_opt::<i64>(&name).map_err(engine)?;
-                        let u64s = fast.column_opt::<u64>(&name).map_err(engine)?;
-                        let f64s = fast.column_opt::<f64>(&name).map_err(engine)?;
+                        let columns = number_columns(fast, &name);
                         for doc in docs {
-                            let mut values: Vec<f64> = Vec::new();
-                            if let Some(c) = &i64s {
-                                values.extend(c.values_for_doc(*doc).map(|v| v as f64));
-                            }
-                            if let Some(c) = &u64s {
-                                values.extend(c.values_for_doc(*doc).map(|v| v as f64));
-                            }
-                            if let Some(c) = &f64s {
-                                values.extend(c.values_for_doc(*doc));
-                            }
+                            let values = numbers_of(&columns, *doc);
                             let mut hit = vec![false; counts.len()];
                             for v in values {
                                 let bucket = boundaries
@@ -1356,8 +1479,15 @@ impl TextIndex {
                             terms.push((occur, q));
                         }
                     }
-                    if !terms.is_empty() {
-                        per_path.push((Occur::Should, Box::new(BooleanQuery::new(terms))));
+                    if *match_all {
+                        if !terms.is_empty() {
+                            per_path.push((Occur::Should, Box::new(BooleanQuery::new(terms))));
+                        }
+                    } else {
+                        // Any term on any path: one flat disjunction (the
+                        // same sum of BM25 scores), which tantivy prunes by
+                        // block-max WAND.
+                        per_path.extend(terms);
                     }
                 }
                 (boolean_or_empty(per_path), score)
@@ -1588,6 +1718,41 @@ fn open_writer(index: &Index) -> Result<IndexWriter, String> {
     index
         .writer_with_options(options)
         .map_err(|e| format!("cannot open the text index's writer: {e}"))
+}
+
+/// A numeric fast column of the typed values (tantivy keeps one per path,
+/// of whichever type holds all its values).
+enum NumberColumn {
+    I64(tantivy::columnar::Column<i64>),
+    U64(tantivy::columnar::Column<u64>),
+    F64(tantivy::columnar::Column<f64>),
+}
+
+fn number_columns(fast: &tantivy::fastfield::FastFieldReaders, name: &str) -> Vec<NumberColumn> {
+    let mut out = Vec::new();
+    if let Ok(Some(c)) = fast.column_opt::<i64>(name) {
+        out.push(NumberColumn::I64(c));
+    }
+    if let Ok(Some(c)) = fast.column_opt::<u64>(name) {
+        out.push(NumberColumn::U64(c));
+    }
+    if let Ok(Some(c)) = fast.column_opt::<f64>(name) {
+        out.push(NumberColumn::F64(c));
+    }
+    out
+}
+
+/// A document's values in `columns`, as doubles.
+fn numbers_of(columns: &[NumberColumn], doc: u32) -> Vec<f64> {
+    let mut out = Vec::new();
+    for c in columns {
+        match c {
+            NumberColumn::I64(c) => out.extend(c.values_for_doc(doc).map(|v| v as f64)),
+            NumberColumn::U64(c) => out.extend(c.values_for_doc(doc).map(|v| v as f64)),
+            NumberColumn::F64(c) => out.extend(c.values_for_doc(doc)),
+        }
+    }
+    out
 }
 
 /// Atlas's score of a matching `equals`, `in`, `range` or `exists`: 1

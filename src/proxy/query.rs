@@ -668,16 +668,21 @@ async fn answer(
     };
     if let QueryVector::FullText(operator) = &query.vector {
         let (searcher, operator, limit) = (index.clone(), operator.clone(), query.limit);
-        let counted = query.count.is_some();
+        let (counted, sort) = (query.count.is_some(), query.sort.clone());
         let found = tokio::task::spawn_blocking(move || {
             searcher
                 .text()
-                .map(|text| match counted {
-                    true => text.search(&operator, limit),
-                    false => text.top(&operator, limit).map(|hits| {
-                        let n = hits.len();
-                        (hits, n)
-                    }),
+                .map(|text| {
+                    let hits = match &sort {
+                        Some(sort) => text.sorted(&operator, sort, limit)?,
+                        None if counted => return text.search(&operator, limit),
+                        None => text.top(&operator, limit)?,
+                    };
+                    let total = match counted {
+                        true => text.search(&operator, 0)?.1,
+                        false => hits.len(),
+                    };
+                    Ok((hits, total))
                 })
                 // The engine failed to start: the index is FAILED and
                 // `resolve` refused it already.

@@ -261,6 +261,42 @@ def test_equals_in_range_and_exists_on_typed_fields(client):
     assert ids({"range": {"path": "price", "gt": 30, "lt": 32}}) == [2]
 
 
+def test_sort_orders_matches_by_fields_then_score(client):
+    """`$search`'s `sort`: by number, date and token fields (missing values
+    lowest, arrays by their least value ascending, greatest descending),
+    by score, and ties by score."""
+    import datetime
+
+    coll = client.full_text.sorted
+    coll.drop()
+    day = lambda d: datetime.datetime(2026, 3, d, tzinfo=datetime.timezone.utc)
+    coll.insert_many([
+        {"_id": 1, "t": "red apple", "price": 5, "at": day(3), "brand": "b"},
+        {"_id": 2, "t": "red red cherry", "price": 2, "at": day(1), "brand": "a"},
+        {"_id": 3, "t": "red plum", "price": [9, 1], "at": day(2), "brand": "c"},
+        {"_id": 4, "t": "red pear", "at": day(4)},
+        {"_id": 5, "t": "green fig", "price": 0, "at": day(5), "brand": "a"},
+    ])
+    coll.create_search_index(SearchIndexModel(
+        {"mappings": {"dynamic": True, "fields": {"brand": {"type": "token"}}}}, name="sorted"))
+    wait_ready(coll, "sorted")
+
+    def order(sort, *later):
+        got = search(coll, {"text": {"query": "red", "path": "t"}, "sort": sort}, *later,
+                     index="sorted")
+        return [d["_id"] for d in got]
+
+    assert order({"price": 1}) == [4, 3, 2, 1]
+    assert order({"price": -1}) == [3, 1, 2, 4]
+    assert order({"at": -1}) == [4, 1, 3, 2]
+    assert order({"brand": 1, "price": -1}) == [4, 2, 1, 3]
+    # By score: "red red cherry" scores highest; equal keys fall back to score.
+    by_score = order({"score": {"$meta": "searchScore"}})
+    assert by_score[0] == 2
+    assert order({"score": {"$meta": "searchScore", "order": 1}})[-1] == 2
+    assert order({"price": 1}, {"$limit": 2}) == [4, 3]
+
+
 def test_autocomplete_matches_word_prefixes(client):
     """`autocomplete` fields (edge grams of each word, lower-cased, folded)
     and the `autocomplete` operator: `tokenOrder` any and sequential,
