@@ -188,9 +188,13 @@ fn parse_field(
         Ok("string") => {
             let mut analyzer = None;
             let mut search_analyzer = None;
+            let mut multi = None;
             for (key, value) in def.iter().flatten() {
                 match (key, value) {
                     ("type", _) => {}
+                    ("multi", RawBsonRef::Document(m)) if depth < MAX_MAPPING_DEPTH => {
+                        multi = Some(m)
+                    }
                     ("analyzer", RawBsonRef::String(n)) => analyzer = Some(analyzer_named(n, key)?),
                     ("searchAnalyzer", RawBsonRef::String(n)) => {
                         search_analyzer = Some(analyzer_named(n, key)?)
@@ -218,6 +222,37 @@ fn parse_field(
                     .or(analyzer)
                     .unwrap_or(defaults.search_analyzer),
             });
+            for (name, def) in multi.into_iter().flatten().flatten() {
+                *count += 1;
+                if *count > MAX_MAPPED_FIELDS {
+                    return Err(invalid(format!(
+                        "a definition may map at most {MAX_MAPPED_FIELDS} fields"
+                    )));
+                }
+                let here = format!("{at}.multi.{name}");
+                let RawBsonRef::Document(def) = def else {
+                    return Err(invalid(format!(
+                        "'{here}' must be a string field definition"
+                    )));
+                };
+                if def.get("multi").ok().flatten().is_some() {
+                    return Err(invalid(format!("'{here}' cannot have a multi of its own")));
+                }
+                let alternate = parse_field(
+                    def,
+                    &here,
+                    defaults,
+                    depth + 1,
+                    count,
+                    FieldMapping::default(),
+                )?;
+                match alternate.string {
+                    Some(string) => {
+                        field.multi.insert(name.to_string(), string);
+                    }
+                    None => return Err(invalid(format!("'{here}' must have type string"))),
+                }
+            }
             Ok(field)
         }
         Ok("document") => {
@@ -387,8 +422,8 @@ mod tests {
                 "typeSet",
             ),
             (
-                rawdoc! { "mappings": { "fields": { "s": { "type": "string", "multi": {} } } } },
-                "multi",
+                rawdoc! { "mappings": { "fields": { "s": { "type": "string", "multi": { "m": { "type": "token" } } } } } },
+                "must have type string",
             ),
             (rawdoc! { "analyzer": "lucene.standard" }, "mappings"),
         ] {

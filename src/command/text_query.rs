@@ -824,7 +824,15 @@ fn parse_paths(value: RawBsonRef<'_>, at: &str) -> Result<Vec<SearchPath>, Error
                         Ok(SearchPath::Wildcard(s.to_string()))
                     }
                     _ if d.get("multi").ok().flatten().is_some() => {
-                        Err(bad(format!("\"{at}.multi\" is not served by likewise yet")))
+                        match (d.get_str("value"), d.get_str("multi"), d.iter().count()) {
+                            (Ok(path), Ok(multi), 2) => Ok(SearchPath::Multi {
+                                path: path.to_string(),
+                                multi: multi.to_string(),
+                            }),
+                            _ => Err(bad(format!(
+                                "\"{at}\" with multi is {{value: <path>, multi: <name>}}"
+                            ))),
+                        }
                     }
                     _ => Err(bad(format!(
                         "\"{at}\" entries are a field name, {{value}} or {{wildcard}}"

@@ -247,6 +247,9 @@ impl AutocompleteField {
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct FieldMapping {
     pub string: Option<StringField>,
+    /// A string field's alternate analyzers (Atlas's `multi`), by name:
+    /// searched with a path `{value, multi}`.
+    pub multi: BTreeMap<String, StringField>,
     pub document: Option<DocumentMapping>,
     pub values: ValueTypes,
     pub autocomplete: Option<AutocompleteField>,
@@ -348,6 +351,9 @@ impl TextSpec {
                 if let Some(string) = field.string {
                     out.push((path.clone(), string));
                 }
+                for (name, string) in &field.multi {
+                    out.push((multi_key(&path, name), *string));
+                }
                 if let Some(inner) = &field.document {
                     walk(inner, &format!("{path}."), out);
                 }
@@ -395,6 +401,18 @@ impl TextSpec {
 pub enum SearchPath {
     Field(String),
     Wildcard(String),
+    /// `{value: path, multi: name}`: the path as its alternate analyzer
+    /// `name` indexed it.
+    Multi {
+        path: String,
+        multi: String,
+    },
+}
+
+/// The key a path's alternate analyzer (`multi`) is indexed under: no
+/// document path holds a `\u{1}`.
+fn multi_key(path: &str, name: &str) -> String {
+    format!("{path}\u{1}{name}")
 }
 
 /// A clause's score modifier (Atlas's `score`).
@@ -635,6 +653,9 @@ pub struct TextIndex {
     present_field: Field,
     /// `autocomplete` paths: their gram fields.
     autocomplete: HashMap<String, (Field, AutocompleteField)>,
+    /// String paths with alternate analyzers: the keys those are indexed
+    /// under (`multi_key`).
+    multis: HashMap<String, Vec<String>>,
     /// `None` after a failed commit left the writer unusable, until `clear`.
     writer: Mutex<Option<IndexWriter>>,
     reader: IndexReader,
@@ -685,7 +706,14 @@ impl TextIndex {
         // Paths the mapping names get fields of their own up front, so their
         // statistics never depend on which paths a scan met first.
         let mut by_path = HashMap::new();
+        let mut multis: HashMap<String, Vec<String>> = HashMap::new();
         for (i, (path, string)) in spec.named_strings().into_iter().enumerate() {
+            if let Some((base, _)) = path.split_once('\u{1}') {
+                multis
+                    .entry(base.to_string())
+                    .or_default()
+                    .push(path.clone());
+            }
             let field = schema.add_text_field(&format!("named_{i}"), text_options(string.analyzer));
             by_path.insert(path, (Slot::Field(field), string));
         }
@@ -722,6 +750,7 @@ impl TextIndex {
             values_field,
             present_field,
             autocomplete,
+            multis,
             writer: Mutex::new(Some(writer)),
             reader,
             slots: Mutex::new(Slots {
@@ -1254,6 +1283,11 @@ impl TextIndex {
                     None => {}
                 }
                 indexed = slots.by_path.contains_key(&path);
+                for key in self.multis.get(&path).into_iter().flatten() {
+                    if let Some((Slot::Field(field), _)) = slots.by_path.get(key) {
+                        out.add_text(*field, text);
+                    }
+                }
                 if let Some((field, _)) = self.autocomplete.get(&path) {
                     out.add_text(*field, text);
                     indexed = true;
@@ -1378,11 +1412,17 @@ impl TextIndex {
                         out.push((name.clone(), *slot, *string));
                     }
                 }
+                SearchPath::Multi { path, multi } => {
+                    let key = multi_key(path, multi);
+                    if let Some((slot, string)) = slots.by_path.get(&key) {
+                        out.push((key, *slot, *string));
+                    }
+                }
                 SearchPath::Wildcard(glob) => {
                     let mut matched: Vec<_> = slots
                         .by_path
                         .iter()
-                        .filter(|(name, _)| glob_matches(glob, name))
+                        .filter(|(name, _)| !name.contains('\u{1}') && glob_matches(glob, name))
                         .map(|(name, (slot, string))| (name.clone(), *slot, *string))
                         .collect();
                     matched.sort_by(|a, b| a.0.cmp(&b.0));

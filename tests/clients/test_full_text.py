@@ -172,7 +172,8 @@ def test_static_mappings_and_analyzers(client):
         {"analyzer": "lucene.english",
          "mappings": {"dynamic": False, "fields": {
              "code": {"type": "string", "analyzer": "lucene.keyword"},
-             "note": {"type": "string"}}}},
+             "note": {"type": "string", "multi": {
+                 "exact": {"type": "string", "analyzer": "lucene.keyword"}}}}}},
         name="keyed", type="search"))
     wait_ready(coll, "keyed")
     exact = search(coll, {"text": {"query": "AB-12 x", "path": "code"}}, index="keyed")
@@ -189,6 +190,12 @@ def test_static_mappings_and_analyzers(client):
     assert e.value.code == 2 and "allowAnalyzedField" in str(e.value)
     stemmed = search(coll, {"text": {"query": "runs", "path": "note"}}, index="keyed")
     assert [d["_id"] for d in stemmed] == [1]
+    # An alternate analyzer of the same path (Atlas's multi).
+    assert search(coll, {"text": {"query": "running", "path": "code"}}, index="keyed") == []
+    multi = {"value": "note", "multi": "exact"}
+    assert [d["_id"] for d in search(coll, {"text": {"query": "Running fast", "path": multi}},
+                                     index="keyed")] == [1]
+    assert search(coll, {"text": {"query": "running", "path": multi}}, index="keyed") == []
 
 
 def test_equals_in_range_and_exists_on_typed_fields(client):
