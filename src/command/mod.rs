@@ -4,6 +4,7 @@
 
 pub mod fusion;
 pub mod hello;
+pub mod query_string;
 pub mod reads;
 pub mod search_definition;
 pub mod search_index;

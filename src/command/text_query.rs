@@ -23,12 +23,13 @@ const SERVED: &[&str] = &[
     "wildcard",
     "regex",
     "autocomplete",
+    "queryString",
 ];
 
 fn not_served(op: &str) -> Error {
     bad(format!(
         "the $search operator '{op}' is not served by likewise yet (text, phrase, compound, \
-         equals, in, range, exists, wildcard, regex and autocomplete are)"
+         equals, in, range, exists, wildcard, regex, autocomplete and queryString are)"
     ))
 }
 
@@ -102,7 +103,7 @@ pub fn parse_search(stage: &RawDocument) -> Result<SearchStage, Error> {
             }
             (
                 "embeddedDocument" | "geoShape" | "geoWithin" | "knnBeta" | "moreLikeThis" | "near"
-                | "queryString" | "span" | "hasAncestor" | "hasRoot",
+                | "span" | "hasAncestor" | "hasRoot",
                 _,
             ) => return Err(not_served(key)),
             _ => return Err(bad(format!("\"$search.{key}\" is not a $search option"))),
@@ -586,6 +587,46 @@ fn parse_operator(
             })
         }
         "equals" | "in" | "range" | "exists" => parse_value_operator(name, spec),
+        "queryString" => {
+            let (mut default_path, mut query) = (None, None);
+            let mut score = None;
+            for (key, value) in spec.iter().flatten() {
+                match (key, value) {
+                    ("defaultPath", RawBsonRef::String(p)) if !p.is_empty() => {
+                        default_path = Some(p)
+                    }
+                    ("query", RawBsonRef::String(q)) => query = Some(q),
+                    ("score", v) => score = Some(parse_score(v, "queryString.score")?),
+                    _ => {
+                        return Err(bad(format!(
+                            "\"queryString.{key}\" is not a queryString option, or has the wrong \
+                             type (defaultPath and query are strings)"
+                        )))
+                    }
+                }
+            }
+            let default_path =
+                default_path.ok_or_else(|| bad("\"queryString.defaultPath\" is required"))?;
+            let query = query.ok_or_else(|| bad("\"queryString.query\" is required"))?;
+            let parsed = super::query_string::parse(default_path, query)?;
+            *clauses += count_clauses(&parsed);
+            if *clauses > MAX_CLAUSES {
+                return Err(bad(format!(
+                    "$search holds more than {MAX_CLAUSES} clauses"
+                )));
+            }
+            Ok(match score {
+                None => parsed,
+                Some(score) => Operator::Compound {
+                    must: vec![parsed],
+                    must_not: Vec::new(),
+                    should: Vec::new(),
+                    filter: Vec::new(),
+                    minimum_should_match: 0,
+                    score: Some(score),
+                },
+            })
+        }
         "autocomplete" => {
             let mut query = None;
             let mut path = None;
@@ -773,6 +814,28 @@ fn parse_value_operator(name: &str, spec: &RawDocument) -> Result<Operator, Erro
             })
         }
         _ => Ok(Operator::Exists { path, score }),
+    }
+}
+
+/// How many clauses an operator tree holds.
+fn count_clauses(op: &Operator) -> usize {
+    match op {
+        Operator::Compound {
+            must,
+            must_not,
+            should,
+            filter,
+            ..
+        } => {
+            1 + must
+                .iter()
+                .chain(must_not)
+                .chain(should)
+                .chain(filter)
+                .map(count_clauses)
+                .sum::<usize>()
+        }
+        _ => 1,
     }
 }
 
@@ -995,8 +1058,12 @@ mod tests {
                 "text.bogus",
             ),
             (
-                rawdoc! { "queryString": { "defaultPath": "a", "query": "x" } },
-                "queryString",
+                rawdoc! { "near": { "path": "a", "origin": 1, "pivot": 2 } },
+                "'near'",
+            ),
+            (
+                rawdoc! { "queryString": { "defaultPath": "a", "query": "a:[1 TO 2]" } },
+                "ranges",
             ),
             (
                 rawdoc! { "wildcard": { "path": "a", "query": "x*", "bogus": 1 } },

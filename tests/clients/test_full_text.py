@@ -131,6 +131,30 @@ def test_phrase_compound_and_paths(articles):
     assert search(articles, {"text": {"query": "fox", "path": "title"}}, index="missing") == []
 
 
+def test_query_string_is_lucene_syntax(articles):
+    """`queryString`: Lucene's classic syntax over the same analyzers."""
+    def ids(query, default="title"):
+        got = search(articles, {"queryString": {"defaultPath": default, "query": query}})
+        return sorted(d["_id"] for d in got)
+
+    assert ids("fox") == [1, 2]
+    assert ids("fox OR bread") == [1, 2, 6]
+    assert ids("fox AND body:lazy") == [1]
+    assert ids("fox NOT news") == [1]
+    assert ids("+york -dogs") == [4]
+    assert ids('"new york"') == [3, 4]
+    assert ids('body:"fox met"~2') == [2]
+    assert ids("gui*") == [4]
+    assert ids("body:(recipes OR baking)") == [5, 6]
+    assert ids("fxo~1") == [1, 2]
+    boosted = search(articles, {"queryString": {"defaultPath": "title", "query": "fox bread^10"}},
+                     {"$limit": 1})
+    assert [d["_id"] for d in boosted] == [6]
+    with pytest.raises(OperationFailure) as e:
+        ids("(fox")
+    assert e.value.code == 2 and "unclosed" in str(e.value)
+
+
 def test_writes_are_searchable_at_once(articles, client):
     articles.insert_one({"_id": 100, "title": "zebra crossing", "body": "stripes"})
     assert [d["_id"] for d in search(articles, {"text": {"query": "zebra", "path": "title"}})] == [100]
@@ -444,8 +468,8 @@ def test_search_meta_variable_after_search(articles):
 
 def test_refusals_are_mongodb_shaped(articles, client):
     with pytest.raises(OperationFailure) as e:
-        search(articles, {"queryString": {"defaultPath": "n", "query": "a"}})
-    assert e.value.code == 2 and "'queryString'" in str(e.value)
+        search(articles, {"near": {"path": "n", "origin": 1, "pivot": 1}})
+    assert e.value.code == 2 and "'near'" in str(e.value)
     with pytest.raises(OperationFailure) as e:
         list(articles.aggregate([{"$match": {}}, {"$search": {"text": {"query": "a", "path": "b"}}}]))
     assert e.value.code == 40602
