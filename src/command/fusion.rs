@@ -23,7 +23,6 @@
 //! where 8.2 silently ignores an option (an `expression` without
 //! `method: "expression"`), the stage is refused as later servers do.
 
-use crate::command::vector_query::{owned_first_stage, VectorQuery};
 use crate::error::{Code, Error};
 use bson::{RawBson, RawBsonRef, RawDocument, RawDocumentBuf};
 use std::cmp::Ordering;
@@ -84,9 +83,10 @@ pub enum Combination {
     Expression(RawBson),
 }
 
-/// One named input pipeline.
+/// One named input pipeline; `Q` is the query its owned first stage
+/// asks (`vector_query::VectorQuery`).
 #[derive(Debug, Clone, PartialEq)]
-pub struct FusionInput {
+pub struct FusionInput<Q> {
     pub name: String,
     /// `combination.weights`' entry, 1 when not given.
     pub weight: f64,
@@ -94,7 +94,7 @@ pub struct FusionInput {
     pub stages: Vec<RawDocumentBuf>,
     /// Its first stage when the proxy answers it (`$vectorSearch`,
     /// `$search`, a `$match` with `$like`).
-    pub owned: Option<VectorQuery>,
+    pub owned: Option<Q>,
     /// The score an input without an owned stage gives its documents, as an
     /// aggregation expression: `$score`'s `score`, or `{$meta: "textScore"}`
     /// after a `$text` match.
@@ -106,18 +106,18 @@ pub struct FusionInput {
 
 /// A parsed `$rankFusion` or `$scoreFusion`.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Fusion {
+pub struct Fusion<Q> {
     pub method: Method,
     /// In byte-wise name order (mongod's: its `std::map` of pipelines),
     /// which orders `scoreDetails` too.
-    pub inputs: Vec<FusionInput>,
+    pub inputs: Vec<FusionInput<Q>>,
     pub score_details: bool,
     /// How many fused results the stages after it can use
     /// (`vector_query::search_limit`).
     pub limit: usize,
 }
 
-impl Fusion {
+impl<Q> Fusion<Q> {
     /// The stage's name, as errors and `explain` give it.
     pub fn stage(&self) -> &'static str {
         match self.method {
@@ -159,14 +159,15 @@ fn is_selection_stage(name: &str, spec: RawBsonRef<'_>) -> bool {
     }
 }
 
-/// Reads a `$rankFusion` or `$scoreFusion` stage that opens a pipeline;
-/// `outer` is that pipeline (its later stages bound how many results are
-/// used).
-pub fn parse_fusion(
+/// Reads a `$rankFusion` or `$scoreFusion` stage that opens a pipeline
+/// whose later stages use `limit` results; `owned` reads an input
+/// pipeline's owned first stage (`vector_query::owned_first_stage`).
+pub fn parse_fusion<Q>(
     stage: &str,
     spec: RawBsonRef<'_>,
-    outer: &bson::RawArray,
-) -> Result<Fusion, Error> {
+    limit: usize,
+    owned: &impl Fn(&bson::RawArray) -> Result<Option<Q>, Error>,
+) -> Result<Fusion<Q>, Error> {
     let rank = stage == "$rankFusion";
     let RawBsonRef::Document(spec) = spec else {
         return Err(Error::client(
@@ -244,7 +245,7 @@ pub fn parse_fusion(
                 )))
             }
         };
-        inputs.push(parse_input(stage, rank, name, stages)?);
+        inputs.push(parse_input(stage, rank, name, stages, owned)?);
     }
     inputs.sort_by(|a, b| a.name.as_bytes().cmp(b.name.as_bytes()));
     if let Some(w) = inputs.windows(2).find(|w| w[0].name == w[1].name) {
@@ -328,16 +329,17 @@ pub fn parse_fusion(
         method,
         inputs,
         score_details,
-        limit: crate::command::vector_query::search_limit(outer),
+        limit,
     })
 }
 
-fn parse_input(
+fn parse_input<Q>(
     stage: &str,
     rank: bool,
     name: &str,
     stages: &bson::RawArray,
-) -> Result<FusionInput, Error> {
+    owned: &impl Fn(&bson::RawArray) -> Result<Option<Q>, Error>,
+) -> Result<FusionInput<Q>, Error> {
     let mut parsed = Vec::new();
     for s in stages {
         match s {
@@ -434,7 +436,7 @@ fn parse_input(
         }
         a
     };
-    let owned = owned_first_stage(&array)?;
+    let owned = owned(&array)?;
     for (i, (n, _)) in names.iter().enumerate() {
         if i > 0 && matches!(n.as_str(), "$search" | "$vectorSearch" | "$geoNear") {
             return Err(Error::client(
@@ -539,9 +541,9 @@ fn validate_name(stage: &str, name: &str) -> Result<(), Error> {
     ))
 }
 
-fn apply_weights(
+fn apply_weights<Q>(
     stage: &str,
-    inputs: &mut [FusionInput],
+    inputs: &mut [FusionInput<Q>],
     weights: &RawDocument,
 ) -> Result<(), Error> {
     let bare = stage.trim_start_matches('$');
@@ -685,7 +687,7 @@ pub struct FusedHit {
 /// (negative scores count as 0, as mongod's grouping does). The fused score
 /// is their sum (`$rankFusion`), their mean over all inputs (`avg`), or 0
 /// for an `expression` that the upstream computes.
-pub fn fuse(fusion: &Fusion, results: &[InputResult]) -> Vec<FusedHit> {
+pub fn fuse<Q>(fusion: &Fusion<Q>, results: &[InputResult]) -> Vec<FusedHit> {
     let n = fusion.inputs.len();
     let mut at: HashMap<Vec<u8>, usize> = HashMap::new();
     let mut hits: Vec<FusedHit> = Vec::new();
@@ -793,7 +795,7 @@ pub fn ranks_with_ties(keys: &[Option<RawBson>]) -> Vec<u64> {
 /// `$rankFusion`, per input `{inputPipelineName, rank, weight, value,
 /// details: []}` (`rank: "NA"` where absent); for `$scoreFusion`, per input
 /// `{inputPipelineName, inputPipelineRawScore, weight, value, details: []}`.
-pub fn score_details(fusion: &Fusion, hit: &FusedHit, raw: &[Option<f64>]) -> RawDocumentBuf {
+pub fn score_details<Q>(fusion: &Fusion<Q>, hit: &FusedHit, raw: &[Option<f64>]) -> RawDocumentBuf {
     let mut details = bson::RawArrayBuf::new();
     for (p, input) in fusion.inputs.iter().enumerate() {
         let mut d = bson::rawdoc! { "inputPipelineName": input.name.as_str() };
@@ -909,7 +911,8 @@ pub fn compare_values(a: RawBsonRef<'_>, b: RawBsonRef<'_>) -> Ordering {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bson::{rawdoc, RawArrayBuf};
+    use crate::command::vector_query::VectorQuery;
+    use bson::rawdoc;
 
     fn vs() -> RawDocumentBuf {
         rawdoc! { "$vectorSearch": { "index": "v", "path": "e", "queryVector": [1.0, 0.0], "numCandidates": 10, "limit": 5 } }
@@ -919,11 +922,13 @@ mod tests {
         rawdoc! { "$search": { "index": "t", "text": { "query": "fox", "path": "title" } } }
     }
 
-    fn parse(stage: &str, spec: RawDocumentBuf) -> Result<Fusion, Error> {
-        parse_fusion(stage, RawBsonRef::Document(&spec), &RawArrayBuf::new())
+    fn parse(stage: &str, spec: RawDocumentBuf) -> Result<Fusion<VectorQuery>, Error> {
+        let owned =
+            |stages: &bson::RawArray| crate::command::vector_query::owned_first_stage(stages);
+        parse_fusion(stage, RawBsonRef::Document(&spec), 100, &owned)
     }
 
-    fn code(r: Result<Fusion, Error>) -> i32 {
+    fn code(r: Result<Fusion<VectorQuery>, Error>) -> i32 {
         r.map(|_| 0).unwrap_or_else(|e| e.code.code)
     }
 
@@ -1089,7 +1094,7 @@ mod tests {
         }
     }
 
-    fn fusion(method: Method, weights: &[f64]) -> Fusion {
+    fn fusion(method: Method, weights: &[f64]) -> Fusion<VectorQuery> {
         Fusion {
             method,
             inputs: weights

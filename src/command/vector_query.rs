@@ -40,7 +40,7 @@ pub enum QueryVector {
     FullText(Box<crate::index::text::Operator>),
     /// No vector: `$rankFusion` / `$scoreFusion`, which fuse the results of
     /// their input pipelines.
-    Fusion(Box<super::fusion::Fusion>),
+    Fusion(Box<super::fusion::Fusion<VectorQuery>>),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -526,7 +526,12 @@ fn collect_vector_stages(
         };
         match (i, name, spec) {
             (0, "$rankFusion" | "$scoreFusion", spec) => {
-                let fusion = super::fusion::parse_fusion(name, spec, stages)?;
+                let fusion = super::fusion::parse_fusion(
+                    name,
+                    spec,
+                    search_limit(stages),
+                    &owned_first_stage,
+                )?;
                 out.push((
                     collection.to_string(),
                     VectorQuery::atlas_stage(

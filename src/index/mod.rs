@@ -4,6 +4,7 @@
 //! documents: the `_id` <-> key map (`ids`) and BSON vectors (`vector`).
 //! The catalog of live indexes is `crate::registry`.
 
+pub mod bytes;
 pub mod ids;
 pub mod text;
 pub mod vector;

@@ -33,7 +33,7 @@ use tantivy::tokenizer::{
     AsciiFoldingFilter, LowerCaser, RawTokenizer, RemoveLongFilter, Stemmer, StopWordFilter,
     TextAnalyzer, WhitespaceTokenizer,
 };
-use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
+use tantivy::{Directory, Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
 
 /// tantivy's BM25 multiplies Lucene's by `k1 + 1`.
 const TANTIVY_BM25_FACTOR: f32 = 2.2;
@@ -801,6 +801,155 @@ impl TextIndex {
         self.reader
             .reload()
             .map_err(|e| format!("cannot reload the text index: {e}"))
+    }
+
+    /// Appends this index's snapshot section to `out`: its committed
+    /// segment files and `meta.json` (copied under the writer's lock, so
+    /// no commit changes them meanwhile), then the fields dynamic paths
+    /// were given. Format: u32 file count, then per file u32 name length,
+    /// name, u64 length, bytes; u32 path count, then per path u32 length,
+    /// path, u32 field id (`u32::MAX`: the overflow field); all
+    /// little-endian.
+    pub fn save(&self, out: &mut Vec<u8>) -> std::io::Result<()> {
+        let io = |e: String| std::io::Error::other(e);
+        let guard = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let metas = self
+            .index
+            .load_metas()
+            .map_err(|e| io(format!("cannot read the text index's metadata: {e}")))?;
+        let dir = self.index.directory();
+        let mut files: Vec<(String, Vec<u8>)> = Vec::new();
+        // Every component a segment may have (tantivy's `SegmentComponent`
+        // file names), its deletes under the opstamp they were made at.
+        let mut names: Vec<std::path::PathBuf> = Vec::new();
+        for segment in &metas.segments {
+            let id = segment.id().uuid_string();
+            for ext in ["idx", "pos", "term", "store", "fast", "fieldnorm"] {
+                names.push(format!("{id}.{ext}").into());
+            }
+            if let Some(opstamp) = segment.delete_opstamp() {
+                names.push(format!("{id}.{opstamp}.del").into());
+            }
+        }
+        for name in names {
+            match dir.open_read(&name) {
+                Ok(file) => {
+                    let bytes = file.read_bytes()?;
+                    files.push((
+                        name.to_string_lossy().into_owned(),
+                        bytes.as_slice().to_vec(),
+                    ));
+                }
+                // A component the segment does not have (no deletes, say).
+                Err(tantivy::directory::error::OpenReadError::FileDoesNotExist(_)) => {}
+                Err(e) => return Err(io(format!("cannot read a text index file: {e}"))),
+            }
+        }
+        let meta = dir
+            .atomic_read(std::path::Path::new("meta.json"))
+            .map_err(|e| io(format!("cannot read the text index's meta.json: {e}")))?;
+        files.push(("meta.json".to_string(), meta));
+        drop(guard);
+        out.extend_from_slice(&(files.len() as u32).to_le_bytes());
+        for (name, bytes) in &files {
+            out.extend_from_slice(&(name.len() as u32).to_le_bytes());
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+            out.extend_from_slice(bytes);
+        }
+        let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let named: std::collections::HashSet<String> = self
+            .spec
+            .named_strings()
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect();
+        let dynamic: Vec<(&String, u32)> = slots
+            .by_path
+            .iter()
+            .filter(|(path, _)| !named.contains(*path))
+            .map(|(path, (slot, _))| match slot {
+                Slot::Field(f) => (path, f.field_id()),
+                Slot::Overflow(_) => (path, u32::MAX),
+            })
+            .collect();
+        out.extend_from_slice(&(dynamic.len() as u32).to_le_bytes());
+        for (path, id) in dynamic {
+            out.extend_from_slice(&(path.len() as u32).to_le_bytes());
+            out.extend_from_slice(path.as_bytes());
+            out.extend_from_slice(&id.to_le_bytes());
+        }
+        Ok(())
+    }
+
+    /// Replaces this (fresh) index's contents with a snapshot section
+    /// `save` wrote. On error the index is left unusable until
+    /// [`TextIndex::clear`].
+    pub fn restore(&self, r: &mut crate::index::bytes::Reader<'_>) -> std::io::Result<()> {
+        use std::io::Write;
+        use tantivy::directory::TerminatingWrite;
+        let io = |e: String| std::io::Error::other(e);
+        let corrupt =
+            |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string());
+        let mut guard = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        // Closing the writer releases the directory for the files below.
+        *guard = None;
+        let dir = self.index.directory();
+        let count = r.u32()?;
+        let mut meta = None;
+        for _ in 0..count {
+            let len = r.u32()? as usize;
+            let name = std::str::from_utf8(r.take(len)?)
+                .map_err(|_| corrupt("a text index file name is not UTF-8"))?
+                .to_string();
+            let size = r.size()?;
+            let bytes = r.take(size)?;
+            if name.contains(['/', '\\']) || name.starts_with('.') {
+                return Err(corrupt("a text index file name with a path"));
+            }
+            if name == "meta.json" {
+                meta = Some(bytes);
+                continue;
+            }
+            let mut file = dir
+                .open_write(std::path::Path::new(&name))
+                .map_err(|e| io(format!("cannot restore {name}: {e}")))?;
+            file.write_all(bytes)?;
+            file.terminate()?;
+        }
+        let meta = meta.ok_or_else(|| corrupt("no meta.json in the text index snapshot"))?;
+        dir.atomic_write(std::path::Path::new("meta.json"), meta)?;
+        *guard = Some(open_writer(&self.index).map_err(io)?);
+        drop(guard);
+        self.reader
+            .reload()
+            .map_err(|e| io(format!("cannot reload the text index: {e}")))?;
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        for _ in 0..r.u32()? {
+            let len = r.u32()? as usize;
+            let path = std::str::from_utf8(r.take(len)?)
+                .map_err(|_| corrupt("a path is not UTF-8"))?
+                .to_string();
+            let id = r.u32()?;
+            let string = self
+                .spec
+                .string_at(&path)
+                .ok_or_else(|| corrupt("a dynamic path the mapping does not index"))?;
+            let slot = if id == u32::MAX {
+                Slot::Overflow(slots.overflow.ok_or_else(|| corrupt("no overflow field"))?)
+            } else {
+                let field = Field::from_field_id(id);
+                let at = slots
+                    .free
+                    .iter()
+                    .position(|f| *f == field)
+                    .ok_or_else(|| corrupt("a dynamic path's field is not free"))?;
+                slots.free.remove(at);
+                Slot::Field(field)
+            };
+            slots.by_path.insert(path, (slot, string));
+        }
+        Ok(())
     }
 
     /// The `_id`s of every indexed document.
@@ -2099,6 +2248,57 @@ mod tests {
         assert_eq!(run(exists("sub.k")), vec![2]);
         assert_eq!(run(exists("s")), vec![1]);
         assert_eq!(run(exists("none")), Vec::<i32>::new());
+    }
+
+    #[test]
+    fn a_snapshot_restores_segments_deletes_and_dynamic_paths() {
+        let docs: Vec<RawDocumentBuf> = (0..40)
+            .map(|i| {
+                let mut d = rawdoc! { "_id": i, "t": format!("word{i} shared"), "n": i };
+                // More dynamic paths than the pool holds: some overflow.
+                d.append(format!("p{i}"), "rare");
+                d
+            })
+            .collect();
+        let index = index_of(dynamic(Analyzer::Standard), &docs);
+        index
+            .apply(&[TextChange::Remove(RawBsonRef::Int32(3))])
+            .unwrap();
+        let mut section = Vec::new();
+        index.save(&mut section).unwrap();
+        let copy = TextIndex::new(dynamic(Analyzer::Standard)).unwrap();
+        copy.restore(&mut crate::index::bytes::Reader::new(&section, 0))
+            .unwrap();
+        assert_eq!(copy.len(), 39);
+        for (op, want) in [
+            (text("shared", "t"), 39),
+            (text("word3", "t"), 0),
+            (text("rare", "p35"), 1),
+            (text("rare", "p2"), 1),
+        ] {
+            assert_eq!(copy.search(&op, 100).unwrap().1, want, "{op:?}");
+        }
+        let range = Operator::Range {
+            path: "n".into(),
+            lower: std::ops::Bound::Included(FieldValue::Int(30)),
+            upper: std::ops::Bound::Unbounded,
+            score: None,
+        };
+        assert_eq!(copy.search(&range, 100).unwrap().1, 10);
+        // The restored index takes writes, and a new path a free field.
+        let more = rawdoc! { "_id": 100, "t": "later shared", "q": "fresh" };
+        copy.apply(&[TextChange::Set(RawBsonRef::Int32(100), &more)])
+            .unwrap();
+        assert_eq!(copy.search(&text("shared", "t"), 100).unwrap().1, 40);
+        assert_eq!(copy.search(&text("fresh", "q"), 100).unwrap().1, 1);
+        // A damaged section is refused, not a panic.
+        let cut = &section[..section.len() / 2];
+        let other = TextIndex::new(dynamic(Analyzer::Standard)).unwrap();
+        assert!(other
+            .restore(&mut crate::index::bytes::Reader::new(cut, 0))
+            .is_err());
+        other.clear().unwrap();
+        assert_eq!(other.len(), 0);
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Index snapshots under `--data-dir`, so a restart does not rebuild from
 //! scratch: `<data dir>/indexes/<index id>.snapshot` holds the definition it
-//! was built from, the change-stream resume token, the `_id` ↔ key map and
-//! the vector index, with a CRC-32C over all of it. It is written to a
+//! was built from, the change-stream resume token, and the engine's section
+//! (the `_id` ↔ key map and the vector index, or a full-text index's
+//! segment files), with a CRC-32C over all of it. It is written to a
 //! temporary file and renamed, so a crash leaves the old or the new one.
 //!
 //! The token is read before the data, so the data is at least as new as the
@@ -51,18 +52,12 @@ fn put_doc(out: &mut Vec<u8>, doc: &RawDocument) {
 pub fn save(data_dir: &Path, index: &SearchIndex) -> io::Result<()> {
     let token = index.resume_token().unwrap_or_default();
     let generation = index.generation();
-    if index.text().is_some() {
-        // Full-text indexes are not snapshotted yet: they rebuild from the
-        // upstream on start.
-        index.mark_saved(generation);
-        return Ok(());
-    }
     let mut out = Vec::new();
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&VERSION.to_le_bytes());
     put_doc(&mut out, &index.definition);
     put_doc(&mut out, &token);
-    index.save_vectors(&mut out)?;
+    index.save_engine(&mut out)?;
     let crc = crc32c::crc32c(&out);
     out.extend_from_slice(&crc.to_le_bytes());
 
@@ -82,9 +77,6 @@ pub fn save(data_dir: &Path, index: &SearchIndex) -> io::Result<()> {
 /// `Ok(None)` when there is none; an error when it is corrupt or was built
 /// from another definition (the caller rebuilds and says so).
 pub fn load(data_dir: &Path, index: &SearchIndex) -> io::Result<Option<RawDocumentBuf>> {
-    if index.text().is_some() {
-        return Ok(None);
-    }
     let bytes = match std::fs::read(path(data_dir, index)) {
         Ok(b) => b,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -106,6 +98,6 @@ pub fn load(data_dir: &Path, index: &SearchIndex) -> io::Result<Option<RawDocume
         return Err(corrupt("built from another definition"));
     }
     let token = r.doc()?;
-    index.restore_vectors(&mut r)?;
+    index.restore_engine(&mut r)?;
     Ok((!token.is_empty()).then_some(token))
 }

@@ -6,7 +6,11 @@
 
 use super::for_client::*;
 use super::query::Plan;
-use crate::command::fusion::{self, Combination, Fusion, FusionInput, InputResult, Method};
+use crate::command::fusion::{self, Combination, InputResult, Method};
+use crate::command::vector_query::VectorQuery;
+
+type Fusion = fusion::Fusion<VectorQuery>;
+type FusionInput = fusion::FusionInput<VectorQuery>;
 use crate::command::VectorKind;
 use crate::error::{Code, Error};
 use crate::rewrite::{self, InSession, Ranked};

@@ -633,17 +633,29 @@ impl SearchIndex {
         self.touch();
     }
 
-    /// Appends the vectors' snapshot section to `out` (`Vectors::save`).
-    pub fn save_vectors(&self, out: &mut Vec<u8>) -> std::io::Result<()> {
-        self.read_vectors(|v| v.save(out))
+    /// Appends the engine's snapshot section to `out`: the vectors'
+    /// (`Vectors::save`), or a `search` index's (`TextIndex::save`).
+    pub fn save_engine(&self, out: &mut Vec<u8>) -> std::io::Result<()> {
+        match (&self.spec.text, &self.text) {
+            (Some(_), Some(text)) => text.save(out),
+            (Some(_), None) => Err(std::io::Error::other("the full-text engine did not start")),
+            (None, _) => self.read_vectors(|v| v.save(out)),
+        }
     }
 
-    /// Replaces the vectors with a snapshot section read from `r`
-    /// (`Vectors::load`); on error the vectors are left as they were.
-    pub fn restore_vectors(&self, r: &mut vectors::Reader<'_>) -> std::io::Result<()> {
-        let restored = Vectors::load(&self.spec, r)?;
-        *self.data.write().unwrap_or_else(|e| e.into_inner()) = restored;
-        Ok(())
+    /// Replaces the engine's contents with a snapshot section read from
+    /// `r` (`Vectors::load`, `TextIndex::restore`); on error the vectors
+    /// are left as they were, and a `search` index needs a `reset`.
+    pub fn restore_engine(&self, r: &mut vectors::Reader<'_>) -> std::io::Result<()> {
+        match (&self.spec.text, &self.text) {
+            (Some(_), Some(text)) => text.restore(r),
+            (Some(_), None) => Err(std::io::Error::other("the full-text engine did not start")),
+            (None, _) => {
+                let restored = Vectors::load(&self.spec, r)?;
+                *self.data.write().unwrap_or_else(|e| e.into_inner()) = restored;
+                Ok(())
+            }
+        }
     }
 
     /// Runs `f` over the vectors under the read lock, for reads that must

@@ -743,10 +743,10 @@ const INPUT_SCORE: &str = "__likewise_input_score";
 /// projected to `{_id, s?, k?}`: `s` the input's own score where
 /// `input.score` gives its expression, `k` the values of the keys of its
 /// last `$sort` (documents equal on them share a rank).
-pub fn fusion_input(
+pub fn fusion_input<Q>(
     collection: &str,
     db: &str,
-    input: &crate::command::fusion::FusionInput,
+    input: &crate::command::fusion::FusionInput<Q>,
     opening: Option<(&Ranked, Vec<RawDocumentBuf>)>,
     cap: usize,
     session: &mut InSession,

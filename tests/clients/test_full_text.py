@@ -492,36 +492,65 @@ def test_refusals_are_mongodb_shaped(articles, client):
     assert articles.count_documents({}) == len(DOCS)
 
 
-def test_a_restarted_proxy_rebuilds_the_index_and_catches_up(direct_uri, tmp_path):
-    """Full-text indexes are not snapshotted: after a restart the index is
-    rebuilt from the upstream, writes made while the proxy was down
-    included."""
+def test_a_restarted_proxy_loads_the_snapshot_and_catches_up(direct_uri, tmp_path):
+    """Full-text indexes are snapshotted under --data-dir like vector ones:
+    a restarted proxy serves from the snapshot (no rebuild) and catches up
+    from the change stream with writes made while it was down; a damaged
+    snapshot is rebuilt from the upstream, and said so."""
     import signal
 
-    from conftest import start_proxy
+    from conftest import eventually, start_proxy
 
     def start():
-        proxy = start_proxy(direct_uri, "--data-dir", str(tmp_path / "state"))
+        proxy = start_proxy(direct_uri, "--data-dir", str(tmp_path / "state"), log_level="info")
         client = MongoClient(f"mongodb://{proxy.address}/")
         return proxy, client, client.full_text_restart.notes
+
+    def stop(proxy, client):
+        proxy.proc.send_signal(signal.SIGTERM)
+        assert proxy.proc.wait(timeout=30) == 0
+        client.close()
+
+    def words(notes, word):
+        return sorted(str(d["_id"]) for d in search(
+            notes, {"text": {"query": word, "path": "t"}}, {"$limit": 100}, index="notes"))
 
     with MongoClient(direct_uri) as direct:
         direct.likewise.search_indexes.delete_many({"db": "full_text_restart"})
         direct.full_text_restart.notes.drop()
-        direct.full_text_restart.notes.insert_many([{"_id": i, "t": f"note {i}"} for i in range(50)])
+        direct.full_text_restart.notes.insert_many(
+            [{"_id": i, "t": f"note {i}", "n": i} for i in range(50)])
         proxy, client, notes = start()
         notes.create_search_index(SearchIndexModel({"mappings": {"dynamic": True}}, name="notes"))
         wait_ready(notes, "notes")
-        proxy.proc.send_signal(signal.SIGTERM)
-        assert proxy.proc.wait(timeout=30) == 0
-        client.close()
+        notes.delete_one({"_id": 7})
+        stop(proxy, client)
+        snapshots = list((tmp_path / "state" / "indexes").glob("*.snapshot"))
+        assert snapshots
         direct.full_text_restart.notes.insert_one({"_id": "late", "t": "written while down"})
+        direct.full_text_restart.notes.update_one({"_id": 8}, {"$set": {"t": "edited while down"}})
         proxy, client, notes = start()
         try:
+            proxy.wait_for_line("loaded from its snapshot")
+            info, _ = wait_ready(notes, "notes")
+            assert info["progress"]["restoredFromSnapshot"] is True
+            eventually(lambda: words(notes, "down") == ["8", "late"])
+            assert len(words(notes, "note")) == 48
+            got = search(notes, {"range": {"path": "n", "gte": 45}}, index="notes")
+            assert sorted(d["_id"] for d in got) == [45, 46, 47, 48, 49]
+        finally:
+            stop(proxy, client)
+        # A damaged snapshot: rebuilt from the upstream.
+        for snapshot in snapshots:
+            raw = bytearray(snapshot.read_bytes())
+            raw[len(raw) // 2] ^= 0xFF
+            snapshot.write_bytes(bytes(raw))
+        proxy, client, notes = start()
+        try:
+            proxy.wait_for_line("snapshot unusable: rebuilding from the upstream")
             wait_ready(notes, "notes")
-            got = search(notes, {"text": {"query": "down", "path": "t"}}, index="notes")
-            assert [d["_id"] for d in got] == ["late"]
-            assert len(search(notes, {"text": {"query": "note", "path": "t"}}, index="notes")) == 50
+            assert words(notes, "down") == ["8", "late"]
+            assert len(words(notes, "note")) == 48
         finally:
             client.close()
             proxy.stop()
