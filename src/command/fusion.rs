@@ -742,9 +742,11 @@ pub fn fuse<Q>(fusion: &Fusion<Q>, results: &[InputResult]) -> Vec<FusedHit> {
 /// `{$sort: {score: {$meta: "score"}, _id: 1}}`).
 pub fn sort_hits(hits: &mut [FusedHit]) {
     hits.sort_by(|a, b| {
-        b.score
-            .partial_cmp(&a.score)
-            .unwrap_or(Ordering::Equal)
+        // `total_cmp`: an expression may give NaN, which must still sort
+        // somewhere consistent (lowest here).
+        let key = |s: f64| if s.is_nan() { f64::NEG_INFINITY } else { s };
+        key(b.score)
+            .total_cmp(&key(a.score))
             .then_with(|| compare_values(a.id.as_raw_bson_ref(), b.id.as_raw_bson_ref()))
     });
 }
@@ -903,7 +905,7 @@ pub fn compare_values(a: RawBsonRef<'_>, b: RawBsonRef<'_>) -> Ordering {
         (RawBsonRef::ObjectId(x), RawBsonRef::ObjectId(y)) => x.bytes().cmp(&y.bytes()),
         (RawBsonRef::Boolean(x), RawBsonRef::Boolean(y)) => x.cmp(&y),
         (RawBsonRef::DateTime(x), RawBsonRef::DateTime(y)) => x.cmp(&y),
-        _ if class(a) == 2 => number(a).partial_cmp(&number(b)).unwrap_or(Ordering::Equal),
+        _ if class(a) == 2 => number(a).total_cmp(&number(b)),
         _ => crate::index::ids::canonical(a).cmp(&crate::index::ids::canonical(b)),
     })
 }

@@ -1245,18 +1245,24 @@ impl TextIndex {
         }
         bounds.push(text.len());
         let mut out = Vec::new();
+        // Hits and sentence bounds both ascend: one pass over each.
+        let mut next_hit = 0;
         for w in bounds.windows(2) {
             let (from, to) = (w[0], w[1].max(w[0]));
-            let inside: Vec<_> = hits
-                .iter()
-                .filter(|(a, b)| *a >= from && *b <= to)
-                .collect();
+            while next_hit < hits.len() && hits[next_hit].0 < from {
+                next_hit += 1;
+            }
+            let first = next_hit;
+            while next_hit < hits.len() && hits[next_hit].1 <= to {
+                next_hit += 1;
+            }
+            let inside = &hits[first..next_hit];
             if inside.is_empty() {
                 continue;
             }
             let mut texts = Vec::new();
             let mut at = from;
-            for (a, b) in &inside {
+            for (a, b) in inside {
                 if *a > at {
                     texts.push((text[at..*a].to_string(), false));
                 }
@@ -1384,10 +1390,14 @@ impl TextIndex {
                             let values = numbers_of(&columns, *doc);
                             let mut hit = vec![false; counts.len()];
                             for v in values {
-                                let bucket = boundaries
-                                    .windows(2)
-                                    .position(|w| w[0].0 <= v && v < w[1].0)
-                                    .unwrap_or(counts.len() - 1);
+                                // The last boundary at or below `v`; past
+                                // either end, the default bucket.
+                                let at = boundaries.partition_point(|b| b.0 <= v);
+                                let bucket = if at == 0 || at == boundaries.len() {
+                                    counts.len() - 1
+                                } else {
+                                    at - 1
+                                };
                                 hit[bucket] = true;
                             }
                             for (count, hit) in counts.iter_mut().zip(hit) {
@@ -1811,11 +1821,15 @@ impl TextIndex {
                         let clauses = terms
                             .into_iter()
                             .map(|(_, term)| {
+                                // A word past the fuzzy bound matches only
+                                // itself (its automaton would be huge).
+                                let bounded =
+                                    term.serialized_value_bytes().len() <= 4 * MAX_FUZZY_TERM;
                                 let q: Box<dyn Query> = match fuzzy {
-                                    Some(f) => {
+                                    Some(f) if bounded => {
                                         Box::new(FuzzyTermQuery::new(term, f.max_edits, true))
                                     }
-                                    None => {
+                                    _ => {
                                         Box::new(TermQuery::new(term, IndexRecordOption::WithFreqs))
                                     }
                                 };

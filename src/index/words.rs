@@ -108,6 +108,10 @@ impl TokenStream for WordStream<'_> {
     }
 }
 
+/// Longest word cut into grams, in bytes (255 characters of up to 4
+/// bytes).
+const MAX_WORD_BYTES: usize = 4 * 255;
+
 /// How an `autocomplete` field cuts each word into grams (Atlas's
 /// `tokenization`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -162,6 +166,11 @@ impl Tokenizer for GramTokenizer {
         let mut words = self.words.token_stream(text);
         while words.advance() {
             let word = words.token();
+            // Lucene's analyzers drop words past 255 characters; grams of
+            // longer ones would be the text's size squared.
+            if word.text.len() > MAX_WORD_BYTES {
+                continue;
+            }
             let starts: Vec<usize> = word.text.char_indices().map(|(i, _)| i).collect();
             let chars = starts.len();
             let at = |i: usize| starts.get(i).copied().unwrap_or(word.text.len());

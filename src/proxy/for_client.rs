@@ -18,6 +18,10 @@ pub(super) struct ForClient<'s> {
     pub(super) shared: &'s Shared,
     /// The connection's `find` rights found so far (the session's).
     pub(super) rights: &'s mut Rights,
+    /// `upstream` runs as the proxy (a read sent to a secondary behind
+    /// access control): rights are read from `rights` only, never probed
+    /// on it or added.
+    pub(super) delegated: bool,
 }
 
 /// Collections (database, name) a connection was found to have the `find`
@@ -58,6 +62,11 @@ impl ForClient<'_> {
                 .is_some_and(|found| found.elapsed() < RIGHTS_TTL)
         {
             return Ok(());
+        }
+        if self.delegated {
+            // The session confirmed the client's rights on its own
+            // connection just before sending the read here.
+            return Err(unauthorized(db, collection, command, action));
         }
         self.probe(action, db, collection, command).await?;
         if action == Action::Find {

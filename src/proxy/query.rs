@@ -392,12 +392,12 @@ impl ForClient<'_> {
                 query.limit
             )));
         }
-        // The client's right to read the collection is confirmed before
-        // anything the index answers is used: answers, errors and explain
-        // output all say something about the documents. A filter is read on
-        // the client's connection first (the search needs its ids); without
-        // one, a probe asks while the index answers, and the answer (or its
-        // error) is dropped if the probe refuses.
+        // The client's right to read the collection comes first, before any
+        // index is consulted (or a model encodes its text): answers, errors
+        // and explain output all say something about the documents. A filter
+        // is read on the client's connection anyway; without one, a probe
+        // asks (or a right found on this connection in the last 30 s
+        // answers, `ForClient::authorize`).
         let allowed = match &query.filter {
             Some(filter) => Some(self.matching_ids(&db, &collection, filter, session).await?),
             None => None,
@@ -413,25 +413,19 @@ impl ForClient<'_> {
             (QueryVector::FullText(operator), Some(h)) => Some(((**operator).clone(), h.clone())),
             _ => None,
         };
-        let mut plan = if allowed.is_some() {
-            answer(
-                self.shared,
-                collection.clone(),
-                query,
-                resolved,
-                allowed,
-                started,
-            )
-            .await?
-        } else {
-            let shared = self.shared;
-            let (answered, right) = tokio::join!(
-                answer(shared, collection.clone(), query, resolved, None, started),
-                self.authorize(Action::Find, &db, &collection, kind.command()),
-            );
-            right?;
-            answered?
-        };
+        if allowed.is_none() {
+            self.authorize(Action::Find, &db, &collection, kind.command())
+                .await?;
+        }
+        let mut plan = answer(
+            self.shared,
+            collection.clone(),
+            query,
+            resolved,
+            allowed,
+            started,
+        )
+        .await?;
         if let (Some((operator, highlight)), Some(index)) = (highlight, plan.index.clone()) {
             plan.ranked.highlights = self
                 .highlights(
@@ -467,7 +461,17 @@ impl ForClient<'_> {
         let read = &ids[..ids.len().min(MAX_HIGHLIGHTED)];
         let mut docs = std::collections::HashMap::new();
         if !read.is_empty() {
-            let find = rewrite::documents_by_id(collection, db, read, session);
+            use crate::index::text::SearchPath;
+            // The highlighted paths alone, unless a wildcard names them.
+            let paths: Option<Vec<String>> = highlight
+                .paths
+                .iter()
+                .map(|p| match p {
+                    SearchPath::Field(path) | SearchPath::Multi { path, .. } => Some(path.clone()),
+                    SearchPath::Wildcard(_) => None,
+                })
+                .collect();
+            let find = rewrite::documents_by_id(collection, db, read, paths.as_deref(), session);
             let mut cursor = Cursor::open(self.upstream, db, &find).await?;
             while let Some(batch) = cursor.next_batch().await? {
                 for doc in batch {

@@ -47,6 +47,8 @@ pub(super) struct Session {
     /// (`ForClient::authorize`): vector queries and the reads the proxy
     /// runs as itself on a secondary ([`Session::read_route`]) check them.
     rights: super::for_client::Rights,
+    /// The read routed to the secondary runs there as the proxy.
+    read_as_proxy: bool,
 }
 
 /// How a request ended when it did not end well.
@@ -152,6 +154,7 @@ impl Session {
             forwarded_at: None,
             client_dirty: false,
             rights: Default::default(),
+            read_as_proxy: false,
         }
     }
 
@@ -243,6 +246,7 @@ impl Session {
             upstream: &mut self.upstream,
             shared: &self.shared,
             rights: &mut self.rights,
+            delegated: self.swapped && self.read_as_proxy,
         }
     }
 
@@ -584,19 +588,20 @@ impl Session {
         if self.secondary_cursors.len() >= MAX_SECONDARY_CURSORS {
             return Ok(None);
         }
-        if as_proxy {
+        let collections = if as_proxy {
             // Only a read that needs nothing but `find` rights is run as
-            // the proxy, and only once the client is found to have them.
-            let (Some(collections), Ok(db)) = (
+            // the proxy, and only once the client is found to have them
+            // (asked below, once the secondary is open).
+            let (Some(collections), Ok(_)) = (
                 crate::command::reads::collections_read(body),
                 body.get_str("$db"),
             ) else {
                 return Ok(None);
             };
-            for collection in collections {
-                self.check_read_right(db, &collection, name).await?;
-            }
-        }
+            collections
+        } else {
+            Vec::new()
+        };
         let alive = self.secondary.as_ref().is_some_and(|(conn, pin)| {
             let view = self.views.borrow();
             !conn.is_broken()
@@ -642,6 +647,14 @@ impl Session {
                 }
             }
         }
+        // The rights, confirmed on the client's own connection now, so that
+        // none found earlier ages out while the read runs as the proxy.
+        if let Ok(db) = body.get_str("$db") {
+            for collection in &collections {
+                self.check_read_right(db, collection, name).await?;
+            }
+        }
+        self.read_as_proxy = as_proxy;
         Ok(Some(Route::Read))
     }
 

@@ -868,12 +868,13 @@ pub fn over_documents(body: &RawDocument, documents: Vec<RawDocumentBuf>) -> Raw
     with_field(&with_pipeline, "aggregate", RawBson::Int32(1))
 }
 
-/// The documents with these `_id`s, whole, as a `find` to run upstream
-/// in the client's session.
+/// The documents with these `_id`s (only `paths` of them, when given), as
+/// a `find` to run upstream in the client's session.
 pub fn documents_by_id(
     collection: &str,
     db: &str,
     ids: &[RawBson],
+    paths: Option<&[String]>,
     session: &mut InSession,
 ) -> RawDocumentBuf {
     let ranked = Ranked {
@@ -886,6 +887,24 @@ pub fn documents_by_id(
         "batchSize": i64::try_from(ids.len().saturating_add(1)).unwrap_or(i64::MAX),
         "$db": db,
     };
+    if let Some(paths) = paths {
+        // Only these paths; one under another would collide in mongod's
+        // projection, so the outer one stands for both.
+        let mut sorted: Vec<&String> = paths.iter().collect();
+        sorted.sort();
+        let mut projection = RawDocumentBuf::new();
+        let mut kept: Vec<&String> = Vec::new();
+        for path in sorted {
+            let covered = kept
+                .iter()
+                .any(|k| path == *k || path.starts_with(&format!("{k}.")));
+            if !covered {
+                projection.append(path.as_str(), 1);
+                kept.push(path);
+            }
+        }
+        find.append("projection", projection);
+    }
     session.apply(&mut find);
     find
 }
