@@ -489,7 +489,7 @@ fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(async move {
+    let code = runtime.block_on(async move {
         let listener = match tokio::net::TcpListener::bind(&args.listen).await {
             Ok(l) => l,
             Err(e) => {
@@ -530,7 +530,12 @@ fn serve(args: ServeArgs) -> ExitCode {
         let _ = stdout.flush();
         likewise::server::run_shared(listener, shared, shutdown_signal(), workers.handles()).await;
         ExitCode::SUCCESS
-    })
+    });
+    // Requests in flight finished and snapshots were written above; a
+    // blocking task still running (an index build's encode batch, which can
+    // take minutes) is abandoned, not waited for.
+    runtime.shutdown_timeout(likewise::server::SHUTDOWN_GRACE);
+    code
 }
 
 async fn shutdown_signal() {

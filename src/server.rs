@@ -145,6 +145,11 @@ async fn serve_one(
 
 /// Single-threaded runtimes, each driven by its own thread, to serve
 /// connections on (thread-per-core). Stopped and joined on drop.
+/// How long a stopping runtime waits for its blocking threads (an index
+/// build's encode batch, a search) before abandoning them: what shutdown
+/// owes (requests in flight, snapshots) is done before it.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
+
 pub struct Workers {
     handles: Vec<Handle>,
     stops: Vec<tokio::sync::oneshot::Sender<()>>,
@@ -170,6 +175,9 @@ impl Workers {
                     .name(thread_name.to_string())
                     .spawn(move || {
                         let _ = runtime.block_on(stopped);
+                        // Blocking work still running (a query's search,
+                        // say) is abandoned rather than waited for.
+                        runtime.shutdown_timeout(SHUTDOWN_GRACE);
                     })?,
             );
         }

@@ -59,9 +59,12 @@ def pipelines(title):
 
 
 @pytest.fixture(scope="module")
-def corpus(proxy_uri):
+def corpus(module_proxy_uri):
+    """The corpus indexed both ways, on an upstream of this module's own:
+    proxies other modules start on the shared upstream never rebuild (and
+    re-encode) these indexes."""
     rows = debian_long_descriptions(ITEMS)
-    with MongoClient(proxy_uri) as client:
+    with MongoClient(module_proxy_uri) as client:
         coll = client.quality.packages
         coll.drop()
         coll.insert_many([{"_id": r["_id"], "text": r["text"]} for r in rows])
