@@ -511,6 +511,9 @@ pub struct Highlight {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Passage {
     pub path: String,
+    /// The alternate analyzer the path was searched with (`{value,
+    /// multi}`), if any.
+    pub multi: Option<String>,
     /// Segments in order: `(text, is_hit)`.
     pub texts: Vec<(String, bool)>,
     pub score: f64,
@@ -1195,8 +1198,13 @@ impl TextIndex {
             };
             let mut passages = Vec::new();
             let mut budget = highlight.max_chars;
+            // A `multi` key is its document path and the analyzer's name.
+            let (field, multi) = match path.split_once('\u{1}') {
+                Some((field, multi)) => (field, Some(multi)),
+                None => (path.as_str(), None),
+            };
             for (leaf, value) in &leaves {
-                let (true, RawBsonRef::String(text)) = (leaf == &path, value) else {
+                let (true, RawBsonRef::String(text)) = (leaf == field, value) else {
                     continue;
                 };
                 let mut end = text.len().min(budget);
@@ -1204,7 +1212,14 @@ impl TextIndex {
                     end -= 1;
                 }
                 budget -= end;
-                passages.extend(self.passages(&path, string.analyzer, &text[..end], wanted));
+                passages.extend(
+                    self.passages(field, string.analyzer, &text[..end], wanted)
+                        .into_iter()
+                        .map(|p| Passage {
+                            multi: multi.map(str::to_string),
+                            ..p
+                        }),
+                );
             }
             passages.sort_by(|a, b| {
                 b.score
@@ -1275,6 +1290,7 @@ impl TextIndex {
             }
             out.push(Passage {
                 path: path.to_string(),
+                multi: None,
                 texts,
                 score: inside.len() as f64,
             });

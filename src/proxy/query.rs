@@ -16,7 +16,7 @@ use crate::registry::{SearchIndex, Status};
 use crate::rewrite::InSession;
 use crate::rewrite::{self, Ranked};
 use crate::upstream::pinned::{self as upstream, Cursor};
-use bson::{rawdoc, RawArrayBuf, RawBsonRef, RawDocument, RawDocumentBuf};
+use bson::{rawdoc, RawArrayBuf, RawBson, RawBsonRef, RawDocument, RawDocumentBuf};
 use std::sync::Arc;
 
 /// A vector command rewritten for the upstream: the ranked form, which
@@ -497,8 +497,15 @@ impl ForClient<'_> {
                                     "type": if hit { "hit" } else { "text" },
                                 });
                             }
+                            // Atlas names a `multi` path as it was asked.
+                            let path = match passage.multi {
+                                Some(multi) => RawBson::Document(
+                                    rawdoc! { "value": passage.path, "multi": multi },
+                                ),
+                                None => RawBson::String(passage.path),
+                            };
                             out.push(rawdoc! {
-                                "path": passage.path,
+                                "path": path,
                                 "texts": texts,
                                 "score": passage.score,
                             });

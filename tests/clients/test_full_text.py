@@ -220,6 +220,11 @@ def test_static_mappings_and_analyzers(client):
     assert [d["_id"] for d in search(coll, {"text": {"query": "Running fast", "path": multi}},
                                      index="keyed")] == [1]
     assert search(coll, {"text": {"query": "running", "path": multi}}, index="keyed") == []
+    highlighted = search(coll, {"text": {"query": "Running fast", "path": multi},
+                                "highlight": {"path": multi}},
+                         {"$project": {"h": {"$meta": "searchHighlights"}}}, index="keyed")
+    assert highlighted[0]["h"] == [{"path": multi, "score": 1.0, "texts": [
+        {"value": "Running fast", "type": "hit"}]}]
 
 
 def test_equals_in_range_and_exists_on_typed_fields(client):
