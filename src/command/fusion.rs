@@ -551,12 +551,10 @@ fn apply_weights<Q>(
     let mut count = 0;
     for (name, value) in weights.iter().flatten() {
         count += 1;
-        let weight = match value {
-            RawBsonRef::Double(d) => d,
-            RawBsonRef::Int32(i) => f64::from(i),
-            RawBsonRef::Int64(i) => i as f64,
-            RawBsonRef::Decimal128(d) => d.to_string().parse().unwrap_or(f64::NAN),
-            other => {
+        let weight = match (crate::wire::number(Some(value)), value) {
+            (Some(w), _) => w,
+            (None, RawBsonRef::Decimal128(_)) => f64::NAN,
+            (None, other) => {
                 return Err(located(
                     13118,
                     format!(
@@ -891,15 +889,7 @@ pub fn compare_values(a: RawBsonRef<'_>, b: RawBsonRef<'_>) -> Ordering {
             _ => 12,
         }
     }
-    fn number(v: RawBsonRef<'_>) -> f64 {
-        match v {
-            RawBsonRef::Double(d) => d,
-            RawBsonRef::Int32(i) => f64::from(i),
-            RawBsonRef::Int64(i) => i as f64,
-            RawBsonRef::Decimal128(d) => d.to_string().parse().unwrap_or(f64::NAN),
-            _ => f64::NAN,
-        }
-    }
+    let number = |v| crate::wire::number(Some(v)).unwrap_or(f64::NAN);
     class(a).cmp(&class(b)).then_with(|| match (a, b) {
         (RawBsonRef::String(x), RawBsonRef::String(y)) => x.as_bytes().cmp(y.as_bytes()),
         (RawBsonRef::ObjectId(x), RawBsonRef::ObjectId(y)) => x.bytes().cmp(&y.bytes()),

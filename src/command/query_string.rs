@@ -328,14 +328,7 @@ impl Parser {
             if !(b.is_finite() && b > 0.0) {
                 return Err(bad("queryString: a boost must be a positive number"));
             }
-            op = Operator::Compound {
-                must: vec![op],
-                must_not: Vec::new(),
-                should: Vec::new(),
-                filter: Vec::new(),
-                minimum_should_match: 0,
-                score: Some(ScoreModifier::Boost(b)),
-            };
+            op = op.with_score(ScoreModifier::Boost(b));
         }
         Ok(op)
     }

@@ -617,14 +617,7 @@ fn parse_operator(
             }
             Ok(match score {
                 None => parsed,
-                Some(score) => Operator::Compound {
-                    must: vec![parsed],
-                    must_not: Vec::new(),
-                    should: Vec::new(),
-                    filter: Vec::new(),
-                    minimum_should_match: 0,
-                    score: Some(score),
-                },
+                Some(score) => parsed.with_score(score),
             })
         }
         "autocomplete" => {

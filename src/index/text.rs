@@ -624,6 +624,21 @@ pub enum Operator {
     },
 }
 
+impl Operator {
+    /// This operator with `score` applied to it (a one-clause `compound`
+    /// carrying the modifier, which scores as the clause does).
+    pub fn with_score(self, score: ScoreModifier) -> Operator {
+        Operator::Compound {
+            must: vec![self],
+            must_not: Vec::new(),
+            should: Vec::new(),
+            filter: Vec::new(),
+            minimum_should_match: 0,
+            score: Some(score),
+        }
+    }
+}
+
 /// Where one indexed path lives in the tantivy schema.
 #[derive(Debug, Clone, Copy)]
 enum Slot {
@@ -1025,14 +1040,41 @@ impl TextIndex {
         Ok(self.run(operator, k, false)?.0)
     }
 
+    /// `operator` as a tantivy query, within [`MAX_TERMS`] term clauses.
+    fn compile(&self, operator: &Operator) -> Result<Box<dyn Query>, TextError> {
+        let mut budget = MAX_TERMS;
+        self.query(operator, &mut budget)
+    }
+
+    /// The `_id`s and Lucene scores of `hits`, in their order.
+    fn hits_of(
+        &self,
+        searcher: &tantivy::Searcher,
+        hits: impl IntoIterator<Item = (f32, tantivy::DocAddress)>,
+    ) -> Result<Hits, TextError> {
+        let mut out = Vec::new();
+        for (score, address) in hits {
+            let doc: TantivyDocument = searcher
+                .doc(address)
+                .map_err(|e| TextError::Engine(format!("cannot read a hit: {e}")))?;
+            let id = doc
+                .get_first(self.id_field)
+                .and_then(|v| v.as_bytes())
+                .and_then(decode_id);
+            if let Some(id) = id {
+                out.push((id, f64::from(score / TANTIVY_BM25_FACTOR)));
+            }
+        }
+        Ok(out)
+    }
+
     fn run(
         &self,
         operator: &Operator,
         k: usize,
         count: bool,
     ) -> Result<(Hits, Option<usize>), TextError> {
-        let mut budget = MAX_TERMS;
-        let query = self.query(operator, &mut budget)?;
+        let query = self.compile(operator)?;
         let searcher = self.reader.searcher();
         let failed = |e: tantivy::TantivyError| TextError::Engine(format!("search failed: {e}"));
         let best = TopDocs::with_limit(k.max(1)).order_by_score();
@@ -1047,34 +1089,21 @@ impl TextIndex {
                 None,
             )
         };
-        let mut out = Vec::with_capacity(top.len().min(k));
-        for (score, address) in top.into_iter().take(k) {
-            let doc: TantivyDocument = searcher
-                .doc(address)
-                .map_err(|e| TextError::Engine(format!("cannot read a hit: {e}")))?;
-            let Some(bytes) = doc.get_first(self.id_field).and_then(|v| v.as_bytes()) else {
-                continue;
-            };
-            let Some(id) = decode_id(bytes) else {
-                continue;
-            };
-            out.push((id, f64::from(score / TANTIVY_BM25_FACTOR)));
-        }
+        let out = self.hits_of(&searcher, top.into_iter().take(k))?;
         Ok((out, total))
     }
 
     /// The `k` first documents matching `operator` in `sort`'s order (then
-    /// best score first), with their scores. Reads every match's keys from
-    /// the fast columns of the typed values. Errors as for
-    /// [`TextIndex::search`].
+    /// best score first), with their scores, and how many matched (it
+    /// visits every match). Reads every match's keys from the fast columns
+    /// of the typed values. Errors as for [`TextIndex::search`].
     pub fn sorted(
         &self,
         operator: &Operator,
         sort: &[SortKey],
         k: usize,
-    ) -> Result<Hits, TextError> {
-        let mut budget = MAX_TERMS;
-        let query = self.query(operator, &mut budget)?;
+    ) -> Result<(Hits, usize), TextError> {
+        let query = self.compile(operator)?;
         let searcher = self.reader.searcher();
         let engine =
             |e: tantivy::TantivyError| TextError::Engine(format!("sorted search failed: {e}"));
@@ -1160,20 +1189,9 @@ impl TextIndex {
             }
             y.0.partial_cmp(&x.0).unwrap_or(std::cmp::Ordering::Equal)
         });
-        let mut out = Vec::with_capacity(k.min(keyed.len()));
-        for (_, (score, address)) in keyed.into_iter().take(k) {
-            let doc: TantivyDocument = searcher
-                .doc(address)
-                .map_err(|e| TextError::Engine(format!("cannot read a hit: {e}")))?;
-            if let Some(id) = doc
-                .get_first(self.id_field)
-                .and_then(|v| v.as_bytes())
-                .and_then(decode_id)
-            {
-                out.push((id, f64::from(score / TANTIVY_BM25_FACTOR)));
-            }
-        }
-        Ok(out)
+        let matched = keyed.len();
+        let hits = self.hits_of(&searcher, keyed.into_iter().take(k).map(|(_, hit)| hit))?;
+        Ok((hits, matched))
     }
 
     /// The passages of `doc`'s highlighted paths holding terms `operator`
@@ -1341,9 +1359,8 @@ impl TextIndex {
         operator: Option<&Operator>,
         facets: &[Facet],
     ) -> Result<(usize, Vec<Buckets>), TextError> {
-        let mut budget = MAX_TERMS;
         let query: Box<dyn Query> = match operator {
-            Some(op) => self.query(op, &mut budget)?,
+            Some(op) => self.compile(op)?,
             None => Box::new(tantivy::query::AllQuery),
         };
         let searcher = self.reader.searcher();

@@ -15,7 +15,7 @@ use crate::command::VectorKind;
 use crate::error::{Code, Error};
 use crate::rewrite::{self, InSession, Ranked};
 use crate::upstream::pinned::Cursor;
-use bson::{RawBson, RawBsonRef};
+use bson::RawBson;
 use std::collections::HashMap;
 
 impl ForClient<'_> {
@@ -149,15 +149,17 @@ impl ForClient<'_> {
                 ids.push(id.to_raw_bson());
                 keys.push(doc.get("k").ok().flatten().map(|k| k.to_raw_bson()));
                 if input.score.is_some() {
-                    scores.push(number(doc.get("s").ok().flatten()).ok_or_else(|| {
-                        Error::client(
-                            Code::relayed(14, "TypeMismatch"),
-                            format!(
-                                "the score of input pipeline '{}' must be a number",
-                                input.name
-                            ),
-                        )
-                    })?);
+                    scores.push(crate::wire::number(doc.get("s").ok().flatten()).ok_or_else(
+                        || {
+                            Error::client(
+                                Code::relayed(14, "TypeMismatch"),
+                                format!(
+                                    "the score of input pipeline '{}' must be a number",
+                                    input.name
+                                ),
+                            )
+                        },
+                    )?);
                 }
             }
         }
@@ -227,7 +229,7 @@ impl ForClient<'_> {
                 let Some(id) = doc.get("_id").ok().flatten() else {
                     continue;
                 };
-                let score = number(doc.get("s").ok().flatten()).ok_or_else(|| {
+                let score = crate::wire::number(doc.get("s").ok().flatten()).ok_or_else(|| {
                     Error::client(
                         Code::relayed(14, "TypeMismatch"),
                         "$scoreFusion's combination.expression must evaluate to a number",
@@ -249,15 +251,5 @@ impl ForClient<'_> {
             .collect();
         fusion::sort_hits(&mut out);
         Ok(out)
-    }
-}
-
-fn number(value: Option<RawBsonRef<'_>>) -> Option<f64> {
-    match value? {
-        RawBsonRef::Double(d) => Some(d),
-        RawBsonRef::Int32(i) => Some(f64::from(i)),
-        RawBsonRef::Int64(i) => Some(i as f64),
-        RawBsonRef::Decimal128(d) => d.to_string().parse().ok(),
-        _ => None,
     }
 }

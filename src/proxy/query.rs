@@ -683,17 +683,14 @@ async fn answer(
         let found = tokio::task::spawn_blocking(move || {
             searcher
                 .text()
-                .map(|text| {
-                    let hits = match &sort {
-                        Some(sort) => text.sorted(&operator, sort, limit)?,
-                        None if counted => return text.search(&operator, limit),
-                        None => text.top(&operator, limit)?,
-                    };
-                    let total = match counted {
-                        true => text.search(&operator, 0)?.1,
-                        false => hits.len(),
-                    };
-                    Ok((hits, total))
+                .map(|text| match &sort {
+                    // Sorting visits every match, so counts them too.
+                    Some(sort) => text.sorted(&operator, sort, limit),
+                    None if counted => text.search(&operator, limit),
+                    None => text.top(&operator, limit).map(|hits| {
+                        let n = hits.len();
+                        (hits, n)
+                    }),
                 })
                 // The engine failed to start: the index is FAILED and
                 // `resolve` refused it already.

@@ -99,6 +99,18 @@ pub fn integer(value: Option<bson::RawBsonRef<'_>>) -> Option<i64> {
     }
 }
 
+/// A number in any BSON numeric type as a double (`decimal` through its
+/// text): `None` for anything else.
+pub fn number(value: Option<bson::RawBsonRef<'_>>) -> Option<f64> {
+    match value? {
+        bson::RawBsonRef::Double(x) => Some(x),
+        bson::RawBsonRef::Int32(n) => Some(f64::from(n)),
+        bson::RawBsonRef::Int64(n) => Some(n as f64),
+        bson::RawBsonRef::Decimal128(d) => d.to_string().parse().ok(),
+        _ => None,
+    }
+}
+
 /// Checks that `doc` nests no deeper than `max` levels below itself, without
 /// recursing (the walk keeps its own stack of at most `max` iterators), so
 /// every recursive walk over a request that passed it is bounded.
