@@ -111,6 +111,15 @@ impl View {
         }
     }
 
+    /// Servers the driver lists but has not checked yet (`Unknown`
+    /// without a failed check): what they are is still to come.
+    fn unchecked(&self) -> impl Iterator<Item = &ServerAddress> {
+        self.servers
+            .iter()
+            .filter(|s| s.kind == ServerType::Unknown && s.error.is_none())
+            .map(|s| &s.address)
+    }
+
     /// Servers that can take `role` now (demoted ones left out).
     pub fn candidates(&self, role: Role) -> Vec<&ServerAddress> {
         self.tagged(role, &[])
@@ -304,6 +313,10 @@ impl Topology {
     /// Waits up to `wait` for the topology to offer one, then errors with
     /// `HostUnreachable` (a `mongos` without a reachable shard primary
     /// answers alike), naming what it saw.
+    /// A router still unchecked that would outrank the best one answering
+    /// is waited for too (so a client host's first connections, made
+    /// during discovery, go where its later ones will); when the wait ends
+    /// first, the best router answering is taken.
     /// `tag_sets` narrows the choice as a read preference's tags do.
     /// The wait is `wait` counted from `since`.
     pub async fn select(
@@ -315,17 +328,27 @@ impl Topology {
         since: Instant,
     ) -> Result<Pin, Error> {
         let mut views = self.subscribe();
-        let pick = |view: &View| -> Option<Pin> {
+        // `settled`: take the best router answering now even if a router
+        // not yet checked would outrank it (only once the wait is over).
+        let pick = |view: &View, settled: bool| -> Option<Pin> {
             let role = role.or_else(|| view.write_role())?;
             let candidates = view.tagged(role, tag_sets);
             if candidates.is_empty() {
                 return None;
             }
             let address = match role {
-                Role::Router => candidates
-                    .iter()
-                    .max_by_key(|a| rendezvous(affinity, &a.to_string()))
-                    .copied()?,
+                Role::Router => {
+                    let weight = |a: &ServerAddress| rendezvous(affinity, &a.to_string());
+                    let best = candidates.iter().copied().max_by_key(|a| weight(a))?;
+                    // While discovery has not checked every router, the
+                    // winner may be one still unknown: pinning to the best
+                    // one seen so far would split a client host's
+                    // connections over two routers.
+                    if !settled && view.unchecked().any(|a| weight(a) > weight(best)) {
+                        return None;
+                    }
+                    best
+                }
                 Role::Secondary => {
                     let i = self.next_secondary.fetch_add(1, Ordering::Relaxed);
                     candidates[i % candidates.len()]
@@ -339,7 +362,7 @@ impl Topology {
         };
         let found = tokio::time::timeout(wait.saturating_sub(since.elapsed()), async {
             loop {
-                if let Some(pin) = pick(&views.borrow_and_update()) {
+                if let Some(pin) = pick(&views.borrow_and_update(), false) {
                     return Some(pin);
                 }
                 // Woken by a new view, or at the latest when a demotion
@@ -350,9 +373,13 @@ impl Topology {
             }
         })
         .await;
+        let found = match found {
+            Ok(Some(pin)) => Some(pin),
+            _ => pick(&self.view(), true),
+        };
         match found {
-            Ok(Some(pin)) => Ok(pin),
-            _ => {
+            Some(pin) => Ok(pin),
+            None => {
                 let view = self.view();
                 let seen: Vec<String> = view
                     .servers
@@ -533,5 +560,54 @@ mod tests {
                 assert_eq!(&now, before, "{host} moved although its router stayed");
             }
         }
+    }
+
+    #[tokio::test]
+    async fn a_router_still_unchecked_is_waited_for_when_it_would_win() {
+        let topology = std::sync::Arc::new(Topology::default());
+        let discovering = view(
+            TopologyType::Sharded,
+            &[(1, ServerType::Mongos), (2, ServerType::Unknown)],
+        );
+        topology.view.send_replace(discovering);
+        // A host that ranks router 2 first.
+        let host = (0..)
+            .map(|i| format!("10.0.2.{i}"))
+            .find(|h| rendezvous(h, &addr(2).to_string()) > rendezvous(h, &addr(1).to_string()))
+            .unwrap();
+        // Discovery never finishes: after the wait, the router answering.
+        let fallback = topology
+            .select(None, &[], &host, Duration::from_millis(50), Instant::now())
+            .await
+            .unwrap();
+        assert_eq!(fallback.address, addr(1));
+        // Discovery finishes during the wait: the host's own router.
+        let waiting = {
+            let topology = topology.clone();
+            let host = host.clone();
+            tokio::spawn(async move {
+                topology
+                    .select(None, &[], &host, Duration::from_secs(30), Instant::now())
+                    .await
+            })
+        };
+        tokio::task::yield_now().await;
+        topology.view.send_replace(view(
+            TopologyType::Sharded,
+            &[(1, ServerType::Mongos), (2, ServerType::Mongos)],
+        ));
+        assert_eq!(waiting.await.unwrap().unwrap().address, addr(2));
+        // A router whose check failed is not waited for.
+        let mut failed = view(
+            TopologyType::Sharded,
+            &[(1, ServerType::Mongos), (2, ServerType::Unknown)],
+        );
+        failed.servers[1].error = Some("connection refused".into());
+        topology.view.send_replace(failed);
+        let pin = topology
+            .select(None, &[], &host, Duration::ZERO, Instant::now())
+            .await
+            .unwrap();
+        assert_eq!(pin.address, addr(1));
     }
 }
