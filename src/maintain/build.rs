@@ -10,7 +10,7 @@ use crate::index::ids::IdSet;
 use crate::maintain::apply::add_documents;
 use crate::maintain::snapshot;
 use crate::maintain::stream::{self, ChangeStream};
-use crate::registry::{SearchIndex, Status};
+use crate::registry::{Registry, SearchIndex, Status};
 use crate::upstream;
 use bson::{rawdoc, RawDocumentBuf};
 use std::sync::atomic::Ordering;
@@ -26,9 +26,11 @@ const CURSOR_NOT_FOUND: i32 = 43;
 
 /// Builds `index` from scratch, marks it READY (or FAILED with the reason),
 /// then keeps it current from the collection's change stream for as long as
-/// it lives. An invalidated stream (collection dropped or renamed) means a
-/// rebuild from scratch.
-pub async fn build(config: Arc<Config>, index: Arc<SearchIndex>) {
+/// it lives. A renamed collection or an invalidated stream means a rebuild
+/// from scratch; a dropped collection (or database) deletes the index from
+/// `registry` and the catalog, as Atlas deletes a dropped collection's
+/// search indexes.
+pub async fn build(config: Arc<Config>, registry: Arc<Registry>, index: Arc<SearchIndex>) {
     if index.status().0 == Status::Failed {
         // Its engine could not start (see `SearchIndex::new`).
         return;
@@ -41,7 +43,7 @@ pub async fn build(config: Arc<Config>, index: Arc<SearchIndex>) {
     }
     if let Some(stream) = restore(&config, &index).await {
         crate::maintain::train::start(&config, &index);
-        let Some(why) = follow(&config, &index, stream).await else {
+        let Some(why) = follow(&config, &registry, &index, stream).await else {
             return;
         };
         tracing::info!(index = %index.name, why, "rebuilding the index");
@@ -105,7 +107,7 @@ pub async fn build(config: Arc<Config>, index: Arc<SearchIndex>) {
             reconcile_forever(&config, &index).await;
             return;
         };
-        let Some(why) = follow(&config, &index, stream).await else {
+        let Some(why) = follow(&config, &registry, &index, stream).await else {
             return;
         };
         tracing::info!(index = %index.name, why, "rebuilding the index");
@@ -347,14 +349,16 @@ pub async fn save_snapshot(config: &Config, index: &Arc<SearchIndex>) {
     }
 }
 
-/// Applies the change stream until the index is retired (`None`) or it
-/// must be rebuilt (`Some(why)`): the stream was invalidated (collection
-/// dropped or renamed), or the oplog no longer holds its resume token
-/// (`ChangeStreamHistoryLost`, 286, on reopening: the changes in between
-/// are lost to it). Other errors reopen the stream from the last resume
-/// token, the index `STALE` meanwhile.
+/// Applies the change stream until the index is retired (`None`; a
+/// dropped collection deletes it first) or it must be rebuilt
+/// (`Some(why)`): the stream was invalidated (collection renamed), or the
+/// oplog no longer holds its resume token (`ChangeStreamHistoryLost`, 286,
+/// on reopening: the changes in between are lost to it). Other errors
+/// reopen the stream from the last resume token, the index `STALE`
+/// meanwhile.
 pub async fn follow(
     config: &Config,
+    registry: &Registry,
     index: &Arc<SearchIndex>,
     mut stream: ChangeStream,
 ) -> Option<&'static str> {
@@ -364,8 +368,19 @@ pub async fn follow(
         }
         match stream.next().await {
             Ok((changes, token)) => {
+                if changes.dropped {
+                    tracing::info!(index = %index.name, namespace = %index.namespace(), "collection dropped: search index deleted");
+                    if let Err(e) = crate::maintain::delete(config, registry, index).await {
+                        // The definition stays stored: the next start
+                        // loads it and its build finds the collection
+                        // gone or new.
+                        tracing::warn!(index = %index.name, error = %e, "cannot delete the dropped collection's index definition");
+                        registry.remove(index);
+                    }
+                    return None;
+                }
                 if changes.invalidated {
-                    return Some("the collection was dropped or renamed");
+                    return Some("the collection was renamed");
                 }
                 if !changes.is_empty() {
                     let count = changes.len() as u64;

@@ -65,7 +65,7 @@ async fn restore_once(
             continue;
         }
         for part in serving {
-            tokio::spawn(build::build(config.clone(), part));
+            tokio::spawn(build::build(config.clone(), registry.clone(), part));
         }
         let staged: Vec<Arc<SearchIndex>> = stored.staged.into_iter().map(Arc::new).collect();
         if !staged.is_empty() {
@@ -77,6 +77,24 @@ async fn restore_once(
         if neighbourhoods.add(nb.clone()) {
             tokio::spawn(neighbourhood::run(config.clone(), registry.clone(), nb));
         }
+    }
+    Ok(())
+}
+
+/// Deletes a search index: its stored definition and trained state in the
+/// upstream, its parts in `registry` (their builds stop) and its
+/// snapshots. What `dropSearchIndex` does, and what dropping the
+/// collection (or its database) does to every index on it, as Atlas does.
+pub async fn delete(
+    config: &Config,
+    registry: &Registry,
+    index: &SearchIndex,
+) -> Result<(), crate::error::Error> {
+    catalog::delete(config, &index.id).await?;
+    train::delete_stored(config, &index.id).await?;
+    registry.remove(index);
+    if let Some(dir) = &config.data_dir {
+        snapshot::remove_all(dir, &index.id);
     }
     Ok(())
 }
@@ -105,8 +123,9 @@ pub fn stage_update(
     }
     for part in parts {
         let staged = Arc::downgrade(&part);
-        let (registry, settings, old) = (registry.clone(), config.clone(), old.clone());
+        let (promoting, settings, old) = (registry.clone(), config.clone(), old.clone());
         part.on_ready(move || {
+            let registry = &promoting;
             let Some(index) = staged.upgrade() else {
                 return;
             };
@@ -136,7 +155,7 @@ pub fn stage_update(
                 });
             }
         });
-        tokio::spawn(build::build(config.clone(), part));
+        tokio::spawn(build::build(config.clone(), registry.clone(), part));
     }
     true
 }

@@ -45,6 +45,8 @@ pub struct Changes {
     last: Vec<(RawBson, Option<RawDocumentBuf>)>,
     /// The collection was dropped, renamed or the stream invalidated.
     pub invalidated: bool,
+    /// The collection (or its database) was dropped.
+    pub dropped: bool,
     /// Events read into this batch.
     events: usize,
 }
@@ -171,7 +173,11 @@ fn read_event(event: &RawDocument, changes: &mut Changes) {
             changes.set(id, doc);
         }
         ("delete", Some(id)) => changes.set(id, None),
-        ("drop" | "rename" | "dropDatabase" | "invalidate", _) => changes.invalidated = true,
+        ("drop" | "dropDatabase", _) => {
+            changes.dropped = true;
+            changes.invalidated = true;
+        }
+        ("rename" | "invalidate", _) => changes.invalidated = true,
         _ => {}
     }
 }

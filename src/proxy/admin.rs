@@ -179,7 +179,7 @@ impl ForClient<'_> {
                     tracing::info!(index = %index.name, namespace = %index.namespace(), "search index created");
                     created.push(rawdoc! { "id": index.id.as_str(), "name": index.name.as_str() });
                     for part in parts {
-                        tokio::spawn(build::build(config.clone(), part));
+                        tokio::spawn(build::build(config.clone(), registry.clone(), part));
                     }
                 }
                 Ok(rawdoc! { "ok": 1.0, "indexesCreated": created })
@@ -273,12 +273,7 @@ impl ForClient<'_> {
                 let collection = collection_of(body, "dropSearchIndex")?;
                 let target = parse_target(body)?;
                 let index = self.named_index(db, collection, &target.name, &target.id)?;
-                catalog::delete(&config, &index.id).await?;
-                crate::maintain::train::delete_stored(&config, &index.id).await?;
-                registry.remove(&index);
-                if let Some(dir) = &config.data_dir {
-                    crate::maintain::snapshot::remove_all(dir, &index.id);
-                }
+                crate::maintain::delete(&config, &registry, &index).await?;
                 tracing::info!(index = %index.name, namespace = %index.namespace(), "search index dropped");
                 Ok(rawdoc! { "ok": 1.0 })
             }

@@ -767,6 +767,12 @@ impl Session {
                             .await;
                     }
                 }
+                if let Some(name) = parsed.command_name().filter(|_| !parsed.more_to_come()) {
+                    let dropped = self.indexes_dropped_by(parsed.body(), name);
+                    if !dropped.is_empty() {
+                        return self.dropping_write(message, compressor, dropped).await;
+                    }
+                }
                 self.send_upstream(message).await?;
                 if parsed.more_to_come() {
                     return Ok(());

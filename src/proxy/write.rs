@@ -27,6 +27,62 @@ impl Session {
         }
     }
 
+    /// The search indexes a `drop` (of their collection) or `dropDatabase`
+    /// (of their database) deletes if it succeeds.
+    pub(super) fn indexes_dropped_by(
+        &self,
+        body: &RawDocument,
+        command: &str,
+    ) -> Vec<Arc<SearchIndex>> {
+        let Ok(db) = body.get_str("$db") else {
+            return Vec::new();
+        };
+        let registry = &self.shared.registry;
+        let mut indexes = match (command, body.get_str(command)) {
+            ("drop", Ok(collection)) => registry.list(db, collection),
+            ("dropDatabase", _) => registry.in_database(db),
+            _ => return Vec::new(),
+        };
+        // One entry per index, not per part.
+        indexes.sort_by(|a, b| a.id.cmp(&b.id));
+        indexes.dedup_by(|a, b| a.id == b.id);
+        indexes
+    }
+
+    /// Forwards a `drop` or `dropDatabase` and, once the upstream has done
+    /// it (or the collection was already gone, 26 `NamespaceNotFound`),
+    /// deletes `indexes` before relaying the reply: a `createSearchIndexes`
+    /// right after the drop finds no index of the same name, as on Atlas.
+    /// A deletion that fails (the upstream went away meanwhile) is left to
+    /// the change stream, which sees the drop too.
+    pub(super) async fn dropping_write(
+        &mut self,
+        message: &[u8],
+        compressor: Option<Compressor>,
+        indexes: Vec<Arc<SearchIndex>>,
+    ) -> Result<(), Failure> {
+        self.send_upstream(message).await?;
+        let reply = self.read_upstream().await?;
+        let done = OpMsg::parse(&reply).is_ok_and(|r| {
+            crate::wire::reply_ok(r.body())
+                || r.body().get_i32("code") == Ok(crate::error::Code::NAMESPACE_NOT_FOUND.code)
+        });
+        if done {
+            let config = self.shared.config.clone();
+            for index in &indexes {
+                match crate::maintain::delete(&config, &self.shared.registry, index).await {
+                    Ok(()) => {
+                        tracing::info!(index = %index.name, namespace = %index.namespace(), "collection dropped: search index deleted")
+                    }
+                    Err(e) => {
+                        tracing::warn!(index = %index.name, error = %e, "cannot delete the dropped collection's search index; the change stream will")
+                    }
+                }
+            }
+        }
+        self.send_client(&reply, compressor).await
+    }
+
     pub(super) async fn indexed_write(
         &mut self,
         kind: WriteKind,

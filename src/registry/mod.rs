@@ -849,6 +849,16 @@ impl Registry {
             .unwrap_or_default()
     }
 
+    /// Every serving index on a collection of database `db`.
+    pub fn in_database(&self, db: &str) -> Vec<Arc<SearchIndex>> {
+        self.read()
+            .serving
+            .iter()
+            .filter(|((d, _), _)| d == db)
+            .flat_map(|(_, list)| list.iter().cloned())
+            .collect()
+    }
+
     /// The indexes a write to a collection must keep current: serving and
     /// staged.
     pub fn maintained(&self, db: &str, collection: &str) -> Vec<Arc<SearchIndex>> {

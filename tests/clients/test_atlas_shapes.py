@@ -658,3 +658,44 @@ def test_several_vector_fields_in_one_index(client):
     db.docs.drop_search_index("multi")
     eventually(lambda: list(db.docs.list_search_indexes()) == [])
     assert search("a", qa) == []  # Atlas: an index that does not exist finds nothing
+
+
+def test_dropping_a_collection_deletes_its_search_indexes(client, direct_uri):
+    """As on Atlas, a dropped collection (or database) takes its search
+    indexes with it: through the proxy before the drop is acknowledged (so
+    the same name can be created again at once), and by the change stream
+    when the drop bypasses the proxy."""
+    db = client.atlas_shapes_dropped
+    client.drop_database(db.name)
+    definition = {"fields": [{"type": "vector", "path": "v", "numDimensions": 2,
+                              "similarity": "euclidean"}]}
+
+    def create(coll, name="vec"):
+        coll.insert_many([{"_id": i, "v": [i, 1]} for i in range(5)])
+        coll.create_search_index(SearchIndexModel(definition, name=name, type="vectorSearch"))
+        wait_ready(coll, name)
+
+    def names(coll):
+        return [i["name"] for i in coll.list_search_indexes()]
+
+    create(db.a)
+    create(db.keep, "kept")
+    db.a.drop()
+    assert names(db.a) == []
+    assert names(db.keep) == ["kept"]
+    # The same name again, at once, over the new collection's documents.
+    db.a.insert_one({"_id": "new", "v": [9, 9]})
+    db.a.create_search_index(SearchIndexModel(definition, name="vec", type="vectorSearch"))
+    wait_ready(db.a, "vec")
+    hits = list(db.a.aggregate([{"$vectorSearch": {"index": "vec", "path": "v", "queryVector": [9, 9],
+                                                   "numCandidates": 10, "limit": 10}}]))
+    assert [h["_id"] for h in hits] == ["new"]
+    # Dropped without the proxy: the change stream deletes the index.
+    with MongoClient(direct_uri) as direct:
+        direct[db.name].drop_collection("a")
+        eventually(lambda: names(db.a) == [])
+        assert names(db.keep) == ["kept"]
+    # A whole database through the proxy.
+    create(db.b, "other")
+    client.drop_database(db.name)
+    assert names(db.keep) == [] and names(db.b) == []
