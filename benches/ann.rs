@@ -187,7 +187,7 @@ fn main() {
         let (found, qps) = run(&hnsw, &queries, k, ef.max(k));
         let examined: usize = queries
             .iter()
-            .map(|q| hnsw.search_counted(q, k, ef.max(k), None).1)
+            .map(|q| hnsw.search_counted(q.into(), k, ef.max(k), None).1)
             .sum();
         results.push(format!(
             "{{\"ef\":{ef},\"recall\":{:.5},\"qps\":{qps:.1},\"examined\":{:.0}}}",

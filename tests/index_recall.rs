@@ -169,7 +169,10 @@ fn snapshots_round_trip_and_corruption_is_refused() {
         assert_eq!(loaded.len(), index.len());
         assert_eq!(loaded.dims(), DIMS);
         for q in &queries {
-            assert_eq!(loaded.search(q, K, EF, None), index.search(q, K, EF, None));
+            let found = loaded
+                .search_counted(likewise::index::VectorRef::F32(q), K, EF)
+                .0;
+            assert_eq!(found, index.search(q, K, EF, None));
         }
         assert!(loaded.vector(500).is_none());
         // Loading and saving again gives the same bytes.

@@ -414,10 +414,10 @@ pub fn describe(parts: &[Arc<SearchIndex>], staged: &[Arc<SearchIndex>]) -> RawD
     let scanned = first.scanned.load(std::sync::atomic::Ordering::Relaxed);
     let total = first.total.load(std::sync::atomic::Ordering::Relaxed);
     let skipped = first.skipped.load(std::sync::atomic::Ordering::Relaxed);
-    let (indexed, slots) = latest
+    let (indexed, slots, bytes) = latest
         .iter()
-        .map(|p| (p.vector_count(), p.slot_count()))
-        .fold((0, 0), |(a, b), (x, y)| (a + x, b + y));
+        .map(|p| (p.vector_count(), p.slot_count(), p.vector_bytes()))
+        .fold((0, 0, 0), |(a, b, c), (x, y, z)| (a + x, b + y, c + z));
     let mut host = rawdoc! {
         "hostname": "likewise",
         "status": status.name(),
@@ -444,6 +444,7 @@ pub fn describe(parts: &[Arc<SearchIndex>], staged: &[Arc<SearchIndex>]) -> RawD
             "changesApplied": i64::try_from(first.changes_applied.load(std::sync::atomic::Ordering::Relaxed)).unwrap_or(i64::MAX),
             "restoredFromSnapshot": latest.iter().all(|p| p.restored.load(std::sync::atomic::Ordering::Relaxed)),
             "slots": i64::try_from(slots).unwrap_or(i64::MAX),
+            "vectorBytes": i64::try_from(bytes).unwrap_or(i64::MAX),
             "pendingEncodes": i64::try_from(latest.iter().map(|p| p.pending_count()).sum::<usize>()).unwrap_or(i64::MAX),
         },
     };

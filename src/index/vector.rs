@@ -5,6 +5,7 @@
 
 use bson::spec::BinarySubtype;
 use bson::RawBsonRef;
+use likewise_compute::index::{Dtype, Element, Similarity, VectorRef};
 
 /// BinData vector dtype bytes (BSON binary vector specification).
 const FLOAT32: u8 = 0x27;
@@ -109,6 +110,63 @@ pub fn read_any_vector(value: Option<RawBsonRef<'_>>) -> Result<Vec<f32>, Vector
         RawBsonRef::Null => Err(VectorError::Missing),
         _ => Err(VectorError::NotAVector("not an array")),
     }
+}
+
+/// A vector as an index stores or queries it: `f32` values prepared
+/// (`Similarity::prepare`), or `int8` / packed-bit values as they came,
+/// at their own size (see `likewise_compute::index::element`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum OwnedVector {
+    F32(Vec<f32>),
+    I8(Vec<i8>),
+    /// Most significant bit first, padding bits zero.
+    Bits(Vec<u8>),
+}
+
+impl OwnedVector {
+    pub fn as_ref(&self) -> VectorRef<'_> {
+        match self {
+            OwnedVector::F32(v) => VectorRef::F32(v),
+            OwnedVector::I8(v) => VectorRef::I8(v),
+            OwnedVector::Bits(v) => VectorRef::Bits(v),
+        }
+    }
+
+    /// `values` (raw) in the dtype they came as: `int8` and packed-bit
+    /// values (0 and 1) stay narrow when `dtype` says so, everything is
+    /// prepared for `similarity`. `None` when `similarity` cannot compare
+    /// them (a zero vector under cosine, values not finite).
+    pub fn prepared(values: Vec<f32>, dtype: Dtype, similarity: Similarity) -> Option<OwnedVector> {
+        let narrow = match dtype {
+            Dtype::I8 => i8::from_values(&values, similarity).map(OwnedVector::I8),
+            Dtype::Bits => u8::from_values(&values, similarity).map(OwnedVector::Bits),
+            Dtype::F32 => None,
+        };
+        narrow.or_else(|| similarity.prepare(values).map(OwnedVector::F32))
+    }
+}
+
+/// The dtype a value is stored as: `int8` and packed-bit BinData vectors
+/// keep theirs; arrays and float32 BinData are `f32`.
+pub fn dtype_of(value: Option<RawBsonRef<'_>>) -> Dtype {
+    if is_int8(value) {
+        Dtype::I8
+    } else if is_packed_bits(value) {
+        Dtype::Bits
+    } else {
+        Dtype::F32
+    }
+}
+
+/// Reads a document's vector (exactly `dims` long) at its own dtype,
+/// prepared for `similarity`; `None` when it is not a usable vector.
+pub fn read_stored(
+    value: Option<RawBsonRef<'_>>,
+    dims: usize,
+    similarity: Similarity,
+) -> Option<OwnedVector> {
+    let values = read_vector(value, dims).ok()?;
+    OwnedVector::prepared(values, dtype_of(value), similarity)
 }
 
 /// Looks up a dotted path (`a.b.c`) in a document.

@@ -4,7 +4,7 @@
 //! is read (or encoded by the index's model) and set under its `_id`; a
 //! document without one is removed.
 
-use crate::index::vector::{is_packed_bits, lookup, read_vector};
+use crate::index::vector::{is_packed_bits, lookup, read_stored, OwnedVector};
 use crate::index::Similarity;
 use crate::registry::{Change, SearchIndex};
 use std::sync::atomic::Ordering;
@@ -16,7 +16,7 @@ enum Outcome {
     /// Index this vector; `content` hashes what a model encoded, `output`
     /// is the model's output to write back.
     Set {
-        vector: Vec<f32>,
+        vector: OwnedVector,
         content: Option<u64>,
         output: Option<Vec<f32>>,
     },
@@ -59,10 +59,9 @@ pub fn add_documents<D: AsRef<bson::RawDocument>>(index: &SearchIndex, docs: &[D
                 let value = lookup(doc, &spec.path);
                 // Atlas indexes packed-bit vectors for euclidean only.
                 let comparable = spec.similarity == Similarity::Euclidean || !is_packed_bits(value);
-                read_vector(value, spec.dims)
-                    .ok()
-                    .filter(|_| comparable)
-                    .and_then(|v| spec.similarity.prepare(v))
+                comparable
+                    .then(|| read_stored(value, spec.dims, spec.similarity))
+                    .flatten()
                     .map_or(Outcome::Unusable, |vector| Outcome::Set {
                         vector,
                         content: None,
@@ -144,7 +143,7 @@ fn encode_documents(
                         None => encoded.vector.clone(),
                     }) {
                         Some(vector) => Outcome::Set {
-                            vector,
+                            vector: OwnedVector::F32(vector),
                             content: Some(hash),
                             output: spec.write_outputs.then_some(encoded.vector),
                         },

@@ -168,7 +168,7 @@ fn affected(index: &SearchIndex, nb: &Neighbourhood, changed: &IdSet) -> IdSet {
         let lists = nb.lists.lock().unwrap_or_else(|e| e.into_inner());
         let sim = index.spec.similarity;
         let mut out = IdSet::default();
-        let moved: Vec<&[f32]> = changed
+        let moved: Vec<std::borrow::Cow<'_, [f32]>> = changed
             .ids
             .iter()
             .filter_map(|id| vectors.vector(id.as_raw_bson_ref()))
@@ -183,7 +183,7 @@ fn affected(index: &SearchIndex, nb: &Neighbourhood, changed: &IdSet) -> IdSet {
                 .any(|x| changed.contains(x.as_raw_bson_ref()));
             let entered = vectors
                 .vector(entry.id.as_raw_bson_ref())
-                .is_some_and(|v| moved.iter().any(|m| sim.distance(v, m) <= entry.radius));
+                .is_some_and(|v| moved.iter().any(|m| sim.distance(&v, m) <= entry.radius));
             if referenced || entered {
                 out.add(entry.id.as_raw_bson_ref());
             }

@@ -10,7 +10,8 @@ use crate::command::vector_query::{parse_like_filter, vector_stages, QueryVector
 use crate::command::VectorKind;
 use crate::error::{Code, Error};
 use crate::index::text::{Facet, TextError};
-use crate::index::Similarity;
+use crate::index::vector::OwnedVector;
+use crate::index::{Dtype, Similarity};
 use crate::maintain::fresh::IdSet;
 use crate::registry::{SearchIndex, Status};
 use crate::rewrite::InSession;
@@ -802,7 +803,7 @@ pub(super) struct Encoding {
 async fn query_vector(
     index: &Arc<SearchIndex>,
     query: &VectorQuery,
-) -> Result<(Vec<f32>, Option<Encoding>), Error> {
+) -> Result<(OwnedVector, Option<Encoding>), Error> {
     let spec = &index.spec;
     let (model, key, value) = match &query.vector {
         QueryVector::Values(values) => {
@@ -822,13 +823,22 @@ async fn query_vector(
                     spec.dims
                 )));
             }
-            let vector = spec
-                .similarity
-                .prepare(values.clone())
+            // Int8 and packed-bit query vectors keep their dtype: against
+            // rows of it they are compared with its kernel.
+            let dtype = if query.int8 {
+                Dtype::I8
+            } else if query.packed_bits {
+                Dtype::Bits
+            } else {
+                Dtype::F32
+            };
+            let vector = OwnedVector::prepared(values.clone(), dtype, spec.similarity)
                 .ok_or_else(|| bad("query vector cannot be compared (all zeros, or not finite)"))?;
             return Ok((vector, None));
         }
-        QueryVector::OfDocument(id) => return Ok((stored_vector(index, id)?, None)),
+        QueryVector::OfDocument(id) => {
+            return Ok((OwnedVector::F32(stored_vector(index, id)?), None))
+        }
         QueryVector::FullText(_) => {
             return Err(bad(
                 "a $search query has no vector: it needs a search index",
@@ -867,7 +877,8 @@ async fn query_vector(
                 Some((i, value)) => (index.encoders[i].clone(), spec.models[i].key.clone(), value),
                 None => {
                     if let Some(id) = document.get("_id").ok().flatten() {
-                        return Ok((stored_vector(index, &id.to_raw_bson())?, None));
+                        let stored = stored_vector(index, &id.to_raw_bson())?;
+                        return Ok((OwnedVector::F32(stored), None));
                     }
                     let keys: Vec<&str> = spec.models.iter().map(|m| m.key.as_str()).collect();
                     return Err(bad(if keys.is_empty() {
@@ -914,7 +925,7 @@ async fn query_vector(
         .prepare(raw)
         .ok_or_else(|| bad("the query's encoding cannot be compared (all zeros)"))?;
     Ok((
-        vector,
+        OwnedVector::F32(vector),
         Some(Encoding {
             model: model_name,
             key,
@@ -937,12 +948,12 @@ fn stored_vector(index: &SearchIndex, id: &bson::RawBson) -> Result<Vec<f32>, Er
 /// `registry::Vectors::search` for the strategies) and scores its hits.
 fn search(
     index: &SearchIndex,
-    vector: &[f32],
+    vector: &OwnedVector,
     query: &VectorQuery,
     allowed_ids: Option<&IdSet>,
 ) -> (Ranked, &'static str, usize) {
     let found = index.search(
-        vector,
+        vector.as_ref(),
         query.limit,
         query.num_candidates,
         allowed_ids,

@@ -7,7 +7,8 @@
 use crate::error::{Code, Error};
 use crate::index::hnsw::HnswParams;
 use crate::index::ids::IdSet;
-use crate::index::Similarity;
+use crate::index::vector::OwnedVector;
+use crate::index::{Similarity, VectorRef};
 use bson::RawDocumentBuf;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -162,11 +163,12 @@ impl Status {
 
 /// One document's new state in an index ([`SearchIndex::apply_changes`]).
 pub enum Change<'a> {
-    /// `id` has this prepared vector (`Similarity::prepare`), encoded from
-    /// content with this hash (model indexes).
+    /// `id` has this vector (`f32` prepared, see `Similarity::prepare`;
+    /// int8 and packed bits as they came), encoded from content with this
+    /// hash (model indexes).
     Set {
         id: bson::RawBsonRef<'a>,
-        vector: Vec<f32>,
+        vector: OwnedVector,
         content: Option<u64>,
     },
     /// `id` has no usable vector (deleted, or its field missing or wrong),
@@ -513,7 +515,7 @@ impl SearchIndex {
                         id,
                         vector,
                         content,
-                    } => v.upsert(*id, vector, *content).then_some(*id),
+                    } => v.upsert(*id, vector.as_ref(), *content).then_some(*id),
                     Change::Remove(id) => v.remove(*id).then_some(*id),
                     // Only full-text indexes take whole documents.
                     Change::Document(..) => None,
@@ -579,6 +581,12 @@ impl SearchIndex {
         self.read_vectors(Vectors::slots)
     }
 
+    /// Bytes the live vectors take as stored: 4 per dimension for `f32`,
+    /// 1 for int8, an eighth for packed bits (graph links not counted).
+    pub fn vector_bytes(&self) -> usize {
+        self.read_vectors(|v| v.len() * v.row_bytes())
+    }
+
     /// `id`'s stored (prepared) vector.
     pub fn stored_vector(&self, id: bson::RawBsonRef<'_>) -> Option<Vec<f32>> {
         self.stored_vectors([id]).pop().flatten()
@@ -591,7 +599,7 @@ impl SearchIndex {
     ) -> Vec<Option<Vec<f32>>> {
         self.read_vectors(|v| {
             ids.into_iter()
-                .map(|id| v.vector(id).map(<[f32]>::to_vec))
+                .map(|id| v.vector(id).map(|v| v.into_owned()))
                 .collect()
         })
     }
@@ -616,7 +624,7 @@ impl SearchIndex {
     /// [`Vectors::search`]: the `k` nearest `_id`s with their distances.
     pub fn search(
         &self,
-        query: &[f32],
+        query: VectorRef<'_>,
         k: usize,
         num_candidates: usize,
         allowed: Option<&IdSet>,

@@ -10,10 +10,10 @@
 //! hold the index's lock for the closure.
 
 use super::IndexSpec;
-use crate::index::hnsw::Hnsw;
 use crate::index::ids::{IdMap, IdSet};
-use crate::index::{exact_among, persist, search_allowed, Hit, KeySet, VectorIndex};
+use crate::index::{persist, Engine, Hit, KeySet, VectorRef};
 use bson::{RawBson, RawBsonRef, RawDocumentBuf};
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::io;
 
@@ -27,7 +27,9 @@ pub const NEAREST_EXACT_MAX: usize = 20_000;
 /// Every live vector of an index and the `_id` it belongs to.
 pub struct Vectors {
     ids: IdMap,
-    engine: Box<dyn VectorIndex>,
+    /// Its rows at the narrowest dtype that holds every vector (int8 and
+    /// packed-bit vectors at their own size).
+    engine: Engine,
     /// For model-encoded indexes: a hash of the content each key's vector
     /// was encoded from, so re-applying an unchanged document (write-through
     /// and the change stream both report a write; written-back outputs come
@@ -50,7 +52,7 @@ impl Vectors {
     pub fn empty(spec: &IndexSpec) -> Vectors {
         Vectors {
             ids: IdMap::default(),
-            engine: Box::new(Hnsw::new(spec.dims, spec.similarity, spec.hnsw)),
+            engine: Engine::hnsw(spec.dims, spec.similarity, spec.hnsw),
             content: HashMap::new(),
         }
     }
@@ -70,8 +72,13 @@ impl Vectors {
         self.ids.entries_count().0
     }
 
-    /// The stored (prepared) vector of `id`, if it has one.
-    pub fn vector(&self, id: RawBsonRef<'_>) -> Option<&[f32]> {
+    /// Bytes one stored vector takes (its dtype's row).
+    pub fn row_bytes(&self) -> usize {
+        self.engine.row_bytes()
+    }
+
+    /// The stored vector of `id` as prepared `f32`s, if it has one.
+    pub fn vector(&self, id: RawBsonRef<'_>) -> Option<Cow<'_, [f32]>> {
         self.ids.key_of(id).and_then(|key| self.engine.vector(key))
     }
 
@@ -91,15 +98,18 @@ impl Vectors {
         out
     }
 
-    /// Stores `vector` (prepared, `spec.dims` long) as `id`'s, with the hash
-    /// of the content it was encoded from. Re-storing an unchanged vector
-    /// keeps its key (no churn, no tombstone) and only records the hash.
-    /// Returns whether the vector changed.
-    pub fn upsert(&mut self, id: RawBsonRef<'_>, vector: &[f32], content: Option<u64>) -> bool {
+    /// Stores `vector` (`f32` prepared, `spec.dims` long) as `id`'s, with
+    /// the hash of the content it was encoded from. Re-storing an unchanged
+    /// vector keeps its key (no churn, no tombstone) and only records the
+    /// hash. Returns whether the vector changed.
+    pub fn upsert(
+        &mut self,
+        id: RawBsonRef<'_>,
+        vector: VectorRef<'_>,
+        content: Option<u64>,
+    ) -> bool {
         let current = self.ids.key_of(id);
-        let unchanged = current
-            .and_then(|key| self.engine.vector(key))
-            .is_some_and(|stored| stored == vector);
+        let unchanged = current.is_some_and(|key| self.engine.holds(key, vector));
         if unchanged {
             if let (Some(key), Some(hash)) = (current, content) {
                 self.content.insert(key, hash);
@@ -135,7 +145,7 @@ impl Vectors {
     /// so a filter always gets `min(k, matches)` results.
     pub fn search(
         &self,
-        query: &[f32],
+        query: VectorRef<'_>,
         k: usize,
         num_candidates: usize,
         allowed: Option<&IdSet>,
@@ -148,8 +158,8 @@ impl Vectors {
                     .filter_map(|id| self.ids.key_of(id.as_raw_bson_ref())),
             )
         });
-        let engine = self.engine.as_ref();
-        let scan = |keys: &[u32]| (exact_among(engine, query, k, keys), keys.len());
+        let engine = &self.engine;
+        let scan = |keys: &[u32]| (engine.exact_among(query, k, keys), keys.len());
         let ((hits, examined), strategy) = match (allowed.as_ref(), exact) {
             (Some(a), true) => (scan(a.keys()), "exact scan of filter matches"),
             (None, true) => (
@@ -157,12 +167,11 @@ impl Vectors {
                 "exact scan",
             ),
             (Some(a), false) => {
-                let (hits, strategy, examined) =
-                    search_allowed(engine, query, k, num_candidates, a);
+                let (hits, strategy, examined) = engine.search_allowed(query, k, num_candidates, a);
                 ((hits, examined), strategy)
             }
             (None, false) => (
-                engine.search_counted(query, k, num_candidates, None),
+                engine.search_counted(query, k, num_candidates),
                 "graph search",
             ),
         };
@@ -181,11 +190,14 @@ impl Vectors {
     pub fn nearest_to(&self, id: RawBsonRef<'_>, n: usize) -> Option<(Vec<RawBson>, f32)> {
         let key = self.ids.key_of(id)?;
         let vector = self.engine.vector(key)?;
+        let query = VectorRef::F32(&vector);
         let hits: Vec<Hit> = if self.engine.len() <= NEAREST_EXACT_MAX {
             let live: Vec<u32> = self.ids.live_keys().collect();
-            exact_among(self.engine.as_ref(), vector, n + 1, &live)
+            self.engine.exact_among(query, n + 1, &live)
         } else {
-            self.engine.search(vector, n + 1, (10 * n).max(200), None)
+            self.engine
+                .search_counted(query, n + 1, (10 * n).max(200))
+                .0
         };
         let near: Vec<&Hit> = hits.iter().filter(|h| h.key != key).take(n).collect();
         let radius = if near.len() < n {
@@ -200,15 +212,15 @@ impl Vectors {
         Some((ids, radius))
     }
 
-    /// A new set of the same `_id`s with every vector mapped through `f`
-    /// (which must keep them prepared and `spec.dims` long), content
-    /// hashes kept.
+    /// A new set of the same `_id`s with every vector (as prepared
+    /// `f32`s) mapped through `f` (which must keep them prepared and
+    /// `spec.dims` long), content hashes kept. The result stores `f32`.
     pub fn mapped(&self, spec: &IndexSpec, f: impl Fn(&[f32]) -> Vec<f32>) -> Vectors {
         let mut fresh = Vectors::empty(spec);
         for (key, id) in self.ids.entries().1 {
             if let Some(vector) = self.engine.vector(key) {
                 let (new_key, _) = fresh.ids.assign(id.as_raw_bson_ref());
-                fresh.engine.insert(new_key, &f(vector));
+                fresh.engine.insert(new_key, VectorRef::F32(&f(&vector)));
                 if let Some(hash) = self.content.get(&key) {
                     fresh.content.insert(new_key, *hash);
                 }
@@ -219,13 +231,22 @@ impl Vectors {
 
     /// Rebuilds with dense keys once dead slots (from deletes and updates)
     /// outnumber live ones, so memory stays proportional to the live data
-    /// under delete-heavy load. Returns whether it compacted.
+    /// under delete-heavy load. Rows keep their dtype. Returns whether it
+    /// compacted.
     pub fn compact_if_needed(&mut self, spec: &IndexSpec) -> bool {
         let live = self.engine.len();
         if self.slots() - live <= live.max(COMPACT_SLACK) {
             return false;
         }
-        *self = self.mapped(spec, <[f32]>::to_vec);
+        let mut fresh = Vectors::empty(spec);
+        for (key, id) in self.ids.entries().1 {
+            let (new_key, _) = fresh.ids.assign(id.as_raw_bson_ref());
+            self.engine.copy_row(key, &mut fresh.engine, new_key);
+            if let Some(hash) = self.content.get(&key) {
+                fresh.content.insert(new_key, *hash);
+            }
+        }
+        *self = fresh;
         true
     }
 
@@ -319,23 +340,30 @@ mod tests {
         let spec = spec();
         let mut v = Vectors::empty(&spec);
         for i in 0..10 {
-            assert!(v.upsert(RawBsonRef::Int32(i), &[i as f32, 0.0], Some(i as u64)));
+            assert!(v.upsert(
+                RawBsonRef::Int32(i),
+                VectorRef::F32(&[i as f32, 0.0]),
+                Some(i as u64)
+            ));
         }
         // Unchanged: keeps its key, records the hash.
-        assert!(!v.upsert(RawBsonRef::Int32(3), &[3.0, 0.0], Some(99)));
+        assert!(!v.upsert(RawBsonRef::Int32(3), VectorRef::F32(&[3.0, 0.0]), Some(99)));
         assert_eq!(v.content(RawBsonRef::Int32(3)), Some(99));
         // Moved: a new key, found by its id at its new place.
-        assert!(v.upsert(RawBsonRef::Int32(3), &[100.0, 0.0], None));
-        assert_eq!(v.vector(RawBsonRef::Int32(3)), Some(&[100.0, 0.0][..]));
+        assert!(v.upsert(RawBsonRef::Int32(3), VectorRef::F32(&[100.0, 0.0]), None));
+        assert_eq!(
+            v.vector(RawBsonRef::Int32(3)).as_deref(),
+            Some(&[100.0, 0.0][..])
+        );
         assert!(v.remove(RawBsonRef::Int32(4)));
         assert!(!v.remove(RawBsonRef::Int32(4)));
         assert_eq!(v.len(), 9);
-        let near = v.search(&[99.0, 0.0], 2, 10, None, false);
+        let near = v.search(VectorRef::F32(&[99.0, 0.0]), 2, 10, None, false);
         assert_eq!(near.hits[0].0, RawBson::Int32(3));
         let mut allowed = IdSet::default();
         allowed.add(RawBsonRef::Int32(4)); // removed: never returned
         allowed.add(RawBsonRef::Int32(0));
-        let filtered = v.search(&[4.0, 0.0], 5, 10, Some(&allowed), false);
+        let filtered = v.search(VectorRef::F32(&[4.0, 0.0]), 5, 10, Some(&allowed), false);
         let ids: Vec<_> = filtered.hits.iter().map(|h| h.0.clone()).collect();
         assert_eq!(ids, vec![RawBson::Int32(0)]);
         let (list, _) = v.nearest_to(RawBsonRef::Int32(0), 2).unwrap();
@@ -346,14 +374,20 @@ mod tests {
         v.save(&mut bytes).unwrap();
         let back = Vectors::load(&spec, &mut Reader::new(&bytes, 0)).unwrap();
         assert_eq!(back.ids().ids.len(), 9);
-        assert_eq!(back.vector(RawBsonRef::Int32(3)), Some(&[100.0, 0.0][..]));
+        assert_eq!(
+            back.vector(RawBsonRef::Int32(3)).as_deref(),
+            Some(&[100.0, 0.0][..])
+        );
         // Truncated or with trailing bytes: corrupt, not a panic.
         assert!(Vectors::load(&spec, &mut Reader::new(&bytes[..bytes.len() - 1], 0)).is_err());
         bytes.push(0);
         assert!(Vectors::load(&spec, &mut Reader::new(&bytes, 0)).is_err());
 
         let doubled = v.mapped(&spec, |x| x.iter().map(|a| a * 2.0).collect());
-        assert_eq!(doubled.vector(RawBsonRef::Int32(1)), Some(&[2.0, 0.0][..]));
+        assert_eq!(
+            doubled.vector(RawBsonRef::Int32(1)).as_deref(),
+            Some(&[2.0, 0.0][..])
+        );
         assert_eq!(doubled.content(RawBsonRef::Int32(1)), Some(1));
     }
 
@@ -363,12 +397,19 @@ mod tests {
         let mut v = Vectors::empty(&spec);
         for round in 0..3 {
             for i in 0..1000 {
-                v.upsert(RawBsonRef::Int32(i), &[i as f32, round as f32], None);
+                v.upsert(
+                    RawBsonRef::Int32(i),
+                    VectorRef::F32(&[i as f32, round as f32]),
+                    None,
+                );
             }
         }
         assert_eq!(v.slots(), 3000);
         assert!(v.compact_if_needed(&spec));
         assert_eq!((v.len(), v.slots()), (1000, 1000));
-        assert_eq!(v.vector(RawBsonRef::Int32(7)), Some(&[7.0, 2.0][..]));
+        assert_eq!(
+            v.vector(RawBsonRef::Int32(7)).as_deref(),
+            Some(&[7.0, 2.0][..])
+        );
     }
 }

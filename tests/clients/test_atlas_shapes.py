@@ -561,6 +561,8 @@ def test_every_bson_vector_dtype(client):
     for similarity in ("euclidean", "cosine"):
         info, _ = wait_ready(db.int8, similarity)
         assert info["progress"]["vectorsIndexed"] == 200 and info["progress"]["documentsSkipped"] == 0
+        # Stored as they came: one byte per dimension, not four.
+        assert info["progress"]["vectorBytes"] == 200 * 8
     query = [5, -100, 33, 0, 127, -128, 1, 64]
 
     def cos(a, b):
@@ -591,7 +593,8 @@ def test_every_bson_vector_dtype(client):
     db.bits.create_search_index(SearchIndexModel(
         {"fields": [{"type": "vector", "path": "b", "numDimensions": 16, "similarity": "cosine"}]},
         name="not-for-bits", type="vectorSearch"))
-    wait_ready(db.bits, "hamming")
+    info, _ = wait_ready(db.bits, "hamming")
+    assert info["progress"]["vectorBytes"] == 300 * 2  # one bit per dimension
     info, _ = wait_ready(db.bits, "not-for-bits")
     assert info["progress"]["vectorsIndexed"] == 0 and info["progress"]["documentsSkipped"] == 300
     target = bits_of(12345)
@@ -600,6 +603,19 @@ def test_every_bson_vector_dtype(client):
         "index": "hamming", "path": "b", "queryVector": pack(target), "limit": 10, "exact": True}},
         {"$project": {"score": META}}]))
     assert [hamming(d["_id"]) for d in got] == sorted(hamming(i) for i in range(300))[:10]
+    # The graph walk over the packed bits finds the same neighbours.
+    walked = list(db.bits.aggregate([{"$vectorSearch": {
+        "index": "hamming", "path": "b", "queryVector": pack(target), "limit": 10, "numCandidates": 300}}]))
+    assert sorted(hamming(d["_id"]) for d in walked) == sorted(hamming(i) for i in range(300))[:10]
+    # A float32 vector widens the index (int8 and bits stay comparable in
+    # one space); nothing indexed before is lost.
+    db.int8.insert_one({"_id": "float", "v": [0.5] * 8})
+    info = list(db.int8.list_search_indexes("euclidean"))[0]
+    assert info["progress"]["vectorsIndexed"] == 201 and info["progress"]["vectorBytes"] == 201 * 32
+    got = list(db.int8.aggregate([{"$vectorSearch": {
+        "index": "euclidean", "path": "v", "queryVector": Binary.from_vector(query, BinaryVectorDtype.INT8),
+        "limit": 5, "exact": True}}]))
+    assert [d["_id"] for d in got] == want["euclidean"]
     with pytest.raises(OperationFailure) as e:
         list(db.bits.aggregate([{"$vectorSearch": {
             "index": "not-for-bits", "path": "b", "queryVector": pack(target), "limit": 10, "exact": True}}]))

@@ -1,23 +1,29 @@
 //! `Flat`: brute-force search over contiguous vectors. The oracle.
 
+use super::element::{Dtype, Element};
+use super::engine::{retype, Engine, Widen};
 use super::persist::{corrupt, Reader, Writer, KIND_FLAT};
-use super::{exact_among, Hit, KeySet, Similarity, TopK, VectorIndex};
+use super::{exact_among, Hit, KeySet, Query, Similarity, VectorIndex};
 use std::io;
 
-pub struct Flat {
+/// Rows of `E` in one buffer, compared one by one.
+pub struct Flat<E: Element = f32> {
     dims: usize,
+    /// Elements per row (`E::row_len(dims)`).
+    width: usize,
     similarity: Similarity,
-    /// Slot `key` holds the vector of `key` (zeros when absent).
-    vectors: Vec<f32>,
+    /// Slot `key` holds the row of `key` (zeros when absent).
+    vectors: Vec<E>,
     live: KeySet,
     removed: Vec<bool>,
     count: usize,
 }
 
-impl Flat {
-    pub fn new(dims: usize, similarity: Similarity) -> Flat {
+impl<E: Element> Flat<E> {
+    pub fn new(dims: usize, similarity: Similarity) -> Flat<E> {
         Flat {
             dims,
+            width: E::row_len(dims),
             similarity,
             vectors: Vec::new(),
             live: KeySet::default(),
@@ -30,12 +36,13 @@ impl Flat {
         r: &mut Reader<'_>,
         dims: usize,
         similarity: Similarity,
-    ) -> io::Result<Flat> {
-        let vectors = r.f32s()?;
-        if vectors.len() % dims != 0 {
+    ) -> io::Result<Flat<E>> {
+        let width = E::row_len(dims);
+        let vectors = E::read(r)?;
+        if width == 0 || vectors.len() % width != 0 {
             return Err(corrupt("flat vectors"));
         }
-        let slots = vectors.len() / dims;
+        let slots = vectors.len() / width;
         let keys = r.u32s()?;
         let mut removed = vec![true; slots];
         for &k in &keys {
@@ -46,6 +53,7 @@ impl Flat {
         let live = KeySet::from_keys(keys);
         Ok(Flat {
             dims,
+            width,
             similarity,
             vectors,
             count: live.len(),
@@ -54,12 +62,44 @@ impl Flat {
         })
     }
 
+    /// The same rows stored as `F` (see `Hnsw::widened`).
+    fn widened<F: Element>(&self) -> Flat<F> {
+        let width = F::row_len(self.dims);
+        let mut vectors = vec![F::default(); self.removed.len() * width];
+        let mut values = Vec::with_capacity(self.dims);
+        for slot in 0..self.removed.len() {
+            if !self.is_live(slot as u32) {
+                continue;
+            }
+            let row = &self.vectors[slot * self.width..(slot + 1) * self.width];
+            E::values(row, self.dims, &mut values);
+            if let Some(row) = F::from_values(&values, self.similarity) {
+                vectors[slot * width..(slot + 1) * width].copy_from_slice(&row);
+            }
+        }
+        Flat {
+            dims: self.dims,
+            width,
+            similarity: self.similarity,
+            vectors,
+            live: self.live.clone(),
+            removed: self.removed.clone(),
+            count: self.count,
+        }
+    }
+
     fn is_live(&self, key: u32) -> bool {
         self.live.contains(key) && !self.removed.get(key as usize).copied().unwrap_or(true)
     }
 }
 
-impl VectorIndex for Flat {
+impl<E: Element> Widen for Flat<E> {
+    fn widened_into<F: Element>(&self) -> Box<dyn VectorIndex<F>> {
+        Box::new(self.widened::<F>())
+    }
+}
+
+impl<E: Element> VectorIndex<E> for Flat<E> {
     fn dims(&self) -> usize {
         self.dims
     }
@@ -68,17 +108,17 @@ impl VectorIndex for Flat {
         self.similarity
     }
 
-    fn insert(&mut self, key: u32, vector: &[f32]) {
-        assert_eq!(vector.len(), self.dims, "vector length");
+    fn insert(&mut self, key: u32, vector: &[E]) {
+        assert_eq!(vector.len(), self.width, "vector length");
         let slot = key as usize;
         if self.removed.len() <= slot {
             self.removed.resize(slot + 1, true);
-            self.vectors.resize((slot + 1) * self.dims, 0.0);
+            self.vectors.resize((slot + 1) * self.width, E::default());
         }
         if self.is_live(key) {
             return;
         }
-        self.vectors[slot * self.dims..(slot + 1) * self.dims].copy_from_slice(vector);
+        self.vectors[slot * self.width..(slot + 1) * self.width].copy_from_slice(vector);
         self.removed[slot] = false;
         self.live.insert(key);
         self.count += 1;
@@ -97,14 +137,22 @@ impl VectorIndex for Flat {
         self.count
     }
 
-    fn vector(&self, key: u32) -> Option<&[f32]> {
+    fn slots(&self) -> usize {
+        self.removed.len()
+    }
+
+    fn retyped(&self, dtype: Dtype) -> Engine {
+        retype(self, dtype)
+    }
+
+    fn vector(&self, key: u32) -> Option<&[E]> {
         self.is_live(key)
-            .then(|| &self.vectors[key as usize * self.dims..(key as usize + 1) * self.dims])
+            .then(|| &self.vectors[key as usize * self.width..(key as usize + 1) * self.width])
     }
 
     fn save(&self, out: &mut dyn io::Write) -> io::Result<()> {
-        let mut w = Writer::header(KIND_FLAT, self.dims, self.similarity);
-        w.f32s(&self.vectors);
+        let mut w = Writer::header(KIND_FLAT, E::DTYPE, self.dims, self.similarity);
+        E::write(&mut w, &self.vectors);
         let live: Vec<u32> = self
             .live
             .keys()
@@ -118,7 +166,7 @@ impl VectorIndex for Flat {
 
     fn search_counted(
         &self,
-        query: &[f32],
+        query: Query<'_, E>,
         k: usize,
         _ef: usize,
         allowed: Option<&KeySet>,
@@ -126,15 +174,6 @@ impl VectorIndex for Flat {
         if let Some(allowed) = allowed {
             return (exact_among(self, query, k, allowed.keys()), allowed.len());
         }
-        let mut top = TopK::new(k);
-        for &key in self.live.keys() {
-            if let Some(v) = self.vector(key) {
-                top.push(Hit {
-                    key,
-                    distance: self.similarity.distance(query, v),
-                });
-            }
-        }
-        (top.into_sorted(), self.count)
+        (exact_among(self, query, k, self.live.keys()), self.count)
     }
 }

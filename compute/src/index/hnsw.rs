@@ -11,9 +11,10 @@
 //! allowed nodes to the result set, widening until it has `ef` of them or
 //! the reachable graph is exhausted.
 
-use super::metric::DistanceFn;
+use super::element::{Dtype, Element, RowDistance};
+use super::engine::{retype, Engine, Widen};
 use super::persist::{corrupt, Reader, Writer, KIND_HNSW};
-use super::{Hit, KeySet, Similarity, VectorIndex};
+use super::{Hit, KeySet, Query, Similarity, VectorIndex};
 use std::cell::RefCell;
 use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
@@ -144,14 +145,15 @@ impl<T: Copy + Default> Rows<T> {
     }
 }
 
-pub struct Hnsw {
+/// An HNSW graph over vectors stored as `E` (see `element`).
+pub struct Hnsw<E: Element = f32> {
     dims: usize,
     similarity: Similarity,
     params: HnswParams,
     /// Links per node on layer 0.
     m0: usize,
-    distance: DistanceFn,
-    vectors: Rows<f32>,
+    distance: RowDistance<E>,
+    vectors: Rows<E>,
     /// Top layer of each slot; `None` where no vector was inserted.
     level: Vec<Option<u8>>,
     removed: Vec<bool>,
@@ -185,8 +187,8 @@ impl Ord for Near {
     }
 }
 
-impl Hnsw {
-    pub fn new(dims: usize, similarity: Similarity, params: HnswParams) -> Hnsw {
+impl<E: Element> Hnsw<E> {
+    pub fn new(dims: usize, similarity: Similarity, params: HnswParams) -> Hnsw<E> {
         let max_edges = params.max_edges.clamp(2, 512);
         Hnsw {
             dims,
@@ -196,8 +198,8 @@ impl Hnsw {
                 ..params
             },
             m0: 2 * max_edges,
-            distance: similarity.distance_fn(),
-            vectors: Rows::new(dims.max(1)),
+            distance: E::distance_fn(similarity),
+            vectors: Rows::new(E::row_len(dims).max(1)),
             level: Vec::new(),
             removed: Vec::new(),
             links0: Rows::new(2 * max_edges),
@@ -214,7 +216,7 @@ impl Hnsw {
         r: &mut Reader<'_>,
         dims: usize,
         similarity: Similarity,
-    ) -> io::Result<Hnsw> {
+    ) -> io::Result<Hnsw<E>> {
         let max_edges = r.usize()?;
         let num_edge_candidates = r.usize()?;
         let seed = r.u64()?;
@@ -231,8 +233,8 @@ impl Hnsw {
             },
         );
         h.rng = r.u64()?;
-        h.vectors =
-            Rows::from_flat(dims.max(1), &r.f32s()?).ok_or_else(|| corrupt("hnsw vectors"))?;
+        h.vectors = Rows::from_flat(E::row_len(dims).max(1), &E::read(r)?)
+            .ok_or_else(|| corrupt("hnsw vectors"))?;
         let levels = r.u32s()?;
         let slots = levels.len();
         if h.vectors.len() != slots {
@@ -296,12 +298,43 @@ impl Hnsw {
         Ok(h)
     }
 
-    fn vec_of(&self, node: u32) -> &[f32] {
+    fn vec_of(&self, node: u32) -> &[E] {
         self.vectors.row(node as usize)
     }
 
-    fn dist_to(&self, query: &[f32], node: u32) -> f32 {
-        (self.distance)(query, self.vec_of(node))
+    /// The same graph over the same vectors stored as `F` (a dtype that
+    /// holds every value of `E`: see `element::Dtype`), so distances, and
+    /// with them every link, stay what they were.
+    pub fn widened<F: Element>(&self) -> Hnsw<F> {
+        let mut values = Vec::with_capacity(self.dims);
+        let mut vectors = Rows::new(F::row_len(self.dims).max(1));
+        vectors.grow_to(self.vectors.len());
+        for node in 0..self.vectors.len() {
+            if self.level[node].is_none() {
+                continue;
+            }
+            E::values(self.vec_of(node as u32), self.dims, &mut values);
+            if let Some(row) = F::from_values(&values, self.similarity) {
+                vectors.row_mut(node).copy_from_slice(&row);
+            }
+        }
+        Hnsw {
+            dims: self.dims,
+            similarity: self.similarity,
+            params: self.params,
+            m0: self.m0,
+            distance: F::distance_fn(self.similarity),
+            vectors,
+            level: self.level.clone(),
+            removed: self.removed.clone(),
+            links0: self.links0.clone(),
+            upper_at: self.upper_at.clone(),
+            upper: self.upper.clone(),
+            entry: self.entry,
+            top_level: self.top_level,
+            live: self.live,
+            rng: self.rng,
+        }
     }
 
     /// The rows holding `layer`'s links, and the node's row in them.
@@ -337,7 +370,7 @@ impl Hnsw {
     #[inline(always)]
     fn prefetch_vector(&self, node: u32) {
         let row = self.vectors.row(node as usize);
-        prefetch(row.as_ptr().cast(), row.len() * 4);
+        prefetch(row.as_ptr().cast(), std::mem::size_of_val(row));
     }
 
     #[inline(always)]
@@ -385,12 +418,18 @@ impl Hnsw {
     }
 
     /// Greedy descent on one layer from `start` towards `query`.
-    fn greedy(&self, query: &[f32], mut best: Near, layer: usize, examined: &mut usize) -> Near {
+    fn greedy<D: Fn(&[E]) -> f32>(
+        &self,
+        dist: &D,
+        mut best: Near,
+        layer: usize,
+        examined: &mut usize,
+    ) -> Near {
         loop {
             let mut improved = false;
             for &n in self.neighbours(best.1, layer) {
                 *examined += 1;
-                let d = self.dist_to(query, n);
+                let d = dist(self.vec_of(n));
                 if d < best.0 {
                     best = Near(d, n);
                     improved = true;
@@ -404,9 +443,9 @@ impl Hnsw {
 
     /// Beam search on one layer. Only nodes that `admit` accepts enter the
     /// results; every node routes. Returns results nearest first.
-    fn search_layer(
+    fn search_layer<D: Fn(&[E]) -> f32>(
         &self,
-        query: &[f32],
+        dist: &D,
         entries: &[Near],
         ef: usize,
         layer: usize,
@@ -462,7 +501,7 @@ impl Hnsw {
                         self.prefetch_vector(ahead);
                     }
                     *examined += 1;
-                    let d = self.dist_to(query, n);
+                    let d = dist(self.vec_of(n));
                     if results.len() < ef || results.peek().is_some_and(|w| d < w.0) {
                         candidates.push(Reverse(Near(d, n)));
                         if admit(n) {
@@ -534,7 +573,45 @@ impl Hnsw {
     }
 }
 
-impl VectorIndex for Hnsw {
+impl<E: Element> Hnsw<E> {
+    /// The search behind every query form: `dist` gives a stored row's
+    /// distance to the query.
+    fn search_by<D: Fn(&[E]) -> f32>(
+        &self,
+        dist: &D,
+        k: usize,
+        ef: usize,
+        allowed: Option<&KeySet>,
+    ) -> (Vec<Hit>, usize) {
+        let Some(entry) = self.entry else {
+            return (Vec::new(), 0);
+        };
+        if k == 0 {
+            return (Vec::new(), 0);
+        }
+        let mut examined = 1;
+        let mut best = Near(dist(self.vec_of(entry)), entry);
+        for layer in (1..=self.top_level).rev() {
+            best = self.greedy(dist, best, layer, &mut examined);
+        }
+        let admit = |n: u32| !self.removed[n as usize] && allowed.is_none_or(|a| a.contains(n));
+        let hits = self
+            .search_layer(dist, &[best], ef.max(k), 0, admit, &mut examined)
+            .into_iter()
+            .take(k)
+            .map(|Near(distance, key)| Hit { key, distance })
+            .collect();
+        (hits, examined)
+    }
+}
+
+impl<E: Element> Widen for Hnsw<E> {
+    fn widened_into<F: Element>(&self) -> Box<dyn VectorIndex<F>> {
+        Box::new(self.widened::<F>())
+    }
+}
+
+impl<E: Element> VectorIndex<E> for Hnsw<E> {
     fn dims(&self) -> usize {
         self.dims
     }
@@ -543,8 +620,8 @@ impl VectorIndex for Hnsw {
         self.similarity
     }
 
-    fn insert(&mut self, key: u32, vector: &[f32]) {
-        assert_eq!(vector.len(), self.dims, "vector length");
+    fn insert(&mut self, key: u32, vector: &[E]) {
+        assert_eq!(vector.len(), E::row_len(self.dims), "vector length");
         let slot = key as usize;
         self.grow(slot);
         if self.level[slot].is_some() {
@@ -563,15 +640,17 @@ impl VectorIndex for Hnsw {
             return;
         };
         let query = self.vec_of(key).to_vec();
-        let mut best = Near(self.dist_to(&query, entry), entry);
+        let distance = self.distance;
+        let dist = |row: &[E]| distance(&query, row);
+        let mut best = Near(dist(self.vec_of(entry)), entry);
         let mut examined = 0;
         for layer in (level + 1..=self.top_level).rev() {
-            best = self.greedy(&query, best, layer, &mut examined);
+            best = self.greedy(&dist, best, layer, &mut examined);
         }
         let mut entries = vec![best];
         let ef = self.params.num_edge_candidates.max(self.params.max_edges);
         for layer in (0..=level.min(self.top_level)).rev() {
-            let found = self.search_layer(&query, &entries, ef, layer, |n| n != key, &mut examined);
+            let found = self.search_layer(&dist, &entries, ef, layer, |n| n != key, &mut examined);
             let chosen = self.select(&found, self.params.max_edges);
             self.set_neighbours(key, layer, &chosen);
             for &n in &chosen {
@@ -599,19 +678,27 @@ impl VectorIndex for Hnsw {
         self.live
     }
 
-    fn vector(&self, key: u32) -> Option<&[f32]> {
+    fn slots(&self) -> usize {
+        self.level.len()
+    }
+
+    fn retyped(&self, dtype: Dtype) -> Engine {
+        retype(self, dtype)
+    }
+
+    fn vector(&self, key: u32) -> Option<&[E]> {
         let slot = key as usize;
         (self.level.get(slot).copied().flatten().is_some() && !self.removed[slot])
             .then(|| self.vec_of(key))
     }
 
     fn save(&self, out: &mut dyn io::Write) -> io::Result<()> {
-        let mut w = Writer::header(KIND_HNSW, self.dims, self.similarity);
+        let mut w = Writer::header(KIND_HNSW, E::DTYPE, self.dims, self.similarity);
         w.usize(self.params.max_edges);
         w.usize(self.params.num_edge_candidates);
         w.u64(self.params.seed);
         w.u64(self.rng);
-        w.f32s(&self.vectors.flat());
+        E::write(&mut w, &self.vectors.flat());
         let levels: Vec<u32> = self
             .level
             .iter()
@@ -661,29 +748,17 @@ impl VectorIndex for Hnsw {
 
     fn search_counted(
         &self,
-        query: &[f32],
+        query: Query<'_, E>,
         k: usize,
         ef: usize,
         allowed: Option<&KeySet>,
     ) -> (Vec<Hit>, usize) {
-        let Some(entry) = self.entry else {
-            return (Vec::new(), 0);
-        };
-        if k == 0 {
-            return (Vec::new(), 0);
+        match query {
+            Query::Native(query) => {
+                let distance = self.distance;
+                self.search_by(&|row: &[E]| distance(query, row), k, ef, allowed)
+            }
+            Query::By(dist) => self.search_by(&dist, k, ef, allowed),
         }
-        let mut examined = 1;
-        let mut best = Near(self.dist_to(query, entry), entry);
-        for layer in (1..=self.top_level).rev() {
-            best = self.greedy(query, best, layer, &mut examined);
-        }
-        let admit = |n: u32| !self.removed[n as usize] && allowed.is_none_or(|a| a.contains(n));
-        let hits = self
-            .search_layer(query, &[best], ef.max(k), 0, admit, &mut examined)
-            .into_iter()
-            .take(k)
-            .map(|Near(distance, key)| Hit { key, distance })
-            .collect();
-        (hits, examined)
     }
 }

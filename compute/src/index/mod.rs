@@ -8,12 +8,37 @@
 //!
 //! `exact::Flat` is the oracle every approximate index is measured against.
 
+pub mod element;
+pub mod engine;
 pub mod exact;
 pub mod hnsw;
 pub mod metric;
 pub mod persist;
 
+pub use element::{Dtype, Element};
+pub use engine::{Engine, VectorRef};
 pub use metric::Similarity;
+
+/// A query as a search takes it: a row of the index's own element type
+/// (compared with the index's kernel), or a function giving a stored row's
+/// distance to a query of another type.
+#[derive(Clone, Copy)]
+pub enum Query<'a, E> {
+    Native(&'a [E]),
+    By(&'a dyn Fn(&[E]) -> f32),
+}
+
+impl<'a, E> From<&'a [E]> for Query<'a, E> {
+    fn from(row: &'a [E]) -> Self {
+        Query::Native(row)
+    }
+}
+
+impl<'a, E> From<&'a Vec<E>> for Query<'a, E> {
+    fn from(row: &'a Vec<E>) -> Self {
+        Query::Native(row)
+    }
+}
 
 /// One search result: a key and its distance (smaller is nearer).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -69,31 +94,38 @@ impl KeySet {
     }
 }
 
-/// What every index backend provides.
-pub trait VectorIndex: Send + Sync {
+/// What every index backend provides, over rows of `E` (`f32` rows
+/// prepared, see `Similarity::prepare`; `element` for the others).
+pub trait VectorIndex<E: Element = f32>: Send + Sync {
     fn dims(&self) -> usize;
     fn similarity(&self) -> Similarity;
-    /// Stores a prepared vector (see `Similarity::prepare`) under a fresh key.
-    fn insert(&mut self, key: u32, vector: &[f32]);
+    /// Stores a row (`E::row_len(dims)` long) under a fresh key.
+    fn insert(&mut self, key: u32, vector: &[E]);
     /// Removes a key; it is never returned by a search again.
     fn remove(&mut self, key: u32) -> bool;
     /// Live (not removed) vectors.
     fn len(&self) -> usize;
+    /// Row slots ever used, live and removed.
+    fn slots(&self) -> usize;
+    /// The same index over rows of `dtype`, which must hold every stored
+    /// value exactly (a wider dtype; any while nothing was stored).
+    fn retyped(&self, dtype: Dtype) -> Engine;
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
-    /// The stored vector of a live key.
-    fn vector(&self, key: u32) -> Option<&[f32]>;
+    /// The stored row of a live key.
+    fn vector(&self, key: u32) -> Option<&[E]>;
     /// The `k` nearest live keys to a prepared query, nearest first, among
     /// `allowed` when given. `ef` is the search breadth of approximate
     /// indexes (at least `k` is used); exact indexes ignore it.
-    fn search(&self, query: &[f32], k: usize, ef: usize, allowed: Option<&KeySet>) -> Vec<Hit> {
-        self.search_counted(query, k, ef, allowed).0
+    fn search(&self, query: &[E], k: usize, ef: usize, allowed: Option<&KeySet>) -> Vec<Hit> {
+        self.search_counted(Query::Native(query), k, ef, allowed).0
     }
-    /// `search`, also reporting how many vectors it compared the query with.
+    /// `search` for any query form, also reporting how many vectors it
+    /// compared the query with.
     fn search_counted(
         &self,
-        query: &[f32],
+        query: Query<'_, E>,
         k: usize,
         ef: usize,
         allowed: Option<&KeySet>,
@@ -110,15 +142,22 @@ pub trait VectorIndex: Send + Sync {
 
 /// Exact k-NN over an explicit list of keys, using any index's stored
 /// vectors: the strategy for selective filters, and always right.
-pub fn exact_among(index: &dyn VectorIndex, query: &[f32], k: usize, keys: &[u32]) -> Vec<Hit> {
-    let sim = index.similarity();
+pub fn exact_among<'a, E: Element>(
+    index: &dyn VectorIndex<E>,
+    query: impl Into<Query<'a, E>>,
+    k: usize,
+    keys: &[u32],
+) -> Vec<Hit> {
+    let distance = E::distance_fn(index.similarity());
+    let query = query.into();
     let mut top = TopK::new(k);
     for &key in keys {
         if let Some(v) = index.vector(key) {
-            top.push(Hit {
-                key,
-                distance: sim.distance(query, v),
-            });
+            let distance = match query {
+                Query::Native(q) => distance(q, v),
+                Query::By(dist) => dist(v),
+            };
+            top.push(Hit { key, distance });
         }
     }
     top.into_sorted()
@@ -131,13 +170,14 @@ pub fn exact_among(index: &dyn VectorIndex, query: &[f32], k: usize, keys: &[u32
 /// a graph search that comes back short is completed by an exact scan.
 /// Returns the hits, the strategy's name (for explain) and how many vectors
 /// were compared.
-pub fn search_allowed(
-    index: &dyn VectorIndex,
-    query: &[f32],
+pub fn search_allowed<'a, E: Element>(
+    index: &dyn VectorIndex<E>,
+    query: impl Into<Query<'a, E>>,
     k: usize,
     ef: usize,
     allowed: &KeySet,
 ) -> (Vec<Hit>, &'static str, usize) {
+    let query = query.into();
     let exact = || exact_among(index, query, k, allowed.keys());
     // A filter that passes a fraction `s` of the index widens the beam by
     // up to `1 / s` (at most 4×): when the allowed vectors sit together

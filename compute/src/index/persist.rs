@@ -6,28 +6,33 @@
 //! checked against the bytes present, so a corrupt or truncated snapshot is
 //! an error — the caller rebuilds from the upstream — never a wrong index.
 
+use super::element::{Dtype, Element};
+use super::engine::Engine;
 use super::exact::Flat;
 use super::hnsw::Hnsw;
 use super::{Similarity, VectorIndex};
 use std::io;
 
 const MAGIC: &[u8; 4] = b"LWIX";
-const VERSION: u32 = 1;
+/// 2 added the element dtype after the kind (version 1 is read as `f32`).
+const VERSION: u32 = 2;
 pub(crate) const KIND_FLAT: u8 = 0;
 pub(crate) const KIND_HNSW: u8 = 1;
 
 /// Appends little-endian fields to a buffer.
 #[derive(Default)]
-pub(crate) struct Writer {
+/// (Public only as the parameter of `Element`'s snapshot methods.)
+pub struct Writer {
     pub(crate) buf: Vec<u8>,
 }
 
 impl Writer {
-    pub(crate) fn header(kind: u8, dims: usize, similarity: Similarity) -> Writer {
+    pub(crate) fn header(kind: u8, dtype: Dtype, dims: usize, similarity: Similarity) -> Writer {
         let mut w = Writer::default();
         w.buf.extend_from_slice(MAGIC);
         w.u32(VERSION);
         w.u8(kind);
+        w.u8(dtype.tag());
         w.usize(dims);
         w.u8(match similarity {
             Similarity::Cosine => 0,
@@ -60,6 +65,10 @@ impl Writer {
             self.u32(*x);
         }
     }
+    pub(crate) fn bytes(&mut self, v: &[u8]) {
+        self.usize(v.len());
+        self.buf.extend_from_slice(v);
+    }
     pub(crate) fn finish(mut self, out: &mut dyn io::Write) -> io::Result<()> {
         let crc = crc32c::crc32c(&self.buf);
         self.u32(crc);
@@ -68,7 +77,8 @@ impl Writer {
 }
 
 /// Reads fields back, every length checked against what is left.
-pub(crate) struct Reader<'a> {
+/// (Public only as the parameter of `Element`'s snapshot methods.)
+pub struct Reader<'a> {
     buf: &'a [u8],
     pos: usize,
 }
@@ -125,6 +135,10 @@ impl<'a> Reader<'a> {
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect())
     }
+    pub(crate) fn bytes(&mut self) -> io::Result<Vec<u8>> {
+        let n = self.len(1)?;
+        Ok(self.take(n)?.to_vec())
+    }
     pub(crate) fn u32s(&mut self) -> io::Result<Vec<u32>> {
         let n = self.len(4)?;
         Ok(self
@@ -142,8 +156,8 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Loads a snapshot written by any backend's `save`.
-pub fn load(bytes: &[u8]) -> io::Result<Box<dyn VectorIndex>> {
+/// Loads a snapshot written by any backend's `save`, of any dtype.
+pub fn load(bytes: &[u8]) -> io::Result<Engine> {
     if bytes.len() < MAGIC.len() + 4 + 4 || &bytes[..4] != MAGIC {
         return Err(corrupt("not an index snapshot"));
     }
@@ -153,10 +167,15 @@ pub fn load(bytes: &[u8]) -> io::Result<Box<dyn VectorIndex>> {
         return Err(corrupt("checksum mismatch"));
     }
     let mut r = Reader { buf: body, pos: 4 };
-    if r.u32()? != VERSION {
+    let version = r.u32()?;
+    if version != VERSION && version != 1 {
         return Err(corrupt("unknown format version"));
     }
     let kind = r.u8()?;
+    let dtype = match version {
+        1 => Dtype::F32,
+        _ => Dtype::from_tag(r.u8()?).ok_or_else(|| corrupt("unknown element dtype"))?,
+    };
     let dims = r.usize()?;
     let similarity = match r.u8()? {
         0 => Similarity::Cosine,
@@ -167,11 +186,24 @@ pub fn load(bytes: &[u8]) -> io::Result<Box<dyn VectorIndex>> {
     if dims == 0 || dims > 65_536 {
         return Err(corrupt("dimensions"));
     }
-    let index: Box<dyn VectorIndex> = match kind {
-        KIND_FLAT => Box::new(Flat::read(&mut r, dims, similarity)?),
-        KIND_HNSW => Box::new(Hnsw::read(&mut r, dims, similarity)?),
-        _ => return Err(corrupt("unknown index kind")),
+    let index = match dtype {
+        Dtype::F32 => Engine::F32(read_kind::<f32>(&mut r, kind, dims, similarity)?),
+        Dtype::I8 => Engine::I8(read_kind::<i8>(&mut r, kind, dims, similarity)?),
+        Dtype::Bits => Engine::Bits(read_kind::<u8>(&mut r, kind, dims, similarity)?),
     };
     r.done()?;
     Ok(index)
+}
+
+fn read_kind<E: Element>(
+    r: &mut Reader<'_>,
+    kind: u8,
+    dims: usize,
+    similarity: Similarity,
+) -> io::Result<Box<dyn VectorIndex<E>>> {
+    Ok(match kind {
+        KIND_FLAT => Box::new(Flat::<E>::read(r, dims, similarity)?),
+        KIND_HNSW => Box::new(Hnsw::<E>::read(r, dims, similarity)?),
+        _ => return Err(corrupt("unknown index kind")),
+    })
 }
