@@ -55,6 +55,7 @@ fn main() {
         },
         analyzer: Analyzer::Standard,
         search_analyzer: Analyzer::Standard,
+        stored_source: Default::default(),
     };
     let index = TextIndex::new(spec).expect("index");
     let started = Instant::now();

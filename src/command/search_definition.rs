@@ -6,8 +6,8 @@
 
 use crate::error::{Code, Error};
 use crate::index::text::{
-    Analyzer, AutocompleteField, DocumentMapping, FieldMapping, Grams, Normalizer, StringField,
-    TextSpec,
+    Analyzer, AutocompleteField, DocumentMapping, FieldMapping, Grams, Normalizer, StoredSource,
+    StringField, TextSpec,
 };
 
 /// Longest gram an `autocomplete` field indexes (Atlas's bound on
@@ -43,6 +43,7 @@ pub fn parse(definition: &RawDocument) -> Result<TextSpec, Error> {
         search_analyzer: named("searchAnalyzer")?.unwrap_or(analyzer),
     };
     let mut mappings = None;
+    let mut stored_source = StoredSource::None;
     for (key, value) in definition.iter().flatten() {
         match (key, value) {
             ("analyzer" | "searchAnalyzer", _) => {}
@@ -50,7 +51,16 @@ pub fn parse(definition: &RawDocument) -> Result<TextSpec, Error> {
                 let mut count = 0;
                 mappings = Some(parse_mapping(m, "mappings", defaults, 0, &mut count)?)
             }
-            ("storedSource", RawBsonRef::Boolean(false)) => {}
+            ("storedSource", RawBsonRef::Boolean(all)) => {
+                stored_source = if all {
+                    StoredSource::All
+                } else {
+                    StoredSource::None
+                }
+            }
+            ("storedSource", RawBsonRef::Document(spec)) => {
+                stored_source = parse_stored_source(spec)?
+            }
             ("numPartitions", v) if crate::wire::integer(Some(v)) == Some(1) => {}
             ("analyzers" | "synonyms" | "typeSets", RawBsonRef::Array(a)) if a.is_empty() => {}
             ("analyzers", _) => {
@@ -60,10 +70,14 @@ pub fn parse(definition: &RawDocument) -> Result<TextSpec, Error> {
                      lucene.keyword, lucene.english)",
                 ))
             }
-            ("storedSource" | "synonyms" | "typeSets" | "numPartitions", _) => {
+            ("storedSource", _) => {
+                return Err(invalid(
+                    "'storedSource' must be a boolean or {include: [paths]} or {exclude: [paths]}",
+                ))
+            }
+            ("synonyms" | "typeSets" | "numPartitions", _) => {
                 return Err(invalid(format!(
-                    "'{key}' is not served by likewise yet (accepted: storedSource: false, \
-                     numPartitions: 1)"
+                    "'{key}' is not served by likewise yet (accepted: numPartitions: 1)"
                 )))
             }
             _ => {
@@ -78,7 +92,49 @@ pub fn parse(definition: &RawDocument) -> Result<TextSpec, Error> {
         mappings,
         analyzer: defaults.analyzer,
         search_analyzer: defaults.search_analyzer,
+        stored_source,
     })
+}
+
+/// `storedSource: {include: [paths]}` or `{exclude: [paths]}` (exactly
+/// one, a non-empty list of dotted paths).
+fn parse_stored_source(spec: &RawDocument) -> Result<StoredSource, Error> {
+    let mut fields = spec.iter().flatten();
+    let (Some((kind, RawBsonRef::Array(list))), None) = (fields.next(), fields.next()) else {
+        return Err(invalid(
+            "'storedSource' takes exactly one of 'include' and 'exclude', a list of paths",
+        ));
+    };
+    let mut paths = Vec::new();
+    for path in list.into_iter().flatten() {
+        match path {
+            RawBsonRef::String(p) if !p.is_empty() && !p.starts_with('$') => {
+                paths.push(p.to_string())
+            }
+            _ => {
+                return Err(invalid(format!(
+                    "'storedSource.{kind}' must list field paths"
+                )))
+            }
+        }
+        if paths.len() > MAX_MAPPED_FIELDS {
+            return Err(invalid(format!(
+                "'storedSource.{kind}' lists too many paths"
+            )));
+        }
+    }
+    if paths.is_empty() {
+        return Err(invalid(format!(
+            "'storedSource.{kind}' must list at least one path"
+        )));
+    }
+    match kind {
+        "include" => Ok(StoredSource::Include(paths)),
+        "exclude" => Ok(StoredSource::Exclude(paths)),
+        _ => Err(invalid(format!(
+            "\"storedSource.{kind}\" is not a storedSource option"
+        ))),
+    }
 }
 
 fn analyzer_named(name: &str, key: &str) -> Result<Analyzer, Error> {

@@ -56,6 +56,8 @@ pub struct SearchStage {
     pub highlight: Option<Highlight>,
     /// `sort`: the order of the results, when not by score alone.
     pub sort: Option<Vec<SortKey>>,
+    /// `returnStoredSource`: only the index's stored fields come back.
+    pub return_stored_source: bool,
 }
 
 /// `count.type` of `$search` and `$searchMeta`.
@@ -73,12 +75,14 @@ pub fn parse_search(stage: &RawDocument) -> Result<SearchStage, Error> {
     let mut total = false;
     let mut highlight = None;
     let mut sort = None;
+    let mut return_stored_source = false;
     let mut clauses = 0;
     for (key, value) in stage.iter().flatten() {
         match (key, value) {
             ("index", RawBsonRef::String(name)) => index = name.to_string(),
             ("index", _) => return Err(bad("\"$search.index\" must be a string")),
-            ("returnStoredSource" | "scoreDetails", RawBsonRef::Boolean(false)) => {}
+            ("returnStoredSource", RawBsonRef::Boolean(stored)) => return_stored_source = stored,
+            ("scoreDetails", RawBsonRef::Boolean(false)) => {}
             // A hint to run segments in parallel; results are the same.
             ("concurrent", RawBsonRef::Boolean(_)) => {}
             ("count", RawBsonRef::Document(count)) => total = parse_count(count)?,
@@ -120,6 +124,7 @@ pub fn parse_search(stage: &RawDocument) -> Result<SearchStage, Error> {
         },
         highlight,
         sort,
+        return_stored_source,
     })
 }
 
@@ -1089,7 +1094,7 @@ mod tests {
                 "1 or -1",
             ),
             (
-                rawdoc! { "text": { "query": "a", "path": "p" }, "returnStoredSource": true },
+                rawdoc! { "text": { "query": "a", "path": "p" }, "returnStoredSource": 1 },
                 "returnStoredSource",
             ),
             (rawdoc! { "index": "x" }, "needs an operator"),

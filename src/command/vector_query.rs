@@ -77,6 +77,9 @@ pub struct VectorQuery {
     pub highlight: Option<crate::index::text::Highlight>,
     /// `$search`'s `sort` option.
     pub sort: Option<Vec<crate::index::text::SortKey>>,
+    /// `$search`'s `returnStoredSource: true`: documents come back with
+    /// only the fields the index's `storedSource` keeps.
+    pub return_stored_source: bool,
 }
 
 impl VectorQuery {
@@ -98,6 +101,7 @@ impl VectorQuery {
             count: None,
             highlight: None,
             sort: None,
+            return_stored_source: false,
         }
     }
 }
@@ -233,6 +237,7 @@ pub fn parse_vector_search(stage: &RawDocument) -> Result<VectorQuery, Error> {
         count: None,
         highlight: None,
         sort: None,
+        return_stored_source: false,
     })
 }
 
@@ -295,6 +300,7 @@ pub fn parse_like_filter(filter: &RawDocument) -> Result<Option<VectorQuery>, Er
         count: None,
         highlight: None,
         sort: None,
+        return_stored_source: false,
         index,
         path: None,
         vector,
@@ -645,6 +651,7 @@ pub fn owned_first_stage(stages: &bson::RawArray) -> Result<Option<VectorQuery>,
                 count: reads_search_meta(stages, 0).then_some(stage.count),
                 highlight: stage.highlight,
                 sort: stage.sort,
+                return_stored_source: stage.return_stored_source,
                 ..VectorQuery::atlas_stage(
                     Some(stage.index),
                     limit,

@@ -263,6 +263,50 @@ pub struct TextSpec {
     /// dynamic paths and string fields that name none.
     pub analyzer: Analyzer,
     pub search_analyzer: Analyzer,
+    /// `storedSource`: the fields `returnStoredSource` returns.
+    pub stored_source: StoredSource,
+}
+
+/// Atlas's `storedSource`: which fields of each document the index keeps
+/// for `$search` with `returnStoredSource: true` (`_id` always).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum StoredSource {
+    /// `false` (the default): `_id` only.
+    #[default]
+    None,
+    /// `true`: every field.
+    All,
+    /// `{include: [paths]}`.
+    Include(Vec<String>),
+    /// `{exclude: [paths]}`.
+    Exclude(Vec<String>),
+}
+
+impl StoredSource {
+    /// The `$project` stage giving a fetched document's stored fields;
+    /// `None` when every field is stored.
+    pub fn projection(&self) -> Option<bson::RawDocumentBuf> {
+        let mut out = bson::RawDocumentBuf::new();
+        match self {
+            StoredSource::All => return None,
+            StoredSource::None => out.append("_id", 1),
+            StoredSource::Include(paths) => {
+                out.append("_id", 1);
+                for path in paths.iter().filter(|p| *p != "_id") {
+                    out.append(path.as_str(), 1);
+                }
+            }
+            StoredSource::Exclude(paths) => {
+                for path in paths.iter().filter(|p| *p != "_id") {
+                    out.append(path.as_str(), 0);
+                }
+                if out.is_empty() {
+                    return None;
+                }
+            }
+        }
+        Some(out)
+    }
 }
 
 impl TextSpec {
@@ -2125,6 +2169,7 @@ mod tests {
             },
             analyzer,
             search_analyzer: analyzer,
+            stored_source: StoredSource::None,
         }
     }
 
@@ -2494,6 +2539,7 @@ mod tests {
             },
             analyzer: Analyzer::Standard,
             search_analyzer: Analyzer::Standard,
+            stored_source: StoredSource::None,
         };
         assert_eq!(spec.projection(), Some(vec!["title".to_string()]));
         let docs = [rawdoc! { "_id": 1, "title": "Big Fish", "other": "fish" }];

@@ -95,6 +95,7 @@ impl ForClient<'_> {
                 details,
                 search_meta: None,
                 highlights: Vec::new(),
+                stored_source: None,
             },
             exact_filter: None,
             encoding: None,

@@ -705,6 +705,13 @@ async fn answer(
         })?;
         let (hits, matched) = found;
         let mut ranked: Ranked = hits.into_iter().collect();
+        if query.return_stored_source {
+            ranked.stored_source = index
+                .spec
+                .text
+                .as_ref()
+                .and_then(|t| t.stored_source.projection());
+        }
         let count = i64::try_from(matched).unwrap_or(i64::MAX);
         ranked.search_meta = query.count.map(|kind| match kind {
             Count::Total => rawdoc! { "count": { "total": count } },

@@ -30,6 +30,9 @@ pub struct Ranked {
     /// One `{$meta: "searchHighlights"}` array per id, or empty when the
     /// `$search` asked for none.
     pub highlights: Vec<RawArrayBuf>,
+    /// `$search` with `returnStoredSource`: the `$project` keeping only the
+    /// index's stored fields, applied right after the fetch.
+    pub stored_source: Option<RawDocumentBuf>,
 }
 
 /// Ranked `(_id, score)` pairs, best first.
@@ -42,6 +45,7 @@ impl FromIterator<(RawBson, f64)> for Ranked {
             details: Vec::new(),
             search_meta: None,
             highlights: Vec::new(),
+            stored_source: None,
         }
     }
 }
@@ -174,12 +178,18 @@ impl Ranked {
         sort.append(RANK, 1);
         let mut unset = RawDocumentBuf::new();
         unset.append(RANK, 0);
-        vec![
+        let mut stages = vec![
             rawdoc! { "$match": self.filter(exact) },
             rawdoc! { "$addFields": add_rank },
             rawdoc! { "$sort": sort },
             rawdoc! { "$project": unset },
-        ]
+        ];
+        stages.extend(
+            self.stored_source
+                .iter()
+                .map(|p| rawdoc! { "$project": p.clone() }),
+        );
+        stages
     }
 
     /// Replaces every `{$meta: "vectorSearchScore"}` inside `doc`.
@@ -615,6 +625,12 @@ pub fn fetch_only(
         return None;
     }
     let mut stages = vec![rawdoc! { "$match": ranked.filter(exact) }];
+    stages.extend(
+        ranked
+            .stored_source
+            .iter()
+            .map(|p| rawdoc! { "$project": p.clone() }),
+    );
     let collection = if let Ok(pipeline) = body.get_array("pipeline") {
         let cursor_batch = body.get_document("cursor").ok()?.get("batchSize").ok()?;
         let mut given = pipeline.into_iter();

@@ -333,6 +333,51 @@ def test_sort_orders_matches_by_fields_then_score(client):
     assert order({"price": 1}, {"$limit": 2}) == [4, 3]
 
 
+def test_return_stored_source_returns_the_stored_fields(client):
+    """`storedSource` in the definition (`include`, `exclude`, `true`,
+    absent) decides which fields `returnStoredSource: true` gives back:
+    `_id` always; everything else of the document only where stored."""
+    coll = client.full_text.stored
+    coll.drop()
+    coll.insert_many([
+        {"_id": 1, "title": "red apple", "price": 5, "meta": {"a": 1, "b": 2}, "secret": "x"},
+        {"_id": 2, "title": "red cherry", "price": 2, "meta": {"a": 3, "b": 4}, "secret": "y"},
+    ])
+    definitions = {
+        "incl": {"include": ["title", "meta.a"]},
+        "excl": {"exclude": ["secret", "meta.b"]},
+        "all": True,
+        "none": None,
+    }
+    for name, stored in definitions.items():
+        definition = {"mappings": {"dynamic": True}}
+        if stored is not None:
+            definition["storedSource"] = stored
+        coll.create_search_index(SearchIndexModel(definition, name=name))
+    for name in definitions:
+        wait_ready(coll, name)
+
+    def stored(name, *later):
+        return search(coll, {"text": {"query": "red", "path": "title"}, "returnStoredSource": True,
+                             "sort": {"price": 1}}, *later, index=name)
+
+    assert stored("incl") == [{"_id": 2, "title": "red cherry", "meta": {"a": 3}},
+                              {"_id": 1, "title": "red apple", "meta": {"a": 1}}]
+    assert stored("excl") == [{"_id": 2, "title": "red cherry", "price": 2, "meta": {"a": 3}},
+                              {"_id": 1, "title": "red apple", "price": 5, "meta": {"a": 1}}]
+    assert stored("all") == list(coll.find({}, sort=[("price", 1)]))
+    assert stored("none") == [{"_id": 2}, {"_id": 1}]
+    # Later stages see the stored fields only; without the option, whole documents.
+    assert stored("incl", {"$project": {"price": 1, "title": 1}}) == [
+        {"_id": 2, "title": "red cherry"}, {"_id": 1, "title": "red apple"}]
+    assert search(coll, {"text": {"query": "apple", "path": "title"}}, index="incl")[0]["secret"] == "x"
+    with pytest.raises(OperationFailure) as e:
+        coll.create_search_index(SearchIndexModel(
+            {"mappings": {"dynamic": True}, "storedSource": {"include": ["a"], "exclude": ["b"]}},
+            name="both"))
+    assert e.value.code == 72 and "storedSource" in str(e.value)
+
+
 def test_autocomplete_matches_word_prefixes(client):
     """`autocomplete` fields (edge grams of each word, lower-cased, folded)
     and the `autocomplete` operator: `tokenOrder` any and sequential,

@@ -117,6 +117,7 @@ fn parse_everything(body: &RawDocument) {
         ],
         search_meta: Some(bson::rawdoc! { "count": { "total": 2 } }),
         highlights: vec![bson::RawArrayBuf::new(), bson::RawArrayBuf::new()],
+        stored_source: Some(bson::rawdoc! { "_id": 1, "a": 1 }),
     };
     let exact = body.get_document("filter").ok();
     if let Ok(stages) = body.get_array("pipeline") {
