@@ -58,6 +58,8 @@ pub struct SearchStage {
     pub sort: Option<Vec<SortKey>>,
     /// `returnStoredSource`: only the index's stored fields come back.
     pub return_stored_source: bool,
+    /// `scoreDetails`: `{$meta: "searchScoreDetails"}` explains each score.
+    pub score_details: bool,
 }
 
 /// `count.type` of `$search` and `$searchMeta`.
@@ -76,13 +78,14 @@ pub fn parse_search(stage: &RawDocument) -> Result<SearchStage, Error> {
     let mut highlight = None;
     let mut sort = None;
     let mut return_stored_source = false;
+    let mut score_details = false;
     let mut clauses = 0;
     for (key, value) in stage.iter().flatten() {
         match (key, value) {
             ("index", RawBsonRef::String(name)) => index = name.to_string(),
             ("index", _) => return Err(bad("\"$search.index\" must be a string")),
             ("returnStoredSource", RawBsonRef::Boolean(stored)) => return_stored_source = stored,
-            ("scoreDetails", RawBsonRef::Boolean(false)) => {}
+            ("scoreDetails", RawBsonRef::Boolean(explain)) => score_details = explain,
             // A hint to run segments in parallel; results are the same.
             ("concurrent", RawBsonRef::Boolean(_)) => {}
             ("count", RawBsonRef::Document(count)) => total = parse_count(count)?,
@@ -125,6 +128,7 @@ pub fn parse_search(stage: &RawDocument) -> Result<SearchStage, Error> {
         highlight,
         sort,
         return_stored_source,
+        score_details,
     })
 }
 

@@ -80,6 +80,8 @@ pub struct VectorQuery {
     /// `$search`'s `returnStoredSource: true`: documents come back with
     /// only the fields the index's `storedSource` keeps.
     pub return_stored_source: bool,
+    /// `$search`'s `scoreDetails: true`.
+    pub score_details: bool,
 }
 
 impl VectorQuery {
@@ -102,6 +104,7 @@ impl VectorQuery {
             highlight: None,
             sort: None,
             return_stored_source: false,
+            score_details: false,
         }
     }
 }
@@ -238,6 +241,7 @@ pub fn parse_vector_search(stage: &RawDocument) -> Result<VectorQuery, Error> {
         highlight: None,
         sort: None,
         return_stored_source: false,
+        score_details: false,
     })
 }
 
@@ -301,6 +305,7 @@ pub fn parse_like_filter(filter: &RawDocument) -> Result<Option<VectorQuery>, Er
         highlight: None,
         sort: None,
         return_stored_source: false,
+        score_details: false,
         index,
         path: None,
         vector,
@@ -652,6 +657,7 @@ pub fn owned_first_stage(stages: &bson::RawArray) -> Result<Option<VectorQuery>,
                 highlight: stage.highlight,
                 sort: stage.sort,
                 return_stored_source: stage.return_stored_source,
+                score_details: stage.score_details,
                 ..VectorQuery::atlas_stage(
                     Some(stage.index),
                     limit,

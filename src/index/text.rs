@@ -37,6 +37,35 @@ use tantivy::{Directory, Index, IndexReader, IndexWriter, ReloadPolicy, TantivyD
 
 /// tantivy's BM25 multiplies Lucene's by `k1 + 1`.
 const TANTIVY_BM25_FACTOR: f32 = 2.2;
+
+/// A tantivy `Explanation` (as JSON: `{value, description, details?}`) as
+/// Atlas's score details: `{value, description, details}` with `details`
+/// always present. `scores` says the node is a score (or a sum, boost or
+/// constant of scores), whose value carries tantivy's `(k1 + 1)` factor:
+/// it is divided out, and dropped from a term's product; the factors
+/// below a term (idf, tf and their inputs) are kept as they are.
+fn lucene_explanation(tree: &serde_json::Value, scores: bool) -> RawDocumentBuf {
+    let description = tree["description"].as_str().unwrap_or("");
+    let value = tree["value"].as_f64().unwrap_or(0.0);
+    let term = description.starts_with("TermQuery");
+    let mut details = bson::RawArrayBuf::new();
+    for child in tree["details"].as_array().into_iter().flatten() {
+        if term && child["description"].as_str() == Some("(K1+1)") {
+            continue;
+        }
+        details.push(lucene_explanation(child, scores && !term));
+    }
+    let value = if scores {
+        value / f64::from(TANTIVY_BM25_FACTOR)
+    } else {
+        value
+    };
+    let mut out = RawDocumentBuf::new();
+    out.append("value", value);
+    out.append("description", description);
+    out.append("details", details);
+    out
+}
 /// Fields per analyzer for paths met while indexing (dynamic mappings);
 /// paths past these share one overflow field (and its statistics).
 const DYNAMIC_SLOTS: usize = 32;
@@ -1108,6 +1137,42 @@ impl TextIndex {
             if let Some(id) = id {
                 out.push((id, f64::from(score / TANTIVY_BM25_FACTOR)));
             }
+        }
+        Ok(out)
+    }
+
+    /// Atlas's `scoreDetails` (`{$meta: "searchScoreDetails"}`) of each
+    /// document `ids` names for `operator`, in order: `{value,
+    /// description, details: [...]}` trees as Lucene's `Explanation`
+    /// gives them (tantivy's, with its `(k1 + 1)` factor divided out of
+    /// every score node so each value is the one `searchScore` reports),
+    /// or `None` for an id the index does not hold or that does not match.
+    /// Each document is found by its `_id` term and explained on its own
+    /// (tantivy's `Query::explain`).
+    pub fn explain(
+        &self,
+        operator: &Operator,
+        ids: &[RawBson],
+    ) -> Result<Vec<Option<RawDocumentBuf>>, TextError> {
+        let query = self.compile(operator)?;
+        let searcher = self.reader.searcher();
+        let failed = |e: tantivy::TantivyError| TextError::Engine(format!("explain failed: {e}"));
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            let term = Term::from_field_bytes(self.id_field, &canonical(id.as_raw_bson_ref()));
+            let by_id = tantivy::query::TermQuery::new(term, IndexRecordOption::Basic);
+            let found = searcher
+                .search(&by_id, &TopDocs::with_limit(1).order_by_score())
+                .map_err(failed)?;
+            let explained = match found.first() {
+                Some((_, address)) => query.explain(&searcher, *address).ok().and_then(|e| {
+                    serde_json::to_value(&e)
+                        .ok()
+                        .map(|tree| lucene_explanation(&tree, true))
+                }),
+                None => None,
+            };
+            out.push(explained);
         }
         Ok(out)
     }

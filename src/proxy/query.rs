@@ -128,10 +128,7 @@ impl ForClient<'_> {
                 })
                 .await
                 .map_err(|e| Error::internal(format!("$searchMeta failed: {e}")))?
-                .map_err(|e| match e {
-                    TextError::Query(why) => bad(why),
-                    TextError::Engine(why) => Error::internal(why),
-                })?
+                .map_err(text_error)?
             }
             // Atlas counts nothing in an index that does not exist.
             Err(e) if e.code.code == Code::INDEX_NOT_FOUND.code => {
@@ -327,7 +324,9 @@ impl ForClient<'_> {
             });
         }
         let missing = match rewrite::reads_asked_metadata(body, crate::wire::MAX_BSON_DEPTH) {
-            Some(meta @ "scoreDetails") => (!plans.iter().any(|p| p.score_details)).then_some(meta),
+            Some(meta @ ("scoreDetails" | "searchScoreDetails")) => {
+                (!plans.iter().any(|p| p.score_details)).then_some(meta)
+            }
             Some(meta @ "searchHighlights") => {
                 (!plans.iter().any(|p| p.highlighted)).then_some(meta)
             }
@@ -699,10 +698,7 @@ async fn answer(
         })
         .await
         .map_err(|e| Error::internal(format!("full-text search failed: {e}")))?
-        .map_err(|e| match e {
-            TextError::Query(why) => bad(why),
-            TextError::Engine(why) => Error::internal(why),
-        })?;
+        .map_err(text_error)?;
         let (hits, matched) = found;
         let mut ranked: Ranked = hits.into_iter().collect();
         if query.return_stored_source {
@@ -717,6 +713,9 @@ async fn answer(
             Count::Total => rawdoc! { "count": { "total": count } },
             Count::LowerBound => rawdoc! { "count": { "lowerBound": count } },
         });
+        if let (true, QueryVector::FullText(operator)) = (query.score_details, &query.vector) {
+            ranked.details = explain(&index, operator, &ranked).await?;
+        }
         shared.metrics.vector_latency.observe(started.elapsed());
         shared.metrics.strategy("full-text search");
         return Ok(Plan {
@@ -728,7 +727,7 @@ async fn answer(
             ranked,
             exact_filter: None,
             encoding: None,
-            score_details: false,
+            score_details: query.score_details,
             highlighted: false,
         });
     }
@@ -755,6 +754,60 @@ async fn answer(
         score_details: false,
         highlighted: false,
     })
+}
+
+/// The client's error for a full-text engine failure: a query it cannot
+/// run is the client's (`BadValue`), an engine fault is internal.
+fn text_error(e: TextError) -> Error {
+    match e {
+        TextError::Query(why) => bad(why),
+        TextError::Engine(why) => Error::internal(why),
+    }
+}
+
+/// `$search`'s `scoreDetails` for each ranked document (the first
+/// [`MAX_HIGHLIGHTED`] explained by the engine, the rest with their value
+/// only), each tree's top value exactly the document's `searchScore`.
+async fn explain(
+    index: &Arc<SearchIndex>,
+    operator: &crate::index::text::Operator,
+    ranked: &Ranked,
+) -> Result<Vec<RawDocumentBuf>, Error> {
+    let ids: Vec<RawBson> = ranked.ids.iter().take(MAX_HIGHLIGHTED).cloned().collect();
+    let (searcher, operator) = (index.clone(), operator.clone());
+    let trees = tokio::task::spawn_blocking(move || {
+        searcher
+            .text()
+            .map(|text| text.explain(&operator, &ids))
+            .unwrap_or_else(|| Ok(Vec::new()))
+    })
+    .await
+    .map_err(|e| Error::internal(format!("explaining scores failed: {e}")))?
+    .map_err(text_error)?;
+    Ok(ranked
+        .scores
+        .iter()
+        .enumerate()
+        .map(|(i, &score)| {
+            let tree = trees.get(i).cloned().flatten();
+            let mut out = rawdoc! { "value": score };
+            match tree {
+                Some(tree) => {
+                    out.append("description", tree.get_str("description").unwrap_or(""));
+                    let details = tree.get_array("details").map(|d| d.to_owned());
+                    out.append("details", details.unwrap_or_default());
+                }
+                None => {
+                    out.append(
+                        "description",
+                        "score (details are given for the first 1000 results)",
+                    );
+                    out.append("details", RawArrayBuf::new());
+                }
+            }
+            out
+        })
+        .collect())
 }
 
 /// The vector queries of a command, each with the collection it searches:

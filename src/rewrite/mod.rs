@@ -260,7 +260,7 @@ fn meta_reference(doc: &RawDocument) -> Option<Meta> {
     match (it.next(), it.next()) {
         (Some(Ok(("$meta", RawBsonRef::String(name)))), None) => match name {
             "vectorSearchScore" | "searchScore" | "score" => Some(Meta::Score),
-            "scoreDetails" => Some(Meta::Details),
+            "scoreDetails" | "searchScoreDetails" => Some(Meta::Details),
             "searchHighlights" => Some(Meta::Highlights),
             _ => None,
         },
@@ -269,12 +269,16 @@ fn meta_reference(doc: &RawDocument) -> Option<Meta> {
 }
 
 /// The metadata a command reads (to `depth`) that only a stage asked for
-/// it gives: `"scoreDetails"` or `"searchHighlights"`, the first met.
+/// it gives: `"scoreDetails"`, `"searchScoreDetails"` or
+/// `"searchHighlights"`, the first met.
 pub fn reads_asked_metadata(doc: &RawDocument, depth: usize) -> Option<&'static str> {
     fn walk(value: RawBsonRef<'_>, depth: usize) -> Option<&'static str> {
         match value {
             _ if depth == 0 => None,
             RawBsonRef::Document(d) => match meta_reference(d) {
+                Some(Meta::Details) if d.get_str("$meta") == Ok("searchScoreDetails") => {
+                    Some("searchScoreDetails")
+                }
                 Some(Meta::Details) => Some("scoreDetails"),
                 Some(Meta::Highlights) => Some("searchHighlights"),
                 _ => d.iter().flatten().find_map(|(_, v)| walk(v, depth - 1)),

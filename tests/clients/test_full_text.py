@@ -501,6 +501,47 @@ def test_highlights_mark_the_searched_terms(articles):
     assert e.value.code == 40218
 
 
+def test_score_details_explain_each_score(articles):
+    """`scoreDetails: true` gives `{$meta: "searchScoreDetails"}`: Lucene's
+    explanation tree, its top value the document's `searchScore`, a term's
+    value the product of its idf and tf factors (BM25 as worked out here)."""
+    got = search(articles, {"text": {"query": "fox", "path": "title"}, "scoreDetails": True},
+                 {"$project": {"score": SCORE, "details": {"$meta": "searchScoreDetails"}}})
+    want = bm25("title", "fox")
+    assert sorted(d["_id"] for d in got) == sorted(want)
+
+    def nodes(tree):
+        yield tree
+        for child in tree["details"]:
+            yield from nodes(child)
+
+    for d in got:
+        details = d["details"]
+        assert details["value"] == d["score"]
+        assert set(details) == {"value", "description", "details"}
+        terms = [n for n in nodes(details) if n["description"].startswith("TermQuery")]
+        assert len(terms) == 1
+        term = terms[0]
+        assert term["value"] == pytest.approx(want[d["_id"]], rel=1e-5)
+        factors = [n["value"] for n in term["details"]]
+        assert len(factors) == 2 and factors[0] * factors[1] == pytest.approx(term["value"], rel=1e-5)
+        df = sum(1 for x in DOCS if "fox" in tokens(x["title"]))
+        assert factors[0] == pytest.approx(math.log(1 + (len(DOCS) - df + 0.5) / (df + 0.5)), rel=1e-5)
+    # A compound sums its clauses' explanations.
+    got = search(articles, {"compound": {"should": [{"text": {"query": "fox", "path": "title"}},
+                                                    {"text": {"query": "dog", "path": "body"}}]},
+                            "scoreDetails": True},
+                 {"$project": {"score": SCORE, "details": {"$meta": "searchScoreDetails"}}})
+    both = [d for d in got if len(d["details"]["details"]) == 2]
+    assert both, got
+    for d in both:
+        assert sum(c["value"] for c in d["details"]["details"]) == pytest.approx(d["score"], rel=1e-5)
+    with pytest.raises(OperationFailure) as e:
+        search(articles, {"text": {"query": "fox", "path": "title"}},
+               {"$project": {"details": {"$meta": "searchScoreDetails"}}})
+    assert e.value.code == 40218 and "searchScoreDetails" in str(e.value)
+
+
 def test_search_meta_variable_after_search(articles):
     """`$$SEARCH_META` in later stages: the count of all matches (Atlas's
     pagination shape), `total` when asked, `lowerBound` by default."""
