@@ -56,6 +56,7 @@ fn main() {
         analyzer: Analyzer::Standard,
         search_analyzer: Analyzer::Standard,
         stored_source: Default::default(),
+        analyzers: Vec::new(),
     };
     let index = TextIndex::new(spec).expect("index");
     let started = Instant::now();

@@ -6,8 +6,8 @@
 
 use crate::error::{Code, Error};
 use crate::index::text::{
-    Analyzer, AutocompleteField, DocumentMapping, FieldMapping, Grams, Normalizer, StoredSource,
-    StringField, TextSpec,
+    Analyzer, AutocompleteField, CustomAnalyzer, CustomFilter, CustomTokenizer, DocumentMapping,
+    FieldMapping, Grams, Normalizer, StoredSource, StringField, TextSpec, MAX_CUSTOM_ANALYZERS,
 };
 
 /// Longest gram an `autocomplete` field indexes (Atlas's bound on
@@ -32,15 +32,21 @@ pub fn is_search_definition(definition: &RawDocument) -> bool {
 /// Reads a `search` definition. Errors (72 `InvalidOptions`) name the
 /// offending option.
 pub fn parse(definition: &RawDocument) -> Result<TextSpec, Error> {
+    let analyzers = match definition.get("analyzers") {
+        Ok(None) => Vec::new(),
+        Ok(Some(RawBsonRef::Array(list))) => parse_analyzers(list)?,
+        _ => return Err(invalid("'analyzers' must be a list of custom analyzers")),
+    };
     let named = |key: &str| match definition.get(key) {
         Ok(None) => Ok(None),
-        Ok(Some(RawBsonRef::String(name))) => analyzer_named(name, key).map(Some),
+        Ok(Some(RawBsonRef::String(name))) => analyzer_named(name, key, &analyzers).map(Some),
         _ => Err(invalid(format!("'{key}' must be an analyzer's name"))),
     };
     let analyzer = named("analyzer")?.unwrap_or(Analyzer::Standard);
     let defaults = Defaults {
         analyzer,
         search_analyzer: named("searchAnalyzer")?.unwrap_or(analyzer),
+        custom: &analyzers,
     };
     let mut mappings = None;
     let mut stored_source = StoredSource::None;
@@ -62,14 +68,8 @@ pub fn parse(definition: &RawDocument) -> Result<TextSpec, Error> {
                 stored_source = parse_stored_source(spec)?
             }
             ("numPartitions", v) if crate::wire::integer(Some(v)) == Some(1) => {}
-            ("analyzers" | "synonyms" | "typeSets", RawBsonRef::Array(a)) if a.is_empty() => {}
-            ("analyzers", _) => {
-                return Err(invalid(
-                    "custom 'analyzers' are not served by likewise yet: use a built-in \
-                     analyzer (lucene.standard, lucene.simple, lucene.whitespace, \
-                     lucene.keyword, lucene.english)",
-                ))
-            }
+            ("analyzers", _) => {}
+            ("synonyms" | "typeSets", RawBsonRef::Array(a)) if a.is_empty() => {}
             ("storedSource", _) => {
                 return Err(invalid(
                     "'storedSource' must be a boolean or {include: [paths]} or {exclude: [paths]}",
@@ -93,6 +93,7 @@ pub fn parse(definition: &RawDocument) -> Result<TextSpec, Error> {
         analyzer: defaults.analyzer,
         search_analyzer: defaults.search_analyzer,
         stored_source,
+        analyzers,
     })
 }
 
@@ -137,26 +138,295 @@ fn parse_stored_source(spec: &RawDocument) -> Result<StoredSource, Error> {
     }
 }
 
-fn analyzer_named(name: &str, key: &str) -> Result<Analyzer, Error> {
-    Analyzer::parse(name).ok_or_else(|| {
+fn analyzer_named(name: &str, key: &str, custom: &[CustomAnalyzer]) -> Result<Analyzer, Error> {
+    if let Some(builtin) = Analyzer::parse(name) {
+        return Ok(builtin);
+    }
+    custom
+        .iter()
+        .position(|c| c.name == name)
+        .and_then(|i| u8::try_from(i).ok())
+        .map(Analyzer::Custom)
+        .ok_or_else(|| {
+            invalid(format!(
+                "'{key}' names '{name}', which is neither a built-in analyzer likewise serves \
+                 (lucene.standard, lucene.simple, lucene.whitespace, lucene.keyword, \
+                 lucene.english) nor one of the definition's 'analyzers'"
+            ))
+        })
+}
+
+/// Atlas's custom `analyzers`: `[{name, charFilters?, tokenizer: {type,
+/// ...}, tokenFilters?: [{type, ...}]}]`, unique names outside the
+/// built-in prefixes. What likewise does not serve is refused by name.
+fn parse_analyzers(list: &bson::RawArray) -> Result<Vec<CustomAnalyzer>, Error> {
+    let mut out: Vec<CustomAnalyzer> = Vec::new();
+    for entry in list.into_iter().flatten() {
+        let RawBsonRef::Document(def) = entry else {
+            return Err(invalid("each of 'analyzers' must be a document"));
+        };
+        if out.len() >= MAX_CUSTOM_ANALYZERS {
+            return Err(invalid(format!(
+                "a definition may hold at most {MAX_CUSTOM_ANALYZERS} custom analyzers"
+            )));
+        }
+        let name = def
+            .get_str("name")
+            .map_err(|_| invalid("a custom analyzer needs a 'name'"))?;
+        if ["lucene.", "builtin.", "mongodb."]
+            .iter()
+            .any(|p| name.starts_with(p))
+            || out.iter().any(|c| c.name == name)
+        {
+            return Err(invalid(format!(
+                "custom analyzer name '{name}' is taken (or starts with lucene., builtin. or \
+                 mongodb.)"
+            )));
+        }
+        let mut tokenizer = None;
+        let mut filters = Vec::new();
+        for (key, value) in def.iter().flatten() {
+            match (key, value) {
+                ("name", _) => {}
+                ("charFilters", RawBsonRef::Array(a)) if a.is_empty() => {}
+                ("charFilters", _) => {
+                    return Err(invalid(format!(
+                        "analyzer '{name}': 'charFilters' are not served by likewise yet"
+                    )))
+                }
+                ("tokenizer", RawBsonRef::Document(t)) => {
+                    tokenizer = Some(parse_tokenizer(name, t)?)
+                }
+                ("tokenFilters", RawBsonRef::Array(list)) => {
+                    for f in list.into_iter().flatten() {
+                        let RawBsonRef::Document(f) = f else {
+                            return Err(invalid(format!(
+                                "analyzer '{name}': each token filter must be a document"
+                            )));
+                        };
+                        filters.push(parse_token_filter(name, f)?);
+                        if filters.len() > 32 {
+                            return Err(invalid(format!(
+                                "analyzer '{name}': too many token filters"
+                            )));
+                        }
+                    }
+                }
+                _ => {
+                    return Err(invalid(format!(
+                        "\"{key}\" is not a custom analyzer field, or has the wrong type"
+                    )))
+                }
+            }
+        }
+        out.push(CustomAnalyzer {
+            name: name.to_string(),
+            tokenizer: tokenizer
+                .ok_or_else(|| invalid(format!("analyzer '{name}' needs a 'tokenizer'")))?,
+            filters,
+        });
+    }
+    Ok(out)
+}
+
+/// A whole number field of a tokenizer or filter within `range`.
+fn bounded(
+    spec: &RawDocument,
+    key: &str,
+    default: Option<usize>,
+    range: std::ops::RangeInclusive<usize>,
+) -> Result<usize, Error> {
+    match spec.get(key) {
+        Ok(None) => default.ok_or_else(|| invalid(format!("'{key}' is required"))),
+        Ok(Some(v)) => crate::wire::integer(Some(v))
+            .and_then(|n| usize::try_from(n).ok())
+            .filter(|n| range.contains(n))
+            .ok_or_else(|| {
+                invalid(format!(
+                    "'{key}' must be a whole number from {} to {}",
+                    range.start(),
+                    range.end()
+                ))
+            }),
+        Err(_) => Err(invalid(format!("'{key}' is malformed"))),
+    }
+}
+
+/// Refuses fields of `spec` outside `known`.
+fn only(spec: &RawDocument, what: &str, known: &[&str]) -> Result<(), Error> {
+    match spec.iter().flatten().find(|(k, _)| !known.contains(k)) {
+        Some((k, _)) => Err(invalid(format!("\"{k}\" is not an option of {what}"))),
+        None => Ok(()),
+    }
+}
+
+fn parse_tokenizer(analyzer: &str, spec: &RawDocument) -> Result<CustomTokenizer, Error> {
+    let kind = spec.get_str("type").map_err(|_| {
         invalid(format!(
-            "'{key}' names '{name}': likewise serves lucene.standard, lucene.simple, \
-             lucene.whitespace, lucene.keyword and lucene.english"
+            "analyzer '{analyzer}': the tokenizer needs a 'type'"
         ))
+    })?;
+    let what = format!("the {kind} tokenizer");
+    Ok(match kind {
+        "standard" | "whitespace" => {
+            only(spec, &what, &["type", "maxTokenLength"])?;
+            let max_token_length = bounded(spec, "maxTokenLength", Some(255), 1..=255)?;
+            if kind == "standard" {
+                CustomTokenizer::Standard { max_token_length }
+            } else {
+                CustomTokenizer::Whitespace { max_token_length }
+            }
+        }
+        "keyword" => {
+            only(spec, &what, &["type"])?;
+            CustomTokenizer::Keyword
+        }
+        "edgeGram" | "nGram" => {
+            only(spec, &what, &["type", "minGram", "maxGram"])?;
+            let min = bounded(spec, "minGram", None, 1..=MAX_GRAMS)?;
+            let max = bounded(spec, "maxGram", None, 1..=MAX_GRAMS)?;
+            if min > max {
+                return Err(invalid(format!(
+                    "{what}: 'minGram' is larger than 'maxGram'"
+                )));
+            }
+            if kind == "edgeGram" {
+                CustomTokenizer::EdgeGram { min, max }
+            } else {
+                CustomTokenizer::NGram { min, max }
+            }
+        }
+        "regexCaptureGroup" | "regexSplit" | "uaxUrlEmail" => {
+            return Err(invalid(format!(
+                "analyzer '{analyzer}': the {kind} tokenizer is not served by likewise yet \
+                 (standard, whitespace, keyword, edgeGram and nGram are)"
+            )))
+        }
+        _ => {
+            return Err(invalid(format!(
+                "analyzer '{analyzer}': '{kind}' is not a tokenizer type"
+            )))
+        }
     })
 }
 
-/// The index-level analyzers, which fields that name none take.
+fn parse_token_filter(analyzer: &str, spec: &RawDocument) -> Result<CustomFilter, Error> {
+    let kind = spec.get_str("type").map_err(|_| {
+        invalid(format!(
+            "analyzer '{analyzer}': a token filter needs a 'type'"
+        ))
+    })?;
+    let what = format!("the {kind} token filter");
+    Ok(match kind {
+        "lowercase" => {
+            only(spec, &what, &["type"])?;
+            CustomFilter::Lowercase
+        }
+        "asciiFolding" => {
+            only(spec, &what, &["type", "originalTokens"])?;
+            match spec.get_str("originalTokens") {
+                Err(_) | Ok("omit") => {}
+                Ok(_) => {
+                    return Err(invalid(format!(
+                        "{what}: only originalTokens: \"omit\" is served by likewise yet"
+                    )))
+                }
+            }
+            CustomFilter::AsciiFolding
+        }
+        "stopword" => {
+            only(spec, &what, &["type", "tokens", "ignoreCase"])?;
+            let ignore_case =
+                !matches!(spec.get("ignoreCase"), Ok(Some(RawBsonRef::Boolean(false))));
+            let tokens = spec
+                .get_array("tokens")
+                .map_err(|_| invalid(format!("{what} needs 'tokens', a list of strings")))?;
+            let mut words = Vec::new();
+            for t in tokens.into_iter().flatten() {
+                let RawBsonRef::String(t) = t else {
+                    return Err(invalid(format!("{what}: 'tokens' must be strings")));
+                };
+                words.push(if ignore_case {
+                    t.to_lowercase()
+                } else {
+                    t.to_string()
+                });
+                if words.len() > 10_000 {
+                    return Err(invalid(format!("{what}: too many tokens")));
+                }
+            }
+            CustomFilter::Stopword(words)
+        }
+        "snowballStemming" => {
+            only(spec, &what, &["type", "stemmerName"])?;
+            let name = spec
+                .get_str("stemmerName")
+                .map_err(|_| invalid(format!("{what} needs 'stemmerName'")))?;
+            CustomFilter::SnowballStemming(stemmer(name).ok_or_else(|| {
+                invalid(format!(
+                    "{what}: the stemmer '{name}' is not served by likewise"
+                ))
+            })?)
+        }
+        "length" => {
+            only(spec, &what, &["type", "min", "max"])?;
+            if bounded(spec, "min", Some(0), 0..=255)? > 0 {
+                return Err(invalid(format!(
+                    "{what}: 'min' is not served by likewise yet"
+                )));
+            }
+            CustomFilter::Length {
+                max: bounded(spec, "max", Some(255), 1..=255)?,
+            }
+        }
+        _ => {
+            return Err(invalid(format!(
+                "analyzer '{analyzer}': the {kind} token filter is not served by likewise yet \
+                 (lowercase, asciiFolding, stopword, snowballStemming and length are)"
+            )))
+        }
+    })
+}
+
+/// The Snowball stemmer Atlas's `stemmerName` names.
+fn stemmer(name: &str) -> Option<tantivy::tokenizer::Language> {
+    use tantivy::tokenizer::Language::*;
+    Some(match name {
+        "arabic" => Arabic,
+        "danish" => Danish,
+        "dutch" => Dutch,
+        "english" => English,
+        "finnish" => Finnish,
+        "french" => French,
+        "german" => German,
+        "greek" => Greek,
+        "hungarian" => Hungarian,
+        "italian" => Italian,
+        "norwegian" => Norwegian,
+        "portuguese" => Portuguese,
+        "romanian" => Romanian,
+        "russian" => Russian,
+        "spanish" => Spanish,
+        "swedish" => Swedish,
+        "tamil" => Tamil,
+        "turkish" => Turkish,
+        _ => return None,
+    })
+}
+
+/// The index-level analyzers, which fields that name none take, and the
+/// definition's custom analyzers, which fields may name.
 #[derive(Clone, Copy)]
-struct Defaults {
+struct Defaults<'a> {
     analyzer: Analyzer,
     search_analyzer: Analyzer,
+    custom: &'a [CustomAnalyzer],
 }
 
 fn parse_mapping(
     mapping: &RawDocument,
     at: &str,
-    defaults: Defaults,
+    defaults: Defaults<'_>,
     depth: usize,
     count: &mut usize,
 ) -> Result<DocumentMapping, Error> {
@@ -235,7 +505,7 @@ const NOT_YET: &[&str] = &[
 fn parse_field(
     def: &RawDocument,
     at: &str,
-    defaults: Defaults,
+    defaults: Defaults<'_>,
     depth: usize,
     count: &mut usize,
     mut field: FieldMapping,
@@ -251,9 +521,11 @@ fn parse_field(
                     ("multi", RawBsonRef::Document(m)) if depth < MAX_MAPPING_DEPTH => {
                         multi = Some(m)
                     }
-                    ("analyzer", RawBsonRef::String(n)) => analyzer = Some(analyzer_named(n, key)?),
+                    ("analyzer", RawBsonRef::String(n)) => {
+                        analyzer = Some(analyzer_named(n, key, defaults.custom)?)
+                    }
                     ("searchAnalyzer", RawBsonRef::String(n)) => {
-                        search_analyzer = Some(analyzer_named(n, key)?)
+                        search_analyzer = Some(analyzer_named(n, key, defaults.custom)?)
                     }
                     ("indexOptions", RawBsonRef::String("offsets" | "positions")) => {}
                     ("store", RawBsonRef::Boolean(_)) => {}

@@ -109,6 +109,95 @@ pub enum Analyzer {
     /// drops the possessive `'s`; Lucene's `EnglishAnalyzer` uses Porter's
     /// original, so a few rare words stem differently).
     English,
+    /// The definition's custom analyzer at this position of
+    /// `TextSpec::analyzers` (registered by `TextIndex::new`).
+    Custom(u8),
+}
+
+/// Most custom analyzers one definition holds.
+pub const MAX_CUSTOM_ANALYZERS: usize = 64;
+
+/// A custom analyzer (an entry of Atlas's `analyzers`): a tokenizer, then
+/// token filters in order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CustomAnalyzer {
+    pub name: String,
+    pub tokenizer: CustomTokenizer,
+    pub filters: Vec<CustomFilter>,
+}
+
+/// The tokenizers a custom analyzer may name (Atlas's `tokenizer.type`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum CustomTokenizer {
+    /// `standard`: words as `lucene.standard` cuts them, tokens longer
+    /// than `maxTokenLength` (default 255) dropped.
+    Standard { max_token_length: usize },
+    /// `whitespace`, the same bound.
+    Whitespace { max_token_length: usize },
+    /// `keyword`: the whole value.
+    Keyword,
+    /// `edgeGram`: the value's prefixes of `min` to `max` characters.
+    EdgeGram { min: usize, max: usize },
+    /// `nGram`: every run of `min` to `max` characters of the value.
+    NGram { min: usize, max: usize },
+}
+
+/// The token filters a custom analyzer may list (Atlas's `tokenFilters`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum CustomFilter {
+    /// `lowercase`.
+    Lowercase,
+    /// `asciiFolding`: letters with diacritics folded to ASCII.
+    AsciiFolding,
+    /// `stopword`: these tokens removed (compared as they reach the
+    /// filter; `ignoreCase` lower-cases the list, so it applies to tokens
+    /// lower-cased before it).
+    Stopword(Vec<String>),
+    /// `snowballStemming` with `stemmerName`.
+    SnowballStemming(tantivy::tokenizer::Language),
+    /// `length`: tokens longer than `max` characters removed.
+    Length { max: usize },
+}
+
+impl CustomAnalyzer {
+    fn build(&self) -> TextAnalyzer {
+        let limit = |n: usize| RemoveLongFilter::limit(n + 1);
+        let mut builder = match self.tokenizer {
+            CustomTokenizer::Standard { max_token_length } => {
+                TextAnalyzer::builder(WordTokenizer::words())
+                    .filter(limit(max_token_length))
+                    .dynamic()
+            }
+            CustomTokenizer::Whitespace { max_token_length } => {
+                TextAnalyzer::builder(WhitespaceTokenizer::default())
+                    .filter(limit(max_token_length))
+                    .dynamic()
+            }
+            CustomTokenizer::Keyword => TextAnalyzer::builder(RawTokenizer::default()).dynamic(),
+            CustomTokenizer::EdgeGram { min, max } | CustomTokenizer::NGram { min, max } => {
+                let prefix_only = matches!(self.tokenizer, CustomTokenizer::EdgeGram { .. });
+                let grams = tantivy::tokenizer::NgramTokenizer::new(min, max, prefix_only)
+                    .unwrap_or_else(|_| {
+                        tantivy::tokenizer::NgramTokenizer::all_ngrams(1, 1).expect("1..1 grams")
+                    });
+                TextAnalyzer::builder(grams).dynamic()
+            }
+        };
+        for filter in &self.filters {
+            builder = match filter {
+                CustomFilter::Lowercase => builder.filter_dynamic(LowerCaser),
+                CustomFilter::AsciiFolding => builder.filter_dynamic(AsciiFoldingFilter),
+                CustomFilter::Stopword(words) => {
+                    builder.filter_dynamic(StopWordFilter::remove(words.iter().cloned()))
+                }
+                CustomFilter::SnowballStemming(language) => {
+                    builder.filter_dynamic(Stemmer::new(*language))
+                }
+                CustomFilter::Length { max } => builder.filter_dynamic(limit(*max)),
+            };
+        }
+        builder.build()
+    }
 }
 
 impl Analyzer {
@@ -126,7 +215,7 @@ impl Analyzer {
         Analyzer::ALL.into_iter().find(|a| a.name() == name)
     }
 
-    /// Atlas's name.
+    /// Atlas's name (a custom analyzer's is its definition's).
     pub fn name(self) -> &'static str {
         match self {
             Analyzer::Standard => "lucene.standard",
@@ -134,6 +223,7 @@ impl Analyzer {
             Analyzer::Whitespace => "lucene.whitespace",
             Analyzer::Keyword => "lucene.keyword",
             Analyzer::English => "lucene.english",
+            Analyzer::Custom(_) => "a custom analyzer",
         }
     }
 
@@ -158,17 +248,21 @@ impl Analyzer {
                 )
                 .filter(Stemmer::new(tantivy::tokenizer::Language::English))
                 .build(),
+            // Registered by `TextIndex::new` from the definition; never
+            // built from here.
+            Analyzer::Custom(_) => TextAnalyzer::builder(RawTokenizer::default()).build(),
         }
     }
 
-    fn tokenizer_name(self) -> &'static str {
-        match self {
+    fn tokenizer_name(self) -> std::borrow::Cow<'static, str> {
+        std::borrow::Cow::Borrowed(match self {
             Analyzer::Standard => "lw_standard",
             Analyzer::Simple => "lw_simple",
             Analyzer::Whitespace => "lw_whitespace",
             Analyzer::Keyword => "lw_keyword",
             Analyzer::English => "lw_english",
-        }
+            Analyzer::Custom(i) => return std::borrow::Cow::Owned(format!("lw_custom_{i}")),
+        })
     }
 }
 
@@ -294,6 +388,9 @@ pub struct TextSpec {
     pub search_analyzer: Analyzer,
     /// `storedSource`: the fields `returnStoredSource` returns.
     pub stored_source: StoredSource,
+    /// `analyzers`: the definition's custom analyzers, which
+    /// `Analyzer::Custom` names by position.
+    pub analyzers: Vec<CustomAnalyzer>,
 }
 
 /// Atlas's `storedSource`: which fields of each document the index keeps
@@ -821,7 +918,11 @@ impl TextIndex {
         for analyzer in Analyzer::ALL {
             index
                 .tokenizers()
-                .register(analyzer.tokenizer_name(), analyzer.build());
+                .register(&analyzer.tokenizer_name(), analyzer.build());
+        }
+        for (i, custom) in spec.analyzers.iter().enumerate() {
+            let name = Analyzer::Custom(u8::try_from(i).unwrap_or(u8::MAX)).tokenizer_name();
+            index.tokenizers().register(&name, custom.build());
         }
         for (_, spec) in autocomplete.values() {
             index
@@ -1740,7 +1841,7 @@ impl TextIndex {
     fn analyzer(&self, analyzer: Analyzer) -> TextAnalyzer {
         self.index
             .tokenizers()
-            .get(analyzer.tokenizer_name())
+            .get(&analyzer.tokenizer_name())
             .unwrap_or_else(|| analyzer.build())
     }
 
@@ -2044,7 +2145,7 @@ impl TextIndex {
 /// frequencies and positions (for BM25 and phrases).
 fn indexing(analyzer: Analyzer) -> TextFieldIndexing {
     TextFieldIndexing::default()
-        .set_tokenizer(analyzer.tokenizer_name())
+        .set_tokenizer(&analyzer.tokenizer_name())
         .set_index_option(IndexRecordOption::WithFreqsAndPositions)
 }
 
@@ -2235,6 +2336,7 @@ mod tests {
             analyzer,
             search_analyzer: analyzer,
             stored_source: StoredSource::None,
+            analyzers: Vec::new(),
         }
     }
 
@@ -2605,6 +2707,7 @@ mod tests {
             analyzer: Analyzer::Standard,
             search_analyzer: Analyzer::Standard,
             stored_source: StoredSource::None,
+            analyzers: Vec::new(),
         };
         assert_eq!(spec.projection(), Some(vec!["title".to_string()]));
         let docs = [rawdoc! { "_id": 1, "title": "Big Fish", "other": "fish" }];

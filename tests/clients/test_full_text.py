@@ -227,6 +227,60 @@ def test_static_mappings_and_analyzers(client):
         {"value": "Running fast", "type": "hit"}]}]
 
 
+def test_custom_analyzers(client):
+    """A definition's own `analyzers` (a tokenizer, then token filters),
+    named by fields and by the index, at index and at query time; what is
+    not served is refused by name."""
+    coll = client.full_text.custom
+    coll.drop()
+    coll.insert_many([
+        {"_id": 1, "title": "Crème Brûlée recipes", "code": "AB-1234"},
+        {"_id": 2, "title": "The running of the bulls", "code": "AB-9999"},
+        {"_id": 3, "title": "A runner runs", "code": "XY-1234"},
+    ])
+    coll.create_search_index(SearchIndexModel({
+        "analyzer": "folded",
+        "analyzers": [
+            {"name": "folded", "tokenizer": {"type": "standard"},
+             "tokenFilters": [{"type": "lowercase"}, {"type": "asciiFolding"},
+                              {"type": "stopword", "tokens": ["the", "of", "a"]},
+                              {"type": "snowballStemming", "stemmerName": "english"}]},
+            {"name": "prefixes", "tokenizer": {"type": "edgeGram", "minGram": 2, "maxGram": 5},
+             "tokenFilters": [{"type": "lowercase"}]},
+        ],
+        "mappings": {"dynamic": False, "fields": {
+            "title": {"type": "string"},
+            "code": {"type": "string", "analyzer": "prefixes", "searchAnalyzer": "lucene.keyword"},
+        }},
+    }, name="custom"))
+    wait_ready(coll, "custom")
+
+    def ids(operator):
+        return sorted(d["_id"] for d in search(coll, operator, index="custom"))
+
+    assert ids({"text": {"query": "creme brulee", "path": "title"}}) == [1]  # folded
+    assert ids({"text": {"query": "RUN", "path": "title"}}) == [2, 3]  # stemmed, lower-cased
+    assert ids({"text": {"query": "the of a", "path": "title"}}) == []  # stop words
+    assert ids({"text": {"query": "ab-12", "path": "code"}}) == [1]  # the value's prefixes
+    assert ids({"text": {"query": "ab", "path": "code"}}) == [1, 2]
+    for analyzers, message in (
+        ([{"name": "x", "tokenizer": {"type": "regexSplit", "pattern": ","}}], "regexSplit"),
+        ([{"name": "x", "tokenizer": {"type": "standard"}, "tokenFilters": [{"type": "icuFolding"}]}],
+         "icuFolding"),
+        ([{"name": "lucene.mine", "tokenizer": {"type": "standard"}}], "lucene.mine"),
+        ([{"name": "x", "charFilters": [{"type": "htmlStrip"}], "tokenizer": {"type": "standard"}}],
+         "charFilters"),
+    ):
+        with pytest.raises(OperationFailure) as e:
+            coll.create_search_index(SearchIndexModel(
+                {"analyzers": analyzers, "mappings": {"dynamic": True}}, name="refused"))
+        assert e.value.code == 72 and message in str(e.value), analyzers
+    with pytest.raises(OperationFailure) as e:
+        coll.create_search_index(SearchIndexModel(
+            {"analyzer": "nowhere", "mappings": {"dynamic": True}}, name="refused"))
+    assert e.value.code == 72 and "nowhere" in str(e.value)
+
+
 def test_equals_in_range_and_exists_on_typed_fields(client):
     """Atlas's non-text field types and the operators that compare them,
     alone and as `compound` filters, each matching document scoring 1."""
