@@ -57,6 +57,7 @@ fn main() {
         search_analyzer: Analyzer::Standard,
         stored_source: Default::default(),
         analyzers: Vec::new(),
+        synonyms: Vec::new(),
     };
     let index = TextIndex::new(spec).expect("index");
     let started = Instant::now();
@@ -79,6 +80,7 @@ fn main() {
             fuzzy: None,
             match_all: false,
             score: None,
+            synonyms: None,
         })
         .collect();
     let mut best: Option<(f64, Vec<f64>)> = None;

@@ -314,6 +314,7 @@ impl Parser {
                     fuzzy,
                     match_all: false,
                     score: None,
+                    synonyms: None,
                 }
             }
             other => {
@@ -376,6 +377,7 @@ mod tests {
             fuzzy: None,
             match_all: false,
             score: None,
+            synonyms: None,
         }
     }
 

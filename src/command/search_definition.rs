@@ -7,7 +7,8 @@
 use crate::error::{Code, Error};
 use crate::index::text::{
     Analyzer, AutocompleteField, CustomAnalyzer, CustomFilter, CustomTokenizer, DocumentMapping,
-    FieldMapping, Grams, Normalizer, StoredSource, StringField, TextSpec, MAX_CUSTOM_ANALYZERS,
+    FieldMapping, Grams, Normalizer, StoredSource, StringField, SynonymMapping, TextSpec,
+    MAX_CUSTOM_ANALYZERS,
 };
 
 /// Longest gram an `autocomplete` field indexes (Atlas's bound on
@@ -50,6 +51,7 @@ pub fn parse(definition: &RawDocument) -> Result<TextSpec, Error> {
     };
     let mut mappings = None;
     let mut stored_source = StoredSource::None;
+    let mut synonyms = Vec::new();
     for (key, value) in definition.iter().flatten() {
         match (key, value) {
             ("analyzer" | "searchAnalyzer", _) => {}
@@ -69,13 +71,17 @@ pub fn parse(definition: &RawDocument) -> Result<TextSpec, Error> {
             }
             ("numPartitions", v) if crate::wire::integer(Some(v)) == Some(1) => {}
             ("analyzers", _) => {}
-            ("synonyms" | "typeSets", RawBsonRef::Array(a)) if a.is_empty() => {}
+            ("synonyms", RawBsonRef::Array(list)) => synonyms = parse_synonyms(list, &analyzers)?,
+            ("typeSets", RawBsonRef::Array(a)) if a.is_empty() => {}
             ("storedSource", _) => {
                 return Err(invalid(
                     "'storedSource' must be a boolean or {include: [paths]} or {exclude: [paths]}",
                 ))
             }
-            ("synonyms" | "typeSets" | "numPartitions", _) => {
+            ("synonyms", _) => {
+                return Err(invalid("'synonyms' must be a list of synonym mappings"))
+            }
+            ("typeSets" | "numPartitions", _) => {
                 return Err(invalid(format!(
                     "'{key}' is not served by likewise yet (accepted: numPartitions: 1)"
                 )))
@@ -94,7 +100,51 @@ pub fn parse(definition: &RawDocument) -> Result<TextSpec, Error> {
         search_analyzer: defaults.search_analyzer,
         stored_source,
         analyzers,
+        synonyms,
     })
+}
+
+/// Atlas's `synonyms`: `[{name, analyzer, source: {collection}}]`, unique
+/// names, the source a collection of the index's database.
+fn parse_synonyms(
+    list: &bson::RawArray,
+    custom: &[CustomAnalyzer],
+) -> Result<Vec<SynonymMapping>, Error> {
+    let mut out: Vec<SynonymMapping> = Vec::new();
+    for entry in list.into_iter().flatten() {
+        let RawBsonRef::Document(def) = entry else {
+            return Err(invalid("each of 'synonyms' must be a document"));
+        };
+        only(def, "a synonym mapping", &["name", "analyzer", "source"])?;
+        let name = def
+            .get_str("name")
+            .map_err(|_| invalid("a synonym mapping needs a 'name'"))?;
+        if out.iter().any(|m| m.name == name) || out.len() >= 64 {
+            return Err(invalid(format!(
+                "synonym mapping '{name}' is defined twice (or there are more than 64)"
+            )));
+        }
+        let analyzer = def
+            .get_str("analyzer")
+            .map_err(|_| invalid(format!("synonym mapping '{name}' needs an 'analyzer'")))?;
+        let analyzer = analyzer_named(analyzer, "synonyms.analyzer", custom)?;
+        let collection = def
+            .get_document("source")
+            .ok()
+            .and_then(|s| s.get_str("collection").ok())
+            .filter(|c| !c.is_empty() && !c.contains('$') && !c.contains('\0'))
+            .ok_or_else(|| {
+                invalid(format!(
+                    "synonym mapping '{name}' needs 'source': {{collection: <name>}}"
+                ))
+            })?;
+        out.push(SynonymMapping {
+            name: name.to_string(),
+            analyzer,
+            collection: collection.to_string(),
+        });
+    }
+    Ok(out)
 }
 
 /// `storedSource: {include: [paths]}` or `{exclude: [paths]}` (exactly
@@ -739,7 +789,7 @@ mod tests {
             ),
             (
                 rawdoc! { "mappings": { "dynamic": true }, "synonyms": [{ "name": "s" }] },
-                "synonyms",
+                "synonym mapping 's' needs an 'analyzer'",
             ),
             (
                 rawdoc! { "mappings": { "dynamic": true }, "surprise": 1 },

@@ -458,6 +458,7 @@ fn parse_operator(
             let mut fuzzy = None;
             let mut match_all = false;
             let mut score = None;
+            let mut synonyms = None;
             for (key, value) in spec.iter().flatten() {
                 match key {
                     "query" => query = Some(strings(value, "text.query")?),
@@ -475,9 +476,14 @@ fn parse_operator(
                         }
                     }
                     "score" => score = Some(parse_score(value, "text.score")?),
-                    "synonyms" => {
-                        return Err(bad("\"text.synonyms\" is not served by likewise yet"))
-                    }
+                    "synonyms" => match value {
+                        RawBsonRef::String(name) => synonyms = Some(name.to_string()),
+                        _ => {
+                            return Err(bad(
+                                "\"text.synonyms\" must name a synonym mapping of the index",
+                            ))
+                        }
+                    },
                     _ => return Err(bad(format!("\"text.{key}\" is not a text option"))),
                 }
             }
@@ -486,12 +492,18 @@ fn parse_operator(
                     "\"text.matchCriteria\" cannot be combined with \"text.fuzzy\"",
                 ));
             }
+            if fuzzy.is_some() && synonyms.is_some() {
+                return Err(bad(
+                    "\"text.synonyms\" cannot be combined with \"text.fuzzy\"",
+                ));
+            }
             Ok(Operator::Text {
                 query: query.ok_or_else(|| bad("\"text.query\" is required"))?,
                 paths: paths.ok_or_else(|| bad("\"text.path\" is required"))?,
                 fuzzy,
                 match_all,
                 score,
+                synonyms,
             })
         }
         "phrase" => {
@@ -1020,6 +1032,7 @@ mod tests {
                 fuzzy: None,
                 match_all: false,
                 score: None,
+                synonyms: None,
             }
         );
         let compound = parse_search(&rawdoc! {

@@ -391,6 +391,32 @@ pub struct TextSpec {
     /// `analyzers`: the definition's custom analyzers, which
     /// `Analyzer::Custom` names by position.
     pub analyzers: Vec<CustomAnalyzer>,
+    /// `synonyms`: named mappings read from a collection of the index's
+    /// database.
+    pub synonyms: Vec<SynonymMapping>,
+}
+
+/// An entry of Atlas's `synonyms`: `{name, analyzer, source:
+/// {collection}}`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SynonymMapping {
+    pub name: String,
+    pub analyzer: Analyzer,
+    pub collection: String,
+}
+
+/// Most synonym documents one mapping reads.
+pub const MAX_SYNONYM_DOCUMENTS: usize = 10_000;
+/// Most words one synonym document lists.
+const MAX_SYNONYM_WORDS: usize = 1_000;
+
+/// A synonym mapping as read from its collection: each analyzed word to
+/// the words it also matches (itself included where the mapping says so).
+#[derive(Debug, Default)]
+pub struct SynonymTable {
+    alternatives: HashMap<String, Vec<String>>,
+    /// When it was read (the proxy re-reads a table older than it likes).
+    pub read_at: Option<std::time::Instant>,
 }
 
 /// Atlas's `storedSource`: which fields of each document the index keeps
@@ -725,6 +751,8 @@ pub enum Operator {
         fuzzy: Option<Fuzzy>,
         match_all: bool,
         score: Option<ScoreModifier>,
+        /// The definition's synonym mapping to expand query words with.
+        synonyms: Option<String>,
     },
     /// `phrase`: the analyzed terms in order, at most `slop` positions
     /// apart in all.
@@ -807,6 +835,29 @@ impl Operator {
             score: Some(score),
         }
     }
+
+    /// The synonym mappings this operator's `text` clauses name, each once.
+    pub fn synonym_mappings(&self) -> Vec<&str> {
+        let mut out: Vec<&str> = Vec::new();
+        let mut todo = vec![self];
+        while let Some(op) = todo.pop() {
+            match op {
+                Operator::Text {
+                    synonyms: Some(name),
+                    ..
+                } if !out.contains(&name.as_str()) => out.push(name),
+                Operator::Compound {
+                    must,
+                    must_not,
+                    should,
+                    filter,
+                    ..
+                } => todo.extend(must.iter().chain(must_not).chain(should).chain(filter)),
+                _ => {}
+            }
+        }
+        out
+    }
 }
 
 /// Where one indexed path lives in the tantivy schema.
@@ -848,6 +899,8 @@ pub struct TextIndex {
     writer: Mutex<Option<IndexWriter>>,
     reader: IndexReader,
     slots: Mutex<Slots>,
+    /// Synonym mappings by name, as last read from their collections.
+    synonym_tables: Mutex<HashMap<String, std::sync::Arc<SynonymTable>>>,
 }
 
 /// A document's new state for [`TextIndex::apply`]: indexed anew, or
@@ -950,6 +1003,7 @@ impl TextIndex {
                 free,
                 overflow,
             }),
+            synonym_tables: Mutex::new(HashMap::new()),
         })
     }
 
@@ -1854,19 +1908,21 @@ impl TextIndex {
         analyzer: Analyzer,
         text: &str,
     ) -> Result<Vec<(usize, Term)>, TextError> {
+        Ok(self
+            .tokens(analyzer, text)?
+            .into_iter()
+            .map(|(position, token)| (position, term_of(path, slot, &token)))
+            .collect())
+    }
+
+    /// The analyzed tokens of `text` with their positions; more than
+    /// [`MAX_TERMS`] is a [`TextError::Query`].
+    fn tokens(&self, analyzer: Analyzer, text: &str) -> Result<Vec<(usize, String)>, TextError> {
         let mut tokenizer = self.analyzer(analyzer);
         let mut stream = tokenizer.token_stream(text);
         let mut out = Vec::new();
         while let Some(token) = stream.next() {
-            let term = match slot {
-                Slot::Field(field) => Term::from_field_text(field, &token.text),
-                Slot::Overflow(field) => {
-                    let mut term = Term::from_field_json_path(field, path, true);
-                    term.append_type_and_str(&token.text);
-                    term
-                }
-            };
-            out.push((token.position, term));
+            out.push((token.position, token.text.clone()));
             if out.len() > MAX_TERMS {
                 return Err(TextError::Query(format!(
                     "the query has more than {MAX_TERMS} terms"
@@ -1874,6 +1930,82 @@ impl TextIndex {
             }
         }
         Ok(out)
+    }
+
+    /// The synonym mapping `name` of the definition, if it has one.
+    pub fn synonym_mapping(&self, name: &str) -> Option<&SynonymMapping> {
+        self.spec.synonyms.iter().find(|m| m.name == name)
+    }
+
+    /// The table of mapping `name` as last read, if it was.
+    pub fn synonym_table(&self, name: &str) -> Option<std::sync::Arc<SynonymTable>> {
+        self.synonym_tables
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
+    }
+
+    /// Builds mapping `name`'s table from its collection's documents
+    /// (Atlas's shapes: `{mappingType: "equivalent", synonyms: [words]}`,
+    /// each word matching every word of the list; `{mappingType:
+    /// "explicit", input: [words], synonyms: [words]}`, each input word
+    /// matching the synonyms instead) and keeps it. Words are keyed as the
+    /// mapping's analyzer cuts them (a word of several tokens keys on
+    /// nothing: multi-word inputs are not matched). A malformed document
+    /// is skipped, as Atlas marks the mapping failed but keeps serving.
+    /// Returns how many documents were used.
+    pub fn set_synonyms(&self, name: &str, documents: &[RawDocumentBuf]) -> usize {
+        let Some(mapping) = self.synonym_mapping(name) else {
+            return 0;
+        };
+        let words = |doc: &RawDocument, key: &str| -> Option<Vec<String>> {
+            let list = doc.get_array(key).ok()?;
+            let mut out = Vec::new();
+            for w in list.into_iter().flatten().take(MAX_SYNONYM_WORDS) {
+                out.push(w.as_str()?.to_string());
+            }
+            Some(out)
+        };
+        let key = |word: &str| -> Option<String> {
+            let tokens = self.tokens(mapping.analyzer, word).ok()?;
+            match tokens.as_slice() {
+                [(_, one)] => Some(one.clone()),
+                _ => None,
+            }
+        };
+        let mut table = SynonymTable::default();
+        let mut used = 0;
+        for doc in documents.iter().take(MAX_SYNONYM_DOCUMENTS) {
+            let (inputs, synonyms) = match doc.get_str("mappingType") {
+                Ok("equivalent") => match words(doc, "synonyms") {
+                    Some(s) => (s.clone(), s),
+                    None => continue,
+                },
+                Ok("explicit") => match (words(doc, "input"), words(doc, "synonyms")) {
+                    (Some(i), Some(s)) => (i, s),
+                    _ => continue,
+                },
+                _ => continue,
+            };
+            used += 1;
+            for input in &inputs {
+                if let Some(k) = key(input) {
+                    let list = table.alternatives.entry(k).or_default();
+                    for s in &synonyms {
+                        if !list.contains(s) {
+                            list.push(s.clone());
+                        }
+                    }
+                }
+            }
+        }
+        table.read_at = Some(std::time::Instant::now());
+        self.synonym_tables
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_string(), std::sync::Arc::new(table));
+        used
     }
 
     fn query(&self, operator: &Operator, budget: &mut usize) -> Result<Box<dyn Query>, TextError> {
@@ -1893,11 +2025,68 @@ impl TextIndex {
                 fuzzy,
                 match_all,
                 score,
+                synonyms,
             } => {
+                let table = match synonyms {
+                    Some(name) => {
+                        if self.synonym_mapping(name).is_none() {
+                            return Err(TextError::Query(format!(
+                                "the index has no synonym mapping '{name}'"
+                            )));
+                        }
+                        self.synonym_table(name)
+                    }
+                    None => None,
+                };
                 let mut per_path: Vec<(Occur, Box<dyn Query>)> = Vec::new();
                 for (path, slot, string) in self.resolve(paths) {
                     let mut terms: Vec<(Occur, Box<dyn Query>)> = Vec::new();
-                    for text in query {
+                    let occur = if *match_all {
+                        Occur::Must
+                    } else {
+                        Occur::Should
+                    };
+                    if let Some(table) = &table {
+                        // Each word: itself or its synonyms (the best of
+                        // them scores, as if one term).
+                        for text in query {
+                            for (_, token) in self.tokens(string.search_analyzer, text)? {
+                                let words = table.alternatives.get(&token);
+                                let mut alternatives: Vec<Box<dyn Query>> = Vec::new();
+                                if words.is_none_or(|w| !w.is_empty()) {
+                                    spend(budget, 1)?;
+                                }
+                                if words.is_none() {
+                                    alternatives.push(Box::new(TermQuery::new(
+                                        term_of(&path, slot, &token),
+                                        IndexRecordOption::WithFreqs,
+                                    )));
+                                }
+                                for word in words.into_iter().flatten() {
+                                    let word_terms =
+                                        self.terms(&path, slot, string.search_analyzer, word)?;
+                                    spend(budget, word_terms.len())?;
+                                    alternatives.push(match word_terms.len() {
+                                        0 => continue,
+                                        1 => Box::new(TermQuery::new(
+                                            word_terms.into_iter().next().expect("one").1,
+                                            IndexRecordOption::WithFreqs,
+                                        )),
+                                        _ => Box::new(PhraseQuery::new_with_offset(word_terms)),
+                                    });
+                                }
+                                if !alternatives.is_empty() {
+                                    terms.push((
+                                        occur,
+                                        Box::new(tantivy::query::DisjunctionMaxQuery::new(
+                                            alternatives,
+                                        )),
+                                    ));
+                                }
+                            }
+                        }
+                    }
+                    for text in query.iter().filter(|_| table.is_none()) {
                         for (_, term) in self.terms(&path, slot, string.search_analyzer, text)? {
                             spend(budget, 1)?;
                             let q: Box<dyn Query> = match fuzzy {
@@ -1912,11 +2101,6 @@ impl TextIndex {
                                 None => {
                                     Box::new(TermQuery::new(term, IndexRecordOption::WithFreqs))
                                 }
-                            };
-                            let occur = if *match_all {
-                                Occur::Must
-                            } else {
-                                Occur::Should
                             };
                             terms.push((occur, q));
                         }
@@ -2141,6 +2325,19 @@ impl TextIndex {
     }
 }
 
+/// The term of `token` at `path` (its own field, or the shared overflow
+/// field's JSON path).
+fn term_of(path: &str, slot: Slot, token: &str) -> Term {
+    match slot {
+        Slot::Field(field) => Term::from_field_text(field, token),
+        Slot::Overflow(field) => {
+            let mut term = Term::from_field_json_path(field, path, true);
+            term.append_type_and_str(token);
+            term
+        }
+    }
+}
+
 /// How a text field of `analyzer` is indexed: its tokenizer, with term
 /// frequencies and positions (for BM25 and phrases).
 fn indexing(analyzer: Analyzer) -> TextFieldIndexing {
@@ -2337,6 +2534,7 @@ mod tests {
             search_analyzer: analyzer,
             stored_source: StoredSource::None,
             analyzers: Vec::new(),
+            synonyms: Vec::new(),
         }
     }
 
@@ -2347,6 +2545,7 @@ mod tests {
             fuzzy: None,
             match_all: false,
             score: None,
+            synonyms: None,
         }
     }
 
@@ -2645,6 +2844,7 @@ mod tests {
             fuzzy: None,
             match_all: false,
             score: None,
+            synonyms: None,
         };
         assert_eq!(index.search(&everywhere, 10).unwrap().1, 2);
         let compound = Operator::Compound {
@@ -2664,6 +2864,7 @@ mod tests {
             fuzzy: None,
             match_all: true,
             score: None,
+            synonyms: None,
         };
         assert!(index.search(&all, 10).unwrap().0.is_empty());
         let fuzzy = Operator::Text {
@@ -2672,6 +2873,7 @@ mod tests {
             fuzzy: Some(Fuzzy { max_edits: 2 }),
             match_all: false,
             score: None,
+            synonyms: None,
         };
         assert_eq!(index.search(&fuzzy, 10).unwrap().1, 2);
         let (plain, _) = index.search(&text("old", "title"), 10).unwrap();
@@ -2681,6 +2883,7 @@ mod tests {
             fuzzy: None,
             match_all: false,
             score: Some(ScoreModifier::Boost(2.0)),
+            synonyms: None,
         };
         let (twice, _) = index.search(&boosted, 10).unwrap();
         assert!((twice[0].1 - 2.0 * plain[0].1).abs() < 1e-5);
@@ -2708,6 +2911,7 @@ mod tests {
             search_analyzer: Analyzer::Standard,
             stored_source: StoredSource::None,
             analyzers: Vec::new(),
+            synonyms: Vec::new(),
         };
         assert_eq!(spec.projection(), Some(vec!["title".to_string()]));
         let docs = [rawdoc! { "_id": 1, "title": "Big Fish", "other": "fish" }];
@@ -2768,6 +2972,7 @@ mod tests {
             fuzzy: Some(Fuzzy { max_edits: 2 }),
             match_all: false,
             score: None,
+            synonyms: None,
         };
         assert!(matches!(index.search(&long, 10), Err(TextError::Query(_))));
         // A path named twice (directly and by a wildcard) counts once.
@@ -2782,6 +2987,7 @@ mod tests {
             fuzzy: None,
             match_all: false,
             score: None,
+            synonyms: None,
         };
         let (hits, _) = index.search(&twice, 10).unwrap();
         assert!((hits[0].1 - once[0].1).abs() < 1e-9);

@@ -678,6 +678,7 @@ async fn answer(
         Err(e) => return Err(e),
     };
     if let QueryVector::FullText(operator) = &query.vector {
+        refresh_synonyms(shared, &index, operator).await?;
         let (searcher, operator, limit) = (index.clone(), operator.clone(), query.limit);
         let (counted, sort) = (query.count.is_some(), query.sort.clone());
         let found = tokio::task::spawn_blocking(move || {
@@ -754,6 +755,61 @@ async fn answer(
         score_details: false,
         highlighted: false,
     })
+}
+
+/// How old a synonym table may be before a query using it reads its
+/// collection again (Atlas, too, applies synonym changes asynchronously).
+const SYNONYMS_FRESH: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Reads again, as the proxy, each synonym collection `operator` uses whose
+/// table is missing or older than [`SYNONYMS_FRESH`] (at most
+/// `MAX_SYNONYM_DOCUMENTS` documents). A mapping the index does not define
+/// is left for the search to refuse.
+async fn refresh_synonyms(
+    shared: &crate::proxy::Shared,
+    index: &Arc<SearchIndex>,
+    operator: &crate::index::text::Operator,
+) -> Result<(), Error> {
+    let Some(text) = index.text() else {
+        return Ok(());
+    };
+    for name in operator.synonym_mappings() {
+        let Some(mapping) = text.synonym_mapping(name) else {
+            continue;
+        };
+        let fresh = text
+            .synonym_table(name)
+            .and_then(|t| t.read_at)
+            .is_some_and(|at| at.elapsed() < SYNONYMS_FRESH);
+        if fresh {
+            continue;
+        }
+        let conn = crate::upstream::connect(&shared.config).await?;
+        let limit = crate::index::text::MAX_SYNONYM_DOCUMENTS as i64;
+        let find = rawdoc! {
+            "find": mapping.collection.as_str(),
+            "limit": limit,
+            "batchSize": limit,
+            "$db": index.db.as_str(),
+        };
+        let mut cursor = conn.cursor(&find).await?;
+        let mut documents = Vec::new();
+        while let Some(batch) = cursor.next_batch().await? {
+            documents.extend(batch);
+            if documents.len() >= crate::index::text::MAX_SYNONYM_DOCUMENTS {
+                break;
+            }
+        }
+        let (target, name) = (index.clone(), name.to_string());
+        tokio::task::spawn_blocking(move || {
+            if let Some(text) = target.text() {
+                text.set_synonyms(&name, &documents);
+            }
+        })
+        .await
+        .map_err(|e| Error::internal(format!("reading synonyms failed: {e}")))?;
+    }
+    Ok(())
 }
 
 /// The client's error for a full-text engine failure: a query it cannot

@@ -281,6 +281,56 @@ def test_custom_analyzers(client):
     assert e.value.code == 72 and "nowhere" in str(e.value)
 
 
+def test_synonyms_from_a_collection(client):
+    """A synonym mapping read from a collection: `equivalent` words match
+    each other, `explicit` inputs match their synonyms (not themselves);
+    changes to the collection reach queries; misuse gets Atlas's refusals."""
+    db = client.full_text
+    db.drop_collection("syn_docs")
+    db.drop_collection("syn_words")
+    db.syn_words.insert_many([
+        {"mappingType": "equivalent", "synonyms": ["car", "automobile", "motor vehicle"]},
+        {"mappingType": "explicit", "input": ["beer"], "synonyms": ["ale", "lager"]},
+    ])
+    db.syn_docs.insert_many([
+        {"_id": 1, "t": "a fast car"},
+        {"_id": 2, "t": "the automobile museum"},
+        {"_id": 3, "t": "motor vehicle registration"},
+        {"_id": 4, "t": "cold lager"},
+        {"_id": 5, "t": "beer garden"},
+        {"_id": 6, "t": "vehicle parts"},
+    ])
+    db.syn_docs.create_search_index(SearchIndexModel({
+        "mappings": {"dynamic": True},
+        "synonyms": [{"name": "words", "analyzer": "lucene.standard",
+                      "source": {"collection": "syn_words"}}],
+    }, name="syn"))
+    wait_ready(db.syn_docs, "syn")
+
+    def ids(query, **extra):
+        got = search(db.syn_docs, {"text": {"query": query, "path": "t", **extra}}, index="syn")
+        return sorted(d["_id"] for d in got)
+
+    assert ids("car", synonyms="words") == [1, 2, 3]
+    assert ids("automobile", synonyms="words") == [1, 2, 3]
+    assert ids("car") == [1]
+    assert ids("beer", synonyms="words") == [4]  # explicit: ale or lager, not beer
+    assert ids("lager", synonyms="words") == [4]
+    # The collection changes; the mapping follows.
+    db.syn_words.insert_one({"mappingType": "equivalent", "synonyms": ["garden", "parts"]})
+    eventually(lambda: ids("garden", synonyms="words") == [5, 6], timeout=30)
+    for extra, message in (({"synonyms": "nope"}, "nope"),
+                           ({"synonyms": "words", "fuzzy": {}}, "fuzzy")):
+        with pytest.raises(OperationFailure) as e:
+            ids("car", **extra)
+        assert e.value.code == 2 and message in str(e.value)
+    with pytest.raises(OperationFailure) as e:
+        db.syn_docs.create_search_index(SearchIndexModel(
+            {"mappings": {"dynamic": True}, "synonyms": [{"name": "x", "analyzer": "lucene.standard"}]},
+            name="bad"))
+    assert e.value.code == 72 and "source" in str(e.value)
+
+
 def test_equals_in_range_and_exists_on_typed_fields(client):
     """Atlas's non-text field types and the operators that compare them,
     alone and as `compound` filters, each matching document scoring 1."""
