@@ -407,16 +407,38 @@ pub struct SynonymMapping {
 
 /// Most synonym documents one mapping reads.
 pub const MAX_SYNONYM_DOCUMENTS: usize = 10_000;
+/// Most bytes of synonym documents one mapping reads.
+pub const MAX_SYNONYM_BYTES: usize = 16 << 20;
 /// Most words one synonym document lists.
 const MAX_SYNONYM_WORDS: usize = 1_000;
+/// Most words one mapping holds, all documents together.
+const MAX_SYNONYM_WORDS_TOTAL: usize = 100_000;
 
-/// A synonym mapping as read from its collection: each analyzed word to
-/// the words it also matches (itself included where the mapping says so).
+/// A synonym mapping as read from its collection: groups of words (one
+/// per document), and for each analyzed word the groups it matches.
 #[derive(Debug, Default)]
 pub struct SynonymTable {
-    alternatives: HashMap<String, Vec<String>>,
+    groups: Vec<Vec<String>>,
+    by_token: HashMap<String, Vec<u32>>,
     /// When it was read (the proxy re-reads a table older than it likes).
     pub read_at: Option<std::time::Instant>,
+}
+
+impl SynonymTable {
+    /// The words `token` matches (each once, in group order), or `None`
+    /// when the mapping does not name it.
+    fn alternatives(&self, token: &str) -> Option<Vec<&str>> {
+        let groups = self.by_token.get(token)?;
+        let mut seen = std::collections::HashSet::new();
+        Some(
+            groups
+                .iter()
+                .flat_map(|&g| self.groups[g as usize].iter())
+                .map(String::as_str)
+                .filter(|w| seen.insert(*w))
+                .collect(),
+        )
+    }
 }
 
 /// Atlas's `storedSource`: which fields of each document the index keeps
@@ -901,6 +923,8 @@ pub struct TextIndex {
     slots: Mutex<Slots>,
     /// Synonym mappings by name, as last read from their collections.
     synonym_tables: Mutex<HashMap<String, std::sync::Arc<SynonymTable>>>,
+    /// Mappings being read now (one read at a time per mapping).
+    synonyms_reading: Mutex<std::collections::HashSet<String>>,
 }
 
 /// A document's new state for [`TextIndex::apply`]: indexed anew, or
@@ -1004,6 +1028,7 @@ impl TextIndex {
                 overflow,
             }),
             synonym_tables: Mutex::new(HashMap::new()),
+            synonyms_reading: Mutex::new(std::collections::HashSet::new()),
         })
     }
 
@@ -1937,6 +1962,24 @@ impl TextIndex {
         self.spec.synonyms.iter().find(|m| m.name == name)
     }
 
+    /// Claims the read of mapping `name`'s collection: `false` while
+    /// another read of it runs (the caller uses the table it has). Every
+    /// `true` must be followed by [`TextIndex::end_synonym_read`].
+    pub fn begin_synonym_read(&self, name: &str) -> bool {
+        self.synonyms_reading
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_string())
+    }
+
+    /// Ends a read [`TextIndex::begin_synonym_read`] claimed.
+    pub fn end_synonym_read(&self, name: &str) {
+        self.synonyms_reading
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name);
+    }
+
     /// The table of mapping `name` as last read, if it was.
     pub fn synonym_table(&self, name: &str) -> Option<std::sync::Arc<SynonymTable>> {
         self.synonym_tables
@@ -1975,7 +2018,7 @@ impl TextIndex {
             }
         };
         let mut table = SynonymTable::default();
-        let mut used = 0;
+        let (mut used, mut total) = (0, 0);
         for doc in documents.iter().take(MAX_SYNONYM_DOCUMENTS) {
             let (inputs, synonyms) = match doc.get_str("mappingType") {
                 Ok("equivalent") => match words(doc, "synonyms") {
@@ -1988,14 +2031,22 @@ impl TextIndex {
                 },
                 _ => continue,
             };
+            total += inputs.len() + synonyms.len();
+            if total > MAX_SYNONYM_WORDS_TOTAL {
+                tracing::warn!(
+                    mapping = name,
+                    "synonym mapping past {MAX_SYNONYM_WORDS_TOTAL} words: the rest is not used"
+                );
+                break;
+            }
             used += 1;
+            let group = u32::try_from(table.groups.len()).unwrap_or(u32::MAX);
+            table.groups.push(synonyms);
             for input in &inputs {
                 if let Some(k) = key(input) {
-                    let list = table.alternatives.entry(k).or_default();
-                    for s in &synonyms {
-                        if !list.contains(s) {
-                            list.push(s.clone());
-                        }
+                    let list = table.by_token.entry(k).or_default();
+                    if list.last() != Some(&group) {
+                        list.push(group);
                     }
                 }
             }
@@ -2051,9 +2102,9 @@ impl TextIndex {
                         // them scores, as if one term).
                         for text in query {
                             for (_, token) in self.tokens(string.search_analyzer, text)? {
-                                let words = table.alternatives.get(&token);
+                                let words = table.alternatives(&token);
                                 let mut alternatives: Vec<Box<dyn Query>> = Vec::new();
-                                if words.is_none_or(|w| !w.is_empty()) {
+                                if words.as_ref().is_none_or(|w| !w.is_empty()) {
                                     spend(budget, 1)?;
                                 }
                                 if words.is_none() {

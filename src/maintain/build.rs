@@ -366,7 +366,13 @@ pub async fn follow(
         if index.is_retired() {
             return None;
         }
-        match stream.next().await {
+        let next = stream.next().await;
+        if index.is_retired() {
+            // Deleted meanwhile (a drop through the proxy, or
+            // `dropSearchIndex`): whatever the stream says is not its.
+            return None;
+        }
+        match next {
             Ok((changes, token)) => {
                 if changes.dropped {
                     tracing::info!(index = %index.name, namespace = %index.namespace(), "collection dropped: search index deleted");

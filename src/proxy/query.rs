@@ -118,6 +118,11 @@ impl ForClient<'_> {
         let (total, buckets) = match self.resolve(&db, &collection, Some(&stage.index), None, true)
         {
             Ok(index) => {
+                if let Some(operator) = &stage.operator {
+                    self.authorize_synonyms(&db, &index, operator, "aggregate")
+                        .await?;
+                    refresh_synonyms(self.shared, &index, operator).await?;
+                }
                 let (operator, facets) = (stage.operator.clone(), stage.facets.clone());
                 let facets: Vec<Facet> = facets.into_iter().map(|(_, f)| f).collect();
                 tokio::task::spawn_blocking(move || {
@@ -417,6 +422,10 @@ impl ForClient<'_> {
             self.authorize(Action::Find, &db, &collection, kind.command())
                 .await?;
         }
+        if let (Ok(index), QueryVector::FullText(operator)) = (&resolved, &query.vector) {
+            self.authorize_synonyms(&db, index, operator, kind.command())
+                .await?;
+        }
         let mut plan = answer(
             self.shared,
             collection.clone(),
@@ -441,6 +450,31 @@ impl ForClient<'_> {
             plan.highlighted = true;
         }
         Ok(plan)
+    }
+
+    /// The client's `find` right on each synonym collection `operator`
+    /// uses: the proxy reads them as itself, and which words they pair
+    /// shows in what a search matches.
+    async fn authorize_synonyms(
+        &mut self,
+        db: &str,
+        index: &Arc<SearchIndex>,
+        operator: &crate::index::text::Operator,
+        command: &str,
+    ) -> Result<(), Error> {
+        let sources: Vec<String> = match index.text() {
+            Some(text) => operator
+                .synonym_mappings()
+                .into_iter()
+                .filter_map(|name| text.synonym_mapping(name))
+                .map(|m| m.collection.clone())
+                .collect(),
+            None => Vec::new(),
+        };
+        for source in sources {
+            self.authorize(Action::Find, db, &source, command).await?;
+        }
+        Ok(())
     }
 
     /// `{$meta: "searchHighlights"}` of each ranked document (the first
@@ -777,29 +811,25 @@ async fn refresh_synonyms(
         let Some(mapping) = text.synonym_mapping(name) else {
             continue;
         };
-        let fresh = text
-            .synonym_table(name)
+        let table = text.synonym_table(name);
+        let fresh = table
+            .as_ref()
             .and_then(|t| t.read_at)
             .is_some_and(|at| at.elapsed() < SYNONYMS_FRESH);
         if fresh {
             continue;
         }
-        let conn = crate::upstream::connect(&shared.config).await?;
-        let limit = crate::index::text::MAX_SYNONYM_DOCUMENTS as i64;
-        let find = rawdoc! {
-            "find": mapping.collection.as_str(),
-            "limit": limit,
-            "batchSize": limit,
-            "$db": index.db.as_str(),
-        };
-        let mut cursor = conn.cursor(&find).await?;
-        let mut documents = Vec::new();
-        while let Some(batch) = cursor.next_batch().await? {
-            documents.extend(batch);
-            if documents.len() >= crate::index::text::MAX_SYNONYM_DOCUMENTS {
-                break;
-            }
+        // One read per mapping at a time; the others use the table there
+        // is (a first read is never skipped).
+        let claimed = text.begin_synonym_read(name);
+        if !claimed && table.is_some() {
+            continue;
         }
+        let read = read_synonyms(shared, &index.db, &mapping.collection).await;
+        if claimed {
+            text.end_synonym_read(name);
+        }
+        let documents = read?;
         let (target, name) = (index.clone(), name.to_string());
         tokio::task::spawn_blocking(move || {
             if let Some(text) = target.text() {
@@ -812,6 +842,31 @@ async fn refresh_synonyms(
     Ok(())
 }
 
+/// The documents of a synonym collection, as the proxy reads them (at
+/// most `MAX_SYNONYM_DOCUMENTS` and `MAX_SYNONYM_BYTES`).
+async fn read_synonyms(
+    shared: &crate::proxy::Shared,
+    db: &str,
+    collection: &str,
+) -> Result<Vec<RawDocumentBuf>, Error> {
+    use crate::index::text::{MAX_SYNONYM_BYTES, MAX_SYNONYM_DOCUMENTS};
+    let conn = crate::upstream::connect(&shared.config).await?;
+    let limit = MAX_SYNONYM_DOCUMENTS as i64;
+    let find = rawdoc! { "find": collection, "limit": limit, "batchSize": limit, "$db": db };
+    let mut cursor = conn.cursor(&find).await?;
+    let (mut documents, mut bytes) = (Vec::new(), 0);
+    while let Some(batch) = cursor.next_batch().await? {
+        for doc in batch {
+            bytes += doc.as_bytes().len();
+            if bytes > MAX_SYNONYM_BYTES || documents.len() >= MAX_SYNONYM_DOCUMENTS {
+                return Ok(documents);
+            }
+            documents.push(doc);
+        }
+    }
+    Ok(documents)
+}
+
 /// The client's error for a full-text engine failure: a query it cannot
 /// run is the client's (`BadValue`), an engine fault is internal.
 fn text_error(e: TextError) -> Error {
@@ -821,15 +876,19 @@ fn text_error(e: TextError) -> Error {
     }
 }
 
+/// Most documents of one `$search` whose scores are explained (each
+/// explanation runs the query's scorer for that document again).
+const MAX_EXPLAINED: usize = 100;
+
 /// `$search`'s `scoreDetails` for each ranked document (the first
-/// [`MAX_HIGHLIGHTED`] explained by the engine, the rest with their value
+/// [`MAX_EXPLAINED`] explained by the engine, the rest with their value
 /// only), each tree's top value exactly the document's `searchScore`.
 async fn explain(
     index: &Arc<SearchIndex>,
     operator: &crate::index::text::Operator,
     ranked: &Ranked,
 ) -> Result<Vec<RawDocumentBuf>, Error> {
-    let ids: Vec<RawBson> = ranked.ids.iter().take(MAX_HIGHLIGHTED).cloned().collect();
+    let ids: Vec<RawBson> = ranked.ids.iter().take(MAX_EXPLAINED).cloned().collect();
     let (searcher, operator) = (index.clone(), operator.clone());
     let trees = tokio::task::spawn_blocking(move || {
         searcher

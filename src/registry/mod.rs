@@ -1050,10 +1050,11 @@ impl Registry {
             list.retain(|i| i.id != index.id);
         }
         if let Some(list) = map.staged.get_mut(&key) {
-            for staged in list.iter().filter(|i| i.name == index.name) {
+            // Staged parts share the id of the index they will replace.
+            for staged in list.iter().filter(|i| i.id == index.id) {
                 staged.retire();
             }
-            list.retain(|i| i.name != index.name);
+            list.retain(|i| i.id != index.id);
         }
         index.retire();
     }

@@ -316,6 +316,10 @@ def test_synonyms_from_a_collection(client):
     assert ids("car") == [1]
     assert ids("beer", synonyms="words") == [4]  # explicit: ale or lager, not beer
     assert ids("lager", synonyms="words") == [4]
+    meta = list(db.syn_docs.aggregate([{"$searchMeta": {
+        "index": "syn", "text": {"query": "car", "path": "t", "synonyms": "words"},
+        "count": {"type": "total"}}}]))
+    assert meta == [{"count": {"total": 3}}]
     # The collection changes; the mapping follows.
     db.syn_words.insert_one({"mappingType": "equivalent", "synonyms": ["garden", "parts"]})
     eventually(lambda: ids("garden", synonyms="words") == [5, 6], timeout=30)
