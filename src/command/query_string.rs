@@ -288,6 +288,7 @@ impl Parser {
                     paths,
                     slop,
                     score: None,
+                    synonyms: None,
                 }
             }
             Some(Token::Word(word)) if word.contains(['*', '?']) => Operator::Regex {

@@ -511,6 +511,7 @@ fn parse_operator(
             let mut paths = None;
             let mut slop = 0;
             let mut score = None;
+            let mut synonyms = None;
             for (key, value) in spec.iter().flatten() {
                 match key {
                     "query" => query = Some(strings(value, "phrase.query")?),
@@ -521,9 +522,14 @@ fn parse_operator(
                             .ok_or_else(|| bad("\"phrase.slop\" must be a non-negative integer"))?
                     }
                     "score" => score = Some(parse_score(value, "phrase.score")?),
-                    "synonyms" => {
-                        return Err(bad("\"phrase.synonyms\" is not served by likewise yet"))
-                    }
+                    "synonyms" => match value {
+                        RawBsonRef::String(name) => synonyms = Some(name.to_string()),
+                        _ => {
+                            return Err(bad(
+                                "\"phrase.synonyms\" must name a synonym mapping of the index",
+                            ))
+                        }
+                    },
                     _ => return Err(bad(format!("\"phrase.{key}\" is not a phrase option"))),
                 }
             }
@@ -532,6 +538,7 @@ fn parse_operator(
                 paths: paths.ok_or_else(|| bad("\"phrase.path\" is required"))?,
                 slop,
                 score,
+                synonyms,
             })
         }
         "compound" => {

@@ -405,6 +405,9 @@ pub struct SynonymMapping {
     pub collection: String,
 }
 
+/// Most phrases one `phrase` query string with synonyms expands to.
+pub const MAX_SYNONYM_PHRASES: usize = 64;
+
 /// Most synonym documents one mapping reads.
 pub const MAX_SYNONYM_DOCUMENTS: usize = 10_000;
 /// Most bytes of synonym documents one mapping reads.
@@ -783,6 +786,10 @@ pub enum Operator {
         paths: Vec<SearchPath>,
         slop: u32,
         score: Option<ScoreModifier>,
+        /// The definition's synonym mapping: each word of the phrase may
+        /// be any of its synonyms (the phrases they make, at most
+        /// [`MAX_SYNONYM_PHRASES`] per query string).
+        synonyms: Option<String>,
     },
     /// `equals`: documents whose value at `path` is `value` (a string
     /// value compares with a `token` field); score 1.
@@ -865,6 +872,10 @@ impl Operator {
         while let Some(op) = todo.pop() {
             match op {
                 Operator::Text {
+                    synonyms: Some(name),
+                    ..
+                }
+                | Operator::Phrase {
                     synonyms: Some(name),
                     ..
                 } if !out.contains(&name.as_str()) => out.push(name),
@@ -1957,6 +1968,91 @@ impl TextIndex {
         Ok(out)
     }
 
+    /// The phrases `text` stands for under a synonym table: each word
+    /// replaced by each of its alternatives (a word the table does not
+    /// name stands for itself; a multi-word synonym for its words in
+    /// order), positions renumbered; at most [`MAX_SYNONYM_PHRASES`],
+    /// more is a [`TextError::Query`].
+    fn synonym_phrases(
+        &self,
+        table: &SynonymTable,
+        path: &str,
+        slot: Slot,
+        analyzer: Analyzer,
+        text: &str,
+    ) -> Result<Vec<Vec<(usize, Term)>>, TextError> {
+        let too_many = || {
+            TextError::Query(format!(
+                "the phrase with its synonyms makes more than {MAX_SYNONYM_PHRASES} phrases"
+            ))
+        };
+        // Each phrase so far: its tokens in order.
+        let mut phrases: Vec<Vec<String>> = vec![Vec::new()];
+        for (_, token) in self.tokens(analyzer, text)? {
+            let choices: Vec<Vec<String>> = match table.alternatives(&token) {
+                None => vec![vec![token]],
+                Some(words) => {
+                    let mut out = Vec::new();
+                    for word in words {
+                        let tokens: Vec<String> = self
+                            .tokens(analyzer, word)?
+                            .into_iter()
+                            .map(|(_, t)| t)
+                            .collect();
+                        if !tokens.is_empty() {
+                            out.push(tokens);
+                        }
+                    }
+                    out
+                }
+            };
+            if choices.is_empty() {
+                continue;
+            }
+            if phrases.len().saturating_mul(choices.len()) > MAX_SYNONYM_PHRASES {
+                return Err(too_many());
+            }
+            phrases = phrases
+                .iter()
+                .flat_map(|p| {
+                    choices.iter().map(move |c| {
+                        let mut next = p.clone();
+                        next.extend(c.iter().cloned());
+                        next
+                    })
+                })
+                .collect();
+        }
+        Ok(phrases
+            .into_iter()
+            .map(|tokens| {
+                tokens
+                    .iter()
+                    .enumerate()
+                    .map(|(i, t)| (i, term_of(path, slot, t)))
+                    .collect()
+            })
+            .collect())
+    }
+
+    /// The table a `text` or `phrase` naming mapping `name` uses (`None`
+    /// when it names none, or the table was never read); naming a mapping
+    /// the definition lacks is a [`TextError::Query`].
+    fn synonyms_for(
+        &self,
+        name: Option<&str>,
+    ) -> Result<Option<std::sync::Arc<SynonymTable>>, TextError> {
+        let Some(name) = name else {
+            return Ok(None);
+        };
+        if self.synonym_mapping(name).is_none() {
+            return Err(TextError::Query(format!(
+                "the index has no synonym mapping '{name}'"
+            )));
+        }
+        Ok(self.synonym_table(name))
+    }
+
     /// The synonym mapping `name` of the definition, if it has one.
     pub fn synonym_mapping(&self, name: &str) -> Option<&SynonymMapping> {
         self.spec.synonyms.iter().find(|m| m.name == name)
@@ -2078,17 +2174,7 @@ impl TextIndex {
                 score,
                 synonyms,
             } => {
-                let table = match synonyms {
-                    Some(name) => {
-                        if self.synonym_mapping(name).is_none() {
-                            return Err(TextError::Query(format!(
-                                "the index has no synonym mapping '{name}'"
-                            )));
-                        }
-                        self.synonym_table(name)
-                    }
-                    None => None,
-                };
+                let table = self.synonyms_for(synonyms.as_deref())?;
                 let mut per_path: Vec<(Occur, Box<dyn Query>)> = Vec::new();
                 for (path, slot, string) in self.resolve(paths) {
                     let mut terms: Vec<(Occur, Box<dyn Query>)> = Vec::new();
@@ -2174,21 +2260,42 @@ impl TextIndex {
                 paths,
                 slop,
                 score,
+                synonyms,
             } => {
+                let table = self.synonyms_for(synonyms.as_deref())?;
                 let mut per_path: Vec<(Occur, Box<dyn Query>)> = Vec::new();
                 for (path, slot, string) in self.resolve(paths) {
                     for text in query {
-                        let terms = self.terms(&path, slot, string.search_analyzer, text)?;
-                        spend(budget, terms.len())?;
-                        let q: Box<dyn Query> = match terms.len() {
-                            0 => continue,
-                            1 => Box::new(TermQuery::new(
-                                terms.into_iter().next().expect("one term").1,
-                                IndexRecordOption::WithFreqs,
-                            )),
-                            _ => Box::new(PhraseQuery::new_with_offset_and_slop(terms, *slop)),
+                        let phrases = match &table {
+                            None => vec![self.terms(&path, slot, string.search_analyzer, text)?],
+                            Some(table) => self.synonym_phrases(
+                                table,
+                                &path,
+                                slot,
+                                string.search_analyzer,
+                                text,
+                            )?,
                         };
-                        per_path.push((Occur::Should, q));
+                        let mut alternatives: Vec<Box<dyn Query>> = Vec::new();
+                        for terms in phrases {
+                            spend(budget, terms.len())?;
+                            alternatives.push(match terms.len() {
+                                0 => continue,
+                                1 => Box::new(TermQuery::new(
+                                    terms.into_iter().next().expect("one term").1,
+                                    IndexRecordOption::WithFreqs,
+                                )),
+                                _ => Box::new(PhraseQuery::new_with_offset_and_slop(terms, *slop)),
+                            });
+                        }
+                        match alternatives.len() {
+                            0 => {}
+                            1 => per_path.push((Occur::Should, alternatives.remove(0))),
+                            _ => per_path.push((
+                                Occur::Should,
+                                Box::new(tantivy::query::DisjunctionMaxQuery::new(alternatives)),
+                            )),
+                        }
                     }
                 }
                 (boolean_or_empty(per_path), score)
@@ -2874,6 +2981,7 @@ mod tests {
             paths: vec![SearchPath::Field("title".into())],
             slop,
             score: None,
+            synonyms: None,
         };
         assert_eq!(
             ids(&index.search(&phrase("new york", 0), 10).unwrap().0),

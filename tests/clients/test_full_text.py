@@ -316,6 +316,14 @@ def test_synonyms_from_a_collection(client):
     assert ids("car") == [1]
     assert ids("beer", synonyms="words") == [4]  # explicit: ale or lager, not beer
     assert ids("lager", synonyms="words") == [4]
+    # A phrase: each of its words may be any of its synonyms.
+    phrase = search(db.syn_docs, {"phrase": {"query": "cold beer", "path": "t", "synonyms": "words"}},
+                    index="syn")
+    assert [d["_id"] for d in phrase] == [4]  # "cold lager"
+    phrase = search(db.syn_docs, {"phrase": {"query": "fast automobile", "path": "t", "synonyms": "words"}},
+                    index="syn")
+    assert [d["_id"] for d in phrase] == [1]  # "a fast car"
+    assert search(db.syn_docs, {"phrase": {"query": "fast automobile", "path": "t"}}, index="syn") == []
     meta = list(db.syn_docs.aggregate([{"$searchMeta": {
         "index": "syn", "text": {"query": "car", "path": "t", "synonyms": "words"},
         "count": {"type": "total"}}}]))
