@@ -331,6 +331,16 @@ impl Metrics {
             e.sample("likewise_index_vectors", &labels(index), vectors);
         }
         e.family(
+            "likewise_index_recall",
+            "gauge",
+            "Recall@10 measured against exact search on sampled queries, for indexes with targetRecall, at the numCandidates in use.",
+        );
+        for index in &indexes {
+            if let Some((_, measured)) = index.tuned_recall() {
+                e.sample("likewise_index_recall", &labels(index), measured);
+            }
+        }
+        e.family(
             "likewise_index_ready",
             "gauge",
             "1 when a search index is READY.",

@@ -127,7 +127,10 @@ pub fn parse_definition(definition: &RawDocument) -> Result<Vec<IndexSpec>, Erro
         match field.get_str("type") {
             Ok("vector") => {
                 let (dims, similarity, hnsw) = parse_vector_field(field)?;
-                vectors.push(IndexSpec::vector(path, dims, similarity, hnsw));
+                vectors.push(IndexSpec {
+                    target_recall: target_recall(field)?,
+                    ..IndexSpec::vector(path, dims, similarity, hnsw)
+                });
             }
             Ok("autoEmbed") => {
                 let (model, similarity) = parse_auto_embed_field(field)?;
@@ -136,6 +139,7 @@ pub fn parse_definition(definition: &RawDocument) -> Result<Vec<IndexSpec>, Erro
                         model,
                         key: path.clone(),
                     }],
+                    target_recall: target_recall(field)?,
                     // dims: the model's, once resolved
                     ..IndexSpec::vector(path, 0, similarity, HnswParams::default())
                 });
@@ -312,7 +316,21 @@ fn parse_semantic(definition: &RawDocument) -> Result<IndexSpec, Error> {
         write_outputs,
         train,
         text: None,
+        target_recall: target_recall(definition)?,
     })
+}
+
+/// The `targetRecall` a vector field (or semantic definition) asks for: a
+/// number from 0.5 to 0.999.
+fn target_recall(field: &RawDocument) -> Result<Option<f64>, Error> {
+    match field.get("targetRecall") {
+        Ok(None) => Ok(None),
+        Ok(Some(v)) => crate::wire::number(Some(v))
+            .filter(|r| (0.5..=0.999).contains(r))
+            .map(Some)
+            .ok_or_else(|| bad("'targetRecall' must be a number from 0.5 to 0.999")),
+        Err(_) => Err(bad("'targetRecall' is malformed")),
+    }
 }
 
 fn parse_vector_field(field: &RawDocument) -> Result<(usize, Similarity, HnswParams), Error> {
@@ -450,6 +468,20 @@ pub fn describe(parts: &[Arc<SearchIndex>], staged: &[Arc<SearchIndex>]) -> RawD
     };
     if let Some(message) = message {
         out.append("message", message);
+    }
+    let mut recall = bson::RawArrayBuf::new();
+    for part in latest.iter() {
+        if let Some(target) = part.spec.target_recall {
+            let mut entry = rawdoc! { "path": part.spec.path.as_str(), "target": target };
+            if let Some((breadth, measured)) = part.tuned_recall() {
+                entry.append("measured", measured);
+                entry.append("numCandidates", i64::try_from(breadth).unwrap_or(i64::MAX));
+            }
+            recall.push(entry);
+        }
+    }
+    if !recall.is_empty() {
+        out.append("recall", recall);
     }
     if index.spec.train.is_some() {
         let (training, metrics) = describe_training(index);

@@ -82,6 +82,10 @@ pub struct VectorQuery {
     pub return_stored_source: bool,
     /// `$search`'s `scoreDetails: true`.
     pub score_details: bool,
+    /// No `numCandidates` was given (and not `exact`): an index with
+    /// `targetRecall` chooses the breadth; `$vectorSearch` on any other
+    /// index is refused, as Atlas refuses it.
+    pub auto_breadth: bool,
 }
 
 impl VectorQuery {
@@ -105,6 +109,7 @@ impl VectorQuery {
             sort: None,
             return_stored_source: false,
             score_details: false,
+            auto_breadth: false,
         }
     }
 }
@@ -196,12 +201,10 @@ pub fn parse_vector_search(stage: &RawDocument) -> Result<VectorQuery, Error> {
             n
         }
         None if exact => limit,
-        None => {
-            return Err(bad(
-                "$vectorSearch needs 'numCandidates' unless 'exact' is true",
-            ))
-        }
+        // Refused later unless the index has `targetRecall`.
+        None => (limit * 10).clamp(100, MAX_CANDIDATES).max(limit),
     };
+    let auto_breadth = !exact && stage.get("numCandidates").ok().flatten().is_none();
     if limit > MAX_CANDIDATES {
         return Err(bad(format!("'limit' must be at most {MAX_CANDIDATES}")));
     }
@@ -242,6 +245,7 @@ pub fn parse_vector_search(stage: &RawDocument) -> Result<VectorQuery, Error> {
         sort: None,
         return_stored_source: false,
         score_details: false,
+        auto_breadth,
     })
 }
 
@@ -296,6 +300,7 @@ pub fn parse_like_filter(filter: &RawDocument) -> Result<Option<VectorQuery>, Er
     .unwrap_or((n * 10).max(100))
     .clamp(n, MAX_CANDIDATES);
     let exact = matches!(spec.get("exact"), Ok(Some(RawBsonRef::Boolean(true))));
+    let auto_breadth = !exact && spec.get("numCandidates").ok().flatten().is_none();
     Ok(Some(VectorQuery {
         model: None,
         packed_bits: false,
@@ -306,6 +311,7 @@ pub fn parse_like_filter(filter: &RawDocument) -> Result<Option<VectorQuery>, Er
         sort: None,
         return_stored_source: false,
         score_details: false,
+        auto_breadth,
         index,
         path: None,
         vector,

@@ -247,6 +247,16 @@ impl ForClient<'_> {
         if let Some(allowed) = plan.allowed {
             likewise.append("filterMatches", i64::try_from(allowed).unwrap_or(i64::MAX));
         }
+        if let Some(index) = &plan.index {
+            if let Some(target) = index.spec.target_recall {
+                let mut recall = rawdoc! { "target": target };
+                if let Some((breadth, measured)) = index.tuned_recall() {
+                    recall.append("measured", measured);
+                    recall.append("numCandidates", i64::try_from(breadth).unwrap_or(i64::MAX));
+                }
+                likewise.append("recall", recall);
+            }
+        }
         if plans.len() > 1 {
             // Every vector stage, in pipeline order (the fields above are
             // the first's).
@@ -766,7 +776,22 @@ async fn answer(
             highlighted: false,
         });
     }
+    if query.auto_breadth && query.atlas && index.spec.target_recall.is_none() {
+        return Err(bad(
+            "$vectorSearch needs 'numCandidates' unless 'exact' is true (or the index sets \
+             'targetRecall')",
+        ));
+    }
     let (vector, encoding) = query_vector(&index, &query).await?;
+    let mut query = query;
+    if query.auto_breadth && index.spec.target_recall.is_some() {
+        let (breadth, due) = index.auto_breadth(&vector, query.limit, query.num_candidates);
+        query.num_candidates = breadth;
+        if due {
+            let measuring = index.clone();
+            tokio::task::spawn_blocking(move || measuring.measure_recall());
+        }
+    }
     let allowed_count = allowed.as_ref().map(|ids| ids.ids.len());
     let searcher = index.clone();
     let (ranked, strategy, examined, query) = tokio::task::spawn_blocking(move || {

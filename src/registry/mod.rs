@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
+pub mod recall;
 pub mod vectors;
 pub use vectors::{Searched, Vectors};
 
@@ -41,6 +42,9 @@ pub struct IndexSpec {
     /// A full-text (`search`) index: what it indexes. The vector fields
     /// above are unused then.
     pub text: Option<crate::index::text::TextSpec>,
+    /// `targetRecall`: queries that name no `numCandidates` search as
+    /// broadly as measured recall@10 says this needs (see `recall`).
+    pub target_recall: Option<f64>,
 }
 
 impl IndexSpec {
@@ -62,6 +66,7 @@ impl IndexSpec {
             write_outputs: false,
             train: None,
             text: None,
+            target_recall: None,
         }
     }
 
@@ -202,6 +207,8 @@ pub struct SearchIndex {
     pub skipped: AtomicU64,
     /// Changes applied from the upstream's change stream.
     pub changes_applied: AtomicU64,
+    /// `targetRecall`'s measurements and the breadth in use.
+    pub recall: Mutex<recall::RecallTuner>,
     /// Where the change stream has got to (for snapshots and resuming).
     resume_token: Mutex<Option<RawDocumentBuf>>,
     /// Bumped by every change to the data; compared with the last saved.
@@ -289,6 +296,7 @@ impl SearchIndex {
             total: AtomicU64::new(0),
             skipped: AtomicU64::new(0),
             changes_applied: AtomicU64::new(0),
+            recall: Mutex::new(recall::RecallTuner::default()),
             resume_token: Mutex::new(None),
             generation: AtomicU64::new(0),
             saved_generation: AtomicU64::new(0),
@@ -574,6 +582,44 @@ impl SearchIndex {
             Some(text) => text.len(),
             None => self.read_vectors(Vectors::len),
         }
+    }
+
+    /// The breadth a query naming no `numCandidates` uses under
+    /// `targetRecall` (the measured one, at least `limit`; `default` until
+    /// the first measurement), and whether recording `query` made a
+    /// measurement due (the caller runs [`SearchIndex::measure_recall`] on
+    /// a blocking thread).
+    pub fn auto_breadth(&self, query: &OwnedVector, limit: usize, default: usize) -> (usize, bool) {
+        let mut tuner = self.recall.lock().unwrap_or_else(|e| e.into_inner());
+        let due = tuner.record(query);
+        let breadth = tuner.tuned.map_or(default, |(b, _)| b).max(limit);
+        (breadth, due)
+    }
+
+    /// Measures recall@10 on the sampled queries and keeps the breadth
+    /// meeting `targetRecall` (CPU work: a blocking thread).
+    pub fn measure_recall(&self) {
+        let Some(target) = self.spec.target_recall else {
+            return;
+        };
+        let samples = self
+            .recall
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .samples();
+        let tuned = self.read_vectors(|v| recall::measure(v, &samples, target));
+        if let Some((breadth, measured)) = tuned {
+            tracing::info!(index = %self.name, breadth, measured, target, "targetRecall: breadth measured");
+        }
+        self.recall
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .finish(tuned);
+    }
+
+    /// The breadth in use and its measured recall@10, once measured.
+    pub fn tuned_recall(&self) -> Option<(usize, f64)> {
+        self.recall.lock().unwrap_or_else(|e| e.into_inner()).tuned
     }
 
     /// Slots held, live and retired.

@@ -370,3 +370,56 @@ def test_vector_results_are_limited_by_the_operator():
     finally:
         proxy.stop()
         upstream.stop()
+
+
+def test_target_recall_chooses_the_breadth(client):
+    """`targetRecall`: queries naming no `numCandidates` search as broadly
+    as recall@10, measured against exact search on sampled queries, says
+    the target needs; held-out queries then reach it (within 0.02), and the
+    listing and metrics report what was measured. Without `targetRecall`,
+    `$vectorSearch` still needs `numCandidates`, as on Atlas."""
+    coll = client.vector_suite.tuned
+    coll.drop()
+    rng = random.Random(7)
+    rows = [[rng.gauss(0, 1) for _ in range(DIMS)] for _ in range(4000)]
+    coll.insert_many([{"_id": i, "v": v} for i, v in enumerate(rows)])
+    coll.create_search_index(SearchIndexModel({"fields": [
+        {"type": "vector", "path": "v", "numDimensions": DIMS, "similarity": "euclidean",
+         "targetRecall": 0.95, "hnswOptions": {"maxEdges": 16, "numEdgeCandidates": 100}}]},
+        name="tuned", type="vectorSearch"))
+    coll.create_search_index(SearchIndexModel(definition(), name="plain", type="vectorSearch"))
+    wait_ready(coll, "tuned")
+    wait_ready(coll, "plain")
+
+    def query(q, index="tuned", **extra):
+        stage = {"index": index, "path": "v", "queryVector": q, "limit": K, **extra}
+        return [d["_id"] for d in coll.aggregate([{"$vectorSearch": stage}])]
+
+    with pytest.raises(OperationFailure) as e:
+        query(rows[0], index="plain")
+    assert e.value.code == 2 and "numCandidates" in str(e.value)
+
+    def tuned():
+        listed = list(coll.list_search_indexes("tuned"))[0]
+        return listed.get("recall", [{}])[0]
+
+    samples = [[rng.gauss(0, 1) for _ in range(DIMS)] for _ in range(200)]
+    for q in samples[:100]:
+        query(q)
+    wait = 0
+    while "measured" not in tuned():
+        query(samples[100 + wait % 100])
+        wait += 1
+        assert wait < 2000, tuned()
+    report = tuned()
+    assert report["target"] == 0.95 and report["measured"] >= 0.95 and report["numCandidates"] >= K
+    explained = client.vector_suite.command({"explain": {"aggregate": "tuned", "cursor": {}, "pipeline": [
+        {"$vectorSearch": {"index": "tuned", "path": "v", "queryVector": rows[0], "limit": K}}]}})
+    assert explained["likewise"]["recall"]["numCandidates"] >= K
+    held_out = [[rng.gauss(0, 1) for _ in range(DIMS)] for _ in range(60)]
+    found = wanted = 0
+    for q in held_out:
+        truth = set(query(q, exact=True))
+        found += len(truth & set(query(q)))
+        wanted += len(truth)
+    assert found / wanted >= 0.93, (found / wanted, report)
