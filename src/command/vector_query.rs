@@ -399,10 +399,6 @@ mod tests {
                 "queryVector",
             ),
             (
-                rawdoc! { "index": "i", "path": "v", "queryVector": [1.0], "limit": 1 },
-                "numCandidates",
-            ),
-            (
                 rawdoc! { "index": "i", "path": "v", "queryVector": [1.0], "limit": 1, "exact": true, "numCandidates": 5 },
                 "not allowed",
             ),
@@ -410,9 +406,14 @@ mod tests {
             let err = parse_vector_search(&stage).unwrap_err();
             assert!(err.message.contains(needle), "{}", err.message);
         }
+        // No numCandidates: the index decides (`targetRecall`), or the
+        // planner refuses it as Atlas does.
+        let auto = rawdoc! { "index": "i", "path": "v", "queryVector": [1.0], "limit": 1 };
+        assert!(parse_vector_search(&auto).unwrap().auto_breadth);
         let exact =
             rawdoc! { "index": "i", "path": "v", "queryVector": [1.0], "limit": 3, "exact": true };
         assert!(parse_vector_search(&exact).unwrap().exact);
+        assert!(!parse_vector_search(&exact).unwrap().auto_breadth);
     }
 
     #[test]
