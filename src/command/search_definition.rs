@@ -5,6 +5,7 @@
 //! (never ignored), with what likewise serves instead.
 
 use crate::error::{Code, Error};
+use crate::index::analysis::{compile_pattern, CharFilter, Pattern, TokenRule};
 use crate::index::text::{
     Analyzer, AutocompleteField, CustomAnalyzer, CustomFilter, CustomTokenizer, DocumentMapping,
     FieldMapping, Grams, Normalizer, StoredSource, StringField, SynonymMapping, TextSpec,
@@ -235,14 +236,24 @@ fn parse_analyzers(list: &bson::RawArray) -> Result<Vec<CustomAnalyzer>, Error> 
         }
         let mut tokenizer = None;
         let mut filters = Vec::new();
+        let mut char_filters = Vec::new();
         for (key, value) in def.iter().flatten() {
             match (key, value) {
                 ("name", _) => {}
-                ("charFilters", RawBsonRef::Array(a)) if a.is_empty() => {}
-                ("charFilters", _) => {
-                    return Err(invalid(format!(
-                        "analyzer '{name}': 'charFilters' are not served by likewise yet"
-                    )))
+                ("charFilters", RawBsonRef::Array(list)) => {
+                    for f in list.into_iter().flatten() {
+                        let RawBsonRef::Document(f) = f else {
+                            return Err(invalid(format!(
+                                "analyzer '{name}': each char filter must be a document"
+                            )));
+                        };
+                        char_filters.push(parse_char_filter(name, f)?);
+                        if char_filters.len() > 32 {
+                            return Err(invalid(format!(
+                                "analyzer '{name}': too many char filters"
+                            )));
+                        }
+                    }
                 }
                 ("tokenizer", RawBsonRef::Document(t)) => {
                     tokenizer = Some(parse_tokenizer(name, t)?)
@@ -271,6 +282,7 @@ fn parse_analyzers(list: &bson::RawArray) -> Result<Vec<CustomAnalyzer>, Error> 
         }
         out.push(CustomAnalyzer {
             name: name.to_string(),
+            char_filters,
             tokenizer: tokenizer
                 .ok_or_else(|| invalid(format!("analyzer '{name}' needs a 'tokenizer'")))?,
             filters,
@@ -346,10 +358,27 @@ fn parse_tokenizer(analyzer: &str, spec: &RawDocument) -> Result<CustomTokenizer
                 CustomTokenizer::NGram { min, max }
             }
         }
-        "regexCaptureGroup" | "regexSplit" | "uaxUrlEmail" => {
+        "regexSplit" => {
+            only(spec, &what, &["type", "pattern"])?;
+            CustomTokenizer::Regex {
+                pattern: pattern_of(spec, &what)?,
+                group: None,
+            }
+        }
+        "regexCaptureGroup" => {
+            only(spec, &what, &["type", "pattern", "group"])?;
+            let pattern = pattern_of(spec, &what)?;
+            let group = bounded(spec, "group", None, 0..=pattern.0.captures_len() - 1)?;
+            CustomTokenizer::Regex {
+                pattern,
+                group: Some(group),
+            }
+        }
+        "uaxUrlEmail" => {
             return Err(invalid(format!(
                 "analyzer '{analyzer}': the {kind} tokenizer is not served by likewise yet \
-                 (standard, whitespace, keyword, edgeGram and nGram are)"
+                 (standard, whitespace, keyword, edgeGram, nGram, regexSplit and \
+                 regexCaptureGroup are)"
             )))
         }
         _ => {
@@ -420,19 +449,118 @@ fn parse_token_filter(analyzer: &str, spec: &RawDocument) -> Result<CustomFilter
         }
         "length" => {
             only(spec, &what, &["type", "min", "max"])?;
-            if bounded(spec, "min", Some(0), 0..=255)? > 0 {
-                return Err(invalid(format!(
-                    "{what}: 'min' is not served by likewise yet"
-                )));
+            let min = bounded(spec, "min", Some(0), 0..=255)?;
+            let max = bounded(spec, "max", Some(255), 1..=255)?;
+            if min > max {
+                return Err(invalid(format!("{what}: 'min' is larger than 'max'")));
             }
-            CustomFilter::Length {
-                max: bounded(spec, "max", Some(255), 1..=255)?,
-            }
+            CustomFilter::Rule(TokenRule::Length { min, max })
+        }
+        "reverse" | "trim" | "englishPossessive" => {
+            only(spec, &what, &["type"])?;
+            CustomFilter::Rule(match kind {
+                "reverse" => TokenRule::Reverse,
+                "trim" => TokenRule::Trim,
+                _ => TokenRule::EnglishPossessive,
+            })
+        }
+        "regex" => {
+            only(spec, &what, &["type", "pattern", "replacement", "matches"])?;
+            let replacement = spec
+                .get_str("replacement")
+                .map_err(|_| invalid(format!("{what} needs 'replacement', a string")))?;
+            let all = match spec.get_str("matches") {
+                Ok("all") => true,
+                Ok("first") => false,
+                _ => {
+                    return Err(invalid(format!(
+                        "{what} needs 'matches': \"all\" or \"first\""
+                    )))
+                }
+            };
+            CustomFilter::Rule(TokenRule::Regex {
+                pattern: pattern_of(spec, &what)?,
+                replacement: replacement.to_string(),
+                all,
+            })
         }
         _ => {
             return Err(invalid(format!(
                 "analyzer '{analyzer}': the {kind} token filter is not served by likewise yet \
-                 (lowercase, asciiFolding, stopword, snowballStemming and length are)"
+                 (lowercase, asciiFolding, stopword, snowballStemming, length, reverse, trim, \
+                 englishPossessive and regex are)"
+            )))
+        }
+    })
+}
+
+/// A tokenizer's or filter's `pattern`, compiled (bounded in size).
+fn pattern_of(spec: &RawDocument, what: &str) -> Result<Pattern, Error> {
+    let source = spec
+        .get_str("pattern")
+        .map_err(|_| invalid(format!("{what} needs 'pattern', a string")))?;
+    compile_pattern(source).map_err(|e| invalid(format!("{what}: bad 'pattern': {e}")))
+}
+
+/// Most `mappings` one `mapping` char filter holds.
+const MAX_CHAR_MAPPINGS: usize = 10_000;
+
+/// An entry of a custom analyzer's `charFilters`.
+fn parse_char_filter(analyzer: &str, spec: &RawDocument) -> Result<CharFilter, Error> {
+    let kind = spec.get_str("type").map_err(|_| {
+        invalid(format!(
+            "analyzer '{analyzer}': a char filter needs a 'type'"
+        ))
+    })?;
+    let what = format!("the {kind} char filter");
+    Ok(match kind {
+        "htmlStrip" => {
+            only(spec, &what, &["type", "ignoredTags"])?;
+            let mut ignored_tags = Vec::new();
+            if let Ok(Some(value)) = spec.get("ignoredTags") {
+                let RawBsonRef::Array(tags) = value else {
+                    return Err(invalid(format!("{what}: 'ignoredTags' must be strings")));
+                };
+                for tag in tags.into_iter().flatten().take(1000) {
+                    let RawBsonRef::String(tag) = tag else {
+                        return Err(invalid(format!("{what}: 'ignoredTags' must be strings")));
+                    };
+                    ignored_tags.push(tag.to_ascii_lowercase());
+                }
+            }
+            CharFilter::HtmlStrip { ignored_tags }
+        }
+        "icuNormalize" => {
+            only(spec, &what, &["type"])?;
+            CharFilter::IcuNormalize
+        }
+        "persian" => {
+            only(spec, &what, &["type"])?;
+            CharFilter::Persian
+        }
+        "mapping" => {
+            only(spec, &what, &["type", "mappings"])?;
+            let mappings = spec
+                .get_document("mappings")
+                .map_err(|_| invalid(format!("{what} needs 'mappings', a document")))?;
+            let mut pairs = Vec::new();
+            for (from, to) in mappings.iter().flatten() {
+                let RawBsonRef::String(to) = to else {
+                    return Err(invalid(format!("{what}: each mapping must be a string")));
+                };
+                if from.is_empty() || pairs.len() == MAX_CHAR_MAPPINGS {
+                    return Err(invalid(format!(
+                        "{what}: mappings need non-empty keys, at most {MAX_CHAR_MAPPINGS}"
+                    )));
+                }
+                pairs.push((from.to_string(), to.to_string()));
+            }
+            CharFilter::Mapping(pairs)
+        }
+        _ => {
+            return Err(invalid(format!(
+                "analyzer '{analyzer}': '{kind}' is not a char filter type (htmlStrip, \
+                 icuNormalize, mapping and persian are)"
             )))
         }
     })
@@ -487,7 +615,7 @@ fn parse_mapping(
     for (key, value) in mapping.iter().flatten() {
         match (key, value) {
             // A `document` field's own definition is its mapping.
-            ("type", RawBsonRef::String("document")) if depth > 0 => {}
+            ("type", RawBsonRef::String("document" | "embeddedDocuments")) if depth > 0 => {}
             ("dynamic", RawBsonRef::Boolean(b)) => out.dynamic = b,
             ("dynamic", RawBsonRef::Document(_)) => {
                 return Err(invalid(format!(
@@ -544,13 +672,20 @@ fn parse_mapping(
 /// Field types Atlas has that likewise does not serve yet.
 const NOT_YET: &[&str] = &[
     "uuid",
-    "embeddedDocuments",
     "geo",
     "knnVector",
     "numberFacet",
     "dateFacet",
     "stringFacet",
 ];
+
+/// Whether `mapping` names an `embeddedDocuments` field at any depth.
+fn holds_embedded(mapping: &DocumentMapping) -> bool {
+    mapping
+        .fields
+        .values()
+        .any(|f| f.embedded.is_some() || f.document.as_ref().is_some_and(holds_embedded))
+}
 
 fn parse_field(
     def: &RawDocument,
@@ -640,6 +775,22 @@ fn parse_field(
             field.document = Some(parse_mapping(def, at, defaults, depth + 1, count)?);
             Ok(field)
         }
+        Ok("embeddedDocuments") => {
+            if field.embedded.is_some() {
+                return Err(invalid(format!(
+                    "'{at}' declares type embeddedDocuments twice"
+                )));
+            }
+            let mapping = parse_mapping(def, at, defaults, depth + 1, count)?;
+            if holds_embedded(&mapping) {
+                return Err(invalid(format!(
+                    "'{at}': embeddedDocuments inside embeddedDocuments is not served by \
+                     likewise yet"
+                )));
+            }
+            field.embedded = Some(mapping);
+            Ok(field)
+        }
         Ok(t @ ("number" | "date" | "boolean" | "objectId" | "token")) => {
             let mut normalizer = Normalizer::None;
             for (key, value) in def.iter().flatten() {
@@ -716,7 +867,7 @@ fn parse_field(
         }
         Ok(t) if NOT_YET.contains(&t) => Err(invalid(format!(
             "'{at}' has type '{t}', which likewise does not serve yet (string, token, number, \
-             date, boolean, objectId, autocomplete and document are served)"
+             date, boolean, objectId, autocomplete, document and embeddedDocuments are served)"
         ))),
         Ok(t) => Err(invalid(format!(
             "'{at}.type' '{t}' is not an Atlas Search field type"

@@ -4,6 +4,7 @@
 //! those. Options likewise does not serve yet are refused by name.
 
 use crate::error::{Code, Error};
+use crate::index::embedded::EmbeddedAggregate;
 use crate::index::text::{
     Facet, FieldValue, Fuzzy, Highlight, Operator, ScoreModifier, SearchPath, SortKey,
 };
@@ -24,12 +25,14 @@ const SERVED: &[&str] = &[
     "regex",
     "autocomplete",
     "queryString",
+    "embeddedDocument",
 ];
 
 fn not_served(op: &str) -> Error {
     bad(format!(
         "the $search operator '{op}' is not served by likewise yet (text, phrase, compound, \
-         equals, in, range, exists, wildcard, regex, autocomplete and queryString are)"
+         equals, in, range, exists, wildcard, regex, autocomplete, queryString and \
+         embeddedDocument are)"
     ))
 }
 
@@ -109,8 +112,8 @@ pub fn parse_search(stage: &RawDocument) -> Result<SearchStage, Error> {
                 return Err(bad(format!("\"$search.{op}\" must be a document")))
             }
             (
-                "embeddedDocument" | "geoShape" | "geoWithin" | "knnBeta" | "moreLikeThis" | "near"
-                | "span" | "hasAncestor" | "hasRoot",
+                "geoShape" | "geoWithin" | "knnBeta" | "moreLikeThis" | "near" | "span"
+                | "hasAncestor" | "hasRoot",
                 _,
             ) => return Err(not_served(key)),
             _ => return Err(bad(format!("\"$search.{key}\" is not a $search option"))),
@@ -615,6 +618,59 @@ fn parse_operator(
             })
         }
         "equals" | "in" | "range" | "exists" => parse_value_operator(name, spec),
+        "embeddedDocument" => {
+            let (mut path, mut operator) = (None, None);
+            let (mut aggregate, mut score) = (EmbeddedAggregate::default(), None);
+            for (key, value) in spec.iter().flatten() {
+                match (key, value) {
+                    ("path", RawBsonRef::String(p)) if !p.is_empty() => path = Some(p),
+                    ("operator", RawBsonRef::Document(d)) => {
+                        let mut fields = d.iter();
+                        let (Some(Ok((op, RawBsonRef::Document(inner)))), None) =
+                            (fields.next(), fields.next())
+                        else {
+                            return Err(bad("\"embeddedDocument.operator\" must be one operator"));
+                        };
+                        if !SERVED.contains(&op) {
+                            return Err(not_served(op));
+                        }
+                        operator = Some(parse_operator(op, inner, depth + 1, clauses)?);
+                    }
+                    ("score", RawBsonRef::Document(d)) => match d.get_document("embedded") {
+                        Ok(embedded) => {
+                            (aggregate, score) = parse_embedded_score(embedded)?;
+                            if d.iter().count() != 1 {
+                                return Err(bad(
+                                    "\"embeddedDocument.score\" takes only 'embedded'",
+                                ));
+                            }
+                        }
+                        Err(_) => score = Some(parse_score(value, "embeddedDocument.score")?),
+                    },
+                    _ => {
+                        return Err(bad(format!(
+                            "\"embeddedDocument.{key}\" is not an embeddedDocument option, or \
+                             has the wrong type (path: a string, operator, score)"
+                        )))
+                    }
+                }
+            }
+            let path = path.ok_or_else(|| bad("\"embeddedDocument.path\" is required"))?;
+            let operator =
+                operator.ok_or_else(|| bad("\"embeddedDocument.operator\" is required"))?;
+            if let Some(outside) = foreign_path(&operator, path) {
+                return Err(bad(format!(
+                    "embeddedDocument: the path '{outside}' is not under '{path}' (every path \
+                     of its operator must be)"
+                )));
+            }
+            Ok(Operator::Embedded {
+                path: path.to_string(),
+                operator: Box::new(operator),
+                aggregate,
+                score,
+            })
+        }
         "queryString" => {
             let (mut default_path, mut query) = (None, None);
             let mut score = None;
@@ -838,6 +894,70 @@ fn parse_value_operator(name: &str, spec: &RawDocument) -> Result<Operator, Erro
     }
 }
 
+/// `score.embedded`: `{aggregate?: "sum" | "maximum" | "minimum" |
+/// "mean", outerScore?: <score>}`.
+fn parse_embedded_score(
+    spec: &RawDocument,
+) -> Result<(EmbeddedAggregate, Option<ScoreModifier>), Error> {
+    let mut aggregate = EmbeddedAggregate::default();
+    let mut outer = None;
+    for (key, value) in spec.iter().flatten() {
+        match (key, value) {
+            ("aggregate", RawBsonRef::String(name)) => {
+                aggregate = EmbeddedAggregate::parse(name).ok_or_else(|| {
+                    bad(format!(
+                        "\"score.embedded.aggregate\" must be sum, maximum, minimum or mean, \
+                         not '{name}'"
+                    ))
+                })?
+            }
+            ("outerScore", v) => outer = Some(parse_score(v, "score.embedded.outerScore")?),
+            _ => {
+                return Err(bad(format!(
+                    "\"score.embedded.{key}\" is not an embedded score option (aggregate, \
+                     outerScore)"
+                )))
+            }
+        }
+    }
+    Ok((aggregate, outer))
+}
+
+/// The first path `operator` names that is not `root` or under it, if any
+/// (wildcard paths are checked by their literal start).
+fn foreign_path(operator: &Operator, root: &str) -> Option<String> {
+    let under = |p: &str| p == root || p.strip_prefix(root).is_some_and(|r| r.starts_with('.'));
+    let search_path = |p: &SearchPath| match p {
+        SearchPath::Field(f) => f.clone(),
+        SearchPath::Multi { path, .. } => path.clone(),
+        SearchPath::Wildcard(g) => g.split('*').next().unwrap_or("").to_string(),
+    };
+    let check = |paths: Vec<String>| paths.into_iter().find(|p| !under(p) && !(p.is_empty()));
+    match operator {
+        Operator::Text { paths, .. }
+        | Operator::Phrase { paths, .. }
+        | Operator::Regex { paths, .. } => check(paths.iter().map(search_path).collect()),
+        Operator::Equals { path, .. }
+        | Operator::In { path, .. }
+        | Operator::Range { path, .. }
+        | Operator::Autocomplete { path, .. }
+        | Operator::Exists { path, .. }
+        | Operator::Embedded { path, .. } => check(vec![path.clone()]),
+        Operator::Compound {
+            must,
+            must_not,
+            should,
+            filter,
+            ..
+        } => must
+            .iter()
+            .chain(must_not)
+            .chain(should)
+            .chain(filter)
+            .find_map(|op| foreign_path(op, root)),
+    }
+}
+
 /// How many clauses an operator tree holds.
 fn count_clauses(op: &Operator) -> usize {
     match op {
@@ -856,6 +976,7 @@ fn count_clauses(op: &Operator) -> usize {
                 .map(count_clauses)
                 .sum::<usize>()
         }
+        Operator::Embedded { operator, .. } => 1 + count_clauses(operator),
         _ => 1,
     }
 }

@@ -4,7 +4,9 @@
 //! documents: the `_id` <-> key map (`ids`) and BSON vectors (`vector`).
 //! The catalog of live indexes is `crate::registry`.
 
+pub mod analysis;
 pub mod bytes;
+pub mod embedded;
 pub mod ids;
 pub mod text;
 pub mod vector;

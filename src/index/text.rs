@@ -14,6 +14,8 @@
 //! Lucene counts those holding the field; they agree when every document
 //! has the path.
 
+use crate::index::analysis::{CharFilter, CharFiltered, Pattern, RegexTokenizer, TokenRule};
+use crate::index::embedded::{elements_at, ElementMatches, EmbeddedAggregate, ParentScores};
 use crate::index::ids::canonical;
 pub use crate::index::words::Grams;
 use crate::index::words::{GramTokenizer, WordTokenizer};
@@ -122,12 +124,14 @@ pub const MAX_CUSTOM_ANALYZERS: usize = 64;
 #[derive(Debug, Clone, PartialEq)]
 pub struct CustomAnalyzer {
     pub name: String,
+    /// `charFilters`, in order, over the text before the tokenizer.
+    pub char_filters: Vec<CharFilter>,
     pub tokenizer: CustomTokenizer,
     pub filters: Vec<CustomFilter>,
 }
 
 /// The tokenizers a custom analyzer may name (Atlas's `tokenizer.type`).
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum CustomTokenizer {
     /// `standard`: words as `lucene.standard` cuts them, tokens longer
     /// than `maxTokenLength` (default 255) dropped.
@@ -140,6 +144,12 @@ pub enum CustomTokenizer {
     EdgeGram { min: usize, max: usize },
     /// `nGram`: every run of `min` to `max` characters of the value.
     NGram { min: usize, max: usize },
+    /// `regexSplit` (`group` `None`: the text between matches) and
+    /// `regexCaptureGroup` (`group` `Some(n)`: group `n` of each match).
+    Regex {
+        pattern: Pattern,
+        group: Option<usize>,
+    },
 }
 
 /// The token filters a custom analyzer may list (Atlas's `tokenFilters`).
@@ -155,33 +165,46 @@ pub enum CustomFilter {
     Stopword(Vec<String>),
     /// `snowballStemming` with `stemmerName`.
     SnowballStemming(tantivy::tokenizer::Language),
-    /// `length`: tokens longer than `max` characters removed.
-    Length { max: usize },
+    /// `length`, `reverse`, `trim`, `englishPossessive` and `regex`: a
+    /// rewrite or a drop of each token on its own.
+    Rule(TokenRule),
 }
 
 impl CustomAnalyzer {
     fn build(&self) -> TextAnalyzer {
         let limit = |n: usize| RemoveLongFilter::limit(n + 1);
-        let mut builder = match self.tokenizer {
-            CustomTokenizer::Standard { max_token_length } => {
-                TextAnalyzer::builder(WordTokenizer::words())
-                    .filter(limit(max_token_length))
-                    .dynamic()
-            }
-            CustomTokenizer::Whitespace { max_token_length } => {
-                TextAnalyzer::builder(WhitespaceTokenizer::default())
-                    .filter(limit(max_token_length))
-                    .dynamic()
-            }
-            CustomTokenizer::Keyword => TextAnalyzer::builder(RawTokenizer::default()).dynamic(),
+        let mut builder = match &self.tokenizer {
+            CustomTokenizer::Standard { max_token_length } => TextAnalyzer::builder(
+                CharFiltered::new(self.char_filters.clone(), WordTokenizer::words()),
+            )
+            .filter(limit(*max_token_length))
+            .dynamic(),
+            CustomTokenizer::Whitespace { max_token_length } => TextAnalyzer::builder(
+                CharFiltered::new(self.char_filters.clone(), WhitespaceTokenizer::default()),
+            )
+            .filter(limit(*max_token_length))
+            .dynamic(),
+            CustomTokenizer::Keyword => TextAnalyzer::builder(CharFiltered::new(
+                self.char_filters.clone(),
+                RawTokenizer::default(),
+            ))
+            .dynamic(),
             CustomTokenizer::EdgeGram { min, max } | CustomTokenizer::NGram { min, max } => {
                 let prefix_only = matches!(self.tokenizer, CustomTokenizer::EdgeGram { .. });
-                let grams = tantivy::tokenizer::NgramTokenizer::new(min, max, prefix_only)
+                let grams = tantivy::tokenizer::NgramTokenizer::new(*min, *max, prefix_only)
                     .unwrap_or_else(|_| {
                         tantivy::tokenizer::NgramTokenizer::all_ngrams(1, 1).expect("1..1 grams")
                     });
-                TextAnalyzer::builder(grams).dynamic()
+                TextAnalyzer::builder(CharFiltered::new(self.char_filters.clone(), grams)).dynamic()
             }
+            CustomTokenizer::Regex { pattern, group } => TextAnalyzer::builder(CharFiltered::new(
+                self.char_filters.clone(),
+                RegexTokenizer {
+                    pattern: pattern.clone(),
+                    group: *group,
+                },
+            ))
+            .dynamic(),
         };
         for filter in &self.filters {
             builder = match filter {
@@ -193,7 +216,7 @@ impl CustomAnalyzer {
                 CustomFilter::SnowballStemming(language) => {
                     builder.filter_dynamic(Stemmer::new(*language))
                 }
-                CustomFilter::Length { max } => builder.filter_dynamic(limit(*max)),
+                CustomFilter::Rule(rule) => builder.filter_dynamic(rule.clone()),
             };
         }
         builder.build()
@@ -374,6 +397,10 @@ pub struct FieldMapping {
     /// searched with a path `{value, multi}`.
     pub multi: BTreeMap<String, StringField>,
     pub document: Option<DocumentMapping>,
+    /// `embeddedDocuments`: each element of the array of documents here
+    /// indexed on its own with this mapping, searched only by
+    /// `embeddedDocument`.
+    pub embedded: Option<DocumentMapping>,
     pub values: ValueTypes,
     pub autocomplete: Option<AutocompleteField>,
 }
@@ -548,7 +575,11 @@ impl TextSpec {
             }
             for (name, field) in &m.fields {
                 let path = format!("{prefix}{name}");
-                if field.string.is_some() || field.values.any() || field.autocomplete.is_some() {
+                if field.string.is_some()
+                    || field.values.any()
+                    || field.autocomplete.is_some()
+                    || field.embedded.is_some()
+                {
                     // The whole value, so its document fields too (mongod
                     // refuses a projection naming a path and its child).
                     out.push(path);
@@ -601,6 +632,44 @@ impl TextSpec {
         let mut out = Vec::new();
         walk(&self.mappings, "", &mut out);
         out
+    }
+
+    /// Every `embeddedDocuments` path the mapping names (through
+    /// `document` fields), with the spec its child index is built from:
+    /// the element mapping under the full path, the index's analyzers and
+    /// synonyms, nothing stored.
+    fn named_embedded(&self) -> Vec<(String, TextSpec)> {
+        fn walk(m: &DocumentMapping, prefix: &str, out: &mut Vec<(String, DocumentMapping)>) {
+            for (name, field) in &m.fields {
+                let path = format!("{prefix}{name}");
+                if let Some(e) = &field.embedded {
+                    out.push((path.clone(), e.clone()));
+                }
+                if let Some(inner) = &field.document {
+                    walk(inner, &format!("{path}."), out);
+                }
+            }
+        }
+        let mut found = Vec::new();
+        walk(&self.mappings, "", &mut found);
+        found
+            .into_iter()
+            .map(|(path, mapping)| {
+                let field = FieldMapping {
+                    document: Some(mapping),
+                    ..FieldMapping::default()
+                };
+                let spec = TextSpec {
+                    mappings: DocumentMapping {
+                        dynamic: false,
+                        fields: BTreeMap::from([(path.clone(), field)]),
+                    },
+                    stored_source: StoredSource::None,
+                    ..self.clone()
+                };
+                (path, spec)
+            })
+            .collect()
     }
 
     /// The analyzer of paths met while indexing, when any mapping is
@@ -849,6 +918,17 @@ pub enum Operator {
         minimum_should_match: usize,
         score: Option<ScoreModifier>,
     },
+    /// `embeddedDocument`: documents with an element of the
+    /// `embeddedDocuments` field at `path` that matches `operator` on its
+    /// own (its paths are the element's, under `path.`); scored by
+    /// `aggregate` over the matching elements' scores, then `score`
+    /// (Atlas's `outerScore`).
+    Embedded {
+        path: String,
+        operator: Box<Operator>,
+        aggregate: EmbeddedAggregate,
+        score: Option<ScoreModifier>,
+    },
 }
 
 impl Operator {
@@ -886,6 +966,7 @@ impl Operator {
                     filter,
                     ..
                 } => todo.extend(must.iter().chain(must_not).chain(should).chain(filter)),
+                Operator::Embedded { operator, .. } => todo.push(operator),
                 _ => {}
             }
         }
@@ -932,8 +1013,14 @@ pub struct TextIndex {
     writer: Mutex<Option<IndexWriter>>,
     reader: IndexReader,
     slots: Mutex<Slots>,
-    /// Synonym mappings by name, as last read from their collections.
-    synonym_tables: Mutex<HashMap<String, std::sync::Arc<SynonymTable>>>,
+    /// Synonym mappings by name, as last read from their collections
+    /// (shared with the embedded indexes).
+    synonym_tables: std::sync::Arc<Mutex<HashMap<String, std::sync::Arc<SynonymTable>>>>,
+    /// In an embedded index: the `embeddedDocuments` path whose elements
+    /// are its documents, each under its parent's `_id`.
+    root: Option<String>,
+    /// One embedded index per `embeddedDocuments` path, by path.
+    embedded: Vec<(String, TextIndex)>,
     /// Mappings being read now (one read at a time per mapping).
     synonyms_reading: Mutex<std::collections::HashSet<String>>,
 }
@@ -948,9 +1035,28 @@ pub enum TextChange<'a> {
 impl TextIndex {
     /// An empty index for `spec`.
     pub fn new(spec: TextSpec) -> Result<TextIndex, String> {
+        TextIndex::open(spec, None, std::sync::Arc::default())
+    }
+
+    /// An empty index for `spec`: of whole documents (`root` `None`), or
+    /// of the elements at `root`, an `embeddedDocuments` path (their
+    /// parent's `_id` also a fast column, for [`ElementMatches`]).
+    fn open(
+        spec: TextSpec,
+        root: Option<String>,
+        synonym_tables: std::sync::Arc<Mutex<HashMap<String, std::sync::Arc<SynonymTable>>>>,
+    ) -> Result<TextIndex, String> {
+        let mut embedded = Vec::new();
+        for (path, child) in spec.named_embedded() {
+            let index = TextIndex::open(child, Some(path.clone()), synonym_tables.clone())?;
+            embedded.push((path, index));
+        }
         let mut schema = Schema::builder();
-        let id_field =
-            schema.add_bytes_field("_id", BytesOptions::default().set_indexed().set_stored());
+        let id_options = match root {
+            None => BytesOptions::default().set_indexed().set_stored(),
+            Some(_) => BytesOptions::default().set_indexed().set_fast(),
+        };
+        let id_field = schema.add_bytes_field("_id", id_options);
         let whole = TextFieldIndexing::default()
             .set_tokenizer("raw")
             .set_index_option(IndexRecordOption::Basic);
@@ -1038,7 +1144,9 @@ impl TextIndex {
                 free,
                 overflow,
             }),
-            synonym_tables: Mutex::new(HashMap::new()),
+            synonym_tables,
+            root,
+            embedded,
             synonyms_reading: Mutex::new(std::collections::HashSet::new()),
         })
     }
@@ -1068,10 +1176,23 @@ impl TextIndex {
             };
             writer.delete_term(Term::from_field_bytes(self.id_field, &canonical(id)));
             if let TextChange::Set(id, doc) = change {
-                let doc = self.to_tantivy(*id, doc);
-                writer
-                    .add_document(doc)
-                    .map_err(|e| format!("cannot index a document: {e}"))?;
+                let mut elements = Vec::new();
+                match &self.root {
+                    None => elements.push(self.to_tantivy(*id, doc, "")),
+                    Some(path) => {
+                        let mut found = Vec::new();
+                        elements_at(doc, path, &mut found);
+                        let prefix = format!("{path}.");
+                        for element in found {
+                            elements.push(self.to_tantivy(*id, element, &prefix));
+                        }
+                    }
+                }
+                for doc in elements {
+                    writer
+                        .add_document(doc)
+                        .map_err(|e| format!("cannot index a document: {e}"))?;
+                }
             }
         }
         if let Err(e) = writer.commit() {
@@ -1082,7 +1203,11 @@ impl TextIndex {
         drop(guard);
         self.reader
             .reload()
-            .map_err(|e| format!("cannot reload the text index: {e}"))
+            .map_err(|e| format!("cannot reload the text index: {e}"))?;
+        for (_, child) in &self.embedded {
+            child.apply(changes)?;
+        }
+        Ok(())
     }
 
     /// Appends this index's snapshot section to `out`: its committed
@@ -1091,7 +1216,8 @@ impl TextIndex {
     /// were given. Format: u32 file count, then per file u32 name length,
     /// name, u64 length, bytes; u32 path count, then per path u32 length,
     /// path, u32 field id (`u32::MAX`: the overflow field); all
-    /// little-endian.
+    /// little-endian; then each embedded index's section, in the order
+    /// of its path in the definition.
     pub fn save(&self, out: &mut Vec<u8>) -> std::io::Result<()> {
         let io = |e: String| std::io::Error::other(e);
         let guard = self.writer.lock().unwrap_or_else(|e| e.into_inner());
@@ -1160,6 +1286,11 @@ impl TextIndex {
             out.extend_from_slice(&(path.len() as u32).to_le_bytes());
             out.extend_from_slice(path.as_bytes());
             out.extend_from_slice(&id.to_le_bytes());
+        }
+        drop(slots);
+        // Then each embedded index's section, in the definition's order.
+        for (_, child) in &self.embedded {
+            child.save(out)?;
         }
         Ok(())
     }
@@ -1231,6 +1362,10 @@ impl TextIndex {
             };
             slots.by_path.insert(path, (slot, string));
         }
+        drop(slots);
+        for (_, child) in &self.embedded {
+            child.restore(r)?;
+        }
         Ok(())
     }
 
@@ -1285,7 +1420,11 @@ impl TextIndex {
         drop(guard);
         self.reader
             .reload()
-            .map_err(|e| format!("cannot reload the text index: {e}"))
+            .map_err(|e| format!("cannot reload the text index: {e}"))?;
+        for (_, child) in &self.embedded {
+            child.clear()?;
+        }
+        Ok(())
     }
 
     /// The `k` best-scoring documents for `operator`, best first, with
@@ -1754,9 +1893,11 @@ impl TextIndex {
         Ok((matched.len(), out))
     }
 
-    fn to_tantivy(&self, id: RawBsonRef<'_>, doc: &RawDocument) -> TantivyDocument {
+    /// `doc` as a tantivy document under `id`, its paths under `prefix`
+    /// (an embedded element's `path.`, else empty).
+    fn to_tantivy(&self, id: RawBsonRef<'_>, doc: &RawDocument, prefix: &str) -> TantivyDocument {
         let mut leaves = Vec::new();
-        collect_leaves(doc, "", 0, &mut leaves);
+        collect_leaves(doc, prefix, usize::from(!prefix.is_empty()), &mut leaves);
         let mut out = TantivyDocument::default();
         out.add_bytes(self.id_field, &canonical(id));
         let mut overflow: BTreeMap<String, Vec<OwnedValue>> = BTreeMap::new();
@@ -2155,6 +2296,37 @@ impl TextIndex {
         used
     }
 
+    /// In an embedded index: the parents (by `_id`, in the parent index's
+    /// `parent_id_field`) with an element matching `operator`, scored by
+    /// `aggregate` over their matching elements.
+    fn parents(
+        &self,
+        operator: &Operator,
+        aggregate: EmbeddedAggregate,
+        parent_id_field: Field,
+        budget: &mut usize,
+    ) -> Result<Box<dyn Query>, TextError> {
+        let query = self.query(operator, budget)?;
+        let searcher = self.reader.searcher();
+        let matches = searcher
+            .search(
+                query.as_ref(),
+                &ElementMatches {
+                    id_field: "_id".to_string(),
+                },
+            )
+            .map_err(|e| TextError::Engine(format!("embedded search failed: {e}")))?;
+        let scores = matches
+            .into_iter()
+            .map(|(id, combined)| (id, combined.value(aggregate)))
+            .collect();
+        Ok(Box::new(ParentScores {
+            id_field: parent_id_field,
+            scores: std::sync::Arc::new(scores),
+            aggregate,
+        }))
+    }
+
     fn query(&self, operator: &Operator, budget: &mut usize) -> Result<Box<dyn Query>, TextError> {
         let spend = |budget: &mut usize, n: usize| -> Result<(), TextError> {
             *budget = budget.checked_sub(n).ok_or_else(|| {
@@ -2470,6 +2642,27 @@ impl TextIndex {
                     ))
                 };
                 (query, score)
+            }
+            Operator::Embedded {
+                path,
+                operator,
+                aggregate,
+                score,
+            } => {
+                let child = self
+                    .embedded
+                    .iter()
+                    .find(|(p, _)| p == path)
+                    .map(|(_, child)| child)
+                    .ok_or_else(|| {
+                        TextError::Query(format!(
+                            "embeddedDocument: '{path}' is not indexed as embeddedDocuments"
+                        ))
+                    })?;
+                (
+                    child.parents(operator, *aggregate, self.id_field, budget)?,
+                    score,
+                )
             }
         };
         Ok(match score {
@@ -2864,6 +3057,200 @@ mod tests {
         assert_eq!(run(exists("sub.k")), vec![2]);
         assert_eq!(run(exists("s")), vec![1]);
         assert_eq!(run(exists("none")), Vec::<i32>::new());
+    }
+
+    /// A definition with `items` as embeddedDocuments (name: string,
+    /// qty: number) and a top-level string `title`.
+    fn embedded_spec() -> TextSpec {
+        let element = DocumentMapping {
+            dynamic: false,
+            fields: BTreeMap::from([
+                (
+                    "name".to_string(),
+                    FieldMapping {
+                        string: Some(StringField {
+                            analyzer: Analyzer::Standard,
+                            search_analyzer: Analyzer::Standard,
+                        }),
+                        ..FieldMapping::default()
+                    },
+                ),
+                (
+                    "qty".to_string(),
+                    FieldMapping {
+                        values: ValueTypes {
+                            number: true,
+                            ..ValueTypes::default()
+                        },
+                        ..FieldMapping::default()
+                    },
+                ),
+            ]),
+        };
+        let mut spec = dynamic(Analyzer::Standard);
+        spec.mappings.dynamic = false;
+        spec.mappings.fields.insert(
+            "title".into(),
+            FieldMapping {
+                string: Some(StringField {
+                    analyzer: Analyzer::Standard,
+                    search_analyzer: Analyzer::Standard,
+                }),
+                ..FieldMapping::default()
+            },
+        );
+        spec.mappings.fields.insert(
+            "items".into(),
+            FieldMapping {
+                embedded: Some(element),
+                ..FieldMapping::default()
+            },
+        );
+        spec
+    }
+
+    fn apple_with_qty(at_least: i64, aggregate: EmbeddedAggregate) -> Operator {
+        Operator::Embedded {
+            path: "items".into(),
+            operator: Box::new(Operator::Compound {
+                must: vec![
+                    text("apple", "items.name"),
+                    Operator::Range {
+                        path: "items.qty".into(),
+                        lower: std::ops::Bound::Included(FieldValue::Int(at_least)),
+                        upper: std::ops::Bound::Unbounded,
+                        score: None,
+                    },
+                ],
+                must_not: vec![],
+                should: vec![],
+                filter: vec![],
+                minimum_should_match: 0,
+                score: None,
+            }),
+            aggregate,
+            score: None,
+        }
+    }
+
+    #[test]
+    fn embedded_documents_match_within_one_element() {
+        let docs = [
+            // An apple with 10: matches.
+            rawdoc! { "_id": 1, "title": "fruit", "items": [
+            { "name": "red apple", "qty": 10 }, { "name": "pear", "qty": 1 } ] },
+            // An apple and a 10, in different elements: does not.
+            rawdoc! { "_id": 2, "title": "fruit", "items": [
+            { "name": "apple", "qty": 1 }, { "name": "pear", "qty": 10 } ] },
+            // Two apples with enough: matches, scores summed.
+            rawdoc! { "_id": 3, "title": "more fruit", "items": [
+            { "name": "apple", "qty": 7 }, { "name": "green apple pie", "qty": 9 } ] },
+            // A lone document is one element.
+            rawdoc! { "_id": 4, "items": { "name": "apple", "qty": 20 } },
+            rawdoc! { "_id": 5, "title": "apple", "items": [] },
+        ];
+        let index = index_of(embedded_spec(), &docs);
+        assert_eq!(index.len(), 5);
+        let op = apple_with_qty(5, EmbeddedAggregate::Sum);
+        let (hits, total) = index.search(&op, 10).unwrap();
+        let mut found = ids(&hits);
+        found.sort();
+        assert_eq!((found, total), (vec![1, 3, 4], 3));
+        // The parent does not index the elements' paths itself.
+        assert_eq!(index.search(&text("apple", "items.name"), 10).unwrap().1, 0);
+        assert_eq!(index.search(&text("apple", "title"), 10).unwrap().1, 1);
+        // Aggregates: 3's two elements against its best and worst one.
+        let score_of = |aggregate, id: i32| -> f64 {
+            let hits = index.top(&apple_with_qty(5, aggregate), 10).unwrap();
+            hits.iter()
+                .find(|(i, _)| *i == RawBson::Int32(id))
+                .map(|(_, s)| *s)
+                .unwrap()
+        };
+        let (sum, max, min, mean) = (
+            score_of(EmbeddedAggregate::Sum, 3),
+            score_of(EmbeddedAggregate::Maximum, 3),
+            score_of(EmbeddedAggregate::Minimum, 3),
+            score_of(EmbeddedAggregate::Mean, 3),
+        );
+        assert!(min < max, "{min} {max}");
+        assert!((sum - (max + min)).abs() < 1e-4, "{sum} {max} {min}");
+        assert!((mean - sum / 2.0).abs() < 1e-4, "{mean} {sum}");
+        // Inside compound with a parent clause, and with an outer boost.
+        let both = Operator::Compound {
+            must: vec![
+                apple_with_qty(5, EmbeddedAggregate::Sum),
+                text("more", "title"),
+            ],
+            must_not: vec![],
+            should: vec![],
+            filter: vec![],
+            minimum_should_match: 0,
+            score: None,
+        };
+        assert_eq!(ids(&index.top(&both, 10).unwrap()), vec![3]);
+        let boosted =
+            apple_with_qty(5, EmbeddedAggregate::Sum).with_score(ScoreModifier::Boost(3.0));
+        assert!(
+            (score_of(EmbeddedAggregate::Sum, 1) * 3.0
+                - index
+                    .top(&boosted, 10)
+                    .unwrap()
+                    .iter()
+                    .find(|(i, _)| *i == RawBson::Int32(1))
+                    .unwrap()
+                    .1)
+                .abs()
+                < 1e-4
+        );
+        // Writes replace a document's elements, and removes drop them.
+        let changed =
+            rawdoc! { "_id": 1, "title": "fruit", "items": [{ "name": "apple", "qty": 2 }] };
+        index
+            .apply(&[
+                TextChange::Set(RawBsonRef::Int32(1), &changed),
+                TextChange::Remove(RawBsonRef::Int32(4)),
+            ])
+            .unwrap();
+        assert_eq!(ids(&index.top(&op, 10).unwrap()), vec![3]);
+        assert_eq!(
+            index
+                .search(&apple_with_qty(1, EmbeddedAggregate::Sum), 10)
+                .unwrap()
+                .1,
+            3
+        );
+        // A snapshot carries the embedded index.
+        let mut section = Vec::new();
+        index.save(&mut section).unwrap();
+        let copy = TextIndex::new(embedded_spec()).unwrap();
+        copy.restore(&mut crate::index::bytes::Reader::new(&section, 0))
+            .unwrap();
+        assert_eq!(ids(&copy.top(&op, 10).unwrap()), vec![3]);
+        assert_eq!(
+            copy.search(&apple_with_qty(1, EmbeddedAggregate::Sum), 10)
+                .unwrap()
+                .1,
+            3
+        );
+        // A path not indexed as embeddedDocuments is an error.
+        let wrong = Operator::Embedded {
+            path: "title".into(),
+            operator: Box::new(text("x", "title.x")),
+            aggregate: EmbeddedAggregate::Sum,
+            score: None,
+        };
+        assert!(matches!(index.search(&wrong, 10), Err(TextError::Query(_))));
+        // Clearing clears the elements too.
+        copy.clear().unwrap();
+        copy.apply(&[TextChange::Set(RawBsonRef::Int32(9), &docs[4])])
+            .unwrap();
+        assert_eq!(
+            copy.search(&apple_with_qty(1, EmbeddedAggregate::Sum), 10)
+                .unwrap()
+                .1,
+            0
+        );
     }
 
     #[test]

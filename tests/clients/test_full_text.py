@@ -264,12 +264,17 @@ def test_custom_analyzers(client):
     assert ids({"text": {"query": "ab-12", "path": "code"}}) == [1]  # the value's prefixes
     assert ids({"text": {"query": "ab", "path": "code"}}) == [1, 2]
     for analyzers, message in (
-        ([{"name": "x", "tokenizer": {"type": "regexSplit", "pattern": ","}}], "regexSplit"),
+        ([{"name": "x", "tokenizer": {"type": "uaxUrlEmail"}}], "uaxUrlEmail"),
         ([{"name": "x", "tokenizer": {"type": "standard"}, "tokenFilters": [{"type": "icuFolding"}]}],
          "icuFolding"),
         ([{"name": "lucene.mine", "tokenizer": {"type": "standard"}}], "lucene.mine"),
-        ([{"name": "x", "charFilters": [{"type": "htmlStrip"}], "tokenizer": {"type": "standard"}}],
-         "charFilters"),
+        ([{"name": "x", "charFilters": [{"type": "rot13"}], "tokenizer": {"type": "standard"}}],
+         "rot13"),
+        ([{"name": "x", "tokenizer": {"type": "regexSplit", "pattern": "("}}], "pattern"),
+        ([{"name": "x", "tokenizer": {"type": "regexCaptureGroup", "pattern": "(a)", "group": 2}}],
+         "group"),
+        ([{"name": "x", "tokenizer": {"type": "standard"},
+           "tokenFilters": [{"type": "length", "min": 5, "max": 2}]}], "min"),
     ):
         with pytest.raises(OperationFailure) as e:
             coll.create_search_index(SearchIndexModel(
@@ -279,6 +284,79 @@ def test_custom_analyzers(client):
         coll.create_search_index(SearchIndexModel(
             {"analyzer": "nowhere", "mappings": {"dynamic": True}}, name="refused"))
     assert e.value.code == 72 and "nowhere" in str(e.value)
+
+
+def test_char_filters_regex_tokenizers_and_token_rules(client):
+    """Custom analyzers with `charFilters` (htmlStrip, mapping,
+    icuNormalize, persian), the `regexSplit` and `regexCaptureGroup`
+    tokenizers and the `length` (min and max), `reverse`,
+    `englishPossessive` and `regex` token filters; highlights of a
+    char-filtered field point into the original text."""
+    coll = client.full_text.char_filtered
+    coll.drop()
+    coll.insert_many([
+        {"_id": 1, "html": "<p>Fish&amp;chips</p><script>var hidden;</script>", "tags": "red;green",
+         "phone": "call 555-1234 now", "words": "Bob's a cat's toy", "uni": "ﬁne Cafe\u0301"},
+        {"_id": 2, "html": "<div>hidden <b>gem</b></div>", "tags": "blue; dark-red",
+         "phone": "555-9876", "words": "x yy zzzzzzz", "uni": "plain"},
+    ])
+    coll.create_search_index(SearchIndexModel({
+        "analyzers": [
+            {"name": "html", "charFilters": [{"type": "htmlStrip"},
+                                             {"type": "mapping", "mappings": {"&": " and "}}],
+             "tokenizer": {"type": "standard"}, "tokenFilters": [{"type": "lowercase"}]},
+            {"name": "tags", "tokenizer": {"type": "regexSplit", "pattern": ";\\s*"},
+             "tokenFilters": [{"type": "reverse"}]},
+            {"name": "line", "tokenizer": {"type": "regexCaptureGroup",
+                                           "pattern": "(\\d{3})-(\\d{4})", "group": 2}},
+            {"name": "words", "tokenizer": {"type": "whitespace"},
+             "tokenFilters": [{"type": "englishPossessive"},
+                              {"type": "length", "min": 2, "max": 4},
+                              {"type": "regex", "pattern": "o", "replacement": "0",
+                               "matches": "all"}]},
+            {"name": "uni", "charFilters": [{"type": "icuNormalize"}, {"type": "persian"}],
+             "tokenizer": {"type": "whitespace"}},
+        ],
+        "mappings": {"dynamic": False, "fields": {
+            "html": {"type": "string", "analyzer": "html"},
+            "tags": {"type": "string", "analyzer": "tags"},
+            "phone": {"type": "string", "analyzer": "line", "searchAnalyzer": "lucene.keyword"},
+            "words": {"type": "string", "analyzer": "words"},
+            "uni": {"type": "string", "analyzer": "uni"},
+        }},
+    }, name="filtered"))
+    wait_ready(coll, "filtered")
+
+    def ids(query, path):
+        return sorted(d["_id"] for d in search(
+            coll, {"text": {"query": query, "path": path}}, index="filtered"))
+
+    assert ids("fish and chips", "html") == [1]
+    assert ids("amp", "html") == []  # the entity is decoded, the tag gone
+    assert ids("hidden", "html") == [2]  # script content is not text
+    assert ids("gem", "html") == [2]
+    # regexSplit: whole pieces (reversed at index and query time alike).
+    assert ids("red", "tags") == [1]
+    assert ids("dark-red", "tags") == [2]
+    assert ids("dark", "tags") == []
+    # regexCaptureGroup: the second group of each match is the token.
+    assert ids("1234", "phone") == [1]
+    assert ids("555", "phone") == []
+    # englishPossessive, then length 2..4, then o -> 0 (queries too).
+    assert ids("Bob's", "words") == [1]
+    assert ids("B0b", "words") == [1]
+    assert ids("toy", "words") == [1]
+    assert ids("cat", "words") == [1]
+    assert ids("yy", "words") == [2]
+    assert ids("x", "words") == [] and ids("zzzzzzz", "words") == []
+    # icuNormalize: NFKC with case folding.
+    assert ids("fine", "uni") == [1]
+    assert ids("caf\u00e9", "uni") == [1]
+    # Highlights are cut from the original text.
+    got = search(coll, {"text": {"query": "chips", "path": "html"}, "highlight": {"path": "html"}},
+                 {"$project": {"h": {"$meta": "searchHighlights"}}}, index="filtered")
+    hits = [t["value"] for h in got[0]["h"] for t in h["texts"] if t["type"] == "hit"]
+    assert hits == ["chips"], got
 
 
 def test_synonyms_from_a_collection(client):
@@ -411,6 +489,93 @@ def test_equals_in_range_and_exists_on_typed_fields(client):
     # Writes are compared at once.
     coll.update_one({"_id": 2}, {"$set": {"price": 31}})
     assert ids({"range": {"path": "price", "gt": 30, "lt": 32}}) == [2]
+
+
+def test_embedded_documents_match_within_one_element(client, direct_uri):
+    """`embeddedDocuments` fields and the `embeddedDocument` operator:
+    every clause holds in one element of the array (like `$elemMatch`),
+    the elements' scores combine by `score.embedded.aggregate`, and writes
+    through the proxy or around it reach the elements."""
+    coll = client.full_text.orders
+    coll.drop()
+    coll.insert_many([
+        {"_id": 1, "customer": "ann", "items": [
+            {"name": "red apple", "qty": 10}, {"name": "pear", "qty": 1}]},
+        # An apple and a 10, but in different elements.
+        {"_id": 2, "customer": "bob", "items": [
+            {"name": "apple", "qty": 1}, {"name": "pear", "qty": 10}]},
+        {"_id": 3, "customer": "cy", "items": [
+            {"name": "apple", "qty": 7}, {"name": "green apple pie", "qty": 9}]},
+        {"_id": 4, "customer": "di", "items": {"name": "apple", "qty": 20}},
+        {"_id": 5, "customer": "apple", "items": []},
+    ])
+    coll.create_search_index(SearchIndexModel(
+        {"mappings": {"dynamic": False, "fields": {
+            "customer": {"type": "string"},
+            "items": {"type": "embeddedDocuments", "dynamic": False, "fields": {
+                "name": {"type": "string"}, "qty": {"type": "number"}}}}}},
+        name="orders"))
+    wait_ready(coll, "orders")
+
+    def apples(at_least, **score):
+        return {"embeddedDocument": {"path": "items", "operator": {"compound": {"must": [
+            {"text": {"query": "apple", "path": "items.name"}},
+            {"range": {"path": "items.qty", "gte": at_least}}]}}, **score}}
+
+    def scored(operator, *later):
+        got = search(coll, operator, {"$project": {"s": SCORE}}, *later, index="orders")
+        return {d["_id"]: d["s"] for d in got}
+
+    assert sorted(scored(apples(5))) == [1, 3, 4]
+    # The elements' paths are searched only through embeddedDocument.
+    assert scored({"text": {"query": "apple", "path": "items.name"}}) == {}
+    assert sorted(scored({"text": {"query": "apple", "path": "customer"}})) == [5]
+    best = scored(apples(5, score={"embedded": {"aggregate": "maximum"}}))
+    worst = scored(apples(5, score={"embedded": {"aggregate": "minimum"}}))
+    total = scored(apples(5))
+    mean = scored(apples(5, score={"embedded": {"aggregate": "mean"}}))
+    assert worst[3] < best[3]
+    assert total[3] == pytest.approx(best[3] + worst[3], rel=1e-5)
+    assert mean[3] == pytest.approx(total[3] / 2, rel=1e-5)
+    # A single matching element scores the same under every aggregate.
+    assert best[1] == pytest.approx(total[1], rel=1e-5) == pytest.approx(worst[1], rel=1e-5)
+    boosted = scored(apples(5, score={"embedded": {"aggregate": "sum", "outerScore": {
+        "boost": {"value": 2}}}}))
+    assert boosted[3] == pytest.approx(2 * total[3], rel=1e-5)
+    # Combined with a clause on the parent document, and counted.
+    both = {"compound": {"must": [apples(5)], "filter": [
+        {"text": {"query": "cy", "path": "customer"}}]}}
+    assert list(scored(both)) == [3]
+    meta = list(coll.aggregate([{"$searchMeta": {
+        "index": "orders", **apples(1), "count": {"type": "total"}}}]))
+    assert meta == [{"count": {"total": 4}}]
+    # A write through the proxy is searched by the next query.
+    coll.update_one({"_id": 2}, {"$set": {"items.1.name": "apple"}})
+    assert sorted(scored(apples(5))) == [1, 2, 3, 4]
+    coll.delete_one({"_id": 4})
+    assert sorted(scored(apples(5))) == [1, 2, 3]
+    # A write around the proxy arrives by the change stream.
+    with MongoClient(direct_uri) as direct:
+        direct.full_text.orders.update_one(
+            {"_id": 5}, {"$push": {"items": {"name": "apple crumble", "qty": 50}}})
+    eventually(lambda: sorted(scored(apples(5))) == [1, 2, 3, 5])
+    # Refusals, MongoDB-shaped.
+    with pytest.raises(OperationFailure) as e:
+        search(coll, {"embeddedDocument": {"path": "customer", "operator": {
+            "text": {"query": "x", "path": "customer.x"}}}}, index="orders")
+    assert e.value.code == 2 and "embeddedDocuments" in str(e.value)
+    with pytest.raises(OperationFailure) as e:
+        search(coll, {"embeddedDocument": {"path": "items", "operator": {
+            "text": {"query": "x", "path": "customer"}}}}, index="orders")
+    assert e.value.code == 2 and "not under 'items'" in str(e.value)
+    with pytest.raises(OperationFailure) as e:
+        search(coll, apples(1, score={"embedded": {"aggregate": "median"}}), index="orders")
+    assert e.value.code == 2 and "median" in str(e.value)
+    with pytest.raises(OperationFailure) as e:
+        coll.create_search_index(SearchIndexModel(
+            {"mappings": {"fields": {"items": {"type": "embeddedDocuments", "fields": {
+                "parts": {"type": "embeddedDocuments"}}}}}}, name="nested"))
+    assert e.value.code == 72 and "embeddedDocuments inside" in str(e.value)
 
 
 def test_sort_orders_matches_by_fields_then_score(client):
