@@ -128,8 +128,9 @@ fn main() {
         })
         .collect();
     println!(
-        "{{\"documents\": {}, \"build_s\": {:.3}, \"build_docs_per_s\": {:.1}, \"queries\": {}, \"qps\": {:.1}, \"p50_ms\": {:.3}, \"p99_ms\": {:.3}, \"top\": [{}]}}",
+        "{{\"documents\": {}, \"segments\": {}, \"build_s\": {:.3}, \"build_docs_per_s\": {:.1}, \"queries\": {}, \"qps\": {:.1}, \"p50_ms\": {:.3}, \"p99_ms\": {:.3}, \"top\": [{}]}}",
         docs.len(),
+        index.segments(),
         build_s,
         docs.len() as f64 / build_s,
         operators.len(),

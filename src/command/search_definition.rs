@@ -5,7 +5,7 @@
 //! (never ignored), with what likewise serves instead.
 
 use crate::error::{Code, Error};
-use crate::index::analysis::{compile_pattern, CharFilter, Pattern, TokenRule};
+use crate::index::analysis::{compile_pattern, CharFilter, Mappings, Pattern, TokenRule};
 use crate::index::text::{
     Analyzer, AutocompleteField, CustomAnalyzer, CustomFilter, CustomTokenizer, DocumentMapping,
     FieldMapping, Grams, Normalizer, StoredSource, StringField, SynonymMapping, TextSpec,
@@ -58,7 +58,14 @@ pub fn parse(definition: &RawDocument) -> Result<TextSpec, Error> {
             ("analyzer" | "searchAnalyzer", _) => {}
             ("mappings", RawBsonRef::Document(m)) => {
                 let mut count = 0;
-                mappings = Some(parse_mapping(m, "mappings", defaults, 0, &mut count)?)
+                let mapping = parse_mapping(m, "mappings", defaults, 0, &mut count)?;
+                if embedded_paths(&mapping) > MAX_EMBEDDED_PATHS {
+                    return Err(invalid(format!(
+                        "a definition may have at most {MAX_EMBEDDED_PATHS} embeddedDocuments \
+                         fields (each is an index of its own in likewise)"
+                    )));
+                }
+                mappings = Some(mapping)
             }
             ("storedSource", RawBsonRef::Boolean(all)) => {
                 stored_source = if all {
@@ -555,7 +562,7 @@ fn parse_char_filter(analyzer: &str, spec: &RawDocument) -> Result<CharFilter, E
                 }
                 pairs.push((from.to_string(), to.to_string()));
             }
-            CharFilter::Mapping(pairs)
+            CharFilter::Mapping(Mappings::new(pairs).map_err(|e| invalid(format!("{what}: {e}")))?)
         }
         _ => {
             return Err(invalid(format!(
@@ -679,12 +686,17 @@ const NOT_YET: &[&str] = &[
     "stringFacet",
 ];
 
-/// Whether `mapping` names an `embeddedDocuments` field at any depth.
-fn holds_embedded(mapping: &DocumentMapping) -> bool {
+/// Most `embeddedDocuments` fields one definition holds: each is a
+/// tantivy index with a writer of its own.
+const MAX_EMBEDDED_PATHS: usize = 16;
+
+/// How many `embeddedDocuments` fields `mapping` names, at any depth.
+fn embedded_paths(mapping: &DocumentMapping) -> usize {
     mapping
         .fields
         .values()
-        .any(|f| f.embedded.is_some() || f.document.as_ref().is_some_and(holds_embedded))
+        .map(|f| usize::from(f.embedded.is_some()) + f.document.as_ref().map_or(0, embedded_paths))
+        .sum()
 }
 
 fn parse_field(
@@ -782,7 +794,7 @@ fn parse_field(
                 )));
             }
             let mapping = parse_mapping(def, at, defaults, depth + 1, count)?;
-            if holds_embedded(&mapping) {
+            if embedded_paths(&mapping) > 0 {
                 return Err(invalid(format!(
                     "'{at}': embeddedDocuments inside embeddedDocuments is not served by \
                      likewise yet"

@@ -924,15 +924,21 @@ fn parse_embedded_score(
 }
 
 /// The first path `operator` names that is not `root` or under it, if any
-/// (wildcard paths are checked by their literal start).
+/// (a wildcard path by its literal start, which may stop short of
+/// `root.`).
 fn foreign_path(operator: &Operator, root: &str) -> Option<String> {
     let under = |p: &str| p == root || p.strip_prefix(root).is_some_and(|r| r.starts_with('.'));
     let search_path = |p: &SearchPath| match p {
-        SearchPath::Field(f) => f.clone(),
-        SearchPath::Multi { path, .. } => path.clone(),
-        SearchPath::Wildcard(g) => g.split('*').next().unwrap_or("").to_string(),
+        SearchPath::Field(f) => (f.clone(), false),
+        SearchPath::Multi { path, .. } => (path.clone(), false),
+        SearchPath::Wildcard(g) => (g.split('*').next().unwrap_or("").to_string(), true),
     };
-    let check = |paths: Vec<String>| paths.into_iter().find(|p| !under(p) && !(p.is_empty()));
+    let check = |paths: Vec<(String, bool)>| {
+        paths
+            .into_iter()
+            .find(|(p, glob)| !(under(p) || *glob && format!("{root}.").starts_with(p.as_str())))
+            .map(|(p, _)| p)
+    };
     match operator {
         Operator::Text { paths, .. }
         | Operator::Phrase { paths, .. }
@@ -942,7 +948,7 @@ fn foreign_path(operator: &Operator, root: &str) -> Option<String> {
         | Operator::Range { path, .. }
         | Operator::Autocomplete { path, .. }
         | Operator::Exists { path, .. }
-        | Operator::Embedded { path, .. } => check(vec![path.clone()]),
+        | Operator::Embedded { path, .. } => check(vec![(path.clone(), false)]),
         Operator::Compound {
             must,
             must_not,

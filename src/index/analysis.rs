@@ -50,9 +50,36 @@ pub enum CharFilter {
     IcuNormalize,
     /// `mapping`: each occurrence of a key replaced by its value, the
     /// longest key first at each position.
-    Mapping(Vec<(String, String)>),
+    Mapping(Mappings),
     /// `persian`: the zero-width non-joiner replaced by a space.
     Persian,
+}
+
+/// A `mapping` char filter's pairs, with an Aho-Corasick automaton over
+/// their keys (leftmost-longest, as Lucene's `MappingCharFilter` picks).
+#[derive(Debug, Clone)]
+pub struct Mappings {
+    pairs: Vec<(String, String)>,
+    keys: aho_corasick::AhoCorasick,
+}
+
+impl Mappings {
+    /// The automaton for `pairs` (non-empty keys). Errors: the
+    /// automaton's, past its size limits.
+    pub fn new(pairs: Vec<(String, String)>) -> Result<Mappings, String> {
+        let keys = aho_corasick::AhoCorasick::builder()
+            .match_kind(aho_corasick::MatchKind::LeftmostLongest)
+            .build(pairs.iter().map(|(from, _)| from))
+            .map_err(|e| e.to_string())?;
+        Ok(Mappings { pairs, keys })
+    }
+}
+
+impl PartialEq for Mappings {
+    fn eq(&self, other: &Mappings) -> bool {
+        // The automaton is a function of the pairs.
+        self.pairs == other.pairs
+    }
 }
 
 /// Text being filtered, with, for each of its bytes, where the original
@@ -60,8 +87,8 @@ pub enum CharFilter {
 /// entry, the original's end).
 struct Mapped {
     text: String,
-    origin: Vec<usize>,
-    ends: Vec<usize>,
+    origin: Vec<u32>,
+    ends: Vec<u32>,
 }
 
 impl Mapped {
@@ -77,8 +104,9 @@ impl Mapped {
     fn of(text: &str) -> Mapped {
         Mapped {
             text: text.to_string(),
-            origin: (0..=text.len()).collect(),
-            ends: (1..=text.len()).collect(),
+            // Offsets as u32 (half the memory; BSON strings are < 16 MiB).
+            origin: (0..=text.len()).map(offset).collect(),
+            ends: (1..=text.len()).map(offset).collect(),
         }
     }
 
@@ -98,7 +126,7 @@ impl Mapped {
         self.ends.extend_from_slice(&prev.ends[from..to]);
     }
 
-    fn finish(mut self, end: usize) -> Mapped {
+    fn finish(mut self, end: u32) -> Mapped {
         self.origin.push(end);
         self
     }
@@ -181,26 +209,15 @@ impl CharFilter {
                     }
                 }
             }
-            CharFilter::Mapping(pairs) => {
-                let mut i = 0;
-                while i < text.len() {
-                    let rest = &text[i..];
-                    let best = pairs
-                        .iter()
-                        .filter(|(from, _)| rest.starts_with(from.as_str()))
-                        .max_by_key(|(from, _)| from.len());
-                    match best {
-                        Some((from, to)) => {
-                            out.push(to, prev, i, i + from.len());
-                            i += from.len();
-                        }
-                        None => {
-                            let n = rest.chars().next().map_or(1, char::len_utf8);
-                            out.copy(prev, i, i + n);
-                            i += n;
-                        }
-                    }
+            CharFilter::Mapping(mappings) => {
+                let mut at = 0;
+                for m in mappings.keys.find_iter(text) {
+                    out.copy(prev, at, m.start());
+                    let to = &mappings.pairs[m.pattern().as_usize()].1;
+                    out.push(to, prev, m.start(), m.end());
+                    at = m.end();
                 }
+                out.copy(prev, at, text.len());
             }
             CharFilter::IcuNormalize => {
                 // A starter and the combining marks after it normalize
@@ -212,8 +229,15 @@ impl CharFilter {
                         out.push(&s, prev, from, to);
                     }
                 };
+                // Hangul vowel and trailing jamo compose with what is
+                // before them too, though they are letters, not marks.
+                let continues = |c: char| {
+                    unicode_normalization::char::is_combining_mark(c)
+                        || ('\u{1160}'..='\u{11ff}').contains(&c)
+                        || ('\u{d7b0}'..='\u{d7ff}').contains(&c)
+                };
                 for (i, c) in text.char_indices() {
-                    if i > start && !unicode_normalization::char::is_combining_mark(c) {
+                    if i > start && !continues(c) {
                         flush(&mut out, start, i);
                         start = i;
                     }
@@ -223,11 +247,14 @@ impl CharFilter {
             CharFilter::HtmlStrip { ignored_tags } => {
                 let mut i = 0;
                 let mut skip_until: Option<String> = None;
+                // Where the next `>` is, and from where there is none,
+                // so that no `<` scans the rest of the text again.
+                let (mut next_gt, mut no_gt_from) = (None::<usize>, usize::MAX);
                 while i < text.len() {
                     let rest = &text[i..];
                     if let Some(closing) = &skip_until {
                         // Inside script or style: up to its closing tag.
-                        match rest.to_ascii_lowercase().find(closing.as_str()) {
+                        match find_ascii_ignoring_case(rest, closing) {
                             Some(at) => {
                                 i += at;
                                 skip_until = None;
@@ -241,7 +268,14 @@ impl CharFilter {
                         continue;
                     }
                     if rest.starts_with('<') {
-                        if let Some(close) = rest.find('>') {
+                        if i < no_gt_from && next_gt.is_none_or(|g| g < i) {
+                            next_gt = rest.find('>').map(|e| i + e);
+                            if next_gt.is_none() {
+                                no_gt_from = i;
+                            }
+                        }
+                        let close = next_gt.filter(|&g| g > i).map(|g| g - i);
+                        if let Some(close) = close {
                             let inner = &rest[1..close];
                             let name: String = inner
                                 .trim_start_matches('/')
@@ -251,13 +285,15 @@ impl CharFilter {
                                 .to_ascii_lowercase();
                             let tag_like = !name.is_empty() || inner.starts_with('!');
                             if tag_like {
-                                if ignored_tags.iter().any(|t| t.eq_ignore_ascii_case(&name)) {
+                                let ignored =
+                                    ignored_tags.iter().any(|t| t.eq_ignore_ascii_case(&name));
+                                if ignored {
                                     out.copy(prev, i, i + close + 1);
                                 } else if BLOCK_TAGS.contains(&name.as_str()) {
                                     out.push("\n", prev, i, i + close + 1);
                                 }
-                                if !inner.starts_with('/') && (name == "script" || name == "style")
-                                {
+                                let opens = !inner.starts_with('/') && !inner.ends_with('/');
+                                if opens && !ignored && (name == "script" || name == "style") {
                                     skip_until = Some(format!("</{name}"));
                                 }
                                 i += close + 1;
@@ -266,8 +302,11 @@ impl CharFilter {
                         }
                     }
                     if let Some(after) = rest.strip_prefix('&') {
+                        // Entity names are short: look at 32 bytes at most.
                         let name_end = after
-                            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '#'))
+                            .bytes()
+                            .take(32)
+                            .position(|b| !(b.is_ascii_alphanumeric() || b == b'#'))
                             .map(|e| e + 1);
                         if let Some(e) = name_end.filter(|&e| rest[e..].starts_with(';')) {
                             if let Some(c) = entity(&after[..e - 1]) {
@@ -287,6 +326,22 @@ impl CharFilter {
     }
 }
 
+/// A byte offset as stored in [`Mapped`].
+fn offset(at: usize) -> u32 {
+    u32::try_from(at).unwrap_or(u32::MAX)
+}
+
+/// Where `needle` (ASCII, lower-case) first occurs in `haystack`, ASCII
+/// letters compared ignoring case; linear in `haystack` for a short
+/// needle.
+fn find_ascii_ignoring_case(haystack: &str, needle: &str) -> Option<usize> {
+    let (h, n) = (haystack.as_bytes(), needle.as_bytes());
+    if n.is_empty() || h.len() < n.len() {
+        return None;
+    }
+    (0..=h.len() - n.len()).find(|&i| h[i..i + n.len()].eq_ignore_ascii_case(n))
+}
+
 /// A tokenizer over text that `filters` rewrote first; tokens' offsets
 /// are the original text's.
 #[derive(Clone)]
@@ -294,8 +349,8 @@ pub struct CharFiltered<T> {
     pub filters: Vec<CharFilter>,
     pub inner: T,
     text: String,
-    origin: Vec<usize>,
-    ends: Vec<usize>,
+    origin: Vec<u32>,
+    ends: Vec<u32>,
 }
 
 impl<T> CharFiltered<T> {
@@ -314,6 +369,14 @@ impl<T: Tokenizer> Tokenizer for CharFiltered<T> {
     type TokenStream<'a> = CharFilteredStream<'a, T::TokenStream<'a>>;
 
     fn token_stream<'a>(&'a mut self, text: &'a str) -> Self::TokenStream<'a> {
+        if self.filters.is_empty() {
+            // Nothing rewrites the text: offsets stand as they are.
+            return CharFilteredStream {
+                inner: self.inner.token_stream(text),
+                origin: &[],
+                ends: &[],
+            };
+        }
         let mut mapped = Mapped::of(text);
         for filter in &self.filters {
             mapped = filter.apply(&mapped);
@@ -334,8 +397,8 @@ impl<T: Tokenizer> Tokenizer for CharFiltered<T> {
 /// its last byte's source ends).
 pub struct CharFilteredStream<'a, S> {
     inner: S,
-    origin: &'a [usize],
-    ends: &'a [usize],
+    origin: &'a [u32],
+    ends: &'a [u32],
 }
 
 impl<S: TokenStream> TokenStream for CharFilteredStream<'_, S> {
@@ -343,12 +406,15 @@ impl<S: TokenStream> TokenStream for CharFilteredStream<'_, S> {
         if !self.inner.advance() {
             return false;
         }
-        let last = self.origin.len().saturating_sub(1);
+        if self.origin.is_empty() {
+            return true;
+        }
+        let last = self.origin.len() - 1;
         let token = self.inner.token_mut();
         let (from, to) = (token.offset_from.min(last), token.offset_to.min(last));
-        token.offset_from = self.origin[from];
+        token.offset_from = self.origin[from] as usize;
         token.offset_to = match to > from {
-            true => self.ends[to - 1].max(token.offset_from),
+            true => (self.ends[to - 1] as usize).max(token.offset_from),
             false => token.offset_from,
         };
         true
@@ -600,11 +666,34 @@ mod tests {
             "a <b>c</b>",
         );
         assert_eq!(kept[1].0, "<b>c</b>");
+        // A kept script keeps its content; a self-closing one hides
+        // nothing; a `<` that no `>` closes is text.
+        let strip = |ignored: Vec<String>, text: &str| -> Vec<String> {
+            words(
+                vec![CharFilter::HtmlStrip {
+                    ignored_tags: ignored,
+                }],
+                text,
+            )
+            .into_iter()
+            .map(|t| t.0)
+            .collect()
+        };
+        assert_eq!(
+            strip(vec!["script".into()], "<script> x </script>"),
+            ["<script>", "x", "</script>"]
+        );
+        assert_eq!(strip(vec![], "<script/> y"), ["y"]);
+        assert_eq!(strip(vec![], "a <b c"), ["a", "<b", "c"]);
+        let many = "x<".repeat(50_000);
+        assert_eq!(strip(vec![], &many).len(), 1);
     }
 
     #[test]
     fn mapping_persian_and_icu_rewrite_before_the_tokenizer() {
-        let mapping = CharFilter::Mapping(vec![("-".into(), " ".into()), ("--".into(), "".into())]);
+        let mapping = CharFilter::Mapping(
+            Mappings::new(vec![("-".into(), " ".into()), ("--".into(), "".into())]).unwrap(),
+        );
         let got = words(vec![mapping], "a-b c--d");
         let texts: Vec<&str> = got.iter().map(|t| t.0.as_str()).collect();
         assert_eq!(texts, ["a", "b", "cd"]);
@@ -616,6 +705,9 @@ mod tests {
         let texts: Vec<&str> = got.iter().map(|t| t.0.as_str()).collect();
         assert_eq!(texts, ["fine", "café"]);
         assert_eq!((got[1].1, got[1].2), (6, 12));
+        // Conjoining jamo compose into a syllable.
+        let got = words(vec![CharFilter::IcuNormalize], "\u{1100}\u{1161}\u{11a8} x");
+        assert_eq!(got[0].0, "\u{ac01}");
     }
 
     #[test]

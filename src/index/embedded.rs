@@ -12,7 +12,8 @@
 //! ([`ElementMatches`], scores combined by [`EmbeddedAggregate`]), and
 //! answers in the parent index with [`ParentScores`]: the parents found,
 //! by their `_id` terms, with those scores. Its cost is proportional to
-//! the elements that match.
+//! the elements that match, plus a term lookup per matching parent in
+//! each segment of the parent index.
 
 use bson::{RawBsonRef, RawDocument};
 use std::collections::HashMap;
@@ -20,7 +21,7 @@ use std::sync::Arc;
 use tantivy::collector::{Collector, SegmentCollector};
 use tantivy::columnar::BytesColumn;
 use tantivy::query::{EnableScoring, Explanation, Query, Scorer, Weight};
-use tantivy::schema::{Field, IndexRecordOption};
+use tantivy::schema::{Field, IndexRecordOption, Value};
 use tantivy::{DocId, Score, SegmentOrdinal, SegmentReader, Term};
 use tantivy::{DocSet, TERMINATED};
 
@@ -213,7 +214,7 @@ impl SegmentCollector for SegmentMatches {
 #[derive(Clone)]
 pub struct ParentScores {
     pub id_field: Field,
-    pub scores: Arc<Vec<(Vec<u8>, Score)>>,
+    pub scores: Arc<HashMap<Vec<u8>, Score>>,
     pub aggregate: EmbeddedAggregate,
 }
 
@@ -258,17 +259,22 @@ impl Weight for ParentScores {
         Ok(Box::new(ListScorer { docs, at: 0, boost }))
     }
 
+    /// The document's score, found by its stored `_id`.
     fn explain(&self, reader: &SegmentReader, doc: DocId) -> tantivy::Result<Explanation> {
-        let docs = self.docs(reader)?;
-        match docs.binary_search_by_key(&doc, |(d, _)| *d) {
-            Ok(at) => {
+        let stored: tantivy::TantivyDocument = reader.get_store_reader(1)?.get(doc)?;
+        let score = stored
+            .get_first(self.id_field)
+            .and_then(|v| v.as_bytes())
+            .and_then(|id| self.scores.get(id));
+        match score {
+            Some(score) => {
                 let description = format!(
                     "embeddedDocument: the {} of its matching elements' scores",
                     self.aggregate.name()
                 );
-                Ok(Explanation::new_with_string(description, docs[at].1))
+                Ok(Explanation::new_with_string(description, *score))
             }
-            Err(_) => Err(tantivy::TantivyError::InvalidArgument(format!(
+            None => Err(tantivy::TantivyError::InvalidArgument(format!(
                 "document #{doc} does not match"
             ))),
         }

@@ -1160,6 +1160,12 @@ impl TextIndex {
         self.len() == 0
     }
 
+    /// Segments the index searches now (tantivy merges them in the
+    /// background; each commit adds one).
+    pub fn segments(&self) -> usize {
+        self.reader.searcher().segment_readers().len()
+    }
+
     /// Applies documents' new states in order and makes them searchable.
     /// CPU work: a blocking thread.
     pub fn apply(&self, changes: &[TextChange<'_>]) -> Result<(), String> {
@@ -1200,13 +1206,16 @@ impl TextIndex {
             *guard = None;
             return Err(format!("cannot commit the text index: {e}"));
         }
-        drop(guard);
         self.reader
             .reload()
             .map_err(|e| format!("cannot reload the text index: {e}"))?;
+        // The elements under the parent's writer lock: writers of the
+        // same documents (a build's scan, the change stream) leave parent
+        // and elements at the same version.
         for (_, child) in &self.embedded {
             child.apply(changes)?;
         }
+        drop(guard);
         Ok(())
     }
 
@@ -1217,7 +1226,7 @@ impl TextIndex {
     /// name, u64 length, bytes; u32 path count, then per path u32 length,
     /// path, u32 field id (`u32::MAX`: the overflow field); all
     /// little-endian; then each embedded index's section, in the order
-    /// of its path in the definition.
+    /// of their paths (sorted), under this index's writer lock.
     pub fn save(&self, out: &mut Vec<u8>) -> std::io::Result<()> {
         let io = |e: String| std::io::Error::other(e);
         let guard = self.writer.lock().unwrap_or_else(|e| e.into_inner());
@@ -1257,7 +1266,6 @@ impl TextIndex {
             .atomic_read(std::path::Path::new("meta.json"))
             .map_err(|e| io(format!("cannot read the text index's meta.json: {e}")))?;
         files.push(("meta.json".to_string(), meta));
-        drop(guard);
         out.extend_from_slice(&(files.len() as u32).to_le_bytes());
         for (name, bytes) in &files {
             out.extend_from_slice(&(name.len() as u32).to_le_bytes());
@@ -1288,10 +1296,12 @@ impl TextIndex {
             out.extend_from_slice(&id.to_le_bytes());
         }
         drop(slots);
-        // Then each embedded index's section, in the definition's order.
+        // Then each embedded index's section, still under the writer
+        // lock, so they hold the same writes as the parent's.
         for (_, child) in &self.embedded {
             child.save(out)?;
         }
+        drop(guard);
         Ok(())
     }
 
@@ -1516,15 +1526,15 @@ impl TextIndex {
         let query = self.compile(operator)?;
         let searcher = self.reader.searcher();
         let failed = |e: tantivy::TantivyError| TextError::Engine(format!("search failed: {e}"));
-        let best = TopDocs::with_limit(k.max(1)).order_by_score();
         let (top, total) = if count {
+            let best = TopDocs::with_limit(k.max(1)).order_by_score();
             let (top, total) = searcher
                 .search(query.as_ref(), &(best, tantivy::collector::Count))
                 .map_err(failed)?;
             (top, Some(total))
         } else {
             (
-                searcher.search(query.as_ref(), &best).map_err(failed)?,
+                best_k(&searcher, query.as_ref(), k.max(1)).map_err(failed)?,
                 None,
             )
         };
@@ -2316,7 +2326,7 @@ impl TextIndex {
                 },
             )
             .map_err(|e| TextError::Engine(format!("embedded search failed: {e}")))?;
-        let scores = matches
+        let scores: HashMap<Vec<u8>, f32> = matches
             .into_iter()
             .map(|(id, combined)| (id, combined.value(aggregate)))
             .collect();
@@ -2674,6 +2684,67 @@ impl TextIndex {
             }
         })
     }
+}
+
+/// A match kept by [`best_k`]: higher scores first, then earlier
+/// documents.
+#[derive(PartialEq)]
+struct Ranked(f32, tantivy::DocAddress);
+
+impl Eq for Ranked {}
+
+impl PartialOrd for Ranked {
+    fn partial_cmp(&self, other: &Ranked) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Ranked {
+    fn cmp(&self, other: &Ranked) -> std::cmp::Ordering {
+        self.0
+            .total_cmp(&other.0)
+            .then_with(|| other.1.cmp(&self.1))
+    }
+}
+
+/// The `k` (at least 1) best-scoring live matches of `query`, best first,
+/// equal scores in document order: what tantivy's `TopDocs` finds, but
+/// with one heap across segments, so every segment's block-max WAND walk
+/// starts from the `k`-th best score the segments before it found
+/// (`TopDocs` starts each segment from nothing, which costs a walk per
+/// segment on an index that commits often).
+fn best_k(
+    searcher: &tantivy::Searcher,
+    query: &dyn Query,
+    k: usize,
+) -> tantivy::Result<Vec<(f32, tantivy::DocAddress)>> {
+    use std::cmp::Reverse;
+    let weight = query.weight(tantivy::query::EnableScoring::enabled_from_searcher(
+        searcher,
+    ))?;
+    let mut heap: std::collections::BinaryHeap<Reverse<Ranked>> =
+        std::collections::BinaryHeap::with_capacity(k + 1);
+    let mut threshold = f32::MIN;
+    for (ord, reader) in searcher.segment_readers().iter().enumerate() {
+        let ord = u32::try_from(ord).unwrap_or(u32::MAX);
+        let alive = reader.alive_bitset();
+        weight.for_each_pruning(threshold, reader, &mut |doc, score| {
+            if alive.is_some_and(|a| a.is_deleted(doc)) {
+                return threshold;
+            }
+            heap.push(Reverse(Ranked(score, tantivy::DocAddress::new(ord, doc))));
+            if heap.len() > k {
+                heap.pop();
+            }
+            if heap.len() == k {
+                threshold = heap.peek().map_or(f32::MIN, |r| r.0 .0);
+            }
+            threshold
+        })?;
+    }
+    let mut out: Vec<Ranked> = heap.into_iter().map(|r| r.0).collect();
+    out.sort_unstable_by(|a, b| b.cmp(a));
+    Ok(out.into_iter().map(|r| (r.0, r.1)).collect())
 }
 
 /// The term of `token` at `path` (its own field, or the shared overflow
@@ -3251,6 +3322,48 @@ mod tests {
                 .1,
             0
         );
+    }
+
+    #[test]
+    fn the_best_k_across_segments_are_topdocs_best_k() {
+        // Commits of a few documents each: many segments, some deletes.
+        let index = TextIndex::new(dynamic(Analyzer::Standard)).unwrap();
+        let words = ["alpha", "beta", "gamma", "delta", "omega"];
+        for batch in 0..12i32 {
+            let docs: Vec<RawDocumentBuf> = (0..25i32)
+                .map(|i| {
+                    let n = batch * 25 + i;
+                    let text: Vec<&str> = (0..1 + n % 7)
+                        .map(|j| words[((n * j + j) % 5) as usize])
+                        .collect();
+                    rawdoc! { "_id": n, "t": text.join(" ") }
+                })
+                .collect();
+            let changes: Vec<TextChange<'_>> = docs
+                .iter()
+                .map(|d| TextChange::Set(d.get("_id").unwrap().unwrap(), d))
+                .collect();
+            index.apply(&changes).unwrap();
+            index
+                .apply(&[TextChange::Remove(RawBsonRef::Int32(batch * 25 + 3))])
+                .unwrap();
+        }
+        for query in ["alpha", "beta gamma", "omega delta alpha", "nothing"] {
+            for k in [1, 5, 10, 400] {
+                let op = text(query, "t");
+                let pruned = index.top(&op, k).unwrap();
+                let (counted, _) = index.search(&op, k).unwrap();
+                assert_eq!(pruned.len(), counted.len(), "{query} {k}");
+                for (a, b) in pruned.iter().zip(&counted) {
+                    assert!((a.1 - b.1).abs() < 1e-6, "{query} {k}: {a:?} {b:?}");
+                }
+                // Same scores in order; equal scores may list other ids,
+                // but never a deleted one.
+                assert!(pruned
+                    .iter()
+                    .all(|(id, _)| !matches!(id, RawBson::Int32(n) if n % 25 == 3)));
+            }
+        }
     }
 
     #[test]

@@ -16,7 +16,25 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 const MAGIC: &[u8; 4] = b"LWSN";
-const VERSION: u32 = 1;
+/// 2: custom analyzers' `length` filter counts characters (1 counted
+/// bytes); a version 1 snapshot is loaded unless its definition has one.
+const VERSION: u32 = 2;
+
+/// Whether a definition names a custom analyzer with a `length` token
+/// filter (whose terms changed between snapshot versions 1 and 2).
+fn has_length_filter(definition: &RawDocument) -> bool {
+    let Ok(analyzers) = definition.get_array("analyzers") else {
+        return false;
+    };
+    analyzers
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a.as_document())
+        .filter_map(|a| a.get_array("tokenFilters").ok())
+        .flat_map(|filters| filters.into_iter().flatten())
+        .filter_map(|f| f.as_document())
+        .any(|f| f.get_str("type") == Ok("length"))
+}
 
 /// `<data dir>/indexes/<id>.snapshot` for the first vector field of a
 /// first definition, else `<id>.v<definition version>.<part>.snapshot`:
@@ -90,12 +108,16 @@ pub fn load(data_dir: &Path, index: &SearchIndex) -> io::Result<Option<RawDocume
         return Err(corrupt("checksum mismatch"));
     }
     let mut r = Reader::new(body, 4);
-    if r.u32()? != VERSION {
+    let version = r.u32()?;
+    if version != VERSION && version != 1 {
         return Err(corrupt("unknown version"));
     }
     let definition = r.doc()?;
     if definition.as_bytes() != index.definition.as_bytes() {
         return Err(corrupt("built from another definition"));
+    }
+    if version == 1 && has_length_filter(&definition) {
+        return Err(corrupt("built with an older length filter"));
     }
     let token = r.doc()?;
     index.restore_engine(&mut r)?;
