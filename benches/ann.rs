@@ -13,7 +13,10 @@
 
 use likewise::index::exact::Flat;
 use likewise::index::hnsw::{Hnsw, HnswParams};
-use likewise::index::{exact_among, search_allowed, Hit, KeySet, Similarity, VectorIndex};
+use likewise::index::{
+    exact_among, search_allowed, Engine, Hit, KeySet, Quantization, Similarity, VectorIndex,
+    VectorRef,
+};
 use std::time::Instant;
 
 /// Reads `n × d` little-endian f32 (header: n, d as u32).
@@ -38,6 +41,19 @@ fn read_ids(path: &std::path::Path) -> (usize, usize, Vec<u32>) {
         .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
         .collect();
     (n, k, ids)
+}
+
+/// Anonymous resident memory of this process (`RssAnon`), in bytes: what
+/// the heap holds, not file pages such as a quantized index's mapped
+/// full vectors.
+fn rss_anon() -> usize {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("RssAnon:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<usize>().ok())
+        .unwrap_or(0)
+        * 1024
 }
 
 /// Resident memory of this process, in bytes.
@@ -142,11 +158,97 @@ fn filtered(dir: &std::path::Path, hnsw: &Hnsw, queries: &[Vec<f32>], k: usize) 
     out
 }
 
+/// A quantized engine (default oversampling) built from `vectors`: its
+/// build rate, the resident memory it added (codes and graph; the full
+/// vectors go to a file), and recall / QPS per `ef`, as one JSON object.
+fn quantized_run(
+    quantization: Quantization,
+    vectors: &[Vec<f32>],
+    queries: &[Vec<f32>],
+    (truth, gt_k): (&[u32], usize),
+    (similarity, params, k): (Similarity, HnswParams, usize),
+    efs: &str,
+) -> String {
+    let d = vectors[0].len();
+    let before = rss();
+    let start = Instant::now();
+    let mut engine = Engine::quantized(d, similarity, params, quantization, 0);
+    for (i, v) in vectors.iter().enumerate() {
+        engine.insert(i as u32, VectorRef::F32(v));
+    }
+    let build_s = start.elapsed().as_secs_f64();
+    let memory = rss().saturating_sub(before);
+    let mut results = Vec::new();
+    for ef in efs.split(',').map(|e| e.parse::<usize>().unwrap()) {
+        let search = |q: &Vec<f32>| engine.search_counted(VectorRef::F32(q), k, ef.max(k)).0;
+        for q in queries.iter().take(50) {
+            search(q);
+        }
+        let start = Instant::now();
+        let found: Vec<Vec<u32>> = queries
+            .iter()
+            .map(|q| search(q).iter().map(|h| h.key).collect())
+            .collect();
+        let qps = queries.len() as f64 / start.elapsed().as_secs_f64();
+        results.push(format!(
+            "{{\"ef\":{ef},\"recall\":{:.5},\"qps\":{qps:.1}}}",
+            recall(&found, truth, k, gt_k)
+        ));
+    }
+    let name = match quantization {
+        Quantization::Scalar => "likewise-sq8",
+        Quantization::Binary => "likewise-binary",
+    };
+    let oversampling = likewise::index::quantized::default_oversampling(quantization);
+    format!(
+        "{{\"engine\":\"{name}\",\"oversampling\":{oversampling},\"build_s\":{build_s:.3},\"build_vps\":{:.1},\"memory_bytes\":{memory},\"results\":[{}]}}",
+        vectors.len() as f64 / build_s,
+        results.join(",")
+    )
+}
+
+/// `DIR M EF_CONSTRUCTION METRIC memory:scalar|binary`: builds that
+/// quantized index alone in this fresh process and prints the anonymous
+/// memory it added (its full vectors are in a mapped file).
+fn quantized_memory(dir: &str, m: &str, ef_construction: &str, metric: &str, kind: &str) {
+    let similarity = match metric {
+        "cosine" => Similarity::Cosine,
+        _ => Similarity::Euclidean,
+    };
+    let (_, d, base) = read_matrix(&std::path::Path::new(dir).join("base.f32"));
+    let params = HnswParams {
+        max_edges: m.parse().unwrap(),
+        num_edge_candidates: ef_construction.parse().unwrap(),
+        ..HnswParams::default()
+    };
+    let quantization = match kind {
+        "binary" => Quantization::Binary,
+        _ => Quantization::Scalar,
+    };
+    let mut row = Vec::with_capacity(d);
+    let before = rss_anon();
+    let mut engine = Engine::quantized(d, similarity, params, quantization, 0);
+    for (i, v) in base.chunks_exact(d).enumerate() {
+        row.clear();
+        row.extend_from_slice(v);
+        if let Some(prepared) = similarity.prepare(row.clone()) {
+            engine.insert(i as u32, VectorRef::F32(&prepared));
+        }
+    }
+    println!("{}", rss_anon().saturating_sub(before));
+    std::hint::black_box(&engine);
+}
+
 fn main() {
     let args: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| a != "--bench")
         .collect();
+    if let [dir, m, ef_construction, metric, kind] = &args[..] {
+        if let Some(kind) = kind.strip_prefix("memory:") {
+            return quantized_memory(dir, m, ef_construction, metric, kind);
+        }
+    }
     let [dir, k, m, ef_construction, efs, metric] = &args[..] else {
         eprintln!("usage: cargo bench --bench ann -- DIR K M EF_CONSTRUCTION EF,EF,... l2|cosine");
         std::process::exit(2);
@@ -203,11 +305,25 @@ fn main() {
     let exact_queries = &queries[..nq.min(200)];
     let (found, exact_qps) = run(&flat, exact_queries, k, k);
     let exact_recall = recall(&found, &truth, k, gt_k);
+    let quantized: Vec<String> = [Quantization::Scalar, Quantization::Binary]
+        .into_iter()
+        .map(|quantization| {
+            quantized_run(
+                quantization,
+                &vectors,
+                &queries,
+                (&truth, gt_k),
+                (similarity, params, k),
+                efs,
+            )
+        })
+        .collect();
     println!(
-        "{{\"engine\":\"likewise-hnsw\",\"n\":{n},\"dims\":{d},\"build_s\":{build_s:.3},\"build_vps\":{:.1},\"memory_bytes\":{memory},\"raw_bytes\":{},\"results\":[{}],\"exact\":{{\"recall\":{exact_recall:.5},\"qps\":{exact_qps:.1}}},\"filtered\":[{}]}}",
+        "{{\"engine\":\"likewise-hnsw\",\"n\":{n},\"dims\":{d},\"build_s\":{build_s:.3},\"build_vps\":{:.1},\"memory_bytes\":{memory},\"raw_bytes\":{},\"results\":[{}],\"exact\":{{\"recall\":{exact_recall:.5},\"qps\":{exact_qps:.1}}},\"filtered\":[{}],\"quantized\":[{}]}}",
         n as f64 / build_s,
         n * d * 4,
         results.join(","),
-        filters.join(",")
+        filters.join(","),
+        quantized.join(",")
     );
 }

@@ -400,6 +400,8 @@ fn serve(args: ServeArgs) -> ExitCode {
             eprintln!("likewise: --data-dir {}: {e}", dir.display());
             return ExitCode::from(2);
         }
+        // Quantized indexes keep their full-precision vectors here.
+        likewise::index::quantized::set_spill_dir(dir.clone());
     }
     let mut config = Config::new(upstream);
     config.data_dir = args.data_dir;

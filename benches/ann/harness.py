@@ -134,6 +134,20 @@ def run_hnswlib(base, queries, truth, metric):
             "results": results}
 
 
+def faiss_sweep(index, qs, truth):
+    """Recall and QPS of a FAISS HNSW index at each `ef` (after a warm pass)."""
+    results = []
+    for ef in EFS:
+        index.hnsw.efSearch = max(ef, K)
+        for q in qs[:50]:
+            index.search(q[None, :], K)
+        start = time.perf_counter()
+        found = [index.search(q[None, :], K)[1][0] for q in qs]
+        qps = len(qs) / (time.perf_counter() - start)
+        results.append({"ef": ef, "recall": recall(found, truth), "qps": qps})
+    return results
+
+
 def run_faiss(base, queries, truth, metric):
     import faiss
     faiss.omp_set_num_threads(1)
@@ -148,16 +162,29 @@ def run_faiss(base, queries, truth, metric):
     index.add(np.ascontiguousarray(data, dtype=np.float32))
     build = time.perf_counter() - start
     memory = rss() - before
-    results = []
-    for ef in EFS:
-        index.hnsw.efSearch = max(ef, K)
-        for q in qs[:50]:
-            index.search(q[None, :], K)
-        start = time.perf_counter()
-        found = [index.search(q[None, :], K)[1][0] for q in qs]
-        qps = len(qs) / (time.perf_counter() - start)
-        results.append({"ef": ef, "recall": recall(found, truth), "qps": qps})
+    results = faiss_sweep(index, qs, truth)
     return {"engine": "faiss-hnsw", "build_s": build, "build_vps": len(base) / build, "memory_bytes": memory,
+            "results": results}
+
+
+def run_faiss_sq8(base, queries, truth, metric):
+    """FAISS's HNSW over 8-bit scalar codes (`IndexHNSWSQ`, QT_8bit), the
+    reference for likewise's scalar quantization."""
+    import faiss
+    faiss.omp_set_num_threads(1)
+    data, qs = base, queries
+    if metric == "cosine":
+        data = base / np.linalg.norm(base, axis=1, keepdims=True)
+        qs = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+    data = np.ascontiguousarray(data, dtype=np.float32)
+    start = time.perf_counter()
+    index = faiss.IndexHNSWSQ(base.shape[1], faiss.ScalarQuantizer.QT_8bit, M)
+    index.hnsw.efConstruction = EF_CONSTRUCTION
+    index.train(data)
+    index.add(data)
+    build = time.perf_counter() - start
+    results = faiss_sweep(index, qs, truth)
+    return {"engine": "faiss-sq8", "build_s": build, "build_vps": len(base) / build, "memory_bytes": 0,
             "results": results}
 
 
@@ -180,6 +207,13 @@ def build_only(engine, data_dir, metric):
         index = hnswlib.Index(space="l2", dim=base.shape[1])
         index.init_index(max_elements=len(base), M=M, ef_construction=EF_CONSTRUCTION, random_seed=1)
         index.add_items(base, np.arange(len(base)), num_threads=1)
+    elif engine == "faiss-sq8":
+        import faiss
+        faiss.omp_set_num_threads(1)
+        index = faiss.IndexHNSWSQ(base.shape[1], faiss.ScalarQuantizer.QT_8bit, M)
+        index.hnsw.efConstruction = EF_CONSTRUCTION
+        index.train(base)
+        index.add(base)
     else:
         import faiss
         faiss.omp_set_num_threads(1)
@@ -254,17 +288,36 @@ def dataset(name, base, queries, metric, rounds, allowed_sets=None):
     write_matrix(data_dir / "base.f32", base, np.float32)
     write_matrix(data_dir / "queries.f32", queries, np.float32)
     write_matrix(data_dir / "truth.u32", truth, np.uint32)
-    runs = {"likewise-hnsw": [], "hnswlib": [], "faiss-hnsw": []}
+    runs = {"likewise-hnsw": [], "hnswlib": [], "faiss-hnsw": [], "faiss-sq8": [],
+            "likewise-sq8": [], "likewise-binary": []}
     for _ in range(rounds):
         # Interleaved: each round runs every engine once.
-        runs["likewise-hnsw"].append(run_ours(data_dir, metric))
+        ours = run_ours(data_dir, metric)
+        for q in ours.pop("quantized", []):
+            runs[q["engine"]].append(q)
+        runs["likewise-hnsw"].append(ours)
         runs["hnswlib"].append(run_hnswlib(base, queries, truth, metric))
         runs["faiss-hnsw"].append(run_faiss(base, queries, truth, metric))
+        runs["faiss-sq8"].append(run_faiss_sq8(base, queries, truth, metric))
         print(f"  {name}: round done", file=sys.stderr, flush=True)
-    engines = {engine: best_of(r) for engine, r in runs.items()}
-    for engine in ("hnswlib", "faiss-hnsw"):
-        engines[engine]["memory_bytes"] = memory_of(engine.split("-")[0], data_dir, metric)
+    engines = {engine: best_of(r) for engine, r in runs.items() if r}
+    for engine in ("hnswlib", "faiss-hnsw", "faiss-sq8"):
+        kind = "faiss-sq8" if engine == "faiss-sq8" else engine.split("-")[0]
+        engines[engine]["memory_bytes"] = memory_of(kind, data_dir, metric)
+    for engine, kind in (("likewise-sq8", "scalar"), ("likewise-binary", "binary")):
+        if engine in engines:
+            engines[engine]["memory_bytes"] = quantized_memory(data_dir, metric, kind)
     return engines
+
+
+def quantized_memory(data_dir, metric, kind):
+    """The anonymous memory a quantized likewise index adds, built alone in
+    a fresh process (`benches/ann.rs`'s memory mode)."""
+    out = subprocess.run(
+        ["cargo", "bench", "--quiet", "--bench", "ann", "--", str(data_dir), str(M),
+         str(EF_CONSTRUCTION), metric, f"memory:{kind}"],
+        cwd=ROOT, capture_output=True, text=True, check=True)
+    return int(out.stdout.strip().splitlines()[-1])
 
 
 def report(name, n, dims, metric, engines, lines):
@@ -284,6 +337,20 @@ def report(name, n, dims, metric, engines, lines):
     lines.append("ratios vs hnswlib: " + ", ".join(
         f"QPS@{t:.2f} = {v:.2f}" if v else f"QPS@{t:.2f} = —" for t, v in ratios.items())
         + f", build = {ours['build_vps'] / ref['build_vps']:.2f}")
+    for q in ("likewise-sq8", "likewise-binary"):
+        if q in engines:
+            r = engines[q]
+            best = max(r["results"], key=lambda p: p["recall"])
+            at95 = qps_at(r, 0.95)
+            sq8 = qps_at(engines.get("faiss-sq8", {"results": []}), 0.95)
+            cells = [f"memory {r['memory_bytes'] / raw:.3f}× raw f32",
+                     f"oversampling {r.get('oversampling')}",
+                     f"best recall@10 {best['recall']:.3f} (ef {best['ef']})"]
+            if at95 and qps_at(ref, 0.95):
+                cells.append(f"QPS@0.95 {at95 / qps_at(ref, 0.95):.2f}× hnswlib")
+            if at95 and sq8:
+                cells.append(f"{at95 / sq8:.2f}× faiss-sq8")
+            lines.append(f"\n{q}: " + ", ".join(cells))
     exact = ours.get("exact")
     if exact:
         lines.append(f"\nexact scan: {exact['qps']:,.0f} QPS (recall {exact['recall']:.3f})")

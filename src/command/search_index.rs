@@ -6,7 +6,7 @@
 use super::search_definition;
 use crate::error::{Code, Error};
 use crate::index::hnsw::HnswParams;
-use crate::index::Similarity;
+use crate::index::{Quantization, Similarity};
 use crate::registry::{IndexSpec, SearchIndex, Status};
 use crate::wire::integer;
 use bson::{rawdoc, RawArrayBuf, RawBsonRef, RawDocument, RawDocumentBuf};
@@ -129,6 +129,7 @@ pub fn parse_definition(definition: &RawDocument) -> Result<Vec<IndexSpec>, Erro
                 let (dims, similarity, hnsw) = parse_vector_field(field)?;
                 vectors.push(IndexSpec {
                     target_recall: target_recall(field)?,
+                    quantization: quantization(field)?,
                     ..IndexSpec::vector(path, dims, similarity, hnsw)
                 });
             }
@@ -140,6 +141,7 @@ pub fn parse_definition(definition: &RawDocument) -> Result<Vec<IndexSpec>, Erro
                         key: path.clone(),
                     }],
                     target_recall: target_recall(field)?,
+                    quantization: quantization(field)?,
                     // dims: the model's, once resolved
                     ..IndexSpec::vector(path, 0, similarity, HnswParams::default())
                 });
@@ -317,7 +319,37 @@ fn parse_semantic(definition: &RawDocument) -> Result<IndexSpec, Error> {
         train,
         text: None,
         target_recall: target_recall(definition)?,
+        quantization: quantization(definition)?,
     })
+}
+
+/// Most candidates rescored per result (`oversampling`).
+const MAX_OVERSAMPLING: i64 = 100;
+
+/// Atlas's `quantization` of a vector field (`none`, `scalar`, `binary`),
+/// with likewise's `oversampling` (an integer from 1 to 100: candidates
+/// rescored with the full vectors per result asked for).
+fn quantization(field: &RawDocument) -> Result<Option<(Quantization, usize)>, Error> {
+    let quantization = match field.get("quantization") {
+        Ok(None) | Ok(Some(RawBsonRef::String("none"))) => None,
+        Ok(Some(RawBsonRef::String("scalar"))) => Some(Quantization::Scalar),
+        Ok(Some(RawBsonRef::String("binary"))) => Some(Quantization::Binary),
+        _ => return Err(bad("'quantization' must be 'none', 'scalar' or 'binary'")),
+    };
+    let oversampling = match field.get("oversampling") {
+        Ok(None) => 0,
+        Ok(Some(v)) => match (integer(Some(v)), quantization) {
+            (Some(n @ 1..=MAX_OVERSAMPLING), Some(_)) => n as usize,
+            (_, None) => return Err(bad("'oversampling' needs a 'quantization'")),
+            _ => {
+                return Err(bad(format!(
+                    "'oversampling' must be an integer from 1 to {MAX_OVERSAMPLING}"
+                )))
+            }
+        },
+        Err(_) => return Err(bad("'oversampling' is malformed")),
+    };
+    Ok(quantization.map(|q| (q, oversampling)))
 }
 
 /// The `targetRecall` a vector field (or semantic definition) asks for: a

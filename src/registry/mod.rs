@@ -45,6 +45,10 @@ pub struct IndexSpec {
     /// `targetRecall`: queries that name no `numCandidates` search as
     /// broadly as measured recall@10 says this needs (see `recall`).
     pub target_recall: Option<f64>,
+    /// Atlas's `quantization` (`scalar`, `binary`; `None` for `none`), with
+    /// likewise's `oversampling` (candidates rescored per result; 0: the
+    /// default).
+    pub quantization: Option<(crate::index::Quantization, usize)>,
 }
 
 impl IndexSpec {
@@ -67,6 +71,7 @@ impl IndexSpec {
             train: None,
             text: None,
             target_recall: None,
+            quantization: None,
         }
     }
 

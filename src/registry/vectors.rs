@@ -48,11 +48,22 @@ pub struct Searched {
 }
 
 impl Vectors {
-    /// No vectors, in the engine `spec` asks for (HNSW with its parameters).
+    /// No vectors, in the engine `spec` asks for (HNSW with its parameters,
+    /// quantized when it says so).
     pub fn empty(spec: &IndexSpec) -> Vectors {
+        let engine = match spec.quantization {
+            None => Engine::hnsw(spec.dims, spec.similarity, spec.hnsw),
+            Some((quantization, oversampling)) => Engine::quantized(
+                spec.dims,
+                spec.similarity,
+                spec.hnsw,
+                quantization,
+                oversampling,
+            ),
+        };
         Vectors {
             ids: IdMap::default(),
-            engine: Engine::hnsw(spec.dims, spec.similarity, spec.hnsw),
+            engine,
             content: HashMap::new(),
         }
     }

@@ -423,3 +423,90 @@ def test_target_recall_chooses_the_breadth(client):
         found += len(truth & set(query(q)))
         wanted += len(truth)
     assert found / wanted >= 0.93, (found / wanted, report)
+
+
+@pytest.mark.parametrize("quantization,floor", [("scalar", 0.95), ("binary", 0.85)])
+def test_quantized_indexes_rescore_with_the_full_vectors(direct_uri, tmp_path, quantization, floor):
+    """Atlas's `quantization`: the graph walks int8 (scalar) or one-bit
+    (binary) codes and the best `k × oversampling` candidates are rescored
+    with the full vectors, so scores are exact and recall@10 against the
+    exact oracle stays high; writes are searched at once, and a restart
+    from the data directory's snapshot answers the same."""
+    dims = 48
+    rng = random.Random(5)
+    centres = [[rng.gauss(0, 1) for _ in range(dims)] for _ in range(30)]
+    rows = [[c + rng.gauss(0, 0.7) for c in centres[i % 30]] for i in range(3000)]
+    field = {"type": "vector", "path": "v", "numDimensions": dims, "similarity": "cosine",
+             "quantization": quantization}
+    data_dir = tmp_path / "data"
+    proxy = start_proxy(direct_uri, "--data-dir", str(data_dir))
+    try:
+        with MongoClient(f"mongodb://{proxy.address}/") as client:
+            coll = client.vector_suite[f"quantized_{quantization}"]
+            coll.drop()
+            coll.insert_many([{"_id": i, "v": v} for i, v in enumerate(rows)])
+            coll.create_search_index(SearchIndexModel({"fields": [field]}, name="q",
+                                                      type="vectorSearch"))
+            info, _ = wait_ready(coll, "q")
+            assert info["latestDefinition"]["fields"][0]["quantization"] == quantization
+            # Codes are what the graph holds: a byte per dimension, or a bit.
+            row = dims if quantization == "scalar" else dims // 8
+            assert info["progress"]["vectorBytes"] == len(rows) * row
+
+            def search(q, exact=False):
+                stage = {"index": "q", "path": "v", "queryVector": q, "limit": K,
+                         **({"exact": True} if exact else {"numCandidates": 100})}
+                return [(d["_id"], d["s"]) for d in coll.aggregate([
+                    {"$vectorSearch": stage},
+                    {"$project": {"s": {"$meta": "vectorSearchScore"}}}])]
+
+            queries = [[c + rng.gauss(0, 0.7) for c in centres[j % 30]] for j in range(40)]
+            found = 0
+            for q in queries:
+                truth = search(q, exact=True)
+                got = search(q)
+                found += len({i for i, _ in truth} & {i for i, _ in got})
+                # Rescored: each score is the exact one for its document.
+                for i, s in got:
+                    assert s == pytest.approx((1 + cos(q, rows[i])) / 2, abs=1e-5)
+            assert found / (len(queries) * K) >= floor
+            # A write is searched by the next query.
+            coll.insert_one({"_id": "new", "v": queries[0]})
+            assert search(queries[0])[0][0] == "new"
+            coll.delete_one({"_id": "new"})
+            assert "new" not in [i for i, _ in search(queries[0])]
+            before = [search(q) for q in queries[:5]]
+    finally:
+        proxy.stop()
+    again = start_proxy(direct_uri, "--data-dir", str(data_dir))
+    try:
+        with MongoClient(f"mongodb://{again.address}/") as client:
+            coll = client.vector_suite[f"quantized_{quantization}"]
+            wait_ready(coll, "q")
+
+            def ids(q):
+                return [d["_id"] for d in coll.aggregate([{"$vectorSearch": {
+                    "index": "q", "path": "v", "queryVector": q, "limit": K,
+                    "numCandidates": 100}}])]
+
+            assert [ids(q) for q in queries[:5]] == [[i for i, _ in b] for b in before]
+            coll.drop()
+    finally:
+        again.stop()
+
+
+def test_quantization_options_are_checked(client):
+    coll = client.vector_suite.quantization_options
+    coll.drop()
+    coll.insert_one({"_id": 1, "v": [1.0, 2.0]})
+    for field, message in (
+        ({"quantization": "int4"}, "'quantization'"),
+        ({"quantization": "scalar", "oversampling": 0}, "'oversampling'"),
+        ({"oversampling": 3}, "needs a 'quantization'"),
+    ):
+        with pytest.raises(OperationFailure) as e:
+            coll.create_search_index(SearchIndexModel({"fields": [
+                {"type": "vector", "path": "v", "numDimensions": 2, "similarity": "cosine", **field}]},
+                name="bad", type="vectorSearch"))
+        assert message in str(e.value), field
+    coll.drop()

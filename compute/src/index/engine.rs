@@ -11,6 +11,7 @@
 
 use super::element::{prepared, Dtype, Element};
 use super::hnsw::{Hnsw, HnswParams};
+use super::quantized::{Quantization, Quantized};
 use super::{exact_among, search_allowed, Hit, KeySet, Query, Similarity, VectorIndex};
 use std::borrow::Cow;
 use std::cell::RefCell;
@@ -36,7 +37,7 @@ impl VectorRef<'_> {
     }
 
     /// The values, `dims` long (prepared for `f32`, raw for the others).
-    fn values(&self, dims: usize, out: &mut Vec<f32>) {
+    pub(crate) fn values(&self, dims: usize, out: &mut Vec<f32>) {
         match self {
             VectorRef::F32(v) => f32::values(v, dims, out),
             VectorRef::I8(v) => i8::values(v, dims, out),
@@ -58,21 +59,24 @@ impl VectorRef<'_> {
     }
 }
 
-/// An index over rows of one dtype.
+/// An index over rows of one dtype, or a quantized one (codes walked,
+/// full vectors rescored; see `quantized`).
 pub enum Engine {
     F32(Box<dyn VectorIndex<f32>>),
     I8(Box<dyn VectorIndex<i8>>),
     Bits(Box<dyn VectorIndex<u8>>),
+    Quantized(Box<Quantized>),
 }
 
 /// Runs `$body` with `$index` bound to the engine's index, whatever its
-/// element type.
+/// element type (`$quantized` for a quantized engine).
 macro_rules! each {
-    ($engine:expr, $index:ident => $body:expr) => {
+    ($engine:expr, $index:ident => $body:expr, $q:ident => $quantized:expr) => {
         match $engine {
             Engine::F32($index) => $body,
             Engine::I8($index) => $body,
             Engine::Bits($index) => $body,
+            Engine::Quantized($q) => $quantized,
         }
     };
 }
@@ -90,25 +94,43 @@ impl Engine {
         Engine::F32(Box::new(Hnsw::<f32>::new(dims, similarity, params)))
     }
 
+    /// An empty quantized HNSW index (`oversampling` 0: the default).
+    pub fn quantized(
+        dims: usize,
+        similarity: Similarity,
+        params: HnswParams,
+        quantization: Quantization,
+        oversampling: usize,
+    ) -> Engine {
+        Engine::Quantized(Box::new(Quantized::new(
+            dims,
+            similarity,
+            params,
+            quantization,
+            oversampling,
+        )))
+    }
+
     pub fn dtype(&self) -> Dtype {
         match self {
             Engine::F32(_) => Dtype::F32,
             Engine::I8(_) => Dtype::I8,
             Engine::Bits(_) => Dtype::Bits,
+            Engine::Quantized(q) => q.dtype(),
         }
     }
 
     pub fn dims(&self) -> usize {
-        each!(self, i => i.dims())
+        each!(self, i => i.dims(), q => q.dims())
     }
 
     pub fn similarity(&self) -> Similarity {
-        each!(self, i => i.similarity())
+        each!(self, i => i.similarity(), q => q.similarity())
     }
 
     /// Live vectors.
     pub fn len(&self) -> usize {
-        each!(self, i => i.len())
+        each!(self, i => i.len(), q => q.len())
     }
 
     pub fn is_empty(&self) -> bool {
@@ -117,7 +139,7 @@ impl Engine {
 
     /// Row slots ever used (live and removed).
     pub fn slots(&self) -> usize {
-        each!(self, i => i.slots())
+        each!(self, i => i.slots(), q => q.slots())
     }
 
     /// Bytes one stored row takes.
@@ -130,9 +152,17 @@ impl Engine {
     /// A vector the similarity cannot compare (a zero vector under cosine)
     /// is not stored; callers check that first.
     pub fn insert(&mut self, key: u32, vector: VectorRef<'_>) {
+        if let Engine::Quantized(q) = self {
+            return q.insert(key, vector);
+        }
         let wanted = vector.dtype();
         if wanted > self.dtype() || (wanted != self.dtype() && self.slots() == 0) {
-            *self = each!(&*self, i => i.retyped(wanted));
+            *self = match &*self {
+                Engine::F32(i) => i.retyped(wanted),
+                Engine::I8(i) => i.retyped(wanted),
+                Engine::Bits(i) => i.retyped(wanted),
+                Engine::Quantized(_) => unreachable!("handled above"),
+            };
         }
         let (dims, similarity) = (self.dims(), self.similarity());
         match self {
@@ -154,11 +184,12 @@ impl Engine {
                     i.insert(key, &row)
                 }
             }
+            Engine::Quantized(_) => {}
         }
     }
 
     pub fn remove(&mut self, key: u32) -> bool {
-        each!(self, i => i.remove(key))
+        each!(self, i => i.remove(key), q => q.remove(key))
     }
 
     /// The stored vector of a live key, prepared `f32` (what an `f32`
@@ -168,6 +199,15 @@ impl Engine {
             Engine::F32(i) => i.vector(key).map(Cow::Borrowed),
             Engine::I8(i) => i.vector(key).map(|row| Cow::Owned(widen(row, i.as_ref()))),
             Engine::Bits(i) => i.vector(key).map(|row| Cow::Owned(widen(row, i.as_ref()))),
+            Engine::Quantized(q) => q.vector(key).map(Cow::Owned),
+        }
+    }
+
+    /// The packed bits a live key holds, when this is a bit index.
+    pub(crate) fn bits_of(&self, key: u32) -> Option<&[u8]> {
+        match self {
+            Engine::Bits(i) => i.vector(key),
+            _ => None,
         }
     }
 
@@ -184,15 +224,21 @@ impl Engine {
             Engine::Bits(i) => i
                 .vector(key)
                 .is_some_and(|row| vector.row_as::<u8>(dims, similarity).as_deref() == Some(row)),
+            Engine::Quantized(q) => q.holds(key, vector),
         }
     }
 
     /// Stores the row of `key` under `new_key` in `to`, at its dtype.
     pub fn copy_row(&self, key: u32, to: &mut Engine, new_key: u32) {
+        let full;
         let row = match self {
             Engine::F32(i) => i.vector(key).map(VectorRef::F32),
             Engine::I8(i) => i.vector(key).map(VectorRef::I8),
             Engine::Bits(i) => i.vector(key).map(VectorRef::Bits),
+            Engine::Quantized(q) => {
+                full = q.vector(key);
+                full.as_deref().map(VectorRef::F32)
+            }
         };
         if let Some(row) = row {
             to.insert(new_key, row);
@@ -201,7 +247,11 @@ impl Engine {
 
     /// Exact k-NN among `keys` (see `index::exact_among`).
     pub fn exact_among(&self, query: VectorRef<'_>, k: usize, keys: &[u32]) -> Vec<Hit> {
-        each!(self, i => run(i.as_ref(), query, k, Op::Exact { keys }).0)
+        each!(
+            self,
+            i => run(i.as_ref(), query, k, Op::Exact { keys }).0,
+            q => q.exact_among(query, k, keys)
+        )
     }
 
     /// k-NN among `allowed` by the cheaper strategy (see
@@ -213,20 +263,30 @@ impl Engine {
         ef: usize,
         allowed: &KeySet,
     ) -> (Vec<Hit>, &'static str, usize) {
-        each!(self, i => run(i.as_ref(), query, k, Op::Allowed { ef, allowed }))
+        each!(
+            self,
+            i => run(i.as_ref(), query, k, Op::Allowed { ef, allowed }),
+            q => q.search_allowed(query, k, ef, allowed)
+        )
     }
 
     /// An unfiltered graph search of breadth `ef`: hits and vectors
     /// compared.
     pub fn search_counted(&self, query: VectorRef<'_>, k: usize, ef: usize) -> (Vec<Hit>, usize) {
-        let (hits, _, examined) = each!(self, i => run(i.as_ref(), query, k, Op::Graph { ef }));
-        (hits, examined)
+        each!(
+            self,
+            i => {
+                let (hits, _, examined) = run(i.as_ref(), query, k, Op::Graph { ef });
+                (hits, examined)
+            },
+            q => q.search_counted(query, k, ef)
+        )
     }
 
     /// Writes a snapshot that `persist::load` reads back into an equal
     /// engine.
     pub fn save(&self, out: &mut dyn io::Write) -> io::Result<()> {
-        each!(self, i => i.save(out))
+        each!(self, i => i.save(out), q => q.save(out))
     }
 }
 

@@ -14,10 +14,12 @@ pub mod exact;
 pub mod hnsw;
 pub mod metric;
 pub mod persist;
+pub mod quantized;
 
 pub use element::{Dtype, Element};
 pub use engine::{Engine, VectorRef};
 pub use metric::Similarity;
+pub use quantized::{Quantization, Quantized};
 
 /// A query as a search takes it: a row of the index's own element type
 /// (compared with the index's kernel), or a function giving a stored row's

@@ -18,6 +18,8 @@ const MAGIC: &[u8; 4] = b"LWIX";
 const VERSION: u32 = 2;
 pub(crate) const KIND_FLAT: u8 = 0;
 pub(crate) const KIND_HNSW: u8 = 1;
+/// A quantized index (`quantized::Quantized`): codes and full vectors.
+pub(crate) const KIND_QUANTIZED: u8 = 2;
 
 /// Appends little-endian fields to a buffer.
 #[derive(Default)]
@@ -185,6 +187,11 @@ pub fn load(bytes: &[u8]) -> io::Result<Engine> {
     };
     if dims == 0 || dims > 65_536 {
         return Err(corrupt("dimensions"));
+    }
+    if kind == KIND_QUANTIZED {
+        let index = super::quantized::Quantized::read(&mut r, dims, similarity)?;
+        r.done()?;
+        return Ok(Engine::Quantized(Box::new(index)));
     }
     let index = match dtype {
         Dtype::F32 => Engine::F32(read_kind::<f32>(&mut r, kind, dims, similarity)?),
