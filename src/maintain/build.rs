@@ -94,7 +94,8 @@ pub async fn build(config: Arc<Config>, registry: Arc<Registry>, index: Arc<Sear
         }
         index.set_status(Status::Ready, None);
         save_snapshot(&config, &index).await;
-        release_free_memory();
+        // Off the async workers: trimming a big heap takes a while.
+        let _ = tokio::task::spawn_blocking(release_free_memory).await;
         tracing::info!(
             index = %index.name,
             namespace = %index.namespace(),

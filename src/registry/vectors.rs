@@ -225,7 +225,8 @@ impl Vectors {
 
     /// A new set of the same `_id`s with every vector (as prepared
     /// `f32`s) mapped through `f` (which must keep them prepared and
-    /// `spec.dims` long), content hashes kept. The result stores `f32`.
+    /// `spec.dims` long), content hashes kept. The result stores `f32`
+    /// (quantized anew when `spec` quantizes).
     pub fn mapped(&self, spec: &IndexSpec, f: impl Fn(&[f32]) -> Vec<f32>) -> Vectors {
         let mut fresh = Vectors::empty(spec);
         for (key, id) in self.ids.entries().1 {
@@ -242,8 +243,8 @@ impl Vectors {
 
     /// Rebuilds with dense keys once dead slots (from deletes and updates)
     /// outnumber live ones, so memory stays proportional to the live data
-    /// under delete-heavy load. Rows keep their dtype. Returns whether it
-    /// compacted.
+    /// under delete-heavy load. Rows keep their dtype (a quantized index
+    /// learns its codes again). Returns whether it compacted.
     pub fn compact_if_needed(&mut self, spec: &IndexSpec) -> bool {
         let live = self.engine.len();
         if self.slots() - live <= live.max(COMPACT_SLACK) {
@@ -283,10 +284,13 @@ impl Vectors {
             holder.append("", id.clone());
             out.extend_from_slice(holder.as_bytes());
         }
-        let mut engine = Vec::new();
-        self.engine.save(&mut engine)?;
-        out.extend_from_slice(&(engine.len() as u64).to_le_bytes());
-        out.extend_from_slice(&engine);
+        // The engine's snapshot straight into `out` (no second copy of
+        // it), its length patched in front afterwards.
+        let at = out.len();
+        out.extend_from_slice(&0u64.to_le_bytes());
+        self.engine.save(out)?;
+        let len = (out.len() - at - 8) as u64;
+        out[at..at + 8].copy_from_slice(&len.to_le_bytes());
         Ok(())
     }
 

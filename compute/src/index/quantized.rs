@@ -1,7 +1,7 @@
 //! Quantized indexes (Atlas's `quantization: "scalar" | "binary"`): the
 //! graph is built and walked over small codes held in memory, and the
 //! best candidates are rescored with the full-precision vectors, which
-//! live in a file (read with `pread`, so the kernel's page cache holds
+//! live in a file mapped into memory (so the kernel's page cache holds
 //! them, not the process's heap).
 //!
 //! - `scalar`: each prepared `f32` value `x` becomes the int8 code
@@ -10,7 +10,7 @@
 //!   [`TRAIN_AT`] vectors (later values past it are clamped; rescoring
 //!   restores their order). One scale, not one range per dimension,
 //!   so codes compare with the int8 kernels directly (as Qdrant's scalar
-//!   quantization does); until trained, searches scan the full vectors.
+//!   quantization does).
 //! - `binary`: one bit per dimension, set when the value is above that
 //!   dimension's mean over the first [`TRAIN_AT`] vectors (Atlas takes 0
 //!   as the midpoint; for unit-length embeddings the means are close to
@@ -21,7 +21,9 @@
 //! Searches walk the codes with the asked breadth, keep the best
 //! `k × oversampling` by code distance, and return the `k` best of those
 //! by the exact distance of the full vectors (what an `f32` index would
-//! report). Exact searches (`exact_among`) read the full vectors only.
+//! report). Exact searches (`exact_among`), filters selective enough to
+//! be scanned, and any search before the codes are trained (the first
+//! [`TRAIN_AT`] live vectors) read the full vectors only.
 
 use super::element::Dtype;
 use super::engine::{Engine, VectorRef};
@@ -42,7 +44,8 @@ pub enum Quantization {
     Binary,
 }
 
-/// Vectors a scalar index takes before it learns its scale.
+/// Live vectors an index takes before it learns its codes (the scalar
+/// scale, the binary midpoints).
 pub const TRAIN_AT: usize = 1024;
 
 /// Default rescoring oversampling (`k × this` candidates): what reached
@@ -127,7 +130,10 @@ impl Rows {
         }
     }
 
-    /// Grows the file and its mapping to hold `end` bytes.
+    /// Grows the file and its mapping to hold `end` bytes. The new
+    /// space is allocated on disk first (`posix_fallocate`), so a full
+    /// disk is a `false` here rather than a SIGBUS on a later write, and
+    /// the old mapping stays until the new one exists.
     fn reserve(&mut self, end: usize) -> bool {
         if end <= self.mapped {
             return true;
@@ -135,14 +141,27 @@ impl Rows {
         let Some(file) = &self.file else {
             return false;
         };
-        let len = end.next_power_of_two().max(1 << 20);
-        if file.set_len(len as u64).is_err() {
+        let Some(len) = end
+            .checked_next_power_of_two()
+            .map(|n| n.max(1 << 20))
+            .filter(|&n| n >= end && i64::try_from(n).is_ok())
+        else {
+            return false;
+        };
+        let fd = std::os::unix::io::AsRawFd::as_raw_fd(file);
+        // SAFETY: plain system calls on our own descriptor, checked.
+        let allocated = unsafe {
+            libc::posix_fallocate(
+                fd,
+                self.mapped as libc::off_t,
+                (len - self.mapped) as libc::off_t,
+            )
+        };
+        if allocated != 0 {
             return false;
         }
-        let fd = std::os::unix::io::AsRawFd::as_raw_fd(file);
-        self.unmap();
         // SAFETY: a shared read-write mapping of `len` bytes of our own
-        // file, which is `len` bytes long; checked for failure.
+        // file, which is now at least `len` bytes long; checked for failure.
         let map = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
@@ -156,18 +175,23 @@ impl Rows {
         if map == libc::MAP_FAILED {
             return false;
         }
+        self.unmap();
         self.map = map.cast();
         self.mapped = len;
         true
     }
 
-    fn offset(&self, key: u32) -> usize {
-        key as usize * self.dims * 4
+    /// Where the row of `key` starts and ends in the file (`None` past
+    /// what the address space can hold).
+    fn span(&self, key: u32) -> Option<(usize, usize)> {
+        let bytes = self.dims.checked_mul(4)?;
+        let at = (key as usize).checked_mul(bytes)?;
+        Some((at, at.checked_add(bytes)?))
     }
 
     fn put(&mut self, key: u32, row: &[f32]) {
-        let at = self.offset(key);
-        if row.len() == self.dims && self.reserve(at + self.dims * 4) {
+        let span = self.span(key).filter(|_| row.len() == self.dims);
+        if let Some((at, _)) = span.filter(|&(_, end)| self.reserve(end)) {
             // SAFETY: `at + dims · 4 <= mapped`, 4-aligned (the mapping is
             // page-aligned), and no `&self` borrow is alive.
             unsafe {
@@ -179,13 +203,14 @@ impl Rows {
         }
     }
 
-    /// The row of `key` (zeros for a key never put).
+    /// The row of `key`: what was put, zeros for a key never put inside
+    /// the mapping, `None` past it.
     fn row(&self, key: u32) -> Option<&[f32]> {
         if let Some(row) = self.fallback.get(&key) {
             return Some(row);
         }
-        let at = self.offset(key);
-        if at + self.dims * 4 > self.mapped {
+        let (at, end) = self.span(key)?;
+        if end > self.mapped {
             return None;
         }
         // SAFETY: in bounds and 4-aligned as above; written only through
@@ -442,6 +467,10 @@ impl Quantized {
         self.set_live(key, false);
         self.full.forget(key);
         self.codes.remove(key);
+        if !self.trained() {
+            // Training counts live vectors only.
+            self.pending.retain(|&k| k != key);
+        }
         true
     }
 
@@ -504,14 +533,24 @@ impl Quantized {
             Some(code) if !self.codes.is_empty() => code,
             _ => {
                 // Not trained yet: every live vector, exactly.
-                let hits = match allowed {
-                    Some(a) => self.rescore(&values, k, a.keys().iter().copied()),
-                    None => self.rescore(&values, k, self.live_keys()),
+                return match allowed {
+                    Some(a) => (
+                        self.rescore(&values, k, a.keys().iter().copied()),
+                        "exact scan of filter matches (quantizer not trained yet)",
+                        a.len(),
+                    ),
+                    None => (
+                        self.rescore(&values, k, self.live_keys()),
+                        "exact scan (quantizer not trained yet)",
+                        self.count,
+                    ),
                 };
-                return (hits, "exact scan (quantizer not trained yet)", self.count);
             }
         };
-        let wanted = k.saturating_mul(self.oversampling).max(k);
+        let wanted = k
+            .saturating_mul(self.oversampling)
+            .min(self.count.max(k))
+            .max(k);
         let ef = ef.max(wanted);
         let query_code = match &code {
             Code::I8(row) => VectorRef::I8(row),
@@ -525,7 +564,16 @@ impl Quantized {
             Quantization::Binary => ef,
         };
         let (mut candidates, strategy, examined) = match allowed {
-            Some(a) => self.codes.search_allowed(query_code, pool, ef, a),
+            Some(a) => {
+                let found = self.codes.search_allowed(query_code, pool, ef, a);
+                if found.1.starts_with("exact scan") {
+                    // A filter selective enough to scan is answered
+                    // exactly, as an unquantized index answers it.
+                    let hits = self.rescore(&values, k, a.keys().iter().copied());
+                    return (hits, found.1, a.len());
+                }
+                found
+            }
             None => {
                 let (hits, examined) = self.codes.search_counted(query_code, pool, ef);
                 (hits, "graph search", examined)
@@ -596,17 +644,19 @@ impl Quantized {
         w.usize(self.slots);
         let keys: Vec<u32> = self.live_keys().collect();
         w.u32s(&keys);
-        let mut rows = Vec::with_capacity(keys.len() * self.dims);
-        let mut row = Vec::with_capacity(self.dims);
+        // The rows straight from the mapping (as `Writer::f32s` lays
+        // them out), with no copy of them all on the heap.
+        w.usize(keys.len() * self.dims);
+        w.buf.reserve(keys.len() * self.dims * 4);
         for &key in &keys {
-            if !self.full.get(key, &mut row) {
-                return Err(io::Error::other(
-                    "a full-precision vector could not be read",
-                ));
+            let row = self
+                .full
+                .row(key)
+                .ok_or_else(|| io::Error::other("a full-precision vector could not be read"))?;
+            for x in row {
+                w.buf.extend_from_slice(&x.to_le_bytes());
             }
-            rows.extend_from_slice(&row);
         }
-        w.f32s(&rows);
         w.u32s(&self.pending);
         let mut codes = Vec::new();
         self.codes.save(&mut codes)?;
@@ -640,6 +690,14 @@ impl Quantized {
         }
         let pending = r.u32s()?;
         let codes = super::persist::load(&r.bytes()?)?;
+        if matches!(codes, Engine::Quantized(_)) {
+            return Err(corrupt("quantized codes inside quantized codes"));
+        }
+        if quantization == Quantization::Scalar
+            && (!means.is_empty() || trained && !(scale.is_finite() && scale > 0.0))
+        {
+            return Err(corrupt("scalar quantizer"));
+        }
         let mut index = Quantized::new(
             dims,
             similarity,
@@ -768,6 +826,36 @@ mod tests {
         // Fewer candidates rescored, fewer found: oversampling is used.
         let (narrow, _) = recall_with(Quantization::Binary, 1, 64, 100);
         assert!(narrow < binary, "{narrow} {binary}");
+    }
+
+    #[test]
+    fn training_waits_for_enough_live_vectors() {
+        let dims = 8;
+        let base = data(TRAIN_AT + 2, dims, 11);
+        for quantization in [Quantization::Scalar, Quantization::Binary] {
+            let mut index = Quantized::new(
+                dims,
+                Similarity::Cosine,
+                HnswParams::default(),
+                quantization,
+                0,
+            );
+            for (key, v) in base.iter().take(TRAIN_AT - 1).enumerate() {
+                index.insert(key as u32, VectorRef::F32(v));
+            }
+            // A removed vector does not count towards training.
+            assert!(index.remove(0));
+            index.insert(TRAIN_AT as u32 - 1, VectorRef::F32(&base[TRAIN_AT - 1]));
+            assert!(!index.trained(), "{quantization:?}");
+            index.insert(TRAIN_AT as u32, VectorRef::F32(&base[TRAIN_AT]));
+            assert!(index.trained() && index.pending.is_empty());
+            assert_eq!(index.len(), TRAIN_AT);
+            // A selective filter is answered exactly.
+            let allowed = KeySet::from_keys([5, 6, 7]);
+            let (hits, strategy, examined) =
+                index.search_allowed(VectorRef::F32(&base[6]), 2, 50, &allowed);
+            assert_eq!((hits[0].key, examined), (6, 3), "{strategy}");
+        }
     }
 
     #[test]
