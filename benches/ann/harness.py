@@ -262,6 +262,9 @@ def best_of(runs):
             for way in ("auto", "graph", "exact"):
                 mine[way]["qps"] = max(mine[way]["qps"], other[way]["qps"])
         best["build_s"] = min(best["build_s"], run["build_s"])
+        if "parallel" in run and "parallel" in best:
+            for key in ("qps_1", "qps_2"):
+                best["parallel"][key] = max(best["parallel"][key], run["parallel"][key])
     return best
 
 
@@ -351,6 +354,11 @@ def report(name, n, dims, metric, engines, lines):
             if at95 and sq8:
                 cells.append(f"{at95 / sq8:.2f}× faiss-sq8")
             lines.append(f"\n{q}: " + ", ".join(cells))
+    parallel = ours.get("parallel")
+    if parallel:
+        lines.append(f"\nqueries/s with 2 threads sharing the index vs 1 (ef {parallel['ef']}): "
+                     f"{parallel['qps_2']:,.0f} vs {parallel['qps_1']:,.0f}, "
+                     f"**{parallel['qps_2'] / parallel['qps_1']:.2f}×**")
     exact = ours.get("exact")
     if exact:
         lines.append(f"\nexact scan: {exact['qps']:,.0f} QPS (recall {exact['recall']:.3f})")
