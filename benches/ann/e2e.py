@@ -14,14 +14,20 @@ the proxy, then for each query vector times, interleaved:
   through untouched: the baseline the targets are stated against);
 - the same `find` straight to the upstream.
 
-Prints one JSON object: p50/p99 latency (ms) and QPS of each, and the
-ratios of the vector queries' p50 over the proxied `_id $in` find's.
+Then 16 concurrent clients (threads, a client each) run the same
+`$vectorSearch` queries, and then the `find({_id: {$in: ...}})` of their
+results, each for a fixed number of queries: total queries/s of each.
+
+Prints one JSON object: p50/p99 latency (ms) and QPS of each, the
+ratios of the vector queries' p50 over the proxied `_id $in` find's, and
+the concurrent queries/s.
 """
 
 import json
 import os
 import random
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -51,6 +57,44 @@ def summary(samples):
     at = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
     return {"p50_ms": round(at(0.50), 3), "p99_ms": round(at(0.99), 3),
             "qps": round(len(samples) / sum(samples), 1)}
+
+
+CLIENTS = 16
+
+
+def concurrent(address, queries):
+    """Queries/s of CLIENTS clients at once: `$vectorSearch`, then the
+    `_id $in` find of the same results (ids gathered first, untimed)."""
+    clients = [MongoClient(f"mongodb://{address}/", directConnection=True, maxPoolSize=1)
+               for _ in range(CLIENTS)]
+    share = [queries[i::CLIENTS] for i in range(CLIENTS)]
+    stage = lambda q: {"$vectorSearch": {"index": "v", "path": "v", "queryVector": q,
+                                         "numCandidates": NUM_CANDIDATES, "limit": K}}
+    ids = [[[d["_id"] for d in c.bench_e2e.docs.aggregate([stage(q)])] for q in qs]
+           for c, qs in zip(clients, share)]
+
+    def run(work):
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(CLIENTS)]
+        start = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return len(queries) / (time.perf_counter() - start)
+
+    def vector(i):
+        for q in share[i]:
+            list(clients[i].bench_e2e.docs.aggregate([stage(q)]))
+
+    def fetch(i):
+        for found in ids[i]:
+            list(clients[i].bench_e2e.docs.find({"_id": {"$in": found}}))
+
+    vector_qps, fetch_qps = run(vector), run(fetch)
+    for c in clients:
+        c.close()
+    return {"clients": CLIENTS, "vectorSearch_qps": round(vector_qps, 1),
+            "find_id_in_qps": round(fetch_qps, 1), "ratio": round(vector_qps / fetch_qps, 2)}
 
 
 def main():
@@ -99,6 +143,7 @@ def main():
             if sorted(d["_id"] for d in liked) != sorted(ids) or len(fetched) != len(ids):
                 mismatched += 1
         result = {"n": n, "queries": nq, "index_build_s": round(build_s, 1), "mismatched": mismatched}
+        result["concurrent"] = concurrent(proxy.address, queries)
         result.update({name: summary(samples) for name, samples in times.items()})
         base = result["find_id_in"]["p50_ms"]
         result["ratio_p50_vectorSearch"] = round(result["vectorSearch"]["p50_ms"] / base, 2)

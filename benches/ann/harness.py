@@ -402,6 +402,11 @@ def end_to_end(n, nq, lines):
                      f"{q['p50_ms'] / base:.2f} |")
     lines.append(f"\nindex build through the proxy: {r['index_build_s']} s; queries whose `$like` and "
                  f"`$vectorSearch` answers differ: {r['mismatched']}")
+    c = r.get("concurrent")
+    if c:
+        lines.append(f"\n{c['clients']} concurrent clients: `$vectorSearch` {c['vectorSearch_qps']:,.0f} "
+                     f"queries/s, the `_id $in` find of the same results {c['find_id_in_qps']:,.0f}: "
+                     f"**{c['ratio']:.2f}×**")
     return r
 
 
