@@ -119,10 +119,7 @@ pub fn elements_at<'a>(doc: &'a RawDocument, path: &str, out: &mut Vec<&'a RawDo
 
 /// A collector of every matching element's score, combined by parent
 /// `_id` (the canonical bytes the child index's `_id` fast column holds).
-pub struct ElementMatches {
-    /// The child index's `_id` field name.
-    pub id_field: String,
-}
+pub struct ElementMatches;
 
 /// [`ElementMatches`] within one segment: scores by the `_id` column's
 /// term ordinal.
@@ -142,7 +139,7 @@ impl Collector for ElementMatches {
     ) -> tantivy::Result<SegmentMatches> {
         let ids = segment
             .fast_fields()
-            .bytes(&self.id_field)?
+            .bytes("_id")?
             .unwrap_or_else(|| BytesColumn::empty(segment.max_doc()));
         Ok(SegmentMatches {
             ids,

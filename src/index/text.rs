@@ -2319,12 +2319,7 @@ impl TextIndex {
         let query = self.query(operator, budget)?;
         let searcher = self.reader.searcher();
         let matches = searcher
-            .search(
-                query.as_ref(),
-                &ElementMatches {
-                    id_field: "_id".to_string(),
-                },
-            )
+            .search(query.as_ref(), &ElementMatches)
             .map_err(|e| TextError::Engine(format!("embedded search failed: {e}")))?;
         let scores: HashMap<Vec<u8>, f32> = matches
             .into_iter()
@@ -2385,14 +2380,7 @@ impl TextIndex {
                                     let word_terms =
                                         self.terms(&path, slot, string.search_analyzer, word)?;
                                     spend(budget, word_terms.len())?;
-                                    alternatives.push(match word_terms.len() {
-                                        0 => continue,
-                                        1 => Box::new(TermQuery::new(
-                                            word_terms.into_iter().next().expect("one").1,
-                                            IndexRecordOption::WithFreqs,
-                                        )),
-                                        _ => Box::new(PhraseQuery::new_with_offset(word_terms)),
-                                    });
+                                    alternatives.extend(term_or_phrase(word_terms, 0));
                                 }
                                 if !alternatives.is_empty() {
                                     terms.push((
@@ -2461,14 +2449,7 @@ impl TextIndex {
                         let mut alternatives: Vec<Box<dyn Query>> = Vec::new();
                         for terms in phrases {
                             spend(budget, terms.len())?;
-                            alternatives.push(match terms.len() {
-                                0 => continue,
-                                1 => Box::new(TermQuery::new(
-                                    terms.into_iter().next().expect("one term").1,
-                                    IndexRecordOption::WithFreqs,
-                                )),
-                                _ => Box::new(PhraseQuery::new_with_offset_and_slop(terms, *slop)),
-                            });
+                            alternatives.extend(term_or_phrase(terms, *slop));
                         }
                         match alternatives.len() {
                             0 => {}
@@ -2745,6 +2726,19 @@ fn best_k(
     let mut out: Vec<Ranked> = heap.into_iter().map(|r| r.0).collect();
     out.sort_unstable_by(|a, b| b.cmp(a));
     Ok(out.into_iter().map(|r| (r.0, r.1)).collect())
+}
+
+/// Analyzed terms (with their positions) as one query: nothing for none,
+/// a term query for one, else a phrase within `slop`.
+fn term_or_phrase(terms: Vec<(usize, Term)>, slop: u32) -> Option<Box<dyn Query>> {
+    match terms.len() {
+        0 => None,
+        1 => Some(Box::new(TermQuery::new(
+            terms.into_iter().next().expect("one term").1,
+            IndexRecordOption::WithFreqs,
+        ))),
+        _ => Some(Box::new(PhraseQuery::new_with_offset_and_slop(terms, slop))),
+    }
 }
 
 /// The term of `token` at `path` (its own field, or the shared overflow
