@@ -1,7 +1,8 @@
 //! The full-text engine alone (`likewise::index::text::TextIndex`, the
 //! engine behind `search` indexes) on a corpus prepared by
 //! `benches/text/harness.py` (run through `scripts/bench text`): indexes
-//! the documents single-threaded in batches, then answers each query (a
+//! the documents single-threaded in batches, merges the segments as a
+//! build does, then answers each query (a
 //! `text` operator over `title` and `body`, best `K`) in timed rounds.
 //! Prints one JSON object: build throughput, queries/s and latency of the
 //! best round, and the top `K` ids of the first 100 queries (for the
@@ -68,6 +69,8 @@ fn main() {
             .collect();
         index.apply(&changes).expect("apply");
     }
+    // As an index build ends.
+    index.merge_segments().expect("merge");
     let build_s = started.elapsed().as_secs_f64();
     let operators: Vec<Operator> = queries
         .iter()

@@ -92,6 +92,17 @@ pub async fn build(config: Arc<Config>, registry: Arc<Registry>, index: Arc<Sear
         if index.is_retired() {
             return;
         }
+        let target = index.clone();
+        match tokio::task::spawn_blocking(move || target.merge_segments()).await {
+            Ok(Ok(())) => {}
+            // Queries still work on many segments, only slower.
+            Ok(Err(e)) => {
+                tracing::warn!(index = %index.name, error = %e, "cannot merge the index's segments")
+            }
+            Err(e) => {
+                tracing::warn!(index = %index.name, error = %e, "segment merge task failed")
+            }
+        }
         index.set_status(Status::Ready, None);
         save_snapshot(&config, &index).await;
         // Off the async workers: trimming a big heap takes a while.

@@ -570,6 +570,14 @@ impl SearchIndex {
             .take()
     }
 
+    /// Readies the engine for queries after a build: the full-text
+    /// engine merges its segments into one
+    /// ([`TextIndex::merge_segments`]); vector engines need nothing. CPU
+    /// and disk work: a blocking thread. Errors: the engine's, as text.
+    pub fn merge_segments(&self) -> Result<(), String> {
+        self.text.as_ref().map_or(Ok(()), TextIndex::merge_segments)
+    }
+
     /// The full-text engine, for a `search` index.
     pub fn text(&self) -> Option<&TextIndex> {
         self.text.as_ref()
