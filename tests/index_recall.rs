@@ -134,6 +134,41 @@ fn the_filter_strategy_follows_selectivity_and_always_returns_k() {
 }
 
 #[test]
+fn a_filter_correlated_with_the_data_is_scanned_away_from_its_matches() {
+    // Two far-apart groups; the filter admits the first. A query in it
+    // walks the graph; a query in the other would have to cross to the
+    // first to find any match, so the matches are scanned instead
+    // (planned so, or after the walk overran what the scan costs).
+    let mut rng = Rng(11);
+    let point = |rng: &mut Rng, group: usize| -> Vec<f32> {
+        (0..DIMS)
+            .map(|d| rng.normalish() + if d == 0 { 40.0 * group as f32 } else { 0.0 })
+            .collect()
+    };
+    let mut flat = Flat::new(DIMS, Similarity::Euclidean);
+    let mut hnsw = Hnsw::new(DIMS, Similarity::Euclidean, HnswParams::default());
+    for key in 0..N as u32 {
+        let v = point(&mut rng, key as usize % 2);
+        flat.insert(key, &v);
+        hnsw.insert(key, &v);
+    }
+    let first = KeySet::from_keys((0..N as u32).filter(|k| k % 2 == 0));
+    for i in 0..QUERIES {
+        let q = point(&mut rng, i % 2);
+        let (hits, strategy, _) = search_allowed(&hnsw, &q, K, K, &first);
+        if i % 2 == 0 {
+            assert!(strategy.starts_with("filtered graph search"), "{strategy}");
+        } else {
+            // Scanned at once, or after a walk gave up.
+            assert!(strategy.contains("exact scan"), "{strategy}");
+            assert_eq!(hits, flat.search(&q, K, 0, Some(&first)));
+        }
+        assert_eq!(hits.len(), K);
+        assert!(hits.iter().all(|h| first.contains(h.key)));
+    }
+}
+
+#[test]
 fn removed_keys_never_come_back_and_recall_holds() {
     let (mut flat, mut hnsw, queries) = build(Similarity::Cosine);
     for key in (0..N as u32).filter(|k| k % 3 == 0) {

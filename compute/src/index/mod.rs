@@ -132,11 +132,31 @@ pub trait VectorIndex<E: Element = f32>: Send + Sync {
         ef: usize,
         allowed: Option<&KeySet>,
     ) -> (Vec<Hit>, usize);
-    /// About how many vector comparisons a graph search restricted to
-    /// `allowed` of the live vectors costs, in units of one comparison of
-    /// an exact scan; `None` where there is no graph (scanning is all).
-    fn filtered_cost(&self, _ef: usize, _allowed: usize) -> Option<usize> {
+    /// How a graph search for `query` restricted to `allowed` would go:
+    /// the beam it needs and about how many vectors it would compare,
+    /// with the index's measured costs; `None` where there is no graph
+    /// (scanning is all).
+    fn filtered_walk(
+        &self,
+        _query: Query<'_, E>,
+        _ef: usize,
+        _allowed: &KeySet,
+    ) -> Option<WalkPlan<'_>> {
         None
+    }
+    /// The walk a [`filtered_walk`](VectorIndex::filtered_walk) plan
+    /// describes: the `k` nearest allowed keys and how many vectors it
+    /// compared; no hits when it gave up after comparing more than
+    /// `budget` vectors.
+    fn walk(
+        &self,
+        query: Query<'_, E>,
+        k: usize,
+        plan: &WalkPlan<'_>,
+        allowed: &KeySet,
+        _budget: usize,
+    ) -> (Vec<Hit>, usize) {
+        self.search_counted(query, k, plan.ef, Some(allowed))
     }
     /// Writes a snapshot that `persist::load` reads back into an equal index.
     fn save(&self, out: &mut dyn std::io::Write) -> std::io::Result<()>;
@@ -165,13 +185,83 @@ pub fn exact_among<'a, E: Element>(
     top.into_sorted()
 }
 
-/// k-NN among the `allowed` keys, by the cheaper strategy for the filter's
-/// selectivity: an exact scan of exactly those keys, or a filtered graph
-/// search when the index estimates that cheaper (see `filtered_cost`;
-/// broad filters over big indexes). Always `min(k, allowed)` results, since
-/// a graph search that comes back short is completed by an exact scan.
-/// Returns the hits, the strategy's name (for explain) and how many vectors
-/// were compared.
+/// A graph index's estimate of a filtered walk (see
+/// [`VectorIndex::filtered_walk`]).
+pub struct WalkPlan<'a> {
+    /// The beam the walk uses (at least the `ef` asked for).
+    pub ef: usize,
+    /// About how many vectors the walk compares with the query.
+    pub compared: usize,
+    /// The index's measured costs of walking and scanning.
+    pub costs: &'a PlanCosts,
+    /// Where the walk starts on the bottom layer, when the plan's own
+    /// descent found it.
+    pub from: Option<u32>,
+}
+
+/// What one vector comparison costs each filtered strategy, measured on
+/// the queries an index answers (nanoseconds per vector compared,
+/// exponentially weighted over recent queries): a walk's comparisons
+/// cost more than a scan's (random rows, heap upkeep, the visited set),
+/// and by how much depends on the dimensions and the machine (measured
+/// with `scripts/bench ann` on 100k × 128 clustered, AMD EPYC: about
+/// 230 ns walking against 70 ns scanning).
+#[derive(Debug, Default)]
+pub struct PlanCosts {
+    /// `f64` bits; 0 until measured.
+    walk_ns: std::sync::atomic::AtomicU64,
+    scan_ns: std::sync::atomic::AtomicU64,
+}
+
+/// Strategies smaller than this many comparisons are not timed (the
+/// clock's own cost and noise would dominate).
+const TIMED_AT_LEAST: usize = 256;
+
+impl PlanCosts {
+    /// How many scan comparisons one walk comparison costs: measured once
+    /// both strategies ran, else `1 + 256 / dims` (the distance's share of
+    /// a walk step grows with the dimensions: 3 at 128, as measured above).
+    pub fn walk_to_scan(&self, dims: usize) -> f64 {
+        use std::sync::atomic::Ordering::Relaxed;
+        let walk = f64::from_bits(self.walk_ns.load(Relaxed));
+        let scan = f64::from_bits(self.scan_ns.load(Relaxed));
+        if walk > 0.0 && scan > 0.0 {
+            (walk / scan).clamp(0.5, 20.0)
+        } else {
+            1.0 + 256.0 / dims.max(1) as f64
+        }
+    }
+
+    /// Records one strategy's run: `compared` vectors in `elapsed`.
+    fn record(&self, walk: bool, elapsed: std::time::Duration, compared: usize) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if compared < TIMED_AT_LEAST {
+            return;
+        }
+        let cell = if walk { &self.walk_ns } else { &self.scan_ns };
+        let now = elapsed.as_nanos() as f64 / compared as f64;
+        let was = f64::from_bits(cell.load(Relaxed));
+        // A 1/16 weight: about the last 16 queries; racing updates may
+        // drop one, which only slows the average down.
+        let next = if was > 0.0 {
+            was + (now - was) / 16.0
+        } else {
+            now
+        };
+        cell.store(next.to_bits(), Relaxed);
+    }
+}
+
+/// k-NN among the `allowed` keys, by the cheaper strategy for this query:
+/// an exact scan of exactly those keys, or a filtered graph walk when the
+/// index's estimate of its comparisons (see
+/// [`VectorIndex::filtered_walk`]: it samples how many allowed vectors
+/// sit around the query, so a filter correlated with the data is seen
+/// for what it is here), weighted by the measured per-comparison costs
+/// of the two ([`PlanCosts`]), is below the scan's. Always
+/// `min(k, allowed)` results, since a walk that comes back short is
+/// completed by an exact scan. Returns the hits, the strategy's name (for
+/// explain) and how many vectors were compared.
 pub fn search_allowed<'a, E: Element>(
     index: &dyn VectorIndex<E>,
     query: impl Into<Query<'a, E>>,
@@ -181,25 +271,36 @@ pub fn search_allowed<'a, E: Element>(
 ) -> (Vec<Hit>, &'static str, usize) {
     let query = query.into();
     let exact = || exact_among(index, query, k, allowed.keys());
-    // A filter that passes a fraction `s` of the index widens the beam by
-    // `1 / √s` (at most 4×): when the allowed vectors sit together away
-    // from the query (a filter correlated with the data), the beam meets
-    // them late and needs the room; the walk itself already goes about
-    // `1 / s` further to admit `ef` allowed nodes, so a full `1 / s` more
-    // (as before) cost 2.4× the queries/s at s = 0.5 for no recall
-    // (`scripts/bench ann`, 30k clustered: 0.9985 either way, correlated).
-    let ef = ef.max(k);
-    let widen = (index.len() as f64 / allowed.len().max(1) as f64).sqrt();
-    let ef = ((ef as f64 * widen) as usize).clamp(ef, 4 * ef);
-    let graph_cost = index.filtered_cost(ef, allowed.len());
-    if graph_cost.is_none_or(|cost| cost >= allowed.len()) {
-        return (
-            exact(),
-            "exact scan of filter matches (selective filter)",
-            allowed.len(),
-        );
-    }
-    let (hits, examined) = index.search_counted(query, k, ef, Some(allowed));
+    let plan = index.filtered_walk(query, ef.max(k), allowed);
+    let ratio = plan
+        .as_ref()
+        .map_or(1.0, |p| p.costs.walk_to_scan(index.dims()));
+    let walk = plan
+        .as_ref()
+        .map_or(f64::INFINITY, |p| p.compared as f64 * ratio);
+    let plan = match plan {
+        Some(plan) if walk < allowed.len() as f64 => plan,
+        plan => {
+            let started = std::time::Instant::now();
+            let hits = exact();
+            if let Some(plan) = plan {
+                plan.costs.record(false, started.elapsed(), allowed.len());
+            }
+            return (
+                hits,
+                "exact scan of filter matches (selective filter)",
+                allowed.len(),
+            );
+        }
+    };
+    // A walk that compares twice what the whole scan would cost gives up:
+    // the estimate was wrong (the matches lie far from the query), and
+    // the scan then costs at most three times the better strategy (the
+    // slack keeps an estimate's noise from wasting walks near the break
+    // -even point).
+    let budget = (2.0 * allowed.len() as f64 / ratio) as usize;
+    let started = std::time::Instant::now();
+    let (hits, examined) = index.walk(query, k, &plan, allowed, budget);
     if hits.len() < k.min(allowed.len()) {
         return (
             exact(),
@@ -207,6 +308,7 @@ pub fn search_allowed<'a, E: Element>(
             examined + allowed.len(),
         );
     }
+    plan.costs.record(true, started.elapsed(), examined);
     (hits, "filtered graph search", examined)
 }
 
