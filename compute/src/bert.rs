@@ -21,21 +21,57 @@ use tokenizers::{Tokenizer, TruncationParams};
 /// for all-MiniLM-L6-v2; `tokenizer.json` bakes in 128, which we override).
 pub const MAX_TOKENS: usize = 256;
 
+/// A BERT model's `config.json`, the fields the encoder reads.
 #[derive(Debug, Deserialize)]
-struct Config {
-    hidden_size: usize,
-    intermediate_size: usize,
-    num_attention_heads: usize,
-    num_hidden_layers: usize,
+pub(crate) struct Config {
+    pub(crate) hidden_size: usize,
+    pub(crate) intermediate_size: usize,
+    pub(crate) num_attention_heads: usize,
+    pub(crate) num_hidden_layers: usize,
     #[serde(default = "default_eps")]
-    layer_norm_eps: f64,
+    pub(crate) layer_norm_eps: f64,
     #[serde(default)]
     model_type: Option<String>,
     #[serde(default)]
     hidden_act: Option<String>,
-    max_position_embeddings: usize,
+    pub(crate) max_position_embeddings: usize,
     #[serde(default = "default_type_vocab")]
     type_vocab_size: usize,
+}
+
+impl Config {
+    /// Parses `config.json` and refuses what the encoder cannot run (not
+    /// BERT, an activation other than erf GELU, heads that do not divide
+    /// the hidden size).
+    pub(crate) fn parse(bytes: &[u8]) -> Result<Config, String> {
+        let c: Config = serde_json::from_slice(bytes).map_err(|e| format!("config.json: {e}"))?;
+        if let Some(t) = &c.model_type {
+            if t != "bert" {
+                return Err(format!("config.json: model_type {t:?} is not a BERT model"));
+            }
+        }
+        if let Some(act) = &c.hidden_act {
+            if act != "gelu" {
+                return Err(format!(
+                    "config.json: hidden_act {act:?} is not supported (only gelu)"
+                ));
+            }
+        }
+        if c.hidden_size == 0 || c.hidden_size % c.num_attention_heads.max(1) != 0 {
+            return Err("config.json: hidden_size is not a multiple of num_attention_heads".into());
+        }
+        Ok(c)
+    }
+
+    /// Reads and parses `dir/config.json` (at most 1 MiB).
+    pub(crate) fn read(dir: &Path) -> Result<Config, String> {
+        let path = dir.join("config.json");
+        let meta = std::fs::metadata(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        if !meta.is_file() || meta.len() > 1 << 20 {
+            return Err(format!("{}: not a config file", path.display()));
+        }
+        Config::parse(&std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?)
+    }
 }
 
 fn default_eps() -> f64 {
@@ -212,24 +248,8 @@ impl BertEncoder {
             }
             Ok(bytes)
         };
-        let c: Config = serde_json::from_slice(&read("config.json")?)
-            .map_err(|e| format!("config.json: {e}"))?;
-        if let Some(t) = &c.model_type {
-            if t != "bert" {
-                return Err(format!("config.json: model_type {t:?} is not a BERT model"));
-            }
-        }
-        if let Some(act) = &c.hidden_act {
-            if act != "gelu" {
-                return Err(format!(
-                    "config.json: hidden_act {act:?} is not supported (only gelu)"
-                ));
-            }
-        }
+        let c = Config::parse(&read("config.json")?)?;
         let h = c.hidden_size;
-        if h == 0 || h % c.num_attention_heads.max(1) != 0 {
-            return Err("config.json: hidden_size is not a multiple of num_attention_heads".into());
-        }
         let mut tokenizer = Tokenizer::from_bytes(read("tokenizer.json")?)
             .map_err(|e| format!("tokenizer.json: {e}"))?;
         let max_tokens = MAX_TOKENS.min(c.max_position_embeddings);
@@ -324,6 +344,26 @@ impl BertEncoder {
     /// Tokens an input may have before it is truncated.
     pub fn max_tokens(&self) -> usize {
         self.max_tokens
+    }
+
+    /// The token ids of each text, as `encode` feeds them to the model
+    /// (special tokens added, truncated to [`Self::max_tokens`]). Errors:
+    /// the tokenizer's, or an id outside the vocabulary.
+    pub fn tokenize(&self, texts: &[&str]) -> Result<Vec<Vec<u32>>, String> {
+        let encodings = self
+            .tokenizer
+            .encode_batch(texts.to_vec(), true)
+            .map_err(|e| e.to_string())?;
+        let vocab = self.words.len() / self.hidden;
+        encodings
+            .iter()
+            .map(
+                |e| match e.get_ids().iter().find(|&&id| id as usize >= vocab) {
+                    Some(bad) => Err(format!("token id {bad} is outside the model's vocabulary")),
+                    None => Ok(e.get_ids().to_vec()),
+                },
+            )
+            .collect()
     }
 
     /// Encodes `texts` into unit vectors, `batch` inputs per forward pass,

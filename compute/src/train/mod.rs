@@ -13,6 +13,7 @@
 //!
 //! Sync, CPU only, no I/O: callers run it on a blocking thread.
 
+pub mod finetune;
 pub mod spec;
 
 pub use crate::linalg::matmul;
