@@ -4,20 +4,12 @@
 //! it trained, written as `model.safetensors`, load into the encoder and
 //! give the training graph's vectors, both to 1e-5.
 
-use std::path::PathBuf;
-
 use likewise::models::bert::BertEncoder;
 use likewise::train::finetune::{fine_tune, BertGraph, FineTuneSpec, Trainable};
 
-fn model_dir() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".cache/models/all-MiniLM-L6-v2");
-    assert!(
-        dir.join("model.safetensors").exists(),
-        "{} is missing: run scripts/fetch-model",
-        dir.display()
-    );
-    dir
-}
+#[path = "common/model.rs"]
+mod model;
+use model::model_dir;
 
 const SENTENCES: [&str; 5] = [
     "a",

@@ -2,19 +2,11 @@
 //! all-MiniLM-L6-v2 (fixture generated once with sentence-transformers and
 //! torch; see `tests/fixtures/minilm_reference.json`).
 
-use std::path::PathBuf;
-
 use likewise::models::bert::BertEncoder;
 
-fn model_dir() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".cache/models/all-MiniLM-L6-v2");
-    assert!(
-        dir.join("model.safetensors").exists(),
-        "{} is missing: run scripts/fetch-model",
-        dir.display()
-    );
-    dir
-}
+#[path = "common/model.rs"]
+mod model;
+use model::model_dir;
 
 #[derive(serde::Deserialize)]
 struct Case {

@@ -431,6 +431,68 @@ impl BertEncoder {
     /// The forward pass over the sequences `members` picks, packed.
     fn forward_batch(&self, members: &[usize], sequences: &[&[u32]]) -> Vec<(usize, Vec<f32>)> {
         let h = self.hidden;
+        let (x, lens) = self.run_layers(members, sequences, self.layers.len());
+        // Mean over each sequence's tokens, then unit length.
+        let mut out = Vec::with_capacity(members.len());
+        let mut start = 0;
+        for (&i, &len) in members.iter().zip(&lens) {
+            let mut mean = vec![0f32; h];
+            for row in x[start * h..(start + len) * h].chunks_exact(h) {
+                for (m, v) in mean.iter_mut().zip(row) {
+                    *m += v;
+                }
+            }
+            let count = len.max(1) as f32;
+            mean.iter_mut().for_each(|m| *m /= count);
+            let norm = mean.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
+            mean.iter_mut().for_each(|m| *m /= norm);
+            out.push((i, mean));
+            start += len;
+        }
+        out
+    }
+
+    /// The hidden states after the embeddings and the first `layers`
+    /// layers (at most all), per sequence: `len × hidden` floats, row
+    /// major. Fine-tuning runs the frozen bottom of the model here, where
+    /// it is faster than in the training graph (`train::finetune`).
+    /// Sequences are split over the cores; ids must be in the vocabulary
+    /// (as [`Self::tokenize`] gives them).
+    pub fn hidden_states(&self, sequences: &[&[u32]], layers: usize) -> Vec<Vec<f32>> {
+        let layers = layers.min(self.layers.len());
+        let order: Vec<usize> = (0..sequences.len()).collect();
+        let share = order.len().div_ceil(self.threads.max(1)).max(1);
+        let run = |members: &[usize]| {
+            let (x, lens) = self.run_layers(members, sequences, layers);
+            let mut out = Vec::with_capacity(members.len());
+            let mut start = 0;
+            for len in lens {
+                out.push(x[start * self.hidden..(start + len) * self.hidden].to_vec());
+                start += len;
+            }
+            out
+        };
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = order
+                .chunks(share)
+                .map(|members| scope.spawn(move || run(members)))
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().unwrap_or_default())
+                .collect()
+        })
+    }
+
+    /// Embeddings and the first `layers` layers over the sequences
+    /// `members` picks, packed: (`rows × hidden` states, each length).
+    fn run_layers(
+        &self,
+        members: &[usize],
+        sequences: &[&[u32]],
+        layers: usize,
+    ) -> (Vec<f32>, Vec<usize>) {
+        let h = self.hidden;
         let lens: Vec<usize> = members.iter().map(|&i| sequences[i].len()).collect();
         let rows: usize = lens.iter().sum();
         let mut x = Vec::with_capacity(rows * h);
@@ -450,7 +512,7 @@ impl BertEncoder {
         let (mut qkv, mut ctx, mut tmp, mut inter) =
             (Vec::new(), vec![0f32; rows * h], Vec::new(), Vec::new());
         let mut scores = Vec::new();
-        for layer in &self.layers {
+        for layer in &self.layers[..layers] {
             layer.qkv.forward(&x, rows, &mut qkv);
             self.attention(&qkv, &lens, &mut ctx, &mut scores);
             layer.attn_out.forward(&ctx, rows, &mut tmp);
@@ -468,24 +530,7 @@ impl BertEncoder {
             layer.out_norm.forward(&mut tmp);
             std::mem::swap(&mut x, &mut tmp);
         }
-        // Mean over each sequence's tokens, then unit length.
-        let mut out = Vec::with_capacity(members.len());
-        let mut start = 0;
-        for (&i, &len) in members.iter().zip(&lens) {
-            let mut mean = vec![0f32; h];
-            for row in x[start * h..(start + len) * h].chunks_exact(h) {
-                for (m, v) in mean.iter_mut().zip(row) {
-                    *m += v;
-                }
-            }
-            let count = len.max(1) as f32;
-            mean.iter_mut().for_each(|m| *m /= count);
-            let norm = mean.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
-            mean.iter_mut().for_each(|m| *m /= norm);
-            out.push((i, mean));
-            start += len;
-        }
-        out
+        (x, lens)
     }
 
     /// Self-attention of each packed sequence over its own tokens, all heads:

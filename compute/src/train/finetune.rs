@@ -20,11 +20,12 @@
 //!
 //! Sync, CPU only; no I/O but the model files a caller names.
 
-use crate::bert::Config;
+use crate::bert::{BertEncoder, Config};
 use candle_core::{DType, Device, Tensor, Var, D};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+use std::sync::Arc;
 
 /// Errors as text (candle's, or a model file's problem).
 fn failed(e: candle_core::Error) -> String {
@@ -113,6 +114,13 @@ pub struct BertGraph {
     shape: Shape,
     weights: BTreeMap<String, Weight>,
     dtype: DType,
+    /// The first layer with trained weights (`shape.layers` for none).
+    first_trained: usize,
+    /// The fast encoder over the same weights, which runs the frozen
+    /// embeddings and layers below `first_trained` when set (measured
+    /// faster than the graph; `load` sets it when the embeddings are
+    /// frozen).
+    prefix: Option<Arc<BertEncoder>>,
 }
 
 impl BertGraph {
@@ -123,7 +131,11 @@ impl BertGraph {
         let config = Config::read(dir)?;
         let tensors = candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu)
             .map_err(|e| format!("model.safetensors: {e}"))?;
-        BertGraph::new(Shape::from(&config), tensors, trainable, DType::F32)
+        let mut graph = BertGraph::new(Shape::from(&config), tensors, trainable, DType::F32)?;
+        if !trainable.embeddings && graph.first_trained > 0 {
+            graph.prefix = Some(Arc::new(BertEncoder::load(dir)?));
+        }
+        Ok(graph)
     }
 
     /// A graph over `tensors` (Hugging Face names, `bert.` prefix
@@ -169,6 +181,12 @@ impl BertGraph {
             shape,
             weights,
             dtype,
+            first_trained: if trainable.embeddings {
+                0
+            } else {
+                first_trained
+            },
+            prefix: None,
         };
         graph.check_shapes()?;
         Ok(graph)
@@ -248,19 +266,28 @@ impl BertGraph {
     fn linear(&self, x: &Tensor, name: &str) -> candle_core::Result<Tensor> {
         let w = self.get(&format!("{name}.weight"));
         let b = self.get(&format!("{name}.bias"));
-        x.broadcast_matmul(&w.t()?)?.broadcast_add(b)
+        // One product over every token (`[rows, in]`), not one per
+        // sequence: measured 1.17× the pairs/s of fine-tuning.
+        let mut dims = x.dims().to_vec();
+        let inp = dims.pop().unwrap_or(1);
+        let rows: usize = dims.iter().product();
+        let y = x.reshape((rows, inp))?.matmul(&w.t()?)?.broadcast_add(b)?;
+        dims.push(w.dims()[0]);
+        y.reshape(dims)
     }
 
     /// LayerNorm over the last dimension: `(x − mean) / √(var + ε) · g + b`
     /// with the biased variance, as PyTorch computes it.
     fn layer_norm(&self, x: &Tensor, name: &str) -> candle_core::Result<Tensor> {
+        let (g, b) = (
+            self.get(&format!("{name}.weight")),
+            self.get(&format!("{name}.bias")),
+        );
         let mean = x.mean_keepdim(D::Minus1)?;
         let centred = x.broadcast_sub(&mean)?;
         let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
         let normed = centred.broadcast_div(&(var + self.shape.layer_norm_eps)?.sqrt()?)?;
-        normed
-            .broadcast_mul(self.get(&format!("{name}.weight")))?
-            .broadcast_add(self.get(&format!("{name}.bias")))
+        normed.broadcast_mul(g)?.broadcast_add(b)
     }
 
     /// Unit sentence vectors (`[B, hidden]`) of token-id sequences (each
@@ -301,19 +328,37 @@ impl BertGraph {
             ids.extend(seq.iter().copied().chain(std::iter::repeat(0)).take(t));
             mask.extend((0..t).map(|i| if i < seq.len() { 1.0f32 } else { 0.0 }));
         }
-        let ids = Tensor::from_vec(ids, b * t, &dev)?;
         let mask = Tensor::from_vec(mask, (b, t), &dev)?.to_dtype(self.dtype)?;
-        let mut x = self
-            .get(EMBEDDINGS[0])
-            .index_select(&ids, 0)?
-            .reshape((b, t, h))?
-            .broadcast_add(&self.get(EMBEDDINGS[1]).narrow(0, 0, t)?)?
-            .broadcast_add(&self.get(EMBEDDINGS[2]).narrow(0, 0, 1)?)?;
-        x = self.layer_norm(&x, "embeddings.LayerNorm")?;
+        let (mut x, first) = match &self.prefix {
+            Some(encoder) => {
+                // The frozen bottom, padded with zeros (masked below).
+                let refs: Vec<&[u32]> = sequences.iter().map(Vec::as_slice).collect();
+                let mut padded = vec![0f32; b * t * h];
+                for (i, states) in encoder
+                    .hidden_states(&refs, self.first_trained)
+                    .into_iter()
+                    .enumerate()
+                {
+                    padded[i * t * h..][..states.len()].copy_from_slice(&states);
+                }
+                let x = Tensor::from_vec(padded, (b, t, h), &dev)?.to_dtype(self.dtype)?;
+                (x, self.first_trained)
+            }
+            None => {
+                let ids = Tensor::from_vec(ids, b * t, &dev)?;
+                let x = self
+                    .get(EMBEDDINGS[0])
+                    .index_select(&ids, 0)?
+                    .reshape((b, t, h))?
+                    .broadcast_add(&self.get(EMBEDDINGS[1]).narrow(0, 0, t)?)?
+                    .broadcast_add(&self.get(EMBEDDINGS[2]).narrow(0, 0, 1)?)?;
+                (self.layer_norm(&x, "embeddings.LayerNorm")?, 0)
+            }
+        };
         // 0 for tokens, a large negative number for padding: e^(−1e9) is 0.
         let bias = mask.affine(1e9, -1e9)?.reshape((b, 1, 1, t))?;
         let scale = 1.0 / (dh as f64).sqrt();
-        for l in 0..s.layers {
+        for l in first..s.layers {
             let p = format!("encoder.layer.{l}");
             let split = |name: &str| -> candle_core::Result<Tensor> {
                 self.linear(&x, &format!("{p}.attention.self.{name}"))?
@@ -454,13 +499,7 @@ pub fn fine_tune(
     let mut epochs = Vec::new();
     let mut step = 0;
     for epoch in 1..=spec.epochs {
-        // Fisher–Yates with xorshift64.
-        for i in (1..order.len()).rev() {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            order.swap(i, (rng % (i as u64 + 1)) as usize);
-        }
+        super::shuffle(&mut order, &mut rng);
         let mut total = 0.0f64;
         for chunk in order.chunks_exact(batch) {
             let queries: Vec<Vec<u32>> = chunk.iter().map(|&i| pairs[i].0.clone()).collect();

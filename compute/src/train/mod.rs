@@ -254,6 +254,17 @@ pub struct Epoch {
     pub metrics: Vec<(String, f64)>,
 }
 
+/// Fisher–Yates with xorshift64 (`rng` non-zero): a fixed seed gives a
+/// fixed order, epoch after epoch.
+pub(crate) fn shuffle(order: &mut [usize], rng: &mut u64) {
+    for i in (1..order.len()).rev() {
+        *rng ^= *rng << 13;
+        *rng ^= *rng >> 7;
+        *rng ^= *rng << 17;
+        order.swap(i, (*rng % (i as u64 + 1)) as usize);
+    }
+}
+
 /// Fits an adapter. `report` sees every epoch and may stop the run by
 /// returning `false` (the index was dropped). A NaN or infinite loss stops
 /// training with an error; the caller keeps its previous adapter.
@@ -274,13 +285,7 @@ pub fn train(
     let batch = spec.batch_size.min(train.len()).max(2);
     let (mut qb, mut xb) = (Vec::with_capacity(batch * d), Vec::with_capacity(batch * d));
     for epoch in 1..=spec.epochs {
-        // Fisher–Yates with xorshift: a fixed seed gives a fixed run.
-        for i in (1..order.len()).rev() {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            order.swap(i, (rng % (i as u64 + 1)) as usize);
-        }
+        shuffle(&mut order, &mut rng);
         let mut total = 0.0f64;
         let mut batches = 0;
         for chunk in order.chunks(batch) {
