@@ -55,6 +55,20 @@ fn the_training_graph_and_the_fast_encoder_agree_before_and_after_fine_tuning() 
         gap <= 1e-5,
         "training graph vs encoder before training: {gap}"
     );
+    // With the embeddings trained, the graph computes every layer itself
+    // (the frozen bottom above ran in the fast encoder).
+    let whole = BertGraph::load(
+        &dir,
+        Trainable {
+            layers: None,
+            embeddings: true,
+        },
+    )
+    .unwrap();
+    assert_eq!(whole.trained().len(), 5 + 6 * 16);
+    let gap = max_difference(&before, &whole.vectors(&ids).unwrap());
+    assert!(gap <= 1e-5, "whole training graph vs encoder: {gap}");
+    drop(whole);
 
     // A few steps on package-like (summary, description) pairs.
     let texts: Vec<(String, String)> = (0..16)

@@ -57,7 +57,10 @@ impl Config {
                 ));
             }
         }
-        if c.hidden_size == 0 || c.hidden_size % c.num_attention_heads.max(1) != 0 {
+        if c.hidden_size == 0
+            || c.num_attention_heads == 0
+            || c.hidden_size % c.num_attention_heads != 0
+        {
             return Err("config.json: hidden_size is not a multiple of num_attention_heads".into());
         }
         Ok(c)
@@ -457,8 +460,12 @@ impl BertEncoder {
     /// major. Fine-tuning runs the frozen bottom of the model here, where
     /// it is faster than in the training graph (`train::finetune`).
     /// Sequences are split over the cores; ids must be in the vocabulary
-    /// (as [`Self::tokenize`] gives them).
-    pub fn hidden_states(&self, sequences: &[&[u32]], layers: usize) -> Vec<Vec<f32>> {
+    /// (as [`Self::tokenize`] gives them). Errors: a worker that failed.
+    pub fn hidden_states(
+        &self,
+        sequences: &[&[u32]],
+        layers: usize,
+    ) -> Result<Vec<Vec<f32>>, String> {
         let layers = layers.min(self.layers.len());
         let order: Vec<usize> = (0..sequences.len()).collect();
         let share = order.len().div_ceil(self.threads.max(1)).max(1);
@@ -472,7 +479,7 @@ impl BertEncoder {
             }
             out
         };
-        std::thread::scope(|scope| {
+        let states: Vec<Vec<f32>> = std::thread::scope(|scope| {
             let handles: Vec<_> = order
                 .chunks(share)
                 .map(|members| scope.spawn(move || run(members)))
@@ -481,7 +488,11 @@ impl BertEncoder {
                 .into_iter()
                 .flat_map(|h| h.join().unwrap_or_default())
                 .collect()
-        })
+        });
+        if states.len() != sequences.len() {
+            return Err("encoding failed".into());
+        }
+        Ok(states)
     }
 
     /// Embeddings and the first `layers` layers over the sequences

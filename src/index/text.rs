@@ -1173,14 +1173,17 @@ impl TextIndex {
     /// the merge names only segments no other merge holds; writers wait
     /// for those, not for this merge, which runs on the merge thread while
     /// commits go on (tantivy applies their deletes to the merged
-    /// segment). CPU and disk work: a blocking thread. Errors: tantivy's,
-    /// as text.
+    /// segment). The index is in memory: while the merge runs it holds
+    /// the merged segment beside the old ones. CPU work: a blocking
+    /// thread. Errors: tantivy's, as text; when no writer could be opened
+    /// again, later writes fail as after a failed commit (a rebuild
+    /// follows).
     pub fn merge_segments(&self) -> Result<(), String> {
         let merging = {
             let mut guard = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-            let Some(writer) = guard.take() else {
-                return Ok(());
-            };
+            let writer = guard
+                .take()
+                .ok_or("the text index's writer failed earlier: it needs a rebuild")?;
             let waited = writer.wait_merging_threads();
             let mut writer = open_writer(&self.index)?;
             let ids = self.index.searchable_segment_ids();

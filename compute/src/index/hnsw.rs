@@ -627,6 +627,14 @@ impl<E: Element> Hnsw<E> {
     }
 }
 
+impl<E: Element> Hnsw<E> {
+    /// The filtered planner's measured costs (tests pin them, see
+    /// [`PlanCosts::pin`]).
+    pub fn plan_costs(&self) -> &PlanCosts {
+        &self.plan_costs
+    }
+}
+
 impl<E: Element> Widen for Hnsw<E> {
     fn widened_into<F: Element>(&self) -> Box<dyn VectorIndex<F>> {
         Box::new(self.widened::<F>())
@@ -764,14 +772,6 @@ impl<E: Element> VectorIndex<E> for Hnsw<E> {
         w.finish(out)
     }
 
-    /// An unfiltered search compares about `ef × m0 / 5` vectors (445 and
-    /// 941 measured at ef 100 on 30k and 100k clustered vectors, M 16); a
-    /// filter passing a fraction `s` of the nodes makes the walk about
-    /// `1 / s` longer; and one graph comparison costs one to two
-    /// comparisons of a scan over the filter's matches, which are
-    /// scattered too, so `ef × m0 / 3` per `1 / s` (`scripts/bench ann`,
-    /// AMD EPYC, 30k × 128, ef 100: at s = 0.5 the walk ran at 8,452
-    /// queries/s and the scan at 428–1,142; at s = 0.1, 1,444 and 5,413).
     /// Estimates the walk from the share of allowed nodes around the
     /// query: after the descent to layer 0, the nodes one and two links
     /// from where it lands (through its first `SAMPLED_LISTS` links) are

@@ -211,6 +211,8 @@ pub struct PlanCosts {
     /// `f64` bits; 0 until measured.
     walk_ns: std::sync::atomic::AtomicU64,
     scan_ns: std::sync::atomic::AtomicU64,
+    /// Set by [`PlanCosts::pin`]: no more measuring.
+    pinned: std::sync::atomic::AtomicBool,
 }
 
 /// Strategies smaller than this many comparisons are not timed (the
@@ -232,10 +234,22 @@ impl PlanCosts {
         }
     }
 
-    /// Records one strategy's run: `compared` vectors in `elapsed`.
+    /// Fixes the walk-to-scan ratio and stops measuring: for tests, whose
+    /// strategy must not depend on how loaded the machine is.
+    pub fn pin(&self, walk_to_scan: f64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.pinned.store(true, Relaxed);
+        self.walk_ns.store(walk_to_scan.to_bits(), Relaxed);
+        self.scan_ns.store(1.0f64.to_bits(), Relaxed);
+    }
+
+    /// Records one strategy's run: `compared` vectors in `elapsed`. Each
+    /// sample counts within 4× of the average so far, so one run slowed
+    /// by the machine (a preempted thread, a cold cache) cannot swing the
+    /// choice for many queries.
     fn record(&self, walk: bool, elapsed: std::time::Duration, compared: usize) {
         use std::sync::atomic::Ordering::Relaxed;
-        if compared < TIMED_AT_LEAST {
+        if compared < TIMED_AT_LEAST || self.pinned.load(Relaxed) {
             return;
         }
         let cell = if walk { &self.walk_ns } else { &self.scan_ns };
@@ -244,7 +258,7 @@ impl PlanCosts {
         // A 1/16 weight: about the last 16 queries; racing updates may
         // drop one, which only slows the average down.
         let next = if was > 0.0 {
-            was + (now - was) / 16.0
+            was + (now.clamp(was / 4.0, was * 4.0) - was) / 16.0
         } else {
             now
         };

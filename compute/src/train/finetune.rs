@@ -336,6 +336,7 @@ impl BertGraph {
                 let mut padded = vec![0f32; b * t * h];
                 for (i, states) in encoder
                     .hidden_states(&refs, self.first_trained)
+                    .map_err(candle_core::Error::Msg)?
                     .into_iter()
                     .enumerate()
                 {
@@ -458,12 +459,18 @@ pub struct Epoch {
     pub loss: f32,
 }
 
+/// How far a whole epoch's mean loss may rise over the best epoch's
+/// before the run counts as diverged (an epoch 50% worse than the best is
+/// not noise).
+pub const DIVERGED: f32 = 1.5;
+
 /// Fine-tunes `graph`'s trainable weights on `(query, item)` token-id
 /// pairs with the ranking loss and AdamW. `progress` is called after every
 /// step and stops the run by returning `false` (the epochs finished so far
-/// are returned). Errors: a loss that is not a number, or a mean loss that
-/// rose over a whole epoch (the run diverged: the weights are then not to
-/// be used), and [`BertGraph::embed`]'s.
+/// are returned). Errors: a loss that is not a number, or an epoch whose
+/// mean loss rose past [`DIVERGED`] times the best epoch's (the run
+/// diverged: the graph's weights are then not to be used), and
+/// [`BertGraph::embed`]'s.
 pub fn fine_tune(
     graph: &BertGraph,
     pairs: &[(Vec<u32>, Vec<u32>)],
@@ -534,12 +541,16 @@ pub fn fine_tune(
             }
         }
         let mean = (total / per_epoch as f64) as f32;
-        if let Some(last) = epochs.last().map(|e: &Epoch| e.loss) {
-            if mean > last {
-                return Err(format!(
-                    "fine-tuning stopped after epoch {epoch}: the mean loss rose from {last:.4} to {mean:.4} (try a lower learningRate)"
-                ));
-            }
+        // Noise once the loss has levelled off is not divergence: a whole
+        // epoch's mean over the best one by more than DIVERGED is.
+        let best = epochs
+            .iter()
+            .map(|e: &Epoch| e.loss)
+            .fold(f32::INFINITY, f32::min);
+        if mean > best * DIVERGED {
+            return Err(format!(
+                "fine-tuning stopped after epoch {epoch}: the mean loss rose from {best:.4} to {mean:.4} (try a lower learningRate)"
+            ));
         }
         epochs.push(Epoch { loss: mean });
     }
