@@ -464,6 +464,13 @@ pub struct Epoch {
 /// not noise).
 pub const DIVERGED: f32 = 1.5;
 
+/// The best earlier epoch's mean loss when `mean` is over [`DIVERGED`]
+/// times it.
+fn diverged(earlier: &[Epoch], mean: f32) -> Option<f32> {
+    let best = earlier.iter().map(|e| e.loss).fold(f32::INFINITY, f32::min);
+    (mean > best * DIVERGED).then_some(best)
+}
+
 /// Fine-tunes `graph`'s trainable weights on `(query, item)` token-id
 /// pairs with the ranking loss and AdamW. `progress` is called after every
 /// step and stops the run by returning `false` (the epochs finished so far
@@ -543,11 +550,7 @@ pub fn fine_tune(
         let mean = (total / per_epoch as f64) as f32;
         // Noise once the loss has levelled off is not divergence: a whole
         // epoch's mean over the best one by more than DIVERGED is.
-        let best = epochs
-            .iter()
-            .map(|e: &Epoch| e.loss)
-            .fold(f32::INFINITY, f32::min);
-        if mean > best * DIVERGED {
+        if let Some(best) = diverged(&epochs, mean) {
             return Err(format!(
                 "fine-tuning stopped after epoch {epoch}: the mean loss rose from {best:.4} to {mean:.4} (try a lower learningRate)"
             ));
@@ -713,6 +716,18 @@ mod tests {
         assert!((norm - 1.0).abs() < 1e-12);
         assert!(graph.embed(&[vec![]]).is_err());
         assert!(graph.embed(&[vec![30]]).is_err());
+    }
+
+    #[test]
+    fn an_epoch_far_above_the_best_is_divergence_and_noise_is_not() {
+        let epochs =
+            |losses: &[f32]| -> Vec<Epoch> { losses.iter().map(|&loss| Epoch { loss }).collect() };
+        assert_eq!(diverged(&[], 5.0), None);
+        // Levelled off: small rises are noise.
+        assert_eq!(diverged(&epochs(&[0.9, 0.3, 0.28]), 0.31), None);
+        assert_eq!(diverged(&epochs(&[0.9, 0.3, 0.28]), 0.40), None);
+        // Over 1.5× the best epoch.
+        assert_eq!(diverged(&epochs(&[0.9, 0.3, 0.28]), 0.43), Some(0.28));
     }
 
     #[test]
