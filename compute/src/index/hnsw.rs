@@ -426,6 +426,23 @@ impl<E: Element> Hnsw<E> {
         self.upper_at.resize(n, NONE);
     }
 
+    /// Greedy descent from `entry` through the layers above `to_layer - 1`
+    /// (the top down to `to_layer`): the node nearest the query it ends on.
+    fn descend<D: Fn(&[E]) -> f32>(
+        &self,
+        dist: &D,
+        entry: u32,
+        to_layer: usize,
+        examined: &mut usize,
+    ) -> Near {
+        *examined += 1;
+        let mut best = Near(dist(self.vec_of(entry)), entry);
+        for layer in (to_layer..=self.top_level).rev() {
+            best = self.greedy(dist, best, layer, examined);
+        }
+        best
+    }
+
     /// Greedy descent on one layer from `start` towards `query`.
     fn greedy<D: Fn(&[E]) -> f32>(
         &self,
@@ -605,16 +622,13 @@ impl<E: Element> Hnsw<E> {
         if k == 0 {
             return (Vec::new(), 0);
         }
-        let mut examined = 1;
+        let mut examined = 0;
         let best = match from {
-            Some(node) => Near(dist(self.vec_of(node)), node),
-            None => {
-                let mut best = Near(dist(self.vec_of(entry)), entry);
-                for layer in (1..=self.top_level).rev() {
-                    best = self.greedy(dist, best, layer, &mut examined);
-                }
-                best
+            Some(node) => {
+                examined += 1;
+                Near(dist(self.vec_of(node)), node)
             }
+            None => self.descend(dist, entry, 1, &mut examined),
         };
         let admit = |n: u32| !self.removed[n as usize] && allowed.is_none_or(|a| a.contains(n));
         let hits = self
@@ -672,11 +686,8 @@ impl<E: Element> VectorIndex<E> for Hnsw<E> {
         let query = self.vec_of(key).to_vec();
         let distance = self.distance;
         let dist = |row: &[E]| distance(&query, row);
-        let mut best = Near(dist(self.vec_of(entry)), entry);
         let mut examined = 0;
-        for layer in (level + 1..=self.top_level).rev() {
-            best = self.greedy(&dist, best, layer, &mut examined);
-        }
+        let best = self.descend(&dist, entry, level + 1, &mut examined);
         let mut entries = vec![best];
         let ef = self.params.num_edge_candidates.max(self.params.max_edges);
         for layer in (0..=level.min(self.top_level)).rev() {
@@ -812,11 +823,7 @@ impl<E: Element> VectorIndex<E> for Hnsw<E> {
             Query::Native(q) => distance(q, row),
             Query::By(dist) => dist(row),
         };
-        let mut examined = 0;
-        let mut best = Near(dist(self.vec_of(entry)), entry);
-        for layer in (1..=self.top_level).rev() {
-            best = self.greedy(&dist, best, layer, &mut examined);
-        }
+        let best = self.descend(&dist, entry, 1, &mut 0);
         let (mut sampled, mut admitted) = (0usize, 0usize);
         for &n in self.neighbours(best.1, 0).iter().take(SAMPLED_LISTS) {
             for &m in std::iter::once(&n).chain(self.neighbours(n, 0)) {

@@ -109,12 +109,26 @@ const LAYER: [&str; 16] = [
     "output.LayerNorm.bias",
 ];
 
+/// The shape of one layer's tensor `name` (from [`LAYER`]).
+fn layer_dims(name: &str, s: &Shape) -> Vec<usize> {
+    let (h, i) = (s.hidden, s.intermediate);
+    match name {
+        "intermediate.dense.weight" => vec![i, h],
+        "intermediate.dense.bias" => vec![i],
+        "output.dense.weight" => vec![h, i],
+        n if n.ends_with(".weight") && !n.ends_with("LayerNorm.weight") => vec![h, h],
+        _ => vec![h],
+    }
+}
+
 /// A BERT sentence encoder as a differentiable candle graph.
 pub struct BertGraph {
     shape: Shape,
     weights: BTreeMap<String, Weight>,
     dtype: DType,
-    /// The first layer with trained weights (`shape.layers` for none).
+    /// The first layer the graph itself runs: 0 when the embeddings
+    /// train, else the first layer with trained weights (`shape.layers`
+    /// for none).
     first_trained: usize,
     /// The fast encoder over the same weights, which runs the frozen
     /// embeddings and layers below `first_trained` when set (measured
@@ -194,32 +208,15 @@ impl BertGraph {
 
     fn check_shapes(&self) -> Result<(), String> {
         let s = self.shape;
-        let (h, i) = (s.hidden, s.intermediate);
+        let h = s.hidden;
         let mut want: Vec<(String, Vec<usize>)> = vec![
             (EMBEDDINGS[1].into(), vec![s.max_positions, h]),
             (EMBEDDINGS[3].into(), vec![h]),
             (EMBEDDINGS[4].into(), vec![h]),
         ];
         for l in 0..s.layers {
-            for (n, dims) in LAYER.iter().zip([
-                vec![h, h],
-                vec![h],
-                vec![h, h],
-                vec![h],
-                vec![h, h],
-                vec![h],
-                vec![h, h],
-                vec![h],
-                vec![h],
-                vec![h],
-                vec![i, h],
-                vec![i],
-                vec![h, i],
-                vec![h],
-                vec![h],
-                vec![h],
-            ]) {
-                want.push((format!("encoder.layer.{l}.{n}"), dims));
+            for n in LAYER {
+                want.push((format!("encoder.layer.{l}.{n}"), layer_dims(n, &s)));
             }
         }
         for (name, dims) in want {
@@ -322,10 +319,8 @@ impl BertGraph {
         let (b, h) = (sequences.len(), s.hidden);
         let (heads, dh) = (s.heads, s.hidden / s.heads);
         let dev = Device::Cpu;
-        let mut ids = Vec::with_capacity(b * t);
         let mut mask = Vec::with_capacity(b * t);
         for seq in sequences {
-            ids.extend(seq.iter().copied().chain(std::iter::repeat(0)).take(t));
             mask.extend((0..t).map(|i| if i < seq.len() { 1.0f32 } else { 0.0 }));
         }
         let mask = Tensor::from_vec(mask, (b, t), &dev)?.to_dtype(self.dtype)?;
@@ -346,6 +341,10 @@ impl BertGraph {
                 (x, self.first_trained)
             }
             None => {
+                let ids: Vec<u32> = sequences
+                    .iter()
+                    .flat_map(|seq| seq.iter().copied().chain(std::iter::repeat(0)).take(t))
+                    .collect();
                 let ids = Tensor::from_vec(ids, b * t, &dev)?;
                 let x = self
                     .get(EMBEDDINGS[0])
@@ -588,7 +587,7 @@ mod tests {
                 .collect();
             Tensor::from_vec(values, dims, &Device::Cpu).unwrap()
         };
-        let (h, i) = (shape.hidden, shape.intermediate);
+        let h = shape.hidden;
         let mut tensors = HashMap::new();
         tensors.insert(EMBEDDINGS[0].to_string(), random(&[30, h], 0.0));
         tensors.insert(EMBEDDINGS[1].to_string(), random(&[16, h], 0.0));
@@ -597,19 +596,7 @@ mod tests {
         tensors.insert(EMBEDDINGS[4].to_string(), random(&[h], 0.0));
         for l in 0..shape.layers {
             for n in LAYER {
-                let dims: Vec<usize> = match n {
-                    "intermediate.dense.weight" => vec![i, h],
-                    "intermediate.dense.bias" => vec![i],
-                    "output.dense.weight" => vec![h, i],
-                    _ if n.ends_with("dense.weight")
-                        || n.ends_with("query.weight")
-                        || n.ends_with("key.weight")
-                        || n.ends_with("value.weight") =>
-                    {
-                        vec![h, h]
-                    }
-                    _ => vec![h],
-                };
+                let dims = layer_dims(n, &shape);
                 let around = if n.ends_with("LayerNorm.weight") {
                     1.0
                 } else {
