@@ -13,7 +13,7 @@
 //! each, pairs/s of fine-tuning, its peak resident memory.
 
 use likewise::models::bert::BertEncoder;
-use likewise::train::finetune::{fine_tune, BertGraph, FineTuneSpec, Trainable};
+use likewise::train::finetune::{fine_tune, truncate, BertGraph, FineTuneSpec, Trainable};
 use likewise::train::{self, Metric, Pairs, TrainSpec};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -122,13 +122,9 @@ fn main() {
         },
     )
     .expect("graph");
-    let cut = |mut ids: Vec<u32>| {
-        if let Some(m) = max_tokens.filter(|&m| ids.len() > m && m >= 2) {
-            let last = *ids.last().unwrap();
-            ids.truncate(m - 1);
-            ids.push(last);
-        }
-        ids
+    let cut = |ids: Vec<u32>| match max_tokens {
+        Some(m) => truncate(ids, m),
+        None => ids,
     };
     let token_pairs: Vec<(Vec<u32>, Vec<u32>)> = encoder
         .tokenize(&tq)

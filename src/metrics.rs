@@ -422,6 +422,38 @@ impl Metrics {
                 planned,
             );
         }
+        let fine_tuning: Vec<_> = indexes
+            .iter()
+            .filter_map(|i| Some((i, i.training().fine_tune.clone()?)))
+            .collect();
+        for (name, help, value) in [
+            (
+                "likewise_index_fine_tune_steps_done",
+                "Fine-tuning steps taken (batches), over all epochs.",
+                (|f: &crate::registry::FineTuneState| f.step as f64)
+                    as fn(&crate::registry::FineTuneState) -> f64,
+            ),
+            (
+                "likewise_index_fine_tune_steps",
+                "Fine-tuning steps planned.",
+                |f| f.steps as f64,
+            ),
+            (
+                "likewise_index_fine_tune_loss",
+                "The last fine-tuning step's loss.",
+                |f| f64::from(f.loss),
+            ),
+            (
+                "likewise_index_fine_tune_pairs_per_second",
+                "Fine-tuning throughput so far, in training pairs per second.",
+                |f| f.pairs_per_s,
+            ),
+        ] {
+            e.family(name, "gauge", help);
+            for (index, state) in &fine_tuning {
+                e.sample(name, &labels(index), value(state));
+            }
+        }
         e.out
     }
 }

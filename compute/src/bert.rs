@@ -65,16 +65,6 @@ impl Config {
         }
         Ok(c)
     }
-
-    /// Reads and parses `dir/config.json` (at most 1 MiB).
-    pub(crate) fn read(dir: &Path) -> Result<Config, String> {
-        let path = dir.join("config.json");
-        let meta = std::fs::metadata(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        if !meta.is_file() || meta.len() > 1 << 20 {
-            return Err(format!("{}: not a config file", path.display()));
-        }
-        Config::parse(&std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?)
-    }
 }
 
 fn default_eps() -> f64 {
@@ -226,11 +216,25 @@ fn fused_qkv(w: &Weights<'_>, p: &str, h: usize) -> Result<Linear, String> {
 /// Largest model file read (BERT-large's weights are 1.3 GB in float32).
 pub const MAX_MODEL_FILE: u64 = 4 << 30;
 
-impl BertEncoder {
-    /// Loads `config.json`, `tokenizer.json` and `model.safetensors` from
-    /// `dir`. Each must be a regular file (a device or FIFO is refused
-    /// before it is opened) of at most [`MAX_MODEL_FILE`] bytes.
-    pub fn load(dir: &Path) -> Result<Self, String> {
+/// A BERT model directory's three files, in memory.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ModelFiles {
+    /// `config.json`.
+    pub config: Vec<u8>,
+    /// `tokenizer.json`.
+    pub tokenizer: Vec<u8>,
+    /// `model.safetensors`.
+    pub weights: Vec<u8>,
+}
+
+impl ModelFiles {
+    /// The file names, in the order of the fields.
+    pub const NAMES: [&'static str; 3] = ["config.json", "tokenizer.json", "model.safetensors"];
+
+    /// Reads the three files from `dir`. Each must be a regular file (a
+    /// device or FIFO is refused before it is opened) of at most
+    /// [`MAX_MODEL_FILE`] bytes.
+    pub fn read(dir: &Path) -> Result<ModelFiles, String> {
         let read = |name: &str| {
             use std::io::Read;
             let path = dir.join(name);
@@ -251,10 +255,37 @@ impl BertEncoder {
             }
             Ok(bytes)
         };
-        let c = Config::parse(&read("config.json")?)?;
+        Ok(ModelFiles {
+            config: read(Self::NAMES[0])?,
+            tokenizer: read(Self::NAMES[1])?,
+            weights: read(Self::NAMES[2])?,
+        })
+    }
+
+    /// The files with their names, in [`Self::NAMES`] order.
+    pub fn named(&self) -> [(&'static str, &[u8]); 3] {
+        [
+            (Self::NAMES[0], &self.config),
+            (Self::NAMES[1], &self.tokenizer),
+            (Self::NAMES[2], &self.weights),
+        ]
+    }
+}
+
+impl BertEncoder {
+    /// Loads `config.json`, `tokenizer.json` and `model.safetensors` from
+    /// `dir` ([`ModelFiles::read`]).
+    pub fn load(dir: &Path) -> Result<Self, String> {
+        Self::from_files(&ModelFiles::read(dir)?)
+    }
+
+    /// The encoder the three files' contents describe. Errors: a file that
+    /// does not parse, a tensor missing or of the wrong shape.
+    pub fn from_files(files: &ModelFiles) -> Result<Self, String> {
+        let c = Config::parse(&files.config)?;
         let h = c.hidden_size;
-        let mut tokenizer = Tokenizer::from_bytes(read("tokenizer.json")?)
-            .map_err(|e| format!("tokenizer.json: {e}"))?;
+        let mut tokenizer =
+            Tokenizer::from_bytes(&files.tokenizer).map_err(|e| format!("tokenizer.json: {e}"))?;
         let max_tokens = MAX_TOKENS.min(c.max_position_embeddings);
         tokenizer
             .with_truncation(Some(TruncationParams {
@@ -265,9 +296,8 @@ impl BertEncoder {
         // Sequences are packed, never padded.
         tokenizer.with_padding(None);
 
-        let bytes = read("model.safetensors")?;
-        let tensors =
-            SafeTensors::deserialize(&bytes).map_err(|e| format!("model.safetensors: {e}"))?;
+        let tensors = SafeTensors::deserialize(&files.weights)
+            .map_err(|e| format!("model.safetensors: {e}"))?;
         // Some exports prefix every tensor with the architecture name.
         let prefix = if tensors.tensor("embeddings.word_embeddings.weight").is_ok() {
             ""

@@ -572,18 +572,25 @@ fn definition_detail(parts: &[Arc<SearchIndex>]) -> RawDocumentBuf {
 
 use crate::train::metrics_doc as metric_doc;
 
-/// `training: {epochsDone, epochs, loss, history, pairs, trained, error?}`
-/// and, once trained, `metrics: {before, after}` on the validation split.
+/// `training: {epochsDone, epochs, loss, history, pairs, trained, error?,
+/// fineTune?}` and, once trained, `metrics: {before, adapter?, after}` on
+/// the validation split. `fineTune: {phase, step, steps, loss,
+/// pairsPerSecond, etaSeconds, modelVersion?}` while and after the text
+/// model is fine-tuned.
 fn describe_training(index: &SearchIndex) -> (RawDocumentBuf, Option<RawDocumentBuf>) {
     let t = index.training().clone();
     let mut history = RawArrayBuf::new();
     for e in &t.epochs {
         history.push(rawdoc! { "epoch": e.epoch as i32, "loss": f64::from(e.loss), "metrics": metric_doc(&e.metrics) });
     }
+    let fine_tuned = t
+        .fine_tune
+        .as_ref()
+        .is_some_and(|f| f.phase == "done" && f.version.is_some());
     let mut training = rawdoc! {
         "epochsDone": t.epochs.len() as i32,
         "epochs": t.planned_epochs as i32,
-        "trained": index.adapter().is_some(),
+        "trained": index.adapter().is_some() || fine_tuned,
         "pairs": { "train": t.train_pairs as i64, "validation": t.valid_pairs as i64 },
         "history": history,
     };
@@ -596,11 +603,30 @@ fn describe_training(index: &SearchIndex) -> (RawDocumentBuf, Option<RawDocument
     if let Some(error) = &t.error {
         training.append("error", error.as_str());
     }
-    let metrics = match (&t.before, &t.after) {
-        (Some(b), Some(a)) => Some(rawdoc! { "before": metric_doc(b), "after": metric_doc(a) }),
-        (Some(b), None) => Some(rawdoc! { "before": metric_doc(b) }),
-        _ => None,
-    };
+    if let Some(f) = &t.fine_tune {
+        let mut doc = rawdoc! {
+            "phase": f.phase,
+            "step": f.step as i64,
+            "steps": f.steps as i64,
+            "loss": f64::from(f.loss),
+            "pairsPerSecond": f.pairs_per_s,
+            "etaSeconds": f.eta_s,
+        };
+        if let Some(v) = &f.version {
+            doc.append("modelVersion", v.as_str());
+        }
+        training.append("fineTune", doc);
+    }
+    let metrics = t.before.as_ref().map(|b| {
+        let mut m = rawdoc! { "before": metric_doc(b) };
+        if let Some(a) = t.fine_tune.as_ref().and_then(|f| f.adapter.as_ref()) {
+            m.append("adapter", metric_doc(a));
+        }
+        if let Some(a) = &t.after {
+            m.append("after", metric_doc(a));
+        }
+        m
+    });
     (training, metrics)
 }
 

@@ -10,6 +10,7 @@ use crate::index::ids::IdSet;
 use crate::maintain::apply::add_documents;
 use crate::maintain::snapshot;
 use crate::maintain::stream::{self, ChangeStream};
+use crate::models::Models;
 use crate::registry::{Registry, SearchIndex, Status};
 use crate::upstream;
 use bson::{rawdoc, RawDocumentBuf};
@@ -30,7 +31,12 @@ const CURSOR_NOT_FOUND: i32 = 43;
 /// from scratch; a dropped collection (or database) deletes the index from
 /// `registry` and the catalog, as Atlas deletes a dropped collection's
 /// search indexes.
-pub async fn build(config: Arc<Config>, registry: Arc<Registry>, index: Arc<SearchIndex>) {
+pub async fn build(
+    config: Arc<Config>,
+    registry: Arc<Registry>,
+    models: Arc<Models>,
+    index: Arc<SearchIndex>,
+) {
     if index.status().0 == Status::Failed {
         // Its engine could not start (see `SearchIndex::new`).
         return;
@@ -42,7 +48,7 @@ pub async fn build(config: Arc<Config>, registry: Arc<Registry>, index: Arc<Sear
         crate::maintain::train::load(&config, &index).await;
     }
     if let Some(stream) = restore(&config, &index).await {
-        crate::maintain::train::start(&config, &index);
+        crate::maintain::train::start(&config, &registry, &models, &index);
         let Some(why) = follow(&config, &registry, &index, stream).await else {
             return;
         };
@@ -115,7 +121,7 @@ pub async fn build(config: Arc<Config>, registry: Arc<Registry>, index: Arc<Sear
             seconds = started.elapsed().as_secs_f64(),
             "search index ready"
         );
-        crate::maintain::train::start(&config, &index);
+        crate::maintain::train::start(&config, &registry, &models, &index);
         let Some(stream) = stream else {
             reconcile_forever(&config, &index).await;
             return;

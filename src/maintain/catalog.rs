@@ -95,6 +95,31 @@ pub async fn upsert(
     write_errors(&reply)
 }
 
+/// Inserts `doc`, signed, into a metadata collection: `false` when a
+/// document with its `_id` exists (the upstream's duplicate key error,
+/// 11000), so two proxies cannot both claim one `_id`.
+pub async fn insert(config: &Config, collection: &str, doc: RawDocumentBuf) -> Result<bool, Error> {
+    let doc = signed(config, collection, doc);
+    let conn = upstream::connect(config).await?;
+    let body = rawdoc! {
+        "insert": collection,
+        "documents": [doc],
+        "$db": config.metadata_db.as_str(),
+    };
+    let reply = conn.command(&body).await?;
+    let duplicate = reply.get_array("writeErrors").is_ok_and(|errors| {
+        errors
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.as_document())
+            .any(|e| crate::wire::integer(e.get("code").ok().flatten()) == Some(11000))
+    });
+    if duplicate {
+        return Ok(false);
+    }
+    write_errors(&reply).map(|()| true)
+}
+
 /// Deletes the document `_id: id` of a metadata collection (if any).
 pub async fn remove(config: &Config, collection: &str, id: &str) -> Result<(), Error> {
     let conn = upstream::connect(config).await?;
@@ -281,6 +306,12 @@ const MODELS: &str = "models";
 /// Stores a model definition (replacing one of the same name).
 pub async fn save_model(config: &Config, def: &ModelDef) -> Result<(), Error> {
     upsert(config, MODELS, &def.name, def.to_doc()).await
+}
+
+/// Stores a new model definition under a name no stored model has:
+/// `false` when one has it (another proxy claimed it first).
+pub async fn insert_model(config: &Config, def: &ModelDef) -> Result<bool, Error> {
+    insert(config, MODELS, def.to_doc()).await
 }
 
 pub async fn delete_model(config: &Config, name: &str) -> Result<(), Error> {

@@ -5,11 +5,14 @@
 pub mod apply;
 pub mod build;
 pub mod catalog;
+pub mod fine_tune;
 pub mod fresh;
 pub mod neighbourhood;
+pub mod pairs;
 pub mod snapshot;
 pub mod stream;
 pub mod train;
+pub mod versions;
 
 use crate::config::Config;
 use crate::models::Models;
@@ -65,11 +68,16 @@ async fn restore_once(
             continue;
         }
         for part in serving {
-            tokio::spawn(build::build(config.clone(), registry.clone(), part));
+            tokio::spawn(build::build(
+                config.clone(),
+                registry.clone(),
+                models.clone(),
+                part,
+            ));
         }
         let staged: Vec<Arc<SearchIndex>> = stored.staged.into_iter().map(Arc::new).collect();
         if !staged.is_empty() {
-            stage_update(config, registry, staged);
+            stage_update(config, registry, models, staged, None);
         }
     }
     for nb in stored_hoods {
@@ -104,11 +112,14 @@ pub async fn delete(
 /// they replace the serving parts (`Registry::promote`), the stored entry
 /// keeps only the new definition and the old parts' snapshots go. `false`
 /// (nothing staged, nothing built) when the index is no longer served:
-/// dropped meanwhile.
+/// dropped meanwhile; with `over`, also when `over` was replaced or
+/// another definition is staged ([`Registry::stage`]).
 pub fn stage_update(
     config: &Arc<Config>,
     registry: &Arc<Registry>,
+    models: &Arc<Models>,
     parts: Vec<Arc<SearchIndex>>,
+    over: Option<&Arc<SearchIndex>>,
 ) -> bool {
     let Some(first) = parts.first().cloned() else {
         return false;
@@ -118,7 +129,7 @@ pub fn stage_update(
         .into_iter()
         .filter(|i| i.id == first.id)
         .collect();
-    if !registry.stage(parts.clone()) {
+    if !registry.stage(parts.clone(), over) {
         return false;
     }
     for part in parts {
@@ -155,12 +166,18 @@ pub fn stage_update(
                 });
             }
         });
-        tokio::spawn(build::build(config.clone(), registry.clone(), part));
+        tokio::spawn(build::build(
+            config.clone(),
+            registry.clone(),
+            models.clone(),
+            part,
+        ));
     }
     true
 }
 
-/// Loads every stored model (weights are read on a blocking thread).
+/// Loads every stored model (weights are read on a blocking thread;
+/// fine-tuned versions' files come from the upstream).
 async fn load_models(
     config: &Arc<Config>,
     models: &Arc<Models>,
@@ -168,18 +185,12 @@ async fn load_models(
 ) {
     for def in defs {
         let name = def.name.clone();
-        let (target, dir, access) = (
-            models.clone(),
-            config.default_model.clone(),
-            config.model_access.clone(),
-        );
-        match tokio::task::spawn_blocking(move || target.load(def, &dir, &access)).await {
-            Ok(Ok(model)) => {
+        match versions::load(config, models, def).await {
+            Ok(model) => {
                 tracing::info!(model = %name, kind = model.def.kind.name(), dimensions = model.dimensions(), "model loaded");
                 models.insert(Arc::new(model));
             }
-            Ok(Err(e)) => tracing::warn!(model = %name, error = %e.message, "cannot load model"),
-            Err(e) => tracing::warn!(model = %name, error = %e, "model load task failed"),
+            Err(e) => tracing::warn!(model = %name, error = %e.message, "cannot load model"),
         }
     }
 }

@@ -13,52 +13,19 @@
 
 use crate::config::Config;
 use crate::error::{Code, Error};
-use crate::index::ids::IdSet;
-use crate::index::vector::lookup;
 use crate::maintain::catalog;
+use crate::maintain::fine_tune;
+use crate::maintain::pairs::{encode_all, show, split_of, PairReader, RawPairs, Split};
 use crate::models::Model;
-use crate::registry::{SearchIndex, Status};
+use crate::models::Models;
+use crate::registry::{Registry, SearchIndex, Status};
 use crate::train::{self, Adapter, Metric, Pairs, Splitter};
 use crate::upstream;
-use bson::{rawdoc, RawBson, RawBsonRef, RawDocument, RawDocumentBuf};
+use bson::{rawdoc, RawBson, RawDocument, RawDocumentBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
 const ADAPTERS: &str = "adapters";
-
-/// Which documents are held out.
-pub enum Split {
-    /// Everything is validation (evaluation).
-    All,
-    /// A share of documents, chosen by a hash of `_id`.
-    Fraction(f64),
-    /// These documents.
-    Ids(IdSet),
-}
-
-impl Split {
-    fn is_valid(&self, id: RawBsonRef<'_>) -> bool {
-        match self {
-            Split::All => true,
-            Split::Fraction(f) => (id_hash(id) % 10_000) as f64 / 10_000.0 < *f,
-            Split::Ids(ids) => ids.contains(id),
-        }
-    }
-}
-
-/// A hash of an `_id` that never changes: the first 8 bytes of the SHA-256
-/// of its BSON encoding (as the value of an empty key), so a stored
-/// validation split stays the same across toolchains and crate versions
-/// (`DefaultHasher` and `Debug` output promise neither).
-fn id_hash(id: RawBsonRef<'_>) -> u64 {
-    use sha2::{Digest, Sha256};
-    let mut one = bson::RawDocumentBuf::new();
-    one.append("", id.to_raw_bson());
-    let digest = Sha256::digest(one.as_bytes());
-    u64::from_le_bytes([
-        digest[0], digest[1], digest[2], digest[3], digest[4], digest[5], digest[6], digest[7],
-    ])
-}
 
 /// The key whose content is a query for the trained adapter.
 pub fn query_key(index: &SearchIndex) -> Option<&str> {
@@ -94,14 +61,7 @@ pub async fn load(config: &Config, index: &SearchIndex) -> bool {
         tracing::warn!(index = %index.name, "stored adapter does not fit the index: training again");
         return false;
     };
-    let metrics = |key: &str| {
-        doc.get_document(key).ok().map(|d| {
-            d.iter()
-                .flatten()
-                .filter_map(|(k, v)| v.as_f64().map(|x| (k.to_string(), x)))
-                .collect::<Vec<_>>()
-        })
-    };
+    let metrics = |key: &str| doc.get_document(key).ok().map(train::metrics_of);
     {
         let mut t = index.training();
         t.before = metrics("before");
@@ -135,8 +95,50 @@ async fn save(config: &Config, index: &SearchIndex, adapter: &Adapter) -> Result
 
 /// Starts training `index` in the background if its definition asks for it
 /// and it has neither an adapter nor a run under way.
-pub fn start(config: &Arc<Config>, index: &Arc<SearchIndex>) {
-    if index.spec.train.is_none() || index.adapter().is_some() {
+pub fn start(
+    config: &Arc<Config>,
+    registry: &Arc<Registry>,
+    models: &Arc<Models>,
+    index: &Arc<SearchIndex>,
+) {
+    let Some(spec) = &index.spec.train else {
+        return;
+    };
+    if let Some(fine) = spec.fine_tune {
+        if !fine_tune::made_here(index) {
+            fine_tune::start(config, registry, models, index);
+            return;
+        }
+        // This generation encodes with the version its own run made.
+        if index.training().fine_tune.is_none() {
+            fine_tune::restore_record(index);
+        }
+        if !fine.adapter || index.adapter().is_some() {
+            return;
+        }
+        // `adapt` as well: an adapter on the fine-tuned outputs, whose
+        // epochs and metrics the listing then shows (the fine-tuning
+        // run's stay in the version's `listModels` entry).
+        {
+            let mut t = index.training();
+            if t.error.is_some() {
+                return;
+            }
+            let Some(f) = t.fine_tune.as_mut() else {
+                return;
+            };
+            if f.adapter_started {
+                return;
+            }
+            f.adapter_started = true;
+            t.epochs.clear();
+            t.after = None;
+            t.planned_epochs = spec.epochs;
+        }
+        tokio::spawn(run(config.clone(), index.clone()));
+        return;
+    }
+    if index.adapter().is_some() {
         return;
     }
     {
@@ -167,31 +169,12 @@ async fn train_once(config: &Config, index: &Arc<SearchIndex>) -> Result<(), Err
     let spec = index
         .spec
         .train
-        .clone()
+        .as_ref()
+        .map(train::TrainSpec::adapter_settings)
         .ok_or_else(|| Error::internal("no training spec"))?;
     let started = Instant::now();
     let conn = upstream::connect(config).await?;
-    let split = match &spec.validation {
-        train::Validation::Fraction(f) => Split::Fraction(*f),
-        train::Validation::Filter(filter) => {
-            let find = crate::rewrite::matching_ids(
-                &index.collection,
-                &index.db,
-                filter,
-                &mut crate::rewrite::InSession::none(),
-            );
-            let mut cursor = conn.cursor(&find).await?;
-            let mut ids = IdSet::default();
-            while let Some(batch) = cursor.next_batch().await? {
-                for doc in &batch {
-                    if let Some(id) = doc.get("_id").ok().flatten() {
-                        ids.add(id);
-                    }
-                }
-            }
-            Split::Ids(ids)
-        }
-    };
+    let split = split_of(&conn, index, &spec.validation).await?;
     let (train_pairs, valid_pairs) = collect_pairs(
         upstream::Reader::Own(&conn),
         index,
@@ -295,17 +278,10 @@ fn readapt(index: &SearchIndex, adapter: &Adapter) {
     index.remap(|x| adapter.apply(x));
 }
 
-fn show(metrics: &[(String, f64)]) -> String {
-    metrics
-        .iter()
-        .map(|(k, v)| format!("{k}={v:.4}"))
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-/// Reads documents matching `filter` on `conn`, splits each into a (query,
-/// item) pair and encodes both sides: (training pairs, validation pairs).
-/// Items come from the index itself when it stores exactly them unadapted.
+/// Reads documents matching `filter` on `reader`, splits each into a
+/// (query, item) pair and encodes both sides: (training pairs, validation
+/// pairs). Items come from the index itself when it stores exactly them
+/// unadapted.
 pub async fn collect_pairs(
     reader: upstream::Reader<'_>,
     index: &Arc<SearchIndex>,
@@ -316,48 +292,24 @@ pub async fn collect_pairs(
     seed: u64,
 ) -> Result<(Pairs, Pairs), Error> {
     let spec = &index.spec;
-    let (query_slot, item_key) = match splitter {
-        Splitter::Fields { query } => (*query, spec.models[0].key.as_str()),
-        Splitter::ArrayElement => (0, spec.models[0].key.as_str()),
+    let query_slot = match splitter {
+        Splitter::Fields { query } => *query,
+        Splitter::ArrayElement => 0,
     };
-    let query_key = spec.models[query_slot].key.as_str();
     let from_index =
         matches!(splitter, Splitter::Fields { .. }) && index.adapter().is_none_or(|a| !a.both);
-    let mut projection = rawdoc! { "_id": 1 };
-    for key in [query_key, item_key] {
-        if projection.get(key).ok().flatten().is_none() {
-            projection.append(key, 1);
-        }
-    }
-    let body = rawdoc! {
-        "find": index.collection.as_str(),
-        "filter": filter.to_owned(),
-        "projection": projection,
-        "batchSize": 1000,
-        "$db": index.db.as_str(),
-    };
-    let mut cursor = reader.cursor(&body).await?;
+    let mut pairs = PairReader::open(reader, index, splitter, filter, seed).await?;
     let dims = spec.dims;
     let (mut train_set, mut valid_set) = (Pairs::new(dims), Pairs::new(dims));
-    while let Some(batch) = cursor.next_batch().await? {
-        if train_set.len() + valid_set.len() >= max_pairs {
+    while train_set.len() + valid_set.len() < max_pairs {
+        let Some(RawPairs {
+            ids,
+            queries,
+            items,
+        }) = pairs.next().await?
+        else {
             break;
-        }
-        let mut ids = Vec::new();
-        let mut queries = Vec::new();
-        let mut items = Vec::new();
-        for doc in &batch {
-            let Some(id) = doc.get("_id").ok().flatten() else {
-                continue;
-            };
-            let Some((query, item)) = split_document(doc, splitter, query_key, item_key, id, seed)
-            else {
-                continue;
-            };
-            ids.push(id.to_raw_bson());
-            queries.push(query);
-            items.push(item);
-        }
+        };
         let query_model = index.encoders[query_slot].clone();
         let item_model = index.encoders[0].clone();
         let target = index.clone();
@@ -387,69 +339,25 @@ pub async fn collect_pairs(
     Ok((train_set, valid_set))
 }
 
-/// A document's (query, item) contents, or `None` if it has no pair.
-fn split_document(
-    doc: &RawDocument,
-    splitter: &Splitter,
-    query_key: &str,
-    item_key: &str,
-    id: RawBsonRef<'_>,
-    seed: u64,
-) -> Option<(RawBson, RawBson)> {
-    match splitter {
-        Splitter::Fields { .. } => {
-            let q = lookup(doc, query_key)?;
-            let x = lookup(doc, item_key)?;
-            Some((q.to_raw_bson(), x.to_raw_bson()))
-        }
-        Splitter::ArrayElement => {
-            let RawBsonRef::Array(array) = lookup(doc, item_key)? else {
-                return None;
-            };
-            let elements: Vec<RawBsonRef<'_>> = array.into_iter().flatten().collect();
-            if elements.len() < 2 {
-                return None;
-            }
-            let pick = ((id_hash(id) ^ seed) % elements.len() as u64) as usize;
-            let rest: Vec<&str> = elements
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| *i != pick)
-                .filter_map(|(_, e)| e.as_str())
-                .collect();
-            Some((
-                elements[pick].to_raw_bson(),
-                RawBson::String(rest.join(" ")),
-            ))
-        }
-    }
-}
-
-fn encode_all(model: &Model, values: &[RawBson]) -> Result<Vec<Option<Vec<f32>>>, Error> {
-    let refs: Vec<RawBsonRef<'_>> = values.iter().map(RawBson::as_raw_bson_ref).collect();
-    let out = model.encode(&refs).map_err(|f| {
-        Error::client(
-            Code::OPERATION_FAILED,
-            format!("model '{}' failed: {f}", model.name()),
-        )
-    })?;
-    Ok(out.into_iter().map(|r| r.ok().map(|e| e.vector)).collect())
-}
-
-/// `evaluateSemanticIndex`: the metrics of the index as it serves now, and
-/// without its adapter, on documents matching `filter` (read on the
-/// client's own connection).
+/// `evaluateSemanticIndex`: the metrics of the index as it serves now,
+/// and without its adapter, on documents matching `filter` (read on the
+/// client's own connection). `parent` is the model the index's fine-tuned
+/// version was made from, if it encodes with one: then `untrained` is the
+/// parent's (both sides of the filter's pairs encoded by it) and
+/// `fineTuned` the version's without an adapter (items as the index
+/// stores them), and `fineTuning` the run's own held-out comparison.
 pub async fn evaluate(
-    reader: upstream::Reader<'_>,
+    mut reader: upstream::Reader<'_>,
     index: &Arc<SearchIndex>,
     splitter: &Splitter,
     metrics: &[Metric],
     filter: &RawDocument,
     max_pairs: usize,
+    parent: Option<Arc<Model>>,
 ) -> Result<RawDocumentBuf, Error> {
     let seed = index.spec.train.as_ref().map_or(42, |s| s.seed);
     let (_, pairs) = collect_pairs(
-        reader,
+        reader.reborrow(),
         index,
         splitter,
         filter,
@@ -464,116 +372,76 @@ pub async fn evaluate(
             "no document of the filter has both sides of a pair",
         ));
     }
+    let mut parent_pairs = None;
+    if let Some(model) = parent {
+        let mut read = PairReader::open(reader, index, splitter, filter, seed).await?;
+        let mut out = Pairs::new(pairs.dims);
+        while out.len() < max_pairs {
+            let Some(batch) = read.next().await? else {
+                break;
+            };
+            let model = model.clone();
+            let encoded = tokio::task::spawn_blocking(move || {
+                Ok::<_, Error>((
+                    encode_all(&model, &batch.queries)?,
+                    encode_all(&model, &batch.items)?,
+                ))
+            })
+            .await
+            .map_err(|e| Error::internal(format!("encoding task failed: {e}")))??;
+            for (q, x) in encoded.0.into_iter().zip(encoded.1) {
+                if let (Some(q), Some(x)) = (q, x) {
+                    out.push(&q, &x);
+                }
+            }
+        }
+        parent_pairs = Some(out);
+    }
     let adapter = index.adapter();
     let metrics = metrics.to_vec();
-    let (now, untrained, count) = tokio::task::spawn_blocking(move || {
-        let untrained = train::evaluate(&Adapter::identity(pairs.dims, false), &pairs, &metrics);
+    let (now, own, untrained, count) = tokio::task::spawn_blocking(move || {
+        let own = train::evaluate(&Adapter::identity(pairs.dims, false), &pairs, &metrics);
         let now = match &adapter {
             Some(a) => train::evaluate(a, &pairs, &metrics),
-            None => untrained.clone(),
+            None => own.clone(),
         };
-        (now, untrained, pairs.len())
+        let untrained = parent_pairs
+            .as_ref()
+            .map(|p| train::evaluate(&Adapter::identity(p.dims, false), p, &metrics));
+        (now, own, untrained, pairs.len())
     })
     .await
     .map_err(|e| Error::internal(format!("evaluation failed: {e}")))?;
     let doc = train::metrics_doc;
-    Ok(rawdoc! {
+    let mut reply = rawdoc! {
         "ok": 1.0,
         "index": index.name.as_str(),
         "pairs": count as i64,
-        "trained": index.adapter().is_some(),
+        "trained": index.adapter().is_some() || untrained.is_some(),
         "metrics": doc(&now),
-        "untrained": doc(&untrained),
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_split_hash_is_fixed_by_the_ids_bytes() {
-        // Worked out independently (Python: sha256 of bson.encode({"": id})).
-        assert_eq!(id_hash(RawBsonRef::Int32(7)), 9830890065283356331);
-        assert_eq!(id_hash(RawBsonRef::String("x")), 8488577094139102635);
+    };
+    match untrained {
+        Some(untrained) => {
+            reply.append("untrained", doc(&untrained));
+            reply.append("fineTuned", doc(&own));
+            // The run's own comparison on its held-out pairs, adapter
+            // included.
+            if let Some(run) = index
+                .encoders
+                .first()
+                .and_then(|m| m.def.lineage.as_ref())
+                .map(|l| &l.training)
+            {
+                let mut held_out = RawDocumentBuf::new();
+                for key in ["before", "adapter", "after"] {
+                    if let Ok(m) = run.get_document(key) {
+                        held_out.append(key, m.to_owned());
+                    }
+                }
+                reply.append("fineTuning", held_out);
+            }
+        }
+        None => reply.append("untrained", doc(&own)),
     }
-
-    #[test]
-    fn splitters_make_pairs() {
-        let doc =
-            rawdoc! { "_id": 7, "title": "short", "text": "long text", "photos": ["a", "b", "c"] };
-        let id = RawBsonRef::Int32(7);
-        let fields = split_document(
-            &doc,
-            &Splitter::Fields { query: 1 },
-            "title",
-            "text",
-            id,
-            42,
-        )
-        .unwrap();
-        assert_eq!(
-            fields,
-            (
-                RawBson::String("short".into()),
-                RawBson::String("long text".into())
-            )
-        );
-        // One element is the query; the rest, joined in order, the item.
-        let (query, item) =
-            split_document(&doc, &Splitter::ArrayElement, "photos", "photos", id, 42).unwrap();
-        let RawBson::String(query) = query else {
-            panic!("query is text")
-        };
-        let RawBson::String(item) = item else {
-            panic!("item is text")
-        };
-        let rest: Vec<&str> = ["a", "b", "c"]
-            .into_iter()
-            .filter(|e| *e != query)
-            .collect();
-        assert_eq!(item, rest.join(" "));
-        // Same seed, same pick; a one-element array has no pair.
-        assert_eq!(
-            split_document(&doc, &Splitter::ArrayElement, "photos", "photos", id, 42)
-                .unwrap()
-                .0,
-            RawBson::String(query)
-        );
-        let single = rawdoc! { "_id": 1, "photos": ["a"] };
-        assert!(split_document(
-            &single,
-            &Splitter::ArrayElement,
-            "photos",
-            "photos",
-            RawBsonRef::Int32(1),
-            42
-        )
-        .is_none());
-        assert!(split_document(
-            &doc,
-            &Splitter::Fields { query: 1 },
-            "missing",
-            "text",
-            id,
-            42
-        )
-        .is_none());
-    }
-
-    #[test]
-    fn fraction_splits_are_stable() {
-        let split = Split::Fraction(0.25);
-        let held: usize = (0..4000)
-            .filter(|i| split.is_valid(RawBsonRef::Int32(*i)))
-            .count();
-        assert!(
-            (800..1200).contains(&held),
-            "{held} of 4000 held out at 25%"
-        );
-        assert_eq!(
-            split.is_valid(RawBsonRef::Int32(5)),
-            split.is_valid(RawBsonRef::Int32(5))
-        );
-    }
+    Ok(reply)
 }

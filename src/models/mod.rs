@@ -17,7 +17,7 @@ use crate::error::{Code, Error};
 use bert::BertEncoder;
 use bson::{rawdoc, RawBsonRef, RawDocument, RawDocumentBuf};
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
 
 /// Inputs a `text` model encodes at once.
@@ -69,6 +69,66 @@ pub struct ModelDef {
     pub batch_size: usize,
     pub timeout_ms: u64,
     pub retries: u32,
+    /// A model version fine-tuning made (`text` only): where it came
+    /// from. Its files live in the upstream ([`crate::maintain::versions`]),
+    /// not at a `path`.
+    pub lineage: Option<Lineage>,
+}
+
+/// Where a fine-tuned model version came from, as `listModels` shows it
+/// (`parent`, `trainedBy`, `training`, `files`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Lineage {
+    /// The model it was fine-tuned from.
+    pub parent: String,
+    /// The id of the search index whose training made it.
+    pub index_id: String,
+    /// That index as `db.collection.name`.
+    pub index: String,
+    /// The run: its settings, per-epoch losses, pairs and the held-out
+    /// metrics before, with an adapter, and fine-tuned.
+    pub training: RawDocumentBuf,
+    /// Each file ([`bert::ModelFiles::NAMES`]) with the lowercase hex
+    /// SHA-256 of its bytes, checked whenever the files are read back.
+    pub files: Vec<(String, String)>,
+}
+
+impl Lineage {
+    fn parse(doc: &RawDocument) -> Result<Option<Lineage>, Error> {
+        let Ok(parent) = doc.get_str("parent") else {
+            return Ok(None);
+        };
+        let stored = |what: &str| bad(format!("stored model version lacks '{what}'"));
+        let by = doc
+            .get_document("trainedBy")
+            .map_err(|_| stored("trainedBy"))?;
+        let files = doc
+            .get_document("files")
+            .map_err(|_| stored("files"))?
+            .iter()
+            .map(|f| {
+                let (name, hash) = f.map_err(|_| stored("files"))?;
+                let hash = hash.as_str().ok_or_else(|| stored("files"))?;
+                Ok((name.to_string(), hash.to_string()))
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
+        Ok(Some(Lineage {
+            parent: parent.to_string(),
+            index_id: by
+                .get_str("indexId")
+                .map_err(|_| stored("trainedBy.indexId"))?
+                .to_string(),
+            index: by
+                .get_str("index")
+                .map_err(|_| stored("trainedBy.index"))?
+                .to_string(),
+            training: doc
+                .get_document("training")
+                .map_err(|_| stored("training"))?
+                .to_owned(),
+            files,
+        }))
+    }
 }
 
 fn positive(doc: &RawDocument, key: &str, max: i64) -> Result<Option<i64>, Error> {
@@ -110,6 +170,20 @@ impl ModelDef {
             .map_err(|_| bad(format!("'{name_key}' must name the model")))?
             .to_string();
         check_name(&name)?;
+        // Only fine-tuning makes model versions; a stored one says so.
+        let lineage = if name_key == "_id" {
+            Lineage::parse(doc)?
+        } else {
+            if let Some(k) = ["parent", "trainedBy", "training", "files"]
+                .into_iter()
+                .find(|k| doc.get(k).ok().flatten().is_some())
+            {
+                return Err(bad(format!(
+                    "'{k}' is set by fine-tuning (train: {{fineTune: true}}), not by createModel"
+                )));
+            }
+            None
+        };
         let kind = match doc.get_str("kind") {
             Ok("vector") => Kind::Vector,
             Ok("text") => Kind::Text,
@@ -139,6 +213,7 @@ impl ModelDef {
                     .ok_or_else(|| bad("'retries' must be an integer from 0 to 10"))?
                     as u32,
             },
+            lineage,
         };
         if let Some(var) = &def.api_key_env {
             let suffix = var.strip_prefix(http::API_KEY_PREFIX).unwrap_or("");
@@ -170,6 +245,9 @@ impl ModelDef {
             Kind::Vector | Kind::Http if def.path.is_some() => {
                 Err(bad("'path' belongs to 'text' models"))
             }
+            Kind::Vector | Kind::Http if def.lineage.is_some() => {
+                Err(bad("only 'text' models have fine-tuned versions"))
+            }
             _ => Ok(def),
         }
     }
@@ -193,6 +271,19 @@ impl ModelDef {
             doc.append("batchSize", self.batch_size as i32);
             doc.append("timeoutMS", self.timeout_ms as i32);
             doc.append("retries", self.retries as i32);
+        }
+        if let Some(l) = &self.lineage {
+            doc.append("parent", l.parent.as_str());
+            doc.append(
+                "trainedBy",
+                rawdoc! { "indexId": l.index_id.as_str(), "index": l.index.as_str() },
+            );
+            doc.append("training", l.training.clone());
+            let mut files = RawDocumentBuf::new();
+            for (name, hash) in &l.files {
+                files.append(name.as_str(), hash.as_str());
+            }
+            doc.append("files", files);
         }
         doc
     }
@@ -238,6 +329,14 @@ impl Model {
         self.def.dimensions
     }
 
+    /// The BERT encoder of a `text` model.
+    pub fn text_encoder(&self) -> Option<&Arc<BertEncoder>> {
+        match &self.backend {
+            Backend::Text(encoder) => Some(encoder),
+            _ => None,
+        }
+    }
+
     /// Encodes values: per value, a vector or why this value cannot be
     /// encoded (not text, wrong length...). `Err` when the model itself
     /// failed and nothing was encoded.
@@ -260,17 +359,10 @@ impl Model {
                 .collect());
         }
         let mut out: Vec<Result<Encoded, String>> = Vec::with_capacity(values.len());
-        // An array of strings reads as one text, its elements joined.
         let joined: Vec<Option<String>> = values
             .iter()
             .map(|v| match v {
-                RawBsonRef::Array(a) => {
-                    let parts: Option<Vec<&str>> = a
-                        .into_iter()
-                        .map(|e| e.ok().and_then(|e| e.as_str()))
-                        .collect();
-                    parts.filter(|p| !p.is_empty()).map(|p| p.join(" "))
-                }
+                RawBsonRef::Array(a) => joined_text(a),
                 _ => None,
             })
             .collect();
@@ -333,6 +425,17 @@ impl Model {
     }
 }
 
+/// An array of strings as the one text a `text` model reads: its
+/// elements joined with spaces. `None` when it is empty or holds anything
+/// but strings.
+pub fn joined_text(array: &bson::RawArray) -> Option<String> {
+    let parts: Option<Vec<&str>> = array
+        .into_iter()
+        .map(|e| e.ok().and_then(|e| e.as_str()))
+        .collect();
+    parts.filter(|p| !p.is_empty()).map(|p| p.join(" "))
+}
+
 fn type_name(v: RawBsonRef<'_>) -> &'static str {
     match v {
         RawBsonRef::Double(_) | RawBsonRef::Int32(_) | RawBsonRef::Int64(_) => "a number",
@@ -350,7 +453,8 @@ fn type_name(v: RawBsonRef<'_>) -> &'static str {
 #[derive(Default)]
 pub struct Models {
     by_name: RwLock<HashMap<String, Arc<Model>>>,
-    encoders: Mutex<HashMap<PathBuf, Arc<BertEncoder>>>,
+    /// By canonical directory, or `version:<name>` for fine-tuned versions.
+    encoders: Mutex<HashMap<String, Arc<BertEncoder>>>,
 }
 
 impl Models {
@@ -381,7 +485,13 @@ impl Models {
             .insert(model.def.name.clone(), model);
     }
 
+    /// Forgets model `name` (and, for a fine-tuned version, its cached
+    /// encoder, so a later version of that name loads its own weights).
     pub fn remove(&self, name: &str) -> Option<Arc<Model>> {
+        self.encoders
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&format!("version:{name}"));
         self.by_name
             .write()
             .unwrap_or_else(|e| e.into_inner())
@@ -405,6 +515,12 @@ impl Models {
     ) -> Result<Model, Error> {
         let backend = match def.kind {
             Kind::Vector => Backend::Vector,
+            Kind::Text if def.lineage.is_some() => {
+                return Err(Error::internal(format!(
+                    "model '{}' is a fine-tuned version: load it from its files",
+                    def.name
+                )))
+            }
             Kind::Text => {
                 let dir = match &def.path {
                     Some(path) => access
@@ -465,21 +581,57 @@ impl Models {
         Ok(Model { def, backend })
     }
 
+    /// Loads a fine-tuned model version (`def.lineage` set) from its
+    /// files. Blocking. Errors: files that do not make a BERT model, or
+    /// one whose output size is not the version's.
+    pub fn load_version(
+        &self,
+        mut def: ModelDef,
+        files: &bert::ModelFiles,
+    ) -> Result<Model, Error> {
+        let key = format!("version:{}", def.name);
+        let encoder = self
+            .cached(&key, || BertEncoder::from_files(files))
+            .map_err(|e| bad(format!("cannot load model version '{}': {e}", def.name)))?;
+        let dims = encoder.dimensions();
+        if def.dimensions != 0 && def.dimensions != dims {
+            return Err(bad(format!(
+                "model version '{}' outputs {dims} dimensions, not the {} stored",
+                def.name, def.dimensions
+            )));
+        }
+        def.dimensions = dims;
+        Ok(Model {
+            def,
+            backend: Backend::Text(encoder),
+        })
+    }
+
     fn encoder(&self, dir: &Path) -> Result<Arc<BertEncoder>, String> {
         let key = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+        self.cached(&key.display().to_string(), || BertEncoder::load(dir))
+    }
+
+    /// The encoder cached under `key`, or the one `load` makes (then
+    /// cached).
+    fn cached(
+        &self,
+        key: &str,
+        load: impl FnOnce() -> Result<BertEncoder, String>,
+    ) -> Result<Arc<BertEncoder>, String> {
         if let Some(e) = self
             .encoders
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .get(&key)
+            .get(key)
         {
             return Ok(e.clone());
         }
-        let encoder = Arc::new(BertEncoder::load(dir)?);
+        let encoder = Arc::new(load()?);
         self.encoders
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(key, encoder.clone());
+            .insert(key.to_string(), encoder.clone());
         Ok(encoder)
     }
 }

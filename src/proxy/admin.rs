@@ -85,6 +85,13 @@ impl ForClient<'_> {
                 let limit = crate::wire::integer(body.get("limit").ok().flatten())
                     .filter(|n| *n > 0)
                     .map_or(20_000, |n| n.min(200_000) as usize);
+                // A fine-tuned version is compared with the model it was
+                // made from.
+                let parent = index
+                    .encoders
+                    .first()
+                    .and_then(|m| m.def.lineage.as_ref())
+                    .and_then(|l| self.shared.models.get(&l.parent));
                 crate::maintain::train::evaluate(
                     crate::upstream::Reader::Pinned(self.upstream),
                     &index,
@@ -92,6 +99,7 @@ impl ForClient<'_> {
                     &metrics,
                     &filter,
                     limit,
+                    parent,
                 )
                 .await
             }
@@ -179,7 +187,12 @@ impl ForClient<'_> {
                     tracing::info!(index = %index.name, namespace = %index.namespace(), "search index created");
                     created.push(rawdoc! { "id": index.id.as_str(), "name": index.name.as_str() });
                     for part in parts {
-                        tokio::spawn(build::build(config.clone(), registry.clone(), part));
+                        tokio::spawn(build::build(
+                            config.clone(),
+                            registry.clone(),
+                            self.shared.models.clone(),
+                            part,
+                        ));
                     }
                 }
                 Ok(rawdoc! { "ok": 1.0, "indexesCreated": created })
@@ -256,7 +269,13 @@ impl ForClient<'_> {
                 // The old definition serves queries until the new one is
                 // built (Atlas's staged index), then the new one takes its
                 // place.
-                if !crate::maintain::stage_update(&config, &registry, parts) {
+                if !crate::maintain::stage_update(
+                    &config,
+                    &registry,
+                    &self.shared.models,
+                    parts,
+                    None,
+                ) {
                     // Dropped meanwhile: the entry just stored goes too.
                     catalog::delete(&config, &old.id).await?;
                     return Err(Error::client(

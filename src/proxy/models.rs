@@ -86,6 +86,12 @@ impl ForClient<'_> {
                         ),
                     ));
                 }
+                // A version's files first: an entry never names files
+                // that are gone unless deleting it failed.
+                let version = models.get(name).is_some_and(|m| m.def.lineage.is_some());
+                if version {
+                    crate::maintain::versions::delete_files(&config, name).await?;
+                }
                 catalog::delete_model(&config, name).await?;
                 models.remove(name);
                 tracing::info!(model = %name, "model dropped");
@@ -95,14 +101,10 @@ impl ForClient<'_> {
         }
     }
 
-    /// Loads a model on a blocking thread (weights, or a probe request).
+    /// Loads a model (`maintain::versions::load`).
     pub(super) async fn load_model(&self, def: ModelDef) -> Result<Arc<Model>, Error> {
-        let models = self.shared.models.clone();
-        let dir = self.shared.config.default_model.clone();
-        let access = self.shared.config.model_access.clone();
-        tokio::task::spawn_blocking(move || models.load(def, &dir, &access))
+        crate::maintain::versions::load(&self.shared.config, &self.shared.models, def)
             .await
-            .map_err(|e| Error::internal(format!("model load failed: {e}")))?
             .map(Arc::new)
     }
 

@@ -135,6 +135,26 @@ impl IndexSpec {
         if let Some(first) = out.first() {
             spec.dims = first.dimensions();
         }
+        if let Some(t) = spec.train.as_ref().filter(|t| t.fine_tune.is_some()) {
+            // One encoder is fine-tuned, for both sides of each pair.
+            let query = match t.splitter {
+                crate::train::Splitter::Fields { query } => query,
+                crate::train::Splitter::ArrayElement => 0,
+            };
+            let (item, asked) = (&out[0], &out[query]);
+            if item.text_encoder().is_none() || item.name() != asked.name() {
+                return Err(Error::client(
+                    Code::BAD_VALUE,
+                    format!(
+                        "'train.fineTune' fine-tunes one 'text' model that encodes both queries \
+                         and items: the item key's model '{}' and the query key's '{}' must be \
+                         that model",
+                        item.name(),
+                        asked.name()
+                    ),
+                ));
+            }
+        }
         Ok(out)
     }
 }
@@ -275,6 +295,33 @@ pub struct Training {
     pub after: Option<Vec<(String, f64)>>,
     pub error: Option<String>,
     pub trained_at: Option<bson::DateTime>,
+    /// Fine-tuning (`train.fineTune`): where a run stands, or what it made.
+    pub fine_tune: Option<FineTuneState>,
+}
+
+/// Where fine-tuning an index's text model stands.
+#[derive(Debug, Clone, Default)]
+pub struct FineTuneState {
+    /// `fineTuning` while weights train, `reEncoding` while the new
+    /// generation is built with the new version, `done` once it serves.
+    pub phase: &'static str,
+    /// Steps taken and planned, over all epochs.
+    pub step: usize,
+    pub steps: usize,
+    /// The last step's loss.
+    pub loss: f32,
+    /// Training pairs per second so far.
+    pub pairs_per_s: f64,
+    /// Seconds left at that rate.
+    pub eta_s: f64,
+    /// The model version the run made, once stored.
+    pub version: Option<String>,
+    /// Held-out metrics of an adapter trained on the untrained model's
+    /// outputs, for comparison.
+    pub adapter: Option<Vec<(String, f64)>>,
+    /// An adapter on the fine-tuned outputs (`adapt` given too) has been
+    /// started for this generation.
+    pub adapter_started: bool,
 }
 
 impl SearchIndex {
@@ -1034,8 +1081,11 @@ impl Registry {
     /// Stages the parts of a new definition to replace the serving index of
     /// their name once every one is ready ([`Registry::promote`]); an
     /// earlier staged definition of that name is retired. `false` (nothing
-    /// staged) when no index of their id serves any more (dropped).
-    pub fn stage(&self, parts: Vec<Arc<SearchIndex>>) -> bool {
+    /// staged) when no index of their id serves any more (dropped), or,
+    /// with `over`, when `over` no longer serves or another definition is
+    /// already staged to replace it (a fine-tuning run's result never
+    /// displaces a client's update).
+    pub fn stage(&self, parts: Vec<Arc<SearchIndex>>, over: Option<&Arc<SearchIndex>>) -> bool {
         let Some(first) = parts.first().cloned() else {
             return false;
         };
@@ -1047,6 +1097,21 @@ impl Registry {
             .is_some_and(|list| list.iter().any(|i| i.id == first.id));
         if !serves {
             return false;
+        }
+        if let Some(over) = over {
+            // Only as the next generation of `over`: still serving, and
+            // nothing else staged to replace it.
+            let still = map
+                .serving
+                .get(&key)
+                .is_some_and(|list| list.iter().any(|i| Arc::ptr_eq(i, over)));
+            let pending = map
+                .staged
+                .get(&key)
+                .is_some_and(|list| list.iter().any(|i| i.name == first.name));
+            if !still || pending {
+                return false;
+            }
         }
         let list = map
             .staged
@@ -1189,7 +1254,7 @@ mod tests {
         assert_eq!(registry.list("db", "c").len(), 2);
         assert_eq!(registry.all_maintained().len(), 2);
         let new = [part(0, "id"), part(1, "id"), part(2, "id")];
-        assert!(registry.stage(new.to_vec()));
+        assert!(registry.stage(new.to_vec(), None));
         assert_eq!(registry.staged("db", "c", "idx").len(), 3);
         assert_eq!(registry.maintained("db", "c").len(), 5);
         new[0].set_status(Status::Ready, None);
@@ -1206,11 +1271,11 @@ mod tests {
         assert!(!registry.promote(&new[0]), "no longer staged");
         // Dropping removes every part, and anything staged; nothing can be
         // staged for it after.
-        assert!(registry.stage(vec![part(0, "id")]));
+        assert!(registry.stage(vec![part(0, "id")], None));
         registry.remove(&serving[0]);
         assert!(registry.all_maintained().is_empty());
         assert!(new.iter().all(|n| n.is_retired()));
-        assert!(!registry.stage(vec![part(0, "id")]));
+        assert!(!registry.stage(vec![part(0, "id")], None));
         assert!(registry.all_maintained().is_empty());
     }
 

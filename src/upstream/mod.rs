@@ -436,6 +436,19 @@ pub struct Own {
     retry_reads: bool,
 }
 
+impl Own {
+    /// The GridFS bucket `bucket` of database `db` (writes acknowledged by
+    /// a majority, so a failover does not lose files a catalog entry
+    /// names).
+    pub fn gridfs(&self, db: &str, bucket: &str) -> mongodb::gridfs::GridFsBucket {
+        let options = mongodb::options::GridFsBucketOptions::builder()
+            .bucket_name(bucket.to_string())
+            .write_concern(mongodb::options::WriteConcern::majority())
+            .build();
+        self.client.database(db).gridfs_bucket(options)
+    }
+}
+
 /// The proxy's own handle, starting the driver client on first use.
 pub async fn connect(config: &(impl Settings + ?Sized)) -> Result<Own, Error> {
     let uri = &config.upstream().connection;
@@ -671,6 +684,14 @@ pub enum AnyCursor<'c> {
 }
 
 impl<'c> Reader<'c> {
+    /// The same reader for a shorter while (a second read after one).
+    pub fn reborrow(&mut self) -> Reader<'_> {
+        match self {
+            Reader::Own(own) => Reader::Own(own),
+            Reader::Pinned(conn) => Reader::Pinned(conn),
+        }
+    }
+
     /// Runs a cursor-returning command (`$db` in its body).
     pub async fn cursor(self, body: &RawDocument) -> Result<AnyCursor<'c>, Error> {
         match self {

@@ -181,7 +181,7 @@ def debian_packages(limit, also=lambda row: False):
 # whole modules to its workers in this order, two at a time each, so the
 # long ones start at once and a short one (test_cli) waits behind the
 # longest.
-SLOWEST_FIRST = ["test_training.py", "test_models.py", "test_cli.py", "test_node_clients.py",
+SLOWEST_FIRST = ["test_fine_tuning.py", "test_training.py", "test_models.py", "test_cli.py", "test_node_clients.py",
                  "test_durability.py", "test_pymongo.py"]
 
 

@@ -37,6 +37,11 @@ def test_mongosh_models_on_real_text(proxy_uri):
     assert "MONGOSH MODELS OK 6 checks" in output, output
 
 
+def test_mongosh_fine_tuning(proxy_uri):
+    output = mongosh(proxy_uri, "fine_tune.js")
+    assert "MONGOSH FINE-TUNE OK 4 checks" in output, output
+
+
 def test_node_driver_suite(proxy_uri):
     env = dict(os.environ, LIKEWISE_URI=proxy_uri)
     output = run(["node", "--test", "proxy.test.js", "vector.test.js"], cwd=NODE_DIR, env=env)

@@ -148,7 +148,7 @@ def test_bad_training_input(client):
         ({"splitter": {"kind": "fields", "query": "title", "item": "title"}}, "must be the index's first key"),
         ({"validation": {"fraction": 2}}, "validation"),
         ({"train": {"epochs": 0}}, "train.epochs"),
-        ({"train": {"fineTune": True}}, "not supported yet"),
+        ({"train": {"layers": 2}}, "add 'fineTune': true"),
     ]:
         with pytest.raises(OperationFailure) as err:
             db.command({**base, **change})

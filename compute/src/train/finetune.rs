@@ -20,7 +20,7 @@
 //!
 //! Sync, CPU only; no I/O but the model files a caller names.
 
-use crate::bert::{BertEncoder, Config};
+use crate::bert::{BertEncoder, Config, ModelFiles};
 use candle_core::{DType, Device, Tensor, Var, D};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use std::collections::{BTreeMap, HashMap};
@@ -138,16 +138,23 @@ pub struct BertGraph {
 }
 
 impl BertGraph {
-    /// Reads `config.json` and `model.safetensors` from `dir` (names with
-    /// or without the `bert.` prefix; weights in float32) and marks the
-    /// `trainable` ones. Errors: a missing file or tensor, a wrong shape.
+    /// Reads `config.json` and `model.safetensors` from `dir`
+    /// ([`BertGraph::from_files`]).
     pub fn load(dir: &Path, trainable: Trainable) -> Result<BertGraph, String> {
-        let config = Config::read(dir)?;
-        let tensors = candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu)
+        BertGraph::from_files(&ModelFiles::read(dir)?, trainable)
+    }
+
+    /// The graph of a model's files (tensor names with or without the
+    /// `bert.` prefix; weights in float32), the `trainable` weights
+    /// marked. Errors: a file that does not parse, a missing tensor, a
+    /// wrong shape.
+    pub fn from_files(files: &ModelFiles, trainable: Trainable) -> Result<BertGraph, String> {
+        let config = Config::parse(&files.config)?;
+        let tensors = candle_core::safetensors::load_buffer(&files.weights, &Device::Cpu)
             .map_err(|e| format!("model.safetensors: {e}"))?;
         let mut graph = BertGraph::new(Shape::from(&config), tensors, trainable, DType::F32)?;
         if !trainable.embeddings && graph.first_trained > 0 {
-            graph.prefix = Some(Arc::new(BertEncoder::load(dir)?));
+            graph.prefix = Some(Arc::new(BertEncoder::from_files(files)?));
         }
         Ok(graph)
     }
@@ -163,6 +170,12 @@ impl BertGraph {
     ) -> Result<BertGraph, String> {
         if shape.heads == 0 || shape.hidden % shape.heads != 0 {
             return Err("hidden_size is not a multiple of num_attention_heads".into());
+        }
+        if let Some(n) = trainable.layers.filter(|&n| n == 0 || n > shape.layers) {
+            return Err(format!(
+                "cannot train the top {n} layers: the model has {}",
+                shape.layers
+            ));
         }
         let first_trained = trainable
             .layers
@@ -399,14 +412,18 @@ impl BertGraph {
     /// `model.safetensors` holds them; [`crate::bert::BertEncoder::load`]
     /// reads the file this writes.
     pub fn save(&self, path: &Path) -> Result<(), String> {
-        let tensors: HashMap<String, Tensor> = self
+        std::fs::write(path, self.to_safetensors()?).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// What [`BertGraph::save`] writes, in memory.
+    pub fn to_safetensors(&self) -> Result<Vec<u8>, String> {
+        let tensors: BTreeMap<String, Tensor> = self
             .weights
             .iter()
             .map(|(n, w)| Ok((n.clone(), w.tensor().to_dtype(DType::F32)?)))
             .collect::<candle_core::Result<_>>()
             .map_err(failed)?;
-        candle_core::safetensors::save(&tensors, path)
-            .map_err(|e| format!("{}: {e}", path.display()))
+        safetensors::serialize(&tensors, None).map_err(|e| format!("model.safetensors: {e}"))
     }
 }
 
@@ -421,6 +438,18 @@ pub fn ranking_loss(q: &Tensor, x: &Tensor, temperature: f64) -> Result<Tensor, 
         (log_p * eye)?.sum_all()?.affine(-1.0 / b as f64, 0.0)
     };
     run().map_err(failed)
+}
+
+/// `ids` cut to at most `max` tokens, keeping the last one (the `[SEP]`
+/// the tokenizer ends every sequence with), as the tokenizer's own
+/// truncation does; unchanged when shorter or when `max` is under 2.
+pub fn truncate(mut ids: Vec<u32>, max: usize) -> Vec<u32> {
+    if ids.len() > max && max >= 2 {
+        let last = ids[ids.len() - 1];
+        ids.truncate(max - 1);
+        ids.push(last);
+    }
+    ids
 }
 
 /// How a fine-tuning run goes.

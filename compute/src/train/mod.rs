@@ -17,7 +17,7 @@ pub mod finetune;
 pub mod spec;
 
 pub use crate::linalg::matmul;
-pub use spec::{Adapt, Metric, Splitter, TrainSpec, Validation};
+pub use spec::{Adapt, FineTuning, Metric, Splitter, TrainSpec, Validation};
 
 /// Metrics as a document, `{"r@1": 0.85, ...}`.
 pub fn metrics_doc(metrics: &[(String, f64)]) -> bson::RawDocumentBuf {
@@ -26,6 +26,15 @@ pub fn metrics_doc(metrics: &[(String, f64)]) -> bson::RawDocumentBuf {
         d.append(k.as_str(), *v);
     }
     d
+}
+
+/// The numeric fields of a metrics document ([`metrics_doc`]'s shape),
+/// in order; other fields are skipped.
+pub fn metrics_of(doc: &bson::RawDocument) -> Vec<(String, f64)> {
+    doc.iter()
+        .flatten()
+        .filter_map(|(k, v)| v.as_f64().map(|x| (k.to_string(), x)))
+        .collect()
 }
 
 fn normalise_rows(x: &mut [f32], d: usize) -> Vec<f32> {

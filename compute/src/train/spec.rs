@@ -1,6 +1,7 @@
 //! What a semantic index definition asks of training: `loss`, `metrics`,
 //! `splitter`, `validation` and `train: {epochs, batchSize, learningRate,
-//! temperature, weightDecay, adapt, seed, maxPairs}`.
+//! temperature, weightDecay, adapt, seed, maxPairs, fineTune, layers,
+//! freezeEmbeddings, maxTokens}`.
 
 use bson::{RawBsonRef, RawDocument, RawDocumentBuf};
 
@@ -85,6 +86,30 @@ pub enum Adapt {
     Both,
 }
 
+/// Fine-tuning the text model's own weights (`train.fineTune: true`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FineTuning {
+    /// `train.layers`: the top this many encoder layers train; `None`
+    /// (the default) for all of them.
+    pub layers: Option<usize>,
+    /// `train.freezeEmbeddings` (default `true`): the embedding tables
+    /// stay as they are.
+    pub freeze_embeddings: bool,
+    /// `train.maxTokens`: items are cut to this many tokens while
+    /// training (queries and encoding afterwards are not); `None` for the
+    /// model's own limit.
+    pub max_tokens: Option<usize>,
+    /// `train.adapt` was given too: an adapter is trained on the
+    /// fine-tuned model's outputs afterwards.
+    pub adapter: bool,
+}
+
+/// The defaults of a fine-tuning run where `train` leaves them out
+/// (sentence-transformers' usual: one epoch, batches of 32, 5e-5).
+pub const FINE_TUNE_EPOCHS: usize = 1;
+pub const FINE_TUNE_BATCH: usize = 32;
+pub const FINE_TUNE_LEARNING_RATE: f32 = 5e-5;
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct TrainSpec {
     pub metrics: Vec<Metric>,
@@ -98,6 +123,8 @@ pub struct TrainSpec {
     pub adapt: Adapt,
     pub seed: u64,
     pub max_pairs: usize,
+    /// `Some` when the text model itself is fine-tuned.
+    pub fine_tune: Option<FineTuning>,
 }
 
 impl Default for TrainSpec {
@@ -114,6 +141,7 @@ impl Default for TrainSpec {
             adapt: Adapt::Query,
             seed: 42,
             max_pairs: 50_000,
+            fine_tune: None,
         }
     }
 }
@@ -132,6 +160,25 @@ fn number(value: Option<RawBsonRef<'_>>) -> Option<f64> {
 }
 
 impl TrainSpec {
+    /// The settings an adapter trains with: these, or, when they fine-tune
+    /// the model, the adapter's own defaults for `epochs`, `batchSize` and
+    /// `learningRate` (those given apply to fine-tuning).
+    pub fn adapter_settings(&self) -> TrainSpec {
+        match self.fine_tune {
+            None => self.clone(),
+            Some(_) => {
+                let adapter = TrainSpec::default();
+                TrainSpec {
+                    epochs: adapter.epochs,
+                    batch_size: adapter.batch_size,
+                    learning_rate: adapter.learning_rate,
+                    fine_tune: None,
+                    ..self.clone()
+                }
+            }
+        }
+    }
+
     /// Reads the training part of a semantic index definition whose keys
     /// are `keys`; `Ok(None)` when it asks for no training.
     pub fn parse(definition: &RawDocument, keys: &[String]) -> Result<Option<TrainSpec>, String> {
@@ -198,11 +245,21 @@ impl TrainSpec {
                         .ok_or(format!("'train.{k}' must be a number from {lo} to {hi}")),
                 }
             };
-            spec.epochs = int("epochs", 1.0, 1000.0)?.unwrap_or(spec.epochs);
-            spec.batch_size = int("batchSize", 2.0, 4096.0)?.unwrap_or(spec.batch_size);
+            let fine_tune = match t.get("fineTune").ok().flatten() {
+                None | Some(RawBsonRef::Boolean(false)) => false,
+                Some(RawBsonRef::Boolean(true)) => true,
+                Some(_) => return Err("'train.fineTune' must be true or false".into()),
+            };
+            let (epochs, batch, rate) = if fine_tune {
+                (FINE_TUNE_EPOCHS, FINE_TUNE_BATCH, FINE_TUNE_LEARNING_RATE)
+            } else {
+                (spec.epochs, spec.batch_size, spec.learning_rate)
+            };
+            spec.epochs = int("epochs", 1.0, 1000.0)?.unwrap_or(epochs);
+            spec.batch_size = int("batchSize", 2.0, 4096.0)?.unwrap_or(batch);
             spec.max_pairs = int("maxPairs", 64.0, 1_000_000.0)?.unwrap_or(spec.max_pairs);
             spec.seed = int("seed", 0.0, 1e15)?.map_or(spec.seed, |s| s as u64);
-            spec.learning_rate = real("learningRate", 1e-8, 10.0)?.unwrap_or(spec.learning_rate);
+            spec.learning_rate = real("learningRate", 1e-8, 10.0)?.unwrap_or(rate);
             spec.temperature = real("temperature", 1e-3, 1000.0)?.unwrap_or(spec.temperature);
             spec.weight_decay = real("weightDecay", 0.0, 10.0)?.unwrap_or(spec.weight_decay);
             spec.adapt = match t.get_str("adapt") {
@@ -214,12 +271,27 @@ impl TrainSpec {
                     ))
                 }
             };
-            if t.get_bool("fineTune").unwrap_or(false) {
-                return Err(
-                    "'train.fineTune' (training the text encoder itself) is not supported yet; \
-                            the adapter on frozen outputs is"
-                        .into(),
-                );
+            let layers = int("layers", 1.0, 1000.0)?;
+            let max_tokens = int("maxTokens", 8.0, 100_000.0)?;
+            let freeze = match t.get("freezeEmbeddings").ok().flatten() {
+                None => true,
+                Some(RawBsonRef::Boolean(b)) => b,
+                Some(_) => return Err("'train.freezeEmbeddings' must be true or false".into()),
+            };
+            if fine_tune {
+                spec.fine_tune = Some(FineTuning {
+                    layers,
+                    freeze_embeddings: freeze,
+                    max_tokens,
+                    adapter: t.get("adapt").ok().flatten().is_some(),
+                });
+            } else if let Some(k) = ["layers", "maxTokens", "freezeEmbeddings"]
+                .into_iter()
+                .find(|k| t.get(k).ok().flatten().is_some())
+            {
+                return Err(format!(
+                    "'train.{k}' belongs to fine-tuning: add 'fineTune': true"
+                ));
             }
         }
         Ok(Some(spec))
@@ -267,5 +339,83 @@ fn parse_splitter(s: &RawDocument, keys: &[String]) -> Result<Splitter, String> 
             "unknown splitter '{other}': use fields, identity or arrayElement"
         )),
         Err(_) => Err("'splitter' needs a 'kind': fields, identity or arrayElement".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bson::rawdoc;
+
+    fn parse(train: RawDocumentBuf) -> Result<Option<TrainSpec>, String> {
+        let keys = vec!["text".to_string(), "title".to_string()];
+        TrainSpec::parse(&rawdoc! { "loss": "ranking", "train": train }, &keys)
+    }
+
+    #[test]
+    fn fine_tuning_has_its_own_defaults_and_options() {
+        let spec = parse(rawdoc! { "fineTune": true }).unwrap().unwrap();
+        let fine = spec.fine_tune.unwrap();
+        assert_eq!(
+            (spec.epochs, spec.batch_size, spec.learning_rate),
+            (FINE_TUNE_EPOCHS, FINE_TUNE_BATCH, FINE_TUNE_LEARNING_RATE)
+        );
+        assert_eq!(
+            fine,
+            FineTuning {
+                layers: None,
+                freeze_embeddings: true,
+                max_tokens: None,
+                adapter: false
+            }
+        );
+        let spec = parse(rawdoc! {
+            "fineTune": true, "layers": 2, "freezeEmbeddings": false, "maxTokens": 64,
+            "epochs": 3, "learningRate": 1e-4, "adapt": "query",
+        })
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            spec.fine_tune,
+            Some(FineTuning {
+                layers: Some(2),
+                freeze_embeddings: false,
+                max_tokens: Some(64),
+                adapter: true
+            })
+        );
+        assert_eq!((spec.epochs, spec.learning_rate), (3, 1e-4));
+        // Its adapter trains with the adapter's defaults.
+        let adapter = spec.adapter_settings();
+        assert_eq!(
+            (adapter.epochs, adapter.fine_tune, adapter.temperature),
+            (TrainSpec::default().epochs, None, spec.temperature)
+        );
+        // An adapter alone keeps the adapter's defaults.
+        let adapter = parse(rawdoc! { "epochs": 2 }).unwrap().unwrap();
+        assert_eq!(
+            (adapter.fine_tune, adapter.batch_size),
+            (None, TrainSpec::default().batch_size)
+        );
+    }
+
+    #[test]
+    fn fine_tuning_options_are_checked() {
+        for (train, needle) in [
+            (rawdoc! { "fineTune": "yes" }, "'train.fineTune' must be"),
+            (rawdoc! { "fineTune": true, "layers": 0 }, "'train.layers'"),
+            (
+                rawdoc! { "fineTune": true, "maxTokens": 2 },
+                "'train.maxTokens'",
+            ),
+            (
+                rawdoc! { "fineTune": true, "freezeEmbeddings": 1 },
+                "'train.freezeEmbeddings' must be",
+            ),
+            (rawdoc! { "layers": 2 }, "add 'fineTune': true"),
+        ] {
+            let err = parse(train.clone()).unwrap_err();
+            assert!(err.contains(needle), "{train:?}: {err}");
+        }
     }
 }
