@@ -359,6 +359,12 @@ def report(name, n, dims, metric, engines, lines):
         lines.append(f"\nqueries/s with 2 threads sharing the index vs 1 (ef {parallel['ef']}): "
                      f"{parallel['qps_2']:,.0f} vs {parallel['qps_1']:,.0f}, "
                      f"**{parallel['qps_2'] / parallel['qps_1']:.2f}×**")
+    tr = ours.get("target_recall")
+    if tr:
+        lines.append(f"\ntargetRecall {tr['target']}: breadth {tr['breadth']} chosen on 64 sample queries "
+                     f"(their recall@10 {tr['sample_recall']:.3f}); held-out recall@10 {tr['held_out_recall']:.3f} "
+                     f"at {tr['qps']:,.0f} QPS, against the hand-tuned ef {tr['hand_tuned_ef']} reaching the same "
+                     f"recall at {tr['hand_tuned_qps']:,.0f} QPS: **{tr['qps'] / tr['hand_tuned_qps']:.2f}×**")
     exact = ours.get("exact")
     if exact:
         lines.append(f"\nexact scan: {exact['qps']:,.0f} QPS (recall {exact['recall']:.3f})")
