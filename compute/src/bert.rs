@@ -374,6 +374,11 @@ impl BertEncoder {
         self.hidden
     }
 
+    /// Encoder layers.
+    pub fn layers(&self) -> usize {
+        self.layers.len()
+    }
+
     /// Tokens an input may have before it is truncated.
     pub fn max_tokens(&self) -> usize {
         self.max_tokens

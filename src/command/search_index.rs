@@ -224,6 +224,7 @@ fn parse_auto_embed_field(field: &RawDocument) -> Result<(String, Similarity), E
 /// filters?}`. The stored definition is the command without its first key
 /// and `$db`, so it parses back with `parse_definition`.
 pub fn parse_create_semantic(body: &RawDocument) -> Result<NewIndex, Error> {
+    check_semantic_keys(body, true)?;
     let name = match body.get("name") {
         Ok(Some(RawBsonRef::String(n))) if !n.is_empty() => n.to_string(),
         _ => return Err(bad("createSemanticIndex needs a non-empty string 'name'")),
@@ -257,6 +258,78 @@ fn strings(definition: &RawDocument, key: &str) -> Result<Vec<String>, Error> {
         }
     }
     Ok(out)
+}
+
+/// Refuses the keys of a semantic definition (and of its `train`) that
+/// likewise does not know, so a misspelt option is an error rather than a
+/// default silently used. Checked when a client gives a definition
+/// (`createSemanticIndex`, `updateSearchIndex`), not when a stored one is
+/// read back. `command`: `definition` is the whole command, whose own
+/// fields (its first key, `name`, drivers' session and option fields) are
+/// skipped.
+pub fn check_semantic_keys(definition: &RawDocument, command: bool) -> Result<(), Error> {
+    const KNOWN: &[&str] = &[
+        "models",
+        "keys",
+        "measure",
+        "writeOutputs",
+        "hnswOptions",
+        "filters",
+        "loss",
+        "metrics",
+        "splitter",
+        "validation",
+        "train",
+        "targetRecall",
+        "quantization",
+        "oversampling",
+    ];
+    const COMMAND: &[&str] = &[
+        "name",
+        "lsid",
+        "txnNumber",
+        "comment",
+        "maxTimeMS",
+        "writeConcern",
+        "apiVersion",
+        "apiStrict",
+        "apiDeprecationErrors",
+        "autocommit",
+        "startTransaction",
+    ];
+    const TRAIN: &[&str] = &[
+        "epochs",
+        "batchSize",
+        "learningRate",
+        "temperature",
+        "weightDecay",
+        "adapt",
+        "seed",
+        "maxPairs",
+        "fineTune",
+        "layers",
+        "freezeEmbeddings",
+        "maxTokens",
+    ];
+    let skip = usize::from(command);
+    for (key, _) in definition.iter().flatten().skip(skip) {
+        let ours = KNOWN.contains(&key);
+        if !ours && !(command && (key.starts_with('$') || COMMAND.contains(&key))) {
+            return Err(bad(format!(
+                "unknown option '{key}' in a semantic index definition: use {}",
+                KNOWN.join(", ")
+            )));
+        }
+    }
+    if let Ok(train) = definition.get_document("train") {
+        if let Some((key, _)) = train.iter().flatten().find(|(k, _)| !TRAIN.contains(k)) {
+            return Err(bad(format!(
+                "unknown option 'train.{key}': use {}",
+                TRAIN.join(", ")
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Reads a semantic index definition. Dimensions come from the models, so

@@ -143,7 +143,7 @@ pub fn start(
         }
         t.planned_epochs = index.spec.train.as_ref().map_or(0, |s| s.epochs);
         t.fine_tune = Some(FineTuneState {
-            phase: "fineTuning",
+            phase: "measuring",
             ..FineTuneState::default()
         });
     }
@@ -405,6 +405,7 @@ async fn run(
         t.before = Some(before.clone());
         if let Some(f) = t.fine_tune.as_mut() {
             f.adapter = adapter.clone();
+            f.phase = "fineTuning";
         }
     }
     tracing::info!(

@@ -345,7 +345,8 @@ pub async fn collect_pairs(
 /// version was made from, if it encodes with one: then `untrained` is the
 /// parent's (both sides of the filter's pairs encoded by it) and
 /// `fineTuned` the version's without an adapter (items as the index
-/// stores them), and `fineTuning` the run's own held-out comparison.
+/// stores them), and `fineTuning` the run's own held-out comparison (with
+/// no `untrained` once the parent model is dropped).
 pub async fn evaluate(
     mut reader: upstream::Reader<'_>,
     index: &Arc<SearchIndex>,
@@ -372,6 +373,11 @@ pub async fn evaluate(
             "no document of the filter has both sides of a pair",
         ));
     }
+    // A fine-tuned version whose parent was dropped has no untrained side.
+    let version = index
+        .encoders
+        .first()
+        .is_some_and(|m| m.def.lineage.is_some());
     let mut parent_pairs = None;
     if let Some(model) = parent {
         let mut read = PairReader::open(reader, index, splitter, filter, seed).await?;
@@ -417,12 +423,15 @@ pub async fn evaluate(
         "ok": 1.0,
         "index": index.name.as_str(),
         "pairs": count as i64,
-        "trained": index.adapter().is_some() || untrained.is_some(),
+        "trained": index.adapter().is_some() || version,
         "metrics": doc(&now),
     };
-    match untrained {
-        Some(untrained) => {
-            reply.append("untrained", doc(&untrained));
+    match (untrained, version) {
+        (None, false) => reply.append("untrained", doc(&own)),
+        (untrained, _) => {
+            if let Some(untrained) = untrained {
+                reply.append("untrained", doc(&untrained));
+            }
             reply.append("fineTuned", doc(&own));
             // The run's own comparison on its held-out pairs, adapter
             // included.
@@ -441,7 +450,6 @@ pub async fn evaluate(
                 reply.append("fineTuning", held_out);
             }
         }
-        None => reply.append("untrained", doc(&own)),
     }
     Ok(reply)
 }

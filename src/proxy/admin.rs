@@ -204,6 +204,9 @@ impl ForClient<'_> {
                 let definition = body
                     .get_document("definition")
                     .map_err(|_| bad("updateSearchIndex needs a 'definition' document"))?;
+                if definition.get("models").ok().flatten().is_some() {
+                    search_index::check_semantic_keys(definition, false)?;
+                }
                 let specs = parse_definition(definition)?;
                 if specs.iter().any(|s| s.text.is_some()) != old.spec.text.is_some() {
                     // Atlas keeps an index's type for its life.

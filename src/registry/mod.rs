@@ -142,7 +142,28 @@ impl IndexSpec {
                 crate::train::Splitter::ArrayElement => 0,
             };
             let (item, asked) = (&out[0], &out[query]);
-            if item.text_encoder().is_none() || item.name() != asked.name() {
+            let Some(encoder) = item.text_encoder() else {
+                return Err(Error::client(
+                    Code::BAD_VALUE,
+                    format!(
+                        "'train.fineTune' needs a 'text' model; '{}' is a '{}' model",
+                        item.name(),
+                        item.def.kind.name()
+                    ),
+                ));
+            };
+            let layers = t.fine_tune.and_then(|f| f.layers).unwrap_or(0);
+            if layers > encoder.layers() {
+                return Err(Error::client(
+                    Code::BAD_VALUE,
+                    format!(
+                        "'train.layers' is {layers} but model '{}' has {} layers",
+                        item.name(),
+                        encoder.layers()
+                    ),
+                ));
+            }
+            if item.name() != asked.name() {
                 return Err(Error::client(
                     Code::BAD_VALUE,
                     format!(
@@ -302,13 +323,16 @@ pub struct Training {
 /// Where fine-tuning an index's text model stands.
 #[derive(Debug, Clone, Default)]
 pub struct FineTuneState {
-    /// `fineTuning` while weights train, `reEncoding` while the new
-    /// generation is built with the new version, `done` once it serves.
+    /// `measuring` while the untrained model and the comparison adapter
+    /// are measured, `fineTuning` while weights train, `reEncoding` while
+    /// the new generation is built with the new version, `done` once it
+    /// serves.
     pub phase: &'static str,
     /// Steps taken and planned, over all epochs.
     pub step: usize,
     pub steps: usize,
-    /// The last step's loss.
+    /// The last step's loss while training; the last epoch's mean once
+    /// done.
     pub loss: f32,
     /// Training pairs per second so far.
     pub pairs_per_s: f64,

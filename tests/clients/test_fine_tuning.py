@@ -235,7 +235,12 @@ def test_bad_fine_tuning_input(client):
         ({"train": {"fineTune": "yes"}}, "'train.fineTune' must be"),
         ({"train": {"layers": 2}}, "add 'fineTune': true"),
         ({"train": {"fineTune": True, "maxTokens": 1}}, "'train.maxTokens'"),
-        ({"models": ["vec3", "minilm"]}, "'train.fineTune' fine-tunes one 'text' model"),
+        ({"models": ["vec3", "minilm"]}, "needs a 'text' model; 'vec3' is a 'vector' model"),
+        ({"models": ["minilm", "vec3"]}, "'train.fineTune' fine-tunes one 'text' model"),
+        ({"train": {"fineTune": True, "layers": 10}}, "'train.layers' is 10 but model 'minilm' has 6"),
+        # Misspelt options are refused, never silently defaults.
+        ({"train": {"fineTune": True, "layer": 1}}, "unknown option 'train.layer'"),
+        ({"trian": {"epochs": 1}}, "unknown option 'trian'"),
     ]:
         with pytest.raises(OperationFailure) as err:
             db.command({**base, **change})
@@ -359,6 +364,10 @@ def test_update_search_index_can_ask_for_fine_tuning(client):
     definition = {**DEFINITION, "validation": {"fraction": 0.2},
                   "train": {"fineTune": True, "layers": 1, "epochs": 1, "batchSize": 16,
                             "maxTokens": 32}}
+    with pytest.raises(OperationFailure) as err:
+        db.command({"updateSearchIndex": "docs", "name": "upd",
+                    "definition": {**definition, "train": {**definition["train"], "epoch": 2}}})
+    assert "unknown option 'train.epoch'" in str(err.value)
     db.command({"updateSearchIndex": "docs", "name": "upd", "definition": definition})
 
     def done():
