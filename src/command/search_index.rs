@@ -517,8 +517,10 @@ pub fn parse_list_filter(stage: &RawDocument) -> Target {
 /// `parts` are the serving parts of the index (one per vector field, the
 /// first first), `staged` those of a definition staged to replace it. An
 /// index is as far along as its least ready part. While a definition is
-/// staged the index reports `BUILDING` (or `FAILED` when the staged build
-/// failed) and stays queryable on the old definition, as Atlas does
+/// staged the index reports `BUILDING` (`TRAINING` while the serving
+/// generation trains: a fine-tuning run's re-encoding; `FAILED` when the
+/// staged build failed) and stays queryable on the old definition, as
+/// Atlas does
 /// (`latestDefinition` is the staged one).
 pub fn describe(parts: &[Arc<SearchIndex>], staged: &[Arc<SearchIndex>]) -> RawDocumentBuf {
     let index = &parts[0];
@@ -529,6 +531,9 @@ pub fn describe(parts: &[Arc<SearchIndex>], staged: &[Arc<SearchIndex>]) -> RawD
     } else {
         match least_ready(staged) {
             (Status::Failed, why) => (Status::Failed, why),
+            // A fine-tuning run's new generation: the serving one says
+            // TRAINING until the swap.
+            _ if main_status == Status::Training => (Status::Training, main_detail),
             _ => (Status::Building, None),
         }
     };

@@ -311,7 +311,11 @@ def test_a_crash_while_re_encoding_keeps_one_generation_and_the_version(module_d
                 assert "error" not in info["training"], info["training"]
                 fine = info["training"].get("fineTune") or {}
                 assert fine.get("phase") != "done", "the swap finished before the crash"
-                return fine.get("phase") == "reEncoding"
+                if fine.get("phase") == "reEncoding":
+                    # The old generation serves, as TRAINING, until the swap.
+                    assert info["status"] == "TRAINING" and info["queryable"], info
+                    return True
+                return False
 
             eventually(re_encoding, timeout=600)
             # The old generation still answers.
