@@ -365,22 +365,33 @@ def test_update_search_index_can_ask_for_fine_tuning(client):
              if k not in ("loss", "metrics", "splitter", "validation", "train")}
     db.command({"createSemanticIndex": "docs", "name": "upd", **plain})
     eventually(lambda: list(db.docs.list_search_indexes("upd"))[0]["status"] == "READY", timeout=300)
+    # `adapt` as well: an adapter on the fine-tuned outputs afterwards.
     definition = {**DEFINITION, "validation": {"fraction": 0.2},
                   "train": {"fineTune": True, "layers": 1, "epochs": 1, "batchSize": 16,
-                            "maxTokens": 32}}
+                            "maxTokens": 32, "adapt": "query"}}
     with pytest.raises(OperationFailure) as err:
         db.command({"updateSearchIndex": "docs", "name": "upd",
                     "definition": {**definition, "train": {**definition["train"], "epoch": 2}}})
     assert "unknown option 'train.epoch'" in str(err.value)
     db.command({"updateSearchIndex": "docs", "name": "upd", "definition": definition})
 
+    index_id = list(db.docs.list_search_indexes("upd"))[0]["id"]
+
     def done():
         info = list(db.docs.list_search_indexes("upd"))[0]
         assert "error" not in info.get("training", {}), info["training"]
         fine = info.get("training", {}).get("fineTune") or {}
-        return info["status"] == "READY" and fine.get("phase") == "done"
+        adapted = client.likewise.adapters.count_documents({"_id": index_id}) == 1
+        return info["status"] == "READY" and fine.get("phase") == "done" and adapted
 
     eventually(done, timeout=600)
     info = list(db.docs.list_search_indexes("upd"))[0]
     assert info["latestDefinition"]["models"] == ["minilm@upd-v1", "minilm@upd-v1"]
     assert info["latestDefinitionVersion"]["version"] == 2
+    # The listing now shows the adapter's run (its default 10 epochs) on
+    # the fine-tuned outputs; the version keeps the fine-tuning run's.
+    assert info["training"]["epochsDone"] == 10 and "after" in info["metrics"], info["training"]
+    version = [m for m in db.command({"listModels": 1})["models"] if m["_id"] == "minilm@upd-v1"][0]
+    assert len(version["training"]["losses"]) == 1
+    reply = db.command({"evaluateSemanticIndex": "docs", "name": "upd"})
+    assert reply["trained"] is True and reply["metrics"] != reply["fineTuned"], reply
