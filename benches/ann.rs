@@ -17,7 +17,7 @@ use likewise::index::{
     exact_among, search_allowed, Engine, Hit, KeySet, Quantization, Similarity, VectorIndex,
     VectorRef,
 };
-use likewise::registry::recall::{aim, smallest_breadth};
+use likewise::registry::recall::{smallest_breadth, Measured, SAMPLES};
 use std::time::Instant;
 
 /// Reads `n × d` little-endian f32 (header: n, d as u32).
@@ -269,33 +269,38 @@ fn target_recall(
     k: usize,
     target: f64,
 ) -> String {
-    const SAMPLES: usize = 64;
     if queries.len() <= SAMPLES * 2 {
         return "null".into();
     }
     let sample_truth = &truth[..SAMPLES * gt_k];
     let held_truth = &truth[SAMPLES * gt_k..];
     let (samples, held) = queries.split_at(SAMPLES);
+    // Each query's recall@k at breadth `ef`, as the proxy measures it.
     let recall_on = |qs: &[Vec<f32>], truth: &[u32], ef: usize| {
-        let found: Vec<Vec<u32>> = qs
+        let per_query: Vec<f64> = qs
             .iter()
-            .map(|q| {
-                hnsw.search(q, k, ef.max(k), None)
+            .enumerate()
+            .map(|(i, q)| {
+                let found: Vec<u32> = hnsw
+                    .search(q, k, ef.max(k), None)
                     .iter()
                     .map(|h| h.key)
-                    .collect()
+                    .collect();
+                recall(&[found], &truth[i * gt_k..(i + 1) * gt_k], k, gt_k)
             })
             .collect();
-        recall(&found, truth, k, gt_k)
+        Measured::of(&per_query)
     };
-    let Some((breadth, sample_recall)) = smallest_breadth(aim(target, SAMPLES), |ef| {
-        recall_on(samples, sample_truth, ef)
-    }) else {
+    let Some((breadth, sample_recall)) =
+        smallest_breadth(target, |ef| recall_on(samples, sample_truth, ef))
+    else {
         return "null".into();
     };
-    let held_recall = recall_on(held, held_truth, breadth);
-    let (tuned, _) = smallest_breadth(held_recall, |ef| recall_on(held, held_truth, ef))
-        .unwrap_or((breadth, held_recall));
+    let held_recall = recall_on(held, held_truth, breadth).mean;
+    let (tuned, _) = smallest_breadth(held_recall, |ef| {
+        Measured::exact(recall_on(held, held_truth, ef).mean)
+    })
+    .unwrap_or((breadth, held_recall));
     let (mut chosen_qps, mut tuned_qps) = (0f64, 0f64);
     for _ in 0..3 {
         chosen_qps = chosen_qps.max(run(hnsw, held, k, breadth.max(k)).1);

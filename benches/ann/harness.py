@@ -445,7 +445,7 @@ def main():
         return build_only(engine, Path(data_dir), metric)
     OUT.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    n, nq, rounds = (30_000, 300, 2) if args.quick else (100_000, 1_000, 3)
+    n, nq, rounds = (30_000, 600, 2) if args.quick else (100_000, 1_000, 3)
     lines = [f"# ANN benchmark ({'quick' if args.quick else 'full'}), {time.strftime('%Y-%m-%d %H:%M')}",
              f"\n{os.cpu_count()} cores; every engine single-threaded; best of {rounds} interleaved rounds."]
     all_results = {}

@@ -654,12 +654,18 @@ use crate::train::metrics_doc as metric_doc;
 /// fineTune?}` and, once trained, `metrics: {before, adapter?, after}` on
 /// the validation split. `fineTune: {phase, step, steps, loss,
 /// pairsPerSecond, etaSeconds, modelVersion?}` while and after the text
-/// model is fine-tuned.
+/// model is fine-tuned (the progress fields once its first step is
+/// taken). A history entry has `metrics` when its epoch was measured.
 fn describe_training(index: &SearchIndex) -> (RawDocumentBuf, Option<RawDocumentBuf>) {
     let t = index.training().clone();
     let mut history = RawArrayBuf::new();
     for e in &t.epochs {
-        history.push(rawdoc! { "epoch": e.epoch as i32, "loss": f64::from(e.loss), "metrics": metric_doc(&e.metrics) });
+        let mut epoch = rawdoc! { "epoch": e.epoch as i32, "loss": f64::from(e.loss) };
+        // Fine-tuning measures only the end of its run.
+        if !e.metrics.is_empty() {
+            epoch.append("metrics", metric_doc(&e.metrics));
+        }
+        history.push(epoch);
     }
     let fine_tuned = t
         .fine_tune
@@ -667,7 +673,12 @@ fn describe_training(index: &SearchIndex) -> (RawDocumentBuf, Option<RawDocument
         .is_some_and(|f| f.phase == "done" && f.version.is_some());
     let mut training = rawdoc! {
         "epochsDone": t.epochs.len() as i32,
-        "epochs": t.planned_epochs as i32,
+        // Planned by the run under way, else by the definition.
+        "epochs": if t.planned_epochs > 0 {
+            t.planned_epochs
+        } else {
+            index.spec.train.as_ref().map_or(0, |s| s.epochs)
+        } as i32,
         "trained": index.adapter().is_some() || fine_tuned,
         "pairs": { "train": t.train_pairs as i64, "validation": t.valid_pairs as i64 },
         "history": history,
@@ -682,14 +693,15 @@ fn describe_training(index: &SearchIndex) -> (RawDocumentBuf, Option<RawDocument
         training.append("error", error.as_str());
     }
     if let Some(f) = &t.fine_tune {
-        let mut doc = rawdoc! {
-            "phase": f.phase,
-            "step": f.step as i64,
-            "steps": f.steps as i64,
-            "loss": f64::from(f.loss),
-            "pairsPerSecond": f.pairs_per_s,
-            "etaSeconds": f.eta_s,
-        };
+        let mut doc = rawdoc! { "phase": f.phase };
+        // Progress once the weights train (not while measuring, waiting).
+        if f.steps > 0 {
+            doc.append("step", f.step as i64);
+            doc.append("steps", f.steps as i64);
+            doc.append("loss", f64::from(f.loss));
+            doc.append("pairsPerSecond", f.pairs_per_s);
+            doc.append("etaSeconds", f.eta_s);
+        }
         if let Some(v) = &f.version {
             doc.append("modelVersion", v.as_str());
         }

@@ -107,17 +107,22 @@ pub async fn insert(config: &Config, collection: &str, doc: RawDocumentBuf) -> R
         "$db": config.metadata_db.as_str(),
     };
     let reply = conn.command(&body).await?;
-    let duplicate = reply.get_array("writeErrors").is_ok_and(|errors| {
+    if duplicate(&reply) {
+        return Ok(false);
+    }
+    write_errors(&reply).map(|()| true)
+}
+
+/// Whether a write's reply reports a duplicate key (11000) among its
+/// `writeErrors`.
+pub(crate) fn duplicate(reply: &RawDocument) -> bool {
+    reply.get_array("writeErrors").is_ok_and(|errors| {
         errors
             .into_iter()
             .flatten()
             .filter_map(|e| e.as_document())
             .any(|e| crate::wire::integer(e.get("code").ok().flatten()) == Some(11000))
-    });
-    if duplicate {
-        return Ok(false);
-    }
-    write_errors(&reply).map(|()| true)
+    })
 }
 
 /// Deletes the document `_id: id` of a metadata collection (if any).
@@ -210,7 +215,8 @@ pub async fn delete(config: &Config, id: &str) -> Result<(), Error> {
     remove(config, COLLECTION, id).await
 }
 
-fn write_errors(reply: &RawDocument) -> Result<(), Error> {
+/// The first of a write's `writeErrors`, as an error (`Ok` without any).
+pub(crate) fn write_errors(reply: &RawDocument) -> Result<(), Error> {
     match reply.get_array("writeErrors") {
         Ok(errors) => {
             let first = errors
@@ -265,7 +271,7 @@ pub async fn load(config: &Config, models: &Models) -> Result<Vec<Stored>, Error
 
 /// The parts of the definition in `holder` (the entry itself, or its
 /// `staged` document), named by the entry.
-fn parts(
+pub(crate) fn parts(
     doc: &RawDocument,
     holder: &RawDocument,
     models: &Models,

@@ -19,21 +19,23 @@
 //!
 //! Runs go one at a time per proxy. Dropping the index stops a run within
 //! one step while the weights train (and between the phases around
-//! that); a run that diverges (a loss that is not a number, an epoch's
-//! mean loss past `finetune::DIVERGED` times the best) stops and says why
-//! in `training.error`. Either way the index keeps serving as it was, and
-//! a version already stored when the run learns it cannot be used (the
-//! index dropped or its definition updated meanwhile) is deleted again.
+//! that); a run that diverges (a loss that is not a number, or a probe
+//! loss gone back towards chance over an epoch: `finetune::DIVERGED`)
+//! stops and says why in `training.error`. Either way the index keeps
+//! serving as it was, and a version already stored when the run learns it
+//! cannot be used (the index dropped or its definition updated meanwhile)
+//! is deleted again.
 //!
-//! Known limit: two proxies on one upstream that both serve the index
-//! both fine-tune it (each claims its own version name); each serves its
-//! own result until a restart loads the stored definition.
+//! Of the proxies on one upstream that serve the index, one runs it: the
+//! run holds the index's lease ([`lease`]); the others wait (phase
+//! `waiting`) and then take up the definition it stored ([`adopt`]), or
+//! run it themselves if its holder went away without a result.
 
 use crate::command::search_index::parse_definition;
 use crate::config::Config;
 use crate::error::{Code, Error};
 use crate::maintain::pairs::{encode_all, show, split_of, PairReader, RawPairs, Split};
-use crate::maintain::{catalog, versions};
+use crate::maintain::{catalog, lease, versions};
 use crate::models::bert::ModelFiles;
 use crate::models::{Lineage, Model, ModelDef, Models};
 use crate::registry::{FineTuneState, Registry, SearchIndex, Status};
@@ -155,10 +157,7 @@ pub fn start(
     );
     tokio::spawn(async move {
         index.set_status(Status::Training, None);
-        // One run at a time per proxy: each holds a model's graph, its
-        // optimiser state and its pairs.
-        let _turn = RUNS.acquire().await;
-        match run(&config, &registry, &models, &index).await {
+        match lead(&config, &registry, &models, &index).await {
             // The old generation serves (TRAINING) until the new one
             // replaces it.
             Ok(true) => {}
@@ -181,6 +180,101 @@ pub fn start(
             index.set_status(Status::Ready, None);
         }
     });
+}
+
+/// Runs the fine-tuning of `index` here, unless another proxy on the
+/// upstream is running it: then waits for that proxy (phase `waiting`)
+/// and takes up what it stored ([`adopt`]), or runs it here if that proxy
+/// went away without a result. One proxy at a time holds the run's lease
+/// (`fineTune:<index id>`, [`lease`]) from before the pairs are read
+/// until the new generation is staged and stored. Returns as [`run`].
+async fn lead(
+    config: &Arc<Config>,
+    registry: &Arc<Registry>,
+    models: &Arc<Models>,
+    index: &Arc<SearchIndex>,
+) -> Result<bool, Error> {
+    let key = format!("fineTune:{}", index.id);
+    let waiting = |owner: &str| {
+        tracing::info!(index = %index.name, owner = %owner, "another proxy is fine-tuning this index; waiting for its result");
+        if let Some(f) = index.training().fine_tune.as_mut() {
+            f.phase = "waiting";
+        }
+    };
+    let lease = match lease::acquire(config, &key, || index.is_retired(), waiting).await? {
+        lease::Acquired::GaveUp => return Ok(false),
+        lease::Acquired::Free(lease) => lease,
+        lease::Acquired::AfterWaiting(lease) => {
+            if adopt(config, registry, models, index).await? {
+                return Ok(true);
+            }
+            if let Some(f) = index.training().fine_tune.as_mut() {
+                f.phase = "measuring";
+            }
+            lease
+        }
+    };
+    // One run at a time per proxy: each holds a model's graph, its
+    // optimiser state and its pairs.
+    let _turn = RUNS.acquire().await;
+    let outcome = run(config, registry, models, index).await;
+    drop(lease);
+    outcome
+}
+
+/// After waiting for another proxy's run of `index`: stages the
+/// definition that proxy stored for it (the run's result, or a client's
+/// update that came first), as `updateSearchIndex` would, loading the
+/// models it names. `false` when nothing new is stored (that proxy went
+/// away without a result: the run is this proxy's to do); `true` when
+/// there is nothing left to run here (staged, or the index is gone).
+async fn adopt(
+    config: &Arc<Config>,
+    registry: &Arc<Registry>,
+    models: &Arc<Models>,
+    index: &Arc<SearchIndex>,
+) -> Result<bool, Error> {
+    let filter = rawdoc! { "_id": index.id.as_str() };
+    let Some(stored) = catalog::find(config, catalog::INDEXES, filter)
+        .await?
+        .into_iter()
+        .next()
+    else {
+        // Dropped through another proxy.
+        return Ok(true);
+    };
+    let holder = match stored.get_document("staged") {
+        Ok(staged) => staged.to_owned(),
+        Err(_) => stored.clone(),
+    };
+    let definition = holder
+        .get_document("definition")
+        .map_err(|_| Error::internal("stored index definition lacks 'definition'"))?;
+    if definition == index.definition.as_ref() {
+        return Ok(false);
+    }
+    let names: Vec<String> = parse_definition(definition)?
+        .iter()
+        .flat_map(|part| part.models.iter().map(|m| m.model.clone()))
+        .collect();
+    crate::maintain::ensure_models(config, models, &names).await?;
+    let parts: Vec<Arc<SearchIndex>> = catalog::parts(&stored, &holder, models)?
+        .into_iter()
+        .map(Arc::new)
+        .collect();
+    let version = parts
+        .first()
+        .filter(|p| made_here(p))
+        .and_then(|p| p.encoders.first())
+        .map(|m| m.def.name.clone());
+    tracing::info!(index = %index.name, model = ?version, "taking up the definition another proxy stored for this index");
+    if crate::maintain::stage_update(config, registry, models, parts, Some(index)) {
+        if let Some(f) = index.training().fine_tune.as_mut() {
+            f.phase = "reEncoding";
+            f.version = version;
+        }
+    }
+    Ok(true)
 }
 
 /// Fine-tuning runs one at a time in a proxy.
@@ -287,6 +381,12 @@ fn encode_texts(
     Ok(out)
 }
 
+/// A setting given as a 32-bit float, as the decimal it was written as
+/// (`0.0001`, not `9.999999747378752e-5`), for storing and reporting.
+fn as_written(x: f32) -> f64 {
+    x.to_string().parse().unwrap_or(f64::from(x))
+}
+
 /// `definition` with every entry of its `models` naming `parent` naming
 /// `version` instead.
 fn with_version(definition: &RawDocumentBuf, parent: &str, version: &str) -> RawDocumentBuf {
@@ -352,6 +452,11 @@ async fn run(
     let conn = upstream::connect(config).await?;
     let split = split_of(&conn, index, &spec.validation).await?;
     let texts = read_texts(&conn, index, &spec, &split).await?;
+    {
+        let mut t = index.training();
+        t.train_pairs = texts.train.len();
+        t.valid_pairs = texts.valid.len();
+    }
     let need = spec.batch_size.max(train::spec::MIN_TRAIN_PAIRS);
     if texts.train.len() < need || texts.valid.len() < train::spec::MIN_VALID_PAIRS {
         return Err(Error::client(
@@ -363,11 +468,6 @@ async fn run(
                 train::spec::MIN_VALID_PAIRS
             ),
         ));
-    }
-    {
-        let mut t = index.training();
-        t.train_pairs = texts.train.len();
-        t.valid_pairs = texts.valid.len();
     }
     // Before: the untrained model, and an adapter on its outputs.
     // The adapter `adapt` would train, for comparison.
@@ -422,9 +522,9 @@ async fn run(
     let run_spec = FineTuneSpec {
         epochs: spec.epochs,
         batch_size: spec.batch_size,
-        learning_rate: f64::from(spec.learning_rate),
-        weight_decay: f64::from(spec.weight_decay),
-        temperature: f64::from(spec.temperature),
+        learning_rate: as_written(spec.learning_rate),
+        weight_decay: as_written(spec.weight_decay),
+        temperature: as_written(spec.temperature),
         seed: spec.seed,
     };
     let trainable = Trainable {
@@ -504,6 +604,7 @@ async fn run(
         .fine_tune
         .as_ref()
         .map_or(0.0, |f| f.pairs_per_s);
+    let trained_at = bson::DateTime::now();
     let mut training = rawdoc! {
         "epochs": spec.epochs as i32,
         "losses": epochs.iter().map(|e| f64::from(e.loss)).collect::<bson::RawArrayBuf>(),
@@ -511,12 +612,12 @@ async fn run(
         "trainPairs": texts.train.len() as i64,
         "validPairs": texts.valid.len() as i64,
         "batchSize": spec.batch_size as i32,
-        "learningRate": f64::from(spec.learning_rate),
+        "learningRate": as_written(spec.learning_rate),
         "freezeEmbeddings": fine.freeze_embeddings,
         "seconds": seconds,
         "pairsPerSecond": pairs_per_s,
         "before": train::metrics_doc(&before),
-        "trainedAt": bson::DateTime::now(),
+        "trainedAt": trained_at,
     };
     if let Some(layers) = fine.layers {
         training.append("layers", layers as i32);
@@ -580,7 +681,7 @@ async fn run(
     {
         let mut t = index.training();
         t.after = Some(after.clone());
-        t.trained_at = Some(bson::DateTime::now());
+        t.trained_at = Some(trained_at);
         if let Some(f) = t.fine_tune.as_mut() {
             f.phase = "reEncoding";
             f.version = Some(name.clone());

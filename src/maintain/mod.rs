@@ -7,6 +7,7 @@ pub mod build;
 pub mod catalog;
 pub mod fine_tune;
 pub mod fresh;
+pub mod lease;
 pub mod neighbourhood;
 pub mod pairs;
 pub mod snapshot;
@@ -174,6 +175,28 @@ pub fn stage_update(
         ));
     }
     true
+}
+
+/// Makes sure the models `names` are loaded: one another proxy
+/// registered (or a version another proxy's fine-tuning made) is read
+/// from the catalog, its files from the upstream. Names the catalog does
+/// not have are left for the caller to report. Errors: the upstream's,
+/// and a stored model's that cannot load.
+pub async fn ensure_models(
+    config: &Config,
+    models: &Arc<Models>,
+    names: &[String],
+) -> Result<(), crate::error::Error> {
+    if names.iter().all(|n| models.get(n).is_some()) {
+        return Ok(());
+    }
+    for def in catalog::load_models(config).await? {
+        if names.contains(&def.name) && models.get(&def.name).is_none() {
+            let model = versions::load(config, models, def).await?;
+            models.insert(Arc::new(model));
+        }
+    }
+    Ok(())
 }
 
 /// Loads every stored model (weights are read on a blocking thread;

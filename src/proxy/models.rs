@@ -111,17 +111,6 @@ impl ForClient<'_> {
     /// Makes sure the named models are loaded: a model another proxy
     /// registered is read from the catalog.
     pub(super) async fn ensure_models(&self, names: &[String]) -> Result<(), Error> {
-        let models = &self.shared.models;
-        if names.iter().all(|n| models.get(n).is_some()) {
-            return Ok(());
-        }
-        let stored = catalog::load_models(&self.shared.config).await?;
-        for def in stored {
-            if names.contains(&def.name) && models.get(&def.name).is_none() {
-                let model = self.load_model(def).await?;
-                models.insert(model);
-            }
-        }
-        Ok(())
+        crate::maintain::ensure_models(&self.shared.config, &self.shared.models, names).await
     }
 }

@@ -691,7 +691,9 @@ impl SearchIndex {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .samples();
-        let tuned = self.read_vectors(|v| recall::measure(v, &samples, target));
+        let tuned = recall::measure(&samples, target, |q, k, breadth, exact| {
+            self.read_vectors(|v| recall::search_in(v, q, k, breadth, exact))
+        });
         if let Some((breadth, measured)) = tuned {
             tracing::info!(index = %self.name, breadth, measured, target, "targetRecall: breadth measured");
         }

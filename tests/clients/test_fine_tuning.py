@@ -9,6 +9,7 @@ queries through the proxy; a second proxy on the same upstream serves the
 version without training; dropping the index cancels a run."""
 
 import json
+import signal
 import urllib.request
 import zlib
 
@@ -16,7 +17,7 @@ import pytest
 from pymongo import MongoClient
 from pymongo.errors import OperationFailure
 
-from conftest import debian_long_descriptions, eventually, start_proxy
+from conftest import debian_long_descriptions, debian_packages, eventually, start_proxy
 
 CORPUS = 1500
 # Held-out gains the small run below must show in r@1 (490 pairs).
@@ -86,7 +87,10 @@ def tuned(client, proxy):
         assert status in ("PENDING", "BUILDING", "TRAINING", "READY"), info
         assert "error" not in info["training"], info["training"]
         fine = info["training"].get("fineTune")
-        if status == "TRAINING" and fine and fine["step"] >= 1:
+        if fine and fine["phase"] in ("measuring", "waiting"):
+            # No progress figures before the first step.
+            assert "loss" not in fine and "step" not in fine, fine
+        if status == "TRAINING" and fine and fine.get("step", 0) >= 1:
             # The old generation answers while the new one is made.
             served.append(len(list(db.packages.find(like(probe, 5, False)))))
             if not scraped:
@@ -146,6 +150,8 @@ def test_the_version_is_a_listed_stored_model(tuned, client):
     assert models["minilm"]["usedBy"] == []
     run = tuned_model["training"]
     assert run["after"] == info["metrics"]["after"] and run["before"] == info["metrics"]["before"]
+    # Settings as written, and one time for the run in both places.
+    assert run["learningRate"] == 0.0001 and run["trainedAt"] == info["training"]["trainedAt"]
     assert set(tuned_model["files"]) == {"config.json", "tokenizer.json", "model.safetensors"}
     stored = {f["filename"]: f["length"]
               for f in client.likewise.model_files.files.find({"filename": {"$regex": f"^{version}/"}})}
@@ -257,6 +263,7 @@ def test_bad_fine_tuning_input(client):
     eventually(failed, timeout=300)
     info = failed()
     assert "too few pairs to fine-tune" in info["training"]["error"], info["training"]
+    assert info["training"]["pairs"] == {"train": 15, "validation": 5}, info["training"]
     assert info["training"]["trained"] is False and "fineTune" not in info["training"]
     assert info["latestDefinition"]["models"] == ["minilm", "minilm"]
     assert len(list(db.docs.find(like("name 3", 3, False, "x")))) == 3
@@ -275,7 +282,7 @@ def test_dropping_an_index_cancels_its_fine_tuning(client):
     def training():
         info = list(db.docs.list_search_indexes("long_run"))[0]
         fine = info["training"].get("fineTune")
-        return info["status"] == "TRAINING" and fine is not None and fine["step"] >= 1
+        return info["status"] == "TRAINING" and fine is not None and fine.get("step", 0) >= 1
 
     eventually(training, timeout=300)
     db.docs.drop_search_index("long_run")
@@ -395,3 +402,115 @@ def test_update_search_index_can_ask_for_fine_tuning(client):
     assert len(version["training"]["losses"]) == 1
     reply = db.command({"evaluateSemanticIndex": "docs", "name": "upd"})
     assert reply["trained"] is True and reply["metrics"] != reply["fineTuned"], reply
+
+
+# A short run on short texts (package names against one-line summaries),
+# for the tests below that need a run, not its quality.
+SHORT = {**DEFINITION, "validation": {"fraction": 0.2},
+         "train": {"fineTune": True, "layers": 1, "epochs": 3, "batchSize": 8}}
+
+
+def short_rows(n=300):
+    return [{"_id": r["_id"], "name": r["_id"], "text": r["description"]}
+            for r in debian_packages(n)]
+
+
+def test_proxies_on_one_upstream_fine_tune_an_index_once(module_direct_uri):
+    """Three proxies on one upstream. The first fine-tunes, then freezes
+    mid-run (SIGSTOP: it stops renewing its lease). Two more start on the
+    same catalog: both wait for it (phase `waiting`, the untrained
+    generation serving), one takes the run over once the lease goes
+    stale, and the other waits for that one instead of fine-tuning too,
+    then serves its version. One version is made, by one proxy."""
+    first = start_proxy(module_direct_uri)
+    others = []
+    try:
+        with MongoClient(f"mongodb://127.0.0.1:{first.port}/") as c:
+            db = c.fine_tuning_lease
+            db.drop_collection("docs")
+            db.docs.insert_many(short_rows())
+            db.command({"createModel": "minilm", "kind": "text"})
+            db.command({"createSemanticIndex": "docs", "name": "once", **SHORT})
+
+            def fine_tuning():
+                info = list(db.docs.list_search_indexes("once"))[0]
+                assert "error" not in info["training"], info["training"]
+                fine = info["training"].get("fineTune") or {}
+                assert fine.get("phase") not in ("reEncoding", "done"), "finished before the freeze"
+                return fine.get("phase") == "fineTuning"
+
+            eventually(fine_tuning, timeout=300)
+        first.proc.send_signal(signal.SIGSTOP)
+        others = [start_proxy(module_direct_uri) for _ in range(2)]
+        clients = [MongoClient(f"mongodb://127.0.0.1:{p.port}/") for p in others]
+        colls = [cl.fine_tuning_lease.docs for cl in clients]
+        phases = [[], []]
+
+        def look(i):
+            info = list(colls[i].list_search_indexes("once"))[0]
+            assert "error" not in info["training"], info["training"]
+            phase = (info["training"].get("fineTune") or {}).get("phase")
+            if phase and (not phases[i] or phases[i][-1] != phase):
+                phases[i].append(phase)
+            return info, phase
+
+        # Both wait while the first holds the lease, serving untrained.
+        for i in range(2):
+            eventually(lambda: "waiting" in phases[i] or look(i)[1] == "waiting", timeout=300)
+        for i in range(2):
+            info, _ = look(i)
+            assert info["status"] == "TRAINING" and info["queryable"], info
+            assert len(list(colls[i].find(like("bash", 3, False, "once")))) == 3
+
+        def done(i):
+            info, phase = look(i)
+            return info["status"] == "READY" and phase == "done"
+
+        eventually(lambda: all([done(0), done(1)]), timeout=900)
+        ran = [i for i in range(2) if "fineTuning" in phases[i]]
+        assert len(ran) == 1, phases
+        other = 1 - ran[0]
+        # The one that did not run waited for the one that did, then
+        # re-encoded with its version.
+        after_waiting = phases[other][phases[other].index("waiting"):]
+        assert "reEncoding" in after_waiting and "measuring" not in after_waiting, phases
+        versions = [list(colls[i].list_search_indexes("once"))[0]["training"]["fineTune"]["modelVersion"]
+                    for i in range(2)]
+        assert versions == ["minilm@once-v1"] * 2, versions
+        models = [m["_id"] for m in clients[0].fine_tuning_lease.command({"listModels": 1})["models"]]
+        assert [m for m in models if m.startswith("minilm@once")] == ["minilm@once-v1"], models
+        for name in ("bash", "python3", "vim"):
+            assert [d["_id"] for d in colls[0].find(like(name, 5, index="once"))] == \
+                [d["_id"] for d in colls[1].find(like(name, 5, index="once"))]
+        for cl in clients:
+            cl.close()
+    finally:
+        first.stop()
+        for p in others:
+            p.stop()
+
+
+def test_a_diverging_run_stops_and_keeps_the_model_serving(client):
+    """A learning rate far too high wrecks the weights in the first steps;
+    the loss on the run's probe pairs rises over the epoch, the run stops
+    and says why, no version is made, and the index serves as before."""
+    db = client.fine_tuning_diverge
+    db.drop_collection("docs")
+    db.docs.insert_many(short_rows())
+    db.command({"createModel": "minilm", "kind": "text"})
+    db.command({"createSemanticIndex": "docs", "name": "wild", **SHORT,
+                "train": {**SHORT["train"], "layers": 2, "epochs": 1, "learningRate": 1.0}})
+
+    def stopped():
+        info = list(db.docs.list_search_indexes("wild"))[0]
+        return info if "error" in info["training"] and info["status"] == "READY" else None
+
+    eventually(stopped, timeout=600)
+    info = stopped()
+    error = info["training"]["error"]
+    assert "fine-tuning stopped" in error and "try a lower learningRate" in error, error
+    assert "fineTune" not in info["training"] and info["training"]["trained"] is False
+    assert info["latestDefinition"]["models"] == ["minilm", "minilm"]
+    models = [m["_id"] for m in db.command({"listModels": 1})["models"]]
+    assert not [m for m in models if m.startswith("minilm@wild")], models
+    assert len(list(db.docs.find(like("bash", 5, index="wild")))) == 5

@@ -487,25 +487,56 @@ pub struct Epoch {
     pub loss: f32,
 }
 
-/// How far a whole epoch's mean loss may rise over the best epoch's
-/// before the run counts as diverged (an epoch 50% worse than the best is
-/// not noise).
-pub const DIVERGED: f32 = 1.5;
+/// How far back towards chance the loss on the probe pairs (a fixed
+/// sample of the training pairs) may rise after an epoch before the run
+/// counts as diverged: half the way from its lowest value so far (the
+/// untrained model's included) to chance level, and at least a tenth of
+/// chance. Chance is `ln(batch)`, the in-batch softmax cross-entropy of a
+/// model whose scores are all equal (InfoNCE's bound: van den Oord et al.,
+/// 2018, "Representation Learning with Contrastive Predictive Coding").
+pub const DIVERGED: f32 = 0.5;
 
-/// The best earlier epoch's mean loss when `mean` is over [`DIVERGED`]
-/// times it.
-fn diverged(earlier: &[Epoch], mean: f32) -> Option<f32> {
-    let best = earlier.iter().map(|e| e.loss).fold(f32::INFINITY, f32::min);
-    (mean > best * DIVERGED).then_some(best)
+/// Most probe pairs: four batches of 32.
+const PROBE: usize = 128;
+
+/// The lowest probe loss so far, when `after` (an epoch's) rose past the
+/// [`DIVERGED`] line between it and `chance`, or is not a number.
+fn diverged(best: f32, after: f32, chance: f32) -> Option<f32> {
+    let margin = (DIVERGED * (chance - best)).max(0.1 * chance);
+    (!after.is_finite() || after > best + margin).then_some(best)
+}
+
+/// The mean ranking loss of `graph` over `probe`, in batches of `batch`.
+fn probe_loss(
+    graph: &BertGraph,
+    probe: &[&(Vec<u32>, Vec<u32>)],
+    batch: usize,
+    temperature: f64,
+) -> Result<f32, String> {
+    let (mut total, mut n) = (0.0f64, 0usize);
+    for chunk in probe.chunks(batch).filter(|c| c.len() >= 2) {
+        let queries: Vec<Vec<u32>> = chunk.iter().map(|p| p.0.clone()).collect();
+        let items: Vec<Vec<u32>> = chunk.iter().map(|p| p.1.clone()).collect();
+        let loss = ranking_loss(&graph.embed(&queries)?, &graph.embed(&items)?, temperature)?
+            .to_dtype(DType::F32)
+            .and_then(|l| l.to_scalar::<f32>())
+            .map_err(failed)?;
+        total += f64::from(loss);
+        n += 1;
+    }
+    Ok((total / n.max(1) as f64) as f32)
 }
 
 /// Fine-tunes `graph`'s trainable weights on `(query, item)` token-id
 /// pairs with the ranking loss and AdamW. `progress` is called after every
 /// step and stops the run by returning `false` (the epochs finished so far
-/// are returned). Errors: a loss that is not a number, or an epoch whose
-/// mean loss rose past [`DIVERGED`] times the best epoch's (the run
-/// diverged: the graph's weights are then not to be used), and
-/// [`BertGraph::embed`]'s.
+/// are returned). The run diverged, and errs (the graph's weights are
+/// then not to be used), on a loss that is not a number, or when the loss
+/// on the probe pairs (whole batches of training pairs drawn once with the
+/// seed, up to 128) after an epoch rose back over half-way to chance from
+/// its lowest value before ([`DIVERGED`]; the untrained model's included):
+/// a loss that rose over a whole epoch.
+/// Other errors: [`BertGraph::embed`]'s.
 pub fn fine_tune(
     graph: &BertGraph,
     pairs: &[(Vec<u32>, Vec<u32>)],
@@ -538,6 +569,15 @@ pub fn fine_tune(
     let started = std::time::Instant::now();
     let mut order: Vec<usize> = (0..pairs.len()).collect();
     let mut rng = spec.seed | 1;
+    super::shuffle(&mut order, &mut rng);
+    let probe_batches = (PROBE / batch).clamp(1, per_epoch);
+    let probe: Vec<&(Vec<u32>, Vec<u32>)> = order
+        .iter()
+        .take(probe_batches * batch)
+        .map(|&i| &pairs[i])
+        .collect();
+    let chance = (batch as f32).ln();
+    let mut best = probe_loss(graph, &probe, batch, spec.temperature)?;
     let mut epochs = Vec::new();
     let mut step = 0;
     for epoch in 1..=spec.epochs {
@@ -576,13 +616,16 @@ pub fn fine_tune(
             }
         }
         let mean = (total / per_epoch as f64) as f32;
-        // Noise once the loss has levelled off is not divergence: a whole
-        // epoch's mean over the best one by more than DIVERGED is.
-        if let Some(best) = diverged(&epochs, mean) {
+        // The same pairs before and after: batch-to-batch noise is not
+        // divergence, a loss gone half-way back to chance is.
+        let after = probe_loss(graph, &probe, batch, spec.temperature)?;
+        if let Some(best) = diverged(best, after, chance) {
             return Err(format!(
-                "fine-tuning stopped after epoch {epoch}: the mean loss rose from {best:.4} to {mean:.4} (try a lower learningRate)"
+                "fine-tuning stopped after epoch {epoch}: the loss on {} fixed training pairs rose from {best:.4} to {after:.4} over the epoch, towards chance ({chance:.4}) (try a lower learningRate)",
+                probe.len()
             ));
         }
+        best = best.min(after);
         epochs.push(Epoch { loss: mean });
     }
     Ok(epochs)
@@ -735,15 +778,20 @@ mod tests {
     }
 
     #[test]
-    fn an_epoch_far_above_the_best_is_divergence_and_noise_is_not() {
-        let epochs =
-            |losses: &[f32]| -> Vec<Epoch> { losses.iter().map(|&loss| Epoch { loss }).collect() };
-        assert_eq!(diverged(&[], 5.0), None);
-        // Levelled off: small rises are noise.
-        assert_eq!(diverged(&epochs(&[0.9, 0.3, 0.28]), 0.31), None);
-        assert_eq!(diverged(&epochs(&[0.9, 0.3, 0.28]), 0.40), None);
-        // Over 1.5× the best epoch.
-        assert_eq!(diverged(&epochs(&[0.9, 0.3, 0.28]), 0.43), Some(0.28));
+    fn a_probe_loss_half_way_back_to_chance_is_divergence_and_noise_is_not() {
+        // Batches of 8: chance ln 8 = 2.079.
+        let chance = 8f32.ln();
+        // Levelled off: rises well short of chance are noise.
+        assert_eq!(diverged(0.28, 0.31, chance), None);
+        assert_eq!(diverged(0.28, 1.10, chance), None);
+        // Half-way back to chance from the best, or not a number.
+        assert_eq!(diverged(0.28, 1.20, chance), Some(0.28));
+        assert_eq!(diverged(0.28, f32::NAN, chance), Some(0.28));
+        // A model that starts near chance: a tenth of chance is noise.
+        assert_eq!(diverged(1.19, 1.30, 4f32.ln()), None);
+        assert_eq!(diverged(1.19, 1.36, 4f32.ln()), Some(1.19));
+        // A loss that has fallen far: a relative jump is not divergence.
+        assert_eq!(diverged(0.01, 0.05, chance), None);
     }
 
     #[test]
@@ -789,6 +837,17 @@ mod tests {
         .unwrap();
         assert!(stopped.is_empty());
         assert_eq!(calls, 2);
+        // One far too high, but finite, on the trained weights: the loss
+        // on the probe pairs goes back towards chance over the epoch.
+        let high = FineTuneSpec {
+            learning_rate: 2.0,
+            ..spec
+        };
+        let err = fine_tune(&graph, &pairs, &high, |_| true).unwrap_err();
+        assert!(
+            err.contains("after epoch 1") && err.contains("rose"),
+            "{err}"
+        );
         // A learning rate that blows the weights up.
         let wild = FineTuneSpec {
             learning_rate: f64::INFINITY,
