@@ -17,8 +17,10 @@ use std::time::{Duration, Instant};
 /// mean to stand for queries at large: at 64 queries one run chose a
 /// breadth that gave 0.917 on held-out queries for a target of 0.95.
 pub const SAMPLES: usize = 256;
-/// Queries sampled before the first measurement.
-const FIRST_AFTER: usize = 16;
+/// Queries sampled before the first measurement: a full sample (at 64,
+/// 16-d Gaussian data measured 0.958 where held-out queries gave 0.915:
+/// until then the definition's default breadth serves).
+const FIRST_AFTER: usize = SAMPLES;
 /// New samples, and time, between measurements.
 const AGAIN_AFTER: usize = 64;
 const AGAIN_EVERY: Duration = Duration::from_secs(10);

@@ -403,27 +403,30 @@ def test_target_recall_chooses_the_breadth(client):
         listed = list(coll.list_search_indexes("tuned"))[0]
         return listed.get("recall", [{}])[0]
 
-    samples = [[rng.gauss(0, 1) for _ in range(DIMS)] for _ in range(200)]
-    for q in samples[:100]:
+    # The first measurement comes once 256 queries are sampled.
+    samples = [[rng.gauss(0, 1) for _ in range(DIMS)] for _ in range(400)]
+    for q in samples[:256]:
         query(q)
     wait = 0
     while "measured" not in tuned():
-        query(samples[100 + wait % 100])
+        query(samples[256 + wait % 144])
         wait += 1
-        assert wait < 2000, tuned()
+        assert wait < 5000, tuned()
     report = tuned()
     assert report["target"] == 0.95 and report["measured"] >= 0.95 and report["numCandidates"] >= K
     explained = client.vector_suite.command({"explain": {"aggregate": "tuned", "cursor": {}, "pipeline": [
         {"$vectorSearch": {"index": "tuned", "path": "v", "queryVector": rows[0], "limit": K}}]}})
     assert explained["likewise"]["recall"]["numCandidates"] >= K
-    held_out = [[rng.gauss(0, 1) for _ in range(DIMS)] for _ in range(60)]
+    held_out = [[rng.gauss(0, 1) for _ in range(DIMS)] for _ in range(300)]
     found = wanted = 0
     for q in held_out:
         truth = set(query(q, exact=True))
         found += len(truth & set(query(q)))
         wanted += len(truth)
     print(f"\ntargetRecall 0.95: {report}; held-out recall@10 {found / wanted:.3f}")
-    assert found / wanted >= 0.93, (found / wanted, report)
+    # 0.95 ± 0.02, as issue 19 asks; a little more room above, where a
+    # breadth one step wider than needed lands on this steep curve.
+    assert 0.93 <= found / wanted <= 0.98, (found / wanted, report)
 
 
 @pytest.mark.parametrize("quantization,floor", [("scalar", 0.95), ("binary", 0.85)])
