@@ -652,7 +652,7 @@ use crate::train::metrics_doc as metric_doc;
 
 /// `training: {epochsDone, epochs, loss, history, pairs, trained, error?,
 /// fineTune?}` and, once trained, `metrics: {before, adapter?, after}` on
-/// the validation split. `fineTune: {phase, step, steps, loss,
+/// the validation split. `fineTune: {phase, epoch, step, steps, loss,
 /// pairsPerSecond, etaSeconds, modelVersion?}` while and after the text
 /// model is fine-tuned (the progress fields once its first step is
 /// taken). A history entry has `metrics` when its epoch was measured.
@@ -696,6 +696,7 @@ fn describe_training(index: &SearchIndex) -> (RawDocumentBuf, Option<RawDocument
         let mut doc = rawdoc! { "phase": f.phase };
         // Progress once the weights train (not while measuring, waiting).
         if f.steps > 0 {
+            doc.append("epoch", f.epoch as i64);
             doc.append("step", f.step as i64);
             doc.append("steps", f.steps as i64);
             doc.append("loss", f64::from(f.loss));

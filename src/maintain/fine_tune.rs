@@ -93,6 +93,7 @@ pub fn restore_record(index: &SearchIndex) {
     t.trained_at = run.get_datetime("trainedAt").ok();
     t.fine_tune = Some(FineTuneState {
         phase: "done",
+        epoch: t.planned_epochs,
         step: int("steps"),
         steps: int("steps"),
         loss: t.epochs.last().map_or(0.0, |e| e.loss),
@@ -554,6 +555,7 @@ async fn run(
             {
                 let mut t = target.training();
                 if let Some(f) = t.fine_tune.as_mut() {
+                    f.epoch = p.epoch;
                     f.step = p.step;
                     f.steps = p.steps;
                     f.loss = p.loss;

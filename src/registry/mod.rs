@@ -328,6 +328,8 @@ pub struct FineTuneState {
     /// the new generation is built with the new version, `done` once it
     /// serves.
     pub phase: &'static str,
+    /// The epoch under way (1-based; 0 before the first step).
+    pub epoch: usize,
     /// Steps taken and planned, over all epochs.
     pub step: usize,
     pub steps: usize,

@@ -111,6 +111,7 @@ def test_fine_tuning_beats_the_untrained_model_and_an_adapter(tuned):
     assert training["trained"] is True
     steps = (CORPUS - valid) // 32
     assert training["fineTune"]["step"] == training["fineTune"]["steps"] == steps
+    assert training["fineTune"]["epoch"] == 1
     assert training["epochsDone"] == 1 and len(training["history"]) == 1
     m = info["metrics"]
     print(f"\nheld out ({valid} pairs): before {m['before']} adapter {m['adapter']} "
