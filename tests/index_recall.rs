@@ -337,3 +337,57 @@ fn a_late_island_of_unlike_vectors_is_reachable() {
         "{failed} of {runs} late vectors not found by their own vector"
     );
 }
+
+#[test]
+fn a_graph_built_with_two_threads_finds_what_one_thread_finds() {
+    // Well past the 2,000 vectors from which batches are planned in parallel.
+    let n = 16_000;
+    let sim = Similarity::Euclidean;
+    let data = clustered(11, n);
+    let items: Vec<(u32, &[f32])> = data
+        .iter()
+        .enumerate()
+        .map(|(i, v)| (i as u32, v.as_slice()))
+        .collect();
+    let mut flat = Flat::new(DIMS, sim);
+    let mut one = Hnsw::new(DIMS, sim, HnswParams::default());
+    let mut two = Hnsw::new(DIMS, sim, HnswParams::default());
+    for &(key, v) in &items {
+        flat.insert(key, v);
+    }
+    one.insert_many(&items, 1);
+    two.insert_many(&items, 2);
+    assert_eq!((one.len(), two.len()), (n, n));
+    // A repeat of a stored key is a no-op, in a batch as alone.
+    two.insert_many(&items[..100], 2);
+    assert_eq!(two.len(), n);
+    let (mut missed_one, mut missed_two) = (0, 0);
+    // Five times the vectors of the other tests: a wider search.
+    let ef = 2 * EF;
+    for q in &clustered(98, QUERIES) {
+        let want = flat.search(q, K, 0, None);
+        let (a, b) = (one.search(q, K, ef, None), two.search(q, K, ef, None));
+        assert_eq!((a.len(), b.len()), (K, K));
+        missed_one += misses(&want, &a);
+        missed_two += misses(&want, &b);
+    }
+    // Both within 5% of the 600 neighbours, and two threads no more than
+    // 1% (6) worse than one.
+    assert!(
+        missed_one * 20 <= QUERIES * K,
+        "one thread: {missed_one} misses"
+    );
+    assert!(
+        missed_two * 20 <= QUERIES * K,
+        "two threads: {missed_two} misses"
+    );
+    eprintln!("misses at ef {ef}: one thread {missed_one}, two threads {missed_two}");
+    assert!(
+        missed_two <= missed_one + 6,
+        "{missed_two} against {missed_one}"
+    );
+    // Every vector is reachable: each finds itself first.
+    for (key, v) in items.iter().step_by(97) {
+        assert_eq!(two.search(v, 1, EF, None)[0].key, *key);
+    }
+}

@@ -119,24 +119,45 @@ impl Vectors {
         vector: VectorRef<'_>,
         content: Option<u64>,
     ) -> bool {
-        let current = self.ids.key_of(id);
-        let unchanged = current.is_some_and(|key| self.engine.holds(key, vector));
-        if unchanged {
-            if let (Some(key), Some(hash)) = (current, content) {
+        self.upsert_many(&[(id, vector, content)], 1)[0]
+    }
+
+    /// [`Vectors::upsert`] of each item, in order, the new vectors inserted
+    /// together with up to `threads` threads (`Engine::insert_many`):
+    /// whether each changed the index. An `_id` whose old vector must go
+    /// first sends the vectors gathered so far in before it, so a batch
+    /// naming one `_id` twice ends as the one-at-a-time calls would.
+    pub fn upsert_many(
+        &mut self,
+        items: &[(RawBsonRef<'_>, VectorRef<'_>, Option<u64>)],
+        threads: usize,
+    ) -> Vec<bool> {
+        let mut changed = Vec::with_capacity(items.len());
+        let mut pending: Vec<(u32, VectorRef<'_>)> = Vec::new();
+        for &(id, vector, content) in items {
+            let current = self.ids.key_of(id);
+            if current.is_some_and(|key| self.engine.holds(key, vector)) {
+                if let (Some(key), Some(hash)) = (current, content) {
+                    self.content.insert(key, hash);
+                }
+                changed.push(false);
+                continue;
+            }
+            let (key, old) = self.ids.assign(id);
+            if let Some(old) = old {
+                self.engine
+                    .insert_many(&std::mem::take(&mut pending), threads);
+                self.engine.remove(old);
+                self.content.remove(&old);
+            }
+            pending.push((key, vector));
+            if let Some(hash) = content {
                 self.content.insert(key, hash);
             }
-            return false;
+            changed.push(true);
         }
-        let (key, old) = self.ids.assign(id);
-        if let Some(old) = old {
-            self.engine.remove(old);
-            self.content.remove(&old);
-        }
-        self.engine.insert(key, vector);
-        if let Some(hash) = content {
-            self.content.insert(key, hash);
-        }
-        true
+        self.engine.insert_many(&pending, threads);
+        changed
     }
 
     /// Removes `id`'s vector. Returns whether it had one.

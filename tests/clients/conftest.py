@@ -51,9 +51,11 @@ class Process:
             raise RuntimeError(f"{argv[0]} did not start: {''.join(self.lines)}")
         self.port = int(self.address.rsplit(":", 1)[1])
 
-    def wait_for_line(self, text, timeout=10.0):
+    def wait_for_line(self, text, timeout=60.0):
         """The first output line containing `text`. Logs come on stderr,
-        drained apart from stdout, so they may arrive a moment later."""
+        drained apart from stdout, so they may arrive a moment later; lines
+        from background work (a restore, a rebuild) may take a while on a
+        loaded machine."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for line in list(self.lines):

@@ -188,6 +188,30 @@ impl Engine {
         }
     }
 
+    /// Inserts many vectors, as [`Engine::insert`] each: float rows into
+    /// a float engine go in together, with up to `threads` threads
+    /// ([`VectorIndex::insert_many`]); anything else one at a time.
+    pub fn insert_many(&mut self, items: &[(u32, VectorRef<'_>)], threads: usize) {
+        let rows: Option<Vec<(u32, &[f32])>> = match self {
+            Engine::F32(_) => items
+                .iter()
+                .map(|(key, v)| match v {
+                    VectorRef::F32(row) => Some((*key, *row)),
+                    _ => None,
+                })
+                .collect(),
+            _ => None,
+        };
+        match (self, rows) {
+            (Engine::F32(index), Some(rows)) => index.insert_many(&rows, threads),
+            (engine, _) => {
+                for (key, v) in items {
+                    engine.insert(*key, *v);
+                }
+            }
+        }
+    }
+
     pub fn remove(&mut self, key: u32) -> bool {
         each!(self, i => i.remove(key), q => q.remove(key))
     }

@@ -52,6 +52,14 @@ const DUPLICATE_SHARE: usize = 4;
 /// each, about 260 nodes.
 const SAMPLED_LISTS: usize = 8;
 
+/// Live vectors from which `Hnsw::insert_many` plans a batch in
+/// parallel (below it, one at a time).
+const PARALLEL_FROM: usize = 2_000;
+
+/// A parallel batch is at most this share of the live vectors (its
+/// members do not find each other), and between 8 and 128 per thread.
+const BATCH_SHARE: usize = 64;
+
 /// How many neighbours ahead of the one being compared are prefetched.
 const PREFETCH_AHEAD: usize = 2;
 
@@ -577,28 +585,124 @@ impl<E: Element> Hnsw<E> {
         kept
     }
 
+    /// Stores `key`'s row and draws its level, without linking it (no
+    /// search reaches it until [`Hnsw::link`]): its level, `None` when
+    /// the key was stored before (keys are never reused; a repeat is a
+    /// no-op).
+    fn place(&mut self, key: u32, vector: &[E]) -> Option<usize> {
+        assert_eq!(vector.len(), E::row_len(self.dims), "vector length");
+        let slot = key as usize;
+        self.grow(slot);
+        if self.level[slot].is_some() {
+            return None;
+        }
+        self.vectors.row_mut(slot).copy_from_slice(vector);
+        self.set_neighbours(key, 0, &[]);
+        let level = self.random_level();
+        self.level[slot] = Some(u8::try_from(level).expect("level <= 16"));
+        self.add_upper(slot, level);
+        self.live += 1;
+        Some(level)
+    }
+
+    /// The links a placed `key` at `level` gets on each layer it shares
+    /// with the graph, top first: a descent from the entry point, then a
+    /// beam search of breadth `num_edge_candidates` per layer and the
+    /// selection heuristic. Reads the graph only, so several run at once.
+    /// Needs an entry point.
+    fn plan(&self, key: u32, level: usize) -> Vec<(usize, Vec<u32>)> {
+        let Some(entry) = self.entry else {
+            return Vec::new();
+        };
+        let query = self.vec_of(key);
+        let distance = self.distance;
+        let dist = |row: &[E]| distance(query, row);
+        let mut examined = 0;
+        let best = self.descend(&dist, entry, level + 1, &mut examined);
+        let mut entries = vec![best];
+        let ef = self.params.num_edge_candidates.max(self.params.max_edges);
+        let mut plan = Vec::with_capacity(level.min(self.top_level) + 1);
+        for layer in (0..=level.min(self.top_level)).rev() {
+            let found = self.search_layer(
+                &dist,
+                &entries,
+                ef,
+                layer,
+                |n| n != key,
+                (&mut examined, usize::MAX),
+            );
+            plan.push((layer, self.select(&found, self.params.max_edges)));
+            entries = found;
+        }
+        plan
+    }
+
+    /// Gives `key` its planned links and links each neighbour back; a
+    /// level above the graph's top makes `key` the entry point.
+    fn link(&mut self, key: u32, level: usize, plan: Vec<(usize, Vec<u32>)>) {
+        for (layer, chosen) in plan {
+            self.set_neighbours(key, layer, &chosen);
+            for &n in &chosen {
+                self.link_back(n, key, layer);
+            }
+        }
+        if level > self.top_level {
+            self.top_level = level;
+            self.entry = Some(key);
+        }
+    }
+
     fn link_back(&mut self, node: u32, new: u32, layer: usize) {
+        let links = self.with_back_link(node, self.neighbours(node, layer), new, layer);
+        self.set_neighbours(node, layer, &links);
+    }
+
+    /// `node`'s links on `layer` once `new` links to it: `links` (its
+    /// current ones) with `new` added, or, when they are full, the
+    /// selection heuristic's pick of both. Reads the graph only.
+    fn with_back_link(&self, node: u32, links: &[u32], new: u32, layer: usize) -> Vec<u32> {
         let cap = if layer == 0 {
             self.m0
         } else {
             self.params.max_edges
         };
-        let links = self.neighbours(node, layer);
         if links.len() < cap {
             let mut grown = links.to_vec();
             grown.push(new);
-            self.set_neighbours(node, layer, &grown);
-            return;
+            return grown;
         }
-        let base = self.vec_of(node).to_vec();
+        let base = self.vec_of(node);
         let mut candidates: Vec<Near> = links
             .iter()
             .chain(std::iter::once(&new))
-            .map(|&n| Near((self.distance)(&base, self.vec_of(n)), n))
+            .map(|&n| Near((self.distance)(base, self.vec_of(n)), n))
             .collect();
         candidates.sort();
-        let kept = self.select(&candidates, cap);
-        self.set_neighbours(node, layer, &kept);
+        self.select(&candidates, cap)
+    }
+
+    /// Runs `work` over `items` split among up to `threads` scoped
+    /// threads, the graph read only; the results in `items`' order.
+    fn in_parallel<T: Sync, R: Send>(
+        &self,
+        items: &[T],
+        threads: usize,
+        work: impl Fn(&Self, &T) -> R + Sync,
+    ) -> Vec<R> {
+        let per_thread = items.len().div_ceil(threads.max(1)).max(1);
+        let work = &work;
+        std::thread::scope(|scope| {
+            let workers: Vec<_> = items
+                .chunks(per_thread)
+                .map(|chunk| {
+                    scope.spawn(move || chunk.iter().map(|t| work(self, t)).collect::<Vec<R>>())
+                })
+                .collect();
+            workers
+                .into_iter()
+                .flat_map(|w| w.join().expect("an index build thread panicked"))
+                .collect()
+        })
     }
 }
 
@@ -665,50 +769,79 @@ impl<E: Element> VectorIndex<E> for Hnsw<E> {
     }
 
     fn insert(&mut self, key: u32, vector: &[E]) {
-        assert_eq!(vector.len(), E::row_len(self.dims), "vector length");
-        let slot = key as usize;
-        self.grow(slot);
-        if self.level[slot].is_some() {
-            return; // keys are never reused; a repeat is a no-op
-        }
-        self.vectors.row_mut(slot).copy_from_slice(vector);
-        self.set_neighbours(key, 0, &[]);
-        let level = self.random_level();
-        self.level[slot] = Some(u8::try_from(level).expect("level <= 16"));
-        self.add_upper(slot, level);
-        self.live += 1;
-
-        let Some(entry) = self.entry else {
+        let Some(level) = self.place(key, vector) else {
+            return;
+        };
+        if self.entry.is_none() {
             self.entry = Some(key);
             self.top_level = level;
             return;
-        };
-        let query = self.vec_of(key).to_vec();
-        let distance = self.distance;
-        let dist = |row: &[E]| distance(&query, row);
-        let mut examined = 0;
-        let best = self.descend(&dist, entry, level + 1, &mut examined);
-        let mut entries = vec![best];
-        let ef = self.params.num_edge_candidates.max(self.params.max_edges);
-        for layer in (0..=level.min(self.top_level)).rev() {
-            let found = self.search_layer(
-                &dist,
-                &entries,
-                ef,
-                layer,
-                |n| n != key,
-                (&mut examined, usize::MAX),
-            );
-            let chosen = self.select(&found, self.params.max_edges);
-            self.set_neighbours(key, layer, &chosen);
-            for &n in &chosen {
-                self.link_back(n, key, layer);
-            }
-            entries = found;
         }
-        if level > self.top_level {
-            self.top_level = level;
-            self.entry = Some(key);
+        let plan = self.plan(key, level);
+        self.link(key, level, plan);
+    }
+
+    /// Inserts `items` (each `(key, row)`, as [`VectorIndex::insert`]),
+    /// with up to `threads` threads: the graph is searched for a batch of
+    /// new vectors at once (a 64th of the live vectors, 8 to 128 per
+    /// thread, on scoped threads, the graph read only), each gets its
+    /// links, and its neighbours' new lists are worked out in parallel too
+    /// (per neighbour, in batch order) and written. A batch's members are
+    /// not linked to each other when placed (they link through later
+    /// vectors' back-links), so until the index holds 2,000 vectors, and
+    /// with one thread, vectors go in one at a time. The result is a
+    /// valid graph of the same shape; it differs from a one-at-a-time
+    /// build only in which near neighbours each vector found.
+    fn insert_many(&mut self, items: &[(u32, &[E])], threads: usize) {
+        let threads = threads.max(1);
+        let mut rest = items;
+        while let Some((&(key, row), tail)) = rest.split_first() {
+            if threads == 1 || self.live < PARALLEL_FROM || self.entry.is_none() {
+                self.insert(key, row);
+                rest = tail;
+                continue;
+            }
+            let size = (self.live / BATCH_SHARE).clamp(threads * 8, threads * 128);
+            let (batch, tail) = rest.split_at(rest.len().min(size));
+            rest = tail;
+            let placed: Vec<(u32, usize)> = batch
+                .iter()
+                .filter_map(|&(key, row)| self.place(key, row).map(|level| (key, level)))
+                .collect();
+            let plans = self.in_parallel(&placed, threads, |graph, &(key, level)| {
+                graph.plan(key, level)
+            });
+            // The new vectors' own links, then their neighbours' links
+            // back: each (neighbour, layer)'s new list is worked out from
+            // its requests in batch order, the lists in parallel (each
+            // reads only its own list and vectors), then written.
+            let mut back: Vec<(u32, usize, u32)> = Vec::new();
+            for (&(key, _), plan) in placed.iter().zip(&plans) {
+                for (layer, chosen) in plan {
+                    self.set_neighbours(key, *layer, chosen);
+                    back.extend(chosen.iter().map(|&n| (n, *layer, key)));
+                }
+            }
+            back.sort_by_key(|&(n, layer, _)| (n, layer));
+            let groups: Vec<&[(u32, usize, u32)]> =
+                back.chunk_by(|a, b| (a.0, a.1) == (b.0, b.1)).collect();
+            let lists = self.in_parallel(&groups, threads, |graph, group| {
+                let (node, layer, _) = group[0];
+                let mut links = graph.neighbours(node, layer).to_vec();
+                for &(_, _, new) in group.iter() {
+                    links = graph.with_back_link(node, &links, new, layer);
+                }
+                links
+            });
+            for (group, links) in groups.iter().zip(lists) {
+                self.set_neighbours(group[0].0, group[0].1, &links);
+            }
+            for &(key, level) in &placed {
+                if level > self.top_level {
+                    self.top_level = level;
+                    self.entry = Some(key);
+                }
+            }
         }
     }
 

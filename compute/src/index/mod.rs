@@ -103,6 +103,15 @@ pub trait VectorIndex<E: Element = f32>: Send + Sync {
     fn similarity(&self) -> Similarity;
     /// Stores a row (`E::row_len(dims)` long) under a fresh key.
     fn insert(&mut self, key: u32, vector: &[E]);
+    /// Stores many rows, as [`VectorIndex::insert`] each, with up to
+    /// `threads` threads where the index can use them (HNSW plans batches
+    /// in parallel); one at a time otherwise.
+    fn insert_many(&mut self, items: &[(u32, &[E])], threads: usize) {
+        let _ = threads;
+        for &(key, row) in items {
+            self.insert(key, row);
+        }
+    }
     /// Removes a key; it is never returned by a search again.
     fn remove(&mut self, key: u32) -> bool;
     /// Live (not removed) vectors.
