@@ -204,23 +204,30 @@ async fn lead(
     };
     let lease = match lease::acquire(config, &key, || index.is_retired(), waiting).await? {
         lease::Acquired::GaveUp => return Ok(false),
-        lease::Acquired::Free(lease) => lease,
-        lease::Acquired::AfterWaiting(lease) => {
-            if adopt(config, registry, models, index).await? {
-                return Ok(true);
-            }
-            if let Some(f) = index.training().fine_tune.as_mut() {
-                f.phase = "measuring";
-            }
-            lease
-        }
+        lease::Acquired::Free(lease) | lease::Acquired::AfterWaiting(lease) => lease,
     };
+    // Another proxy may have finished a run before this one looked (its
+    // lease already released): what it stored is taken up, not redone.
+    if adopt(config, registry, models, index).await? {
+        return Ok(true);
+    }
+    if let Some(f) = index.training().fine_tune.as_mut() {
+        f.phase = "measuring";
+    }
     // One run at a time per proxy: each holds a model's graph, its
     // optimiser state and its pairs.
     let _turn = RUNS.acquire().await;
-    let outcome = run(config, registry, models, index).await;
+    let outcome = run(config, registry, models, index, &lease).await;
     drop(lease);
     outcome
+}
+
+/// The error a run stops with when its lease was taken over meanwhile.
+fn lease_lost() -> Error {
+    Error::client(
+        Code::OPERATION_FAILED,
+        "fine-tuning stopped: another proxy took this index's run over (this one missed its lease renewals);          its result is stored, and a restart loads it",
+    )
 }
 
 /// After waiting for another proxy's run of `index`: stages the
@@ -241,7 +248,9 @@ async fn adopt(
         .into_iter()
         .next()
     else {
-        // Dropped through another proxy.
+        // Dropped through another proxy (or its entry fails its
+        // signature): nothing to run or take up.
+        index.training().fine_tune = None;
         return Ok(true);
     };
     let holder = match stored.get_document("staged") {
@@ -269,11 +278,16 @@ async fn adopt(
         .and_then(|p| p.encoders.first())
         .map(|m| m.def.name.clone());
     tracing::info!(index = %index.name, model = ?version, "taking up the definition another proxy stored for this index");
-    if crate::maintain::stage_update(config, registry, models, parts, Some(index)) {
-        if let Some(f) = index.training().fine_tune.as_mut() {
+    let staged = crate::maintain::stage_update(config, registry, models, parts, Some(index));
+    let mut t = index.training();
+    if staged {
+        if let Some(f) = t.fine_tune.as_mut() {
             f.phase = "reEncoding";
             f.version = version;
         }
+    } else {
+        // Replaced meanwhile: the generation that replaced it serves.
+        t.fine_tune = None;
     }
     Ok(true)
 }
@@ -422,6 +436,7 @@ async fn run(
     registry: &Arc<Registry>,
     models: &Arc<Models>,
     index: &Arc<SearchIndex>,
+    lease: &lease::Lease,
 ) -> Result<bool, Error> {
     let spec = index
         .spec
@@ -662,6 +677,9 @@ async fn run(
     if index.is_retired() {
         return Ok(false);
     }
+    if lease.lost() {
+        return Err(lease_lost());
+    }
     let def = claim_version(config, models, index, unnamed, training).await?;
     let name = def.name.clone();
     let stored = async {
@@ -721,6 +739,10 @@ async fn run(
     .map(Arc::new)
     .collect();
     let first = parts[0].clone();
+    if lease.lost() {
+        discard_version(config, models, &name).await;
+        return Err(lease_lost());
+    }
     if !crate::maintain::stage_update(config, registry, models, parts, Some(index)) {
         discard_version(config, models, &name).await;
         if index.is_retired() {

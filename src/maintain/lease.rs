@@ -35,16 +35,20 @@ pub const BEAT: Duration = Duration::from_secs(2);
 /// sees it, before that proxy takes it over (six missed beats).
 pub const DEAD_AFTER: Duration = Duration::from_secs(12);
 
-/// This process's name as a lease owner: its process id and start time,
-/// unique among the proxies on one upstream.
-fn me() -> &'static str {
-    static ME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    ME.get_or_init(|| {
+/// A fresh owner name for one acquisition: this process's id and start
+/// time (unique among the proxies on one upstream) and a counter, so two
+/// tasks of one proxy never take one lease for the same.
+fn token() -> String {
+    static PROCESS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let process = PROCESS.get_or_init(|| {
         let started = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
         format!("{}-{started:x}", std::process::id())
-    })
+    });
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{process}-{n}")
 }
 
 /// A held lease. Beats in the background while held; dropping it releases
@@ -52,6 +56,15 @@ fn me() -> &'static str {
 /// over after [`DEAD_AFTER`]).
 pub struct Lease {
     release: Option<tokio::sync::oneshot::Sender<()>>,
+    lost: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Lease {
+    /// Whether another proxy took the lease over (this one missed its
+    /// beats): the work it guards is no longer this proxy's to finish.
+    pub fn lost(&self) -> bool {
+        self.lost.load(std::sync::atomic::Ordering::Acquire)
+    }
 }
 
 impl Drop for Lease {
@@ -73,85 +86,134 @@ pub enum Acquired {
     GaveUp,
 }
 
+/// What one look at the lease found.
+enum Look {
+    Taken(Lease),
+    Held(RawDocumentBuf),
+    Gone,
+}
+
 /// Takes the lease `key`, waiting while another proxy holds it: `waiting`
 /// is called once, with the holder's name, when waiting starts, and
-/// `give_up` before each look (every [`BEAT`]). Errors: the upstream's.
+/// `give_up` before each look (every [`BEAT`]). Errors: the upstream's
+/// on the first look; while waiting, an upstream error is logged and the
+/// next look tried (the wait may last the other proxy's whole run).
 pub async fn acquire(
     config: &Arc<Config>,
     key: &str,
     give_up: impl Fn() -> bool,
     mut waiting: impl FnMut(&str),
 ) -> Result<Acquired, Error> {
-    let conn = upstream::connect(config.as_ref()).await?;
     let db = config.metadata_db.as_str();
+    let me = token();
     // The `(owner, beat)` last seen, and since when.
     let mut seen: Option<(String, i64, Instant)> = None;
     loop {
         if give_up() {
             return Ok(Acquired::GaveUp);
         }
-        let insert = rawdoc! {
-            "insert": LEASES,
-            "documents": [{ "_id": key, "owner": me(), "beat": 0i64 }],
-            "$db": db,
+        let looked = look(config, db, key, &me).await;
+        let looked = match (looked, &seen) {
+            (Ok(l), _) => l,
+            (Err(e), None) => return Err(e),
+            (Err(e), Some(_)) => {
+                tracing::warn!(lease = %key, error = %e.message, "cannot look at a lease; trying again");
+                tokio::time::sleep(BEAT).await;
+                continue;
+            }
         };
-        let reply = conn.command(&insert).await?;
-        if !crate::maintain::catalog::duplicate(&reply) {
-            crate::maintain::catalog::write_errors(&reply)?;
-            let lease = hold(config.clone(), key.to_string());
-            return Ok(match seen {
-                None => Acquired::Free(lease),
-                Some(_) => Acquired::AfterWaiting(lease),
-            });
-        }
-        let find = rawdoc! { "find": LEASES, "filter": { "_id": key }, "limit": 1, "$db": db };
-        let reply = conn.command(&find).await?;
-        let held = reply
-            .get_document("cursor")
-            .and_then(|c| c.get_array("firstBatch"))
-            .ok()
-            .and_then(|b| b.into_iter().flatten().next())
-            .and_then(|d| d.as_document().map(|d| d.to_owned()));
-        // Gone meanwhile (released): insert again.
-        if let Some(held) = held {
-            let owner = held.get_str("owner").unwrap_or_default().to_string();
-            let beat = crate::wire::integer(held.get("beat").ok().flatten()).unwrap_or(0);
-            if owner == me() {
-                // Our own insert, sent again after a network error.
-                return Ok(Acquired::Free(hold(config.clone(), key.to_string())));
+        match looked {
+            Look::Taken(lease) => {
+                return Ok(match seen {
+                    None => Acquired::Free(lease),
+                    Some(_) => Acquired::AfterWaiting(lease),
+                })
             }
-            match &seen {
-                Some((o, b, since)) if *o == owner && *b == beat => {
-                    if since.elapsed() >= DEAD_AFTER && take_over(&conn, db, key, &held).await? {
-                        tracing::warn!(lease = %key, owner = %owner, "took over a lease whose holder stopped beating");
-                        return Ok(Acquired::AfterWaiting(hold(
-                            config.clone(),
-                            key.to_string(),
-                        )));
+            Look::Held(held) => {
+                let owner = held.get_str("owner").unwrap_or_default().to_string();
+                let beat = crate::wire::integer(held.get("beat").ok().flatten()).unwrap_or(0);
+                match &seen {
+                    Some((o, b, since)) if *o == owner && *b == beat => {
+                        if since.elapsed() >= DEAD_AFTER {
+                            match take_over(config, db, key, &held, &me).await {
+                                Ok(true) => {
+                                    tracing::warn!(lease = %key, owner = %owner, "took over a lease whose holder stopped beating");
+                                    return Ok(Acquired::AfterWaiting(hold(
+                                        config.clone(),
+                                        key.to_string(),
+                                        me,
+                                    )));
+                                }
+                                Ok(false) => {}
+                                Err(e) => {
+                                    tracing::warn!(lease = %key, error = %e.message, "cannot take a stale lease over; trying again")
+                                }
+                            }
+                        }
+                    }
+                    _ => {
+                        if seen.is_none() {
+                            waiting(&owner);
+                        }
+                        seen = Some((owner, beat, Instant::now()));
                     }
                 }
-                _ => {
-                    if seen.is_none() {
-                        waiting(&owner);
-                    }
-                    seen = Some((owner, beat, Instant::now()));
-                }
             }
-        } else if seen.is_none() {
-            seen = Some((String::new(), -1, Instant::now()));
+            // Released meanwhile: insert again at once.
+            Look::Gone => {
+                if seen.is_none() {
+                    seen = Some((String::new(), -1, Instant::now()));
+                }
+                continue;
+            }
         }
         tokio::time::sleep(BEAT).await;
     }
 }
 
+/// Tries to take the lease `key` as `me` by inserting it; else reads it.
+async fn look(config: &Arc<Config>, db: &str, key: &str, me: &str) -> Result<Look, Error> {
+    let insert = rawdoc! {
+        "insert": LEASES,
+        "documents": [{ "_id": key, "owner": me, "beat": 0i64 }],
+        "$db": db,
+    };
+    let reply = command(config, &insert).await?;
+    if !crate::maintain::catalog::duplicate(&reply) {
+        crate::maintain::catalog::write_errors(&reply)?;
+        return Ok(Look::Taken(hold(
+            config.clone(),
+            key.to_string(),
+            me.to_string(),
+        )));
+    }
+    let find = rawdoc! { "find": LEASES, "filter": { "_id": key }, "limit": 1, "$db": db };
+    let reply = command(config, &find).await?;
+    let held = reply
+        .get_document("cursor")
+        .and_then(|c| c.get_array("firstBatch"))
+        .ok()
+        .and_then(|b| b.into_iter().flatten().next())
+        .and_then(|d| d.as_document().map(|d| d.to_owned()));
+    Ok(match held {
+        // Our own insert, sent again after a network error.
+        Some(held) if held.get_str("owner").ok() == Some(me) => {
+            Look::Taken(hold(config.clone(), key.to_string(), me.to_string()))
+        }
+        Some(held) => Look::Held(held),
+        None => Look::Gone,
+    })
+}
+
 /// Replaces the lease document `held` (matched on its `owner` and `beat`,
-/// so only if it is still exactly what was seen) with one this proxy
-/// holds: `true` when it did.
+/// so only if it is still exactly what was seen) with one `me` holds:
+/// `true` when it did.
 async fn take_over(
-    conn: &upstream::Own,
+    config: &Config,
     db: &str,
     key: &str,
     held: &RawDocumentBuf,
+    me: &str,
 ) -> Result<bool, Error> {
     let mut filter = rawdoc! { "_id": key };
     for field in ["owner", "beat"] {
@@ -162,20 +224,22 @@ async fn take_over(
     }
     let update = rawdoc! {
         "update": LEASES,
-        "updates": [{ "q": filter, "u": { "_id": key, "owner": me(), "beat": 0i64 } }],
+        "updates": [{ "q": filter, "u": { "_id": key, "owner": me, "beat": 0i64 } }],
         "$db": db,
     };
-    let reply = conn.command(&update).await?;
+    let reply = command(config, &update).await?;
     crate::maintain::catalog::write_errors(&reply)?;
     Ok(crate::wire::integer(reply.get("n").ok().flatten()) == Some(1))
 }
 
-/// Starts beating the lease `key` this proxy has just taken.
-fn hold(config: Arc<Config>, key: String) -> Lease {
+/// Starts beating the lease `key` that `me` has just taken.
+fn hold(config: Arc<Config>, key: String, me: String) -> Lease {
     let (release, mut released) = tokio::sync::oneshot::channel::<()>();
+    let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = lost.clone();
     tokio::spawn(async move {
         let db = config.metadata_db.clone();
-        let mine = rawdoc! { "_id": key.as_str(), "owner": me() };
+        let mine = rawdoc! { "_id": key.as_str(), "owner": me.as_str() };
         loop {
             tokio::select! {
                 _ = &mut released => break,
@@ -186,14 +250,20 @@ fn hold(config: Arc<Config>, key: String) -> Lease {
                 "updates": [{ "q": mine.clone(), "u": { "$inc": { "beat": 1i64 } } }],
                 "$db": db.as_str(),
             };
-            match command(&config, &beat).await {
-                Ok(reply) if crate::wire::integer(reply.get("n").ok().flatten()) == Some(0) => {
+            // A beat that takes longer than a beat is a missed beat: the
+            // next one is due (a half-open connection must not hold the
+            // lease's renewal past DEAD_AFTER).
+            match tokio::time::timeout(BEAT, command(&config, &beat)).await {
+                Ok(Ok(reply)) if crate::wire::integer(reply.get("n").ok().flatten()) == Some(0) => {
                     tracing::warn!(lease = %key, "lost a lease: another proxy took it over (this one missed its beats)");
+                    flag.store(true, std::sync::atomic::Ordering::Release);
                     return;
                 }
-                Ok(_) => {}
-                // Missed beats are what DEAD_AFTER allows for.
-                Err(e) => tracing::warn!(lease = %key, error = %e.message, "cannot renew a lease"),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(lease = %key, error = %e.message, "cannot renew a lease")
+                }
+                Err(_) => tracing::warn!(lease = %key, "renewing a lease timed out"),
             }
         }
         let delete = rawdoc! {
@@ -207,6 +277,7 @@ fn hold(config: Arc<Config>, key: String) -> Lease {
     });
     Lease {
         release: Some(release),
+        lost,
     }
 }
 

@@ -796,7 +796,12 @@ impl<E: Element> VectorIndex<E> for Hnsw<E> {
         let threads = threads.max(1);
         let mut rest = items;
         while let Some((&(key, row), tail)) = rest.split_first() {
-            if threads == 1 || self.live < PARALLEL_FROM || self.entry.is_none() {
+            // A few vectors (a write, not a scan) are not worth threads.
+            if threads == 1
+                || self.live < PARALLEL_FROM
+                || self.entry.is_none()
+                || rest.len() < threads * 8
+            {
                 self.insert(key, row);
                 rest = tail;
                 continue;
