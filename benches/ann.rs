@@ -5,6 +5,8 @@
 //!
 //!     cargo bench --bench ann -- DIR K M EF_CONSTRUCTION EF,EF,... l2|cosine
 //!
+//! With a last argument `scale`, the scale mode instead (see `scale`).
+//!
 //! When DIR has a `filters.txt` (one `NAME EF` per line, with
 //! `filter-NAME.u32` holding the allowed ids and `truth-NAME.u32` the exact
 //! answers among them), each filter is also run three ways: the strategy the
@@ -175,6 +177,35 @@ fn parallel_qps(index: &Hnsw, queries: &[Vec<f32>], k: usize, ef: usize, threads
     queries.len() as f64 / start.elapsed().as_secs_f64()
 }
 
+/// `engine`'s recall@k and QPS at each breadth of `efs` (after a warm
+/// pass of 50 queries), one JSON object per breadth.
+fn curve(
+    engine: &Engine,
+    queries: &[Vec<f32>],
+    (truth, gt_k): (&[u32], usize),
+    k: usize,
+    efs: &str,
+) -> Vec<String> {
+    let mut results = Vec::new();
+    for ef in efs.split(',').map(|e| e.parse::<usize>().unwrap()) {
+        let search = |q: &Vec<f32>| engine.search_counted(VectorRef::F32(q), k, ef.max(k)).0;
+        for q in queries.iter().take(50) {
+            search(q);
+        }
+        let start = Instant::now();
+        let found: Vec<Vec<u32>> = queries
+            .iter()
+            .map(|q| search(q).iter().map(|h| h.key).collect())
+            .collect();
+        let qps = queries.len() as f64 / start.elapsed().as_secs_f64();
+        results.push(format!(
+            "{{\"ef\":{ef},\"recall\":{:.5},\"qps\":{qps:.1}}}",
+            recall(&found, truth, k, gt_k)
+        ));
+    }
+    results
+}
+
 /// A quantized engine (default oversampling) built from `vectors`: its
 /// build rate, the resident memory it added (codes and graph; the full
 /// vectors go to a file), and recall / QPS per `ef`, as one JSON object.
@@ -195,23 +226,7 @@ fn quantized_run(
     }
     let build_s = start.elapsed().as_secs_f64();
     let memory = rss().saturating_sub(before);
-    let mut results = Vec::new();
-    for ef in efs.split(',').map(|e| e.parse::<usize>().unwrap()) {
-        let search = |q: &Vec<f32>| engine.search_counted(VectorRef::F32(q), k, ef.max(k)).0;
-        for q in queries.iter().take(50) {
-            search(q);
-        }
-        let start = Instant::now();
-        let found: Vec<Vec<u32>> = queries
-            .iter()
-            .map(|q| search(q).iter().map(|h| h.key).collect())
-            .collect();
-        let qps = queries.len() as f64 / start.elapsed().as_secs_f64();
-        results.push(format!(
-            "{{\"ef\":{ef},\"recall\":{:.5},\"qps\":{qps:.1}}}",
-            recall(&found, truth, k, gt_k)
-        ));
-    }
+    let results = curve(&engine, queries, (truth, gt_k), k, efs);
     let name = match quantization {
         Quantization::Scalar => "likewise-sq8",
         Quantization::Binary => "likewise-binary",
@@ -337,6 +352,66 @@ fn parallel_build(
     )
 }
 
+/// `DIR K M EF_CONSTRUCTION EF,EF,... METRIC scale`: the scale mode. The
+/// engine the proxy keeps (`Engine`, float32) is built with two threads
+/// (`insert_many`, as the proxy's builds run), then saved as a snapshot
+/// to `DIR/snapshot.bin` and loaded back from the file, as a restart
+/// does, and the loaded index answers the queries at each `ef`. Prints
+/// one JSON object: build, save and load times (seconds), the anonymous
+/// memory the build added, and recall / QPS per `ef` of the loaded index.
+fn scale(dir: &std::path::Path, k: usize, params: HnswParams, efs: &str, similarity: Similarity) {
+    let (n, d, base) = read_matrix(&dir.join("base.f32"));
+    let (_, _, queries) = read_matrix(&dir.join("queries.f32"));
+    let (_, gt_k, truth) = read_ids(&dir.join("truth.u32"));
+    let queries: Vec<Vec<f32>> = queries
+        .chunks_exact(d)
+        .map(|q| similarity.prepare(q.to_vec()).unwrap())
+        .collect();
+    let prepared: Vec<f32> = base
+        .chunks_exact(d)
+        .flat_map(|v| similarity.prepare(v.to_vec()).unwrap())
+        .collect();
+    drop(base);
+    let items: Vec<(u32, VectorRef<'_>)> = prepared
+        .chunks_exact(d)
+        .enumerate()
+        .map(|(i, v)| (i as u32, VectorRef::F32(v)))
+        .collect();
+    let before = rss_anon();
+    let start = Instant::now();
+    let mut engine = Engine::hnsw(d, similarity, params);
+    // In scan batches of 1,000, as a build hands them over.
+    for batch in items.chunks(1_000) {
+        engine.insert_many(batch, 2);
+    }
+    let build_s = start.elapsed().as_secs_f64();
+    let memory = rss_anon().saturating_sub(before);
+    eprintln!("  scale: built {n} in {build_s:.1} s");
+    let path = dir.join("snapshot.bin");
+    let start = Instant::now();
+    let mut file = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+    engine.save(&mut file).unwrap();
+    std::io::Write::flush(&mut file).unwrap();
+    file.get_ref().sync_all().unwrap();
+    let save_s = start.elapsed().as_secs_f64();
+    drop(file);
+    drop(engine);
+    let start = Instant::now();
+    let bytes = std::fs::read(&path).unwrap();
+    let loaded = likewise::index::persist::load(&bytes).unwrap();
+    drop(bytes);
+    let load_s = start.elapsed().as_secs_f64();
+    let snapshot_bytes = std::fs::metadata(&path).map_or(0, |m| m.len());
+    std::fs::remove_file(&path).ok();
+    let results = curve(&loaded, &queries, (&truth, gt_k), k, efs);
+    println!(
+        "{{\"engine\":\"likewise-hnsw\",\"n\":{n},\"dims\":{d},\"threads\":2,\"build_s\":{build_s:.3},\"build_vps\":{:.1},\"memory_bytes\":{memory},\"raw_bytes\":{},\"save_s\":{save_s:.3},\"load_s\":{load_s:.3},\"snapshot_bytes\":{snapshot_bytes},\"results\":[{}]}}",
+        n as f64 / build_s,
+        n * d * 4,
+        results.join(",")
+    );
+}
+
 fn main() {
     let args: Vec<String> = std::env::args()
         .skip(1)
@@ -345,6 +420,21 @@ fn main() {
     if let [dir, m, ef_construction, metric, kind] = &args[..] {
         if let Some(kind) = kind.strip_prefix("memory:") {
             return quantized_memory(dir, m, ef_construction, metric, kind);
+        }
+    }
+    if let [dir, k, m, ef_construction, efs, metric, mode] = &args[..] {
+        if mode == "scale" {
+            let params = HnswParams {
+                max_edges: m.parse().unwrap(),
+                num_edge_candidates: ef_construction.parse().unwrap(),
+                ..HnswParams::default()
+            };
+            let similarity = match metric.as_str() {
+                "cosine" => Similarity::Cosine,
+                _ => Similarity::Euclidean,
+            };
+            let dir = std::path::Path::new(dir);
+            return scale(dir, k.parse().unwrap(), params, efs, similarity);
         }
     }
     let [dir, k, m, ef_construction, efs, metric] = &args[..] else {

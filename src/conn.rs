@@ -199,6 +199,31 @@ impl Connection {
         self.broken
     }
 
+    /// Whether the peer has closed the stream (or it failed), found
+    /// without waiting: a read already ready with the end of the stream or
+    /// an error. Meant for an idle connection to a server (nothing
+    /// [`Connection::outstanding`]), which sends nothing unasked; bytes
+    /// that are ready anyway stay buffered for [`Connection::read_frame`].
+    /// Sees what the runtime's I/O driver has seen: a close still in
+    /// flight reads as open.
+    pub fn peer_closed(&mut self) -> bool {
+        use futures_util::FutureExt;
+        if self.broken {
+            return true;
+        }
+        self.buffer.reserve(1);
+        let ready = match &mut self.stream {
+            Stream::Plain(s) => s.read_buf(&mut self.buffer).now_or_never(),
+            Stream::Accepted(s) => s.read_buf(&mut self.buffer).now_or_never(),
+            Stream::Connected(s) => s.read_buf(&mut self.buffer).now_or_never(),
+            Stream::Memory(s) => s.read_buf(&mut self.buffer).now_or_never(),
+        };
+        if matches!(ready, Some(Ok(0) | Err(_))) {
+            self.broken = true;
+        }
+        self.broken
+    }
+
     pub fn new(stream: TcpStream) -> Connection {
         // Requests and replies are small and latency-bound.
         let _ = stream.set_nodelay(true);

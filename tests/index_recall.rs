@@ -51,6 +51,14 @@ fn build(sim: Similarity) -> (Flat, Hnsw, Vec<Vec<f32>>) {
     (flat, hnsw, queries)
 }
 
+/// Each row with its index as key, as `insert_many` takes them.
+fn keyed(data: &[Vec<f32>]) -> Vec<(u32, &[f32])> {
+    data.iter()
+        .enumerate()
+        .map(|(i, v)| (i as u32, v.as_slice()))
+        .collect()
+}
+
 fn misses(want: &[Hit], got: &[Hit]) -> usize {
     want.iter()
         .filter(|w| !got.iter().any(|g| g.key == w.key))
@@ -344,11 +352,7 @@ fn a_graph_built_with_two_threads_finds_what_one_thread_finds() {
     let n = 16_000;
     let sim = Similarity::Euclidean;
     let data = clustered(11, n);
-    let items: Vec<(u32, &[f32])> = data
-        .iter()
-        .enumerate()
-        .map(|(i, v)| (i as u32, v.as_slice()))
-        .collect();
+    let items = keyed(&data);
     let mut flat = Flat::new(DIMS, sim);
     let mut one = Hnsw::new(DIMS, sim, HnswParams::default());
     let mut two = Hnsw::new(DIMS, sim, HnswParams::default());
@@ -390,4 +394,46 @@ fn a_graph_built_with_two_threads_finds_what_one_thread_finds() {
     for (key, v) in items.iter().step_by(97) {
         assert_eq!(two.search(v, 1, EF, None)[0].key, *key);
     }
+}
+
+#[test]
+fn vectors_scanned_in_order_along_a_line_find_each_other_with_two_threads() {
+    // A collection scanned in `_id` order whose vectors follow `_id`: each
+    // parallel batch holds each other's nearest neighbours, which no
+    // search of the graph can reach until they are linked.
+    let n = 8_000;
+    let sim = Similarity::Euclidean;
+    let mut rng = Rng(5);
+    let data: Vec<Vec<f32>> = (0..n)
+        .map(|i| {
+            (0..DIMS)
+                .map(|d| {
+                    if d == 0 {
+                        i as f32
+                    } else {
+                        rng.normalish() * 0.01
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    let items = keyed(&data);
+    let mut flat = Flat::new(DIMS, sim);
+    for &(key, v) in &items {
+        flat.insert(key, v);
+    }
+    let mut two = Hnsw::new(DIMS, sim, HnswParams::default());
+    two.insert_many(&items, 2);
+    let mut missed = 0;
+    let probes: Vec<&(u32, &[f32])> = items.iter().step_by(53).collect();
+    for &&(_, v) in &probes {
+        let want = flat.search(v, K, 0, None);
+        missed += misses(&want, &two.search(v, K, EF, None));
+    }
+    // Within 2% of the neighbours (one-at-a-time builds miss none here).
+    assert!(
+        missed * 50 <= probes.len() * K,
+        "{missed} of {} neighbours missed",
+        probes.len() * K
+    );
 }

@@ -110,6 +110,20 @@ def recall(found, truth):
     return hits / (len(truth) * K)
 
 
+def hnswlib_curve(index, queries, truth):
+    """Recall@K and QPS of an hnswlib index at each ef, one thread."""
+    results = []
+    for ef in EFS:
+        index.set_ef(max(ef, K))
+        for q in queries[:50]:
+            index.knn_query(q, k=K, num_threads=1)
+        start = time.perf_counter()
+        found = [index.knn_query(q, k=K, num_threads=1)[0][0] for q in queries]
+        results.append({"ef": ef, "recall": recall(found, truth),
+                        "qps": len(queries) / (time.perf_counter() - start)})
+    return results
+
+
 def run_hnswlib(base, queries, truth, metric):
     import hnswlib
     space = "cosine" if metric == "cosine" else "l2"
@@ -121,15 +135,7 @@ def run_hnswlib(base, queries, truth, metric):
     index.add_items(base, np.arange(len(base)), num_threads=1)
     build = time.perf_counter() - start
     memory = rss() - before
-    results = []
-    for ef in EFS:
-        index.set_ef(max(ef, K))
-        for q in queries[:50]:
-            index.knn_query(q, k=K, num_threads=1)
-        start = time.perf_counter()
-        found = [index.knn_query(q, k=K, num_threads=1)[0][0] for q in queries]
-        qps = len(queries) / (time.perf_counter() - start)
-        results.append({"ef": ef, "recall": recall(found, truth), "qps": qps})
+    results = hnswlib_curve(index, queries, truth)
     # The same build with two threads (its graph is only timed).
     start = time.perf_counter()
     two = hnswlib.Index(space=space, dim=base.shape[1])
@@ -433,6 +439,105 @@ def end_to_end(n, nq, lines):
     return r
 
 
+def top_k(base, queries, k, metric):
+    """Exact top `k` by partial selection (a full sort of a million
+    distances per query would dominate the scale mode)."""
+    if metric == "cosine":
+        base = base / np.linalg.norm(base, axis=1, keepdims=True)
+        queries = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+        score = lambda q: -(q @ base.T)
+    else:
+        norms = (base ** 2).sum(1)
+        score = lambda q: norms[None, :] - 2 * q @ base.T
+    out = []
+    for s in range(0, len(queries), 64):
+        d = score(queries[s:s + 64])
+        part = np.argpartition(d, k, axis=1)[:, :k]
+        order = np.argsort(np.take_along_axis(d, part, axis=1), axis=1)
+        out.append(np.take_along_axis(part, order, axis=1))
+    return np.vstack(out).astype(np.uint32)
+
+
+def scale_set(name, base, queries, metric, lines):
+    """One scale data set: likewise's engine built with two threads, saved
+    and loaded back as a restart does (`benches/ann.rs` scale mode),
+    against hnswlib built with two threads, saved and loaded; both then
+    answer the queries with one thread."""
+    import hnswlib
+    data_dir = OUT / f"scale-{name}"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    truth = top_k(base, queries, K, metric)
+    write_matrix(data_dir / "base.f32", base, np.float32)
+    write_matrix(data_dir / "queries.f32", queries, np.float32)
+    write_matrix(data_dir / "truth.u32", truth, np.uint32)
+    print(f"  {name}: likewise", file=sys.stderr, flush=True)
+    out = subprocess.run(
+        ["cargo", "bench", "--quiet", "--bench", "ann", "--", str(data_dir), str(K), str(M),
+         str(EF_CONSTRUCTION), ",".join(map(str, EFS)), metric, "scale"],
+        cwd=ROOT, capture_output=True, text=True, check=True)
+    ours = json.loads(out.stdout.strip().splitlines()[-1])
+    print(f"  {name}: hnswlib", file=sys.stderr, flush=True)
+    space = "cosine" if metric == "cosine" else "l2"
+    start = time.perf_counter()
+    index = hnswlib.Index(space=space, dim=base.shape[1])
+    index.init_index(max_elements=len(base), M=M, ef_construction=EF_CONSTRUCTION, random_seed=1)
+    index.add_items(base, np.arange(len(base)), num_threads=2)
+    build = time.perf_counter() - start
+    path = data_dir / "hnswlib.bin"
+    start = time.perf_counter()
+    index.save_index(str(path))
+    save = time.perf_counter() - start
+    del index
+    start = time.perf_counter()
+    index = hnswlib.Index(space=space, dim=base.shape[1])
+    index.load_index(str(path), max_elements=len(base))
+    load = time.perf_counter() - start
+    path.unlink()
+    results = hnswlib_curve(index, queries, truth)
+    ref = {"build_s": build, "build_vps": len(base) / build, "save_s": save, "load_s": load, "results": results}
+    n, dims = base.shape
+    lines.append(f"\n### scale, {name}: {n:,} × {dims}, {metric}, M={M}, efConstruction={EF_CONSTRUCTION}, "
+                 "builds with 2 threads, queries with 1\n")
+    lines.append("| engine | build (s) | build (vectors/s) | save (s) | load (s) | load / build | "
+                 "QPS @0.90 | QPS @0.95 | QPS @0.99 |")
+    lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for label, r in (("likewise", ours), ("hnswlib", ref)):
+        cells = [f"{q:,.0f}" if (q := qps_at(r, t)) else "—" for t in (0.90, 0.95, 0.99)]
+        lines.append(f"| {label} | {r['build_s']:.1f} | {r['build_vps']:,.0f} | {r['save_s']:.2f} | "
+                     f"{r['load_s']:.2f} | {r['load_s'] / r['build_s']:.1%} | " + " | ".join(cells) + " |")
+    at95 = [qps_at(r, 0.95) for r in (ours, ref)]
+    lines.append(f"\nbuild with 2 threads vs hnswlib with 2 threads: **{ours['build_vps'] / ref['build_vps']:.2f}×**; "
+                 f"a restart from the snapshot (read and load) takes **{ours['load_s'] / ours['build_s']:.1%}** "
+                 f"of the rebuild ({ours['snapshot_bytes'] / 2**20:,.0f} MiB); the build added "
+                 f"{ours['memory_bytes'] / ours['raw_bytes']:.2f}× the raw float32 bytes; QPS@0.95 "
+                 + (f"{at95[0] / at95[1]:.2f}× hnswlib" if all(at95) else "—"))
+    lines.append("\n| engine | ef | recall@10 | QPS |\n|---|---:|---:|---:|")
+    for label, r in (("likewise", ours), ("hnswlib", ref)):
+        for p in r["results"]:
+            lines.append(f"| {label} | {p['ef']} | {p['recall']:.4f} | {p['qps']:,.0f} |")
+    return ours, ref
+
+
+def scale(lines):
+    """`scripts/bench ann --scale`: 1M × 128 clustered, and 250,000 × 384
+    MiniLM embeddings of the pinned corpus (its 49,000 base vectors five
+    times, each copy after the first perturbed by Gaussian noise of
+    sigma 0.01 per dimension, then renormalised)."""
+    base, queries, _ = clustered(1_000_000, 1_000, 128)
+    print("scale: clustered 1M×128", file=sys.stderr, flush=True)
+    scale_set("clustered-1m", base, queries, "l2", lines)
+    del base
+    vectors = real_text(50_000)
+    rng = np.random.default_rng(3)
+    pick = rng.permutation(len(vectors))
+    real, queries = vectors[pick[1000:]], vectors[pick[:1000]]
+    copies = [real] + [real + rng.normal(0, 0.01, real.shape).astype(np.float32) for _ in range(4)]
+    base = np.vstack(copies)[:250_000]
+    base = (base / np.linalg.norm(base, axis=1, keepdims=True)).astype(np.float32)
+    print(f"scale: minilm {len(base)}×{base.shape[1]}", file=sys.stderr, flush=True)
+    scale_set("minilm-250k", base, queries, "cosine", lines)
+
+
 def plot(all_results, path):
     import matplotlib
     matplotlib.use("Agg")
@@ -455,6 +560,8 @@ def plot(all_results, path):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--scale", action="store_true",
+                        help="the scale mode, run by hand: 1M × 128 and 250k × 384 (~30 minutes)")
     parser.add_argument("--build-only", nargs=3, metavar=("ENGINE", "DIR", "METRIC"))
     args = parser.parse_args()
     if args.build_only:
@@ -462,6 +569,14 @@ def main():
         return build_only(engine, Path(data_dir), metric)
     OUT.mkdir(parents=True, exist_ok=True)
     started = time.time()
+    if args.scale:
+        lines = [f"# ANN benchmark (scale), {time.strftime('%Y-%m-%d %H:%M')}", f"\n{os.cpu_count()} cores."]
+        scale(lines)
+        lines.append(f"\nfinished in {time.time() - started:.0f} s")
+        (OUT / "scale.md").write_text("\n".join(lines) + "\n")
+        print("\n".join(lines))
+        print(f"report: {OUT / 'scale.md'}")
+        return
     n, nq, rounds = (30_000, 600, 2) if args.quick else (100_000, 1_000, 3)
     lines = [f"# ANN benchmark ({'quick' if args.quick else 'full'}), {time.strftime('%Y-%m-%d %H:%M')}",
              f"\n{os.cpu_count()} cores; every engine single-threaded; best of {rounds} interleaved rounds."]

@@ -33,9 +33,14 @@ pub async fn restore(
     models: Arc<Models>,
 ) {
     let mut pause = std::time::Duration::from_secs(1);
+    let started = std::time::Instant::now();
     loop {
         match restore_once(&config, &registry, &neighbourhoods, &models).await {
-            Ok(()) => return,
+            Ok(()) => {
+                let elapsed_ms = started.elapsed().as_millis() as u64;
+                tracing::info!(elapsed_ms, "stored definitions loaded");
+                return;
+            }
             Err(e) => {
                 tracing::warn!(error = %e, retry_in_ms = pause.as_millis() as u64, "cannot load search index definitions");
                 tokio::time::sleep(pause).await;

@@ -307,6 +307,36 @@ impl Session {
         )
     }
 
+    /// The pinned upstream connection was closed while idle (a server's
+    /// or a middlebox's idle timeout; SecantusDB closes connections idle
+    /// for 5 minutes): nothing of the next request has gone out on it, so
+    /// a client that holds no authentication on it gets a new connection
+    /// to the deployment, as drivers replace a pooled connection found
+    /// closed, and never sees the close. An authenticated client's
+    /// identity lived on the old connection and cannot be carried over:
+    /// its request fails as a failover does (`ShutdownInProgress`), and
+    /// the client connects and authenticates again. When no new
+    /// connection can be opened, the same.
+    async fn replace_closed_upstream(&mut self) {
+        if self.client.is_authenticated() || !self.upstream.peer_closed() {
+            return;
+        }
+        let opened = self
+            .shared
+            .config
+            .deployment
+            .open_for_client(&self.shared.config, &self.peer)
+            .await;
+        match opened {
+            Ok((upstream, pin)) => {
+                tracing::debug!(server = %pin.address, "replaced an upstream connection closed while idle");
+                self.upstream = upstream;
+                self.pin = pin;
+            }
+            Err(e) => tracing::debug!(error = %e, "cannot replace a closed upstream connection"),
+        }
+    }
+
     async fn handle(&mut self, frame: Bytes) -> Result<(), Failure> {
         self.current = None;
         self.answered = false;
@@ -315,6 +345,7 @@ impl Session {
             // A request served on the secondary was cut short.
             self.leave_secondary();
         }
+        self.replace_closed_upstream().await;
         let header = Header::parse(&frame).map_err(|e| Failure::Close(e.to_string()))?;
         // What inflating will take counts against the unauthenticated
         // connections' budget too: 30 bytes of zlib can claim 48 MB.

@@ -350,6 +350,13 @@ pub struct FineTuneState {
     pub adapter_started: bool,
 }
 
+/// Threads an index build uses for a batch of new vectors: every core
+/// the machine gives this process.
+fn build_threads() -> usize {
+    static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *THREADS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
 impl SearchIndex {
     pub fn new(
         id: String,
@@ -593,24 +600,38 @@ impl SearchIndex {
                 None => 0, // the engine failed to start: FAILED
             };
         }
-        // One at a time: a scan batch in parallel (`Vectors::upsert_many`)
-        // left vectors scanned in order (neighbours in one batch) poorly
-        // linked, so builds stay sequential until batches link their
-        // members to each other.
+        let threads = build_threads();
         let changed: Vec<bson::RawBsonRef<'_>> = self.write_vectors(|v| {
-            changes
-                .iter()
-                .filter_map(|change| match change {
-                    Change::Set {
-                        id,
-                        vector,
-                        content,
-                    } => v.upsert(*id, vector.as_ref(), *content).then_some(*id),
-                    Change::Remove(id) => v.remove(*id).then_some(*id),
-                    // Only full-text indexes take whole documents.
-                    Change::Document(..) => None,
-                })
-                .collect()
+            let mut changed = Vec::new();
+            // Runs of sets go in together (a scan batch: in parallel).
+            for run in changes
+                .chunk_by(|a, b| matches!(a, Change::Set { .. }) == matches!(b, Change::Set { .. }))
+            {
+                let sets: Vec<_> = run
+                    .iter()
+                    .filter_map(|change| match change {
+                        Change::Set {
+                            id,
+                            vector,
+                            content,
+                        } => Some((*id, vector.as_ref(), *content)),
+                        _ => None,
+                    })
+                    .collect();
+                if !sets.is_empty() {
+                    let done = v.upsert_many(&sets, threads);
+                    changed.extend(sets.iter().zip(done).filter(|(_, c)| *c).map(|(s, _)| s.0));
+                    continue;
+                }
+                for change in run {
+                    match change {
+                        Change::Remove(id) if v.remove(*id) => changed.push(*id),
+                        // Only full-text indexes take whole documents.
+                        _ => {}
+                    }
+                }
+            }
+            changed
         });
         for id in &changed {
             self.note_changed(*id);

@@ -104,10 +104,22 @@ def eventually(check, timeout=90.0):
 def wait_ready(coll, name, timeout=180.0):
     """Polls $listSearchIndexes until `name` is READY; returns its entry and
     every status seen on the way."""
+    from pymongo.errors import OperationFailure
+
     deadline = time.monotonic() + timeout
     seen = []
     while time.monotonic() < deadline:
-        info = list(coll.list_search_indexes(name))
+        try:
+            info = list(coll.list_search_indexes(name))
+        except OperationFailure as e:
+            # A proxy just started may still be loading its stored
+            # definitions (NotYetInitialized: "try again shortly").
+            if e.code != 94:
+                raise
+            if not seen or seen[-1] != "NotYetInitialized":
+                seen.append("NotYetInitialized")
+            time.sleep(0.05)
+            continue
         assert len(info) == 1, info
         status = info[0]["status"]
         if not seen or seen[-1] != status:

@@ -83,6 +83,8 @@ class Member:
         self.reads = []
         self.read_bodies = []
         self.kills = []
+        # Each open connection's two streams (see `close_connections`).
+        self.open = set()
 
     @property
     def address(self):
@@ -98,6 +100,8 @@ class Member:
         try:
             upstream_reader, upstream_writer = await asyncio.open_connection(
                 "127.0.0.1", self.group.upstream_port)
+            pair = (client_writer, upstream_writer)
+            self.open.add(pair)
             while True:
                 request = await read_frame(client_reader)
                 op_code = struct.unpack("<i", request[12:16])[0]
@@ -146,9 +150,21 @@ class Member:
         except (asyncio.IncompleteReadError, ConnectionError, OSError):
             pass
         finally:
+            self.open.discard((client_writer, upstream_writer))
             for writer in (client_writer, upstream_writer):
                 if writer is not None:
                     writer.close()
+
+    async def close_connections(self):
+        """Closes every connection open now, as a server's or a firewall's
+        idle timeout does; returns how many."""
+        pairs = list(self.open)
+        for pair in pairs:
+            for writer in pair:
+                writer.close()
+        for client_writer, _ in pairs:
+            await client_writer.wait_closed()
+        return len(pairs)
 
 
 class Group:

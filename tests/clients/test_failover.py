@@ -115,6 +115,27 @@ def test_a_vector_query_on_a_primary_that_stepped_down_fails_over(replica_set):
         proxy.stop()
 
 
+def test_an_upstream_connection_closed_while_idle_is_replaced_unseen(replica_set):
+    """A server or firewall closes connections that sat idle (SecantusDB
+    after 5 minutes, NAT gateways, load balancers): the next command on a
+    client's connection, even one drivers never retry (`drop`), runs on a
+    new upstream connection; the client sees nothing."""
+    upstream, group = replica_set
+    proxy = start_proxy(replica_set_uri(group))
+    try:
+        with MongoClient(f"mongodb://{proxy.address}/", retryWrites=False, retryReads=False) as c:
+            coll = c.idle_suite.docs
+            coll.insert_one({"_id": 1})
+            assert group.call(group.members[0].close_connections()) >= 1
+            c.idle_suite.drop_collection("docs")
+            assert coll.find_one({"_id": 1}) is None
+            coll.insert_one({"_id": 2})
+            assert group.call(group.members[0].close_connections()) >= 1
+            assert coll.find_one({"_id": 2}) == {"_id": 2}
+    finally:
+        proxy.stop()
+
+
 def steady_writes(coll, counter, stop, tally):
     """Inserts a new document and increments a counter until `stop`,
     counting only what the driver acknowledged."""

@@ -329,10 +329,13 @@ def test_definitions_survive_a_restart(client, direct_uri):
     coll.insert_many([{"_id": i, "v": vector_of(i)} for i in range(200)])
     coll.create_search_index(SearchIndexModel(name="kept", type="vectorSearch", definition=definition()))
     wait_ready(coll, "kept")
-    second = start_proxy(direct_uri)
+    second = start_proxy(direct_uri, log_level="info")
     try:
         with MongoClient(f"mongodb://{second.address}/") as other:
-            info, _ = wait_ready(other.vector_suite.durable, "kept")
+            try:
+                info, _ = wait_ready(other.vector_suite.durable, "kept")
+            except Exception as e:
+                raise AssertionError("the restarted proxy's log:\n" + "".join(second.lines)) from e
             assert info["latestDefinition"] == definition()
             got = list(other.vector_suite.durable.find({"$like": {"_id": 3, "n": 2}}))
             assert got[0]["_id"] == 3

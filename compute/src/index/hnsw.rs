@@ -57,7 +57,8 @@ const SAMPLED_LISTS: usize = 8;
 const PARALLEL_FROM: usize = 2_000;
 
 /// A parallel batch is at most this share of the live vectors (its
-/// members do not find each other), and between 8 and 128 per thread.
+/// members find each other only by comparing all pairs), and between 8
+/// and 128 per thread.
 const BATCH_SHARE: usize = 64;
 
 /// How many neighbours ahead of the one being compared are prefetched.
@@ -608,9 +609,12 @@ impl<E: Element> Hnsw<E> {
     /// The links a placed `key` at `level` gets on each layer it shares
     /// with the graph, top first: a descent from the entry point, then a
     /// beam search of breadth `num_edge_candidates` per layer and the
-    /// selection heuristic. Reads the graph only, so several run at once.
-    /// Needs an entry point.
-    fn plan(&self, key: u32, level: usize) -> Vec<(usize, Vec<u32>)> {
+    /// selection heuristic. `mates` (`(key, level)`) are vectors placed
+    /// with it but not linked yet, which no search can reach: each one
+    /// whose level reaches a layer is a candidate there too, so a batch
+    /// of near vectors (a scan in order along a line) links to itself.
+    /// Reads the graph only, so several run at once. Needs an entry point.
+    fn plan(&self, key: u32, level: usize, mates: &[(u32, usize)]) -> Vec<(usize, Vec<u32>)> {
         let Some(entry) = self.entry else {
             return Vec::new();
         };
@@ -631,7 +635,17 @@ impl<E: Element> Hnsw<E> {
                 |n| n != key,
                 (&mut examined, usize::MAX),
             );
-            plan.push((layer, self.select(&found, self.params.max_edges)));
+            let mut candidates = found.clone();
+            candidates.extend(
+                mates
+                    .iter()
+                    .filter(|&&(mate, reach)| mate != key && reach >= layer)
+                    .map(|&(mate, _)| Near(dist(self.vec_of(mate)), mate)),
+            );
+            if candidates.len() > found.len() {
+                candidates.sort();
+            }
+            plan.push((layer, self.select(&candidates, self.params.max_edges)));
             entries = found;
         }
         plan
@@ -666,6 +680,10 @@ impl<E: Element> Hnsw<E> {
         } else {
             self.params.max_edges
         };
+        if links.contains(&new) {
+            // Batch mates that chose each other.
+            return links.to_vec();
+        }
         if links.len() < cap {
             let mut grown = links.to_vec();
             grown.push(new);
@@ -777,7 +795,7 @@ impl<E: Element> VectorIndex<E> for Hnsw<E> {
             self.top_level = level;
             return;
         }
-        let plan = self.plan(key, level);
+        let plan = self.plan(key, level, &[]);
         self.link(key, level, plan);
     }
 
@@ -786,10 +804,11 @@ impl<E: Element> VectorIndex<E> for Hnsw<E> {
     /// new vectors at once (a 64th of the live vectors, 8 to 128 per
     /// thread, on scoped threads, the graph read only), each gets its
     /// links, and its neighbours' new lists are worked out in parallel too
-    /// (per neighbour, in batch order) and written. A batch's members are
-    /// not linked to each other when placed (they link through later
-    /// vectors' back-links), so until the index holds 2,000 vectors, and
-    /// with one thread, vectors go in one at a time. The result is a
+    /// (per neighbour, in batch order) and written. A batch's members
+    /// cannot reach each other through the graph, so each also weighs
+    /// every mate as a candidate (see [`Hnsw::plan`]); until the index
+    /// holds 2,000 vectors, and with one thread, vectors go in one at a
+    /// time. The result is a
     /// valid graph of the same shape; it differs from a one-at-a-time
     /// build only in which near neighbours each vector found.
     fn insert_many(&mut self, items: &[(u32, &[E])], threads: usize) {
@@ -814,7 +833,7 @@ impl<E: Element> VectorIndex<E> for Hnsw<E> {
                 .filter_map(|&(key, row)| self.place(key, row).map(|level| (key, level)))
                 .collect();
             let plans = self.in_parallel(&placed, threads, |graph, &(key, level)| {
-                graph.plan(key, level)
+                graph.plan(key, level, &placed)
             });
             // The new vectors' own links, then their neighbours' links
             // back: each (neighbour, layer)'s new list is worked out from
