@@ -367,10 +367,10 @@ fn scale(dir: &std::path::Path, k: usize, params: HnswParams, efs: &str, similar
         .chunks_exact(d)
         .map(|q| similarity.prepare(q.to_vec()).unwrap())
         .collect();
-    let prepared: Vec<f32> = base
-        .chunks_exact(d)
-        .flat_map(|v| similarity.prepare(v.to_vec()).unwrap())
-        .collect();
+    let mut prepared: Vec<f32> = Vec::with_capacity(base.len());
+    for v in base.chunks_exact(d) {
+        prepared.extend(similarity.prepare(v.to_vec()).unwrap());
+    }
     drop(base);
     let items: Vec<(u32, VectorRef<'_>)> = prepared
         .chunks_exact(d)
@@ -387,6 +387,8 @@ fn scale(dir: &std::path::Path, k: usize, params: HnswParams, efs: &str, similar
     let build_s = start.elapsed().as_secs_f64();
     let memory = rss_anon().saturating_sub(before);
     eprintln!("  scale: built {n} in {build_s:.1} s");
+    drop(items);
+    drop(prepared);
     let path = dir.join("snapshot.bin");
     let start = Instant::now();
     let mut file = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());

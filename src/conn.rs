@@ -200,16 +200,16 @@ impl Connection {
     }
 
     /// Whether the peer has closed the stream (or it failed), found
-    /// without waiting: a read already ready with the end of the stream or
-    /// an error. Meant for an idle connection to a server (nothing
-    /// [`Connection::outstanding`]), which sends nothing unasked; bytes
-    /// that are ready anyway stay buffered for [`Connection::read_frame`].
-    /// Sees what the runtime's I/O driver has seen: a close still in
-    /// flight reads as open.
+    /// without waiting: a read already ready with the end of the stream,
+    /// an error, or bytes. Meant for an idle connection to a server
+    /// (nothing [`Connection::outstanding`]), which sends nothing unasked:
+    /// bytes from it would be taken for the next request's reply, so they
+    /// too mark the stream broken. Sees what the runtime's I/O driver has
+    /// seen: a close still in flight reads as open.
     pub fn peer_closed(&mut self) -> bool {
         use futures_util::FutureExt;
-        if self.broken {
-            return true;
+        if self.broken || self.outstanding > 0 || !self.buffer.is_empty() {
+            return self.broken;
         }
         self.buffer.reserve(1);
         let ready = match &mut self.stream {
@@ -218,7 +218,7 @@ impl Connection {
             Stream::Connected(s) => s.read_buf(&mut self.buffer).now_or_never(),
             Stream::Memory(s) => s.read_buf(&mut self.buffer).now_or_never(),
         };
-        if matches!(ready, Some(Ok(0) | Err(_))) {
+        if ready.is_some() {
             self.broken = true;
         }
         self.broken

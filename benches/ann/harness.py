@@ -48,7 +48,10 @@ def clustered(n, nq, dims, seed=7, clusters=100):
     centres = rng.normal(0, 4, (clusters, dims)).astype(np.float32)
     def draw(count):
         which = rng.integers(0, clusters, count)
-        return (centres[which] + rng.normal(0, 1, (count, dims))).astype(np.float32), which
+        # float32 throughout: a million rows stay at 512 MB.
+        points = rng.standard_normal((count, dims), dtype=np.float32)
+        points += centres[which]
+        return points, which
     (base, labels), (queries, _) = draw(n), draw(nq)
     return base, queries, labels
 
@@ -450,8 +453,8 @@ def top_k(base, queries, k, metric):
         norms = (base ** 2).sum(1)
         score = lambda q: norms[None, :] - 2 * q @ base.T
     out = []
-    for s in range(0, len(queries), 64):
-        d = score(queries[s:s + 64])
+    for s in range(0, len(queries), 16):
+        d = score(queries[s:s + 16])
         part = np.argpartition(d, k, axis=1)[:, :k]
         order = np.argsort(np.take_along_axis(d, part, axis=1), axis=1)
         out.append(np.take_along_axis(part, order, axis=1))
@@ -486,6 +489,8 @@ def scale_set(name, base, queries, metric, lines):
     path = data_dir / "hnswlib.bin"
     start = time.perf_counter()
     index.save_index(str(path))
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())  # as likewise's snapshot is synced
     save = time.perf_counter() - start
     del index
     start = time.perf_counter()
@@ -520,9 +525,9 @@ def scale_set(name, base, queries, metric, lines):
 
 def scale(lines):
     """`scripts/bench ann --scale`: 1M × 128 clustered, and 250,000 × 384
-    MiniLM embeddings of the pinned corpus (its 49,000 base vectors five
-    times, each copy after the first perturbed by Gaussian noise of
-    sigma 0.01 per dimension, then renormalised)."""
+    MiniLM embeddings of the pinned corpus (its 49,000 base vectors six
+    times, cut at 250,000, each copy after the first perturbed by
+    Gaussian noise of sigma 0.01 per dimension, then renormalised)."""
     base, queries, _ = clustered(1_000_000, 1_000, 128)
     print("scale: clustered 1M×128", file=sys.stderr, flush=True)
     scale_set("clustered-1m", base, queries, "l2", lines)
@@ -531,8 +536,10 @@ def scale(lines):
     rng = np.random.default_rng(3)
     pick = rng.permutation(len(vectors))
     real, queries = vectors[pick[1000:]], vectors[pick[:1000]]
-    copies = [real] + [real + rng.normal(0, 0.01, real.shape).astype(np.float32) for _ in range(4)]
+    copies = [real] + [real + rng.normal(0, 0.01, real.shape).astype(np.float32)
+                       for _ in range(-(-250_000 // len(real)) - 1)]
     base = np.vstack(copies)[:250_000]
+    del copies
     base = (base / np.linalg.norm(base, axis=1, keepdims=True)).astype(np.float32)
     print(f"scale: minilm {len(base)}×{base.shape[1]}", file=sys.stderr, flush=True)
     scale_set("minilm-250k", base, queries, "cosine", lines)

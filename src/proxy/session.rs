@@ -27,6 +27,8 @@ pub(super) struct Session {
     /// The request being served, and whether any reply to it went out.
     current: Option<ReplyTo>,
     answered: bool,
+    /// The last request was one without a reply (`moreToCome`).
+    unanswered: bool,
     /// A connection to a secondary, for reads whose read preference sends
     /// them there (opened on first use), and the cursors opened on it.
     secondary: Option<(Connection, Pin)>,
@@ -154,6 +156,7 @@ impl Session {
             forwarded_at: None,
             client_dirty: false,
             rights: Default::default(),
+            unanswered: false,
             read_as_proxy: false,
         }
     }
@@ -318,7 +321,10 @@ impl Session {
     /// the client connects and authenticates again. When no new
     /// connection can be opened, the same.
     async fn replace_closed_upstream(&mut self) {
-        if self.client.is_authenticated() || !self.upstream.peer_closed() {
+        // After a request without a reply (`moreToCome`) a close may be
+        // its answer (a primary that stepped down closes the connection
+        // of an unacknowledged write): that one stays a failover.
+        if self.client.is_authenticated() || self.unanswered || !self.upstream.peer_closed() {
             return;
         }
         let opened = self
@@ -330,8 +336,14 @@ impl Session {
         match opened {
             Ok((upstream, pin)) => {
                 tracing::debug!(server = %pin.address, "replaced an upstream connection closed while idle");
+                let metrics = &self.shared.metrics;
+                metrics.pinned(&self.pin.address.to_string(), false);
+                metrics.pinned(&pin.address.to_string(), true);
                 self.upstream = upstream;
                 self.pin = pin;
+                // Found on the old connection; the new one is as
+                // unauthenticated, but is asked afresh.
+                self.rights = Default::default();
             }
             Err(e) => tracing::debug!(error = %e, "cannot replace a closed upstream connection"),
         }
@@ -402,6 +414,7 @@ impl Session {
         })?;
         request.retry = Retry::of(parsed.body());
         self.current = Some(request);
+        self.unanswered = request.more_to_come;
         if !self.pin_holds() {
             return Err(Failure::Upstream(self.failover(&format!(
                 "is no longer the {}; the request was not run",

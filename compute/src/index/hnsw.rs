@@ -61,6 +61,10 @@ const PARALLEL_FROM: usize = 2_000;
 /// and 128 per thread.
 const BATCH_SHARE: usize = 64;
 
+/// A parallel batch's largest size whatever the thread count: each member
+/// compares itself with every other (see `Hnsw::plan`).
+const MAX_BATCH: usize = 512;
+
 /// How many neighbours ahead of the one being compared are prefetched.
 const PREFETCH_AHEAD: usize = 2;
 
@@ -635,17 +639,25 @@ impl<E: Element> Hnsw<E> {
                 |n| n != key,
                 (&mut examined, usize::MAX),
             );
-            let mut candidates = found.clone();
-            candidates.extend(
-                mates
-                    .iter()
-                    .filter(|&&(mate, reach)| mate != key && reach >= layer)
-                    .map(|&(mate, _)| Near(dist(self.vec_of(mate)), mate)),
-            );
-            if candidates.len() > found.len() {
+            // The nearest `max_edges` mates at most: the selection
+            // heuristic's cost grows with every candidate it weighs.
+            let mut near_mates: Vec<Near> = mates
+                .iter()
+                .filter(|&&(mate, reach)| mate != key && reach >= layer)
+                .map(|&(mate, _)| Near(dist(self.vec_of(mate)), mate))
+                .collect();
+            let chosen = if near_mates.is_empty() {
+                self.select(&found, self.params.max_edges)
+            } else {
+                let keep = self.params.max_edges.min(near_mates.len());
+                near_mates.select_nth_unstable(keep - 1);
+                near_mates.truncate(keep);
+                let mut candidates = found.clone();
+                candidates.append(&mut near_mates);
                 candidates.sort();
-            }
-            plan.push((layer, self.select(&candidates, self.params.max_edges)));
+                self.select(&candidates, self.params.max_edges)
+            };
+            plan.push((layer, chosen));
             entries = found;
         }
         plan
@@ -802,7 +814,8 @@ impl<E: Element> VectorIndex<E> for Hnsw<E> {
     /// Inserts `items` (each `(key, row)`, as [`VectorIndex::insert`]),
     /// with up to `threads` threads: the graph is searched for a batch of
     /// new vectors at once (a 64th of the live vectors, 8 to 128 per
-    /// thread, on scoped threads, the graph read only), each gets its
+    /// thread and at most 512 in all, on scoped threads, the graph read
+    /// only), each gets its
     /// links, and its neighbours' new lists are worked out in parallel too
     /// (per neighbour, in batch order) and written. A batch's members
     /// cannot reach each other through the graph, so each also weighs
@@ -825,7 +838,10 @@ impl<E: Element> VectorIndex<E> for Hnsw<E> {
                 rest = tail;
                 continue;
             }
-            let size = (self.live / BATCH_SHARE).clamp(threads * 8, threads * 128);
+            let size = (self.live / BATCH_SHARE)
+                .min(threads * 128)
+                .min(MAX_BATCH)
+                .max(threads * 8);
             let (batch, tail) = rest.split_at(rest.len().min(size));
             rest = tail;
             let placed: Vec<(u32, usize)> = batch
