@@ -126,6 +126,11 @@ fn the_filter_strategy_follows_selectivity_and_always_returns_k() {
         assert!(strategy.starts_with("exact scan"), "{strategy}");
         assert_eq!(examined, narrow.len());
         assert_eq!(hits, flat.search(q, K, 0, Some(&narrow)));
+        // No more matches than the breadth: scanned without planning.
+        let (hits, strategy, examined) = search_allowed(&hnsw, q, K, narrow.len(), &narrow);
+        assert!(strategy.starts_with("exact scan"), "{strategy}");
+        assert_eq!(examined, narrow.len());
+        assert_eq!(hits, flat.search(q, K, 0, Some(&narrow)));
         // A broad one at a small ef: the graph is cheaper than scanning.
         let (hits, strategy, examined) = search_allowed(&hnsw, q, K, 2 * K, &broad);
         assert!(strategy.starts_with("filtered graph search"), "{strategy}");

@@ -294,6 +294,16 @@ pub fn search_allowed<'a, E: Element>(
 ) -> (Vec<Hit>, &'static str, usize) {
     let query = query.into();
     let exact = || exact_among(index, query, k, allowed.keys());
+    // A walk compares at least its breadth: no more matches than that are
+    // scanned without planning (the plan's descent and sampling would
+    // cost about as much as the scan).
+    if allowed.len() <= ef.max(k) {
+        return (
+            exact(),
+            "exact scan of filter matches (selective filter)",
+            allowed.len(),
+        );
+    }
     let plan = index.filtered_walk(query, ef.max(k), allowed);
     let ratio = plan
         .as_ref()
