@@ -70,6 +70,23 @@ fn rss() -> usize {
     pages * 4096
 }
 
+/// The similarity a harness metric names (`cosine`, else L2).
+fn similarity_of(metric: &str) -> Similarity {
+    match metric {
+        "cosine" => Similarity::Cosine,
+        _ => Similarity::Euclidean,
+    }
+}
+
+/// HNSW parameters from the harness's `M` and `EF_CONSTRUCTION`.
+fn params_of(m: &str, ef_construction: &str) -> HnswParams {
+    HnswParams {
+        max_edges: m.parse().unwrap(),
+        num_edge_candidates: ef_construction.parse().unwrap(),
+        ..HnswParams::default()
+    }
+}
+
 fn recall(found: &[Vec<u32>], truth: &[u32], k: usize, gt_k: usize) -> f64 {
     let mut hits = 0;
     for (q, ids) in found.iter().enumerate() {
@@ -243,16 +260,9 @@ fn quantized_run(
 /// quantized index alone in this fresh process and prints the anonymous
 /// memory it added (its full vectors are in a mapped file).
 fn quantized_memory(dir: &str, m: &str, ef_construction: &str, metric: &str, kind: &str) {
-    let similarity = match metric {
-        "cosine" => Similarity::Cosine,
-        _ => Similarity::Euclidean,
-    };
+    let similarity = similarity_of(metric);
     let (_, d, base) = read_matrix(&std::path::Path::new(dir).join("base.f32"));
-    let params = HnswParams {
-        max_edges: m.parse().unwrap(),
-        num_edge_candidates: ef_construction.parse().unwrap(),
-        ..HnswParams::default()
-    };
+    let params = params_of(m, ef_construction);
     let quantization = match kind {
         "binary" => Quantization::Binary,
         _ => Quantization::Scalar,
@@ -426,17 +436,9 @@ fn main() {
     }
     if let [dir, k, m, ef_construction, efs, metric, mode] = &args[..] {
         if mode == "scale" {
-            let params = HnswParams {
-                max_edges: m.parse().unwrap(),
-                num_edge_candidates: ef_construction.parse().unwrap(),
-                ..HnswParams::default()
-            };
-            let similarity = match metric.as_str() {
-                "cosine" => Similarity::Cosine,
-                _ => Similarity::Euclidean,
-            };
+            let params = params_of(m, ef_construction);
             let dir = std::path::Path::new(dir);
-            return scale(dir, k.parse().unwrap(), params, efs, similarity);
+            return scale(dir, k.parse().unwrap(), params, efs, similarity_of(metric));
         }
     }
     let [dir, k, m, ef_construction, efs, metric] = &args[..] else {
@@ -445,10 +447,7 @@ fn main() {
     };
     let dir = std::path::Path::new(dir);
     let k: usize = k.parse().unwrap();
-    let similarity = match metric.as_str() {
-        "cosine" => Similarity::Cosine,
-        _ => Similarity::Euclidean,
-    };
+    let similarity = similarity_of(metric);
     let (n, d, base) = read_matrix(&dir.join("base.f32"));
     let (nq, _, queries) = read_matrix(&dir.join("queries.f32"));
     let (_, gt_k, truth) = read_ids(&dir.join("truth.u32"));
@@ -461,11 +460,7 @@ fn main() {
         .map(|v| similarity.prepare(v.to_vec()).unwrap())
         .collect();
     drop(base);
-    let params = HnswParams {
-        max_edges: m.parse().unwrap(),
-        num_edge_candidates: ef_construction.parse().unwrap(),
-        ..HnswParams::default()
-    };
+    let params = params_of(m, ef_construction);
     let before = rss();
     let start = Instant::now();
     let mut hnsw = Hnsw::new(d, similarity, params);

@@ -34,3 +34,11 @@ pub mod upstream;
 pub mod wire;
 
 pub use likewise_compute::{linalg, train};
+
+/// The cores the machine gives this process (at least 1), read once: how
+/// many queries run on the CPU at once (`proxy::query::on_cpu`) and how
+/// many threads an index build uses (`registry::SearchIndex::apply_changes`).
+pub(crate) fn cores() -> usize {
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}

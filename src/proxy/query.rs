@@ -1204,10 +1204,7 @@ pub(crate) async fn on_cpu<R: Send + 'static>(
     f: impl FnOnce() -> R + Send + 'static,
 ) -> Result<R, tokio::task::JoinError> {
     static CPU: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
-    let cpu = CPU.get_or_init(|| {
-        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        tokio::sync::Semaphore::new(cores)
-    });
+    let cpu = CPU.get_or_init(|| tokio::sync::Semaphore::new(crate::cores()));
     // The semaphore is never closed, so acquiring only waits.
     let _turn = cpu.acquire().await.ok();
     tokio::task::spawn_blocking(f).await

@@ -350,13 +350,6 @@ pub struct FineTuneState {
     pub adapter_started: bool,
 }
 
-/// Threads an index build uses for a batch of new vectors: every core
-/// the machine gives this process.
-fn build_threads() -> usize {
-    static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *THREADS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-}
-
 impl SearchIndex {
     pub fn new(
         id: String,
@@ -600,7 +593,8 @@ impl SearchIndex {
                 None => 0, // the engine failed to start: FAILED
             };
         }
-        let threads = build_threads();
+        // A build uses every core the machine gives this process.
+        let threads = crate::cores();
         let changed: Vec<bson::RawBsonRef<'_>> = self.write_vectors(|v| {
             let mut changed = Vec::new();
             // Runs of sets go in together (a scan batch: in parallel).
