@@ -3,10 +3,13 @@
 //! `benches/text/harness.py` (run through `scripts/bench text`): indexes
 //! the documents single-threaded in batches, merges the segments as a
 //! build does, then answers each query (a
-//! `text` operator over `title` and `body`, best `K`) in timed rounds.
+//! `text` operator over `title` and `body`, best `K`) in timed rounds:
+//! first on this thread alone, then inside a tokio runtime, as the proxy
+//! searches (segment slices run beside each other on free cores).
 //! Prints one JSON object: build throughput, queries/s and latency of the
-//! best round, and the top `K` ids of the first 100 queries (for the
-//! harness's overlap check against SQLite FTS5).
+//! best round of each (`beside_*` for the second), and the top `K` ids of
+//! the first 100 queries (for the harness's overlap check against SQLite
+//! FTS5).
 //!
 //!     cargo bench --bench text -- CORPUS.tsv QUERIES.txt K ROUNDS
 //!
@@ -86,38 +89,17 @@ fn main() {
             synonyms: None,
         })
         .collect();
-    let mut best: Option<(f64, Vec<f64>)> = None;
     let mut top = Vec::new();
-    for round in 0..rounds {
-        let mut latencies = Vec::with_capacity(operators.len());
-        let started = Instant::now();
-        for (i, op) in operators.iter().enumerate() {
-            let t = Instant::now();
-            let hits = index.top(op, k).expect("search");
-            latencies.push(t.elapsed().as_secs_f64());
-            if round == 0 && i < 100 {
-                top.push(
-                    hits.iter()
-                        .map(|(id, _)| match id.as_raw_bson_ref() {
-                            RawBsonRef::Int64(v) => v,
-                            RawBsonRef::Int32(v) => i64::from(v),
-                            _ => -1,
-                        })
-                        .collect::<Vec<i64>>(),
-                );
-            }
-            std::hint::black_box(&hits);
-        }
-        let total = started.elapsed().as_secs_f64();
-        if best.as_ref().is_none_or(|(t, _)| total < *t) {
-            best = Some((total, latencies));
-        }
-    }
-    let (total, mut latencies) = best.expect("a round");
-    latencies.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let at = |q: f64| {
-        latencies[((q * latencies.len() as f64) as usize).min(latencies.len() - 1)] * 1000.0
-    };
+    let (total, latencies) = timed(&index, &operators, k, rounds, Some(&mut top));
+    // As the proxy searches: inside a tokio runtime, where a query's
+    // segments are searched beside each other when a core is free.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .build()
+        .expect("runtime");
+    let inside = runtime.enter();
+    let (beside_total, beside_latencies) = timed(&index, &operators, k, rounds, None);
+    drop(inside);
     let top_json: Vec<String> = top
         .iter()
         .map(|ids| {
@@ -131,15 +113,64 @@ fn main() {
         })
         .collect();
     println!(
-        "{{\"documents\": {}, \"segments\": {}, \"build_s\": {:.3}, \"build_docs_per_s\": {:.1}, \"queries\": {}, \"qps\": {:.1}, \"p50_ms\": {:.3}, \"p99_ms\": {:.3}, \"top\": [{}]}}",
+        "{{\"documents\": {}, \"segments\": {}, \"build_s\": {:.3}, \"build_docs_per_s\": {:.1}, \"queries\": {}, \"qps\": {:.1}, \"p50_ms\": {:.3}, \"p99_ms\": {:.3}, \"beside_qps\": {:.1}, \"beside_p50_ms\": {:.3}, \"beside_p99_ms\": {:.3}, \"top\": [{}]}}",
         docs.len(),
         index.segments(),
         build_s,
         docs.len() as f64 / build_s,
         operators.len(),
         operators.len() as f64 / total,
-        at(0.50),
-        at(0.99),
+        at(&latencies, 0.50),
+        at(&latencies, 0.99),
+        operators.len() as f64 / beside_total,
+        at(&beside_latencies, 0.50),
+        at(&beside_latencies, 0.99),
         top_json.join(",")
     );
+}
+
+/// The best of `rounds` rounds of every query: its total seconds and the
+/// latencies (seconds, sorted); the first round's first 100 results go
+/// to `top`.
+fn timed(
+    index: &TextIndex,
+    operators: &[Operator],
+    k: usize,
+    rounds: usize,
+    mut top: Option<&mut Vec<Vec<i64>>>,
+) -> (f64, Vec<f64>) {
+    let mut best: Option<(f64, Vec<f64>)> = None;
+    for round in 0..rounds {
+        let mut latencies = Vec::with_capacity(operators.len());
+        let started = Instant::now();
+        for (i, op) in operators.iter().enumerate() {
+            let t = Instant::now();
+            let hits = index.top(op, k).expect("search");
+            latencies.push(t.elapsed().as_secs_f64());
+            if let Some(top) = top.as_mut().filter(|_| round == 0 && i < 100) {
+                top.push(
+                    hits.iter()
+                        .map(|(id, _)| match id.as_raw_bson_ref() {
+                            RawBsonRef::Int64(v) => v,
+                            RawBsonRef::Int32(v) => i64::from(v),
+                            _ => -1,
+                        })
+                        .collect(),
+                );
+            }
+            std::hint::black_box(&hits);
+        }
+        let total = started.elapsed().as_secs_f64();
+        if best.as_ref().is_none_or(|(t, _)| total < *t) {
+            best = Some((total, latencies));
+        }
+    }
+    let (total, mut latencies) = best.expect("a round");
+    latencies.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    (total, latencies)
+}
+
+/// The `q` quantile of sorted `latencies`, in milliseconds.
+fn at(latencies: &[f64], q: f64) -> f64 {
+    latencies[((q * latencies.len() as f64) as usize).min(latencies.len() - 1)] * 1000.0
 }

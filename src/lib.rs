@@ -20,6 +20,7 @@
 pub mod command;
 pub mod config;
 pub mod conn;
+pub mod cpu;
 pub mod error;
 pub mod index;
 pub mod maintain;
@@ -36,7 +37,7 @@ pub mod wire;
 pub use likewise_compute::{linalg, train};
 
 /// The cores the machine gives this process (at least 1), read once: how
-/// many queries run on the CPU at once (`proxy::query::on_cpu`) and how
+/// many queries run on the CPU at once (`cpu::run`) and how
 /// many threads an index build uses (`registry::SearchIndex::apply_changes`).
 pub(crate) fn cores() -> usize {
     static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();

@@ -8,6 +8,7 @@ pub mod analysis;
 pub mod bytes;
 pub mod embedded;
 pub mod ids;
+pub mod slices;
 pub mod text;
 pub mod vector;
 pub mod words;

@@ -17,6 +17,7 @@
 use crate::index::analysis::{CharFilter, CharFiltered, Pattern, RegexTokenizer, TokenRule};
 use crate::index::embedded::{elements_at, ElementMatches, EmbeddedAggregate, ParentScores};
 use crate::index::ids::canonical;
+use crate::index::slices;
 pub use crate::index::words::Grams;
 use crate::index::words::{GramTokenizer, WordTokenizer};
 use bson::{RawBson, RawBsonRef, RawDocument, RawDocumentBuf};
@@ -1123,7 +1124,7 @@ impl TextIndex {
                 .tokenizers()
                 .register(&spec.tokenizer_name(), spec.index_analyzer());
         }
-        let writer = open_writer(&index)?;
+        let writer = open_writer(&index, Merging::Building)?;
         let reader = index
             .reader_builder()
             .reload_policy(ReloadPolicy::Manual)
@@ -1166,37 +1167,55 @@ impl TextIndex {
         self.reader.searcher().segment_readers().len()
     }
 
-    /// Merges every searchable segment into one, as after a build: a
-    /// query then walks one set of posting lists, not one per commit
-    /// (measured on the 100k-document text bench: 1,634 queries/s on one
-    /// segment against 1,273 on ten). Background merges finish first, so
-    /// the merge names only segments no other merge holds; writers wait
-    /// for those, not for this merge, which runs on the merge thread while
-    /// commits go on (tantivy applies their deletes to the merged
-    /// segment). The index is in memory: while the merge runs it holds
-    /// the merged segment beside the old ones. CPU work: a blocking
-    /// thread. Errors: tantivy's, as text; when no writer could be opened
-    /// again, later writes fail as after a failed commit (a rebuild
-    /// follows).
+    /// Merges the searchable segments into as many parts of about equal
+    /// size as [`crate::index::slices::parts_for`] gives (one per core,
+    /// each of at least [`crate::index::slices::MIN_SLICE_DOCS`]), as
+    /// after a build: a query then walks one set of posting lists per
+    /// part, not one per commit (measured on the 100k-document text
+    /// bench: 1,634 queries/s on one segment against 1,273 on ten), and
+    /// the parts are searched beside each other when cores are free.
+    /// Background merges finish first, so the merges name only segments
+    /// no other merge holds; writers wait for those, not for these
+    /// merges, which run on the merge thread while commits go on (tantivy
+    /// applies their deletes to the merged segments). The index is in
+    /// memory: while a merge runs it holds the merged segment beside the
+    /// old ones. CPU work: a blocking thread. Errors: tantivy's, as text;
+    /// when no writer could be opened again, later writes fail as after a
+    /// failed commit (a rebuild follows).
     pub fn merge_segments(&self) -> Result<(), String> {
+        self.merge_into(&slices::parts_for)
+    }
+
+    /// [`TextIndex::merge_segments`] into `parts(documents)` parts.
+    fn merge_into(&self, parts: &dyn Fn(u64) -> usize) -> Result<(), String> {
         let merging = {
             let mut guard = self.writer.lock().unwrap_or_else(|e| e.into_inner());
             let writer = guard
                 .take()
                 .ok_or("the text index's writer failed earlier: it needs a rebuild")?;
             let waited = writer.wait_merging_threads();
-            let mut writer = open_writer(&self.index)?;
-            let ids = self.index.searchable_segment_ids();
-            let merging = match (&waited, &ids) {
-                (Ok(()), Ok(ids)) if ids.len() > 1 => Some(writer.merge(ids)),
-                _ => None,
+            let mut writer = open_writer(&self.index, Merging::Serving)?;
+            let metas = self.index.searchable_segment_metas();
+            let merging: Vec<_> = match (&waited, &metas) {
+                (Ok(()), Ok(metas)) => {
+                    let sizes: Vec<u64> = metas.iter().map(|m| u64::from(m.max_doc())).collect();
+                    slices::groups_of(&sizes, parts(sizes.iter().sum()))
+                        .into_iter()
+                        .filter(|group| group.len() > 1)
+                        .map(|group| {
+                            let ids: Vec<_> = group.iter().map(|&i| metas[i].id()).collect();
+                            writer.merge(&ids)
+                        })
+                        .collect()
+                }
+                _ => Vec::new(),
             };
             *guard = Some(writer);
             waited.map_err(|e| format!("cannot finish the text index's merges: {e}"))?;
-            ids.map_err(|e| format!("cannot list the text index's segments: {e}"))?;
+            metas.map_err(|e| format!("cannot list the text index's segments: {e}"))?;
             merging
         };
-        if let Some(merging) = merging {
+        for merging in merging {
             merging
                 .wait()
                 .map_err(|e| format!("cannot merge the text index's segments: {e}"))?;
@@ -1205,7 +1224,7 @@ impl TextIndex {
             .reload()
             .map_err(|e| format!("cannot reload the text index: {e}"))?;
         for (_, child) in &self.embedded {
-            child.merge_segments()?;
+            child.merge_into(parts)?;
         }
         Ok(())
     }
@@ -1386,7 +1405,7 @@ impl TextIndex {
         }
         let meta = meta.ok_or_else(|| corrupt("no meta.json in the text index snapshot"))?;
         dir.atomic_write(std::path::Path::new("meta.json"), meta)?;
-        *guard = Some(open_writer(&self.index).map_err(io)?);
+        *guard = Some(open_writer(&self.index, Merging::Serving).map_err(io)?);
         drop(guard);
         self.reader
             .reload()
@@ -1457,14 +1476,14 @@ impl TextIndex {
             Some(writer) => writer
                 .delete_all_documents()
                 .and_then(|_| writer.commit())
-                .map(|_| ()),
+                .map(|_| writer.set_merge_policy(Merging::Building.policy())),
             None => Err(tantivy::TantivyError::InternalError("no writer".into())),
         };
         if cleared.is_err() {
             // Drop the broken writer (it holds the index's writer lock),
             // then start over with a fresh one.
             *guard = None;
-            let mut writer = open_writer(&self.index)?;
+            let mut writer = open_writer(&self.index, Merging::Building)?;
             writer
                 .delete_all_documents()
                 .and_then(|_| writer.commit())
@@ -1578,7 +1597,7 @@ impl TextIndex {
             (top, Some(total))
         } else {
             (
-                best_k(&searcher, query.as_ref(), k.max(1)).map_err(failed)?,
+                slices::best_k(&searcher, query.as_ref(), k).map_err(failed)?,
                 None,
             )
         };
@@ -2711,67 +2730,6 @@ impl TextIndex {
     }
 }
 
-/// A match kept by [`best_k`]: higher scores first, then earlier
-/// documents.
-#[derive(PartialEq)]
-struct Ranked(f32, tantivy::DocAddress);
-
-impl Eq for Ranked {}
-
-impl PartialOrd for Ranked {
-    fn partial_cmp(&self, other: &Ranked) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for Ranked {
-    fn cmp(&self, other: &Ranked) -> std::cmp::Ordering {
-        self.0
-            .total_cmp(&other.0)
-            .then_with(|| other.1.cmp(&self.1))
-    }
-}
-
-/// The `k` (at least 1) best-scoring live matches of `query`, best first,
-/// equal scores in document order: what tantivy's `TopDocs` finds, but
-/// with one heap across segments, so every segment's block-max WAND walk
-/// starts from the `k`-th best score the segments before it found
-/// (`TopDocs` starts each segment from nothing, which costs a walk per
-/// segment on an index that commits often).
-fn best_k(
-    searcher: &tantivy::Searcher,
-    query: &dyn Query,
-    k: usize,
-) -> tantivy::Result<Vec<(f32, tantivy::DocAddress)>> {
-    use std::cmp::Reverse;
-    let weight = query.weight(tantivy::query::EnableScoring::enabled_from_searcher(
-        searcher,
-    ))?;
-    let mut heap: std::collections::BinaryHeap<Reverse<Ranked>> =
-        std::collections::BinaryHeap::with_capacity(k + 1);
-    let mut threshold = f32::MIN;
-    for (ord, reader) in searcher.segment_readers().iter().enumerate() {
-        let ord = u32::try_from(ord).unwrap_or(u32::MAX);
-        let alive = reader.alive_bitset();
-        weight.for_each_pruning(threshold, reader, &mut |doc, score| {
-            if alive.is_some_and(|a| a.is_deleted(doc)) {
-                return threshold;
-            }
-            heap.push(Reverse(Ranked(score, tantivy::DocAddress::new(ord, doc))));
-            if heap.len() > k {
-                heap.pop();
-            }
-            if heap.len() == k {
-                threshold = heap.peek().map_or(f32::MIN, |r| r.0 .0);
-            }
-            threshold
-        })?;
-    }
-    let mut out: Vec<Ranked> = heap.into_iter().map(|r| r.0).collect();
-    out.sort_unstable_by(|a, b| b.cmp(a));
-    Ok(out.into_iter().map(|r| (r.0, r.1)).collect())
-}
-
 /// Analyzed terms (with their positions) as one query: nothing for none,
 /// a term query for one, else a phrase within `slop`.
 fn term_or_phrase(terms: Vec<(usize, Term)>, slop: u32) -> Option<Box<dyn Query>> {
@@ -2810,17 +2768,40 @@ fn text_options(analyzer: Analyzer) -> TextOptions {
     TextOptions::default().set_indexing_options(indexing(analyzer))
 }
 
+/// How a writer merges its segments in the background.
+#[derive(Clone, Copy)]
+enum Merging {
+    /// Not at all: a build's commits stay apart until `merge_segments`
+    /// deals them into parts of equal size (tantivy's log merges would
+    /// have fused them into uneven ones: 8 of a 100k-document build's 10
+    /// commits into one segment, measured).
+    Building,
+    /// Tantivy's log merge policy (`slices::merge_policy`).
+    Serving,
+}
+
+impl Merging {
+    fn policy(self) -> Box<dyn tantivy::indexer::MergePolicy> {
+        match self {
+            Merging::Building => Box::new(tantivy::indexer::NoMergePolicy),
+            Merging::Serving => slices::merge_policy(),
+        }
+    }
+}
+
 /// A writer with one indexing thread and one merge thread (a proxy may
-/// hold many indexes).
-fn open_writer(index: &Index) -> Result<IndexWriter, String> {
+/// hold many indexes), merging as `merging` says.
+fn open_writer(index: &Index, merging: Merging) -> Result<IndexWriter, String> {
     let options = tantivy::indexer::IndexWriterOptions::builder()
         .num_worker_threads(1)
         .num_merge_threads(1)
         .memory_budget_per_thread(WRITER_BUDGET)
         .build();
-    index
+    let writer = index
         .writer_with_options(options)
-        .map_err(|e| format!("cannot open the text index's writer: {e}"))
+        .map_err(|e| format!("cannot open the text index's writer: {e}"))?;
+    writer.set_merge_policy(merging.policy());
+    Ok(writer)
 }
 
 /// A numeric fast column of the typed values (tantivy keeps one per path,
@@ -3362,19 +3343,23 @@ mod tests {
         );
     }
 
-    #[test]
-    fn the_best_k_across_segments_are_topdocs_best_k() {
-        // Commits of a few documents each: many segments, some deletes.
+    const WORDS: [&str; 5] = ["alpha", "beta", "gamma", "delta", "omega"];
+
+    /// An index of `batches` commits of `per_batch` documents `{_id: n,
+    /// t: text(n)}`, each commit followed by the removal of its document
+    /// `deleted` (if any): many segments, some deletes.
+    fn in_commits(
+        batches: i32,
+        per_batch: i32,
+        deleted: Option<i32>,
+        text: impl Fn(i32) -> String,
+    ) -> TextIndex {
         let index = TextIndex::new(dynamic(Analyzer::Standard)).unwrap();
-        let words = ["alpha", "beta", "gamma", "delta", "omega"];
-        for batch in 0..12i32 {
-            let docs: Vec<RawDocumentBuf> = (0..25i32)
+        for batch in 0..batches {
+            let docs: Vec<RawDocumentBuf> = (0..per_batch)
                 .map(|i| {
-                    let n = batch * 25 + i;
-                    let text: Vec<&str> = (0..1 + n % 7)
-                        .map(|j| words[((n * j + j) % 5) as usize])
-                        .collect();
-                    rawdoc! { "_id": n, "t": text.join(" ") }
+                    let n = batch * per_batch + i;
+                    rawdoc! { "_id": n, "t": text(n) }
                 })
                 .collect();
             let changes: Vec<TextChange<'_>> = docs
@@ -3382,10 +3367,23 @@ mod tests {
                 .map(|d| TextChange::Set(d.get("_id").unwrap().unwrap(), d))
                 .collect();
             index.apply(&changes).unwrap();
-            index
-                .apply(&[TextChange::Remove(RawBsonRef::Int32(batch * 25 + 3))])
-                .unwrap();
+            if let Some(deleted) = deleted {
+                let id = RawBsonRef::Int32(batch * per_batch + deleted);
+                index.apply(&[TextChange::Remove(id)]).unwrap();
+            }
         }
+        index
+    }
+
+    #[test]
+    fn the_best_k_across_segments_are_topdocs_best_k() {
+        // Commits of a few documents each: many segments, some deletes.
+        let index = in_commits(12, 25, Some(3), |n| {
+            let words: Vec<&str> = (0..1 + n % 7)
+                .map(|j| WORDS[((n * j + j) % 5) as usize])
+                .collect();
+            words.join(" ")
+        });
         for query in ["alpha", "beta gamma", "omega delta alpha", "nothing"] {
             for k in [1, 5, 10, 400] {
                 let op = text(query, "t");
@@ -3425,6 +3423,81 @@ mod tests {
             .apply(&[TextChange::Set(extra.get("_id").unwrap().unwrap(), &extra)])
             .unwrap();
         assert_eq!(index.len(), 12 * 24 + 1);
+    }
+
+    #[test]
+    fn slices_searched_beside_each_other_keep_the_best_k_and_ties_in_document_order() {
+        // Many segments, deletes, and many equal scores (documents with
+        // the same words).
+        let index = in_commits(16, 30, Some(7), |n| {
+            let words: Vec<&str> = (0..1 + n % 4)
+                .map(|j| WORDS[((n + j) % 5) as usize])
+                .collect();
+            words.join(" ")
+        });
+        let searcher = index.reader.searcher();
+        assert!(searcher.segment_readers().len() >= 4);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .build()
+            .unwrap();
+        let _inside = runtime.enter();
+        for query in ["alpha", "beta gamma", "omega delta alpha", "nothing"] {
+            let compiled = index.compile(&text(query, "t")).unwrap();
+            // The oracle: every live match, best score first, then the
+            // earlier document.
+            let mut all = searcher
+                .search(
+                    compiled.as_ref(),
+                    &TopDocs::with_limit(10_000).order_by_score(),
+                )
+                .unwrap();
+            all.retain(|(_, a)| {
+                let reader = searcher.segment_reader(a.segment_ord);
+                !reader
+                    .alive_bitset()
+                    .is_some_and(|b| b.is_deleted(a.doc_id))
+            });
+            all.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+            for k in [1, 3, 10, 50, 1000] {
+                let want: Vec<_> = all.iter().take(k).cloned().collect();
+                for threads in [1, 2, 3, 8] {
+                    let got =
+                        slices::best_k_in(&searcher, compiled.as_ref(), k, threads, 1).unwrap();
+                    assert_eq!(got, want, "{query} k={k} threads={threads}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_build_keeps_its_commits_apart_then_merges_them_into_equal_parts() {
+        let index = in_commits(12, 25, None, |n| format!("common word{}", n % 5));
+        // tantivy's log merge policy would fuse 8 of these small commits.
+        assert_eq!(index.segments(), 12);
+        let before = index.top(&text("common word3", "t"), 1000).unwrap();
+        index
+            .merge_into(&|documents| {
+                assert_eq!(documents, 300);
+                3
+            })
+            .unwrap();
+        let sizes: Vec<u32> = index
+            .reader
+            .searcher()
+            .segment_readers()
+            .iter()
+            .map(|r| r.num_docs())
+            .collect();
+        assert_eq!(sizes, vec![100, 100, 100]);
+        // The same matches and scores; equal scores in the merged order.
+        let sorted = |mut hits: Hits| {
+            hits.sort_by(|a, b| format!("{:?}", a.0).cmp(&format!("{:?}", b.0)));
+            hits
+        };
+        let after = index.top(&text("common word3", "t"), 1000).unwrap();
+        assert_eq!(after.len(), 300);
+        assert_eq!(sorted(after), sorted(before));
     }
 
     #[test]

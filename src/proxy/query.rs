@@ -8,6 +8,7 @@ use super::for_client::*;
 use crate::command::text_query::{parse_search_meta, Count, SearchMetaStage};
 use crate::command::vector_query::{parse_like_filter, vector_stages, QueryVector, VectorQuery};
 use crate::command::VectorKind;
+use crate::cpu;
 use crate::error::{Code, Error};
 use crate::index::text::{Facet, TextError};
 use crate::index::vector::OwnedVector;
@@ -125,7 +126,7 @@ impl ForClient<'_> {
                 }
                 let (operator, facets) = (stage.operator.clone(), stage.facets.clone());
                 let facets: Vec<Facet> = facets.into_iter().map(|(_, f)| f).collect();
-                on_cpu(move || {
+                cpu::run(move || {
                     index
                         .text()
                         .map(|text| text.facets(operator.as_ref(), &facets))
@@ -526,7 +527,7 @@ impl ForClient<'_> {
             }
         }
         let ids = ids.to_vec();
-        on_cpu(move || {
+        cpu::run(move || {
             let text = index.text();
             ids.iter()
                 .map(|id| {
@@ -725,7 +726,7 @@ async fn answer(
         refresh_synonyms(shared, &index, operator).await?;
         let (searcher, operator, limit) = (index.clone(), operator.clone(), query.limit);
         let (counted, sort) = (query.count.is_some(), query.sort.clone());
-        let found = on_cpu(move || {
+        let found = cpu::run(move || {
             searcher
                 .text()
                 .map(|text| match &sort {
@@ -794,7 +795,7 @@ async fn answer(
     }
     let allowed_count = allowed.as_ref().map(|ids| ids.ids.len());
     let searcher = index.clone();
-    let (ranked, strategy, examined, query) = on_cpu(move || {
+    let (ranked, strategy, examined, query) = cpu::run(move || {
         let (ranked, strategy, examined) = search(&searcher, &vector, &query, allowed.as_ref());
         (ranked, strategy, examined, query)
     })
@@ -915,7 +916,7 @@ async fn explain(
 ) -> Result<Vec<RawDocumentBuf>, Error> {
     let ids: Vec<RawBson> = ranked.ids.iter().take(MAX_EXPLAINED).cloned().collect();
     let (searcher, operator) = (index.clone(), operator.clone());
-    let trees = on_cpu(move || {
+    let trees = cpu::run(move || {
         searcher
             .text()
             .map(|text| text.explain(&operator, &ids))
@@ -1193,19 +1194,4 @@ fn rewrite_for(kind: VectorKind, body: &RawDocument, plans: &[Plan]) -> RawDocum
         VectorKind::Find => rewrite::find_as_aggregate(body, &plan.ranked, exact),
         VectorKind::Count => rewrite::count(body, &plan.ranked, exact),
     }
-}
-
-/// Runs a query's CPU work (an index search, facets, highlights, score
-/// explanations) on the blocking pool, at most as many at once as the
-/// machine has cores: more concurrent queries wait for a turn without
-/// holding a thread (rather than time-slicing against each other), and
-/// the network threads never run them. Errors: the task panicked.
-pub(crate) async fn on_cpu<R: Send + 'static>(
-    f: impl FnOnce() -> R + Send + 'static,
-) -> Result<R, tokio::task::JoinError> {
-    static CPU: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
-    let cpu = CPU.get_or_init(|| tokio::sync::Semaphore::new(crate::cores()));
-    // The semaphore is never closed, so acquiring only waits.
-    let _turn = cpu.acquire().await.ok();
-    tokio::task::spawn_blocking(f).await
 }

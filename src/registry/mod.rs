@@ -663,7 +663,7 @@ impl SearchIndex {
     }
 
     /// Readies the engine for queries after a build: the full-text
-    /// engine merges its segments into one
+    /// engine merges its segments into one part per core
     /// ([`TextIndex::merge_segments`]); vector engines need nothing. CPU
     /// and disk work: a blocking thread. Errors: the engine's, as text.
     pub fn merge_segments(&self) -> Result<(), String> {
