@@ -37,7 +37,8 @@ pub mod wire;
 pub use likewise_compute::{linalg, train};
 
 /// The cores the machine gives this process (at least 1), read once: how
-/// many queries run on the CPU at once (`cpu::run`) and how
+/// many queries (and slices of one query, `cpu::beside`) run on the CPU
+/// at once (`cpu::run`) and how
 /// many threads an index build uses (`registry::SearchIndex::apply_changes`).
 pub(crate) fn cores() -> usize {
     static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();

@@ -13,29 +13,59 @@
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::ops::Range;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{mpsc, Arc};
 use tantivy::query::{EnableScoring, Query, Weight};
 use tantivy::{DocAddress, Searcher, TantivyError};
 
-/// Fewest documents a slice searched beside another holds, and a merged
-/// part at least holds: below this, handing half a search to another
-/// thread costs about what it saves (a thread's wake-up is tens of
-/// microseconds; a seven-word query over 20,000 long documents takes
-/// about 0.15 ms on one core, `scripts/bench text`).
+/// Fewest documents a slice searched beside another holds, and a part a
+/// build merges into holds unless the whole index is smaller: below this,
+/// handing half a search to another thread costs about what it saves (a
+/// thread's wake-up is tens of microseconds; a seven-word query over
+/// 20,000 long documents takes about 0.15 ms on one core, `scripts/bench
+/// text`).
 pub const MIN_SLICE_DOCS: u64 = 25_000;
 
-/// Segments of one level tantivy's log merge policy merges into one
-/// (its default, set explicitly by `merge_policy`): a build's parts stay
-/// fewer, so they are never merged back together.
+/// Segments of one size level that tantivy's log merge policy merges
+/// together (its default, set explicitly by [`PartMerges`]); a build
+/// makes fewer parts than this.
 const MERGE_FAN_IN: usize = 8;
 
-/// The merge policy of a text index's writer: tantivy's log merge
-/// policy, merging [`MERGE_FAN_IN`] segments of a level.
-pub fn merge_policy() -> Box<tantivy::indexer::LogMergePolicy> {
-    let mut policy = tantivy::indexer::LogMergePolicy::default();
-    policy.set_min_num_segments(MERGE_FAN_IN);
-    Box::new(policy)
+/// How a text index's segments merge in the background: tantivy's log
+/// merges ([`MERGE_FAN_IN`] segments of a size level) among the segments
+/// of at most `part / share` documents, where `part` is what one part
+/// ([`parts_for`]) of all the segments' documents would hold. Whatever
+/// the index's size, the segments stay a few per part and a few per
+/// size level: a commit, which applies its deletes to every segment and
+/// reopens each, meets tens of segments, never one per commit.
+#[derive(Debug, Clone, Copy)]
+pub struct PartMerges {
+    share: u64,
+}
+
+impl PartMerges {
+    /// While a build runs: segments merge only below a 32nd of a part, so
+    /// the build's final merge can deal them into parts of equal size.
+    pub const BUILDING: PartMerges = PartMerges {
+        share: 4 * MERGE_FAN_IN as u64,
+    };
+    /// Once the index serves: segments merge only below half a part, so
+    /// the parts a build made are never merged together.
+    pub const SERVING: PartMerges = PartMerges { share: 2 };
+}
+
+impl tantivy::indexer::MergePolicy for PartMerges {
+    fn compute_merge_candidates(
+        &self,
+        segments: &[tantivy::index::SegmentMeta],
+    ) -> Vec<tantivy::indexer::MergeCandidate> {
+        let total: u64 = segments.iter().map(|s| u64::from(s.num_docs())).sum();
+        let part = total / parts_for(total) as u64;
+        let mut log = tantivy::indexer::LogMergePolicy::default();
+        log.set_min_num_segments(MERGE_FAN_IN);
+        log.set_max_docs_before_merge(usize::try_from(part / self.share).unwrap_or(usize::MAX));
+        log.compute_merge_candidates(segments)
+    }
 }
 
 /// How many parts an index of `docs` documents is merged into at the end
@@ -96,42 +126,53 @@ pub(crate) fn best_k_in(
         Arc::from(query.weight(EnableScoring::enabled_from_searcher(searcher))?);
     let slices = slices(searcher, threads, min_docs);
     let bounds = Arc::new(Bounds::new(slices.len()));
+    // Whoever starts a slice first claims it: a helper thread, or this
+    // one once its own slices are done (a helper still waiting for a
+    // thread then costs nothing, and never holds the search up).
+    let claimed: Arc<Vec<AtomicBool>> =
+        Arc::new((0..slices.len()).map(|_| AtomicBool::new(false)).collect());
     let (send, receive) = mpsc::channel();
-    let mut here = vec![0];
-    let mut away = 0;
+    let mut away = Vec::new();
     for (at, slice) in slices.iter().enumerate().skip(1) {
-        let (searcher, weight, bounds, send, slice) = (
+        let (searcher, weight, bounds, claimed, send, slice) = (
             searcher.clone(),
             weight.clone(),
             bounds.clone(),
+            claimed.clone(),
             send.clone(),
             slice.clone(),
         );
         let job = move || {
-            // The receiver is gone only when this search failed already.
-            let _ = send.send(walk(&searcher, weight.as_ref(), slice, k, &bounds, at));
+            if !claimed[at].swap(true, Ordering::AcqRel) {
+                // The receiver is gone only when this search failed already.
+                let _ = send.send(walk(&searcher, weight.as_ref(), slice, k, &bounds, at));
+            }
         };
         if crate::cpu::beside(job) {
-            away += 1;
-        } else {
-            here.push(at);
+            away.push(at);
         }
     }
     // Only the jobs hold senders now: a job that panics drops its own,
     // and `recv` then fails rather than waiting for ever.
     drop(send);
     let mut found = Vec::with_capacity(k * slices.len());
-    for at in here {
+    let mut owed = 0;
+    for (at, slice) in slices.iter().enumerate() {
+        if claimed[at].swap(true, Ordering::AcqRel) {
+            owed += 1;
+            continue;
+        }
         found.extend(walk(
             searcher,
             weight.as_ref(),
-            slices[at].clone(),
+            slice.clone(),
             k,
             &bounds,
             at,
         )?);
     }
-    for _ in 0..away {
+    debug_assert!(owed <= away.len());
+    for _ in 0..owed {
         let part = receive
             .recv()
             .map_err(|_| TantivyError::InternalError("a search slice's thread failed".into()))?;
@@ -143,8 +184,8 @@ pub(crate) fn best_k_in(
 }
 
 /// Runs of consecutive segment ordinals holding about equal numbers of
-/// documents: at most `threads`, each of about `min_docs` documents or
-/// more (one run for a smaller index), together every segment.
+/// documents: at most `threads`, each of at least `min_docs` documents
+/// (one run for a smaller index), together every segment.
 fn slices(searcher: &Searcher, threads: usize, min_docs: u64) -> Vec<Range<usize>> {
     let sizes: Vec<u64> = searcher
         .segment_readers()
@@ -152,22 +193,23 @@ fn slices(searcher: &Searcher, threads: usize, min_docs: u64) -> Vec<Range<usize
         .map(|r| u64::from(r.max_doc()))
         .collect();
     let total: u64 = sizes.iter().sum();
-    let count = usize::try_from(total / min_docs.max(1))
+    let min_docs = min_docs.max(1);
+    let count = usize::try_from(total / min_docs)
         .unwrap_or(usize::MAX)
         .min(threads)
-        .min(sizes.len())
         .max(1);
+    let share = total / count as u64;
     let mut out = Vec::with_capacity(count);
-    let (mut start, mut sum) = (0, 0u64);
+    let (mut start, mut sum, mut seen) = (0, 0u64, 0u64);
     for (at, size) in sizes.iter().enumerate() {
         sum += size;
-        // Close a slice once it reaches its share of the whole, leaving
-        // a segment for each slice still to come.
-        let due = total * (out.len() as u64 + 1) / count as u64;
-        let left = sizes.len() - at - 1;
-        if out.len() + 1 < count && sum >= due && left >= count - out.len() - 1 {
+        seen += size;
+        // Close a slice at its share of the whole, if what is left makes
+        // a slice of at least `min_docs` too.
+        if out.len() + 1 < count && sum >= share && total - seen >= min_docs {
             out.push(start..at + 1);
             start = at + 1;
+            sum = 0;
         }
     }
     out.push(start..sizes.len());
@@ -234,7 +276,11 @@ impl Bounds {
                 continue;
             }
             let score = from_ordered_bits(bits);
-            floor = floor.max(if at < me { score } else { score.next_down() });
+            // A few steps below a later slice's bound: block-max WAND's
+            // upper bounds sum the same scores in another order, and may
+            // round a match scoring exactly the bound below it.
+            let below = (score - score.abs() * 4.0 * f32::EPSILON).next_down();
+            floor = floor.max(if at < me { score } else { below });
         }
         floor
     }
@@ -302,10 +348,42 @@ mod tests {
         assert_eq!(bounds.floor(1), f32::MIN);
         bounds.raise(0, 2.0);
         bounds.raise(2, 3.0);
-        assert_eq!(bounds.floor(1), 3.0f32.next_down());
+        let below = bounds.floor(1);
+        assert!(below < 3.0 && below > 2.999, "{below}");
         assert_eq!(bounds.floor(2), 2.0);
         bounds.raise(2, 1.0);
-        assert_eq!(bounds.floor(0), 3.0f32.next_down(), "bounds only rise");
+        assert_eq!(bounds.floor(0), below, "bounds only rise");
+    }
+
+    #[test]
+    fn background_merges_join_small_segments_and_leave_parts_apart() {
+        use tantivy::indexer::MergePolicy;
+        let index = tantivy::Index::create_in_ram(tantivy::schema::Schema::builder().build());
+        let meta =
+            |docs| index.new_segment_meta(tantivy::index::SegmentId::generate_random(), docs);
+        // Two parts a build made, and 400 small commits since.
+        let mut segments = vec![meta(120_000), meta(120_000)];
+        segments.extend((0..400).map(|_| meta(500)));
+        for policy in [PartMerges::BUILDING, PartMerges::SERVING] {
+            let candidates = policy.compute_merge_candidates(&segments);
+            let merged: Vec<_> = candidates.iter().flat_map(|c| c.0.iter()).collect();
+            assert_eq!(merged.len(), 400, "{policy:?}");
+            assert!(
+                !merged.contains(&&segments[0].id()) && !merged.contains(&&segments[1].id()),
+                "{policy:?}"
+            );
+        }
+        // While building, segments over a 32nd of a part (here 336,000
+        // documents in at most 7 parts) are left for the final merge to
+        // place, eight of a level or not.
+        let mut building = vec![meta(120_000), meta(120_000)];
+        building.extend((0..8).map(|_| meta(12_000)));
+        assert!(PartMerges::BUILDING
+            .compute_merge_candidates(&building)
+            .is_empty());
+        assert!(!PartMerges::SERVING
+            .compute_merge_candidates(&building)
+            .is_empty());
     }
 
     #[test]

@@ -1161,16 +1161,17 @@ impl TextIndex {
         self.len() == 0
     }
 
-    /// Segments the index searches now (tantivy merges them in the
-    /// background; each commit adds one).
+    /// Segments the index searches now (each commit adds one; tantivy
+    /// merges small ones in the background, [`slices::PartMerges`]).
     pub fn segments(&self) -> usize {
         self.reader.searcher().segment_readers().len()
     }
 
     /// Merges the searchable segments into as many parts of about equal
     /// size as [`crate::index::slices::parts_for`] gives (one per core,
-    /// each of at least [`crate::index::slices::MIN_SLICE_DOCS`]), as
-    /// after a build: a query then walks one set of posting lists per
+    /// at most 7, each of at least [`crate::index::slices::MIN_SLICE_DOCS`]
+    /// unless the index is smaller; a part that is already one segment
+    /// stays as it is), as after a build: a query then walks one set of posting lists per
     /// part, not one per commit (measured on the 100k-document text
     /// bench: 1,634 queries/s on one segment against 1,273 on ten), and
     /// the parts are searched beside each other when cores are free.
@@ -1186,8 +1187,24 @@ impl TextIndex {
         self.merge_into(&slices::parts_for)
     }
 
-    /// [`TextIndex::merge_segments`] into `parts(documents)` parts.
+    /// [`TextIndex::merge_segments`] into `parts(documents)` parts. The
+    /// embedded indexes merge too, and serve from then on, even when this
+    /// one fails (the first error is returned).
     fn merge_into(&self, parts: &dyn Fn(u64) -> usize) -> Result<(), String> {
+        let merged = self.merge_own(parts);
+        let mut children = Ok(());
+        for (_, child) in &self.embedded {
+            let outcome = child.merge_into(parts);
+            if children.is_ok() {
+                children = outcome;
+            }
+        }
+        merged.and(children)
+    }
+
+    /// This index's part of [`TextIndex::merge_into`]; its writer merges
+    /// as [`Merging::Serving`] from then on.
+    fn merge_own(&self, parts: &dyn Fn(u64) -> usize) -> Result<(), String> {
         let merging = {
             let mut guard = self.writer.lock().unwrap_or_else(|e| e.into_inner());
             let writer = guard
@@ -1222,11 +1239,7 @@ impl TextIndex {
         }
         self.reader
             .reload()
-            .map_err(|e| format!("cannot reload the text index: {e}"))?;
-        for (_, child) in &self.embedded {
-            child.merge_into(parts)?;
-        }
-        Ok(())
+            .map_err(|e| format!("cannot reload the text index: {e}"))
     }
 
     /// Applies documents' new states in order and makes them searchable.
@@ -2768,24 +2781,25 @@ fn text_options(analyzer: Analyzer) -> TextOptions {
     TextOptions::default().set_indexing_options(indexing(analyzer))
 }
 
-/// How a writer merges its segments in the background.
+/// How a writer merges its segments in the background
+/// ([`slices::PartMerges`]).
 #[derive(Clone, Copy)]
 enum Merging {
-    /// Not at all: a build's commits stay apart until `merge_segments`
-    /// deals them into parts of equal size (tantivy's log merges would
-    /// have fused them into uneven ones: 8 of a 100k-document build's 10
-    /// commits into one segment, measured).
+    /// While a build runs: only small segments, so `merge_segments` can
+    /// deal them into parts of equal size (tantivy's plain log merges
+    /// fused 8 of a 100k-document build's 10 commits into one segment,
+    /// measured).
     Building,
-    /// Tantivy's log merge policy (`slices::merge_policy`).
+    /// Once the index serves: never the parts a build made.
     Serving,
 }
 
 impl Merging {
     fn policy(self) -> Box<dyn tantivy::indexer::MergePolicy> {
-        match self {
-            Merging::Building => Box::new(tantivy::indexer::NoMergePolicy),
-            Merging::Serving => slices::merge_policy(),
-        }
+        Box::new(match self {
+            Merging::Building => slices::PartMerges::BUILDING,
+            Merging::Serving => slices::PartMerges::SERVING,
+        })
     }
 }
 
