@@ -26,32 +26,39 @@ use tantivy::{DocAddress, Searcher, TantivyError};
 /// text`).
 pub const MIN_SLICE_DOCS: u64 = 25_000;
 
-/// Segments of one size level that tantivy's log merge policy merges
-/// together (its default, set explicitly by [`PartMerges`]); a build
-/// makes fewer parts than this.
+/// Segments one background merge joins (tantivy's log merge policy's
+/// default least per level; a level's candidates are merged in runs of
+/// exactly this many). A build makes fewer parts than this.
 const MERGE_FAN_IN: usize = 8;
 
 /// How a text index's segments merge in the background: tantivy's log
-/// merges ([`MERGE_FAN_IN`] segments of a size level) among the segments
-/// of at most `part / share` documents, where `part` is what one part
-/// ([`parts_for`]) of all the segments' documents would hold. Whatever
-/// the index's size, the segments stay a few per part and a few per
-/// size level: a commit, which applies its deletes to every segment and
-/// reopens each, meets tens of segments, never one per commit.
+/// merges among the segments of at most `part / share` documents, where
+/// `part` is what one part ([`parts_for`]) of the segments' documents
+/// would hold, [`MERGE_FAN_IN`] similar segments at a time (tantivy's
+/// policy merges a whole level at once). So no merge makes a segment of
+/// more than `MERGE_FAN_IN · part / share` documents, and the segments
+/// stay a few dozen per part at most whatever the index's size: a commit,
+/// which applies its deletes to every segment and reopens each, never
+/// meets one segment per commit since the build began.
 #[derive(Debug, Clone, Copy)]
 pub struct PartMerges {
     share: u64,
 }
 
 impl PartMerges {
-    /// While a build runs: segments merge only below a 32nd of a part, so
-    /// the build's final merge can deal them into parts of equal size.
+    /// While a build runs: segments below a 32nd of a part merge (into at
+    /// most a quarter of a part), so the build's final merge can deal
+    /// them into parts of equal size.
     pub const BUILDING: PartMerges = PartMerges {
         share: 4 * MERGE_FAN_IN as u64,
     };
-    /// Once the index serves: segments merge only below half a part, so
-    /// the parts a build made are never merged together.
-    pub const SERVING: PartMerges = PartMerges { share: 2 };
+    /// Once the index serves: segments below a 16th of a part merge (into
+    /// at most half a part), so the parts a build made are never merged
+    /// together. Deleted documents in a part stay until a rebuild, as
+    /// they did in the one segment a build made before.
+    pub const SERVING: PartMerges = PartMerges {
+        share: 2 * MERGE_FAN_IN as u64,
+    };
 }
 
 impl tantivy::indexer::MergePolicy for PartMerges {
@@ -64,7 +71,18 @@ impl tantivy::indexer::MergePolicy for PartMerges {
         let mut log = tantivy::indexer::LogMergePolicy::default();
         log.set_min_num_segments(MERGE_FAN_IN);
         log.set_max_docs_before_merge(usize::try_from(part / self.share).unwrap_or(usize::MAX));
+        // A level's segments come largest first: runs of similar sizes;
+        // what is left of a level waits for more.
         log.compute_merge_candidates(segments)
+            .into_iter()
+            .flat_map(|level| {
+                level
+                    .0
+                    .chunks_exact(MERGE_FAN_IN)
+                    .map(|run| tantivy::indexer::MergeCandidate(run.to_vec()))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
     }
 }
 
@@ -144,17 +162,29 @@ pub(crate) fn best_k_in(
         );
         let job = move || {
             if !claimed[at].swap(true, Ordering::AcqRel) {
+                // A claimed slice always answers, even when its walk panics.
+                let walked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    walk(&searcher, weight.as_ref(), slice, k, &bounds, at)
+                }))
+                .unwrap_or_else(|_| {
+                    Err(TantivyError::InternalError(
+                        "a search slice's thread panicked".into(),
+                    ))
+                });
                 // The receiver is gone only when this search failed already.
-                let _ = send.send(walk(&searcher, weight.as_ref(), slice, k, &bounds, at));
+                let _ = send.send(walked);
             }
         };
         if crate::cpu::beside(job) {
             away.push(at);
         }
     }
-    // Only the jobs hold senders now: a job that panics drops its own,
-    // and `recv` then fails rather than waiting for ever.
+    // Only the jobs hold senders now: `recv` fails rather than waiting for
+    // ever should one be dropped unrun.
     drop(send);
+    // However this search ends, slices no thread has started yet are
+    // left alone: queued helpers then return at once.
+    let _unclaimed = ClaimAll(claimed.clone());
     let mut found = Vec::with_capacity(k * slices.len());
     let mut owed = 0;
     for (at, slice) in slices.iter().enumerate() {
@@ -181,6 +211,17 @@ pub(crate) fn best_k_in(
     found.sort_unstable_by(|a, b| b.cmp(a));
     found.truncate(k);
     Ok(found.into_iter().map(|r| (r.0, r.1)).collect())
+}
+
+/// Claims every slice when dropped.
+struct ClaimAll(Arc<Vec<AtomicBool>>);
+
+impl Drop for ClaimAll {
+    fn drop(&mut self) {
+        for slice in self.0.iter() {
+            slice.store(true, Ordering::Release);
+        }
+    }
 }
 
 /// Runs of consecutive segment ordinals holding about equal numbers of
@@ -349,7 +390,10 @@ mod tests {
         bounds.raise(0, 2.0);
         bounds.raise(2, 3.0);
         let below = bounds.floor(1);
-        assert!(below < 3.0 && below > 2.999, "{below}");
+        assert!(
+            below < 3.0f32.next_down().next_down() && below > 2.999,
+            "{below}"
+        );
         assert_eq!(bounds.floor(2), 2.0);
         bounds.raise(2, 1.0);
         assert_eq!(bounds.floor(0), below, "bounds only rise");
@@ -366,6 +410,11 @@ mod tests {
         segments.extend((0..400).map(|_| meta(500)));
         for policy in [PartMerges::BUILDING, PartMerges::SERVING] {
             let candidates = policy.compute_merge_candidates(&segments);
+            // Eight at a time, never a whole level at once.
+            assert!(
+                candidates.iter().all(|c| c.0.len() == MERGE_FAN_IN),
+                "{policy:?}"
+            );
             let merged: Vec<_> = candidates.iter().flat_map(|c| c.0.iter()).collect();
             assert_eq!(merged.len(), 400, "{policy:?}");
             assert!(
@@ -381,9 +430,24 @@ mod tests {
         assert!(PartMerges::BUILDING
             .compute_merge_candidates(&building)
             .is_empty());
-        assert!(!PartMerges::SERVING
-            .compute_merge_candidates(&building)
+        // Once serving, eight small segments beside the parts merge.
+        let mut serving = vec![meta(120_000), meta(120_000)];
+        serving.extend((0..8).map(|_| meta(2_000)));
+        let candidates = PartMerges::SERVING.compute_merge_candidates(&serving);
+        assert_eq!(candidates.len(), 1);
+        assert!(candidates[0]
+            .0
+            .iter()
+            .all(|id| serving[2..].iter().any(|m| m.id() == *id)));
+        // Eight parts of one level (tantivy's plain log policy merges
+        // them): never merged while serving, on any number of cores.
+        let parts: Vec<_> = (0..8).map(|_| meta(60_000)).collect();
+        assert!(PartMerges::SERVING
+            .compute_merge_candidates(&parts)
             .is_empty());
+        let mut plain = tantivy::indexer::LogMergePolicy::default();
+        plain.set_min_num_segments(MERGE_FAN_IN);
+        assert!(!plain.compute_merge_candidates(&parts).is_empty());
     }
 
     #[test]
