@@ -27,20 +27,19 @@ pub(crate) async fn run<R: Send + 'static>(
 
 /// Starts `job` on another blocking thread if a core is free right now
 /// (a turn of [`run`]'s budget, held until `job` ends), for work that
-/// can run beside its caller (a search's second half). Returns `false`
-/// without running `job` when every core is busy or no tokio runtime is
-/// current (a benchmark, a test): the caller then does that work itself,
-/// so a loaded machine runs each search on one core, as before.
-pub fn beside(job: impl FnOnce() + Send + 'static) -> bool {
+/// can run beside its caller (a slice of a search). Does nothing, and
+/// drops `job` unrun, when every core is busy or no tokio runtime is
+/// current (a benchmark, a test): the caller does that work itself, so a
+/// loaded machine runs each search on one core, as before.
+pub fn beside(job: impl FnOnce() + Send + 'static) {
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-        return false;
+        return;
     };
     let Ok(turn) = turns().try_acquire() else {
-        return false;
+        return;
     };
     runtime.spawn_blocking(move || {
         let _turn = turn;
         job();
     });
-    true
 }

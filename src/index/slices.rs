@@ -120,7 +120,8 @@ pub fn groups_of(sizes: &[u64], parts: usize) -> Vec<Vec<usize>> {
 /// The `k` (at least 1) best-scoring live matches of `query`, best first,
 /// equal scores in document order: what tantivy's `TopDocs` finds. The
 /// segments are searched in slices ([`slices`]); a slice runs on another
-/// thread when `crate::cpu::beside` finds a free core, else on this one.
+/// thread when `crate::cpu::beside` finds a free core, else on this one
+/// (whichever starts it first).
 /// Errors: tantivy's, and a slice whose thread panicked.
 pub fn best_k(
     searcher: &Searcher,
@@ -150,7 +151,6 @@ pub(crate) fn best_k_in(
     let claimed: Arc<Vec<AtomicBool>> =
         Arc::new((0..slices.len()).map(|_| AtomicBool::new(false)).collect());
     let (send, receive) = mpsc::channel();
-    let mut away = Vec::new();
     for (at, slice) in slices.iter().enumerate().skip(1) {
         let (searcher, weight, bounds, claimed, send, slice) = (
             searcher.clone(),
@@ -175,9 +175,7 @@ pub(crate) fn best_k_in(
                 let _ = send.send(walked);
             }
         };
-        if crate::cpu::beside(job) {
-            away.push(at);
-        }
+        crate::cpu::beside(job);
     }
     // Only the jobs hold senders now: `recv` fails rather than waiting for
     // ever should one be dropped unrun.
@@ -201,7 +199,6 @@ pub(crate) fn best_k_in(
             at,
         )?);
     }
-    debug_assert!(owed <= away.len());
     for _ in 0..owed {
         let part = receive
             .recv()
@@ -270,8 +267,8 @@ fn walk(
     let mut heap: BinaryHeap<Reverse<Ranked>> = BinaryHeap::with_capacity(k + 1);
     let mut own = f32::MIN;
     for ord in ords {
-        let reader = searcher.segment_reader(u32::try_from(ord).unwrap_or(u32::MAX));
         let ord = u32::try_from(ord).unwrap_or(u32::MAX);
+        let reader = searcher.segment_reader(ord);
         let alive = reader.alive_bitset();
         let threshold = own.max(bounds.floor(me));
         weight.for_each_pruning(threshold, reader, &mut |doc, score| {

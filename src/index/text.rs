@@ -1124,7 +1124,7 @@ impl TextIndex {
                 .tokenizers()
                 .register(&spec.tokenizer_name(), spec.index_analyzer());
         }
-        let writer = open_writer(&index, Merging::Building)?;
+        let writer = open_writer(&index, slices::PartMerges::BUILDING)?;
         let reader = index
             .reader_builder()
             .reload_policy(ReloadPolicy::Manual)
@@ -1203,7 +1203,7 @@ impl TextIndex {
     }
 
     /// This index's part of [`TextIndex::merge_into`]; its writer merges
-    /// as [`Merging::Serving`] from then on.
+    /// as [`slices::PartMerges::SERVING`] from then on.
     fn merge_own(&self, parts: &dyn Fn(u64) -> usize) -> Result<(), String> {
         let merging = {
             let mut guard = self.writer.lock().unwrap_or_else(|e| e.into_inner());
@@ -1211,7 +1211,7 @@ impl TextIndex {
                 .take()
                 .ok_or("the text index's writer failed earlier: it needs a rebuild")?;
             let waited = writer.wait_merging_threads();
-            let mut writer = open_writer(&self.index, Merging::Serving)?;
+            let mut writer = open_writer(&self.index, slices::PartMerges::SERVING)?;
             let metas = self.index.searchable_segment_metas();
             let merging: Vec<_> = match (&waited, &metas) {
                 (Ok(()), Ok(metas)) => {
@@ -1418,7 +1418,7 @@ impl TextIndex {
         }
         let meta = meta.ok_or_else(|| corrupt("no meta.json in the text index snapshot"))?;
         dir.atomic_write(std::path::Path::new("meta.json"), meta)?;
-        *guard = Some(open_writer(&self.index, Merging::Serving).map_err(io)?);
+        *guard = Some(open_writer(&self.index, slices::PartMerges::SERVING).map_err(io)?);
         drop(guard);
         self.reader
             .reload()
@@ -1489,14 +1489,14 @@ impl TextIndex {
             Some(writer) => writer
                 .delete_all_documents()
                 .and_then(|_| writer.commit())
-                .map(|_| writer.set_merge_policy(Merging::Building.policy())),
+                .map(|_| writer.set_merge_policy(Box::new(slices::PartMerges::BUILDING))),
             None => Err(tantivy::TantivyError::InternalError("no writer".into())),
         };
         if cleared.is_err() {
             // Drop the broken writer (it holds the index's writer lock),
             // then start over with a fresh one.
             *guard = None;
-            let mut writer = open_writer(&self.index, Merging::Building)?;
+            let mut writer = open_writer(&self.index, slices::PartMerges::BUILDING)?;
             writer
                 .delete_all_documents()
                 .and_then(|_| writer.commit())
@@ -2781,31 +2781,12 @@ fn text_options(analyzer: Analyzer) -> TextOptions {
     TextOptions::default().set_indexing_options(indexing(analyzer))
 }
 
-/// How a writer merges its segments in the background
-/// ([`slices::PartMerges`]).
-#[derive(Clone, Copy)]
-enum Merging {
-    /// While a build runs: only small segments, so `merge_segments` can
-    /// deal them into parts of equal size (tantivy's plain log merges
-    /// fused 8 of a 100k-document build's 10 commits into one segment,
-    /// measured).
-    Building,
-    /// Once the index serves: never the parts a build made.
-    Serving,
-}
-
-impl Merging {
-    fn policy(self) -> Box<dyn tantivy::indexer::MergePolicy> {
-        Box::new(match self {
-            Merging::Building => slices::PartMerges::BUILDING,
-            Merging::Serving => slices::PartMerges::SERVING,
-        })
-    }
-}
-
 /// A writer with one indexing thread and one merge thread (a proxy may
-/// hold many indexes), merging as `merging` says.
-fn open_writer(index: &Index, merging: Merging) -> Result<IndexWriter, String> {
+/// hold many indexes), merging in the background as `merges` says
+/// (`slices::PartMerges::BUILDING` for an index a build fills: tantivy's
+/// plain log merges fused 8 of a 100k-document build's 10 commits into
+/// one segment, measured; `SERVING` once it serves).
+fn open_writer(index: &Index, merges: slices::PartMerges) -> Result<IndexWriter, String> {
     let options = tantivy::indexer::IndexWriterOptions::builder()
         .num_worker_threads(1)
         .num_merge_threads(1)
@@ -2814,7 +2795,7 @@ fn open_writer(index: &Index, merging: Merging) -> Result<IndexWriter, String> {
     let writer = index
         .writer_with_options(options)
         .map_err(|e| format!("cannot open the text index's writer: {e}"))?;
-    writer.set_merge_policy(merging.policy());
+    writer.set_merge_policy(Box::new(merges));
     Ok(writer)
 }
 
