@@ -213,9 +213,11 @@ async fn load_models(
 ) {
     for def in defs {
         let name = def.name.clone();
+        let started = std::time::Instant::now();
         match versions::load(config, models, def).await {
             Ok(model) => {
-                tracing::info!(model = %name, kind = model.def.kind.name(), dimensions = model.dimensions(), "model loaded");
+                let elapsed_ms = started.elapsed().as_millis() as u64;
+                tracing::info!(model = %name, kind = model.def.kind.name(), dimensions = model.dimensions(), elapsed_ms, "model loaded");
                 models.insert(Arc::new(model));
             }
             Err(e) => tracing::warn!(model = %name, error = %e.message, "cannot load model"),

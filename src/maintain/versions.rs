@@ -22,6 +22,9 @@ pub const BUCKET: &str = "model_files";
 /// Largest file read back from the bucket (as for files on disk).
 const MAX_FILE: u64 = crate::models::bert::MAX_MODEL_FILE;
 
+/// Bytes a file is read from the bucket in at a time.
+const READ_PIECE: usize = 1 << 20;
+
 fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::{Digest, Sha256};
     Sha256::digest(bytes)
@@ -143,44 +146,61 @@ pub async fn delete_files(config: &Config, name: &str) -> Result<(), Error> {
 
 /// Version `def`'s files, checked against the hashes its entry holds:
 /// from the cache when they match there, else from the bucket (then
-/// cached). Errors: a file missing from the bucket, or one whose hash
-/// does not match.
+/// cached). Hashing (a model's weights are tens of MB) and the cache's
+/// file I/O run on blocking threads. Errors: a file missing from the
+/// bucket, or one whose hash does not match.
 pub async fn fetch(config: &Config, def: &ModelDef) -> Result<ModelFiles, Error> {
     let lineage = def
         .lineage
         .as_ref()
         .ok_or_else(|| Error::internal(format!("model '{}' is not a version", def.name)))?;
-    let matches = |files: &ModelFiles| hashes(files) == lineage.files;
+    let expected = lineage.files.clone();
     if let Some(dir) = cache_dir(config, &def.name) {
-        let cached = tokio::task::spawn_blocking(move || ModelFiles::read(&dir))
-            .await
-            .map_err(|e| Error::internal(format!("reading cached model files: {e}")))?;
-        if let Ok(files) = cached {
-            if matches(&files) {
-                return Ok(files);
+        let want = expected.clone();
+        let cached = tokio::task::spawn_blocking(move || {
+            ModelFiles::read(&dir).map(|files| {
+                let matches = hashes(&files) == want;
+                (files, matches)
+            })
+        })
+        .await
+        .map_err(|e| Error::internal(format!("reading cached model files: {e}")))?;
+        match cached {
+            Ok((files, true)) => return Ok(files),
+            Ok((_, false)) => {
+                tracing::warn!(model = %def.name, "cached model files do not match their hashes: reading them from the upstream")
             }
-            tracing::warn!(model = %def.name, "cached model files do not match their hashes: reading them from the upstream");
+            Err(_) => {}
         }
     }
     let conn = upstream::connect(config).await?;
     let bucket = conn.gridfs(&config.metadata_db, BUCKET);
     let mut read = Vec::new();
     for file in ModelFiles::NAMES {
-        let stream = bucket
+        let mut stream = bucket
             .open_download_stream_by_name(format!("{}/{file}", def.name))
             .await
             .map_err(upstream::driver_error)?;
+        // Read a piece at a time rather than with `read_to_end`, which
+        // zero-fills its buffer a byte at a time where unoptimised (tests'
+        // builds): seconds for a model's weights.
         let mut bytes = Vec::new();
-        stream
-            .take(MAX_FILE + 1)
-            .read_to_end(&mut bytes)
-            .await
-            .map_err(|e| failed("reading a model file", e))?;
-        if bytes.len() as u64 > MAX_FILE {
-            return Err(failed(
-                "reading a model file",
-                format!("{file} is larger than {MAX_FILE} bytes"),
-            ));
+        let mut piece = vec![0u8; READ_PIECE];
+        loop {
+            let n = stream
+                .read(&mut piece)
+                .await
+                .map_err(|e| failed("reading a model file", e))?;
+            if n == 0 {
+                break;
+            }
+            if (bytes.len() + n) as u64 > MAX_FILE {
+                return Err(failed(
+                    "reading a model file",
+                    format!("{file} is larger than {MAX_FILE} bytes"),
+                ));
+            }
+            bytes.extend_from_slice(&piece[..n]);
         }
         read.push(bytes);
     }
@@ -192,21 +212,26 @@ pub async fn fetch(config: &Config, def: &ModelDef) -> Result<ModelFiles, Error>
         tokenizer,
         weights,
     };
-    if !matches(&files) {
-        return Err(Error::upstream(
-            Code::OPERATION_FAILED,
-            format!(
-                "likewise: the stored files of model version '{}' do not match their hashes",
-                def.name
-            ),
-        ));
-    }
-    if let Some(dir) = cache_dir(config, &def.name) {
-        if let Err(e) = write_cache(&dir, &files) {
-            tracing::warn!(model = %def.name, error = %e, "cannot cache the model version's files");
+    let (cache, name) = (cache_dir(config, &def.name), def.name.clone());
+    tokio::task::spawn_blocking(move || {
+        if hashes(&files) != expected {
+            return Err(Error::upstream(
+                Code::OPERATION_FAILED,
+                format!(
+                    "likewise: the stored files of model version '{name}' do not match their \
+                     hashes"
+                ),
+            ));
         }
-    }
-    Ok(files)
+        if let Some(dir) = cache {
+            if let Err(e) = write_cache(&dir, &files) {
+                tracing::warn!(model = %name, error = %e, "cannot cache the model version's files");
+            }
+        }
+        Ok(files)
+    })
+    .await
+    .map_err(|e| Error::internal(format!("checking model files: {e}")))?
 }
 
 /// Loads any stored or created model: a version from its files

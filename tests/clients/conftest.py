@@ -21,10 +21,19 @@ VENV_BIN = ROOT / ".venv" / "bin"
 START_TIMEOUT_S = 60
 
 
+# Every child process started so far, so a failing test's report shows
+# what its proxies and servers printed (pytest_runtest_makereport).
+STARTED = []
+# Lines of a child's output a failing test's report shows, at most.
+REPORTED_LINES = 200
+
+
 class Process:
     """A child process whose announced address is read from its output."""
 
     def __init__(self, argv, marker, env=None):
+        self.argv = argv
+        STARTED.append(self)
         self.proc = subprocess.Popen(
             argv,
             env=env,
@@ -138,7 +147,10 @@ def likewise_bin():
 DEFAULT_MODEL = ROOT / ".cache" / "models" / "all-MiniLM-L6-v2"
 
 
-def start_proxy(upstream_uri, *extra, log_level="warn", env=None):
+def start_proxy(upstream_uri, *extra, log_level=None, env=None):
+    # LIKEWISE_TEST_LOG_LEVEL raises every proxy's default level (to read
+    # a failure's story in its report).
+    log_level = log_level or os.environ.get("LIKEWISE_TEST_LOG_LEVEL", "warn")
     return Process(
         [likewise_bin(), "serve", "--listen", "127.0.0.1:0", "--upstream", upstream_uri,
          "--log-level", log_level, "--default-model", str(DEFAULT_MODEL), *extra],
@@ -197,6 +209,27 @@ def debian_packages(limit, also=lambda row: False):
 # longest.
 SLOWEST_FIRST = ["test_fine_tuning.py", "test_training.py", "test_models.py", "test_cli.py", "test_node_clients.py",
                  "test_durability.py", "test_pymongo.py"]
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    item.started_before = len(STARTED)
+    yield
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failing test's report carries the output of every child process
+    started during it (proxies, servers), the last REPORTED_LINES lines of
+    each: what a proxy logged is often the failure's cause."""
+    outcome = yield
+    report = outcome.get_result()
+    if not report.failed:
+        return
+    for n, process in enumerate(STARTED[getattr(item, "started_before", len(STARTED)):]):
+        lines = list(process.lines)[-REPORTED_LINES:]
+        name = Path(process.argv[0]).name
+        report.sections.append((f"output of {name} #{n} ({call.when})", "".join(lines)))
 
 
 def pytest_collection_modifyitems(session, config, items):
