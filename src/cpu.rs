@@ -43,3 +43,77 @@ pub fn beside(job: impl FnOnce() + Send + 'static) {
         job();
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{mpsc, Arc, Condvar, Mutex};
+    use std::time::Duration;
+
+    /// How long a test waits for what must happen before calling it lost.
+    const LOST: Duration = Duration::from_secs(60);
+
+    fn runtime() -> tokio::runtime::Runtime {
+        // The kind of runtime a proxy's connections run on (`server::Workers`).
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_running_search_leaves_the_network_thread_free() {
+        runtime().block_on(async {
+            let (release, released) = mpsc::channel::<()>();
+            let (started, job_started) = tokio::sync::oneshot::channel();
+            // A search that runs until this thread, the connection's,
+            // releases it: were it run here, nothing could.
+            let search = tokio::spawn(run(move || {
+                let _ = started.send(());
+                released.recv_timeout(LOST).is_ok()
+            }));
+            job_started.await.unwrap();
+            // Other connections' work goes on meanwhile.
+            assert_eq!(tokio::spawn(async { 7 }).await.unwrap(), 7);
+            release.send(()).expect("the search is still waiting");
+            assert!(search.await.unwrap().unwrap(), "released by this thread");
+        });
+    }
+
+    #[test]
+    fn searches_run_beside_each_other_one_per_core_at_most() {
+        let cores = crate::cores();
+        // (arrived, running now, most running at once)
+        let state = Arc::new((Mutex::new((0usize, 0usize, 0usize)), Condvar::new()));
+        let joined = runtime().block_on(async {
+            let jobs: Vec<_> = (0..cores + 1)
+                .map(|_| {
+                    let state = state.clone();
+                    tokio::spawn(run(move || {
+                        let (lock, arrivals) = &*state;
+                        let mut s = lock.lock().unwrap();
+                        s.0 += 1;
+                        s.1 += 1;
+                        s.2 = s.2.max(s.1);
+                        arrivals.notify_all();
+                        // Every core's search must be running at once for
+                        // the first `cores` to get past this.
+                        let (mut s, waited) = arrivals
+                            .wait_timeout_while(s, LOST, |s| s.0 < cores)
+                            .unwrap();
+                        s.1 -= 1;
+                        !waited.timed_out()
+                    }))
+                })
+                .collect();
+            let mut all = Vec::new();
+            for job in jobs {
+                all.push(job.await.unwrap().unwrap());
+            }
+            all
+        });
+        assert!(joined.iter().all(|met| *met), "{joined:?}");
+        let most = state.0.lock().unwrap().2;
+        assert_eq!(most, cores, "searches running at once");
+    }
+}

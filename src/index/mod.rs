@@ -8,6 +8,7 @@ pub mod analysis;
 pub mod bytes;
 pub mod embedded;
 pub mod ids;
+pub mod max_score;
 pub mod slices;
 pub mod text;
 pub mod vector;

@@ -2429,6 +2429,8 @@ impl TextIndex {
             } => {
                 let table = self.synonyms_for(synonyms.as_deref())?;
                 let mut per_path: Vec<(Occur, Box<dyn Query>)> = Vec::new();
+                // The same clauses as plain terms, when every clause is one.
+                let mut plain: Vec<Term> = Vec::new();
                 for (path, slot, string) in self.resolve(paths) {
                     let mut terms: Vec<(Occur, Box<dyn Query>)> = Vec::new();
                     let occur = if *match_all {
@@ -2482,6 +2484,7 @@ impl TextIndex {
                                     Box::new(FuzzyTermQuery::new(term, f.max_edits, true))
                                 }
                                 None => {
+                                    plain.push(term.clone());
                                     Box::new(TermQuery::new(term, IndexRecordOption::WithFreqs))
                                 }
                             };
@@ -2495,11 +2498,19 @@ impl TextIndex {
                     } else {
                         // Any term on any path: one flat disjunction (the
                         // same sum of BM25 scores), which tantivy prunes by
-                        // block-max WAND.
+                        // block-max WAND, or MaxScore when it is long.
                         per_path.extend(terms);
                     }
                 }
-                (boolean_or_empty(per_path), score)
+                let many_plain_terms = !*match_all
+                    && plain.len() == per_path.len()
+                    && plain.len() >= super::max_score::MIN_TERMS;
+                let query: Box<dyn Query> = if many_plain_terms {
+                    Box::new(super::max_score::TermDisjunction::new(plain))
+                } else {
+                    boolean_or_empty(per_path)
+                };
+                (query, score)
             }
             Operator::Phrase {
                 query,
@@ -3460,6 +3471,77 @@ mod tests {
                     let got =
                         slices::best_k_in(&searcher, compiled.as_ref(), k, threads, 1).unwrap();
                     assert_eq!(got, want, "{query} k={k} threads={threads}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn long_disjunctions_walked_by_max_score_find_what_scoring_every_match_finds() {
+        use tantivy::query::EnableScoring;
+        use tantivy::{DocAddress, Score};
+        // Documents of 1 to 12 words from 9, repeated unevenly (term
+        // frequencies and lengths vary), over commits with deletes.
+        const VOCABULARY: [&str; 9] = [
+            "alpha", "beta", "gamma", "delta", "omega", "kappa", "sigma", "tau", "rho",
+        ];
+        let index = in_commits(10, 40, Some(11), |n| {
+            let mut state = (n as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            let length = 1 + (state >> 60) as usize % 12;
+            (0..length)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    // Skewed: early words are common, later ones rare.
+                    let pick = (state % 81) as usize;
+                    VOCABULARY[(pick as f64).sqrt() as usize]
+                })
+                .collect::<Vec<_>>()
+                .join(" ")
+        });
+        let searcher = index.reader.searcher();
+        for query in [
+            "alpha beta gamma",
+            "rho tau sigma kappa omega delta gamma",
+            "alpha alpha rho missing",
+            "sigma alpha tau beta",
+        ] {
+            let compiled = index.compile(&text(query, "t")).unwrap();
+            assert!(
+                format!("{compiled:?}").contains("TermDisjunction"),
+                "{compiled:?}"
+            );
+            // The oracle: tantivy scores every match (no pruning).
+            let weight = compiled
+                .weight(EnableScoring::enabled_from_searcher(&searcher))
+                .unwrap();
+            let mut all: Vec<(Score, DocAddress)> = Vec::new();
+            for (ord, reader) in searcher.segment_readers().iter().enumerate() {
+                let alive = reader.alive_bitset();
+                weight
+                    .for_each(reader, &mut |doc, score| {
+                        if !alive.is_some_and(|a| a.is_deleted(doc)) {
+                            all.push((score, DocAddress::new(ord as u32, doc)));
+                        }
+                    })
+                    .unwrap();
+            }
+            all.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+            assert!(all.len() > 50, "{query}: {} matches", all.len());
+            for k in [1, 3, 10, 40] {
+                let got = slices::best_k_in(&searcher, compiled.as_ref(), k, 1, 1).unwrap();
+                let want = &all[..k];
+                assert_eq!(
+                    got.iter().map(|h| h.1).collect::<Vec<_>>(),
+                    want.iter().map(|h| h.1).collect::<Vec<_>>(),
+                    "{query} k={k}: {got:?} against {want:?}"
+                );
+                for (g, w) in got.iter().zip(want) {
+                    assert!(
+                        (g.0 - w.0).abs() <= 1e-6 * w.0.abs(),
+                        "{query}: {g:?} {w:?}"
+                    );
                 }
             }
         }

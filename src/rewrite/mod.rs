@@ -8,9 +8,12 @@
 //! becomes an `aggregate`, whose cursor replies have the same shape.
 //!
 //! When nothing after the ranking depends on order or scores and every
-//! result fits one batch, the upstream only fetches (`fetch_only`) and the
-//! proxy puts the batch in order itself (`put_in_order`): the upstream then
-//! does exactly the work of a plain `_id: {$in: ids}` find.
+//! result fits one batch, the upstream only fetches (`fetch_only`: a plain
+//! `find` of `_id: {$in: ids}`, whatever the client sent) and the proxy
+//! puts the batch in order itself (`put_in_order`): the upstream then does
+//! exactly the work of that find, without an aggregation pipeline to parse
+//! and plan (measured on SecantusDB: 0.91 against 0.97 ms for the same
+//! ten documents).
 
 use bson::{rawdoc, RawArrayBuf, RawBson, RawBsonRef, RawDocument, RawDocumentBuf};
 
@@ -605,9 +608,34 @@ fn is_exclusion(projection: &RawDocument, find: bool) -> bool {
     find && id.unwrap_or(true)
 }
 
+/// Fields of an `aggregate` that a `find` takes with the same meaning,
+/// copied into the fetch-only `find`; any other field (`writeConcern`,
+/// `bypassDocumentValidation`, ...) keeps the ranked `aggregate` form.
+const AGGREGATE_AS_FIND: &[&str] = &[
+    "$db",
+    "lsid",
+    "$clusterTime",
+    "$readPreference",
+    "readConcern",
+    "maxTimeMS",
+    "comment",
+    "let",
+    "collation",
+    "hint",
+    "allowDiskUse",
+    "apiVersion",
+    "apiStrict",
+    "apiDeprecationErrors",
+];
+
 /// The fetch-only form of a vector `aggregate` or `find` (see the module
-/// doc), or `None` when later stages, a sort, skip, limit, a projection
-/// touching `_id` or scores, or a small batch size need the ranked form.
+/// doc): `{find: <collection>, filter: {_id: {$in: ids}, ...exact},
+/// projection?, batchSize: ids + 1}`, whose one batch holds every match
+/// and closes the cursor (a `find` reply's cursor has an `aggregate`
+/// reply's shape, `{firstBatch, id, ns}`). `None` when later stages, a
+/// sort, skip, limit, a projection touching `_id` or scores, a small batch
+/// size, a transaction or an `aggregate` field a `find` does not take need
+/// the ranked form.
 pub fn fetch_only(
     body: &RawDocument,
     ranked: &Ranked,
@@ -617,78 +645,73 @@ pub fn fetch_only(
         batch.is_none()
             || crate::wire::integer(batch).is_some_and(|n| n <= 0 || n as usize >= ranked.ids.len())
     };
-    // One more than can match, so the upstream reaches the end of the
-    // results within the batch and closes the cursor.
-    let mut cursor = RawDocumentBuf::new();
-    cursor.append(
-        "batchSize",
-        i32::try_from(ranked.ids.len() + 1).unwrap_or(i32::MAX),
-    );
     if body.get("txnNumber").ok().flatten().is_some() {
         // In a transaction a cursor left open could not simply be killed.
         return None;
     }
-    let mut stages = vec![rawdoc! { "$match": ranked.filter(exact) }];
-    stages.extend(
-        ranked
-            .stored_source
-            .iter()
-            .map(|p| rawdoc! { "$project": p.clone() }),
-    );
-    let collection = if let Ok(pipeline) = body.get_array("pipeline") {
-        let cursor_batch = body.get_document("cursor").ok()?.get("batchSize").ok()?;
-        let mut given = pipeline.into_iter();
-        let first = given.next()?.ok()?.as_document()?;
-        // Only the vector stage itself, alone (not a `$unionWith` holding
-        // one), or followed by `$limit`s that keep every ranked document.
-        let keeps_all = |stage: Result<RawBsonRef<'_>, _>| {
-            let limit = stage
-                .ok()
-                .and_then(|s| s.as_document()?.get("$limit").ok()?);
-            crate::wire::integer(limit).is_some_and(|n| n > 0 && n as usize >= ranked.ids.len())
-        };
-        if !given.all(keeps_all)
-            || !crate::command::vector_query::is_vector_stage(first)
-            || !fits(cursor_batch)
-        {
-            return None;
-        }
-        body.get_str("aggregate").ok()?
-    } else {
-        let present = |key| body.get(key).ok().flatten();
-        let empty_sort = body.get_document("sort").map_or(true, |s| s.is_empty());
-        let no_skip = crate::wire::integer(present("skip")).unwrap_or(0) <= 0;
-        let all_wanted = crate::wire::integer(present("limit"))
-            .is_none_or(|n| n == 0 || n.unsigned_abs() as usize >= ranked.ids.len());
-        if present("sort").is_some() && !empty_sort
-            || !no_skip
-            || !all_wanted
-            || !fits(present("batchSize"))
-        {
-            return None;
-        }
-        if let Some(projection) = present("projection") {
-            let projection = projection.as_document()?;
-            let plain = projection.get("_id").ok().flatten().is_none()
-                && ranked.substitute_score(projection).as_bytes() == projection.as_bytes();
-            if !plain {
+    let mut projection = ranked.stored_source.clone();
+    let (collection, copied): (&str, &dyn Fn(&str) -> bool) =
+        if let Ok(pipeline) = body.get_array("pipeline") {
+            let cursor_batch = body.get_document("cursor").ok()?.get("batchSize").ok()?;
+            let mut given = pipeline.into_iter();
+            let first = given.next()?.ok()?.as_document()?;
+            // Only the vector stage itself, alone (not a `$unionWith` holding
+            // one), or followed by `$limit`s that keep every ranked document.
+            let keeps_all = |stage: Result<RawBsonRef<'_>, _>| {
+                let limit = stage
+                    .ok()
+                    .and_then(|s| s.as_document()?.get("$limit").ok()?);
+                crate::wire::integer(limit).is_some_and(|n| n > 0 && n as usize >= ranked.ids.len())
+            };
+            let find_takes_all = body.iter().flatten().all(|(k, _)| {
+                matches!(k, "aggregate" | "pipeline" | "cursor") || AGGREGATE_AS_FIND.contains(&k)
+            });
+            if !given.all(keeps_all)
+                || !crate::command::vector_query::is_vector_stage(first)
+                || !fits(cursor_batch)
+                || !find_takes_all
+            {
                 return None;
             }
-            stages.push(rawdoc! { "$project": projection.to_owned() });
-        }
-        body.get_str("find").ok()?
-    };
-    let mut out = RawDocumentBuf::new();
-    out.append("aggregate", collection);
-    out.append("pipeline", pipeline(stages));
-    out.append("cursor", cursor);
-    let skip: &[&str] = if body.get_str("find").is_ok() {
-        FIND_ONLY
-    } else {
-        &["aggregate", "pipeline", "cursor"]
-    };
+            (body.get_str("aggregate").ok()?, &|k| {
+                AGGREGATE_AS_FIND.contains(&k)
+            })
+        } else {
+            let present = |key| body.get(key).ok().flatten();
+            let empty_sort = body.get_document("sort").map_or(true, |s| s.is_empty());
+            let no_skip = crate::wire::integer(present("skip")).unwrap_or(0) <= 0;
+            let all_wanted = crate::wire::integer(present("limit"))
+                .is_none_or(|n| n == 0 || n.unsigned_abs() as usize >= ranked.ids.len());
+            if present("sort").is_some() && !empty_sort
+                || !no_skip
+                || !all_wanted
+                || !fits(present("batchSize"))
+            {
+                return None;
+            }
+            if let Some(given) = present("projection") {
+                let given = given.as_document()?;
+                let plain = given.get("_id").ok().flatten().is_none()
+                    && ranked.substitute_score(given).as_bytes() == given.as_bytes();
+                if !plain || projection.is_some() {
+                    return None;
+                }
+                projection = Some(given.to_owned());
+            }
+            (body.get_str("find").ok()?, &|k| !FIND_ONLY.contains(&k))
+        };
+    let mut out = rawdoc! { "find": collection, "filter": ranked.filter(exact) };
+    if let Some(projection) = projection {
+        out.append("projection", projection);
+    }
+    // One more than can match, so the upstream reaches the end of the
+    // results within the batch and closes the cursor.
+    out.append(
+        "batchSize",
+        i32::try_from(ranked.ids.len() + 1).unwrap_or(i32::MAX),
+    );
     for (k, v) in body.iter().flatten() {
-        if !skip.contains(&k) {
+        if copied(k) {
             out.append(k, v.to_raw_bson());
         }
     }
@@ -1358,24 +1381,37 @@ mod tests {
         };
         let plain =
             fetch_only(&agg(None, rawdoc! {}), &ranked(), Some(&rawdoc! { "y": 1 })).unwrap();
-        let stages: Vec<_> = plain.get_array("pipeline").unwrap().into_iter().collect();
-        assert_eq!(stages.len(), 1);
+        assert_eq!(plain.get_str("find"), Ok("c"));
         assert_eq!(
-            stages[0]
-                .as_ref()
-                .unwrap()
-                .as_document()
-                .unwrap()
-                .get_document("$match")
-                .unwrap()
-                .to_owned(),
+            plain.get_document("filter").unwrap().to_owned(),
             ranked().filter(Some(&rawdoc! { "y": 1 }))
         );
-        assert_eq!(
-            plain.get_document("cursor").unwrap().get_i32("batchSize"),
-            Ok(3)
-        );
+        assert_eq!(plain.get_i32("batchSize"), Ok(3));
         assert_eq!(plain.get_str("$db"), Ok("d"));
+        assert!(
+            plain.get("projection").unwrap().is_none() && plain.get("cursor").unwrap().is_none()
+        );
+        // `returnStoredSource`'s projection becomes the find's.
+        let stored = Ranked {
+            stored_source: Some(rawdoc! { "_id": 1, "t": 1 }),
+            ..ranked()
+        };
+        let f = fetch_only(&agg(None, rawdoc! {}), &stored, None).unwrap();
+        assert_eq!(
+            f.get_document("projection").unwrap().to_owned(),
+            rawdoc! { "_id": 1, "t": 1 }
+        );
+        // The aggregate's options a find takes are kept; one it refuses
+        // keeps the ranked aggregate.
+        let mut with_options = agg(None, rawdoc! {});
+        with_options.append("maxTimeMS", 5);
+        with_options.append("collation", rawdoc! { "locale": "fr" });
+        let f = fetch_only(&with_options, &ranked(), None).unwrap();
+        assert_eq!(f.get_i32("maxTimeMS"), Ok(5));
+        assert!(f.get_document("collation").is_ok());
+        let mut refused = agg(None, rawdoc! {});
+        refused.append("bypassDocumentValidation", true);
+        assert!(fetch_only(&refused, &ranked(), None).is_none());
         let later = Some(rawdoc! { "$project": { "s": { "$meta": "vectorSearchScore" } } });
         assert!(fetch_only(&agg(later, rawdoc! {}), &ranked(), None).is_none());
         assert!(fetch_only(&agg(None, rawdoc! { "batchSize": 1 }), &ranked(), None).is_none());
@@ -1396,9 +1432,22 @@ mod tests {
             body.append("$db", "d");
             body
         };
-        let f = fetch_only(&find(rawdoc! { "projection": { "t": 1 } }), &ranked(), None).unwrap();
-        assert_eq!(f.get_str("aggregate"), Ok("c"));
-        assert!(f.get("filter").unwrap().is_none() && f.get("projection").unwrap().is_none());
+        let f = fetch_only(
+            &find(rawdoc! { "projection": { "t": 1 }, "hint": { "_id": 1 }, "showRecordId": true }),
+            &ranked(),
+            None,
+        )
+        .unwrap();
+        assert_eq!(f.get_str("find"), Ok("c"));
+        assert_eq!(
+            f.get_document("filter").unwrap().to_owned(),
+            ranked().filter(None)
+        );
+        assert_eq!(
+            f.get_document("projection").unwrap().to_owned(),
+            rawdoc! { "t": 1 }
+        );
+        assert!(f.get_document("hint").is_ok() && f.get("showRecordId").unwrap().is_none());
         for refused in [
             rawdoc! { "sort": { "t": 1 } },
             rawdoc! { "skip": 1 },

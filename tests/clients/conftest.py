@@ -251,7 +251,10 @@ def direct_uri(upstream):
 
 @pytest.fixture(scope="session")
 def proxy(direct_uri):
-    server = start_proxy(direct_uri)
+    server = start_proxy(direct_uri, "--metrics-listen", "127.0.0.1:0")
+    # Where its Prometheus metrics are served (`host:port`).
+    [announced] = [line for line in server.lines if line.startswith("likewise metrics on ")]
+    server.metrics_at = announced.split()[-1]
     yield server
     server.stop()
 

@@ -4,6 +4,8 @@ against an exact oracle, filters that return k, errors, and restarts."""
 
 import math
 import random
+import re
+import urllib.request
 
 import pytest
 from bson.binary import Binary, BinaryVectorDtype
@@ -375,7 +377,7 @@ def test_vector_results_are_limited_by_the_operator():
         upstream.stop()
 
 
-def test_target_recall_chooses_the_breadth(client):
+def test_target_recall_chooses_the_breadth(client, proxy):
     """`targetRecall`: queries naming no `numCandidates` search as broadly
     as recall@10, measured against exact search on sampled queries, says
     the target needs; held-out queries then reach it (within 0.02), and the
@@ -417,9 +419,18 @@ def test_target_recall_chooses_the_breadth(client):
         assert wait < 5000, tuned()
     report = tuned()
     assert report["target"] == 0.95 and report["measured"] >= 0.95 and report["numCandidates"] >= K
+    # The metric exports the same measurement (no query ran since).
+    with urllib.request.urlopen(f"http://{proxy.metrics_at}/metrics", timeout=10) as response:
+        exported = response.read().decode()
+    series = re.search(r'^likewise_index_recall\{[^}]*index="tuned"[^}]*\} (\S+)$', exported, re.M)
+    assert series, "likewise_index_recall missing for the tuned index"
+    assert float(series.group(1)) == pytest.approx(report["measured"])
     explained = client.vector_suite.command({"explain": {"aggregate": "tuned", "cursor": {}, "pipeline": [
         {"$vectorSearch": {"index": "tuned", "path": "v", "queryVector": rows[0], "limit": K}}]}})
-    assert explained["likewise"]["recall"]["numCandidates"] >= K
+    recall = explained["likewise"]["recall"]
+    assert recall["target"] == 0.95 and recall["numCandidates"] >= K
+    # (A measurement this query made due may land first: not compared.)
+    assert 0.9 <= recall["measured"] <= 1.0, recall
     held_out = [[rng.gauss(0, 1) for _ in range(DIMS)] for _ in range(300)]
     found = wanted = 0
     for q in held_out:
