@@ -18,12 +18,15 @@
 //! in clause order. Everything but the pruned top-k walk (scorers,
 //! explanations, counts) is tantivy's own `BooleanQuery` of `TermQuery`s.
 
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use tantivy::fieldnorm::FieldNormReader;
 use tantivy::postings::{Postings, SegmentPostings};
 use tantivy::query::{
-    Bm25Weight, BooleanQuery, EnableScoring, Explanation, Occur, Query, Scorer, TermQuery, Weight,
+    Bm25StatisticsProvider, Bm25Weight, BooleanQuery, EnableScoring, Explanation, Occur, Query,
+    Scorer, TermQuery, Weight,
 };
-use tantivy::schema::IndexRecordOption;
+use tantivy::schema::{Field, IndexRecordOption};
 use tantivy::{DocId, DocSet, Score, SegmentReader, Term, TERMINATED};
 
 /// Fewest terms a disjunction needs for MaxScore; shorter ones keep
@@ -66,23 +69,33 @@ impl TermDisjunction {
 
 impl Query for TermDisjunction {
     fn weight(&self, scoring: EnableScoring<'_>) -> tantivy::Result<Box<dyn Weight>> {
-        let inner = self.boolean().weight(scoring)?;
         let EnableScoring::Enabled {
             statistics_provider,
-            ..
+            searcher,
         } = scoring
         else {
-            return Ok(inner);
+            return self.boolean().weight(scoring);
         };
+        // tantivy's weight and the walk's per-term weights read the same
+        // statistics: each is looked up in the segments once.
+        let statistics = Cached::new(statistics_provider);
         let weights = self
             .terms
             .iter()
-            .map(|t| Bm25Weight::for_terms(statistics_provider, std::slice::from_ref(t)))
+            .map(|t| Bm25Weight::for_terms(&statistics, std::slice::from_ref(t)))
             .collect::<tantivy::Result<Vec<_>>>()?;
+        let inner = self
+            .boolean()
+            .weight(EnableScoring::enabled_from_statistics_provider(
+                &statistics,
+                searcher,
+            ))?;
+        let bounds = weights.iter().map(bounds).collect();
         Ok(Box::new(MaxScoreWeight {
             inner,
             terms: self.terms.clone(),
             weights,
+            bounds,
         }))
     }
 
@@ -99,6 +112,89 @@ struct MaxScoreWeight {
     terms: Vec<Term>,
     /// Each term's BM25 weight, in clause order.
     weights: Vec<Bm25Weight>,
+    /// Each term's score bounds, in clause order (see [`bounds`]).
+    bounds: Vec<Bounds>,
+}
+
+/// The searcher's BM25 statistics, each asked for once per query.
+struct Cached<'a> {
+    inner: &'a dyn Bm25StatisticsProvider,
+    tokens: RefCell<HashMap<Field, u64>>,
+    documents: Cell<Option<u64>>,
+    frequencies: RefCell<HashMap<Term, u64>>,
+}
+
+impl<'a> Cached<'a> {
+    fn new(inner: &'a dyn Bm25StatisticsProvider) -> Cached<'a> {
+        Cached {
+            inner,
+            tokens: RefCell::default(),
+            documents: Cell::default(),
+            frequencies: RefCell::default(),
+        }
+    }
+}
+
+impl Bm25StatisticsProvider for Cached<'_> {
+    fn total_num_tokens(&self, field: Field) -> tantivy::Result<u64> {
+        if let Some(n) = self.tokens.borrow().get(&field) {
+            return Ok(*n);
+        }
+        let n = self.inner.total_num_tokens(field)?;
+        self.tokens.borrow_mut().insert(field, n);
+        Ok(n)
+    }
+
+    fn total_num_docs(&self) -> tantivy::Result<u64> {
+        if let Some(n) = self.documents.get() {
+            return Ok(n);
+        }
+        let n = self.inner.total_num_docs()?;
+        self.documents.set(Some(n));
+        Ok(n)
+    }
+
+    fn doc_freq(&self, term: &Term) -> tantivy::Result<u64> {
+        if let Some(n) = self.frequencies.borrow().get(term) {
+            return Ok(*n);
+        }
+        let n = self.inner.doc_freq(term)?;
+        self.frequencies.borrow_mut().insert(term.clone(), n);
+        Ok(n)
+    }
+}
+
+/// The most one term adds to a document's score.
+#[derive(Clone, Copy, Debug)]
+struct Bounds {
+    /// In a field with norms: over every field-norm id, the score at the
+    /// largest frequency a length in that id's bucket allows. Lengths are
+    /// coded into 256 buckets, rounded down, so a term can occur more
+    /// often than its document's coded length; tantivy's
+    /// `Bm25Weight::max_score` takes the last bucket alone.
+    with_norms: Score,
+    /// In a field without norms, where every document scores as one token
+    /// long (as `TermQuery` reads it) and the frequency has no bound.
+    without_norms: Score,
+}
+
+/// `weight`'s [`Bounds`] (BM25 grows with the frequency and falls with
+/// the length).
+fn bounds(weight: &Bm25Weight) -> Bounds {
+    let with_norms = (0..=u8::MAX)
+        .map(|id| {
+            let most = match id.checked_add(1) {
+                Some(next) => FieldNormReader::id_to_fieldnorm(next).saturating_sub(1),
+                None => u32::MAX,
+            };
+            weight.score(id, most.max(FieldNormReader::id_to_fieldnorm(id)).max(1))
+        })
+        .fold(0.0, Score::max);
+    let one_token = FieldNormReader::constant(1, 1).fieldnorm_id(0);
+    Bounds {
+        with_norms,
+        without_norms: weight.score(one_token, u32::MAX),
+    }
 }
 
 impl Weight for MaxScoreWeight {
@@ -137,7 +233,13 @@ impl Weight for MaxScoreWeight {
         callback: &mut dyn FnMut(DocId, Score) -> Score,
     ) -> tantivy::Result<()> {
         let mut lists = Vec::with_capacity(self.terms.len());
-        for (clause, (term, weight)) in self.terms.iter().zip(&self.weights).enumerate() {
+        for (clause, ((term, weight), bounds)) in self
+            .terms
+            .iter()
+            .zip(&self.weights)
+            .zip(&self.bounds)
+            .enumerate()
+        {
             let inverted = reader.inverted_index(term.field())?;
             let Some(info) = inverted.get_term_info(term)? else {
                 continue;
@@ -146,14 +248,17 @@ impl Weight for MaxScoreWeight {
                 inverted.read_postings_from_terminfo(&info, IndexRecordOption::WithFreqs)?;
             // As `TermQuery` reads them: a field without norms scores as
             // if every value were one token long.
-            let norms = reader
-                .fieldnorms_readers()
-                .get_field(term.field())?
-                .unwrap_or_else(|| FieldNormReader::constant(reader.max_doc(), 1));
+            let (norms, max) = match reader.fieldnorms_readers().get_field(term.field())? {
+                Some(norms) => (norms, bounds.with_norms),
+                None => (
+                    FieldNormReader::constant(reader.max_doc(), 1),
+                    bounds.without_norms,
+                ),
+            };
             lists.push(List {
                 postings,
                 norms,
-                max: weight.max_score(),
+                max,
                 weight: weight.clone(),
                 clause,
             });
@@ -243,7 +348,9 @@ fn walk(
                 score += part;
             }
         }
-        if complete && score > threshold {
+        if complete {
+            // Summed in clause order, as the score tantivy reports; this
+            // sum, not the walk's, is compared with the threshold.
             let total: Score = parts.iter().sum();
             if total > threshold {
                 threshold = callback(doc, total);
@@ -255,6 +362,74 @@ fn walk(
             if list.postings.doc() == doc {
                 list.postings.advance();
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tantivy::schema::{Schema, TextFieldIndexing, TextOptions};
+    use tantivy::{doc, DocAddress, Index, IndexWriter};
+
+    /// In a field without norms every document scores as one token long,
+    /// so a word repeated many times scores above tantivy's `max_score`
+    /// bound: the walk must still find that document.
+    #[test]
+    fn a_field_without_norms_keeps_its_frequent_words_in_the_top_k() {
+        let mut schema = Schema::builder();
+        let indexing = TextFieldIndexing::default()
+            .set_index_option(IndexRecordOption::WithFreqs)
+            .set_fieldnorms(false);
+        let field =
+            schema.add_text_field("t", TextOptions::default().set_indexing_options(indexing));
+        let index = Index::create_in_ram(schema.build());
+        let mut writer: IndexWriter = index.writer_with_num_threads(1, 15_000_000).unwrap();
+        // `y` in 30 documents, `x` once in 60 and 40 times in one late
+        // document: once a `y` document leads, `x` alone seems unable to
+        // beat it by tantivy's bound, yet the late document does.
+        for n in 0..300 {
+            let text = match n {
+                290 => vec!["x"; 40].join(" "),
+                n if n % 10 == 0 => "y".to_string(),
+                n if n % 5 == 1 => "x".to_string(),
+                _ => "filler".to_string(),
+            };
+            writer.add_document(doc!(field => text)).unwrap();
+        }
+        writer.commit().unwrap();
+        let searcher = index.reader().unwrap().searcher();
+        assert!(searcher
+            .segment_reader(0)
+            .fieldnorms_readers()
+            .get_field(field)
+            .unwrap()
+            .is_none());
+        let term = |w: &str| Term::from_field_text(field, w);
+        let query = TermDisjunction::new(vec![term("x"), term("y"), term("absent")]);
+        let weight = query
+            .weight(EnableScoring::enabled_from_searcher(&searcher))
+            .unwrap();
+        let mut all: Vec<(Score, DocAddress)> = Vec::new();
+        weight
+            .for_each(searcher.segment_reader(0), &mut |doc, score| {
+                all.push((score, DocAddress::new(0, doc)));
+            })
+            .unwrap();
+        all.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+        let x = Bm25Weight::for_terms(&searcher, &[term("x")]).unwrap();
+        assert_eq!(all[0].1, DocAddress::new(0, 290));
+        assert!(
+            all[0].0 > x.max_score(),
+            "the repeated word beats tantivy's bound: {all:?}"
+        );
+        for k in [1, 2, 5] {
+            let got = crate::index::slices::best_k_in(&searcher, &query, k, 1, 1).unwrap();
+            assert_eq!(
+                got.iter().map(|h| h.1).collect::<Vec<_>>(),
+                all[..k].iter().map(|h| h.1).collect::<Vec<_>>(),
+                "k={k}"
+            );
         }
     }
 }

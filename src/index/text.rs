@@ -3529,13 +3529,14 @@ mod tests {
             }
             all.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
             assert!(all.len() > 50, "{query}: {} matches", all.len());
-            for k in [1, 3, 10, 40] {
-                let got = slices::best_k_in(&searcher, compiled.as_ref(), k, 1, 1).unwrap();
+            // One slice, and three sharing their bounds.
+            for (k, threads) in [1, 3, 10, 40].into_iter().flat_map(|k| [(k, 1), (k, 3)]) {
+                let got = slices::best_k_in(&searcher, compiled.as_ref(), k, threads, 1).unwrap();
                 let want = &all[..k];
                 assert_eq!(
                     got.iter().map(|h| h.1).collect::<Vec<_>>(),
                     want.iter().map(|h| h.1).collect::<Vec<_>>(),
-                    "{query} k={k}: {got:?} against {want:?}"
+                    "{query} k={k} threads={threads}: {got:?} against {want:?}"
                 );
                 for (g, w) in got.iter().zip(want) {
                     assert!(
