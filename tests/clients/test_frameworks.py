@@ -25,7 +25,7 @@ import urllib.request
 import pytest
 from pymongo import AsyncMongoClient, MongoClient
 
-from conftest import debian_packages, wait_ready
+from conftest import debian_long_descriptions, debian_packages, wait_ready
 from embed_server import DIMS, EmbedServer, embed
 
 LOOPBACK = {"127.0.0.1", "::1", "localhost"}
@@ -70,10 +70,13 @@ try:
     from langchain_mongodb import MongoDBAtlasVectorSearch as LangChainStore
     from langchain_mongodb.cache import MongoDBAtlasSemanticCache
     from langchain_mongodb.index import create_fulltext_search_index, create_vector_search_index
+    from langchain_core.documents import Document as LangChainDocument
     from langchain_mongodb.retrievers import (
         MongoDBAtlasFullTextSearchRetriever,
         MongoDBAtlasHybridSearchRetriever,
+        MongoDBAtlasParentDocumentRetriever,
     )
+    from langchain_text_splitters import RecursiveCharacterTextSplitter
     from llama_index.core import Document as LlamaDocument
     from llama_index.core import StorageContext, VectorStoreIndex
     from llama_index.core.embeddings import BaseEmbedding
@@ -424,6 +427,54 @@ def test_langchain_hybrid_search_retriever(lc):
     docs = retriever.invoke("portable bandwidth monitor")
     assert docs[0].metadata["_id"] == "bmon"
     assert len(docs) == K
+
+
+def test_langchain_parent_document_retriever(proxy_uri, client, embed_server):
+    """`MongoDBAtlasParentDocumentRetriever` with its defaults: one
+    collection holds the parents and their embedded chunks, the retriever
+    makes its own full-text index on creation, and a query returns the
+    parents of the best chunks by exact cosine, each once and whole."""
+    db = "frameworks_langchain_parents"
+    client.drop_database(db)
+    # `text_key`: the docstore keeps parents' text under `page_content`,
+    # which the retriever reads by the vector store's key (`text` unless
+    # told), in Atlas's deployments as here.
+    retriever = MongoDBAtlasParentDocumentRetriever.from_connection_string(
+        proxy_uri, HttpEmbeddings(embed_server.url), RecursiveCharacterTextSplitter(chunk_size=200),
+        db, text_key="page_content", relevance_score_fn="cosine")
+    try:
+        coll = retriever.vectorstore.collection
+        # Made on creation, as on Atlas (and never queried).
+        assert [(i["name"], i["type"], i["status"]) for i in coll.list_search_indexes("text_index")] == \
+            [("text_index", "search", "READY")]
+        retriever.vectorstore.create_vector_search_index(dimensions=DIMS)
+        wait_ready(coll, "vector_index")
+        parents = debian_long_descriptions(40)
+        retriever.add_documents([LangChainDocument(page_content=p["text"], metadata={"name": p["_id"]})
+                                 for p in parents])
+        chunks = list(coll.find({"doc_id": {"$exists": True}}, {"page_content": 1, "doc_id": 1}))
+        assert len(chunks) > 2 * len(parents)
+        texts = {p["text"] for p in parents}
+        longest = max(parents, key=lambda p: len(p["text"]))["text"].split()
+        middle = " ".join(longest[len(longest) // 2:len(longest) // 2 + 12])
+        for probe in (middle, "library for the development of network games"):
+            docs = retriever.invoke(probe)
+            # The oracle: the default four best chunks by exact cosine,
+            # then their parents (ties at the fourth are let in).
+            q = embed(probe)
+            scored = sorted(((cosine(q, embed(c["page_content"])), c["doc_id"]) for c in chunks),
+                            reverse=True)
+            fourth = scored[3][0]
+            allowed = {doc_id for score, doc_id in scored if score >= fourth - 1e-9}
+            best = {doc_id for score, doc_id in scored if score >= scored[0][0] - 1e-9}
+            got = [d.metadata["_id"] for d in docs]
+            assert 1 <= len(got) <= 4 and len(set(got)) == len(got), got
+            assert set(got) <= allowed, (got, scored[:6])
+            assert len(best) > 1 or best <= set(got), (got, scored[:3])
+            assert all(d.page_content in texts for d in docs), "parents come back whole"
+    finally:
+        retriever.close()
+        client.drop_database(db)
 
 
 # --- LlamaIndex -----------------------------------------------------------------
