@@ -147,6 +147,13 @@ def likewise_bin():
 DEFAULT_MODEL = ROOT / ".cache" / "models" / "all-MiniLM-L6-v2"
 
 
+def metrics_address(proxy):
+    """The `host:port` a proxy started with `--metrics-listen` serves its
+    metrics on (announced before it listens)."""
+    [line] = [l for l in proxy.lines if l.startswith("likewise metrics on ")]
+    return line.split()[-1]
+
+
 def start_proxy(upstream_uri, *extra, log_level=None, env=None):
     # LIKEWISE_TEST_LOG_LEVEL raises every proxy's default level (to read
     # a failure's story in its report).
@@ -252,9 +259,7 @@ def direct_uri(upstream):
 @pytest.fixture(scope="session")
 def proxy(direct_uri):
     server = start_proxy(direct_uri, "--metrics-listen", "127.0.0.1:0")
-    # Where its Prometheus metrics are served (`host:port`).
-    [announced] = [line for line in server.lines if line.startswith("likewise metrics on ")]
-    server.metrics_at = announced.split()[-1]
+    server.metrics_at = metrics_address(server)
     yield server
     server.stop()
 

@@ -17,7 +17,7 @@ import pytest
 from pymongo import MongoClient
 from pymongo.errors import OperationFailure
 
-from conftest import debian_long_descriptions, debian_packages, eventually, start_proxy
+from conftest import debian_long_descriptions, debian_packages, eventually, metrics_address, start_proxy
 
 CORPUS = 1500
 # Held-out gains the small run below must show in r@1 (490 pairs).
@@ -55,8 +55,7 @@ def like(name, n=10, exact=True, index="names"):
 def proxy(module_direct_uri, module_data_dir):
     server = start_proxy(module_direct_uri, "--data-dir", str(module_data_dir),
                          "--metrics-listen", "127.0.0.1:0")
-    [line] = [l for l in server.lines if l.startswith("likewise metrics on ")]
-    yield server, line.split()[-1]
+    yield server, metrics_address(server)
     server.stop()
 
 

@@ -11,7 +11,7 @@ from pymongo import MongoClient
 from pymongo.errors import OperationFailure
 from pymongo.operations import SearchIndexModel
 
-from conftest import eventually, start_proxy
+from conftest import eventually, metrics_address, start_proxy
 
 
 def scrape(address, path="/metrics"):
@@ -28,8 +28,7 @@ def value(text, series):
 def test_metrics_count_traffic_errors_latency_and_indexes(direct_uri):
     proxy = start_proxy(direct_uri, "--metrics-listen", "127.0.0.1:0")
     try:
-        [line] = [l for l in proxy.lines if l.startswith("likewise metrics on ")]
-        metrics_at = line.split()[-1]
+        metrics_at = metrics_address(proxy)
         # 200 once the driver has found the upstream's primary.
         def healthy():
             try:
@@ -79,8 +78,7 @@ def test_metrics_count_traffic_errors_latency_and_indexes(direct_uri):
 
 def test_sigterm_lets_requests_in_flight_finish(direct_uri):
     proxy = start_proxy(direct_uri, "--metrics-listen", "127.0.0.1:0")
-    [line] = [l for l in proxy.lines if l.startswith("likewise metrics on ")]
-    metrics_at = line.split()[-1]
+    metrics_at = metrics_address(proxy)
     try:
         with MongoClient(f"mongodb://{proxy.address}/") as client:
             coll = client.shutdown_suite.c

@@ -11,7 +11,7 @@ from pymongo import MongoClient
 from pymongo.errors import OperationFailure, PyMongoError
 from pymongo.operations import SearchIndexModel
 
-from conftest import eventually, start_proxy, start_upstream, wait_ready
+from conftest import eventually, metrics_address, start_proxy, start_upstream, wait_ready
 from test_metrics import scrape, value
 
 
@@ -24,8 +24,7 @@ def test_upstream_killed_mid_query_then_restarted(tmp_path):
     upstream = start_upstream("--storage-path", str(storage), "--enable-test-commands")
     port = upstream.port
     proxy = start_proxy(f"mongodb://127.0.0.1:{port}/", "--metrics-listen", "127.0.0.1:0")
-    [line] = [l for l in proxy.lines if l.startswith("likewise metrics on ")]
-    metrics_at = line.split()[-1]
+    metrics_at = metrics_address(proxy)
     in_flight = lambda: value(scrape(metrics_at)[1], "likewise_requests_in_flight")
     try:
         # Polling monitors, rarely: the only request in flight is the query.
@@ -144,8 +143,7 @@ def test_proxy_started_before_its_upstream(tmp_path):
     # the URI's serverSelectionTimeoutMS (30 s by default).
     early = start_proxy(f"mongodb://127.0.0.1:{port}/?serverSelectionTimeoutMS=2000",
                         "--metrics-listen", "127.0.0.1:0", log_level="info")
-    [line] = [l for l in early.lines if l.startswith("likewise metrics on ")]
-    metrics_at = line.split()[-1]
+    metrics_at = metrics_address(early)
     upstream = None
     try:
         status = lambda: scrape_status(metrics_at, "/ready")
