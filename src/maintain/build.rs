@@ -47,9 +47,16 @@ pub async fn build(
     if index.spec.train.is_some() {
         crate::maintain::train::load(&config, &index).await;
     }
-    if let Some(stream) = restore(&config, &index).await {
-        crate::maintain::train::start(&config, &registry, &models, &index);
-        let Some(why) = follow(&config, &registry, &index, stream).await else {
+    if let Some((stream, present)) = restore(&config, &index).await {
+        let caught_up = CatchUp {
+            present,
+            then: Box::new(|| {
+                index.set_status(Status::Ready, None);
+                tracing::info!(index = %index.name, vectors = index.vector_count(), "search index caught up with its change stream");
+                crate::maintain::train::start(&config, &registry, &models, &index);
+            }),
+        };
+        let Some(why) = follow(&config, &registry, &index, stream, Some(caught_up)).await else {
             return;
         };
         tracing::info!(index = %index.name, why, "rebuilding the index");
@@ -126,7 +133,7 @@ pub async fn build(
             reconcile_forever(&config, &index).await;
             return;
         };
-        let Some(why) = follow(&config, &registry, &index, stream).await else {
+        let Some(why) = follow(&config, &registry, &index, stream, None).await else {
             return;
         };
         tracing::info!(index = %index.name, why, "rebuilding the index");
@@ -310,9 +317,19 @@ pub async fn reconcile(config: &Config, index: &Arc<SearchIndex>) -> Result<(), 
 }
 
 /// Loads the index's snapshot and resumes its change stream from the
-/// stored token. `None` (after saying why) when the index must be built
-/// from the upstream instead.
-async fn restore(config: &Config, index: &Arc<SearchIndex>) -> Option<ChangeStream> {
+/// stored token; returns the stream with the upstream's present (see
+/// [`stream::present`]), which the index must catch up with before it is
+/// READY. `None` (after saying why) when the index must be built from the
+/// upstream instead.
+///
+/// Not READY at once: the stored token may lag the snapshot's contents
+/// (writes through the proxy are applied before their events arrive), so
+/// the replay passes through older states — an insert re-applied before
+/// the delete that followed it — and would rank documents already gone.
+async fn restore(
+    config: &Config,
+    index: &Arc<SearchIndex>,
+) -> Option<(ChangeStream, Option<bson::Timestamp>)> {
     let dir = config.data_dir.clone()?;
     let target = index.clone();
     let loaded = tokio::task::spawn_blocking(move || snapshot::load(&dir, &target)).await;
@@ -335,15 +352,19 @@ async fn restore(config: &Config, index: &Arc<SearchIndex>) -> Option<ChangeStre
     };
     match ChangeStream::open(config, index, Some(token.clone())).await {
         Ok((stream, _)) => {
+            let present = stream::present(config).await;
             index.set_resume_token(Some(token));
             index.restored.store(true, Ordering::Relaxed);
-            index.set_status(Status::Ready, None);
+            index.set_status(
+                Status::Building,
+                Some("loaded from its snapshot; catching up with the change stream".into()),
+            );
             tracing::info!(
                 index = %index.name,
                 vectors = index.vector_count(),
                 "search index loaded from its snapshot; catching up from the change stream"
             );
-            Some(stream)
+            Some((stream, present))
         }
         Err(e) => {
             tracing::warn!(index = %index.name, error = %e, "cannot resume the change stream: rebuilding from the upstream");
@@ -368,6 +389,14 @@ pub async fn save_snapshot(config: &Config, index: &Arc<SearchIndex>) {
     }
 }
 
+/// What to do once a stream has caught up with the upstream: after the
+/// first batch that [reaches](stream::Changes::reach) `present`, `then`
+/// runs once.
+pub struct CatchUp<'a> {
+    pub present: Option<bson::Timestamp>,
+    pub then: Box<dyn FnOnce() + Send + 'a>,
+}
+
 /// Applies the change stream until the index is retired (`None`; a
 /// dropped collection deletes it first) or it must be rebuilt
 /// (`Some(why)`): the stream was invalidated (collection renamed), or the
@@ -380,6 +409,7 @@ pub async fn follow(
     registry: &Registry,
     index: &Arc<SearchIndex>,
     mut stream: ChangeStream,
+    mut catch_up: Option<CatchUp<'_>>,
 ) -> Option<&'static str> {
     loop {
         if index.is_retired() {
@@ -407,6 +437,7 @@ pub async fn follow(
                 if changes.invalidated {
                     return Some("the collection was renamed");
                 }
+                let reached = catch_up.as_ref().is_some_and(|c| changes.reach(c.present));
                 if !changes.is_empty() {
                     let count = changes.len() as u64;
                     let target = index.clone();
@@ -422,6 +453,11 @@ pub async fn follow(
                 }
                 if token.is_some() {
                     index.set_resume_token(token);
+                }
+                if reached {
+                    if let Some(c) = catch_up.take() {
+                        (c.then)();
+                    }
                 }
             }
             Err(e) => {

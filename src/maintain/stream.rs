@@ -49,6 +49,8 @@ pub struct Changes {
     pub dropped: bool,
     /// Events read into this batch.
     events: usize,
+    /// The `clusterTime` of the last event read, when it had one.
+    cluster_time: Option<bson::Timestamp>,
 }
 
 impl Changes {
@@ -71,6 +73,34 @@ impl Changes {
     pub fn len(&self) -> usize {
         self.last.len()
     }
+
+    /// Whether these changes bring the stream past `present`: a batch
+    /// with no events (the stream had nothing newer when it answered), or
+    /// one whose last event happened after it. Events come in oplog
+    /// order, so every event up to `present` has then been read.
+    pub fn reach(&self, present: Option<bson::Timestamp>) -> bool {
+        if self.events == 0 {
+            return true;
+        }
+        match (self.cluster_time, present) {
+            (Some(t), Some(p)) => (t.time, t.increment) > (p.time, p.increment),
+            _ => false,
+        }
+    }
+}
+
+/// The upstream's present: the `operationTime` of a `ping` (MongoDB
+/// returns it from every command on a replica set or sharded cluster), or
+/// `None` where the deployment has none.
+pub async fn present(config: &Config) -> Option<bson::Timestamp> {
+    let client = config.deployment.stream_client(config).await.ok()?;
+    let mut session = client.start_session().await.ok()?;
+    let admin = client.database("admin");
+    let ping = admin
+        .run_command(bson::doc! { "ping": 1 })
+        .session(&mut session);
+    tokio::time::timeout(STALL, ping).await.ok()?.ok()?;
+    session.operation_time()
 }
 
 impl ChangeStream {
@@ -160,6 +190,9 @@ fn stalled() -> Error {
 
 fn read_event(event: &RawDocument, changes: &mut Changes) {
     changes.events += 1;
+    if let Ok(time) = event.get_timestamp("clusterTime") {
+        changes.cluster_time = Some(time);
+    }
     let id = event
         .get_document("documentKey")
         .ok()
