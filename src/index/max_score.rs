@@ -377,8 +377,8 @@ fn walk(
                 doc = list.postings.advance();
             }
         }
-        for word in 0..met.len() {
-            let mut bits = std::mem::take(&mut met[word]);
+        for (word, slot) in met.iter_mut().enumerate() {
+            let mut bits = std::mem::take(slot);
             while bits != 0 {
                 let i = word * 64 + bits.trailing_zeros() as usize;
                 bits &= bits - 1;
