@@ -21,13 +21,13 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use tantivy::fieldnorm::FieldNormReader;
-use tantivy::postings::{Postings, SegmentPostings};
+use tantivy::postings::BlockSegmentPostings;
 use tantivy::query::{
     Bm25StatisticsProvider, Bm25Weight, BooleanQuery, EnableScoring, Explanation, Occur, Query,
     Scorer, TermQuery, Weight,
 };
 use tantivy::schema::{Field, IndexRecordOption};
-use tantivy::{DocId, DocSet, Score, SegmentReader, Term, TERMINATED};
+use tantivy::{DocId, Score, SegmentReader, Term, TERMINATED};
 
 /// Fewest terms a disjunction needs for MaxScore; shorter ones keep
 /// tantivy's block-max WAND, which has little to gain from ordering one
@@ -252,8 +252,8 @@ impl Weight for MaxScoreWeight {
             let Some(info) = inverted.get_term_info(term)? else {
                 continue;
             };
-            let postings =
-                inverted.read_postings_from_terminfo(&info, IndexRecordOption::WithFreqs)?;
+            let block =
+                inverted.read_block_postings_from_terminfo(&info, IndexRecordOption::WithFreqs)?;
             // As `TermQuery` reads them: a field without norms scores as
             // if every value were one token long.
             let (norms, max) = match reader.fieldnorms_readers().get_field(term.field())? {
@@ -264,7 +264,8 @@ impl Weight for MaxScoreWeight {
                 ),
             };
             lists.push(List {
-                postings,
+                block,
+                at: 0,
                 norms,
                 max,
                 weight: weight.clone(),
@@ -276,9 +277,20 @@ impl Weight for MaxScoreWeight {
     }
 }
 
-/// One term's postings in a segment.
+/// Documents in a full block of tantivy's postings (its private
+/// `COMPRESSION_BLOCK_SIZE`, bitpacking's `BitPacker4x::BLOCK_LEN`); only
+/// the last block of a list holds fewer. Checked by
+/// `tests::postings_come_in_blocks_of_128`.
+const BLOCK: usize = 128;
+
+/// One term's postings in a segment, read a block at a time.
 struct List {
-    postings: SegmentPostings,
+    /// The block of postings the cursor is in (tantivy pads the last
+    /// block's documents with `TERMINATED`, as `SegmentPostings` relies
+    /// on; so does this cursor).
+    block: BlockSegmentPostings,
+    /// The cursor's place in the block.
+    at: usize,
     norms: FieldNormReader,
     weight: Bm25Weight,
     /// The most this term adds to a score.
@@ -288,10 +300,70 @@ struct List {
 }
 
 impl List {
+    /// The document under the cursor (`TERMINATED` past the last).
+    fn doc(&self) -> DocId {
+        self.block.doc(self.at)
+    }
+
+    /// The term's score in the document under the cursor, `doc`.
     fn score(&self, doc: DocId) -> Score {
         self.weight
-            .score(self.norms.fieldnorm_id(doc), self.postings.term_freq())
+            .score(self.norms.fieldnorm_id(doc), self.block.freq(self.at))
     }
+
+    /// Moves the cursor to the first document at or after `target` (as
+    /// `SegmentPostings::seek`); returns it.
+    fn seek(&mut self, target: DocId) -> DocId {
+        if self.doc() >= target {
+            return self.doc();
+        }
+        // The next one first: most seeks of a common term land there.
+        if self.at + 1 < BLOCK && self.block.doc(self.at + 1) >= target {
+            self.at += 1;
+        } else {
+            self.at = self.block.seek(target);
+        }
+        self.doc()
+    }
+
+    /// Adds this list's part of each document it holds before `end` to
+    /// the window from `base` (see [`walk`]), moving the cursor past them.
+    fn add_to(&mut self, window: &mut Window, base: DocId, end: DocId, me: usize) {
+        loop {
+            let docs = self.block.docs();
+            while self.at < docs.len() {
+                let doc = docs[self.at];
+                if doc >= end {
+                    return;
+                }
+                let i = (doc - base) as usize;
+                let part = self.score(doc);
+                window.parts[i * window.lists + me] = part;
+                window.sums[i] += part;
+                window.met[i / 64] |= 1 << (i % 64);
+                self.at += 1;
+            }
+            if docs.len() < BLOCK {
+                // The last block: the cursor rests on its padding.
+                return;
+            }
+            self.block.advance();
+            self.at = 0;
+        }
+    }
+}
+
+/// What a window of the walk gathers, per document of the window.
+struct Window {
+    /// How many lists the walk has.
+    lists: usize,
+    /// The sum of the parts added so far.
+    sums: Vec<Score>,
+    /// Every list's part (`parts[i * lists + list]`, 0 where the list
+    /// lacks the document).
+    parts: Vec<Score>,
+    /// Whether any essential list holds the document.
+    met: Vec<u64>,
 }
 
 /// Most documents one window of the walk spans (Lucene's
@@ -344,12 +416,12 @@ fn walk(
     let n = lists.len();
     let window = window.min((PARTS / n.max(1)) as u32 / 64 * 64).max(64);
     let width = window as usize;
-    // Per document of the window: the walk's sum, every list's part
-    // (`parts[i * n + list]`, 0 where the list lacks the document), and
-    // whether any essential list holds it.
-    let mut sums = vec![0.0 as Score; width];
-    let mut parts = vec![0.0 as Score; width * n];
-    let mut met = vec![0u64; width.div_ceil(64)];
+    let mut gathered = Window {
+        lists: n,
+        sums: vec![0.0; width],
+        parts: vec![0.0; width * n],
+        met: vec![0; width.div_ceil(64)],
+    };
     // Each clause's list, if its term is in the segment.
     let mut list_of = vec![None; clauses];
     for (at, list) in lists.iter().enumerate() {
@@ -358,7 +430,7 @@ fn walk(
     while essential < n {
         let base = lists[essential..]
             .iter()
-            .map(|l| l.postings.doc())
+            .map(List::doc)
             .min()
             .unwrap_or(TERMINATED);
         if base == TERMINATED {
@@ -367,24 +439,16 @@ fn walk(
         let end = base.saturating_add(window).min(TERMINATED);
         let window_essential = essential;
         for (at, list) in lists.iter_mut().enumerate().skip(window_essential) {
-            let mut doc = list.postings.doc();
-            while doc < end {
-                let i = (doc - base) as usize;
-                let part = list.score(doc);
-                parts[i * n + at] = part;
-                sums[i] += part;
-                met[i / 64] |= 1 << (i % 64);
-                doc = list.postings.advance();
-            }
+            list.add_to(&mut gathered, base, end, at);
         }
-        for (word, slot) in met.iter_mut().enumerate() {
-            let mut bits = std::mem::take(slot);
+        for word in 0..gathered.met.len() {
+            let mut bits = std::mem::take(&mut gathered.met[word]);
             while bits != 0 {
                 let i = word * 64 + bits.trailing_zeros() as usize;
                 bits &= bits - 1;
                 let doc = base + i as DocId;
-                let mut score = std::mem::take(&mut sums[i]);
-                let row = &mut parts[i * n..(i + 1) * n];
+                let mut score = std::mem::take(&mut gathered.sums[i]);
+                let row = &mut gathered.parts[i * n..(i + 1) * n];
                 // The non-essential lists, strongest first, while the
                 // candidate could still beat the threshold.
                 let mut complete = true;
@@ -394,10 +458,7 @@ fn walk(
                         break;
                     }
                     let list = &mut lists[at];
-                    if list.postings.doc() < doc {
-                        list.postings.seek(doc);
-                    }
-                    if list.postings.doc() == doc {
+                    if list.seek(doc) == doc {
                         let part = list.score(doc);
                         row[at] = part;
                         score += part;
@@ -544,5 +605,35 @@ mod tests {
                 }
             }
         }
+    }
+    /// [`BLOCK`] is tantivy's block size: a list of 300 documents comes
+    /// as blocks of 128, 128 and 44, then ends (`TERMINATED`).
+    #[test]
+    fn postings_come_in_blocks_of_128() {
+        let mut schema = Schema::builder();
+        let field = schema.add_text_field("t", tantivy::schema::TEXT);
+        let index = Index::create_in_ram(schema.build());
+        let mut writer: IndexWriter = index.writer_with_num_threads(1, 15_000_000).unwrap();
+        for _ in 0..300 {
+            writer.add_document(doc!(field => "w")).unwrap();
+        }
+        writer.commit().unwrap();
+        let searcher = index.reader().unwrap().searcher();
+        let inverted = searcher.segment_reader(0).inverted_index(field).unwrap();
+        let mut block = inverted
+            .read_block_postings(
+                &Term::from_field_text(field, "w"),
+                IndexRecordOption::WithFreqs,
+            )
+            .unwrap()
+            .unwrap();
+        let mut lengths = Vec::new();
+        for _ in 0..3 {
+            lengths.push(block.docs().len());
+            block.advance();
+        }
+        assert_eq!(lengths, [BLOCK, BLOCK, 300 - 2 * BLOCK]);
+        assert_eq!(block.docs().len(), 0);
+        assert_eq!(block.doc(0), TERMINATED);
     }
 }

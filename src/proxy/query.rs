@@ -21,12 +21,40 @@ use crate::upstream::pinned::{self as upstream, Cursor};
 use bson::{rawdoc, RawArrayBuf, RawBson, RawBsonRef, RawDocument, RawDocumentBuf};
 use std::sync::Arc;
 
-/// A vector command rewritten for the upstream: the ranked form, which
-/// the upstream orders itself, and where possible a fetch-only form whose
-/// single batch the proxy orders (`rewrite::put_in_order`).
+/// A vector command answered, to be rewritten for the upstream: where
+/// possible a fetch-only form whose single batch the proxy orders
+/// (`rewrite::put_in_order`), else (or should that batch not be the only
+/// one) the ranked form, which the upstream orders itself, built only
+/// then ([`Rewritten::ranked`]).
 pub(super) struct Rewritten {
-    pub ranked: RawDocumentBuf,
-    pub fetch_only: Option<(RawDocumentBuf, Ranked)>,
+    kind: VectorKind,
+    plans: Vec<Plan>,
+    /// The command as the ranked form starts from: the client's, or the
+    /// one continuing the transaction a filter read began.
+    continued: Option<RawDocumentBuf>,
+    /// The ranked form made already (`$searchMeta`'s).
+    made: Option<RawDocumentBuf>,
+    /// The plain `find` of the one plan's documents, with their ranking.
+    pub fetch_only: Option<RawDocumentBuf>,
+}
+
+impl Rewritten {
+    /// The ranking the fetch-only form's batch is put in.
+    pub fn fetched(&self) -> &Ranked {
+        &self.plans[0].ranked
+    }
+
+    /// The ranked form of `body` (the client's command).
+    pub fn ranked(&self, body: &RawDocument) -> RawDocumentBuf {
+        match &self.made {
+            Some(made) => made.clone(),
+            None => rewrite_for(
+                self.kind,
+                self.continued.as_deref().unwrap_or(body),
+                &self.plans,
+            ),
+        }
+    }
 }
 
 /// How one vector stage of a command is answered: the index searched (if
@@ -69,31 +97,34 @@ impl ForClient<'_> {
     ) -> Result<Rewritten, Error> {
         if let Some(meta) = search_meta_stage(kind, body) {
             return Ok(Rewritten {
-                ranked: self.search_meta(body, meta?).await?,
+                kind,
+                plans: Vec::new(),
+                continued: None,
+                made: Some(self.search_meta(body, meta?).await?),
                 fetch_only: None,
             });
         }
         let mut session = InSession::of(body);
-        let mut plans = self.plans(kind, body, &mut session).await?;
+        let plans = self.plans(kind, body, &mut session).await?;
         // A filter read that began the client's transaction: the command
         // itself continues it.
-        let continued;
-        let body = if session.started_transaction() {
-            continued = session.continuing(body);
-            &continued
-        } else {
-            body
-        };
+        let continued = session
+            .started_transaction()
+            .then(|| session.continuing(body));
         let fetch_only = match (kind, &plans[..]) {
-            (VectorKind::Aggregate | VectorKind::Find, [plan]) => {
-                rewrite::fetch_only(body, &plan.ranked, plan.exact_filter.as_deref())
-            }
+            (VectorKind::Aggregate | VectorKind::Find, [plan]) => rewrite::fetch_only(
+                continued.as_deref().unwrap_or(body),
+                &plan.ranked,
+                plan.exact_filter.as_deref(),
+            ),
             _ => None,
         };
-        let ranked = rewrite_for(kind, body, &plans);
         Ok(Rewritten {
-            ranked,
-            fetch_only: fetch_only.map(|command| (command, plans.swap_remove(0).ranked)),
+            kind,
+            plans,
+            continued,
+            made: None,
+            fetch_only,
         })
     }
 
@@ -358,17 +389,11 @@ impl ForClient<'_> {
         // Each score reference becomes a lookup carrying the ranked ids and
         // scores: a command that would grow past what a server takes is
         // refused before it is built.
-        let per_reference = plans
-            .iter()
-            .map(|p| p.ranked.score_bytes())
-            .max()
-            .unwrap_or(0);
+        let sizes: Vec<usize> = plans.iter().map(|p| p.ranked.score_bytes()).collect();
+        let per_reference = sizes.iter().copied().max().unwrap_or(0);
         let references = rewrite::score_references(body, crate::wire::MAX_BSON_DEPTH);
         let rewritten = body.as_bytes().len()
-            + plans
-                .iter()
-                .map(|p| 3 * p.ranked.score_bytes())
-                .sum::<usize>()
+            + sizes.iter().map(|s| 3 * s).sum::<usize>()
             + references.saturating_mul(per_reference);
         if rewritten > MAX_DOCUMENT_BYTES {
             return Err(Error::client(

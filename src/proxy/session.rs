@@ -770,7 +770,8 @@ impl Session {
                     Err(e) => Err(e),
                 }
                 .map_err(|error| self.own_request_failed(request, error))?;
-                if let Some((fetch, ranked)) = &rewritten.fetch_only {
+                if let Some(fetch) = &rewritten.fetch_only {
+                    let ranked = rewritten.fetched();
                     let reply = upstream::round_trip(&mut self.upstream, fetch)
                         .await
                         .map_err(|error| Failure::Reply { request, error })?;
@@ -787,7 +788,8 @@ impl Session {
                     // let the upstream order them.
                     self.for_client().kill_cursor_of(&reply, fetch).await;
                 }
-                self.send_upstream(&msg::encode_body(request.request_id, 0, &rewritten.ranked))
+                let ranked = rewritten.ranked(parsed.body());
+                self.send_upstream(&msg::encode_body(request.request_id, 0, &ranked))
                     .await?;
                 self.relay_replies(compressor, None).await
             }

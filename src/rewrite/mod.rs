@@ -20,6 +20,15 @@ use bson::{rawdoc, RawArrayBuf, RawBson, RawBsonRef, RawDocument, RawDocumentBuf
 /// Internal field holding a document's rank; removed before the client sees it.
 const RANK: &str = "__likewise_rank";
 
+/// An empty BSON array's (or document's) bytes: its length and its end.
+const EMPTY_ARRAY: usize = 5;
+
+/// The bytes of a score lookup of no documents (see [`Ranked::score_bytes`]).
+fn empty_lookup_bytes() -> usize {
+    static BYTES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *BYTES.get_or_init(|| Ranked::default().score_expression().as_bytes().len())
+}
+
 /// Neighbours in similarity order, with their Atlas-normalised scores.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Ranked {
@@ -136,7 +145,8 @@ impl Ranked {
 
     /// How many bytes one score lookup adds to a command: its expression,
     /// which carries the id and score arrays (and a details lookup, the
-    /// details).
+    /// details). Exact, without building the expression: a lookup's size
+    /// is an empty one's plus what its two arrays add.
     pub fn score_bytes(&self) -> usize {
         let details = if self.details.is_empty() {
             0
@@ -148,9 +158,12 @@ impl Ranked {
         } else {
             self.meta_expression(Meta::Highlights).as_bytes().len()
         };
-        self.score_expression()
-            .as_bytes()
-            .len()
+        // An element: its type byte, its index as a C string, its value.
+        let key = |i: usize| 1 + i.checked_ilog10().unwrap_or(0) as usize + 1 + 1;
+        let scores: usize = (0..self.scores.len()).map(|i| key(i) + 8).sum();
+        let ids = self.id_array().as_bytes().len() - EMPTY_ARRAY;
+        empty_lookup_bytes()
+            .saturating_add(ids + scores)
             .max(details)
             .max(highlights)
     }
@@ -1066,6 +1079,27 @@ impl InSession {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn score_bytes_is_the_built_lookups_size() {
+        for n in [0usize, 1, 9, 10, 11, 99, 100, 101, 1_000, 10_001] {
+            let ranked: Ranked = (0..n)
+                .map(|i| {
+                    let id = match i % 3 {
+                        0 => RawBson::Int32(i as i32),
+                        1 => RawBson::String("x".repeat(i % 17)),
+                        _ => RawBson::Document(rawdoc! { "a": i as i64, "b": [1, "two"] }),
+                    };
+                    (id, i as f64 / 3.0)
+                })
+                .collect();
+            assert_eq!(
+                ranked.score_bytes(),
+                ranked.score_expression().as_bytes().len(),
+                "{n} ids"
+            );
+        }
+    }
 
     #[test]
     fn reads_for_a_client_join_its_session_and_transaction() {
