@@ -517,35 +517,46 @@ fn walk(
 mod tests {
     use super::*;
     use tantivy::schema::{Schema, TextFieldIndexing, TextOptions};
-    use tantivy::{doc, DocAddress, Index, IndexWriter};
+    use tantivy::{doc, DocAddress, Index, IndexWriter, Searcher};
+
+    /// One field `t` (`options`) holding `texts`, a document each, in one
+    /// segment.
+    fn one_segment(
+        options: TextOptions,
+        texts: impl IntoIterator<Item = String>,
+    ) -> (Searcher, Field) {
+        let mut schema = Schema::builder();
+        let field = schema.add_text_field("t", options);
+        let index = Index::create_in_ram(schema.build());
+        let mut writer: IndexWriter = index.writer_with_num_threads(1, 15_000_000).unwrap();
+        for text in texts {
+            writer.add_document(doc!(field => text)).unwrap();
+        }
+        writer.commit().unwrap();
+        let searcher = index.reader().unwrap().searcher();
+        assert_eq!(searcher.segment_readers().len(), 1);
+        (searcher, field)
+    }
 
     /// In a field without norms every document scores as one token long,
     /// so a word repeated many times scores above tantivy's `max_score`
     /// bound: the walk must still find that document.
     #[test]
     fn a_field_without_norms_keeps_its_frequent_words_in_the_top_k() {
-        let mut schema = Schema::builder();
         let indexing = TextFieldIndexing::default()
             .set_index_option(IndexRecordOption::WithFreqs)
             .set_fieldnorms(false);
-        let field =
-            schema.add_text_field("t", TextOptions::default().set_indexing_options(indexing));
-        let index = Index::create_in_ram(schema.build());
-        let mut writer: IndexWriter = index.writer_with_num_threads(1, 15_000_000).unwrap();
         // `y` in 30 documents, `x` once in 60 and 40 times in one late
         // document: once a `y` document leads, `x` alone seems unable to
         // beat it by tantivy's bound, yet the late document does.
-        for n in 0..300 {
-            let text = match n {
-                290 => vec!["x"; 40].join(" "),
-                n if n % 10 == 0 => "y".to_string(),
-                n if n % 5 == 1 => "x".to_string(),
-                _ => "filler".to_string(),
-            };
-            writer.add_document(doc!(field => text)).unwrap();
-        }
-        writer.commit().unwrap();
-        let searcher = index.reader().unwrap().searcher();
+        let texts = (0..300).map(|n| match n {
+            290 => vec!["x"; 40].join(" "),
+            n if n % 10 == 0 => "y".to_string(),
+            n if n % 5 == 1 => "x".to_string(),
+            _ => "filler".to_string(),
+        });
+        let (searcher, field) =
+            one_segment(TextOptions::default().set_indexing_options(indexing), texts);
         assert!(searcher
             .segment_reader(0)
             .fieldnorms_readers()
@@ -583,10 +594,6 @@ mod tests {
     /// default) find what scoring every match finds, scores and order.
     #[test]
     fn walks_over_many_windows_find_what_scoring_every_match_finds() {
-        let mut schema = Schema::builder();
-        let field = schema.add_text_field("t", tantivy::schema::TEXT);
-        let index = Index::create_in_ram(schema.build());
-        let mut writer: IndexWriter = index.writer_with_num_threads(1, 15_000_000).unwrap();
         const VOCABULARY: [&str; 9] = [
             "alpha", "beta", "gamma", "delta", "omega", "kappa", "sigma", "tau", "rho",
         ];
@@ -597,17 +604,17 @@ mod tests {
             state ^= state << 17;
             state
         };
-        for _ in 0..5_000 {
-            let length = 1 + next() as usize % 12;
-            // Skewed: early words are common, later ones rare.
-            let text: Vec<&str> = (0..length)
-                .map(|_| VOCABULARY[((next() % 81) as f64).sqrt() as usize])
-                .collect();
-            writer.add_document(doc!(field => text.join(" "))).unwrap();
-        }
-        writer.commit().unwrap();
-        let searcher = index.reader().unwrap().searcher();
-        assert_eq!(searcher.segment_readers().len(), 1);
+        let texts: Vec<String> = (0..5_000)
+            .map(|_| {
+                let length = 1 + next() as usize % 12;
+                // Skewed: early words are common, later ones rare.
+                (0..length)
+                    .map(|_| VOCABULARY[((next() % 81) as f64).sqrt() as usize])
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .collect();
+        let (searcher, field) = one_segment(tantivy::schema::TEXT, texts);
         let term = |w: &str| Term::from_field_text(field, w);
         for words in [
             vec!["alpha", "beta", "gamma"],
@@ -643,15 +650,7 @@ mod tests {
     /// as blocks of 128, 128 and 44, then ends (`TERMINATED`).
     #[test]
     fn postings_come_in_blocks_of_128() {
-        let mut schema = Schema::builder();
-        let field = schema.add_text_field("t", tantivy::schema::TEXT);
-        let index = Index::create_in_ram(schema.build());
-        let mut writer: IndexWriter = index.writer_with_num_threads(1, 15_000_000).unwrap();
-        for _ in 0..300 {
-            writer.add_document(doc!(field => "w")).unwrap();
-        }
-        writer.commit().unwrap();
-        let searcher = index.reader().unwrap().searcher();
+        let (searcher, field) = one_segment(tantivy::schema::TEXT, (0..300).map(|_| "w".into()));
         let inverted = searcher.segment_reader(0).inverted_index(field).unwrap();
         let mut block = inverted
             .read_block_postings(
