@@ -437,7 +437,15 @@ pub async fn follow(
                 if changes.invalidated {
                     return Some("the collection was renamed");
                 }
-                let reached = catch_up.as_ref().is_some_and(|c| changes.reach(c.present));
+                if let Some(c) = catch_up.as_mut().filter(|c| c.present.is_none()) {
+                    // The first ask failed (the upstream was away): ask
+                    // again, or an index under steady writes would wait
+                    // for an empty batch for as long as they last.
+                    c.present = stream::present(config).await;
+                }
+                let reached = catch_up
+                    .as_ref()
+                    .is_some_and(|c| changes.reach(c.present, token.as_deref()));
                 if !changes.is_empty() {
                     let count = changes.len() as u64;
                     let target = index.clone();
@@ -454,7 +462,7 @@ pub async fn follow(
                 if token.is_some() {
                     index.set_resume_token(token);
                 }
-                if reached {
+                if reached && !index.is_retired() {
                     if let Some(c) = catch_up.take() {
                         (c.then)();
                     }

@@ -75,18 +75,40 @@ impl Changes {
     }
 
     /// Whether these changes bring the stream past `present`: a batch
-    /// with no events (the stream had nothing newer when it answered), or
-    /// one whose last event happened after it. Events come in oplog
-    /// order, so every event up to `present` has then been read.
-    pub fn reach(&self, present: Option<bson::Timestamp>) -> bool {
+    /// whose last event happened after it (events come in oplog order, so
+    /// every event up to `present` has then been read), or a batch with
+    /// no events (the stream had nothing newer when it answered) whose
+    /// resume `token` is not before `present`. A `mongos` can answer an
+    /// empty batch while a shard lags, so an empty batch alone counts only
+    /// where `present` or the token's time is unknown.
+    pub fn reach(&self, present: Option<bson::Timestamp>, token: Option<&RawDocument>) -> bool {
+        let after =
+            |t: bson::Timestamp, p: bson::Timestamp| (t.time, t.increment) > (p.time, p.increment);
         if self.events == 0 {
-            return true;
+            return match (present, token.and_then(token_time)) {
+                (Some(p), Some(t)) => !after(p, t),
+                _ => true,
+            };
         }
         match (self.cluster_time, present) {
-            (Some(t), Some(p)) => (t.time, t.increment) > (p.time, p.increment),
+            (Some(t), Some(p)) => after(t, p),
             _ => false,
         }
     }
+}
+
+/// The cluster time a resume token stands at, in mongod's format (since
+/// 4.2: `_data` is a hex KeyString that opens with a timestamp, type byte
+/// `0x82` then the time and increment as big-endian 32-bit numbers);
+/// `None` for a token in another format.
+pub fn token_time(token: &RawDocument) -> Option<bson::Timestamp> {
+    let data = token.get_str("_data").ok()?;
+    let hex = data.strip_prefix("82")?.get(..16)?;
+    let bits = u64::from_str_radix(hex, 16).ok()?;
+    Some(bson::Timestamp {
+        time: (bits >> 32) as u32,
+        increment: bits as u32,
+    })
 }
 
 /// The upstream's present: the `operationTime` of a `ping` (MongoDB
@@ -229,4 +251,47 @@ pub fn apply(index: &Arc<SearchIndex>, changes: &Changes) {
         }
     }
     fresh::apply(std::slice::from_ref(index), &present, &gone);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bson::{rawdoc, Timestamp};
+
+    fn at(time: u32, increment: u32) -> Timestamp {
+        Timestamp { time, increment }
+    }
+
+    #[test]
+    fn a_mongod_resume_token_tells_its_time() {
+        // mongod 4.2+'s shape: 0x82, the timestamp, then the rest.
+        let token = rawdoc! { "_data": "8263A1B2C3000000072B022C0100296E5A1004" };
+        assert_eq!(token_time(&token), Some(at(0x63A1_B2C3, 7)));
+        // Other servers' tokens say nothing.
+        assert_eq!(token_time(&rawdoc! { "_data": "3b0000001073000300" }), None);
+        assert_eq!(token_time(&rawdoc! { "_data": "82ab" }), None);
+        assert_eq!(token_time(&rawdoc! {}), None);
+    }
+
+    #[test]
+    fn a_stream_reaches_the_present_past_it_or_empty_at_it() {
+        let present = Some(at(100, 5));
+        let events = |last: Timestamp| Changes {
+            events: 3,
+            cluster_time: Some(last),
+            ..Changes::default()
+        };
+        assert!(!events(at(100, 5)).reach(present, None));
+        assert!(events(at(100, 6)).reach(present, None));
+        assert!(!events(at(101, 0)).reach(None, None));
+        let empty = Changes::default();
+        let token = |t: &str| rawdoc! { "_data": t };
+        // An empty batch whose token lags the present (a shard behind a
+        // mongos) has not caught up; at or past it, it has.
+        assert!(!empty.reach(present, Some(&token("820000006400000004"))));
+        assert!(empty.reach(present, Some(&token("820000006400000005"))));
+        // Where a time is unknown, an empty batch is all there is.
+        assert!(empty.reach(present, Some(&token("3b00"))));
+        assert!(empty.reach(None, None));
+    }
 }
