@@ -200,7 +200,7 @@ async fn reencode(config: &Config, index: &Arc<SearchIndex>, ids: &IdSet) -> Res
     let target = index.clone();
     let checked = IdSet::from_ids(ids);
     tokio::task::spawn_blocking(move || {
-        crate::maintain::fresh::apply(std::slice::from_ref(&target), &docs, &checked)
+        crate::maintain::fresh::apply(std::slice::from_ref(&target), &docs, &checked, None)
     })
     .await
     .map_err(|e| Error::internal(format!("encoding task failed: {e}")))
@@ -308,7 +308,7 @@ pub async fn reconcile(config: &Config, index: &Arc<SearchIndex>) -> Result<(), 
         let target = index.clone();
         let none: [RawDocumentBuf; 0] = [];
         tokio::task::spawn_blocking(move || {
-            crate::maintain::fresh::apply(std::slice::from_ref(&target), &none, &gone)
+            crate::maintain::fresh::apply(std::slice::from_ref(&target), &none, &gone, None)
         })
         .await
         .map_err(|e| Error::internal(format!("reconciliation task failed: {e}")))?;

@@ -12,7 +12,7 @@
 //! connection, ordered with the write itself.
 
 pub use crate::index::ids::IdSet;
-use crate::registry::{Change, SearchIndex};
+use crate::registry::{id_key, Change, SearchIndex};
 use crate::wire::integer;
 use crate::wire::OpMsg;
 use bson::{rawdoc, RawBsonRef, RawDocument, RawDocumentBuf};
@@ -194,7 +194,17 @@ pub fn refetch(
 /// Applies what the upstream now holds: `present` documents are (re)indexed,
 /// ids in `checked` that are not present are removed. CPU work: run it on
 /// a blocking thread.
-pub fn apply<D: AsRef<RawDocument>>(indexes: &[Arc<SearchIndex>], present: &[D], checked: &IdSet) {
+/// Applies a write through the proxy to `indexes`: `present` (re)indexed,
+/// the `checked` ids not among them removed. With the write's
+/// `operationTime` (`at`), each document is first noted as written then
+/// ([`SearchIndex::note_written`]), under the index's `apply_lock`, so that
+/// the change stream never brings back a state the write replaced.
+pub fn apply<D: AsRef<RawDocument>>(
+    indexes: &[Arc<SearchIndex>],
+    present: &[D],
+    checked: &IdSet,
+    at: Option<bson::Timestamp>,
+) {
     let mut found = IdSet::default();
     for doc in present {
         if let Some(id) = doc.as_ref().get("_id").ok().flatten() {
@@ -202,18 +212,34 @@ pub fn apply<D: AsRef<RawDocument>>(indexes: &[Arc<SearchIndex>], present: &[D],
         }
     }
     for index in indexes {
-        super::apply::add_documents(index, present, false);
-        let gone: Vec<Change<'_>> = checked
-            .ids
-            .iter()
-            .map(|id| id.as_raw_bson_ref())
-            .filter(|id| !found.contains(*id))
-            .map(Change::Remove)
-            .collect();
-        index.apply_changes(&gone);
-        if let Some(vectors) = index.compact_if_needed() {
-            tracing::info!(index = %index.name, vectors, "compacted the index");
+        let _applying = index.apply_lock.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(at) = at {
+            let ids = found.ids.iter().chain(&checked.ids);
+            index.note_written(ids.map(|id| id_key(id.as_raw_bson_ref())), at);
         }
+        apply_unlocked(index, present, checked, &found);
+    }
+}
+
+/// [`apply`]'s work on one index, its `apply_lock` held by the caller;
+/// `found`: the ids of `present`.
+pub fn apply_unlocked<D: AsRef<RawDocument>>(
+    index: &Arc<SearchIndex>,
+    present: &[D],
+    checked: &IdSet,
+    found: &IdSet,
+) {
+    super::apply::add_documents(index, present, false);
+    let gone: Vec<Change<'_>> = checked
+        .ids
+        .iter()
+        .map(|id| id.as_raw_bson_ref())
+        .filter(|id| !found.contains(*id))
+        .map(Change::Remove)
+        .collect();
+    index.apply_changes(&gone);
+    if let Some(vectors) = index.compact_if_needed() {
+        tracing::info!(index = %index.name, vectors, "compacted the index");
     }
 }
 

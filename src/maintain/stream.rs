@@ -10,7 +10,7 @@
 use crate::config::Config;
 use crate::error::{Code, Error};
 use crate::maintain::fresh::{self, IdSet};
-use crate::registry::SearchIndex;
+use crate::registry::{id_key, SearchIndex};
 use crate::upstream::driver_error;
 use bson::{RawBson, RawBsonRef, RawDocument, RawDocumentBuf};
 use futures_util::FutureExt;
@@ -42,7 +42,9 @@ pub struct ChangeStream {
 #[derive(Default)]
 pub struct Changes {
     slot: HashMap<Vec<u8>, usize>,
-    last: Vec<(RawBson, Option<RawDocumentBuf>)>,
+    /// Each document's id, last state and the `clusterTime` of the event
+    /// that gave it.
+    last: Vec<(RawBson, Option<RawDocumentBuf>, Option<bson::Timestamp>)>,
     /// The collection was dropped, renamed or the stream invalidated.
     pub invalidated: bool,
     /// The collection (or its database) was dropped.
@@ -54,14 +56,21 @@ pub struct Changes {
 }
 
 impl Changes {
-    fn set(&mut self, id: RawBsonRef<'_>, doc: Option<RawDocumentBuf>) {
-        let mut key = RawDocumentBuf::new();
-        key.append("", id.to_raw_bson());
-        match self.slot.get(key.as_bytes()) {
-            Some(&i) => self.last[i].1 = doc,
+    fn set(
+        &mut self,
+        id: RawBsonRef<'_>,
+        doc: Option<RawDocumentBuf>,
+        at: Option<bson::Timestamp>,
+    ) {
+        let key = id_key(id);
+        match self.slot.get(&key) {
+            Some(&i) => {
+                self.last[i].1 = doc;
+                self.last[i].2 = at;
+            }
             None => {
-                self.slot.insert(key.into_bytes(), self.last.len());
-                self.last.push((id.to_raw_bson(), doc));
+                self.slot.insert(key, self.last.len());
+                self.last.push((id.to_raw_bson(), doc, at));
             }
         }
     }
@@ -212,8 +221,9 @@ fn stalled() -> Error {
 
 fn read_event(event: &RawDocument, changes: &mut Changes) {
     changes.events += 1;
-    if let Ok(time) = event.get_timestamp("clusterTime") {
-        changes.cluster_time = Some(time);
+    let at = event.get_timestamp("clusterTime").ok();
+    if at.is_some() {
+        changes.cluster_time = at;
     }
     let id = event
         .get_document("documentKey")
@@ -225,9 +235,9 @@ fn read_event(event: &RawDocument, changes: &mut Changes) {
                 Ok(Some(RawBsonRef::Document(doc))) => Some(doc.to_owned()),
                 _ => None, // deleted before the lookup: a later event says so
             };
-            changes.set(id, doc);
+            changes.set(id, doc, at);
         }
-        ("delete", Some(id)) => changes.set(id, None),
+        ("delete", Some(id)) => changes.set(id, None, at),
         ("drop" | "dropDatabase", _) => {
             changes.dropped = true;
             changes.invalidated = true;
@@ -237,29 +247,99 @@ fn read_event(event: &RawDocument, changes: &mut Changes) {
     }
 }
 
-/// Applies a batch of changes to one index (CPU work: a blocking thread).
+/// Applies a batch of changes to one index (CPU work: a blocking thread),
+/// but none that a write through this proxy has since replaced
+/// ([`SearchIndex::written_since`]: the proxy applied a newer state, and
+/// the event, an insert's document say, is older); then forgets the
+/// writes the stream has passed.
 pub fn apply(index: &Arc<SearchIndex>, changes: &Changes) {
-    let present: Vec<&RawDocumentBuf> = changes
-        .last
-        .iter()
-        .filter_map(|(_, d)| d.as_ref())
-        .collect();
+    let _applying = index.apply_lock.lock().unwrap_or_else(|e| e.into_inner());
+    let current = |(id, _, at): &&(RawBson, Option<RawDocumentBuf>, Option<bson::Timestamp>)| {
+        !at.is_some_and(|at| index.written_since(&id_key(id.as_raw_bson_ref()), at))
+    };
+    let kept: Vec<_> = changes.last.iter().filter(current).collect();
+    let present: Vec<&RawDocumentBuf> = kept.iter().filter_map(|(_, d, _)| d.as_ref()).collect();
     let mut gone = IdSet::default();
-    for (id, doc) in &changes.last {
-        if doc.is_none() {
-            gone.add(id.as_raw_bson_ref());
+    let mut found = IdSet::default();
+    for (id, doc, _) in &kept {
+        match doc {
+            Some(_) => found.add(id.as_raw_bson_ref()),
+            None => gone.add(id.as_raw_bson_ref()),
         }
     }
-    fresh::apply(std::slice::from_ref(index), &present, &gone);
+    fresh::apply_unlocked(index, &present, &gone, &found);
+    if let Some(at) = changes.cluster_time {
+        index.forget_written_through(at);
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bson::{rawdoc, Timestamp};
+    use bson::{rawdoc, RawDocument, Timestamp};
 
     fn at(time: u32, increment: u32) -> Timestamp {
         Timestamp { time, increment }
+    }
+
+    /// The race a CI run met: the proxy deletes a document it inserted,
+    /// then the stream's insert event for it arrives. It must not bring the
+    /// document back; an event after the delete still applies.
+    #[test]
+    fn an_event_older_than_a_write_through_the_proxy_is_not_applied() {
+        use crate::index::hnsw::HnswParams;
+        use crate::index::Similarity;
+        use crate::registry::IndexSpec;
+        let spec = IndexSpec::vector("v".into(), 2, Similarity::Euclidean, HnswParams::default());
+        let index = Arc::new(SearchIndex::new(
+            "id".into(),
+            "db",
+            "c",
+            "idx",
+            rawdoc! {},
+            spec,
+        ));
+        let doc = rawdoc! { "_id": "new", "v": [1.0, 2.0] };
+        let holds = |index: &SearchIndex| index.live_ids().contains(RawBsonRef::String("new"));
+        // Inserted (at 10) and deleted (at 11) through the proxy.
+        let mut gone = IdSet::default();
+        fresh::apply(
+            std::slice::from_ref(&index),
+            &[&doc],
+            &IdSet::default(),
+            Some(at(10, 1)),
+        );
+        assert!(holds(&index));
+        gone.add(RawBsonRef::String("new"));
+        fresh::apply(
+            std::slice::from_ref(&index),
+            &[] as &[&RawDocument],
+            &gone,
+            Some(at(11, 1)),
+        );
+        assert!(!holds(&index));
+        // The insert's event comes late, alone in its batch.
+        let mut late = Changes::default();
+        read_event(
+            &rawdoc! { "operationType": "insert", "clusterTime": at(10, 1),
+            "documentKey": { "_id": "new" }, "fullDocument": doc.clone() },
+            &mut late,
+        );
+        apply(&index, &late);
+        assert!(
+            !holds(&index),
+            "the late insert brought the deleted document back"
+        );
+        // Passed, the writes are forgotten: a later insert of the same
+        // `_id` by another client applies.
+        let mut again = Changes::default();
+        read_event(
+            &rawdoc! { "operationType": "insert", "clusterTime": at(12, 1),
+            "documentKey": { "_id": "new" }, "fullDocument": doc.clone() },
+            &mut again,
+        );
+        apply(&index, &again);
+        assert!(holds(&index));
     }
 
     #[test]

@@ -162,8 +162,11 @@ impl Session {
                     touched = IdSet::default();
                 }
             }
+            // When the write happened: its change events, no newer, must
+            // not bring back what it replaced.
+            let at = reply_body.get_timestamp("operationTime").ok();
             let applied =
-                tokio::task::spawn_blocking(move || fresh::apply(&indexes, &present, &touched))
+                tokio::task::spawn_blocking(move || fresh::apply(&indexes, &present, &touched, at))
                     .await;
             if let Err(e) = applied {
                 tracing::warn!(error = %e, "updating indexes after a write failed");

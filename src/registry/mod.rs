@@ -262,6 +262,15 @@ pub struct SearchIndex {
     saved_generation: AtomicU64,
     /// The data came from a snapshot rather than a scan.
     pub restored: AtomicBool,
+    /// Held while changes are applied, by write-through and by the change
+    /// stream alike, so that the stream's check of [`SearchIndex::written`]
+    /// and its apply are one step against the proxy's own.
+    pub apply_lock: Mutex<()>,
+    /// Documents written through this proxy whose change events the
+    /// stream has not passed yet: their canonical `_id` (see
+    /// [`id_key`]) and the write's `operationTime`. A change event no
+    /// newer than it would bring back a state the write replaced.
+    written: Mutex<HashMap<Vec<u8>, bson::Timestamp>>,
     /// Ids whose vectors changed, kept only while something (a
     /// neighbourhood) listens, and drained by it.
     changed: Mutex<Option<IdSet>>,
@@ -379,6 +388,8 @@ impl SearchIndex {
             generation: AtomicU64::new(0),
             saved_generation: AtomicU64::new(0),
             restored: AtomicBool::new(false),
+            apply_lock: Mutex::new(()),
+            written: Mutex::new(HashMap::new()),
             changed: Mutex::new(None),
             retired: AtomicBool::new(false),
             data: RwLock::new(data),
@@ -927,6 +938,38 @@ impl SearchIndex {
         *self.stale.lock().unwrap_or_else(|e| e.into_inner()) = why;
     }
 
+    /// Notes that the documents `ids` (see [`id_key`]) were written
+    /// through this proxy at `at` and applied. Past [`MAX_WRITTEN`]
+    /// entries (a stream long away) the oldest notes are dropped, and with
+    /// them the protection they gave.
+    pub fn note_written(&self, ids: impl IntoIterator<Item = Vec<u8>>, at: bson::Timestamp) {
+        let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());
+        if written.len() >= MAX_WRITTEN {
+            written.clear();
+        }
+        for id in ids {
+            let slot = written.entry(id).or_insert(at);
+            if later(at, *slot) {
+                *slot = at;
+            }
+        }
+    }
+
+    /// Whether a change event at `at` for the document `id` (see
+    /// [`id_key`]) is no newer than a write through this proxy, which
+    /// applied a state at least as recent.
+    pub fn written_since(&self, id: &[u8], at: bson::Timestamp) -> bool {
+        let written = self.written.lock().unwrap_or_else(|e| e.into_inner());
+        written.get(id).is_some_and(|&w| !later(at, w))
+    }
+
+    /// Forgets the writes the change stream has passed (events up to
+    /// `at` all read): no older event for them can come.
+    pub fn forget_written_through(&self, at: bson::Timestamp) {
+        let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());
+        written.retain(|_, &mut w| later(w, at));
+    }
+
     pub fn set_status(&self, status: Status, detail: Option<String>) {
         *self.status.lock().unwrap_or_else(|e| e.into_inner()) = (status, detail);
         if status == Status::Ready {
@@ -950,6 +993,22 @@ impl SearchIndex {
     pub fn is_retired(&self) -> bool {
         self.retired.load(Ordering::Relaxed)
     }
+}
+
+/// Most writes [`SearchIndex::note_written`] remembers at once.
+pub const MAX_WRITTEN: usize = 1 << 20;
+
+/// Whether cluster time `a` comes after `b`.
+pub fn later(a: bson::Timestamp, b: bson::Timestamp) -> bool {
+    (a.time, a.increment) > (b.time, b.increment)
+}
+
+/// A document's `_id` as bytes to compare: a one-field document holding
+/// it, in BSON's encoding (the change stream's batches key documents so).
+pub fn id_key(id: bson::RawBsonRef<'_>) -> Vec<u8> {
+    let mut key = RawDocumentBuf::new();
+    key.append("", id.to_raw_bson());
+    key.into_bytes()
 }
 
 /// A namespace as a pair, never joined into one string: `("a.b", "c")` and

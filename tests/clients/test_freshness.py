@@ -83,6 +83,24 @@ def test_deletes_are_gone_at_once(colls):
     assert vector_search(r, [99.0, 0.0], n=3) == [89, 88, 87]
 
 
+def test_a_late_change_event_never_undoes_a_newer_write(colls):
+    """The change stream delivers the proxy's own writes after the proxy
+    applied them. An event older than what the index holds (an insert
+    arriving after the delete that followed it) must not bring the older
+    state back, even for a moment: the ghost would take one of the `k`
+    places, and the fetch would return one document short."""
+    w, r = colls
+    short = []
+    for i in range(100):
+        w.insert_one({"_id": f"brief-{i}", "p": [float(i) + 0.5, 0.0]})
+        w.delete_one({"_id": f"brief-{i}"})
+        for _ in range(3):
+            got = vector_search(r, [float(i) + 0.5, 0.0], n=5)
+            if len(got) != 5 or any(str(g).startswith("brief-") for g in got):
+                short.append((i, got))
+    assert short == []
+
+
 def test_rejected_writes_change_nothing(colls):
     w, r = colls
     with pytest.raises(Exception):
