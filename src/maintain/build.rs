@@ -105,6 +105,9 @@ pub async fn build(
         if index.is_retired() {
             return;
         }
+        // The scan may have put back what a write through the proxy
+        // replaced meanwhile: the stream's replay of that write applies.
+        index.forget_all_written();
         let target = index.clone();
         match tokio::task::spawn_blocking(move || target.merge_segments()).await {
             Ok(Ok(())) => {}

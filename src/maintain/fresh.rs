@@ -213,11 +213,27 @@ pub fn apply<D: AsRef<RawDocument>>(
     }
     for index in indexes {
         let _applying = index.apply_lock.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(at) = at {
-            let ids = found.ids.iter().chain(&checked.ids);
-            index.note_written(ids.map(|id| id_key(id.as_raw_bson_ref())), at);
+        let Some(at) = at else {
+            apply_unlocked(index, present, checked, &found);
+            continue;
+        };
+        // A newer write through the proxy to the same document, on
+        // another connection, applied first: its state stands.
+        let newer = |id: RawBsonRef<'_>| index.written_after(&id_key(id), at);
+        let present: Vec<&RawDocument> = present
+            .iter()
+            .map(AsRef::as_ref)
+            .filter(|d| !d.get("_id").ok().flatten().is_some_and(newer))
+            .collect();
+        let mut current = IdSet::default();
+        for id in checked.ids.iter().map(|id| id.as_raw_bson_ref()) {
+            if !newer(id) {
+                current.add(id);
+            }
         }
-        apply_unlocked(index, present, checked, &found);
+        let ids = found.ids.iter().chain(&current.ids);
+        index.note_written(ids.map(|id| id_key(id.as_raw_bson_ref())), at);
+        apply_unlocked(index, &present, &current, &found);
     }
 }
 

@@ -299,6 +299,8 @@ mod tests {
             rawdoc! {},
             spec,
         ));
+        // It follows a change stream (without one nothing is noted).
+        index.set_resume_token(Some(rawdoc! { "_data": "00" }));
         let doc = rawdoc! { "_id": "new", "v": [1.0, 2.0] };
         let holds = |index: &SearchIndex| index.live_ids().contains(RawBsonRef::String("new"));
         // Inserted (at 10) and deleted (at 11) through the proxy.
@@ -340,6 +342,22 @@ mod tests {
         );
         apply(&index, &again);
         assert!(holds(&index));
+        // Two writes through the proxy applied out of order (connections
+        // race to the index): a re-insert at 14 applied before a delete at
+        // 13; the newer state stands.
+        fresh::apply(
+            std::slice::from_ref(&index),
+            &[&doc],
+            &IdSet::default(),
+            Some(at(14, 1)),
+        );
+        fresh::apply(
+            std::slice::from_ref(&index),
+            &[] as &[&RawDocument],
+            &gone,
+            Some(at(13, 1)),
+        );
+        assert!(holds(&index), "an older write undid a newer one");
     }
 
     #[test]

@@ -939,10 +939,14 @@ impl SearchIndex {
     }
 
     /// Notes that the documents `ids` (see [`id_key`]) were written
-    /// through this proxy at `at` and applied. Past [`MAX_WRITTEN`]
-    /// entries (a stream long away) the oldest notes are dropped, and with
-    /// them the protection they gave.
+    /// through this proxy at `at` and applied, when the index follows a
+    /// change stream (the notes protect against its late events, and it
+    /// alone forgets them). At [`MAX_WRITTEN`] notes they are all
+    /// dropped, and the protection with them.
     pub fn note_written(&self, ids: impl IntoIterator<Item = Vec<u8>>, at: bson::Timestamp) {
+        if self.resume_token().is_none() {
+            return;
+        }
         let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());
         if written.len() >= MAX_WRITTEN {
             written.clear();
@@ -953,6 +957,23 @@ impl SearchIndex {
                 *slot = at;
             }
         }
+    }
+
+    /// Whether the document `id` was noted as written after `at` (another
+    /// write through the proxy, applied first, is newer).
+    pub fn written_after(&self, id: &[u8], at: bson::Timestamp) -> bool {
+        let written = self.written.lock().unwrap_or_else(|e| e.into_inner());
+        written.get(id).is_some_and(|&w| later(w, at))
+    }
+
+    /// Drops every note: a build's scan may have overwritten what a write
+    /// through the proxy applied, and the stream, opened before the scan,
+    /// replays that write's events, which must then apply.
+    pub fn forget_all_written(&self) {
+        self.written
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
     }
 
     /// Whether a change event at `at` for the document `id` (see
