@@ -525,6 +525,22 @@ mod tests {
     use tantivy::schema::{Schema, TextFieldIndexing, TextOptions};
     use tantivy::{doc, DocAddress, Index, IndexWriter, Searcher};
 
+    /// Every match of `query` in the one segment, scored without pruning,
+    /// best first (equal scores in document order).
+    fn every_match(searcher: &Searcher, query: &dyn Query) -> Vec<(Score, DocAddress)> {
+        let weight = query
+            .weight(EnableScoring::enabled_from_searcher(searcher))
+            .unwrap();
+        let mut all: Vec<(Score, DocAddress)> = Vec::new();
+        weight
+            .for_each(searcher.segment_reader(0), &mut |doc, score| {
+                all.push((score, DocAddress::new(0, doc)));
+            })
+            .unwrap();
+        all.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+        all
+    }
+
     /// One field `t` (`options`) holding `texts`, a document each, in one
     /// segment.
     fn one_segment(
@@ -571,16 +587,7 @@ mod tests {
             .is_none());
         let term = |w: &str| Term::from_field_text(field, w);
         let query = TermDisjunction::new(vec![term("x"), term("y"), term("absent")]);
-        let weight = query
-            .weight(EnableScoring::enabled_from_searcher(&searcher))
-            .unwrap();
-        let mut all: Vec<(Score, DocAddress)> = Vec::new();
-        weight
-            .for_each(searcher.segment_reader(0), &mut |doc, score| {
-                all.push((score, DocAddress::new(0, doc)));
-            })
-            .unwrap();
-        all.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+        let all = every_match(&searcher, &query);
         let x = Bm25Weight::for_terms(&searcher, &[term("x")]).unwrap();
         assert_eq!(all[0].1, DocAddress::new(0, 290));
         assert!(
@@ -628,17 +635,7 @@ mod tests {
             vec!["alpha", "alpha", "rho", "missing"],
         ] {
             let terms: Vec<Term> = words.iter().map(|w| term(w)).collect();
-            let oracle = TermDisjunction::new(terms.clone())
-                .boolean()
-                .weight(EnableScoring::enabled_from_searcher(&searcher))
-                .unwrap();
-            let mut all: Vec<(Score, DocAddress)> = Vec::new();
-            oracle
-                .for_each(searcher.segment_reader(0), &mut |doc, score| {
-                    all.push((score, DocAddress::new(0, doc)));
-                })
-                .unwrap();
-            all.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+            let all = every_match(&searcher, &TermDisjunction::new(terms.clone()).boolean());
             assert!(all.len() > 1_000, "{words:?}: {} matches", all.len());
             for window in [64, 100, WINDOW] {
                 let query = TermDisjunction {

@@ -282,6 +282,18 @@ mod tests {
         Timestamp { time, increment }
     }
 
+    /// A batch of one event: `doc` inserted at `time`.
+    fn inserted_at(doc: &RawDocument, time: Timestamp) -> Changes {
+        let mut changes = Changes::default();
+        let id = doc.get("_id").unwrap().unwrap().to_raw_bson();
+        read_event(
+            &rawdoc! { "operationType": "insert", "clusterTime": time,
+            "documentKey": { "_id": id }, "fullDocument": doc.to_owned() },
+            &mut changes,
+        );
+        changes
+    }
+
     /// The race a CI run met: the proxy deletes a document it inserted,
     /// then the stream's insert event for it arrives. It must not bring the
     /// document back; an event after the delete still applies.
@@ -321,12 +333,7 @@ mod tests {
         );
         assert!(!holds(&index));
         // The insert's event comes late, alone in its batch.
-        let mut late = Changes::default();
-        read_event(
-            &rawdoc! { "operationType": "insert", "clusterTime": at(10, 1),
-            "documentKey": { "_id": "new" }, "fullDocument": doc.clone() },
-            &mut late,
-        );
+        let late = inserted_at(&doc, at(10, 1));
         apply(&index, &late);
         assert!(
             !holds(&index),
@@ -334,12 +341,7 @@ mod tests {
         );
         // Passed, the writes are forgotten: a later insert of the same
         // `_id` by another client applies.
-        let mut again = Changes::default();
-        read_event(
-            &rawdoc! { "operationType": "insert", "clusterTime": at(12, 1),
-            "documentKey": { "_id": "new" }, "fullDocument": doc.clone() },
-            &mut again,
-        );
+        let again = inserted_at(&doc, at(12, 1));
         apply(&index, &again);
         assert!(holds(&index));
         // Two writes through the proxy applied out of order (connections
