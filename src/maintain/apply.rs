@@ -11,8 +11,10 @@ use std::sync::atomic::Ordering;
 
 /// What one document contributes to an index.
 enum Outcome {
-    /// Leave the index as it is (content unchanged, or queued for a retry).
-    Keep,
+    /// Leave the index as it is: its content for the document was this
+    /// hash, the document's own (`Some`), or the model failed and the
+    /// document is queued for a retry (`None`).
+    Keep(Option<u64>),
     /// Index this vector; `content` hashes what a model encoded, `output`
     /// is the model's output to write back.
     Set {
@@ -29,10 +31,24 @@ enum Outcome {
 /// model, network calls), for a blocking thread. A document without a
 /// usable vector leaves the index. `scanning` counts the documents into the
 /// build's progress. Models encode before the index is locked, so queries
-/// never wait for a model.
+/// never wait for a model. [`prepare`] then [`Prepared::commit`] of every
+/// document.
 pub fn add_documents<D: AsRef<bson::RawDocument>>(index: &SearchIndex, docs: &[D], scanning: bool) {
+    prepare(index, docs, scanning).commit(index, |_| true);
+}
+
+/// `docs` read for `index`: each one's vector read, or encoded by the
+/// index's model (the slow part, so it runs before the caller takes the
+/// index's `apply_lock`: writes through the proxy never wait for a change
+/// stream's batch to encode). Nothing is applied until
+/// [`Prepared::commit`]. `scanning`: as [`add_documents`].
+pub fn prepare<'a, D: AsRef<bson::RawDocument>>(
+    index: &SearchIndex,
+    docs: &'a [D],
+    scanning: bool,
+) -> Prepared<'a> {
     let spec = &index.spec;
-    let docs: Vec<(bson::RawBsonRef<'_>, &bson::RawDocument)> = docs
+    let docs: Vec<(bson::RawBsonRef<'a>, &'a bson::RawDocument)> = docs
         .iter()
         .filter_map(|d| {
             let d = d.as_ref();
@@ -44,16 +60,11 @@ pub fn add_documents<D: AsRef<bson::RawDocument>>(index: &SearchIndex, docs: &[D
             .scanned
             .fetch_add(docs.len() as u64, Ordering::Relaxed);
     }
-    if index.spec.text.is_some() {
-        // A full-text index takes whole documents (its engine analyzes them).
-        let changes: Vec<Change<'_>> = docs
-            .iter()
-            .map(|(id, doc)| Change::Document(*id, doc))
-            .collect();
-        index.apply_changes(&changes);
-        return;
-    }
-    let outcomes = if index.encoders.is_empty() {
+    let outcomes = if index.spec.text.is_some() {
+        // A full-text index takes whole documents (its engine analyzes
+        // them when they are applied).
+        Vec::new()
+    } else if index.encoders.is_empty() {
         docs.iter()
             .map(|(_, doc)| {
                 let value = lookup(doc, &spec.path);
@@ -72,36 +83,114 @@ pub fn add_documents<D: AsRef<bson::RawDocument>>(index: &SearchIndex, docs: &[D
     } else {
         encode_documents(index, &docs)
     };
-    let mut outputs = Vec::new();
-    let mut changes = Vec::with_capacity(docs.len());
-    for ((id, _), outcome) in docs.iter().zip(outcomes) {
-        match outcome {
-            Outcome::Keep => {}
-            Outcome::Unusable => {
-                if scanning {
-                    index.skipped.fetch_add(1, Ordering::Relaxed);
-                }
-                changes.push(Change::Remove(*id));
-            }
-            Outcome::Set {
-                vector,
-                content,
-                output,
-            } => {
-                if let Some(output) = output {
-                    outputs.push((id.to_raw_bson(), output));
-                }
-                changes.push(Change::Set {
-                    id: *id,
-                    vector,
-                    content,
-                });
+    Prepared {
+        docs,
+        outcomes,
+        scanning,
+    }
+}
+
+/// Documents read for an index by [`prepare`], not yet applied.
+pub struct Prepared<'a> {
+    /// Each document with its `_id`.
+    docs: Vec<(bson::RawBsonRef<'a>, &'a bson::RawDocument)>,
+    /// What each contributes, in the same order (empty for a full-text
+    /// index, which takes the documents themselves).
+    outcomes: Vec<Outcome>,
+    scanning: bool,
+}
+
+impl Prepared<'_> {
+    /// Applies the documents whose `_id` `wanted` accepts, as
+    /// [`add_documents`] would have. A document left as it was because
+    /// its content was unchanged (`Outcome::Keep`) is encoded again here
+    /// if the index's content for it changed since [`prepare`] (another
+    /// write applied meanwhile), so the index ends with this document's
+    /// vector, not that write's. Call it under the index's `apply_lock`
+    /// when writes race.
+    pub fn commit(self, index: &SearchIndex, wanted: impl Fn(bson::RawBsonRef<'_>) -> bool) {
+        if index.spec.text.is_some() {
+            let changes: Vec<Change<'_>> = self
+                .docs
+                .iter()
+                .filter(|(id, _)| wanted(*id))
+                .map(|(id, doc)| Change::Document(*id, doc))
+                .collect();
+            index.apply_changes(&changes);
+            return;
+        }
+        let mut docs = Vec::with_capacity(self.docs.len());
+        let mut outcomes = Vec::with_capacity(self.docs.len());
+        for (doc, outcome) in self.docs.into_iter().zip(self.outcomes) {
+            if wanted(doc.0) {
+                docs.push(doc);
+                outcomes.push(outcome);
             }
         }
+        revisit_kept(index, &docs, &mut outcomes);
+        let spec = &index.spec;
+        let mut outputs = Vec::new();
+        let mut changes = Vec::with_capacity(docs.len());
+        for ((id, _), outcome) in docs.iter().zip(outcomes) {
+            match outcome {
+                Outcome::Keep(_) => {}
+                Outcome::Unusable => {
+                    if self.scanning {
+                        index.skipped.fetch_add(1, Ordering::Relaxed);
+                    }
+                    changes.push(Change::Remove(*id));
+                }
+                Outcome::Set {
+                    vector,
+                    content,
+                    output,
+                } => {
+                    if let Some(output) = output {
+                        outputs.push((id.to_raw_bson(), output));
+                    }
+                    changes.push(Change::Set {
+                        id: *id,
+                        vector,
+                        content,
+                    });
+                }
+            }
+        }
+        index.apply_changes(&changes);
+        if spec.write_outputs {
+            index.push_outputs(outputs);
+        }
     }
-    index.apply_changes(&changes);
-    if spec.write_outputs {
-        index.push_outputs(outputs);
+}
+
+/// Encodes again each document of `docs` whose outcome kept the index's
+/// vector because the index held the same content (`Outcome::Keep(Some)`)
+/// when the index's content for it is no longer that (a write applied
+/// between [`prepare`] and [`Prepared::commit`]).
+fn revisit_kept(
+    index: &SearchIndex,
+    docs: &[(bson::RawBsonRef<'_>, &bson::RawDocument)],
+    outcomes: &mut [Outcome],
+) {
+    let kept: Vec<usize> = (0..docs.len())
+        .filter(|&i| matches!(outcomes[i], Outcome::Keep(Some(_))))
+        .collect();
+    if kept.is_empty() {
+        return;
+    }
+    let now = index.contents(kept.iter().map(|&i| docs[i].0));
+    let stale: Vec<usize> = kept
+        .into_iter()
+        .zip(now)
+        .filter(|&(i, now)| !matches!(outcomes[i], Outcome::Keep(Some(was)) if now == Some(was)))
+        .map(|(i, _)| i)
+        .collect();
+    if stale.is_empty() {
+        return;
+    }
+    let again: Vec<_> = stale.iter().map(|&i| docs[i]).collect();
+    for (i, outcome) in stale.into_iter().zip(encode_documents(index, &again)) {
+        outcomes[i] = outcome;
     }
 }
 
@@ -123,7 +212,7 @@ fn encode_documents(
             continue;
         };
         let hash = content_hash(value);
-        outcomes.push(Outcome::Keep);
+        outcomes.push(Outcome::Keep(Some(hash)));
         if stored != Some(hash) {
             todo.push((i, value, hash));
         }
@@ -159,6 +248,9 @@ fn encode_documents(
         Err(failure) => {
             tracing::warn!(index = %index.name, model = %model.name(), error = %failure, documents = todo.len(), "model failed: documents queued for a retry");
             index.add_pending(todo.iter().map(|(i, _, _)| docs[*i].0));
+            for (i, _, _) in todo {
+                outcomes[i] = Outcome::Keep(None);
+            }
         }
     }
     outcomes

@@ -191,14 +191,13 @@ pub fn refetch(
     body
 }
 
-/// Applies what the upstream now holds: `present` documents are (re)indexed,
-/// ids in `checked` that are not present are removed. CPU work: run it on
-/// a blocking thread.
 /// Applies a write through the proxy to `indexes`: `present` (re)indexed,
-/// the `checked` ids not among them removed. With the write's
-/// `operationTime` (`at`), each document is first noted as written then
-/// ([`SearchIndex::note_written`]), under the index's `apply_lock`, so that
-/// the change stream never brings back a state the write replaced.
+/// the `checked` ids not among them removed. CPU work: run it on a
+/// blocking thread. With the write's `operationTime` (`at`), each document
+/// is first noted as written then ([`SearchIndex::note_written`]), under
+/// the index's `apply_lock`, so that the change stream never brings back a
+/// state the write replaced. Documents are read (and encoded, the slow
+/// part) before the lock is taken ([`super::apply::prepare`]).
 pub fn apply<D: AsRef<RawDocument>>(
     indexes: &[Arc<SearchIndex>],
     present: &[D],
@@ -212,19 +211,15 @@ pub fn apply<D: AsRef<RawDocument>>(
         }
     }
     for index in indexes {
+        let prepared = super::apply::prepare(index, present, false);
         let _applying = index.apply_lock.lock().unwrap_or_else(|e| e.into_inner());
         let Some(at) = at else {
-            apply_unlocked(index, present, checked, &found);
+            apply_prepared(index, prepared, |_| true, checked, &found);
             continue;
         };
         // A newer write through the proxy to the same document, on
         // another connection, applied first: its state stands.
         let newer = |id: RawBsonRef<'_>| index.written_after(&id_key(id), at);
-        let present: Vec<&RawDocument> = present
-            .iter()
-            .map(AsRef::as_ref)
-            .filter(|d| !d.get("_id").ok().flatten().is_some_and(newer))
-            .collect();
         let mut current = IdSet::default();
         for id in checked.ids.iter().map(|id| id.as_raw_bson_ref()) {
             if !newer(id) {
@@ -233,19 +228,22 @@ pub fn apply<D: AsRef<RawDocument>>(
         }
         let ids = found.ids.iter().chain(&current.ids);
         index.note_written(ids.map(|id| id_key(id.as_raw_bson_ref())), at);
-        apply_unlocked(index, &present, &current, &found);
+        apply_prepared(index, prepared, |id| !newer(id), &current, &found);
     }
 }
 
-/// [`apply`]'s work on one index, its `apply_lock` held by the caller;
-/// `found`: the ids of `present`.
-pub fn apply_unlocked<D: AsRef<RawDocument>>(
+/// Applies `prepared` (the documents `wanted` accepts) and removes the
+/// `checked` ids not in `found` (the ids of every prepared document), the
+/// index's `apply_lock` held by the caller; then compacts the index if it
+/// needs it.
+pub fn apply_prepared(
     index: &Arc<SearchIndex>,
-    present: &[D],
+    prepared: super::apply::Prepared<'_>,
+    wanted: impl Fn(RawBsonRef<'_>) -> bool,
     checked: &IdSet,
     found: &IdSet,
 ) {
-    super::apply::add_documents(index, present, false);
+    prepared.commit(index, wanted);
     let gone: Vec<Change<'_>> = checked
         .ids
         .iter()

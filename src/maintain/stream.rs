@@ -251,23 +251,29 @@ fn read_event(event: &RawDocument, changes: &mut Changes) {
 /// but none that a write through this proxy has since replaced
 /// ([`SearchIndex::written_since`]: the proxy applied a newer state, and
 /// the event, an insert's document say, is older); then forgets the
-/// writes the stream has passed.
+/// writes the stream has passed. The batch's documents are read (and
+/// encoded, the slow part) before the index's `apply_lock` is taken, so a
+/// write through the proxy waits only for the batch to be applied.
 pub fn apply(index: &Arc<SearchIndex>, changes: &Changes) {
+    let documents: Vec<&RawDocumentBuf> = changes
+        .last
+        .iter()
+        .filter_map(|(_, doc, _)| doc.as_ref())
+        .collect();
+    let prepared = super::apply::prepare(index, &documents, false);
     let _applying = index.apply_lock.lock().unwrap_or_else(|e| e.into_inner());
     let current = |(id, _, at): &&(RawBson, Option<RawDocumentBuf>, Option<bson::Timestamp>)| {
         !at.is_some_and(|at| index.written_since(&id_key(id.as_raw_bson_ref()), at))
     };
-    let kept: Vec<_> = changes.last.iter().filter(current).collect();
-    let present: Vec<&RawDocumentBuf> = kept.iter().filter_map(|(_, d, _)| d.as_ref()).collect();
     let mut gone = IdSet::default();
     let mut found = IdSet::default();
-    for (id, doc, _) in &kept {
+    for (id, doc, _) in changes.last.iter().filter(current) {
         match doc {
             Some(_) => found.add(id.as_raw_bson_ref()),
             None => gone.add(id.as_raw_bson_ref()),
         }
     }
-    fresh::apply_unlocked(index, &present, &gone, &found);
+    fresh::apply_prepared(index, prepared, |id| found.contains(id), &gone, &found);
     if let Some(at) = changes.cluster_time {
         index.forget_written_through(at);
     }
@@ -393,5 +399,170 @@ mod tests {
         // Where a time is unknown, an empty batch is all there is.
         assert!(empty.reach(present, Some(&token("3b00"))));
         assert!(empty.reach(None, None));
+    }
+
+    /// An embeddings endpoint on 127.0.0.1, OpenAI's shape (a test double
+    /// for an `http` model's service, which cannot run here): it embeds
+    /// each input `s` as `[len(s), 1]`, and holds a request with the input
+    /// "slow" (saying so on `held`) until `release` gets a message.
+    fn embeddings_endpoint(
+        held: std::sync::mpsc::Sender<()>,
+        release: std::sync::mpsc::Receiver<()>,
+    ) -> u16 {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let release = Arc::new(std::sync::Mutex::new(release));
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { return };
+                let (held, release) = (held.clone(), release.clone());
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(stream.try_clone().unwrap());
+                    let mut writer = stream;
+                    loop {
+                        let mut length = 0;
+                        loop {
+                            let mut line = String::new();
+                            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                                return;
+                            }
+                            let line = line.trim_end().to_ascii_lowercase();
+                            if line.is_empty() {
+                                break;
+                            }
+                            if let Some(n) = line.strip_prefix("content-length:") {
+                                length = n.trim().parse().unwrap();
+                            }
+                        }
+                        let mut body = vec![0; length];
+                        reader.read_exact(&mut body).unwrap();
+                        let request: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                        let inputs: Vec<String> = request["input"]
+                            .as_array()
+                            .unwrap()
+                            .iter()
+                            .map(|v| v.as_str().unwrap().to_string())
+                            .collect();
+                        if inputs.iter().any(|s| s == "slow") {
+                            held.send(()).unwrap();
+                            let _ = release.lock().unwrap().recv_timeout(LOST);
+                        }
+                        let data: Vec<_> = inputs
+                            .iter()
+                            .enumerate()
+                            .map(|(i, s)| serde_json::json!({"index": i, "embedding": [s.len() as f32, 1.0]}))
+                            .collect();
+                        let answer = serde_json::json!({ "data": data }).to_string();
+                        let head = format!(
+                            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                            answer.len()
+                        );
+                        if writer.write_all(head.as_bytes()).is_err()
+                            || writer.write_all(answer.as_bytes()).is_err()
+                        {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        port
+    }
+
+    /// How long a test waits for what must happen before calling it lost.
+    const LOST: std::time::Duration = std::time::Duration::from_secs(60);
+
+    /// An index of `text` by an `http` model on `port`, following a
+    /// change stream.
+    fn encoded_index(port: u16) -> Arc<SearchIndex> {
+        use crate::index::hnsw::HnswParams;
+        use crate::index::Similarity;
+        use crate::registry::IndexSpec;
+        let def = crate::models::ModelDef::parse(
+            &rawdoc! { "createModel": "slowly", "kind": "http",
+            "url": format!("http://127.0.0.1:{port}/v1/embeddings"), "model": "m",
+            "dimensions": 2 },
+            "createModel",
+        )
+        .unwrap();
+        let access = crate::config::ModelAccess {
+            hosts: vec!["127.0.0.1".into()],
+            dirs: Vec::new(),
+        };
+        let model = crate::models::Models::default()
+            .load(def, std::path::Path::new("/nonexistent"), &access)
+            .unwrap();
+        let spec = IndexSpec::vector(
+            "text".into(),
+            2,
+            Similarity::Euclidean,
+            HnswParams::default(),
+        );
+        let index = Arc::new(
+            SearchIndex::new("id".into(), "db", "c", "idx", rawdoc! {}, spec)
+                .with_encoders(vec![Arc::new(model)]),
+        );
+        index.set_resume_token(Some(rawdoc! { "_data": "00" }));
+        index
+    }
+
+    /// A document read while the index held its content (so its vector
+    /// is kept, not encoded again) is encoded after all when another write
+    /// changed that content before it is applied: the index ends with the
+    /// document's own vector.
+    #[test]
+    fn a_kept_vector_is_encoded_again_when_a_write_changed_it_meanwhile() {
+        use crate::maintain::apply::{add_documents, prepare};
+        let (held, _holding) = std::sync::mpsc::channel();
+        let (_release, released) = std::sync::mpsc::channel();
+        let index = encoded_index(embeddings_endpoint(held, released));
+        let id = || [RawBsonRef::String("d")];
+        let first = rawdoc! { "_id": "d", "text": "aa" };
+        add_documents(&index, &[&first], false);
+        let content = index.contents(id());
+        let prepared = prepare(&index, std::slice::from_ref(&first), false);
+        add_documents(&index, &[rawdoc! { "_id": "d", "text": "bbbb" }], false);
+        assert_ne!(index.contents(id()), content, "the other write applied");
+        prepared.commit(&index, |_| true);
+        assert_eq!(index.contents(id()), content);
+    }
+
+    /// A change stream's batch whose model is slow to encode it must not
+    /// hold up a write through the proxy to the same index: the batch is
+    /// encoded before the index's apply lock is taken.
+    #[test]
+    fn a_write_through_the_proxy_does_not_wait_for_a_batch_to_encode() {
+        use std::sync::mpsc;
+        let (held, holding) = mpsc::channel();
+        let (release, released) = mpsc::channel();
+        let index = encoded_index(embeddings_endpoint(held, released));
+        // The stream's batch: its one document's encoding is held.
+        let streaming = {
+            let index = index.clone();
+            let batch = inserted_at(&rawdoc! { "_id": "s", "text": "slow" }, at(10, 1));
+            std::thread::spawn(move || apply(&index, &batch))
+        };
+        holding
+            .recv_timeout(LOST)
+            .expect("the batch is being encoded");
+        // A write through the proxy meanwhile.
+        let (wrote, written) = mpsc::channel();
+        {
+            let index = index.clone();
+            std::thread::spawn(move || {
+                let doc = rawdoc! { "_id": "w", "text": "quick" };
+                fresh::apply(&[index], &[&doc], &IdSet::default(), Some(at(11, 1)));
+                wrote.send(()).unwrap();
+            });
+        }
+        let waited = written.recv_timeout(LOST);
+        let stream_done = streaming.is_finished();
+        release.send(()).unwrap();
+        streaming.join().unwrap();
+        assert!(waited.is_ok(), "the write waited for the batch's encoding");
+        assert!(!stream_done, "the batch was held until now");
+        let ids = index.live_ids();
+        assert!(ids.contains(RawBsonRef::String("w")) && ids.contains(RawBsonRef::String("s")));
     }
 }
