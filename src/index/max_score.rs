@@ -98,7 +98,11 @@ impl Query for TermDisjunction {
         };
         // Where the statistics are the searcher's own (a search's), each
         // term is looked up once in each segment: its postings' place
-        // there serves the walk, and their counts the statistics.
+        // there serves the walk, and their counts the statistics. The
+        // provider is taken to be the searcher when it sits at its
+        // address (`EnableScoring::enabled_from_searcher`); a provider
+        // wrapping a searcher as its first field would pass too, and
+        // this crate makes none.
         let places = std::ptr::addr_eq(statistics_provider, searcher)
             .then(|| places(searcher, &self.terms))
             .transpose()?;
@@ -278,8 +282,9 @@ struct Bounds {
 /// (field-norm id, frequency) pair that scores best is found once per
 /// field: a term's weight scales its field's term-frequency factor
 /// (`Bm25Weight::score` is `weight · tf / (tf + norm(id))`, the norms
-/// from the field's average length), so every term of a field scores
-/// best at the same pair.
+/// from the field's average length), so every term of a field whose
+/// weight is positive scores best at the same pair (the pair is taken
+/// from a term that scores above 0).
 fn bounds(weights: &[Bm25Weight], terms: &[Term]) -> Vec<Bounds> {
     let one_token = FieldNormReader::constant(1, 1).fieldnorm_id(0);
     let mut best: HashMap<Field, (u8, u32)> = HashMap::new();
@@ -287,9 +292,19 @@ fn bounds(weights: &[Bm25Weight], terms: &[Term]) -> Vec<Bounds> {
         .iter()
         .zip(terms)
         .map(|(weight, term)| {
-            let (id, frequency) = *best
-                .entry(term.field())
-                .or_insert_with(|| best_pair(weight));
+            let (id, frequency) = match best.get(&term.field()) {
+                Some(pair) => *pair,
+                None => {
+                    let pair = best_pair(weight);
+                    // A weight of 0 (tantivy's idf rounds to 0 for a term
+                    // in every document of a large enough index) scores
+                    // every pair alike: it cannot tell the field's best.
+                    if weight.score(pair.0, pair.1) > 0.0 {
+                        best.insert(term.field(), pair);
+                    }
+                    pair
+                }
+            };
             Bounds {
                 with_norms: weight.score(id, frequency),
                 without_norms: weight.score(one_token, u32::MAX),
@@ -861,6 +876,29 @@ mod tests {
         for (score, address) in &all[..3] {
             assert_eq!(query.explain(&searcher, *address).unwrap().value(), *score);
         }
+    }
+
+    /// A term in every document of a large index weighs 0 (tantivy's idf
+    /// rounds to 0): its scores cannot pick its field's best pair, and the
+    /// field's other terms still get their true bounds.
+    #[test]
+    fn a_term_that_weighs_nothing_leaves_its_fields_bounds_true() {
+        let field = Schema::builder().add_text_field("t", tantivy::schema::TEXT);
+        let term = |w: &str| Term::from_field_text(field, w);
+        let everywhere = Bm25Weight::for_one_term(100_000_000, 100_000_000, 5.0);
+        assert_eq!(everywhere.score(10, 3), 0.0);
+        let rare = Bm25Weight::for_one_term(10, 100_000_000, 5.0);
+        // A document as long as its coded length, one word repeated.
+        let repeated = (0..=u8::MAX)
+            .map(|id| rare.score(id, FieldNormReader::id_to_fieldnorm(id).max(1)))
+            .fold(0.0, Score::max);
+        // (0, 1), the pair a weight of 0 leaves, is not the field's best.
+        assert!(repeated > rare.score(0, 1));
+        let got = bounds(&[everywhere, rare.clone()], &[term("a"), term("b")]);
+        assert_eq!(got[0].with_norms, 0.0);
+        assert!(got[1].with_norms >= repeated, "{got:?}");
+        let (id, tf) = best_pair(&rare);
+        assert_eq!(got[1].with_norms, rare.score(id, tf));
     }
 
     /// [`BLOCK`] is tantivy's block size: a list of 300 documents comes

@@ -8,6 +8,7 @@ use crate::index::vector::{is_packed_bits, lookup, read_stored, OwnedVector};
 use crate::index::Similarity;
 use crate::registry::{Change, SearchIndex};
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 /// What one document contributes to an index.
 enum Outcome {
@@ -38,9 +39,9 @@ pub fn add_documents<D: AsRef<bson::RawDocument>>(index: &SearchIndex, docs: &[D
 }
 
 /// `docs` read for `index`: each one's vector read, or encoded by the
-/// index's model (the slow part, so it runs before the caller takes the
-/// index's `apply_lock`: writes through the proxy never wait for a change
-/// stream's batch to encode). Nothing is applied until
+/// index's model (the slow part: a change stream's batch runs it before
+/// taking the index's `apply_lock`, so writes through the proxy never
+/// wait for a batch to encode). Nothing is applied until
 /// [`Prepared::commit`]. `scanning`: as [`add_documents`].
 pub fn prepare<'a, D: AsRef<bson::RawDocument>>(
     index: &SearchIndex,
@@ -60,6 +61,8 @@ pub fn prepare<'a, D: AsRef<bson::RawDocument>>(
             .scanned
             .fetch_add(docs.len() as u64, Ordering::Relaxed);
     }
+    // The adapter the model's output goes through, as encoded here.
+    let adapter = index.adapter();
     let outcomes = if index.spec.text.is_some() {
         // A full-text index takes whole documents (its engine analyzes
         // them when they are applied).
@@ -87,6 +90,7 @@ pub fn prepare<'a, D: AsRef<bson::RawDocument>>(
         docs,
         outcomes,
         scanning,
+        adapter,
     }
 }
 
@@ -98,6 +102,8 @@ pub struct Prepared<'a> {
     /// index, which takes the documents themselves).
     outcomes: Vec<Outcome>,
     scanning: bool,
+    /// The index's adapter when the documents were encoded.
+    adapter: Option<Arc<crate::train::Adapter>>,
 }
 
 impl Prepared<'_> {
@@ -106,8 +112,9 @@ impl Prepared<'_> {
     /// its content was unchanged (`Outcome::Keep`) is encoded again here
     /// if the index's content for it changed since [`prepare`] (another
     /// write applied meanwhile), so the index ends with this document's
-    /// vector, not that write's. Call it under the index's `apply_lock`
-    /// when writes race.
+    /// vector, not that write's; every document is encoded again if the
+    /// index's adapter changed since (training installed one). Call it
+    /// under the index's `apply_lock` when writes race.
     pub fn commit(self, index: &SearchIndex, wanted: impl Fn(bson::RawBsonRef<'_>) -> bool) {
         if index.spec.text.is_some() {
             let changes: Vec<Change<'_>> = self
@@ -126,6 +133,15 @@ impl Prepared<'_> {
                 docs.push(doc);
                 outcomes.push(outcome);
             }
+        }
+        let adapter = index.adapter();
+        let same_adapter = match (&self.adapter, &adapter) {
+            (Some(was), Some(now)) => Arc::ptr_eq(was, now),
+            (None, None) => true,
+            _ => false,
+        };
+        if !index.encoders.is_empty() && !same_adapter {
+            outcomes = encode_documents(index, &docs);
         }
         revisit_kept(index, &docs, &mut outcomes);
         let spec = &index.spec;

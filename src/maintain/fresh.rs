@@ -196,8 +196,13 @@ pub fn refetch(
 /// blocking thread. With the write's `operationTime` (`at`), each document
 /// is first noted as written then ([`SearchIndex::note_written`]), under
 /// the index's `apply_lock`, so that the change stream never brings back a
-/// state the write replaced. Documents are read (and encoded, the slow
-/// part) before the lock is taken ([`super::apply::prepare`]).
+/// state the write replaced. The documents are encoded under the lock
+/// too: a change stream's newer event for one of them, applied while
+/// they encoded, would otherwise be overwritten by this older state (and
+/// so would a write through the proxy by a model retry's older read,
+/// which comes this way with no `at`). A change stream's batch encodes
+/// before it takes the lock ([`super::stream::apply`]), so this waits
+/// only for other writes through the proxy.
 pub fn apply<D: AsRef<RawDocument>>(
     indexes: &[Arc<SearchIndex>],
     present: &[D],
@@ -211,8 +216,8 @@ pub fn apply<D: AsRef<RawDocument>>(
         }
     }
     for index in indexes {
-        let prepared = super::apply::prepare(index, present, false);
         let _applying = index.apply_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let prepared = super::apply::prepare(index, present, false);
         let Some(at) = at else {
             apply_prepared(index, prepared, |_| true, checked, &found);
             continue;

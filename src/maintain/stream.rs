@@ -528,6 +528,29 @@ mod tests {
         assert_eq!(index.contents(id()), content);
     }
 
+    /// Documents encoded before training installed an adapter (adapting
+    /// stored vectors too) are encoded again when applied: the index holds
+    /// adapted vectors only.
+    #[test]
+    fn documents_encoded_before_an_adapter_came_are_encoded_again() {
+        use crate::maintain::apply::prepare;
+        let (held, _holding) = std::sync::mpsc::channel();
+        let (_release, released) = std::sync::mpsc::channel();
+        let index = encoded_index(embeddings_endpoint(held, released));
+        let doc = rawdoc! { "_id": "d", "text": "aaa" };
+        let prepared = prepare(&index, std::slice::from_ref(&doc), false);
+        // It swaps the two dimensions.
+        let adapter = crate::train::Adapter {
+            dims: 2,
+            w: vec![0.0, 1.0, 1.0, 0.0],
+            both: true,
+        };
+        let adapted = adapter.apply(&[3.0, 1.0]);
+        index.set_adapter(Some(Arc::new(adapter)));
+        prepared.commit(&index, |_| true);
+        assert_eq!(index.stored_vector(RawBsonRef::String("d")), Some(adapted));
+    }
+
     /// A change stream's batch whose model is slow to encode it must not
     /// hold up a write through the proxy to the same index: the batch is
     /// encoded before the index's apply lock is taken.

@@ -255,13 +255,19 @@ async fn train_once(config: &Config, index: &Arc<SearchIndex>) -> Result<(), Err
     }
     save(config, index, &adapter).await?;
     let adapter = Arc::new(adapter);
-    if adapter.both {
-        let (target, a) = (index.clone(), adapter.clone());
-        tokio::task::spawn_blocking(move || readapt(&target, &a))
-            .await
-            .map_err(|e| Error::internal(format!("re-adapting failed: {e}")))?;
-    }
-    index.set_adapter(Some(adapter));
+    // Under the index's apply lock: no write lands between the vectors'
+    // re-adaptation and the adapter's installation (it would be lost in
+    // the swap, or stored unadapted).
+    let (target, a) = (index.clone(), adapter);
+    tokio::task::spawn_blocking(move || {
+        let _applying = target.apply_lock.lock().unwrap_or_else(|e| e.into_inner());
+        if a.both {
+            readapt(&target, &a);
+        }
+        target.set_adapter(Some(a));
+    })
+    .await
+    .map_err(|e| Error::internal(format!("re-adapting failed: {e}")))?;
     tracing::info!(
         index = %index.name,
         seconds = started.elapsed().as_secs_f64(),
