@@ -223,8 +223,13 @@ pub fn apply<D: AsRef<RawDocument>>(
             continue;
         };
         // A newer write through the proxy to the same document, on
-        // another connection, applied first: its state stands.
-        let newer = |id: RawBsonRef<'_>| index.written_after(&id_key(id), at);
+        // another connection, applied first, or the change stream applied
+        // a newer event while this write was in flight (this write's
+        // re-read may predate it): that state stands.
+        let newer = |id: RawBsonRef<'_>| {
+            let key = id_key(id);
+            index.written_after(&key, at) || index.streamed_after(&key, at)
+        };
         let mut current = IdSet::default();
         for id in checked.ids.iter().map(|id| id.as_raw_bson_ref()) {
             if !newer(id) {

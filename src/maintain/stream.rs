@@ -251,7 +251,9 @@ fn read_event(event: &RawDocument, changes: &mut Changes) {
 /// but none that a write through this proxy has since replaced
 /// ([`SearchIndex::written_since`]: the proxy applied a newer state, and
 /// the event, an insert's document say, is older); then forgets the
-/// writes the stream has passed. The batch's documents are read (and
+/// writes the stream has passed; notes what it applied for the writes
+/// through the proxy in flight ([`SearchIndex::note_streamed`]). The
+/// batch's documents are read (and
 /// encoded, the slow part) before the index's `apply_lock` is taken, so a
 /// write through the proxy waits only for the batch to be applied.
 pub fn apply(index: &Arc<SearchIndex>, changes: &Changes) {
@@ -274,6 +276,15 @@ pub fn apply(index: &Arc<SearchIndex>, changes: &Changes) {
         }
     }
     fresh::apply_prepared(index, prepared, |id| found.contains(id), &gone, &found);
+    // For writes through the proxy in flight: their re-read states may be
+    // older than these events.
+    index.note_streamed(
+        changes
+            .last
+            .iter()
+            .filter(current)
+            .filter_map(|(id, _, at)| Some((id_key(id.as_raw_bson_ref()), (*at)?))),
+    );
     if let Some(at) = changes.cluster_time {
         index.forget_written_through(at);
     }
@@ -399,6 +410,52 @@ mod tests {
         // Where a time is unknown, an empty batch is all there is.
         assert!(empty.reach(present, Some(&token("3b00"))));
         assert!(empty.reach(None, None));
+    }
+
+    /// A write through the proxy reads its documents back after writing
+    /// them; an outside write can land in between, and its event be
+    /// applied before the proxy applies what it read. That older state
+    /// must not replace the event's. With no write in flight, the
+    /// stream's notes are dropped.
+    #[test]
+    fn a_write_in_flight_never_undoes_a_newer_event_the_stream_applied() {
+        use crate::index::hnsw::HnswParams;
+        use crate::index::Similarity;
+        use crate::registry::IndexSpec;
+        let spec = IndexSpec::vector("v".into(), 2, Similarity::Euclidean, HnswParams::default());
+        let index = Arc::new(SearchIndex::new(
+            "id".into(),
+            "db",
+            "c",
+            "idx",
+            rawdoc! {},
+            spec,
+        ));
+        index.set_resume_token(Some(rawdoc! { "_data": "00" }));
+        let d = || RawBsonRef::String("d");
+        let in_flight = index.write_in_flight();
+        // The outside write (at 11), applied by the stream.
+        apply(
+            &index,
+            &inserted_at(&rawdoc! { "_id": "d", "v": [5.0, 6.0] }, at(11, 1)),
+        );
+        // The write through the proxy (at 10) applies what it read back
+        // before the outside write.
+        let read_back = rawdoc! { "_id": "d", "v": [1.0, 2.0] };
+        fresh::apply(
+            std::slice::from_ref(&index),
+            &[&read_back],
+            &IdSet::default(),
+            Some(at(10, 1)),
+        );
+        assert_eq!(index.stored_vector(d()), Some(vec![5.0, 6.0]));
+        drop(in_flight);
+        assert!(index.streamed_after(&id_key(d()), at(10, 1)));
+        apply(
+            &index,
+            &inserted_at(&rawdoc! { "_id": "e", "v": [0.0, 0.0] }, at(12, 1)),
+        );
+        assert!(!index.streamed_after(&id_key(d()), at(10, 1)));
     }
 
     /// An embeddings endpoint on 127.0.0.1, OpenAI's shape (a test double

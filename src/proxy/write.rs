@@ -129,6 +129,10 @@ impl Session {
             }
         }
 
+        // In flight from here until applied: the change stream keeps
+        // note of the events it applies meanwhile, which may be newer
+        // than the state this write reads back.
+        let _in_flight: Vec<_> = indexes.iter().map(|i| i.write_in_flight()).collect();
         self.send_upstream(message).await?;
         let reply = self.read_upstream().await?;
         let reply_body: RawDocumentBuf = match OpMsg::parse(&reply) {

@@ -271,6 +271,14 @@ pub struct SearchIndex {
     /// [`id_key`]) and the write's `operationTime`. A change event no
     /// newer than it would bring back a state the write replaced.
     written: Mutex<HashMap<Vec<u8>, bson::Timestamp>>,
+    /// Documents the change stream applied while a write through this
+    /// proxy was in flight ([`SearchIndex::write_in_flight`]): their
+    /// canonical `_id` and the event's cluster time. That write's state,
+    /// read before the event, is older and must not replace it.
+    streamed: Mutex<HashMap<Vec<u8>, bson::Timestamp>>,
+    /// Writes through this proxy from before they are sent until they are
+    /// applied ([`InFlight`]).
+    in_flight: AtomicU64,
     /// Ids whose vectors changed, kept only while something (a
     /// neighbourhood) listens, and drained by it.
     changed: Mutex<Option<IdSet>>,
@@ -390,6 +398,8 @@ impl SearchIndex {
             restored: AtomicBool::new(false),
             apply_lock: Mutex::new(()),
             written: Mutex::new(HashMap::new()),
+            streamed: Mutex::new(HashMap::new()),
+            in_flight: AtomicU64::new(0),
             changed: Mutex::new(None),
             retired: AtomicBool::new(false),
             data: RwLock::new(data),
@@ -984,6 +994,46 @@ impl SearchIndex {
         written.get(id).is_some_and(|&w| !later(at, w))
     }
 
+    /// Counts a write through this proxy as in flight until the returned
+    /// guard drops: take it before the write is sent, drop it once the
+    /// write is applied. Meanwhile the change stream notes what it
+    /// applies ([`SearchIndex::note_streamed`]).
+    pub fn write_in_flight(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        InFlight(self.clone())
+    }
+
+    /// Notes the change events the stream applied (each document's
+    /// canonical `_id` and the event's cluster time), under the index's
+    /// `apply_lock`, while a write through this proxy is in flight; with
+    /// none in flight every note is dropped: a write sent later is newer
+    /// than every event applied before it. At [`MAX_WRITTEN`] notes they
+    /// are all dropped, and the protection with them.
+    pub fn note_streamed(&self, applied: impl IntoIterator<Item = (Vec<u8>, bson::Timestamp)>) {
+        let mut streamed = self.streamed.lock().unwrap_or_else(|e| e.into_inner());
+        if self.in_flight.load(Ordering::SeqCst) == 0 {
+            streamed.clear();
+            return;
+        }
+        if streamed.len() >= MAX_WRITTEN {
+            streamed.clear();
+        }
+        for (id, at) in applied {
+            let slot = streamed.entry(id).or_insert(at);
+            if later(at, *slot) {
+                *slot = at;
+            }
+        }
+    }
+
+    /// Whether the change stream applied an event for the document `id`
+    /// newer than `at` (a write through the proxy at `at` read an older
+    /// state).
+    pub fn streamed_after(&self, id: &[u8], at: bson::Timestamp) -> bool {
+        let streamed = self.streamed.lock().unwrap_or_else(|e| e.into_inner());
+        streamed.get(id).is_some_and(|&s| later(s, at))
+    }
+
     /// Forgets the writes the change stream has passed (events up to
     /// `at` all read): no older event for them can come.
     pub fn forget_written_through(&self, at: bson::Timestamp) {
@@ -1013,6 +1063,16 @@ impl SearchIndex {
 
     pub fn is_retired(&self) -> bool {
         self.retired.load(Ordering::Relaxed)
+    }
+}
+
+/// A write through the proxy in flight on an index
+/// ([`SearchIndex::write_in_flight`]), until dropped.
+pub struct InFlight(Arc<SearchIndex>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
