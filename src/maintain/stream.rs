@@ -311,11 +311,9 @@ mod tests {
         changes
     }
 
-    /// The race a CI run met: the proxy deletes a document it inserted,
-    /// then the stream's insert event for it arrives. It must not bring the
-    /// document back; an event after the delete still applies.
-    #[test]
-    fn an_event_older_than_a_write_through_the_proxy_is_not_applied() {
+    /// An index of 2-dimensional stored vectors at `v`, following a
+    /// change stream (without one nothing is noted).
+    fn followed_vector_index() -> Arc<SearchIndex> {
         use crate::index::hnsw::HnswParams;
         use crate::index::Similarity;
         use crate::registry::IndexSpec;
@@ -328,8 +326,16 @@ mod tests {
             rawdoc! {},
             spec,
         ));
-        // It follows a change stream (without one nothing is noted).
         index.set_resume_token(Some(rawdoc! { "_data": "00" }));
+        index
+    }
+
+    /// The race a CI run met: the proxy deletes a document it inserted,
+    /// then the stream's insert event for it arrives. It must not bring the
+    /// document back; an event after the delete still applies.
+    #[test]
+    fn an_event_older_than_a_write_through_the_proxy_is_not_applied() {
+        let index = followed_vector_index();
         let doc = rawdoc! { "_id": "new", "v": [1.0, 2.0] };
         let holds = |index: &SearchIndex| index.live_ids().contains(RawBsonRef::String("new"));
         // Inserted (at 10) and deleted (at 11) through the proxy.
@@ -419,19 +425,7 @@ mod tests {
     /// stream's notes are dropped.
     #[test]
     fn a_write_in_flight_never_undoes_a_newer_event_the_stream_applied() {
-        use crate::index::hnsw::HnswParams;
-        use crate::index::Similarity;
-        use crate::registry::IndexSpec;
-        let spec = IndexSpec::vector("v".into(), 2, Similarity::Euclidean, HnswParams::default());
-        let index = Arc::new(SearchIndex::new(
-            "id".into(),
-            "db",
-            "c",
-            "idx",
-            rawdoc! {},
-            spec,
-        ));
-        index.set_resume_token(Some(rawdoc! { "_data": "00" }));
+        let index = followed_vector_index();
         let d = || RawBsonRef::String("d");
         let in_flight = index.write_in_flight();
         // The outside write (at 11), applied by the stream.
