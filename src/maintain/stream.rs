@@ -10,7 +10,7 @@
 use crate::config::Config;
 use crate::error::{Code, Error};
 use crate::maintain::fresh::{self, IdSet};
-use crate::registry::{id_key, SearchIndex};
+use crate::registry::{id_key, later, SearchIndex};
 use crate::upstream::driver_error;
 use bson::{RawBson, RawBsonRef, RawDocument, RawDocumentBuf};
 use futures_util::FutureExt;
@@ -91,16 +91,14 @@ impl Changes {
     /// empty batch while a shard lags, so an empty batch alone counts only
     /// where `present` or the token's time is unknown.
     pub fn reach(&self, present: Option<bson::Timestamp>, token: Option<&RawDocument>) -> bool {
-        let after =
-            |t: bson::Timestamp, p: bson::Timestamp| (t.time, t.increment) > (p.time, p.increment);
         if self.events == 0 {
             return match (present, token.and_then(token_time)) {
-                (Some(p), Some(t)) => !after(p, t),
+                (Some(p), Some(t)) => !later(p, t),
                 _ => true,
             };
         }
         match (self.cluster_time, present) {
-            (Some(t), Some(p)) => after(t, p),
+            (Some(t), Some(p)) => later(t, p),
             _ => false,
         }
     }
@@ -267,9 +265,10 @@ pub fn apply(index: &Arc<SearchIndex>, changes: &Changes) {
     let current = |(id, _, at): &&(RawBson, Option<RawDocumentBuf>, Option<bson::Timestamp>)| {
         !at.is_some_and(|at| index.written_since(&id_key(id.as_raw_bson_ref()), at))
     };
+    let kept: Vec<_> = changes.last.iter().filter(current).collect();
     let mut gone = IdSet::default();
     let mut found = IdSet::default();
-    for (id, doc, _) in changes.last.iter().filter(current) {
+    for (id, doc, _) in &kept {
         match doc {
             Some(_) => found.add(id.as_raw_bson_ref()),
             None => gone.add(id.as_raw_bson_ref()),
@@ -279,10 +278,7 @@ pub fn apply(index: &Arc<SearchIndex>, changes: &Changes) {
     // For writes through the proxy in flight: their re-read states may be
     // older than these events.
     index.note_streamed(
-        changes
-            .last
-            .iter()
-            .filter(current)
+        kept.iter()
             .filter_map(|(id, _, at)| Some((id_key(id.as_raw_bson_ref()), (*at)?))),
     );
     if let Some(at) = changes.cluster_time {

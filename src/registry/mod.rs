@@ -270,12 +270,12 @@ pub struct SearchIndex {
     /// stream has not passed yet: their canonical `_id` (see
     /// [`id_key`]) and the write's `operationTime`. A change event no
     /// newer than it would bring back a state the write replaced.
-    written: Mutex<HashMap<Vec<u8>, bson::Timestamp>>,
+    written: Notes,
     /// Documents the change stream applied while a write through this
     /// proxy was in flight ([`SearchIndex::write_in_flight`]): their
     /// canonical `_id` and the event's cluster time. That write's state,
     /// read before the event, is older and must not replace it.
-    streamed: Mutex<HashMap<Vec<u8>, bson::Timestamp>>,
+    streamed: Notes,
     /// Writes through this proxy from before they are sent until they are
     /// applied ([`InFlight`]).
     in_flight: AtomicU64,
@@ -397,8 +397,8 @@ impl SearchIndex {
             saved_generation: AtomicU64::new(0),
             restored: AtomicBool::new(false),
             apply_lock: Mutex::new(()),
-            written: Mutex::new(HashMap::new()),
-            streamed: Mutex::new(HashMap::new()),
+            written: Notes::default(),
+            streamed: Notes::default(),
             in_flight: AtomicU64::new(0),
             changed: Mutex::new(None),
             retired: AtomicBool::new(false),
@@ -957,41 +957,27 @@ impl SearchIndex {
         if self.resume_token().is_none() {
             return;
         }
-        let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());
-        if written.len() >= MAX_WRITTEN {
-            written.clear();
-        }
-        for id in ids {
-            let slot = written.entry(id).or_insert(at);
-            if later(at, *slot) {
-                *slot = at;
-            }
-        }
+        self.written.note(ids.into_iter().map(|id| (id, at)));
     }
 
     /// Whether the document `id` was noted as written after `at` (another
     /// write through the proxy, applied first, is newer).
     pub fn written_after(&self, id: &[u8], at: bson::Timestamp) -> bool {
-        let written = self.written.lock().unwrap_or_else(|e| e.into_inner());
-        written.get(id).is_some_and(|&w| later(w, at))
+        self.written.get(id).is_some_and(|w| later(w, at))
     }
 
     /// Drops every note: a build's scan may have overwritten what a write
     /// through the proxy applied, and the stream, opened before the scan,
     /// replays that write's events, which must then apply.
     pub fn forget_all_written(&self) {
-        self.written
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
+        self.written.clear();
     }
 
     /// Whether a change event at `at` for the document `id` (see
     /// [`id_key`]) is no newer than a write through this proxy, which
     /// applied a state at least as recent.
     pub fn written_since(&self, id: &[u8], at: bson::Timestamp) -> bool {
-        let written = self.written.lock().unwrap_or_else(|e| e.into_inner());
-        written.get(id).is_some_and(|&w| !later(at, w))
+        self.written.get(id).is_some_and(|w| !later(at, w))
     }
 
     /// Counts a write through this proxy as in flight until the returned
@@ -1010,19 +996,10 @@ impl SearchIndex {
     /// than every event applied before it. At [`MAX_WRITTEN`] notes they
     /// are all dropped, and the protection with them.
     pub fn note_streamed(&self, applied: impl IntoIterator<Item = (Vec<u8>, bson::Timestamp)>) {
-        let mut streamed = self.streamed.lock().unwrap_or_else(|e| e.into_inner());
         if self.in_flight.load(Ordering::SeqCst) == 0 {
-            streamed.clear();
-            return;
-        }
-        if streamed.len() >= MAX_WRITTEN {
-            streamed.clear();
-        }
-        for (id, at) in applied {
-            let slot = streamed.entry(id).or_insert(at);
-            if later(at, *slot) {
-                *slot = at;
-            }
+            self.streamed.clear();
+        } else {
+            self.streamed.note(applied);
         }
     }
 
@@ -1030,15 +1007,13 @@ impl SearchIndex {
     /// newer than `at` (a write through the proxy at `at` read an older
     /// state).
     pub fn streamed_after(&self, id: &[u8], at: bson::Timestamp) -> bool {
-        let streamed = self.streamed.lock().unwrap_or_else(|e| e.into_inner());
-        streamed.get(id).is_some_and(|&s| later(s, at))
+        self.streamed.get(id).is_some_and(|s| later(s, at))
     }
 
     /// Forgets the writes the change stream has passed (events up to
     /// `at` all read): no older event for them can come.
     pub fn forget_written_through(&self, at: bson::Timestamp) {
-        let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());
-        written.retain(|_, &mut w| later(w, at));
+        self.written.keep_after(at);
     }
 
     pub fn set_status(&self, status: Status, detail: Option<String>) {
@@ -1076,7 +1051,46 @@ impl Drop for InFlight {
     }
 }
 
-/// Most writes [`SearchIndex::note_written`] remembers at once.
+/// A cluster time for each of some documents (by canonical `_id`, see
+/// [`id_key`]), the newest noted; at [`MAX_WRITTEN`] documents every
+/// note is dropped.
+#[derive(Default)]
+struct Notes(Mutex<HashMap<Vec<u8>, bson::Timestamp>>);
+
+impl Notes {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Vec<u8>, bson::Timestamp>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Notes each document's time, keeping the newer of two.
+    fn note(&self, times: impl IntoIterator<Item = (Vec<u8>, bson::Timestamp)>) {
+        let mut notes = self.lock();
+        if notes.len() >= MAX_WRITTEN {
+            notes.clear();
+        }
+        for (id, at) in times {
+            let slot = notes.entry(id).or_insert(at);
+            if later(at, *slot) {
+                *slot = at;
+            }
+        }
+    }
+
+    fn get(&self, id: &[u8]) -> Option<bson::Timestamp> {
+        self.lock().get(id).copied()
+    }
+
+    fn clear(&self) {
+        self.lock().clear();
+    }
+
+    /// Drops the notes no later than `at`.
+    fn keep_after(&self, at: bson::Timestamp) {
+        self.lock().retain(|_, &mut noted| later(noted, at));
+    }
+}
+
+/// Most documents a [`Notes`] (write or stream notes) remembers at once.
 pub const MAX_WRITTEN: usize = 1 << 20;
 
 /// Whether cluster time `a` comes after `b`.
