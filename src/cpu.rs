@@ -2,7 +2,9 @@
 //! the parts of one search that can run beside each other) run on tokio's
 //! blocking pool, at most [`crate::cores`] at once, so the network threads
 //! never run them and more work than cores waits for a turn rather than
-//! time-slicing.
+//! time-slicing. The one exception is a search whose cost is known before
+//! it runs and is small ([`HERE_MAX_POSTINGS`]): holding a turn, its
+//! caller may run it on its own thread.
 
 use std::sync::OnceLock;
 use tokio::sync::Semaphore;
@@ -23,6 +25,42 @@ pub(crate) async fn run<R: Send + 'static>(
     // The semaphore is never closed, so acquiring only waits.
     let _turn = turns().acquire().await.ok();
     tokio::task::spawn_blocking(f).await
+}
+
+/// Most postings a search's walk may read ([`crate::index::text::PreparedTop::postings`])
+/// to run on the thread that asked for it, a connection's network thread,
+/// rather than on the blocking pool: handing a search over and its answer
+/// back wakes two threads, each wake-up tens of microseconds on a virtual
+/// machine whose other core sleeps (35 and 27 µs at p50, `scripts/bench
+/// text`, AMD EPYC, 2 cores), a sixth of a seven-word query's whole
+/// search; a walk of this many postings takes about a millisecond at
+/// worst (none skipped), so other connections on that thread wait at
+/// most so long. Its other slices still run beside it on the pool.
+pub const HERE_MAX_POSTINGS: u64 = 1 << 18;
+
+/// A core's turn of the budget [`run`] keeps, held until dropped.
+pub(crate) struct Turn {
+    _permit: tokio::sync::SemaphorePermit<'static>,
+}
+
+/// A turn, if a core is free right now (else `None`: the caller waits
+/// for one with [`run`]).
+pub(crate) fn turn_now() -> Option<Turn> {
+    turns()
+        .try_acquire()
+        .ok()
+        .map(|permit| Turn { _permit: permit })
+}
+
+/// Runs `f` on the blocking pool in `turn`, taken already.
+/// Errors: the task panicked.
+pub(crate) async fn run_in<R: Send + 'static>(
+    turn: Turn,
+    f: impl FnOnce() -> R + Send + 'static,
+) -> Result<R, tokio::task::JoinError> {
+    let outcome = tokio::task::spawn_blocking(f).await;
+    drop(turn);
+    outcome
 }
 
 /// Starts `job` on another blocking thread if a core is free right now
@@ -77,6 +115,38 @@ mod tests {
             assert_eq!(tokio::spawn(async { 7 }).await.unwrap(), 7);
             release.send(()).expect("the search is still waiting");
             assert!(search.await.unwrap().unwrap(), "released by this thread");
+        });
+    }
+
+    #[test]
+    fn a_turn_taken_now_is_held_until_its_job_on_the_pool_ends() {
+        runtime().block_on(async {
+            // Every core's turn (other tests may hold some for a while).
+            let mut held = Vec::new();
+            for _ in 0..crate::cores() {
+                let permit = tokio::time::timeout(LOST, turns().acquire())
+                    .await
+                    .expect("a turn comes")
+                    .unwrap();
+                held.push(permit);
+            }
+            assert!(turn_now().is_none(), "every turn is held");
+            let turn = Turn {
+                _permit: held.pop().unwrap(),
+            };
+            let (release, released) = mpsc::channel::<()>();
+            let (started, job_started) = tokio::sync::oneshot::channel();
+            let job = tokio::spawn(run_in(turn, move || {
+                let _ = started.send(());
+                released.recv_timeout(LOST).is_ok()
+            }));
+            job_started.await.unwrap();
+            assert!(turn_now().is_none(), "the running job holds its turn");
+            release.send(()).expect("the job is still waiting");
+            assert!(job.await.unwrap().unwrap(), "released by this thread");
+            // Only the job's turn can come back: the others are held here.
+            let back = tokio::time::timeout(LOST, turns().acquire()).await;
+            assert!(back.is_ok(), "the job's turn was never given back");
         });
     }
 

@@ -73,6 +73,16 @@ impl TermDisjunction {
         }
     }
 
+    /// How many term clauses it has.
+    pub fn len(&self) -> usize {
+        self.terms.len()
+    }
+
+    /// Whether it has no term clause.
+    pub fn is_empty(&self) -> bool {
+        self.terms.is_empty()
+    }
+
     fn boolean(&self) -> BooleanQuery {
         BooleanQuery::new(
             self.terms
@@ -87,15 +97,33 @@ impl TermDisjunction {
     }
 }
 
-impl Query for TermDisjunction {
-    fn weight(&self, scoring: EnableScoring<'_>) -> tantivy::Result<Box<dyn Weight>> {
-        let EnableScoring::Enabled {
-            statistics_provider,
-            searcher,
-        } = scoring
-        else {
-            return self.boolean().weight(scoring);
-        };
+impl TermDisjunction {
+    /// The weight of a search over `searcher` with its own statistics,
+    /// and the most postings its walk reads: the sum of every term's
+    /// document frequency in every segment (no walk reads a posting
+    /// twice). A cost known before the walk, so a caller can tell a
+    /// search it may run on its own thread from one to hand to others.
+    /// Errors: tantivy's, reading the term dictionaries.
+    pub fn weight_and_postings(
+        &self,
+        searcher: &Searcher,
+    ) -> tantivy::Result<(Box<dyn Weight>, u64)> {
+        let weight = self.max_score_weight(searcher, searcher)?;
+        let postings = weight
+            .places
+            .iter()
+            .flatten()
+            .flat_map(|(_, infos)| infos.iter().flatten())
+            .map(|info| u64::from(info.doc_freq))
+            .sum();
+        Ok((Box::new(weight), postings))
+    }
+
+    fn max_score_weight(
+        &self,
+        statistics_provider: &dyn Bm25StatisticsProvider,
+        searcher: &Searcher,
+    ) -> tantivy::Result<MaxScoreWeight> {
         // Where the statistics are the searcher's own (a search's), each
         // term is looked up once in each segment: its postings' place
         // there serves the walk, and their counts the statistics. The
@@ -124,7 +152,7 @@ impl Query for TermDisjunction {
             .map(|t| Bm25Weight::for_terms(&statistics, std::slice::from_ref(t)))
             .collect::<tantivy::Result<Vec<_>>>()?;
         let bounds = bounds(&weights, &self.terms);
-        Ok(Box::new(MaxScoreWeight {
+        Ok(MaxScoreWeight {
             inner: OnceLock::new(),
             query: self.clone(),
             searcher: searcher.clone(),
@@ -132,7 +160,22 @@ impl Query for TermDisjunction {
             weights,
             bounds,
             places,
-        }))
+        })
+    }
+}
+
+impl Query for TermDisjunction {
+    fn weight(&self, scoring: EnableScoring<'_>) -> tantivy::Result<Box<dyn Weight>> {
+        let EnableScoring::Enabled {
+            statistics_provider,
+            searcher,
+        } = scoring
+        else {
+            return self.boolean().weight(scoring);
+        };
+        Ok(Box::new(
+            self.max_score_weight(statistics_provider, searcher)?,
+        ))
     }
 
     fn query_terms<'a>(&'a self, visitor: &mut dyn FnMut(&'a Term, bool)) {

@@ -131,6 +131,16 @@ pub fn best_k(
     best_k_in(searcher, query, k, crate::cores(), MIN_SLICE_DOCS)
 }
 
+/// [`best_k`] of a query whose weight over `searcher` (from its own
+/// statistics) is made already.
+pub fn best_k_weighted(
+    searcher: &Searcher,
+    weight: Arc<dyn Weight>,
+    k: usize,
+) -> tantivy::Result<Vec<(f32, DocAddress)>> {
+    best_k_of(searcher, weight, k, crate::cores(), MIN_SLICE_DOCS)
+}
+
 /// [`best_k`] in at most `threads` slices of at least `min_docs`
 /// documents.
 pub(crate) fn best_k_in(
@@ -140,9 +150,19 @@ pub(crate) fn best_k_in(
     threads: usize,
     min_docs: u64,
 ) -> tantivy::Result<Vec<(f32, DocAddress)>> {
-    let k = k.max(1);
     let weight: Arc<dyn Weight> =
         Arc::from(query.weight(EnableScoring::enabled_from_searcher(searcher))?);
+    best_k_of(searcher, weight, k, threads, min_docs)
+}
+
+fn best_k_of(
+    searcher: &Searcher,
+    weight: Arc<dyn Weight>,
+    k: usize,
+    threads: usize,
+    min_docs: u64,
+) -> tantivy::Result<Vec<(f32, DocAddress)>> {
+    let k = k.max(1);
     let slices = slices(searcher, threads, min_docs);
     let bounds = Arc::new(Bounds::new(slices.len()));
     // Whoever starts a slice first claims it: a helper thread, or this

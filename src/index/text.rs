@@ -835,6 +835,64 @@ pub type Buckets = Vec<(RawBson, u64)>;
 /// Search hits: `_id` and Lucene score, best first.
 pub type Hits = Vec<(RawBson, f64)>;
 
+/// Most bytes of query strings a search [`TextIndex::prepare_top`]
+/// prepares: analyzing them is most of compiling it.
+pub const PREPARE_MAX_QUERY_BYTES: usize = 512;
+
+/// Most term lookups (terms times segments) a search
+/// [`TextIndex::prepare_top`] prepares: each reads a term dictionary.
+pub const PREPARE_MAX_LOOKUPS: usize = 256;
+
+/// A top-`k` search with its query compiled and its weight made over one
+/// searcher (the index as it was when prepared), from
+/// [`TextIndex::prepare_top`].
+pub struct PreparedTop {
+    searcher: tantivy::Searcher,
+    weight: std::sync::Arc<dyn tantivy::query::Weight>,
+    k: usize,
+    id_field: Field,
+    postings: u64,
+}
+
+impl PreparedTop {
+    /// The most postings the walk reads: every term's document frequency
+    /// summed over the segments (MaxScore skips most of them).
+    pub fn postings(&self) -> u64 {
+        self.postings
+    }
+
+    /// The walk: what [`TextIndex::top`] returns. Errors: the engine's
+    /// ([`TextError::Engine`]).
+    pub fn run(self) -> Result<Hits, TextError> {
+        let failed = |e: tantivy::TantivyError| TextError::Engine(format!("search failed: {e}"));
+        let top = slices::best_k_weighted(&self.searcher, self.weight, self.k).map_err(failed)?;
+        hits_in(self.id_field, &self.searcher, top.into_iter().take(self.k))
+    }
+}
+
+/// The `_id`s (stored in `id_field`) and Lucene scores of `hits`, in
+/// their order.
+fn hits_in(
+    id_field: Field,
+    searcher: &tantivy::Searcher,
+    hits: impl IntoIterator<Item = (f32, tantivy::DocAddress)>,
+) -> Result<Hits, TextError> {
+    let mut out = Vec::new();
+    for (score, address) in hits {
+        let doc: TantivyDocument = searcher
+            .doc(address)
+            .map_err(|e| TextError::Engine(format!("cannot read a hit: {e}")))?;
+        let id = doc
+            .get_first(id_field)
+            .and_then(|v| v.as_bytes())
+            .and_then(decode_id);
+        if let Some(id) = id {
+            out.push((id, f64::from(score / TANTIVY_BM25_FACTOR)));
+        }
+    }
+    Ok(out)
+}
+
 /// A `$search` operator.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Operator {
@@ -1529,6 +1587,58 @@ impl TextIndex {
         Ok(self.run(operator, k, false)?.0)
     }
 
+    /// [`TextIndex::top`] made ready up to its walk, with the walk's cost
+    /// known, for a plain `text` operator (no `fuzzy`, `synonyms`,
+    /// `matchCriteria: "all"` or `score`) whose query strings hold at
+    /// most [`PREPARE_MAX_QUERY_BYTES`] bytes and whose terms, looked up
+    /// in every segment, make at most [`PREPARE_MAX_LOOKUPS`] lookups;
+    /// `Ok(None)` for any other (its preparing has no such bound: a
+    /// caller runs [`TextIndex::top`]). What it does is bounded so: the
+    /// query strings analyzed, each term looked up once per segment.
+    /// Errors: as for [`TextIndex::top`].
+    pub fn prepare_top(
+        &self,
+        operator: &Operator,
+        k: usize,
+    ) -> Result<Option<PreparedTop>, TextError> {
+        let Operator::Text {
+            query,
+            fuzzy: None,
+            match_all: false,
+            score: None,
+            synonyms: None,
+            ..
+        } = operator
+        else {
+            return Ok(None);
+        };
+        if query.iter().map(String::len).sum::<usize>() > PREPARE_MAX_QUERY_BYTES {
+            return Ok(None);
+        }
+        let compiled = self.compile(operator)?;
+        let searcher = self.reader.searcher();
+        let Some(disjunction) = compiled.downcast_ref::<super::max_score::TermDisjunction>() else {
+            return Ok(None);
+        };
+        if disjunction
+            .len()
+            .saturating_mul(searcher.segment_readers().len())
+            > PREPARE_MAX_LOOKUPS
+        {
+            return Ok(None);
+        }
+        let (weight, postings) = disjunction
+            .weight_and_postings(&searcher)
+            .map_err(|e| TextError::Engine(format!("search failed: {e}")))?;
+        Ok(Some(PreparedTop {
+            searcher,
+            weight: std::sync::Arc::from(weight),
+            k,
+            id_field: self.id_field,
+            postings,
+        }))
+    }
+
     /// `operator` as a tantivy query, within [`MAX_TERMS`] term clauses.
     fn compile(&self, operator: &Operator) -> Result<Box<dyn Query>, TextError> {
         let mut budget = MAX_TERMS;
@@ -1541,20 +1651,7 @@ impl TextIndex {
         searcher: &tantivy::Searcher,
         hits: impl IntoIterator<Item = (f32, tantivy::DocAddress)>,
     ) -> Result<Hits, TextError> {
-        let mut out = Vec::new();
-        for (score, address) in hits {
-            let doc: TantivyDocument = searcher
-                .doc(address)
-                .map_err(|e| TextError::Engine(format!("cannot read a hit: {e}")))?;
-            let id = doc
-                .get_first(self.id_field)
-                .and_then(|v| v.as_bytes())
-                .and_then(decode_id);
-            if let Some(id) = id {
-                out.push((id, f64::from(score / TANTIVY_BM25_FACTOR)));
-            }
-        }
-        Ok(out)
+        hits_in(self.id_field, searcher, hits)
     }
 
     /// Atlas's `scoreDetails` (`{$meta: "searchScoreDetails"}`) of each
@@ -3429,6 +3526,89 @@ mod tests {
             .apply(&[TextChange::Set(extra.get("_id").unwrap().unwrap(), &extra)])
             .unwrap();
         assert_eq!(index.len(), 12 * 24 + 1);
+    }
+
+    #[test]
+    fn a_prepared_top_finds_what_top_finds_and_knows_its_postings_or_is_declined() {
+        let index = in_commits(12, 25, Some(3), |n| {
+            let words: Vec<&str> = (0..1 + n % 7)
+                .map(|j| WORDS[((n * j + j) % 5) as usize])
+                .collect();
+            words.join(" ")
+        });
+        let searcher = index.reader.searcher();
+        for query in [
+            "omega delta alpha",
+            "beta gamma delta omega",
+            "alpha beta nothing",
+        ] {
+            let op = text(query, "t");
+            // Every term's document frequency in every segment, as tantivy
+            // counts them (deleted documents too).
+            let mut postings = 0;
+            for (path, slot, string) in index.resolve(&[SearchPath::Field("t".into())]) {
+                for (_, term) in index
+                    .terms(&path, slot, string.search_analyzer, query)
+                    .unwrap()
+                {
+                    postings += searcher.doc_freq(&term).unwrap();
+                }
+            }
+            for k in [1, 5, 400] {
+                let prepared = index.prepare_top(&op, k).unwrap().expect(query);
+                assert_eq!(prepared.postings(), postings, "{query}");
+                assert!(postings > 0);
+                assert_eq!(
+                    prepared.run().unwrap(),
+                    index.top(&op, k).unwrap(),
+                    "{query} {k}"
+                );
+            }
+        }
+        // Declined: what is not a plain disjunction of terms, or would
+        // read past the bounds before its walk.
+        let fuzzy = match text("omega delta alpha", "t") {
+            Operator::Text {
+                query,
+                paths,
+                match_all,
+                score,
+                synonyms,
+                ..
+            } => Operator::Text {
+                query,
+                paths,
+                fuzzy: Some(Fuzzy { max_edits: 1 }),
+                match_all,
+                score,
+                synonyms,
+            },
+            _ => unreachable!(),
+        };
+        let long = vec!["alpha"; PREPARE_MAX_QUERY_BYTES / 6 + 1].join(" ");
+        assert!(long.len() > PREPARE_MAX_QUERY_BYTES);
+        let segments = index.segments();
+        let many = (0..PREPARE_MAX_LOOKUPS / segments + 1)
+            .map(|i| format!("w{i}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert!(many.len() <= PREPARE_MAX_QUERY_BYTES);
+        let phrase = Operator::Phrase {
+            query: vec!["omega delta alpha".into()],
+            paths: vec![SearchPath::Field("t".into())],
+            slop: 0,
+            score: None,
+            synonyms: None,
+        };
+        for op in [
+            fuzzy,
+            text("alpha", "t"),
+            text(&long, "t"),
+            text(&many, "t"),
+            phrase,
+        ] {
+            assert!(index.prepare_top(&op, 5).unwrap().is_none(), "{op:?}");
+        }
     }
 
     #[test]

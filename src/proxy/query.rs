@@ -751,25 +751,24 @@ async fn answer(
         refresh_synonyms(shared, &index, operator).await?;
         let (searcher, operator, limit) = (index.clone(), operator.clone(), query.limit);
         let (counted, sort) = (query.count.is_some(), query.sort.clone());
-        let found = cpu::run(move || {
-            searcher
-                .text()
-                .map(|text| match &sort {
-                    // Sorting visits every match, so counts them too.
-                    Some(sort) => text.sorted(&operator, sort, limit),
-                    None if counted => text.search(&operator, limit),
-                    None => text.top(&operator, limit).map(|hits| {
-                        let n = hits.len();
-                        (hits, n)
-                    }),
-                })
-                // The engine failed to start: the index is FAILED and
-                // `resolve` refused it already.
-                .unwrap_or_else(|| Ok((Vec::new(), 0)))
-        })
-        .await
-        .map_err(|e| Error::internal(format!("full-text search failed: {e}")))?
-        .map_err(text_error)?;
+        let found = match sort {
+            None if !counted => top(searcher, operator, limit).await?,
+            sort => cpu::run(move || {
+                searcher
+                    .text()
+                    .map(|text| match &sort {
+                        // Sorting visits every match, so counts them too.
+                        Some(sort) => text.sorted(&operator, sort, limit),
+                        None => text.search(&operator, limit),
+                    })
+                    // The engine failed to start: the index is FAILED and
+                    // `resolve` refused it already.
+                    .unwrap_or_else(|| Ok((Vec::new(), 0)))
+            })
+            .await
+            .map_err(|e| Error::internal(format!("full-text search failed: {e}")))?
+            .map_err(text_error)?,
+        };
         let (hits, matched) = found;
         let mut ranked: Ranked = hits.into_iter().collect();
         if query.return_stored_source {
@@ -840,6 +839,48 @@ async fn answer(
         score_details: false,
         highlighted: false,
     })
+}
+
+/// The best `limit` matches of `operator` in `index`'s full-text index,
+/// and how many that is. When a core is free and the search prepares
+/// within its bounds (`TextIndex::prepare_top`) with a walk of at most
+/// [`cpu::HERE_MAX_POSTINGS`] postings, it runs on this thread (its
+/// other slices beside it on the pool), sparing two thread wake-ups;
+/// otherwise on the pool, as every other search does.
+async fn top(
+    index: Arc<SearchIndex>,
+    operator: Box<crate::index::text::Operator>,
+    limit: usize,
+) -> Result<(crate::index::text::Hits, usize), Error> {
+    let counted = |hits: crate::index::text::Hits| {
+        let n = hits.len();
+        (hits, n)
+    };
+    let Some(text) = index.text() else {
+        // The engine failed to start: the index is FAILED and `resolve`
+        // refused it already.
+        return Ok((Vec::new(), 0));
+    };
+    let prepared = match cpu::turn_now() {
+        Some(turn) => text
+            .prepare_top(&operator, limit)
+            .map_err(text_error)?
+            .map(|prepared| (turn, prepared)),
+        None => None,
+    };
+    let hits = match prepared {
+        Some((_turn, prepared)) if prepared.postings() <= cpu::HERE_MAX_POSTINGS => prepared.run(),
+        Some((turn, prepared)) => cpu::run_in(turn, move || prepared.run())
+            .await
+            .map_err(|e| Error::internal(format!("full-text search failed: {e}")))?,
+        None => cpu::run(move || match index.text() {
+            Some(text) => text.top(&operator, limit),
+            None => Ok(Vec::new()),
+        })
+        .await
+        .map_err(|e| Error::internal(format!("full-text search failed: {e}")))?,
+    };
+    hits.map(counted).map_err(text_error)
 }
 
 /// How old a synonym table may be before a query using it reads its

@@ -732,8 +732,10 @@ pub fn fetch_only(
 }
 
 /// Puts the first batch of a fetch-only reply in rank order, keeping every
-/// other field; `None` when the reply is not a complete, successful cursor
-/// (an error is passed on as it is; a cursor left open needs the ranked form).
+/// other field in its place; `None` when the reply is not a complete,
+/// successful cursor (an error is passed on as it is; a cursor left open
+/// needs the ranked form). Each document is copied once, straight into
+/// the new reply.
 pub fn put_in_order(reply: &RawDocument, ranked: &Ranked) -> Option<RawDocumentBuf> {
     let cursor = reply.get_document("cursor").ok()?;
     let open = match cursor.get("id").ok()?? {
@@ -746,7 +748,7 @@ pub fn put_in_order(reply: &RawDocument, ranked: &Ranked) -> Option<RawDocumentB
     }
     let key = |id: RawBsonRef<'_>| {
         let mut one = RawDocumentBuf::new();
-        one.append("", id.to_raw_bson());
+        one.append_ref("", id);
         one.into_bytes()
     };
     let rank: std::collections::HashMap<Vec<u8>, usize> = ranked
@@ -767,19 +769,79 @@ pub fn put_in_order(reply: &RawDocument, ranked: &Ranked) -> Option<RawDocumentB
         docs.push((at, doc));
     }
     docs.sort_by_key(|(at, _)| *at);
-    let mut batch = RawArrayBuf::new();
-    for (_, doc) in docs {
-        batch.push(doc.to_owned());
-    }
-    let mut new_cursor = RawDocumentBuf::new();
-    for (k, v) in cursor.iter().flatten() {
-        if k == "firstBatch" {
-            new_cursor.append(k, RawBson::Array(batch.clone()));
-        } else {
-            new_cursor.append(k, v.to_raw_bson());
+    let mut out = Document::with_capacity(reply.as_bytes().len());
+    for (k, v) in reply.iter().flatten() {
+        if k != "cursor" {
+            out.element(k, v);
+            continue;
         }
+        let at = out.open(0x03, k);
+        for (k, v) in cursor.iter().flatten() {
+            if k != "firstBatch" {
+                out.element(k, v);
+                continue;
+            }
+            let batch = out.open(0x04, k);
+            for (i, (_, doc)) in docs.iter().enumerate() {
+                out.bytes.push(0x03);
+                out.bytes.extend_from_slice(i.to_string().as_bytes());
+                out.bytes.push(0);
+                out.bytes.extend_from_slice(doc.as_bytes());
+            }
+            out.close(batch);
+        }
+        out.close(at);
     }
-    Some(with_field(reply, "cursor", RawBson::Document(new_cursor)))
+    out.finish()
+}
+
+/// A BSON document written by hand, for replies whose large parts are
+/// copied whole (`put_in_order`): a length, elements, a 0 byte (the BSON
+/// specification, bsonspec.org).
+struct Document {
+    bytes: Vec<u8>,
+}
+
+impl Document {
+    fn with_capacity(capacity: usize) -> Document {
+        let mut bytes = Vec::with_capacity(capacity + 16);
+        bytes.extend_from_slice(&[0; 4]);
+        Document { bytes }
+    }
+
+    /// Appends the element `key: value` (re-encoded by the bson crate).
+    fn element(&mut self, key: &str, value: RawBsonRef<'_>) {
+        let mut one = RawDocumentBuf::new();
+        one.append_ref(key, value);
+        let one = one.as_bytes();
+        self.bytes.extend_from_slice(&one[4..one.len() - 1]);
+    }
+
+    /// Starts an embedded document (`kind` 0x03) or array (0x04) at
+    /// `key`; returns where its length goes, for [`Document::close`].
+    fn open(&mut self, kind: u8, key: &str) -> usize {
+        self.bytes.push(kind);
+        self.bytes.extend_from_slice(key.as_bytes());
+        self.bytes.push(0);
+        let at = self.bytes.len();
+        self.bytes.extend_from_slice(&[0; 4]);
+        at
+    }
+
+    /// Ends the embedded document opened at `at`.
+    fn close(&mut self, at: usize) {
+        self.bytes.push(0);
+        let length = i32::try_from(self.bytes.len() - at).unwrap_or(i32::MAX);
+        self.bytes[at..at + 4].copy_from_slice(&length.to_le_bytes());
+    }
+
+    /// The whole document; `None` past BSON's largest length.
+    fn finish(mut self) -> Option<RawDocumentBuf> {
+        self.bytes.push(0);
+        let length = i32::try_from(self.bytes.len()).ok()?;
+        self.bytes[0..4].copy_from_slice(&length.to_le_bytes());
+        RawDocumentBuf::from_bytes(self.bytes).ok()
+    }
 }
 
 /// A `count` with `$like`: counts the ranked documents that match.
@@ -1534,6 +1596,18 @@ mod tests {
             Ok("d.c")
         );
         assert!(ordered.get_document("$clusterTime").is_ok());
+        // Every other field kept in its place, and the whole reply valid
+        // BSON to the last byte.
+        let expected = rawdoc! {
+            "cursor": {
+                "firstBatch": [{ "_id": 3, "a": 2 }, { "_id": "x", "a": 1 }],
+                "id": 0_i64,
+                "ns": "d.c",
+            },
+            "ok": 1.0,
+            "$clusterTime": { "t": 1 },
+        };
+        assert_eq!(ordered.as_bytes(), expected.as_bytes());
         let open = rawdoc! { "cursor": { "firstBatch": [], "id": 7_i64, "ns": "d.c" }, "ok": 1.0 };
         assert!(put_in_order(&open, &ranked()).is_none());
     }
