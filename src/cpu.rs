@@ -33,10 +33,16 @@ pub(crate) async fn run<R: Send + 'static>(
 /// back wakes two threads, each wake-up tens of microseconds on a virtual
 /// machine whose other core sleeps (35 and 27 µs at p50, `scripts/bench
 /// text`, AMD EPYC, 2 cores), a sixth of a seven-word query's whole
-/// search; a walk of this many postings takes about a millisecond at
-/// worst (none skipped), so other connections on that thread wait at
-/// most so long. Its other slices still run beside it on the pool.
+/// search. With at most [`HERE_MAX_HITS`] hits to read back, such a
+/// search holds that thread about a millisecond at worst (nothing
+/// skipped), so other connections on it wait at most so long. The slices
+/// a helper takes run beside it on the pool; those none takes (every
+/// core busy) run on the caller's thread too.
 pub const HERE_MAX_POSTINGS: u64 = 1 << 18;
+
+/// Most hits a search run on its caller's thread reads back (each
+/// `_id` read from the index's store): see [`HERE_MAX_POSTINGS`].
+pub const HERE_MAX_HITS: usize = 100;
 
 /// A core's turn of the budget [`run`] keeps, held until dropped.
 pub(crate) struct Turn {
@@ -62,6 +68,12 @@ pub(crate) async fn run_in<R: Send + 'static>(
     drop(turn);
     outcome
 }
+
+/// Held by each test that needs every core's turn at once: two of them
+/// holding some turns each while waiting for the rest would wait for each
+/// other.
+#[cfg(test)]
+pub(crate) static EVERY_TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Starts `job` on another blocking thread if a core is free right now
 /// (a turn of [`run`]'s budget, held until `job` ends), for work that
@@ -120,6 +132,7 @@ mod tests {
 
     #[test]
     fn a_turn_taken_now_is_held_until_its_job_on_the_pool_ends() {
+        let _alone = EVERY_TURN.lock().unwrap_or_else(|e| e.into_inner());
         runtime().block_on(async {
             // Every core's turn (other tests may hold some for a while).
             let mut held = Vec::new();
@@ -152,6 +165,7 @@ mod tests {
 
     #[test]
     fn searches_run_beside_each_other_one_per_core_at_most() {
+        let _alone = EVERY_TURN.lock().unwrap_or_else(|e| e.into_inner());
         let cores = crate::cores();
         // (arrived, running now, most running at once)
         let state = Arc::new((Mutex::new((0usize, 0usize, 0usize)), Condvar::new()));

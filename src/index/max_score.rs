@@ -99,10 +99,11 @@ impl TermDisjunction {
 
 impl TermDisjunction {
     /// The weight of a search over `searcher` with its own statistics,
-    /// and the most postings its walk reads: the sum of every term's
-    /// document frequency in every segment (no walk reads a posting
-    /// twice). A cost known before the walk, so a caller can tell a
-    /// search it may run on its own thread from one to hand to others.
+    /// and the most postings its walk reads: every clause's term's
+    /// document frequency in every segment, summed (a walk reads each
+    /// clause's postings at most once). A cost known before the walk, so
+    /// a caller can tell a search it may run on its own thread from one
+    /// to hand to others.
     /// Errors: tantivy's, reading the term dictionaries.
     pub fn weight_and_postings(
         &self,

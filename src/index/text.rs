@@ -843,30 +843,52 @@ pub const PREPARE_MAX_QUERY_BYTES: usize = 512;
 /// [`TextIndex::prepare_top`] prepares: each reads a term dictionary.
 pub const PREPARE_MAX_LOOKUPS: usize = 256;
 
-/// A top-`k` search with its query compiled and its weight made over one
-/// searcher (the index as it was when prepared), from
-/// [`TextIndex::prepare_top`].
+/// A top-`k` search with its query compiled over one searcher (the index
+/// as it was when prepared), from [`TextIndex::prepare_top`].
 pub struct PreparedTop {
     searcher: tantivy::Searcher,
-    weight: std::sync::Arc<dyn tantivy::query::Weight>,
+    walk: Walk,
     k: usize,
     id_field: Field,
-    postings: u64,
+}
+
+/// What a prepared search walks.
+enum Walk {
+    /// A disjunction of terms, weighed, and the most postings it reads.
+    Weighed(std::sync::Arc<dyn tantivy::query::Weight>, u64),
+    /// Any other query, weighed when walked.
+    Compiled(Box<dyn Query>),
 }
 
 impl PreparedTop {
-    /// The most postings the walk reads: every term's document frequency
-    /// summed over the segments (MaxScore skips most of them).
-    pub fn postings(&self) -> u64 {
-        self.postings
+    /// The most postings the walk reads (every term's document frequency
+    /// summed over the segments; MaxScore skips most of them), when the
+    /// query is a disjunction of terms whose weight is made; `None` when
+    /// that cost is not known before the walk.
+    pub fn postings(&self) -> Option<u64> {
+        match self.walk {
+            Walk::Weighed(_, postings) => Some(postings),
+            Walk::Compiled(_) => None,
+        }
     }
 
     /// The walk: what [`TextIndex::top`] returns. Errors: the engine's
     /// ([`TextError::Engine`]).
     pub fn run(self) -> Result<Hits, TextError> {
         let failed = |e: tantivy::TantivyError| TextError::Engine(format!("search failed: {e}"));
-        let top = slices::best_k_weighted(&self.searcher, self.weight, self.k).map_err(failed)?;
-        hits_in(self.id_field, &self.searcher, top.into_iter().take(self.k))
+        let searcher = self.searcher;
+        let weight = match self.walk {
+            Walk::Weighed(weight, _) => weight,
+            Walk::Compiled(query) => std::sync::Arc::from(
+                query
+                    .weight(tantivy::query::EnableScoring::enabled_from_searcher(
+                        &searcher,
+                    ))
+                    .map_err(failed)?,
+            ),
+        };
+        let top = slices::best_k_weighted(&searcher, weight, self.k).map_err(failed)?;
+        hits_in(self.id_field, &searcher, top.into_iter().take(self.k))
     }
 }
 
@@ -1587,15 +1609,19 @@ impl TextIndex {
         Ok(self.run(operator, k, false)?.0)
     }
 
-    /// [`TextIndex::top`] made ready up to its walk, with the walk's cost
-    /// known, for a plain `text` operator (no `fuzzy`, `synonyms`,
-    /// `matchCriteria: "all"` or `score`) whose query strings hold at
-    /// most [`PREPARE_MAX_QUERY_BYTES`] bytes and whose terms, looked up
-    /// in every segment, make at most [`PREPARE_MAX_LOOKUPS`] lookups;
-    /// `Ok(None)` for any other (its preparing has no such bound: a
-    /// caller runs [`TextIndex::top`]). What it does is bounded so: the
-    /// query strings analyzed, each term looked up once per segment.
-    /// Errors: as for [`TextIndex::top`].
+    /// [`TextIndex::top`] made ready up to its walk, for a plain `text`
+    /// operator (no `fuzzy`, `synonyms`, `matchCriteria: "all"` or
+    /// `score`) over named paths (no wildcard) whose query strings hold
+    /// at most [`PREPARE_MAX_QUERY_BYTES`] bytes and whose paths, times
+    /// the segments, make at most [`PREPARE_MAX_LOOKUPS`]; `Ok(None)` for
+    /// any other (a caller runs [`TextIndex::top`]). What it does is
+    /// bounded so: the query strings analyzed once per path, and, when
+    /// they make a disjunction of terms (`text` of three terms or more)
+    /// of at most [`PREPARE_MAX_LOOKUPS`] lookups (terms times segments),
+    /// each term looked up once per segment for its weight, which tells
+    /// the walk's cost ([`PreparedTop::postings`]); any other query's
+    /// weight is made by [`PreparedTop::run`]. Errors: as for
+    /// [`TextIndex::top`].
     pub fn prepare_top(
         &self,
         operator: &Operator,
@@ -1603,39 +1629,40 @@ impl TextIndex {
     ) -> Result<Option<PreparedTop>, TextError> {
         let Operator::Text {
             query,
+            paths,
             fuzzy: None,
             match_all: false,
             score: None,
             synonyms: None,
-            ..
         } = operator
         else {
             return Ok(None);
         };
-        if query.iter().map(String::len).sum::<usize>() > PREPARE_MAX_QUERY_BYTES {
-            return Ok(None);
-        }
-        let compiled = self.compile(operator)?;
         let searcher = self.reader.searcher();
-        let Some(disjunction) = compiled.downcast_ref::<super::max_score::TermDisjunction>() else {
-            return Ok(None);
-        };
-        if disjunction
-            .len()
-            .saturating_mul(searcher.segment_readers().len())
-            > PREPARE_MAX_LOOKUPS
+        let segments = searcher.segment_readers().len();
+        if query.iter().map(String::len).sum::<usize>() > PREPARE_MAX_QUERY_BYTES
+            || paths.iter().any(|p| matches!(p, SearchPath::Wildcard(_)))
+            || paths.len().saturating_mul(segments) > PREPARE_MAX_LOOKUPS
         {
             return Ok(None);
         }
-        let (weight, postings) = disjunction
-            .weight_and_postings(&searcher)
-            .map_err(|e| TextError::Engine(format!("search failed: {e}")))?;
+        let compiled = self.compile(operator)?;
+        let walk = match compiled.downcast_ref::<super::max_score::TermDisjunction>() {
+            Some(disjunction)
+                if disjunction.len().saturating_mul(segments) <= PREPARE_MAX_LOOKUPS =>
+            {
+                let (weight, postings) = disjunction
+                    .weight_and_postings(&searcher)
+                    .map_err(|e| TextError::Engine(format!("search failed: {e}")))?;
+                Walk::Weighed(std::sync::Arc::from(weight), postings)
+            }
+            _ => Walk::Compiled(compiled),
+        };
         Ok(Some(PreparedTop {
             searcher,
-            weight: std::sync::Arc::from(weight),
+            walk,
             k,
             id_field: self.id_field,
-            postings,
         }))
     }
 
@@ -3556,7 +3583,7 @@ mod tests {
             }
             for k in [1, 5, 400] {
                 let prepared = index.prepare_top(&op, k).unwrap().expect(query);
-                assert_eq!(prepared.postings(), postings, "{query}");
+                assert_eq!(prepared.postings(), Some(postings), "{query}");
                 assert!(postings > 0);
                 assert_eq!(
                     prepared.run().unwrap(),
@@ -3565,8 +3592,8 @@ mod tests {
                 );
             }
         }
-        // Declined: what is not a plain disjunction of terms, or would
-        // read past the bounds before its walk.
+        // Declined: what is not a plain `text` over named paths, or would
+        // read past the bounds to compile.
         let fuzzy = match text("omega delta alpha", "t") {
             Operator::Text {
                 query,
@@ -3585,14 +3612,16 @@ mod tests {
             },
             _ => unreachable!(),
         };
+        let everywhere = Operator::Text {
+            query: vec!["omega delta alpha".into()],
+            paths: vec![SearchPath::Wildcard("*".into())],
+            fuzzy: None,
+            match_all: false,
+            score: None,
+            synonyms: None,
+        };
         let long = vec!["alpha"; PREPARE_MAX_QUERY_BYTES / 6 + 1].join(" ");
         assert!(long.len() > PREPARE_MAX_QUERY_BYTES);
-        let segments = index.segments();
-        let many = (0..PREPARE_MAX_LOOKUPS / segments + 1)
-            .map(|i| format!("w{i}"))
-            .collect::<Vec<_>>()
-            .join(" ");
-        assert!(many.len() <= PREPARE_MAX_QUERY_BYTES);
         let phrase = Operator::Phrase {
             query: vec!["omega delta alpha".into()],
             paths: vec![SearchPath::Field("t".into())],
@@ -3600,59 +3629,23 @@ mod tests {
             score: None,
             synonyms: None,
         };
-        for op in [
-            fuzzy,
-            text("alpha", "t"),
-            text(&long, "t"),
-            text(&many, "t"),
-            phrase,
-        ] {
+        for op in [fuzzy, everywhere, text(&long, "t"), phrase] {
             assert!(index.prepare_top(&op, 5).unwrap().is_none(), "{op:?}");
         }
-    }
-
-    #[test]
-    fn slices_searched_beside_each_other_keep_the_best_k_and_ties_in_document_order() {
-        // Many segments, deletes, and many equal scores (documents with
-        // the same words).
-        let index = in_commits(16, 30, Some(7), |n| {
-            let words: Vec<&str> = (0..1 + n % 4)
-                .map(|j| WORDS[((n + j) % 5) as usize])
-                .collect();
-            words.join(" ")
-        });
-        let searcher = index.reader.searcher();
-        assert!(searcher.segment_readers().len() >= 4);
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .build()
-            .unwrap();
-        let _inside = runtime.enter();
-        for query in ["alpha", "beta gamma", "omega delta alpha", "nothing"] {
-            let compiled = index.compile(&text(query, "t")).unwrap();
-            // The oracle: every live match, best score first, then the
-            // earlier document.
-            let mut all = searcher
-                .search(
-                    compiled.as_ref(),
-                    &TopDocs::with_limit(10_000).order_by_score(),
-                )
-                .unwrap();
-            all.retain(|(_, a)| {
-                let reader = searcher.segment_reader(a.segment_ord);
-                !reader
-                    .alive_bitset()
-                    .is_some_and(|b| b.is_deleted(a.doc_id))
-            });
-            all.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
-            for k in [1, 3, 10, 50, 1000] {
-                let want: Vec<_> = all.iter().take(k).cloned().collect();
-                for threads in [1, 2, 3, 8] {
-                    let got =
-                        slices::best_k_in(&searcher, compiled.as_ref(), k, threads, 1).unwrap();
-                    assert_eq!(got, want, "{query} k={k} threads={threads}");
-                }
-            }
+        // Compiled but not weighed (no cost known): one term, and more
+        // term lookups than the bound; each still finds what `top` finds.
+        let segments = index.segments();
+        let many = (0..PREPARE_MAX_LOOKUPS / segments + 1)
+            .map(|i| format!("w{i} alpha"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert!(many.len() <= PREPARE_MAX_QUERY_BYTES);
+        for op in [text("alpha", "t"), text(&many, "t")] {
+            let prepared = index.prepare_top(&op, 5).unwrap().expect("prepared");
+            assert_eq!(prepared.postings(), None, "{op:?}");
+            let hits = prepared.run().unwrap();
+            assert!(!hits.is_empty());
+            assert_eq!(hits, index.top(&op, 5).unwrap(), "{op:?}");
         }
     }
 

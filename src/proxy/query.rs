@@ -842,45 +842,54 @@ async fn answer(
 }
 
 /// The best `limit` matches of `operator` in `index`'s full-text index,
-/// and how many that is. When a core is free and the search prepares
-/// within its bounds (`TextIndex::prepare_top`) with a walk of at most
-/// [`cpu::HERE_MAX_POSTINGS`] postings, it runs on this thread (its
-/// other slices beside it on the pool), sparing two thread wake-ups;
-/// otherwise on the pool, as every other search does.
+/// and how many that is. When a core is free, at most
+/// [`cpu::HERE_MAX_HITS`] are asked for, and the search prepares within
+/// its bounds (`TextIndex::prepare_top`) with a walk of at most
+/// [`cpu::HERE_MAX_POSTINGS`] postings, it runs on this thread (the
+/// slices helpers take run beside it on the pool), sparing two thread
+/// wake-ups; otherwise on the pool, as every other search does.
 async fn top(
     index: Arc<SearchIndex>,
     operator: Box<crate::index::text::Operator>,
     limit: usize,
 ) -> Result<(crate::index::text::Hits, usize), Error> {
-    let counted = |hits: crate::index::text::Hits| {
-        let n = hits.len();
-        (hits, n)
-    };
+    let failed =
+        |e: tokio::task::JoinError| Error::internal(format!("full-text search failed: {e}"));
     let Some(text) = index.text() else {
         // The engine failed to start: the index is FAILED and `resolve`
         // refused it already.
         return Ok((Vec::new(), 0));
     };
     let prepared = match cpu::turn_now() {
-        Some(turn) => text
+        Some(turn) if limit <= cpu::HERE_MAX_HITS => text
             .prepare_top(&operator, limit)
             .map_err(text_error)?
             .map(|prepared| (turn, prepared)),
-        None => None,
+        _ => None,
     };
     let hits = match prepared {
-        Some((_turn, prepared)) if prepared.postings() <= cpu::HERE_MAX_POSTINGS => prepared.run(),
+        Some((_turn, prepared))
+            if prepared
+                .postings()
+                .is_some_and(|p| p <= cpu::HERE_MAX_POSTINGS) =>
+        {
+            // A panic in the walk is this request's error, as on the pool.
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| prepared.run()))
+                .map_err(|_| Error::internal("full-text search failed: the search panicked"))?
+        }
         Some((turn, prepared)) => cpu::run_in(turn, move || prepared.run())
             .await
-            .map_err(|e| Error::internal(format!("full-text search failed: {e}")))?,
+            .map_err(failed)?,
         None => cpu::run(move || match index.text() {
             Some(text) => text.top(&operator, limit),
             None => Ok(Vec::new()),
         })
         .await
-        .map_err(|e| Error::internal(format!("full-text search failed: {e}")))?,
+        .map_err(failed)?,
     };
-    hits.map(counted).map_err(text_error)
+    let hits = hits.map_err(text_error)?;
+    let n = hits.len();
+    Ok((hits, n))
 }
 
 /// How old a synonym table may be before a query using it reads its

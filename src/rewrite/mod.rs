@@ -770,9 +770,14 @@ pub fn put_in_order(reply: &RawDocument, ranked: &Ranked) -> Option<RawDocumentB
     }
     docs.sort_by_key(|(at, _)| *at);
     let mut out = Document::with_capacity(reply.as_bytes().len());
+    let mut cursor_written = false;
     for (k, v) in reply.iter().flatten() {
         if k != "cursor" {
             out.element(k, v);
+            continue;
+        }
+        if std::mem::replace(&mut cursor_written, true) {
+            // A repeated key (as `with_field` writes one).
             continue;
         }
         let at = out.open(0x03, k);
@@ -783,8 +788,10 @@ pub fn put_in_order(reply: &RawDocument, ranked: &Ranked) -> Option<RawDocumentB
             }
             let batch = out.open(0x04, k);
             for (i, (_, doc)) in docs.iter().enumerate() {
+                use std::io::Write;
                 out.bytes.push(0x03);
-                out.bytes.extend_from_slice(i.to_string().as_bytes());
+                // An array's keys are its indexes in decimal.
+                let _ = write!(out.bytes, "{i}");
                 out.bytes.push(0);
                 out.bytes.extend_from_slice(doc.as_bytes());
             }
@@ -1608,6 +1615,39 @@ mod tests {
             "$clusterTime": { "t": 1 },
         };
         assert_eq!(ordered.as_bytes(), expected.as_bytes());
+        // The cursor after other fields, an empty batch, and a batch of
+        // more than ten (two-digit array keys), byte for byte.
+        let empty = rawdoc! { "ok": 1.0, "cursor": { "firstBatch": [], "id": 0_i64, "ns": "d.c" } };
+        assert_eq!(
+            put_in_order(&empty, &ranked()).unwrap().as_bytes(),
+            empty.as_bytes()
+        );
+        let many = Ranked {
+            ids: (0..12).rev().map(RawBson::Int32).collect(),
+            scores: vec![0.5; 12],
+            ..Ranked::default()
+        };
+        let batch = |order: &mut dyn Iterator<Item = i32>| {
+            let mut batch = RawArrayBuf::new();
+            for id in order {
+                batch.push(rawdoc! { "_id": id, "a": id * 2 });
+            }
+            batch
+        };
+        let reply = rawdoc! {
+            "ok": 1.0,
+            "cursor": { "id": 0_i64, "firstBatch": batch(&mut (0..12)), "ns": "d.c" },
+            "operationTime": 7_i64,
+        };
+        let expected = rawdoc! {
+            "ok": 1.0,
+            "cursor": { "id": 0_i64, "firstBatch": batch(&mut (0..12).rev()), "ns": "d.c" },
+            "operationTime": 7_i64,
+        };
+        assert_eq!(
+            put_in_order(&reply, &many).unwrap().as_bytes(),
+            expected.as_bytes()
+        );
         let open = rawdoc! { "cursor": { "firstBatch": [], "id": 7_i64, "ns": "d.c" }, "ok": 1.0 };
         assert!(put_in_order(&open, &ranked()).is_none());
     }
