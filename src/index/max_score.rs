@@ -61,6 +61,86 @@ pub struct TermDisjunction {
     terms: Vec<Term>,
     /// Most documents a window of the walk spans ([`WINDOW`]).
     window: u32,
+    /// Terms' places found by earlier queries on the same index.
+    known: Option<std::sync::Arc<KnownPlaces>>,
+}
+
+/// Most (segment, term) places a [`KnownPlaces`] keeps; past it, it
+/// starts again empty. About 100 bytes each.
+const MOST_KNOWN_PLACES: usize = 1 << 15;
+
+/// Where terms' postings are in each segment, as earlier queries on one
+/// index looked them up: a segment never changes once written (deletes
+/// mark documents; a term's document frequency counts them still), so
+/// a place found once holds for as long as the segment lives. A query's
+/// words recur across queries, and a term looked up in a term dictionary
+/// not in the CPU's caches costs microseconds (the dictionary's states
+/// are read one after another), while a place known costs one hash
+/// lookup. At most [`MOST_KNOWN_PLACES`] are kept, those of segments the
+/// index no longer holds dropped when new ones are added.
+#[derive(Default)]
+pub struct KnownPlaces {
+    by_segment: std::sync::Mutex<HashMap<SegmentId, HashMap<Term, Option<TermInfo>>>>,
+}
+
+impl std::fmt::Debug for KnownPlaces {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KnownPlaces")
+    }
+}
+
+impl KnownPlaces {
+    /// [`places`], answered from those known where it can be, and the
+    /// others noted.
+    fn places(
+        &self,
+        searcher: &Searcher,
+        terms: &[Term],
+    ) -> tantivy::Result<Vec<(SegmentId, Places)>> {
+        let readers = searcher.segment_readers();
+        let mut out: Vec<(SegmentId, Places)> = Vec::with_capacity(readers.len());
+        let mut missing = Vec::new();
+        {
+            let known = self.by_segment.lock().unwrap_or_else(|e| e.into_inner());
+            for (ordinal, reader) in readers.iter().enumerate() {
+                let here = known.get(&reader.segment_id());
+                let mut infos = Vec::with_capacity(terms.len());
+                for (clause, term) in terms.iter().enumerate() {
+                    match here.and_then(|terms| terms.get(term)) {
+                        Some(info) => infos.push(info.clone()),
+                        None => {
+                            infos.push(None);
+                            missing.push((ordinal, clause));
+                        }
+                    }
+                }
+                out.push((reader.segment_id(), infos));
+            }
+        }
+        if missing.is_empty() {
+            return Ok(out);
+        }
+        for &(ordinal, clause) in &missing {
+            let term = &terms[clause];
+            out[ordinal].1[clause] = readers[ordinal]
+                .inverted_index(term.field())?
+                .get_term_info(term)?;
+        }
+        let mut known = self.by_segment.lock().unwrap_or_else(|e| e.into_inner());
+        let held: usize = known.values().map(HashMap::len).sum();
+        if held + missing.len() > MOST_KNOWN_PLACES {
+            known.clear();
+        }
+        known.retain(|id, _| out.iter().any(|(live, _)| live == id));
+        for (ordinal, clause) in missing {
+            let (id, infos) = &out[ordinal];
+            known
+                .entry(*id)
+                .or_default()
+                .insert(terms[clause].clone(), infos[clause].clone());
+        }
+        Ok(out)
+    }
 }
 
 impl TermDisjunction {
@@ -70,6 +150,19 @@ impl TermDisjunction {
         TermDisjunction {
             terms,
             window: WINDOW,
+            known: None,
+        }
+    }
+
+    /// [`TermDisjunction::new`], its terms' places read from and noted in
+    /// `known` (one index's, shared by its queries).
+    pub fn with_known_places(
+        terms: Vec<Term>,
+        known: std::sync::Arc<KnownPlaces>,
+    ) -> TermDisjunction {
+        TermDisjunction {
+            known: Some(known),
+            ..TermDisjunction::new(terms)
         }
     }
 
@@ -133,7 +226,10 @@ impl TermDisjunction {
         // wrapping a searcher as its first field would pass too, and
         // this crate makes none.
         let places = std::ptr::addr_eq(statistics_provider, searcher)
-            .then(|| places(searcher, &self.terms))
+            .then(|| match &self.known {
+                Some(known) => known.places(searcher, &self.terms),
+                None => places(searcher, &self.terms),
+            })
             .transpose()?;
         let statistics = Cached::new(statistics_provider);
         if let Some(places) = &places {
@@ -828,6 +924,7 @@ mod tests {
                 let query = TermDisjunction {
                     terms: terms.clone(),
                     window,
+                    known: None,
                 };
                 for k in [1, 10, 100] {
                     let got = crate::index::slices::best_k_in(&searcher, &query, k, 1, 1).unwrap();
@@ -842,6 +939,76 @@ mod tests {
     /// with tantivy's own score, finds the same best `k`, and tantivy's
     /// weight (built only when asked for, here by `explain`) explains
     /// the same scores.
+    #[test]
+    fn known_places_are_the_places_looked_up_and_follow_the_segments() {
+        let mut schema = Schema::builder();
+        let field = schema.add_text_field("t", tantivy::schema::TEXT);
+        let index = Index::create_in_ram(schema.build());
+        let mut writer: IndexWriter = index.writer_with_num_threads(1, 15_000_000).unwrap();
+        let reader = index.reader().unwrap();
+        let term = |w: &str| Term::from_field_text(field, w);
+        let terms = vec![term("a"), term("b"), term("missing"), term("a")];
+        let known = KnownPlaces::default();
+        let held = |known: &KnownPlaces| {
+            let by_segment = known.by_segment.lock().unwrap();
+            let mut ids: Vec<SegmentId> = by_segment.keys().copied().collect();
+            ids.sort();
+            (ids, by_segment.values().map(HashMap::len).sum::<usize>())
+        };
+        for (round, texts) in [["a b", "a a c"], ["b", "a d d"]].iter().enumerate() {
+            for text in texts {
+                writer.add_document(doc!(field => *text)).unwrap();
+            }
+            writer.commit().unwrap();
+            reader.reload().unwrap();
+            let searcher = reader.searcher();
+            assert_eq!(searcher.segment_readers().len(), round + 1);
+            // Asked twice: looked up, then known; the same both times as
+            // reading the dictionaries.
+            let looked_up = places(&searcher, &terms).unwrap();
+            for _ in 0..2 {
+                let got = known.places(&searcher, &terms).unwrap();
+                assert_eq!(got.len(), looked_up.len());
+                for ((id, infos), (want_id, want)) in got.iter().zip(&looked_up) {
+                    assert_eq!(id, want_id);
+                    let frequencies = |infos: &Places| {
+                        infos
+                            .iter()
+                            .map(|i| i.as_ref().map(|i| i.doc_freq))
+                            .collect::<Vec<_>>()
+                    };
+                    assert_eq!(frequencies(infos), frequencies(want));
+                    assert_eq!(
+                        infos
+                            .iter()
+                            .map(|i| i.as_ref().map(|i| i.postings_range.clone()))
+                            .collect::<Vec<_>>(),
+                        want.iter()
+                            .map(|i| i.as_ref().map(|i| i.postings_range.clone()))
+                            .collect::<Vec<_>>()
+                    );
+                }
+            }
+            // One place per distinct term and segment, absent terms too.
+            let mut ids: Vec<SegmentId> = looked_up.iter().map(|(id, _)| *id).collect();
+            ids.sort();
+            assert_eq!(held(&known), (ids, 3 * (round + 1)));
+        }
+        // Merged into one segment: the old segments' places are dropped.
+        let ids = index.searchable_segment_ids().unwrap();
+        writer.merge(&ids).wait().unwrap();
+        writer.commit().unwrap();
+        reader.reload().unwrap();
+        let searcher = reader.searcher();
+        assert_eq!(searcher.segment_readers().len(), 1);
+        let got = known.places(&searcher, &terms).unwrap();
+        assert_eq!(got[0].1[0].as_ref().map(|i| i.doc_freq), Some(3));
+        assert_eq!(
+            held(&known),
+            (vec![searcher.segment_readers()[0].segment_id()], 3)
+        );
+    }
+
     #[test]
     fn places_read_once_or_looked_up_score_alike_over_segments() {
         let mut schema = Schema::builder();

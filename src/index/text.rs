@@ -1104,6 +1104,8 @@ pub struct TextIndex {
     embedded: Vec<(String, TextIndex)>,
     /// Mappings being read now (one read at a time per mapping).
     synonyms_reading: Mutex<std::collections::HashSet<String>>,
+    /// Terms' places in the segments, as earlier queries found them.
+    known_places: std::sync::Arc<super::max_score::KnownPlaces>,
 }
 
 /// A document's new state for [`TextIndex::apply`]: indexed anew, or
@@ -1229,6 +1231,7 @@ impl TextIndex {
             root,
             embedded,
             synonyms_reading: Mutex::new(std::collections::HashSet::new()),
+            known_places: Default::default(),
         })
     }
 
@@ -2630,7 +2633,10 @@ impl TextIndex {
                     && plain.len() == per_path.len()
                     && plain.len() >= super::max_score::MIN_TERMS;
                 let query: Box<dyn Query> = if many_plain_terms {
-                    Box::new(super::max_score::TermDisjunction::new(plain))
+                    Box::new(super::max_score::TermDisjunction::with_known_places(
+                        plain,
+                        self.known_places.clone(),
+                    ))
                 } else {
                     boolean_or_empty(per_path)
                 };
