@@ -65,8 +65,9 @@ pub struct TermDisjunction {
     known: Option<std::sync::Arc<KnownPlaces>>,
 }
 
-/// Most (segment, term) places a [`KnownPlaces`] keeps; past it, it
-/// starts again empty. About 100 bytes each.
+/// Most (segment, term) places one index's [`KnownPlaces`] keeps; past
+/// it, it starts again empty. About 150 bytes each (the term twice, its
+/// place, the map's own), some 5 MB at most.
 const MOST_KNOWN_PLACES: usize = 1 << 15;
 
 /// Where terms' postings are in each segment, as earlier queries on one
@@ -76,8 +77,9 @@ const MOST_KNOWN_PLACES: usize = 1 << 15;
 /// words recur across queries, and a term looked up in a term dictionary
 /// not in the CPU's caches costs microseconds (the dictionary's states
 /// are read one after another), while a place known costs one hash
-/// lookup. At most [`MOST_KNOWN_PLACES`] are kept, those of segments the
-/// index no longer holds dropped when new ones are added.
+/// lookup. At most [`MOST_KNOWN_PLACES`] are kept. When a query misses
+/// some, those of segments its searcher does not hold (merged away, or a
+/// newer searcher's) are dropped as its own are noted.
 #[derive(Default)]
 pub struct KnownPlaces {
     by_segment: std::sync::Mutex<HashMap<SegmentId, HashMap<Term, Option<TermInfo>>>>,
@@ -127,18 +129,34 @@ impl KnownPlaces {
                 .get_term_info(term)?;
         }
         let mut known = self.by_segment.lock().unwrap_or_else(|e| e.into_inner());
-        let held: usize = known.values().map(HashMap::len).sum();
+        let mut dropped = Vec::new();
+        known.retain(|id, places| {
+            let live = out.iter().any(|(segment, _)| segment == id);
+            if !live {
+                dropped.push(std::mem::take(places));
+            }
+            live
+        });
+        let mut held: usize = known.values().map(HashMap::len).sum();
         if held + missing.len() > MOST_KNOWN_PLACES {
-            known.clear();
+            dropped.push(HashMap::new());
+            dropped.extend(known.drain().map(|(_, places)| places));
+            held = 0;
         }
-        known.retain(|id, _| out.iter().any(|(live, _)| live == id));
         for (ordinal, clause) in missing {
+            if held >= MOST_KNOWN_PLACES {
+                break;
+            }
             let (id, infos) = &out[ordinal];
-            known
+            let previous = known
                 .entry(*id)
                 .or_default()
                 .insert(terms[clause].clone(), infos[clause].clone());
+            held += usize::from(previous.is_none());
         }
+        drop(known);
+        // Freed once the lock is let go.
+        drop(dropped);
         Ok(out)
     }
 }
@@ -933,12 +951,6 @@ mod tests {
             }
         }
     }
-    /// The walk reads each term's place in each segment once, with the
-    /// statistics; given statistics from elsewhere, it looks the places
-    /// up itself. Either way, over two segments, it offers every match
-    /// with tantivy's own score, finds the same best `k`, and tantivy's
-    /// weight (built only when asked for, here by `explain`) explains
-    /// the same scores.
     #[test]
     fn known_places_are_the_places_looked_up_and_follow_the_segments() {
         let mut schema = Schema::builder();
@@ -1007,8 +1019,22 @@ mod tests {
             held(&known),
             (vec![searcher.segment_readers()[0].segment_id()], 3)
         );
+        // More new terms than the bound leaves room for: it starts again
+        // and holds at most the bound.
+        let many: Vec<Term> = (0..MOST_KNOWN_PLACES + 10)
+            .map(|i| term(&format!("w{i}")))
+            .collect();
+        let got = known.places(&searcher, &many).unwrap();
+        assert!(got[0].1.iter().all(Option::is_none));
+        assert_eq!(held(&known).1, MOST_KNOWN_PLACES);
     }
 
+    /// The walk reads each term's place in each segment once, with the
+    /// statistics; given statistics from elsewhere, it looks the places
+    /// up itself. Either way, over two segments, it offers every match
+    /// with tantivy's own score, finds the same best `k`, and tantivy's
+    /// weight (built only when asked for, here by `explain`) explains
+    /// the same scores.
     #[test]
     fn places_read_once_or_looked_up_score_alike_over_segments() {
         let mut schema = Schema::builder();

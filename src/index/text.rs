@@ -3656,6 +3656,51 @@ mod tests {
     }
 
     #[test]
+    fn slices_searched_beside_each_other_keep_the_best_k_and_ties_in_document_order() {
+        // Many segments, deletes, and many equal scores (documents with
+        // the same words).
+        let index = in_commits(16, 30, Some(7), |n| {
+            let words: Vec<&str> = (0..1 + n % 4)
+                .map(|j| WORDS[((n + j) % 5) as usize])
+                .collect();
+            words.join(" ")
+        });
+        let searcher = index.reader.searcher();
+        assert!(searcher.segment_readers().len() >= 4);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .build()
+            .unwrap();
+        let _inside = runtime.enter();
+        for query in ["alpha", "beta gamma", "omega delta alpha", "nothing"] {
+            let compiled = index.compile(&text(query, "t")).unwrap();
+            // The oracle: every live match, best score first, then the
+            // earlier document.
+            let mut all = searcher
+                .search(
+                    compiled.as_ref(),
+                    &TopDocs::with_limit(10_000).order_by_score(),
+                )
+                .unwrap();
+            all.retain(|(_, a)| {
+                let reader = searcher.segment_reader(a.segment_ord);
+                !reader
+                    .alive_bitset()
+                    .is_some_and(|b| b.is_deleted(a.doc_id))
+            });
+            all.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+            for k in [1, 3, 10, 50, 1000] {
+                let want: Vec<_> = all.iter().take(k).cloned().collect();
+                for threads in [1, 2, 3, 8] {
+                    let got =
+                        slices::best_k_in(&searcher, compiled.as_ref(), k, threads, 1).unwrap();
+                    assert_eq!(got, want, "{query} k={k} threads={threads}");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn long_disjunctions_walked_by_max_score_find_what_scoring_every_match_finds() {
         use tantivy::query::EnableScoring;
         use tantivy::{DocAddress, Score};

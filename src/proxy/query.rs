@@ -860,11 +860,17 @@ async fn top(
         // refused it already.
         return Ok((Vec::new(), 0));
     };
+    // A panic on this thread is this request's error, as on the pool.
+    let panicked = |_| Error::internal("full-text search failed: the search panicked");
     let prepared = match cpu::turn_now() {
-        Some(turn) if limit <= cpu::HERE_MAX_HITS => text
-            .prepare_top(&operator, limit)
+        Some(turn) if limit <= cpu::HERE_MAX_HITS => {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                text.prepare_top(&operator, limit)
+            }))
+            .map_err(panicked)?
             .map_err(text_error)?
-            .map(|prepared| (turn, prepared)),
+            .map(|prepared| (turn, prepared))
+        }
         _ => None,
     };
     let hits = match prepared {
@@ -873,9 +879,8 @@ async fn top(
                 .postings()
                 .is_some_and(|p| p <= cpu::HERE_MAX_POSTINGS) =>
         {
-            // A panic in the walk is this request's error, as on the pool.
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| prepared.run()))
-                .map_err(|_| Error::internal("full-text search failed: the search panicked"))?
+                .map_err(panicked)?
         }
         Some((turn, prepared)) => cpu::run_in(turn, move || prepared.run())
             .await
