@@ -5,7 +5,7 @@
 //! build does, then answers each query (a
 //! `text` operator over `title` and `body`, best `K`) in timed rounds:
 //! first on this thread alone, then inside a tokio runtime, as the proxy
-//! searches (segment slices run beside each other on free cores).
+//! searches (helpers on free cores claim documents beside it).
 //! Prints one JSON object: build throughput, queries/s and latency of the
 //! best round of each (`beside_*` for the second), and the top `K` ids of
 //! the first 100 queries (for the harness's overlap check against SQLite

@@ -35,9 +35,9 @@ pub(crate) async fn run<R: Send + 'static>(
 /// text`, AMD EPYC, 2 cores), a sixth of a seven-word query's whole
 /// search. With at most [`HERE_MAX_HITS`] hits to read back, such a
 /// search holds that thread about a millisecond at worst (nothing
-/// skipped), so other connections on it wait at most so long. The slices
-/// a helper takes run beside it on the pool; those none takes (every
-/// core busy) run on the caller's thread too.
+/// skipped), so other connections on it wait at most so long. What a
+/// helper claims runs beside it on the pool; the rest (all of it when
+/// every core is busy) runs on the caller's thread.
 pub const HERE_MAX_POSTINGS: u64 = 1 << 18;
 
 /// Most hits a search run on its caller's thread reads back (each
@@ -77,7 +77,7 @@ pub(crate) static EVERY_TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Starts `job` on another blocking thread if a core is free right now
 /// (a turn of [`run`]'s budget, held until `job` ends), for work that
-/// can run beside its caller (a slice of a search). Does nothing, and
+/// can run beside its caller (a search's helper). Does nothing, and
 /// drops `job` unrun, when every core is busy or no tokio runtime is
 /// current (a benchmark, a test): the caller does that work itself, so a
 /// loaded machine runs each search on one core, as before.

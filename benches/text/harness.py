@@ -14,8 +14,8 @@ sqlite3):
    `fts5(title, body)` table, each query's words OR-ed, `ORDER BY bm25`,
    best 10), both single-threaded, in memory, best of 3 rounds: indexing
    throughput and queries/s; and how much their top 10s overlap. Then
-   likewise's engine again as the proxy runs it, its segment slices
-   searched beside each other on free cores (not part of the FTS5
+   likewise's engine again as the proxy runs it, helpers on free cores
+   claiming documents beside the query's thread (not part of the FTS5
    ratio).
 3. End to end: SecantusDB and the release proxy; the documents are loaded
    upstream, a `search` index (dynamic) is built through the proxy (its
@@ -198,7 +198,7 @@ def main():
     for name, r in (("likewise (tantivy 0.27)", ours), (f"SQLite FTS5 {fts5['version']}", fts5)):
         lines.append(f"| {name} | {r['build_docs_per_s']:,.0f} | {r['qps']:,.0f} | "
                      f"{r['p50_ms']:.3f} | {r['p99_ms']:.3f} |")
-    lines.append(f"| likewise, slices beside each other ({os.cpu_count()} cores, as the proxy "
+    lines.append(f"| likewise, helpers beside it ({os.cpu_count()} cores, as the proxy "
                  f"searches) | | {ours['beside_qps']:,.0f} | {ours['beside_p50_ms']:.3f} | "
                  f"{ours['beside_p99_ms']:.3f} |")
     engine_ratio = ours["qps"] / fts5["qps"]

@@ -43,6 +43,8 @@ use tantivy::query::{
 use tantivy::schema::{Field, IndexRecordOption};
 use tantivy::{DocId, Score, Searcher, SegmentReader, Term, TERMINATED};
 
+use super::slices::RangedWeight;
+
 /// Fewest terms a disjunction needs for MaxScore; shorter ones keep
 /// tantivy's block-max WAND, which has little to gain from ordering one
 /// or two lists. Measured with `benches/text.rs` (100,000 documents,
@@ -219,7 +221,7 @@ impl TermDisjunction {
     pub fn weight_and_postings(
         &self,
         searcher: &Searcher,
-    ) -> tantivy::Result<(Box<dyn Weight>, u64)> {
+    ) -> tantivy::Result<(Box<dyn RangedWeight>, u64)> {
         let weight = self.max_score_weight(searcher, searcher)?;
         let postings = weight
             .places
@@ -529,6 +531,19 @@ impl Weight for MaxScoreWeight {
         reader: &SegmentReader,
         callback: &mut dyn FnMut(DocId, Score) -> Score,
     ) -> tantivy::Result<()> {
+        self.for_each_pruning_from(threshold, reader, 0, &mut |_| TERMINATED, callback)
+    }
+}
+
+impl RangedWeight for MaxScoreWeight {
+    fn for_each_pruning_from(
+        &self,
+        threshold: Score,
+        reader: &SegmentReader,
+        start: DocId,
+        limit: &mut dyn FnMut(DocId) -> DocId,
+        callback: &mut dyn FnMut(DocId, Score) -> Score,
+    ) -> tantivy::Result<()> {
         let places = self.places.as_ref().and_then(|places| {
             let id = reader.segment_id();
             places
@@ -563,7 +578,7 @@ impl Weight for MaxScoreWeight {
         let mut lists = Vec::with_capacity(held.len());
         for (clause, info, norms, max) in held {
             let inverted = reader.inverted_index(self.query.terms[clause].field())?;
-            lists.push(List {
+            let mut list = List {
                 block: inverted
                     .read_block_postings_from_terminfo(&info, IndexRecordOption::WithFreqs)?,
                 at: 0,
@@ -571,13 +586,18 @@ impl Weight for MaxScoreWeight {
                 max,
                 weight: &self.weights[clause],
                 clause,
-            });
+            };
+            if start > 0 {
+                list.seek(start);
+            }
+            lists.push(list);
         }
         walk(
             lists,
             self.query.terms.len(),
             threshold,
             self.query.window,
+            limit,
             callback,
         );
         Ok(())
@@ -723,7 +743,8 @@ const WINDOW: u32 = 1024;
 const PARTS: usize = 1 << 16;
 
 /// Calls `callback` with each document that scores above the threshold
-/// (`threshold`, then what `callback` returns), in document order; a
+/// (`threshold`, then what `callback` returns), in document order, up
+/// to the end `limit(base)` gives before each window from `base`; a
 /// document scoring no more than the threshold in force may be skipped.
 /// `clauses`: the query's number of clauses (scores are summed in clause
 /// order, as tantivy's explanations sum them).
@@ -739,6 +760,7 @@ fn walk(
     clauses: usize,
     mut threshold: Score,
     window: u32,
+    limit: &mut dyn FnMut(DocId) -> DocId,
     callback: &mut dyn FnMut(DocId, Score) -> Score,
 ) {
     lists.sort_by(|a, b| a.max.total_cmp(&b.max));
@@ -775,7 +797,11 @@ fn walk(
         if base == TERMINATED {
             break;
         }
-        let end = base.saturating_add(window).min(TERMINATED);
+        let until = limit(base);
+        if base >= until {
+            break;
+        }
+        let end = base.saturating_add(window).min(until);
         let window_essential = essential;
         for (at, list) in lists.iter_mut().enumerate().skip(window_essential) {
             list.add_to(&mut gathered, base, end, at);
@@ -944,9 +970,24 @@ mod tests {
                     window,
                     known: None,
                 };
+                let (weight, _) = query.weight_and_postings(&searcher).unwrap();
+                let walker = crate::index::slices::Walker::Ranges(std::sync::Arc::from(weight));
                 for k in [1, 10, 100] {
                     let got = crate::index::slices::best_k_in(&searcher, &query, k, 1, 1).unwrap();
                     assert_eq!(got, all[..k], "{words:?} window={window} k={k}");
+                    // In pieces that cut windows, a helper taking some
+                    // from the back first.
+                    for (piece, first) in [(300, 0), (300, 3), (1_000, 1), (777, 9)] {
+                        let got = crate::index::slices::best_k_helper_first(
+                            &searcher, &walker, k, 2, piece, first,
+                        )
+                        .unwrap();
+                        assert_eq!(
+                            got,
+                            all[..k],
+                            "{words:?} window={window} k={k} piece={piece} first={first}"
+                        );
+                    }
                 }
             }
         }

@@ -1,22 +1,26 @@
 //! The `k` best matches of a tantivy query over an index's segments,
-//! searched in slices that run beside each other when cores are free
-//! (Lucene's `IndexSearcher` leaf slices), and how a built index is
-//! merged so that it has slices to search.
+//! walked by this thread and, when cores are free, helpers beside it
+//! (Lucene's `IndexSearcher` slices; intra-segment slices as Lucene 10
+//! has them where the weight walks ranges of documents), and how a built
+//! index is merged into parts.
 //!
-//! Every slice keeps its own best `k` and publishes the `k`-th score
-//! once it holds `k` (Lucene's `MaxScoreAccumulator` shares the same
-//! bound): the block-max WAND walk of every other slice then skips what
-//! cannot beat it. Slices are runs of consecutive segments, so equal
-//! scores still go to the earlier document: a slice prunes at another's
-//! bound only strictly below it when that slice comes after it.
+//! The documents, laid end to end, are claimed as the walk goes: this
+//! thread from the front, helpers from the back, so however late a
+//! helper starts and whatever the segments' sizes, the threads finish
+//! together ([`Claims`]). Every run of claims keeps its own best `k` and
+//! publishes the `k`-th score once it holds `k` (Lucene's
+//! `MaxScoreAccumulator` shares the same bound): the pruned walk of every
+//! other run then skips what cannot beat it. Equal scores still go to the
+//! earlier document: a run prunes at another's bound only strictly below
+//! it when that run comes after it.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::ops::Range;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use tantivy::query::{EnableScoring, Query, Weight};
-use tantivy::{DocAddress, Searcher, TantivyError};
+use tantivy::{DocAddress, DocId, Score, Searcher, SegmentReader, TantivyError};
 
 /// Fewest documents a slice searched beside another holds, and a part a
 /// build merges into holds unless the whole index is smaller: below this,
@@ -117,12 +121,39 @@ pub fn groups_of(sizes: &[u64], parts: usize) -> Vec<Vec<usize>> {
         .collect()
 }
 
+/// A weight whose pruned walk (`Weight::for_each_pruning`) can start at
+/// any document of a segment and stop at a limit that grows as it goes:
+/// [`best_k_ranged`] then shares a segment between threads (Lucene 10's
+/// intra-segment concurrency), so the work splits evenly whatever the
+/// segments' sizes.
+pub trait RangedWeight: Weight {
+    /// Calls `callback` as `for_each_pruning` does, for the documents of
+    /// `reader` from `start` on: before each step the walk asks
+    /// `limit(base)`, `base` the next document it would score, for the end
+    /// (exclusive) of what it may score, and stops once `base` is at or
+    /// past it. `limit` never returns less than it did.
+    /// Errors: tantivy's, reading the postings.
+    fn for_each_pruning_from(
+        &self,
+        threshold: Score,
+        reader: &SegmentReader,
+        start: DocId,
+        limit: &mut dyn FnMut(DocId) -> DocId,
+        callback: &mut dyn FnMut(DocId, Score) -> Score,
+    ) -> tantivy::Result<()>;
+}
+
+/// Fewest documents a thread claims of a segment walked by
+/// [`RangedWeight`]s (four of the MaxScore walk's windows): each claim
+/// taken from the back opens every term's postings again.
+const MIN_PIECE_DOCS: u64 = 4096;
+
 /// The `k` (at least 1) best-scoring live matches of `query`, best first,
 /// equal scores in document order: what tantivy's `TopDocs` finds. The
-/// segments are searched in slices ([`slices`]); a slice runs on another
-/// thread when `crate::cpu::beside` finds a free core, else on this one
-/// (whichever starts it first).
-/// Errors: tantivy's, and a slice whose thread panicked.
+/// segments are shared out among this thread and helpers ([`Claims`]);
+/// a helper runs on another thread when `crate::cpu::beside` finds a
+/// free core.
+/// Errors: tantivy's, and a helper whose thread panicked.
 pub fn best_k(
     searcher: &Searcher,
     query: &dyn Query,
@@ -131,18 +162,26 @@ pub fn best_k(
     best_k_in(searcher, query, k, crate::cores(), MIN_SLICE_DOCS)
 }
 
-/// [`best_k`] of a query whose weight over `searcher` (from its own
-/// statistics) is made already.
-pub fn best_k_weighted(
+/// [`best_k`] of a weight over `searcher` (from its own statistics) that
+/// walks ranges of documents: the threads share segments too, in pieces
+/// of at least 4,096 documents.
+pub fn best_k_ranged(
     searcher: &Searcher,
-    weight: Arc<dyn Weight>,
+    weight: Arc<dyn RangedWeight>,
     k: usize,
 ) -> tantivy::Result<Vec<(f32, DocAddress)>> {
-    best_k_of(searcher, weight, k, crate::cores(), MIN_SLICE_DOCS)
+    best_k_of(
+        searcher,
+        Walker::Ranges(weight),
+        k,
+        crate::cores(),
+        MIN_SLICE_DOCS,
+        MIN_PIECE_DOCS,
+    )
 }
 
-/// [`best_k`] in at most `threads` slices of at least `min_docs`
-/// documents.
+/// [`best_k`] with at most `threads` threads, one more for each
+/// `min_docs` documents.
 pub(crate) fn best_k_in(
     searcher: &Searcher,
     query: &dyn Query,
@@ -152,77 +191,77 @@ pub(crate) fn best_k_in(
 ) -> tantivy::Result<Vec<(f32, DocAddress)>> {
     let weight: Arc<dyn Weight> =
         Arc::from(query.weight(EnableScoring::enabled_from_searcher(searcher))?);
-    best_k_of(searcher, weight, k, threads, min_docs)
+    best_k_of(searcher, Walker::Segments(weight), k, threads, min_docs, 0)
 }
 
-fn best_k_of(
+/// What walks the segments.
+#[derive(Clone)]
+pub(crate) enum Walker {
+    /// Any weight: a thread walks whole segments.
+    Segments(Arc<dyn Weight>),
+    /// Threads walk pieces of segments.
+    Ranges(Arc<dyn RangedWeight>),
+}
+
+/// The best `k` of `walker`'s matches over `searcher`, this thread walking
+/// from the front and up to `threads - 1` helpers (one per `min_docs`
+/// documents beyond the first) from the back; a ranged walker's pieces
+/// hold at least `min_piece` documents (at least 1).
+pub(crate) fn best_k_of(
     searcher: &Searcher,
-    weight: Arc<dyn Weight>,
+    walker: Walker,
     k: usize,
     threads: usize,
     min_docs: u64,
+    min_piece: u64,
 ) -> tantivy::Result<Vec<(f32, DocAddress)>> {
     let k = k.max(1);
-    let slices = slices(searcher, threads, min_docs);
-    let bounds = Arc::new(Bounds::new(slices.len()));
-    // Whoever starts a slice first claims it: a helper thread, or this
-    // one once its own slices are done (a helper still waiting for a
-    // thread then costs nothing, and never holds the search up).
-    let claimed: Arc<Vec<AtomicBool>> =
-        Arc::new((0..slices.len()).map(|_| AtomicBool::new(false)).collect());
+    let sizes: Vec<u32> = searcher
+        .segment_readers()
+        .iter()
+        .map(SegmentReader::max_doc)
+        .collect();
+    let total: u64 = sizes.iter().map(|&s| u64::from(s)).sum();
+    let threads = usize::try_from(total / min_docs.max(1))
+        .unwrap_or(usize::MAX)
+        .min(threads)
+        .max(1);
+    let piece = matches!(walker, Walker::Ranges(_)).then_some(min_piece);
+    let claims = Arc::new(Claims::new(&sizes, threads, piece));
     let (send, receive) = mpsc::channel();
-    for (at, slice) in slices.iter().enumerate().skip(1) {
-        let (searcher, weight, bounds, claimed, send, slice) = (
+    for _ in 1..threads {
+        let (searcher, walker, claims, send) = (
             searcher.clone(),
-            weight.clone(),
-            bounds.clone(),
-            claimed.clone(),
+            walker.clone(),
+            claims.clone(),
             send.clone(),
-            slice.clone(),
         );
-        let job = move || {
-            if !claimed[at].swap(true, Ordering::AcqRel) {
-                // A claimed slice always answers, even when its walk panics.
-                let walked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    walk(&searcher, weight.as_ref(), slice, k, &bounds, at)
-                }))
-                .unwrap_or_else(|_| {
-                    Err(TantivyError::InternalError(
-                        "a search slice's thread panicked".into(),
-                    ))
-                });
-                // The receiver is gone only when this search failed already.
-                let _ = send.send(walked);
-            }
-        };
-        crate::cpu::beside(job);
+        crate::cpu::beside(move || {
+            let Some(first) = claims.back(true) else {
+                return;
+            };
+            // A helper that claimed always answers, even when it panics.
+            let walked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                walk_back(&searcher, &walker, &claims, first, k)
+            }))
+            .unwrap_or_else(|_| {
+                Err(TantivyError::InternalError(
+                    "a search helper's thread panicked".into(),
+                ))
+            });
+            // The receiver is gone only when this search failed already.
+            let _ = send.send(walked);
+        });
     }
-    // Only the jobs hold senders now: `recv` fails rather than waiting for
-    // ever should one be dropped unrun.
     drop(send);
-    // However this search ends, slices no thread has started yet are
-    // left alone: queued helpers then return at once.
-    let _unclaimed = ClaimAll(claimed.clone());
-    let mut found = Vec::with_capacity(k * slices.len());
-    let mut owed = 0;
-    for (at, slice) in slices.iter().enumerate() {
-        if claimed[at].swap(true, Ordering::AcqRel) {
-            owed += 1;
-            continue;
-        }
-        found.extend(walk(
-            searcher,
-            weight.as_ref(),
-            slice.clone(),
-            k,
-            &bounds,
-            at,
-        )?);
-    }
-    for _ in 0..owed {
-        let part = receive
-            .recv()
-            .map_err(|_| TantivyError::InternalError("a search slice's thread failed".into()))?;
+    // However this search ends, what no thread has claimed yet is left
+    // alone: helpers still queued then return at once.
+    let closing = Closing(&claims);
+    let mut found = walk_front(searcher, &walker, &claims, k)?;
+    let helpers = closing.close();
+    for _ in 0..helpers {
+        let part = answer(&receive)
+            .ok_or_else(|| TantivyError::InternalError("a search helper's thread failed".into()))?;
         found.extend(part?);
     }
     found.sort_unstable_by(|a, b| b.cmp(a));
@@ -230,118 +269,434 @@ fn best_k_of(
     Ok(found.into_iter().map(|r| (r.0, r.1)).collect())
 }
 
-/// Claims every slice when dropped.
-struct ClaimAll(Arc<Vec<AtomicBool>>);
+/// Longest this thread spins for a helper's answer before it sleeps: a
+/// helper still walking when the front runs out has at most its last
+/// claim left, a few microseconds of work, while waking a thread that
+/// sleeps on a channel takes tens of microseconds on a virtual machine
+/// whose other core is idle.
+const SPIN_FOR_ANSWER: std::time::Duration = std::time::Duration::from_micros(100);
 
-impl Drop for ClaimAll {
-    fn drop(&mut self) {
-        for slice in self.0.iter() {
-            slice.store(true, Ordering::Release);
-        }
-    }
-}
-
-/// Runs of consecutive segment ordinals holding about equal numbers of
-/// documents: at most `threads`, each of at least `min_docs` documents
-/// (one run for a smaller index), together every segment.
-fn slices(searcher: &Searcher, threads: usize, min_docs: u64) -> Vec<Range<usize>> {
-    let sizes: Vec<u64> = searcher
-        .segment_readers()
-        .iter()
-        .map(|r| u64::from(r.max_doc()))
-        .collect();
-    let total: u64 = sizes.iter().sum();
-    let min_docs = min_docs.max(1);
-    let count = usize::try_from(total / min_docs)
-        .unwrap_or(usize::MAX)
-        .min(threads)
-        .max(1);
-    let share = total / count as u64;
-    let mut out = Vec::with_capacity(count);
-    let (mut start, mut sum, mut seen) = (0, 0u64, 0u64);
-    for (at, size) in sizes.iter().enumerate() {
-        sum += size;
-        seen += size;
-        // Close a slice at its share of the whole, if what is left makes
-        // a slice of at least `min_docs` too.
-        if out.len() + 1 < count && sum >= share && total - seen >= min_docs {
-            out.push(start..at + 1);
-            start = at + 1;
-            sum = 0;
-        }
-    }
-    out.push(start..sizes.len());
-    out
-}
-
-/// The best `k` of the segments `ords`, as [`best_k`] keeps them, as
-/// slice `me` of `bounds`.
-fn walk(
-    searcher: &Searcher,
-    weight: &dyn Weight,
-    ords: Range<usize>,
-    k: usize,
-    bounds: &Bounds,
-    me: usize,
-) -> tantivy::Result<Vec<Ranked>> {
-    let mut heap: BinaryHeap<Reverse<Ranked>> = BinaryHeap::with_capacity(k + 1);
-    let mut own = f32::MIN;
-    for ord in ords {
-        let ord = u32::try_from(ord).unwrap_or(u32::MAX);
-        let reader = searcher.segment_reader(ord);
-        let alive = reader.alive_bitset();
-        let threshold = own.max(bounds.floor(me));
-        weight.for_each_pruning(threshold, reader, &mut |doc, score| {
-            if !alive.is_some_and(|a| a.is_deleted(doc)) {
-                heap.push(Reverse(Ranked(score, DocAddress::new(ord, doc))));
-                if heap.len() > k {
-                    heap.pop();
-                }
-                if heap.len() == k {
-                    own = heap.peek().map_or(f32::MIN, |r| r.0 .0);
-                    bounds.raise(me, own);
-                }
+/// The next answer on `receive`: spun for up to [`SPIN_FOR_ANSWER`], then
+/// waited for. `None` when every sender is gone.
+fn answer<T>(receive: &mpsc::Receiver<T>) -> Option<T> {
+    let started = std::time::Instant::now();
+    loop {
+        for _ in 0..64 {
+            match receive.try_recv() {
+                Ok(answer) => return Some(answer),
+                Err(mpsc::TryRecvError::Disconnected) => return None,
+                Err(mpsc::TryRecvError::Empty) => std::hint::spin_loop(),
             }
-            own.max(bounds.floor(me))
-        })?;
+        }
+        if started.elapsed() >= SPIN_FOR_ANSWER {
+            return receive.recv().ok();
+        }
     }
-    Ok(heap.into_iter().map(|r| r.0).collect())
 }
 
-/// Each slice's `k`-th best score once it holds `k` matches, as
-/// order-preserving bits (0: not yet).
-struct Bounds(Vec<AtomicU32>);
+/// Closes the claims when dropped.
+struct Closing<'a>(&'a Claims);
+
+impl Closing<'_> {
+    /// Closes the claims now: how many helpers claimed something.
+    fn close(self) -> usize {
+        self.0.close()
+    }
+}
+
+impl Drop for Closing<'_> {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
+/// The documents of a search's segments, laid end to end in segment
+/// order, as threads claim them (guided self-scheduling, Polychronopoulos
+/// & Kuck, IEEE TC 1987): the calling thread claims from the front, a
+/// piece at a time, and walks on without reopening anything while its
+/// next piece is in the same segment; each helper claims from the back
+/// a share of what is left (`left / threads`, at least a piece), so the
+/// threads meet wherever their speeds and start times put them. Whole
+/// segments are claimed when the walker cannot walk ranges. Every claim
+/// lies within one segment, and so does every run of claims walked
+/// with one heap: the front's run precedes every helper's claim.
+struct Claims {
+    /// Where each segment starts, and the total at the end.
+    starts: Vec<u64>,
+    threads: u64,
+    /// Documents a front claim takes; 0: whole segments.
+    piece: u64,
+    state: std::sync::Mutex<Claimed>,
+    bounds: Bounds,
+}
+
+#[derive(Default)]
+struct Claimed {
+    /// Everything before `front` and from `back` on is claimed.
+    front: u64,
+    back: u64,
+    /// Helpers that claimed something; claims that started a run.
+    helpers: usize,
+}
+
+/// A claimed piece: a segment's ordinal, its documents, and the slot of
+/// [`Bounds`] its run publishes in.
+struct Piece {
+    ord: usize,
+    docs: Range<DocId>,
+    slot: usize,
+}
+
+impl Claims {
+    /// Claims of segments of `sizes` documents by `threads` threads, in
+    /// pieces of at least `min_piece` documents, or whole segments
+    /// (`None`).
+    fn new(sizes: &[u32], threads: usize, min_piece: Option<u64>) -> Claims {
+        let mut starts = Vec::with_capacity(sizes.len() + 1);
+        let mut at = 0u64;
+        starts.push(0);
+        for &size in sizes {
+            at += u64::from(size);
+            starts.push(at);
+        }
+        let threads = threads.max(1) as u64;
+        // At most 32 pieces per thread, whatever the index's size: each
+        // back claim takes a slot of the bounds.
+        let piece = min_piece.map_or(0, |least| least.max(1).max(at / (threads * 32)));
+        let slots = match piece {
+            0 => 0,
+            piece => usize::try_from(at / piece + threads).unwrap_or(usize::MAX),
+        } + sizes.len()
+            + 1;
+        Claims {
+            starts,
+            threads,
+            piece,
+            state: std::sync::Mutex::new(Claimed {
+                back: at,
+                ..Claimed::default()
+            }),
+            bounds: Bounds::new(slots),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, Claimed> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The segment holding the document at `at` (of the laid-out ones).
+    fn segment_of(&self, at: u64) -> usize {
+        self.starts.partition_point(|&s| s <= at) - 1
+    }
+
+    /// The front's next piece (its run's slot is 0).
+    fn front(&self) -> Option<Piece> {
+        let mut state = self.state();
+        if state.front >= state.back {
+            return None;
+        }
+        let ord = self.segment_of(state.front);
+        let (start, end) = (self.starts[ord], self.starts[ord + 1]);
+        let from = state.front;
+        let to = if self.piece == 0 {
+            end
+        } else {
+            (from + self.piece).min(end)
+        }
+        .min(state.back);
+        state.front = to;
+        Some(Piece {
+            ord,
+            docs: local(from - start)..local(to - start),
+            slot: 0,
+        })
+    }
+
+    /// Where the front's next piece ends, if it is in segment `ord` (the
+    /// front walks on into it).
+    fn front_within(&self, ord: usize) -> Option<DocId> {
+        let mut state = self.state();
+        if state.front >= state.back || state.front >= self.starts[ord + 1] || self.piece == 0 {
+            return None;
+        }
+        let to = (state.front + self.piece)
+            .min(self.starts[ord + 1])
+            .min(state.back);
+        state.front = to;
+        Some(local(to - self.starts[ord]))
+    }
+
+    /// Claims what the front can of segment `ord`.
+    fn front_past(&self, ord: usize) {
+        let mut state = self.state();
+        let end = self.starts[ord + 1].min(state.back);
+        state.front = state.front.max(end);
+    }
+
+    /// A helper's next claim: its share of what is left, from the back.
+    /// `None` once everything is claimed. `first`: the helper's first
+    /// claim (it then owes an answer).
+    fn back(&self, first: bool) -> Option<Piece> {
+        let mut state = self.state();
+        if state.front >= state.back {
+            return None;
+        }
+        let to = state.back;
+        let ord = self.segment_of(to - 1);
+        let start = self.starts[ord];
+        let share = ((to - state.front) / self.threads).max(self.piece);
+        let from = if self.piece == 0 {
+            start
+        } else {
+            to.saturating_sub(share).max(start)
+        }
+        .max(state.front);
+        let slot = self.bounds.open(from);
+        if slot == 0 {
+            // No slot left (never, by the piece's size): the front walks it.
+            return None;
+        }
+        state.back = from;
+        state.helpers += usize::from(first);
+        Some(Piece {
+            ord,
+            docs: local(from - start)..local(to - start),
+            slot,
+        })
+    }
+
+    /// Takes what is left from every thread but those walking already:
+    /// how many helpers claimed something.
+    fn close(&self) -> usize {
+        let mut state = self.state();
+        state.front = state.back;
+        state.helpers
+    }
+}
+
+/// A document number within a segment (segments hold fewer than 2^32).
+fn local(at: u64) -> DocId {
+    DocId::try_from(at).unwrap_or(DocId::MAX)
+}
+
+/// The matches one heap keeps: the `k` best, published as slot `slot`'s
+/// bound once it holds `k`.
+struct Heap<'a> {
+    kept: BinaryHeap<Reverse<Ranked>>,
+    k: usize,
+    own: f32,
+    bounds: &'a Bounds,
+    slot: usize,
+}
+
+impl<'a> Heap<'a> {
+    fn new(k: usize, bounds: &'a Bounds, slot: usize) -> Heap<'a> {
+        Heap {
+            kept: BinaryHeap::with_capacity(k + 1),
+            k,
+            own: f32::MIN,
+            bounds,
+            slot,
+        }
+    }
+
+    /// The score a match must beat now.
+    fn threshold(&self) -> f32 {
+        self.own.max(self.bounds.floor(self.slot))
+    }
+
+    /// Keeps a match if it is among the best `k`; the new threshold.
+    fn offer(&mut self, score: f32, at: DocAddress) -> f32 {
+        self.kept.push(Reverse(Ranked(score, at)));
+        if self.kept.len() > self.k {
+            self.kept.pop();
+        }
+        if self.kept.len() == self.k {
+            self.own = self.kept.peek().map_or(f32::MIN, |r| r.0 .0);
+            self.bounds.raise(self.slot, self.own);
+        }
+        self.threshold()
+    }
+
+    fn into_found(self) -> impl Iterator<Item = Ranked> {
+        self.kept.into_iter().map(|r| r.0)
+    }
+}
+
+/// Walks `piece`'s documents into `heap`; `more`, when set, is asked for
+/// where the piece ends once the walk reaches its end (ranged walkers).
+fn walk_piece(
+    searcher: &Searcher,
+    walker: &Walker,
+    piece: &Piece,
+    heap: &mut Heap<'_>,
+    more: Option<&Claims>,
+) -> tantivy::Result<()> {
+    let ord = piece.ord;
+    let reader = searcher.segment_reader(u32::try_from(ord).unwrap_or(u32::MAX));
+    let alive = reader.alive_bitset();
+    let address = u32::try_from(ord).unwrap_or(u32::MAX);
+    let threshold = heap.threshold();
+    let mut callback = |doc: DocId, score: f32| {
+        if alive.is_some_and(|a| a.is_deleted(doc)) {
+            return heap.threshold();
+        }
+        heap.offer(score, DocAddress::new(address, doc))
+    };
+    match walker {
+        Walker::Segments(weight) => weight.for_each_pruning(threshold, reader, &mut callback),
+        Walker::Ranges(weight) => {
+            let mut end = piece.docs.end;
+            let mut limit = |base: DocId| {
+                while base >= end {
+                    match more.and_then(|claims| claims.front_within(ord)) {
+                        Some(further) => end = further,
+                        None => break,
+                    }
+                }
+                end
+            };
+            weight.for_each_pruning_from(
+                threshold,
+                reader,
+                piece.docs.start,
+                &mut limit,
+                &mut callback,
+            )
+        }
+    }
+}
+
+/// The calling thread's part: pieces from the front, one heap.
+fn walk_front(
+    searcher: &Searcher,
+    walker: &Walker,
+    claims: &Claims,
+    k: usize,
+) -> tantivy::Result<Vec<Ranked>> {
+    let mut heap = Heap::new(k, &claims.bounds, 0);
+    while let Some(piece) = claims.front() {
+        walk_piece(searcher, walker, &piece, &mut heap, Some(claims))?;
+        // The walk went as far in the segment as it could: what the front
+        // can still claim there holds nothing that beats its threshold.
+        claims.front_past(piece.ord);
+    }
+    Ok(heap.into_found().collect())
+}
+
+/// A helper's part: claims from the back, `first` the first, a heap each
+/// (a later claim lies before an earlier one, and a heap's bound holds
+/// only for matches after what it keeps).
+fn walk_back(
+    searcher: &Searcher,
+    walker: &Walker,
+    claims: &Claims,
+    first: Piece,
+    k: usize,
+) -> tantivy::Result<Vec<Ranked>> {
+    let mut found = Vec::new();
+    let mut next = Some(first);
+    while let Some(piece) = next {
+        let mut heap = Heap::new(k, &claims.bounds, piece.slot);
+        walk_piece(searcher, walker, &piece, &mut heap, None)?;
+        found.extend(heap.into_found());
+        next = claims.back(false);
+    }
+    Ok(found)
+}
+
+/// Each run's `k`-th best score once it holds `k` matches, as
+/// order-preserving bits (0: not yet), with where the run starts. Slot
+/// 0 is the front's, which starts first; helpers' claims open the others.
+struct Bounds {
+    starts: Vec<AtomicU64>,
+    scores: Vec<AtomicU32>,
+    opened: AtomicUsize,
+}
 
 impl Bounds {
-    fn new(slices: usize) -> Bounds {
-        Bounds((0..slices).map(|_| AtomicU32::new(0)).collect())
+    fn new(slots: usize) -> Bounds {
+        Bounds {
+            starts: (0..slots.max(1)).map(|_| AtomicU64::new(0)).collect(),
+            scores: (0..slots.max(1)).map(|_| AtomicU32::new(0)).collect(),
+            opened: AtomicUsize::new(1),
+        }
     }
 
-    /// Slice `me` holds `k` matches scoring at least `score`.
+    /// A new run's slot, starting at `start` (later than the front's);
+    /// 0 when every slot is taken. Called under the claims' lock.
+    fn open(&self, start: u64) -> usize {
+        let slot = self.opened.load(Ordering::Acquire);
+        if slot >= self.starts.len() {
+            return 0;
+        }
+        self.starts[slot].store(start, Ordering::Relaxed);
+        self.opened.store(slot + 1, Ordering::Release);
+        slot
+    }
+
+    /// Run `me` holds `k` matches scoring at least `score`.
     fn raise(&self, me: usize, score: f32) {
-        self.0[me].fetch_max(ordered_bits(score), Ordering::Relaxed);
+        self.scores[me].fetch_max(ordered_bits(score), Ordering::Relaxed);
     }
 
-    /// The score slice `me` need not beat: another slice already holds
-    /// `k` matches that outrank any match of `me` scoring this or less
-    /// (an earlier slice wins ties, so a later one's bound counts only
-    /// below it). `f32::MIN` while none does.
+    /// The score run `me` need not beat: another run already holds `k`
+    /// matches that outrank any match of `me` scoring this or less (an
+    /// earlier run wins ties, so a later one's bound counts only below
+    /// it). `f32::MIN` while none does.
     fn floor(&self, me: usize) -> f32 {
         let mut floor = f32::MIN;
-        for (at, bits) in self.0.iter().enumerate() {
-            let bits = bits.load(Ordering::Relaxed);
+        let opened = self.opened.load(Ordering::Acquire);
+        let mine = self.starts[me].load(Ordering::Relaxed);
+        for at in 0..opened {
+            let bits = self.scores[at].load(Ordering::Relaxed);
             if at == me || bits == 0 {
                 continue;
             }
             let score = from_ordered_bits(bits);
-            // A few steps below a later slice's bound: block-max WAND's
+            // A few steps below a later run's bound: block-max WAND's
             // upper bounds sum the same scores in another order, and may
             // round a match scoring exactly the bound below it.
             let below = (score - score.abs() * 4.0 * f32::EPSILON).next_down();
-            floor = floor.max(if at < me { score } else { below });
+            let earlier = self.starts[at].load(Ordering::Relaxed) < mine;
+            floor = floor.max(if earlier { score } else { below });
         }
         floor
     }
+}
+
+/// [`best_k_of`] on this thread alone, in a fixed order: first a helper
+/// walks `helper_first` claims from the back, then the front walks what
+/// is left (`threads` sets the helper's shares).
+#[cfg(test)]
+pub(crate) fn best_k_helper_first(
+    searcher: &Searcher,
+    walker: &Walker,
+    k: usize,
+    threads: usize,
+    min_piece: u64,
+    helper_first: usize,
+) -> tantivy::Result<Vec<(f32, DocAddress)>> {
+    let sizes: Vec<u32> = searcher
+        .segment_readers()
+        .iter()
+        .map(SegmentReader::max_doc)
+        .collect();
+    let piece = matches!(walker, Walker::Ranges(_)).then_some(min_piece);
+    let claims = Claims::new(&sizes, threads, piece);
+    let mut found = Vec::new();
+    for at in 0..helper_first {
+        let Some(piece) = claims.back(at == 0) else {
+            break;
+        };
+        let mut heap = Heap::new(k, &claims.bounds, piece.slot);
+        walk_piece(searcher, walker, &piece, &mut heap, None)?;
+        found.extend(heap.into_found());
+    }
+    found.extend(walk_front(searcher, walker, &claims, k)?);
+    found.sort_unstable_by(|a, b| b.cmp(a));
+    found.truncate(k);
+    Ok(found.into_iter().map(|r| (r.0, r.1)).collect())
 }
 
 /// `x`'s bits, mapped so that unsigned order is `f32::total_cmp`'s; never
@@ -401,8 +756,10 @@ mod tests {
     }
 
     #[test]
-    fn a_later_slice_bound_counts_only_strictly_below_it() {
+    fn a_later_run_bound_counts_only_strictly_below_it() {
         let bounds = Bounds::new(3);
+        assert_eq!((bounds.open(10), bounds.open(20)), (1, 2));
+        assert_eq!(bounds.open(30), 0, "every slot is taken");
         assert_eq!(bounds.floor(1), f32::MIN);
         bounds.raise(0, 2.0);
         bounds.raise(2, 3.0);
@@ -414,6 +771,93 @@ mod tests {
         assert_eq!(bounds.floor(2), 2.0);
         bounds.raise(2, 1.0);
         assert_eq!(bounds.floor(0), below, "bounds only rise");
+    }
+
+    /// Every claim until none is left, the front's and helpers' in turns
+    /// as `pattern` says (true: the front), as (laid-out start, end, by
+    /// the front).
+    fn claim_all(claims: &Claims, pattern: &[bool]) -> Vec<(u64, u64, bool)> {
+        let mut out = Vec::new();
+        let mut helped = false;
+        for &front in pattern.iter().cycle() {
+            let piece = if front {
+                claims.front()
+            } else {
+                let piece = claims.back(!helped);
+                helped |= piece.is_some();
+                piece
+            };
+            let Some(piece) = piece else {
+                break;
+            };
+            let start = claims.starts[piece.ord];
+            assert!(piece.docs.start < piece.docs.end, "{:?}", piece.docs);
+            assert!(
+                start + u64::from(piece.docs.end) <= claims.starts[piece.ord + 1],
+                "a claim lies within its segment"
+            );
+            assert_eq!(piece.slot == 0, front, "the front's run has slot 0");
+            out.push((
+                start + u64::from(piece.docs.start),
+                start + u64::from(piece.docs.end),
+                front,
+            ));
+        }
+        assert_eq!(
+            claims.close(),
+            usize::from(helped),
+            "the helper answers once"
+        );
+        out
+    }
+
+    #[test]
+    fn claims_cover_every_document_once_the_front_from_the_start_helpers_from_the_end() {
+        let sizes = [10_000, 0, 50_000, 3, 4_000];
+        let total: u64 = sizes.iter().map(|&s| u64::from(s)).sum();
+        for piece in [None, Some(1), Some(4096), Some(100_000)] {
+            for threads in [1, 2, 5] {
+                for pattern in [&[true][..], &[false], &[true, false], &[false, true, true]] {
+                    let claims = Claims::new(&sizes, threads, piece);
+                    let mut got = claim_all(&claims, pattern);
+                    let what = format!("{piece:?} {threads} {pattern:?}: {got:?}");
+                    // The front's claims follow one another from 0; a
+                    // helper's each end where the one before began.
+                    let fronts: Vec<_> = got.iter().filter(|c| c.2).collect();
+                    let backs: Vec<_> = got.iter().filter(|c| !c.2).collect();
+                    for pair in fronts.windows(2) {
+                        assert_eq!(pair[0].1, pair[1].0, "{what}");
+                    }
+                    assert!(fronts.first().is_none_or(|c| c.0 == 0), "{what}");
+                    for pair in backs.windows(2) {
+                        assert_eq!(pair[1].1, pair[0].0, "{what}");
+                    }
+                    assert!(backs.first().is_none_or(|c| c.1 == total), "{what}");
+                    // Together, every document once.
+                    got.sort();
+                    let mut at = 0;
+                    for claim in &got {
+                        assert_eq!(claim.0, at, "{what}");
+                        at = claim.1;
+                    }
+                    assert_eq!(at, total, "{what}");
+                    // Whole segments, or pieces of the size asked for
+                    // (past the front's last, a segment's end cuts them).
+                    match piece {
+                        None => assert!(got
+                            .iter()
+                            .all(|c| claims.starts.contains(&c.0) && claims.starts.contains(&c.1))),
+                        Some(least) => assert!(
+                            got.iter().all(|c| c.1 - c.0 >= least
+                                || claims.starts.contains(&c.0)
+                                || claims.starts.contains(&c.1)
+                                || got.iter().any(|d| d.2 != c.2 && (d.0 == c.1 || d.1 == c.0))),
+                            "{what}"
+                        ),
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -855,7 +855,7 @@ pub struct PreparedTop {
 /// What a prepared search walks.
 enum Walk {
     /// A disjunction of terms, weighed, and the most postings it reads.
-    Weighed(std::sync::Arc<dyn tantivy::query::Weight>, u64),
+    Weighed(std::sync::Arc<dyn slices::RangedWeight>, u64),
     /// Any other query, weighed when walked.
     Compiled(Box<dyn Query>),
 }
@@ -877,18 +877,29 @@ impl PreparedTop {
     pub fn run(self) -> Result<Hits, TextError> {
         let failed = |e: tantivy::TantivyError| TextError::Engine(format!("search failed: {e}"));
         let searcher = self.searcher;
-        let weight = match self.walk {
-            Walk::Weighed(weight, _) => weight,
-            Walk::Compiled(query) => std::sync::Arc::from(
-                query
-                    .weight(tantivy::query::EnableScoring::enabled_from_searcher(
-                        &searcher,
-                    ))
-                    .map_err(failed)?,
-            ),
-        };
-        let top = slices::best_k_weighted(&searcher, weight, self.k).map_err(failed)?;
+        let top = match self.walk {
+            Walk::Weighed(weight, _) => slices::best_k_ranged(&searcher, weight, self.k),
+            Walk::Compiled(query) => best_k(&searcher, query.as_ref(), self.k),
+        }
+        .map_err(failed)?;
         hits_in(self.id_field, &searcher, top.into_iter().take(self.k))
+    }
+}
+
+/// [`slices::best_k`] of `query` over `searcher`; a disjunction of terms
+/// is walked in ranges ([`slices::best_k_ranged`]), so threads share its
+/// segments too.
+fn best_k(
+    searcher: &tantivy::Searcher,
+    query: &dyn Query,
+    k: usize,
+) -> tantivy::Result<Vec<(f32, tantivy::DocAddress)>> {
+    match query.downcast_ref::<super::max_score::TermDisjunction>() {
+        Some(disjunction) => {
+            let (weight, _) = disjunction.weight_and_postings(searcher)?;
+            slices::best_k_ranged(searcher, std::sync::Arc::from(weight), k)
+        }
+        None => slices::best_k(searcher, query, k),
     }
 }
 
@@ -1736,10 +1747,7 @@ impl TextIndex {
                 .map_err(failed)?;
             (top, Some(total))
         } else {
-            (
-                slices::best_k(&searcher, query.as_ref(), k).map_err(failed)?,
-                None,
-            )
+            (best_k(&searcher, query.as_ref(), k).map_err(failed)?, None)
         };
         let out = self.hits_of(&searcher, top.into_iter().take(k))?;
         Ok((out, total))
@@ -3672,7 +3680,14 @@ mod tests {
             .build()
             .unwrap();
         let _inside = runtime.enter();
-        for query in ["alpha", "beta gamma", "omega delta alpha", "nothing"] {
+        let mut ranged = 0;
+        for query in [
+            "alpha",
+            "beta gamma",
+            "omega delta alpha",
+            "alpha beta gamma delta",
+            "nothing",
+        ] {
             let compiled = index.compile(&text(query, "t")).unwrap();
             // The oracle: every live match, best score first, then the
             // earlier document.
@@ -3696,8 +3711,32 @@ mod tests {
                         slices::best_k_in(&searcher, compiled.as_ref(), k, threads, 1).unwrap();
                     assert_eq!(got, want, "{query} k={k} threads={threads}");
                 }
+                // Pieces of segments, where the query walks ranges.
+                let Some(disjunction) =
+                    compiled.downcast_ref::<crate::index::max_score::TermDisjunction>()
+                else {
+                    continue;
+                };
+                ranged += 1;
+                let (weight, _) = disjunction.weight_and_postings(&searcher).unwrap();
+                let walker = slices::Walker::Ranges(std::sync::Arc::from(weight));
+                for piece in [1, 4, 16] {
+                    for threads in [2, 3, 8] {
+                        let got =
+                            slices::best_k_of(&searcher, walker.clone(), k, threads, 1, piece)
+                                .unwrap();
+                        assert_eq!(got, want, "{query} k={k} threads={threads} piece={piece}");
+                    }
+                    for first in [1, 3, 9] {
+                        let got =
+                            slices::best_k_helper_first(&searcher, &walker, k, 3, piece, first)
+                                .unwrap();
+                        assert_eq!(got, want, "{query} k={k} first={first} piece={piece}");
+                    }
+                }
             }
         }
+        assert!(ranged > 0, "no query walked ranges");
     }
 
     #[test]
@@ -3725,6 +3764,11 @@ mod tests {
                 .join(" ")
         });
         let searcher = index.reader.searcher();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .build()
+            .unwrap();
+        let _inside = runtime.enter();
         for query in [
             "alpha beta gamma",
             "rho tau sigma kappa omega delta gamma",
@@ -3753,20 +3797,46 @@ mod tests {
             }
             all.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
             assert!(all.len() > 50, "{query}: {} matches", all.len());
-            // One slice, and three sharing their bounds.
-            for (k, threads) in [1, 3, 10, 40].into_iter().flat_map(|k| [(k, 1), (k, 3)]) {
-                let got = slices::best_k_in(&searcher, compiled.as_ref(), k, threads, 1).unwrap();
+            let check = |got: Vec<(Score, DocAddress)>, k: usize, what: &str| {
                 let want = &all[..k];
                 assert_eq!(
                     got.iter().map(|h| h.1).collect::<Vec<_>>(),
                     want.iter().map(|h| h.1).collect::<Vec<_>>(),
-                    "{query} k={k} threads={threads}: {got:?} against {want:?}"
+                    "{query} k={k} {what}: {got:?} against {want:?}"
                 );
                 for (g, w) in got.iter().zip(want) {
                     assert!(
                         (g.0 - w.0).abs() <= 1e-6 * w.0.abs(),
                         "{query}: {g:?} {w:?}"
                     );
+                }
+            };
+            // Whole segments: one thread, and three sharing their bounds.
+            for (k, threads) in [1, 3, 10, 40].into_iter().flat_map(|k| [(k, 1), (k, 3)]) {
+                let got = slices::best_k_in(&searcher, compiled.as_ref(), k, threads, 1).unwrap();
+                check(got, k, &format!("threads={threads}"));
+            }
+            // Pieces of segments, helpers beside this thread when the
+            // runtime's thread is free, and a helper walking first.
+            let disjunction = compiled
+                .downcast_ref::<crate::index::max_score::TermDisjunction>()
+                .unwrap();
+            let (weight, _) = disjunction.weight_and_postings(&searcher).unwrap();
+            let walker = slices::Walker::Ranges(std::sync::Arc::from(weight));
+            for k in [1, 3, 10, 40] {
+                for piece in [1, 7, 64] {
+                    for threads in [1, 2, 3] {
+                        let got =
+                            slices::best_k_of(&searcher, walker.clone(), k, threads, 1, piece)
+                                .unwrap();
+                        check(got, k, &format!("threads={threads} piece={piece}"));
+                    }
+                    for first in [1, 2, 5] {
+                        let got =
+                            slices::best_k_helper_first(&searcher, &walker, k, 2, piece, first)
+                                .unwrap();
+                        check(got, k, &format!("helper first={first} piece={piece}"));
+                    }
                 }
             }
         }

@@ -845,8 +845,8 @@ async fn answer(
 /// and how many that is. When a core is free, at most
 /// [`cpu::HERE_MAX_HITS`] are asked for, and the search prepares within
 /// its bounds (`TextIndex::prepare_top`) with a walk of at most
-/// [`cpu::HERE_MAX_POSTINGS`] postings, it runs on this thread (the
-/// slices helpers take run beside it on the pool), sparing two thread
+/// [`cpu::HERE_MAX_POSTINGS`] postings, it runs on this thread (what
+/// helpers claim of it runs beside it on the pool), sparing two thread
 /// wake-ups; otherwise on the pool, as every other search does.
 async fn top(
     index: Arc<SearchIndex>,
