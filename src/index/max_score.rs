@@ -744,7 +744,7 @@ const PARTS: usize = 1 << 16;
 
 /// Calls `callback` with each document that scores above the threshold
 /// (`threshold`, then what `callback` returns), in document order, up
-/// to the end `limit(base)` gives before each window from `base`; a
+/// to the end `limit(want)` gives before each window (`want` its end); a
 /// document scoring no more than the threshold in force may be skipped.
 /// `clauses`: the query's number of clauses (scores are summed in clause
 /// order, as tantivy's explanations sum them).
@@ -797,7 +797,7 @@ fn walk(
         if base == TERMINATED {
             break;
         }
-        let until = limit(base);
+        let until = limit(base.saturating_add(window));
         if base >= until {
             break;
         }
@@ -975,17 +975,23 @@ mod tests {
                 for k in [1, 10, 100] {
                     let got = crate::index::slices::best_k_in(&searcher, &query, k, 1, 1).unwrap();
                     assert_eq!(got, all[..k], "{words:?} window={window} k={k}");
-                    // In pieces that cut windows, a helper taking some
-                    // from the back first.
-                    for (piece, first) in [(300, 0), (300, 3), (1_000, 1), (777, 9)] {
-                        let got = crate::index::slices::best_k_helper_first(
-                            &searcher, &walker, k, 2, piece, first,
+                    // In pieces that cut windows, the front and a helper
+                    // taking some in turn.
+                    for (piece, order) in [
+                        (300, (0, 0)),
+                        (300, (0, 3)),
+                        (1_000, (2, 1)),
+                        (777, (1, 9)),
+                        (300, (5, 2)),
+                    ] {
+                        let got = crate::index::slices::best_k_in_order(
+                            &searcher, &walker, k, 2, piece, order,
                         )
                         .unwrap();
                         assert_eq!(
                             got,
                             all[..k],
-                            "{words:?} window={window} k={k} piece={piece} first={first}"
+                            "{words:?} window={window} k={k} piece={piece} {order:?}"
                         );
                     }
                 }

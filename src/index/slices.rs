@@ -22,12 +22,13 @@ use std::sync::{mpsc, Arc};
 use tantivy::query::{EnableScoring, Query, Weight};
 use tantivy::{DocAddress, DocId, Score, Searcher, SegmentReader, TantivyError};
 
-/// Fewest documents a slice searched beside another holds, and a part a
-/// build merges into holds unless the whole index is smaller: below this,
-/// handing half a search to another thread costs about what it saves (a
-/// thread's wake-up is tens of microseconds; a seven-word query over
-/// 20,000 long documents takes about 0.15 ms on one core, `scripts/bench
-/// text`).
+/// Documents per thread of a search: a search over `n` documents asks
+/// for at most `n / MIN_SLICE_DOCS - 1` helpers (none below twice this),
+/// and a part a build merges into holds this many unless the whole index
+/// is smaller. Below it, handing part of a search to another thread
+/// costs about what it saves (a thread's wake-up is tens of
+/// microseconds; a seven-word query over 20,000 long documents takes
+/// about 0.15 ms on one core, `scripts/bench text`).
 pub const MIN_SLICE_DOCS: u64 = 25_000;
 
 /// Segments one background merge joins (tantivy's log merge policy's
@@ -129,9 +130,14 @@ pub fn groups_of(sizes: &[u64], parts: usize) -> Vec<Vec<usize>> {
 pub trait RangedWeight: Weight {
     /// Calls `callback` as `for_each_pruning` does, for the documents of
     /// `reader` from `start` on: before each step the walk asks
-    /// `limit(base)`, `base` the next document it would score, for the end
-    /// (exclusive) of what it may score, and stops once `base` is at or
-    /// past it. `limit` never returns less than it did.
+    /// `limit(want)`, `want` the end (exclusive) of the documents it would
+    /// walk next, for the end of what it may score, and stops once the
+    /// next document it would score is at or past that end. `limit` never
+    /// returns less than it did. The walk returns only once no document
+    /// before the last end `limit` gave (the whole segment, should it
+    /// never ask) that it did not pass to `callback` could beat the
+    /// threshold then in force: [`best_k_ranged`] takes what is left of
+    /// the segment's claims as walked.
     /// Errors: tantivy's, reading the postings.
     fn for_each_pruning_from(
         &self,
@@ -164,7 +170,8 @@ pub fn best_k(
 
 /// [`best_k`] of a weight over `searcher` (from its own statistics) that
 /// walks ranges of documents: the threads share segments too, in pieces
-/// of at least 4,096 documents.
+/// of 4,096 documents or a 32nd of a thread's share, whichever is more
+/// (shorter where a segment ends or the threads meet).
 pub fn best_k_ranged(
     searcher: &Searcher,
     weight: Arc<dyn RangedWeight>,
@@ -222,10 +229,14 @@ pub(crate) fn best_k_of(
         .map(SegmentReader::max_doc)
         .collect();
     let total: u64 = sizes.iter().map(|&s| u64::from(s)).sum();
-    let threads = usize::try_from(total / min_docs.max(1))
+    let mut threads = usize::try_from(total / min_docs.max(1))
         .unwrap_or(usize::MAX)
         .min(threads)
         .max(1);
+    if let Walker::Segments(_) = walker {
+        // A thread per segment at most: segments are not shared.
+        threads = threads.min(sizes.iter().filter(|&&size| size > 0).count().max(1));
+    }
     let piece = matches!(walker, Walker::Ranges(_)).then_some(min_piece);
     let claims = Arc::new(Claims::new(&sizes, threads, piece));
     let (send, receive) = mpsc::channel();
@@ -318,8 +329,8 @@ impl Drop for Closing<'_> {
 /// a share of what is left (`left / threads`, at least a piece), so the
 /// threads meet wherever their speeds and start times put them. Whole
 /// segments are claimed when the walker cannot walk ranges. Every claim
-/// lies within one segment, and so does every run of claims walked
-/// with one heap: the front's run precedes every helper's claim.
+/// lies within one segment; the front's run (one heap, across segments)
+/// precedes every helper's claim.
 struct Claims {
     /// Where each segment starts, and the total at the end.
     starts: Vec<u64>,
@@ -412,18 +423,23 @@ impl Claims {
         })
     }
 
-    /// Where the front's next piece ends, if it is in segment `ord` (the
-    /// front walks on into it).
-    fn front_within(&self, ord: usize) -> Option<DocId> {
+    /// Where the front's claims in segment `ord` end once it claims on
+    /// from where they end now up to `want` (a document number in the
+    /// segment, exclusive), a piece at least, as far as the segment and
+    /// the helpers' claims allow; `None` when it can claim nothing more
+    /// there.
+    fn front_within(&self, ord: usize, want: DocId) -> Option<DocId> {
         let mut state = self.state();
+        let start = self.starts[ord];
         if state.front >= state.back || state.front >= self.starts[ord + 1] || self.piece == 0 {
             return None;
         }
         let to = (state.front + self.piece)
+            .max(start + u64::from(want))
             .min(self.starts[ord + 1])
             .min(state.back);
         state.front = to;
-        Some(local(to - self.starts[ord]))
+        Some(local(to - start))
     }
 
     /// Claims what the front can of segment `ord`.
@@ -547,9 +563,9 @@ fn walk_piece(
         Walker::Segments(weight) => weight.for_each_pruning(threshold, reader, &mut callback),
         Walker::Ranges(weight) => {
             let mut end = piece.docs.end;
-            let mut limit = |base: DocId| {
-                while base >= end {
-                    match more.and_then(|claims| claims.front_within(ord)) {
+            let mut limit = |want: DocId| {
+                while end < want {
+                    match more.and_then(|claims| claims.front_within(ord, want)) {
                         Some(further) => end = further,
                         None => break,
                     }
@@ -575,13 +591,24 @@ fn walk_front(
     k: usize,
 ) -> tantivy::Result<Vec<Ranked>> {
     let mut heap = Heap::new(k, &claims.bounds, 0);
+    walk_front_into(searcher, walker, claims, &mut heap)?;
+    Ok(heap.into_found().collect())
+}
+
+/// [`walk_front`] into `heap`.
+fn walk_front_into(
+    searcher: &Searcher,
+    walker: &Walker,
+    claims: &Claims,
+    heap: &mut Heap<'_>,
+) -> tantivy::Result<()> {
     while let Some(piece) = claims.front() {
-        walk_piece(searcher, walker, &piece, &mut heap, Some(claims))?;
+        walk_piece(searcher, walker, &piece, heap, Some(claims))?;
         // The walk went as far in the segment as it could: what the front
         // can still claim there holds nothing that beats its threshold.
         claims.front_past(piece.ord);
     }
-    Ok(heap.into_found().collect())
+    Ok(())
 }
 
 /// A helper's part: claims from the back, `first` the first, a heap each
@@ -665,17 +692,18 @@ impl Bounds {
     }
 }
 
-/// [`best_k_of`] on this thread alone, in a fixed order: first a helper
-/// walks `helper_first` claims from the back, then the front walks what
-/// is left (`threads` sets the helper's shares).
+/// [`best_k_of`] on this thread alone, in a fixed order: the front
+/// walks `front_first` pieces (its heap kept), then a helper walks
+/// `helper_first` claims from the back, then the front walks what is
+/// left (`threads` sets the helper's shares).
 #[cfg(test)]
-pub(crate) fn best_k_helper_first(
+pub(crate) fn best_k_in_order(
     searcher: &Searcher,
     walker: &Walker,
     k: usize,
     threads: usize,
     min_piece: u64,
-    helper_first: usize,
+    (front_first, helper_first): (usize, usize),
 ) -> tantivy::Result<Vec<(f32, DocAddress)>> {
     let sizes: Vec<u32> = searcher
         .segment_readers()
@@ -684,6 +712,13 @@ pub(crate) fn best_k_helper_first(
         .collect();
     let piece = matches!(walker, Walker::Ranges(_)).then_some(min_piece);
     let claims = Claims::new(&sizes, threads, piece);
+    let mut front = Heap::new(k, &claims.bounds, 0);
+    for _ in 0..front_first {
+        let Some(piece) = claims.front() else {
+            break;
+        };
+        walk_piece(searcher, walker, &piece, &mut front, None)?;
+    }
     let mut found = Vec::new();
     for at in 0..helper_first {
         let Some(piece) = claims.back(at == 0) else {
@@ -693,7 +728,8 @@ pub(crate) fn best_k_helper_first(
         walk_piece(searcher, walker, &piece, &mut heap, None)?;
         found.extend(heap.into_found());
     }
-    found.extend(walk_front(searcher, walker, &claims, k)?);
+    walk_front_into(searcher, walker, &claims, &mut front)?;
+    found.extend(front.into_found());
     found.sort_unstable_by(|a, b| b.cmp(a));
     found.truncate(k);
     Ok(found.into_iter().map(|r| (r.0, r.1)).collect())
@@ -757,20 +793,61 @@ mod tests {
 
     #[test]
     fn a_later_run_bound_counts_only_strictly_below_it() {
-        let bounds = Bounds::new(3);
-        assert_eq!((bounds.open(10), bounds.open(20)), (1, 2));
-        assert_eq!(bounds.open(30), 0, "every slot is taken");
-        assert_eq!(bounds.floor(1), f32::MIN);
-        bounds.raise(0, 2.0);
-        bounds.raise(2, 3.0);
-        let below = bounds.floor(1);
+        // Helpers open their runs back to front: the later run first.
+        let bounds = Bounds::new(4);
+        assert_eq!((bounds.open(30), bounds.open(20)), (1, 2));
+        assert_eq!(bounds.open(10), 3);
+        assert_eq!(bounds.open(5), 0, "every slot is taken");
+        assert_eq!(bounds.floor(2), f32::MIN);
+        bounds.raise(1, 3.0);
+        let below = bounds.floor(2);
         assert!(
             below < 3.0f32.next_down().next_down() && below > 2.999,
-            "{below}"
+            "run 1 starts after run 2: {below}"
         );
-        assert_eq!(bounds.floor(2), 2.0);
-        bounds.raise(2, 1.0);
-        assert_eq!(bounds.floor(0), below, "bounds only rise");
+        bounds.raise(2, 2.5);
+        assert_eq!(bounds.floor(1), 2.5, "run 2 starts before run 1");
+        assert_eq!(
+            bounds.floor(3),
+            below,
+            "the highest bound, from a later run"
+        );
+        bounds.raise(0, 4.0);
+        assert_eq!(bounds.floor(3), 4.0, "the front's run starts first");
+        bounds.raise(1, 1.0);
+        assert_eq!(bounds.floor(2), 4.0, "bounds only rise");
+    }
+
+    #[test]
+    fn the_front_claims_on_in_its_segment_as_far_as_helpers_and_the_segment_allow() {
+        let claims = Claims::new(&[10_000, 5_000], 2, Some(4096));
+        let first = claims.front().unwrap();
+        assert_eq!((first.ord, first.docs.clone()), (0, 0..4096));
+        // At least a piece, or as far as asked.
+        assert_eq!(claims.front_within(0, 5_000), Some(8192));
+        let back = claims.back(true).unwrap();
+        assert_eq!((back.ord, back.docs.clone(), back.slot), (1, 904..5_000, 1));
+        // Not past the segment's end.
+        assert_eq!(claims.front_within(0, 20_000), Some(10_000));
+        assert_eq!(claims.front_within(0, 20_000), None);
+        // The next segment, up to the helper's claim.
+        let next = claims.front().unwrap();
+        assert_eq!((next.ord, next.docs.clone()), (1, 0..904));
+        assert_eq!(claims.front_within(1, 5_000), None);
+        claims.front_past(1);
+        assert!(claims.back(false).is_none());
+        assert_eq!(claims.close(), 1);
+
+        // What the front has not walked of a segment is taken as walked,
+        // not what a helper claimed.
+        let claims = Claims::new(&[10_000, 5_000], 2, Some(1_000));
+        assert_eq!(claims.front().unwrap().docs, 0..1_000);
+        let back = claims.back(true).unwrap();
+        assert_eq!((back.ord, back.docs), (1, 0..5_000));
+        claims.front_past(0);
+        assert!(claims.front().is_none());
+        assert!(claims.back(false).is_none());
+        assert_eq!(claims.close(), 1);
     }
 
     /// Every claim until none is left, the front's and helpers' in turns
@@ -841,19 +918,26 @@ mod tests {
                         at = claim.1;
                     }
                     assert_eq!(at, total, "{what}");
-                    // Whole segments, or pieces of the size asked for
-                    // (past the front's last, a segment's end cuts them).
+                    // Whole segments, or pieces of at least the claims'
+                    // size unless cut where a segment starts or ends or
+                    // where the other side's claims begin or end.
+                    let short = |c: &(u64, u64, bool)| c.1 - c.0 < claims.piece;
                     match piece {
                         None => assert!(got
                             .iter()
                             .all(|c| claims.starts.contains(&c.0) && claims.starts.contains(&c.1))),
-                        Some(least) => assert!(
-                            got.iter().all(|c| c.1 - c.0 >= least
-                                || claims.starts.contains(&c.0)
-                                || claims.starts.contains(&c.1)
-                                || got.iter().any(|d| d.2 != c.2 && (d.0 == c.1 || d.1 == c.0))),
-                            "{what}"
-                        ),
+                        Some(_) => {
+                            for c in got.iter().filter(|c| short(c)) {
+                                let cut = if c.2 {
+                                    claims.starts.contains(&c.1)
+                                        || got.iter().any(|d| !d.2 && d.0 == c.1)
+                                } else {
+                                    claims.starts.contains(&c.0)
+                                        || got.iter().any(|d| d.2 && d.1 == c.0)
+                                };
+                                assert!(cut, "{what}: {c:?} is short");
+                            }
+                        }
                     }
                 }
             }

@@ -3711,6 +3711,18 @@ mod tests {
                         slices::best_k_in(&searcher, compiled.as_ref(), k, threads, 1).unwrap();
                     assert_eq!(got, want, "{query} k={k} threads={threads}");
                 }
+                // Whole segments claimed in a fixed order.
+                let weight = compiled
+                    .weight(tantivy::query::EnableScoring::enabled_from_searcher(
+                        &searcher,
+                    ))
+                    .unwrap();
+                let segments = slices::Walker::Segments(std::sync::Arc::from(weight));
+                for order in [(0, 1), (2, 2), (1, 9)] {
+                    let got =
+                        slices::best_k_in_order(&searcher, &segments, k, 3, 0, order).unwrap();
+                    assert_eq!(got, want, "{query} k={k} whole segments {order:?}");
+                }
                 // Pieces of segments, where the query walks ranges.
                 let Some(disjunction) =
                     compiled.downcast_ref::<crate::index::max_score::TermDisjunction>()
@@ -3727,11 +3739,11 @@ mod tests {
                                 .unwrap();
                         assert_eq!(got, want, "{query} k={k} threads={threads} piece={piece}");
                     }
-                    for first in [1, 3, 9] {
-                        let got =
-                            slices::best_k_helper_first(&searcher, &walker, k, 3, piece, first)
-                                .unwrap();
-                        assert_eq!(got, want, "{query} k={k} first={first} piece={piece}");
+                    // The front first, a helper first, each in turn.
+                    for order in [(0, 1), (0, 3), (2, 1), (1, 9)] {
+                        let got = slices::best_k_in_order(&searcher, &walker, k, 3, piece, order)
+                            .unwrap();
+                        assert_eq!(got, want, "{query} k={k} {order:?} piece={piece}");
                     }
                 }
             }
@@ -3831,11 +3843,10 @@ mod tests {
                                 .unwrap();
                         check(got, k, &format!("threads={threads} piece={piece}"));
                     }
-                    for first in [1, 2, 5] {
-                        let got =
-                            slices::best_k_helper_first(&searcher, &walker, k, 2, piece, first)
-                                .unwrap();
-                        check(got, k, &format!("helper first={first} piece={piece}"));
+                    for order in [(0, 1), (0, 2), (1, 1), (3, 5)] {
+                        let got = slices::best_k_in_order(&searcher, &walker, k, 2, piece, order)
+                            .unwrap();
+                        check(got, k, &format!("{order:?} piece={piece}"));
                     }
                 }
             }
