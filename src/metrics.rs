@@ -134,6 +134,9 @@ pub struct Metrics {
     pub upstream_latency: Histogram,
     pub vector_latency: Histogram,
     strategies: [AtomicU64; STRATEGIES.len()],
+    /// Full-text top-k searches walked on the client's connection thread,
+    /// then on the CPU pool (`proxy/query.rs::top`).
+    full_text_threads: [AtomicU64; 2],
     /// Per upstream server (`host:port`): client connections pinned to it
     /// now, and the connections that ended because it failed under them.
     /// Keys come from the topology the operator's URI names.
@@ -160,6 +163,7 @@ impl Default for Metrics {
             upstream_latency: Histogram::default(),
             vector_latency: Histogram::default(),
             strategies: Default::default(),
+            full_text_threads: Default::default(),
             servers: Default::default(),
         }
     }
@@ -213,6 +217,12 @@ impl Metrics {
         if let Some(slot) = STRATEGIES.iter().position(|s| *s == name) {
             self.strategies[slot].fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// A full-text top-k search was walked on the client's connection
+    /// thread (`true`: small, its cost known) or on the CPU pool.
+    pub fn full_text_walked(&self, on_connection: bool) {
+        self.full_text_threads[usize::from(!on_connection)].fetch_add(1, Ordering::Relaxed);
     }
 
     /// The Prometheus text exposition.
@@ -317,6 +327,18 @@ impl Metrics {
             e.sample(
                 "likewise_vector_queries_total",
                 &format!("strategy=\"{strategy}\""),
+                load(counter),
+            );
+        }
+        e.family(
+            "likewise_full_text_top_k_total",
+            "counter",
+            "Full-text top-k searches, by the thread that walked them: the client's connection (a plain text query whose walk is known to be small) or the CPU pool.",
+        );
+        for (thread, counter) in ["connection", "pool"].iter().zip(&self.full_text_threads) {
+            e.sample(
+                "likewise_full_text_top_k_total",
+                &format!("thread=\"{thread}\""),
                 load(counter),
             );
         }

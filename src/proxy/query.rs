@@ -752,7 +752,7 @@ async fn answer(
         let (searcher, operator, limit) = (index.clone(), operator.clone(), query.limit);
         let (counted, sort) = (query.count.is_some(), query.sort.clone());
         let found = match sort {
-            None if !counted => top(searcher, operator, limit).await?,
+            None if !counted => top(searcher, operator, limit, &shared.metrics).await?,
             sort => cpu::run(move || {
                 searcher
                     .text()
@@ -852,6 +852,7 @@ async fn top(
     index: Arc<SearchIndex>,
     operator: Box<crate::index::text::Operator>,
     limit: usize,
+    metrics: &crate::metrics::Metrics,
 ) -> Result<(crate::index::text::Hits, usize), Error> {
     let failed =
         |e: tokio::task::JoinError| Error::internal(format!("full-text search failed: {e}"));
@@ -879,18 +880,25 @@ async fn top(
                 .postings()
                 .is_some_and(|p| p <= cpu::HERE_MAX_POSTINGS) =>
         {
+            metrics.full_text_walked(true);
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| prepared.run()))
                 .map_err(panicked)?
         }
-        Some((turn, prepared)) => cpu::run_in(turn, move || prepared.run())
+        Some((turn, prepared)) => {
+            metrics.full_text_walked(false);
+            cpu::run_in(turn, move || prepared.run())
+                .await
+                .map_err(failed)?
+        }
+        None => {
+            metrics.full_text_walked(false);
+            cpu::run(move || match index.text() {
+                Some(text) => text.top(&operator, limit),
+                None => Ok(Vec::new()),
+            })
             .await
-            .map_err(failed)?,
-        None => cpu::run(move || match index.text() {
-            Some(text) => text.top(&operator, limit),
-            None => Ok(Vec::new()),
-        })
-        .await
-        .map_err(failed)?,
+            .map_err(failed)?
+        }
     };
     let hits = hits.map_err(text_error)?;
     let n = hits.len();

@@ -76,6 +76,51 @@ def test_metrics_count_traffic_errors_latency_and_indexes(direct_uri):
         proxy.stop()
 
 
+def test_full_text_searches_are_counted_by_the_thread_that_walked_them(direct_uri):
+    """A plain `text` query of three or more terms (a disjunction MaxScore
+    walks) asking for at most 100 hits, whose walk is known to be small,
+    runs on the client's connection thread; more hits, or an operator
+    whose cost is not known before the walk, run on the CPU pool
+    (`proxy/query.rs::top`)."""
+    proxy = start_proxy(direct_uri, "--metrics-listen", "127.0.0.1:0")
+    try:
+        metrics_at = metrics_address(proxy)
+        series = {thread: f'likewise_full_text_top_k_total{{thread="{thread}"}}'
+                  for thread in ("connection", "pool")}
+
+        def walked():
+            _, text = scrape(metrics_at)
+            return {thread: value(text, name) for thread, name in series.items()}
+
+        with MongoClient(f"mongodb://{proxy.address}/") as client:
+            coll = client.metrics_suite.texts
+            coll.drop()
+            words = ["apple", "banana", "cherry", "grape", "lemon", "mango"]
+            coll.insert_many([{"_id": i, "t": f"{words[i % 6]} {words[(i * 5) % 6]} pie {i}"}
+                              for i in range(300)])
+            coll.create_search_index(SearchIndexModel(name="s", definition={"mappings": {"dynamic": True}}))
+            eventually(lambda: [i["status"] for i in coll.list_search_indexes()] == ["READY"], timeout=60)
+
+            def search(operator, limit):
+                return list(coll.aggregate([{"$search": {"index": "s", **operator}}, {"$limit": limit}]))
+
+            before = walked()
+            assert len(search({"text": {"query": "apple banana pie", "path": "t"}}, 10)) == 10
+            after = walked()
+            assert after == {"connection": before["connection"] + 1, "pool": before["pool"]}, (before, after)
+            # More hits than the connection's thread reads back.
+            assert len(search({"text": {"query": "apple banana pie", "path": "t"}}, 150)) == 150
+            # No cost known before the walk: fuzzy terms, a phrase.
+            assert search({"text": {"query": "aple", "path": "t", "fuzzy": {}}}, 10)
+            assert search({"phrase": {"query": "apple pie", "path": "t"}}, 10)
+            last = walked()
+            assert last == {"connection": after["connection"], "pool": after["pool"] + 3}, (after, last)
+            coll.drop_search_index("s")
+            coll.drop()
+    finally:
+        proxy.stop()
+
+
 def test_sigterm_lets_requests_in_flight_finish(direct_uri):
     proxy = start_proxy(direct_uri, "--metrics-listen", "127.0.0.1:0")
     metrics_at = metrics_address(proxy)
