@@ -998,6 +998,7 @@ mod tests {
             }
         }
     }
+
     #[test]
     fn known_places_are_the_places_looked_up_and_follow_the_segments() {
         let mut schema = Schema::builder();

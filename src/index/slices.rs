@@ -223,24 +223,9 @@ pub(crate) fn best_k_of(
     min_piece: u64,
 ) -> tantivy::Result<Vec<(f32, DocAddress)>> {
     let k = k.max(1);
-    let sizes: Vec<u32> = searcher
-        .segment_readers()
-        .iter()
-        .map(SegmentReader::max_doc)
-        .collect();
-    let total: u64 = sizes.iter().map(|&s| u64::from(s)).sum();
-    let mut threads = usize::try_from(total / min_docs.max(1))
-        .unwrap_or(usize::MAX)
-        .min(threads)
-        .max(1);
-    if let Walker::Segments(_) = walker {
-        // A thread per segment at most: segments are not shared.
-        threads = threads.min(sizes.iter().filter(|&&size| size > 0).count().max(1));
-    }
-    let piece = matches!(walker, Walker::Ranges(_)).then_some(min_piece);
-    let claims = Arc::new(Claims::new(&sizes, threads, piece));
+    let claims = Arc::new(Claims::of(searcher, &walker, threads, min_docs, min_piece));
     let (send, receive) = mpsc::channel();
-    for _ in 1..threads {
+    for _ in 1..claims.threads {
         let (searcher, walker, claims, send) = (
             searcher.clone(),
             walker.clone(),
@@ -359,6 +344,39 @@ struct Piece {
 }
 
 impl Claims {
+    /// The claims of a search of `searcher`'s segments by `walker`: at
+    /// most `threads` threads, one more for each `min_docs` documents
+    /// beyond the first, and for whole segments no more threads than
+    /// segments that hold documents; a ranged walker's pieces hold at
+    /// least `min_piece` documents.
+    fn of(
+        searcher: &Searcher,
+        walker: &Walker,
+        threads: usize,
+        min_docs: u64,
+        min_piece: u64,
+    ) -> Claims {
+        let sizes: Vec<u32> = searcher
+            .segment_readers()
+            .iter()
+            .map(SegmentReader::max_doc)
+            .collect();
+        let total: u64 = sizes.iter().map(|&s| u64::from(s)).sum();
+        let mut threads = usize::try_from(total / min_docs.max(1))
+            .unwrap_or(usize::MAX)
+            .min(threads)
+            .max(1);
+        let piece = match walker {
+            Walker::Ranges(_) => Some(min_piece),
+            Walker::Segments(_) => {
+                // Segments are not shared.
+                threads = threads.min(sizes.iter().filter(|&&size| size > 0).count().max(1));
+                None
+            }
+        };
+        Claims::new(&sizes, threads, piece)
+    }
+
     /// Claims of segments of `sizes` documents by `threads` threads, in
     /// pieces of at least `min_piece` documents, or whole segments
     /// (`None`).
@@ -705,13 +723,7 @@ pub(crate) fn best_k_in_order(
     min_piece: u64,
     (front_first, helper_first): (usize, usize),
 ) -> tantivy::Result<Vec<(f32, DocAddress)>> {
-    let sizes: Vec<u32> = searcher
-        .segment_readers()
-        .iter()
-        .map(SegmentReader::max_doc)
-        .collect();
-    let piece = matches!(walker, Walker::Ranges(_)).then_some(min_piece);
-    let claims = Claims::new(&sizes, threads, piece);
+    let claims = Claims::of(searcher, walker, threads, 1, min_piece);
     let mut front = Heap::new(k, &claims.bounds, 0);
     for _ in 0..front_first {
         let Some(piece) = claims.front() else {
