@@ -7,18 +7,21 @@
 //! first on this thread alone, then inside a tokio runtime, as the proxy
 //! searches (helpers on free cores claim documents beside it).
 //! Prints one JSON object: build throughput, queries/s and latency of the
-//! best round of each (`beside_*` for the second), and the top `K` ids of
-//! the first 100 queries (for the harness's overlap check against SQLite
-//! FTS5).
+//! best round of each (`beside_*` for the second), the top `K` ids of
+//! the first 100 queries (`top`, for the harness's overlap check against
+//! SQLite FTS5) and, untimed, the top `K` ids of every query in `IDS.txt`
+//! if given (`ids`: the documents the harness's end-to-end step fetches by
+//! `_id` without asking the proxy first; `scores`: their BM25 scores, to
+//! tell a tie ordered differently from a different answer).
 //!
-//!     cargo bench --bench text -- CORPUS.tsv QUERIES.txt K ROUNDS
+//!     cargo bench --bench text -- CORPUS.tsv QUERIES.txt K ROUNDS [IDS.txt]
 //!
-//! `CORPUS.tsv`: `id TAB title TAB body` per line; `QUERIES.txt`: one
-//! query per line.
+//! `CORPUS.tsv`: `id TAB title TAB body` per line; `QUERIES.txt` and
+//! `IDS.txt`: one query per line.
 
 use bson::{rawdoc, RawBsonRef};
 use likewise::index::text::{
-    Analyzer, DocumentMapping, Operator, SearchPath, TextChange, TextIndex, TextSpec,
+    Analyzer, DocumentMapping, Hits, Operator, SearchPath, TextChange, TextIndex, TextSpec,
 };
 use std::time::Instant;
 
@@ -30,9 +33,15 @@ fn main() {
         .skip(1)
         .filter(|a| a != "--bench")
         .collect();
-    let [corpus, queries, k, rounds] = &args[..] else {
-        eprintln!("usage: cargo bench --bench text -- CORPUS.tsv QUERIES.txt K ROUNDS");
-        std::process::exit(2);
+    let (corpus, queries, k, rounds, ids_of) = match &args[..] {
+        [c, q, k, r] => (c, q, k, r, None),
+        [c, q, k, r, i] => (c, q, k, r, Some(i)),
+        _ => {
+            eprintln!(
+                "usage: cargo bench --bench text -- CORPUS.tsv QUERIES.txt K ROUNDS [IDS.txt]"
+            );
+            std::process::exit(2);
+        }
     };
     let k: usize = k.parse().expect("K");
     let rounds: usize = rounds.parse().expect("ROUNDS");
@@ -75,7 +84,63 @@ fn main() {
     // As an index build ends.
     index.merge_segments().expect("merge");
     let build_s = started.elapsed().as_secs_f64();
-    let operators: Vec<Operator> = queries
+    let operators = text_over_title_and_body(&queries);
+    let mut top = Vec::new();
+    let (total, latencies) = timed(&index, &operators, k, rounds, Some(&mut top));
+    // As the proxy searches: inside a tokio runtime, where a query's
+    // segments are searched beside each other when a core is free.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .build()
+        .expect("runtime");
+    let inside = runtime.enter();
+    let (beside_total, beside_latencies) = timed(&index, &operators, k, rounds, None);
+    drop(inside);
+    let hits: Vec<Hits> = match ids_of {
+        None => Vec::new(),
+        Some(path) => {
+            let queries: Vec<String> = std::fs::read_to_string(path)
+                .expect("IDS.txt")
+                .lines()
+                .map(str::to_string)
+                .collect();
+            text_over_title_and_body(&queries)
+                .iter()
+                .map(|op| index.top(op, k).expect("search"))
+                .collect()
+        }
+    };
+    let ids: Vec<Vec<i64>> = hits.iter().map(|h| ids_of_hits(h)).collect();
+    let scores: Vec<String> = hits
+        .iter()
+        .map(|h| {
+            let scores: Vec<String> = h.iter().map(|(_, s)| s.to_string()).collect();
+            format!("[{}]", scores.join(","))
+        })
+        .collect();
+    println!(
+        "{{\"documents\": {}, \"segments\": {}, \"build_s\": {:.3}, \"build_docs_per_s\": {:.1}, \"queries\": {}, \"qps\": {:.1}, \"p50_ms\": {:.3}, \"p99_ms\": {:.3}, \"beside_qps\": {:.1}, \"beside_p50_ms\": {:.3}, \"beside_p99_ms\": {:.3}, \"top\": {}, \"ids\": {}, \"scores\": [{}]}}",
+        docs.len(),
+        index.segments(),
+        build_s,
+        docs.len() as f64 / build_s,
+        operators.len(),
+        operators.len() as f64 / total,
+        at(&latencies, 0.50),
+        at(&latencies, 0.99),
+        operators.len() as f64 / beside_total,
+        at(&beside_latencies, 0.50),
+        at(&beside_latencies, 0.99),
+        json_lists(&top),
+        json_lists(&ids),
+        scores.join(",")
+    );
+}
+
+/// A `text` operator over `title` and `body` per query, as the harness's
+/// `$search` stages ask.
+fn text_over_title_and_body(queries: &[String]) -> Vec<Operator> {
+    queries
         .iter()
         .map(|q| Operator::Text {
             query: vec![q.clone()],
@@ -88,45 +153,30 @@ fn main() {
             score: None,
             synonyms: None,
         })
-        .collect();
-    let mut top = Vec::new();
-    let (total, latencies) = timed(&index, &operators, k, rounds, Some(&mut top));
-    // As the proxy searches: inside a tokio runtime, where a query's
-    // segments are searched beside each other when a core is free.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .build()
-        .expect("runtime");
-    let inside = runtime.enter();
-    let (beside_total, beside_latencies) = timed(&index, &operators, k, rounds, None);
-    drop(inside);
-    let top_json: Vec<String> = top
+        .collect()
+}
+
+/// The integer `_id`s of hits, best first (-1 for any other `_id`).
+fn ids_of_hits(hits: &[(bson::RawBson, f64)]) -> Vec<i64> {
+    hits.iter()
+        .map(|(id, _)| match id.as_raw_bson_ref() {
+            RawBsonRef::Int64(v) => v,
+            RawBsonRef::Int32(v) => i64::from(v),
+            _ => -1,
+        })
+        .collect()
+}
+
+/// Lists of ids as a JSON array of arrays.
+fn json_lists(lists: &[Vec<i64>]) -> String {
+    let inner: Vec<String> = lists
         .iter()
         .map(|ids| {
-            format!(
-                "[{}]",
-                ids.iter()
-                    .map(|i| i.to_string())
-                    .collect::<Vec<_>>()
-                    .join(",")
-            )
+            let ids: Vec<String> = ids.iter().map(i64::to_string).collect();
+            format!("[{}]", ids.join(","))
         })
         .collect();
-    println!(
-        "{{\"documents\": {}, \"segments\": {}, \"build_s\": {:.3}, \"build_docs_per_s\": {:.1}, \"queries\": {}, \"qps\": {:.1}, \"p50_ms\": {:.3}, \"p99_ms\": {:.3}, \"beside_qps\": {:.1}, \"beside_p50_ms\": {:.3}, \"beside_p99_ms\": {:.3}, \"top\": [{}]}}",
-        docs.len(),
-        index.segments(),
-        build_s,
-        docs.len() as f64 / build_s,
-        operators.len(),
-        operators.len() as f64 / total,
-        at(&latencies, 0.50),
-        at(&latencies, 0.99),
-        operators.len() as f64 / beside_total,
-        at(&beside_latencies, 0.50),
-        at(&beside_latencies, 0.99),
-        top_json.join(",")
-    );
+    format!("[{}]", inner.join(","))
 }
 
 /// The best of `rounds` rounds of every query: its total seconds and the
@@ -148,15 +198,7 @@ fn timed(
             let hits = index.top(op, k).expect("search");
             latencies.push(t.elapsed().as_secs_f64());
             if let Some(top) = top.as_mut().filter(|_| round == 0 && i < 100) {
-                top.push(
-                    hits.iter()
-                        .map(|(id, _)| match id.as_raw_bson_ref() {
-                            RawBsonRef::Int64(v) => v,
-                            RawBsonRef::Int32(v) => i64::from(v),
-                            _ => -1,
-                        })
-                        .collect(),
-                );
+                top.push(ids_of_hits(&hits));
             }
             std::hint::black_box(&hits);
         }

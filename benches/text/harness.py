@@ -19,10 +19,16 @@ sqlite3):
    ratio).
 3. End to end: SecantusDB and the release proxy; the documents are loaded
    upstream, a `search` index (dynamic) is built through the proxy (its
-   throughput: documents / seconds to READY), then for each query,
-   interleaved: `$search` (limit 10) through the proxy, and
-   `find({_id: {$in: [the same 10 ids]}})` through the proxy (the
-   baseline the target is stated against) and straight to the upstream.
+   throughput: documents / seconds to READY), then for each query
+   `$search` (limit 10) through the proxy and `find({_id: {$in: [its
+   10 ids]}})` through the proxy (the baseline the target is stated
+   against), in turns: the `$search` first for even queries, the find
+   first for odd ones (the ids come from the engine bench, so the find
+   need not wait for the `$search`; the report counts the queries whose
+   `$search` returned those same documents). Whichever of the two reads
+   a query's documents second finds them warm in the upstream; running
+   the find always second favoured it. Then the same find straight to
+   the upstream, for reference.
 
 Writes target/bench-text/report.md and ends with
 `search_p50_ratio_vs_id_in=X.XX` and `engine_qps_ratio_vs_fts5=X.XX`.
@@ -101,18 +107,32 @@ def run_fts5(docs, queries, rounds):
             "version": sqlite3.sqlite_version}
 
 
+def shorten(query):
+    """A keyword query as users type it: the summary's first two words."""
+    return " ".join(query.split()[:2])
+
+
 def run_ours(docs, queries, rounds):
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "corpus.tsv").write_text("".join(f"{i}\t{t}\t{b}\n" for i, t, b in docs))
     (OUT / "queries.txt").write_text("".join(q + "\n" for q in queries))
+    (OUT / "ids.txt").write_text("".join(q + "\n" for q in queries + [shorten(q) for q in queries]))
     out = subprocess.run(
         ["cargo", "bench", "--quiet", "--bench", "text", "--", str(OUT / "corpus.tsv"),
-         str(OUT / "queries.txt"), str(K), str(rounds)],
+         str(OUT / "queries.txt"), str(K), str(rounds), str(OUT / "ids.txt")],
         cwd=ROOT, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def end_to_end(docs, queries):
+def end_to_end(docs, queries, shorts, ids, scores):
+    """`$search` and the `_id $in` find of the same documents, through the
+    proxy. `ids` (and their `scores`) are the engine bench's top K of
+    `queries` then `shorts`,
+    so that the find can run first: each query's two reads run in turns,
+    the `$search` first for even queries and the find first for odd ones.
+    Whichever reads a query's documents second finds them warm in the
+    upstream (and, on two cores, its caches); running one always second
+    would favour it. The direct find runs last, as a reference only."""
     upstream = start_upstream()
     proxy = start_proxy(f"mongodb://{upstream.address}/")
     try:
@@ -128,40 +148,62 @@ def end_to_end(docs, queries):
         via.create_search_index(SearchIndexModel({"mappings": {"dynamic": True}}, name="text"))
         wait_ready(via, "text", timeout=1800)
         build_s = time.perf_counter() - started
-        times = {"search": [], "find_id_in": [], "find_id_in_direct": [],
-                 "search_short": [], "find_id_in_short": []}
+        times = {name: [] for name in ("search", "find_id_in", "find_id_in_direct", "search_short",
+                                       "find_id_in_short")}
+        by_order = {name: ([], []) for name in times}
         empty = 0
-        # Keyword queries as users type them: the summary's first two words.
-        for q in queries:
-            short = " ".join(q.split()[:2])
+        differ = []
+
+        def timed(name, first, read):
             t = time.perf_counter()
-            hits = list(via.aggregate([
-                {"$search": {"index": "text", "text": {"query": short, "path": ["title", "body"]}}},
-                {"$limit": K}]))
-            times["search_short"].append(time.perf_counter() - t)
-            ids = [d["_id"] for d in hits]
-            t = time.perf_counter()
-            list(via.find({"_id": {"$in": ids}}))
-            times["find_id_in_short"].append(time.perf_counter() - t)
-        for q in queries:
-            t = time.perf_counter()
-            hits = list(via.aggregate([
+            out = list(read())
+            took = time.perf_counter() - t
+            times[name].append(took)
+            by_order[name][0 if first else 1].append(took)
+            return out
+
+        def search(query):
+            return lambda: via.aggregate([
+                {"$search": {"index": "text", "text": {"query": query, "path": ["title", "body"]}}},
+                {"$limit": K}])
+
+        # Keyword queries as users type them (a summary's first two words),
+        # then whole summaries.
+        for queries_, ids_, s_name, f_name in ((shorts, ids[len(queries):], "search_short",
+                                                "find_id_in_short"),
+                                               (queries, ids[:len(queries)], "search", "find_id_in")):
+            for i, (q, want) in enumerate(zip(queries_, ids_)):
+                find = lambda: via.find({"_id": {"$in": want}})
+                if i % 2 == 0:
+                    hits = timed(s_name, True, search(q))
+                    got = timed(f_name, False, find)
+                else:
+                    got = timed(f_name, True, find)
+                    hits = timed(s_name, False, search(q))
+                assert len(got) == len(want)
+                if sorted(d["_id"] for d in hits) != sorted(want):
+                    differ.append((q, i + (len(queries) if s_name == "search_short" else 0)))
+                if s_name == "search":
+                    empty += not hits
+                    timed("find_id_in_direct", False, lambda: coll.find({"_id": {"$in": want}}))
+        # Untimed: where the top K differ, do their scores? Two indexes
+        # order documents of equal score by their own segment layouts.
+        tied = 0
+        for q, at in differ:
+            got = [d["s"] for d in via.aggregate([
                 {"$search": {"index": "text", "text": {"query": q, "path": ["title", "body"]}}},
-                {"$limit": K}]))
-            times["search"].append(time.perf_counter() - t)
-            ids = [d["_id"] for d in hits]
-            empty += not ids
-            t = time.perf_counter()
-            got = list(via.find({"_id": {"$in": ids}}))
-            times["find_id_in"].append(time.perf_counter() - t)
-            assert len(got) == len(ids)
-            t = time.perf_counter()
-            list(coll.find({"_id": {"$in": ids}}))
-            times["find_id_in_direct"].append(time.perf_counter() - t)
+                {"$limit": K}, {"$project": {"_id": 0, "s": {"$meta": "searchScore"}}}])]
+            tied += all(abs(a - b) <= 1e-5 * max(1.0, abs(b)) for a, b in zip(got, scores[at])) \
+                and len(got) == len(scores[at])
         out = {name: summary(s) for name, s in times.items()}
+        out["orders"] = {name: [summary(s)["p50_ms"] if s else None for s in pair]
+                         for name, pair in by_order.items()}
         out["index_build_s"] = round(build_s, 2)
         out["index_docs_per_s"] = round(len(docs) / build_s, 1)
         out["queries_without_results"] = empty
+        out["queries"] = len(queries) + len(shorts)
+        out["same_documents"] = out["queries"] - len(differ)
+        out["tied_documents"] = tied
         return out
     finally:
         proxy.stop()
@@ -187,7 +229,7 @@ def main():
     print("engine alone: SQLite FTS5", file=sys.stderr, flush=True)
     fts5 = run_fts5(docs, queries, rounds)
     print("end to end through the proxy", file=sys.stderr, flush=True)
-    e2e = end_to_end(docs, queries)
+    e2e = end_to_end(docs, queries, [shorten(q) for q in queries], ours["ids"], ours["scores"])
     lines = [f"# Full-text benchmark ({'quick' if args.quick else 'full'}), {time.strftime('%Y-%m-%d %H:%M')}",
              f"\n{cpu}, {os.cpu_count()} cores. {n:,} documents (Debian summaries as titles, long "
              f"descriptions as bodies), {nq} summary queries, best {K}.",
@@ -219,6 +261,16 @@ def main():
         q = e2e[name]
         lines.append(f"| {label} | {q['p50_ms']:.2f} | {q['p99_ms']:.2f} | {q['qps']:,.0f} | "
                      f"{q['p50_ms'] / e2e[against]['p50_ms']:.2f} |")
+    orders = e2e["orders"]
+    in_turn = lambda s, f: (f"{orders[s][0] / orders[f][0]:.2f}× when the `$search` runs first, "
+                            f"{orders[s][1] / orders[f][1]:.2f}× when the find does")
+    lines.append(f"\np50 / find in each order: whole summaries {in_turn('search', 'find_id_in')}; "
+                 f"two words {in_turn('search_short', 'find_id_in_short')}. Queries whose "
+                 f"`$search` returned the engine bench's top {K} (the ids the finds read): "
+                 f"{e2e['same_documents']} of {e2e['queries']}; of the rest, "
+                 f"{e2e['tied_documents']} with the same {K} scores (documents of equal score "
+                 f"ordered by each index's own segments), "
+                 f"{e2e['queries'] - e2e['same_documents'] - e2e['tied_documents']} otherwise.")
     lines.append(f"\nindex build through the proxy: {e2e['index_build_s']} s, "
                  f"**{e2e['index_docs_per_s']:,.0f} documents/s** (scan from the upstream included); "
                  f"queries without results: {e2e['queries_without_results']}")
