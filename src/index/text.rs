@@ -926,6 +926,9 @@ fn hits_in(
     Ok(out)
 }
 
+/// Analyzed tokens, each with its position.
+type Tokens = Vec<(usize, String)>;
+
 /// A `$search` operator.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Operator {
@@ -2315,7 +2318,7 @@ impl TextIndex {
 
     /// The analyzed tokens of `text` with their positions; more than
     /// [`MAX_TERMS`] is a [`TextError::Query`].
-    fn tokens(&self, analyzer: Analyzer, text: &str) -> Result<Vec<(usize, String)>, TextError> {
+    fn tokens(&self, analyzer: Analyzer, text: &str) -> Result<Tokens, TextError> {
         let mut tokenizer = self.analyzer(analyzer);
         let mut stream = tokenizer.token_stream(text);
         let mut out = Vec::new();
@@ -2566,6 +2569,9 @@ impl TextIndex {
                 let mut per_path: Vec<(Occur, Box<dyn Query>)> = Vec::new();
                 // The same clauses as plain terms, when every clause is one.
                 let mut plain: Vec<Term> = Vec::new();
+                // Each query string's tokens under each search analyzer,
+                // analyzed once for every path that uses it.
+                let mut analyzed: Vec<(Analyzer, Vec<Tokens>)> = Vec::new();
                 for (path, slot, string) in self.resolve(paths) {
                     let mut terms: Vec<(Occur, Box<dyn Query>)> = Vec::new();
                     let occur = if *match_all {
@@ -2606,8 +2612,21 @@ impl TextIndex {
                             }
                         }
                     }
-                    for text in query.iter().filter(|_| table.is_none()) {
-                        for (_, term) in self.terms(&path, slot, string.search_analyzer, text)? {
+                    let analyzer = string.search_analyzer;
+                    let tokens = match analyzed.iter().position(|(a, _)| *a == analyzer) {
+                        _ if table.is_some() => &[][..],
+                        Some(at) => &analyzed[at].1[..],
+                        None => {
+                            let tokens = query
+                                .iter()
+                                .map(|text| self.tokens(analyzer, text))
+                                .collect::<Result<Vec<_>, _>>()?;
+                            analyzed.push((analyzer, tokens));
+                            &analyzed[analyzed.len() - 1].1[..]
+                        }
+                    };
+                    for text_tokens in tokens {
+                        for term in text_tokens.iter().map(|(_, t)| term_of(&path, slot, t)) {
                             spend(budget, 1)?;
                             let q: Box<dyn Query> = match fuzzy {
                                 Some(f) => {
