@@ -264,8 +264,8 @@ impl TermDisjunction {
             }
         }
         // As `Bm25Weight::for_terms` weighs one term, without the idf's
-        // explanation (three strings per term, a tenth of compiling and
-        // weighing a query): explanations come from tantivy's own weight.
+        // explanation tree (built per term, never read here):
+        // explanations come from tantivy's own weight (`inner`).
         let total_num_docs = statistics.total_num_docs()?;
         let weights = self
             .terms

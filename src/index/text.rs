@@ -2569,9 +2569,10 @@ impl TextIndex {
                 let mut per_path: Vec<(Occur, Box<dyn Query>)> = Vec::new();
                 // The same clauses as plain terms, when every clause is one.
                 let mut plain: Vec<Term> = Vec::new();
-                // Each query string's tokens under each search analyzer,
-                // analyzed once for every path that uses it.
-                let mut analyzed: Vec<(Analyzer, Vec<Tokens>)> = Vec::new();
+                // Each query string's tokens under each search analyzer
+                // (keyed by the string's place in `query`), analyzed when
+                // a path first needs them and reused by every later path.
+                let mut analyzed: Vec<((Analyzer, usize), Tokens)> = Vec::new();
                 for (path, slot, string) in self.resolve(paths) {
                     let mut terms: Vec<(Occur, Box<dyn Query>)> = Vec::new();
                     let occur = if *match_all {
@@ -2613,19 +2614,16 @@ impl TextIndex {
                         }
                     }
                     let analyzer = string.search_analyzer;
-                    let tokens = match analyzed.iter().position(|(a, _)| *a == analyzer) {
-                        _ if table.is_some() => &[][..],
-                        Some(at) => &analyzed[at].1[..],
-                        None => {
-                            let tokens = query
-                                .iter()
-                                .map(|text| self.tokens(analyzer, text))
-                                .collect::<Result<Vec<_>, _>>()?;
-                            analyzed.push((analyzer, tokens));
-                            &analyzed[analyzed.len() - 1].1[..]
-                        }
-                    };
-                    for text_tokens in tokens {
+                    for (at, text) in query.iter().enumerate().filter(|_| table.is_none()) {
+                        let known = analyzed.iter().position(|(key, _)| *key == (analyzer, at));
+                        let known = match known {
+                            Some(known) => known,
+                            None => {
+                                analyzed.push(((analyzer, at), self.tokens(analyzer, text)?));
+                                analyzed.len() - 1
+                            }
+                        };
+                        let text_tokens = &analyzed[known].1;
                         for term in text_tokens.iter().map(|(_, t)| term_of(&path, slot, t)) {
                             spend(budget, 1)?;
                             let q: Box<dyn Query> = match fuzzy {
