@@ -111,15 +111,12 @@ fn main() {
         }
     };
     let ids: Vec<Vec<i64>> = hits.iter().map(|h| ids_of_hits(h)).collect();
-    let scores: Vec<String> = hits
+    let scores: Vec<Vec<f64>> = hits
         .iter()
-        .map(|h| {
-            let scores: Vec<String> = h.iter().map(|(_, s)| s.to_string()).collect();
-            format!("[{}]", scores.join(","))
-        })
+        .map(|h| h.iter().map(|(_, s)| *s).collect())
         .collect();
     println!(
-        "{{\"documents\": {}, \"segments\": {}, \"build_s\": {:.3}, \"build_docs_per_s\": {:.1}, \"queries\": {}, \"qps\": {:.1}, \"p50_ms\": {:.3}, \"p99_ms\": {:.3}, \"beside_qps\": {:.1}, \"beside_p50_ms\": {:.3}, \"beside_p99_ms\": {:.3}, \"top\": {}, \"ids\": {}, \"scores\": [{}]}}",
+        "{{\"documents\": {}, \"segments\": {}, \"build_s\": {:.3}, \"build_docs_per_s\": {:.1}, \"queries\": {}, \"qps\": {:.1}, \"p50_ms\": {:.3}, \"p99_ms\": {:.3}, \"beside_qps\": {:.1}, \"beside_p50_ms\": {:.3}, \"beside_p99_ms\": {:.3}, \"top\": {}, \"ids\": {}, \"scores\": {}}}",
         docs.len(),
         index.segments(),
         build_s,
@@ -133,7 +130,7 @@ fn main() {
         at(&beside_latencies, 0.99),
         json_lists(&top),
         json_lists(&ids),
-        scores.join(",")
+        json_lists(&scores)
     );
 }
 
@@ -167,13 +164,13 @@ fn ids_of_hits(hits: &[(bson::RawBson, f64)]) -> Vec<i64> {
         .collect()
 }
 
-/// Lists of ids as a JSON array of arrays.
-fn json_lists(lists: &[Vec<i64>]) -> String {
+/// Lists of numbers (ids, scores) as a JSON array of arrays.
+fn json_lists<T: std::fmt::Display>(lists: &[Vec<T>]) -> String {
     let inner: Vec<String> = lists
         .iter()
-        .map(|ids| {
-            let ids: Vec<String> = ids.iter().map(i64::to_string).collect();
-            format!("[{}]", ids.join(","))
+        .map(|list| {
+            let items: Vec<String> = list.iter().map(T::to_string).collect();
+            format!("[{}]", items.join(","))
         })
         .collect();
     format!("[{}]", inner.join(","))
